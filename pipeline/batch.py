@@ -1,0 +1,270 @@
+"""ImageBatch: the one type that flows between stages, and the one numpy/PIL <-> tensor boundary.
+
+Inside the pipeline, images are float32 tensors of shape (N, C, H, W) with values in [0, 1],
+C = 1 (gray) or 3 (RGB). Every conversion from or to numpy arrays and PIL images lives here,
+so stages never see uint8 and I/O never sees tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.errors import ShapeError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+# ITU-R BT.601 luma weights: the gray that the colorizer must preserve and that every gray
+# conversion in the project uses, so "gray of the output equals the input" is well defined.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _as_float01(array: np.ndarray) -> np.ndarray:
+    """Convert an integer or float array to float32 in [0, 1]."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.floating):
+        out = array.astype(np.float32, copy=False)
+        if out.size and (not np.isfinite(out).all() or out.min() < -1e-3 or out.max() > 1 + 1e-3):
+            raise ShapeError(
+                "float images must hold finite values in [0, 1]; "
+                f"got range [{np.nanmin(out):.3g}, {np.nanmax(out):.3g}]"
+            )
+        return np.clip(out, 0.0, 1.0)
+    raise ShapeError(f"unsupported image dtype {array.dtype}; use uint8, uint16 or float in [0, 1]")
+
+
+def _to_nhwc(array: np.ndarray) -> np.ndarray:
+    """Accept HW, HWC or NHWC and return NHWC."""
+    if array.ndim == 2:
+        return array[None, :, :, None]
+    if array.ndim == 3:
+        # A 3-D array is one HWC image; a stack of gray images must be passed as NHW1.
+        if array.shape[-1] not in (1, 3, 4):
+            raise ShapeError(
+                f"a 3-D array must be one HWC image with 1, 3 or 4 channels; got shape "
+                f"{array.shape}. Pass a stack of gray images as (N, H, W, 1)."
+            )
+        return array[None]
+    if array.ndim == 4:
+        return array
+    raise ShapeError(f"expected an image array of 2, 3 or 4 dimensions; got shape {array.shape}")
+
+
+def to_gray(images: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma of RGB images.
+
+    Args:
+        images: (N, 3, H, W) RGB, or (N, 1, H, W) already gray (returned as is).
+
+    Returns:
+        (N, 1, H, W) gray.
+    """
+    if images.shape[1] == 1:
+        return images
+    r, g, b = images[:, 0:1], images[:, 1:2], images[:, 2:3]
+    wr, wg, wb = LUMA_WEIGHTS
+    return wr * r + wg * g + wb * b
+
+
+@dataclass
+class ImageBatch:
+    """A batch of same-sized images with names and per-image metadata.
+
+    Attributes:
+        images: float32 tensor (N, C, H, W) in [0, 1], C in {1, 3}.
+        names: one name per image (the output file stem), length N.
+        meta: one dict per image: ``source`` path, ``page`` index, ``dpi``, ``mode`` and
+            ``size`` (W, H) of the original, and whatever stages add.
+    """
+
+    images: torch.Tensor
+    names: list[str] = field(default_factory=list)
+    meta: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if not isinstance(self.images, torch.Tensor):
+            raise ShapeError(f"images must be a torch.Tensor; got {type(self.images).__name__}")
+        if self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
+            raise ShapeError(
+                f"images must be (N, C, H, W) with C = 1 or 3; got shape {tuple(self.images.shape)}"
+            )
+        if self.images.dtype != torch.float32:
+            raise ShapeError(f"images must be float32; got {self.images.dtype}")
+        n = self.images.shape[0]
+        if not self.names:
+            self.names = [f"image_{i:05d}" for i in range(n)]
+        if not self.meta:
+            self.meta = [{} for _ in range(n)]
+        if len(self.names) != n or len(self.meta) != n:
+            raise ShapeError(
+                f"{n} images but {len(self.names)} names and {len(self.meta)} meta entries"
+            )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def channels(self) -> int:
+        """Number of channels C."""
+        return int(self.images.shape[1])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of every image in the batch."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def replace(self, images: torch.Tensor, **meta_updates: Any) -> ImageBatch:
+        """A new batch with other pixels and the same names; ``meta_updates`` go into each meta."""
+        meta = [{**m, **meta_updates} for m in self.meta]
+        return ImageBatch(images, list(self.names), meta)
+
+    def to(self, device: str | torch.device) -> ImageBatch:
+        """The same batch with its tensor on ``device``."""
+        return ImageBatch(self.images.to(device), self.names, self.meta)
+
+    def gray(self) -> ImageBatch:
+        """The batch converted to one channel with BT.601 luma."""
+        return self if self.channels == 1 else self.replace(to_gray(self.images))
+
+    def rgb(self) -> ImageBatch:
+        """The batch with three channels (gray is replicated)."""
+        return self if self.channels == 3 else self.replace(self.images.expand(-1, 3, -1, -1).clone())
+
+    def split(self, size: int) -> list[ImageBatch]:
+        """Cut into batches of at most ``size`` images."""
+        return [
+            ImageBatch(self.images[i : i + size], self.names[i : i + size], self.meta[i : i + size])
+            for i in range(0, len(self), size)
+        ]
+
+    @staticmethod
+    def concat(batches: Sequence[ImageBatch]) -> ImageBatch:
+        """Join same-sized batches into one."""
+        import torch
+
+        if not batches:
+            raise ShapeError("cannot concatenate zero batches")
+        return ImageBatch(
+            torch.cat([b.images for b in batches]),
+            [n for b in batches for n in b.names],
+            [m for b in batches for m in b.meta],
+        )
+
+    # ---- the numpy / PIL boundary -------------------------------------------------------
+
+    @classmethod
+    def from_numpy(
+        cls,
+        array: np.ndarray | Sequence[np.ndarray],
+        names: Sequence[str] | None = None,
+        meta: Sequence[dict[str, Any]] | None = None,
+    ) -> ImageBatch:
+        """Build a batch from HW, HWC or NHWC arrays (uint8, uint16, bool or float in [0, 1]).
+
+        An alpha channel is composited onto white, since scans and faces have no transparency
+        and white is the paper colour.
+
+        Args:
+            array: one array, or a sequence of same-sized arrays.
+            names: optional names, one per image.
+            meta: optional metadata dicts, one per image.
+
+        Returns:
+            The batch, float32 (N, C, H, W) in [0, 1].
+        """
+        import torch
+
+        if isinstance(array, np.ndarray):
+            nhwc = _to_nhwc(array)
+        else:
+            items = [_to_nhwc(np.asarray(a)) for a in array]
+            if not items:
+                raise ShapeError("no images given")
+            shapes = {a.shape[1:] for a in items}
+            if len(shapes) != 1:
+                raise ShapeError(f"images in one batch must share a shape; got {sorted(shapes)}")
+            nhwc = np.concatenate(items)
+        data = _as_float01(nhwc)
+        c = data.shape[-1]
+        if c == 4:
+            alpha = data[..., 3:4]
+            data = data[..., :3] * alpha + (1.0 - alpha)
+        elif c == 2:
+            alpha = data[..., 1:2]
+            data = data[..., :1] * alpha + (1.0 - alpha)
+        elif c not in (1, 3):
+            raise ShapeError(f"images must have 1-4 channels; got {c}")
+        tensor = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
+        return cls(tensor, list(names or []), [dict(m) for m in (meta or [])])
+
+    def to_numpy(self, dtype: type[np.generic] = np.uint8) -> np.ndarray:
+        """Return (N, H, W, C) pixels as ``uint8`` (rounded), ``uint16`` or ``float32``."""
+        data = self.images.detach().float().clamp(0, 1).cpu().numpy().transpose(0, 2, 3, 1)
+        if dtype == np.uint8:
+            return np.rint(data * 255.0).astype(np.uint8)
+        if dtype == np.uint16:
+            return np.rint(data * 65535.0).astype(np.uint16)
+        if dtype == np.float32:
+            return np.ascontiguousarray(data)
+        raise ShapeError(f"unsupported output dtype {dtype}")
+
+    @classmethod
+    def from_pil(
+        cls,
+        images: Image.Image | Sequence[Image.Image],
+        names: Sequence[str] | None = None,
+        meta: Sequence[dict[str, Any]] | None = None,
+    ) -> ImageBatch:
+        """Build a batch from PIL images of any mode (converted to L or RGB, alpha onto white)."""
+        from PIL import Image
+
+        seq = [images] if isinstance(images, Image.Image) else list(images)
+        return cls.from_numpy([pil_to_array(im) for im in seq], names, meta)
+
+    def to_pil(self) -> list[Image.Image]:
+        """One 8-bit PIL image (mode L or RGB) per batch item."""
+        from PIL import Image
+
+        arrays = self.to_numpy(np.uint8)
+        mode = "L" if self.channels == 1 else "RGB"
+        return [Image.fromarray(a[..., 0] if mode == "L" else a, mode) for a in arrays]
+
+
+def pil_to_array(image: Image.Image) -> np.ndarray:
+    """Decode a PIL image of any mode into an HWC array that :meth:`ImageBatch.from_numpy` takes.
+
+    16-bit gray stays uint16 (no precision lost), 1-bit and palette images become uint8,
+    CMYK becomes RGB, and alpha is kept so it can be composited onto white.
+    """
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(image, dtype=np.uint16)[..., None]
+    if mode == "I":
+        arr = np.asarray(image)
+        return np.clip(arr, 0, 65535).astype(np.uint16)[..., None]
+    if mode == "F":
+        arr = np.asarray(image, dtype=np.float32)
+        hi = float(arr.max()) if arr.size else 1.0
+        return np.clip(arr / (255.0 if hi > 1.0 else 1.0), 0, 1)[..., None]
+    if mode in ("1", "L"):
+        return np.asarray(image.convert("L"))[..., None]
+    if mode == "LA":
+        return np.asarray(image)
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in image.info
+        return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    if mode in ("RGBA", "RGBa"):
+        return np.asarray(image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"))

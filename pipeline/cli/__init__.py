@@ -1,0 +1,1 @@
+"""Typer command-line interface. Nothing here imports torch at module level."""

@@ -1,0 +1,40 @@
+"""The typer apps that every CLI module decorates.
+
+Area modules (``scans``, ``impulse``, ``faces``, ``colorize`` ...) register their commands on
+these objects; :mod:`pipeline.cli.main` imports the areas and runs :data:`app`. Kept import-light
+so ``aepipe --help`` does not load torch.
+"""
+
+from __future__ import annotations
+
+import typer
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+app = typer.Typer(
+    name="aepipe",
+    help="Autoencoder image pipeline: clean scanned pages, remove impulse noise, "
+    "generate and colorize faces.",
+    no_args_is_help=True,
+    context_settings=CONTEXT,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+train_app = typer.Typer(
+    help="Train a model from scratch and write a weights folder.",
+    no_args_is_help=True,
+    context_settings=CONTEXT,
+)
+faces_app = typer.Typer(
+    help="Explore and edit the face VAE's latent space.",
+    no_args_is_help=True,
+    context_settings=CONTEXT,
+)
+vae_app = typer.Typer(
+    help="Pictures of the 2-D MNIST / Fashion-MNIST VAEs.",
+    no_args_is_help=True,
+    context_settings=CONTEXT,
+)
+app.add_typer(train_app, name="train")
+app.add_typer(faces_app, name="faces")
+app.add_typer(vae_app, name="vae")

@@ -1,0 +1,188 @@
+"""Shared plumbing of the file-processing commands: options, progress, errors, exit codes.
+
+Every command follows the same path: parse -> check inputs and output folder -> load weights ->
+:func:`pipeline.runner.run_files` with a progress bar -> one summary line -> documented exit code.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from pipeline.errors import AepipeError, ConfigError, ExitCode, WeightsError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from pipeline.runner import RunOptions, Summary
+
+# Reusable option declarations, so every command spells its options the same way.
+InputsArg = Annotated[list[Path], typer.Argument(help="Image/PDF files or folders.", show_default=False)]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Output folder [default: <input>_<suffix> beside the input].")
+]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="same (TIFF->TIFF, PDF->PDF, others->PNG) | png | tiff | pdf.",
+        case_sensitive=False,
+    ),
+]
+DpiOpt = Annotated[int, typer.Option("--dpi", min=36, max=1200, help="Resolution for rendering PDF pages.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Pages (or images) per model call.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, keeping the layout.")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write a JSON report of every file here.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; errors and summary only.")]
+MaxPixelsOpt = Annotated[
+    int, typer.Option("--max-pixels", min=1, help="Refuse pages with more pixels than this (decompression bombs).")
+]
+
+FORMATS = ("same", "png", "tiff", "pdf")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def err(message: str) -> None:
+    """Print one message line to stderr."""
+    typer.echo(message, err=True)
+
+
+def fail(message: str, code: ExitCode) -> NoReturn:
+    """Print ``message`` and exit with ``code``."""
+    err(f"error: {message}")
+    raise typer.Exit(int(code))
+
+
+def check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
+    """Validate a string option against its choices (case-insensitive)."""
+    low = value.lower()
+    if low not in choices:
+        fail(f"{option} must be one of {', '.join(choices)}; got {value!r}", ExitCode.BAD_ARGS)
+    return low
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Map aepipe's exceptions to exit codes and SIGTERM to a clean interrupt."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        err("interrupted: finished outputs are complete; re-run the same command to resume")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.BAD_ARGS)
+    except WeightsError as exc:
+        fail(str(exc), ExitCode.MODEL_ERROR)
+    except AepipeError as exc:
+        fail(str(exc), ExitCode.SOME_FAILED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_job(
+    inputs: list[Path],
+    load: Callable[[], Callable[..., Any]],
+    options: RunOptions,
+    *,
+    quiet: bool = False,
+    unit: str = "file",
+) -> NoReturn:
+    """Check inputs, load the stage, process every file with a progress bar, then exit.
+
+    Args:
+        inputs: files and folders from the command line.
+        load: builds the batch -> batch callable (loads weights); called only after the inputs
+            and output folder were checked, so a typo costs no model loading.
+        options: runner options.
+        quiet: no progress bar.
+        unit: what the progress bar counts.
+    """
+    from pipeline.runner import plan, run_files
+
+    with cli_errors():
+        jobs, _, out_dir = plan(inputs, options)
+        if not jobs:
+            fail(f"no image files found in {', '.join(map(str, inputs))}", ExitCode.NOTHING_PROCESSED)
+        process = load()
+        with progress_bar(len(jobs), quiet, unit) as on_record:
+            summary = run_files(inputs, process, options, on_record=on_record)
+        finish_summary(summary, quiet)
+
+
+@contextmanager
+def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr fed by :func:`run_files`'s ``on_record`` callback.
+
+    Per-file failures are printed above the bar as one line each, as they happen.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    show = not quiet and console.is_terminal
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show,
+    )
+    task = progress.add_task(f"{unit}s", total=total, rate="")
+    pages = 0
+
+    def on_record(record: Any, done: int, _total: int) -> None:
+        nonlocal pages
+        pages += record.pages
+        if record.status == "failed":
+            console.print(f"[red]failed[/red] {record.reason}", highlight=False, markup=True, soft_wrap=True)
+        elapsed = progress.tasks[0].elapsed or 0.0
+        rate = f"{pages / elapsed:.2f} pages/s" if elapsed > 0 and pages else ""
+        progress.update(task, completed=done, rate=rate)
+
+    with progress:
+        yield on_record
+
+
+def finish_summary(summary: Summary, quiet: bool) -> NoReturn:
+    """Print the summary line (and where outputs went), then exit with the summary's code."""
+    err(summary.line())
+    if not quiet and summary.out_dir and summary.count("ok"):
+        err(f"outputs in {summary.out_dir}")
+    raise typer.Exit(int(summary.exit_code))
+
+
+def run_app(app: typer.Typer) -> None:
+    """Entry point wrapper: run a typer app and turn stray exceptions into exit codes."""
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        err("interrupted")
+        sys.exit(int(ExitCode.INTERRUPTED))

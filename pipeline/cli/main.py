@@ -1,0 +1,85 @@
+"""Console entry points: ``aepipe`` and the short forms ``clean-scans``, ``gen-faces``, ``colorize``.
+
+Area modules register their commands on the shared apps when imported; this module imports
+them and runs the app. None of them imports torch at module level, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import typer
+
+from pipeline.cli.apps import CONTEXT, app
+from pipeline.cli.common import run_app
+
+# Each of these modules registers its commands on the shared apps when imported.
+AREAS = ("clean", "scans", "impulse", "faces", "colorize", "run")
+
+
+def load_areas() -> None:
+    """Import every CLI area module so its commands are registered."""
+    for area in AREAS:
+        name = f"pipeline.cli.{area}"
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            # An area that is not part of this build is left out; a broken import is not.
+            if exc.name != name:
+                raise
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the shipped weights with their stage and headline metrics."""
+    from pipeline.weights import read_config, shipped_names, shipped_weights_dir
+
+    root = shipped_weights_dir()
+    for name in shipped_names():
+        cfg = read_config(root / name)
+        typer.echo(f"{name:18s} stage={cfg['stage']:17s} class={cfg['model_class']}")
+
+
+@app.command("version")
+def version_cmd() -> None:
+    """Print the aepipe version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(version("aepipe"))
+    except PackageNotFoundError:
+        typer.echo("aepipe (not installed)")
+
+
+def _single(name: str) -> typer.Typer:
+    """A one-command app running the ``aepipe NAME`` command, for the short console scripts."""
+    load_areas()
+    for command in app.registered_commands:
+        if command.name == name:
+            single = typer.Typer(
+                name=name, add_completion=False, context_settings=CONTEXT, pretty_exceptions_enable=False
+            )
+            single.command(name=name, help=command.help)(command.callback)
+            return single
+    raise RuntimeError(f"command {name!r} is not registered")
+
+
+def main() -> None:
+    """``aepipe``."""
+    load_areas()
+    run_app(app)
+
+
+def clean_scans_main() -> None:
+    """``clean-scans``."""
+    run_app(_single("clean-scans"))
+
+
+def gen_faces_main() -> None:
+    """``gen-faces``."""
+    run_app(_single("gen-faces"))
+
+
+def colorize_main() -> None:
+    """``colorize``."""
+    run_app(_single("colorize"))
+

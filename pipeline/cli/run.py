@@ -1,0 +1,62 @@
+"""``aepipe run pipeline.toml``: run a chain described in a TOML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli.apps import app
+from pipeline.cli.common import QuietOpt, cli_errors, finish_summary, progress_bar
+
+
+@app.command("run")
+def run_pipeline(
+    config: Annotated[Path, typer.Argument(help="Pipeline TOML file (see examples/*.toml).")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a pipeline file: a source (folder or face generator), stages, and a folder sink.
+
+    The whole file, including every stage's config, is validated before any weights load.
+    """
+    from pipeline.errors import ExitCode
+    from pipeline.pipeline import (
+        FacesSource,
+        Pipeline,
+        build_stages,
+        faces_source,
+        read_pipeline_file,
+        write_batches,
+    )
+    from pipeline.runner import RunOptions, plan, run_files
+
+    with cli_errors():
+        spec = read_pipeline_file(config)
+        sink = spec.sink
+        if isinstance(spec.source, FacesSource):
+            stages = build_stages(spec)
+            pipe = Pipeline(stages) if stages else None
+            batches = faces_source(spec.source)
+            if pipe is not None:
+                batches = (pipe(b) for b in batches)
+            written = write_batches(
+                batches, Path(sink.out), Path(sink.grid) if sink.grid else None, sink.overwrite
+            )
+            typer.echo(f"wrote {len(written)} images to {sink.out}", err=True)
+            raise typer.Exit(int(ExitCode.OK))
+        options = RunOptions(
+            out_dir=Path(sink.out),
+            fmt=sink.format,
+            recursive=spec.source.recursive,
+            overwrite=sink.overwrite,
+            dpi=spec.source.dpi,
+            max_pixels=spec.source.max_pixels,
+            batch_size=sink.batch_size,
+            report=Path(sink.report) if sink.report else None,
+        )
+        jobs, _, _ = plan(spec.source.inputs, options)
+        pipe = Pipeline(build_stages(spec))
+        with progress_bar(len(jobs), quiet) as on_record:
+            summary = run_files(spec.source.inputs, pipe, options, on_record=on_record)
+        finish_summary(summary, quiet)

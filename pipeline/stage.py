@@ -1,0 +1,231 @@
+"""The Stage contract, strict stage configs, and the stage registry.
+
+A stage is one trained model plus a strict pydantic config and a single call,
+``stage(batch) -> batch``, run under ``torch.inference_mode()``. Adding a stage means writing
+one file in ``pipeline/stages/`` and one line in :data:`STAGE_PATHS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline.batch import ImageBatch
+from pipeline.errors import ConfigError, ShapeError, WeightsError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from typing_extensions import Self
+
+# Registry: stage name -> "module:Class". Lazy so that the CLI's --help never imports torch.
+STAGE_PATHS: dict[str, str] = {
+    "scan-denoiser": "pipeline.stages.scan_denoiser:ScanDenoiser",
+    "impulse-denoiser": "pipeline.stages.impulse_denoiser:ImpulseDenoiser",
+    "face-generator": "pipeline.stages.face_generator:FaceGenerator",
+    "colorizer": "pipeline.stages.colorizer:Colorizer",
+}
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    """Turn a pydantic error into lines of ``where.field: message`` a person can act on."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the stage's documented options)"
+        lines.append(f"{where}.{loc}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(cls: type[StageConfig], data: dict[str, Any], where: str) -> StageConfig:
+    """Validate ``data`` into ``cls``, raising :class:`ConfigError` with field-named messages."""
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def stage_class(name: str) -> type[Stage]:
+    """Return the stage class registered under ``name`` (e.g. ``"scan-denoiser"``)."""
+    try:
+        target = STAGE_PATHS[name]
+    except KeyError:
+        known = ", ".join(sorted(STAGE_PATHS))
+        raise ConfigError(f"unknown stage {name!r}; known stages: {known}") from None
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+class Stage(ABC):
+    """Base class of all stages.
+
+    Subclasses set :attr:`name`, :attr:`Config`, and implement :meth:`forward` (the work on a
+    validated batch already on the stage's device) and :meth:`tiny` (a small seeded random
+    model for contract tests).
+
+    Attributes:
+        model: the ``nn.Module``, in eval mode.
+        config: the validated stage config.
+        extras: stage-specific state stored beside the weights (e.g. statistics, concepts).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[StageConfig]] = StageConfig
+    input_channels: ClassVar[tuple[int, ...]] = (1, 3)
+    min_size: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: StageConfig | dict[str, Any] | None = None,
+        extras: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(config, dict) or config is None:
+            config = build_config(self.Config, config or {}, self.name)
+        elif not isinstance(config, self.Config):
+            raise ConfigError(
+                f"{self.name}: config must be {self.Config.__name__}; got {type(config).__name__}"
+            )
+        self.model = model.eval()
+        self.config = config
+        self.extras: dict[str, Any] = dict(extras or {})
+
+    # ---- running ------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's parameters live on."""
+        import torch
+
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Self:
+        """Move the model to ``device`` and return the stage."""
+        self.model.to(device)
+        return self
+
+    def check(self, batch: ImageBatch) -> None:
+        """Raise :class:`ShapeError` if ``batch`` cannot go through this stage."""
+        if not isinstance(batch, ImageBatch):
+            raise ShapeError(
+                f"{self.name}: expected an ImageBatch; got {type(batch).__name__}. "
+                "Use pipeline.apply() for numpy arrays, PIL images or paths."
+            )
+        if batch.channels not in self.input_channels:
+            raise ShapeError(
+                f"{self.name}: takes images with {' or '.join(map(str, self.input_channels))} "
+                f"channel(s); got {batch.channels}"
+            )
+        h, w = batch.size
+        if min(h, w) < self.min_size:
+            raise ShapeError(f"{self.name}: images must be at least {self.min_size} px; got {h}x{w}")
+
+    def __call__(self, batch: ImageBatch) -> ImageBatch:
+        """Run the stage on a batch.
+
+        Args:
+            batch: float32 (N, C, H, W) in [0, 1].
+
+        Returns:
+            A new batch on the CPU with the same names and updated metadata.
+        """
+        import torch
+
+        self.check(batch)
+        with torch.inference_mode():
+            out = self.forward(batch.to(self.device))
+        return out.to("cpu")
+
+    @abstractmethod
+    def forward(self, batch: ImageBatch) -> ImageBatch:
+        """The stage's work on a checked batch on the stage's device."""
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def tiny(cls, seed: int = 0, **config: Any) -> Self:
+        """A small randomly initialised stage, seeded, for tests and examples."""
+        raise NotImplementedError(f"{cls.__name__} has no tiny model")
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str], device: str = "cpu", **overrides: Any
+    ) -> Self:
+        """Load a weights folder (shipped name or path) into this stage class.
+
+        Args:
+            name_or_path: e.g. ``"scan-denoiser"`` or ``"runs/my-model"``.
+            device: ``"cpu"``, ``"cuda"``, ``"auto"`` (GPU when available).
+            **overrides: stage config fields that replace the stored defaults.
+
+        Raises:
+            WeightsError: the folder is missing, tampered with, or belongs to another stage.
+            ConfigError: an override is unknown or out of range.
+        """
+        from pipeline.weights import load_model
+
+        model, wcfg = load_model(name_or_path, device=resolve_device(device))
+        if wcfg["stage"] != cls.name:
+            raise WeightsError(
+                f"{name_or_path}: weights are for stage {wcfg['stage']!r}, not {cls.name!r}"
+            )
+        config = build_config(cls.Config, {**wcfg.get("stage_config", {}), **overrides}, cls.name)
+        return cls(model, config, extras=wcfg.get("extras", {}))
+
+    def save_pretrained(self, folder: str | os.PathLike[str], **info: Any) -> Path:
+        """Write this stage's model, config and extras as a weights folder.
+
+        Args:
+            folder: output folder.
+            **info: ``training``, ``metrics`` and ``card`` entries passed to ``save_model``.
+        """
+        from pipeline.weights import save_model
+
+        return save_model(
+            self.model,
+            folder,
+            stage=self.name,
+            model_kwargs=dict(self.model.hparams),
+            stage_config=self.config.model_dump(mode="json"),
+            extra={"extras": self.extras} if self.extras else None,
+            **info,
+        )
+
+
+def resolve_device(device: str | torch.device) -> str:
+    """Map ``"auto"`` to ``"cuda"`` when a GPU is present, else ``"cpu"``."""
+    import torch
+
+    if str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is available")
+    return str(device)
+
+
+def load_stage(name_or_path: str | os.PathLike[str], device: str = "cpu", **overrides: Any) -> Stage:
+    """Load any stage from a weights folder; the folder's config says which stage class.
+
+    Example:
+        >>> from pipeline import load_stage
+        >>> stage = load_stage("salt-pepper")  # doctest: +SKIP
+    """
+    from pipeline.weights import read_config, resolve
+
+    folder = resolve(name_or_path)
+    cls = stage_class(read_config(folder)["stage"])
+    return cls.from_pretrained(folder, device=device, **overrides)

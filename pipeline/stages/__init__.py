@@ -1,0 +1,1 @@
+"""Stage implementations: one file per stage."""

@@ -1,0 +1,1 @@
+"""Training entry points: one module per model, each writing a weights folder."""
