@@ -49,9 +49,9 @@ def _to_nhwc(array: np.ndarray) -> np.ndarray:
         return array[None, :, :, None]
     if array.ndim == 3:
         # A 3-D array is one HWC image; a stack of gray images must be passed as NHW1.
-        if array.shape[-1] not in (1, 3, 4):
+        if array.shape[-1] not in (1, 2, 3, 4):
             raise ShapeError(
-                f"a 3-D array must be one HWC image with 1, 3 or 4 channels; got shape "
+                f"a 3-D array must be one HWC image with 1 to 4 channels; got shape "
                 f"{array.shape}. Pass a stack of gray images as (N, H, W, 1)."
             )
         return array[None]

@@ -73,8 +73,11 @@ def _read_raster(
     try:
         # Our own limit is checked below from the header; PIL's bomb guard stays as a backstop.
         image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise InputImageError(f"{path}: refused as a decompression bomb ({exc})") from None
+    except Image.DecompressionBombError:
+        raise InputImageError(
+            f"{path}: header claims more pixels than PIL's decompression-bomb guard allows; "
+            f"this exceeds the limit of {max_pixels:,} pixels"
+        ) from None
     except UnidentifiedImageError:
         raise InputImageError(f"{path}: not an image (or an unsupported format)") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -224,7 +227,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "w+b") as fh:  # TIFF writers read back what they wrote
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -1,0 +1,163 @@
+"""Image I/O: formats in and out, pixel limits, broken files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from factory import empty_pdf, encrypted_pdf, gradient, pdf_pages, png_bomb, save, truncated
+from PIL import Image
+
+from pipeline.batch import ImageBatch
+from pipeline.errors import InputImageError
+from pipeline.io import make_grid, page_batch, read_pages, write_image, write_pages
+
+
+def write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def first(path, **kw):
+    return next(read_pages(path, **kw))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "channels"),
+    [(".png", 1), (".png", 3), (".bmp", 1), (".bmp", 3), (".tif", 1), (".tif", 3), (".webp", 3)],
+)
+def test_lossless_round_trip(tmp_path, suffix, channels):
+    arr = gradient(channels=channels)
+    path = write_image(arr, tmp_path / f"a{suffix}") if suffix in (".png", ".tif") else save(
+        Image.fromarray(arr), tmp_path / f"a{suffix}", **({"lossless": True} if suffix == ".webp" else {})
+    )
+    page = first(path)
+    got = page.pixels if page.pixels.ndim == 3 else page.pixels[..., None]
+    assert got.shape[-1] == channels
+    np.testing.assert_array_equal(got.reshape(arr.shape), arr)
+
+
+def test_sixteen_bit_gray_keeps_precision(tmp_path):
+    arr = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80).astype(np.uint16)
+    save(Image.fromarray(arr), tmp_path / "g16.png")
+    page = first(tmp_path / "g16.png")
+    assert page.pixels.dtype == np.uint16
+    batch = page_batch(page)
+    np.testing.assert_allclose(batch.images[0, 0].numpy(), arr / 65535.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mode", "channels"), [("1", 1), ("P", 3), ("LA", 1), ("RGBA", 3), ("CMYK", 3), ("L", 1)]
+)
+def test_unusual_modes_become_gray_or_rgb(tmp_path, mode, channels):
+    image = Image.fromarray(gradient(channels=3)).convert(mode)
+    suffix = ".jpg" if mode == "CMYK" else ".png"
+    save(image, tmp_path / f"m{suffix}")
+    batch = page_batch(first(tmp_path / f"m{suffix}"))
+    assert batch.channels == channels
+    assert batch.size == (24, 32)
+
+
+def test_alpha_is_composited_on_white(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent black
+    save(Image.fromarray(rgba, "RGBA"), tmp_path / "t.png")
+    batch = page_batch(first(tmp_path / "t.png"))
+    assert float(batch.images.min()) == 1.0
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.fromarray(gradient(10, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    save(image, tmp_path / "r.jpg", exif=exif)
+    page = first(tmp_path / "r.jpg")
+    assert page.pixels.shape[:2] == (30, 10)
+
+
+def test_multipage_tiff_and_gif_frames(tmp_path):
+    frames = [Image.fromarray(gradient(seed=i)) for i in range(3)]
+    frames[0].save(tmp_path / "m.tif", save_all=True, append_images=frames[1:])
+    assert len(list(read_pages(tmp_path / "m.tif"))) == 3
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    assert len(list(read_pages(tmp_path / "a.gif"))) == 1
+    assert len(list(read_pages(tmp_path / "a.gif", frames="all"))) == 3
+
+
+def test_pdf_pages_render_at_dpi_and_write_back_same_sizes(tmp_path):
+    sizes = [(144.0, 72.0), (72.0, 108.0)]
+    pdf_pages(tmp_path / "d.pdf", sizes)
+    pages = list(read_pages(tmp_path / "d.pdf", dpi=100))
+    assert [p.pixels.shape[:2] for p in pages] == [(100, 200), (150, 100)]
+    assert [p.meta["page_size_pt"] for p in pages] == sizes
+    out = write_pages(
+        [p.pixels for p in pages], tmp_path / "o.pdf", page_sizes_pt=[p.meta["page_size_pt"] for p in pages]
+    )
+    again = list(read_pages(out, dpi=100))
+    got = [v for p in again for v in p.meta["page_size_pt"]]
+    assert got == pytest.approx([v for s in sizes for v in s])
+
+
+def test_multipage_tiff_write_and_bilevel(tmp_path):
+    pages = [gradient(seed=i) for i in range(2)] + [gradient() > 128]
+    out = write_pages(pages, tmp_path / "o.tif", dpis=[300, 300, 300])
+    read = list(read_pages(out))
+    assert len(read) == 3
+    assert read[0].meta["dpi"] == pytest.approx(300)
+
+
+@pytest.mark.parametrize(
+    ("maker", "reason"),
+    [
+        (lambda p: write(p, b""), "empty file"),
+        (lambda p: write(p, b"hello, not an image"), "not an image"),
+        (lambda p: write(p, b"<html><body>404</body></html>"), "not an image"),
+        (lambda p: truncated(p, Image.fromarray(gradient(64, 64)), "PNG"), "corrupt or truncated"),
+        (lambda p: png_bomb(p), "exceeds the limit"),
+    ],
+)
+def test_broken_rasters_raise_one_line_named_errors(tmp_path, maker, reason):
+    path = maker(tmp_path / "bad.png")
+    with pytest.raises(InputImageError) as info:
+        list(read_pages(path))
+    message = str(info.value)
+    assert str(path) in message and reason in message and "\n" not in message
+
+
+def test_truncated_jpeg_and_tiff(tmp_path):
+    for fmt, suffix in (("JPEG", ".jpg"), ("TIFF", ".tif")):
+        path = truncated(tmp_path / f"t{suffix}", Image.fromarray(gradient(64, 64, 3)), fmt, keep=0.3)
+        with pytest.raises(InputImageError, match=str(path)):
+            list(read_pages(path))
+
+
+def test_bad_pdfs(tmp_path):
+    (tmp_path / "c.pdf").write_bytes(b"%PDF-1.4\n garbage garbage")
+    with pytest.raises(InputImageError, match="cannot open PDF"):
+        list(read_pages(tmp_path / "c.pdf"))
+    with pytest.raises(InputImageError, match="no pages|cannot open PDF"):
+        list(read_pages(empty_pdf(tmp_path / "e.pdf")))
+    with pytest.raises(InputImageError, match="encrypted|password|cannot open"):
+        list(read_pages(encrypted_pdf(tmp_path / "x.pdf")))
+
+
+def test_pixel_limit_is_checked_before_decoding(tmp_path):
+    write_image(gradient(100, 100), tmp_path / "big.png")
+    with pytest.raises(InputImageError, match="exceeds the limit"):
+        list(read_pages(tmp_path / "big.png", max_pixels=5_000))
+
+
+def test_tiny_images(tmp_path):
+    write_image(np.full((3, 3), 7, np.uint8), tmp_path / "t.png")
+    assert page_batch(first(tmp_path / "t.png")).size == (3, 3)
+
+
+def test_batch_numpy_pil_round_trip():
+    arr = gradient(channels=3)
+    batch = ImageBatch.from_numpy(arr)
+    np.testing.assert_array_equal(batch.to_numpy()[0], arr)
+    np.testing.assert_array_equal(np.asarray(batch.to_pil()[0]), arr)
+    assert ImageBatch.from_pil(Image.fromarray(arr)).channels == 3
+
+
+def test_grid_shape():
+    grid = make_grid(np.zeros((5, 4, 6, 3), np.uint8), ncols=3, pad=1)
+    assert grid.shape == (2 * 5 + 1, 3 * 7 + 1, 3)

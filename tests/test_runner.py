@@ -1,0 +1,147 @@
+"""The file runner: per-file errors, resume, atomic outputs, layout, reports, batching."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from factory import gradient, pdf_pages, truncated
+from PIL import Image
+
+from pipeline.batch import ImageBatch
+from pipeline.errors import ConfigError, ExitCode
+from pipeline.io import write_image
+from pipeline.runner import RunOptions, run_files
+
+
+def invert(batch: ImageBatch) -> ImageBatch:
+    return batch.replace(1.0 - batch.images)
+
+
+@pytest.fixture
+def docs(tmp_path):
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    for i in range(3):
+        write_image(gradient(20, 30, seed=i), root / f"p{i}.png")
+    write_image(gradient(20, 30, 3), root / "sub" / "c.jpg")
+    truncated(root / "broken.png", Image.fromarray(gradient(64, 64)), "PNG")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_one_bad_file_does_not_cost_the_others(docs, tmp_path):
+    out = tmp_path / "out"
+    summary = run_files([docs], invert, RunOptions(out_dir=out, report=tmp_path / "r.json"))
+    assert summary.count("ok") == 3 and summary.count("failed") == 1
+    assert summary.exit_code == ExitCode.SOME_FAILED
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    got = np.asarray(Image.open(out / "p1.png"))
+    np.testing.assert_array_equal(got, 255 - gradient(20, 30, seed=1))
+    report = json.loads((tmp_path / "r.json").read_text())
+    statuses = {f["path"].split("/")[-1]: f["status"] for f in report["files"]}
+    assert statuses == {"p0.png": "ok", "p1.png": "ok", "p2.png": "ok", "broken.png": "failed"}
+    failed = next(f for f in report["files"] if f["status"] == "failed")
+    assert "broken.png" in failed["reason"]
+    assert report["summary"]["exit_code"] == 1
+
+
+def test_recursive_keeps_layout_and_lists_ignored(docs, tmp_path):
+    out = tmp_path / "out"
+    opts = RunOptions(out_dir=out, recursive=True, list_ignored=True)
+    summary = run_files([docs], invert, opts)
+    assert (out / "sub" / "c.png").is_file()
+    assert summary.count("ignored") == 1
+
+
+def test_resume_skips_done_files_and_overwrite_redoes_them(docs, tmp_path):
+    out = tmp_path / "out"
+    run_files([docs], invert, RunOptions(out_dir=out))
+    calls = []
+
+    def counting(batch):
+        calls.append(len(batch))
+        return invert(batch)
+
+    again = run_files([docs], counting, RunOptions(out_dir=out))
+    assert again.count("skipped") == 3 and not calls
+    assert again.exit_code == ExitCode.SOME_FAILED  # broken.png still fails
+    redo = run_files([docs], counting, RunOptions(out_dir=out, overwrite=True))
+    assert redo.count("ok") == 3 and sum(calls) == 3
+
+
+def test_output_inside_input_is_refused(docs):
+    with pytest.raises(ConfigError, match="inside input folder"):
+        run_files([docs], invert, RunOptions(out_dir=docs / "clean"))
+    with pytest.raises(ConfigError, match="inside input folder"):
+        run_files([docs], invert, RunOptions(out_dir=docs))
+
+
+def test_missing_input_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        run_files([tmp_path / "nope"], invert, RunOptions(out_dir=tmp_path / "o"))
+
+
+def test_default_output_folder_is_a_sibling(docs):
+    summary = run_files([docs], invert, RunOptions(out_suffix="clean"))
+    assert summary.out_dir == str(docs.parent / "docs_clean")
+    assert (docs.parent / "docs_clean" / "p0.png").is_file()
+
+
+def test_same_size_files_are_batched_with_identical_results(docs, tmp_path):
+    sizes = []
+
+    def spy(batch):
+        sizes.append(len(batch))
+        return invert(batch)
+
+    run_files([docs], spy, RunOptions(out_dir=tmp_path / "a", batch_size=8))
+    assert max(sizes) == 3
+    run_files([docs], invert, RunOptions(out_dir=tmp_path / "b", batch_size=1))
+    for name in ("p0.png", "p1.png", "p2.png"):
+        a = np.asarray(Image.open(tmp_path / "a" / name))
+        b = np.asarray(Image.open(tmp_path / "b" / name))
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pdf_in_pdf_out_same_pages(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    pdf_pages(src / "doc.pdf", [(100.0, 150.0), (150.0, 100.0), (100.0, 150.0)])
+    summary = run_files([src], invert, RunOptions(out_dir=tmp_path / "o", dpi=72))
+    assert summary.count("ok") == 1 and summary.pages == 3
+    from pipeline.io import read_pages
+
+    pages = list(read_pages(tmp_path / "o" / "doc.pdf", dpi=72))
+    assert [p.meta["page_size_pt"] for p in pages] == [(100.0, 150.0), (150.0, 100.0), (100.0, 150.0)]
+
+
+def test_processing_error_fails_only_that_batch(docs, tmp_path):
+    def picky(batch):
+        if "p1" in batch.names:
+            raise RuntimeError("model blew up")
+        return invert(batch)
+
+    summary = run_files([docs], picky, RunOptions(out_dir=tmp_path / "o", batch_size=1))
+    by_name = {r.path.split("/")[-1]: r for r in summary.records}
+    assert by_name["p1.png"].status == "failed" and "model blew up" in by_name["p1.png"].reason
+    assert by_name["p0.png"].status == "ok" and by_name["p2.png"].status == "ok"
+
+
+def test_interrupt_leaves_only_complete_outputs_and_resume_finishes(docs, tmp_path):
+    out = tmp_path / "o"
+    seen = []
+
+    def interrupting(batch):
+        seen.append(batch.names[0])
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return invert(batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_files([docs], interrupting, RunOptions(out_dir=out, batch_size=1, report=tmp_path / "r.json"))
+    assert [p.name for p in out.iterdir()] == ["p0.png"]
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["interrupted"] is True
+    summary = run_files([docs], invert, RunOptions(out_dir=out, batch_size=1))
+    assert summary.count("skipped") == 1 and summary.count("ok") == 2
