@@ -219,7 +219,9 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
     try:
         spec = PipelineSpec(**data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
+        raise ConfigError(
+            format_validation_error(exc, str(path), sep=": ", drop=("folder", "faces"))
+        ) from None
     for i, st in enumerate(spec.stages):
         try:
             stage_name = read_config(resolve(st.weights))["stage"]

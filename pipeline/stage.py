@@ -38,15 +38,24 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def format_validation_error(exc: ValidationError, where: str) -> str:
-    """Turn a pydantic error into lines of ``where.field: message`` a person can act on."""
+def format_validation_error(
+    exc: ValidationError, where: str, sep: str = ".", drop: tuple[str, ...] = ()
+) -> str:
+    """Turn a pydantic error into lines of ``where.field: message`` a person can act on.
+
+    Args:
+        exc: the validation error.
+        where: what was validated (a stage name or a file path).
+        sep: text between ``where`` and the field path.
+        drop: location parts to leave out (e.g. the tags of discriminated unions).
+    """
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        loc = ".".join(str(p) for p in err["loc"] if str(p) not in drop) or "(root)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the stage's documented options)"
-        lines.append(f"{where}.{loc}: {msg}")
+        lines.append(f"{where}{sep}{loc}: {msg}")
     return "\n".join(lines)
 
 
