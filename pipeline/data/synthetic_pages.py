@@ -42,35 +42,60 @@ __all__ = [
     "degrade",
     "font_inventory",
     "make_pair",
+    "preview_grid",
     "render_clean_page",
+    "write_pairs",
 ]
 
 # Fonts by role. Names are file stems looked up in matplotlib's bundled fonts, then in
 # /usr/share/fonts. Computer Modern (cm*) is what most Denoising-Dirty-Documents pages use.
 _FONT_ROLES: dict[str, tuple[str, ...]] = {
-    "serif": ("cmr10", "STIXGeneral", "DejaVuSerif", "DejaVuSerifCondensed", "LiberationSerif-Regular"),
+    "serif": (
+        "cmr10",
+        "STIXGeneral",
+        "DejaVuSerif",
+        "DejaVuSerifCondensed",
+        "LiberationSerif-Regular",
+    ),
     "serif_italic": ("cmti10", "STIXGeneralItalic", "DejaVuSerif-Italic", "LiberationSerif-Italic"),
     "sans": ("cmss10", "DejaVuSans", "DejaVuSansCondensed", "LiberationSans-Regular"),
     "sans_italic": ("DejaVuSans-Oblique", "DejaVuSansCondensed-Oblique"),
     "mono": ("cmtt10", "DejaVuSansMono", "LiberationMono-Regular"),
-    "bold": ("cmb10", "STIXGeneralBol", "DejaVuSerif-Bold", "DejaVuSans-Bold", "LiberationSans-Bold"),
+    "bold": (
+        "cmb10",
+        "STIXGeneralBol",
+        "DejaVuSerif-Bold",
+        "DejaVuSans-Bold",
+        "LiberationSans-Bold",
+    ),
 }
 # Body-text roles and how often a page uses each; "sans_fake_italic" is an upright sans sheared
 # like the cmssi pages of the Kaggle set, whose font no package ships.
 _BODY_ROLES = ("serif", "serif_italic", "sans", "sans_fake_italic", "sans_italic", "mono")
 _BODY_WEIGHTS = (0.28, 0.16, 0.16, 0.14, 0.06, 0.20)
 
-_COMMON_WORDS = (
+_COMMON_TEXT = (
     "the of and to in is a that for with as on by be are this or can it from at which an not "
     "these their more than other may also have has was were they been when where there such "
     "each one two into its but all only most used some between over after under before while "
     "method image form field data page noise filter value text line paper scan model test"
-).split()
-_ONSETS = "b c d f g h l m n p r s t v w br cl cr dr fl gr pl pr st str th tr ch sh sp".split()
-_VOWELS = "a e i o u a e i o ea ou io ai".split()
+)
+_COMMON_WORDS = tuple(_COMMON_TEXT.split())
+_ONSET_TEXT = "b c d f g h l m n p r s t v w br cl cr dr fl gr pl pr st str th tr ch sh sp"
+_ONSETS = tuple(_ONSET_TEXT.split())
+_VOWELS = ("a", "e", "i", "o", "u", "a", "e", "i", "o", "ea", "ou", "io", "ai")
 _CODAS = ("", "", "", "n", "r", "s", "t", "l", "m", "nd", "nt", "st", "rs", "ng", "ck", "ss")
 _SUFFIXES = ("", "", "", "", "ing", "ed", "tion", "ly", "ment", "er", "es", "al", "ity")
-_WATERMARK_WORDS = ("CONFIDENTIAL", "DRAFT", "COPY", "ARCHIVE", "VOID", "RECEIVED", "FILE", "ORIGINAL")
+_WATERMARK_WORDS = (
+    "CONFIDENTIAL",
+    "DRAFT",
+    "COPY",
+    "ARCHIVE",
+    "VOID",
+    "RECEIVED",
+    "FILE",
+    "ORIGINAL",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +179,8 @@ def _words(rng: np.random.Generator, n: int) -> list[str]:
     for _ in range(n):
         r = rng.random()
         if r < 0.04:
-            w = str(int(rng.integers(1, 2000))) if rng.random() < 0.6 else f"{rng.uniform(0, 100):.1f}"
+            num = rng.random() < 0.6
+            w = str(int(rng.integers(1, 2000))) if num else f"{rng.uniform(0, 100):.1f}"
         elif r < 0.055:
             w = _word(rng).upper()[: int(rng.integers(2, 5))]
         else:
@@ -266,7 +292,10 @@ def _paragraph(
                 x += widths[i + k] + gap
         else:
             draw.text(
-                (canvas.x_for(start_x, baseline, fake_italic), y), " ".join(line), font=font, fill=ink
+                (canvas.x_for(start_x, baseline, fake_italic), y),
+                " ".join(line),
+                font=font,
+                fill=ink,
             )
         y += leading
         i, first = j, False
@@ -307,7 +336,8 @@ def _table(
     scale: float,
 ) -> float:
     """A ruled table of short words and numbers; returns the next free y."""
-    font, _ = _pick_font(rng, str(rng.choice(["serif", "sans", "mono"])), int(size * rng.uniform(0.8, 1.0)))
+    role = str(rng.choice(["serif", "sans", "mono"]))
+    font, _ = _pick_font(rng, role, int(size * rng.uniform(0.8, 1.0)))
     bold, _ = _pick_font(rng, "bold", int(size * rng.uniform(0.8, 1.0)))
     asc, desc = _line_metrics(font)
     row_h = (asc + desc) * rng.uniform(1.3, 1.8)
@@ -331,7 +361,8 @@ def _table(
             elif c == 0 or rng.random() < 0.3:
                 text, f = _word(rng), font
             else:
-                text, f = f"{rng.uniform(0, 10 ** rng.integers(1, 5)):.{int(rng.integers(0, 3))}f}", font
+                digits = int(rng.integers(0, 3))
+                text, f = f"{rng.uniform(0, 10 ** rng.integers(1, 5)):.{digits}f}", font
             cell_w = col_x[c + 1] - col_x[c] - 2 * pad
             while len(text) > 1 and _text_width(f, text) > cell_w:
                 text = text[:-1]
@@ -370,7 +401,7 @@ def _handwriting(
     n_lines = int(rng.integers(1, 4))
     for _ in range(n_lines):
         base = y + 2.2 * xh
-        if base + xh > y_max:
+        if base + 1.3 * xh > y_max:  # room for descenders
             break
         x = x0 + rng.uniform(0, 0.1) * width
         drift = rng.uniform(-0.03, 0.03)
@@ -379,19 +410,27 @@ def _handwriting(
             w_letter = xh * rng.uniform(0.6, 0.9)
             t = np.linspace(0, n_letters, n_letters * 24)
             letter = np.minimum(t.astype(int), n_letters - 1)
-            heights = rng.choice([1.0, 1.0, 1.0, 2.1, -1.2], n_letters) * rng.uniform(0.85, 1.1, n_letters)
+            # Mostly x-height letters, some ascenders (l, h) and descenders (g, y).
+            heights = rng.choice([1.0, 1.0, 1.0, 2.1, -1.2], n_letters)
+            heights = heights * rng.uniform(0.85, 1.1, n_letters)
             h = heights[letter]
             phase = 2 * np.pi * (t - letter)
-            loop = rng.uniform(0.25, 0.5)
-            px = x + w_letter * t - loop * w_letter * np.sin(phase)
+            # Per-letter loopiness: < 0.3 gives arches (n, m), > 0.5 closed loops (e, l).
+            loop = rng.uniform(0.1, 0.75, n_letters)[letter]
+            widths = rng.uniform(0.7, 1.3, n_letters)
+            start = np.concatenate([[0.0], np.cumsum(widths)])[letter]
+            adv = start + widths[letter] * (t - letter)
+            px = x + w_letter * adv - loop * w_letter * np.sin(phase)
             up = np.where(h > 0, h * xh * (0.5 - 0.5 * np.cos(phase)), 0.0)
             down = np.where(h < 0, h * xh * (0.5 - 0.5 * np.cos(phase)), 0.0)
             py = base - up - down + np.cumsum(rng.normal(0, 0.04 * xh, t.size)) * 0.2
             py += drift * (px - x0)
             px = px + slant * (base - py)
             pts = np.stack([px, py], 1)
-            cv2.polylines(page, [np.round(pts * 16).astype(np.int32)], False, ink, thick, cv2.LINE_AA, 4)
-            x += w_letter * n_letters + xh * rng.uniform(0.8, 1.6)
+            # 4 fractional bits: sub-pixel positions keep the anti-aliased curve smooth.
+            poly = np.round(pts * 16).astype(np.int32)
+            cv2.polylines(page, [poly], False, ink, thick, cv2.LINE_AA, 4)
+            x += w_letter * float(widths.sum()) + xh * rng.uniform(0.8, 1.6)
         y += pitch
     return y + pitch * 0.3
 
@@ -403,8 +442,8 @@ def render_clean_page(
 
     Layouts vary per page: one or two columns, paragraphs justified or ragged, headings, ruled
     tables, a few lines of handwriting-like strokes, and sometimes text running off the right
-    edge (as in cropped scans). Body text is 9.5-20 pt at ``dpi``, so at 100 DPI the x-height
-    is about 6-14 px, and strokes thicken with ``dpi``.
+    edge (as in cropped scans). At ``dpi`` <= 120 body text is 11-21 pt (x-height about 7-15 px
+    at 100 DPI, like the Kaggle pages); above, 8.5-14 pt, so strokes thicken with ``dpi``.
 
     Args:
         rng: random generator; the page is a pure function of its state.
@@ -418,7 +457,10 @@ def render_clean_page(
     scale = dpi / 100.0
     shear = float(rng.uniform(0.17, 0.25))
     role = str(rng.choice(_BODY_ROLES, p=np.array(_BODY_WEIGHTS) / sum(_BODY_WEIGHTS)))
-    size_px = int(round(rng.uniform(9.5, 20.0) * dpi / 72.0))
+    # Kaggle-like 100 DPI crops carry big type (x-height 9-14 px); printed pages scanned at
+    # 150-300 DPI mostly 9-14 pt body text. sqrt() leans towards the larger sizes.
+    lo, hi = (11.0, 21.0) if dpi <= 120 else (8.5, 14.0)
+    size_px = round((lo + (hi - lo) * math.sqrt(float(rng.random()))) * dpi / 72.0)
     font, fake_italic = _pick_font(rng, role, size_px)
     canvas = _Canvas(
         page=Image.new("L", (width, height), 255),
@@ -431,8 +473,8 @@ def render_clean_page(
         shear=shear,
         height=height,
     )
-    asc, desc = _line_metrics(font)
-    leading = (asc + desc) * rng.uniform(1.0, 1.45)
+    # From the em size, not ascent + descent: STIX reports huge metrics for its tall glyphs.
+    leading = size_px * rng.uniform(1.05, 1.45)
     ink = int(rng.integers(0, 35))
     justify = rng.random() < 0.6
     indent = size_px * rng.uniform(0.8, 2.5) if rng.random() < 0.6 else 0.0
@@ -440,11 +482,11 @@ def render_clean_page(
     margin_x = (rng.uniform(-0.01, 0.04) if cropped else rng.uniform(0.04, 0.12)) * width
     margin_top = (rng.uniform(-0.02, 0.03) if cropped else rng.uniform(0.03, 0.1)) * height
     text_w = width - 2 * margin_x
-    if cropped:
-        text_w *= rng.uniform(1.0, 1.5)
     gutter = size_px * rng.uniform(1.0, 2.5)
     # Two columns only where each still holds a readable measure (>= ~24 em).
     n_cols = 2 if ((text_w - gutter) / 2 > 24 * size_px and rng.random() < 0.4) else 1
+    if cropped and n_cols == 1:
+        text_w *= rng.uniform(1.0, 1.5)
     col_w = (text_w - gutter * (n_cols - 1)) / n_cols
     y_max = height - (0 if cropped else rng.uniform(0.03, 0.08) * height)
     handwritten_pending = rng.random() < 0.25
@@ -466,12 +508,23 @@ def render_clean_page(
                 y = _table(canvas, rng, size_px, x0, y, col_w, y_max, ink, scale)
             elif r < 0.24 and handwritten_pending:
                 handwritten_pending = False
-                n = 3.2 * asc
-                hand_jobs.append((x0, y, col_w, min(y_max, y + n * 3)))
-                y += n * rng.uniform(1.5, 3.0)
+                block = size_px * rng.uniform(3.5, 8.0)
+                hand_jobs.append((x0, y, col_w, min(y_max, y + block)))
+                y += block
             else:
                 y = _paragraph(
-                    canvas, rng, font, fake_italic, x0, y, col_w, y_max, leading, ink, justify, indent
+                    canvas,
+                    rng,
+                    font,
+                    fake_italic,
+                    x0,
+                    y,
+                    col_w,
+                    y_max,
+                    leading,
+                    ink,
+                    justify,
+                    indent,
                 )
                 y += leading * (rng.uniform(0.0, 0.8) if indent else rng.uniform(0.5, 1.2))
     page_arr = np.array(canvas.page)
@@ -482,7 +535,13 @@ def render_clean_page(
         )
         page_arr = np.minimum(page_arr, layer)
     for x0, y0, w, ym in hand_jobs:
-        _handwriting(page_arr, rng, x0, y0, w, ym, asc * 0.5, scale)
+        _handwriting(page_arr, rng, x0, y0, w, ym, size_px * 0.45, scale)
+    if rng.random() < 0.5:
+        # Heavier print: a gamma < 1 on the ink coverage darkens anti-aliased stroke edges,
+        # like toner spread or the bold rendering of the Kaggle targets.
+        cover = (255.0 - page_arr.astype(np.float32)) / 255.0
+        cover **= rng.uniform(0.45, 0.85)
+        page_arr = np.round(255.0 - 255.0 * cover).astype(np.uint8)
     return page_arr
 
 
@@ -525,17 +584,17 @@ def _crumple(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarr
     facets themselves into soft patches of brightness.
     """
     f = np.zeros((h, w), np.float32)
-    cell = rng.uniform(60, 120) * scale
-    for k, weight in enumerate((1.0, 0.7, rng.uniform(0.0, 0.5))):
+    cell = rng.uniform(60, 130) * scale
+    for k, weight in enumerate((1.0, 0.6, rng.uniform(0.0, 0.35))):
         f += _facets(rng, h, w, cell / 2**k) * weight
     ang = rng.uniform(0, 2 * np.pi)
-    fb = cv2.GaussianBlur(f, (0, 0), rng.uniform(0.7, 1.3) * scale)
-    lines = cv2.Sobel(fb, cv2.CV_32F, 1, 0) * math.cos(ang) + cv2.Sobel(fb, cv2.CV_32F, 0, 1) * (
-        math.sin(ang)
-    )
+    fb = cv2.GaussianBlur(f, (0, 0), rng.uniform(0.8, 2.0) * scale)
+    gx = cv2.Sobel(fb, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(fb, cv2.CV_32F, 0, 1)
+    lines = gx * math.cos(ang) + gy * math.sin(ang)
     patches = cv2.GaussianBlur(f, (0, 0), 3.0 * scale)
-    shade = rng.uniform(0.2, 0.8) * patches / (float(patches.std()) + 1e-6)
-    shade += lines / (float(lines.std()) + 1e-6)
+    shade = rng.uniform(0.3, 1.0) * patches / (float(patches.std()) + 1e-6)
+    shade += rng.uniform(0.4, 1.0) * lines / (float(lines.std()) + 1e-6)
     return 1.0 + rng.uniform(0.02, 0.06) * np.clip(shade, -3.5, 3.5)
 
 
@@ -577,7 +636,7 @@ def _stains(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarra
             if rng.random() < 0.5:
                 a0 = rng.uniform(-np.pi, np.pi)
                 arc = (0.5 + 0.5 * np.cos(ang - a0)) ** rng.uniform(0.5, 2.0)
-            rim = np.exp(-(((rho - 1.0) / rim_w) ** 2)) * rng.uniform(0.1, 0.35) * arc
+            rim = np.exp(-(((rho - 1.0) / rim_w) ** 2)) * rng.uniform(0.12, 0.45) * arc
             inside = (rho < 1.0) * rng.uniform(0.0, 0.12) * (1 + 0.3 * tint)
             stain = rim + cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 2 * scale)
         else:  # tea / water blotch: soft-edged, mottled, lighter
@@ -600,7 +659,8 @@ def _watermark(rng: np.random.Generator, h: int, w: int, scale: float) -> np.nda
     )
     font, _ = _pick_font(rng, role, int(rng.uniform(0.15, 0.45) * min(h, w) * 1.2))
     tw = _text_width(font, text)
-    draw.text((rng.uniform(-0.2, 0.8) * w - tw * 0.2, rng.uniform(0.0, 0.7) * h), text, font=font, fill=255)
+    pos = (rng.uniform(-0.2, 0.8) * w - tw * 0.2, rng.uniform(0.0, 0.7) * h)
+    draw.text(pos, text, font=font, fill=255)
     layer = layer.rotate(float(rng.uniform(-45, 45)), resample=Image.BILINEAR)
     arr = np.asarray(layer, np.float32) / 255.0
     if rng.random() < 0.5:
@@ -673,9 +733,10 @@ def _dark_borders(
         depth = rng.uniform(2, min(limit, 0.08 * (h if edge < 2 else w)) + 2)
         n = w if edge < 2 else h
         # Slightly skewed and ragged edge of the dark area.
-        prof = depth * (1 + rng.uniform(-0.3, 0.3) * np.linspace(-1, 1, n)) + 1.5 * _smooth_noise(
-            rng, 1, n, 30 * scale
-        )[0]
+        prof = (
+            depth * (1 + rng.uniform(-0.3, 0.3) * np.linspace(-1, 1, n))
+            + 1.5 * _smooth_noise(rng, 1, n, 30 * scale)[0]
+        )
         prof = np.clip(prof, 0, limit)
         level = rng.uniform(0.02, 0.25)
         idx = np.arange(h if edge < 2 else w, dtype=np.float32)
@@ -696,7 +757,7 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
 
 
 def _salt_pepper(img: np.ndarray, p: float, seed: int) -> np.ndarray:
-    """imgaug's SaltAndPepper (imported lazily: imgaug's import costs ~1 s)."""
+    """Salt-and-pepper noise by imgaug's SaltAndPepper, imported lazily (its import takes ~1 s)."""
     try:
         import imgaug.augmenters as iaa
     except ImportError:  # same corruption without imgaug
@@ -715,7 +776,7 @@ def degrade(clean: np.ndarray, rng: np.random.Generator, dpi: int = 100) -> np.n
     grain, crumpled-paper shading, folds, coffee/tea stains, bleed-through of the mirrored
     verso, watermarks, footprints, uneven illumination and scanner shadows, dark borders, ink
     fading and spread, blur, scanner noise, salt-and-pepper and JPEG. Ink is never hidden and
-    its contrast to the local paper stays at least ~40 %, so the text remains readable.
+    it absorbs at least ~70 % of the local paper's light, so the text remains readable.
 
     Args:
         clean: (H, W) uint8 page, 255 = white.
@@ -729,11 +790,12 @@ def degrade(clean: np.ndarray, rng: np.random.Generator, dpi: int = 100) -> np.n
     scale = dpi / 100.0
     ink = (255.0 - clean.astype(np.float32)) / 255.0
     # Ink as scanned: slightly lighter or spread, with toner speckle.
-    if rng.random() < 0.4:
-        ink = cv2.GaussianBlur(ink, (0, 0), rng.uniform(0.3, 0.8) * scale)
     if rng.random() < 0.3:
-        ink = ink * np.clip(1 - rng.uniform(0.1, 0.35) * np.abs(_smooth_noise(rng, h, w, 3 * scale)), 0, 1)
-    ink = np.clip(ink * rng.uniform(0.75, 1.0), 0, 1)
+        ink = cv2.GaussianBlur(ink, (0, 0), rng.uniform(0.3, 0.7) * scale)
+    if rng.random() < 0.25:
+        speckle = np.abs(_smooth_noise(rng, h, w, 3 * scale))
+        ink = ink * np.clip(1 - rng.uniform(0.1, 0.3) * speckle, 0, 1)
+    ink = np.clip(ink * rng.uniform(0.85, 1.0), 0, 1)
 
     albedo = np.full((h, w), rng.uniform(0.8, 0.98), np.float32)
     albedo *= 1 + rng.uniform(0.005, 0.03) * _smooth_noise(rng, h, w, rng.uniform(1.0, 3.0) * scale)
@@ -746,7 +808,8 @@ def degrade(clean: np.ndarray, rng: np.random.Generator, dpi: int = 100) -> np.n
         darken = 1 - (1 - darken) * (1 - _footprint(rng, h, w, scale))
     if rng.random() < 0.25:
         # Bleed-through: the verso's ink, mirrored, offset and diffused by the paper.
-        verso = np.roll(np.fliplr(ink), (int(rng.integers(-h // 4, h // 4)), int(rng.integers(-w // 8, w // 8))), (0, 1))
+        shift = (int(rng.integers(-h // 4, h // 4 + 1)), int(rng.integers(-w // 8, w // 8 + 1)))
+        verso = np.roll(np.fliplr(ink), shift, (0, 1))
         verso = cv2.GaussianBlur(verso, (0, 0), rng.uniform(0.8, 2.5) * scale)
         darken = 1 - (1 - darken) * (1 - rng.uniform(0.06, 0.25) * verso)
     albedo *= 1 - darken
@@ -760,8 +823,8 @@ def degrade(clean: np.ndarray, rng: np.random.Generator, dpi: int = 100) -> np.n
         shading *= _illumination(rng, h, w, scale)
 
     paper = albedo * shading
-    # Keep a readable contrast: ink darkens the local paper by at least ~40 %.
-    out = paper * (1 - ink * np.maximum(rng.uniform(0.8, 1.0), 0.4))
+    # Ink absorbs 70-100 % of the light the paper would reflect: text stays readable.
+    out = paper * (1 - ink * rng.uniform(0.85, 1.0))
     if rng.random() < 0.2:
         _dark_borders(rng, out, clean, scale)
     if rng.random() < 0.5:
@@ -779,21 +842,28 @@ def degrade(clean: np.ndarray, rng: np.random.Generator, dpi: int = 100) -> np.n
 
 
 def make_pair(
-    seed: int, height: int = 420, width: int = 540, dpi: int = 100
+    seed: int, height: int = 420, width: int = 540, dpi: int = 100, bilevel: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """One deterministic (dirty, clean) pair.
 
     Args:
-        seed: the pair is a pure function of (seed, height, width, dpi).
+        seed: the pair is a pure function of (seed, height, width, dpi, bilevel).
         height: page height H in pixels.
         width: page width W in pixels.
         dpi: nominal resolution (font sizes, stroke widths, texture scale).
+        bilevel: make the clean page strictly black (0) and white (255), like the ground
+            truth of archive scans; the dirty page is degraded from it, so its grey edges
+            come from blur alone.
 
     Returns:
         (dirty, clean): two (H, W) uint8 arrays, 255 = white.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), height, width, dpi]))
+    rng = np.random.default_rng(
+        np.random.SeedSequence([int(seed), height, width, dpi, int(bilevel)])
+    )
     clean = render_clean_page(rng, height, width, dpi)
+    if bilevel:
+        clean = np.where(clean < 128, 0, 255).astype(np.uint8)
     dirty = degrade(clean, rng, dpi)
     return dirty, clean
 
@@ -808,13 +878,16 @@ class SyntheticPages:
 
     Works two ways, both torch-free:
 
-    * map-style (``len`` and ``[i]``): item ``i`` is a pure function of ``(seed, i)``, so a
-      fixed validation set is ``SyntheticPages(n, seed=...)``. Items ``i`` that share a page
+    * map-style (``len`` and ``[i]``): item ``i`` is a pure function of ``(seed, epoch, i)``,
+      so a fixed validation set is ``SyntheticPages(n, seed=...)``. Items ``i`` that share a page
       (``i // patches_per_page``) reuse one cached render; pass it to a torch ``DataLoader``
       with ``shuffle=False`` (the data is random already) so consecutive indices, which the
       loader sends to the same worker, hit the cache.
     * iterable (``iter``): an endless stream; inside a torch ``DataLoader`` worker the stream
-      is seeded by ``(seed, worker id)`` so workers never repeat each other.
+      is seeded by ``(seed, epoch, worker id)`` so workers never repeat each other.
+
+    Call :meth:`set_epoch` before each training epoch for fresh pages (otherwise every epoch
+    sees the same ones).
 
     Each item is ``(dirty, clean)``, two float32 arrays of shape (1, P, P) in [0, 1].
 
@@ -826,6 +899,8 @@ class SyntheticPages:
         page_sizes: (H, W, dpi) choices for the generated pages, picked at random per page.
             The default mixes Kaggle-like 540-wide pages at 100 DPI with 150 and 300 DPI
             pages of thicker strokes.
+        bilevel: probability that a page's clean target is strictly black and white (see
+            :func:`make_pair`).
     """
 
     DEFAULT_PAGE_SIZES: tuple[tuple[int, int, int], ...] = (
@@ -842,27 +917,37 @@ class SyntheticPages:
         seed: int = 0,
         patches_per_page: int = 8,
         page_sizes: Sequence[tuple[int, int, int]] | None = None,
+        bilevel: float = 0.0,
     ) -> None:
         self.length = int(length)
         self.patch_size = int(patch_size)
         self.seed = int(seed)
         self.patches_per_page = max(1, int(patches_per_page))
         self.page_sizes = tuple(tuple(s) for s in (page_sizes or self.DEFAULT_PAGE_SIZES))
+        self.bilevel = float(bilevel)
         for h, w, _ in self.page_sizes:
             if h < self.patch_size or w < self.patch_size:
                 raise ValueError(f"page size {h}x{w} is smaller than patch_size {self.patch_size}")
-        self._cache: tuple[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
+        self.epoch = 0
+        self._cache: tuple[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw other pages from now on: items are functions of (seed, epoch, index)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.length
 
     def _page(self, stream: int, page_index: int) -> tuple[np.ndarray, np.ndarray]:
-        key = (stream, page_index)
+        key = (self.epoch, stream, page_index)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, stream, page_index]))
+        rng = np.random.default_rng(
+            np.random.SeedSequence([self.seed, self.epoch, stream, page_index])
+        )
         h, w, dpi = self.page_sizes[int(rng.integers(len(self.page_sizes)))]
-        pair = make_pair(int(rng.integers(2**62)), h, w, dpi)
+        bilevel = bool(rng.random() < self.bilevel)
+        pair = make_pair(int(rng.integers(2**62)), h, w, dpi, bilevel=bilevel)
         self._cache = (key, pair)
         return pair
 
@@ -888,18 +973,22 @@ class SyntheticPages:
         if not 0 <= index < self.length:
             raise IndexError(index)
         pair = self._page(0, index // self.patches_per_page)
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1, index]))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, 1, index]))
         return self._crop(pair, rng)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         worker = 0
-        if "torch" in sys.modules:  # only look for a DataLoader worker if torch is in use
-            info = sys.modules["torch"].utils.data.get_worker_info()
+        # A DataLoader worker has torch.utils.data loaded; never import torch ourselves.
+        torch_data = sys.modules.get("torch.utils.data")
+        if torch_data is not None:
+            info = torch_data.get_worker_info()
             if info is not None:
                 worker = int(info.id)
         stream = 2 + worker
         page_index = 0
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, stream, 1 << 40]))
+        rng = np.random.default_rng(
+            np.random.SeedSequence([self.seed, self.epoch, stream, 1 << 40])
+        )
         while True:
             pair = self._page(stream, page_index)
             for _ in range(self.patches_per_page):
@@ -939,16 +1028,50 @@ def write_pairs(
     return paths
 
 
+def preview_grid(
+    seeds: Sequence[int], height: int = 420, width: int = 540, dpi: int = 100
+) -> np.ndarray:
+    """One image showing each seed's pair as a row: dirty on the left, clean on the right.
+
+    Args:
+        seeds: one row per seed.
+        height: page height in pixels.
+        width: page width in pixels.
+        dpi: nominal resolution.
+
+    Returns:
+        (rows * (H + 8), 2 * W + 8) uint8 grid; separators are black.
+    """
+    rows = []
+    for seed in seeds:
+        dirty, clean = make_pair(int(seed), height, width, dpi)
+        row = np.concatenate([dirty, np.zeros((height, 8), np.uint8), clean], 1)
+        rows.append(np.concatenate([row, np.zeros((8, row.shape[1]), np.uint8)]))
+    return np.concatenate(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m pipeline.data.synthetic_pages``."""
     ap = argparse.ArgumentParser(description="Write synthetic dirty/clean document page pairs.")
-    ap.add_argument("--out", type=Path, required=True, help="output folder")
+    ap.add_argument("--out", type=Path, help="output folder for the pairs")
     ap.add_argument("--n", type=int, default=16, help="number of pairs")
     ap.add_argument("--seed", type=int, default=0, help="seed of the first pair")
     ap.add_argument("--height", type=int, default=420)
     ap.add_argument("--width", type=int, default=540)
     ap.add_argument("--dpi", type=int, default=100, help="nominal DPI (font and stroke size)")
+    ap.add_argument(
+        "--preview", type=Path, help="also write a PNG grid of 4 pairs (seeds seed..seed+3)"
+    )
     args = ap.parse_args(argv)
+    if args.out is None and args.preview is None:
+        ap.error("give --out and/or --preview")
+    if args.preview is not None:
+        args.preview.parent.mkdir(parents=True, exist_ok=True)
+        grid = preview_grid(range(args.seed, args.seed + 4), args.height, args.width, args.dpi)
+        Image.fromarray(grid).save(args.preview)
+        sys.stdout.write(f"wrote preview {args.preview}\n")
+    if args.out is None:
+        return 0
     paths = write_pairs(args.out, args.n, args.seed, args.height, args.width, args.dpi)
     sys.stdout.write(f"wrote {len(paths)} pairs to {args.out}\n")
     return 0
