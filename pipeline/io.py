@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 from pipeline.batch import ImageBatch, pil_to_array
 from pipeline.defaults import DEFAULT_DPI, DEFAULT_MAX_PIXELS
 from pipeline.errors import InputImageError
+
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".pdf"}
 )
@@ -65,14 +68,29 @@ def _dpi_of(info: dict[str, Any]) -> float | None:
     return None
 
 
+def _pil_limit(max_pixels: int) -> None:
+    """Keep PIL's own bomb guard (a backstop) at or above our limit, so it never fires first."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def _read_raster(
-    path: Path, data: bytes, max_pixels: int, frames: Literal["first", "all"]
+    path: Path, data: bytes | IO[bytes], max_pixels: int, frames: Literal["first", "all"]
 ) -> Iterator[Page]:
+    """Decode a raster file from its bytes or an open binary file (read lazily by PIL)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    _pil_limit(max_pixels)
+    fh = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         # Our own limit is checked below from the header; PIL's bomb guard stays as a backstop.
-        image = Image.open(io.BytesIO(data))
+        # PIL warns about odd metadata (corrupt EXIF, oversized tags): not fatal, and a warning
+        # would print a multi-line traceback-like text in the middle of the CLI's output.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(fh)
     except Image.DecompressionBombError:
         raise InputImageError(
             f"{path}: header claims more pixels than PIL's decompression-bomb guard allows; "
@@ -80,68 +98,98 @@ def _read_raster(
         ) from None
     except UnidentifiedImageError:
         raise InputImageError(f"{path}: not an image (or an unsupported format)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputImageError(f"{path}: cannot read image header ({exc})") from None
-    fmt = (image.format or path.suffix.lstrip(".")).lower()
-    n_frames = int(getattr(image, "n_frames", 1) or 1)
-    # Multi-page TIFFs are documents: every page counts. Animated GIF/WebP are not pages.
-    take_all = fmt == "tiff" or frames == "all"
-    count = n_frames if take_all else 1
-    for index in range(count):
+    except Exception as exc:
+        raise InputImageError(f"{path}: corrupt or truncated image header ({_why(exc)})") from None
+    with image:
         try:
-            image.seek(index)
-            _check_pixels(path, image.width, image.height, max_pixels)
-            frame = ImageOps.exif_transpose(image) if index == 0 else image
-            frame.load()
-            pixels = pil_to_array(frame)
-        except InputImageError:
-            raise
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            where = f" page {index + 1}" if count > 1 else ""
-            raise InputImageError(f"{path}{where}: corrupt or truncated image ({exc})") from None
-        yield Page(
-            pixels,
-            {
-                "source": str(path),
-                "page": index,
-                "pages": count,
-                "format": fmt,
-                "mode": image.mode,
-                "size": (frame.width, frame.height),
-                "dpi": _dpi_of(image.info),
-            },
-        )
+            fmt = (image.format or path.suffix.lstrip(".")).lower()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                n_frames = int(getattr(image, "n_frames", 1) or 1)
+        except Exception as exc:
+            raise InputImageError(f"{path}: corrupt or truncated image ({_why(exc)})") from None
+        # Multi-page TIFFs are documents: every page counts. Animated GIF/WebP are not pages.
+        take_all = fmt == "tiff" or frames == "all"
+        count = n_frames if take_all else 1
+        for index in range(count):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    image.seek(index)
+                    _check_pixels(path, image.width, image.height, max_pixels)
+                    frame = ImageOps.exif_transpose(image) if index == 0 else image
+                    frame.load()
+                    pixels = pil_to_array(frame)
+                info = {
+                    "source": str(path),
+                    "page": index,
+                    "pages": count,
+                    "format": fmt,
+                    "mode": image.mode,
+                    "size": (frame.width, frame.height),
+                    "dpi": _dpi_of(image.info),
+                }
+            except InputImageError:
+                raise
+            except MemoryError:
+                raise InputImageError(f"{path}: out of memory while decoding") from None
+            except Exception as exc:
+                where = f" page {index + 1}" if count > 1 else ""
+                raise InputImageError(
+                    f"{path}{where}: corrupt or truncated image ({_why(exc)})"
+                ) from None
+            yield Page(pixels, info)
 
 
-def _read_pdf(path: Path, data: bytes, dpi: int, max_pixels: int) -> Iterator[Page]:
+def _why(exc: BaseException) -> str:
+    """A one-line reason from an exception raised by a decoder."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text and text[0] else type(exc).__name__
+
+
+def _read_pdf(
+    path: Path, data: bytes | os.PathLike[str] | str, dpi: int, max_pixels: int
+) -> Iterator[Page]:
+    """Render PDF pages from the file's bytes or its path (pdfium then reads it lazily)."""
     import pypdfium2 as pdfium
 
     try:
-        pdf = pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        reason = str(exc)
-        if "password" in reason.lower():
-            reason = "encrypted PDF (a password is needed)"
-        raise InputImageError(f"{path}: cannot open PDF: {reason}") from None
+        pdf = pdfium.PdfDocument(data if isinstance(data, (bytes, bytearray)) else str(data))
+    except Exception as exc:
+        raise InputImageError(f"{path}: cannot open PDF: {_pdf_failure(data, exc)}") from None
     try:
         count = len(pdf)
         if count == 0:
             raise InputImageError(f"{path}: PDF has no pages")
         scale = dpi / 72.0
         for index in range(count):
-            page = pdf[index]
+            try:
+                page = pdf[index]
+            except Exception as exc:
+                raise InputImageError(
+                    f"{path} page {index + 1}: cannot load ({_why(exc)})"
+                ) from None
             try:
                 w_pt, h_pt = page.get_size()
                 w_px, h_px = round(w_pt * scale), round(h_pt * scale)
                 _check_pixels(path, w_px, h_px, max_pixels)
                 bitmap = page.render(scale=scale)
                 pil = bitmap.to_pil()
-            except pdfium.PdfiumError as exc:
-                raise InputImageError(f"{path} page {index + 1}: cannot render ({exc})") from None
+                pixels = pil_to_array(pil)
+            except InputImageError:
+                raise
+            except MemoryError:
+                raise InputImageError(
+                    f"{path} page {index + 1}: out of memory while rendering"
+                ) from None
+            except Exception as exc:
+                raise InputImageError(
+                    f"{path} page {index + 1}: cannot render ({_why(exc)})"
+                ) from None
             finally:
                 page.close()
             yield Page(
-                pil_to_array(pil),
+                pixels,
                 {
                     "source": str(path),
                     "page": index,
@@ -157,6 +205,62 @@ def _read_pdf(path: Path, data: bytes, dpi: int, max_pixels: int) -> Iterator[Pa
         pdf.close()
 
 
+def _pdf_failure(data: bytes | os.PathLike[str] | str, exc: BaseException) -> str:
+    """Why pdfium could not open a PDF, in words.
+
+    pdfium's error code is process-global and is not reset by every failure (a PDF with an
+    empty page tree fails with a stale code), so the bytes are checked for the real cause.
+    """
+    import re
+
+    try:
+        raw = bytes(data) if isinstance(data, (bytes, bytearray)) else Path(data).read_bytes()
+    except OSError:
+        raw = b""
+    if b"/Encrypt" in raw:
+        return "encrypted PDF (a password is needed)"
+    if re.search(rb"/Count\s+0\b", raw) and not re.search(rb"/Count\s+[1-9]", raw):
+        return "PDF has no pages"
+    reason = _why(exc)
+    if "password" in reason.lower() or "success" in reason.lower():
+        reason = "not a valid PDF"
+    return f"corrupt PDF ({reason})" if reason != "not a valid PDF" else reason
+
+
+def _open_regular(path: Path) -> IO[bytes]:
+    """Open ``path`` for reading, refusing anything that is not a regular file.
+
+    A FIFO or a device (``/dev/zero`` behind a symlink named ``x.png``) would block or never
+    end, so the file is opened non-blocking and checked before a single byte is read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except IsADirectoryError:
+        raise InputImageError(f"{path}: is a folder, not a file") from None
+    except PermissionError:
+        raise InputImageError(f"{path}: permission denied") from None
+    except FileNotFoundError:
+        reason = "broken symbolic link" if path.is_symlink() else "no such file"
+        raise InputImageError(f"{path}: {reason}") from None
+    except OSError as exc:
+        raise InputImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputImageError(f"{path}: not a regular file")
+        if st.st_size == 0:
+            raise InputImageError(f"{path}: empty file (0 bytes)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, OSError):
+            raise InputImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise
+
+
 def read_pages(
     path: str | os.PathLike[str],
     *,
@@ -165,6 +269,10 @@ def read_pages(
     frames: Literal["first", "all"] = "first",
 ) -> Iterator[Page]:
     """Decode every page of an image or PDF file, lazily.
+
+    The file is never written to and is read lazily: a 500-page PDF or TIFF is not loaded
+    into memory at once, only the page being decoded. Anything unreadable, whatever the decoder
+    raised, becomes one :class:`InputImageError`.
 
     Args:
         path: the file.
@@ -177,25 +285,85 @@ def read_pages(
         One :class:`Page` per page or frame.
 
     Raises:
-        InputImageError: with the file name and reason, for anything unreadable.
+        InputImageError: with the file name and a one-line reason, for anything unreadable
+            (empty, truncated, not an image, encrypted PDF, too many pixels, not a regular file,
+            permission denied, symlink loop).
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise InputImageError(f"{path}: is a folder, not a file") from None
-    except PermissionError:
-        raise InputImageError(f"{path}: permission denied") from None
-    except FileNotFoundError:
-        raise InputImageError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with _open_regular(path) as fh:
+        try:
+            head = fh.read(5)
+            fh.seek(0)
+        except OSError as exc:
+            raise InputImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        if head == b"%PDF-":
+            yield from _read_pdf(path, path, dpi, max_pixels)
+        else:
+            yield from _read_raster(path, fh, max_pixels, frames)
+
+
+def count_pages(path: str | os.PathLike[str], frames: Literal["first", "all"] = "first") -> int:
+    """How many pages :func:`read_pages` would yield, from the headers only (nothing decoded).
+
+    Raises:
+        InputImageError: if the file cannot be opened as an image or PDF.
+    """
+    path = Path(path)
+    with _open_regular(path) as fh:
+        head = fh.read(5)
+        fh.seek(0)
+        if head == b"%PDF-":
+            import pypdfium2 as pdfium
+
+            try:
+                pdf = pdfium.PdfDocument(str(path))
+            except Exception as exc:
+                raise InputImageError(f"{path}: cannot open PDF: {_pdf_failure(path, exc)}") from None
+            try:
+                return len(pdf)
+            finally:
+                pdf.close()
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(fh) as image:
+                    fmt = (image.format or "").lower()
+                    if fmt != "tiff" and frames != "all":
+                        return 1
+                    return int(getattr(image, "n_frames", 1) or 1)
+        except Exception as exc:
+            raise InputImageError(f"{path}: cannot read image header ({_why(exc)})") from None
+
+
+def decode_pages(
+    data: bytes,
+    name: str | os.PathLike[str],
+    *,
+    dpi: int = DEFAULT_DPI,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    frames: Literal["first", "all"] = "first",
+) -> Iterator[Page]:
+    """Decode a file held in memory (an upload, a blob) exactly as :func:`read_pages` does.
+
+    Args:
+        data: the file's bytes.
+        name: used in error messages and as ``meta["source"]``.
+        dpi: resolution at which PDF pages are rendered.
+        max_pixels: refuse any page with more pixels than this, before decoding it.
+        frames: ``"first"`` or ``"all"`` frames of animated GIF/WebP.
+
+    Raises:
+        InputImageError: naming ``name``, for anything undecodable.
+    """
+    path = Path(name)
     if not data:
         raise InputImageError(f"{path}: empty file (0 bytes)")
-    if data[:5] == b"%PDF-":
-        yield from _read_pdf(path, data, dpi, max_pixels)
+    if bytes(data[:5]) == b"%PDF-":
+        yield from _read_pdf(path, bytes(data), dpi, max_pixels)
     else:
-        yield from _read_raster(path, data, max_pixels, frames)
+        yield from _read_raster(path, bytes(data), max_pixels, frames)
 
 
 def read_image(path: str | os.PathLike[str], **kwargs: Any) -> ImageBatch:
@@ -213,8 +381,30 @@ def page_batch(page: Page, name: str | None = None) -> ImageBatch:
 # ---- writing -------------------------------------------------------------------------------
 
 
+def _current_umask() -> int:
+    # mkstemp creates files 0600; outputs should get the usual permissions (0666 & ~umask).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Write a file so that it appears complete under its final name or not at all.
+
+    The data goes to a hidden temporary file in the same folder (``.aepipe-<name>.<pid>.*.tmp``),
+    is flushed to disk, then renamed over the final name. Killing the process at any moment,
+    even with SIGKILL, leaves either the old file, the new complete file, or no file; a left-over
+    temporary file is removed by :func:`remove_stale_temps` on the next run. The rename replaces
+    the name only: a file that ``path`` was a hard or symbolic link to is never modified.
 
     Args:
         path: final file name; its folder is created if needed.
@@ -225,24 +415,66 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.{os.getpid()}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "w+b") as fh:  # TIFF writers read back what they wrote
             write(fh)
             fh.flush()
+            os.fchmod(fh.fileno(), _FILE_MODE)
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files left by a killed run (SIGKILL cannot clean up after itself)."""
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable across a power cut; best effort (not every FS allows it).
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+    """Delete temporary files left by a killed run (SIGKILL cannot clean up after itself).
+
+    Temporary files of a process that is still running (another run writing to the same
+    folder) are left alone; their name carries the writer's process id.
+
+    Returns:
+        How many files were removed.
+    """
+    folder = Path(folder)
     removed = 0
-    if folder.is_dir():
-        for tmp in folder.rglob(f"{TEMP_PREFIX}*.tmp"):
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.rglob(f"{TEMP_PREFIX}*.tmp"):
+        parts = tmp.name.rsplit(".", 3)  # .aepipe-<name>.<pid>.<random>.tmp
+        pid = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
+        if pid is not None and _pid_alive(pid):
+            continue
+        if tmp.is_file() and not tmp.is_symlink():
             tmp.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -331,6 +563,91 @@ def write_pages(
     return atomic_write(path, write)
 
 
+def write_encoded_pages(
+    blobs: Sequence[bytes],
+    path: str | os.PathLike[str],
+    *,
+    dpis: Sequence[float | None] | None = None,
+    page_sizes_pt: Sequence[tuple[float, float] | None] | None = None,
+) -> Path:
+    """Write pages already encoded as PNG into one file atomically, one page decoded at a time.
+
+    This is how the runner writes long documents: a 500-page PDF's cleaned pages are kept as
+    compressed PNG, never all decoded at once. PDF embeds the PNG data as it is (no re-encoding);
+    TIFF decodes and appends one page at a time.
+
+    Args:
+        blobs: one PNG file's bytes per page (mode L, RGB or 1).
+        path: output file; the suffix picks the format (.png, .jpg, .tif, .pdf).
+        dpis: resolution to record per page.
+        page_sizes_pt: PDF page sizes (W, H) in points, one per page.
+    """
+    from PIL import Image, TiffImagePlugin
+
+    path = Path(path)
+    fmt = _format_of(path)
+    dpis = list(dpis or [None] * len(blobs))
+    if not blobs:
+        raise ValueError(f"{path}: no pages to write")
+    if fmt in ("png", "jpeg"):
+        if len(blobs) != 1:
+            raise ValueError(f"{path}: {fmt.upper()} holds one page; got {len(blobs)}")
+        with Image.open(io.BytesIO(blobs[0])) as image:
+            image.load()
+            return write_pages([image], path, dpis=dpis)
+    if fmt == "pdf":
+        sizes = list(page_sizes_pt or [None] * len(blobs))
+        return atomic_write(path, lambda fh: _write_pdf(list(blobs), dpis, sizes, fh))
+
+    def write(fh: IO[bytes]) -> None:
+        with TiffImagePlugin.AppendingTiffWriter(fh, new=True) as tf:
+            for blob, dpi in zip(blobs, dpis, strict=True):
+                with Image.open(io.BytesIO(blob)) as image:
+                    image.load()
+                    kwargs: dict[str, Any] = {
+                        "compression": "group4" if image.mode == "1" else "tiff_lzw"
+                    }
+                    if dpi:
+                        kwargs["dpi"] = (dpi, dpi)
+                    image.save(tf, format="TIFF", **kwargs)
+                tf.newFrame()
+
+    return atomic_write(path, write)
+
+
+def _pdf_page_size(size: tuple[float, float]) -> tuple[float, float]:
+    """Scale a page size (points) into PDF's allowed 3..14,400 units, keeping its aspect.
+
+    A 3 x 3 pixel image at 300 DPI would be 0.7 pt wide, which PDF readers refuse.
+    """
+    w, h = float(size[0]), float(size[1])
+    if min(w, h) < 3.0:
+        grow = 3.0 / max(min(w, h), 1e-6)
+        w, h = w * grow, h * grow
+    if max(w, h) > 14_400.0:
+        shrink = 14_400.0 / max(w, h)
+        w, h = max(3.0, w * shrink), max(3.0, h * shrink)
+    return w, h
+
+
+def _write_pdf(
+    blobs: list[bytes], dpis: list[float | None], sizes: list[Any], fh: IO[bytes]
+) -> None:
+    import img2pdf
+
+    pages = iter(zip(blobs, dpis, sizes, strict=True))
+
+    def layout(img_w_px: float, img_h_px: float, ndpi: Any) -> tuple[float, float, float, float]:
+        _, dpi, size = next(pages)
+        if size is None:
+            scale = 72.0 / (dpi or DEFAULT_DPI)
+            size = (img_w_px * scale, img_h_px * scale)
+        w, h = _pdf_page_size(size)
+        return w, h, w, h
+
+    img2pdf.convert(blobs, layout_fun=layout, rotation=img2pdf.Rotation.ifvalid, outputstream=fh)
+
+
 def _pdf_bytes(images: list[Any], dpis: list[float | None], sizes: list[Any]) -> bytes:
     import img2pdf
 
@@ -347,12 +664,15 @@ def _pdf_bytes(images: list[Any], dpis: list[float | None], sizes: list[Any]) ->
         if size is None:
             scale = 72.0 / (dpi or DEFAULT_DPI)
             size = (image.width * scale, image.height * scale)
-        return size[0], size[1], size[0], size[1]
+        w, h = _pdf_page_size(size)
+        return w, h, w, h
 
     return img2pdf.convert(blobs, layout_fun=layout, rotation=img2pdf.Rotation.ifvalid)
 
 
-def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2, fill: int = 255) -> np.ndarray:
+def make_grid(
+    images: np.ndarray, ncols: int | None = None, pad: int = 2, fill: int = 255
+) -> np.ndarray:
     """Tile N same-sized images into one contact sheet.
 
     Args:

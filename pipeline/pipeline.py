@@ -1,4 +1,4 @@
-"""Chaining stages: :class:`Pipeline`, :func:`apply` for plain Python inputs, and TOML pipeline files.
+"""Chaining stages: :class:`Pipeline`, :func:`apply` for plain Python inputs, TOML pipeline files.
 
 A pipeline is a source (a folder of files, or the face generator), stages, and a sink (a folder).
 Batches stream through one at a time, so memory stays bounded whatever the input count.
@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.batch import ImageBatch
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ShapeError
 from pipeline.stage import Stage, build_config, format_validation_error, load_stage, stage_class
 
 BatchFn = Callable[[ImageBatch], ImageBatch]
@@ -24,9 +24,12 @@ BatchFn = Callable[[ImageBatch], ImageBatch]
 class Pipeline:
     """Stages applied in order to each batch.
 
+    A pipeline holds no state of its own, so one instance may be shared by several threads
+    (see :func:`apply` for what that means for the stages).
+
     Example:
-        >>> from pipeline import Pipeline
-        >>> pipe = Pipeline([load_stage("face-vae")])  # doctest: +SKIP
+        >>> from pipeline import Pipeline, load_stage
+        >>> pipe = Pipeline([load_stage("scan-denoiser")])  # doctest: +SKIP
         >>> out = pipe(batch)  # doctest: +SKIP
     """
 
@@ -35,8 +38,15 @@ class Pipeline:
             raise ConfigError("a pipeline needs at least one stage")
         self.stages = list(stages)
 
-    def __call__(self, batch: ImageBatch) -> ImageBatch:
-        """Run every stage on one batch."""
+    def __call__(self, batch: Any) -> Any:
+        """Run every stage on one batch.
+
+        Args:
+            batch: an :class:`ImageBatch`; anything else (numpy array, PIL image, tensor, path)
+                goes through :func:`apply` and comes back in its own kind.
+        """
+        if not isinstance(batch, ImageBatch):
+            return apply(self, batch)
         for stage in self.stages:
             batch = stage(batch)
         return batch
@@ -44,38 +54,64 @@ class Pipeline:
     def map(self, items: Iterable[Any], batch_size: int = 16) -> Iterator[Any]:
         """Process an iterable lazily; each result comes back in the kind it went in.
 
+        Only one group of at most ``batch_size`` images is held at a time, so memory stays flat
+        however long ``items`` is (a generator is consumed as results are taken).
+
         Args:
             items: ImageBatch objects, or single images (numpy arrays, PIL images, tensors,
-                file paths). Consecutive single images of one size are batched together.
-            batch_size: how many single images to group into one stage call.
+                file paths). Consecutive single images of one kind, size and dtype are batched
+                together; 4-D arrays and tensors are taken as ready-made batches.
+            batch_size: at most how many single images go into one stage call.
 
         Yields:
             One result per item, in order.
         """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1; got {batch_size}")
         group: list[Any] = []
+        key: tuple[Any, ...] | None = None
         for item in items:
-            if isinstance(item, ImageBatch):
-                yield from (apply(self, x) for x in group)
-                group.clear()
-                yield self(item)
-                continue
-            group.append(item)
-            if len(group) >= batch_size:
+            k = _group_key(item)
+            if group and (k is None or k != key or len(group) >= batch_size):
                 yield from _apply_group(self, group)
-                group.clear()
+                group = []
+            if k is None:
+                yield apply(self, item)
+            else:
+                group.append(item)
+                key = k
         if group:
             yield from _apply_group(self, group)
 
 
+def _group_key(x: Any) -> tuple[Any, ...] | None:
+    """What single images must share to go into one batch; ``None`` for non-batchable items."""
+    kind = _kind(x)
+    if kind == "numpy" and x.ndim in (2, 3):
+        return ("numpy", x.shape, x.dtype.str)
+    if kind == "tensor" and x.ndim == 3:
+        return ("tensor", tuple(x.shape), str(x.dtype), str(x.device))
+    if kind == "pil":
+        return ("pil", x.size, x.mode)
+    return None
+
+
 def _apply_group(fn: BatchFn, items: list[Any]) -> Iterator[Any]:
-    kinds = {_kind(x) for x in items}
-    shapes = {np.asarray(x).shape if _kind(x) == "numpy" else None for x in items}
-    if kinds == {"numpy"} and len(shapes) == 1 and len(next(iter(shapes))) in (2, 3):
+    """Run same-keyed single images as one batch and split the result again."""
+    if len(items) == 1:
+        yield apply(fn, items[0])
+        return
+    kind = _kind(items[0])
+    if kind == "numpy":
         out = fn(ImageBatch.from_numpy(list(items)))
-        arrays = _from_batch(out, items[0], "numpy")
-        yield from (arrays[i] for i in range(len(items)))
+        yield from _numpy_out(out, items[0], single=False)
+    elif kind == "pil":
+        yield from fn(ImageBatch.from_pil(list(items))).to_pil()
     else:
-        yield from (apply(fn, x) for x in items)
+        import torch
+
+        out = _tensor_out(fn(ImageBatch(_tensor_in(torch.stack(items)))).images, items[0])
+        yield from out.unbind(0)
 
 
 def _kind(x: Any) -> str:
@@ -98,26 +134,38 @@ def _kind(x: Any) -> str:
 def apply(fn: BatchFn, x: Any) -> Any:
     """Run a stage (or pipeline) on a numpy array, PIL image, tensor, path or ImageBatch.
 
-    The result comes back in the same kind: an (H, W[, C]) or (N, H, W, C) array of the input's
-    dtype (uint8 stays uint8, float stays float in [0, 1]); a PIL image (or list); an (N, C, H, W)
-    or (C, H, W) float tensor; for a path, an :class:`ImageBatch` of its pages.
+    The result comes back in the same kind:
+
+    - numpy: (H, W), (H, W, C) or (N, H, W, C) in, the same layout out (a gray result of a
+      2-D input stays 2-D; a stage that adds colour adds the C axis). ``uint8`` and ``uint16``
+      stay as they are; any float comes back ``float32`` in [0, 1].
+    - PIL image: a PIL image (mode ``L`` or ``RGB``).
+    - tensor: (C, H, W) or (N, C, H, W) in, the same layout, dtype and device out. Float
+      tensors must hold values in [0, 1]; ``uint8`` tensors are read as 0..255.
+    - path (``str`` or ``Path``): every page of the file is read and processed; an
+      :class:`ImageBatch` for a one-page file, or a list of them, one per page.
+    - list or tuple: a list with one result per item.
+
+    Stages run under ``torch.inference_mode`` and keep no per-call state, so one loaded stage
+    may be called from several threads at once.
 
     Example:
         >>> import numpy as np
         >>> from pipeline import apply, load_stage
-        >>> clean = apply(load_stage("salt-pepper"), np.zeros((28, 28), np.uint8))  # doctest: +SKIP
+        >>> stage = load_stage("impulse-denoiser")  # doctest: +SKIP
+        >>> clean = apply(stage, np.zeros((28, 28), np.uint8))  # doctest: +SKIP
     """
     kind = _kind(x)
     if isinstance(x, ImageBatch):
         return fn(x)
     if kind == "numpy":
-        return _from_batch(fn(ImageBatch.from_numpy(x)), x, "numpy")
+        return next(_numpy_out(fn(ImageBatch.from_numpy(x)), x, single=x.ndim in (2, 3)))
     if kind == "pil":
         return fn(ImageBatch.from_pil(x)).to_pil()[0]
     if kind == "tensor":
         single = x.ndim == 3
-        t = x[None] if single else x
-        out = fn(ImageBatch(t.detach().float().cpu())).images
+        out = fn(ImageBatch(_tensor_in(x[None] if single else x))).images
+        out = _tensor_out(out, x)
         return out[0] if single else out
     if kind == "path":
         from pipeline.io import page_batch, read_pages
@@ -126,18 +174,45 @@ def apply(fn: BatchFn, x: Any) -> Any:
         return results[0] if len(results) == 1 else results
     if isinstance(x, (list, tuple)):
         return [apply(fn, item) for item in x]
-    raise TypeError(f"cannot apply a stage to {type(x).__name__}")
+    raise TypeError(
+        f"cannot apply a stage to {type(x).__name__}; pass a numpy array, PIL image, "
+        "torch tensor, file path or ImageBatch"
+    )
 
 
-def _from_batch(out: ImageBatch, like: Any, kind: str) -> np.ndarray:
-    arr = np.asarray(like)
-    dtype = arr.dtype if arr.dtype in (np.uint8, np.uint16) else np.float32
+def _numpy_out(out: ImageBatch, like: np.ndarray, single: bool) -> Iterator[np.ndarray]:
+    """Yield the result as one array shaped like ``like`` (``single``) or one per item."""
+    dtype = like.dtype if like.dtype in (np.uint8, np.uint16) else np.float32
     result = out.to_numpy(dtype)
-    if arr.ndim == 2 and result.shape[-1] == 1:
-        return result[0, ..., 0]
-    if arr.ndim in (2, 3):
-        return result[0]
-    return result
+    if like.ndim == 2 and result.shape[-1] == 1:
+        result = result[..., 0]
+    if single:
+        yield result[0]
+    elif like.ndim == 4:
+        yield result
+    else:
+        yield from result
+
+
+def _tensor_in(t: Any) -> Any:
+    """A tensor as float32 in [0, 1] on the CPU (``uint8`` is scaled from 0..255)."""
+    import torch
+
+    t = t.detach()
+    if t.dtype == torch.uint8:
+        return t.cpu().float() / 255.0
+    if not t.is_floating_point():
+        raise ShapeError(f"tensor images must be float in [0, 1] or uint8; got {t.dtype}")
+    return t.cpu().float()
+
+
+def _tensor_out(out: Any, like: Any) -> Any:
+    """Bring a result tensor back to the dtype and device of the input tensor ``like``."""
+    import torch
+
+    if like.dtype == torch.uint8:
+        return (out * 255.0).round().to(torch.uint8).to(like.device)
+    return out.to(device=like.device, dtype=like.dtype)
 
 
 # ---- pipeline files ------------------------------------------------------------------------
@@ -225,7 +300,7 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
     for i, st in enumerate(spec.stages):
         try:
             stage_name = read_config(resolve(st.weights))["stage"]
-        except Exception as exc:  # noqa: BLE001 - any weights problem is a config error here
+        except Exception as exc:  # any weights problem is a config error here
             raise ConfigError(f"{path}: stages.{i}.weights: {exc}") from None
         build_config(stage_class(stage_name).Config, st.config, f"{path}: stages.{i}.config")
     return spec
@@ -241,7 +316,9 @@ def faces_source(spec: FacesSource) -> Iterator[ImageBatch]:
     from pipeline.stages.face_generator import FaceGenerator
 
     gen = FaceGenerator.from_pretrained(spec.weights)
-    yield from gen.sample(spec.n, seed=spec.seed, temperature=spec.temperature, batch_size=spec.batch_size)
+    yield from gen.sample(
+        spec.n, seed=spec.seed, temperature=spec.temperature, batch_size=spec.batch_size
+    )
 
 
 def write_batches(

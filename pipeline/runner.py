@@ -1,10 +1,20 @@
-"""Run a stage over files and folders: the batch job behind ``clean-scans``, ``denoise`` and
-``colorize``.
+"""Run a stage over files and folders: the job behind ``clean-scans``, ``denoise``, ``colorize``.
 
 One bad file never costs the others: every file gets a :class:`FileRecord` (ok, skipped,
-failed, ignored) with a one-line reason. Outputs are written atomically, inputs are never
-touched, existing complete outputs are skipped (resume) unless ``overwrite`` is set, and pages of
-the same size, from one file or from consecutive small files, are batched together.
+failed, ignored, pending) with a one-line reason. Outputs are written atomically, inputs are
+never touched, existing complete outputs are skipped (resume) unless ``overwrite`` is set, and
+pages of the same size, from one file or from consecutive small files, are batched together.
+
+Safety rules, checked before any work or before each write:
+
+* an output folder equal to an input folder, or inside one, is refused (paths are compared
+  after resolving symbolic links); for file inputs, the file's own folder is refused;
+* an output is never written over a file that is one of the inputs (compared by device and
+  inode, so hard links and symbolic links count too);
+* two inputs that would get the same output name (``scan.jpg`` and ``scan.png``) get distinct
+  names: the one whose suffix matches the output keeps it, the other becomes ``scan_jpg.png``;
+* symbolic links to folders are not followed when recursing, so a link loop cannot recurse
+  forever; unreadable sub-folders are reported as failed.
 """
 
 from __future__ import annotations
@@ -29,14 +39,15 @@ from pipeline.io import (
     OutputFormat,
     Page,
     atomic_write,
+    count_pages,
     is_image_path,
     page_batch,
     read_pages,
     remove_stale_temps,
-    write_pages,
+    write_encoded_pages,
 )
 
-Status = Literal["ok", "skipped", "failed", "ignored"]
+Status = Literal["ok", "skipped", "failed", "ignored", "pending"]
 Process = Callable[[ImageBatch], ImageBatch]
 
 
@@ -49,15 +60,20 @@ class RunOptions:
             ``<input>_<out_suffix>``.
         out_suffix: suffix of the default output folder's name.
         fmt: ``same`` keeps TIFF as TIFF and PDF as PDF and writes every other input as PNG
-            (lossless, so no JPEG artefacts are added back); or force ``png``/``tiff``/``pdf``/``jpeg``.
+            (lossless, so no JPEG artefacts are added back); or force ``png``, ``tiff``, ``pdf``
+            or ``jpeg``. With a one-page format (png, jpeg), a file of several pages gives one
+            output per page, ``<stem>-p001.png``, ``<stem>-p002.png`` ...; a one-page file gives
+            ``<stem>.png``.
         recursive: descend into sub-folders, keeping their layout under ``out_dir``.
         overwrite: replace existing outputs instead of skipping their inputs.
         dpi: resolution at which PDF pages are rendered.
         max_pixels: pages larger than this are refused before decoding.
-        frames: ``first`` or ``all`` frames of animated GIF/WebP (TIFF/PDF pages are always all).
+        frames: ``first`` or ``all`` frames of animated GIF/WebP/PNG (TIFF/PDF pages are always
+            all).
         batch_size: how many same-sized pages go through the stage at once.
         report: write a JSON report listing every file here.
-        list_ignored: also list non-image files found in folders (as ``ignored``).
+        list_ignored: also list non-image files and symbolic links to folders found in folders
+            (as ``ignored``); by default they are skipped quietly.
     """
 
     out_dir: Path | None = None
@@ -119,7 +135,9 @@ class Summary:
             f"{self.count('ok')} processed ({self.pages} pages), {self.count('skipped')} skipped "
             f"(output exists), {self.count('failed')} failed in {self.seconds:.1f} s"
         )
-        return text + (" (interrupted)" if self.interrupted else "")
+        if self.interrupted:
+            text += f", {self.count('pending')} not reached (interrupted)"
+        return text
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready report."""
@@ -129,6 +147,7 @@ class Summary:
                 "skipped": self.count("skipped"),
                 "failed": self.count("failed"),
                 "ignored": self.count("ignored"),
+                "pending": self.count("pending"),
                 "pages": self.pages,
                 "seconds": round(self.seconds, 3),
                 "interrupted": self.interrupted,
@@ -143,6 +162,11 @@ class Summary:
 class _Job:
     src: Path
     rel: Path  # path relative to its input root, for the output layout
+    stem: Path | None = None  # relative output path without suffix; set when names collide
+
+    @property
+    def out_stem(self) -> Path:
+        return self.stem if self.stem is not None else self.rel.with_suffix("")
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -153,6 +177,11 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
+def _real(path: Path) -> Path:
+    """The absolute path with symbolic links resolved (for comparisons only)."""
+    return Path(os.path.realpath(path.expanduser()))
+
+
 def default_out_dir(inputs: Sequence[Path], suffix: str) -> Path:
     """``docs/`` -> ``docs_<suffix>/``; ``a.png`` -> ``<its folder>_<suffix>/``."""
     first = Path(inputs[0]).expanduser().absolute()
@@ -160,14 +189,17 @@ def default_out_dir(inputs: Sequence[Path], suffix: str) -> Path:
     return base.with_name(f"{base.name}_{suffix}")
 
 
-def plan(inputs: Sequence[str | os.PathLike[str]], options: RunOptions) -> tuple[list[_Job], list[FileRecord], Path]:
+def plan(
+    inputs: Sequence[str | os.PathLike[str]], options: RunOptions
+) -> tuple[list[_Job], list[FileRecord], Path]:
     """List the files to process and check the output folder before any work.
 
     Returns:
-        ``(jobs, records of ignored/unreadable entries, out_dir)``.
+        ``(jobs, records of ignored entries and unreadable folders, out_dir)``.
 
     Raises:
-        ConfigError: an input does not exist, or the output folder is an input folder or inside one.
+        ConfigError: an input does not exist; the output folder is an input folder or inside
+            one (or, for a file input, is that file's folder); the report would replace an input.
     """
     paths = [Path(p).expanduser() for p in inputs]
     if not paths:
@@ -175,36 +207,79 @@ def plan(inputs: Sequence[str | os.PathLike[str]], options: RunOptions) -> tuple
     missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         raise ConfigError(f"input not found: {', '.join(missing)}")
-    out_dir = (options.out_dir or default_out_dir(paths, options.out_suffix)).expanduser().absolute()
+    out_dir = (
+        (options.out_dir or default_out_dir(paths, options.out_suffix)).expanduser().absolute()
+    )
+    real_out = _real(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output folder {out_dir} exists and is not a folder")
     for p in paths:
-        root = p.absolute() if p.is_dir() else p.absolute().parent
-        if p.is_dir() and (out_dir == root or _inside(out_dir, root)):
+        if p.is_dir():
+            root = _real(p)
+            if real_out == root or _inside(real_out, root):
+                raise ConfigError(
+                    f"output folder {out_dir} is inside input folder {p.absolute()}; choose "
+                    "another --out so no input can be overwritten"
+                )
+        elif real_out == _real(p.absolute().parent):
             raise ConfigError(
-                f"output folder {out_dir} is inside input folder {root}; choose another --out so no "
+                f"output folder {out_dir} is the folder of input {p}; choose another --out so no "
                 "input can be overwritten"
             )
     jobs: list[_Job] = []
     extra: list[FileRecord] = []
     for p in paths:
         if p.is_dir():
-            jobs_here, extra_here = _walk(p, options, out_dir)
+            jobs_here, extra_here = _walk(p, options, real_out)
             jobs += jobs_here
             extra += extra_here
         else:
             jobs.append(_Job(p, Path(p.name)))
+    _dedupe(jobs, options)
+    if options.report is not None:
+        report = Path(options.report).expanduser()
+        ids = _identities(jobs)
+        if report.exists() and _identity(report) in ids:
+            raise ConfigError(f"--report {report} is one of the inputs; choose another file")
     return jobs, extra, out_dir
 
 
-def _walk(root: Path, options: RunOptions, out_dir: Path) -> tuple[list[_Job], list[FileRecord]]:
+def _walk(root: Path, options: RunOptions, real_out: Path) -> tuple[list[_Job], list[FileRecord]]:
     jobs: list[_Job] = []
     extra: list[FileRecord] = []
+
+    def unreadable(exc: OSError) -> None:
+        name = exc.filename or root
+        why = (
+            "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+        )
+        extra.append(FileRecord(str(name), "failed", reason=f"{name}: cannot list folder ({why})"))
+
     # os.walk does not follow symlinked folders, so symlink loops cannot recurse forever.
-    for folder, dirs, files in os.walk(root, onerror=None, followlinks=False):
+    for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=False):
         here = Path(folder)
-        if here.absolute() == out_dir or _inside(here.absolute(), out_dir):
+        if here != root and _real(here) == real_out:
             dirs[:] = []
             continue
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if options.recursive else []
+        if options.recursive:
+            keep = []
+            for d in sorted(dirs):
+                if d.startswith("."):
+                    continue
+                if (here / d).is_symlink():
+                    if options.list_ignored:
+                        extra.append(
+                            FileRecord(
+                                str(here / d),
+                                "ignored",
+                                reason="symbolic link to a folder (not followed)",
+                            )
+                        )
+                    continue
+                keep.append(d)
+            dirs[:] = keep
+        else:
+            dirs[:] = []
         for name in sorted(files):
             path = here / name
             if name.startswith("."):
@@ -217,16 +292,104 @@ def _walk(root: Path, options: RunOptions, out_dir: Path) -> tuple[list[_Job], l
     return jobs, extra
 
 
-def output_paths(job: _Job, page_meta: Sequence[dict[str, Any]] | None, options: RunOptions, out_dir: Path, pages: int = 1) -> list[Path]:
-    """Where the outputs of one input go: its stem, in the same relative folder."""
-    in_fmt = job.src.suffix.lower()
-    fmt = options.fmt
-    if fmt == "same":
-        fmt = {".pdf": "pdf", ".tif": "tiff", ".tiff": "tiff"}.get(in_fmt, "png")
-    base = out_dir / job.rel.parent / job.rel.stem
+def _out_format(job: _Job, options: RunOptions) -> str:
+    if options.fmt != "same":
+        return options.fmt
+    return {".pdf": "pdf", ".tif": "tiff", ".tiff": "tiff"}.get(job.src.suffix.lower(), "png")
+
+
+def _dedupe(jobs: list[_Job], options: RunOptions) -> None:
+    """Give distinct output names to inputs that would share one (``a.jpg`` and ``a.png``)."""
+    groups: dict[tuple[str, str], list[_Job]] = {}
+    for job in jobs:
+        key = (job.out_stem.as_posix(), _out_format(job, options))
+        groups.setdefault(key, []).append(job)
+    taken = {k[0] for k in groups}
+    for (stem, fmt), members in groups.items():
+        if len(members) < 2:
+            continue
+        keeper = next((j for j in members if j.src.suffix.lower() == SUFFIX_OF[fmt]), None)
+        for job in members:
+            if job is keeper:
+                continue
+            candidate = Path(f"{stem}_{job.src.suffix.lower().lstrip('.')}")
+            n = 2
+            while candidate.as_posix() in taken:
+                candidate = Path(f"{stem}_{job.src.suffix.lower().lstrip('.')}{n}")
+                n += 1
+            taken.add(candidate.as_posix())
+            job.stem = candidate
+        if keeper is None:
+            # No input owns the plain name; the first keeps it so it is stable across runs.
+            members[0].stem = None
+            taken.add(stem)
+
+
+def output_paths(
+    job: _Job,
+    page_meta: Sequence[dict[str, Any]] | None,
+    options: RunOptions,
+    out_dir: Path,
+    pages: int = 1,
+) -> list[Path]:
+    """Where the outputs of one input go: its stem, in the same relative folder.
+
+    PDF and TIFF outputs hold every page in one file; PNG/JPEG outputs of a file with several
+    pages are numbered ``<stem>-p001.png`` ...
+    """
+    fmt = _out_format(job, options)
+    base = out_dir / job.out_stem
     if fmt in ("pdf", "tiff") or pages == 1:
         return [base.with_name(base.name + SUFFIX_OF[fmt])]
     return [base.with_name(f"{base.name}-p{i + 1:03d}{SUFFIX_OF[fmt]}") for i in range(pages)]
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def is_complete_output(path: Path) -> bool:
+    """Whether ``path`` is a finished output: a non-empty regular file with its format's trailer.
+
+    Outputs written by aepipe are atomic, so this mainly guards against files truncated by
+    something else (a full disk during a copy, another tool).
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if not path.is_file() or st.st_size == 0:
+        return False
+    suffix = path.suffix.lower()
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+            fh.seek(max(0, st.st_size - 1024))
+            tail = fh.read()
+    except OSError:
+        return False
+    if suffix in (".tif", ".tiff"):
+        return head in (b"II*\x00", b"MM\x00*") and st.st_size > 8
+    if suffix == ".png":
+        return tail.endswith(_PNG_END)
+    if suffix in (".jpg", ".jpeg"):
+        return b"\xff\xd9" in tail[-64:]
+    if suffix == ".pdf":
+        return b"%%EOF" in tail
+    return True
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _identities(jobs: Sequence[_Job]) -> set[tuple[int, int]]:
+    ids = {_identity(j.src) for j in jobs}
+    ids.discard(None)
+    return ids  # type: ignore[return-value]
 
 
 class _State:
@@ -246,19 +409,35 @@ class _State:
         return self.decoded and len(self.results) == self.expected
 
 
-def _encode_page(batch: ImageBatch, index: int) -> tuple[bytes, dict[str, Any]]:
+def _to_uint8(images: Any, index: int) -> np.ndarray:
+    """One image of a (N, C, H, W) float tensor as HWC uint8, converted in row strips.
+
+    Converting a 7,000 x 10,000 page in one go would hold several float copies of it.
+    """
+    import torch
+
+    image = images[index]
+    c, h, w = image.shape
+    out = np.empty((h, w, c), np.uint8)
+    step = max(1, (1 << 22) // max(1, w * c))
+    for y in range(0, h, step):
+        strip = image[:, y : y + step].detach().float().cpu()
+        strip = torch.nan_to_num(strip, nan=0.0).clamp_(0, 1).mul_(255.0).round_()
+        out[y : y + step] = strip.to(torch.uint8).permute(1, 2, 0).numpy()
+    return out
+
+
+def _encode_page(pixels: np.ndarray, meta: dict[str, Any]) -> bytes:
     """Keep a finished page as PNG bytes: a 500-page PDF must not be held as raw pixels."""
     from PIL import Image
 
-    meta = batch.meta[index]
-    pixels = batch.to_numpy(np.uint8)[index]
     if meta.get("bilevel"):
         image = Image.fromarray(pixels[..., 0] >= 128).convert("1")
     else:
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue(), meta
+    return buf.getvalue()
 
 
 def run_files(
@@ -269,10 +448,18 @@ def run_files(
 ) -> Summary:
     """Run ``process`` over every page of every input file and write the results.
 
+    Per file: unreadable inputs (empty, truncated, not an image, encrypted PDF, too many
+    pixels, permission denied, ...) and pages the stage fails on are recorded as ``failed``
+    with a one-line reason naming the file; every other file is still processed. When a batch
+    of several pages fails, its pages are retried one by one so only the bad one fails.
+    Outputs that exist and are complete are ``skipped`` (resume) unless ``options.overwrite``.
+    Temporary files left by a killed run are removed first.
+
     Args:
         inputs: files and/or folders.
         process: the stage (or any batch -> batch callable). It receives one-size batches of
-            up to ``options.batch_size`` pages as read (gray stays 1 channel, color 3).
+            up to ``options.batch_size`` pages as read (gray stays 1 channel, color 3) and must
+            return as many images, in order.
         options: see :class:`RunOptions`.
         on_record: called after each file with ``(record, files_done, files_total)``, e.g. to
             drive a progress bar.
@@ -282,10 +469,9 @@ def run_files(
 
     Raises:
         ConfigError: before any work, if the inputs or the output folder are unusable.
-        KeyboardInterrupt: re-raised after the report is written; no partial output remains.
+        KeyboardInterrupt: re-raised after the report is written (files not finished are listed
+            as ``pending``); no partial output remains.
     """
-    from PIL import Image
-
     options = options or RunOptions()
     t_start = time.perf_counter()
     jobs, extra, out_dir = plan(inputs, options)
@@ -293,57 +479,92 @@ def run_files(
     total = len(jobs)
     done = 0
     remove_stale_temps(out_dir)
-    input_files = {j.src.absolute() for j in jobs}
+    input_ids = _identities(jobs)
+    finished_jobs: set[int] = set()
 
     def finish(state: _State) -> None:
         nonlocal done
         if state.finished:
             return
         state.finished = True
+        state.results.clear()
         state.record.seconds = round(time.perf_counter() - state.t0, 4)
         summary.records.append(state.record)
+        finished_jobs.add(id(state.job))
         done += 1
         if on_record:
             on_record(state.record, done, total)
 
+    def guard(job: _Job, targets: Sequence[Path]) -> None:
+        for target in targets:
+            if _identity(target) in input_ids:
+                raise InputImageError(
+                    f"{job.src}: output {target} would replace an input; use another --out"
+                )
+
     def write(state: _State) -> None:
         pages = [state.results[i] for i in range(state.expected)]
         targets = output_paths(state.job, [m for _, m in pages], options, out_dir, len(pages))
-        if any(t.absolute() in input_files for t in targets):
-            raise InputImageError(f"{state.job.src}: output would overwrite an input; use another --out")
-        images = [Image.open(io.BytesIO(blob)) for blob, _ in pages]
+        guard(state.job, targets)
         if len(targets) == 1:
-            write_pages(
-                images,
+            write_encoded_pages(
+                [blob for blob, _ in pages],
                 targets[0],
                 dpis=[m.get("dpi") for _, m in pages],
                 page_sizes_pt=[m.get("page_size_pt") for _, m in pages],
             )
         else:
-            for image, (_, meta), target in zip(images, pages, targets, strict=True):
-                write_pages([image], target, dpis=[meta.get("dpi")])
+            for (blob, meta), target in zip(pages, targets, strict=True):
+                write_encoded_pages([blob], target, dpis=[meta.get("dpi")])
         state.record.outputs = [str(t) for t in targets]
         state.record.pages = len(pages)
+
+    def existing_outputs(job: _Job) -> list[Path] | None:
+        """The outputs of ``job`` if they all exist and are complete, else ``None``."""
+        single = output_paths(job, None, options, out_dir, 1)
+        if is_complete_output(single[0]):
+            return single
+        if _out_format(job, options) in ("pdf", "tiff"):
+            return None
+        first_page = output_paths(job, None, options, out_dir, 2)[0]
+        if not first_page.exists():
+            return None
+        try:
+            pages = count_pages(job.src, options.frames)
+        except InputImageError:
+            return None
+        targets = output_paths(job, None, options, out_dir, pages)
+        return targets if pages > 1 and all(is_complete_output(t) for t in targets) else None
 
     def stream() -> Iterator[tuple[_State, int, ImageBatch]]:
         for job in jobs:
             state = _State(job)
             if not options.overwrite:
-                guess = output_paths(job, None, options, out_dir)
-                if len(guess) == 1 and guess[0].is_file() and guess[0].stat().st_size > 0:
-                    state.record.status = "skipped"
-                    state.record.outputs = [str(guess[0])]
-                    state.record.reason = "output exists (use --overwrite to replace)"
+                found = existing_outputs(job)
+                if found is not None:
+                    try:
+                        guard(job, found)
+                        state.record.status = "skipped"
+                        state.record.reason = "output exists (use --overwrite to replace)"
+                    except InputImageError as exc:
+                        state.record.status = "failed"
+                        state.record.reason = str(exc)
+                    state.record.outputs = [str(t) for t in found]
                     finish(state)
                     continue
             try:
                 for index, page in enumerate(
-                    read_pages(job.src, dpi=options.dpi, max_pixels=options.max_pixels, frames=options.frames)
+                    read_pages(
+                        job.src,
+                        dpi=options.dpi,
+                        max_pixels=options.max_pixels,
+                        frames=options.frames,
+                    )
                 ):
                     state.expected = index + 1
                     yield state, index, _page_to_batch(page, job)
                 state.decoded = True
-            except (AepipeError, OSError, ValueError, MemoryError) as exc:
+            except Exception as exc:
                 state.record.status = "failed"
                 state.record.reason = _reason(exc, job.src)
                 state.decoded = True
@@ -357,10 +578,30 @@ def run_files(
     def _finalise(state: _State) -> None:
         try:
             write(state)
-        except (AepipeError, OSError, ValueError) as exc:
+        except Exception as exc:
             state.record.status = "failed"
             state.record.reason = _reason(exc, state.job.src)
         finish(state)
+
+    def fail(state: _State, exc: BaseException) -> None:
+        if state.record.status == "ok":
+            state.record.status = "failed"
+            state.record.reason = _reason(exc, state.job.src)
+            state.results.clear()
+            if state.decoded:
+                finish(state)
+
+    def run_batch(items: list[tuple[_State, int, ImageBatch]]) -> None:
+        batch = ImageBatch.concat([b for _, _, b in items])
+        out = process(batch)
+        if not isinstance(out, ImageBatch) or len(out) != len(batch):
+            got = len(out) if isinstance(out, ImageBatch) else type(out).__name__
+            raise ValueError(f"the stage returned {got} images for {len(batch)}")
+        for k, (state, index, _) in enumerate(items):
+            state.results[index] = (
+                _encode_page(_to_uint8(out.images, k), out.meta[k]),
+                out.meta[k],
+            )
 
     buffer: list[tuple[_State, int, ImageBatch]] = []
 
@@ -373,19 +614,21 @@ def run_files(
         if not live:
             return
         try:
-            out = process(ImageBatch.concat([b for _, _, b in live]))
-            results = [(s, i, out, k) for k, (s, i, _) in enumerate(live)]
-        except (AepipeError, RuntimeError, ValueError, MemoryError) as exc:
-            for state, _, _ in live:
-                if state.record.status == "ok":
-                    state.record.status = "failed"
-                    state.record.reason = _reason(exc, state.job.src)
-                    if state.decoded:
-                        finish(state)
-            return
-        for state, index, out_batch, k in results:
-            state.results[index] = _encode_page(out_batch, k)
-            if state.complete and state.record.status == "ok":
+            run_batch(live)
+        except Exception as exc:
+            if len(live) == 1:
+                fail(live[0][0], exc)
+            else:
+                # Retry one page at a time, so one bad page does not fail its batch-mates.
+                for item in live:
+                    if item[0].record.status != "ok":
+                        continue
+                    try:
+                        run_batch([item])
+                    except Exception as single:
+                        fail(item[0], single)
+        for state, _, _ in live:
+            if not state.finished and state.complete and state.record.status == "ok":
                 _finalise(state)
 
     try:
@@ -399,6 +642,11 @@ def run_files(
         flush()
     except KeyboardInterrupt:
         summary.interrupted = True
+        for job in jobs:
+            if id(job) not in finished_jobs:
+                summary.records.append(
+                    FileRecord(str(job.src), "pending", reason="not finished (interrupted)")
+                )
         raise
     finally:
         summary.seconds = time.perf_counter() - t_start
@@ -409,15 +657,19 @@ def run_files(
 
 
 def _page_to_batch(page: Page, job: _Job) -> ImageBatch:
-    name = job.rel.with_suffix("").as_posix()
+    name = job.out_stem.as_posix()
     if page.meta.get("pages", 1) > 1:
         name = f"{name}-p{page.meta['page'] + 1:03d}"
     return page_batch(page, name)
 
 
 def _reason(exc: BaseException, src: Path) -> str:
-    text = str(exc) or type(exc).__name__
+    """One line naming ``src`` and why it failed (never a traceback)."""
+    text = str(exc).strip()
     if isinstance(exc, MemoryError):
         text = "out of memory (lower --batch-size or the tile size)"
-    text = text.splitlines()[0] if text else text
+    elif not isinstance(exc, (AepipeError, OSError, ValueError)):
+        # An unexpected exception type is named, so a stage bug is not mistaken for bad input.
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text = (text.splitlines() or [type(exc).__name__])[0]
     return text if str(src) in text else f"{src}: {text}"

@@ -28,12 +28,17 @@ def save(image: Image.Image, path: Path, **kwargs: object) -> Path:
 
 def png_bomb(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
     """A tiny PNG whose header claims an enormous size."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -81,3 +86,84 @@ def empty_pdf(path: Path) -> Path:
     pdf = pikepdf.new()
     pdf.save(path)
     return path
+
+
+def exif_rotated_jpeg(path: Path, h: int = 10, w: int = 30) -> Path:
+    """A JPEG stored w x h whose EXIF says "rotate 90 CW": it displays (and reads) h x w."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return save(Image.fromarray(gradient(h, w)), path, exif=exif)
+
+
+def unusual_images(folder: Path) -> dict[str, tuple[int, int]]:
+    """Valid but unusual files in ``folder``: name -> (W, H) of their (first) page as read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(gradient(24, 32, 3))
+    save(Image.fromarray((gradient(24, 32).astype(np.uint16) * 257)), folder / "gray16.png")
+    save(rgb.convert("1"), folder / "bilevel.png")
+    save(rgb.convert("P"), folder / "palette.png")
+    save(rgb.convert("LA"), folder / "gray_alpha.png")
+    save(rgb.convert("RGBA"), folder / "rgba.png")
+    save(rgb.convert("CMYK"), folder / "cmyk.jpg")
+    exif_rotated_jpeg(folder / "rotated.jpg")
+    frames = [Image.fromarray(gradient(seed=i)) for i in range(3)]
+    frames[0].save(folder / "multi.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    save(Image.fromarray(np.full((3, 3), 9, np.uint8)), folder / "tiny.png")
+    save(rgb, folder / "photo.webp", lossless=True)
+    save(rgb, folder / "old.bmp")
+    return {
+        "gray16.png": (32, 24),
+        "bilevel.png": (32, 24),
+        "palette.png": (32, 24),
+        "gray_alpha.png": (32, 24),
+        "rgba.png": (32, 24),
+        "cmyk.jpg": (32, 24),
+        "rotated.jpg": (10, 30),
+        "multi.tif": (32, 24),
+        "anim.gif": (32, 24),
+        "tiny.png": (3, 3),
+        "photo.webp": (32, 24),
+        "old.bmp": (32, 24),
+    }
+
+
+def bad_files(folder: Path) -> dict[str, str]:
+    """Broken files of every kind in ``folder``: name -> a phrase their error message holds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(gradient(64, 64, 3))
+    (folder / "empty.png").write_bytes(b"")
+    truncated(folder / "cut.png", image, "PNG")
+    truncated(folder / "cut.jpg", image, "JPEG", keep=0.3)
+    truncated(folder / "cut.tif", image, "TIFF", keep=0.3)
+    (folder / "text.png").write_text("just some text, not an image\n")
+    (folder / "page.jpg").write_text("<!doctype html><html><body>404 Not Found</body></html>")
+    (folder / "corrupt.pdf").write_bytes(b"%PDF-1.4\n1 0 obj garbage\n%%EOF")
+    encrypted_pdf(folder / "locked.pdf")
+    empty_pdf(folder / "nopages.pdf")
+    png_bomb(folder / "bomb.png")
+    return {
+        "empty.png": "empty file",
+        "cut.png": "truncated",
+        "cut.jpg": "truncated",
+        "cut.tif": "truncated",
+        "text.png": "not an image",
+        "page.jpg": "not an image",
+        "corrupt.pdf": "cannot open PDF",
+        "locked.pdf": "encrypted",
+        "nopages.pdf": "no pages",
+        "bomb.png": "exceeds the limit",
+    }
+
+
+def random_image(rng: np.random.Generator, mode: str, w: int, h: int) -> Image.Image:
+    """A random PIL image of ``mode`` (1, L, I;16, P, LA, RGB, RGBA, CMYK) and size."""
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    if mode == "1":
+        return Image.fromarray(rng.integers(0, 2, (h, w)).astype(bool))
+    rgb = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    if mode == "RGBA":
+        alpha = rng.integers(0, 256, (h, w, 1), dtype=np.uint8)
+        return Image.fromarray(np.concatenate([np.asarray(rgb), alpha], -1), "RGBA")
+    return rgb.convert(mode)

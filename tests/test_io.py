@@ -27,8 +27,14 @@ def first(path, **kw):
 )
 def test_lossless_round_trip(tmp_path, suffix, channels):
     arr = gradient(channels=channels)
-    path = write_image(arr, tmp_path / f"a{suffix}") if suffix in (".png", ".tif") else save(
-        Image.fromarray(arr), tmp_path / f"a{suffix}", **({"lossless": True} if suffix == ".webp" else {})
+    path = (
+        write_image(arr, tmp_path / f"a{suffix}")
+        if suffix in (".png", ".tif")
+        else save(
+            Image.fromarray(arr),
+            tmp_path / f"a{suffix}",
+            **({"lossless": True} if suffix == ".webp" else {}),
+        )
     )
     page = first(path)
     got = page.pixels if page.pixels.ndim == 3 else page.pixels[..., None]
@@ -89,7 +95,9 @@ def test_pdf_pages_render_at_dpi_and_write_back_same_sizes(tmp_path):
     assert [p.pixels.shape[:2] for p in pages] == [(100, 200), (150, 100)]
     assert [p.meta["page_size_pt"] for p in pages] == sizes
     out = write_pages(
-        [p.pixels for p in pages], tmp_path / "o.pdf", page_sizes_pt=[p.meta["page_size_pt"] for p in pages]
+        [p.pixels for p in pages],
+        tmp_path / "o.pdf",
+        page_sizes_pt=[p.meta["page_size_pt"] for p in pages],
     )
     again = list(read_pages(out, dpi=100))
     got = [v for p in again for v in p.meta["page_size_pt"]]
@@ -124,7 +132,9 @@ def test_broken_rasters_raise_one_line_named_errors(tmp_path, maker, reason):
 
 def test_truncated_jpeg_and_tiff(tmp_path):
     for fmt, suffix in (("JPEG", ".jpg"), ("TIFF", ".tif")):
-        path = truncated(tmp_path / f"t{suffix}", Image.fromarray(gradient(64, 64, 3)), fmt, keep=0.3)
+        path = truncated(
+            tmp_path / f"t{suffix}", Image.fromarray(gradient(64, 64, 3)), fmt, keep=0.3
+        )
         with pytest.raises(InputImageError, match=str(path)):
             list(read_pages(path))
 
@@ -133,9 +143,9 @@ def test_bad_pdfs(tmp_path):
     (tmp_path / "c.pdf").write_bytes(b"%PDF-1.4\n garbage garbage")
     with pytest.raises(InputImageError, match="cannot open PDF"):
         list(read_pages(tmp_path / "c.pdf"))
-    with pytest.raises(InputImageError, match="no pages|cannot open PDF"):
+    with pytest.raises(InputImageError, match=r"no pages|cannot open PDF"):
         list(read_pages(empty_pdf(tmp_path / "e.pdf")))
-    with pytest.raises(InputImageError, match="encrypted|password|cannot open"):
+    with pytest.raises(InputImageError, match=r"encrypted|password|cannot open"):
         list(read_pages(encrypted_pdf(tmp_path / "x.pdf")))
 
 
@@ -161,3 +171,51 @@ def test_batch_numpy_pil_round_trip():
 def test_grid_shape():
     grid = make_grid(np.zeros((5, 4, 6, 3), np.uint8), ncols=3, pad=1)
     assert grid.shape == (2 * 5 + 1, 3 * 7 + 1, 3)
+
+
+def test_decode_pages_matches_read_pages(tmp_path):
+    from pipeline.io import decode_pages
+
+    path = write_image(gradient(channels=3), tmp_path / "a.png")
+    from_disk = first(path)
+    from_memory = next(decode_pages(path.read_bytes(), "upload.png"))
+    np.testing.assert_array_equal(from_disk.pixels, from_memory.pixels)
+    assert from_memory.meta["source"] == "upload.png"
+    with pytest.raises(InputImageError, match=r"^upload\.png: empty file"):
+        next(decode_pages(b"", "upload.png"))
+
+
+def test_count_pages_reads_headers_only(tmp_path):
+    from pipeline.io import count_pages
+
+    frames = [Image.fromarray(gradient(seed=i)) for i in range(4)]
+    frames[0].save(tmp_path / "m.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    pdf_pages(tmp_path / "d.pdf", [(72.0, 72.0)] * 3)
+    assert count_pages(tmp_path / "m.tif") == 4
+    assert count_pages(tmp_path / "a.gif") == 1
+    assert count_pages(tmp_path / "a.gif", "all") == 4
+    assert count_pages(tmp_path / "d.pdf") == 3
+
+
+def test_write_encoded_pages_tiff_and_pdf(tmp_path):
+    import io
+
+    from pipeline.io import write_encoded_pages
+
+    blobs = []
+    for image in (Image.fromarray(gradient(20, 30)), Image.fromarray(gradient(40, 10) > 128)):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    tif = write_encoded_pages(blobs, tmp_path / "o.tif", dpis=[300, 300])
+    pages = list(read_pages(tif))
+    assert [p.pixels.shape[:2] for p in pages] == [(20, 30), (40, 10)]
+    assert pages[0].meta["dpi"] == pytest.approx(300)
+    pdf = write_encoded_pages(blobs, tmp_path / "o.pdf", page_sizes_pt=[(144.0, 96.0), None])
+    sizes = [p.meta["page_size_pt"] for p in read_pages(pdf, dpi=72)]
+    assert sizes[0] == pytest.approx((144.0, 96.0))
+    # 10 px at the default 300 DPI is 2.4 pt, under PDF's 3 pt minimum: scaled up, same aspect.
+    assert sizes[1] == pytest.approx((3.0, 12.0))
+    with pytest.raises(ValueError, match="one page"):
+        write_encoded_pages(blobs, tmp_path / "o.png")

@@ -114,7 +114,11 @@ def test_pdf_in_pdf_out_same_pages(tmp_path):
     from pipeline.io import read_pages
 
     pages = list(read_pages(tmp_path / "o" / "doc.pdf", dpi=72))
-    assert [p.meta["page_size_pt"] for p in pages] == [(100.0, 150.0), (150.0, 100.0), (100.0, 150.0)]
+    assert [p.meta["page_size_pt"] for p in pages] == [
+        (100.0, 150.0),
+        (150.0, 100.0),
+        (100.0, 150.0),
+    ]
 
 
 def test_processing_error_fails_only_that_batch(docs, tmp_path):
@@ -140,7 +144,9 @@ def test_interrupt_leaves_only_complete_outputs_and_resume_finishes(docs, tmp_pa
         return invert(batch)
 
     with pytest.raises(KeyboardInterrupt):
-        run_files([docs], interrupting, RunOptions(out_dir=out, batch_size=1, report=tmp_path / "r.json"))
+        run_files(
+            [docs], interrupting, RunOptions(out_dir=out, batch_size=1, report=tmp_path / "r.json")
+        )
     assert [p.name for p in out.iterdir()] == ["p0.png"]
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["interrupted"] is True
     summary = run_files([docs], invert, RunOptions(out_dir=out, batch_size=1))

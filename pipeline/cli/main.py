@@ -13,7 +13,7 @@ from pipeline.cli.apps import CONTEXT, app
 from pipeline.cli.common import run_app
 
 # Each of these modules registers its commands on the shared apps when imported.
-AREAS = ("clean", "scans", "impulse", "faces", "colorize", "run")
+AREAS = ("clean", "scans", "impulse", "faces", "colorize", "run", "serve")
 
 
 def load_areas() -> None:

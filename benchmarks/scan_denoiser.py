@@ -1,0 +1,459 @@
+"""Benchmark the scan denoiser against classic and learned baselines, quality and speed.
+
+Quality, on two sets with clean targets:
+
+* ``ddd-val``: the DDD training pages of the page groups held out by the shipped model's
+  training run (names read from its config.json; never trained on);
+* ``synthetic``: fresh pages from ``pipeline.data.synthetic_pages`` (seeds unused in training),
+  100-DPI Kaggle-like pages and 300-DPI pages, plus ``synthetic-bilevel``: 300-DPI pages whose
+  ground truth is strictly black/white, as in archive-scan benchmarks (DIBCO-style).
+
+Metrics: RMSE of the output against the clean page (pixels in [0, 1], pooled over pages) and
+the mean per-page F-measure of ink after Otsu binarization of the output against the clean
+page thresholded at 0.5.
+
+Speed, on a synthetic 300-DPI A4 page (2480 x 3508): the network's throughput on tile batches
+under several settings, the stage's Mpx/s in-process, and the whole-process wall time of
+``clean-scans`` on the page file next to ``unpaper`` (with OCRmyPDF's default arguments).
+
+Run::
+
+    .venv/bin/python benchmarks/scan_denoiser.py --ddd ../shared/data/ddd \
+        --classic runs/scan-denoiser-classic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# OCRmyPDF's default unpaper arguments (ocrmypdf/_exec/unpaper.py, clean()).
+UNPAPER_ARGS = [
+    "--layout",
+    "none",
+    "--mask-scan-size",
+    "100",
+    "--no-border-align",
+    "--no-mask-center",
+    "--no-grayfilter",
+    "--no-blackfilter",
+    "--no-deskew",
+]
+SYNTH_SEED = 5_000_000
+
+Pages = list[tuple[str, np.ndarray, np.ndarray, int]]  # (name, dirty uint8, clean uint8, dpi)
+Method = Callable[[np.ndarray, int], np.ndarray]  # (dirty uint8, dpi) -> float [0, 1]
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def ddd_val_pages(ddd: Path, weights_cfg: dict) -> Pages:
+    from pipeline.data.ddd import load_pairs
+
+    names = set(weights_cfg["training"]["data"]["ddd_val_names"])
+    return [(p.name, p.dirty, p.clean, 100) for p in load_pairs(ddd) if p.name in names]
+
+
+def synthetic_pages(n100: int, n300: int, bilevel: bool) -> Pages:
+    from pipeline.data.synthetic_pages import make_pair
+
+    pages: Pages = []
+    offset = 10_000 if bilevel else 0
+    if not bilevel:
+        for i in range(n100):
+            d, c = make_pair(SYNTH_SEED + i, 420, 540, 100)
+            pages.append((f"s100-{i}", d, c, 100))
+    for i in range(n300):
+        d, c = make_pair(SYNTH_SEED + offset + 100 + i, 900, 700, 300, bilevel=bilevel)
+        pages.append((f"s300{'b' if bilevel else ''}-{i}", d, c, 300))
+    return pages
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+
+def otsu_ink(img: np.ndarray) -> np.ndarray:
+    """Ink mask (True = dark) of a float page by Otsu's threshold."""
+    from skimage.filters import threshold_otsu
+
+    if float(img.max() - img.min()) < 1e-6:
+        return np.zeros(img.shape, bool) if img.mean() > 0.5 else np.ones(img.shape, bool)
+    return img <= threshold_otsu(img)
+
+
+def f_measure(pred_ink: np.ndarray, true_ink: np.ndarray) -> float:
+    tp = float(np.logical_and(pred_ink, true_ink).sum())
+    fp = float(np.logical_and(pred_ink, ~true_ink).sum())
+    fn = float(np.logical_and(~pred_ink, true_ink).sum())
+    if tp == 0:
+        return 0.0
+    p, r = tp / (tp + fp), tp / (tp + fn)
+    return 2 * p * r / (p + r)
+
+
+def score(method: Method, pages: Pages) -> dict[str, float]:
+    se, count, fms, secs = 0.0, 0, [], 0.0
+    for _name, dirty, clean, dpi in pages:
+        t = time.perf_counter()
+        out = np.clip(method(dirty, dpi).astype(np.float32), 0.0, 1.0)
+        secs += time.perf_counter() - t
+        assert out.shape == clean.shape, (out.shape, clean.shape)
+        target = clean.astype(np.float32) / 255.0
+        se += float(((out - target) ** 2).sum())
+        count += target.size
+        fms.append(f_measure(otsu_ink(out), target < 0.5))
+    return dict(rmse=math.sqrt(se / count), f=100.0 * float(np.mean(fms)), seconds=secs)
+
+
+# ---- methods --------------------------------------------------------------------------------
+
+
+def raw(dirty: np.ndarray, dpi: int) -> np.ndarray:
+    return dirty / 255.0
+
+
+def median_background(dirty: np.ndarray, dpi: int) -> np.ndarray:
+    """Kaggle's classic: background = median filter; keep only pixels well below it."""
+    k = 21 if dpi <= 150 else 2 * int(21 * dpi / 200) + 1
+    bg = cv2.medianBlur(dirty, k).astype(np.float32) / 255.0
+    img = dirty / 255.0
+    return np.where(img < bg - 0.1, img, 1.0)
+
+
+def sauvola(dirty: np.ndarray, dpi: int) -> np.ndarray:
+    from skimage.filters import threshold_sauvola
+
+    w = 25 if dpi <= 150 else 2 * int(25 * dpi / 200) + 1
+    img = dirty / 255.0
+    return (img > threshold_sauvola(img, window_size=w)).astype(np.float32)
+
+
+def doxa(algorithm: str) -> Method:
+    import doxapy
+
+    def run(dirty: np.ndarray, dpi: int) -> np.ndarray:
+        out = np.empty_like(dirty)
+        b = doxapy.Binarization(getattr(doxapy.Binarization.Algorithms, algorithm))
+        b.initialize(np.ascontiguousarray(dirty))
+        b.to_binary(out, {})
+        return out.astype(np.float32) / 255.0
+
+    return run
+
+
+def unpaper(dirty: np.ndarray, dpi: int) -> np.ndarray:
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.pgm", Path(tmp) / "out.pgm"
+        Image.fromarray(dirty).save(src)
+        subprocess.run(
+            ["unpaper", "--dpi", str(dpi), *UNPAPER_ARGS, str(src), str(dst)],
+            check=True,
+            capture_output=True,
+        )
+        with Image.open(dst) as im:
+            out = np.asarray(im.convert("L"))
+    if out.shape != dirty.shape:  # unpaper keeps the size with these args; guard anyway
+        out = cv2.resize(out, dirty.shape[::-1], interpolation=cv2.INTER_AREA)
+    return out.astype(np.float32) / 255.0
+
+
+def torch_method(model) -> Method:
+    import torch
+
+    def run(dirty: np.ndarray, dpi: int) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(dirty.astype(np.float32) / 255.0)[None, None]
+            return model(x)[0, 0].numpy()
+
+    return run
+
+
+def stage_method(stage) -> Method:
+    from pipeline.batch import ImageBatch
+
+    def run(dirty: np.ndarray, dpi: int) -> np.ndarray:
+        return stage(ImageBatch.from_numpy(dirty)).images[0, 0].numpy()
+
+    return run
+
+
+# ---- speed ----------------------------------------------------------------------------------
+
+
+def a4_page(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    from pipeline.data.synthetic_pages import make_pair
+
+    dirty, _ = make_pair(SYNTH_SEED + 999, 3508, 2480, 300)
+    Image.fromarray(dirty).save(path)
+    return dirty
+
+
+def time_call(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up (allocations, oneDNN primitive caches)
+    best = math.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def speed(
+    weights: str, page: np.ndarray, page_path: Path, threads: int, repeat: int, compile_: bool
+) -> tuple[list[dict], list[dict]]:
+    import torch
+
+    from pipeline.batch import ImageBatch
+    from pipeline.stages.scan_denoiser import ScanDenoiser
+
+    torch.set_num_threads(threads)
+    mpx = page.size / 1e6
+    rows: list[dict] = []
+    batch = ImageBatch.from_numpy(page)
+
+    def stage_row(label: str, stage) -> None:
+        t = time_call(lambda: stage(batch), repeat)
+        rows.append(dict(setting=label, seconds=round(t, 3), mpx_s=round(mpx / t, 2)))
+
+    for tile, bs in ((512, 8), (512, 1), (256, 16), (1024, 2)):
+        st = ScanDenoiser.from_pretrained(weights, tile=tile, overlap=64, batch_size=bs)
+        stage_row(f"stage, channels-last, tile {tile}, {bs} tiles/batch", st)
+    st = ScanDenoiser.from_pretrained(weights, tile=512, overlap=64, batch_size=8)
+    st._layout_ready = True  # leave the model in NCHW: measures what channels-last buys
+    st.model.to(memory_format=torch.contiguous_format)
+    orig = st.model.forward
+    st.model.forward = lambda x: orig(x.contiguous())  # type: ignore[method-assign]
+    stage_row("stage, NCHW (no channels-last), tile 512, 8 tiles/batch", st)
+    if compile_:
+        st = ScanDenoiser.from_pretrained(weights, tile=512, overlap=64, batch_size=8)
+        st._prepare()
+        t0 = time.perf_counter()
+        try:
+            st.model = torch.compile(st.model, dynamic=False)
+            st(ImageBatch.from_numpy(page[:1024, :1024]))
+            st(batch)
+            compile_s = time.perf_counter() - t0
+            stage_row(f"stage, torch.compile (compile took {compile_s:.0f} s), tile 512", st)
+        except Exception as exc:
+            rows.append(
+                dict(
+                    setting=f"torch.compile failed: {type(exc).__name__}", seconds=None, mpx_s=None
+                )
+            )
+
+    procs: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        exe = Path(sys.executable).parent / "clean-scans"
+        cmd = [
+            str(exe),
+            str(page_path),
+            "--out",
+            tmp,
+            "--device",
+            "cpu",
+            "--overwrite",
+            "--quiet",
+            "--model",
+            weights,
+        ]
+        t = time.perf_counter()
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        procs.append(
+            dict(
+                program="clean-scans (aepipe, whole process)",
+                seconds=round(wall, 2),
+                mpx_s=round(mpx / wall, 2),
+                rc=res.returncode,
+                command=" ".join([*cmd[:1], "page.png", "--out", "DIR", *cmd[5:]]),
+            )
+        )
+        pgm = Path(tmp) / "page.pgm"
+        from PIL import Image
+
+        Image.fromarray(page).save(pgm)
+        cmd = ["unpaper", "--dpi", "300", *UNPAPER_ARGS, str(pgm), str(Path(tmp) / "o.pgm")]
+        t = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        procs.append(
+            dict(
+                program="unpaper 7 (OCRmyPDF args, whole process)",
+                seconds=round(wall, 2),
+                mpx_s=round(mpx / wall, 2),
+                rc=res.returncode,
+                command="unpaper --dpi 300 " + " ".join(UNPAPER_ARGS),
+            )
+        )
+    return rows, procs
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ddd", type=Path, default=ROOT.parent / "shared" / "data" / "ddd")
+    ap.add_argument("--weights", default="scan-denoiser", help="our weights (name or folder)")
+    ap.add_argument(
+        "--classic",
+        default="runs/scan-denoiser-classic",
+        help="weights folder of the classic two-layer AE trained on the same data",
+    )
+    ap.add_argument("--n100", type=int, default=8, help="synthetic 100-DPI pages")
+    ap.add_argument("--n300", type=int, default=4, help="synthetic 300-DPI pages (each set)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the speed part")
+    ap.add_argument("--quality-threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "scan_denoiser.md"
+    )
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from pipeline.stages.scan_denoiser import ScanDenoiser
+    from pipeline.weights import load_model, read_config, resolve
+
+    wcfg = read_config(resolve(args.weights))
+    lines = ["# Scan denoiser benchmark", ""]
+    lines.append(
+        f"Command: `.venv/bin/python benchmarks/{Path(__file__).name} "
+        + " ".join(argv if argv is not None else sys.argv[1:])
+        + "`"
+    )
+    lines.append(
+        f"Weights: `{args.weights}` ({wcfg['model_class']} {wcfg['model_kwargs']}), "
+        f"sha256 {wcfg['sha256'][:12]}."
+    )
+    lines.append(
+        f"Machine: {os.cpu_count()} CPU cores, shared with other jobs (load average "
+        f"{os.getloadavg()[0]:.1f} at start)."
+    )
+    lines.append("")
+    result: dict = dict(weights=args.weights, quality={}, speed={})
+
+    if not args.no_quality:
+        torch.set_num_threads(args.quality_threads)
+        sets = {
+            "ddd-val": ddd_val_pages(args.ddd, wcfg),
+            "synthetic": synthetic_pages(args.n100, args.n300, bilevel=False),
+            "synthetic-bilevel": synthetic_pages(0, args.n300, bilevel=True),
+        }
+        methods: dict[str, Method] = {
+            "raw input": raw,
+            "Otsu (global)": lambda d, dpi: (~otsu_ink(d / 255.0)).astype(np.float32),
+            "median-background subtraction": median_background,
+            "Sauvola (scikit-image)": sauvola,
+        }
+        try:
+            methods["Su (doxapy)"] = doxa("SU")
+            methods["Wolf (doxapy)"] = doxa("WOLF")
+        except ImportError:
+            lines.append("doxapy not installed: Su and Wolf left out.")
+        if shutil.which("unpaper"):
+            methods["unpaper (OCRmyPDF args)"] = unpaper
+        else:
+            lines.append("unpaper not installed: left out.")
+        if args.classic and (Path(args.classic) / "config.json").is_file():
+            classic, ccfg = load_model(args.classic)
+            methods[
+                f"classic 2-layer AE (same data, {ccfg['training'].get('wall_minutes')} min)"
+            ] = torch_method(classic)
+        else:
+            lines.append(f"classic AE weights {args.classic} not found: left out.")
+        ours = ScanDenoiser.from_pretrained(args.weights)
+        methods["**ScanUNet (ours)**"] = stage_method(ours)
+        methods["**ScanUNet (ours) --binarize**"] = stage_method(
+            ScanDenoiser.from_pretrained(args.weights, binarize=True)
+        )
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        for mname, fn in methods.items():
+            table[mname] = {s: score(fn, pages) for s, pages in sets.items()}
+            print(
+                mname,
+                {s: (round(v["rmse"], 4), round(v["f"], 1)) for s, v in table[mname].items()},
+                flush=True,
+            )
+        result["quality"] = table
+        counts = ", ".join(f"{s}: {len(p)} pages" for s, p in sets.items())
+        lines += [
+            "## Quality",
+            "",
+            f"Sets ({counts}). RMSE: pixels in [0, 1] against the clean page, pooled. "
+            "F: mean per-page F-measure (%) of ink after Otsu binarization of the output, "
+            "against the clean page thresholded at 0.5.",
+            "",
+            "| method | " + " | ".join(f"{s} RMSE | {s} F" for s in sets) + " |",
+            "|---|" + "---:|---:|" * len(sets),
+        ]
+        for mname, row in table.items():
+            cells = " | ".join(f"{row[s]['rmse']:.4f} | {row[s]['f']:.1f}" for s in sets)
+            lines.append(f"| {mname} | {cells} |")
+        lines.append("")
+
+    if not args.no_speed:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "page.png"
+            page = a4_page(path)
+            rows, procs = speed(args.weights, page, path, args.threads, args.repeat, args.compile)
+        result["speed"] = dict(threads=args.threads, stage=rows, processes=procs)
+        lines += [
+            f"## Speed: one 300-DPI A4 page (2480 x 3508 = {page.size / 1e6:.1f} Mpx), "
+            f"{args.threads} torch threads",
+            "",
+            f"In-process, the stage alone (best of {args.repeat}, after one warm-up):",
+            "",
+            "| setting | seconds | Mpx/s |",
+            "|---|---:|---:|",
+        ]
+        for r in rows:
+            lines.append(f"| {r['setting']} | {r['seconds']} | {r['mpx_s']} |")
+        lines += [
+            "",
+            "Whole process (start-up, read, clean, write), same page, same run:",
+            "",
+            "| program | seconds | Mpx/s | exit code |",
+            "|---|---:|---:|---:|",
+        ]
+        for p in procs:
+            lines.append(f"| {p['program']} | {p['seconds']} | {p['mpx_s']} | {p['rc']} |")
+        lines.append("")
+        lines.append(
+            f"Load average at the end: {os.getloadavg()[0]:.1f} "
+            f"(on {os.cpu_count()} cores; other jobs were running)."
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

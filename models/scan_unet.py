@@ -1,0 +1,115 @@
+"""ScanUNet: a small fully convolutional U-Net that cleans scanned document pages.
+
+The net works at half resolution: the page is folded with ``PixelUnshuffle(2)`` (four phase
+channels per 2x2 block, nothing lost), run through a U-Net of ``levels`` resolutions with
+additive skips, and unfolded back with ``PixelShuffle(2)``. Folding cuts the cost per page
+pixel about fourfold, which is what lets a 300-DPI A4 page run in seconds on two CPU cores,
+while the phase channels keep full-resolution stroke detail. The deepest level sees a wide
+context (stains, shadows and creases are large-scale), the top level the stroke edges.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def _block(channels: int, convs: int) -> nn.Sequential:
+    """``convs`` conv3x3 + ReLU layers at constant width."""
+    layers: list[nn.Module] = []
+    for _ in range(convs):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class ScanUNet(nn.Module):
+    """Small U-Net denoiser for gray document scans, any page size.
+
+    Args:
+        in_channels: image channels (1: gray pages).
+        base: width of the top level; level ``i`` has ``base * 2**i`` channels.
+        levels: number of resolutions (top level included), >= 1.
+        convs: conv3x3 layers per level on the way down and on the way up.
+        fold: ``PixelUnshuffle`` factor applied to the input (1 = full resolution).
+        input_skip: add ``gain * (2x - 1)`` to the output logits, with a learnt ``gain``
+            (initially 3) and a zero-initialised head: the untrained net is a contrast stretch
+            of its input rather than a constant, so training starts with useful gradients on
+            the ink instead of first collapsing to an all-white page.
+
+    Input and output: (N, C, H, W) in [0, 1], any H, W >= 1 (padded internally by
+    replication to a multiple of ``fold * 2**(levels-1)`` and cropped back).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base: int = 16,
+        levels: int = 4,
+        convs: int = 2,
+        fold: int = 2,
+        input_skip: bool = True,
+    ) -> None:
+        super().__init__()
+        if levels < 1 or fold < 1 or convs < 1:
+            raise ValueError("levels, convs and fold must be >= 1")
+        self.hparams = dict(
+            in_channels=in_channels,
+            base=base,
+            levels=levels,
+            convs=convs,
+            fold=fold,
+            input_skip=input_skip,
+        )
+        self.fold = fold
+        self.multiple = fold * 2 ** (levels - 1)
+        widths = [base * 2**i for i in range(levels)]
+        folded = in_channels * fold * fold
+        self.stem = nn.Sequential(nn.Conv2d(folded, base, 3, padding=1), nn.ReLU(inplace=True))
+        self.down_blocks = nn.ModuleList([_block(widths[0], convs - 1 or 1)])
+        self.downs = nn.ModuleList()
+        for i in range(1, levels):
+            self.downs.append(
+                nn.Sequential(
+                    nn.Conv2d(widths[i - 1], widths[i], 3, stride=2, padding=1),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            self.down_blocks.append(_block(widths[i], convs))
+        self.ups = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
+        for i in range(levels - 1, 0, -1):
+            self.ups.append(nn.ConvTranspose2d(widths[i], widths[i - 1], 2, stride=2))
+            self.up_blocks.append(_block(widths[i - 1], convs))
+        self.head = nn.Conv2d(base, folded, 3, padding=1)
+        self.input_skip = input_skip
+        if input_skip:
+            self.skip_gain = nn.Parameter(torch.tensor(3.0))
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        self.unfold = nn.PixelShuffle(fold) if fold > 1 else nn.Identity()
+        self.fold_in = nn.PixelUnshuffle(fold) if fold > 1 else nn.Identity()
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Pre-sigmoid output for (N, C, H, W) input whose H, W divide by ``self.multiple``."""
+        xs = x * 2.0 - 1.0
+        h = self.stem(self.fold_in(xs))
+        skips = []
+        h = self.down_blocks[0](h)
+        for down, block in zip(self.downs, self.down_blocks[1:], strict=True):
+            skips.append(h)
+            h = block(down(h))
+        for up, block in zip(self.ups, self.up_blocks, strict=True):
+            # Additive skips: as good as concatenation here and half the cost.
+            h = block(F.relu(up(h) + skips.pop(), inplace=True))
+        out = self.unfold(self.head(h))
+        return out + self.skip_gain * xs if self.input_skip else out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) dirty scan in [0, 1] -> (N, C, H, W) clean page in [0, 1]."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        if ph or pw:
+            # Replicate (not zero) padding: zeros would read as ink at the page edge.
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return self.logits(x).sigmoid()[..., :h, :w]

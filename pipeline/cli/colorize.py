@@ -1,0 +1,148 @@
+"""Colorizer commands: ``aepipe colorize`` and ``aepipe train colorizer``.
+
+Nothing heavy is imported at module level (``aepipe --help`` must stay fast): torch, numpy and
+the stage are imported inside the command functions. The standalone ``colorize`` console
+script is :func:`pipeline.cli.main.colorize_main`, which runs the ``colorize`` command below.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli.apps import app, train_app
+from pipeline.cli.common import (
+    DEVICES,
+    FORMATS,
+    BatchOpt,
+    DeviceOpt,
+    DpiOpt,
+    FormatOpt,
+    InputsArg,
+    MaxPixelsOpt,
+    OutOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RecursiveOpt,
+    ReportOpt,
+    check_choice,
+    cli_errors,
+    err,
+    run_job,
+)
+from pipeline.defaults import DEFAULT_MAX_PIXELS
+
+
+@app.command("colorize")
+def colorize(
+    inputs: InputsArg,
+    out: OutOpt = None,
+    model: Annotated[str, typer.Option("--model", help="Weights name or folder.")] = "colorizer",
+    projection: Annotated[
+        bool,
+        typer.Option(
+            "--projection/--no-projection",
+            help="Keep the input's gray exactly (default) or output the model's raw colours.",
+        ),
+    ] = True,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            "--temperature",
+            min=0.05,
+            max=2.0,
+            help="Colour boldness: lower is more vivid, 1 is safest (default: the model's).",
+        ),
+    ] = None,
+    fmt: FormatOpt = "same",
+    dpi: DpiOpt = 300,
+    batch_size: BatchOpt = 16,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    recursive: RecursiveOpt = False,
+    report: ReportOpt = None,
+    quiet: QuietOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+) -> None:
+    """Add colour to gray face images of any size, keeping their gray exactly.
+
+    Colour inputs are converted to gray (BT.601) first. Chroma is predicted at the model's
+    resolution (64x64) and laid onto the full-resolution gray, so outputs keep each input's
+    name and pixel size; existing outputs are skipped, so an interrupted run resumes.
+
+    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
+    4 weights could not be loaded, 130 interrupted.
+    """
+    from pipeline.runner import RunOptions
+
+    fmt = check_choice(fmt, FORMATS, "--format")
+    device = check_choice(device, DEVICES, "--device")
+    options = RunOptions(
+        out_dir=out,
+        out_suffix="colorized",
+        fmt=fmt,  # type: ignore[arg-type]
+        recursive=recursive,
+        overwrite=overwrite,
+        dpi=dpi,
+        max_pixels=max_pixels,
+        batch_size=batch_size,
+        report=report,
+    )
+
+    def load():
+        from pipeline.stages.colorizer import Colorizer
+
+        overrides: dict[str, object] = {"projection": projection}
+        if temperature is not None:
+            overrides["temperature"] = temperature
+        return Colorizer.from_pretrained(model, device=device, **overrides)
+
+    run_job(inputs, load, options, quiet=quiet, unit="image")
+
+
+@train_app.command("colorizer")
+def train_colorizer(
+    data: Annotated[
+        Path, typer.Option("--data", help="Colour face archive (lfw_64.npz); train split only.")
+    ] = Path("../shared/data/faces/lfw_64.npz"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write.")] = Path(
+        "weights/colorizer"
+    ),
+    head: Annotated[
+        str,
+        typer.Option("--head", help="classify (chroma bins, ours) | regress (plain-MSE baseline)."),
+    ] = "classify",
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 3000,
+    val_every: Annotated[int, typer.Option("--val-every", min=1)] = 150,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    w_luma: Annotated[float, typer.Option("--w-luma", help="Luminance-consistency weight.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
+    max_minutes: Annotated[
+        float | None, typer.Option("--max-minutes", help="Wall-clock safety cap.")
+    ] = None,
+) -> None:
+    """Train the StackNN colorizer on colour LFW faces (CPU, 1 thread)."""
+    from pipeline.train.colorizer import TrainConfig, train
+
+    with cli_errors():
+        cfg = TrainConfig(
+            data=data,
+            head=check_choice(head, ("classify", "regress"), "--head"),  # type: ignore[arg-type]
+            max_steps=max_steps,
+            val_every=val_every,
+            batch_size=batch_size,
+            lr=lr,
+            w_luma=w_luma,
+            seed=seed,
+            threads=threads,
+            max_minutes=max_minutes,
+            command="aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        )
+        train(cfg, out, progress=err)
+        err(f"wrote {out}")

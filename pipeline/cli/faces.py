@@ -1,0 +1,557 @@
+"""Face and MNIST VAE commands: ``aepipe train``, ``gen-faces``, ``aepipe faces``, ``aepipe vae``.
+
+Nothing heavy is imported at module level (``aepipe --help`` must stay fast): torch, numpy and
+the stage are imported inside the command functions.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli.apps import app, faces_app, train_app, vae_app
+from pipeline.cli.common import cli_errors, err
+
+_TRAIN_HELP = {
+    "face-vae": "Train the 64x64 gray face VAE on LFW luma (Gaussian likelihood, learned scale).",
+    "mnist-vae": "Train the 32-d MNIST VAE of the likelihood benchmark (Bernoulli, binarised).",
+    "mnist-vae-2d": "Train the 2-D MNIST VAE for the latent grid / scatter pictures.",
+    "fashion-vae-2d": "Train the 2-D Fashion-MNIST VAE for the latent grid / scatter pictures.",
+}
+
+
+def _make_train_command(preset: str) -> None:
+    def command(
+        out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write.")] = Path(
+            f"weights/{preset}"
+        ),
+        data: Annotated[
+            Path | None, typer.Option("--data", help="Data file/folder (default: the preset's).")
+        ] = None,
+        epochs: Annotated[
+            int | None, typer.Option("--epochs", min=1, help="Epochs (default: the preset's).")
+        ] = None,
+        max_minutes: Annotated[
+            float, typer.Option("--max-minutes", help="Wall-clock budget.")
+        ] = 120.0,
+        batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+        lr: Annotated[float | None, typer.Option("--lr")] = None,
+        latent_dim: Annotated[int | None, typer.Option("--latent-dim", min=1)] = None,
+        stop_after: Annotated[
+            int | None,
+            typer.Option(
+                "--stop-after",
+                min=1,
+                help="End after this epoch; the LR schedule still spans --epochs.",
+            ),
+        ] = None,
+        limit: Annotated[
+            int | None, typer.Option("--limit", min=16, help="Use only N train images.")
+        ] = None,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
+    ) -> None:
+        from pipeline.train.vae import TrainConfig, train
+
+        with cli_errors():
+            cfg = TrainConfig(
+                preset=preset,
+                data=data,
+                epochs=epochs,
+                max_minutes=max_minutes,
+                batch_size=batch_size,
+                lr=lr,
+                latent_dim=latent_dim,
+                limit=limit,
+                stop_after=stop_after,
+                seed=seed,
+                threads=threads,
+                command="aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            )
+            train(cfg, out, progress=err)
+            err(f"wrote {out}")
+
+    command.__doc__ = _TRAIN_HELP[preset]
+    train_app.command(preset)(command)
+
+
+for _preset in _TRAIN_HELP:
+    _make_train_command(_preset)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Weights name or folder.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
+ConceptDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--concepts-dir", help="Folder of your concept files (searched before the shipped ones)."
+    ),
+]
+ConceptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--concept", help="NAME:STRENGTH (e.g. smile:1.5); repeatable. NAME may be a .json path."
+    ),
+]
+
+
+def _load_generator(model: str, device: str, **overrides: object):
+    from pipeline.stage import load_stage
+    from pipeline.stages.face_generator import FaceGenerator
+
+    stage = load_stage(model, device=device, **overrides)
+    if not isinstance(stage, FaceGenerator):
+        from pipeline.errors import WeightsError
+
+        raise WeightsError(f"{model}: weights are for stage {stage.name!r}, not 'face-generator'")
+    return stage
+
+
+def _concepts(specs: list[str] | None, concepts_dir: Path) -> list:
+    from pipeline.stages.face_generator import default_concept_dirs, load_concept, parse_concept_arg
+
+    dirs = default_concept_dirs(concepts_dir)
+    out = []
+    for spec in specs or []:
+        name, strength = parse_concept_arg(spec)
+        out.append((load_concept(name, dirs), strength))
+    return out
+
+
+def _read_one(path: Path):
+    """First page of an image file as a batch named after the file."""
+    from pipeline.io import page_batch, read_pages
+
+    page = next(iter(read_pages(path)))
+    return page_batch(page, path.stem)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from pipeline.errors import ConfigError
+    from pipeline.io import is_image_path
+
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p))
+    if not files:
+        raise ConfigError(f"{folder}: no image files")
+    return files
+
+
+def _write_grid(batch, path: Path, ncols: int | None = None) -> Path:
+    import numpy as np
+
+    from pipeline.io import make_grid, write_image
+
+    arr = batch.to_numpy(np.uint8)
+    grid = make_grid(arr, ncols=ncols)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_image(grid[..., 0] if grid.shape[-1] == 1 else grid, path)
+
+
+def _resolve_device(device: str) -> str:
+    from pipeline.cli.common import DEVICES, check_choice
+
+    return check_choice(device, DEVICES, "--device")
+
+
+# ---- gen-faces ---------------------------------------------------------------------------------
+
+
+@app.command("gen-faces")
+def gen_faces(
+    n: Annotated[int, typer.Option("--n", "-n", min=1, max=1_000_000, help="How many faces.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same faces (on any device).")] = 0,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            "--temperature",
+            "-t",
+            min=0.0,
+            max=3.0,
+            help="Latent spread (default: the model's, 0.9).",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNG files.")] = Path(
+        "faces"
+    ),
+    grid: Annotated[
+        Path | None,
+        typer.Option(
+            "--grid", help="Contact sheet file (default: OUT/grid.png; up to 1024 faces)."
+        ),
+    ] = None,
+    no_grid: Annotated[
+        bool, typer.Option("--no-grid", help="Do not write a contact sheet.")
+    ] = False,
+    colorize: Annotated[
+        bool, typer.Option("--colorize", help="Colorize the faces with the colorizer stage.")
+    ] = False,
+    concept: ConceptOpt = None,
+    concepts_dir: ConceptDirOpt = Path("concepts"),
+    prior: Annotated[
+        bool,
+        typer.Option(
+            "--prior", help="Sample the N(0,I) prior instead of the fitted latent Gaussian."
+        ),
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=8192)] = 256,
+    model: ModelOpt = "face-vae",
+    device: DeviceOpt = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Generate N new gray faces as PNG files plus a contact-sheet grid, reproducibly from --seed.
+
+    Files are named face_00000.png ... and written atomically; a second run with the same
+    seed writes the same images.
+    """
+    with cli_errors():
+        import numpy as np
+
+        from pipeline.io import write_image
+
+        overrides: dict[str, object] = {"batch_size": batch_size}
+        if prior:
+            overrides["sampler"] = "prior"
+        stage = _load_generator(model, _resolve_device(device), **overrides)
+        vectors = _concepts(concept, concepts_dir)
+        colorizer = None
+        if colorize:
+            from pipeline.stage import load_stage
+
+            colorizer = load_stage("colorizer", device=_resolve_device(device))
+        out.mkdir(parents=True, exist_ok=True)
+        grid_path = None if no_grid else (grid or out / "grid.png")
+        keep = []
+        with _progress(n, quiet) as advance:
+            for batch in stage.sample(n, seed=seed, temperature=temperature, concepts=vectors):
+                if colorizer is not None:
+                    batch = colorizer(batch)
+                arrays = batch.to_numpy(np.uint8)
+                for name, arr in zip(batch.names, arrays, strict=True):
+                    write_image(arr[..., 0] if arr.shape[-1] == 1 else arr, out / f"{name}.png")
+                if grid_path is not None and sum(len(b) for b in keep) < 1024:
+                    keep.append(batch)
+                advance(len(batch))
+        if grid_path is not None and keep:
+            from pipeline.batch import ImageBatch
+
+            sheet = ImageBatch.concat(keep)
+            _write_grid(sheet.split(1024)[0], grid_path)
+        err(f"wrote {n} faces to {out}" + (f" and the grid {grid_path}" if grid_path else ""))
+
+
+class _progress:
+    """A rich progress bar over generated images (silent when not a terminal or --quiet)."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet = total, quiet
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("faces"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=self.quiet or not console.is_terminal,
+        )
+        self.progress.__enter__()
+        task = self.progress.add_task("faces", total=self.total)
+        return lambda k: self.progress.advance(task, k)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+
+# ---- aepipe faces ... ----------------------------------------------------------------------------
+
+
+@faces_app.command("reconstruct")
+def reconstruct(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Face images or folders.", show_default=False)
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder [default: <input>_recon].")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs.")
+    ] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r")] = False,
+    model: ModelOpt = "face-vae",
+    device: DeviceOpt = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Encode and decode real faces (centre-crop, resize to 64x64, gray) to see what the VAE keeps.
+
+    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
+    4 weights could not be loaded, 130 interrupted.
+    """
+    from pipeline.cli.common import run_job
+    from pipeline.runner import RunOptions
+
+    dev = _resolve_device(device)
+    options = RunOptions(
+        out_dir=out,
+        out_suffix="recon",
+        fmt="png",
+        overwrite=overwrite,
+        recursive=recursive,
+        batch_size=1,
+    )
+    run_job(inputs, lambda: _load_generator(model, dev), options, quiet=quiet)
+
+
+@faces_app.command("edit")
+def edit(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Face images or folders.", show_default=False)
+    ],
+    concept: ConceptOpt = None,
+    concepts_dir: ConceptDirOpt = Path("concepts"),
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder [default: <input>_edit].")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs.")
+    ] = False,
+    model: ModelOpt = "face-vae",
+    device: DeviceOpt = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Move faces along concept vectors (--concept smile:+1) and write the edited 64x64 faces."""
+    from pipeline.cli.common import fail, run_job
+    from pipeline.errors import ExitCode
+    from pipeline.runner import RunOptions
+
+    if not concept:
+        fail("give at least one --concept NAME:STRENGTH", ExitCode.BAD_ARGS)
+    dev = _resolve_device(device)
+
+    def load():
+        stage = _load_generator(model, dev)
+        vectors = _concepts(concept, concepts_dir)
+        return lambda batch: stage.edit(batch, vectors)
+
+    options = RunOptions(
+        out_dir=out, out_suffix="edit", fmt="png", overwrite=overwrite, batch_size=1
+    )
+    run_job(inputs, load, options, quiet=quiet)
+
+
+@faces_app.command("interpolate")
+def interpolate(
+    a: Annotated[Path, typer.Argument(help="First face image.", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Second face image.", show_default=False)],
+    steps: Annotated[
+        int, typer.Option("--steps", min=2, max=256, help="Images on the path, ends included.")
+    ] = 8,
+    method: Annotated[
+        str, typer.Option("--method", help="linear | slerp | both (one row each).")
+    ] = "linear",
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG strip to write.")] = Path(
+        "interpolation.png"
+    ),
+    frames: Annotated[
+        Path | None, typer.Option("--frames", help="Also write each step as a PNG here.")
+    ] = None,
+    model: ModelOpt = "face-vae",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Walk the latent space from face A to face B (linear and/or great circle) as a strip."""
+    from pipeline.cli.common import check_choice
+
+    method = check_choice(method, ("linear", "slerp", "both"), "--method")
+    with cli_errors():
+        import numpy as np
+
+        from pipeline.batch import ImageBatch
+        from pipeline.io import write_image
+
+        stage = _load_generator(model, _resolve_device(device))
+        za, zb = stage.encode(_read_one(a))[0], stage.encode(_read_one(b))[0]
+        methods = ["linear", "slerp"] if method == "both" else [method]
+        rows = [stage.interpolate(za, zb, steps, m) for m in methods]  # type: ignore[arg-type]
+        sheet = ImageBatch.concat(rows)
+        _write_grid(sheet, out, ncols=steps)
+        if frames is not None:
+            frames.mkdir(parents=True, exist_ok=True)
+            for m, row in zip(methods, rows, strict=True):
+                for name, arr in zip(row.names, row.to_numpy(np.uint8), strict=True):
+                    write_image(arr[..., 0], frames / f"{m}_{name}.png")
+        err(f"wrote {out}")
+
+
+@faces_app.command("traverse")
+def traverse(
+    dims: Annotated[
+        list[int] | None,
+        typer.Option("--dims", help="Latent dims to vary, repeatable (default: the 10 most used)."),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=2, max=64, help="Images per row.")] = 9,
+    span: Annotated[
+        float, typer.Option("--span", min=0.0, max=10.0, help="Range in standard deviations.")
+    ] = 2.5,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Start from this face (default: the mean face).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid to write.")] = Path(
+        "traversal.png"
+    ),
+    model: ModelOpt = "face-vae",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Vary one latent dimension per row around a face and write the grid."""
+    with cli_errors():
+        stage = _load_generator(model, _resolve_device(device))
+        base = stage.encode(_read_one(image))[0] if image is not None else None
+        batch, used = stage.traverse(dims, steps=steps, span=span, base=base)
+        _write_grid(batch, out, ncols=steps)
+        err(f"wrote {out} (rows: dims {', '.join(map(str, used))})")
+
+
+@faces_app.command("concept")
+def concept_cmd(
+    positive: Annotated[
+        Path, typer.Option("--positive", help="Folder of faces WITH the attribute.")
+    ],
+    negative: Annotated[Path, typer.Option("--negative", help="Folder of faces WITHOUT it.")],
+    name: Annotated[str, typer.Option("--name", help="Concept name (letters, digits, - and _).")],
+    concepts_dir: ConceptDirOpt = Path("concepts"),
+    model: ModelOpt = "face-vae",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Store a concept vector: mean latent of the positive faces minus that of the negative ones."""
+    with cli_errors():
+        import torch
+
+        from pipeline.batch import ImageBatch
+        from pipeline.stages.face_generator import save_concept
+
+        stage = _load_generator(model, _resolve_device(device))
+
+        def codes(folder: Path) -> torch.Tensor:
+            return torch.cat([stage.encode(_read_one(p)) for p in _image_files(folder)])
+
+        pos, neg = codes(positive), codes(negative)
+        vector = pos.mean(0) - neg.mean(0)
+        _ = ImageBatch  # images of different sizes are encoded one by one above
+        path = save_concept(
+            concepts_dir,
+            name,
+            vector,
+            {
+                "model": model,
+                "positive": str(positive),
+                "negative": str(negative),
+                "n_positive": len(pos),
+                "n_negative": len(neg),
+            },
+        )
+        err(
+            f"wrote {path} (|v| = {float(vector.norm()):.3f}, "
+            f"{len(pos)} positive, {len(neg)} negative)"
+        )
+
+
+# ---- aepipe vae ... ------------------------------------------------------------------------------
+
+
+@vae_app.command("grid")
+def vae_grid(
+    model: ModelOpt = "mnist-vae-2d",
+    n: Annotated[int, typer.Option("--n", min=2, max=64, help="Points per side.")] = 15,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG to write [default: <model>-grid.png].")
+    ] = None,
+) -> None:
+    """Decode an n x n grid of 2-D latents at Gaussian quantiles (norm.ppf of an even grid)."""
+    with cli_errors():
+        import torch
+
+        from pipeline.errors import ConfigError
+
+        stage = _load_generator(model, "cpu")
+        if stage.latent_dim != 2:
+            raise ConfigError(
+                f"{model}: the grid needs a 2-D latent; this model has {stage.latent_dim}"
+            )
+        # Quantiles of an even grid that avoids 0 and 1, as in Kingma & Welling (2013), fig. 4.
+        q = torch.linspace(0.05, 0.95, n)
+        vals = torch.distributions.Normal(0.0, 1.0).icdf(q)
+        zy, zx = torch.meshgrid(vals.flip(0), vals, indexing="ij")
+        z = torch.stack([zx.reshape(-1), zy.reshape(-1)], 1)
+        target = out or Path(f"{Path(model).name}-grid.png")
+        _write_grid(stage.decode(z), target, ncols=n)
+        err(f"wrote {target}")
+
+
+@vae_app.command("scatter")
+def vae_scatter(
+    model: ModelOpt = "mnist-vae-2d",
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="IDX folder (default: the data the model was trained on)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Test images to plot.")] = 10_000,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="PNG to write [default: <model>-scatter.png]."),
+    ] = None,
+) -> None:
+    """Plot the 2-D posterior means of the test set, coloured by class."""
+    with cli_errors():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import torch
+
+        from pipeline.data.idx import load_mnist_like
+        from pipeline.errors import ConfigError
+        from pipeline.io import atomic_write
+        from pipeline.weights import read_config, resolve
+
+        stage = _load_generator(model, "cpu")
+        if stage.latent_dim != 2:
+            raise ConfigError(
+                f"{model}: the scatter needs a 2-D latent; this model has {stage.latent_dim}"
+            )
+        folder = data or Path(
+            read_config(resolve(model)).get("training", {}).get("data", "../shared/data/mnist")
+        )
+        images, labels = load_mnist_like(folder, "test")
+        images, labels = images[:limit], labels[:limit]
+        with torch.inference_mode():
+            x = torch.from_numpy(images).unsqueeze(1).float() / 255.0
+            z = stage.model.encode(x).mean.numpy()
+        fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+        pts = ax.scatter(
+            z[:, 0], z[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7, vmin=-0.5, vmax=9.5
+        )
+        fig.colorbar(pts, ax=ax, ticks=range(10), label="class")
+        ax.set_xlabel("z[0]")
+        ax.set_ylabel("z[1]")
+        ax.set_title(f"{Path(model).name}: posterior means of {len(z)} test images")
+        target = out or Path(f"{Path(model).name}-scatter.png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda fh: fig.savefig(fh, format="png", bbox_inches="tight"))
+        plt.close(fig)
+        err(f"wrote {target}")

@@ -1,0 +1,75 @@
+"""Scan-denoiser commands: ``aepipe train scan-denoiser``.
+
+The user-facing ``clean-scans`` command lives in the lead's runner/CLI and calls the
+``scan-denoiser`` stage. Nothing heavy is imported at module level (``aepipe --help`` must stay
+fast): torch, numpy and the training code are imported inside the command.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli.apps import train_app
+from pipeline.cli.common import check_choice, cli_errors, err
+
+
+@train_app.command("scan-denoiser")
+def train_scan_denoiser(
+    ddd: Annotated[
+        Path | None,
+        typer.Option("--ddd", help="Denoising Dirty Documents folder (train/, train_cleaned/)."),
+    ] = Path("../shared/data/ddd"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write.")] = Path(
+        "weights/scan-denoiser"
+    ),
+    arch: Annotated[
+        str, typer.Option("--arch", help="scan-unet (ours) | classic (two-layer AE baseline).")
+    ] = "scan-unet",
+    base: Annotated[int, typer.Option("--base", min=4, help="ScanUNet top-level width.")] = 16,
+    levels: Annotated[int, typer.Option("--levels", min=1, max=6)] = 4,
+    synthetic_fraction: Annotated[
+        float,
+        typer.Option("--synthetic-fraction", min=0.0, max=1.0, help="Share of synthetic patches."),
+    ] = 0.5,
+    val_groups: Annotated[
+        int, typer.Option("--val-groups", min=0, help="DDD pages (x4 versions) held out.")
+    ] = 8,
+    patch: Annotated[int, typer.Option("--patch", min=16)] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 12,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 6000,
+    val_every: Annotated[int, typer.Option("--val-every", min=1)] = 250,
+    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
+    max_minutes: Annotated[
+        float | None, typer.Option("--max-minutes", help="Wall-clock safety cap.")
+    ] = None,
+) -> None:
+    """Train the scan denoiser on DDD pairs + synthetic degraded pages (CPU, 1 thread)."""
+    from pipeline.train.scan_denoiser import TrainConfig, train
+
+    with cli_errors():
+        cfg = TrainConfig(
+            ddd=ddd,
+            arch=check_choice(arch, ("scan-unet", "classic"), "--arch"),  # type: ignore[arg-type]
+            base=base,
+            levels=levels,
+            synthetic_fraction=synthetic_fraction,
+            val_groups=val_groups,
+            patch=patch,
+            batch_size=batch_size,
+            max_steps=max_steps,
+            val_every=val_every,
+            lr=lr,
+            seed=seed,
+            threads=threads,
+            max_minutes=max_minutes,
+            command="aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        )
+        train(cfg, out, progress=err)
+        err(f"wrote {out}")

@@ -1,0 +1,393 @@
+"""Ray Data integration: stages as callable classes for ``ray.data.Dataset.map_batches``.
+
+Install with the ``[ray]`` extra (``pip install "aepipe[ray]"``). Both classes load their weights
+once, in ``__init__``, inside each Ray actor, and then map ``dict[str, np.ndarray]`` batches.
+They are plain picklable classes: Ray ships the class and its constructor arguments (weights
+names or paths, never loaded models) to the workers, so the same code runs on a laptop and on a
+multi-node cluster. A worker uses the GPU when Ray gave it one (``num_gpus=1`` in
+``map_batches``) and the CPU otherwise.
+
+Example:
+    >>> import ray
+    >>> from pipeline.ray import StageMapper
+    >>> ds = ray.data.read_binary_files("scans/", include_paths=True)  # doctest: +SKIP
+    >>> ds = ds.map_batches(  # doctest: +SKIP
+    ...     StageMapper,
+    ...     fn_constructor_kwargs={"weights": "scan-denoiser"},
+    ...     compute=ray.data.ActorPoolStrategy(size=2),
+    ...     batch_size=4,
+    ... )
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from pipeline.defaults import DEFAULT_DPI, DEFAULT_MAX_PIXELS
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.batch import ImageBatch
+    from pipeline.pipeline import Pipeline
+
+StageSpecLike = dict[str, Any]
+
+
+def worker_device(device: str = "auto") -> str:
+    """The device a Ray worker should use.
+
+    With ``"auto"``, inside Ray the answer is ``"cuda"`` only when Ray assigned this worker a GPU
+    (``num_gpus`` > 0), so a CPU worker never takes a GPU behind the scheduler's back. Outside
+    Ray, ``"auto"`` means "a GPU if there is one".
+
+    Args:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+    from pipeline.stage import resolve_device
+
+    if device != "auto":
+        return resolve_device(device)
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return "cuda" if ray.get_gpu_ids() else "cpu"
+    except ImportError:
+        pass
+    return resolve_device("auto")
+
+
+def build_pipeline(
+    weights: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    stages: Sequence[StageSpecLike] | None = None,
+    pipeline_file: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    overrides: dict[str, Any] | None = None,
+) -> Pipeline:
+    """Load the stages named by exactly one of ``weights``, ``stages`` or ``pipeline_file``.
+
+    Args:
+        weights: one weights name/folder, or a list of them run in order.
+        stages: ``[{"weights": ..., "config": {...}}, ...]``, the ``[[stages]]`` tables of a
+            pipeline file as Python dicts (handy on a cluster where the TOML file is not present).
+        pipeline_file: a TOML pipeline file; only its ``[[stages]]`` are used here (the source
+            and sink are the Ray dataset's business).
+        device: ``"auto"`` (see :func:`worker_device`), ``"cpu"`` or ``"cuda"``.
+        overrides: stage config overrides, only with a single ``weights``.
+
+    Raises:
+        ConfigError: none or several of the three were given, or a config is invalid.
+        WeightsError: weights could not be loaded.
+    """
+    from pipeline.pipeline import Pipeline, StageSpec, read_pipeline_file
+    from pipeline.stage import format_validation_error, load_stage
+
+    given = [x is not None for x in (weights, stages, pipeline_file)]
+    if sum(given) != 1:
+        raise ConfigError("give exactly one of weights=, stages= or pipeline_file=")
+    dev = worker_device(device)
+    if pipeline_file is not None:
+        specs = read_pipeline_file(pipeline_file).stages
+        if not specs:
+            raise ConfigError(f"{pipeline_file}: stages: the pipeline file has no stages")
+        return Pipeline([load_stage(s.weights, device=dev, **s.config) for s in specs])
+    if stages is not None:
+        from pydantic import ValidationError
+
+        loaded = []
+        for i, raw in enumerate(stages):
+            try:
+                spec = StageSpec(**raw)
+            except ValidationError as exc:
+                raise ConfigError(format_validation_error(exc, f"stages.{i}")) from None
+            loaded.append(load_stage(spec.weights, device=dev, **spec.config))
+        return Pipeline(loaded)
+    names = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights or [])
+    if overrides and len(names) != 1:
+        raise ConfigError("stage config overrides need a single weights name; use stages=[...]")
+    return Pipeline([load_stage(n, device=dev, **(overrides or {})) for n in names])
+
+
+def _as_list(column: Any) -> list[np.ndarray]:
+    """Rows of an image column: a stacked (N, ...) array or an object array of ragged images."""
+    if isinstance(column, np.ndarray) and column.dtype != object:
+        return list(column)
+    return [np.asarray(x) for x in column]
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """Stack same-shaped results; keep ragged ones as an object array (Ray's variable tensors)."""
+    if arrays and len({(a.shape, a.dtype.str) for a in arrays}) == 1:
+        return np.stack(arrays)
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
+class StageMapper:
+    """A stage (or a chain of them) as a Ray Data ``map_batches`` callable class.
+
+    Two kinds of batches are accepted:
+
+    - **images** (from ``ray.data.read_images`` or ``from_numpy``): the ``column`` column holds
+      (N, H, W[, C]) arrays, or an object array of differently sized ones. The result replaces
+      that column, row for row, in the same dtype (uint8 stays uint8); other columns pass through.
+    - **files** (from ``ray.data.read_binary_files(include_paths=True)``): the ``bytes`` column
+      holds whole files (PNG, JPEG, TIFF, PDF ...). Every page is decoded exactly as the CLI
+      does, so one row per *page* comes out, with columns ``path``, ``page``, ``pages``,
+      ``name`` (the output stem the CLI would use, e.g. ``scan`` or ``report-p002``), ``image``
+      (uint8 H x W x C) and, with ``encode="png"``, ``png`` (the encoded page, ready to write).
+      A file that cannot be read gives one row with an empty image and its reason in ``error``
+      instead of failing the whole job.
+
+    The weights are loaded once per actor in ``__init__``; the class itself is what you pass to
+    ``map_batches`` (with ``fn_constructor_kwargs``), so nothing heavy is pickled.
+
+    Args:
+        weights: a weights name or folder, or a list of them to run in order.
+        stages: or a list of ``{"weights": ..., "config": {...}}`` dicts.
+        pipeline_file: or a TOML pipeline file whose ``[[stages]]`` to run.
+        device: ``"auto"`` uses the GPU that Ray assigned (``num_gpus``) and the CPU otherwise.
+        column: the image column of image batches (``read_images`` calls it ``"image"``).
+        encode: ``"png"`` adds a ``png`` bytes column to file batches.
+        keep_image: with ``encode="png"``, ``False`` leaves the ``image`` column out of file
+            batches, so only the small encoded pages travel through the object store.
+        max_batch: most images per model call (pages of one size are grouped).
+        dpi: resolution at which PDF pages are rendered.
+        max_pixels: larger pages are refused before decoding.
+        threads: torch CPU threads per actor (default: what Ray set, one per CPU it granted).
+        **overrides: stage config overrides (with a single ``weights``).
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        *,
+        stages: Sequence[StageSpecLike] | None = None,
+        pipeline_file: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        column: str = "image",
+        encode: Literal["none", "png"] = "none",
+        keep_image: bool = True,
+        max_batch: int = 8,
+        dpi: int = DEFAULT_DPI,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+        **overrides: Any,
+    ) -> None:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        if encode not in ("none", "png"):
+            raise ConfigError(f"encode must be 'none' or 'png'; got {encode!r}")
+        self.pipeline = build_pipeline(
+            weights, stages=stages, pipeline_file=pipeline_file, device=device, overrides=overrides
+        )
+        self.column = column
+        self.encode = encode
+        self.keep_image = keep_image or encode != "png"
+        self.max_batch = max_batch
+        self.dpi = dpi
+        self.max_pixels = max_pixels
+
+    @property
+    def device(self) -> str:
+        """The device the (first) stage runs on."""
+        return str(self.pipeline.stages[0].device)
+
+    def process(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the stages over single HW/HWC images, grouping same-shaped ones into batches.
+
+        Args:
+            images: arrays of any supported dtype, possibly of different sizes.
+
+        Returns:
+            One result per image, in order, in the input's dtype.
+        """
+        keys = [(a.shape, a.dtype.str) for a in images]
+        order = sorted(range(len(images)), key=lambda i: (str(keys[i]), i))
+        results = self.pipeline.map((images[i] for i in order), batch_size=self.max_batch)
+        out: list[np.ndarray | None] = [None] * len(images)
+        for i, res in zip(order, results, strict=True):
+            out[i] = res
+        return out  # type: ignore[return-value]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Map one Ray batch (``batch_format="numpy"``) to its results."""
+        if self.column in batch:
+            out = dict(batch)
+            out[self.column] = _stack(self.process(_as_list(batch[self.column])))
+            return out
+        if "bytes" in batch:
+            return self._files(batch)
+        raise ConfigError(
+            f"batch has columns {sorted(batch)}; expected an image column {self.column!r} "
+            "(read_images) or 'bytes' (read_binary_files)"
+        )
+
+    def _files(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.errors import AepipeError
+        from pipeline.io import decode_pages
+
+        paths = [
+            str(p) for p in batch.get("path", [f"file_{i:05d}" for i in range(len(batch["bytes"]))])
+        ]
+        rows: list[dict[str, Any]] = []
+        for path, data in zip(paths, batch["bytes"], strict=True):
+            stem = Path(path).stem
+            try:
+                pages = list(
+                    decode_pages(bytes(data), path, dpi=self.dpi, max_pixels=self.max_pixels)
+                )
+            except (AepipeError, OSError, ValueError, MemoryError) as exc:
+                rows.append(
+                    dict(path=path, page=0, pages=0, name=stem, pixels=None, error=str(exc))
+                )
+                continue
+            for page in pages:
+                count = int(page.meta.get("pages", 1))
+                name = f"{stem}-p{page.meta['page'] + 1:03d}" if count > 1 else stem
+                rows.append(
+                    dict(
+                        path=path,
+                        page=int(page.meta["page"]),
+                        pages=count,
+                        name=name,
+                        pixels=page.pixels,
+                        error="",
+                        dpi=float(page.meta.get("dpi") or 0.0),
+                    )
+                )
+        live = [r for r in rows if r["pixels"] is not None]
+        # Pages come out as uint8 whatever went in (16-bit scans are written as 8-bit by the CLI).
+        results = self.process([r["pixels"] for r in live])
+        for r, res in zip(live, results, strict=True):
+            r["image"] = _to_uint8(res)
+        empty = np.zeros((0, 0, 1), np.uint8)
+        out: dict[str, np.ndarray] = {
+            "path": np.array([r["path"] for r in rows], dtype=object),
+            "page": np.array([r["page"] for r in rows], dtype=np.int64),
+            "pages": np.array([r["pages"] for r in rows], dtype=np.int64),
+            "name": np.array([r["name"] for r in rows], dtype=object),
+            "error": np.array([r["error"] for r in rows], dtype=object),
+        }
+        if self.keep_image:
+            out["image"] = _stack([r.get("image", empty) for r in rows])
+        if self.encode == "png":
+            out["png"] = np.array(
+                [png_bytes(r["image"], r.get("dpi")) if "image" in r else b"" for r in rows],
+                dtype=object,
+            )
+        return out
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.uint16:
+        return np.rint(a.astype(np.float32) / 257.0).astype(np.uint8)
+    return np.rint(np.clip(a, 0, 1) * 255.0).astype(np.uint8)
+
+
+def png_bytes(pixels: np.ndarray, dpi: float | None = None) -> bytes:
+    """Encode an HW/HWC uint8 array as PNG bytes (with the DPI recorded when known)."""
+    from pipeline.io import to_pil
+
+    buf = io.BytesIO()
+    kwargs = {"dpi": (dpi, dpi)} if dpi else {}
+    to_pil(pixels).save(buf, format="PNG", **kwargs)
+    return buf.getvalue()
+
+
+def face_blocks(n: int, seed: int = 0, block_size: int = 64) -> list[dict[str, int]]:
+    """Cut ``n`` faces into blocks, each with its own seed derived from ``seed``.
+
+    Block seeds come from ``numpy.random.SeedSequence([seed, block])``, so they are distinct
+    across blocks *and* across base seeds (seed 0's block 1 is not seed 1's block 0), and the
+    same ``(n, seed, block_size)`` always gives the same faces, whatever the number of workers.
+
+    Returns:
+        Rows ``{"block", "start", "count", "seed"}`` for ``ray.data.from_items``.
+    """
+    if n < 1 or block_size < 1:
+        raise ConfigError(
+            f"n and block_size must be at least 1; got n={n}, block_size={block_size}"
+        )
+    blocks = []
+    for b, start in enumerate(range(0, n, block_size)):
+        block_seed = int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint32)[0])
+        blocks.append(dict(block=b, start=start, count=min(block_size, n - start), seed=block_seed))
+    return blocks
+
+
+class FaceBlockMapper:
+    """Generate (and optionally colorize) faces for rows made by :func:`face_blocks`.
+
+    Each input row ``{"block", "start", "count", "seed"}`` becomes ``count`` output rows with
+    ``name`` (``face_00042``), ``seed`` (the block seed) and ``image`` (uint8 H x W x C).
+
+    Args:
+        generator: weights of the face-generator stage.
+        colorizer: weights of the colorizer stage, or ``None`` to keep the generator's output.
+        device: as for :class:`StageMapper`.
+        temperature: sampling temperature of the generator.
+        threads: torch CPU threads per actor.
+    """
+
+    def __init__(
+        self,
+        generator: str | os.PathLike[str] = "face-vae",
+        colorizer: str | os.PathLike[str] | None = "colorizer",
+        *,
+        device: str = "auto",
+        temperature: float = 1.0,
+        threads: int | None = None,
+    ) -> None:
+        from pipeline.stage import load_stage
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        dev = worker_device(device)
+        self.generator = load_stage(generator, device=dev)
+        self.colorizer = load_stage(colorizer, device=dev) if colorizer is not None else None
+        self.temperature = temperature
+
+    def faces(self, count: int, seed: int, start: int = 0) -> ImageBatch:
+        """``count`` faces for one block, named from ``start``."""
+        from pipeline.batch import ImageBatch
+
+        batches = list(
+            self.generator.sample(count, seed=seed, temperature=self.temperature, batch_size=count)
+        )
+        batch = ImageBatch.concat(batches) if len(batches) > 1 else batches[0]
+        if self.colorizer is not None:
+            batch = self.colorizer(batch)
+        names = [f"face_{start + i:05d}" for i in range(len(batch))]
+        return ImageBatch(batch.images, names, batch.meta)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Map rows of blocks to rows of faces."""
+        names: list[str] = []
+        seeds: list[int] = []
+        images: list[np.ndarray] = []
+        for start, count, seed in zip(batch["start"], batch["count"], batch["seed"], strict=True):
+            faces = self.faces(int(count), int(seed), int(start))
+            names += faces.names
+            seeds += [int(seed)] * len(faces)
+            images += list(faces.to_numpy(np.uint8))
+        return {
+            "name": np.array(names, dtype=object),
+            "seed": np.array(seeds, dtype=np.int64),
+            "image": _stack(images),
+        }

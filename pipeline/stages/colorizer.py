@@ -1,0 +1,108 @@
+"""The ``colorizer`` stage: add colour to gray images and change nothing else.
+
+Gray (C=1) images go in as they are; RGB (C=3) images are first converted to BT.601 gray with
+:func:`pipeline.batch.to_gray`. The model (:class:`models.colorizer.StackNNColorizer`, shipped
+as ``weights/colorizer``) predicts chroma from the gray image **resized** to
+``model_size`` x ``model_size`` (bilinear, antialiased; the model was trained on whole 64x64
+faces, so resizing rather than running fully convolutionally at full size keeps a face's
+colour layout where the model expects it, whatever the input's size or aspect). The chroma is
+upsampled bilinearly back to the input's full size.
+
+With ``projection`` on (default) that chroma is laid onto the **exact** full-resolution input
+luma: RGB is rebuilt from (Y_input, Cb, Cr), which keeps Y exactly, and where a channel would
+leave [0, 1] the chroma of that pixel is scaled towards gray just enough to fit (same hue, less
+saturation), so clipping cannot change the luma. The output's BT.601 gray therefore equals the
+input up to float error, and within half a gray level after 8-bit rounding. With projection off
+the output is the model's own colour image at ``model_size``, recombined with the resized luma
+and upsampled back (blurrier; for comparison).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from pipeline.batch import ImageBatch, to_gray
+from pipeline.errors import ConfigError
+from pipeline.stage import Stage, StageConfig
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+class Config(StageConfig):
+    """Options of the colorizer.
+
+    Attributes:
+        projection: keep the input's luma exactly (default) instead of the model's own RGB.
+        model_size: side in pixels at which chroma is predicted (the input gray is resized to
+            it); must be a multiple of the model's downsampling factor (16 for the shipped one).
+        temperature: annealed-mean temperature of the chroma bins: 1 is the mean colour (safe,
+            dull), lower values pick the likeliest colours (vivid, riskier). Ignored by models
+            with a regression head.
+    """
+
+    projection: bool = True
+    model_size: int = Field(64, ge=8, le=1024)
+    temperature: float = Field(0.38, ge=0.05, le=2.0)
+
+
+class Colorizer(Stage):
+    """Gray -> RGB whose BT.601 gray is the input (see the module docstring)."""
+
+    name = "colorizer"
+    Config = Config
+    input_channels = (1, 3)
+    min_size = 1
+
+    def forward(self, batch: ImageBatch) -> ImageBatch:
+        """Colorize a batch.
+
+        Args:
+            batch: float32 (N, 1 or 3, H, W) in [0, 1].
+
+        Returns:
+            float32 (N, 3, H, W) in [0, 1].
+        """
+        import torch.nn.functional as F
+
+        from models.colorizer import gamut_fit, ycbcr_to_rgb
+
+        cfg = self.config
+        factor = getattr(self.model, "factor", 1)
+        if cfg.model_size % factor:
+            raise ConfigError(
+                f"colorizer.model_size: {cfg.model_size} is not a multiple of the model's "
+                f"downsampling factor {factor}"
+            )
+        y = to_gray(batch.images).clamp(0.0, 1.0)
+        size = (cfg.model_size, cfg.model_size)
+        small = F.interpolate(y, size=size, mode="bilinear", align_corners=False, antialias=True)
+        chroma = self.model.decode(self.model(small), cfg.temperature)
+        h, w = batch.size
+        if cfg.projection:
+            full = F.interpolate(chroma, size=(h, w), mode="bilinear", align_corners=False)
+            rgb = gamut_fit(y, full)
+        else:
+            chroma = F.interpolate(chroma, size=size, mode="bilinear", align_corners=False)
+            own = ycbcr_to_rgb(small, chroma).clamp(0.0, 1.0)
+            rgb = F.interpolate(own, size=(h, w), mode="bilinear", align_corners=False)
+            rgb = rgb.clamp(0.0, 1.0)
+        return batch.replace(rgb.contiguous(), colorized=True)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, **config: Any) -> Self:
+        """A small random colorizer (widths 4-8-8, 16 chroma bins) seeded by ``seed``."""
+        import torch
+
+        from models.colorizer import StackNNColorizer, chroma_grid
+
+        gen = torch.Generator().manual_seed(seed)
+        model = StackNNColorizer((4, 8, 8), n_bins=16, bin_step=0.25)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+            model.bin_centers.copy_(chroma_grid(0.25)[:16])
+        config.setdefault("model_size", 16)
+        return cls(model.eval(), config)

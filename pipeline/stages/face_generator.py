@@ -1,0 +1,440 @@
+"""The face-generator stage: a convolutional VAE that samples, reconstructs and edits gray faces.
+
+Calling the stage reconstructs faces (centre-crop, resize to the model's size, gray, encode
+the posterior mean, decode). The other operations are methods: :meth:`FaceGenerator.sample`,
+:meth:`~FaceGenerator.encode` / :meth:`~FaceGenerator.decode`, :meth:`~FaceGenerator.interpolate`,
+:meth:`~FaceGenerator.traverse` and concept vectors (:meth:`~FaceGenerator.make_concept`,
+:meth:`~FaceGenerator.apply_concept`, :func:`save_concept`, :func:`load_concept`).
+
+All randomness comes from a CPU ``torch.Generator`` seeded by the caller, and every latent is
+drawn on the CPU before it moves to the model's device, so a seed gives the same faces on any
+device and with any batch size.
+
+The same stage serves the MNIST / Fashion-MNIST VAEs (28x28 models); only the weights differ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from pipeline.batch import ImageBatch, to_gray
+from pipeline.errors import ConfigError
+from pipeline.stage import Stage, StageConfig
+
+if TYPE_CHECKING:
+    import torch
+    from typing_extensions import Self
+
+CONCEPT_SUFFIX = ".json"
+_NOISE_BLOCK = 64
+
+
+class Config(StageConfig):
+    """Options of the face generator.
+
+    Attributes:
+        temperature: spread of sampled latents around the mean (1 = the fitted distribution;
+            below 1 trades variety for cleaner faces).
+        sampler: ``"fitted"`` draws from the Gaussian fitted to the training codes (the default,
+            better faces), ``"prior"`` from the N(0, I) prior of the VAE.
+        batch_size: latents decoded at once.
+    """
+
+    temperature: float = Field(default=0.9, ge=0.0, le=3.0)
+    sampler: Literal["fitted", "prior"] = "fitted"
+    batch_size: int = Field(default=256, ge=1, le=8192)
+
+
+class FaceGenerator(Stage):
+    """Gray face VAE as a stage (``__call__`` reconstructs; methods sample and edit)."""
+
+    name: ClassVar[str] = "face-generator"
+    Config: ClassVar[type[StageConfig]] = Config
+    input_channels: ClassVar[tuple[int, ...]] = (1, 3)
+    min_size: ClassVar[int] = 4
+    # Outputs are the model's size (64x64 for faces), whatever the input size.
+    resizes: ClassVar[bool] = True
+
+    @property
+    def native_size(self) -> int:
+        """Height = width of the images the model makes."""
+        return int(self.model.size)
+
+    @property
+    def latent_dim(self) -> int:
+        """Dimension of the latent space."""
+        return int(self.model.latent_dim)
+
+    # ---- image <-> model input ----------------------------------------------------------------
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Centre-crop to a square, resize to the model size and convert to gray.
+
+        Args:
+            images: (N, C, H, W) in [0, 1], C in {1, 3}, on any device.
+
+        Returns:
+            (N, 1, S, S) with S = :attr:`native_size`.
+        """
+        from torch.nn import functional as F
+
+        h, w = images.shape[-2:]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        square = to_gray(images[..., top : top + side, left : left + side])
+        s = self.native_size
+        if side != s:
+            # Antialiased resize: a plain bilinear downscale aliases hair and background.
+            square = F.interpolate(
+                square, size=(s, s), mode="bilinear", antialias=True, align_corners=False
+            )
+        return square.clamp(0.0, 1.0)
+
+    def forward(self, batch: ImageBatch) -> ImageBatch:
+        """Reconstruct: encode the posterior mean and decode it; outputs are S x S gray."""
+        x = self.preprocess(batch.images)
+        out = self.model.decode(self.model.encode(x).mean)
+        return ImageBatch(out.float().clamp(0, 1), list(batch.names), [dict(m) for m in batch.meta])
+
+    # ---- latent operations ----------------------------------------------------------------
+
+    def encode(self, batch: ImageBatch) -> torch.Tensor:
+        """Posterior means of (preprocessed) images.
+
+        Args:
+            batch: images of any size, gray or RGB.
+
+        Returns:
+            (N, latent_dim) on the CPU.
+        """
+        import torch
+
+        self.check(batch)
+        with torch.inference_mode():
+            x = self.preprocess(batch.to(self.device).images)
+            return self.model.encode(x).mean.float().cpu()
+
+    def decode(self, z: torch.Tensor, names: Sequence[str] | None = None) -> ImageBatch:
+        """Decode latents into mean images.
+
+        Args:
+            z: (N, latent_dim).
+            names: optional names of the images.
+
+        Returns:
+            A batch of (N, 1, S, S) images on the CPU.
+        """
+        import torch
+
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ConfigError(
+                f"{self.name}: latents must have shape (N, {self.latent_dim}); got {tuple(z.shape)}"
+            )
+        with torch.inference_mode():
+            out = self.model.decode(z.to(self.device, torch.float32)).float().clamp(0, 1).cpu()
+        return ImageBatch(out, list(names) if names is not None else [])
+
+    def sample_latents(
+        self, n: int, seed: int = 0, temperature: float | None = None
+    ) -> torch.Tensor:
+        """Draw ``n`` latents on the CPU from a generator seeded with ``seed``.
+
+        Returns:
+            (n, latent_dim) float32 on the CPU.
+        """
+        import torch
+
+        temp = self.config.temperature if temperature is None else float(temperature)
+        if not 0.0 <= temp <= 3.0:
+            raise ConfigError(f"{self.name}.temperature: must be in [0, 3]; got {temp}")
+        if n < 0:
+            raise ConfigError(f"{self.name}: number of samples must be >= 0; got {n}")
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        # Noise comes in fixed blocks of _NOISE_BLOCK faces (the last one drawn whole and cut),
+        # so face i is the same whatever n and the batch size are: torch's randn fills a
+        # tensor differently depending on its size.
+        blocks = [
+            torch.randn(_NOISE_BLOCK, self.latent_dim, generator=gen)
+            for _ in range(math.ceil(n / _NOISE_BLOCK))
+        ]
+        eps = torch.cat(blocks)[:n] if blocks else torch.zeros(0, self.latent_dim)
+        eps = eps * temp
+        if self.config.sampler == "prior":
+            return eps
+        loc = self.model.sample_loc.detach().float().cpu()
+        tril = self.model.sample_scale_tril.detach().float().cpu()
+        return loc + eps @ tril.T
+
+    def sample(
+        self,
+        n: int,
+        seed: int = 0,
+        temperature: float | None = None,
+        batch_size: int | None = None,
+        concepts: Sequence[tuple[torch.Tensor, float]] = (),
+    ) -> Iterator[ImageBatch]:
+        """Generate ``n`` new faces, one batch at a time.
+
+        Args:
+            n: number of faces.
+            seed: seeds the CPU generator; the same seed gives the same faces anywhere.
+            temperature: overrides the config's temperature.
+            batch_size: overrides the config's batch size.
+            concepts: ``(vector, strength)`` pairs added to every latent.
+
+        Yields:
+            Batches of (B, 1, S, S) faces named ``face_00000`` ..., with ``seed`` and ``index``
+            in their metadata.
+        """
+        z = self.sample_latents(n, seed, temperature)
+        for vector, strength in concepts:
+            z = self.apply_concept(z, vector, strength)
+        size = batch_size or self.config.batch_size
+        width = max(5, len(str(max(n - 1, 0))))
+        for start in range(0, n, size):
+            idx = range(start, min(n, start + size))
+            out = self.decode(z[start : start + len(idx)], [f"face_{i:0{width}d}" for i in idx])
+            out.meta = [{"seed": seed, "index": i} for i in idx]
+            yield out
+
+    def interpolate(
+        self,
+        a: ImageBatch | torch.Tensor,
+        b: ImageBatch | torch.Tensor,
+        steps: int = 8,
+        method: Literal["linear", "slerp"] = "linear",
+    ) -> ImageBatch:
+        """Decode a path between two faces (or two latents), endpoints included.
+
+        Args:
+            a: one image (batch of 1) or a latent of shape (latent_dim,) or (1, latent_dim).
+            b: the same for the other end.
+            steps: number of images on the path (>= 2).
+            method: ``"linear"`` or ``"slerp"`` (great circle around the sampling mean, which
+                keeps the latent norm typical of the distribution instead of shrinking it
+                half way).
+
+        Returns:
+            A batch of ``steps`` images.
+        """
+        import torch
+
+        if steps < 2:
+            raise ConfigError(f"{self.name}: interpolation needs steps >= 2; got {steps}")
+        za, zb = (self._one_latent(v) for v in (a, b))
+        t = torch.linspace(0.0, 1.0, steps)[:, None]
+        if method == "linear":
+            z = (1 - t) * za + t * zb
+        elif method == "slerp":
+            z = slerp(za, zb, t, center=self.model.sample_loc.detach().float().cpu())
+        else:
+            raise ConfigError(f"{self.name}: method must be 'linear' or 'slerp'; got {method!r}")
+        return self.decode(z, [f"step_{i:02d}" for i in range(steps)])
+
+    def traverse(
+        self,
+        dims: Sequence[int] | None = None,
+        steps: int = 9,
+        span: float = 2.5,
+        base: torch.Tensor | None = None,
+        top: int = 10,
+    ) -> tuple[ImageBatch, list[int]]:
+        """Vary one latent dimension at a time around a base code; one row per dimension.
+
+        Args:
+            dims: dimensions to vary; default: the ``top`` dimensions with the largest spread
+                in the fitted sampling Gaussian (the ones the model uses most).
+            steps: images per row.
+            span: the row goes from -span to +span standard deviations of that dimension.
+            base: (latent_dim,) code to start from; default the sampling mean.
+            top: how many dimensions when ``dims`` is None.
+
+        Returns:
+            ``(batch, dims)``: ``len(dims) * steps`` images in row-major order and the dims used.
+        """
+        import torch
+
+        tril = self.model.sample_scale_tril.detach().float().cpu()
+        std = (tril**2).sum(1).sqrt()
+        if dims is None:
+            dims = torch.argsort(std, descending=True)[: min(top, self.latent_dim)].tolist()
+        dims = [int(d) for d in dims]
+        bad = [d for d in dims if not 0 <= d < self.latent_dim]
+        if bad:
+            raise ConfigError(
+                f"{self.name}: latent dims must be in 0..{self.latent_dim - 1}; got {bad}"
+            )
+        center = (
+            self.model.sample_loc.detach().float().cpu() if base is None else base.float().cpu()
+        )
+        offsets = torch.linspace(-span, span, steps)
+        rows = []
+        for d in dims:
+            z = center.expand(steps, -1).clone()
+            z[:, d] = center[d] + offsets * std[d]
+            rows.append(z)
+        names = [f"dim{d:03d}_{j:02d}" for d in dims for j in range(steps)]
+        return self.decode(torch.cat(rows), names), dims
+
+    # ---- concept vectors ------------------------------------------------------------------
+
+    def make_concept(self, positive: ImageBatch, negative: ImageBatch) -> torch.Tensor:
+        """Difference of the mean latent codes of two groups of faces; (latent_dim,)."""
+        if len(positive) == 0 or len(negative) == 0:
+            raise ConfigError(
+                f"{self.name}: a concept needs at least one positive and one negative image"
+            )
+        return self.encode(positive).mean(0) - self.encode(negative).mean(0)
+
+    def apply_concept(
+        self, z: torch.Tensor, vector: torch.Tensor, strength: float = 1.0
+    ) -> torch.Tensor:
+        """Move latents along a concept vector: ``z + strength * vector``."""
+        if vector.shape[-1] != self.latent_dim:
+            raise ConfigError(
+                f"{self.name}: concept has {vector.shape[-1]} dims; the model has {self.latent_dim}"
+            )
+        return z + float(strength) * vector.to(z)
+
+    def edit(self, batch: ImageBatch, concepts: Sequence[tuple[torch.Tensor, float]]) -> ImageBatch:
+        """Encode faces, move them along concept vectors and decode them."""
+        z = self.encode(batch)
+        for vector, strength in concepts:
+            z = self.apply_concept(z, vector, strength)
+        out = self.decode(z, batch.names)
+        out.meta = [dict(m) for m in batch.meta]
+        return out
+
+    def _one_latent(self, value: ImageBatch | torch.Tensor) -> torch.Tensor:
+        if isinstance(value, ImageBatch):
+            if len(value) != 1:
+                raise ConfigError(f"{self.name}: expected one image; got {len(value)}")
+            return self.encode(value)[0]
+        z = value.float().cpu().reshape(-1)
+        if z.numel() != self.latent_dim:
+            raise ConfigError(
+                f"{self.name}: latent must have {self.latent_dim} values; got {z.numel()}"
+            )
+        return z
+
+    @classmethod
+    def tiny(cls, seed: int = 0, **config: Any) -> Self:
+        """A small random 16x16 VAE (4-d latent), seeded."""
+        import torch
+
+        from models.vae import ConvVAE
+
+        torch.manual_seed(seed)
+        model = ConvVAE(size=16, channels=[4, 8], latent_dim=4, likelihood="gaussian")
+        return cls(model, config)
+
+
+def slerp(
+    za: torch.Tensor, zb: torch.Tensor, t: torch.Tensor, center: torch.Tensor
+) -> torch.Tensor:
+    """Spherical interpolation of ``za -> zb`` about ``center``.
+
+    Args:
+        za: (D,) start.
+        zb: (D,) end.
+        t: (T, 1) positions in [0, 1].
+        center: (D,) the point the great circle goes around.
+
+    Returns:
+        (T, D); falls back to linear interpolation for (anti)parallel endpoints.
+    """
+    import torch
+
+    a, b = za - center, zb - center
+    na, nb = a.norm(), b.norm()
+    cos = (a @ b / (na * nb).clamp_min(1e-12)).clamp(-1.0, 1.0)
+    omega = torch.arccos(cos)
+    if float(omega) < 1e-4 or abs(float(omega) - math.pi) < 1e-4:
+        return center + (1 - t) * a + t * b
+    so = torch.sin(omega)
+    return center + (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+# ---- concept files --------------------------------------------------------------------------
+
+
+def default_concept_dirs(user_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Where concepts are looked up: the user folder (if given), then the shipped ones."""
+    from pipeline.weights import shipped_weights_dir
+
+    dirs = [Path(user_dir)] if user_dir else []
+    dirs.append(shipped_weights_dir() / "face-vae" / "concepts")
+    return dirs
+
+
+def save_concept(
+    path: str | os.PathLike[str],
+    name: str,
+    vector: torch.Tensor,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Write a concept vector as a small JSON file (atomically).
+
+    Args:
+        path: a ``.json`` file, or a folder (the file is ``<folder>/<name>.json``).
+        name: the concept's name (letters, digits, ``-``, ``_``).
+        vector: (latent_dim,).
+        info: extra fields (image counts, model).
+    """
+    from pipeline.io import atomic_write
+
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ConfigError(f"concept name must use letters, digits, '-' or '_'; got {name!r}")
+    target = Path(path)
+    if target.suffix.lower() != CONCEPT_SUFFIX:
+        target.mkdir(parents=True, exist_ok=True)
+        target = target / f"{name}{CONCEPT_SUFFIX}"
+    doc = {"name": name, "latent_dim": int(vector.numel()), **(info or {})}
+    doc["vector"] = [round(float(v), 6) for v in vector.reshape(-1)]
+    data = (json.dumps(doc, indent=1) + "\n").encode()
+    return atomic_write(target, lambda fh: fh.write(data))
+
+
+def load_concept(
+    name_or_path: str | os.PathLike[str], dirs: Sequence[Path] | None = None
+) -> torch.Tensor:
+    """Read a concept vector by file path or by name in ``dirs``.
+
+    Raises:
+        ConfigError: the concept is not found or the file is malformed (the message names it).
+    """
+    import torch
+
+    path = Path(name_or_path)
+    candidates = [path] if path.suffix.lower() == CONCEPT_SUFFIX else []
+    candidates += [d / f"{name_or_path}{CONCEPT_SUFFIX}" for d in (dirs or default_concept_dirs())]
+    for cand in candidates:
+        if cand.is_file():
+            try:
+                doc = json.loads(cand.read_text(encoding="utf-8"))
+                vec = torch.tensor([float(v) for v in doc["vector"]], dtype=torch.float32)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(f"{cand}: not a concept file ({exc})") from None
+            return vec
+    where = ", ".join(str(d) for d in (dirs or default_concept_dirs()))
+    raise ConfigError(f"concept {str(name_or_path)!r} not found (looked in {where})")
+
+
+def parse_concept_arg(text: str) -> tuple[str, float]:
+    """Parse ``NAME:STRENGTH`` (``smile:1.5``, ``smile:+1``, ``smile`` = strength 1)."""
+    name, sep, value = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        return name, float(value)
+    except ValueError:
+        raise ConfigError(
+            f"--concept expects NAME:STRENGTH (e.g. smile:1.5); got {text!r}"
+        ) from None

@@ -1,0 +1,211 @@
+"""The ``scan-denoiser`` stage: clean scanned document pages of any size.
+
+The shipped model (``weights/scan-denoiser``) is a :class:`models.scan_unet.ScanUNet` trained on
+synthetic degraded pages and the Denoising Dirty Documents pairs. Pages are cut into overlapping
+square tiles, a few tiles at a time go through the network (memory stays bounded whatever the
+page size), and the tile outputs are blended with a smooth window that falls to near zero at
+tile edges shared with a neighbour. Edge pixels of a tile see the least context and are the
+least reliable; blending them away leaves no seams. The output has exactly the input's size.
+
+Colour scans are cleaned on their BT.601 gray (``keep_color=False``, the default, returns gray);
+``keep_color=True`` puts the input's chroma back on the ink and leaves the paper white.
+``binarize=True`` thresholds the cleaned page at ``threshold`` for bilevel output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field
+
+from pipeline.batch import ImageBatch, to_gray
+from pipeline.stage import Stage, StageConfig
+
+if TYPE_CHECKING:
+    import torch
+    from typing_extensions import Self
+
+
+class Config(StageConfig):
+    """Options of the scan denoiser.
+
+    Attributes:
+        tile: tile side in pixels (pages smaller than a tile go through whole).
+        overlap: pixels shared by neighbouring tiles; the blending ramp spans this width.
+            Should cover the border zone where the network lacks context (~32-64 px).
+        batch_size: tiles per forward pass (memory grows with ``batch_size * tile**2``).
+        binarize: write bilevel pages (0 or 1) thresholded at ``threshold``.
+        threshold: ink/paper cut for ``binarize``, on the cleaned page in [0, 1].
+        keep_color: for RGB input, keep the ink's colour instead of returning gray.
+    """
+
+    tile: int = Field(512, ge=32, le=4096)
+    overlap: int = Field(64, ge=0, le=1024)
+    batch_size: int = Field(8, ge=1, le=256)
+    binarize: bool = False
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    keep_color: bool = False
+
+
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Start offsets of tiles of side ``min(tile, length)`` covering ``[0, length)``.
+
+    Consecutive tiles overlap by at least ``overlap`` pixels (when ``tile > overlap``); the
+    last tile ends at ``length``. With ``align > 1`` (``length`` and ``tile`` multiples of it)
+    every start is a multiple of ``align``, so each tile sees the same pixel phases as the
+    whole page would: the network folds 2x2 blocks and strides by 2, and is shift-equivariant
+    only for shifts that are multiples of its total stride.
+    """
+    if length <= tile:
+        return [0]
+    step = max(align, (tile - overlap) // align * align)
+    n = math.ceil((length - tile) / step) + 1
+    # Spread the tiles evenly so every overlap is >= the requested one.
+    return [round(i * (length - tile) / (n - 1) / align) * align for i in range(n)]
+
+
+def blend_ramp(size: int, overlap: int, lead: bool, trail: bool) -> torch.Tensor:
+    """1-D blending weights of one tile along one axis, shape (size,).
+
+    A raised-cosine ramp over ``overlap`` pixels on each side that has a neighbour (``lead``
+    for the start, ``trail`` for the end), 1 elsewhere; a small floor keeps the sum of
+    weights positive where only ramps cover a pixel.
+    """
+    import torch
+
+    w = torch.ones(size)
+    r = min(overlap, size // 2)
+    if r > 0:
+        t = (torch.arange(r, dtype=torch.float32) + 0.5) / r
+        ramp = 0.5 - 0.5 * torch.cos(math.pi * t)
+        if lead:
+            w[:r] = ramp
+        if trail:
+            w[size - r :] = ramp.flip(0)
+    return w.clamp_min(1e-3)
+
+
+class ScanDenoiser(Stage):
+    """Document scan cleaner (``scan-denoiser``); see the module docstring."""
+
+    name: ClassVar[str] = "scan-denoiser"
+    Config: ClassVar[type[StageConfig]] = Config
+    input_channels: ClassVar[tuple[int, ...]] = (1, 3)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._layout_ready = False
+
+    def _prepare(self) -> None:
+        """Switch the model to channels-last once: ~1.5-2x faster convolutions on CPU."""
+        import torch
+
+        if not self._layout_ready:
+            self.model.to(memory_format=torch.channels_last)
+            self._layout_ready = True
+
+    def clean_gray(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the network over (N, 1, H, W) pages in blended tiles.
+
+        Args:
+            x: float32 (N, 1, H, W) in [0, 1] on the model's device.
+
+        Returns:
+            (N, 1, H, W) cleaned pages in [0, 1].
+        """
+        import torch
+
+        self._prepare()
+        cfg: Config = self.config  # type: ignore[assignment]
+        n, _, h0, w0 = x.shape
+        m = int(getattr(self.model, "multiple", 1))
+        ph, pw = (-h0) % m, (-w0) % m
+        if ph or pw:
+            # The same replicate padding the model applies to a whole page, done once here
+            # so that every tile is aligned to the model's stride.
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+        h, w = x.shape[-2:]
+        tile = max(m, cfg.tile // m * m)
+        th, tw = min(tile, h), min(tile, w)
+        tops = tile_starts(h, tile, cfg.overlap, m)
+        lefts = tile_starts(w, tile, cfg.overlap, m)
+        if len(tops) * len(lefts) == 1:
+            out = torch.empty_like(x)
+            for s in range(0, n, cfg.batch_size):
+                xb = x[s : s + cfg.batch_size].contiguous(memory_format=torch.channels_last)
+                out[s : s + cfg.batch_size] = self.model(xb)
+            return out[..., :h0, :w0]
+        acc = torch.zeros_like(x)
+        norm = torch.zeros((1, 1, h, w), device=x.device)
+        ramps: dict[tuple[int, bool, bool], torch.Tensor] = {}
+
+        def ramp(size: int, lead: bool, trail: bool) -> torch.Tensor:
+            key = (size, lead, trail)
+            if key not in ramps:
+                ramps[key] = blend_ramp(size, cfg.overlap, lead, trail).to(x.device)
+            return ramps[key]
+
+        def window(top: int, left: int) -> torch.Tensor:
+            wy = ramp(th, top > 0, top + th < h)
+            wx = ramp(tw, left > 0, left + tw < w)
+            return wy[:, None] * wx[None, :]
+
+        # Weights depend on the tile position only, so accumulate them for one page.
+        for top in tops:
+            for left in lefts:
+                norm[0, 0, top : top + th, left : left + tw] += window(top, left)
+        pending: list[tuple[int, int, int]] = []
+
+        def flush() -> None:
+            xb = torch.stack([x[i, :, t : t + th, c : c + tw] for i, t, c in pending])
+            yb = self.model(xb.contiguous(memory_format=torch.channels_last))
+            for (i, t, c), y in zip(pending, yb, strict=True):
+                acc[i, :, t : t + th, c : c + tw] += y * window(t, c)
+            pending.clear()
+
+        for item in ((i, t, c) for i in range(n) for t in tops for c in lefts):
+            pending.append(item)
+            if len(pending) == cfg.batch_size:
+                flush()
+        if pending:
+            flush()
+        return (acc / norm).clamp_(0.0, 1.0)[..., :h0, :w0]
+
+    def forward(self, batch: ImageBatch) -> ImageBatch:
+        """Clean a batch of same-sized pages.
+
+        Args:
+            batch: float32 (N, C, H, W) in [0, 1], C = 1 or 3.
+
+        Returns:
+            (N, 1, H, W) gray pages, or (N, 3, H, W) with ``keep_color`` and RGB input;
+            values are 0 or 1 with ``binarize``.
+        """
+        cfg: Config = self.config  # type: ignore[assignment]
+        images = batch.images
+        gray_in = to_gray(images)
+        clean = self.clean_gray(gray_in)
+        if cfg.binarize:
+            clean = (clean >= cfg.threshold).to(clean.dtype)
+        if cfg.keep_color and images.shape[1] == 3:
+            # Chroma of the input (offset from its gray) applied where there is ink.
+            out = (clean + (images - gray_in) * (1.0 - clean)).clamp_(0.0, 1.0)
+        else:
+            out = clean
+        return batch.replace(out.contiguous(), cleaned="scan-denoiser")
+
+    @classmethod
+    def tiny(cls, seed: int = 0, **config: Any) -> Self:
+        """A small random ScanUNet (base 4, 2 levels) seeded by ``seed``."""
+        import torch
+
+        from models.scan_unet import ScanUNet
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = ScanUNet(base=4, levels=2, convs=1)
+            # The head starts at zero (a pure contrast stretch); give it random weights so
+            # the tiny model mixes neighbouring pixels like a trained one and seeds differ.
+            model.head.reset_parameters()
+        return cls(model, config)

@@ -1,0 +1,396 @@
+"""Train the StackNN colorizer on colour LFW faces against their BT.601 gray versions.
+
+The input is the 8-bit rounded BT.601 gray of each training face (what a gray PNG of it holds)
+plus Gaussian noise (the StackNN regulariser); the target is the face's (Cb, Cr) chroma. Faces
+are flipped left-right at random. A tail of the train split, cut between people, is held out
+for validation; the checkpoint with the lowest validation loss is kept, and the annealed-mean
+temperature of the ``classify`` head is then chosen on the same held-out faces (the most
+colourful setting within ``temperature_psnr_slack`` dB of the best PSNR). The test split is
+never read. Everything random derives from ``seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.data.faces import split_by_person
+
+STAGE_NAME = "colorizer"
+
+
+class TrainConfig(BaseModel):
+    """Settings of one training run (all recorded in the weights' config.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path = Field(description="colour face archive (lfw_64.npz); only its train split is read")
+    head: Literal["classify", "regress"] = "classify"
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    bin_step: float = Field(1.0 / 24.0, gt=0.0, le=0.5, description="chroma bin spacing")
+    min_bin_count: int = Field(1, ge=1, description="bins seen fewer times are dropped")
+    rebalance: float = Field(0.5, ge=0.0, le=1.0, description="uniform mix of class weights")
+    noise_std: float = Field(0.02, ge=0.0, le=0.5, description="Gaussian noise on the gray input")
+    w_color: float = Field(1.0, ge=0.0, description="colour reconstruction weight")
+    w_class: float = Field(1.0, ge=0.0, description="chroma classification weight (classify)")
+    w_luma: float = Field(1.0, ge=0.0, description="luminance-consistency weight")
+    train_temperature: float = Field(0.38, gt=0.0, le=2.0)
+    val_fraction: float = Field(0.05, gt=0.0, lt=0.5)
+    batch_size: int = Field(32, ge=1, le=1024)
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    max_steps: int = Field(3000, ge=1)
+    val_every: int = Field(150, ge=1)
+    patience: int = Field(8, ge=1, description="validations without improvement before stopping")
+    temperature_psnr_slack: float = Field(0.5, ge=0.0, le=10.0)
+    seed: int = 0
+    threads: int = Field(1, ge=1, le=64)
+    command: str | None = Field(None, description="the command line, recorded in config.json")
+    max_minutes: float | None = Field(
+        None,
+        gt=0.0,
+        description="wall-clock cap (a safety net; runs cut by it are not bit-reproducible)",
+    )
+
+
+def load_color_faces(
+    path: Path, split: Literal["train", "test"] = "train"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Colour faces of one split of a face archive, and their file names (or None).
+
+    :func:`pipeline.data.faces.load_faces` returns gray only; the colorizer needs the colour.
+
+    Returns:
+        ``(images, files)``: uint8 (N, H, W, 3) and (N,) names or None.
+    """
+    key = {"train": "images", "test": "test_images"}[split]
+    with np.load(path, allow_pickle=False) as data:
+        images = data[key]
+        fkey = {"train": "train_files", "test": "test_files"}[split]
+        files = data[fkey] if fkey in data else None
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{path}: {key} has shape {images.shape}; expected colour (N, H, W, 3)")
+    return images, files
+
+
+def gray_and_chroma(rgb_u8: np.ndarray):
+    """Model input and target of uint8 (N, H, W, 3) faces.
+
+    Returns:
+        ``(gray, cbcr, rgb)`` tensors: (N, 1, H, W) 8-bit rounded BT.601 gray, (N, 2, H, W)
+        chroma, (N, 3, H, W) RGB, all float32.
+    """
+    import torch
+
+    from models.colorizer import rgb_to_ycbcr
+
+    rgb = torch.from_numpy(np.ascontiguousarray(rgb_u8)).permute(0, 3, 1, 2).float() / 255.0
+    y, cbcr = rgb_to_ycbcr(rgb)
+    gray = (y * 255.0).round() / 255.0
+    return gray, cbcr, rgb
+
+
+def chroma_bins(cbcr, step: float, min_count: int, rebalance: float):
+    """Occupied chroma bins of the training set and their rebalancing weights.
+
+    Args:
+        cbcr: (N, 2, H, W) training chroma.
+        step: bin spacing.
+        min_count: minimum pixel count of a kept bin.
+        rebalance: lambda of Zhang et al.: weights ~ 1 / ((1 - lambda) p + lambda / Q).
+
+    Returns:
+        ``(centers (Q, 2), weights (Q,))`` with weights normalised to mean 1 under p.
+    """
+    import torch
+
+    from models.colorizer import chroma_grid
+
+    grid = chroma_grid(step)
+    n = int(round(len(grid) ** 0.5))
+    # The grid is square and regular, so a pixel's bin is plain arithmetic (row-major, Cb first).
+    ij = ((cbcr + n * step / 2) / step).floor().clamp(0, n - 1).long()
+    counts = torch.bincount((ij[:, 0] * n + ij[:, 1]).flatten(), minlength=len(grid)).float()
+    keep = counts >= min_count
+    centers, counts = grid[keep], counts[keep]
+    p = counts / counts.sum()
+    w = 1.0 / ((1.0 - rebalance) * p + rebalance / len(p))
+    w = w / (p * w).sum()
+    return centers, w
+
+
+def evaluate(model, gray, cbcr, rgb, temperature: float, batch: int = 200) -> dict[str, float]:
+    """Validation scores: PSNR (dB, 8-bit RGB), colorfulness, and loss parts.
+
+    Args:
+        model: the colorizer (eval mode is set here).
+        gray: (N, 1, H, W) input gray.
+        cbcr: (N, 2, H, W) true chroma.
+        rgb: (N, 3, H, W) true RGB.
+        temperature: annealed-mean temperature.
+    """
+    import torch
+
+    from models.colorizer import gamut_fit
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(gray), batch):
+            g = gray[i : i + batch]
+            outs.append(gamut_fit(g, model.chroma(g, temperature)))
+    pred = torch.cat(outs)
+    to_u8 = lambda t: (t.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    p8, r8 = to_u8(pred), to_u8(rgb)
+    return {"psnr": _psnr(r8, p8), "colorfulness": _colorfulness(p8)}
+
+
+# The package cannot import benchmarks/metrics.py (not installed with it); these two repeat its
+# definitions for validation only, and the benchmark reports the test figures with the real ones.
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = ((a.astype(np.float64) - b) ** 2).reshape(len(a), -1).mean(1)
+    return float((10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))).mean())
+
+
+def _colorfulness(rgb: np.ndarray) -> float:
+    x = rgb.astype(np.float64)
+    rg = (x[..., 0] - x[..., 1]).reshape(len(x), -1)
+    yb = (0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]).reshape(len(x), -1)
+    sigma = np.sqrt(rg.std(1) ** 2 + yb.std(1) ** 2)
+    return float((sigma + 0.3 * np.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)).mean())
+
+
+def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = None) -> Path:
+    """Train a colorizer and write its weights folder.
+
+    Args:
+        cfg: the run's settings.
+        out: weights folder to write (``config.json``, ``model.safetensors``, ``MODEL_CARD.md``).
+        progress: optional callback for one-line progress messages.
+
+    Returns:
+        ``out``.
+    """
+    import torch
+
+    from models.colorizer import StackNNColorizer, colorizer_loss
+    from pipeline.weights import save_model
+
+    say = progress or (lambda _msg: None)
+    t_start = time.time()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    images, files = load_color_faces(cfg.data, "train")
+    cut = split_by_person(files, len(images), cfg.val_fraction)
+    gray, cbcr, rgb = gray_and_chroma(images[:cut])
+    vgray, vcbcr, vrgb = gray_and_chroma(images[cut:])
+    say(f"train {len(gray)} faces, validation {len(vgray)} faces (split between people)")
+
+    if cfg.head == "classify":
+        centers, class_w = chroma_bins(cbcr, cfg.bin_step, cfg.min_bin_count, cfg.rebalance)
+        n_bins = len(centers)
+    else:
+        centers, class_w, n_bins = None, None, 1
+    model = StackNNColorizer(cfg.channels, head=cfg.head, n_bins=n_bins, bin_step=cfg.bin_step)
+    if centers is not None:
+        model.bin_centers.copy_(centers)
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"StackNNColorizer {cfg.head}: {n_params} parameters, {n_bins} chroma bins")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.max_steps, pct_start=0.1
+    )
+    loss_kw: dict[str, Any] = dict(
+        class_weights=class_w,
+        w_color=cfg.w_color,
+        w_class=cfg.w_class,
+        w_luma=cfg.w_luma,
+        temperature=cfg.train_temperature,
+    )
+
+    def val_loss() -> dict[str, float]:
+        model.eval()
+        tot: dict[str, float] = {}
+        with torch.no_grad():
+            for i in range(0, len(vgray), 200):
+                g, c = vgray[i : i + 200], vcbcr[i : i + 200]
+                parts = colorizer_loss(model, model(g), g, c, **loss_kw)
+                for k, v in parts.items():
+                    tot[k] = tot.get(k, 0.0) + float(v) * len(g)
+        return {k: v / len(vgray) for k, v in tot.items()}
+
+    best = (math.inf, None, 0)
+    history = []
+    stale = 0
+    step = 0
+    stopped = "max_steps"
+    perm = torch.randperm(len(gray), generator=gen)
+    pos = 0
+    t_loop = time.time()
+    while step < cfg.max_steps:
+        model.train()
+        if pos + cfg.batch_size > len(perm):
+            perm, pos = torch.randperm(len(gray), generator=gen), 0
+        idx = perm[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        g, c = gray[idx], cbcr[idx]
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        g = torch.where(flip[:, None, None, None], g.flip(-1), g)
+        # Cb/Cr are not mirrored quantities, so the chroma flips with the pixels.
+        c = torch.where(flip[:, None, None, None], c.flip(-1), c)
+        noisy = g + cfg.noise_std * torch.randn(g.shape, generator=gen)
+        parts = colorizer_loss(model, model(noisy), g, c, **loss_kw)
+        opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        opt.step()
+        sched.step()
+        step += 1
+        out_of_time = cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes
+        if step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time:
+            v = val_loss()
+            rate = step * cfg.batch_size / (time.time() - t_loop)
+            history.append({"step": step, **{k: round(x, 5) for k, x in v.items()}})
+            mark = ""
+            if v["loss"] < best[0]:
+                best = (v["loss"], copy.deepcopy(model.state_dict()), step)
+                stale, mark = 0, " *"
+            else:
+                stale += 1
+            say(
+                f"step {step}/{cfg.max_steps} train {float(parts['loss']):.4f} "
+                f"val {v['loss']:.4f} (color {v['color']:.4f} luma {v['luma']:.5f}"
+                + (f" class {v['class']:.3f}" if "class" in v else "")
+                + f") {rate:.1f} img/s{mark}"
+            )
+            if stale >= cfg.patience:
+                stopped = "early_stopping"
+                break
+        if out_of_time:
+            stopped = "max_minutes"
+            break
+
+    model.load_state_dict(best[1])
+    model.eval()
+    sweep = []
+    temps = [0.2, 0.25, 0.3, 0.38, 0.5, 0.7, 1.0] if cfg.head == "classify" else [1.0]
+    for t in temps:
+        s = evaluate(model, vgray, vcbcr, vrgb, t)
+        sweep.append({"temperature": t, **{k: round(x, 4) for k, x in s.items()}})
+        say(f"T={t}: val PSNR {s['psnr']:.2f} dB, colorfulness {s['colorfulness']:.1f}")
+    top = max(s["psnr"] for s in sweep)
+    ok = [s for s in sweep if s["psnr"] >= top - cfg.temperature_psnr_slack]
+    chosen = max(ok, key=lambda s: s["colorfulness"])
+    real_cf = evaluate_real_colorfulness(vrgb)
+    wall = time.time() - t_start
+    say(f"chose T={chosen['temperature']} (real validation colorfulness {real_cf:.1f})")
+
+    training = {
+        "command": cfg.command,
+        "config": cfg.model_dump(mode="json"),
+        "data": str(cfg.data),
+        "train_images": int(len(gray)),
+        "val_images": int(len(vgray)),
+        "best_step": best[2],
+        "steps": step,
+        "stopped": stopped,
+        "wall_time_s": round(wall, 1),
+        "threads": cfg.threads,
+        "torch": torch.__version__,
+        "history": history,
+    }
+    metrics = {
+        "val_psnr_db": chosen["psnr"],
+        "val_colorfulness": chosen["colorfulness"],
+        "val_real_colorfulness": round(real_cf, 3),
+        "val_loss": round(best[0], 5),
+        "temperature_sweep": sweep,
+        "parameters": n_params,
+    }
+    stage_config = {"projection": True, "model_size": 64, "temperature": chosen["temperature"]}
+    save_model(
+        model,
+        out,
+        stage=STAGE_NAME,
+        model_kwargs=dict(model.hparams),
+        stage_config=stage_config,
+        training=training,
+        metrics=metrics,
+        card=model_card(cfg, training, metrics, stage_config, n_params),
+    )
+    return out
+
+
+def evaluate_real_colorfulness(rgb) -> float:
+    """Mean colorfulness of real RGB (N, 3, H, W) in [0, 1] after 8-bit rounding."""
+    u8 = (rgb.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return _colorfulness(u8)
+
+
+def model_card(
+    cfg: TrainConfig,
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    stage_config: dict[str, Any],
+    n_params: int,
+) -> str:
+    """Markdown model card of a trained colorizer."""
+    head = (
+        "chroma classification over "
+        f"{int(round(1 / cfg.bin_step)) ** 2} grid bins (kept: occupied ones), class-rebalanced "
+        f"(lambda {cfg.rebalance}), decoded by annealed mean"
+        if cfg.head == "classify"
+        else "direct (Cb, Cr) regression"
+    )
+    loss = (
+        f"{cfg.w_class} x rebalanced soft cross-entropy + {cfg.w_color} x L1 on annealed-mean "
+        f"chroma + {cfg.w_luma} x luminance L1"
+        if cfg.head == "classify"
+        else f"{cfg.w_color} x MSE on chroma + {cfg.w_luma} x luminance L1"
+    )
+    return f"""# Colorizer (StackNNColorizer, {cfg.head} head)
+
+Adds colour to gray face images without changing their gray: the model predicts BT.601
+chroma (Cb, Cr) from the gray image at {stage_config["model_size"]}x{stage_config["model_size"]};
+the stage upsamples the chroma bilinearly onto the full-resolution input luma and, with
+`projection` on (default), scales chroma down per pixel where RGB would clip, so the output's
+BT.601 gray equals the input within 8-bit rounding.
+
+## Model
+- Fully convolutional encoder-decoder with skip connections, widths {cfg.channels},
+  {n_params} parameters; {head}.
+- Stage defaults: {stage_config}.
+
+## Training data
+- Colour LFW faces, 64x64 (`{training["data"]}`), train split only:
+  {training["train_images"]} faces for training, {training["val_images"]} held out for
+  validation (split between people). Inputs are the 8-bit rounded BT.601 gray of each face
+  plus Gaussian noise (std {cfg.noise_std}); random left-right flips.
+- LFW is for research use; these weights inherit that. Faces in LFW are mostly of adult
+  public figures photographed by the press; skin tones and lighting follow that collection, so
+  expect plausible, not true, colours, and worse results on faces or scenes unlike it.
+
+## Training
+- Loss: {loss}.
+- AdamW lr {cfg.lr} (one-cycle), batch {cfg.batch_size}, seed {cfg.seed}, {cfg.threads} CPU
+  thread(s); {training["steps"]} steps, best at step {training["best_step"]} (stopped by
+  {training["stopped"]}), {training["wall_time_s"] / 60:.1f} min wall.
+- Command: `{training["command"]}`
+
+## Validation (held-out train faces)
+- PSNR {metrics["val_psnr_db"]:.2f} dB, colorfulness {metrics["val_colorfulness"]:.1f}
+  (real faces {metrics["val_real_colorfulness"]:.1f}) at temperature
+  {stage_config["temperature"]}.
+- Test-split figures: see `benchmarks/results/colorizer.md`.
+
+## Limits
+- Trained on 64x64 tightly cropped faces; other content gets face-like tones.
+- Colours are guesses from gray: clothing, backgrounds and hair colour may be wrong.
+"""

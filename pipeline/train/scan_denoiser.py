@@ -1,0 +1,411 @@
+"""Train the scan denoiser (ScanUNet), or the classic two-layer AE baseline, on document pairs.
+
+Training patches come from two sources, mixed per batch item with ``synthetic_fraction``:
+
+* the Denoising Dirty Documents training pairs (``ddd``), minus ``val_groups`` whole pages
+  (all 4 noise versions of a page stay on one side, see :mod:`pipeline.data.ddd`);
+* synthetic degraded pages from :mod:`pipeline.data.synthetic_pages`, held in a pool of
+  ``synthetic_pool`` pages of which one is replaced by a fresh page every
+  ``synthetic_refresh`` steps (rendering a page costs 0.1-0.7 s, so it is amortised over many
+  patches; all in the training process, one thread).
+
+Both sources are augmented the same way: a random scale (the crop of side ``patch * s`` is
+resized to ``patch``, so strokes are seen at several widths as at 150-600 DPI), 90-degree
+rotations and flips, and, on the dirty side only, random ink and paper levels (real scans have
+grey ink and off-white paper, which the DDD targets never show; without this the model thins
+and lightens real ink). The loss is MSE (the DDD metric is RMSE). Weights are averaged with an
+EMA; validation (full DDD pages of the held-out groups plus fixed synthetic pages) runs every
+``val_every`` steps and the best EMA weights by the sum of the two RMSEs are kept.
+Everything random derives from ``seed``; with ``max_minutes`` unset a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.data.ddd import DDDPair, load_pairs, split_by_group
+
+STAGE_NAME = "scan-denoiser"
+# Fixed synthetic validation pages: (seed offset, H, W, dpi). Seeds far from the training
+# stream's draws (those come from SeedSequence-derived 62-bit integers).
+SYNTH_VAL_PAGES = [(i, 420, 540, 100) for i in range(6)] + [
+    (100 + i, 640, 640, 300) for i in range(2)
+]
+SYNTH_VAL_SEED = 9_000_000
+
+
+class TrainConfig(BaseModel):
+    """Settings of one training run (all recorded in the weights' config.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ddd: Path | None = Field(None, description="DDD folder with train/ and train_cleaned/")
+    arch: Literal["scan-unet", "classic"] = "scan-unet"
+    base: int = Field(16, ge=4, le=128, description="ScanUNet top-level width")
+    levels: int = Field(4, ge=1, le=6)
+    convs: int = Field(2, ge=1, le=4)
+    fold: int = Field(2, ge=1, le=4)
+    classic_channels: int = Field(64, ge=4, le=256, description="ClassicDenoisingAE width")
+    synthetic_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    synthetic_pool: int = Field(24, ge=1, le=1000)
+    synthetic_refresh: int = Field(4, ge=1, description="steps between new synthetic pages")
+    val_groups: int = Field(8, ge=0, le=35, description="DDD pages (x4 versions) held out")
+    patch: int = Field(128, ge=16, le=1024)
+    scale_lo: float = Field(0.6, gt=0.0, le=4.0, description="crop side / patch, low end")
+    scale_hi: float = Field(1.6, gt=0.0, le=4.0)
+    level_aug: float = Field(0.5, ge=0.0, le=1.0, description="P(random ink/paper levels)")
+    batch_size: int = Field(12, ge=1, le=512)
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    max_steps: int = Field(6000, ge=1)
+    warmup: int = Field(200, ge=0)
+    ema: float = Field(0.998, ge=0.0, lt=1.0)
+    val_every: int = Field(250, ge=1)
+    seed: int = 0
+    threads: int = Field(1, ge=1, le=64)
+    command: str | None = Field(None, description="the command line, recorded in config.json")
+    max_minutes: float | None = Field(
+        None,
+        gt=0.0,
+        description="wall-clock cap (a safety net; runs cut by it are not reproducible)",
+    )
+
+
+# ---- patches --------------------------------------------------------------------------------
+
+
+def _crop_pair(
+    dirty: np.ndarray, clean: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented (dirty, clean) float32 (P, P) patch from uint8 pages."""
+    p = cfg.patch
+    h, w = clean.shape
+    s = math.exp(rng.uniform(math.log(cfg.scale_lo), math.log(cfg.scale_hi)))
+    c = max(8, min(round(p * s), h, w))
+    for _ in range(4):
+        y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+        cc = clean[y : y + c, x : x + c]
+        if (cc < 128).mean() > 0.01:
+            break
+    d = dirty[y : y + c, x : x + c].astype(np.float32) / 255.0
+    cc = cc.astype(np.float32) / 255.0
+    if c != p:
+        interp = cv2.INTER_AREA if c > p else cv2.INTER_LINEAR
+        d = cv2.resize(d, (p, p), interpolation=interp)
+        cc = cv2.resize(cc, (p, p), interpolation=interp)
+    k = int(rng.integers(4))
+    d, cc = np.rot90(d, k), np.rot90(cc, k)
+    if rng.random() < 0.5:
+        d, cc = d[:, ::-1], cc[:, ::-1]
+    if rng.random() < cfg.level_aug:
+        # Grey ink, off-white paper, a gamma: what real scanners and lighting do.
+        ink = rng.uniform(0.0, 0.35)
+        paper = rng.uniform(0.7, 1.0)
+        gamma = math.exp(rng.uniform(-0.4, 0.4))
+        d = ink + (paper - ink) * np.power(np.clip(d, 0.0, 1.0), gamma)
+    return np.ascontiguousarray(d), np.ascontiguousarray(cc)
+
+
+class _SyntheticPool:
+    """A rolling pool of synthetic pages; one is replaced on each :meth:`refresh`."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        from pipeline.data.synthetic_pages import SyntheticPages
+
+        self.sizes = SyntheticPages.DEFAULT_PAGE_SIZES
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
+        self.pages = [self._new() for _ in range(size)]
+        self.next = 0
+
+    def _new(self) -> tuple[np.ndarray, np.ndarray]:
+        from pipeline.data.synthetic_pages import make_pair
+
+        h, w, dpi = self.sizes[int(self.rng.integers(len(self.sizes)))]
+        return make_pair(int(self.rng.integers(2**62)), h, w, dpi)
+
+    def refresh(self) -> None:
+        self.pages[self.next] = self._new()
+        self.next = (self.next + 1) % len(self.pages)
+
+
+def synthetic_val_pages() -> list[tuple[np.ndarray, np.ndarray]]:
+    """The fixed synthetic validation pages (dirty, clean) uint8, never drawn in training."""
+    from pipeline.data.synthetic_pages import make_pair
+
+    return [make_pair(SYNTH_VAL_SEED + s, h, w, dpi) for s, h, w, dpi in SYNTH_VAL_PAGES]
+
+
+# ---- model ----------------------------------------------------------------------------------
+
+
+def build_model(cfg: TrainConfig):
+    """The network named by ``cfg.arch``, initialised from the global torch seed."""
+    if cfg.arch == "classic":
+        from models.classic import ClassicDenoisingAE
+
+        return ClassicDenoisingAE(channels=cfg.classic_channels)
+    from models.scan_unet import ScanUNet
+
+    return ScanUNet(base=cfg.base, levels=cfg.levels, convs=cfg.convs, fold=cfg.fold)
+
+
+def page_rmse(model, pages: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Pixel-pooled RMSE of ``model`` over whole (dirty, clean) uint8 pages (Kaggle's metric)."""
+    import torch
+
+    se, count = 0.0, 0
+    with torch.inference_mode():
+        for dirty, clean in pages:
+            x = torch.from_numpy(dirty.astype(np.float32) / 255.0)[None, None]
+            y = model(x)[0, 0].numpy()
+            se += float(((y - clean.astype(np.float32) / 255.0) ** 2).sum())
+            count += clean.size
+    return math.sqrt(se / max(count, 1))
+
+
+# ---- training -------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = None) -> Path:
+    """Train and write the weights folder ``out`` (best EMA checkpoint by validation).
+
+    Args:
+        cfg: the run's settings.
+        out: weights folder to write (rewritten at each validation improvement, so a run
+            stopped early still leaves its best weights).
+        progress: called with one line of text per validation.
+
+    Returns:
+        ``out``.
+    """
+    import torch
+
+    say = progress or (lambda _msg: None)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
+    t_start = time.monotonic()
+
+    train_pairs: list[DDDPair] = []
+    val_pairs: list[DDDPair] = []
+    if cfg.ddd is not None:
+        train_pairs, val_pairs = split_by_group(load_pairs(cfg.ddd), cfg.val_groups, cfg.seed)
+    synth_frac = cfg.synthetic_fraction if train_pairs else 1.0
+    pool = _SyntheticPool(cfg.synthetic_pool, cfg.seed) if synth_frac > 0 else None
+    ddd_val = [(p.dirty, p.clean) for p in val_pairs]
+    syn_val = synthetic_val_pages()
+
+    model = build_model(cfg)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup)
+        return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+    best_score = math.inf
+    stopped = "max_steps"
+    step = 0
+    b = cfg.batch_size
+    xb = np.empty((b, 1, cfg.patch, cfg.patch), np.float32)
+    yb = np.empty_like(xb)
+    for step in range(1, cfg.max_steps + 1):
+        for i in range(b):
+            if pool is not None and rng.random() < synth_frac:
+                dirty, clean = pool.pages[int(rng.integers(len(pool.pages)))]
+            else:
+                pair = train_pairs[int(rng.integers(len(train_pairs)))]
+                dirty, clean = pair.dirty, pair.clean
+            xb[i, 0], yb[i, 0] = _crop_pair(dirty, clean, rng, cfg)
+        if pool is not None and step % cfg.synthetic_refresh == 0:
+            pool.refresh()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step - 1)
+        model.train()
+        pred = model(torch.from_numpy(xb))
+        loss = torch.nn.functional.mse_loss(pred, torch.from_numpy(yb))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1.0 - decay)
+
+        timed_out = cfg.max_minutes is not None and (
+            time.monotonic() - t_start > cfg.max_minutes * 60
+        )
+        if step % cfg.val_every == 0 or step == cfg.max_steps or timed_out:
+            r_ddd = page_rmse(ema, ddd_val) if ddd_val else float("nan")
+            r_syn = page_rmse(ema, syn_val)
+            score = (r_ddd if ddd_val else 0.0) + r_syn
+            minutes = (time.monotonic() - t_start) / 60
+            rec = dict(
+                step=step,
+                minutes=round(minutes, 2),
+                loss=round(loss.item(), 6),
+                val_ddd_rmse=round(r_ddd, 5),
+                val_synthetic_rmse=round(r_syn, 5),
+            )
+            history.append(rec)
+            improved = score < best_score
+            say(
+                f"step {step} {minutes:.1f} min loss {loss.item():.5f} "
+                f"val ddd {r_ddd:.4f} synth {r_syn:.4f}{' *' if improved else ''}"
+            )
+            if improved:
+                best_score = score
+                best = dict(rec)
+                _save(
+                    ema,
+                    cfg,
+                    out,
+                    history,
+                    best,
+                    stopped="running",
+                    t_start=t_start,
+                    n_train=len(train_pairs),
+                    val_pairs=val_pairs,
+                )
+        if timed_out:
+            stopped = "max_minutes"
+            break
+    return _save_final(out, cfg, history, best, stopped, t_start)
+
+
+def _training_info(
+    cfg: TrainConfig, history: list[dict[str, Any]], stopped: str, t_start: float, **extra: Any
+) -> dict[str, Any]:
+    return dict(
+        command=cfg.command,
+        config=cfg.model_dump(mode="json"),
+        stopped=stopped,
+        wall_minutes=round((time.monotonic() - t_start) / 60, 2),
+        history=history,
+        **extra,
+    )
+
+
+def _save(
+    model,
+    cfg: TrainConfig,
+    out: Path,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    stopped: str,
+    t_start: float,
+    n_train: int,
+    val_pairs: list[DDDPair],
+) -> None:
+    from pipeline.stages.scan_denoiser import ScanDenoiser
+
+    training = _training_info(
+        cfg,
+        history,
+        stopped,
+        t_start,
+        data=dict(
+            ddd=str(cfg.ddd) if cfg.ddd else None,
+            ddd_train_pairs=n_train,
+            ddd_val_names=[p.name for p in val_pairs],
+            synthetic=f"pipeline.data.synthetic_pages (pool {cfg.synthetic_pool}, "
+            f"refresh every {cfg.synthetic_refresh} steps)",
+            synthetic_val_pages=SYNTH_VAL_PAGES,
+            synthetic_val_seed=SYNTH_VAL_SEED,
+        ),
+        seed=cfg.seed,
+    )
+    metrics = dict(
+        best_step=best.get("step"),
+        val_ddd_rmse=best.get("val_ddd_rmse"),
+        val_synthetic_rmse=best.get("val_synthetic_rmse"),
+    )
+    stage = ScanDenoiser(copy.deepcopy(model).float())
+    stage.save_pretrained(
+        out, training=training, metrics=metrics, card=model_card(cfg, training, metrics)
+    )
+
+
+def _save_final(
+    out: Path,
+    cfg: TrainConfig,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    stopped: str,
+    t_start: float,
+) -> Path:
+    """Record the finished run's history in the best checkpoint's config (weights untouched)."""
+    import json
+
+    from pipeline.weights import _atomic_write_bytes
+
+    path = out / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["training"].update(
+        stopped=stopped, history=history, wall_minutes=round((time.monotonic() - t_start) / 60, 2)
+    )
+    _atomic_write_bytes(path, (json.dumps(config, indent=2) + "\n").encode())
+    card = model_card(cfg, config["training"], config["metrics"])
+    (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    return out
+
+
+def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Markdown model card: data, command, measured validation scores."""
+    arch = (
+        f"ScanUNet(base={cfg.base}, levels={cfg.levels}, convs={cfg.convs}, fold={cfg.fold})"
+        if cfg.arch == "scan-unet"
+        else f"ClassicDenoisingAE(channels={cfg.classic_channels})"
+    )
+    data = training.get("data", {})
+    return f"""# scan-denoiser
+
+Stage `scan-denoiser`: cleans scanned document pages (white paper, dark text; stains, creases,
+shadows, watermarks, specks and dark borders removed). Gray in, gray out; colour scans are
+cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
+
+## Model
+{arch}, trained from scratch with MSE, Adam, cosine learning rate, EMA weights.
+
+## Data
+- Denoising Dirty Documents (Kaggle 2015) training pairs from `{data.get("ddd")}`:
+  {data.get("ddd_train_pairs")} pairs for training; {cfg.val_groups} whole pages (x4 noise
+  versions, grouped by a hash of the clean page) held out for validation:
+  {", ".join(data.get("ddd_val_names", []))}.
+- Synthetic degraded pages from `pipeline.data.synthetic_pages` (fraction
+  {cfg.synthetic_fraction} of the patches).
+- Patches {cfg.patch} px, scale {cfg.scale_lo}-{cfg.scale_hi}, rotations/flips, random ink and
+  paper levels on the dirty side (p={cfg.level_aug}).
+
+## Training
+- Command: `{training.get("command")}`
+- Seed {cfg.seed}, {cfg.threads} CPU thread(s), stopped by {training.get("stopped")} after
+  {training.get("wall_minutes")} min; best step {metrics.get("best_step")}.
+
+## Measured (validation, by this training run)
+| set | RMSE |
+|---|---:|
+| DDD held-out pages ({4 * cfg.val_groups} pages) | {metrics.get("val_ddd_rmse")} |
+| fixed synthetic pages ({len(SYNTH_VAL_PAGES)}) | {metrics.get("val_synthetic_rmse")} |
+
+Benchmark figures against baselines are in `benchmarks/results/scan_denoiser.md`
+(`.venv/bin/python benchmarks/scan_denoiser.py --ddd ../shared/data/ddd`).
+
+## Limits
+Trained on printed text on white paper. Photos, halftones and coloured backgrounds are
+flattened toward white; very faint pencil may be removed as noise.
+"""

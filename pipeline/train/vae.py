@@ -1,0 +1,441 @@
+"""Train the ConvVAE family: the face generator and the MNIST / Fashion-MNIST VAEs.
+
+One trainer, four presets (``face-vae``, ``mnist-vae-2d``, ``mnist-vae``, ``fashion-vae-2d``)
+that differ only in data and model/optimiser settings.
+
+Objective: the ELBO, ``log p(x|z) - beta * KL(q(z|x) || N(0, I))`` with one reparameterised
+sample and the analytic KL, where ``beta`` rises linearly from 0 to 1 over the first
+``warmup_epochs`` (KL warm-up, so the decoder learns to use z before the KL term can switch
+latents off) and stays at 1: the model that is kept is trained on, and selected by, the
+proper ELBO.
+
+* Faces: 8-bit gray luma, uniformly dequantised (``x = (u8 + U(0,1)) / 256``) so the Gaussian
+  likelihood is a density on [0, 1] and ``-ELBO + D log 256`` bounds the discrete NLL
+  (bits/dim). The pixel scale is one learned global parameter (the sigma-VAE of Rybkin et al.
+  2021): it balances reconstruction against KL by itself, which is what BCE gets wrong and
+  what makes BCE-trained face VAEs blurry. Random horizontal flips.
+* MNIST-like: Bernoulli likelihood on dynamically binarised images (a fresh binarisation per
+  batch), the standard setting of the NLL literature.
+
+Validation: a held-out tail of the train split (person-disjoint for LFW); the best epoch by
+validation ELBO is kept. After training a full-covariance Gaussian is fitted to the posterior
+means of the training images (see :class:`models.vae.ConvVAE`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+Preset = Literal["face-vae", "mnist-vae-2d", "mnist-vae", "fashion-vae-2d"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "face-vae": dict(
+        kind="faces",
+        data="../shared/data/faces/lfw_64.npz",
+        model=dict(
+            size=64,
+            channels=[32, 64, 128, 256],
+            latent_dim=128,
+            hidden=0,
+            likelihood="gaussian",
+            scale="learned",
+            fixed_scale=0.1,
+            res_blocks=0,
+        ),
+        epochs=14,
+        batch_size=64,
+        lr=1e-3,
+        warmup_epochs=2,
+        val_fraction=0.05,
+        stage_config=dict(temperature=0.9),
+    ),
+    "mnist-vae-2d": dict(
+        kind="mnist",
+        data="../shared/data/mnist",
+        model=dict(
+            size=28,
+            channels=[16, 32],
+            latent_dim=2,
+            hidden=256,
+            likelihood="bernoulli",
+            scale="fixed",
+            fixed_scale=1.0,
+            res_blocks=0,
+        ),
+        epochs=3,
+        batch_size=128,
+        lr=1e-3,
+        warmup_epochs=0,
+        val_fraction=1 / 12,
+        stage_config=dict(temperature=1.0),
+    ),
+    "mnist-vae": dict(
+        kind="mnist",
+        data="../shared/data/mnist",
+        model=dict(
+            size=28,
+            channels=[32, 64],
+            latent_dim=32,
+            hidden=512,
+            likelihood="bernoulli",
+            scale="fixed",
+            fixed_scale=1.0,
+            res_blocks=0,
+        ),
+        epochs=3,
+        batch_size=128,
+        lr=1e-3,
+        warmup_epochs=1,
+        val_fraction=1 / 12,
+        stage_config=dict(temperature=1.0),
+    ),
+    "fashion-vae-2d": dict(
+        kind="mnist",
+        data="../shared/data/fashion-mnist",
+        model=dict(
+            size=28,
+            channels=[16, 32],
+            latent_dim=2,
+            hidden=256,
+            likelihood="bernoulli",
+            scale="fixed",
+            fixed_scale=1.0,
+            res_blocks=0,
+        ),
+        epochs=3,
+        batch_size=128,
+        lr=1e-3,
+        warmup_epochs=0,
+        val_fraction=1 / 12,
+        stage_config=dict(temperature=1.0),
+    ),
+}
+
+
+class TrainConfig(BaseModel):
+    """Settings of one VAE training run; unset fields come from the preset.
+
+    Attributes:
+        preset: which model to train.
+        data: the npz archive (faces) or IDX folder (MNIST-like); defaults to the preset's.
+        epochs: maximum epochs.
+        max_minutes: wall-clock budget; training stops after the epoch that passes it.
+        batch_size: images per step.
+        lr: Adam learning rate (cosine-decayed to 5% over ``epochs``).
+        warmup_epochs: epochs of linear KL warm-up (beta 0 -> 1).
+        val_fraction: part of the train split held out for validation.
+        stop_after: end after this epoch although the learning-rate schedule spans ``epochs``
+            (the run is identical to the first ``stop_after`` epochs of the full run).
+        limit: use only the first ``limit`` training images (smoke tests).
+        latent_dim: override the preset's latent size.
+        seed: seeds initialisation, splits, noise and augmentation.
+        threads: torch CPU threads.
+        command: the command line recorded in the weights folder.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Preset = "face-vae"
+    data: Path | None = None
+    epochs: int | None = Field(default=None, ge=1, le=10_000)
+    max_minutes: float = Field(default=60.0, gt=0)
+    batch_size: int | None = Field(default=None, ge=1, le=4096)
+    lr: float | None = Field(default=None, gt=0, le=1.0)
+    warmup_epochs: float | None = Field(default=None, ge=0)
+    val_fraction: float | None = Field(default=None, gt=0, lt=0.5)
+    stop_after: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=16)
+    latent_dim: int | None = Field(default=None, ge=1, le=1024)
+    seed: int = 0
+    threads: int = Field(default=1, ge=1, le=256)
+    command: str = ""
+
+    def resolved(self) -> dict[str, Any]:
+        """The preset merged with the fields set here."""
+        p = copy.deepcopy(PRESETS[self.preset])
+        for key in ("data", "epochs", "batch_size", "lr", "warmup_epochs", "val_fraction"):
+            value = getattr(self, key)
+            if value is not None:
+                p[key] = value
+        if self.latent_dim is not None:
+            p["model"]["latent_dim"] = self.latent_dim
+        p["data"] = Path(p["data"])
+        return p
+
+
+def load_data(
+    kind: str, data: Path, val_fraction: float, limit: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Train and validation uint8 images (N, H, W) from the train split only."""
+    if kind == "faces":
+        from pipeline.data.faces import load_faces, split_by_person
+
+        images, files = load_faces(data, "train", with_files=True)
+        if limit:
+            images, files = images[:limit], (files[:limit] if files is not None else None)
+        cut = split_by_person(files, len(images), val_fraction)
+        info = {"split": "train[:cut] / train[cut:] (person-disjoint)", "cut": cut}
+        return images[:cut], images[cut:], info
+    from pipeline.data.idx import load_mnist_like
+
+    images, _labels = load_mnist_like(data, "train")
+    if limit:
+        images = images[:limit]
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_val = max(1, round(len(images) * val_fraction))
+    info = {"split": f"random {n_val} of train held out (seed {seed})"}
+    return images[order[n_val:]], images[order[:n_val]], info
+
+
+def prepare(u8: Any, kind: str, generator: Any, binarize: bool = True) -> Any:
+    """uint8 (N, H, W) tensor -> model input (N, 1, H, W) float.
+
+    Faces are dequantised to (u8 + U) / 256; MNIST-like images are binarised with pixel
+    intensities as probabilities (dynamic binarisation).
+    """
+    import torch
+
+    x = u8.unsqueeze(1).float()
+    if kind == "faces":
+        return (x + torch.rand(x.shape, generator=generator)) / 256.0
+    x = x / 255.0
+    return torch.bernoulli(x, generator=generator) if binarize else x
+
+
+def evaluate(
+    model: Any, images: Any, kind: str, seed: int, batch_size: int = 500
+) -> dict[str, float]:
+    """Mean ELBO, reconstruction log-likelihood and KL (nats per image) on fixed noise."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    tot = {"elbo": 0.0, "rec": 0.0, "kl": 0.0}
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = prepare(images[i : i + batch_size], kind, gen)
+            rec, kl = model.loss_terms(x, generator=gen)
+            tot["rec"] += rec.sum().item()
+            tot["kl"] += kl.sum().item()
+    n = len(images)
+    out = {k: v / n for k, v in tot.items()}
+    out["elbo"] = out["rec"] - out["kl"]
+    d = images[0].numel()
+    # Continuous densities on dequantised [0,1] data: add D log 256 for the 8-bit NLL bound.
+    nll = -out["elbo"] + (d * math.log(256.0) if kind == "faces" else 0.0)
+    out["bits_per_dim"] = nll / (d * math.log(2.0))
+    return out
+
+
+def encode_means(model: Any, images: Any, kind: str, batch_size: int = 500) -> Any:
+    """Posterior means (N, latent_dim) of uint8 images, without noise (faces: u8 / 255)."""
+    import torch
+
+    codes = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].unsqueeze(1).float() / 255.0
+            codes.append(model.encode(x).mean)
+    return torch.cat(codes)
+
+
+def model_card(
+    name: str, p: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any]
+) -> str:
+    """Markdown model card for a trained VAE."""
+    m = p["model"]
+    lines = [
+        f"# {name}",
+        "",
+        f"Convolutional VAE (`models.vae.ConvVAE`), {m['size']}x{m['size']} gray, latent "
+        f"{m['latent_dim']}-d, encoder widths {m['channels']}, {m['likelihood']} likelihood"
+        + (f" with a {m['scale']} global pixel scale" if m["likelihood"] != "bernoulli" else "")
+        + ".",
+        "",
+        "## Data",
+        f"- `{training['data']}`: train split only; {training['split']}; "
+        f"{training['n_train']} train / {training['n_val']} validation images.",
+        "- The test split is used only by the benchmarks.",
+        "",
+        "## Training",
+        f"- Command: `{training['command']}`",
+        f"- Seed {training['seed']}, {training['epochs_run']} epochs "
+        f"(best {training['best_epoch']}), "
+        f"{training['wall_minutes']:.1f} min wall on CPU with {training['threads']} thread(s).",
+        "- Loss: negative ELBO = -log p(x|z) + beta KL(q(z|x) || N(0,I)), beta warmed up "
+        f"linearly from 0 to 1 over {p['warmup_epochs']} epochs, then 1 (the proper ELBO).",
+        "- After training, a full-covariance Gaussian was fitted to the posterior means of the "
+        "training images; sampling draws from it by default (`--prior` draws from N(0, I)).",
+        "",
+        "## Scores (validation split, nats per image)",
+    ]
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            lines.append(f"- {k}: {v:.4g}")
+    lines += [
+        "",
+        "Benchmark scores on the test split (FID, test ELBO, PSNR, importance-sampled NLL) are "
+        'added to `config.json` "metrics" by `benchmarks/faces.py` / `benchmarks/mnist_nll.py`; '
+        "see `benchmarks/results/`.",
+        "",
+    ]
+    if training["preset"] == "face-vae":
+        lines += [
+            "## Limits",
+            "LFW is mostly adult, male, white press photos of public figures; generated faces "
+            "inherit that skew. Research / non-commercial use only (LFW terms).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = None) -> Path:
+    """Train a preset and write its weights folder to ``out``.
+
+    The folder is rewritten whenever validation improves, so an interrupted run still leaves
+    the best model so far.
+
+    Args:
+        cfg: the run settings.
+        out: the weights folder to write.
+        progress: called with one line of text per epoch.
+
+    Returns:
+        ``out``.
+    """
+    import torch
+
+    from models.vae import ConvVAE
+    from pipeline.weights import save_model
+
+    say = progress or (lambda _msg: None)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    p = cfg.resolved()
+    kind = p["kind"]
+    train_u8, val_u8, split_info = load_data(
+        kind, p["data"], p["val_fraction"], cfg.limit, cfg.seed
+    )
+    train_t = torch.from_numpy(np.ascontiguousarray(train_u8))
+    val_t = torch.from_numpy(np.ascontiguousarray(val_u8))
+
+    model = ConvVAE(**p["model"])
+    opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    epochs = int(p["epochs"])
+    steps_per_epoch = math.ceil(len(train_t) / p["batch_size"])
+    total_steps = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    warm_steps = p["warmup_epochs"] * steps_per_epoch
+    start = time.monotonic()
+    best: dict[str, Any] = {"elbo": -math.inf}
+    history: list[dict[str, Any]] = []
+    step = 0
+    name = cfg.preset
+
+    def write(epoch: int, metrics: dict[str, Any]) -> None:
+        snapshot = copy.deepcopy(model).eval()
+        snapshot.fit_sampling_gaussian(encode_means(snapshot, train_t, kind))
+        training = {
+            "preset": cfg.preset,
+            "command": cfg.command or f"aepipe train {cfg.preset}",
+            "data": str(p["data"]),
+            "seed": cfg.seed,
+            "threads": cfg.threads,
+            "n_train": len(train_t),
+            "n_val": len(val_t),
+            "epochs_planned": epochs,
+            "epochs_run": len(history),
+            "best_epoch": epoch,
+            "batch_size": p["batch_size"],
+            "lr": p["lr"],
+            "warmup_epochs": p["warmup_epochs"],
+            "wall_minutes": (time.monotonic() - start) / 60,
+            "history": history,
+            **split_info,
+        }
+        save_model(
+            snapshot,
+            out,
+            stage="face-generator",
+            model_kwargs=dict(snapshot.hparams),
+            stage_config=p["stage_config"],
+            training=training,
+            metrics=metrics,
+            card=model_card(name, p, training, metrics),
+            extra={"extras": {"kind": kind, "preset": cfg.preset}},
+        )
+
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_t), generator=gen)
+        run = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
+        for i in range(0, len(order), p["batch_size"]):
+            u8 = train_t[order[i : i + p["batch_size"]]]
+            if kind == "faces":
+                flip = torch.rand(len(u8), generator=gen) < 0.5
+                u8 = torch.where(flip[:, None, None], u8.flip(-1), u8)
+            x = prepare(u8, kind, gen)
+            beta = min(1.0, (step + 1) / warm_steps) if warm_steps > 0 else 1.0
+            rec, kl = model.loss_terms(x, generator=gen)
+            loss = -(rec - beta * kl).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e4)
+            opt.step()
+            sched.step()
+            step += 1
+            run["loss"] += loss.item() * len(u8)
+            run["rec"] += rec.sum().item()
+            run["kl"] += kl.sum().item()
+        n = len(order)
+        val = evaluate(model, val_t, kind, seed=cfg.seed + 1)
+        row = {
+            "epoch": epoch,
+            "train_loss": run["loss"] / n,
+            "val_elbo": val["elbo"],
+            "val_kl": val["kl"],
+            "val_bits_per_dim": val["bits_per_dim"],
+            "beta": beta,
+            "pixel_scale": float(model.pixel_scale().detach())
+            if model.likelihood != "bernoulli"
+            else None,
+            "minutes": (time.monotonic() - start) / 60,
+        }
+        history.append(row)
+        say(
+            f"epoch {epoch}/{epochs} loss {row['train_loss']:.2f} val elbo {val['elbo']:.2f} "
+            f"kl {val['kl']:.2f} bpd {val['bits_per_dim']:.4f} beta {beta:.2f} "
+            f"t {row['minutes']:.1f} min"
+        )
+        # Only full-beta epochs count: an ELBO measured with beta<1 training is not comparable.
+        if beta >= 1.0 and val["elbo"] > best["elbo"]:
+            best = {"elbo": val["elbo"], "epoch": epoch}
+            metrics = {
+                "val_elbo_nats": val["elbo"],
+                "val_rec_nats": val["rec"],
+                "val_kl_nats": val["kl"],
+                "val_bits_per_dim": val["bits_per_dim"],
+            }
+            write(epoch, metrics)
+            say(f"  saved {out} (best epoch {epoch})")
+        if cfg.stop_after is not None and epoch >= cfg.stop_after:
+            say(f"stopping after epoch {epoch} (--stop-after)")
+            break
+        if time.monotonic() - start > cfg.max_minutes * 60:
+            say(f"time budget of {cfg.max_minutes} min reached after epoch {epoch}")
+            break
+    if best["elbo"] == -math.inf:
+        write(len(history), {"note": "no full-beta epoch; weights of the last epoch"})
+    return out

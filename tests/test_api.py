@@ -1,0 +1,479 @@
+"""The library API: apply / Pipeline on every input kind, streaming, threads, pipeline files
+through the CLI, and the README's python examples run as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import ImageBatch, Pipeline, apply, load_stage
+from pipeline.errors import ConfigError, ShapeError, WeightsError
+from pipeline.stage import Stage, stage_class
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MB (Linux /proc; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class TinyWeights(dict):
+    """Tiny seeded weights folders, written on first use."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> Path:
+        folder = stage_class(name).tiny(seed=0).save_pretrained(self.root / name)
+        self[name] = folder
+        return folder
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return TinyWeights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def gray_stage(weights_dir: dict[str, Path]) -> Stage:
+    return load_stage(weights_dir["impulse-denoiser"])
+
+
+@pytest.fixture(scope="module")
+def any_stage(weights_dir: dict[str, Path]) -> Stage:
+    """A stage that takes gray and colour images alike."""
+    stage = load_stage(weights_dir["scan-denoiser"])
+    assert 1 in stage.input_channels
+    return stage
+
+
+def page(h: int = 40, w: int = 48, c: int = 0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if c == 0 else (h, w, c)
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def reference(stage: Stage, array: np.ndarray) -> np.ndarray:
+    """The stage's uint8 NHWC result computed by hand through ImageBatch."""
+    return stage(ImageBatch.from_numpy(array)).to_numpy(np.uint8)
+
+
+# ---- apply: every input kind comes back in its own kind ---------------------------------------
+
+
+def test_apply_numpy_layouts_and_dtypes(gray_stage: Stage) -> None:
+    x = page()
+    ref = reference(gray_stage, x)[0, ..., 0]
+    out = apply(gray_stage, x)
+    assert out.shape == x.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, ref)
+
+    hwc = apply(gray_stage, x[..., None])
+    assert hwc.shape == (*x.shape, 1)
+    np.testing.assert_array_equal(hwc[..., 0], ref)
+
+    nhwc = np.stack([x, page(seed=1)])[..., None]
+    batch_out = apply(gray_stage, nhwc)
+    assert batch_out.shape == nhwc.shape and batch_out.dtype == np.uint8
+    # Another batch size may move a pixel by one rounding step.
+    np.testing.assert_allclose(batch_out[0, ..., 0], ref, atol=1)
+
+    f32 = apply(gray_stage, x.astype(np.float32) / 255)
+    assert f32.dtype == np.float32 and f32.shape == x.shape
+    assert f32.min() >= 0.0 and f32.max() <= 1.0
+    assert np.abs(f32 * 255 - ref).max() <= 1.0
+
+    f64 = apply(gray_stage, x.astype(np.float64) / 255)
+    assert f64.dtype == np.float32
+
+    u16 = apply(gray_stage, x.astype(np.uint16) * 257)
+    assert u16.dtype == np.uint16
+    assert np.abs(u16.astype(np.int64) // 257 - ref).max() <= 1
+
+
+def test_apply_colour_numpy(any_stage: Stage) -> None:
+    x = page(c=3)
+    out = apply(any_stage, x)
+    assert out.dtype == np.uint8 and out.shape[:2] == x.shape[:2] and out.ndim == 3
+    np.testing.assert_array_equal(out, reference(any_stage, x)[0])
+
+
+def test_apply_pil(gray_stage: Stage) -> None:
+    x = page()
+    out = apply(gray_stage, Image.fromarray(x))
+    assert isinstance(out, Image.Image) and out.mode == "L" and out.size == (x.shape[1], x.shape[0])
+    np.testing.assert_array_equal(np.asarray(out), apply(gray_stage, x))
+
+
+def test_apply_tensors_keep_layout_dtype_device(gray_stage: Stage) -> None:
+    x = page()
+    ref = apply(gray_stage, x)
+    chw = torch.from_numpy(x)[None].float() / 255
+    out = apply(gray_stage, chw)
+    assert out.shape == chw.shape and out.dtype == torch.float32
+    assert (out[0].numpy() * 255 - ref).__abs__().max() <= 1.0
+    nchw = chw[None].double()
+    out4 = apply(gray_stage, nchw)
+    assert out4.shape == nchw.shape and out4.dtype == torch.float64
+    u8 = apply(gray_stage, torch.from_numpy(x)[None])
+    assert u8.dtype == torch.uint8
+    np.testing.assert_array_equal(u8[0].numpy(), ref)
+    with pytest.raises(ShapeError, match="uint8"):
+        apply(gray_stage, torch.zeros(1, 8, 8, dtype=torch.int32))
+
+
+def test_apply_path_list_batch_and_errors(gray_stage: Stage, tmp_path: Path) -> None:
+    x = page()
+    Image.fromarray(x).save(tmp_path / "a.png")
+    res = apply(gray_stage, tmp_path / "a.png")
+    assert isinstance(res, ImageBatch) and res.names == ["a"]
+    np.testing.assert_array_equal(res.to_numpy()[0, ..., 0], apply(gray_stage, x))
+    assert isinstance(apply(gray_stage, str(tmp_path / "a.png")), ImageBatch)
+
+    both = apply(gray_stage, [x, Image.fromarray(x)])
+    assert isinstance(both, list) and isinstance(both[1], Image.Image)
+    batch = ImageBatch.from_numpy(x)
+    assert isinstance(apply(gray_stage, batch), ImageBatch)
+    with pytest.raises(TypeError, match="cannot apply"):
+        apply(gray_stage, {"image": x})
+    with pytest.raises(ShapeError, match=r"\[0, 1\]"):
+        apply(gray_stage, x.astype(np.float32))  # 0..255 floats are a mistake, not an image
+
+
+def test_pipeline_call_chains_and_accepts_plain_inputs(gray_stage: Stage) -> None:
+    x = page()
+    pipe = Pipeline([gray_stage, gray_stage])
+    # The chain stays in float between stages: compare with the float round trip.
+    twice = apply(gray_stage, apply(gray_stage, x.astype(np.float32) / 255))
+    assert np.abs(pipe(x).astype(np.float32) - twice * 255).max() <= 0.51
+    assert isinstance(pipe(ImageBatch.from_numpy(x)), ImageBatch)
+    with pytest.raises(ConfigError):
+        Pipeline([])
+
+
+# ---- Pipeline.map: batching, order, laziness -----------------------------------------------
+
+
+def test_map_matches_apply_for_mixed_items(gray_stage: Stage) -> None:
+    pipe = Pipeline([gray_stage])
+    items = [
+        page(seed=0),
+        page(seed=1),
+        page(seed=2).astype(np.float32) / 255,  # same shape, other dtype: its own group
+        page(30, 20, seed=3),
+        Image.fromarray(page(seed=4)),
+        Image.fromarray(page(seed=5)),
+        torch.from_numpy(page(seed=6))[None].float() / 255,
+        torch.from_numpy(page(seed=7))[None].float() / 255,
+        ImageBatch.from_numpy(page(seed=8)),
+        page(seed=9)[..., None],
+        page(seed=10)[..., None],
+    ]
+    got = list(pipe.map(items, batch_size=3))
+    assert len(got) == len(items)
+    for item, out in zip(items, got, strict=True):
+        want = apply(pipe, item)
+        assert type(out) is type(want)
+        if isinstance(want, np.ndarray):
+            assert out.dtype == want.dtype and out.shape == want.shape
+            np.testing.assert_allclose(out.astype(np.float64), want.astype(np.float64), atol=1.01)
+        elif isinstance(want, Image.Image):
+            diff = np.abs(np.asarray(out, np.int16) - np.asarray(want, np.int16))
+            assert diff.max() <= 1
+        elif isinstance(want, torch.Tensor):
+            torch.testing.assert_close(out, want, atol=1e-4, rtol=0)
+        else:
+            torch.testing.assert_close(out.images, want.images, atol=1e-4, rtol=0)
+
+
+def test_map_groups_2d_arrays_into_one_call(gray_stage: Stage) -> None:
+    calls: list[int] = []
+
+    def counting(batch: ImageBatch) -> ImageBatch:
+        calls.append(len(batch))
+        return gray_stage(batch)
+
+    arrays = [page(seed=i) for i in range(5)]
+    got = list(Pipeline([counting]).map(arrays, batch_size=4))
+    assert calls == [4, 1]
+    for x, out in zip(arrays, got, strict=True):
+        assert out.shape == x.shape
+        assert np.abs(out.astype(int) - apply(gray_stage, x).astype(int)).max() <= 1
+    with pytest.raises(ConfigError):
+        list(Pipeline([counting]).map(arrays, batch_size=0))
+
+
+def test_map_is_lazy(gray_stage: Stage) -> None:
+    pulled = 0
+
+    def source():
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield page(16, 16, seed=i)
+
+    results = Pipeline([gray_stage]).map(source(), batch_size=8)
+    assert pulled == 0
+    first = next(results)
+    assert first.shape == (16, 16)
+    assert pulled <= 9  # one batch (and the item that closed it), not the whole source
+
+
+def test_streaming_10000_images_keeps_memory_flat() -> None:
+    # A cheap stage keeps this fast; benchmarks/streaming_memory.py runs a real model.
+    pipe = Pipeline([lambda b: b.replace(1.0 - b.images)])
+    rng = np.random.default_rng(0)
+    samples: dict[int, float] = {}
+
+    def source():
+        for _ in range(10_000):
+            yield rng.integers(0, 256, (64, 64), dtype=np.uint8)
+
+    count = 0
+    for count, out in enumerate(pipe.map(source(), batch_size=64), 1):
+        assert out.shape == (64, 64)
+        if count in (2_000, 10_000):
+            samples[count] = rss_mb()
+    assert count == 10_000
+    growth = samples[10_000] - samples[2_000]
+    print(
+        f"\nRSS after 2,000 images {samples[2_000]:.1f} MB, after 10,000 {samples[10_000]:.1f} MB"
+    )
+    # Keeping the 8,000 further 64x64 results would add 33 MB; streaming adds ~nothing.
+    assert growth < 12, f"RSS grew {growth:.1f} MB between image 2,000 and 10,000"
+
+
+# ---- thread safety ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["impulse-denoiser", "scan-denoiser"])
+def test_concurrent_threads_equal_sequential(name: str, weights_dir: dict[str, Path]) -> None:
+    stage = load_stage(weights_dir[name])
+    inputs = [page(40 + 8 * (i % 3), 48, seed=i) for i in range(16)]
+    sequential = [apply(stage, x) for x in inputs]
+    barrier = threading.Barrier(4)
+
+    def work(i: int) -> np.ndarray:
+        if i < 4:
+            barrier.wait(timeout=10)  # start the first calls together
+        return apply(stage, inputs[i])
+
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(work, range(len(inputs))))
+    for a, b in zip(sequential, threaded, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---- pipeline files through the CLI -------------------------------------------------------
+
+
+def aepipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(
+        [str(BIN / "aepipe"), *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
+
+
+def folder_toml(inputs: Path, out: Path, weights: Path, extra: str = "", stage: str = "") -> str:
+    return f"""
+[source]
+type = "folder"
+inputs = ["{inputs}"]
+{extra}
+[[stages]]
+weights = "{weights}"
+{stage}
+[sink]
+out = "{out}"
+format = "png"
+"""
+
+
+BAD_CONFIGS = {
+    "source.dpi": ("dpi = 5", ""),
+    "source.folder.recursiv": ("recursiv = true", ""),
+    "stages.0.config.no_such_option": ("", "[stages.config]\nno_such_option = 1"),
+    "stages.0.device": ("", 'device = "tpu"'),
+}
+
+
+@pytest.mark.parametrize("field", sorted(BAD_CONFIGS))
+def test_run_rejects_invalid_configs_naming_the_field(
+    field: str, tmp_path: Path, weights_dir: dict[str, Path]
+) -> None:
+    (tmp_path / "in").mkdir()
+    Image.fromarray(page()).save(tmp_path / "in" / "a.png")
+    extra, stage = BAD_CONFIGS[field]
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(
+        folder_toml(
+            tmp_path / "in", tmp_path / "out", weights_dir["impulse-denoiser"], extra, stage
+        )
+    )
+    res = aepipe("run", str(cfg))
+    assert res.returncode == 2, res.stderr
+    key = field.split(".")[-1]
+    assert key in res.stderr and str(cfg) in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()  # failed before any work
+
+
+def test_run_rejects_missing_weights_and_bad_toml(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(folder_toml(tmp_path / "in", tmp_path / "out", tmp_path / "nope"))
+    res = aepipe("run", str(cfg))
+    assert res.returncode == 2 and "stages.0.weights" in res.stderr, res.stderr
+    cfg.write_text("[source\n")
+    res = aepipe("run", str(cfg))
+    assert res.returncode == 2 and "not valid TOML" in res.stderr, res.stderr
+    res = aepipe("run", str(tmp_path / "absent.toml"))
+    assert res.returncode == 2 and "no such pipeline file" in res.stderr
+    cfg.write_text('[source]\ntype = "folder"\ninputs = ["x"]\n')
+    res = aepipe("run", str(cfg))
+    assert res.returncode == 2 and "sink" in res.stderr, res.stderr
+
+
+def test_example_clean_scans_toml_runs(tmp_path: Path, weights_dir: dict[str, Path]) -> None:
+    (tmp_path / "in").mkdir()
+    x = page(60, 50, seed=3)
+    Image.fromarray(x).save(tmp_path / "in" / "scan.png")
+    text = (ROOT / "examples" / "clean-scans.toml").read_text()
+    text = text.replace('"scan-denoiser"', f'"{weights_dir["scan-denoiser"]}"')
+    text = text.replace('"sample_inputs/scans"', f'"{tmp_path / "in"}"')
+    text = text.replace('"demo_out/', f'"{tmp_path}/')
+    cfg = tmp_path / "clean.toml"
+    cfg.write_text(text)
+    res = aepipe("run", str(cfg), "--quiet")
+    assert res.returncode == 0, res.stderr
+    out = np.asarray(Image.open(tmp_path / "pipeline_scans" / "scan.png"))
+    stage = load_stage(weights_dir["scan-denoiser"])
+    np.testing.assert_array_equal(out, apply(stage, x))
+    assert (tmp_path / "pipeline_scans_report.json").is_file()
+
+
+def test_example_faces_toml_is_valid(tmp_path: Path) -> None:
+    from pipeline.pipeline import FacesSource, PipelineSpec, read_pipeline_file
+
+    path = ROOT / "examples" / "faces.toml"
+    try:
+        spec = read_pipeline_file(path)
+    except ConfigError as exc:
+        if "no weights folder" not in str(exc):
+            raise
+        import tomllib
+
+        spec = PipelineSpec(**tomllib.loads(path.read_text()))  # shipped weights not built yet
+    assert isinstance(spec.source, FacesSource) and spec.sink.grid
+
+
+# ---- the README's python examples, run as written -------------------------------------------
+
+WEIGHT_CALLS = ("load_stage", "from_pretrained", "StageMapper", "FaceBlockMapper")
+WEIGHT_KEYS = ("weights", "generator", "colorizer")
+
+
+def python_blocks(path: Path) -> list[tuple[str, str]]:
+    """Every ```python block of a markdown file not starting with ``# not-tested``."""
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    blocks = []
+    for match in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
+        code = match.group(1)
+        if code.lstrip().startswith("# not-tested"):
+            continue
+        line = text[: match.start()].count("\n") + 1
+        blocks.append((f"{path.name}:{line}", code))
+    return blocks
+
+
+def needed_weights(code: str) -> set[str]:
+    """Weights names a block loads: ``load_stage("x")``, ``weights="x"``, ``{"weights": "x"}``."""
+    import ast
+
+    names: set[str] = set()
+
+    def literal(node: ast.AST) -> None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)
+
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            fname = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if fname in WEIGHT_CALLS and node.args:
+                literal(node.args[0])
+            for kw in node.keywords:
+                if kw.arg in WEIGHT_KEYS:
+                    literal(kw.value)
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value in WEIGHT_KEYS:
+                    literal(value)
+    return names
+
+
+def _params() -> list[object]:
+    params: list[object] = []
+    for where, code in python_blocks(ROOT / "README.md"):
+        marks = [pytest.mark.ray] if re.search(r"^\s*import ray\b", code, re.M) else []
+        params.append(pytest.param(code, id=where, marks=marks))
+    return params or [pytest.param(None, id="no-python-blocks")]
+
+
+def run_block(code: str, cwd: Path) -> None:
+    """Run one block in ``cwd``, which sees the repository's inputs under their usual names."""
+    from pipeline.weights import resolve
+
+    missing = []
+    for name in sorted(needed_weights(code)):
+        try:
+            resolve(cwd / name if (cwd / name).exists() else name)
+        except WeightsError:
+            missing.append(name)
+    if missing:
+        pytest.skip(f"shipped weights needed by this block are absent: {', '.join(missing)}")
+    for name in ("sample_inputs", "examples", "weights"):
+        if (ROOT / name).exists() and not (cwd / name).exists():
+            (cwd / name).symlink_to(ROOT / name)
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+    finally:
+        os.chdir(old)
+
+
+@pytest.mark.parametrize("code", _params())
+def test_readme_python_blocks_run(code: str | None, tmp_path: Path) -> None:
+    if code is None:
+        pytest.skip("README.md has no python blocks")
+    run_block(code, tmp_path)
+
+
+def test_needed_weights_finds_names() -> None:
+    code = (
+        'a = load_stage("salt-pepper")\nb = Stage.from_pretrained("x-y", device="cpu")\n'
+        'c = dict(weights="w1")\nd = {"weights": "w2", "config": {}}\n'
+        'e = StageMapper("w3")\nf = f(colorizer="w4")\n'
+    )
+    assert needed_weights(code) == {"salt-pepper", "x-y", "w1", "w2", "w3", "w4"}

@@ -1,0 +1,251 @@
+"""Stages inside Ray Data, against a real local Ray cluster (``ray.init(num_cpus=2)``).
+
+One cluster is started for the whole module (about 10 s); everything else is tiny models on tiny
+images so the file stays well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray", reason="needs the [ray] extra")
+
+from pipeline.errors import ConfigError  # noqa: E402
+from pipeline.ray import FaceBlockMapper, StageMapper, face_blocks  # noqa: E402
+from pipeline.stage import load_stage, stage_class  # noqa: E402
+
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.timeout(240),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+class TinyWeights(dict):
+    """Tiny seeded weights folders, written on first use."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> Path:
+        folder = stage_class(name).tiny(seed=0).save_pretrained(self.root / name)
+        self[name] = folder
+        return folder
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return TinyWeights(tmp_path_factory.mktemp("weights"))
+
+
+def scans_folder(folder: Path) -> Path:
+    """Pages of mixed sizes and formats, a two-page PDF and one broken file."""
+    from factory import pdf_pages
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (54, 42), dtype=np.uint8)).save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(folder / "colour.png")
+    Image.fromarray(rng.integers(0, 256, (33, 47), dtype=np.uint8)).save(
+        folder / "scan.jpg", quality=90
+    )
+    pdf_pages(folder / "report.pdf", [(40, 30), (30, 40)], dpi=72)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return folder
+
+
+def test_mapper_is_picklable_and_loads_in_init(weights: dict[str, Path]) -> None:
+    mapper = StageMapper(weights=weights["scan-denoiser"], device="cpu")
+    clone = pickle.loads(pickle.dumps(mapper))
+    batch = {"image": np.random.default_rng(1).integers(0, 256, (2, 20, 24, 1), dtype=np.uint8)}
+    np.testing.assert_array_equal(clone(batch)["image"], mapper(batch)["image"])
+    with pytest.raises(ConfigError, match="exactly one"):
+        StageMapper()
+    with pytest.raises(ConfigError, match="columns"):
+        mapper({"other": np.zeros(2)})
+
+
+def test_mapper_handles_ragged_and_keeps_other_columns(weights: dict[str, Path]) -> None:
+    mapper = StageMapper(stages=[{"weights": str(weights["scan-denoiser"])}], max_batch=2)
+    rng = np.random.default_rng(2)
+    ragged = np.empty(3, dtype=object)
+    ragged[0] = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    ragged[1] = rng.integers(0, 256, (30, 16), dtype=np.uint8)
+    ragged[2] = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    out = mapper({"image": ragged, "id": np.arange(3)})
+    np.testing.assert_array_equal(out["id"], np.arange(3))
+    stage = load_stage(weights["scan-denoiser"])
+    from pipeline import apply
+
+    for i in range(3):
+        assert out["image"][i].shape == ragged[i].shape
+        assert np.abs(out["image"][i].astype(int) - apply(stage, ragged[i]).astype(int)).max() <= 1
+
+
+def test_read_images_pipeline_on_cluster(
+    cluster: None, weights: dict[str, Path], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "same"
+    folder.mkdir()
+    arrays = {}
+    for i in range(6):
+        arrays[f"p{i}"] = rng.integers(0, 256, (32, 40), dtype=np.uint8)
+        Image.fromarray(arrays[f"p{i}"]).save(folder / f"p{i}.png")
+    ds = ray.data.read_images(str(folder), mode="L", include_paths=True, num_cpus=0)
+    ds = ds.map_batches(
+        StageMapper,
+        fn_constructor_kwargs={"weights": str(weights["scan-denoiser"])},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_size=2,
+        batch_format="numpy",
+    )
+    rows = ds.take_all()
+    assert len(rows) == 6
+    stage = load_stage(weights["scan-denoiser"])
+    from pipeline import apply
+
+    for row in rows:
+        name = Path(row["path"]).stem
+        assert row["image"].dtype == np.uint8
+        want = apply(stage, arrays[name])
+        assert np.abs(row["image"].astype(int) - want.astype(int)).max() <= 1
+
+
+def test_example_batch_clean_equals_cli(
+    cluster: None, weights: dict[str, Path], tmp_path: Path
+) -> None:
+    src = scans_folder(tmp_path / "scans")
+    example = load_example("ray_batch_clean")
+    result = example.run(
+        src, tmp_path / "ray_out", model=str(weights["scan-denoiser"]), concurrency=2, batch_size=2
+    )
+    assert [Path(p).name for p, _ in result["failed"]] == ["broken.png"]
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cli = subprocess.run(
+        [
+            str(BIN / "clean-scans"),
+            str(src),
+            "--out",
+            str(tmp_path / "cli_out"),
+            "--format",
+            "png",
+            "--model",
+            str(weights["scan-denoiser"]),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert cli.returncode == 1, cli.stderr  # the broken file fails, the others are written
+    ray_files = sorted(p.name for p in (tmp_path / "ray_out").iterdir())
+    cli_files = sorted(p.name for p in (tmp_path / "cli_out").iterdir())
+    assert (
+        ray_files
+        == cli_files
+        == ["colour.png", "gray.png", "report-p001.png", "report-p002.png", "scan.png"]
+    )
+    for name in ray_files:
+        a = np.asarray(Image.open(tmp_path / "ray_out" / name), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "cli_out" / name), dtype=np.int16)
+        assert a.shape == b.shape, name
+        assert np.abs(a - b).max() <= 2, name  # batching may move a pixel by a rounding step
+
+
+def test_example_gen_faces(cluster: None, weights: dict[str, Path], tmp_path: Path) -> None:
+    example = load_example("ray_gen_faces")
+    kwargs = dict(
+        seed=5,
+        block_size=4,
+        generator=str(weights["face-generator"]),
+        colorizer=str(weights["colorizer"]),
+    )
+    result = example.run(
+        10, tmp_path / "faces", concurrency=2, grid=tmp_path / "grid.png", **kwargs
+    )
+    names = [Path(p).name for p in result["written"]]
+    assert names == [f"face_{i:05d}.png" for i in range(10)]
+    faces = [np.asarray(Image.open(p)) for p in result["written"]]
+    assert all(f.ndim == 3 and f.shape[-1] == 3 for f in faces)
+    assert len({f.tobytes() for f in faces}) == 10  # distinct seeds: no repeated face
+    assert (tmp_path / "grid.png").is_file()
+
+    # The same faces come out of one process, block by block, with no Ray at all.
+    local = FaceBlockMapper(kwargs["generator"], kwargs["colorizer"], device="cpu")
+    for block in face_blocks(10, seed=5, block_size=4):
+        batch = local.faces(block["count"], block["seed"], block["start"])
+        for name, image in zip(batch.names, batch.to_numpy(np.uint8), strict=True):
+            got = faces[int(name.split("_")[1])]
+            assert np.abs(got.astype(int) - image.astype(int)).max() <= 1
+
+
+def test_face_blocks_seeds_are_distinct_and_stable() -> None:
+    a = face_blocks(100, seed=0, block_size=16)
+    assert [b["count"] for b in a] == [16] * 6 + [4]
+    assert len({b["seed"] for b in a}) == len(a)
+    b = face_blocks(100, seed=1, block_size=16)
+    assert not {x["seed"] for x in a} & {x["seed"] for x in b}
+    assert face_blocks(100, seed=0, block_size=16) == a
+    with pytest.raises(ConfigError):
+        face_blocks(0)
+
+
+def test_mapper_loads_a_pipeline_file(weights: dict[str, Path], tmp_path: Path) -> None:
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(
+        f'[source]\ntype = "folder"\ninputs = ["{tmp_path}"]\n'
+        f'[[stages]]\nweights = "{weights["scan-denoiser"]}"\n[stages.config]\nbinarize = true\n'
+        f'[sink]\nout = "{tmp_path / "out"}"\n'
+    )
+    mapper = StageMapper(pipeline_file=cfg)
+    out = mapper({"image": np.random.default_rng(4).integers(0, 256, (2, 24, 24), dtype=np.uint8)})
+    assert set(np.unique(out["image"])) <= {0, 255}  # the file's binarize = true was applied
+    cfg.write_text(cfg.read_text().replace("binarize", "binarise"))
+    with pytest.raises(ConfigError, match="binarise"):
+        StageMapper(pipeline_file=cfg)
+
+
+def test_workers_without_gpus_use_the_cpu(cluster: None) -> None:
+    from pipeline.ray import worker_device
+
+    @ray.remote(num_cpus=0, num_gpus=0)
+    def device() -> str:
+        return worker_device("auto")
+
+    assert ray.get(device.remote(), timeout=60) == "cpu"

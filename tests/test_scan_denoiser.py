@@ -1,0 +1,167 @@
+"""Scan-denoiser area: ScanUNet, tiled stage (sizes, tiling, seams), DDD reader split, training."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.scan_unet import ScanUNet
+from pipeline.batch import ImageBatch
+from pipeline.data.ddd import load_pairs, split_by_group
+from pipeline.stages.scan_denoiser import ScanDenoiser, blend_ramp, tile_starts
+
+ROOT = Path(__file__).resolve().parent.parent
+DDD = ROOT.parent / "shared" / "data" / "ddd"
+
+
+def smooth_page(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """(1, 1, H, W) smooth shading in [0.2, 0.9]: tiling artefacts would show on it at once."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand((1, 1, 4, 4), generator=gen)
+    x = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+    return 0.2 + 0.7 * (x - x.min()) / (x.max() - x.min() + 1e-6)
+
+
+@pytest.mark.parametrize("size", [(3, 3), (37, 53), (1, 70), (130, 7)])
+def test_output_size_equals_input(size: tuple[int, int]) -> None:
+    stage = ScanDenoiser.tiny(0, tile=32, overlap=8)
+    x = torch.rand((2, 1, *size), generator=torch.Generator().manual_seed(1))
+    out = stage(ImageBatch(x))
+    assert out.images.shape == (2, 1, *size)
+    assert float(out.images.min()) >= 0.0 and float(out.images.max()) <= 1.0
+
+
+def test_model_any_size_and_hparams_rebuild() -> None:
+    model = ScanUNet(base=4, levels=3, convs=1)
+    y = model(torch.rand(1, 1, 37, 53))
+    assert y.shape == (1, 1, 37, 53)
+    assert ScanUNet(**model.hparams).hparams == model.hparams
+
+
+def test_tiling_matches_untiled_on_smooth_page() -> None:
+    x = smooth_page(150, 170)
+    whole = ScanDenoiser.tiny(3, tile=512)(ImageBatch(x)).images
+    tiled = ScanDenoiser.tiny(3, tile=64, overlap=32, batch_size=3)(ImageBatch(x)).images
+    assert tiled.shape == whole.shape
+    assert float((tiled - whole).abs().max()) < 0.02
+    assert float((tiled - whole).abs().mean()) < 0.002
+
+
+def test_no_seams_on_noise() -> None:
+    """Column-to-column jumps at tile overlaps are no larger than anywhere else."""
+    x = torch.rand((1, 1, 96, 200), generator=torch.Generator().manual_seed(2))
+    stage = ScanDenoiser.tiny(4, tile=64, overlap=24)
+    whole = ScanDenoiser.tiny(4, tile=512)(ImageBatch(x)).images[0, 0]
+    tiled = stage(ImageBatch(x)).images[0, 0]
+    err = (tiled - whole).abs().mean(0)  # per column
+    starts = tile_starts(200, 64, 24)
+    assert len(starts) > 2
+    # The error stays small everywhere, also at the tile borders of the inner tiles.
+    assert float(err.max()) < 0.02
+    jumps = (tiled[:, 1:] - tiled[:, :-1]).abs().mean(0)
+    ref = (whole[:, 1:] - whole[:, :-1]).abs().mean(0)
+    assert float((jumps - ref).abs().max()) < 0.01
+
+
+def test_batch_equals_single_pages() -> None:
+    stage = ScanDenoiser.tiny(5, tile=48, overlap=16, batch_size=5)
+    x = torch.rand((3, 1, 70, 90), generator=torch.Generator().manual_seed(3))
+    both = stage(ImageBatch(x)).images
+    for i in range(3):
+        one = stage(ImageBatch(x[i : i + 1])).images
+        torch.testing.assert_close(both[i : i + 1], one, atol=1e-5, rtol=0)
+
+
+def test_color_binarize_and_keep_color() -> None:
+    x = torch.rand((1, 3, 40, 50), generator=torch.Generator().manual_seed(4))
+    gray = ScanDenoiser.tiny(0)(ImageBatch(x)).images
+    assert gray.shape == (1, 1, 40, 50)
+    bilevel = ScanDenoiser.tiny(0, binarize=True)(ImageBatch(x)).images
+    assert set(torch.unique(bilevel).tolist()) <= {0.0, 1.0}
+    color = ScanDenoiser.tiny(0, keep_color=True)(ImageBatch(x)).images
+    assert color.shape == (1, 3, 40, 50)
+    # Where the page is cleaned to white, colour output is white too.
+    white = gray[0, 0] > 0.999
+    if bool(white.any()):
+        assert float(color[0][:, white].min()) > 0.99
+
+
+def test_tile_starts_cover_with_overlap() -> None:
+    for length, tile, overlap in [(1000, 256, 32), (257, 256, 64), (100, 256, 8), (513, 128, 0)]:
+        starts = tile_starts(length, tile, overlap)
+        t = min(tile, length)
+        assert starts[0] == 0 and starts[-1] + t == length
+        for a, b in itertools.pairwise(starts):
+            assert a + t - b >= overlap
+    w = blend_ramp(64, 16, True, False)
+    assert w[0] < 0.01 and w[-1] == 1.0 and torch.all(w[1:16] >= w[:15])
+
+
+def test_ddd_split_keeps_page_groups(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train_cleaned").mkdir()
+    for page in range(6):
+        clean = (rng.random((20, 30)) > 0.1).astype(np.uint8) * 255
+        for version in range(4):
+            name = f"{page * 4 + version + 1}.png"
+            dirty = np.clip(clean.astype(int) - rng.integers(0, 80, clean.shape), 0, 255)
+            Image.fromarray(dirty.astype(np.uint8)).save(tmp_path / "train" / name)
+            Image.fromarray(clean).save(tmp_path / "train_cleaned" / name)
+    pairs = load_pairs(tmp_path)
+    assert len(pairs) == 24 and len({p.group for p in pairs}) == 6
+    train, val = split_by_group(pairs, 2, seed=0)
+    assert len(val) == 8 and len(train) == 16
+    assert not {p.group for p in train} & {p.group for p in val}
+    assert split_by_group(pairs, 2, seed=0)[1] == val
+
+
+def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
+    from pipeline.train.scan_denoiser import TrainConfig, train
+
+    cfg = TrainConfig(
+        ddd=None,
+        base=4,
+        levels=2,
+        convs=1,
+        synthetic_pool=1,
+        patch=32,
+        batch_size=2,
+        max_steps=2,
+        val_every=2,
+        warmup=0,
+    )
+    import pipeline.train.scan_denoiser as mod
+
+    # The fixed synthetic validation pages cost seconds; one small page keeps the test fast.
+    saved = mod.SYNTH_VAL_PAGES
+    mod.SYNTH_VAL_PAGES = [(0, 64, 64, 100)]
+    try:
+        out = train(cfg, tmp_path / "w")
+    finally:
+        mod.SYNTH_VAL_PAGES = saved
+    stage = ScanDenoiser.from_pretrained(out)
+    y = stage(ImageBatch(torch.rand(1, 1, 33, 41)))
+    assert y.images.shape == (1, 1, 33, 41)
+    assert (out / "MODEL_CARD.md").is_file()
+
+
+@pytest.mark.data
+def test_ddd_reader_real_groups() -> None:
+    if not DDD.is_dir():
+        pytest.skip("../shared/data/ddd absent")
+    pairs = load_pairs(DDD)
+    assert len(pairs) == 144 and len({p.group for p in pairs}) == 36
+
+
+@pytest.mark.slow
+def test_shipped_weights_any_page_size() -> None:
+    stage = ScanDenoiser.from_pretrained("scan-denoiser")
+    for size in [(3, 3), (37, 53), (700, 600)]:
+        x = torch.rand((2, 1, *size), generator=torch.Generator().manual_seed(0))
+        assert stage(ImageBatch(x)).images.shape == (2, 1, *size)

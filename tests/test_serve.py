@@ -1,0 +1,292 @@
+"""``aepipe serve`` over real HTTP: a uvicorn server on 127.0.0.1 started by the test.
+
+The server runs tiny seeded weights in a subprocess (``aepipe serve``) on a free loopback port;
+every request has a timeout, and the server is stopped at the end of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+httpx = pytest.importorskip("httpx", reason="needs the [serve] extra")
+pytest.importorskip("fastapi", reason="needs the [serve] extra")
+pytest.importorskip("uvicorn", reason="needs the [serve] extra")
+
+from pipeline import apply  # noqa: E402
+from pipeline.stage import load_stage, stage_class  # noqa: E402
+
+pytestmark = [pytest.mark.serve, pytest.mark.timeout(180)]
+
+BIN = Path(sys.executable).parent
+MAX_UPLOAD = 300_000  # bytes
+MAX_PIXELS = 400_000
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("weights")
+    return {
+        name: stage_class(name).tiny(seed=0).save_pretrained(root / name)
+        for name in ("scan-denoiser", "impulse-denoiser", "face-generator", "colorizer")
+    }
+
+
+@pytest.fixture(scope="module")
+def server(weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    cmd = [
+        str(BIN / "aepipe"), "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--scan-model", str(weights["scan-denoiser"]),
+        "--denoise-model", str(weights["impulse-denoiser"]),
+        "--colorize-model", str(weights["colorizer"]),
+        "--faces-model", str(weights["face-generator"]),
+        "--device", "cpu", "--concurrency", "2", "--threads", "1",
+        "--max-upload-mb", str(MAX_UPLOAD / 1024 / 1024), "--max-pixels", str(MAX_PIXELS),
+        "--max-pages", "3", "--max-faces", "32", "--dpi", "72", "--log-level", "warning",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server did not start in 60 s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def page(h: int = 42, w: int = 54, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def post(url: str, data: bytes, name: str = "page.png", **params: object) -> httpx.Response:
+    return httpx.post(url, files={"file": (name, data)}, params=params, timeout=30)
+
+
+def decode(resp: httpx.Response) -> np.ndarray:
+    assert resp.status_code == 200, resp.text
+    return np.asarray(Image.open(io.BytesIO(resp.content)))
+
+
+def assert_json_error(resp: httpx.Response, status: int) -> dict[str, str]:
+    assert resp.status_code == status, (resp.status_code, resp.text)
+    body = resp.json()
+    assert body["error"] and body["detail"], body
+    return body
+
+
+def test_healthz_and_docs(server: str) -> None:
+    health = httpx.get(f"{server}/healthz", timeout=10).json()
+    assert health["status"] == "ok"
+    assert health["stages"] == {
+        "clean-scan": "scan-denoiser",
+        "denoise": "impulse-denoiser",
+        "colorize": "colorizer",
+        "faces": "face-generator",
+    }
+    schema = httpx.get(f"{server}/openapi.json", timeout=10).json()
+    for path in ("/v1/clean-scan", "/v1/denoise", "/v1/colorize", "/v1/faces", "/healthz"):
+        assert path in schema["paths"], path
+    assert (
+        "multipart/form-data" in schema["paths"]["/v1/clean-scan"]["post"]["requestBody"]["content"]
+    )
+    assert httpx.get(f"{server}/docs", timeout=10).status_code == 200
+
+
+def test_clean_scan_png_equals_library(server: str, weights: dict[str, Path]) -> None:
+    x = page()
+    out = decode(post(f"{server}/v1/clean-scan", png(x)))
+    want = apply(load_stage(weights["scan-denoiser"]), x)
+    np.testing.assert_array_equal(out, want)
+    # The raw file as the body works too.
+    raw = httpx.post(f"{server}/v1/clean-scan", content=png(x), timeout=30)
+    np.testing.assert_array_equal(decode(raw), want)
+    # Per-request config: binarize gives a bilevel page.
+    bilevel = post(f"{server}/v1/clean-scan", png(x), binarize="true")
+    assert bilevel.status_code == 200 and Image.open(io.BytesIO(bilevel.content)).mode == "1"
+    assert_json_error(post(f"{server}/v1/clean-scan", png(x), format="gif"), 422)
+
+
+def test_clean_scan_pdf_in_pdf_or_zip_out(server: str, tmp_path: Path) -> None:
+    import pypdfium2 as pdfium
+    from factory import pdf_pages
+
+    src = pdf_pages(tmp_path / "doc.pdf", [(60, 40), (40, 60)], dpi=72)
+    resp = post(f"{server}/v1/clean-scan", src.read_bytes(), "doc.pdf")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/pdf"
+    pdf = pdfium.PdfDocument(resp.content)
+    assert [tuple(round(v) for v in pdf[i].get_size()) for i in range(len(pdf))] == [
+        (60, 40),
+        (40, 60),
+    ]
+    pdf.close()
+    zipped = post(f"{server}/v1/clean-scan", src.read_bytes(), "doc.pdf", format="png")
+    assert zipped.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
+    assert names == ["doc-p001.png", "doc-p002.png"]
+
+
+def test_denoise_colorize_faces(server: str, weights: dict[str, Path]) -> None:
+    x = page(30, 30, seed=1)
+    out = decode(post(f"{server}/v1/denoise", png(x)))
+    np.testing.assert_array_equal(out, apply(load_stage(weights["impulse-denoiser"]), x))
+    colour = decode(post(f"{server}/v1/colorize", png(np.stack([x] * 3, -1))))
+    assert colour.ndim == 3 and colour.shape[-1] == 3
+
+    grid1 = httpx.get(f"{server}/v1/faces", params={"n": 4, "seed": 3}, timeout=30)
+    grid2 = httpx.get(f"{server}/v1/faces", params={"n": 4, "seed": 3}, timeout=30)
+    grid3 = httpx.get(f"{server}/v1/faces", params={"n": 4, "seed": 4}, timeout=30)
+    assert grid1.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(decode(grid1), decode(grid2))
+    assert not np.array_equal(decode(grid1), decode(grid3))
+    zipped = httpx.get(
+        f"{server}/v1/faces", params={"n": 3, "colorize": "true", "format": "zip"}, timeout=30
+    )
+    zf = zipfile.ZipFile(io.BytesIO(zipped.content))
+    assert zf.namelist() == ["face_00000.png", "face_00001.png", "face_00002.png"]
+    assert Image.open(zf.open("face_00000.png")).mode == "RGB"
+    assert httpx.get(f"{server}/v1/faces", params={"n": 33}, timeout=10).status_code == 422
+
+
+def test_bad_uploads_get_json_errors_and_server_keeps_serving(server: str, tmp_path: Path) -> None:
+    from factory import png_bomb, truncated
+
+    url = f"{server}/v1/clean-scan"
+    assert_json_error(post(url, b"hello, not an image", "note.txt"), 415)
+    broken = truncated(tmp_path / "t.png", Image.fromarray(page(200, 200)), "PNG", keep=0.3)
+    assert_json_error(post(url, broken.read_bytes()), 422)
+    assert_json_error(post(url, b""), 422)
+    body = assert_json_error(post(url, png_bomb(tmp_path / "bomb.png").read_bytes()), 413)
+    assert "pixels" in body["detail"]
+    assert_json_error(post(url, png(np.zeros((700, 700), np.uint8))), 413)  # over MAX_PIXELS
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400), dtype=np.uint8)  # ~160 kB raw
+    big = png(np.concatenate([noise, noise]))  # incompressible: over MAX_UPLOAD
+    assert len(big) > MAX_UPLOAD
+    assert_json_error(post(url, big), 413)
+    no_file = httpx.post(url, files={"other": ("a.png", png(page()))}, timeout=10)
+    assert_json_error(no_file, 422)
+    from factory import pdf_pages
+
+    many = pdf_pages(tmp_path / "many.pdf", [(20, 20)] * 4)
+    assert_json_error(post(url, many.read_bytes(), "many.pdf"), 413)
+    # Still serving, correctly.
+    assert httpx.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"
+    assert post(url, png(page())).status_code == 200
+
+
+def test_concurrent_requests_equal_sequential(server: str) -> None:
+    inputs = [page(40 + 4 * (i % 3), 50, seed=10 + i) for i in range(12)]
+    url = f"{server}/v1/clean-scan"
+    sequential = [decode(post(url, png(x))) for x in inputs]
+    with ThreadPoolExecutor(6) as pool:
+        concurrent = list(pool.map(lambda x: decode(post(url, png(x))), inputs))
+    for a, b in zip(sequential, concurrent, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_small_load_test_reports_rate_and_latency(server: str) -> None:
+    body = png(page(420, 540, seed=7))  # a 540x420 page
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(_: int) -> int:
+        t0 = time.perf_counter()
+        code = post(f"{server}/v1/clean-scan", body).status_code
+        with lock:
+            latencies.append(time.perf_counter() - t0)
+        return code
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(one, range(20)))
+    wall = time.perf_counter() - t0
+    assert codes == [200] * 20
+    p50, p95 = np.percentile(latencies, [50, 95])
+    print(
+        f"\n20 requests, 4 clients: {20 / wall:.1f} req/s, "
+        f"p50 {p50 * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms"
+    )
+
+
+def test_limiter_refuses_when_queue_full() -> None:
+    from pipeline.serve import ApiError, Limiter
+
+    async def scenario() -> None:
+        limiter = Limiter(concurrency=1, queue=1)
+        release = threading.Event()
+        first = asyncio.create_task(limiter.run(release.wait, 10))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(limiter.run(lambda: "queued"))
+        await asyncio.sleep(0.05)
+        assert limiter.running == 1 and limiter.waiting == 1
+        with pytest.raises(ApiError) as exc:
+            await limiter.run(lambda: "refused")
+        assert exc.value.status == 503
+        release.set()
+        assert await first is True
+        assert await second == "queued"
+        limiter.pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_serve_refuses_unloadable_model(tmp_path: Path) -> None:
+    cmd = [str(BIN / "aepipe"), "serve", "--port", str(free_port())]
+    cmd += ["--scan-model", str(tmp_path / "no")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 4 and "no weights folder" in res.stderr, res.stderr
+
+
+def test_settings_reject_unknown_keys() -> None:
+    from pydantic import ValidationError
+
+    from pipeline.serve import ServeSettings
+
+    with pytest.raises(ValidationError):
+        ServeSettings(concurency=2)  # type: ignore[call-arg]
+    assert json.loads(ServeSettings().model_dump_json())["max_pixels"] == 25_000_000
