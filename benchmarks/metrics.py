@@ -87,7 +87,7 @@ def inception_features(
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, feats)
-        os.replace(tmp, path)
+        tmp.replace(path)
     return feats
 
 

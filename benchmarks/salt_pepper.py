@@ -256,6 +256,22 @@ def record_card(
     card_path.write_text(text + "\n".join(lines), encoding="utf-8")
 
 
+def budget_note(ours_cfg: dict, tut_cfg: dict | None) -> str:
+    """One line comparing the training budgets recorded in the two weights folders."""
+
+    def budget(cfg: dict) -> str:
+        t = cfg.get("training", {})
+        return (
+            f"{t.get('epochs_run', '?')} epochs, {t.get('samples_seen', '?'):,} samples, "
+            f"{t.get('wall_time_s', 0) / 60:.0f} min, stopped by {t.get('stopped_by', '?')}"
+        )
+
+    line = f"Training budgets: ours {budget(ours_cfg)}"
+    if tut_cfg is None:
+        return line + "; tutorial AE not available (no weights folder)."
+    return line + f"; tutorial AE {budget(tut_cfg)}."
+
+
 def update_readme(headline: str) -> bool:
     """Replace the text between the README markers with ``headline``; False if no markers."""
     readme = ROOT / "README.md"
@@ -322,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if not tut_path.is_absolute():
         tut_path = ROOT / tut_path
     if (tut_path / "config.json").is_file():
-        tutorial, _ = load_model(tut_path)
+        tutorial, tut_cfg = load_model(tut_path)
         methods["tutorial AE"] = model_method(tutorial)
         tutorial_src = str(args.tutorial)
     else:
@@ -376,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{str(results['model_sha256'])[:12]}...), trained on Fashion-MNIST train only. "
             "Cells are PSNR (dB) / SSIM, mean over images; noise densities are the fraction of "
             "pixels replaced.",
+            budget_note(ours_cfg, tut_cfg if tutorial_src else None),
             f"## Fashion-MNIST test, 0/255 salt-and-pepper ({n['fashion-mnist/binary']:,} images)",
             md_quality(q["fashion-mnist/binary"]),
             "## Fashion-MNIST test, imgaug `SaltAndPepper(p)`: Beta(0.5, 0.5) replacement values "

@@ -52,7 +52,7 @@ def rgb_to_ycbcr(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def chroma_delta(cbcr: torch.Tensor) -> torch.Tensor:
-    """RGB offsets from luma that chroma adds: ``rgb = y + chroma_delta(cbcr)``.
+    """The RGB offsets from luma that a chroma adds: ``rgb = y + delta``.
 
     Args:
         cbcr: (N, 2, H, W).
@@ -96,7 +96,7 @@ def gamut_fit(y: torch.Tensor, cbcr: torch.Tensor) -> torch.Tensor:
 
 def chroma_grid(step: float = 1.0 / 24.0, limit: float = 0.5) -> torch.Tensor:
     """Centres of a square (Cb, Cr) grid, shape (Q, 2), spacing ``step`` within +-``limit``."""
-    n = int(round(2 * limit / step))
+    n = round(2 * limit / step)
     axis = (torch.arange(n, dtype=torch.float32) + 0.5) * step - limit
     cb, cr = torch.meshgrid(axis, axis, indexing="ij")
     return torch.stack([cb.flatten(), cr.flatten()], dim=1)
@@ -206,7 +206,9 @@ class StackNNColorizer(nn.Module):
         return F.interpolate(c, size=gray.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def soft_encode(cbcr: torch.Tensor, centers: torch.Tensor, sigma: float, k: int = 5) -> torch.Tensor:
+def soft_encode(
+    cbcr: torch.Tensor, centers: torch.Tensor, sigma: float, k: int = 5
+) -> torch.Tensor:
     """Soft bin targets: Gaussian weights on the ``k`` nearest bin centres of each pixel.
 
     Args:

@@ -3,8 +3,18 @@
 Reading decodes PNG, JPEG, TIFF (every page), BMP, WebP, GIF and PDF (every page rendered at a
 chosen DPI) into :class:`Page` objects whose pixels :class:`~pipeline.batch.ImageBatch` takes.
 Sizes are checked against a pixel limit *before* decoding, so a decompression bomb is refused
-without allocating it. Writing is atomic: a temporary file in the target folder is renamed over
-the final name only once complete, so a crash never leaves a partial file under a final name.
+without allocating it. Whatever a decoder raises on untrusted bytes becomes one
+:class:`~pipeline.errors.InputImageError` naming the file, with a one-line reason; only regular
+files are opened (never a FIFO or a device), and input files are only ever opened read-only.
+Animated GIF/WebP/PNG give their first frame unless ``frames="all"``.
+
+Writing is atomic: a hidden temporary file in the target folder is renamed over the final name
+only once complete and flushed, so a crash, even SIGKILL, never leaves a partial file under a
+final name. Outputs get the usual permissions (0666 minus the umask).
+
+Public: :func:`read_pages`, :func:`decode_pages` (bytes in memory), :func:`count_pages`,
+:func:`read_image`, :func:`page_batch`, :func:`write_image`, :func:`write_pages`,
+:func:`write_encoded_pages`, :func:`atomic_write`, :func:`remove_stale_temps`, :func:`make_grid`.
 """
 
 from __future__ import annotations
@@ -174,8 +184,18 @@ def _read_pdf(
                 w_px, h_px = round(w_pt * scale), round(h_pt * scale)
                 _check_pixels(path, w_px, h_px, max_pixels)
                 bitmap = page.render(scale=scale)
-                pil = bitmap.to_pil()
-                pixels = pil_to_array(pil)
+                try:
+                    pil = bitmap.to_pil()
+                    pixels = pil_to_array(pil)
+                    mode, width, height = pil.mode, pil.width, pil.height
+                    del pil
+                finally:
+                    # Freed now, not at garbage collection: a long PDF otherwise piles them up.
+                    bitmap.close()
+                if _is_gray_rgb(pixels):
+                    # pdfium renders in colour; a gray page stays gray (a third of the memory,
+                    # and a gray scan is not turned into a colour one).
+                    pixels, mode = np.ascontiguousarray(pixels[..., :1]), "L"
             except InputImageError:
                 raise
             except MemoryError:
@@ -195,14 +215,24 @@ def _read_pdf(
                     "page": index,
                     "pages": count,
                     "format": "pdf",
-                    "mode": pil.mode,
-                    "size": (pil.width, pil.height),
+                    "mode": mode,
+                    "size": (width, height),
                     "dpi": float(dpi),
                     "page_size_pt": (float(w_pt), float(h_pt)),
                 },
             )
     finally:
         pdf.close()
+
+
+def _is_gray_rgb(pixels: np.ndarray) -> bool:
+    """Whether an HWC array has three identical channels."""
+    if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        return False
+    return bool(
+        np.array_equal(pixels[..., 0], pixels[..., 1])
+        and np.array_equal(pixels[..., 1], pixels[..., 2])
+    )
 
 
 def _pdf_failure(data: bytes | os.PathLike[str] | str, exc: BaseException) -> str:
@@ -271,7 +301,8 @@ def read_pages(
     """Decode every page of an image or PDF file, lazily.
 
     The file is never written to and is read lazily: a 500-page PDF or TIFF is not loaded
-    into memory at once, only the page being decoded. Anything unreadable, whatever the decoder
+    into memory at once, only the page being decoded. PDF pages whose rendering has three equal
+    channels come out gray (one channel), like a gray PNG. Anything unreadable, whatever the decoder
     raised, becomes one :class:`InputImageError`.
 
     Args:
@@ -318,7 +349,8 @@ def count_pages(path: str | os.PathLike[str], frames: Literal["first", "all"] = 
             try:
                 pdf = pdfium.PdfDocument(str(path))
             except Exception as exc:
-                raise InputImageError(f"{path}: cannot open PDF: {_pdf_failure(path, exc)}") from None
+                reason = _pdf_failure(path, exc)
+                raise InputImageError(f"{path}: cannot open PDF: {reason}") from None
             try:
                 return len(pdf)
             finally:

@@ -7,10 +7,13 @@ names or paths, never loaded models) to the workers, so the same code runs on a 
 multi-node cluster. A worker uses the GPU when Ray gave it one (``num_gpus=1`` in
 ``map_batches``) and the CPU otherwise.
 
+On a small cluster, give the read tasks ``num_cpus=0`` (reading bytes is I/O): actors holding
+every CPU would otherwise starve them and the job would never finish.
+
 Example:
     >>> import ray
     >>> from pipeline.ray import StageMapper
-    >>> ds = ray.data.read_binary_files("scans/", include_paths=True)  # doctest: +SKIP
+    >>> ds = ray.data.read_binary_files("scans/", include_paths=True, num_cpus=0)  # doctest: +SKIP
     >>> ds = ds.map_batches(  # doctest: +SKIP
     ...     StageMapper,
     ...     fn_constructor_kwargs={"weights": "scan-denoiser"},

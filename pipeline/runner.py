@@ -427,11 +427,24 @@ def _to_uint8(images: Any, index: int) -> np.ndarray:
     return out
 
 
+def _is_bilevel(pixels: np.ndarray) -> bool:
+    """Whether a one-channel uint8 page holds only pure black and pure white."""
+    if pixels.shape[-1] != 1:
+        return False
+    # uint8 wraps: 255 + 1 == 0 and 0 + 1 == 1, so "<= 1" means "0 or 255".
+    return bool(((pixels + np.uint8(1)) <= 1).all())
+
+
 def _encode_page(pixels: np.ndarray, meta: dict[str, Any]) -> bytes:
-    """Keep a finished page as PNG bytes: a 500-page PDF must not be held as raw pixels."""
+    """Keep a finished page as PNG bytes: a 500-page PDF must not be held as raw pixels.
+
+    A page the stage marks ``meta["bilevel"]``, or whose pixels are all pure black or white
+    (e.g. ``clean-scans --binarize``), is kept 1-bit: lossless for such a page, and written as
+    1-bit PNG, CCITT group 4 TIFF or 1-bit PDF.
+    """
     from PIL import Image
 
-    if meta.get("bilevel"):
+    if meta.get("bilevel") or _is_bilevel(pixels):
         image = Image.fromarray(pixels[..., 0] >= 128).convert("1")
     else:
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)

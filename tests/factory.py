@@ -99,7 +99,7 @@ def unusual_images(folder: Path) -> dict[str, tuple[int, int]]:
     """Valid but unusual files in ``folder``: name -> (W, H) of their (first) page as read."""
     folder.mkdir(parents=True, exist_ok=True)
     rgb = Image.fromarray(gradient(24, 32, 3))
-    save(Image.fromarray((gradient(24, 32).astype(np.uint16) * 257)), folder / "gray16.png")
+    save(Image.fromarray(gradient(24, 32).astype(np.uint16) * 257), folder / "gray16.png")
     save(rgb.convert("1"), folder / "bilevel.png")
     save(rgb.convert("P"), folder / "palette.png")
     save(rgb.convert("LA"), folder / "gray_alpha.png")

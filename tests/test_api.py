@@ -370,6 +370,21 @@ def test_example_clean_scans_toml_runs(tmp_path: Path, weights_dir: dict[str, Pa
     assert (tmp_path / "pipeline_scans_report.json").is_file()
 
 
+def test_example_faces_toml_runs(tmp_path: Path, weights_dir: dict[str, Path]) -> None:
+    text = (ROOT / "examples" / "faces.toml").read_text()
+    text = text.replace('"face-vae"', f'"{weights_dir["face-generator"]}"')
+    text = text.replace('weights = "colorizer"', f'weights = "{weights_dir["colorizer"]}"')
+    text = text.replace('"demo_out/', f'"{tmp_path}/')
+    cfg = tmp_path / "faces.toml"
+    cfg.write_text(text)
+    res = aepipe("run", str(cfg), "--quiet")
+    assert res.returncode == 0, res.stderr
+    faces = sorted((tmp_path / "pipeline_faces").glob("*.png"))
+    assert [f.name for f in faces] == [f"face_{i:05d}.png" for i in range(16)]
+    assert Image.open(faces[0]).mode == "RGB"  # colorized
+    assert (tmp_path / "pipeline_faces_grid.png").is_file()
+
+
 def test_example_faces_toml_is_valid(tmp_path: Path) -> None:
     from pipeline.pipeline import FacesSource, PipelineSpec, read_pipeline_file
 

@@ -37,7 +37,8 @@ def test_ycbcr_round_trip_and_zero_luma_delta() -> None:
 
 def test_gamut_fit_keeps_luma_under_extreme_chroma() -> None:
     gen = torch.Generator().manual_seed(1)
-    y = torch.cat([torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4), torch.rand(1, 1, 4, 4, generator=gen)])
+    ends = [torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)]
+    y = torch.cat([*ends, torch.rand(1, 1, 4, 4, generator=gen)])
     cbcr = torch.randn(3, 2, 4, 4, generator=gen) * 2.0
     rgb = gamut_fit(y, cbcr)
     assert rgb.min() >= 0.0 and rgb.max() <= 1.0

@@ -147,33 +147,24 @@ def test_example_batch_clean_equals_cli(
     cluster: None, weights: dict[str, Path], tmp_path: Path
 ) -> None:
     src = scans_folder(tmp_path / "scans")
-    example = load_example("ray_batch_clean")
-    result = example.run(
-        src, tmp_path / "ray_out", model=str(weights["scan-denoiser"]), concurrency=2, batch_size=2
-    )
-    assert [Path(p).name for p, _ in result["failed"]] == ["broken.png"]
-
+    # The single-process CLI runs beside the Ray job (it is the reference, not under test).
+    cmd = [str(BIN / "clean-scans"), str(src), "--out", str(tmp_path / "cli_out")]
+    cmd += ["--format", "png", "--model", str(weights["scan-denoiser"]), "--device", "cpu", "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cli = subprocess.run(
-        [
-            str(BIN / "clean-scans"),
-            str(src),
-            "--out",
-            str(tmp_path / "cli_out"),
-            "--format",
-            "png",
-            "--model",
-            str(weights["scan-denoiser"]),
-            "--device",
-            "cpu",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert cli.returncode == 1, cli.stderr  # the broken file fails, the others are written
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    example = load_example("ray_batch_clean")
+    try:
+        result = example.run(
+            src,
+            tmp_path / "ray_out",
+            model=str(weights["scan-denoiser"]),
+            concurrency=2,
+            batch_size=2,
+        )
+    finally:
+        _, stderr = proc.communicate(timeout=180)
+    assert [Path(p).name for p, _ in result["failed"]] == ["broken.png"]
+    assert proc.returncode == 1, stderr  # the broken file fails, the others are written
     ray_files = sorted(p.name for p in (tmp_path / "ray_out").iterdir())
     cli_files = sorted(p.name for p in (tmp_path / "cli_out").iterdir())
     assert (

@@ -350,13 +350,14 @@ def test_stale_temps_are_removed_but_live_writers_are_left_alone(tmp_path):
 
 
 def test_outputs_get_normal_permissions(tmp_path):
-    old = os.umask(0o022)
-    try:
-        # io reads the umask once at import; 022 is the usual one and what CI runs with.
-        path = write_image(gradient(), tmp_path / "a.png")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044  # readable by group and others
+    import pipeline.io as pio
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    expected = 0o666 & ~mask  # not mkstemp's 0600
+    assert expected == pio._FILE_MODE
+    path = write_image(gradient(), tmp_path / "a.png")
+    assert stat.S_IMODE(path.stat().st_mode) == expected
 
 
 @pytest.mark.parametrize("kind", ["pdf", "tiff", "gif"])

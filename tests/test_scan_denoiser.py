@@ -19,6 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DDD = ROOT.parent / "shared" / "data" / "ddd"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():  # noqa: ANN201 - fixture
+    """Tiny convolutions gain nothing from threads, and spinning threads crawl on a busy box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def smooth_page(h: int, w: int, seed: int = 0) -> torch.Tensor:
     """(1, 1, H, W) smooth shading in [0.2, 0.9]: tiling artefacts would show on it at once."""
     gen = torch.Generator().manual_seed(seed)

@@ -71,7 +71,7 @@ def server(weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     try:
         while True:
             if proc.poll() is not None:
@@ -82,7 +82,7 @@ def server(weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"server did not start in 60 s:\n{log.read_text()}")
+                pytest.fail(f"server did not start in 120 s:\n{log.read_text()}")
             time.sleep(0.2)
         yield url
     finally:

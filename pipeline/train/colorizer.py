@@ -73,7 +73,7 @@ def load_color_faces(
     with np.load(path, allow_pickle=False) as data:
         images = data[key]
         fkey = {"train": "train_files", "test": "test_files"}[split]
-        files = data[fkey] if fkey in data else None
+        files = data.get(fkey)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{path}: {key} has shape {images.shape}; expected colour (N, H, W, 3)")
     return images, files
@@ -113,7 +113,7 @@ def chroma_bins(cbcr, step: float, min_count: int, rebalance: float):
     from models.colorizer import chroma_grid
 
     grid = chroma_grid(step)
-    n = int(round(len(grid) ** 0.5))
+    n = round(len(grid) ** 0.5)
     # The grid is square and regular, so a pixel's bin is plain arithmetic (row-major, Cb first).
     ij = ((cbcr + n * step / 2) / step).floor().clamp(0, n - 1).long()
     counts = torch.bincount((ij[:, 0] * n + ij[:, 1]).flatten(), minlength=len(grid)).float()
@@ -134,6 +134,7 @@ def evaluate(model, gray, cbcr, rgb, temperature: float, batch: int = 200) -> di
         cbcr: (N, 2, H, W) true chroma.
         rgb: (N, 3, H, W) true RGB.
         temperature: annealed-mean temperature.
+        batch: faces per forward pass.
     """
     import torch
 
@@ -190,7 +191,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
 
     images, files = load_color_faces(cfg.data, "train")
     cut = split_by_person(files, len(images), cfg.val_fraction)
-    gray, cbcr, rgb = gray_and_chroma(images[:cut])
+    gray, cbcr, _ = gray_and_chroma(images[:cut])
     vgray, vcbcr, vrgb = gray_and_chroma(images[cut:])
     say(f"train {len(gray)} faces, validation {len(vgray)} faces (split between people)")
 
@@ -265,7 +266,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
             else:
                 stale += 1
             say(
-                f"step {step}/{cfg.max_steps} train {float(parts['loss']):.4f} "
+                f"step {step}/{cfg.max_steps} train {parts['loss'].item():.4f} "
                 f"val {v['loss']:.4f} (color {v['color']:.4f} luma {v['luma']:.5f}"
                 + (f" class {v['class']:.3f}" if "class" in v else "")
                 + f") {rate:.1f} img/s{mark}"
@@ -296,8 +297,8 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         "command": cfg.command,
         "config": cfg.model_dump(mode="json"),
         "data": str(cfg.data),
-        "train_images": int(len(gray)),
-        "val_images": int(len(vgray)),
+        "train_images": len(gray),
+        "val_images": len(vgray),
         "best_step": best[2],
         "steps": step,
         "stopped": stopped,
@@ -344,7 +345,7 @@ def model_card(
     """Markdown model card of a trained colorizer."""
     head = (
         "chroma classification over "
-        f"{int(round(1 / cfg.bin_step)) ** 2} grid bins (kept: occupied ones), class-rebalanced "
+        f"{round(1 / cfg.bin_step) ** 2} grid bins (kept: occupied ones), class-rebalanced "
         f"(lambda {cfg.rebalance}), decoded by annealed mean"
         if cfg.head == "classify"
         else "direct (Cb, Cr) regression"

@@ -110,7 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             fixed_scale=1.0,
             res_blocks=0,
         ),
-        epochs=3,
+        epochs=2,
         batch_size=128,
         lr=1e-3,
         warmup_epochs=0,
