@@ -192,7 +192,15 @@ class Stage(ABC):
             raise WeightsError(
                 f"{name_or_path}: weights are for stage {wcfg['stage']!r}, not {cls.name!r}"
             )
-        config = build_config(cls.Config, {**wcfg.get("stage_config", {}), **overrides}, cls.name)
+        from pipeline.weights import CONFIG_NAME, resolve
+
+        stored = wcfg.get("stage_config", {})
+        try:
+            build_config(cls.Config, stored, f"{resolve(name_or_path) / CONFIG_NAME}: stage_config")
+        except ConfigError as exc:
+            # A bad stored config is a broken weights folder (exit 4), not a bad argument.
+            raise WeightsError(str(exc).replace("\n", "; ")) from None
+        config = build_config(cls.Config, {**stored, **overrides}, cls.name)
         return cls(model, config, extras=wcfg.get("extras", {}))
 
     def save_pretrained(self, folder: str | os.PathLike[str], **info: Any) -> Path:

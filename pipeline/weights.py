@@ -138,7 +138,13 @@ def load_model(
         state = load_file(str(weights_path), device="cpu")
         model.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
-        raise WeightsError(f"{weights_path}: does not fit {config['model_class']}: {exc}") from None
+        # load_state_dict lists every mismatch on its own line; the CLI prints one line.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise WeightsError(
+            f"{weights_path}: does not fit {config['model_class']}: {detail}{more}"
+        ) from None
     return model.to(device).eval(), config
 
 

@@ -1094,11 +1094,6 @@ def test_command_with_bad_weights_exits_4_naming_the_file(tmp_path, tiny_weights
         assert not (tmp_path / f"o_{folder.name}").exists()
 
 
-@pytest.mark.xfail(
-    reason="pipeline/weights.py puts load_state_dict's multi-line error into the message "
-    "(see the issue-8 report for the one-line fix)",
-    strict=False,
-)
 def test_weights_that_do_not_fit_give_one_line(weights):
     set_config(weights, model_kwargs={"channels": 8, "in_channels": 1})
     with pytest.raises(WeightsError) as info:
@@ -1106,11 +1101,6 @@ def test_weights_that_do_not_fit_give_one_line(weights):
     assert str(weights / WEIGHTS_NAME) in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.xfail(
-    reason="pipeline/stage.py validates a weights folder's stored stage_config as a ConfigError "
-    "naming the stage, not a WeightsError naming its config.json (see the issue-8 report)",
-    strict=False,
-)
 @pytest.mark.parametrize("name", AVAILABLE_STAGES)
 def test_stored_stage_config_with_unknown_key_names_the_weights_file(name, tmp_path):
     from pipeline.stage import load_stage

@@ -10,11 +10,14 @@ from pipeline.cli.apps import app
 from pipeline.cli.common import (
     DEVICES,
     FORMATS,
+    FRAMES,
     BatchOpt,
     DeviceOpt,
     DpiOpt,
     FormatOpt,
+    FramesOpt,
     InputsArg,
+    ListIgnoredOpt,
     MaxPixelsOpt,
     OutOpt,
     OverwriteOpt,
@@ -43,6 +46,8 @@ def clean_scans(
     report: ReportOpt = None,
     quiet: QuietOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    frames: FramesOpt = "first",
+    list_ignored: ListIgnoredOpt = False,
 ) -> None:
     """Clean scanned pages (PNG, JPEG, TIFF, PDF): white paper, dark text, no stains or specks.
 
@@ -56,6 +61,7 @@ def clean_scans(
 
     fmt = check_choice(fmt, FORMATS, "--format")
     device = check_choice(device, DEVICES, "--device")
+    frames = check_choice(frames, FRAMES, "--frames")
     options = RunOptions(
         out_dir=out,
         out_suffix="clean",
@@ -66,6 +72,8 @@ def clean_scans(
         max_pixels=max_pixels,
         batch_size=batch_size,
         report=report,
+        frames=frames,  # type: ignore[arg-type]
+        list_ignored=list_ignored,
     )
 
     def load():  # noqa: ANN202 - returns the stage

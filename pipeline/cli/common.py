@@ -42,11 +42,25 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existin
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, keeping the layout.")]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write a JSON report of every file here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; errors and summary only.")]
+FramesOpt = Annotated[
+    str,
+    typer.Option(
+        "--frames",
+        help="Animated GIF/WebP/PNG: first frame only, or all frames (<name>-p001.png ...). "
+        "Multi-page TIFF and PDF always give every page.",
+        case_sensitive=False,
+    ),
+]
+ListIgnoredOpt = Annotated[
+    bool,
+    typer.Option("--list-ignored", help="List non-image files found in folders (and in --report)."),
+]
 MaxPixelsOpt = Annotated[
     int, typer.Option("--max-pixels", min=1, help="Refuse pages with more pixels than this (decompression bombs).")
 ]
 
 FORMATS = ("same", "png", "tiff", "pdf")
+FRAMES = ("first", "all")
 DEVICES = ("auto", "cpu", "cuda")
 
 
