@@ -87,8 +87,19 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/faces/lfw_64.npz")
     ap.add_argument("--model", default="colorizer")
     ap.add_argument("--mse-model", default=None, help="plain-MSE weights folder (table row)")
+    ap.add_argument("--mse-label", default="plain-MSE model")
+    ap.add_argument("--model-label", default="StackNN (ours)")
+    ap.add_argument(
+        "--ship",
+        choices=("model", "mse"),
+        default="model",
+        help="which of the two is the shipped model (strip, --update-weights)",
+    )
     ap.add_argument("--fid", action="store_true", help="also compute FID (slow on CPU)")
     ap.add_argument("--fid-n", type=int, default=0, help="FID on the first N faces (0: all)")
+    ap.add_argument(
+        "--temperatures", default="", help="comma list of stage temperatures (default: shipped)"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/colorizer.md")
     ap.add_argument("--update-weights", action="store_true", help="write metrics into config.json")
@@ -115,11 +126,15 @@ def main() -> None:
     speed = {}
     if args.mse_model:
         rgb, ms = run_stage(args.mse_model, gray_u8)
-        systems.append(("plain-MSE model", rgb, "regression head, MSE + luma"))
-        speed["plain-MSE model"] = ms
-    ours, ms = run_stage(args.model, gray_u8)
-    systems.append(("StackNN (ours)", ours, "chroma bins, rebalanced CE + L1 + luma"))
-    speed["StackNN (ours)"] = ms
+        systems.append((args.mse_label, rgb, "regression head, MSE + luma"))
+        speed[args.mse_label] = ms
+    temps = [float(t) for t in args.temperatures.split(",") if t] or [None]
+    for t in temps:
+        over = {} if t is None else {"temperature": t}
+        ours, ms = run_stage(args.model, gray_u8, **over)
+        name = args.model_label + ("" if t is None else f" T={t:g}")
+        systems.append((name, ours, "chroma bins, rebalanced CE + L1 + luma"))
+        speed[name] = ms
 
     real_cf = colorfulness(test_u8)
     rows = []
@@ -171,13 +186,15 @@ def main() -> None:
     args.out.write_text(text, encoding="utf-8")
     payload = {"real_colorfulness": real_cf, "n": n, "rows": rows, "argv": sys.argv}
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    strip(gray_u8, ours, test_u8, args.out.with_name("colorizer_strip.png"))
+    shipped_name = args.mse_label if args.ship == "mse" else systems[-1][0]
+    shipped = next(i for i, s in enumerate(systems) if s[0] == shipped_name)
+    strip(gray_u8, systems[shipped][1], test_u8, args.out.with_name("colorizer_strip.png"))
     if args.update_weights:
         from pipeline.weights import resolve, update_metrics
 
-        r = rows[-1]
+        r = rows[shipped]
         update_metrics(
-            resolve(args.model),
+            resolve(args.mse_model if args.ship == "mse" else args.model),
             {f"test_{k}": v for k, v in r.items() if k not in ("system", "note")}
             | {"test_real_colorfulness": real_cf},
         )

