@@ -140,7 +140,9 @@ class ImageBatch:
 
     def rgb(self) -> ImageBatch:
         """The batch with three channels (gray is replicated)."""
-        return self if self.channels == 3 else self.replace(self.images.expand(-1, 3, -1, -1).clone())
+        return (
+            self if self.channels == 3 else self.replace(self.images.expand(-1, 3, -1, -1).clone())
+        )
 
     def split(self, size: int) -> list[ImageBatch]:
         """Cut into batches of at most ``size`` images."""

@@ -141,7 +141,9 @@ class Stage(ABC):
             )
         h, w = batch.size
         if min(h, w) < self.min_size:
-            raise ShapeError(f"{self.name}: images must be at least {self.min_size} px; got {h}x{w}")
+            raise ShapeError(
+                f"{self.name}: images must be at least {self.min_size} px; got {h}x{w}"
+            )
 
     def __call__(self, batch: ImageBatch) -> ImageBatch:
         """Run the stage on a batch.
@@ -234,7 +236,9 @@ def resolve_device(device: str | torch.device) -> str:
     return str(device)
 
 
-def load_stage(name_or_path: str | os.PathLike[str], device: str = "cpu", **overrides: Any) -> Stage:
+def load_stage(
+    name_or_path: str | os.PathLike[str], device: str = "cpu", **overrides: Any
+) -> Stage:
     """Load any stage from a weights folder; the folder's config says which stage class.
 
     Example:

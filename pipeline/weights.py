@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,16 +148,11 @@ def load_model(
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # The one atomic writer (temp file, fsync, rename, usual permissions) lives in pipeline.io;
+    # imported here so that reading weights does not pull in the image libraries.
+    from pipeline.io import atomic_write
+
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def save_model(
@@ -189,15 +183,13 @@ def save_model(
     Returns:
         The folder path.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     weights_path = out / WEIGHTS_NAME
-    tmp = out / f".{WEIGHTS_NAME}.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, weights_path)
+    _atomic_write_bytes(weights_path, save(state))
     config: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "stage": stage,

@@ -32,7 +32,12 @@ def run(args, env, **kw):
 
 @pytest.mark.parametrize(
     ("prog", "fn"),
-    [("aepipe", "main"), ("clean-scans", "clean_scans_main"), ("colorize", "colorize_main"), ("gen-faces", "gen_faces_main")],
+    [
+        ("aepipe", "main"),
+        ("clean-scans", "clean_scans_main"),
+        ("colorize", "colorize_main"),
+        ("gen-faces", "gen_faces_main"),
+    ],
 )
 def test_help_does_not_import_torch(prog, fn, cli_env):
     res = run([sys.executable, "-c", NO_TORCH.format(prog=prog, fn=fn)], cli_env)
@@ -49,7 +54,9 @@ def test_help_is_fast_through_console_script(prog, cli_env):
 
 
 def test_missing_input_fails_before_loading_weights(tmp_path, cli_env):
-    res = run(["clean-scans", str(tmp_path / "nope"), "--model", str(tmp_path / "no-weights")], cli_env)
+    res = run(
+        ["clean-scans", str(tmp_path / "nope"), "--model", str(tmp_path / "no-weights")], cli_env
+    )
     assert res.returncode == 2
     assert "input not found" in res.stderr and "Traceback" not in res.stderr
 
@@ -67,7 +74,9 @@ def test_output_inside_input_refused(tmp_path, cli_env):
 
 def test_bad_pipeline_file_names_the_field(tmp_path, cli_env):
     cfg = tmp_path / "p.toml"
-    cfg.write_text('[source]\ntype = "folder"\ninputs = ["x"]\ndpi = 5\n[sink]\nout = "o"\nfromat = "png"\n')
+    cfg.write_text(
+        '[source]\ntype = "folder"\ninputs = ["x"]\ndpi = 5\n[sink]\nout = "o"\nfromat = "png"\n'
+    )
     res = run(["aepipe", "run", str(cfg)], cli_env)
     assert res.returncode == 2
     assert "source.dpi" in res.stderr and "sink.fromat" in res.stderr
@@ -86,7 +95,16 @@ def test_clean_scans_end_to_end_with_report(tmp_path, tiny_scan_weights, cli_env
     truncated(docs / "bad.jpg", Image.fromarray(gradient(64, 64, 3)), "JPEG")
     report = tmp_path / "r.json"
     res = run(
-        ["clean-scans", str(docs), "--model", str(tiny_scan_weights), "--report", str(report), "--device", "cpu"],
+        [
+            "clean-scans",
+            str(docs),
+            "--model",
+            str(tiny_scan_weights),
+            "--report",
+            str(report),
+            "--device",
+            "cpu",
+        ],
         cli_env,
     )
     assert res.returncode == 1, res.stderr
@@ -105,7 +123,18 @@ def test_clean_scans_end_to_end_with_report(tmp_path, tiny_scan_weights, cli_env
 def test_clean_scans_binarize_writes_bilevel(tmp_path, tiny_scan_weights, cli_env):
     write_image(gradient(40, 50), tmp_path / "a.png")
     out = tmp_path / "o"
-    res = run(["clean-scans", str(tmp_path / "a.png"), "--out", str(out), "--binarize", "--model", str(tiny_scan_weights)], cli_env)
+    res = run(
+        [
+            "clean-scans",
+            str(tmp_path / "a.png"),
+            "--out",
+            str(out),
+            "--binarize",
+            "--model",
+            str(tiny_scan_weights),
+        ],
+        cli_env,
+    )
     assert res.returncode == 0, res.stderr
     assert Image.open(out / "a.png").mode == "1"
 
@@ -115,6 +144,9 @@ def test_bad_weights_exit_4_naming_the_file(tmp_path, cli_env):
     bad = tmp_path / "w"
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
-    res = run(["clean-scans", str(tmp_path / "in"), "--model", str(bad), "--out", str(tmp_path / "o")], cli_env)
+    res = run(
+        ["clean-scans", str(tmp_path / "in"), "--model", str(bad), "--out", str(tmp_path / "o")],
+        cli_env,
+    )
     assert res.returncode == 4
     assert "config.json" in res.stderr and "Traceback" not in res.stderr

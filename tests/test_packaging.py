@@ -7,8 +7,8 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import ROOT
+
 from pipeline.weights import shipped_names
 
 
@@ -17,7 +17,18 @@ def test_wheel_contains_weights_and_loads_them_outside_the_checkout(tmp_path):
     names = shipped_names()
     assert names, "no shipped weights found in the checkout"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         timeout=600,
     )
@@ -28,7 +39,17 @@ def test_wheel_contains_weights_and_loads_them_outside_the_checkout(tmp_path):
         assert f"aepipe_weights/{name}/config.json" in members
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         check=True,
         timeout=600,
     )
@@ -39,8 +60,12 @@ def test_wheel_contains_weights_and_loads_them_outside_the_checkout(tmp_path):
         f"[w.load_model(n) for n in {names!r}]"
     )
     res = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr
     assert str(target) in res.stdout

@@ -9,8 +9,6 @@ import typer
 from pipeline.cli.apps import app
 from pipeline.cli.common import (
     DEVICES,
-    FORMATS,
-    FRAMES,
     BatchOpt,
     DeviceOpt,
     DpiOpt,
@@ -25,6 +23,7 @@ from pipeline.cli.common import (
     RecursiveOpt,
     ReportOpt,
     check_choice,
+    file_options,
     run_job,
 )
 from pipeline.defaults import DEFAULT_MAX_PIXELS
@@ -35,12 +34,18 @@ def clean_scans(
     inputs: InputsArg,
     out: OutOpt = None,
     fmt: FormatOpt = "same",
-    binarize: Annotated[bool, typer.Option("--binarize", help="Write bilevel (1-bit) pages, for OCR and archives.")] = False,
-    keep_color: Annotated[bool, typer.Option("--keep-color", help="Keep the colour of colour scans (default: gray).")] = False,
+    binarize: Annotated[
+        bool, typer.Option("--binarize", help="Write bilevel (1-bit) pages, for OCR and archives.")
+    ] = False,
+    keep_color: Annotated[
+        bool, typer.Option("--keep-color", help="Keep the colour of colour scans (default: gray).")
+    ] = False,
     dpi: DpiOpt = 300,
     batch_size: BatchOpt = 1,
     device: DeviceOpt = "auto",
-    model: Annotated[str, typer.Option("--model", help="Weights name or folder.")] = "scan-denoiser",
+    model: Annotated[
+        str, typer.Option("--model", help="Weights name or folder.")
+    ] = "scan-denoiser",
     overwrite: OverwriteOpt = False,
     recursive: RecursiveOpt = False,
     report: ReportOpt = None,
@@ -57,28 +62,26 @@ def clean_scans(
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
     4 weights could not be loaded, 130 interrupted.
     """
-    from pipeline.runner import RunOptions
-
-    fmt = check_choice(fmt, FORMATS, "--format")
     device = check_choice(device, DEVICES, "--device")
-    frames = check_choice(frames, FRAMES, "--frames")
-    options = RunOptions(
-        out_dir=out,
+    options = file_options(
+        out=out,
         out_suffix="clean",
-        fmt=fmt,  # type: ignore[arg-type]
+        fmt=fmt,
         recursive=recursive,
         overwrite=overwrite,
         dpi=dpi,
         max_pixels=max_pixels,
         batch_size=batch_size,
         report=report,
-        frames=frames,  # type: ignore[arg-type]
+        frames=frames,
         list_ignored=list_ignored,
     )
 
-    def load():  # noqa: ANN202 - returns the stage
+    def load():
         from pipeline.stages.scan_denoiser import ScanDenoiser
 
-        return ScanDenoiser.from_pretrained(model, device=device, binarize=binarize, keep_color=keep_color)
+        return ScanDenoiser.from_pretrained(
+            model, device=device, binarize=binarize, keep_color=keep_color
+        )
 
     run_job(inputs, load, options, quiet=quiet, unit="page")

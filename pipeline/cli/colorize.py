@@ -17,12 +17,13 @@ import typer
 from pipeline.cli.apps import app, train_app
 from pipeline.cli.common import (
     DEVICES,
-    FORMATS,
     BatchOpt,
     DeviceOpt,
     DpiOpt,
     FormatOpt,
+    FramesOpt,
     InputsArg,
+    ListIgnoredOpt,
     MaxPixelsOpt,
     OutOpt,
     OverwriteOpt,
@@ -32,6 +33,7 @@ from pipeline.cli.common import (
     check_choice,
     cli_errors,
     err,
+    file_options,
     run_job,
 )
 from pipeline.defaults import DEFAULT_MAX_PIXELS
@@ -67,6 +69,8 @@ def colorize(
     report: ReportOpt = None,
     quiet: QuietOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    frames: FramesOpt = "first",
+    list_ignored: ListIgnoredOpt = False,
 ) -> None:
     """Add colour to gray face images of any size, keeping their gray exactly.
 
@@ -77,20 +81,19 @@ def colorize(
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
     4 weights could not be loaded, 130 interrupted.
     """
-    from pipeline.runner import RunOptions
-
-    fmt = check_choice(fmt, FORMATS, "--format")
     device = check_choice(device, DEVICES, "--device")
-    options = RunOptions(
-        out_dir=out,
+    options = file_options(
+        out=out,
         out_suffix="colorized",
-        fmt=fmt,  # type: ignore[arg-type]
+        fmt=fmt,
         recursive=recursive,
         overwrite=overwrite,
         dpi=dpi,
         max_pixels=max_pixels,
         batch_size=batch_size,
         report=report,
+        frames=frames,
+        list_ignored=list_ignored,
     )
 
     def load():

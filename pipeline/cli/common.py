@@ -23,9 +23,12 @@ if TYPE_CHECKING:
     from pipeline.runner import RunOptions, Summary
 
 # Reusable option declarations, so every command spells its options the same way.
-InputsArg = Annotated[list[Path], typer.Argument(help="Image/PDF files or folders.", show_default=False)]
+InputsArg = Annotated[
+    list[Path], typer.Argument(help="Image/PDF files or folders.", show_default=False)
+]
 OutOpt = Annotated[
-    Path | None, typer.Option("--out", "-o", help="Output folder [default: <input>_<suffix> beside the input].")
+    Path | None,
+    typer.Option("--out", "-o", help="Output folder [default: <input>_<suffix> beside the input]."),
 ]
 FormatOpt = Annotated[
     str,
@@ -35,13 +38,25 @@ FormatOpt = Annotated[
         case_sensitive=False,
     ),
 ]
-DpiOpt = Annotated[int, typer.Option("--dpi", min=36, max=1200, help="Resolution for rendering PDF pages.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Pages (or images) per model call.")]
+DpiOpt = Annotated[
+    int, typer.Option("--dpi", min=36, max=1200, help="Resolution for rendering PDF pages.")
+]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, max=4096, help="Pages (or images) per model call.")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")]
-RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, keeping the layout.")]
-ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write a JSON report of every file here.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; errors and summary only.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")
+]
+RecursiveOpt = Annotated[
+    bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, keeping the layout.")
+]
+ReportOpt = Annotated[
+    Path | None, typer.Option("--report", help="Write a JSON report of every file here.")
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar; errors and summary only.")
+]
 FramesOpt = Annotated[
     str,
     typer.Option(
@@ -56,7 +71,10 @@ ListIgnoredOpt = Annotated[
     typer.Option("--list-ignored", help="List non-image files found in folders (and in --report)."),
 ]
 MaxPixelsOpt = Annotated[
-    int, typer.Option("--max-pixels", min=1, help="Refuse pages with more pixels than this (decompression bombs).")
+    int,
+    typer.Option(
+        "--max-pixels", min=1, help="Refuse pages with more pixels than this (decompression bombs)."
+    ),
 ]
 
 FORMATS = ("same", "png", "tiff", "pdf")
@@ -94,7 +112,8 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        err("interrupted: finished outputs are complete; re-run the same command to resume")
+        # Every command writes atomically, so whatever exists is whole; only file jobs resume.
+        err("interrupted: files already written are complete (file commands resume on re-run)")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except ConfigError as exc:
         fail(str(exc), ExitCode.BAD_ARGS)
@@ -104,6 +123,38 @@ def cli_errors() -> Iterator[None]:
         fail(str(exc), ExitCode.SOME_FAILED)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def file_options(
+    *,
+    out: Path | None,
+    out_suffix: str,
+    fmt: str,
+    recursive: bool,
+    overwrite: bool,
+    dpi: int,
+    max_pixels: int,
+    batch_size: int,
+    report: Path | None,
+    frames: str,
+    list_ignored: bool,
+) -> RunOptions:
+    """Check the options every file command shares and build the runner's options from them."""
+    from pipeline.runner import RunOptions
+
+    return RunOptions(
+        out_dir=out,
+        out_suffix=out_suffix,
+        fmt=check_choice(fmt, FORMATS, "--format"),  # type: ignore[arg-type]
+        recursive=recursive,
+        overwrite=overwrite,
+        dpi=dpi,
+        max_pixels=max_pixels,
+        batch_size=batch_size,
+        report=report,
+        frames=check_choice(frames, FRAMES, "--frames"),  # type: ignore[arg-type]
+        list_ignored=list_ignored,
+    )
 
 
 def run_job(
@@ -127,9 +178,11 @@ def run_job(
     from pipeline.runner import plan, run_files
 
     with cli_errors():
-        jobs, _, out_dir = plan(inputs, options)
+        jobs, _, _ = plan(inputs, options)
         if not jobs:
-            fail(f"no image files found in {', '.join(map(str, inputs))}", ExitCode.NOTHING_PROCESSED)
+            fail(
+                f"no image files found in {', '.join(map(str, inputs))}", ExitCode.NOTHING_PROCESSED
+            )
         process = load()
         with progress_bar(len(jobs), quiet, unit) as on_record:
             summary = run_files(inputs, process, options, on_record=on_record)
@@ -174,7 +227,9 @@ def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[Callab
         nonlocal pages
         pages += record.pages
         if record.status == "failed":
-            console.print(f"[red]failed[/red] {record.reason}", highlight=False, markup=True, soft_wrap=True)
+            console.print(
+                f"[red]failed[/red] {record.reason}", highlight=False, markup=True, soft_wrap=True
+            )
         elapsed = progress.tasks[0].elapsed or 0.0
         rate = f"{pages / elapsed:.2f} pages/s" if elapsed > 0 and pages else ""
         progress.update(task, completed=done, rate=rate)

@@ -16,12 +16,13 @@ import typer
 from pipeline.cli.apps import app, train_app
 from pipeline.cli.common import (
     DEVICES,
-    FORMATS,
     BatchOpt,
     DeviceOpt,
     DpiOpt,
     FormatOpt,
+    FramesOpt,
     InputsArg,
+    ListIgnoredOpt,
     MaxPixelsOpt,
     OutOpt,
     OverwriteOpt,
@@ -31,6 +32,7 @@ from pipeline.cli.common import (
     check_choice,
     cli_errors,
     err,
+    file_options,
     run_job,
 )
 from pipeline.defaults import DEFAULT_MAX_PIXELS
@@ -58,6 +60,8 @@ def denoise(
     report: ReportOpt = None,
     quiet: QuietOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    frames: FramesOpt = "first",
+    list_ignored: ListIgnoredOpt = False,
 ) -> None:
     """Remove salt-and-pepper (impulse) noise from images of any size (2-50% noise).
 
@@ -68,21 +72,20 @@ def denoise(
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
     4 weights could not be loaded, 130 interrupted.
     """
-    from pipeline.runner import RunOptions
-
-    fmt = check_choice(fmt, FORMATS, "--format")
     device = check_choice(device, DEVICES, "--device")
     rgb = check_choice(rgb, RGB_MODES, "--rgb")
-    options = RunOptions(
-        out_dir=out,
+    options = file_options(
+        out=out,
         out_suffix="denoised",
-        fmt=fmt,  # type: ignore[arg-type]
+        fmt=fmt,
         recursive=recursive,
         overwrite=overwrite,
         dpi=dpi,
         max_pixels=max_pixels,
         batch_size=batch_size,
         report=report,
+        frames=frames,
+        list_ignored=list_ignored,
     )
 
     def load():

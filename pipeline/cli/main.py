@@ -1,4 +1,4 @@
-"""Console entry points: ``aepipe`` and the short forms ``clean-scans``, ``gen-faces``, ``colorize``.
+"""Console entry points: ``aepipe`` and its short forms (``clean-scans``, ``gen-faces``, ...).
 
 Area modules register their commands on the shared apps when imported; this module imports
 them and runs the app. None of them imports torch at module level, so ``--help`` stays fast.
@@ -7,6 +7,7 @@ them and runs the app. None of them imports torch at module level, so ``--help``
 from __future__ import annotations
 
 import importlib
+
 import typer
 
 from pipeline.cli.apps import CONTEXT, app
@@ -56,7 +57,10 @@ def _single(name: str) -> typer.Typer:
     for command in app.registered_commands:
         if command.name == name:
             single = typer.Typer(
-                name=name, add_completion=False, context_settings=CONTEXT, pretty_exceptions_enable=False
+                name=name,
+                add_completion=False,
+                context_settings=CONTEXT,
+                pretty_exceptions_enable=False,
             )
             single.command(name=name, help=command.help)(command.callback)
             return single
@@ -82,4 +86,3 @@ def gen_faces_main() -> None:
 def colorize_main() -> None:
     """``colorize``."""
     run_app(_single("colorize"))
-
