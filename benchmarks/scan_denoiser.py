@@ -15,6 +15,8 @@ page thresholded at 0.5.
 Speed, on a synthetic 300-DPI A4 page (2480 x 3508): the network's throughput on tile batches
 under several settings, the stage's Mpx/s in-process, and the whole-process wall time of
 ``clean-scans`` on the page file next to ``unpaper`` (with OCRmyPDF's default arguments).
+``--onnx`` adds the stage with its tile batches run by ONNX Runtime, fp32 and static int8
+(with the int8 output's error against fp32 and against clean synthetic pages).
 
 Run::
 
@@ -25,7 +27,9 @@ Run::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import logging
 import math
 import os
 import shutil
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -226,8 +231,192 @@ def time_call(fn: Callable[[], object], repeat: int, warm: Callable[[], object])
     return best
 
 
+CALIB_SEED = SYNTH_SEED + 20_000  # int8 calibration pages: none of the scored pages
+
+
+def ort_stage(weights: str, model_path: Path, threads: int):
+    """The shipped stage with its network replaced by an ONNX Runtime session on ``model_path``.
+
+    The stage's own tiling and blending run unchanged around the session (only the forward
+    pass of each tile batch moves to ORT), so rows time the same page-level work.
+    """
+    import onnxruntime as ort
+    import torch
+
+    from pipeline.stages.scan_denoiser import ScanDenoiser
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # Torch blends the tiles on the same cores between runs: ORT's pool must not busy-wait then.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    tile_shape = tuple(session.get_inputs()[0].shape[2:])
+
+    class OrtNet(torch.nn.Module):
+        """Tile batch (N, 1, T, T) -> cleaned tiles through the session; no parameters, so
+        the stage's device is the CPU and its channels-last switch is a no-op."""
+
+        def __init__(self, multiple: int) -> None:
+            super().__init__()
+            self.multiple = multiple
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if tuple(x.shape[2:]) != tile_shape:
+                raise ValueError(f"ONNX graph is for {tile_shape} tiles, got {tuple(x.shape)}")
+            return torch.from_numpy(session.run(None, {name: np.ascontiguousarray(x.numpy())})[0])
+
+    st = ScanDenoiser.from_pretrained(weights)
+    st.model = OrtNet(int(st.model.multiple))
+    return st
+
+
+def export_onnx(weights: str, path: Path) -> int:
+    """Export the shipped network for the stage's tile shape, batch dimension dynamic;
+    returns the tile side."""
+    import torch
+
+    from pipeline.stages.scan_denoiser import ScanDenoiser
+
+    st = ScanDenoiser.from_pretrained(weights)
+    m = int(st.model.multiple)
+    tile = max(m, st.config.tile // m * m)  # the tile side clean_gray() uses
+    x = torch.rand(2, 1, tile, tile)
+    # The exporter warns once per torchvision op it cannot register (torchvision is no
+    # dependency) and torch.export raises a FutureWarning: noise in the benchmark's output.
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                st.model.eval(),
+                (x,),
+                str(path),
+                input_names=["x"],
+                output_names=["y"],
+                dynamo=True,  # torch 2.13's default exporter (needs onnxscript)
+                dynamic_shapes=({0: torch.export.Dim("n")},),
+                verbose=False,
+            )
+    finally:
+        log.setLevel(level)
+    return tile
+
+
+def quantize_int8(fp32: Path, out: Path, tile: int, n_pages: int = 3) -> int:
+    """Static int8 quantization (QDQ) calibrated on tiles of fresh synthetic 300-DPI pages
+    (not the timed page); returns the number of calibration tiles."""
+    from onnxruntime import quantization as oq
+
+    from pipeline.data.synthetic_pages import make_pair
+
+    tiles = []
+    for i in range(n_pages):
+        dirty, _ = make_pair(CALIB_SEED + i, 2 * tile, 2 * tile, 300)
+        page = dirty.astype(np.float32)[None, None] / 255.0
+        tiles += [page[..., :tile, :tile], page[..., tile:, tile:]]
+
+    class Tiles(oq.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(tiles)
+
+        def get_next(self) -> dict | None:
+            t = next(self.it, None)
+            return None if t is None else {"x": np.ascontiguousarray(t)}
+
+    pre = out.with_name("pre.onnx")
+    oq.quant_pre_process(str(fp32), str(pre))  # shape inference + folding, as ORT advises
+    oq.quantize_static(
+        str(pre),
+        str(out),
+        Tiles(),
+        quant_format=oq.QuantFormat.QDQ,
+        per_channel=True,
+        # U8S8 (uint8 activations, int8 weights): ORT's CPU kernels fuse these QDQ pairs into
+        # integer convolutions. In a trial on this AVX-512 VNNI machine (one batch of 8 tiles,
+        # 1 thread) S8S8, the default, ran no faster than fp32; U8S8 ~3.5x faster, same error.
+        activation_type=oq.QuantType.QUInt8,
+        weight_type=oq.QuantType.QInt8,
+    )
+    return len(tiles)
+
+
+def onnx_rows(weights: str, batch, crop, threads: int, repeat: int) -> list[dict]:
+    """ONNX Runtime fp32 and int8 rows, timed like the stage rows, with their difference to
+    the PyTorch stage on the page and the int8 quality on synthetic pages with clean targets."""
+    from pipeline.stages.scan_denoiser import ScanDenoiser
+
+    # Fail before the minutes of reference runs when the optional packages are missing.
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if not importlib.util.find_spec(m)]
+    if missing:
+        raise ImportError(f"{', '.join(missing)} not installed")
+    mpx = batch.images[0, 0].numel() / 1e6
+    ref_stage = ScanDenoiser.from_pretrained(weights)
+    ref = ref_stage(batch).images[0, 0].numpy()
+    # The 300-DPI pages of the quality set's "synthetic" group: each spans several tiles.
+    pages = synthetic_pages(0, 3, bilevel=False)
+    q_ref = score(stage_method(ref_stage), pages)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        tile = export_onnx(weights, fp32)
+        outs = {}
+        for kind, path in (("fp32", fp32), ("int8", int8)):
+            if kind == "int8":
+                n_calib = quantize_int8(fp32, int8, tile)
+            st = ort_stage(weights, path, threads)
+            t = time_call(lambda st=st: st(batch), repeat, lambda st=st: st(crop))
+            out = st(batch).images[0, 0].numpy()
+            outs[kind] = out
+            q = score(stage_method(st), pages)
+            row = dict(
+                setting=f"same, ONNX Runtime {kind} (tiles through ORT, blending in torch)",
+                seconds=round(t, 3),
+                mpx_s=round(mpx / t, 2),
+                max_abs_diff=float(np.abs(out - ref).max()),
+                synthetic_rmse=round(q["rmse"], 4),
+                synthetic_f=round(q["f"], 2),
+            )
+            note = f"max abs diff vs torch stage {row['max_abs_diff']:.1e}"
+            if kind == "int8":
+                row["rmse_vs_fp32"] = math.sqrt(float(np.mean((out - outs["fp32"]) ** 2)))
+                # Holds: off fp32 by well under one gray level on the page, and no worse
+                # against the clean targets than rounding noise.
+                holds = (
+                    row["rmse_vs_fp32"] < 1 / 255
+                    and q["rmse"] <= q_ref["rmse"] * 1.02
+                    and q["f"] >= q_ref["f"] - 0.5
+                )
+                row["quality_holds"] = holds
+                row["synthetic_rmse_torch"] = round(q_ref["rmse"], 4)
+                row["synthetic_f_torch"] = round(q_ref["f"], 2)
+                row["setting"] = (
+                    "same, ONNX Runtime int8 (static QDQ, U8S8 per-channel, "
+                    f"{n_calib} calibration tiles)"
+                )
+                note = (
+                    f"{note}; RMSE vs fp32 on the page {row['rmse_vs_fp32']:.4f} "
+                    f"(1 gray level = 0.0039); {len(pages)} synthetic 300-DPI pages vs clean: "
+                    f"RMSE {q['rmse']:.4f} / F {q['f']:.2f} (torch fp32: {q_ref['rmse']:.4f} / "
+                    f"{q_ref['f']:.2f}): quality {'holds' if holds else 'DOES NOT hold'}"
+                )
+            row["note"] = note
+            rows.append(row)
+    return rows
+
+
 def speed(
-    weights: str, page: np.ndarray, page_path: Path, threads: int, repeat: int, compile_: bool
+    weights: str,
+    page: np.ndarray,
+    page_path: Path,
+    threads: int,
+    repeat: int,
+    compile_: bool,
+    onnx: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     import torch
 
@@ -269,6 +458,11 @@ def speed(
                     setting=f"torch.compile failed: {type(exc).__name__}", seconds=None, mpx_s=None
                 )
             )
+    if onnx:
+        try:
+            rows += onnx_rows(weights, batch, crop, threads, repeat)
+        except ImportError as exc:  # onnx, onnxscript and onnxruntime are optional (bench extra)
+            rows.append(dict(setting=f"ONNX Runtime left out: {exc}", seconds=None, mpx_s=None))
 
     procs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -295,7 +489,7 @@ def speed(
                 seconds=round(wall, 2),
                 mpx_s=round(mpx / wall, 2),
                 rc=res.returncode,
-                command=" ".join([*cmd[:1], "page.png", "--out", "DIR", *cmd[5:]]),
+                command=" ".join([*cmd[:1], "page.png", "--out", "DIR", *cmd[4:]]),
             )
         )
         pgm = Path(tmp) / "page.pgm"
@@ -339,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    ap.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also time ONNX Runtime fp32 and static int8 (needs onnx, onnxscript, onnxruntime)",
+    )
     ap.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "scan_denoiser.md"
     )
@@ -430,7 +629,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "page.png"
             page = a4_page(path, args.a4_cache)
-            rows, procs = speed(args.weights, page, path, args.threads, args.repeat, args.compile)
+            rows, procs = speed(
+                args.weights, page, path, args.threads, args.repeat, args.compile, args.onnx
+            )
         result["speed"] = dict(threads=args.threads, stage=rows, processes=procs)
         lines += [
             f"## Speed: one 300-DPI A4 page (2480 x 3508 = {page.size / 1e6:.1f} Mpx), "
@@ -439,11 +640,18 @@ def main(argv: list[str] | None = None) -> int:
             f"In-process, the stage alone (best of {args.repeat}, "
             "after a warm-up on a 1100 x 1100 crop):",
             "",
-            "| setting | seconds | Mpx/s |",
-            "|---|---:|---:|",
         ]
+        # A note column only when some row has one (the ONNX Runtime rows), so the table of a
+        # run without --onnx keeps its layout.
+        notes = any("note" in r for r in rows)
+        lines += (
+            ["| setting | seconds | Mpx/s | note |", "|---|---:|---:|---|"]
+            if notes
+            else ["| setting | seconds | Mpx/s |", "|---|---:|---:|"]
+        )
         for r in rows:
-            lines.append(f"| {r['setting']} | {r['seconds']} | {r['mpx_s']} |")
+            note = f" {r.get('note', '')} |" if notes else ""
+            lines.append(f"| {r['setting']} | {r['seconds']} | {r['mpx_s']} |{note}")
         lines += [
             "",
             "Whole process (start-up, read, clean, write), same page, same run:",
