@@ -414,3 +414,35 @@ def test_shipped_face_vae_reconstructs_test_faces(shared_data: Path) -> None:
     rec = stage(ImageBatch(x)).images
     psnr = 10 * torch.log10(1 / ((rec - x) ** 2).flatten(1).mean(1)).mean()
     assert float(psnr) > 18.0
+
+
+# ---- the CPU-friendly inference decoder ---------------------------------------------------------
+
+
+def test_subpixel_conv_equals_transposed_conv() -> None:
+    from models.vae import subpixel_conv
+
+    torch.manual_seed(0)
+    ct = torch.nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1)
+    x = torch.randn(3, 6, 7, 9)
+    assert torch.allclose(subpixel_conv(ct)(x), ct(x), atol=1e-5)
+    with pytest.raises(ValueError, match="4x4 stride-2"):
+        subpixel_conv(torch.nn.ConvTranspose2d(6, 5, 3, stride=2, padding=1))
+
+
+def test_inference_decoder_matches_and_follows_weight_changes() -> None:
+    from models.vae import ConvVAE
+
+    torch.manual_seed(0)
+    model = ConvVAE(size=32, channels=(8, 16), latent_dim=4, res_blocks=1).eval()
+    z = torch.randn(5, 4)
+    with torch.inference_mode():
+        fast = model.decode(z)
+    slow = torch.sigmoid(model.decoder(z))  # grad mode: the module as trained
+    assert torch.allclose(fast, slow, atol=1e-5)
+    other = ConvVAE(size=32, channels=(8, 16), latent_dim=4, res_blocks=1)
+    model.load_state_dict(other.state_dict())  # new weights: the cached decoder is rebuilt
+    with torch.inference_mode():
+        fast = model.decode(z)
+    assert torch.allclose(fast, torch.sigmoid(other.decoder(z)), atol=1e-5)
+    assert not any("fast" in k for k in model.state_dict())
