@@ -77,6 +77,24 @@ def strip(gray_u8: np.ndarray, ours: np.ndarray, real: np.ndarray, path: Path, n
     img.save(path)
 
 
+def sample_strip(folder: str, path: Path) -> None:
+    """Gray input | ours | real colour photo, for a picture from sample_inputs/ (public domain).
+
+    The LFW strip above shows dataset faces and stays out of the repository; this one can be
+    shown in the README.
+    """
+    from PIL import Image
+
+    from pipeline import apply, load_stage
+
+    name = "astronaut_face.png"
+    gray = np.asarray(Image.open(ROOT / "sample_inputs/faces" / name))
+    real = np.asarray(Image.open(ROOT / "sample_inputs/faces_color_targets" / name).convert("RGB"))
+    ours = apply(load_stage(folder), gray)
+    row = np.concatenate([np.repeat(gray[..., None], 3, -1), ours, real], axis=1)
+    Image.fromarray(row).save(path)
+
+
 def main() -> None:
     import torch
 
@@ -189,6 +207,10 @@ def main() -> None:
     shipped_name = args.mse_label if args.ship == "mse" else systems[-1][0]
     shipped = next(i for i, s in enumerate(systems) if s[0] == shipped_name)
     strip(gray_u8, systems[shipped][1], test_u8, args.out.with_name("colorizer_strip.png"))
+    sample_strip(
+        args.mse_model if args.ship == "mse" else args.model,
+        args.out.with_name("colorizer_sample_strip.png"),
+    )
     if args.update_weights:
         from pipeline.weights import resolve, update_metrics
 
