@@ -434,15 +434,21 @@ def speed(
         rows.append(dict(setting=label, seconds=round(t, 3), mpx_s=round(mpx / t, 2)))
 
     st = ScanDenoiser.from_pretrained(weights)
-    stage_row("stage as shipped: channels-last, tile 512, overlap 64, 8 tiles/batch", st)
+    c = st.config
+    stage_row(
+        f"stage as shipped: channels-last, tile {c.tile}, overlap {c.overlap}, "
+        f"{c.batch_size} tile(s)/batch",
+        st,
+    )
     st = ScanDenoiser.from_pretrained(weights)
     st._layout_ready = True  # leave the model in NCHW: measures what channels-last buys
     st.model.to(memory_format=torch.contiguous_format)
     orig = st.model.forward
     st.model.forward = lambda x: orig(x.contiguous())  # type: ignore[method-assign]
     stage_row("same, NCHW (no channels-last)", st)
-    st = ScanDenoiser.from_pretrained(weights, batch_size=1)
-    stage_row("same as shipped, 1 tile/batch", st)
+    other = 8 if c.batch_size == 1 else 1
+    st = ScanDenoiser.from_pretrained(weights, batch_size=other)
+    stage_row(f"same as shipped, {other} tile(s)/batch", st)
     if compile_:
         st = ScanDenoiser.from_pretrained(weights)
         st._prepare()

@@ -42,7 +42,9 @@ class Config(StageConfig):
 
     tile: int = Field(512, ge=32, le=4096)
     overlap: int = Field(64, ge=0, le=1024)
-    batch_size: int = Field(8, ge=1, le=256)
+    # One tile per call is fastest on CPU (measured on 2 threads, A4 page: 6.1 Mpx/s against
+    # 4.7 with 8 tiles per call); a GPU wants more.
+    batch_size: int = Field(1, ge=1, le=256)
     binarize: bool = False
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     keep_color: bool = False
