@@ -8,9 +8,9 @@ the tensors strictly from safetensors: nothing is ever unpickled.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +31,14 @@ def shipped_weights_dir() -> Path:
     checkout = Path(__file__).resolve().parent.parent / "weights"
     if checkout.is_dir():
         return checkout
-    # In a wheel the folder is installed as the package ``aepipe_weights``.
-    return Path(str(resources.files("aepipe_weights")))
+    # In a wheel the folder is installed as the (namespace) package ``aepipe_weights``. Its
+    # search path can also hold entries that are not folders (an editable install's path hook),
+    # which importlib.resources refuses, so take the first real folder ourselves.
+    spec = importlib.util.find_spec("aepipe_weights")
+    for entry in (spec.submodule_search_locations or []) if spec else []:
+        if Path(entry).is_dir():
+            return Path(entry)
+    return checkout
 
 
 def shipped_names() -> list[str]:
