@@ -4,12 +4,15 @@ One class serves the face generator (64x64 gray, Gaussian likelihood with a lear
 scale), the 2-D MNIST / Fashion-MNIST VAEs (latent-grid pictures) and the larger-latent MNIST
 VAE of the likelihood benchmark (Bernoulli likelihood). Only the constructor arguments differ.
 
-The model also carries an optional *fitted sampling Gaussian* (``sample_loc``,
-``sample_scale_tril`` buffers): a full-covariance Gaussian fitted after training to the
-posterior means of the training set. Sampling from it instead of the N(0, I) prior avoids the
-"holes" of the aggregate posterior (Ghosh et al. 2020, "From variational to deterministic
-autoencoders", ex-post density estimation) and is what makes VAE samples look like the data.
-By default the buffers hold N(0, I), so an unfitted model samples from the prior.
+The model also carries an optional *fitted sampling distribution*: a full-covariance Gaussian
+(``sample_loc``, ``sample_scale_tril`` buffers) fitted after training to the posterior means
+of the training set and, with ``sample_components`` > 1, a Gaussian mixture fitted to the same
+codes by EM (``mix_logits``, ``mix_loc``, ``mix_scale_tril``). Sampling from it instead of the
+N(0, I) prior avoids the "holes" of the aggregate posterior (Ghosh et al. 2020, "From
+variational to deterministic autoencoders", ex-post density estimation) and is what makes VAE
+samples look like the data. By default the buffers hold N(0, I), so an unfitted model samples
+from the prior. The single Gaussian is kept beside a mixture: it is the overall spread that
+traversals and great-circle interpolation use.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import (
     Bernoulli,
+    Categorical,
     Distribution,
     Independent,
     Laplace,
+    MixtureSameFamily,
     MultivariateNormal,
     Normal,
     kl_divergence,
@@ -79,6 +84,42 @@ def subpixel_conv(ct: nn.ConvTranspose2d) -> nn.Sequential:
     return nn.Sequential(conv, nn.PixelShuffle(2))
 
 
+def fit_gaussian_mixture(
+    x: Tensor, k: int, shrink: float = 1e-3, iterations: int = 100, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Full-covariance Gaussian mixture fitted by EM.
+
+    Args:
+        x: (M, D) points; the fit runs in their dtype (float64 advised).
+        k: number of components (<= M).
+        shrink: ridge added to each covariance diagonal (keeps components from collapsing).
+        iterations: EM iterations (the fit is deterministic given ``seed``).
+        seed: seeds the initial means, a draw of ``k`` distinct points.
+
+    Returns:
+        ``(logits (k,), means (k, D), scale_trils (k, D, D))``.
+    """
+    m, d = x.shape
+    if not 1 <= k <= m:
+        raise ValueError(f"a {k}-component mixture needs at least {k} points; got {m}")
+    gen = torch.Generator().manual_seed(seed)
+    ridge = shrink * torch.eye(d, dtype=x.dtype)
+    means = x[torch.randperm(m, generator=gen)[:k]].clone()
+    covs = (torch.cov(x.T) + ridge).expand(k, d, d).clone()
+    log_w = torch.full((k,), -math.log(k), dtype=x.dtype)
+    for _ in range(iterations):
+        tril = torch.linalg.cholesky(covs)
+        log_p = MultivariateNormal(means, scale_tril=tril).log_prob(x[:, None, :]) + log_w
+        resp = (log_p - log_p.logsumexp(1, keepdim=True)).exp()  # (M, k)
+        nk = resp.sum(0) + 1e-12
+        log_w = (nk / m).log()
+        means = (resp.T @ x) / nk[:, None]
+        for j in range(k):
+            xc = x - means[j]
+            covs[j] = (resp[:, j : j + 1] * xc).T @ xc / nk[j] + ridge
+    return log_w, means, torch.linalg.cholesky(covs)
+
+
 class _ResBlock(nn.Module):
     """Pre-activation residual block: x + conv(act(conv(act(x))))."""
 
@@ -113,6 +154,7 @@ class ConvVAE(nn.Module):
             Bernoulli.
         fixed_scale: the pixel scale when ``scale="fixed"`` (and the learned scale's start).
         res_blocks: residual blocks after each decoder upsampling but the last.
+        sample_components: Gaussians in the fitted sampling mixture (1: one Gaussian).
     """
 
     def __init__(
@@ -126,6 +168,7 @@ class ConvVAE(nn.Module):
         scale: ScaleMode = "learned",
         fixed_scale: float = 0.1,
         res_blocks: int = 0,
+        sample_components: int = 1,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
@@ -135,6 +178,8 @@ class ConvVAE(nn.Module):
             )
         if scale not in ("learned", "fixed"):
             raise ValueError(f"scale must be 'learned' or 'fixed'; got {scale!r}")
+        if not 1 <= sample_components <= 256:
+            raise ValueError(f"sample_components must be in [1, 256]; got {sample_components}")
         if size % (2 ** len(channels)) != 0:
             raise ValueError(f"size {size} is not divisible by 2**{len(channels)}")
         self.hparams = dict(
@@ -148,6 +193,10 @@ class ConvVAE(nn.Module):
             fixed_scale=fixed_scale,
             res_blocks=res_blocks,
         )
+        if sample_components > 1:
+            # Only recorded when used, so configs of single-Gaussian models stay as they were.
+            self.hparams["sample_components"] = sample_components
+        self.sample_components = sample_components
         self.size = size
         self.in_channels = in_channels
         self.latent_dim = latent_dim
@@ -186,6 +235,11 @@ class ConvVAE(nn.Module):
         )
         self.register_buffer("sample_loc", torch.zeros(latent_dim))
         self.register_buffer("sample_scale_tril", torch.eye(latent_dim))
+        if sample_components > 1:
+            k = sample_components
+            self.register_buffer("mix_logits", torch.zeros(k))
+            self.register_buffer("mix_loc", torch.zeros(k, latent_dim))
+            self.register_buffer("mix_scale_tril", torch.eye(latent_dim).repeat(k, 1, 1))
 
     # ---- distributions --------------------------------------------------------------------
 
@@ -314,11 +368,37 @@ class ConvVAE(nn.Module):
 
     # ---- sampling ----------------------------------------------------------------------------
 
-    def sampling_dist(self, fitted: bool = True) -> MultivariateNormal | Normal:
+    def sampling_dist(self, fitted: bool = True) -> Distribution:
         """The latent distribution that :meth:`sample_latents` draws from."""
-        if fitted:
-            return MultivariateNormal(self.sample_loc, scale_tril=self.sample_scale_tril)
-        return self.prior()
+        if not fitted:
+            return self.prior()
+        if self.sample_components > 1:
+            return MixtureSameFamily(
+                Categorical(logits=self.mix_logits),
+                MultivariateNormal(self.mix_loc, scale_tril=self.mix_scale_tril),
+            )
+        return MultivariateNormal(self.sample_loc, scale_tril=self.sample_scale_tril)
+
+    def latents_from_noise(self, eps: Tensor, u: Tensor | None = None) -> Tensor:
+        """Map standard-normal noise to fitted-distribution latents (the sampler's last step).
+
+        Args:
+            eps: (N, latent_dim) N(0, I) noise, already multiplied by the temperature.
+            u: (N,) uniforms in [0, 1) choosing the mixture component; needed only when
+                ``sample_components`` > 1.
+
+        Returns:
+            (N, latent_dim) on ``eps``'s device.
+        """
+        if self.sample_components == 1:
+            return self.sample_loc.to(eps) + eps @ self.sample_scale_tril.to(eps).T
+        if u is None:
+            raise ValueError("a mixture sampler needs one uniform per latent (u)")
+        cdf = torch.softmax(self.mix_logits.double(), 0).cumsum(0).to(u.device)
+        comp = torch.searchsorted(cdf, u.double()).clamp(max=self.sample_components - 1)
+        comp = comp.to(self.mix_loc.device)
+        loc, tril = self.mix_loc[comp].to(eps), self.mix_scale_tril[comp].to(eps)
+        return loc + (tril @ eps.unsqueeze(-1)).squeeze(-1)
 
     def sample_latents(
         self,
@@ -332,28 +412,45 @@ class ConvVAE(nn.Module):
         Args:
             n: number of latents.
             generator: CPU generator (None: torch's global one).
-            temperature: multiplies the spread around the mean.
-            fitted: use the fitted sampling Gaussian (N(0, I) if never fitted) or the prior.
+            temperature: multiplies the spread around the (component) mean.
+            fitted: use the fitted sampling distribution (N(0, I) if never fitted) or the prior.
 
         Returns:
             (n, latent_dim) on the model's device.
         """
         eps = torch.randn(n, self.latent_dim, generator=generator) * temperature
+        u = torch.rand(n, generator=generator) if self.sample_components > 1 else None
         eps = eps.to(self.sample_loc.device)
         if not fitted:
             return eps
-        return self.sample_loc + eps @ self.sample_scale_tril.T
+        return self.latents_from_noise(eps, u)
 
     @torch.no_grad()
-    def fit_sampling_gaussian(self, codes: Tensor, shrink: float = 1e-3) -> None:
-        """Fit the sampling Gaussian to posterior means.
+    def fit_sampling_gaussian(
+        self, codes: Tensor, shrink: float = 1e-3, iterations: int = 100, seed: int = 0
+    ) -> None:
+        """Fit the sampling Gaussian (and the mixture, if any) to posterior means.
 
         Args:
             codes: (M, latent_dim) posterior means of training images.
-            shrink: ridge added to the covariance diagonal for a stable Cholesky factor.
+            shrink: ridge added to every covariance diagonal for a stable Cholesky factor.
+            iterations: EM iterations of the mixture fit; 0 makes every component the single
+                Gaussian (a cheap stand-in that samples exactly like it).
+            seed: seeds the mixture's initial means (a draw of ``sample_components`` codes).
         """
         codes = codes.double()
         loc = codes.mean(0)
-        cov = torch.cov(codes.T) + shrink * torch.eye(self.latent_dim, dtype=codes.dtype)
+        ridge = shrink * torch.eye(self.latent_dim, dtype=codes.dtype)
+        cov = torch.cov(codes.T) + ridge
         self.sample_loc.copy_(loc.to(self.sample_loc))
         self.sample_scale_tril.copy_(torch.linalg.cholesky(cov).to(self.sample_scale_tril))
+        if self.sample_components > 1:
+            k = self.sample_components
+            if iterations > 0:
+                logits, mix_loc, mix_tril = fit_gaussian_mixture(codes, k, shrink, iterations, seed)
+            else:
+                logits = torch.zeros(k)
+                mix_loc, mix_tril = self.sample_loc.expand(k, -1), self.sample_scale_tril
+            self.mix_logits.copy_(logits.to(self.mix_logits))
+            self.mix_loc.copy_(mix_loc.to(self.mix_loc))
+            self.mix_scale_tril.copy_(mix_tril.to(self.mix_scale_tril))

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from models.vae import ConvVAE
 from pipeline.batch import ImageBatch
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ExitCode
 from pipeline.stages.face_generator import (
     FaceGenerator,
     load_concept,
@@ -91,6 +91,61 @@ def test_fit_sampling_gaussian_recovers_mean_and_covariance() -> None:
     torch.testing.assert_close(model.sample_loc, torch.tensor([1.0, -2.0, 0.5]), atol=0.05, rtol=0)
     cov = model.sample_scale_tril @ model.sample_scale_tril.T
     torch.testing.assert_close(cov, true_l @ true_l.T, atol=0.08, rtol=0)
+
+
+def test_gaussian_mixture_fit_recovers_two_clusters() -> None:
+    from models.vae import fit_gaussian_mixture
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3000, 2, generator=gen, dtype=torch.float64) * 0.5 + torch.tensor([-4.0, 1])
+    b = torch.randn(7000, 2, generator=gen, dtype=torch.float64) * 1.0 + torch.tensor([4.0, 0])
+    logits, means, trils = fit_gaussian_mixture(torch.cat([a, b]), 2, iterations=50)
+    order = torch.argsort(means[:, 0])
+    torch.testing.assert_close(
+        logits.softmax(0)[order], torch.tensor([0.3, 0.7], dtype=torch.float64), atol=0.01, rtol=0
+    )
+    torch.testing.assert_close(
+        means[order], torch.tensor([[-4.0, 1], [4.0, 0]], dtype=torch.float64), atol=0.05, rtol=0
+    )
+    stds = torch.diagonal(trils @ trils.transpose(1, 2), dim1=1, dim2=2).sqrt()[order]
+    torch.testing.assert_close(
+        stds, torch.tensor([[0.5, 0.5], [1.0, 1.0]], dtype=torch.float64), atol=0.05, rtol=0
+    )
+    with pytest.raises(ValueError, match="at least"):
+        fit_gaussian_mixture(torch.zeros(3, 2), 5)
+
+
+def _two_cluster_codes(latent: int = 4, n: int = 4000) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    codes = torch.randn(n, latent, generator=gen) * 0.3
+    codes[: n // 4, 0] -= 3.0  # a quarter of the codes in a second cluster
+    return codes
+
+
+def test_mixture_sampler_is_seeded_saved_and_matches_its_weights(tmp_path: Path) -> None:
+    from pipeline.stage import load_stage
+
+    torch.manual_seed(0)
+    model = ConvVAE(size=16, channels=[4, 8], latent_dim=4, sample_components=2)
+    assert model.hparams["sample_components"] == 2
+    # Zero EM iterations: every component is the single Gaussian, whatever u picks.
+    model.fit_sampling_gaussian(_two_cluster_codes(), iterations=0)
+    eps, u = torch.randn(5, 4), torch.rand(5)
+    single = model.sample_loc + eps @ model.sample_scale_tril.T
+    torch.testing.assert_close(model.latents_from_noise(eps, u), single)
+    model.fit_sampling_gaussian(_two_cluster_codes(), iterations=50)
+    stage = FaceGenerator(model, {})
+    z = stage.sample_latents(4000, seed=0, temperature=1.0)
+    assert abs(float((z[:, 0] < -1.5).float().mean()) - 0.25) < 0.03
+    assert torch.isfinite(model.sampling_dist().log_prob(z)).all()
+    # Seeded, and face i does not depend on how many faces are drawn.
+    torch.testing.assert_close(stage.sample_latents(10, seed=0, temperature=1.0), z[:10])
+    reloaded = load_stage(stage.save_pretrained(tmp_path / "mix"))
+    torch.testing.assert_close(reloaded.sample_latents(100, seed=0, temperature=1.0), z[:100])
+    with pytest.raises(ValueError, match="uniform"):
+        model.latents_from_noise(eps)
+    with pytest.raises(ValueError, match="sample_components"):
+        ConvVAE(size=16, channels=[4, 8], latent_dim=4, sample_components=0)
 
 
 # ---- stage -----------------------------------------------------------------------------------
@@ -238,6 +293,38 @@ def test_train_smoke_writes_a_loadable_weights_folder(tmp_path: Path) -> None:
     assert any(line.startswith("epoch 2/2") for line in lines)
     with pytest.raises(ValueError):
         TrainConfig(preset="face-vae", no_such=1)  # type: ignore[call-arg]
+    # The preset's sampling mixture is refitted by EM on the best snapshot at the end.
+    k = config["model_kwargs"].get("sample_components", 1)
+    assert config["training"]["sampler"]["em_iterations" if k > 1 else "kind"]
+
+
+def test_cli_fit_sampler_refits_only_the_sampler(tmp_path: Path, cli) -> None:
+    from pipeline.stage import load_stage
+    from pipeline.train.vae import TrainConfig, train
+
+    data = fake_lfw(tmp_path / "f.npz", n=40)
+    cfg = TrainConfig(preset="face-vae", data=data, epochs=1, warmup_epochs=0, limit=40)
+    src = train(cfg, tmp_path / "w")
+    res = cli(
+        "faces", "fit-sampler", "--model", src, "--out", tmp_path / "k3", "--components", 3,
+        "--temperature", 1.1,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "k3/config.json").read_text())
+    assert config["model_kwargs"]["sample_components"] == 3
+    assert config["stage_config"]["temperature"] == 1.1
+    assert config["training"]["sampler"]["command"].startswith("aepipe ")  # argv of the run
+    a, b = load_stage(src), load_stage(tmp_path / "k3")
+    for (name, wa), (_, wb) in zip(
+        a.model.decoder.state_dict().items(), b.model.decoder.state_dict().items(), strict=True
+    ):
+        assert torch.equal(wa, wb), name
+    assert b.sample_latents(8, seed=0).shape == (8, 128)
+    same = cli("faces", "fit-sampler", "--model", src, "--out", src)
+    assert same.exit_code == int(ExitCode.BAD_ARGS) and "new folder" in same.output
+    other = fake_lfw(tmp_path / "g.npz", n=25)
+    wrong = cli("faces", "fit-sampler", "--model", src, "--out", tmp_path / "x", "--data", other)
+    assert wrong.exit_code == int(ExitCode.BAD_ARGS) and "trained on" in wrong.output
 
 
 # ---- CLI -------------------------------------------------------------------------------------

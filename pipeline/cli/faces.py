@@ -175,7 +175,7 @@ def gen_faces(
             "-t",
             min=0.0,
             max=3.0,
-            help="Latent spread (default: the model's, 0.9).",
+            help="Latent spread (default: the model's; 1.2 for face-vae).",
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNG files.")] = Path(
@@ -469,6 +469,46 @@ def concept_cmd(
             f"wrote {path} (|v| = {float(vector.norm()):.3f}, "
             f"{len(pos)} positive, {len(neg)} negative)"
         )
+
+
+@faces_app.command("fit-sampler")
+def fit_sampler_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write.")],
+    components: Annotated[
+        int,
+        typer.Option(
+            "--components", min=1, max=256, help="Gaussians in the sampling mixture (1: one)."
+        ),
+    ] = 10,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Training data (default: the path in the weights' config)."),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            "--temperature",
+            min=0.0,
+            max=3.0,
+            help="Default sampling temperature stored with the weights (default: the model's).",
+        ),
+    ] = None,
+    model: ModelOpt = "face-vae",
+) -> None:
+    """Refit the latent sampling distribution of a trained VAE (network weights unchanged)."""
+    from pipeline.train.vae import refit_sampler
+
+    with cli_errors():
+        refit_sampler(
+            model,
+            out,
+            components,
+            data=data,
+            temperature=temperature,
+            command="aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            progress=err,
+        )
+        err(f"wrote {out}")
 
 
 # ---- aepipe vae ... ------------------------------------------------------------------------------

@@ -40,6 +40,18 @@ def train_scan_denoiser(
         int, typer.Option("--val-groups", min=0, help="DDD pages (x4 versions) held out.")
     ] = 8,
     patch: Annotated[int, typer.Option("--patch", min=16)] = 128,
+    scale_lo: Annotated[
+        float, typer.Option("--scale-lo", min=0.01, help="Random crop side / patch, low end.")
+    ] = 0.6,
+    scale_hi: Annotated[
+        float, typer.Option("--scale-hi", min=0.01, help="Random crop side / patch, high end.")
+    ] = 1.6,
+    level_aug: Annotated[
+        float,
+        typer.Option(
+            "--level-aug", min=0.0, max=1.0, help="Chance of random ink/paper levels on a patch."
+        ),
+    ] = 0.5,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 12,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 6000,
     val_every: Annotated[int, typer.Option("--val-every", min=1)] = 250,
@@ -62,6 +74,9 @@ def train_scan_denoiser(
             synthetic_fraction=synthetic_fraction,
             val_groups=val_groups,
             patch=patch,
+            scale_lo=scale_lo,
+            scale_hi=scale_hi,
+            level_aug=level_aug,
             batch_size=batch_size,
             max_steps=max_steps,
             val_every=val_every,
