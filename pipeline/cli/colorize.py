@@ -7,8 +7,6 @@ script is :func:`pipeline.cli.main.colorize_main`, which runs the ``colorize`` c
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +32,7 @@ from pipeline.cli.common import (
     cli_errors,
     err,
     file_options,
+    invocation,
     run_job,
 )
 from pipeline.defaults import DEFAULT_MAX_PIXELS
@@ -148,7 +147,7 @@ def train_colorizer(
             seed=seed,
             threads=threads,
             max_minutes=max_minutes,
-            command="aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            command=invocation(),
         )
         train(cfg, out, progress=err)
         err(f"wrote {out}")

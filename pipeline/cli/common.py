@@ -6,6 +6,7 @@ Every command follows the same path: parse -> check inputs and output folder -> 
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -103,6 +104,11 @@ def check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def invocation() -> str:
+    """This process's command line as ``aepipe ...``, shell-quoted (recorded in weights)."""
+    return "aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 @contextmanager

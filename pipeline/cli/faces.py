@@ -6,15 +6,13 @@ the stage are imported inside the command functions.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pipeline.cli.apps import app, faces_app, train_app, vae_app
-from pipeline.cli.common import cli_errors, err
+from pipeline.cli.common import cli_errors, err, invocation
 
 _TRAIN_HELP = {
     "face-vae": "Train the 64x64 gray face VAE on LFW luma (Gaussian likelihood, learned scale).",
@@ -70,7 +68,7 @@ def _make_train_command(preset: str) -> None:
                 stop_after=stop_after,
                 seed=seed,
                 threads=threads,
-                command="aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                command=invocation(),
             )
             train(cfg, out, progress=err)
             err(f"wrote {out}")
@@ -505,7 +503,7 @@ def fit_sampler_cmd(
             components,
             data=data,
             temperature=temperature,
-            command="aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            command=invocation(),
             progress=err,
         )
         err(f"wrote {out}")

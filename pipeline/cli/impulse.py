@@ -6,8 +6,6 @@ the stage are imported inside the command functions.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +31,7 @@ from pipeline.cli.common import (
     cli_errors,
     err,
     file_options,
+    invocation,
     run_job,
 )
 from pipeline.defaults import DEFAULT_MAX_PIXELS
@@ -137,7 +136,7 @@ def train_salt_pepper(
             seed=seed,
             threads=threads,
             max_minutes=max_minutes,
-            command="aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            command=invocation(),
         )
         train(cfg, out, progress=err)
         err(f"wrote {out}")

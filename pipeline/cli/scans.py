@@ -7,15 +7,13 @@ fast): torch, numpy and the training code are imported inside the command.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pipeline.cli.apps import train_app
-from pipeline.cli.common import check_choice, cli_errors, err
+from pipeline.cli.common import check_choice, cli_errors, err, invocation
 
 
 @train_app.command("scan-denoiser")
@@ -84,7 +82,7 @@ def train_scan_denoiser(
             seed=seed,
             threads=threads,
             max_minutes=max_minutes,
-            command="aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            command=invocation(),
         )
         train(cfg, out, progress=err)
         err(f"wrote {out}")

@@ -176,7 +176,7 @@ class FaceGenerator(Stage):
         if self.config.sampler == "prior":
             return eps
         u = torch.cat(u_blocks)[:n] if u_blocks else None
-        return self.model.latents_from_noise(eps, u).detach().float().cpu()
+        return self.model.latents_from_noise(eps, u).float().cpu()
 
     def sample(
         self,
