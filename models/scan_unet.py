@@ -6,6 +6,13 @@ additive skips, and unfolded back with ``PixelShuffle(2)``. Folding cuts the cos
 pixel about fourfold, which is what lets a 300-DPI A4 page run in seconds on two CPU cores,
 while the phase channels keep full-resolution stroke detail. The deepest level sees a wide
 context (stains, shadows and creases are large-scale), the top level the stroke edges.
+
+The output is ``sigmoid(z)`` (the original nets) or ``clamp(0.5 + z / 4, 0, 1)``
+(``output="clamp"``). With a sigmoid and an MSE loss the gradient fades exactly where the
+targets sit, at pure white paper and pure black ink: the sigmoid net left DDD ink 12 grey
+levels too light on average, and fine-tuning it with the clamped output took its DDD
+validation RMSE from 0.0355 to 0.030 in 1,000 steps. The clamp passes the gradient straight
+through in training, so a pixel on the wrong side of the range is still pulled back.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ class ScanUNet(nn.Module):
             (initially 3) and a zero-initialised head: the untrained net is a contrast stretch
             of its input rather than a constant, so training starts with useful gradients on
             the ink instead of first collapsing to an all-white page.
+        output: ``"sigmoid"`` or ``"clamp"`` (see the module docstring).
 
     Input and output: (N, C, H, W) in [0, 1], any H, W >= 1 (padded internally by
     replication to a multiple of ``fold * 2**(levels-1)`` and cropped back).
@@ -49,6 +57,7 @@ class ScanUNet(nn.Module):
         convs: int = 2,
         fold: int = 2,
         input_skip: bool = True,
+        output: str = "sigmoid",
     ) -> None:
         super().__init__()
         if levels < 1 or fold < 1 or convs < 1:
@@ -61,6 +70,12 @@ class ScanUNet(nn.Module):
             fold=fold,
             input_skip=input_skip,
         )
+        if output not in ("sigmoid", "clamp"):
+            raise ValueError(f"output must be 'sigmoid' or 'clamp', not {output!r}")
+        # Only recorded when not the default, so configs of older nets stay as they were.
+        if output != "sigmoid":
+            self.hparams["output"] = output
+        self.output = output
         self.fold = fold
         self.multiple = fold * 2 ** (levels - 1)
         widths = [base * 2**i for i in range(levels)]
@@ -112,4 +127,12 @@ class ScanUNet(nn.Module):
         if ph or pw:
             # Replicate (not zero) padding: zeros would read as ink at the page edge.
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        return self.logits(x).sigmoid()[..., :h, :w]
+        z = self.logits(x)[..., :h, :w]
+        if self.output == "sigmoid":
+            return z.sigmoid()
+        y = z * 0.25 + 0.5
+        if y.requires_grad:
+            # Straight-through clamp: the value is clamped, the gradient passes everywhere,
+            # so a pixel on the wrong side of the range is still pulled back.
+            return y + (y.clamp(0.0, 1.0) - y).detach()
+        return y.clamp_(0.0, 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,43 @@ def test_model_any_size_and_hparams_rebuild() -> None:
     y = model(torch.rand(1, 1, 37, 53))
     assert y.shape == (1, 1, 37, 53)
     assert ScanUNet(**model.hparams).hparams == model.hparams
+
+
+def test_init_copies_weights_and_refuses_another_network(tmp_path: Path) -> None:
+    from pipeline.train.scan_denoiser import TrainConfig, build_model
+
+    torch.manual_seed(0)
+    plain = ScanUNet(base=4, levels=2, convs=1)
+    # A trained-looking head: the zero-initialised one would hide weights left uncopied.
+    torch.nn.init.normal_(plain.head.weight, std=0.3)
+    ScanDenoiser(plain).save_pretrained(tmp_path / "plain")
+    cfg = TrainConfig(base=4, levels=2, convs=1, init=tmp_path / "plain")
+    x = torch.rand(2, 1, 29, 35, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert torch.equal(build_model(cfg).eval()(x), plain.eval()(x))
+    clamped = build_model(cfg.model_copy(update=dict(output="clamp")))
+    assert clamped.output == "clamp" and torch.equal(clamped.head.weight, plain.head.weight)
+    with pytest.raises(ValueError, match="does not match"):
+        build_model(TrainConfig(base=8, levels=2, convs=1, init=tmp_path / "plain"))
+
+
+def test_clamp_output_range_and_straight_through_gradient() -> None:
+    torch.manual_seed(0)
+    model = ScanUNet(base=4, levels=2, convs=1, output="clamp")
+    assert model.hparams["output"] == "clamp"
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    # Pure black ink in, the untrained contrast stretch overshoots below 0 and is clamped.
+    x[..., :4, :] = 0.0
+    y = model(x)
+    assert float(y.detach().min()) == 0.0 and float(y.detach().max()) <= 1.0
+    # A target above a clamped pixel still pulls it up: the gradient is not cut at the clamp.
+    loss = (y[..., :4, :] - 1.0).pow(2).mean()
+    loss.backward()
+    assert float(model.skip_gain.grad) != 0.0
+    with torch.inference_mode():
+        assert torch.equal(model.eval()(x), y.detach())
+    with pytest.raises(ValueError, match="output"):
+        ScanUNet(output="tanh")
 
 
 def test_tiling_matches_untiled_on_smooth_page() -> None:
@@ -152,12 +190,33 @@ def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
     mod.SYNTH_VAL_PAGES = [(0, 64, 64, 100)]
     try:
         out = train(cfg, tmp_path / "w")
+        # Fine-tuning with a clamped output from those weights records where it started.
+        tuned_cfg = cfg.model_copy(update=dict(init=out, output="clamp", command="tune"))
+        tuned = train(tuned_cfg, tmp_path / "tuned")
     finally:
         mod.SYNTH_VAL_PAGES = saved
     stage = ScanDenoiser.from_pretrained(out)
     y = stage(ImageBatch(torch.rand(1, 1, 33, 41)))
     assert y.images.shape == (1, 1, 33, 41)
     assert (out / "MODEL_CARD.md").is_file()
+    config = json.loads((tuned / "config.json").read_text())
+    source = json.loads((out / "config.json").read_text())
+    assert config["model_kwargs"]["output"] == "clamp"
+    assert config["training"]["init"]["sha256"] == source["sha256"]
+    card = (tuned / "MODEL_CARD.md").read_text()
+    assert "Command 1" in card and "Command 2, this run: `tune`" in card
+    assert ScanDenoiser.from_pretrained(tuned).model.output == "clamp"
+
+
+def test_init_refuses_a_source_trained_on_validation_pages(tmp_path: Path) -> None:
+    from pipeline.train.scan_denoiser import init_record
+
+    ScanDenoiser.tiny(0).save_pretrained(
+        tmp_path / "w", training=dict(data=dict(ddd_train_names=["2", "5"], ddd_val_names=["3"]))
+    )
+    assert init_record(tmp_path / "w", ["3"])["sha256"]
+    with pytest.raises(ValueError, match="holds out"):
+        init_record(tmp_path / "w", ["5"])
 
 
 @pytest.mark.data

@@ -30,6 +30,23 @@ def train_scan_denoiser(
     ] = "scan-unet",
     base: Annotated[int, typer.Option("--base", min=4, help="ScanUNet top-level width.")] = 16,
     levels: Annotated[int, typer.Option("--levels", min=1, max=6)] = 4,
+    convs: Annotated[
+        int, typer.Option("--convs", min=1, max=4, help="ScanUNet conv layers per level.")
+    ] = 2,
+    fold: Annotated[
+        int, typer.Option("--fold", min=1, max=4, help="ScanUNet input fold (1: full resolution).")
+    ] = 2,
+    output: Annotated[
+        str, typer.Option("--output", help="ScanUNet output: sigmoid | clamp.")
+    ] = "sigmoid",
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Start from this trained scan-denoiser weights folder (same network; "
+            "--output may differ).",
+        ),
+    ] = None,
     synthetic_fraction: Annotated[
         float,
         typer.Option("--synthetic-fraction", min=0.0, max=1.0, help="Share of synthetic patches."),
@@ -69,6 +86,10 @@ def train_scan_denoiser(
             arch=check_choice(arch, ("scan-unet", "classic"), "--arch"),  # type: ignore[arg-type]
             base=base,
             levels=levels,
+            convs=convs,
+            fold=fold,
+            output=check_choice(output, ("sigmoid", "clamp"), "--output"),  # type: ignore[arg-type]
+            init=init,
             synthetic_fraction=synthetic_fraction,
             val_groups=val_groups,
             patch=patch,

@@ -54,6 +54,12 @@ class TrainConfig(BaseModel):
     levels: int = Field(4, ge=1, le=6)
     convs: int = Field(2, ge=1, le=4)
     fold: int = Field(2, ge=1, le=4)
+    output: Literal["sigmoid", "clamp"] = Field("sigmoid", description="ScanUNet output function")
+    init: Path | None = Field(
+        None,
+        description="weights folder to start from (same network; the output function may "
+        "differ, e.g. to move a sigmoid net to the clamped output)",
+    )
     classic_channels: int = Field(64, ge=4, le=256, description="ClassicDenoisingAE width")
     synthetic_fraction: float = Field(0.5, ge=0.0, le=1.0)
     synthetic_pool: int = Field(24, ge=1, le=1000)
@@ -154,7 +160,68 @@ def build_model(cfg: TrainConfig):
         return ClassicDenoisingAE(channels=cfg.classic_channels)
     from models.scan_unet import ScanUNet
 
-    return ScanUNet(base=cfg.base, levels=cfg.levels, convs=cfg.convs, fold=cfg.fold)
+    model = ScanUNet(
+        base=cfg.base,
+        levels=cfg.levels,
+        convs=cfg.convs,
+        fold=cfg.fold,
+        output=cfg.output,
+    )
+    if cfg.init is not None:
+        _load_init(model, cfg.init)
+    return model
+
+
+def init_record(folder: Path, val_names: list[str]) -> dict[str, Any]:
+    """What a fine-tuning run records about the weights it starts from.
+
+    Recorded rather than referred to: the source may be replaced later, e.g. when the result
+    is shipped under the same name.
+
+    Args:
+        folder: the ``init`` weights folder.
+        val_names: DDD pages this run holds out for validation.
+
+    Raises:
+        ValueError: the source was trained on some of those pages (validation would leak).
+    """
+    from pipeline.weights import read_config, resolve
+
+    config = read_config(resolve(folder))
+    training = config.get("training", {})
+    seen = set(training.get("data", {}).get("ddd_train_names", []))
+    held = set(training.get("data", {}).get("ddd_val_names", []))
+    if (seen & set(val_names)) or (held and not set(val_names) <= held):
+        raise ValueError(
+            f"--init {folder}: it was trained on DDD pages this run holds out for validation; "
+            "use the same --seed and --val-groups as its training run"
+        )
+    return dict(
+        path=str(folder),
+        sha256=config["sha256"],
+        model_kwargs=config["model_kwargs"],
+        command=training.get("command"),
+        metrics=config.get("metrics"),
+        init=training.get("init"),
+    )
+
+
+def _load_init(model, folder: Path) -> None:
+    """Copy the weights of the trained scan denoiser in ``folder`` into ``model``.
+
+    Raises:
+        ValueError: the two networks do not have the same tensors.
+    """
+    from pipeline.weights import load_model
+
+    source, _ = load_model(folder, device="cpu")
+    state, mine = source.state_dict(), model.state_dict()
+    if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in mine.items()}:
+        raise ValueError(
+            f"--init {folder}: its network {getattr(source, 'hparams', {})} does not match "
+            f"this one {getattr(model, 'hparams', {})}"
+        )
+    model.load_state_dict(state)
 
 
 def page_rmse(model, pages: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -203,6 +270,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     ddd_val = [(p.dirty, p.clean) for p in val_pairs]
     syn_val = synthetic_val_pages()
 
+    init = init_record(cfg.init, [p.name for p in val_pairs]) if cfg.init else None
     model = build_model(cfg)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -278,8 +346,9 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
                     best,
                     stopped="running",
                     t_start=t_start,
-                    n_train=len(train_pairs),
+                    train_pairs=train_pairs,
                     val_pairs=val_pairs,
+                    init=init,
                 )
         if timed_out:
             stopped = "max_minutes"
@@ -308,8 +377,9 @@ def _save(
     best: dict[str, Any],
     stopped: str,
     t_start: float,
-    n_train: int,
+    train_pairs: list[DDDPair],
     val_pairs: list[DDDPair],
+    init: dict[str, Any] | None,
 ) -> None:
     from pipeline.stages.scan_denoiser import ScanDenoiser
 
@@ -320,14 +390,16 @@ def _save(
         t_start,
         data=dict(
             ddd=str(cfg.ddd) if cfg.ddd else None,
-            ddd_train_pairs=n_train,
+            ddd_train_pairs=len(train_pairs),
             ddd_val_names=[p.name for p in val_pairs],
+            ddd_train_names=[p.name for p in train_pairs],
             synthetic=f"pipeline.data.synthetic_pages (pool {cfg.synthetic_pool}, "
             f"refresh every {cfg.synthetic_refresh} steps)",
             synthetic_val_pages=SYNTH_VAL_PAGES,
             synthetic_val_seed=SYNTH_VAL_SEED,
         ),
         seed=cfg.seed,
+        init=init,
     )
     metrics = dict(
         best_step=best.get("step"),
@@ -367,10 +439,25 @@ def _save_final(
 def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> str:
     """Markdown model card: data, command, measured validation scores."""
     arch = (
-        f"ScanUNet(base={cfg.base}, levels={cfg.levels}, convs={cfg.convs}, fold={cfg.fold})"
+        f"ScanUNet(base={cfg.base}, levels={cfg.levels}, convs={cfg.convs}, fold={cfg.fold}"
+        + (f", output={cfg.output!r})" if cfg.output != "sigmoid" else ")")
         if cfg.arch == "scan-unet"
         else f"ClassicDenoisingAE(channels={cfg.classic_channels})"
     )
+    # The run this one started from, and the run before that, ...: oldest first.
+    chain: list[dict[str, Any]] = []
+    link = training.get("init")
+    while link:
+        chain.insert(0, link)
+        link = link.get("init")
+    start = "fine-tuned" if chain else "trained from scratch"
+    commands = "".join(
+        f"- Command {i + 1} (wrote `{link['path']}`, sha256 {link['sha256'][:12]}, "
+        f"its validation: DDD {(link.get('metrics') or {}).get('val_ddd_rmse')}, synthetic "
+        f"{(link.get('metrics') or {}).get('val_synthetic_rmse')}): `{link.get('command')}`\n"
+        for i, link in enumerate(chain)
+    )
+    last = f"Command {len(chain) + 1}, this run" if chain else "Command"
     data = training.get("data", {})
     return f"""# scan-denoiser
 
@@ -379,7 +466,7 @@ shadows, watermarks, specks and dark borders removed). Gray in, gray out; colour
 cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
 
 ## Model
-{arch}, trained from scratch with MSE, Adam, cosine learning rate, EMA weights.
+{arch}, {start} with MSE, Adam, cosine learning rate, EMA weights.
 
 ## Data
 - Denoising Dirty Documents (Kaggle 2015) training pairs from `{data.get("ddd")}`:
@@ -392,7 +479,7 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
   paper levels on the dirty side (p={cfg.level_aug}).
 
 ## Training
-- Command: `{training.get("command")}`
+{commands}- {last}: `{training.get("command")}`
 - Seed {cfg.seed}, {cfg.threads} CPU thread(s), stopped by {training.get("stopped")} after
   {training.get("wall_minutes")} min; best step {metrics.get("best_step")}.
 
