@@ -120,18 +120,26 @@ class ScanUNet(nn.Module):
         out = self.unfold(self.head(h))
         return out + self.skip_gain * xs if self.input_skip else out
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, C, H, W) dirty scan in [0, 1] -> (N, C, H, W) clean page in [0, 1]."""
+    def _padded_logits(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         if ph or pw:
             # Replicate (not zero) padding: zeros would read as ink at the page edge.
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        z = self.logits(x)[..., :h, :w]
+        return self.logits(x)[..., :h, :w]
+
+    def unclamped(self, x: Tensor) -> Tensor:
+        """The output of a ``clamp`` net before clamping (training losses with a margin)."""
+        if self.output != "clamp":
+            raise ValueError("unclamped() is defined for output='clamp' nets only")
+        return self._padded_logits(x) * 0.25 + 0.5
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) dirty scan in [0, 1] -> (N, C, H, W) clean page in [0, 1]."""
         if self.output == "sigmoid":
-            return z.sigmoid()
-        y = z * 0.25 + 0.5
-        if y.requires_grad:
+            return self._padded_logits(x).sigmoid()
+        y = self.unclamped(x)
+        if self.training:
             # Straight-through clamp: the value is clamped, the gradient passes everywhere,
             # so a pixel on the wrong side of the range is still pulled back.
             return y + (y.clamp(0.0, 1.0) - y).detach()

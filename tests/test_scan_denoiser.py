@@ -86,8 +86,14 @@ def test_clamp_output_range_and_straight_through_gradient() -> None:
     assert float(model.skip_gain.grad) != 0.0
     with torch.inference_mode():
         assert torch.equal(model.eval()(x), y.detach())
+    # The unclamped output is what the clamp cuts: equal inside [0, 1], beyond it outside.
+    with torch.inference_mode():
+        lin = model.unclamped(x)
+    assert torch.equal(lin.clamp(0.0, 1.0), y.detach()) and float(lin.min()) < 0.0
     with pytest.raises(ValueError, match="output"):
         ScanUNet(output="tanh")
+    with pytest.raises(ValueError, match="clamp"):
+        ScanUNet(base=4, levels=2, convs=1).unclamped(x)
 
 
 def test_tiling_matches_untiled_on_smooth_page() -> None:
@@ -191,7 +197,9 @@ def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
     try:
         out = train(cfg, tmp_path / "w")
         # Fine-tuning with a clamped output from those weights records where it started.
-        tuned_cfg = cfg.model_copy(update=dict(init=out, output="clamp", command="tune"))
+        tuned_cfg = cfg.model_copy(
+            update=dict(init=out, output="clamp", margin=0.1, command="tune")
+        )
         tuned = train(tuned_cfg, tmp_path / "tuned")
     finally:
         mod.SYNTH_VAL_PAGES = saved

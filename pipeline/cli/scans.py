@@ -39,6 +39,15 @@ def train_scan_denoiser(
     output: Annotated[
         str, typer.Option("--output", help="ScanUNet output: sigmoid | clamp.")
     ] = "sigmoid",
+    margin: Annotated[
+        float,
+        typer.Option(
+            "--margin",
+            min=0.0,
+            max=0.5,
+            help="With --output clamp: push pure paper/ink this far past the clamp in training.",
+        ),
+    ] = 0.0,
     init: Annotated[
         Path | None,
         typer.Option(
@@ -89,6 +98,7 @@ def train_scan_denoiser(
             convs=convs,
             fold=fold,
             output=check_choice(output, ("sigmoid", "clamp"), "--output"),  # type: ignore[arg-type]
+            margin=margin,
             init=init,
             synthetic_fraction=synthetic_fraction,
             val_groups=val_groups,

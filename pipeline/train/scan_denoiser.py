@@ -13,9 +13,14 @@ Both sources are augmented the same way: a random scale (the crop of side ``patc
 resized to ``patch``, so strokes are seen at several widths as at 150-600 DPI), 90-degree
 rotations and flips, and, on the dirty side only, random ink and paper levels (real scans have
 grey ink and off-white paper, which the DDD targets never show; without this the model thins
-and lightens real ink). The loss is MSE (the DDD metric is RMSE). Weights are averaged with an
-EMA; validation (full DDD pages of the held-out groups plus fixed synthetic pages) runs every
-``val_every`` steps and the best EMA weights by the sum of the two RMSEs are kept.
+and lightens real ink). The loss is MSE (the DDD metric is RMSE); for nets with the clamped
+output (``output="clamp"``) a squared hinge (``margin``) also pushes the unclamped output past
+pure paper and pure ink: without it those pixels stop getting any gradient the moment they reach
+the clamp, and the net leaves more faint specks on the paper (synthetic validation RMSE, 3,000
+fine-tuning steps: 0.0729 without, 0.0705 with margin 0.1, 0.0691 with 0.2).
+Weights are averaged with an EMA; validation (full DDD pages of the held-out groups plus fixed
+synthetic pages) runs every ``val_every`` steps and the best EMA weights by the sum of the two
+RMSEs are kept.
 Everything random derives from ``seed``; with ``max_minutes`` unset a run is reproducible.
 """
 
@@ -55,6 +60,13 @@ class TrainConfig(BaseModel):
     convs: int = Field(2, ge=1, le=4)
     fold: int = Field(2, ge=1, le=4)
     output: Literal["sigmoid", "clamp"] = Field("sigmoid", description="ScanUNet output function")
+    margin: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="clamp nets: also push the unclamped output this far past pure white "
+        "paper and pure black ink (hinge, squared)",
+    )
     init: Path | None = Field(
         None,
         description="weights folder to start from (same network; the output function may "
@@ -304,8 +316,21 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         for g in opt.param_groups:
             g["lr"] = lr_at(step - 1)
         model.train()
-        pred = model(torch.from_numpy(xb))
-        loss = torch.nn.functional.mse_loss(pred, torch.from_numpy(yb))
+        target = torch.from_numpy(yb)
+        if cfg.margin > 0 and cfg.output == "clamp":
+            lin = model.unclamped(torch.from_numpy(xb))
+            pred = lin + (lin.clamp(0.0, 1.0) - lin).detach()
+            # Once clamped, pure paper and ink give no gradient at all; a margin keeps them
+            # clear of the edge, so a small disturbance (a speck) does not show through.
+            hinge = torch.where(
+                target >= 1.0,
+                (1.0 + cfg.margin - lin).clamp_min(0.0),
+                torch.where(target <= 0.0, (lin + cfg.margin).clamp_min(0.0), 0.0),
+            )
+            loss = torch.nn.functional.mse_loss(pred, target) + hinge.square().mean()
+        else:
+            pred = model(torch.from_numpy(xb))
+            loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
