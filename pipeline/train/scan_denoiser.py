@@ -483,6 +483,11 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         for i, link in enumerate(chain)
     )
     last = f"Command {len(chain) + 1}, this run" if chain else "Command"
+    loss = (
+        f"MSE plus a squared hinge {cfg.margin} past pure paper and ink"
+        if cfg.margin > 0 and cfg.output == "clamp"
+        else "MSE"
+    )
     data = training.get("data", {})
     return f"""# scan-denoiser
 
@@ -491,7 +496,7 @@ shadows, watermarks, specks and dark borders removed). Gray in, gray out; colour
 cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
 
 ## Model
-{arch}, {start} with MSE, Adam, cosine learning rate, EMA weights.
+{arch}, {start} with {loss}, Adam, cosine learning rate, EMA weights.
 
 ## Data
 - Denoising Dirty Documents (Kaggle 2015) training pairs from `{data.get("ddd")}`:
