@@ -150,3 +150,31 @@ def test_bad_weights_exit_4_naming_the_file(tmp_path, cli_env):
     )
     assert res.returncode == 4
     assert "config.json" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_train_scan_denoiser_rejects_bad_options_early(tmp_path, tiny_scan_weights, cli_env):
+    # Each is caught before any synthetic page is rendered or weights are written: exit 2
+    # with a message, no traceback.
+    out = tmp_path / "o"
+    train = ["aepipe", "train", "scan-denoiser", "--out", str(out)]
+    res = run([*train, "--margin", "0.1"], cli_env)
+    assert res.returncode == 2, res.stderr
+    assert "--margin applies to --output clamp" in res.stderr and "Traceback" not in res.stderr
+    res = run([*train, "--ddd", str(tmp_path / "nowhere")], cli_env)
+    assert res.returncode == 2, res.stderr
+    assert "--ddd" in res.stderr and "Traceback" not in res.stderr
+    ddd = tmp_path / "ddd"
+    for sub in ("train", "train_cleaned"):
+        (ddd / sub).mkdir(parents=True)
+        for name in range(1, 9):
+            # Two clean pages (names 1-4 and 5-8), as DDD groups its noise versions.
+            page = gradient(24, 32) // (1 + (name - 1) // 4)
+            write_image(page, ddd / sub / f"{name}.png")
+    bad_init = [*train, "--ddd", str(ddd), "--init", str(tiny_scan_weights)]
+    res = run([*bad_init, "--val-groups", "5"], cli_env)
+    assert res.returncode == 2, res.stderr
+    assert "--val-groups" in res.stderr and "Traceback" not in res.stderr
+    res = run([*bad_init, "--val-groups", "1"], cli_env)
+    assert res.returncode == 2, res.stderr
+    assert "does not match" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()

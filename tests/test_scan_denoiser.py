@@ -69,6 +69,8 @@ def test_init_copies_weights_and_refuses_another_network(tmp_path: Path) -> None
     assert clamped.output == "clamp" and torch.equal(clamped.head.weight, plain.head.weight)
     with pytest.raises(ValueError, match="does not match"):
         build_model(TrainConfig(base=8, levels=2, convs=1, init=tmp_path / "plain"))
+    with pytest.raises(ValueError, match="margin"):
+        TrainConfig(margin=0.1)  # a sigmoid net: the margin would be silently ignored
 
 
 def test_clamp_output_range_and_straight_through_gradient() -> None:

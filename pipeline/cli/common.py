@@ -127,6 +127,16 @@ def cli_errors() -> Iterator[None]:
         fail(str(exc), ExitCode.MODEL_ERROR)
     except AepipeError as exc:
         fail(str(exc), ExitCode.SOME_FAILED)
+    except Exception as exc:
+        # pydantic is imported lazily (``--help`` stays fast), so its error is matched here:
+        # settings built from several options at once (a training run's config) that clash.
+        from pydantic import ValidationError
+
+        from pipeline.stage import format_validation_error
+
+        if isinstance(exc, ValidationError):
+            fail(format_validation_error(exc, "options", sep=": "), ExitCode.BAD_ARGS)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

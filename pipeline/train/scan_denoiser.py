@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.data.ddd import DDDPair, load_pairs, split_by_group
 
@@ -95,6 +95,12 @@ class TrainConfig(BaseModel):
         gt=0.0,
         description="wall-clock cap (a safety net; runs cut by it are not reproducible)",
     )
+
+    @model_validator(mode="after")
+    def _margin_needs_clamp(self) -> TrainConfig:
+        if self.margin > 0 and (self.output != "clamp" or self.arch != "scan-unet"):
+            raise ValueError("--margin applies to --output clamp ScanUNet nets only")
+        return self
 
 
 # ---- patches --------------------------------------------------------------------------------
@@ -195,8 +201,9 @@ def init_record(folder: Path, val_names: list[str]) -> dict[str, Any]:
         val_names: DDD pages this run holds out for validation.
 
     Raises:
-        ValueError: the source was trained on some of those pages (validation would leak).
+        ConfigError: the source was trained on some of those pages (validation would leak).
     """
+    from pipeline.errors import ConfigError
     from pipeline.weights import read_config, resolve
 
     config = read_config(resolve(folder))
@@ -204,7 +211,7 @@ def init_record(folder: Path, val_names: list[str]) -> dict[str, Any]:
     seen = set(training.get("data", {}).get("ddd_train_names", []))
     held = set(training.get("data", {}).get("ddd_val_names", []))
     if (seen & set(val_names)) or (held and not set(val_names) <= held):
-        raise ValueError(
+        raise ConfigError(
             f"--init {folder}: it was trained on DDD pages this run holds out for validation; "
             "use the same --seed and --val-groups as its training run"
         )
@@ -222,14 +229,15 @@ def _load_init(model, folder: Path) -> None:
     """Copy the weights of the trained scan denoiser in ``folder`` into ``model``.
 
     Raises:
-        ValueError: the two networks do not have the same tensors.
+        ConfigError: the two networks do not have the same tensors.
     """
+    from pipeline.errors import ConfigError
     from pipeline.weights import load_model
 
     source, _ = load_model(folder, device="cpu")
     state, mine = source.state_dict(), model.state_dict()
     if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in mine.items()}:
-        raise ValueError(
+        raise ConfigError(
             f"--init {folder}: its network {getattr(source, 'hparams', {})} does not match "
             f"this one {getattr(model, 'hparams', {})}"
         )
@@ -267,6 +275,8 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     """
     import torch
 
+    from pipeline.errors import ConfigError
+
     say = progress or (lambda _msg: None)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -276,14 +286,23 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     train_pairs: list[DDDPair] = []
     val_pairs: list[DDDPair] = []
     if cfg.ddd is not None:
-        train_pairs, val_pairs = split_by_group(load_pairs(cfg.ddd), cfg.val_groups, cfg.seed)
+        try:
+            pairs = load_pairs(cfg.ddd)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"--ddd: {exc}") from None
+        try:
+            train_pairs, val_pairs = split_by_group(pairs, cfg.val_groups, cfg.seed)
+        except ValueError as exc:
+            raise ConfigError(f"--val-groups: {exc}") from None
+    # Before the slow part (rendering synthetic pages), so a wrong --init fails at once. The
+    # pool draws from numpy generators only, so the order leaves the torch stream unchanged.
+    init = init_record(cfg.init, [p.name for p in val_pairs]) if cfg.init else None
+    model = build_model(cfg)
     synth_frac = cfg.synthetic_fraction if train_pairs else 1.0
     pool = _SyntheticPool(cfg.synthetic_pool, cfg.seed) if synth_frac > 0 else None
     ddd_val = [(p.dirty, p.clean) for p in val_pairs]
     syn_val = synthetic_val_pages()
 
-    init = init_record(cfg.init, [p.name for p in val_pairs]) if cfg.init else None
-    model = build_model(cfg)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
