@@ -1023,7 +1023,9 @@ def test_command_stopped_by_sigterm_or_sigint_exits_130_cleanly(tmp_path, tiny_w
     runs = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         root = tmp_path / sig.name
-        sizes = make_pages(root / "in", 30, 150, 200)
+        # Enough work that the signal lands mid-job even when the machine is busy (30 small
+        # pages once finished in 0.9 s, before the polling loop saw the first output).
+        sizes = make_pages(root / "in", 120, 300, 400)
         cmd = job_command(name, root / "in", root / "o", weights, root / "r.json")
         runs[sig] = (root, sizes, start(cmd, cli_env))
     pending = dict(runs)
@@ -1044,7 +1046,7 @@ def test_command_stopped_by_sigterm_or_sigint_exits_130_cleanly(tmp_path, tiny_w
         check_outputs_complete(root / "o", sizes)
         assert not [p for p in (root / "o").iterdir() if p.name.startswith(TEMP_PREFIX)]
         data = json.loads((root / "r.json").read_text())
-        assert data["summary"]["interrupted"] and len(data["files"]) == 30
+        assert data["summary"]["interrupted"] and len(data["files"]) == 120
         assert {f["status"] for f in data["files"]} <= {"ok", "pending"}
 
 
