@@ -139,8 +139,12 @@ class ScanUNet(nn.Module):
         if self.output == "sigmoid":
             return self._padded_logits(x).sigmoid()
         y = self.unclamped(x)
-        if self.training:
-            # Straight-through clamp: the value is clamped, the gradient passes everywhere,
-            # so a pixel on the wrong side of the range is still pulled back.
-            return y + (y.clamp(0.0, 1.0) - y).detach()
-        return y.clamp_(0.0, 1.0)
+        return clamp_through(y) if self.training else y.clamp_(0.0, 1.0)
+
+
+def clamp_through(y: Tensor) -> Tensor:
+    """``y`` clamped to [0, 1] with the gradient of the identity (straight-through).
+
+    A pixel on the wrong side of the range is still pulled back by the loss.
+    """
+    return y + (y.clamp(0.0, 1.0) - y).detach()

@@ -275,6 +275,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     """
     import torch
 
+    from models.scan_unet import clamp_through
     from pipeline.errors import ConfigError
 
     say = progress or (lambda _msg: None)
@@ -336,9 +337,9 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
             g["lr"] = lr_at(step - 1)
         model.train()
         target = torch.from_numpy(yb)
-        if cfg.margin > 0 and cfg.output == "clamp":
+        if cfg.margin > 0:  # a clamp net (the config checks it)
             lin = model.unclamped(torch.from_numpy(xb))
-            pred = lin + (lin.clamp(0.0, 1.0) - lin).detach()
+            pred = clamp_through(lin)
             # Once clamped, pure paper and ink give no gradient at all; a margin keeps them
             # clear of the edge, so a small disturbance (a speck) does not show through.
             hinge = torch.where(
@@ -504,7 +505,7 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
     last = f"Command {len(chain) + 1}, this run" if chain else "Command"
     loss = (
         f"MSE plus a squared hinge {cfg.margin} past pure paper and ink"
-        if cfg.margin > 0 and cfg.output == "clamp"
+        if cfg.margin > 0
         else "MSE"
     )
     data = training.get("data", {})
