@@ -73,6 +73,39 @@ def test_init_copies_weights_and_refuses_another_network(tmp_path: Path) -> None
         TrainConfig(margin=0.1)  # a sigmoid net: the margin would be silently ignored
 
 
+def test_refine_starts_as_its_source_then_learns(tmp_path: Path) -> None:
+    """--init into a --refine net: same output at first, the new layers train, rebuilds."""
+    from pipeline.train.scan_denoiser import TrainConfig, build_model
+
+    torch.manual_seed(0)
+    plain = ScanUNet(base=4, levels=2, convs=1, output="clamp")
+    torch.nn.init.normal_(plain.head.weight, std=0.3)
+    ScanDenoiser(plain).save_pretrained(tmp_path / "plain")
+    cfg = TrainConfig(base=4, levels=2, convs=1, output="clamp", refine=3, init=tmp_path / "plain")
+    refined = build_model(cfg)
+    assert refined.hparams["refine"] == 3
+    x = torch.rand(2, 1, 29, 35, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert torch.equal(refined.eval()(x), plain.eval()(x))
+    # One optimiser step moves the correction (its last layer starts at zero, not frozen).
+    refined.train()
+    opt = torch.optim.SGD(refined.parameters(), lr=0.1)
+    (refined.unclamped(x) - 0.3).pow(2).mean().backward()
+    opt.step()
+    assert float(refined.refine_mlp[-1].weight.detach().abs().sum()) > 0.0
+    with torch.inference_mode():
+        assert not torch.equal(refined.eval()(x), plain.eval()(x))
+    ScanDenoiser(refined).save_pretrained(tmp_path / "refined")
+    loaded = ScanDenoiser.from_pretrained(tmp_path / "refined").model
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), refined(x))
+    # Only the correction may be new: a refine net cannot seed a plain one, nor another width.
+    with pytest.raises(ValueError, match="does not match"):
+        build_model(TrainConfig(base=4, levels=2, convs=1, init=tmp_path / "refined"))
+    with pytest.raises(ValueError, match="does not match"):
+        build_model(cfg.model_copy(update=dict(base=8)))
+
+
 def test_clamp_output_range_and_straight_through_gradient() -> None:
     torch.manual_seed(0)
     model = ScanUNet(base=4, levels=2, convs=1, output="clamp")

@@ -39,6 +39,15 @@ def train_scan_denoiser(
     output: Annotated[
         str, typer.Option("--output", help="ScanUNet output: sigmoid | clamp.")
     ] = "sigmoid",
+    refine: Annotated[
+        int,
+        typer.Option(
+            "--refine",
+            min=0,
+            max=32,
+            help="ScanUNet: features of a full-resolution per-pixel correction (0: none).",
+        ),
+    ] = 0,
     margin: Annotated[
         float,
         typer.Option(
@@ -52,8 +61,8 @@ def train_scan_denoiser(
         Path | None,
         typer.Option(
             "--init",
-            help="Start from this trained scan-denoiser weights folder (same network; "
-            "--output may differ).",
+            help="Start from this trained scan-denoiser weights folder (same network, or the "
+            "same with --refine added; --output may differ).",
         ),
     ] = None,
     synthetic_fraction: Annotated[
@@ -98,6 +107,7 @@ def train_scan_denoiser(
             convs=convs,
             fold=fold,
             output=check_choice(output, ("sigmoid", "clamp"), "--output"),  # type: ignore[arg-type]
+            refine=refine,
             margin=margin,
             init=init,
             synthetic_fraction=synthetic_fraction,

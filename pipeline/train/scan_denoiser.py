@@ -60,6 +60,9 @@ class TrainConfig(BaseModel):
     convs: int = Field(2, ge=1, le=4)
     fold: int = Field(2, ge=1, le=4)
     output: Literal["sigmoid", "clamp"] = Field("sigmoid", description="ScanUNet output function")
+    refine: int = Field(
+        0, ge=0, le=32, description="ScanUNet full-resolution per-pixel correction features"
+    )
     margin: float = Field(
         0.0,
         ge=0.0,
@@ -69,8 +72,9 @@ class TrainConfig(BaseModel):
     )
     init: Path | None = Field(
         None,
-        description="weights folder to start from (same network; the output function may "
-        "differ, e.g. to move a sigmoid net to the clamped output)",
+        description="weights folder to start from (same network, or the same plus the "
+        "per-pixel correction; the output function may differ, e.g. to move a sigmoid net to "
+        "the clamped output)",
     )
     classic_channels: int = Field(64, ge=4, le=256, description="ClassicDenoisingAE width")
     synthetic_fraction: float = Field(0.5, ge=0.0, le=1.0)
@@ -184,6 +188,7 @@ def build_model(cfg: TrainConfig):
         convs=cfg.convs,
         fold=cfg.fold,
         output=cfg.output,
+        refine=cfg.refine,
     )
     if cfg.init is not None:
         _load_init(model, cfg.init)
@@ -228,20 +233,25 @@ def init_record(folder: Path, val_names: list[str]) -> dict[str, Any]:
 def _load_init(model, folder: Path) -> None:
     """Copy the weights of the trained scan denoiser in ``folder`` into ``model``.
 
+    ``model`` may add the per-pixel correction (``refine``) to the source's network: its new
+    layers keep their initialisation, which leaves the output unchanged at the start.
+
     Raises:
-        ConfigError: the two networks do not have the same tensors.
+        ConfigError: the two networks differ otherwise.
     """
     from pipeline.errors import ConfigError
     from pipeline.weights import load_model
 
     source, _ = load_model(folder, device="cpu")
     state, mine = source.state_dict(), model.state_dict()
-    if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in mine.items()}:
+    shapes = {k: v.shape for k, v in state.items()}
+    shared = {k: v.shape for k, v in mine.items() if k in shapes or not k.startswith("refine_")}
+    if shapes != shared:
         raise ConfigError(
             f"--init {folder}: its network {getattr(source, 'hparams', {})} does not match "
             f"this one {getattr(model, 'hparams', {})}"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)
 
 
 def page_rmse(model, pages: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -485,7 +495,8 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
     """Markdown model card: data, command, measured validation scores."""
     arch = (
         f"ScanUNet(base={cfg.base}, levels={cfg.levels}, convs={cfg.convs}, fold={cfg.fold}"
-        + (f", output={cfg.output!r})" if cfg.output != "sigmoid" else ")")
+        + (f", output={cfg.output!r}" if cfg.output != "sigmoid" else "")
+        + (f", refine={cfg.refine})" if cfg.refine else ")")
         if cfg.arch == "scan-unet"
         else f"ClassicDenoisingAE(channels={cfg.classic_channels})"
     )
