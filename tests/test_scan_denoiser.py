@@ -190,6 +190,26 @@ def test_tile_starts_cover_with_overlap() -> None:
     assert w[0] < 0.01 and w[-1] == 1.0 and torch.all(w[1:16] >= w[:15])
 
 
+def test_scale_prob_zero_keeps_native_pixels() -> None:
+    """--scale-prob 0: patches are crops of the page (no interpolated values); 1: resampled."""
+    from pipeline.train.scan_denoiser import TrainConfig, _crop_pair
+
+    rng = np.random.default_rng(0)
+    dirty = rng.integers(0, 256, (200, 240), dtype=np.uint8)
+    clean = np.where(rng.random((200, 240)) < 0.3, 0, 255).astype(np.uint8)
+
+    def on_grid(a: np.ndarray) -> bool:
+        return bool(np.allclose(a * 255.0, np.round(a * 255.0), atol=1e-3))
+
+    native = TrainConfig(patch=64, scale_lo=1.3, scale_hi=1.5, scale_prob=0.0, level_aug=0.0)
+    for _ in range(5):
+        d, c = _crop_pair(dirty, clean, rng, native)
+        assert d.shape == c.shape == (64, 64) and on_grid(d) and on_grid(c)
+    resampled = native.model_copy(update=dict(scale_prob=1.0))
+    d, c = _crop_pair(dirty, clean, rng, resampled)
+    assert d.shape == (64, 64) and not on_grid(d) and not on_grid(c)
+
+
 def test_ddd_split_keeps_page_groups(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     (tmp_path / "train").mkdir()

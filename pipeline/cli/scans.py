@@ -79,6 +79,15 @@ def train_scan_denoiser(
     scale_hi: Annotated[
         float, typer.Option("--scale-hi", min=0.01, help="Random crop side / patch, high end.")
     ] = 1.6,
+    scale_prob: Annotated[
+        float,
+        typer.Option(
+            "--scale-prob",
+            min=0.0,
+            max=1.0,
+            help="Chance that a patch is resampled by a random scale (else native pixels).",
+        ),
+    ] = 1.0,
     level_aug: Annotated[
         float,
         typer.Option(
@@ -115,6 +124,7 @@ def train_scan_denoiser(
             patch=patch,
             scale_lo=scale_lo,
             scale_hi=scale_hi,
+            scale_prob=scale_prob,
             level_aug=level_aug,
             batch_size=batch_size,
             max_steps=max_steps,

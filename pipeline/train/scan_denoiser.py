@@ -84,6 +84,13 @@ class TrainConfig(BaseModel):
     patch: int = Field(128, ge=16, le=1024)
     scale_lo: float = Field(0.6, gt=0.0, le=4.0, description="crop side / patch, low end")
     scale_hi: float = Field(1.6, gt=0.0, le=4.0)
+    scale_prob: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="P(a patch is resampled by a random scale); the rest keep the page's own "
+        "pixels, whose fine edge and noise structure resampling smooths away",
+    )
     level_aug: float = Field(0.5, ge=0.0, le=1.0, description="P(random ink/paper levels)")
     batch_size: int = Field(12, ge=1, le=512)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
@@ -116,7 +123,9 @@ def _crop_pair(
     """One augmented (dirty, clean) float32 (P, P) patch from uint8 pages."""
     p = cfg.patch
     h, w = clean.shape
-    s = math.exp(rng.uniform(math.log(cfg.scale_lo), math.log(cfg.scale_hi)))
+    # At scale_prob 1 no extra number is drawn: runs from before the option replay exactly.
+    rescale = cfg.scale_prob >= 1.0 or rng.random() < cfg.scale_prob
+    s = math.exp(rng.uniform(math.log(cfg.scale_lo), math.log(cfg.scale_hi))) if rescale else 1.0
     c = max(8, min(round(p * s), h, w))
     for _ in range(4):
         y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
