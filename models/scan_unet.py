@@ -14,16 +14,18 @@ levels too light on average, and fine-tuning it with the clamped output took its
 validation RMSE from 0.0355 to 0.030 in 1,000 steps. The clamp passes the gradient straight
 through in training, so a pixel on the wrong side of the range is still pulled back.
 
-``refine=K`` adds a correction at full resolution: the head also emits ``K`` feature maps per
-output pixel, and a two-layer conv net (``refine_kernel`` x ``refine_kernel``, then 1x1) maps
-them, the input pixels and the U-Net's logits to a residual on the logit. Why: the folded head
-predicts the four pixels of a 2x2 block from shared half-resolution features plus a linear
-input skip, and most of the remaining DDD error sits on stroke edges. Fitted on the DDD
-training pages by least squares, without retraining the net, a correction linear in the
-output and input at each pixel took the validation RMSE of the 0.0294 net to 0.0279, one that
-also sees their 3x3 neighbourhoods to 0.0252. The last layer starts at zero, so a ``refine``
-net initialised from a trained net without it computes the same output until fine-tuning
-moves it.
+``refine=H`` adds a correction at full resolution, a residual on the logit computed by
+``conv1x1(relu(a + b))``: ``a`` is a 3x3 conv (H channels) over the U-Net's logits and the
+input pixels, ``b`` a 1x1 projection of the top-level features unfolded to full resolution,
+which tells the correction where to apply (a DDD stroke edge, a noisy synthetic page, ...).
+Why: the folded head predicts the four pixels of a 2x2 block from shared half-resolution
+features plus a linear input skip, and most of the remaining DDD error sits on stroke edges.
+Fitted on the DDD training pages by least squares, without retraining the net, a correction
+linear in the output and the input at each pixel took the 0.0294 net's DDD validation RMSE to
+0.0279, one that also sees their 3x3 neighbourhoods to 0.0252 (but made synthetic pages worse,
+0.0674 -> 0.0849: where to apply it has to be learnt). The last layer starts at zero, so a
+``refine`` net initialised from a trained net without it computes the same output until
+fine-tuning moves it.
 """
 
 from __future__ import annotations
@@ -55,10 +57,8 @@ class ScanUNet(nn.Module):
             of its input rather than a constant, so training starts with useful gradients on
             the ink instead of first collapsing to an all-white page.
         output: ``"sigmoid"`` or ``"clamp"`` (see the module docstring).
-        refine: feature maps per pixel for the full-resolution pointwise correction
-            (0: none; see the module docstring).
-        refine_hidden: width of that correction's hidden layer.
-        refine_kernel: kernel size of its first layer (1: per pixel; 3: 3x3 neighbourhood).
+        refine: hidden width of the full-resolution correction (0: none; see the module
+            docstring).
 
     Input and output: (N, C, H, W) in [0, 1], any H, W >= 1 (padded internally by
     replication to a multiple of ``fold * 2**(levels-1)`` and cropped back).
@@ -74,14 +74,12 @@ class ScanUNet(nn.Module):
         input_skip: bool = True,
         output: str = "sigmoid",
         refine: int = 0,
-        refine_hidden: int = 8,
-        refine_kernel: int = 3,
     ) -> None:
         super().__init__()
         if levels < 1 or fold < 1 or convs < 1:
             raise ValueError("levels, convs and fold must be >= 1")
-        if refine < 0 or refine_hidden < 1 or refine_kernel not in (1, 3):
-            raise ValueError("refine must be >= 0, refine_hidden >= 1, refine_kernel 1 or 3")
+        if refine < 0:
+            raise ValueError("refine must be >= 0")
         self.hparams = dict(
             in_channels=in_channels,
             base=base,
@@ -96,9 +94,7 @@ class ScanUNet(nn.Module):
         if output != "sigmoid":
             self.hparams["output"] = output
         if refine:
-            self.hparams.update(
-                refine=refine, refine_hidden=refine_hidden, refine_kernel=refine_kernel
-            )
+            self.hparams["refine"] = refine
         self.output = output
         self.fold = fold
         self.multiple = fold * 2 ** (levels - 1)
@@ -128,22 +124,15 @@ class ScanUNet(nn.Module):
             nn.init.zeros_(self.head.bias)
         self.refine = refine
         if refine:
-            self.refine_head = nn.Conv2d(base, folded * refine, 1)
-            # Input: the K feature maps, the U-Net logit and the (scaled) input pixel. Zero
-            # padding is harmless here: the correction is a residual on the replicate-padded
-            # U-Net's output and trains on patch borders too.
-            self.refine_mlp = nn.Sequential(
-                nn.Conv2d(
-                    (refine + 2) * in_channels,
-                    refine_hidden,
-                    refine_kernel,
-                    padding=refine_kernel // 2,
-                ),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(refine_hidden, in_channels, 1),
-            )
-            nn.init.zeros_(self.refine_mlp[-1].weight)
-            nn.init.zeros_(self.refine_mlp[-1].bias)
+            # Unfolded, ``refine_head``'s half-resolution output gives each full-resolution
+            # pixel its own H values (one per pixel phase).
+            self.refine_head = nn.Conv2d(base, fold * fold * refine, 1)
+            # Zero padding is harmless: the correction is a residual on the U-Net's output and
+            # is trained on patch borders too.
+            self.refine_local = nn.Conv2d(2 * in_channels, refine, 3, padding=1, bias=False)
+            self.refine_out = nn.Conv2d(refine, in_channels, 1)
+            nn.init.zeros_(self.refine_out.weight)
+            nn.init.zeros_(self.refine_out.bias)
         self.unfold = nn.PixelShuffle(fold) if fold > 1 else nn.Identity()
         self.fold_in = nn.PixelUnshuffle(fold) if fold > 1 else nn.Identity()
 
@@ -162,8 +151,8 @@ class ScanUNet(nn.Module):
         out = self.unfold(self.head(h))
         out = out + self.skip_gain * xs if self.input_skip else out
         if self.refine:
-            feats = self.unfold(self.refine_head(h))
-            out = out + self.refine_mlp(torch.cat([feats, out, xs], dim=1))
+            a = self.refine_local(torch.cat([out, xs], dim=1))
+            out = out + self.refine_out(F.relu(a + self.unfold(self.refine_head(h))))
         return out
 
     def _padded_logits(self, x: Tensor) -> Tensor:

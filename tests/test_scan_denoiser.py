@@ -92,7 +92,7 @@ def test_refine_starts_as_its_source_then_learns(tmp_path: Path) -> None:
     opt = torch.optim.SGD(refined.parameters(), lr=0.1)
     (refined.unclamped(x) - 0.3).pow(2).mean().backward()
     opt.step()
-    assert float(refined.refine_mlp[-1].weight.detach().abs().sum()) > 0.0
+    assert float(refined.refine_out.weight.detach().abs().sum()) > 0.0
     with torch.inference_mode():
         assert not torch.equal(refined.eval()(x), plain.eval()(x))
     ScanDenoiser(refined).save_pretrained(tmp_path / "refined")
@@ -256,6 +256,11 @@ def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
             update=dict(init=out, output="clamp", margin=0.1, command="tune")
         )
         tuned = train(tuned_cfg, tmp_path / "tuned")
+        # Then only a new correction on top of those, the rest frozen.
+        refined = train(
+            tuned_cfg.model_copy(update=dict(init=tuned, refine=4, freeze_base=True)),
+            tmp_path / "refined",
+        )
     finally:
         mod.SYNTH_VAL_PAGES = saved
     stage = ScanDenoiser.from_pretrained(out)
@@ -269,6 +274,12 @@ def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
     card = (tuned / "MODEL_CARD.md").read_text()
     assert "Command 1" in card and "Command 2, this run: `tune`" in card
     assert ScanDenoiser.from_pretrained(tuned).model.output == "clamp"
+    base_state = ScanDenoiser.from_pretrained(tuned).model.state_dict()
+    refined_state = ScanDenoiser.from_pretrained(refined).model.state_dict()
+    assert all(torch.equal(v, refined_state[k]) for k, v in base_state.items())
+    assert float(refined_state["refine_out.weight"].abs().sum()) > 0.0
+    with pytest.raises(ValueError, match="freeze-base"):
+        TrainConfig(freeze_base=True, refine=4)  # nothing to start from
 
 
 def test_init_refuses_a_source_trained_on_validation_pages(tmp_path: Path) -> None:

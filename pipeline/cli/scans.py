@@ -44,10 +44,16 @@ def train_scan_denoiser(
         typer.Option(
             "--refine",
             min=0,
-            max=32,
-            help="ScanUNet: features of a full-resolution per-pixel correction (0: none).",
+            max=64,
+            help="ScanUNet: width of a full-resolution correction on stroke edges (0: none).",
         ),
     ] = 0,
+    freeze_base: Annotated[
+        bool,
+        typer.Option(
+            "--freeze-base", help="With --refine and --init: train only the new correction."
+        ),
+    ] = False,
     margin: Annotated[
         float,
         typer.Option(
@@ -117,6 +123,7 @@ def train_scan_denoiser(
             fold=fold,
             output=check_choice(output, ("sigmoid", "clamp"), "--output"),  # type: ignore[arg-type]
             refine=refine,
+            freeze_base=freeze_base,
             margin=margin,
             init=init,
             synthetic_fraction=synthetic_fraction,

@@ -61,7 +61,10 @@ class TrainConfig(BaseModel):
     fold: int = Field(2, ge=1, le=4)
     output: Literal["sigmoid", "clamp"] = Field("sigmoid", description="ScanUNet output function")
     refine: int = Field(
-        0, ge=0, le=32, description="ScanUNet full-resolution per-pixel correction features"
+        0, ge=0, le=64, description="ScanUNet full-resolution correction width (0: none)"
+    )
+    freeze_base: bool = Field(
+        False, description="train only the correction (--refine) of an --init network"
     )
     margin: float = Field(
         0.0,
@@ -111,6 +114,8 @@ class TrainConfig(BaseModel):
     def _margin_needs_clamp(self) -> TrainConfig:
         if self.margin > 0 and (self.output != "clamp" or self.arch != "scan-unet"):
             raise ValueError("--margin applies to --output clamp ScanUNet nets only")
+        if self.freeze_base and (not self.refine or self.init is None):
+            raise ValueError("--freeze-base needs --refine and --init (it trains the correction)")
         return self
 
 
@@ -326,7 +331,12 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.freeze_base:
+        # Without gradients on the U-Net, backward stops at the correction: a fraction of the
+        # cost of a full step.
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("refine_"))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
