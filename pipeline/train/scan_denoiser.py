@@ -526,6 +526,8 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         chain.insert(0, link)
         link = link.get("init")
     start = "fine-tuned" if chain else "trained from scratch"
+    if cfg.freeze_base:
+        start = "its stroke-edge correction (`refine`) trained on top of the frozen net"
     commands = "".join(
         f"- Command {i + 1} (wrote `{link['path']}`, sha256 {link['sha256'][:12]}, "
         f"its validation: DDD {(link.get('metrics') or {}).get('val_ddd_rmse')}, synthetic "
@@ -555,8 +557,9 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
   {", ".join(data.get("ddd_val_names", []))}.
 - Synthetic degraded pages from `pipeline.data.synthetic_pages` (fraction
   {cfg.synthetic_fraction} of the patches).
-- Patches {cfg.patch} px, scale {cfg.scale_lo}-{cfg.scale_hi}, rotations/flips, random ink and
-  paper levels on the dirty side (p={cfg.level_aug}).
+- Patches {cfg.patch} px, resampled by a random scale {cfg.scale_lo}-{cfg.scale_hi} with
+  p={cfg.scale_prob} (else the page's own pixels), rotations/flips, random ink and paper levels
+  on the dirty side (p={cfg.level_aug}).
 
 ## Training
 {commands}- {last}: `{training.get("command")}`
