@@ -14,20 +14,20 @@ levels too light on average, and fine-tuning it with the clamped output took its
 validation RMSE from 0.0355 to 0.030 in 1,000 steps. The clamp passes the gradient straight
 through in training, so a pixel on the wrong side of the range is still pulled back.
 
-``refine=R`` adds a correction of the logits before they are unfolded: ``conv1x1(relu(a +
-b))`` with ``R`` hidden channels, where ``a`` is a 3x3 conv over the folded logits and input
-(so each pixel sees at least its 3x3 full-resolution neighbourhood) and ``b`` a 1x1
-projection of the top-level features, which tells the correction where to apply (a DDD
-stroke edge, a noisy synthetic page, ...). Working on the folded tensors keeps it compute-bound:
-the same correction at full resolution with 16 channels cost 57% of the stage's time.
-Why: the folded head predicts the four pixels of a 2x2 block from shared half-resolution
-features plus a linear input skip, and most of the remaining DDD error sits on stroke edges.
-Fitted on the DDD training pages by least squares, without retraining the net, a correction
-linear in the output and the input at each pixel took the 0.0294 net's DDD validation RMSE to
-0.0279, one that also sees their 3x3 neighbourhoods to 0.0252 (but made synthetic pages worse,
-0.0674 -> 0.0849: where to apply it has to be learnt). The last layer starts at zero, so a
-``refine`` net initialised from a trained net without it computes the same output until
-fine-tuning moves it.
+``refine=R`` adds a stroke-edge correction. Why: the folded head predicts the four pixels of a
+2x2 block from shared half-resolution features plus a linear input skip, and most of the
+remaining DDD error sits on stroke edges. Fitted on the DDD training pages by least squares,
+without retraining the net, a correction quadratic in the output and the input at each pixel took
+the 0.0294 net's DDD validation RMSE to 0.0279, one that also sees their 3x3 neighbourhoods to
+0.0252, but it made synthetic pages worse (0.0674 -> 0.0849; ``benchmarks/scan_edge_probe.py``):
+where to apply it has to be learnt. So the correction is ``conv1x1(relu(a + b))`` with ``R``
+hidden channels, added to the folded logits before they are unfolded: ``a`` is a 3x3 conv over
+the folded logits and input (each pixel sees at least its 3x3 full-resolution neighbourhood),
+``b`` a 1x1 projection of the top-level features, which tell where to apply it. Working on the
+folded tensors keeps it cheap (``benchmarks/scan_refine_cost.py``); the same correction at full
+resolution with 16 channels took 1.57x the stage's time in an ad-hoc timing. The last layer
+starts at zero, so a ``refine`` net initialised from a trained net without it computes the same
+output until training moves it.
 """
 
 from __future__ import annotations

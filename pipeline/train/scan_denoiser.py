@@ -529,7 +529,8 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
     if cfg.freeze_base:
         start = "its stroke-edge correction (`refine`) trained on top of the frozen net"
     commands = "".join(
-        f"- Command {i + 1} (wrote `{link['path']}`, sha256 {link['sha256'][:12]}, "
+        f"- Command {i + 1} (the next command read its weights from `{link['path']}`, sha256 "
+        f"{link['sha256'][:12]}, "
         f"its validation: DDD {(link.get('metrics') or {}).get('val_ddd_rmse')}, synthetic "
         f"{(link.get('metrics') or {}).get('val_synthetic_rmse')}): `{link.get('command')}`\n"
         for i, link in enumerate(chain)
