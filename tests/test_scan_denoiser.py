@@ -280,6 +280,8 @@ def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
     assert float(refined_state["refine_out.weight"].abs().sum()) > 0.0
     with pytest.raises(ValueError, match="freeze-base"):
         TrainConfig(freeze_base=True, refine=4)  # nothing to start from
+    with pytest.raises(ValueError, match="refine"):
+        TrainConfig(arch="classic", refine=4)  # would be silently ignored
 
 
 def test_init_refuses_a_source_trained_on_validation_pages(tmp_path: Path) -> None:

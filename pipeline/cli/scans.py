@@ -45,7 +45,7 @@ def train_scan_denoiser(
             "--refine",
             min=0,
             max=64,
-            help="ScanUNet: width of a full-resolution correction on stroke edges (0: none).",
+            help="ScanUNet: width of a stroke-edge correction on the output (0: none).",
         ),
     ] = 0,
     freeze_base: Annotated[

@@ -61,7 +61,7 @@ class TrainConfig(BaseModel):
     fold: int = Field(2, ge=1, le=4)
     output: Literal["sigmoid", "clamp"] = Field("sigmoid", description="ScanUNet output function")
     refine: int = Field(
-        0, ge=0, le=64, description="ScanUNet full-resolution correction width (0: none)"
+        0, ge=0, le=64, description="ScanUNet stroke-edge correction width (0: none)"
     )
     freeze_base: bool = Field(
         False, description="train only the correction (--refine) of an --init network"
@@ -76,7 +76,7 @@ class TrainConfig(BaseModel):
     init: Path | None = Field(
         None,
         description="weights folder to start from (same network, or the same plus the "
-        "per-pixel correction; the output function may differ, e.g. to move a sigmoid net to "
+        "stroke-edge correction; the output function may differ, e.g. to move a sigmoid net to "
         "the clamped output)",
     )
     classic_channels: int = Field(64, ge=4, le=256, description="ClassicDenoisingAE width")
@@ -111,9 +111,11 @@ class TrainConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _margin_needs_clamp(self) -> TrainConfig:
+    def _options_fit_together(self) -> TrainConfig:
         if self.margin > 0 and (self.output != "clamp" or self.arch != "scan-unet"):
             raise ValueError("--margin applies to --output clamp ScanUNet nets only")
+        if self.refine and self.arch != "scan-unet":
+            raise ValueError("--refine applies to ScanUNet nets only")
         if self.freeze_base and (not self.refine or self.init is None):
             raise ValueError("--freeze-base needs --refine and --init (it trains the correction)")
         return self
@@ -247,7 +249,7 @@ def init_record(folder: Path, val_names: list[str]) -> dict[str, Any]:
 def _load_init(model, folder: Path) -> None:
     """Copy the weights of the trained scan denoiser in ``folder`` into ``model``.
 
-    ``model`` may add the per-pixel correction (``refine``) to the source's network: its new
+    ``model`` may add the stroke-edge correction (``refine``) to the source's network: its new
     layers keep their initialisation, which leaves the output unchanged at the start.
 
     Raises:
