@@ -136,6 +136,11 @@ class ScanUNet(nn.Module):
         self.unfold = nn.PixelShuffle(fold) if fold > 1 else nn.Identity()
         self.fold_in = nn.PixelUnshuffle(fold) if fold > 1 else nn.Identity()
 
+    @staticmethod
+    def is_correction(name: str) -> bool:
+        """Whether the parameter or state-dict entry ``name`` belongs to the ``refine`` layers."""
+        return name.startswith("refine_")
+
     def logits(self, x: Tensor) -> Tensor:
         """Pre-sigmoid output for (N, C, H, W) input whose H, W divide by ``self.multiple``."""
         xs = x * 2.0 - 1.0

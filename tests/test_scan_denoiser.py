@@ -53,14 +53,20 @@ def test_model_any_size_and_hparams_rebuild() -> None:
     assert ScanUNet(**model.hparams).hparams == model.hparams
 
 
+def saved_source(folder: Path, output: str = "sigmoid") -> ScanUNet:
+    """A tiny seeded ScanUNet saved to ``folder``, for ``--init`` tests."""
+    torch.manual_seed(0)
+    net = ScanUNet(base=4, levels=2, convs=1, output=output)
+    # A trained-looking head: the zero-initialised one would hide weights left uncopied.
+    torch.nn.init.normal_(net.head.weight, std=0.3)
+    ScanDenoiser(net).save_pretrained(folder)
+    return net
+
+
 def test_init_copies_weights_and_refuses_another_network(tmp_path: Path) -> None:
     from pipeline.train.scan_denoiser import TrainConfig, build_model
 
-    torch.manual_seed(0)
-    plain = ScanUNet(base=4, levels=2, convs=1)
-    # A trained-looking head: the zero-initialised one would hide weights left uncopied.
-    torch.nn.init.normal_(plain.head.weight, std=0.3)
-    ScanDenoiser(plain).save_pretrained(tmp_path / "plain")
+    plain = saved_source(tmp_path / "plain")
     cfg = TrainConfig(base=4, levels=2, convs=1, init=tmp_path / "plain")
     x = torch.rand(2, 1, 29, 35, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
@@ -77,10 +83,7 @@ def test_refine_starts_as_its_source_then_learns(tmp_path: Path) -> None:
     """--init into a --refine net: same output at first, the new layers train, rebuilds."""
     from pipeline.train.scan_denoiser import TrainConfig, build_model
 
-    torch.manual_seed(0)
-    plain = ScanUNet(base=4, levels=2, convs=1, output="clamp")
-    torch.nn.init.normal_(plain.head.weight, std=0.3)
-    ScanDenoiser(plain).save_pretrained(tmp_path / "plain")
+    plain = saved_source(tmp_path / "plain", output="clamp")
     cfg = TrainConfig(base=4, levels=2, convs=1, output="clamp", refine=3, init=tmp_path / "plain")
     refined = build_model(cfg)
     assert refined.hparams["refine"] == 3

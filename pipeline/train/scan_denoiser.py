@@ -261,7 +261,7 @@ def _load_init(model, folder: Path) -> None:
     source, _ = load_model(folder, device="cpu")
     state, mine = source.state_dict(), model.state_dict()
     shapes = {k: v.shape for k, v in state.items()}
-    shared = {k: v.shape for k, v in mine.items() if k in shapes or not k.startswith("refine_")}
+    shared = {k: v.shape for k, v in mine.items() if k in shapes or not model.is_correction(k)}
     if shapes != shared:
         raise ConfigError(
             f"--init {folder}: its network {getattr(source, 'hparams', {})} does not match "
@@ -337,7 +337,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         # Without gradients on the U-Net, backward stops at the correction: a fraction of the
         # cost of a full step.
         for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("refine_"))
+            p.requires_grad_(model.is_correction(name))
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
 
     def lr_at(step: int) -> float:
@@ -367,9 +367,9 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         for g in opt.param_groups:
             g["lr"] = lr_at(step - 1)
         model.train()
-        target = torch.from_numpy(yb)
+        x, target = torch.from_numpy(xb), torch.from_numpy(yb)
         if cfg.margin > 0:  # a clamp net (the config checks it)
-            lin = model.unclamped(torch.from_numpy(xb))
+            lin = model.unclamped(x)
             pred = clamp_through(lin)
             # Once clamped, pure paper and ink give no gradient at all; a margin keeps them
             # clear of the edge, so a small disturbance (a speck) does not show through.
@@ -380,7 +380,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
             )
             loss = torch.nn.functional.mse_loss(pred, target) + hinge.square().mean()
         else:
-            pred = model(torch.from_numpy(xb))
+            pred = model(x)
             loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
