@@ -276,6 +276,10 @@ def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
     assert config["training"]["init"]["sha256"] == source["sha256"]
     card = (tuned / "MODEL_CARD.md").read_text()
     assert "Command 1" in card and "Command 2, this run: `tune`" in card
+    assert "random scale" in card and "random ink" in card  # the defaults augment
+    native = mod.model_card(TrainConfig(scale_prob=0, level_aug=0), {}, {})
+    assert "own pixels (no resampling)" in native
+    assert "random scale" not in native and "random ink" not in native
     assert ScanDenoiser.from_pretrained(tuned).model.output == "clamp"
     base_state = ScanDenoiser.from_pretrained(tuned).model.state_dict()
     refined_state = ScanDenoiser.from_pretrained(refined).model.state_dict()

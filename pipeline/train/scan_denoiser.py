@@ -544,6 +544,17 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         else "MSE"
     )
     data = training.get("data", {})
+    scaling = (
+        f"resampled by a random scale {cfg.scale_lo}-{cfg.scale_hi} with p={cfg.scale_prob} "
+        "(else the page's own pixels)"
+        if cfg.scale_prob > 0
+        else "at the pages' own pixels (no resampling)"
+    )
+    levels = (
+        f", random ink and paper levels on the dirty side (p={cfg.level_aug})"
+        if cfg.level_aug > 0
+        else ""
+    )
     return f"""# scan-denoiser
 
 Stage `scan-denoiser`: cleans scanned document pages (white paper, dark text; stains, creases,
@@ -560,9 +571,8 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
   {", ".join(data.get("ddd_val_names", []))}.
 - Synthetic degraded pages from `pipeline.data.synthetic_pages` (fraction
   {cfg.synthetic_fraction} of the patches).
-- Patches {cfg.patch} px, resampled by a random scale {cfg.scale_lo}-{cfg.scale_hi} with
-  p={cfg.scale_prob} (else the page's own pixels), rotations/flips, random ink and paper levels
-  on the dirty side (p={cfg.level_aug}).
+- Patches {cfg.patch} px, {scaling}, rotations/flips{levels} (this run's settings; the
+  earlier commands' are in their command lines).
 
 ## Training
 {commands}- {last}: `{training.get("command")}`
