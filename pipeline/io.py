@@ -624,6 +624,10 @@ def write_encoded_pages(
     if fmt in ("png", "jpeg"):
         if len(blobs) != 1:
             raise ValueError(f"{path}: {fmt.upper()} holds one page; got {len(blobs)}")
+        if fmt == "png":
+            # Already a PNG (zlib level 1): re-encoding it at Pillow's default level 6 took
+            # 0.42 s of an A4 page's ~4.5 s, for a file 6% smaller.
+            return atomic_write(path, lambda fh: fh.write(_png_with_dpi(blobs[0], dpis[0])))
         with Image.open(io.BytesIO(blobs[0])) as image:
             image.load()
             return write_pages([image], path, dpis=dpis)
@@ -678,6 +682,28 @@ def _write_pdf(
         return w, h, w, h
 
     img2pdf.convert(blobs, layout_fun=layout, rotation=img2pdf.Rotation.ifvalid, outputstream=fh)
+
+
+def _png_with_dpi(blob: bytes, dpi: float | None) -> bytes:
+    """``blob`` (a PNG file) with its resolution chunk (pHYs) set to ``dpi``, pixels untouched."""
+    import struct
+    import zlib
+
+    if not blob.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError("not a PNG file")
+    chunks, pos = [], 8
+    while pos < len(blob):
+        (length,) = struct.unpack(">I", blob[pos : pos + 4])
+        end = pos + 12 + length
+        if blob[pos + 4 : pos + 8] != b"pHYs":
+            chunks.append(blob[pos:end])
+        pos = end
+    if dpi:
+        ppm = int(dpi / 0.0254 + 0.5)  # pixels per metre, rounded as Pillow writes it
+        body = b"pHYs" + struct.pack(">IIB", ppm, ppm, 1)
+        phys = struct.pack(">I", 9) + body + struct.pack(">I", zlib.crc32(body))
+        chunks.insert(1, phys)  # right after IHDR, before the image data as PNG requires
+    return blob[:8] + b"".join(chunks)
 
 
 def _pdf_bytes(images: list[Any], dpis: list[float | None], sizes: list[Any]) -> bytes:

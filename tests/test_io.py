@@ -219,3 +219,22 @@ def test_write_encoded_pages_tiff_and_pdf(tmp_path):
     assert sizes[1] == pytest.approx((3.0, 12.0))
     with pytest.raises(ValueError, match="one page"):
         write_encoded_pages(blobs, tmp_path / "o.png")
+
+
+def test_write_encoded_pages_png_keeps_the_pixels_and_sets_the_dpi(tmp_path):
+    import io
+
+    from pipeline.io import write_encoded_pages
+
+    pixels = gradient(20, 30)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1, dpi=(72, 72))
+    out = write_encoded_pages([buf.getvalue()], tmp_path / "o.png", dpis=[300])
+    [page] = read_pages(out)
+    assert page.meta["dpi"] == pytest.approx(300, abs=0.01)  # PNG stores pixels per metre
+    np.testing.assert_array_equal(page.pixels[..., 0], pixels)
+    # Without a resolution the old one is dropped, not kept stale.
+    out = write_encoded_pages([buf.getvalue()], tmp_path / "n.png")
+    with Image.open(out) as image:
+        assert "dpi" not in image.info
+        np.testing.assert_array_equal(np.asarray(image), pixels)
