@@ -605,8 +605,9 @@ def write_encoded_pages(
     """Write pages already encoded as PNG into one file atomically, one page decoded at a time.
 
     This is how the runner writes long documents: a 500-page PDF's cleaned pages are kept as
-    compressed PNG, never all decoded at once. PDF embeds the PNG data as it is (no re-encoding);
-    TIFF decodes and appends one page at a time.
+    compressed PNG, never all decoded at once. PNG output is that data as it is, with its
+    resolution set, and PDF embeds it as it is (no re-encoding); TIFF decodes and appends one
+    page at a time; JPEG decodes and encodes.
 
     Args:
         blobs: one PNG file's bytes per page (mode L, RGB or 1).
