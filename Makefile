@@ -38,7 +38,7 @@ bench-deps: $(STAMP)
 	$(BIN)/python -m pip install -q tqdm filetype loguru requests click
 
 ## make train-scan-denoiser: retrain the shipped scan denoiser from scratch (needs
-## ../shared/data/ddd; about 4.5 h on 2 cores). Each run fine-tunes the one before; the shipped
+## ../shared/data/ddd; about 3.5 h on 2 cores: 195 min measured, partly shared). Each run fine-tunes the one before; the shipped
 ## weights are the last folder's (copy it to weights/scan-denoiser to ship a retrained one).
 # The settings every fine-tune after v8 shares: the correction, native pixels, no hinge.
 SCAN_TUNE := --refine 16 --output clamp --max-steps 3000 --val-every 500 \
