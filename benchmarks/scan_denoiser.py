@@ -479,95 +479,81 @@ def speed(
     procs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        exe = Path(sys.executable).parent / "clean-scans"
-        cmd = [
-            str(exe),
-            str(page_path),
-            "--out",
-            tmp,
-            "--device",
-            "cpu",
-            "--overwrite",
-            "--quiet",
-            "--model",
-            weights,
-        ]
-        t = time.perf_counter()
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - t
+        ours = _clean_scans_cmd(page_path, Path(tmp), weights)
         procs.append(
-            dict(
-                program="clean-scans (aepipe, whole process)",
-                seconds=round(wall, 2),
-                mpx_s=round(mpx / wall, 2),
-                rc=res.returncode,
-                command=" ".join([*cmd[:1], "page.png", "--out", "DIR", *cmd[4:]]),
+            _timed_processes(
+                "clean-scans (aepipe, whole process)",
+                [ours],
+                env,
+                mpx,
+                command=" ".join([*ours[:1], "page.png", "--out", "DIR", *ours[4:]]),
             )
         )
         pgm = Path(tmp) / "page.pgm"
         from PIL import Image
 
         Image.fromarray(page).save(pgm)
-        cmd = ["unpaper", "--dpi", "300", *UNPAPER_ARGS, str(pgm), str(Path(tmp) / "o.pgm")]
-        t = time.perf_counter()
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t
         procs.append(
-            dict(
-                program="unpaper 7 (OCRmyPDF args, whole process)",
-                seconds=round(wall, 2),
-                mpx_s=round(mpx / wall, 2),
-                rc=res.returncode,
+            _timed_processes(
+                "unpaper 7 (OCRmyPDF args, whole process)",
+                [_unpaper_cmd(pgm, Path(tmp) / "o.pgm")],
+                None,
+                mpx,
                 command="unpaper --dpi 300 " + " ".join(UNPAPER_ARGS),
             )
         )
         if pages > 1:
-            procs += _page_set_runs(cmd, weights, page_path, Path(tmp), env, pages, mpx)
+            # A folder of copies of the page: one clean-scans process for the folder, one
+            # unpaper process per page (as OCRmyPDF runs it; a new output file each time, since
+            # unpaper refuses to overwrite one).
+            folder = Path(tmp) / "set"
+            folder.mkdir()
+            for i in range(pages):
+                shutil.copy(page_path, folder / f"page{i}.png")
+            procs.append(
+                _timed_processes(
+                    f"clean-scans on {pages} such pages (one process for the folder)",
+                    [_clean_scans_cmd(folder, Path(tmp) / "set-out", weights)],
+                    env,
+                    pages * mpx,
+                )
+            )
+            procs.append(
+                _timed_processes(
+                    f"unpaper on the same {pages} pages (one process per page, as OCRmyPDF)",
+                    [_unpaper_cmd(pgm, Path(tmp) / f"set-o{i}.pgm") for i in range(pages)],
+                    None,
+                    pages * mpx,
+                )
+            )
     return rows, procs
 
 
-def _page_set_runs(
-    unpaper_cmd: list[str],
-    weights: str,
-    page_path: Path,
-    tmp: Path,
-    env: dict[str, str],
-    pages: int,
-    mpx: float,
-) -> list[dict]:
-    """Whole-process time for a folder of ``pages`` copies of the page: one ``clean-scans``
-    process for the folder, one unpaper process per page (as OCRmyPDF runs it)."""
-    folder, out = tmp / "set", tmp / "set-out"
-    folder.mkdir()
-    for i in range(pages):
-        shutil.copy(page_path, folder / f"page{i}.png")
+def _clean_scans_cmd(src: Path, out: Path, weights: str) -> list[str]:
     exe = Path(sys.executable).parent / "clean-scans"
-    cmd = [str(exe), str(folder), "--out", str(out), "--device", "cpu", "--overwrite"]
-    cmd += ["--quiet", "--model", weights]
+    flags = ["--device", "cpu", "--overwrite", "--quiet", "--model", weights]
+    return [str(exe), str(src), "--out", str(out), *flags]
+
+
+def _unpaper_cmd(src: Path, out: Path) -> list[str]:
+    return ["unpaper", "--dpi", "300", *UNPAPER_ARGS, str(src), str(out)]
+
+
+def _timed_processes(
+    program: str,
+    cmds: list[list[str]],
+    env: dict[str, str] | None,
+    mpx: float,
+    command: str | None = None,
+) -> dict:
+    """Run ``cmds`` one after another; their total wall time and worst exit code as a row."""
     t = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    ours = time.perf_counter() - t
-    rcs = []
-    t = time.perf_counter()
-    for i in range(pages):
-        # A new output file each time: unpaper refuses to overwrite one.
-        one = [*unpaper_cmd[:-1], str(tmp / f"set-o{i}.pgm")]
-        rcs.append(subprocess.run(one, capture_output=True, text=True).returncode)
-    theirs = time.perf_counter() - t
-    return [
-        dict(
-            program=f"clean-scans on {pages} such pages (one process for the folder)",
-            seconds=round(ours, 2),
-            mpx_s=round(pages * mpx / ours, 2),
-            rc=res.returncode,
-        ),
-        dict(
-            program=f"unpaper on the same {pages} pages (one process per page, as OCRmyPDF)",
-            seconds=round(theirs, 2),
-            mpx_s=round(pages * mpx / theirs, 2),
-            rc=max(rcs),
-        ),
-    ]
+    rcs = [subprocess.run(c, env=env, capture_output=True, text=True).returncode for c in cmds]
+    wall = time.perf_counter() - t
+    row = dict(program=program, seconds=round(wall, 2), mpx_s=round(mpx / wall, 2), rc=max(rcs))
+    if command is not None:
+        row["command"] = command
+    return row
 
 
 # ---- main -----------------------------------------------------------------------------------

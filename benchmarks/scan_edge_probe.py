@@ -52,6 +52,7 @@ def main() -> None:
 
     import torch
 
+    from pipeline.batch import ImageBatch
     from pipeline.data.ddd import load_pairs
     from pipeline.train.scan_denoiser import synthetic_val_pages
     from pipeline.weights import load_model
@@ -67,7 +68,7 @@ def main() -> None:
         out = []
         with torch.inference_mode():
             for dirty, clean in pages:
-                x = torch.from_numpy(dirty.astype(np.float32) / 255.0)[None, None]
+                x = ImageBatch.from_numpy(dirty).images
                 z = model.unclamped(x)[0, 0].numpy().astype(np.float64)
                 out.append((z, dirty / 255.0, clean / 255.0))
         return out
