@@ -27,7 +27,7 @@ def run(
     concurrency: int = 1,
     generator: str = "face-vae",
     colorizer: str | None = "colorizer",
-    temperature: float = 1.0,
+    temperature: float | None = None,
     grid: str | Path | None = None,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--colorizer", default="colorizer", help="weights, or 'none' for gray faces"
     )
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="default: the weights' (1.2 for face-vae)"
+    )
     parser.add_argument("--grid", default=None, help="also write a contact sheet here")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")

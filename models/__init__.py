@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
+# ITU-R BT.601 luma weights: the gray that the colorizer must preserve and that every gray
+# conversion in the project uses (``pipeline.batch`` re-exports them), so "gray of the output
+# equals the input" is well defined. Here so that models never import from ``pipeline``.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
 # Class name -> "module:attribute". Imported lazily so that importing ``models`` stays cheap
 # and one broken optional model cannot stop the others from loading.
 _MODEL_PATHS: dict[str, str] = {

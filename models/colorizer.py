@@ -8,7 +8,7 @@ keeps the stack idea but is fully convolutional: a small U-Net encoder (down to 
 resolution, since chroma is smooth and is upsampled bilinearly anyway.
 
 Colour space: full-range YCbCr with BT.601 luma, ``Y = 0.299 R + 0.587 G + 0.114 B`` (the same
-weights as :data:`pipeline.batch.LUMA_WEIGHTS`), ``Cb = (B - Y) / 1.772``, ``Cr = (R - Y) / 1.402``.
+weights as :data:`models.LUMA_WEIGHTS`), ``Cb = (B - Y) / 1.772``, ``Cr = (R - Y) / 1.402``.
 Rebuilding RGB from any (Cb, Cr) keeps ``Y`` exactly (the map is linear and chroma-free in luma),
 which is what lets the stage project the output onto the input's gray.
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.batch import LUMA_WEIGHTS
+from models import LUMA_WEIGHTS
 
 _WR, _WG, _WB = LUMA_WEIGHTS
 _KB = 2.0 * (1.0 - _WB)  # 1.772

@@ -13,15 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models import LUMA_WEIGHTS
 from pipeline.errors import ShapeError
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
-
-# ITU-R BT.601 luma weights: the gray that the colorizer must preserve and that every gray
-# conversion in the project uses, so "gray of the output equals the input" is well defined.
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def _as_float01(array: np.ndarray) -> np.ndarray:

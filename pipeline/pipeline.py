@@ -238,7 +238,7 @@ class FacesSource(_Strict):
     type: Literal["faces"]
     n: int = Field(64, ge=1, le=100_000)
     seed: int = Field(0, ge=0)
-    temperature: float = Field(1.0, gt=0, le=3)
+    temperature: float | None = Field(None, gt=0, le=3)
     weights: str = "face-vae"
     batch_size: int = Field(64, ge=1, le=4096)
 
@@ -311,13 +311,18 @@ def build_stages(spec: PipelineSpec) -> list[Stage]:
     return [load_stage(st.weights, device=st.device, **st.config) for st in spec.stages]
 
 
-def faces_source(spec: FacesSource) -> Iterator[ImageBatch]:
-    """Batches of sampled faces for a ``faces`` source."""
-    from pipeline.stages.face_generator import FaceGenerator
+def faces_source(spec: FacesSource, stages: Sequence[Stage] = ()) -> Iterator[ImageBatch]:
+    """Batches sampled by a ``faces`` source (any generator's weights), run through ``stages``."""
+    from pipeline.core import generate, load_generator
 
-    gen = FaceGenerator.from_pretrained(spec.weights)
-    yield from gen.sample(
-        spec.n, seed=spec.seed, temperature=spec.temperature, batch_size=spec.batch_size
+    gen = load_generator(spec.weights)
+    yield from generate(
+        gen,
+        spec.n,
+        seed=spec.seed,
+        temperature=spec.temperature,
+        batch_size=spec.batch_size,
+        stages=stages,
     )
 
 

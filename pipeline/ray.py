@@ -342,7 +342,7 @@ class FaceBlockMapper:
         generator: weights of the face-generator stage.
         colorizer: weights of the colorizer stage, or ``None`` to keep the generator's output.
         device: as for :class:`StageMapper`.
-        temperature: sampling temperature of the generator.
+        temperature: sampling temperature of the generator (``None``: the weights' default).
         threads: torch CPU threads per actor.
     """
 
@@ -352,9 +352,10 @@ class FaceBlockMapper:
         colorizer: str | os.PathLike[str] | None = "colorizer",
         *,
         device: str = "auto",
-        temperature: float = 1.0,
+        temperature: float | None = None,
         threads: int | None = None,
     ) -> None:
+        from pipeline.core import load_generator
         from pipeline.stage import load_stage
 
         if threads is not None:
@@ -362,20 +363,19 @@ class FaceBlockMapper:
 
             torch.set_num_threads(threads)
         dev = worker_device(device)
-        self.generator = load_stage(generator, device=dev)
+        self.generator = load_generator(generator, device=dev)
         self.colorizer = load_stage(colorizer, device=dev) if colorizer is not None else None
         self.temperature = temperature
 
     def faces(self, count: int, seed: int, start: int = 0) -> ImageBatch:
         """``count`` faces for one block, named from ``start``."""
         from pipeline.batch import ImageBatch
+        from pipeline.core import generate_batch
 
-        batches = list(
-            self.generator.sample(count, seed=seed, temperature=self.temperature, batch_size=count)
+        then = [self.colorizer] if self.colorizer is not None else []
+        batch = generate_batch(
+            self.generator, count, seed=seed, temperature=self.temperature, stages=then
         )
-        batch = ImageBatch.concat(batches) if len(batches) > 1 else batches[0]
-        if self.colorizer is not None:
-            batch = self.colorizer(batch)
         names = [f"face_{start + i:05d}" for i in range(len(batch))]
         return ImageBatch(batch.images, names, batch.meta)
 

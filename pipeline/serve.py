@@ -620,19 +620,19 @@ def create_app(
         n: int = Query(16, ge=1, le=settings.max_faces, description="How many faces."),
         seed: int = Query(0, ge=0, le=2**63 - 1, description="Same seed, same faces."),
         colorize: bool = Query(False, description="Colorize with the colorizer stage."),
-        temperature: float = Query(1.0, gt=0, le=3, description="Sampling temperature."),
+        temperature: float | None = Query(
+            None, gt=0, le=3, description="Sampling temperature (default: the weights')."
+        ),
         format: Literal["grid", "zip"] = Query("grid"),
     ) -> Response:
         generator = need("faces")
         colorizer = need("colorize") if colorize else None
 
         def work() -> Media:
-            from pipeline.batch import ImageBatch
+            from pipeline.core import generate_batch
 
-            batches = list(generator.sample(n, seed=seed, temperature=temperature, batch_size=n))
-            batch = ImageBatch.concat(batches) if len(batches) > 1 else batches[0]
-            if colorizer is not None:
-                batch = colorizer(batch)
+            then = [colorizer] if colorizer is not None else []
+            batch = generate_batch(generator, n, seed=seed, temperature=temperature, stages=then)
             arrays = batch.to_numpy(np.uint8)
             if format == "zip":
                 files = {f"face_{i:05d}.png": png_bytes(a) for i, a in enumerate(arrays)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -223,6 +224,38 @@ class Stage(ABC):
             extra={"extras": self.extras} if self.extras else None,
             **info,
         )
+
+
+class Generator(Stage):
+    """A stage that also makes new images from noise (the generator protocol).
+
+    Every front end (``gen-faces``, TOML ``faces`` sources, Ray, ``GET /v1/faces``) samples
+    through :meth:`sample` alone, via :func:`pipeline.core.generate`, so a new generator plugs in
+    without a front-end change. ``temperature=None`` means the default stored with the weights.
+    """
+
+    @abstractmethod
+    def sample(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        temperature: float | None = None,
+        batch_size: int | None = None,
+        **options: Any,
+    ) -> Iterator[ImageBatch]:
+        """Make ``n`` new images, reproducibly from ``seed``, one batch at a time.
+
+        Args:
+            n: number of images.
+            seed: seeds a CPU ``torch.Generator``; image i is the same for any batch size.
+            temperature: spread of the sampled latents; ``None``: the weights' default.
+            batch_size: images per yielded batch; ``None``: the stage config's.
+            **options: generator-specific extras (e.g. concept vectors).
+
+        Yields:
+            Batches of (B, C, S, S) images in [0, 1] on the CPU.
+        """
 
 
 def resolve_device(device: str | torch.device) -> str:

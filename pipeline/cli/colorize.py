@@ -25,15 +25,18 @@ from pipeline.cli.common import (
     MaxPixelsOpt,
     OutOpt,
     OverwriteOpt,
+    OverwriteShippedOpt,
     QuietOpt,
     RecursiveOpt,
     ReportOpt,
+    TrainOutOpt,
     check_choice,
     cli_errors,
     err,
     file_options,
     invocation,
     run_job,
+    train_out,
 )
 from pipeline.defaults import DEFAULT_MAX_PIXELS
 
@@ -111,9 +114,8 @@ def train_colorizer(
     data: Annotated[
         Path, typer.Option("--data", help="Colour face archive (lfw_64.npz); train split only.")
     ] = Path("../shared/data/faces/lfw_64.npz"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write.")] = Path(
-        "weights/colorizer"
-    ),
+    out: TrainOutOpt = None,
+    overwrite_shipped: OverwriteShippedOpt = False,
     head: Annotated[
         str,
         typer.Option(
@@ -136,6 +138,7 @@ def train_colorizer(
     from pipeline.train.colorizer import TrainConfig, train
 
     with cli_errors():
+        out = train_out(out, "colorizer", overwrite_shipped)
         cfg = TrainConfig(
             data=data,
             head=check_choice(head, ("classify", "regress"), "--head"),  # type: ignore[arg-type]

@@ -58,6 +58,41 @@ ReportOpt = Annotated[
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar; errors and summary only.")
 ]
+TrainOutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Weights folder to write [default: runs/<model>]."),
+]
+OverwriteShippedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite-shipped",
+        help="Allow --out to replace a weights folder that ships with aepipe.",
+    ),
+]
+
+
+def train_out(out: Path | None, name: str, overwrite_shipped: bool = False) -> Path:
+    """The folder a training command writes: ``--out``, else ``runs/<name>``.
+
+    A bare training command must never replace the shipped weights, so an ``--out`` inside the
+    shipped weights folder needs ``--overwrite-shipped``.
+
+    Raises:
+        ConfigError: ``out`` is inside the shipped weights and the flag is not given.
+    """
+    from pipeline.weights import shipped_weights_dir
+
+    target = Path("runs") / name if out is None else out
+    shipped = shipped_weights_dir().resolve()
+    resolved = target.resolve()
+    if not overwrite_shipped and (resolved == shipped or shipped in resolved.parents):
+        raise ConfigError(
+            f"--out {target}: is inside the shipped weights ({shipped}); write under runs/ "
+            "or pass --overwrite-shipped to replace them"
+        )
+    return target
+
+
 FramesOpt = Annotated[
     str,
     typer.Option(

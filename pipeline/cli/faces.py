@@ -12,7 +12,14 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.apps import app, faces_app, train_app, vae_app
-from pipeline.cli.common import cli_errors, err, invocation
+from pipeline.cli.common import (
+    OverwriteShippedOpt,
+    TrainOutOpt,
+    cli_errors,
+    err,
+    invocation,
+    train_out,
+)
 
 _TRAIN_HELP = {
     "face-vae": "Train the 64x64 gray face VAE on LFW luma (Gaussian likelihood, learned scale).",
@@ -24,9 +31,8 @@ _TRAIN_HELP = {
 
 def _make_train_command(preset: str) -> None:
     def command(
-        out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write.")] = Path(
-            f"weights/{preset}"
-        ),
+        out: TrainOutOpt = None,
+        overwrite_shipped: OverwriteShippedOpt = False,
         data: Annotated[
             Path | None, typer.Option("--data", help="Data file/folder (default: the preset's).")
         ] = None,
@@ -56,6 +62,7 @@ def _make_train_command(preset: str) -> None:
         from pipeline.train.vae import TrainConfig, train
 
         with cli_errors():
+            out = train_out(out, preset, overwrite_shipped)
             cfg = TrainConfig(
                 preset=preset,
                 data=data,
@@ -99,7 +106,8 @@ ConceptOpt = Annotated[
 ]
 
 
-def _load_generator(model: str, device: str, **overrides: object):
+def _load_face_vae(model: str, device: str, **overrides: object):
+    """The face VAE for the latent-space commands (encode, decode, interpolate, traverse)."""
     from pipeline.stage import load_stage
     from pipeline.stages.face_generator import FaceGenerator
 
@@ -217,20 +225,21 @@ def gen_faces(
         overrides: dict[str, object] = {"batch_size": batch_size}
         if prior:
             overrides["sampler"] = "prior"
-        stage = _load_generator(model, _resolve_device(device), **overrides)
-        vectors = _concepts(concept, concepts_dir)
-        colorizer = None
+        from pipeline.core import generate, load_generator
+
+        stage = load_generator(model, _resolve_device(device), **overrides)
+        options = {"concepts": _concepts(concept, concepts_dir)} if concept else {}
+        then = []
         if colorize:
             from pipeline.stage import load_stage
 
-            colorizer = load_stage("colorizer", device=_resolve_device(device))
+            then.append(load_stage("colorizer", device=_resolve_device(device)))
         out.mkdir(parents=True, exist_ok=True)
         grid_path = None if no_grid else (grid or out / "grid.png")
         keep = []
+        batches = generate(stage, n, seed=seed, temperature=temperature, stages=then, **options)
         with _progress(n, quiet) as advance:
-            for batch in stage.sample(n, seed=seed, temperature=temperature, concepts=vectors):
-                if colorizer is not None:
-                    batch = colorizer(batch)
+            for batch in batches:
                 arrays = batch.to_numpy(np.uint8)
                 for name, arr in zip(batch.names, arrays, strict=True):
                     write_image(arr[..., 0] if arr.shape[-1] == 1 else arr, out / f"{name}.png")
@@ -314,7 +323,7 @@ def reconstruct(
         recursive=recursive,
         batch_size=1,
     )
-    run_job(inputs, lambda: _load_generator(model, dev), options, quiet=quiet)
+    run_job(inputs, lambda: _load_face_vae(model, dev), options, quiet=quiet)
 
 
 @faces_app.command("edit")
@@ -344,7 +353,7 @@ def edit(
     dev = _resolve_device(device)
 
     def load():
-        stage = _load_generator(model, dev)
+        stage = _load_face_vae(model, dev)
         vectors = _concepts(concept, concepts_dir)
         return lambda batch: stage.edit(batch, vectors)
 
@@ -383,7 +392,7 @@ def interpolate(
         from pipeline.batch import ImageBatch
         from pipeline.io import write_image
 
-        stage = _load_generator(model, _resolve_device(device))
+        stage = _load_face_vae(model, _resolve_device(device))
         za, zb = stage.encode(_read_one(a))[0], stage.encode(_read_one(b))[0]
         methods = ["linear", "slerp"] if method == "both" else [method]
         rows = [stage.interpolate(za, zb, steps, m) for m in methods]  # type: ignore[arg-type]
@@ -418,7 +427,7 @@ def traverse(
 ) -> None:
     """Vary one latent dimension per row around a face and write the grid."""
     with cli_errors():
-        stage = _load_generator(model, _resolve_device(device))
+        stage = _load_face_vae(model, _resolve_device(device))
         base = stage.encode(_read_one(image))[0] if image is not None else None
         batch, used = stage.traverse(dims, steps=steps, span=span, base=base)
         _write_grid(batch, out, ncols=steps)
@@ -443,7 +452,7 @@ def concept_cmd(
         from pipeline.batch import ImageBatch
         from pipeline.stages.face_generator import save_concept
 
-        stage = _load_generator(model, _resolve_device(device))
+        stage = _load_face_vae(model, _resolve_device(device))
 
         def codes(folder: Path) -> torch.Tensor:
             return torch.cat([stage.encode(_read_one(p)) for p in _image_files(folder)])
@@ -526,7 +535,7 @@ def vae_grid(
 
         from pipeline.errors import ConfigError
 
-        stage = _load_generator(model, "cpu")
+        stage = _load_face_vae(model, "cpu")
         if stage.latent_dim != 2:
             raise ConfigError(
                 f"{model}: the grid needs a 2-D latent; this model has {stage.latent_dim}"
@@ -567,7 +576,7 @@ def vae_scatter(
         from pipeline.io import atomic_write
         from pipeline.weights import read_config, resolve
 
-        stage = _load_generator(model, "cpu")
+        stage = _load_face_vae(model, "cpu")
         if stage.latent_dim != 2:
             raise ConfigError(
                 f"{model}: the scatter needs a 2-D latent; this model has {stage.latent_dim}"

@@ -24,15 +24,18 @@ from pipeline.cli.common import (
     MaxPixelsOpt,
     OutOpt,
     OverwriteOpt,
+    OverwriteShippedOpt,
     QuietOpt,
     RecursiveOpt,
     ReportOpt,
+    TrainOutOpt,
     check_choice,
     cli_errors,
     err,
     file_options,
     invocation,
     run_job,
+    train_out,
 )
 from pipeline.defaults import DEFAULT_MAX_PIXELS
 
@@ -100,9 +103,8 @@ def train_salt_pepper(
     data: Annotated[
         Path, typer.Option("--data", help="Fashion-MNIST folder (IDX .gz files).")
     ] = Path("../shared/data/fashion-mnist"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write.")] = Path(
-        "weights/salt-pepper"
-    ),
+    out: TrainOutOpt = None,
+    overwrite_shipped: OverwriteShippedOpt = False,
     arch: Annotated[
         str, typer.Option("--arch", help="impulse (ours) | tutorial (Conv 64-32-16 baseline).")
     ] = "impulse",
@@ -124,6 +126,7 @@ def train_salt_pepper(
     from pipeline.train.salt_pepper import TrainConfig, train
 
     with cli_errors():
+        out = train_out(out, "salt-pepper", overwrite_shipped)
         cfg = TrainConfig(
             data=data,
             arch=check_choice(arch, ("impulse", "tutorial"), "--arch"),  # type: ignore[arg-type]

@@ -35,11 +35,7 @@ def run_pipeline(
         spec = read_pipeline_file(config)
         sink = spec.sink
         if isinstance(spec.source, FacesSource):
-            stages = build_stages(spec)
-            pipe = Pipeline(stages) if stages else None
-            batches = faces_source(spec.source)
-            if pipe is not None:
-                batches = (pipe(b) for b in batches)
+            batches = faces_source(spec.source, build_stages(spec))
             written = write_batches(
                 batches, Path(sink.out), Path(sink.grid) if sink.grid else None, sink.overwrite
             )

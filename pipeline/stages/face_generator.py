@@ -26,7 +26,7 @@ from pydantic import Field
 
 from pipeline.batch import ImageBatch, to_gray
 from pipeline.errors import ConfigError
-from pipeline.stage import Stage, StageConfig
+from pipeline.stage import Generator, StageConfig
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,7 @@ class Config(StageConfig):
     batch_size: int = Field(default=256, ge=1, le=8192)
 
 
-class FaceGenerator(Stage):
+class FaceGenerator(Generator):
     """Gray face VAE as a stage (``__call__`` reconstructs; methods sample and edit)."""
 
     name: ClassVar[str] = "face-generator"
@@ -181,6 +181,7 @@ class FaceGenerator(Stage):
     def sample(
         self,
         n: int,
+        *,
         seed: int = 0,
         temperature: float | None = None,
         batch_size: int | None = None,
@@ -191,7 +192,7 @@ class FaceGenerator(Stage):
         Args:
             n: number of faces.
             seed: seeds the CPU generator; the same seed gives the same faces anywhere.
-            temperature: overrides the config's temperature.
+            temperature: overrides the config's temperature (``None``: the weights' default).
             batch_size: overrides the config's batch size.
             concepts: ``(vector, strength)`` pairs added to every latent.
 
