@@ -7,19 +7,45 @@ Generation: :func:`generate` asks any :class:`~pipeline.stage.Generator` for
 ``sample(n, seed=..., temperature=None)`` (``None``: the weights' default) and passes each batch
 through the following stages, so ``gen-faces``, a TOML ``faces`` source, Ray's
 :class:`~pipeline.ray.FaceBlockMapper` and ``GET /v1/faces`` give the same pixels for one request.
+
+Jobs over pages: a decoded :class:`~pipeline.io.Page` goes through the stage chain
+(:func:`run_pages`), each result becomes an :class:`EncodedPage` (PNG bytes, 1-bit when the page
+is bilevel: :func:`encode_page`) named by :func:`page_name`, and the pages of one input become
+output files by :func:`output_format` and :func:`write_document` (files) or
+:func:`encode_document` (bytes for HTTP). Every PDF output goes through :func:`write_pdf`, the
+one place that builds an output PDF. Errors are classes (:mod:`pipeline.errors`); front ends map
+the class to an exit code or an HTTP status (:func:`http_status`).
 """
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
-from pipeline.errors import WeightsError
+import numpy as np
+
+from pipeline.errors import (
+    AepipeError,
+    ConfigError,
+    InputImageError,
+    InputTooLargeError,
+    ShapeError,
+    TooManyPagesError,
+    TooManyPixelsError,
+    UnsupportedInputError,
+    WeightsError,
+)
 
 if TYPE_CHECKING:
     from pipeline.batch import ImageBatch
+    from pipeline.io import Page
     from pipeline.stage import Generator, Stage
+
+Process = Callable[["ImageBatch"], "ImageBatch"]
 
 
 def as_generator(stage: Stage, where: str | os.PathLike[str]) -> Generator:
@@ -87,3 +113,247 @@ def generate_batch(generator: Generator, n: int, **kwargs: Any) -> ImageBatch:
 
     batches = list(generate(generator, n, batch_size=n, **kwargs))
     return ImageBatch.concat(batches) if len(batches) > 1 else batches[0]
+
+
+# ---- pages: naming, encoding, formats ------------------------------------------------------
+
+
+@dataclass
+class EncodedPage:
+    """One finished page, kept compressed (a 500-page PDF is never held as raw pixels).
+
+    Attributes:
+        name: output stem of the page (:func:`page_name`), e.g. ``scan`` or ``report-p002``.
+        png: the page as a PNG file's bytes (mode 1, L or RGB), without a resolution chunk.
+        meta: the page's metadata after the stages (``dpi``, ``page_size_pt``, ``bilevel`` ...).
+    """
+
+    name: str
+    png: bytes
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def page_name(stem: str, meta: Mapping[str, Any]) -> str:
+    """Output stem of a page: ``stem`` for a one-page file, ``stem-p002`` for page 2 of many."""
+    if int(meta.get("pages", 1) or 1) > 1:
+        return f"{stem}-p{int(meta['page']) + 1:03d}"
+    return stem
+
+
+def page_uint8(images: Any, index: int) -> np.ndarray:
+    """One image of a (N, C, H, W) float tensor as HWC uint8, converted in row strips.
+
+    Converting a 7,000 x 10,000 page in one go would hold several float copies of it.
+    """
+    import torch
+
+    image = images[index]
+    c, h, w = image.shape
+    out = np.empty((h, w, c), np.uint8)
+    step = max(1, (1 << 22) // max(1, w * c))
+    for y in range(0, h, step):
+        strip = image[:, y : y + step].detach().float().cpu()
+        strip = torch.nan_to_num(strip, nan=0.0).clamp_(0, 1).mul_(255.0).round_()
+        out[y : y + step] = strip.to(torch.uint8).permute(1, 2, 0).numpy()
+    return out
+
+
+def is_bilevel(pixels: np.ndarray) -> bool:
+    """Whether a one-channel uint8 page (H, W, 1) holds only pure black and pure white."""
+    if pixels.ndim != 3 or pixels.shape[-1] != 1:
+        return False
+    # uint8 wraps: 255 + 1 == 0 and 0 + 1 == 1, so "<= 1" means "0 or 255".
+    return bool(((pixels + np.uint8(1)) <= 1).all())
+
+
+def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> bytes:
+    """A finished page as PNG bytes; 1-bit when the page is bilevel.
+
+    A page the stage marks ``meta["bilevel"]``, or whose pixels are all pure black or white
+    (e.g. ``clean-scans --binarize``), is kept 1-bit: lossless for such a page, and written as
+    1-bit PNG, CCITT group 4 TIFF or 1-bit PDF.
+
+    Args:
+        pixels: (H, W, C) uint8, C in {1, 3}.
+        meta: the page's metadata after the stages.
+    """
+    from PIL import Image
+
+    if (meta or {}).get("bilevel") or is_bilevel(pixels):
+        image = Image.fromarray(pixels[..., 0] >= 128).convert("1")
+    else:
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def encode_results(out: ImageBatch, names: Sequence[str]) -> list[EncodedPage]:
+    """Every image of a stage's result batch as an :class:`EncodedPage` named ``names[i]``."""
+    return [
+        EncodedPage(name, encode_page(page_uint8(out.images, k), out.meta[k]), dict(out.meta[k]))
+        for k, name in enumerate(names)
+    ]
+
+
+def run_pages(process: Process, pages: Sequence[Page], stem: str) -> list[EncodedPage]:
+    """Run each decoded page of one input through ``process`` and encode the results.
+
+    Args:
+        process: a stage, a :class:`~pipeline.pipeline.Pipeline` or any batch -> batch callable.
+        pages: the input's pages, as :func:`pipeline.io.decode_pages` gives them.
+        stem: the input's output stem (its file name without suffix).
+
+    Returns:
+        One page per input page, named by :func:`page_name`.
+    """
+    from pipeline.io import page_batch
+
+    done: list[EncodedPage] = []
+    for page in pages:
+        name = page_name(stem, page.meta)
+        out = process(page_batch(page, name))
+        if len(out) != 1:
+            raise ShapeError(f"{stem}: the stage returned {len(out)} images for 1")
+        done += encode_results(out, [name])
+    return done
+
+
+_KEPT_FORMATS = {"pdf": "pdf", "tif": "tiff", "tiff": "tiff"}
+
+
+def output_format(source: str | os.PathLike[str], fmt: str, keep_tiff: bool = True) -> str:
+    """The output format for an input, decided here for every front end.
+
+    ``same`` keeps PDF as PDF and TIFF as TIFF (unless ``keep_tiff`` is False, as for HTTP
+    answers) and makes every other input PNG (lossless, so no JPEG artefacts are added back);
+    any other ``fmt`` is used as it is.
+
+    Args:
+        source: the input's path (its suffix decides) or its decoded format (``"pdf"``, the
+            ``format`` of a :class:`~pipeline.io.Page`).
+        fmt: ``same``, ``png``, ``tiff``, ``pdf`` or ``jpeg``.
+        keep_tiff: whether ``same`` keeps TIFF as TIFF.
+    """
+    if fmt != "same":
+        return fmt
+    text = str(source).lower()
+    kind = Path(text).suffix.lstrip(".") or text
+    found = _KEPT_FORMATS.get(kind, "png")
+    return "png" if found == "tiff" and not keep_tiff else found
+
+
+# ---- documents: pages -> output files ------------------------------------------------------
+
+
+def write_pdf(
+    pages: Sequence[EncodedPage],
+    fh: IO[bytes],
+    source: str | os.PathLike[str] | bytes | None = None,
+) -> None:
+    """The PDF-output step: write ``pages`` as one PDF into ``fh``.
+
+    Every PDF that aepipe writes (``clean-scans``, TOML pipelines, ``POST /v1/clean-scan``) is
+    made here. Each page keeps its input page's size (``meta["page_size_pt"]``, else its pixel
+    size at ``meta["dpi"]``), and its PNG is embedded as it is (no re-encoding).
+
+    Args:
+        pages: the finished pages, in order.
+        fh: a binary file open for writing.
+        source: the input document the pages came from (a path, or its bytes for an upload).
+            This writer builds a new PDF and does not read it; an in-place PDF editor that
+            keeps the source's text and structure plugs in here.
+    """
+    from pipeline.io import pdf_from_pngs
+
+    del source  # a new PDF is built from the pages alone (see the docstring)
+    pdf_from_pngs(
+        [p.png for p in pages],
+        [p.meta.get("dpi") for p in pages],
+        [p.meta.get("page_size_pt") for p in pages],
+        fh,
+    )
+
+
+def write_document(
+    pages: Sequence[EncodedPage],
+    targets: Sequence[Path],
+    source: str | os.PathLike[str] | bytes | None = None,
+) -> list[Path]:
+    """Write one input's finished pages atomically.
+
+    One file holds every page (PDF, TIFF, or a one-page input), or each page gets its own file
+    (``targets`` then has one path per page).
+
+    Args:
+        pages: the finished pages, in order.
+        targets: output paths; the suffix picks the format.
+        source: the input the pages came from, passed on to :func:`write_pdf`.
+    """
+    from pipeline.io import atomic_write, write_encoded_pages
+
+    if len(targets) == 1 and targets[0].suffix.lower() == ".pdf":
+        return [atomic_write(targets[0], lambda fh: write_pdf(pages, fh, source))]
+    if len(targets) == 1:
+        blobs, dpis = [p.png for p in pages], [p.meta.get("dpi") for p in pages]
+        return [write_encoded_pages(blobs, targets[0], dpis=dpis)]
+    if len(targets) != len(pages):
+        raise ConfigError(f"{len(pages)} pages cannot be written to {len(targets)} files")
+    for page, target in zip(pages, targets, strict=True):
+        write_encoded_pages([page.png], target, dpis=[page.meta.get("dpi")])
+    return list(targets)
+
+
+def encode_document(
+    pages: Sequence[EncodedPage],
+    fmt: str,
+    stem: str,
+    source: str | os.PathLike[str] | bytes | None = None,
+) -> list[tuple[str, bytes]]:
+    """One input's finished pages as output files in memory (for HTTP answers).
+
+    Args:
+        pages: the finished pages, in order.
+        fmt: ``pdf`` (one file with every page) or ``png`` (one file per page).
+        stem: the output stem (the PDF is ``<stem>.pdf``).
+        source: the input the pages came from, passed on to :func:`write_pdf`.
+
+    Returns:
+        ``[(file name, bytes), ...]``: PNG pages are named ``<page name>.png`` with their DPI.
+    """
+    from pipeline.io import png_with_dpi
+
+    if fmt == "pdf":
+        buf = io.BytesIO()
+        write_pdf(pages, buf, source)
+        return [(f"{stem}.pdf", buf.getvalue())]
+    if fmt == "png":
+        return [(f"{p.name}.png", png_with_dpi(p.png, p.meta.get("dpi"))) for p in pages]
+    raise ConfigError(f"format must be 'png' or 'pdf' here; got {fmt!r}")
+
+
+# ---- outcomes: error classes -> HTTP -------------------------------------------------------
+
+# Most specific first: the first class an error is an instance of decides.
+_HTTP_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (TooManyPixelsError, 413, "too_many_pixels"),
+    (TooManyPagesError, 413, "too_many_pages"),
+    (InputTooLargeError, 413, "too_large"),
+    (UnsupportedInputError, 415, "unsupported"),
+    (InputImageError, 422, "corrupt"),
+    (ShapeError, 422, "bad_image"),
+    (ConfigError, 422, "invalid"),
+    (WeightsError, 503, "weights"),
+    (AepipeError, 500, "internal"),
+)
+
+
+def http_status(exc: BaseException) -> tuple[int, str] | None:
+    """``(HTTP status, error code)`` for one of aepipe's errors, decided by its class.
+
+    Returns ``None`` for an exception aepipe did not raise on purpose (an internal error).
+    """
+    for cls, status, code in _HTTP_STATUS:
+        if isinstance(exc, cls):
+            return status, code
+    return None

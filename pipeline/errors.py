@@ -41,5 +41,21 @@ class InputImageError(AepipeError):
     """One input file cannot be read as an image. The message names the file and the reason."""
 
 
+class UnsupportedInputError(InputImageError):
+    """The input is not an image or PDF aepipe reads (HTTP 415)."""
+
+
+class InputTooLargeError(InputImageError):
+    """The input is over a size limit, found from its header before decoding (HTTP 413)."""
+
+
+class TooManyPixelsError(InputTooLargeError):
+    """An image or page has more pixels than the limit."""
+
+
+class TooManyPagesError(InputTooLargeError):
+    """A PDF or multi-page TIFF has more pages than the limit."""
+
+
 class ShapeError(AepipeError, ValueError):
     """A batch does not have the shape or value range a stage needs."""

@@ -13,8 +13,9 @@ only once complete and flushed, so a crash, even SIGKILL, never leaves a partial
 final name. Outputs get the usual permissions (0666 minus the umask).
 
 Public: :func:`read_pages`, :func:`decode_pages` (bytes in memory), :func:`count_pages`,
-:func:`read_image`, :func:`page_batch`, :func:`write_image`, :func:`write_pages`,
-:func:`write_encoded_pages`, :func:`atomic_write`, :func:`remove_stale_temps`, :func:`make_grid`.
+:func:`read_image`, :func:`page_batch`, :func:`write_image`, :func:`write_pages`, :func:`png_bytes`,
+:func:`write_encoded_pages`, :func:`pdf_from_pngs`, :func:`png_with_dpi`, :func:`atomic_write`,
+:func:`remove_stale_temps`, :func:`make_grid`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ import numpy as np
 
 from pipeline.batch import ImageBatch, pil_to_array
 from pipeline.defaults import DEFAULT_DPI, DEFAULT_MAX_PIXELS
-from pipeline.errors import InputImageError
+from pipeline.errors import (
+    InputImageError,
+    TooManyPagesError,
+    TooManyPixelsError,
+    UnsupportedInputError,
+)
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".pdf"}
@@ -65,7 +71,7 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise InputImageError(f"{path}: image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise InputImageError(
+        raise TooManyPixelsError(
             f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
             f"{max_pixels:,} (raise it with --max-pixels if the file is trusted)"
         )
@@ -86,8 +92,17 @@ def _pil_limit(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+def _check_pages(path: Path, count: int, max_pages: int | None) -> None:
+    if max_pages is not None and count > max_pages:
+        raise TooManyPagesError(f"{path}: {count} pages exceeds the limit of {max_pages}")
+
+
 def _read_raster(
-    path: Path, data: bytes | IO[bytes], max_pixels: int, frames: Literal["first", "all"]
+    path: Path,
+    data: bytes | IO[bytes],
+    max_pixels: int,
+    frames: Literal["first", "all"],
+    max_pages: int | None = None,
 ) -> Iterator[Page]:
     """Decode a raster file from its bytes or an open binary file (read lazily by PIL)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -102,12 +117,12 @@ def _read_raster(
             warnings.simplefilter("ignore")
             image = Image.open(fh)
     except Image.DecompressionBombError:
-        raise InputImageError(
+        raise TooManyPixelsError(
             f"{path}: header claims more pixels than PIL's decompression-bomb guard allows; "
             f"this exceeds the limit of {max_pixels:,} pixels"
         ) from None
     except UnidentifiedImageError:
-        raise InputImageError(f"{path}: not an image (or an unsupported format)") from None
+        raise UnsupportedInputError(f"{path}: not an image (or an unsupported format)") from None
     except Exception as exc:
         raise InputImageError(f"{path}: corrupt or truncated image header ({_why(exc)})") from None
     with image:
@@ -121,6 +136,7 @@ def _read_raster(
         # Multi-page TIFFs are documents: every page counts. Animated GIF/WebP are not pages.
         take_all = fmt == "tiff" or frames == "all"
         count = n_frames if take_all else 1
+        _check_pages(path, count, max_pages)
         for index in range(count):
             try:
                 with warnings.catch_warnings():
@@ -158,7 +174,11 @@ def _why(exc: BaseException) -> str:
 
 
 def _read_pdf(
-    path: Path, data: bytes | os.PathLike[str] | str, dpi: int, max_pixels: int
+    path: Path,
+    data: bytes | os.PathLike[str] | str,
+    dpi: int,
+    max_pixels: int,
+    max_pages: int | None = None,
 ) -> Iterator[Page]:
     """Render PDF pages from the file's bytes or its path (pdfium then reads it lazily)."""
     import pypdfium2 as pdfium
@@ -171,6 +191,7 @@ def _read_pdf(
         count = len(pdf)
         if count == 0:
             raise InputImageError(f"{path}: PDF has no pages")
+        _check_pages(path, count, max_pages)
         scale = dpi / 72.0
         for index in range(count):
             try:
@@ -376,6 +397,7 @@ def decode_pages(
     dpi: int = DEFAULT_DPI,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     frames: Literal["first", "all"] = "first",
+    max_pages: int | None = None,
 ) -> Iterator[Page]:
     """Decode a file held in memory (an upload, a blob) exactly as :func:`read_pages` does.
 
@@ -385,17 +407,21 @@ def decode_pages(
         dpi: resolution at which PDF pages are rendered.
         max_pixels: refuse any page with more pixels than this, before decoding it.
         frames: ``"first"`` or ``"all"`` frames of animated GIF/WebP.
+        max_pages: refuse a PDF or TIFF with more pages than this, before decoding any.
 
     Raises:
-        InputImageError: naming ``name``, for anything undecodable.
+        InputImageError: naming ``name``, for anything undecodable; its subclasses say why
+            (:class:`~pipeline.errors.UnsupportedInputError`,
+            :class:`~pipeline.errors.TooManyPixelsError`,
+            :class:`~pipeline.errors.TooManyPagesError`).
     """
     path = Path(name)
     if not data:
         raise InputImageError(f"{path}: empty file (0 bytes)")
     if bytes(data[:5]) == b"%PDF-":
-        yield from _read_pdf(path, bytes(data), dpi, max_pixels)
+        yield from _read_pdf(path, bytes(data), dpi, max_pixels, max_pages)
     else:
-        yield from _read_raster(path, bytes(data), max_pixels, frames)
+        yield from _read_raster(path, bytes(data), max_pixels, frames, max_pages)
 
 
 def read_image(path: str | os.PathLike[str], **kwargs: Any) -> ImageBatch:
@@ -539,6 +565,14 @@ def write_image(
     return write_pages([pixels], path, dpis=[dpi])
 
 
+def png_bytes(pixels: np.ndarray | Any, dpi: float | None = None) -> bytes:
+    """Encode HW/HWC uint8 (or bool, 1-bit) pixels or a PIL image as PNG bytes, with its DPI."""
+    buf = io.BytesIO()
+    kwargs = {"dpi": (dpi, dpi)} if dpi else {}
+    to_pil(pixels).save(buf, format="PNG", **kwargs)
+    return buf.getvalue()
+
+
 def _format_of(path: Path) -> str:
     suffix = path.suffix.lower()
     fmt = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(
@@ -628,13 +662,13 @@ def write_encoded_pages(
         if fmt == "png":
             # Already a PNG (zlib level 1): re-encoding it at Pillow's default level 6 took
             # 0.42 s of an A4 page's ~4.5 s, for a file 6% smaller.
-            return atomic_write(path, lambda fh: fh.write(_png_with_dpi(blobs[0], dpis[0])))
+            return atomic_write(path, lambda fh: fh.write(png_with_dpi(blobs[0], dpis[0])))
         with Image.open(io.BytesIO(blobs[0])) as image:
             image.load()
             return write_pages([image], path, dpis=dpis)
     if fmt == "pdf":
         sizes = list(page_sizes_pt or [None] * len(blobs))
-        return atomic_write(path, lambda fh: _write_pdf(list(blobs), dpis, sizes, fh))
+        return atomic_write(path, lambda fh: pdf_from_pngs(list(blobs), dpis, sizes, fh))
 
     def write(fh: IO[bytes]) -> None:
         with TiffImagePlugin.AppendingTiffWriter(fh, new=True) as tf:
@@ -667,9 +701,17 @@ def _pdf_page_size(size: tuple[float, float]) -> tuple[float, float]:
     return w, h
 
 
-def _write_pdf(
+def pdf_from_pngs(
     blobs: list[bytes], dpis: list[float | None], sizes: list[Any], fh: IO[bytes]
 ) -> None:
+    """Write a new PDF of PNG-encoded pages into ``fh``, embedding each PNG as it is.
+
+    Args:
+        blobs: one PNG file's bytes per page.
+        dpis: resolution per page (sets the page size when ``sizes`` has none).
+        sizes: page size (W, H) in points per page, or ``None``.
+        fh: a binary file open for writing.
+    """
     import img2pdf
 
     pages = iter(zip(blobs, dpis, sizes, strict=True))
@@ -685,7 +727,7 @@ def _write_pdf(
     img2pdf.convert(blobs, layout_fun=layout, rotation=img2pdf.Rotation.ifvalid, outputstream=fh)
 
 
-def _png_with_dpi(blob: bytes, dpi: float | None) -> bytes:
+def png_with_dpi(blob: bytes, dpi: float | None) -> bytes:
     """``blob`` (a PNG file) with its resolution chunk (pHYs) set to ``dpi``, pixels untouched."""
     import struct
     import zlib

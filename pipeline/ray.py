@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -238,6 +237,7 @@ class StageMapper:
         )
 
     def _files(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.core import page_name
         from pipeline.errors import AepipeError
         from pipeline.io import decode_pages
 
@@ -257,14 +257,12 @@ class StageMapper:
                 )
                 continue
             for page in pages:
-                count = int(page.meta.get("pages", 1))
-                name = f"{stem}-p{page.meta['page'] + 1:03d}" if count > 1 else stem
                 rows.append(
                     dict(
                         path=path,
                         page=int(page.meta["page"]),
-                        pages=count,
-                        name=name,
+                        pages=int(page.meta.get("pages", 1)),
+                        name=page_name(stem, page.meta),
                         pixels=page.pixels,
                         error="",
                         dpi=float(page.meta.get("dpi") or 0.0),
@@ -286,11 +284,18 @@ class StageMapper:
         if self.keep_image:
             out["image"] = _stack([r.get("image", empty) for r in rows])
         if self.encode == "png":
-            out["png"] = np.array(
-                [png_bytes(r["image"], r.get("dpi")) if "image" in r else b"" for r in rows],
-                dtype=object,
-            )
+            out["png"] = np.array([_encoded(r) for r in rows], dtype=object)
         return out
+
+
+def _encoded(row: dict[str, Any]) -> bytes:
+    """A result row's page as the CLI writes it: PNG, 1-bit when bilevel, with its DPI."""
+    from pipeline.core import encode_page
+    from pipeline.io import png_with_dpi
+
+    if "image" not in row:
+        return b""
+    return png_with_dpi(encode_page(row["image"]), row.get("dpi") or None)
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:
@@ -299,16 +304,6 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint16:
         return np.rint(a.astype(np.float32) / 257.0).astype(np.uint8)
     return np.rint(np.clip(a, 0, 1) * 255.0).astype(np.uint8)
-
-
-def png_bytes(pixels: np.ndarray, dpi: float | None = None) -> bytes:
-    """Encode an HW/HWC uint8 array as PNG bytes (with the DPI recorded when known)."""
-    from pipeline.io import to_pil
-
-    buf = io.BytesIO()
-    kwargs = {"dpi": (dpi, dpi)} if dpi else {}
-    to_pil(pixels).save(buf, format="PNG", **kwargs)
-    return buf.getvalue()
 
 
 def face_blocks(n: int, seed: int = 0, block_size: int = 64) -> list[dict[str, int]]:

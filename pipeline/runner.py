@@ -19,7 +19,6 @@ Safety rules, checked before any work or before each write:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -28,9 +27,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from pipeline.batch import ImageBatch
+from pipeline.core import (
+    EncodedPage,
+    Process,
+    encode_results,
+    output_format,
+    page_name,
+    write_document,
+)
 from pipeline.errors import AepipeError, ConfigError, ExitCode, InputImageError
 from pipeline.io import (
     DEFAULT_DPI,
@@ -44,11 +49,9 @@ from pipeline.io import (
     page_batch,
     read_pages,
     remove_stale_temps,
-    write_encoded_pages,
 )
 
 Status = Literal["ok", "skipped", "failed", "ignored", "pending"]
-Process = Callable[[ImageBatch], ImageBatch]
 
 
 @dataclass
@@ -293,9 +296,7 @@ def _walk(root: Path, options: RunOptions, real_out: Path) -> tuple[list[_Job], 
 
 
 def _out_format(job: _Job, options: RunOptions) -> str:
-    if options.fmt != "same":
-        return options.fmt
-    return {".pdf": "pdf", ".tif": "tiff", ".tiff": "tiff"}.get(job.src.suffix.lower(), "png")
+    return output_format(job.src, options.fmt)
 
 
 def _dedupe(jobs: list[_Job], options: RunOptions) -> None:
@@ -341,7 +342,10 @@ def output_paths(
     base = out_dir / job.out_stem
     if fmt in ("pdf", "tiff") or pages == 1:
         return [base.with_name(base.name + SUFFIX_OF[fmt])]
-    return [base.with_name(f"{base.name}-p{i + 1:03d}{SUFFIX_OF[fmt]}") for i in range(pages)]
+    return [
+        base.with_name(page_name(base.name, {"page": i, "pages": pages}) + SUFFIX_OF[fmt])
+        for i in range(pages)
+    ]
 
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -402,55 +406,14 @@ class _State:
         self.decoded = False
         self.finished = False
         self.expected = 0
-        self.results: dict[int, tuple[bytes, dict[str, Any]]] = {}
+        self.results: dict[int, EncodedPage] = {}
 
     @property
     def complete(self) -> bool:
         return self.decoded and len(self.results) == self.expected
 
 
-def _to_uint8(images: Any, index: int) -> np.ndarray:
-    """One image of a (N, C, H, W) float tensor as HWC uint8, converted in row strips.
-
-    Converting a 7,000 x 10,000 page in one go would hold several float copies of it.
-    """
-    import torch
-
-    image = images[index]
-    c, h, w = image.shape
-    out = np.empty((h, w, c), np.uint8)
-    step = max(1, (1 << 22) // max(1, w * c))
-    for y in range(0, h, step):
-        strip = image[:, y : y + step].detach().float().cpu()
-        strip = torch.nan_to_num(strip, nan=0.0).clamp_(0, 1).mul_(255.0).round_()
-        out[y : y + step] = strip.to(torch.uint8).permute(1, 2, 0).numpy()
-    return out
-
-
-def _is_bilevel(pixels: np.ndarray) -> bool:
-    """Whether a one-channel uint8 page holds only pure black and pure white."""
-    if pixels.shape[-1] != 1:
-        return False
-    # uint8 wraps: 255 + 1 == 0 and 0 + 1 == 1, so "<= 1" means "0 or 255".
-    return bool(((pixels + np.uint8(1)) <= 1).all())
-
-
-def _encode_page(pixels: np.ndarray, meta: dict[str, Any]) -> bytes:
-    """Keep a finished page as PNG bytes: a 500-page PDF must not be held as raw pixels.
-
-    A page the stage marks ``meta["bilevel"]``, or whose pixels are all pure black or white
-    (e.g. ``clean-scans --binarize``), is kept 1-bit: lossless for such a page, and written as
-    1-bit PNG, CCITT group 4 TIFF or 1-bit PDF.
-    """
-    from PIL import Image
-
-    if meta.get("bilevel") or _is_bilevel(pixels):
-        image = Image.fromarray(pixels[..., 0] >= 128).convert("1")
-    else:
-        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+Item = tuple[_State, int, ImageBatch]  # a file's state, the page's index, the page as a batch
 
 
 def run_files(
@@ -488,52 +451,107 @@ def run_files(
     options = options or RunOptions()
     t_start = time.perf_counter()
     jobs, extra, out_dir = plan(inputs, options)
-    summary = Summary(records=list(extra), out_dir=str(out_dir))
-    total = len(jobs)
-    done = 0
-    remove_stale_temps(out_dir)
-    input_ids = _identities(jobs)
-    finished_jobs: set[int] = set()
+    run = _Run(jobs, process, options, out_dir, on_record)
+    run.summary.records = list(extra)
+    try:
+        run.run()
+    except KeyboardInterrupt:
+        run.summary.interrupted = True
+        for job in jobs:
+            if id(job) not in run.finished_jobs:
+                run.summary.records.append(
+                    FileRecord(str(job.src), "pending", reason="not finished (interrupted)")
+                )
+        raise
+    finally:
+        run.summary.seconds = time.perf_counter() - t_start
+        if options.report:
+            report = json.dumps(run.summary.to_json(), indent=2).encode()
+            atomic_write(options.report, lambda fh: fh.write(report))
+    return run.summary
 
-    def finish(state: _State) -> None:
-        nonlocal done
+
+class _Run:
+    """One :func:`run_files` call: files -> pages -> batches through ``process`` -> outputs."""
+
+    def __init__(
+        self,
+        jobs: list[_Job],
+        process: Process,
+        options: RunOptions,
+        out_dir: Path,
+        on_record: Callable[[FileRecord, int, int], None] | None,
+    ) -> None:
+        self.jobs, self.process, self.options, self.out_dir = jobs, process, options, out_dir
+        self.on_record = on_record
+        self.summary = Summary(out_dir=str(out_dir))
+        self.done = 0
+        self.input_ids = _identities(jobs)
+        self.finished_jobs: set[int] = set()
+        self.buffer: list[Item] = []
+
+    def run(self) -> None:
+        """Stream every page, batching consecutive same-sized pages."""
+        remove_stale_temps(self.out_dir)
+        for item in self.stream():
+            last = self.buffer[-1][2] if self.buffer else None
+            if last is not None and (
+                last.images.shape[1:] != item[2].images.shape[1:]
+                or len(self.buffer) >= self.options.batch_size
+            ):
+                self.flush()
+            self.buffer.append(item)
+        self.flush()
+
+    # ---- per file ---------------------------------------------------------------------------
+
+    def finish(self, state: _State) -> None:
         if state.finished:
             return
         state.finished = True
         state.results.clear()
         state.record.seconds = round(time.perf_counter() - state.t0, 4)
-        summary.records.append(state.record)
-        finished_jobs.add(id(state.job))
-        done += 1
-        if on_record:
-            on_record(state.record, done, total)
+        self.summary.records.append(state.record)
+        self.finished_jobs.add(id(state.job))
+        self.done += 1
+        if self.on_record:
+            self.on_record(state.record, self.done, len(self.jobs))
 
-    def guard(job: _Job, targets: Sequence[Path]) -> None:
+    def guard(self, job: _Job, targets: Sequence[Path]) -> None:
         for target in targets:
-            if _identity(target) in input_ids:
+            if _identity(target) in self.input_ids:
                 raise InputImageError(
                     f"{job.src}: output {target} would replace an input; use another --out"
                 )
 
-    def write(state: _State) -> None:
+    def write(self, state: _State) -> None:
         pages = [state.results[i] for i in range(state.expected)]
-        targets = output_paths(state.job, [m for _, m in pages], options, out_dir, len(pages))
-        guard(state.job, targets)
-        if len(targets) == 1:
-            write_encoded_pages(
-                [blob for blob, _ in pages],
-                targets[0],
-                dpis=[m.get("dpi") for _, m in pages],
-                page_sizes_pt=[m.get("page_size_pt") for _, m in pages],
-            )
-        else:
-            for (blob, meta), target in zip(pages, targets, strict=True):
-                write_encoded_pages([blob], target, dpis=[meta.get("dpi")])
+        metas = [p.meta for p in pages]
+        targets = output_paths(state.job, metas, self.options, self.out_dir, len(pages))
+        self.guard(state.job, targets)
+        write_document(pages, targets, source=state.job.src)
         state.record.outputs = [str(t) for t in targets]
         state.record.pages = len(pages)
 
-    def existing_outputs(job: _Job) -> list[Path] | None:
+    def finalise(self, state: _State) -> None:
+        try:
+            self.write(state)
+        except Exception as exc:
+            state.record.status = "failed"
+            state.record.reason = _reason(exc, state.job.src)
+        self.finish(state)
+
+    def fail(self, state: _State, exc: BaseException) -> None:
+        if state.record.status == "ok":
+            state.record.status = "failed"
+            state.record.reason = _reason(exc, state.job.src)
+            state.results.clear()
+            if state.decoded:
+                self.finish(state)
+
+    def existing_outputs(self, job: _Job) -> list[Path] | None:
         """The outputs of ``job`` if they all exist and are complete, else ``None``."""
+        options, out_dir = self.options, self.out_dir
         single = output_paths(job, None, options, out_dir, 1)
         if is_complete_output(single[0]):
             return single
@@ -549,31 +567,33 @@ def run_files(
         targets = output_paths(job, None, options, out_dir, pages)
         return targets if pages > 1 and all(is_complete_output(t) for t in targets) else None
 
-    def stream() -> Iterator[tuple[_State, int, ImageBatch]]:
-        for job in jobs:
+    def skipped(self, state: _State) -> bool:
+        """Record ``state`` as skipped (or failed) if its outputs already exist."""
+        found = None if self.options.overwrite else self.existing_outputs(state.job)
+        if found is None:
+            return False
+        try:
+            self.guard(state.job, found)
+            state.record.status = "skipped"
+            state.record.reason = "output exists (use --overwrite to replace)"
+        except InputImageError as exc:
+            state.record.status = "failed"
+            state.record.reason = str(exc)
+        state.record.outputs = [str(t) for t in found]
+        self.finish(state)
+        return True
+
+    def stream(self) -> Iterator[Item]:
+        options = self.options
+        for job in self.jobs:
             state = _State(job)
-            if not options.overwrite:
-                found = existing_outputs(job)
-                if found is not None:
-                    try:
-                        guard(job, found)
-                        state.record.status = "skipped"
-                        state.record.reason = "output exists (use --overwrite to replace)"
-                    except InputImageError as exc:
-                        state.record.status = "failed"
-                        state.record.reason = str(exc)
-                    state.record.outputs = [str(t) for t in found]
-                    finish(state)
-                    continue
+            if self.skipped(state):
+                continue
             try:
-                for index, page in enumerate(
-                    read_pages(
-                        job.src,
-                        dpi=options.dpi,
-                        max_pixels=options.max_pixels,
-                        frames=options.frames,
-                    )
-                ):
+                pages = read_pages(
+                    job.src, dpi=options.dpi, max_pixels=options.max_pixels, frames=options.frames
+                )
+                for index, page in enumerate(pages):
                     state.expected = index + 1
                     yield state, index, _page_to_batch(page, job)
                 state.decoded = True
@@ -581,99 +601,52 @@ def run_files(
                 state.record.status = "failed"
                 state.record.reason = _reason(exc, job.src)
                 state.decoded = True
-                finish(state)
+                self.finish(state)
                 continue
             if state.record.status != "ok":
-                finish(state)  # a batch holding its pages failed while it was still being read
+                self.finish(state)  # a batch holding its pages failed while it was still read
             elif state.complete:
-                _finalise(state)
+                self.finalise(state)
 
-    def _finalise(state: _State) -> None:
-        try:
-            write(state)
-        except Exception as exc:
-            state.record.status = "failed"
-            state.record.reason = _reason(exc, state.job.src)
-        finish(state)
+    # ---- per batch --------------------------------------------------------------------------
 
-    def fail(state: _State, exc: BaseException) -> None:
-        if state.record.status == "ok":
-            state.record.status = "failed"
-            state.record.reason = _reason(exc, state.job.src)
-            state.results.clear()
-            if state.decoded:
-                finish(state)
-
-    def run_batch(items: list[tuple[_State, int, ImageBatch]]) -> None:
+    def run_batch(self, items: list[Item]) -> None:
         batch = ImageBatch.concat([b for _, _, b in items])
-        out = process(batch)
+        out = self.process(batch)
         if not isinstance(out, ImageBatch) or len(out) != len(batch):
             got = len(out) if isinstance(out, ImageBatch) else type(out).__name__
             raise ValueError(f"the stage returned {got} images for {len(batch)}")
-        for k, (state, index, _) in enumerate(items):
-            state.results[index] = (
-                _encode_page(_to_uint8(out.images, k), out.meta[k]),
-                out.meta[k],
-            )
+        encoded = encode_results(out, [b.names[0] for _, _, b in items])
+        for (state, index, _), page in zip(items, encoded, strict=True):
+            state.results[index] = page
 
-    buffer: list[tuple[_State, int, ImageBatch]] = []
-
-    def flush() -> None:
-        if not buffer:
-            return
-        items = list(buffer)
-        buffer.clear()
+    def flush(self) -> None:
+        items = list(self.buffer)
+        self.buffer.clear()
         live = [it for it in items if it[0].record.status == "ok"]
         if not live:
             return
         try:
-            run_batch(live)
+            self.run_batch(live)
         except Exception as exc:
             if len(live) == 1:
-                fail(live[0][0], exc)
+                self.fail(live[0][0], exc)
             else:
                 # Retry one page at a time, so one bad page does not fail its batch-mates.
                 for item in live:
                     if item[0].record.status != "ok":
                         continue
                     try:
-                        run_batch([item])
+                        self.run_batch([item])
                     except Exception as single:
-                        fail(item[0], single)
+                        self.fail(item[0], single)
         for state, _, _ in live:
             if not state.finished and state.complete and state.record.status == "ok":
-                _finalise(state)
-
-    try:
-        for state, index, batch in stream():
-            if buffer and (
-                buffer[-1][2].images.shape[1:] != batch.images.shape[1:]
-                or len(buffer) >= options.batch_size
-            ):
-                flush()
-            buffer.append((state, index, batch))
-        flush()
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        for job in jobs:
-            if id(job) not in finished_jobs:
-                summary.records.append(
-                    FileRecord(str(job.src), "pending", reason="not finished (interrupted)")
-                )
-        raise
-    finally:
-        summary.seconds = time.perf_counter() - t_start
-        if options.report:
-            report = json.dumps(summary.to_json(), indent=2).encode()
-            atomic_write(options.report, lambda fh: fh.write(report))
-    return summary
+                self.finalise(state)
 
 
 def _page_to_batch(page: Page, job: _Job) -> ImageBatch:
-    name = job.out_stem.as_posix()
-    if page.meta.get("pages", 1) > 1:
-        name = f"{name}-p{page.meta['page'] + 1:03d}"
-    return page_batch(page, name)
+    return page_batch(page, page_name(job.out_stem.as_posix(), page.meta))
 
 
 def _reason(exc: BaseException, src: Path) -> str:

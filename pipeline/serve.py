@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -34,9 +33,9 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.errors import AepipeError, ConfigError, WeightsError
+from pipeline.errors import AepipeError, WeightsError
 
 if TYPE_CHECKING:
     from pipeline.batch import ImageBatch
@@ -45,13 +44,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Endpoint key -> the registry name of the stage it runs.
-ENDPOINT_STAGES = {
-    "clean-scan": "scan-denoiser",
-    "denoise": "impulse-denoiser",
-    "colorize": "colorizer",
-    "faces": "face-generator",
-}
+
+def endpoint_stages() -> dict[str, str]:
+    """Endpoint key -> the registry name of the stage it runs (from :mod:`pipeline.registry`)."""
+    from pipeline.registry import routes
+
+    return {key: e.name for key, e in routes().items()}
 
 
 class ServeSettings(BaseModel):
@@ -73,9 +71,7 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    models: dict[Literal["clean-scan", "denoise", "colorize", "faces"], str | None] = Field(
-        default_factory=dict
-    )
+    models: dict[str, str | None] = Field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     concurrency: int = Field(1, ge=1, le=64)
     queue: int = Field(64, ge=0, le=100_000)
@@ -86,22 +82,23 @@ class ServeSettings(BaseModel):
     max_faces: int = Field(256, ge=1, le=100_000)
     threads: int | None = Field(None, ge=1, le=1024)
 
+    @field_validator("models")
+    @classmethod
+    def _known_endpoints(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        known = endpoint_stages()
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown endpoint(s) {unknown}; known: {sorted(known)}")
+        return value
 
-def default_weights(stage_name: str) -> str | None:
-    """The shipped weights for a stage: the folder named after it, else the first that fits."""
-    from pipeline.weights import read_config, shipped_names, shipped_weights_dir
 
-    names = shipped_names()
-    root = shipped_weights_dir()
-    if stage_name in names:
-        return stage_name
-    for name in names:
-        try:
-            if read_config(root / name)["stage"] == stage_name:
-                return name
-        except WeightsError:
-            continue
-    return None
+def default_weights(key: str) -> str | None:
+    """The shipped weights an endpoint serves by default (its registry entry's), if installed."""
+    from pipeline.registry import routes
+    from pipeline.weights import shipped_names
+
+    weights = routes()[key].weights
+    return weights if weights in shipped_names() else None
 
 
 def load_stages(settings: ServeSettings) -> dict[str, Stage | None]:
@@ -113,8 +110,8 @@ def load_stages(settings: ServeSettings) -> dict[str, Stage | None]:
     from pipeline.stage import load_stage
 
     stages: dict[str, Stage | None] = {}
-    for key, expected in ENDPOINT_STAGES.items():
-        weights = settings.models.get(key)  # type: ignore[call-overload]
+    for key, expected in endpoint_stages().items():
+        weights = settings.models.get(key)
         if weights is None:
             stages[key] = None
             continue
@@ -242,111 +239,42 @@ class Limiter:
 
 
 def decode_upload(data: bytes, filename: str, settings: ServeSettings) -> list[Page]:
-    """Decode an uploaded image or PDF into pages, checking the limits before decoding.
+    """Decode an uploaded image or PDF into pages; :mod:`pipeline.io` checks every limit.
 
     Raises:
-        ApiError: 413 over the pixel or page limit, 415 not an image or PDF, 422 corrupt.
+        InputImageError: its class gives the status (:func:`pipeline.core.http_status`): 413
+            over the pixel or page limit, 415 not an image or PDF, 422 corrupt or empty.
     """
-    from pipeline import io as pio
-    from pipeline.errors import InputImageError
+    from pipeline.io import decode_pages
 
-    if not data:
-        raise ApiError(422, "empty", "the upload is empty (0 bytes)")
-    path = Path(filename or "upload")
-    if data[:5] == b"%PDF-":
-        _check_pdf(data, settings)
-    else:
-        _check_raster(data, settings)
-    try:
-        return list(pio.decode_pages(data, path, dpi=settings.dpi, max_pixels=settings.max_pixels))
-    except InputImageError as exc:
-        status = 413 if "exceeds the limit" in str(exc) else 422
-        raise ApiError(
-            status, "too_many_pixels" if status == 413 else "corrupt", str(exc)
-        ) from None
-
-
-def _check_raster(data: bytes, settings: ServeSettings) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        raise ApiError(413, "too_many_pixels", "image header claims far too many pixels") from None
-    except UnidentifiedImageError:
-        raise ApiError(
-            415, "unsupported", "not an image or PDF (PNG, JPEG, TIFF, BMP, WebP, GIF or PDF)"
-        ) from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ApiError(422, "corrupt", f"cannot read the image header ({exc})") from None
-    w, h = image.size
-    if w * h > settings.max_pixels:
-        raise ApiError(
-            413,
-            "too_many_pixels",
-            f"{w}x{h} = {w * h:,} pixels exceeds the limit of {settings.max_pixels:,}",
+    return list(
+        decode_pages(
+            data,
+            Path(filename or "upload"),
+            dpi=settings.dpi,
+            max_pixels=settings.max_pixels,
+            max_pages=settings.max_pages,
         )
-    pages = int(getattr(image, "n_frames", 1) or 1)
-    if (image.format or "").upper() == "TIFF" and pages > settings.max_pages:
-        raise ApiError(
-            413, "too_many_pages", f"{pages} pages exceeds the limit of {settings.max_pages}"
-        )
+    )
 
 
-def _check_pdf(data: bytes, settings: ServeSettings) -> None:
-    import pypdfium2 as pdfium
-
-    try:
-        pdf = pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        raise ApiError(422, "corrupt", f"cannot open the PDF ({exc})") from None
-    try:
-        if len(pdf) > settings.max_pages:
-            raise ApiError(
-                413, "too_many_pages", f"{len(pdf)} pages exceeds the limit of {settings.max_pages}"
-            )
-    finally:
-        pdf.close()
-
-
-def png_bytes(pixels: np.ndarray, dpi: float | None = None) -> bytes:
-    """Encode HW/HWC uint8 (or bool for 1-bit) pixels as PNG."""
-    from pipeline.io import to_pil
-
-    buf = io.BytesIO()
-    kwargs = {"dpi": (dpi, dpi)} if dpi else {}
-    to_pil(pixels).save(buf, format="PNG", **kwargs)
-    return buf.getvalue()
-
-
-def _page_pixels(batch: ImageBatch, bilevel: bool = False) -> np.ndarray:
-    """The first image of a result batch as uint8, or bool (1-bit PNG/PDF) when bilevel."""
-    pixels = batch.to_numpy(np.uint8)[0]
-    if bilevel or (batch.meta and batch.meta[0].get("bilevel")):
-        return pixels[..., 0] >= 128
-    return pixels
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
+def _zip(files: Sequence[tuple[str, bytes]]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, blob in files.items():
+        for name, blob in files:
             zf.writestr(name, blob)
     return buf.getvalue()
 
 
-def _pdf(pages: list[np.ndarray], metas: list[dict[str, Any]]) -> bytes:
-    from pipeline.io import write_pages
+def _fit_channels(stage: Stage) -> Callable[[ImageBatch], ImageBatch]:
+    """``stage`` behind a conversion to channels it takes (a colour image to gray, or back)."""
 
-    with tempfile.TemporaryDirectory(prefix="aepipe-serve-") as tmp:
-        target = Path(tmp) / "out.pdf"
-        write_pages(
-            pages,
-            target,
-            dpis=[m.get("dpi") for m in metas],
-            page_sizes_pt=[m.get("page_size_pt") for m in metas],
-        )
-        return target.read_bytes()
+    def run(batch: ImageBatch) -> ImageBatch:
+        if batch.channels not in stage.input_channels:
+            batch = batch.gray() if 1 in stage.input_channels else batch.rgb()
+        return stage(batch)
+
+    return run
 
 
 def with_overrides(stage: Stage, **updates: Any) -> Stage:
@@ -402,11 +330,85 @@ def warm_up(stage: Stage) -> None:
 
 Media = tuple[bytes, str, str]  # body, media type, file name
 
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "multipart/form-data with a `file` field, or the raw file as the body.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_ERRORS_DOC: dict[int | str, dict[str, Any]] = {
+    413: {"description": "Upload over the byte, pixel or page limit."},
+    415: {"description": "Not an image or PDF."},
+    422: {"description": "Corrupt image or invalid parameter."},
+    503: {"description": "Busy (queue full) or the stage is not loaded."},
+}
+
+
+class _Service:
+    """What every route shares: settings, loaded stages, the limiter and the request helpers."""
+
+    def __init__(self, settings: ServeSettings, stages: dict[str, Stage | None]) -> None:
+        self.settings = settings
+        self.stages = stages
+        self.variants = {k: Variants(s) for k, s in stages.items() if s is not None}
+        self.limiter = Limiter(settings.concurrency, settings.queue)
+        self.started = time.time()
+
+    def need(self, key: str, **overrides: Any) -> Stage:
+        """The stage behind endpoint ``key`` (with per-request config overrides).
+
+        Raises:
+            ApiError: 503 when the endpoint's stage is not loaded.
+        """
+        if key not in self.variants:
+            name = endpoint_stages()[key]
+            raise ApiError(503, "not_loaded", f"no {name} weights were loaded")
+        return self.variants[key].get(**overrides)
+
+    async def upload(self, request: Request) -> tuple[bytes, str]:
+        """The uploaded file's bytes and name (multipart ``file`` field or the raw body)."""
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form()
+            file = form.get("file")
+            if file is None or isinstance(file, str):
+                raise ApiError(
+                    422, "no_file", "multipart upload needs a 'file' field holding the image"
+                )
+            return await file.read(), file.filename or "upload"
+        return await request.body(), "upload"
+
+    async def respond(self, work: Callable[[], Media]) -> Response:
+        """Run ``work`` on the model threads and answer with its file."""
+        body, media_type, name = await self.limiter.run(work)
+        return Response(
+            body,
+            media_type=media_type,
+            headers={"Content-Disposition": f'inline; filename="{name}"'},
+        )
+
+
+def _stem(filename: str) -> str:
+    return Path(filename).stem or "upload"
+
 
 def create_app(
     settings: ServeSettings | None = None, stages: dict[str, Stage | None] | None = None
 ) -> FastAPI:
     """Build the FastAPI app; every stage is loaded here, once, before the first request.
+
+    Each stage with an HTTP route in :mod:`pipeline.registry` gets its endpoint, built by the
+    route's kind (``pages``, ``image`` or ``generate``).
 
     Args:
         settings: limits and which weights serve which endpoint.
@@ -416,7 +418,7 @@ def create_app(
         WeightsError: configured weights could not be loaded.
     """
     from pipeline import __version__
-    from pipeline.io import make_grid, page_batch
+    from pipeline.registry import routes
 
     settings = settings or ServeSettings()
     if settings.threads:
@@ -424,15 +426,12 @@ def create_app(
 
         torch.set_num_threads(settings.threads)
     stages = dict(stages) if stages is not None else load_stages(settings)
-    for key in ENDPOINT_STAGES:
+    for key in routes():
         stages.setdefault(key, None)
     for stage in stages.values():
         if stage is not None:
             warm_up(stage)
-    scan_variants = Variants(stages["clean-scan"]) if stages["clean-scan"] is not None else None
-    limiter = Limiter(settings.concurrency, settings.queue)
-    started = time.time()
-
+    service = _Service(settings, stages)
     app = FastAPI(
         title="aepipe",
         version=__version__,
@@ -445,8 +444,22 @@ def create_app(
     )
     app.state.settings = settings
     app.state.stages = stages
-    app.state.limiter = limiter
+    app.state.limiter = service.limiter
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    _add_error_handlers(app)
+    _add_health(app, service, __version__)
+    for key, entry in routes().items():
+        _ROUTE_KINDS[entry.route_kind](app, service, key)  # type: ignore[index]
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Answer every error as ``{"error": code, "detail": message}``.
+
+    The status comes from the error's class (:func:`pipeline.core.http_status`), never from its
+    message text.
+    """
+    from pipeline.core import http_status
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -462,93 +475,48 @@ def create_app(
 
     @app.exception_handler(AepipeError)
     async def _aepipe_error(_: Request, exc: AepipeError) -> JSONResponse:
-        status = 422 if isinstance(exc, (ConfigError, ValueError)) else 500
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status)
+        status, code = http_status(exc) or (500, "internal")
+        return JSONResponse({"error": code, "detail": str(exc)}, status)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # The traceback still goes to the server log; the client gets JSON, the server lives on.
         return JSONResponse({"error": "internal", "detail": f"{type(exc).__name__}: {exc}"}, 500)
 
-    def need(key: str) -> Stage:
-        stage = stages.get(key)
-        if stage is None:
-            raise ApiError(503, "not_loaded", f"no {ENDPOINT_STAGES[key]} weights were loaded")
-        return stage
 
-    async def upload(request: Request) -> tuple[bytes, str]:
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
-            form = await request.form()
-            file = form.get("file")
-            if file is None or isinstance(file, str):
-                raise ApiError(
-                    422, "no_file", "multipart upload needs a 'file' field holding the image"
-                )
-            return await file.read(), file.filename or "upload"
-        return await request.body(), "upload"
-
-    upload_doc = {
-        "requestBody": {
-            "required": True,
-            "description": "multipart/form-data with a `file` field, or the raw file as the body.",
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"file": {"type": "string", "format": "binary"}},
-                        "required": ["file"],
-                    }
-                },
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-    }
-    errors_doc: dict[int | str, dict[str, Any]] = {
-        413: {"description": "Upload over the byte, pixel or page limit."},
-        415: {"description": "Not an image or PDF."},
-        422: {"description": "Corrupt image or invalid parameter."},
-        503: {"description": "Busy (queue full) or the stage is not loaded."},
-    }
-
-    def respond(media: Media) -> Response:
-        body, media_type, name = media
-        return Response(
-            body,
-            media_type=media_type,
-            headers={"Content-Disposition": f'inline; filename="{name}"'},
-        )
-
-    def stem_of(filename: str) -> str:
-        return Path(filename).stem or "upload"
-
+def _add_health(app: FastAPI, service: _Service, version: str) -> None:
     @app.get("/healthz", summary="Liveness, loaded stages and load")
     async def healthz() -> dict[str, Any]:
+        stages, limiter = service.stages, service.limiter
         return {
             "status": "ok",
-            "version": __version__,
+            "version": version,
             "stages": {k: (s.name if s is not None else None) for k, s in stages.items()},
             "device": next((str(s.device) for s in stages.values() if s is not None), None),
             "running": limiter.running,
             "waiting": limiter.waiting,
             "served": limiter.served,
-            "uptime_s": round(time.time() - started, 1),
+            "uptime_s": round(time.time() - service.started, 1),
         }
 
+
+def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
+    """``POST /v1/<key>``: an image or PDF in, every page through the stage, PNG/PDF/zip out."""
+
     @app.post(
-        "/v1/clean-scan",
+        f"/v1/{key}",
         summary="Clean a scanned page (image or PDF)",
-        openapi_extra=upload_doc,
+        openapi_extra=_UPLOAD_DOC,
         responses={
             200: {
                 "content": {"image/png": {}, "application/pdf": {}, "application/zip": {}},
                 "description": "PNG for one page, PDF (same page sizes) or a zip of PNGs.",
             },
-            **errors_doc,
+            **_ERRORS_DOC,
         },
         response_class=Response,
     )
-    async def clean_scan(
+    async def pages_endpoint(
         request: Request,
         format: Literal["same", "png", "pdf"] = Query(
             "same", description="same: PDF in -> PDF out, image in -> PNG (zip for many pages)."
@@ -556,92 +524,99 @@ def create_app(
         binarize: bool | None = Query(None, description="Bilevel (1-bit) output."),
         keep_color: bool | None = Query(None, description="Keep the colour of colour scans."),
     ) -> Response:
-        need("clean-scan")
-        stage = scan_variants.get(binarize=binarize, keep_color=keep_color)
-        data, filename = await upload(request)
-        is_pdf = data[:5] == b"%PDF-"
+        from pipeline.core import encode_document, output_format, run_pages
+
+        stage = service.need(key, binarize=binarize, keep_color=keep_color)
+        data, filename = await service.upload(request)
 
         def work() -> Media:
-            pages = decode_upload(data, filename, settings)
-            results = [stage(page_batch(p)) for p in pages]
-            bilevel = bool(getattr(stage.config, "binarize", False))
-            pixels = [_page_pixels(r, bilevel) for r in results]
-            metas = [p.meta for p in pages]
-            stem = stem_of(filename)
-            fmt = format if format != "same" else ("pdf" if is_pdf else "png")
+            pages = decode_upload(data, filename, service.settings)
+            stem = _stem(filename)
+            fmt = output_format(pages[0].meta.get("format", ""), format, keep_tiff=False)
+            files = encode_document(run_pages(stage, pages, stem), fmt, stem, source=data)
             if fmt == "pdf":
-                return _pdf(pixels, metas), "application/pdf", f"{stem}.pdf"
-            if len(pixels) == 1:
-                return png_bytes(pixels[0], metas[0].get("dpi")), "image/png", f"{stem}.png"
-            files = {
-                f"{stem}-p{i + 1:03d}.png": png_bytes(px, m.get("dpi"))
-                for i, (px, m) in enumerate(zip(pixels, metas, strict=True))
-            }
+                return files[0][1], "application/pdf", files[0][0]
+            if len(files) == 1:
+                return files[0][1], "image/png", f"{stem}.png"
             return _zip(files), "application/zip", f"{stem}.zip"
 
-        return respond(await limiter.run(work))
+        return await service.respond(work)
 
-    def image_endpoint(key: str, path: str, summary: str) -> None:
-        @app.post(
-            path,
-            summary=summary,
-            openapi_extra=upload_doc,
-            responses={200: {"content": {"image/png": {}}}, **errors_doc},
-            response_class=Response,
-        )
-        async def endpoint(request: Request) -> Response:
-            stage = need(key)
-            data, filename = await upload(request)
+    pages_endpoint.__name__ = key.replace("-", "_")
 
-            def work() -> Media:
-                page = decode_upload(data, filename, settings)[0]
-                batch = page_batch(page)
-                if batch.channels not in stage.input_channels:
-                    batch = batch.gray() if 1 in stage.input_channels else batch.rgb()
-                pixels = _page_pixels(stage(batch))
-                return png_bytes(pixels), "image/png", f"{stem_of(filename)}.png"
 
-            return respond(await limiter.run(work))
+def _add_image_route(app: FastAPI, service: _Service, key: str) -> None:
+    """``POST /v1/<key>``: one image in (its first page), the stage's result out as PNG."""
+    entry_name = endpoint_stages()[key]
 
-        endpoint.__name__ = key.replace("-", "_")
-
-    image_endpoint("denoise", "/v1/denoise", "Remove impulse (salt-and-pepper) noise from an image")
-    image_endpoint(
-        "colorize", "/v1/colorize", "Colorize a gray image (a colour image is made gray first)"
-    )
-
-    @app.get(
-        "/v1/faces",
-        summary="Generate faces (optionally colorized) as a PNG grid or a zip",
-        responses={200: {"content": {"image/png": {}, "application/zip": {}}}, **errors_doc},
+    @app.post(
+        f"/v1/{key}",
+        summary=f"Run the {entry_name} stage on an image",
+        openapi_extra=_UPLOAD_DOC,
+        responses={200: {"content": {"image/png": {}}}, **_ERRORS_DOC},
         response_class=Response,
     )
-    async def faces(
-        n: int = Query(16, ge=1, le=settings.max_faces, description="How many faces."),
-        seed: int = Query(0, ge=0, le=2**63 - 1, description="Same seed, same faces."),
+    async def image_endpoint(request: Request) -> Response:
+        from pipeline.core import encode_document, run_pages
+
+        stage = service.need(key)
+        data, filename = await service.upload(request)
+
+        def work() -> Media:
+            page = decode_upload(data, filename, service.settings)[0]
+            stem = _stem(filename)
+            done = run_pages(_fit_channels(stage), [page], stem)
+            return encode_document(done, "png", stem)[0][1], "image/png", f"{stem}.png"
+
+        return await service.respond(work)
+
+    image_endpoint.__name__ = key.replace("-", "_")
+
+
+def _add_generate_route(app: FastAPI, service: _Service, key: str) -> None:
+    """``GET /v1/<key>``: images sampled by a generator (optionally colorized), grid or zip."""
+    settings = service.settings
+
+    @app.get(
+        f"/v1/{key}",
+        summary="Generate images (optionally colorized) as a PNG grid or a zip",
+        responses={200: {"content": {"image/png": {}, "application/zip": {}}}, **_ERRORS_DOC},
+        response_class=Response,
+    )
+    async def generate_endpoint(
+        n: int = Query(16, ge=1, le=settings.max_faces, description="How many images."),
+        seed: int = Query(0, ge=0, le=2**63 - 1, description="Same seed, same images."),
         colorize: bool = Query(False, description="Colorize with the colorizer stage."),
         temperature: float | None = Query(
             None, gt=0, le=3, description="Sampling temperature (default: the weights')."
         ),
         format: Literal["grid", "zip"] = Query("grid"),
     ) -> Response:
-        generator = need("faces")
-        colorizer = need("colorize") if colorize else None
+        from pipeline.core import as_generator, generate_batch
+        from pipeline.io import make_grid, png_bytes
+
+        generator = as_generator(service.need(key), key)
+        then = [service.need("colorize")] if colorize else []
 
         def work() -> Media:
-            from pipeline.core import generate_batch
-
-            then = [colorizer] if colorizer is not None else []
             batch = generate_batch(generator, n, seed=seed, temperature=temperature, stages=then)
             arrays = batch.to_numpy(np.uint8)
             if format == "zip":
-                files = {f"face_{i:05d}.png": png_bytes(a) for i, a in enumerate(arrays)}
-                return _zip(files), "application/zip", f"faces_seed{seed}.zip"
-            return png_bytes(make_grid(arrays)), "image/png", f"faces_seed{seed}.png"
+                names = [f"{name}.png" for name in batch.names]
+                files = [(name, png_bytes(a)) for name, a in zip(names, arrays, strict=True)]
+                return _zip(files), "application/zip", f"{key}_seed{seed}.zip"
+            return png_bytes(make_grid(arrays)), "image/png", f"{key}_seed{seed}.png"
 
-        return respond(await limiter.run(work))
+        return await service.respond(work)
 
-    return app
+    generate_endpoint.__name__ = key.replace("-", "_")
+
+
+_ROUTE_KINDS: dict[str, Callable[[FastAPI, _Service, str], None]] = {
+    "pages": _add_pages_route,
+    "image": _add_image_route,
+    "generate": _add_generate_route,
+}
 
 
 def run_server(

@@ -1,13 +1,12 @@
 """The Stage contract, strict stage configs, and the stage registry.
 
 A stage is one trained model plus a strict pydantic config and a single call,
-``stage(batch) -> batch``, run under ``torch.inference_mode()``. Adding a stage means writing
-one file in ``pipeline/stages/`` and one line in :data:`STAGE_PATHS`.
+``stage(batch) -> batch``, run under ``torch.inference_mode()``. A :class:`Generator` also samples
+new images. Stages are found by name through :mod:`pipeline.registry` (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -23,14 +22,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
     from typing_extensions import Self
-
-# Registry: stage name -> "module:Class". Lazy so that the CLI's --help never imports torch.
-STAGE_PATHS: dict[str, str] = {
-    "scan-denoiser": "pipeline.stages.scan_denoiser:ScanDenoiser",
-    "impulse-denoiser": "pipeline.stages.impulse_denoiser:ImpulseDenoiser",
-    "face-generator": "pipeline.stages.face_generator:FaceGenerator",
-    "colorizer": "pipeline.stages.colorizer:Colorizer",
-}
 
 
 class StageConfig(BaseModel):
@@ -69,14 +60,14 @@ def build_config(cls: type[StageConfig], data: dict[str, Any], where: str) -> St
 
 
 def stage_class(name: str) -> type[Stage]:
-    """Return the stage class registered under ``name`` (e.g. ``"scan-denoiser"``)."""
-    try:
-        target = STAGE_PATHS[name]
-    except KeyError:
-        known = ", ".join(sorted(STAGE_PATHS))
-        raise ConfigError(f"unknown stage {name!r}; known stages: {known}") from None
-    module_name, attr = target.split(":")
-    return getattr(importlib.import_module(module_name), attr)
+    """Return the stage class registered under ``name`` (e.g. ``"scan-denoiser"``).
+
+    Raises:
+        ConfigError: no stage of that name is registered (see :mod:`pipeline.registry`).
+    """
+    from pipeline.registry import stage_class as registered
+
+    return registered(name)
 
 
 class Stage(ABC):

@@ -121,7 +121,7 @@ def load_model(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from models import model_class
+    from pipeline.registry import model_class
 
     folder = resolve(name_or_path)
     config = read_config(folder)

@@ -9,10 +9,11 @@ import torch
 
 from pipeline.batch import ImageBatch
 from pipeline.errors import ConfigError, ShapeError, WeightsError
-from pipeline.stage import STAGE_PATHS, Stage, build_config, load_stage, stage_class
+from pipeline.registry import ENTRIES
+from pipeline.stage import Stage, build_config, load_stage, stage_class
 from pipeline.weights import WEIGHTS_NAME
 
-STAGES = sorted(STAGE_PATHS)
+STAGES = sorted(ENTRIES)
 
 
 @pytest.fixture(params=STAGES)

@@ -45,8 +45,9 @@ from pipeline.io import (
     remove_stale_temps,
     write_image,
 )
+from pipeline.registry import ENTRIES
 from pipeline.runner import RunOptions, run_files
-from pipeline.stage import STAGE_PATHS, stage_class
+from pipeline.stage import stage_class
 from pipeline.weights import CONFIG_NAME, WEIGHTS_NAME, load_model, save_model, sha256_file
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -62,11 +63,11 @@ def invert(batch: ImageBatch) -> ImageBatch:
 
 
 def stage_available(name: str) -> bool:
-    module = STAGE_PATHS[name].split(":")[0]
+    module = ENTRIES[name].stage.split(":")[0]
     return importlib.util.find_spec(module) is not None
 
 
-AVAILABLE_STAGES = [n for n in sorted(STAGE_PATHS) if stage_available(n)]
+AVAILABLE_STAGES = [n for n in sorted(ENTRIES) if stage_available(n)]
 
 
 def by_name(summary) -> dict[str, object]:

@@ -218,15 +218,11 @@ def gen_faces(
     seed writes the same images.
     """
     with cli_errors():
-        import numpy as np
-
-        from pipeline.io import write_image
+        from pipeline.core import generate, load_generator
 
         overrides: dict[str, object] = {"batch_size": batch_size}
         if prior:
             overrides["sampler"] = "prior"
-        from pipeline.core import generate, load_generator
-
         stage = load_generator(model, _resolve_device(device), **overrides)
         options = {"concepts": _concepts(concept, concepts_dir)} if concept else {}
         then = []
@@ -234,24 +230,32 @@ def gen_faces(
             from pipeline.stage import load_stage
 
             then.append(load_stage("colorizer", device=_resolve_device(device)))
-        out.mkdir(parents=True, exist_ok=True)
         grid_path = None if no_grid else (grid or out / "grid.png")
-        keep = []
         batches = generate(stage, n, seed=seed, temperature=temperature, stages=then, **options)
-        with _progress(n, quiet) as advance:
-            for batch in batches:
-                arrays = batch.to_numpy(np.uint8)
-                for name, arr in zip(batch.names, arrays, strict=True):
-                    write_image(arr[..., 0] if arr.shape[-1] == 1 else arr, out / f"{name}.png")
-                if grid_path is not None and sum(len(b) for b in keep) < 1024:
-                    keep.append(batch)
-                advance(len(batch))
-        if grid_path is not None and keep:
-            from pipeline.batch import ImageBatch
-
-            sheet = ImageBatch.concat(keep)
-            _write_grid(sheet.split(1024)[0], grid_path)
+        _write_faces(batches, n, out, grid_path, quiet)
         err(f"wrote {n} faces to {out}" + (f" and the grid {grid_path}" if grid_path else ""))
+
+
+def _write_faces(batches, n: int, out: Path, grid_path: Path | None, quiet: bool) -> None:
+    """Write each face as ``<name>.png`` under ``out`` and up to 1024 of them as a grid."""
+    import numpy as np
+
+    from pipeline.io import write_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    keep = []
+    with _progress(n, quiet) as advance:
+        for batch in batches:
+            arrays = batch.to_numpy(np.uint8)
+            for name, arr in zip(batch.names, arrays, strict=True):
+                write_image(arr[..., 0] if arr.shape[-1] == 1 else arr, out / f"{name}.png")
+            if grid_path is not None and sum(len(b) for b in keep) < 1024:
+                keep.append(batch)
+            advance(len(batch))
+    if grid_path is not None and keep:
+        from pipeline.batch import ImageBatch
+
+        _write_grid(ImageBatch.concat(keep).split(1024)[0], grid_path)
 
 
 class _progress:

@@ -13,14 +13,12 @@ import typer
 from pipeline.cli.apps import CONTEXT, app
 from pipeline.cli.common import run_app
 
-# Each of these modules registers its commands on the shared apps when imported.
-AREAS = ("clean", "scans", "impulse", "faces", "colorize", "run", "serve")
-
 
 def load_areas() -> None:
-    """Import every CLI area module so its commands are registered."""
-    for area in AREAS:
-        name = f"pipeline.cli.{area}"
+    """Import every CLI module the registry names, so its commands are registered."""
+    from pipeline.registry import cli_modules
+
+    for name in cli_modules():
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -67,7 +68,7 @@ def serve(
 
     device = check_choice(device, ("auto", "cpu", "cuda"), "--device")
     try:
-        from pipeline.serve import ENDPOINT_STAGES, ServeSettings, default_weights, run_server
+        from pipeline.serve import ServeSettings, default_weights, endpoint_stages, run_server
     except ModuleNotFoundError as exc:
         fail(
             f"{exc.name} is not installed; install the [serve] extra: pip install 'aepipe[serve]'",
@@ -79,14 +80,7 @@ def serve(
         "colorize": colorize_model,
         "faces": faces_model,
     }
-    models: dict[str, str | None] = {}
-    for key, value in given.items():
-        if value is None:
-            models[key] = default_weights(ENDPOINT_STAGES[key])
-            if models[key] is None:
-                err(f"note: no shipped {ENDPOINT_STAGES[key]} weights; /v1/{key} is off")
-        else:
-            models[key] = None if value.lower() == "none" else value
+    models = _endpoint_models(given, endpoint_stages(), default_weights, err)
     with cli_errors():
         settings = ServeSettings(
             models=models,
@@ -107,3 +101,22 @@ def serve(
             log_level.lower(),
             on_ready=lambda url: err(f"stages loaded; serving on {url} (docs: {url}/docs)"),
         )
+
+
+def _endpoint_models(
+    given: dict[str, str | None],
+    endpoints: dict[str, str],
+    default_weights: Callable[[str], str | None],
+    note: Callable[[str], None],
+) -> dict[str, str | None]:
+    """Weights per endpoint: the option's value, ``None`` for 'none', else the shipped default."""
+    models: dict[str, str | None] = {}
+    for key, stage_name in endpoints.items():
+        value = given.get(key)
+        if value is None:
+            models[key] = default_weights(key)
+            if models[key] is None:
+                note(f"note: no shipped {stage_name} weights; /v1/{key} is off")
+        else:
+            models[key] = None if value.lower() == "none" else value
+    return models

@@ -1,0 +1,168 @@
+"""The one registry: stage name -> stage class, model classes, default weights, CLI, HTTP route.
+
+Every front end asks this module instead of keeping its own list: :func:`pipeline.stage.load_stage`
+finds stage classes here, :func:`pipeline.weights.load_model` model classes, the CLI the modules
+that register commands, and the HTTP service its endpoints. Adding a stage is one stage file, its
+model file, its training module and one :class:`Entry` in :data:`ENTRIES` (see CONTRIBUTING.md);
+plug-ins and tests add theirs with :func:`register`.
+
+Classes are named as ``"module:Class"`` strings and imported on first use, so that ``--help``
+and ``import pipeline`` never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pipeline.stage import Stage
+
+RouteKind = Literal["pages", "image", "generate"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Everything the front ends need to know about one stage.
+
+    Attributes:
+        name: the stage's registry name, also written as ``"stage"`` in its weights' config.
+        stage: its class, as ``"module:Class"``.
+        models: the model classes its weights may name, ``{"Class": "module:Class"}``.
+        weights: the shipped weights the front ends load by default (``None``: none ship).
+        cli: CLI modules that register this stage's commands when imported.
+        route: HTTP endpoint key (``/v1/<route>``), or ``None`` for no endpoint.
+        route_kind: ``pages`` (documents in, cleaned pages out as PNG/PDF/zip), ``image``
+            (one image in, one PNG out) or ``generate`` (``GET``: sampled images out).
+    """
+
+    name: str
+    stage: str
+    models: Mapping[str, str] = field(default_factory=dict)
+    weights: str | None = None
+    cli: tuple[str, ...] = ()
+    route: str | None = None
+    route_kind: RouteKind | None = None
+
+
+ENTRIES: dict[str, Entry] = {}
+
+
+def register(entry: Entry) -> Entry:
+    """Add (or replace) a stage's entry.
+
+    Raises:
+        ConfigError: the entry has a route without a kind, or another stage owns its route.
+    """
+    if (entry.route is None) != (entry.route_kind is None):
+        raise ConfigError(f"{entry.name}: route and route_kind go together")
+    owner = next(
+        (e.name for e in ENTRIES.values() if entry.route and e.route == entry.route), entry.name
+    )
+    if owner != entry.name:
+        raise ConfigError(f"{entry.name}: HTTP route {entry.route!r} belongs to {owner!r}")
+    ENTRIES[entry.name] = entry
+    return entry
+
+
+for _entry in (
+    Entry(
+        name="scan-denoiser",
+        stage="pipeline.stages.scan_denoiser:ScanDenoiser",
+        models={
+            "ScanUNet": "models.scan_unet:ScanUNet",
+            "ClassicDenoisingAE": "models.classic:ClassicDenoisingAE",
+        },
+        weights="scan-denoiser",
+        cli=("pipeline.cli.clean", "pipeline.cli.scans"),
+        route="clean-scan",
+        route_kind="pages",
+    ),
+    Entry(
+        name="impulse-denoiser",
+        stage="pipeline.stages.impulse_denoiser:ImpulseDenoiser",
+        models={
+            "ImpulseDenoiser": "models.impulse:ImpulseDenoiser",
+            "TutorialAE": "models.classic:TutorialAE",
+        },
+        weights="salt-pepper",
+        cli=("pipeline.cli.impulse",),
+        route="denoise",
+        route_kind="image",
+    ),
+    Entry(
+        name="face-generator",
+        stage="pipeline.stages.face_generator:FaceGenerator",
+        models={"ConvVAE": "models.vae:ConvVAE"},
+        weights="face-vae",
+        cli=("pipeline.cli.faces",),
+        route="faces",
+        route_kind="generate",
+    ),
+    Entry(
+        name="colorizer",
+        stage="pipeline.stages.colorizer:Colorizer",
+        models={"StackNNColorizer": "models.colorizer:StackNNColorizer"},
+        weights="colorizer",
+        cli=("pipeline.cli.colorize",),
+        route="colorize",
+        route_kind="image",
+    ),
+):
+    register(_entry)
+
+# CLI modules that belong to no stage: the TOML runner and the HTTP service.
+FRONT_END_CLI = ("pipeline.cli.run", "pipeline.cli.serve")
+
+
+def entry(name: str) -> Entry:
+    """The entry of stage ``name``.
+
+    Raises:
+        ConfigError: no stage has that name (the message lists the known ones).
+    """
+    try:
+        return ENTRIES[name]
+    except KeyError:
+        known = ", ".join(sorted(ENTRIES))
+        raise ConfigError(f"unknown stage {name!r}; known stages: {known}") from None
+
+
+def _import(target: str) -> Any:
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def stage_class(name: str) -> type[Stage]:
+    """The stage class registered under ``name`` (e.g. ``"scan-denoiser"``)."""
+    return _import(entry(name).stage)
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The ``nn.Module`` class called ``name`` in some stage's entry.
+
+    Raises:
+        KeyError: with the known names, if no entry lists ``name``.
+    """
+    for e in ENTRIES.values():
+        if name in e.models:
+            return _import(e.models[name])
+    known = ", ".join(sorted(m for e in ENTRIES.values() for m in e.models))
+    raise KeyError(f"unknown model class {name!r}; known: {known}")
+
+
+def cli_modules() -> list[str]:
+    """Modules that register CLI commands, in help order: the stages', then the front ends'."""
+    seen = [m for e in ENTRIES.values() for m in e.cli]
+    return list(dict.fromkeys([*seen, *FRONT_END_CLI]))
+
+
+def routes() -> dict[str, Entry]:
+    """HTTP endpoint key -> entry, for every stage with a route."""
+    return {e.route: e for e in ENTRIES.values() if e.route is not None}

@@ -1,0 +1,1 @@
+"""A tiny generator added by following CONTRIBUTING.md: model, stage, training, registry entry."""
