@@ -468,6 +468,13 @@ def test_interrupted_report_lists_every_file(tmp_path):
         "p3.png": "pending",
     }
     assert data["summary"]["interrupted"] and data["summary"]["exit_code"] == 130
+    # Only the finished output is there, complete; a second run skips it and does the rest.
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["p0.png"]
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "o" / "p0.png")), 255 - gradient()
+    )
+    resumed = run_files([src], invert, RunOptions(out_dir=tmp_path / "o", batch_size=1))
+    assert resumed.count("skipped") == 1 and resumed.count("ok") == 3
 
 
 RUNNER_SCRIPT = """
@@ -1080,9 +1087,12 @@ def test_command_with_bad_weights_exits_4_naming_the_file(tmp_path, tiny_weights
     (tampered / WEIGHTS_NAME).write_bytes(bytes(data))
     missing = copy("missing")
     (missing / WEIGHTS_NAME).unlink()
+    broken = copy("broken")
+    (broken / "config.json").write_text("{not json")
     cases = {
         tampered: str(tampered / WEIGHTS_NAME),
         missing: str(missing / WEIGHTS_NAME),
+        broken: str(broken / "config.json"),
     }
     procs = {
         folder: start(

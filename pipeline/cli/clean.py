@@ -63,19 +63,7 @@ def clean_scans(
     4 weights could not be loaded, 130 interrupted.
     """
     device = check_choice(device, DEVICES, "--device")
-    options = file_options(
-        out=out,
-        out_suffix="clean",
-        fmt=fmt,
-        recursive=recursive,
-        overwrite=overwrite,
-        dpi=dpi,
-        max_pixels=max_pixels,
-        batch_size=batch_size,
-        report=report,
-        frames=frames,
-        list_ignored=list_ignored,
-    )
+    options = file_options("clean", locals())
 
     def load():
         from pipeline.stages.scan_denoiser import ScanDenoiser

@@ -84,19 +84,7 @@ def colorize(
     4 weights could not be loaded, 130 interrupted.
     """
     device = check_choice(device, DEVICES, "--device")
-    options = file_options(
-        out=out,
-        out_suffix="colorized",
-        fmt=fmt,
-        recursive=recursive,
-        overwrite=overwrite,
-        dpi=dpi,
-        max_pixels=max_pixels,
-        batch_size=batch_size,
-        report=report,
-        frames=frames,
-        list_ignored=list_ignored,
-    )
+    options = file_options("colorized", locals())
 
     def load():
         from pipeline.stages.colorizer import Colorizer

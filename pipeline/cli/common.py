@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -176,35 +176,29 @@ def cli_errors() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def file_options(
-    *,
-    out: Path | None,
-    out_suffix: str,
-    fmt: str,
-    recursive: bool,
-    overwrite: bool,
-    dpi: int,
-    max_pixels: int,
-    batch_size: int,
-    report: Path | None,
-    frames: str,
-    list_ignored: bool,
-) -> RunOptions:
-    """Check the options every file command shares and build the runner's options from them."""
+def file_options(out_suffix: str, args: Mapping[str, Any]) -> RunOptions:
+    """Check the options every file command shares and build the runner's options from them.
+
+    Args:
+        out_suffix: the default output folder is ``<input>_<out_suffix>``.
+        args: the command's parameters (its ``locals()``); the shared ones are read by name:
+            ``out``, ``fmt``, ``recursive``, ``overwrite``, ``dpi``, ``max_pixels``,
+            ``batch_size``, ``report``, ``frames``, ``list_ignored``.
+    """
     from pipeline.runner import RunOptions
 
     return RunOptions(
-        out_dir=out,
+        out_dir=args["out"],
         out_suffix=out_suffix,
-        fmt=check_choice(fmt, FORMATS, "--format"),  # type: ignore[arg-type]
-        recursive=recursive,
-        overwrite=overwrite,
-        dpi=dpi,
-        max_pixels=max_pixels,
-        batch_size=batch_size,
-        report=report,
-        frames=check_choice(frames, FRAMES, "--frames"),  # type: ignore[arg-type]
-        list_ignored=list_ignored,
+        fmt=check_choice(args["fmt"], FORMATS, "--format"),  # type: ignore[arg-type]
+        recursive=args["recursive"],
+        overwrite=args["overwrite"],
+        dpi=args["dpi"],
+        max_pixels=args["max_pixels"],
+        batch_size=args["batch_size"],
+        report=args["report"],
+        frames=check_choice(args["frames"], FRAMES, "--frames"),  # type: ignore[arg-type]
+        list_ignored=args["list_ignored"],
     )
 
 

@@ -76,19 +76,7 @@ def denoise(
     """
     device = check_choice(device, DEVICES, "--device")
     rgb = check_choice(rgb, RGB_MODES, "--rgb")
-    options = file_options(
-        out=out,
-        out_suffix="denoised",
-        fmt=fmt,
-        recursive=recursive,
-        overwrite=overwrite,
-        dpi=dpi,
-        max_pixels=max_pixels,
-        batch_size=batch_size,
-        report=report,
-        frames=frames,
-        list_ignored=list_ignored,
-    )
+    options = file_options("denoised", locals())
 
     def load():
         from pipeline.stages.impulse_denoiser import ImpulseDenoiser
