@@ -15,8 +15,8 @@ model saw Fashion-MNIST train only):
 * speed: images/s on 28x28 batches and megapixels/s on one 512x512 image, all methods in the
   same process with the same number of torch threads.
 
-Writes benchmarks/results/salt_pepper.md, .json and salt_pepper_camera.png. If README.md holds
-the markers ``<!-- salt-pepper-benchmark:start -->`` / ``<!-- salt-pepper-benchmark:end -->``,
+Writes benchmarks/results/salt_pepper.md, .json and salt_pepper_camera.png. If docs/RESULTS.md
+holds the markers ``<!-- salt-pepper-benchmark:start -->`` / ``<!-- salt-pepper-benchmark:end -->``,
 the headline table between them is regenerated too.
 """
 
@@ -273,8 +273,12 @@ def budget_note(ours_cfg: dict, tut_cfg: dict | None) -> str:
 
 
 def update_readme(headline: str) -> bool:
-    """Replace the text between the README markers with ``headline``; False if no markers."""
-    readme = ROOT / "README.md"
+    """Replace the text between the markers in docs/RESULTS.md with ``headline``.
+
+    Returns False if there are no markers. Links are made relative to docs/.
+    """
+    readme = ROOT / "docs" / "RESULTS.md"
+    headline = headline.replace("](benchmarks/", "](../benchmarks/")
     if not readme.is_file():
         return False
     text = readme.read_text(encoding="utf-8")

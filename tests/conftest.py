@@ -33,3 +33,24 @@ def cli_env() -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
+
+
+class TinyWeights(dict):
+    """Tiny seeded weights folders of the registered stages, written on first use."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> Path:
+        from pipeline.stage import stage_class
+
+        folder = stage_class(name).tiny(seed=0).save_pretrained(self.root / name)
+        self[name] = folder
+        return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Stage name -> a weights folder of its tiny seeded model (shared; do not modify)."""
+    return TinyWeights(tmp_path_factory.mktemp("tiny-weights"))

@@ -18,7 +18,7 @@ from PIL import Image
 
 from pipeline import ImageBatch, Pipeline, apply, load_stage
 from pipeline.errors import ConfigError, ShapeError, WeightsError
-from pipeline.stage import Stage, stage_class
+from pipeline.stage import Stage
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -35,33 +35,15 @@ def rss_mb() -> float:
     return 0.0
 
 
-class TinyWeights(dict):
-    """Tiny seeded weights folders, written on first use."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__()
-        self.root = root
-
-    def __missing__(self, name: str) -> Path:
-        folder = stage_class(name).tiny(seed=0).save_pretrained(self.root / name)
-        self[name] = folder
-        return folder
+@pytest.fixture(scope="module")
+def gray_stage(tiny_weights: dict[str, Path]) -> Stage:
+    return load_stage(tiny_weights["impulse-denoiser"])
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return TinyWeights(tmp_path_factory.mktemp("weights"))
-
-
-@pytest.fixture(scope="module")
-def gray_stage(weights_dir: dict[str, Path]) -> Stage:
-    return load_stage(weights_dir["impulse-denoiser"])
-
-
-@pytest.fixture(scope="module")
-def any_stage(weights_dir: dict[str, Path]) -> Stage:
+def any_stage(tiny_weights: dict[str, Path]) -> Stage:
     """A stage that takes gray and colour images alike."""
-    stage = load_stage(weights_dir["scan-denoiser"])
+    stage = load_stage(tiny_weights["scan-denoiser"])
     assert 1 in stage.input_channels
     return stage
 
@@ -266,8 +248,8 @@ def test_streaming_10000_images_keeps_memory_flat() -> None:
 
 
 @pytest.mark.parametrize("name", ["impulse-denoiser", "scan-denoiser"])
-def test_concurrent_threads_equal_sequential(name: str, weights_dir: dict[str, Path]) -> None:
-    stage = load_stage(weights_dir[name])
+def test_concurrent_threads_equal_sequential(name: str, tiny_weights: dict[str, Path]) -> None:
+    stage = load_stage(tiny_weights[name])
     inputs = [page(40 + 8 * (i % 3), 48, seed=i) for i in range(16)]
     sequential = [apply(stage, x) for x in inputs]
     barrier = threading.Barrier(4)
@@ -318,7 +300,7 @@ BAD_CONFIGS = {
 
 @pytest.mark.parametrize("field", sorted(BAD_CONFIGS))
 def test_run_rejects_invalid_configs_naming_the_field(
-    field: str, tmp_path: Path, weights_dir: dict[str, Path]
+    field: str, tmp_path: Path, tiny_weights: dict[str, Path]
 ) -> None:
     (tmp_path / "in").mkdir()
     Image.fromarray(page()).save(tmp_path / "in" / "a.png")
@@ -326,7 +308,7 @@ def test_run_rejects_invalid_configs_naming_the_field(
     cfg = tmp_path / "p.toml"
     cfg.write_text(
         folder_toml(
-            tmp_path / "in", tmp_path / "out", weights_dir["impulse-denoiser"], extra, stage
+            tmp_path / "in", tmp_path / "out", tiny_weights["impulse-denoiser"], extra, stage
         )
     )
     res = aepipe("run", str(cfg))
@@ -352,12 +334,12 @@ def test_run_rejects_missing_weights_and_bad_toml(tmp_path: Path) -> None:
     assert res.returncode == 2 and "sink" in res.stderr, res.stderr
 
 
-def test_example_clean_scans_toml_runs(tmp_path: Path, weights_dir: dict[str, Path]) -> None:
+def test_example_clean_scans_toml_runs(tmp_path: Path, tiny_weights: dict[str, Path]) -> None:
     (tmp_path / "in").mkdir()
     x = page(60, 50, seed=3)
     Image.fromarray(x).save(tmp_path / "in" / "scan.png")
     text = (ROOT / "examples" / "clean-scans.toml").read_text()
-    text = text.replace('"scan-denoiser"', f'"{weights_dir["scan-denoiser"]}"')
+    text = text.replace('"scan-denoiser"', f'"{tiny_weights["scan-denoiser"]}"')
     text = text.replace('"sample_inputs/scans"', f'"{tmp_path / "in"}"')
     text = text.replace('"demo_out/', f'"{tmp_path}/')
     cfg = tmp_path / "clean.toml"
@@ -365,15 +347,15 @@ def test_example_clean_scans_toml_runs(tmp_path: Path, weights_dir: dict[str, Pa
     res = aepipe("run", str(cfg), "--quiet")
     assert res.returncode == 0, res.stderr
     out = np.asarray(Image.open(tmp_path / "pipeline_scans" / "scan.png"))
-    stage = load_stage(weights_dir["scan-denoiser"])
+    stage = load_stage(tiny_weights["scan-denoiser"])
     np.testing.assert_array_equal(out, apply(stage, x))
     assert (tmp_path / "pipeline_scans_report.json").is_file()
 
 
-def test_example_faces_toml_runs(tmp_path: Path, weights_dir: dict[str, Path]) -> None:
+def test_example_faces_toml_runs(tmp_path: Path, tiny_weights: dict[str, Path]) -> None:
     text = (ROOT / "examples" / "faces.toml").read_text()
-    text = text.replace('"face-vae"', f'"{weights_dir["face-generator"]}"')
-    text = text.replace('weights = "colorizer"', f'weights = "{weights_dir["colorizer"]}"')
+    text = text.replace('"face-vae"', f'"{tiny_weights["face-generator"]}"')
+    text = text.replace('weights = "colorizer"', f'weights = "{tiny_weights["colorizer"]}"')
     text = text.replace('"demo_out/', f'"{tmp_path}/')
     cfg = tmp_path / "faces.toml"
     cfg.write_text(text)

@@ -12,7 +12,6 @@ from factory import gradient, truncated
 from PIL import Image
 
 from pipeline.io import write_image
-from pipeline.stage import stage_class
 
 NO_TORCH = (
     "import sys\n"
@@ -82,12 +81,7 @@ def test_bad_pipeline_file_names_the_field(tmp_path, cli_env):
     assert "source.dpi" in res.stderr and "sink.fromat" in res.stderr
 
 
-@pytest.fixture
-def tiny_scan_weights(tmp_path):
-    return stage_class("scan-denoiser").tiny(seed=0).save_pretrained(tmp_path / "w")
-
-
-def test_clean_scans_end_to_end_with_report(tmp_path, tiny_scan_weights, cli_env):
+def test_clean_scans_end_to_end_with_report(tmp_path, tiny_weights, cli_env):
     docs = tmp_path / "docs"
     docs.mkdir()
     write_image(gradient(40, 50), docs / "a.png")
@@ -99,7 +93,7 @@ def test_clean_scans_end_to_end_with_report(tmp_path, tiny_scan_weights, cli_env
             "clean-scans",
             str(docs),
             "--model",
-            str(tiny_scan_weights),
+            str(tiny_weights["scan-denoiser"]),
             "--report",
             str(report),
             "--device",
@@ -116,11 +110,11 @@ def test_clean_scans_end_to_end_with_report(tmp_path, tiny_scan_weights, cli_env
     assert Image.open(out / "b.tif").mode == "L"  # colour scans are cleaned to gray by default
     data = json.loads(report.read_text())
     assert data["summary"]["processed"] == 2 and data["summary"]["failed"] == 1
-    again = run(["clean-scans", str(docs), "--model", str(tiny_scan_weights)], cli_env)
+    again = run(["clean-scans", str(docs), "--model", str(tiny_weights["scan-denoiser"])], cli_env)
     assert "2 skipped" in again.stderr
 
 
-def test_clean_scans_binarize_writes_bilevel(tmp_path, tiny_scan_weights, cli_env):
+def test_clean_scans_binarize_writes_bilevel(tmp_path, tiny_weights, cli_env):
     write_image(gradient(40, 50), tmp_path / "a.png")
     out = tmp_path / "o"
     res = run(
@@ -131,7 +125,7 @@ def test_clean_scans_binarize_writes_bilevel(tmp_path, tiny_scan_weights, cli_en
             str(out),
             "--binarize",
             "--model",
-            str(tiny_scan_weights),
+            str(tiny_weights["scan-denoiser"]),
         ],
         cli_env,
     )
@@ -139,7 +133,7 @@ def test_clean_scans_binarize_writes_bilevel(tmp_path, tiny_scan_weights, cli_en
     assert Image.open(out / "a.png").mode == "1"
 
 
-def test_train_scan_denoiser_rejects_bad_options_early(tmp_path, tiny_scan_weights, cli_env):
+def test_train_scan_denoiser_rejects_bad_options_early(tmp_path, tiny_weights, cli_env):
     # Each is caught before any synthetic page is rendered or weights are written: exit 2
     # with a message, no traceback.
     out = tmp_path / "o"
@@ -157,7 +151,7 @@ def test_train_scan_denoiser_rejects_bad_options_early(tmp_path, tiny_scan_weigh
             # Two clean pages (names 1-4 and 5-8), as DDD groups its noise versions.
             page = gradient(24, 32) // (1 + (name - 1) // 4)
             write_image(page, ddd / sub / f"{name}.png")
-    bad_init = [*train, "--ddd", str(ddd), "--init", str(tiny_scan_weights)]
+    bad_init = [*train, "--ddd", str(ddd), "--init", str(tiny_weights["scan-denoiser"])]
     res = run([*bad_init, "--val-groups", "5"], cli_env)
     assert res.returncode == 2, res.stderr
     assert "--val-groups" in res.stderr and "Traceback" not in res.stderr

@@ -66,3 +66,27 @@ def test_training_into_shipped_weights_needs_the_flag(name: str) -> None:
     with pytest.raises(ConfigError, match="shipped weights"):
         train_out(shipped_weights_dir(), name)
     assert train_out(shipped, name, overwrite_shipped=True) == shipped
+
+
+def test_readme_starts_with_the_two_commands_and_stays_short() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_block = text.split("```")[1]
+    assert first_block.splitlines()[1:] == ["make demo", "make test"]
+    assert len(text.splitlines()) <= 260
+
+
+def test_results_doc_includes_the_current_benchmark_outputs() -> None:
+    """docs/RESULTS.md's tables are the benchmark scripts' files (benchmarks/write_results.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "write_results", ROOT / "benchmarks/write_results.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.RESULTS.read_text(encoding="utf-8")
+    assert text.count("<!-- include: ") >= 10
+    assert module.render(text) == text, "run: python benchmarks/write_results.py"
+    for link in ("docs/RESULTS.md", "CONTRIBUTING.md"):
+        assert f"]({link}" in (ROOT / "README.md").read_text(encoding="utf-8")

@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray", reason="needs the [ray] extra")
 
 from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.ray import FaceBlockMapper, StageMapper, face_blocks  # noqa: E402
-from pipeline.stage import load_stage, stage_class  # noqa: E402
+from pipeline.stage import load_stage  # noqa: E402
 
 pytestmark = [
     pytest.mark.ray,
@@ -51,24 +51,6 @@ def cluster():
     ray.shutdown()
 
 
-class TinyWeights(dict):
-    """Tiny seeded weights folders, written on first use."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__()
-        self.root = root
-
-    def __missing__(self, name: str) -> Path:
-        folder = stage_class(name).tiny(seed=0).save_pretrained(self.root / name)
-        self[name] = folder
-        return folder
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return TinyWeights(tmp_path_factory.mktemp("weights"))
-
-
 def scans_folder(folder: Path) -> Path:
     """Pages of mixed sizes and formats, a two-page PDF and one broken file."""
     from factory import pdf_pages
@@ -85,8 +67,8 @@ def scans_folder(folder: Path) -> Path:
     return folder
 
 
-def test_mapper_is_picklable_and_loads_in_init(weights: dict[str, Path]) -> None:
-    mapper = StageMapper(weights=weights["scan-denoiser"], device="cpu")
+def test_mapper_is_picklable_and_loads_in_init(tiny_weights: dict[str, Path]) -> None:
+    mapper = StageMapper(weights=tiny_weights["scan-denoiser"], device="cpu")
     clone = pickle.loads(pickle.dumps(mapper))
     batch = {"image": np.random.default_rng(1).integers(0, 256, (2, 20, 24, 1), dtype=np.uint8)}
     np.testing.assert_array_equal(clone(batch)["image"], mapper(batch)["image"])
@@ -96,8 +78,8 @@ def test_mapper_is_picklable_and_loads_in_init(weights: dict[str, Path]) -> None
         mapper({"other": np.zeros(2)})
 
 
-def test_mapper_handles_ragged_and_keeps_other_columns(weights: dict[str, Path]) -> None:
-    mapper = StageMapper(stages=[{"weights": str(weights["scan-denoiser"])}], max_batch=2)
+def test_mapper_handles_ragged_and_keeps_other_columns(tiny_weights: dict[str, Path]) -> None:
+    mapper = StageMapper(stages=[{"weights": str(tiny_weights["scan-denoiser"])}], max_batch=2)
     rng = np.random.default_rng(2)
     ragged = np.empty(3, dtype=object)
     ragged[0] = rng.integers(0, 256, (20, 24), dtype=np.uint8)
@@ -105,7 +87,7 @@ def test_mapper_handles_ragged_and_keeps_other_columns(weights: dict[str, Path])
     ragged[2] = rng.integers(0, 256, (20, 24), dtype=np.uint8)
     out = mapper({"image": ragged, "id": np.arange(3)})
     np.testing.assert_array_equal(out["id"], np.arange(3))
-    stage = load_stage(weights["scan-denoiser"])
+    stage = load_stage(tiny_weights["scan-denoiser"])
     from pipeline import apply
 
     for i in range(3):
@@ -114,7 +96,7 @@ def test_mapper_handles_ragged_and_keeps_other_columns(weights: dict[str, Path])
 
 
 def test_read_images_pipeline_on_cluster(
-    cluster: None, weights: dict[str, Path], tmp_path: Path
+    cluster: None, tiny_weights: dict[str, Path], tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(3)
     folder = tmp_path / "same"
@@ -126,14 +108,14 @@ def test_read_images_pipeline_on_cluster(
     ds = ray.data.read_images(str(folder), mode="L", include_paths=True, num_cpus=0)
     ds = ds.map_batches(
         StageMapper,
-        fn_constructor_kwargs={"weights": str(weights["scan-denoiser"])},
+        fn_constructor_kwargs={"weights": str(tiny_weights["scan-denoiser"])},
         compute=ray.data.ActorPoolStrategy(size=1),
         batch_size=2,
         batch_format="numpy",
     )
     rows = ds.take_all()
     assert len(rows) == 6
-    stage = load_stage(weights["scan-denoiser"])
+    stage = load_stage(tiny_weights["scan-denoiser"])
     from pipeline import apply
 
     for row in rows:
@@ -144,12 +126,20 @@ def test_read_images_pipeline_on_cluster(
 
 
 def test_example_batch_clean_equals_cli(
-    cluster: None, weights: dict[str, Path], tmp_path: Path
+    cluster: None, tiny_weights: dict[str, Path], tmp_path: Path
 ) -> None:
     src = scans_folder(tmp_path / "scans")
     # The single-process CLI runs beside the Ray job (it is the reference, not under test).
     cmd = [str(BIN / "clean-scans"), str(src), "--out", str(tmp_path / "cli_out")]
-    cmd += ["--format", "png", "--model", str(weights["scan-denoiser"]), "--device", "cpu", "-q"]
+    cmd += [
+        "--format",
+        "png",
+        "--model",
+        str(tiny_weights["scan-denoiser"]),
+        "--device",
+        "cpu",
+        "-q",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     example = load_example("ray_batch_clean")
@@ -157,7 +147,7 @@ def test_example_batch_clean_equals_cli(
         result = example.run(
             src,
             tmp_path / "ray_out",
-            model=str(weights["scan-denoiser"]),
+            model=str(tiny_weights["scan-denoiser"]),
             concurrency=2,
             batch_size=2,
         )
@@ -179,13 +169,13 @@ def test_example_batch_clean_equals_cli(
         assert np.abs(a - b).max() <= 2, name  # batching may move a pixel by a rounding step
 
 
-def test_example_gen_faces(cluster: None, weights: dict[str, Path], tmp_path: Path) -> None:
+def test_example_gen_faces(cluster: None, tiny_weights: dict[str, Path], tmp_path: Path) -> None:
     example = load_example("ray_gen_faces")
     kwargs = dict(
         seed=5,
         block_size=4,
-        generator=str(weights["face-generator"]),
-        colorizer=str(weights["colorizer"]),
+        generator=str(tiny_weights["face-generator"]),
+        colorizer=str(tiny_weights["colorizer"]),
     )
     result = example.run(
         10, tmp_path / "faces", concurrency=2, grid=tmp_path / "grid.png", **kwargs
@@ -217,11 +207,12 @@ def test_face_blocks_seeds_are_distinct_and_stable() -> None:
         face_blocks(0)
 
 
-def test_mapper_loads_a_pipeline_file(weights: dict[str, Path], tmp_path: Path) -> None:
+def test_mapper_loads_a_pipeline_file(tiny_weights: dict[str, Path], tmp_path: Path) -> None:
+    scan = tiny_weights["scan-denoiser"]
     cfg = tmp_path / "p.toml"
     cfg.write_text(
         f'[source]\ntype = "folder"\ninputs = ["{tmp_path}"]\n'
-        f'[[stages]]\nweights = "{weights["scan-denoiser"]}"\n[stages.config]\nbinarize = true\n'
+        f'[[stages]]\nweights = "{scan}"\n[stages.config]\nbinarize = true\n'
         f'[sink]\nout = "{tmp_path / "out"}"\n'
     )
     mapper = StageMapper(pipeline_file=cfg)

@@ -919,16 +919,6 @@ def command(name: str) -> list[str]:
     return argv
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("weights")
-    return {
-        stage: stage_class(stage).tiny(seed=0).save_pretrained(root / stage)
-        for _, stage in COMMANDS.values()
-        if stage_available(stage)
-    }
-
-
 def available_commands() -> list[str]:
     return [name for name, (_, stage) in sorted(COMMANDS.items()) if stage_available(stage)]
 

@@ -29,7 +29,7 @@ pytest.importorskip("fastapi", reason="needs the [serve] extra")
 pytest.importorskip("uvicorn", reason="needs the [serve] extra")
 
 from pipeline import apply  # noqa: E402
-from pipeline.stage import load_stage, stage_class  # noqa: E402
+from pipeline.stage import load_stage  # noqa: E402
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(180)]
 
@@ -45,24 +45,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("weights")
-    return {
-        name: stage_class(name).tiny(seed=0).save_pretrained(root / name)
-        for name in ("scan-denoiser", "impulse-denoiser", "face-generator", "colorizer")
-    }
-
-
-@pytest.fixture(scope="module")
-def server(weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(
+    tiny_weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
     cmd = [
         str(BIN / "aepipe"), "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--scan-model", str(weights["scan-denoiser"]),
-        "--denoise-model", str(weights["impulse-denoiser"]),
-        "--colorize-model", str(weights["colorizer"]),
-        "--faces-model", str(weights["face-generator"]),
+        "--scan-model", str(tiny_weights["scan-denoiser"]),
+        "--denoise-model", str(tiny_weights["impulse-denoiser"]),
+        "--colorize-model", str(tiny_weights["colorizer"]),
+        "--faces-model", str(tiny_weights["face-generator"]),
         "--device", "cpu", "--concurrency", "2", "--threads", "1",
         "--max-upload-mb", str(MAX_UPLOAD / 1024 / 1024), "--max-pixels", str(MAX_PIXELS),
         "--max-pages", "3", "--max-faces", "32", "--dpi", "72", "--log-level", "warning",
@@ -138,10 +131,10 @@ def test_healthz_and_docs(server: str) -> None:
     assert httpx.get(f"{server}/docs", timeout=10).status_code == 200
 
 
-def test_clean_scan_png_equals_library(server: str, weights: dict[str, Path]) -> None:
+def test_clean_scan_png_equals_library(server: str, tiny_weights: dict[str, Path]) -> None:
     x = page()
     out = decode(post(f"{server}/v1/clean-scan", png(x)))
-    want = apply(load_stage(weights["scan-denoiser"]), x)
+    want = apply(load_stage(tiny_weights["scan-denoiser"]), x)
     np.testing.assert_array_equal(out, want)
     # The raw file as the body works too.
     raw = httpx.post(f"{server}/v1/clean-scan", content=png(x), timeout=30)
@@ -171,10 +164,10 @@ def test_clean_scan_pdf_in_pdf_or_zip_out(server: str, tmp_path: Path) -> None:
     assert names == ["doc-p001.png", "doc-p002.png"]
 
 
-def test_denoise_colorize_faces(server: str, weights: dict[str, Path]) -> None:
+def test_denoise_colorize_faces(server: str, tiny_weights: dict[str, Path]) -> None:
     x = page(30, 30, seed=1)
     out = decode(post(f"{server}/v1/denoise", png(x)))
-    np.testing.assert_array_equal(out, apply(load_stage(weights["impulse-denoiser"]), x))
+    np.testing.assert_array_equal(out, apply(load_stage(tiny_weights["impulse-denoiser"]), x))
     colour = decode(post(f"{server}/v1/colorize", png(np.stack([x] * 3, -1))))
     assert colour.ndim == 3 and colour.shape[-1] == 3
 
