@@ -90,3 +90,21 @@ def test_results_doc_includes_the_current_benchmark_outputs() -> None:
     assert module.render(text) == text, "run: python benchmarks/write_results.py"
     for link in ("docs/RESULTS.md", "CONTRIBUTING.md"):
         assert f"]({link}" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_vae_training_budget_comes_from_its_config() -> None:
+    from pipeline.train.vae import TrainConfig
+
+    params = {p.name: p for p in train_commands()["face-vae"].params}
+    assert params["max_minutes"].default is None  # not restated: the config decides
+    assert TrainConfig.model_fields["max_minutes"].default == 120.0
+
+
+def test_serve_takes_any_registered_route(tmp_path: Path) -> None:
+    from pipeline.cli.main import app, load_areas
+
+    load_areas()
+    bad = CliRunner().invoke(app, ["serve", "--model", "nope=x"])
+    assert bad.exit_code == 2 and "no endpoint 'nope'" in bad.output
+    malformed = CliRunner().invoke(app, ["serve", "--model", "faces"])
+    assert malformed.exit_code == 2 and "ROUTE=WEIGHTS" in malformed.output

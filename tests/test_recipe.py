@@ -65,3 +65,14 @@ def test_every_front_end_samples_the_new_generator_alike(weights: Path, tmp_path
     }
     for front_end, images in got.items():
         np.testing.assert_array_equal(images, pixels, err_msg=front_end)
+
+
+def test_aepipe_serve_offers_the_new_route(weights: Path) -> None:
+    from pipeline.cli.serve import _endpoint_models, _route_options
+    from pipeline.serve import endpoint_stages
+
+    endpoints = endpoint_stages()
+    assert endpoints[ROUTE] == "tiny-generator"
+    given = _route_options([f"{ROUTE}={weights}"], endpoints)
+    models = _endpoint_models(given, endpoints, lambda key: None, lambda note: None)
+    assert models[ROUTE] == str(weights)

@@ -40,8 +40,9 @@ def _make_train_command(preset: str) -> None:
             int | None, typer.Option("--epochs", min=1, help="Epochs (default: the preset's).")
         ] = None,
         max_minutes: Annotated[
-            float, typer.Option("--max-minutes", help="Wall-clock budget.")
-        ] = 120.0,
+            float | None,
+            typer.Option("--max-minutes", help="Wall-clock budget [default: the config's, 120]."),
+        ] = None,
         batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
         lr: Annotated[float | None, typer.Option("--lr")] = None,
         latent_dim: Annotated[int | None, typer.Option("--latent-dim", min=1)] = None,
@@ -63,11 +64,12 @@ def _make_train_command(preset: str) -> None:
 
         with cli_errors():
             out = train_out(out, preset, overwrite_shipped)
+            budget = {} if max_minutes is None else {"max_minutes": max_minutes}
             cfg = TrainConfig(
                 preset=preset,
                 data=data,
                 epochs=epochs,
-                max_minutes=max_minutes,
+                **budget,
                 batch_size=batch_size,
                 lr=lr,
                 latent_dim=latent_dim,

@@ -18,50 +18,63 @@ def _model_opt(flag: str, what: str) -> object:
     return typer.Option(flag, help=f"{what}. {_MODEL_HELP}", show_default=False)
 
 
+_Host = Annotated[str, typer.Option("--host", help="Interface to bind (0.0.0.0 for all).")]
+_Port = Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")]
+_Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
+_Concurrency = Annotated[
+    int, typer.Option("--concurrency", min=1, max=64, help="Model calls running at once.")
+]
+_Queue = Annotated[
+    int, typer.Option("--queue", min=0, help="Requests that may wait; more get 503.")
+]
+_UploadMb = Annotated[
+    float, typer.Option("--max-upload-mb", min=0.001, help="Larger bodies get 413.")
+]
+_Pixels = Annotated[int, typer.Option("--max-pixels", min=1, help="Larger images/pages get 413.")]
+_Pages = Annotated[int, typer.Option("--max-pages", min=1, help="Most pages per PDF/TIFF.")]
+_Dpi = Annotated[int, typer.Option("--dpi", min=36, max=1200, help="PDF rendering resolution.")]
+_Faces = Annotated[int, typer.Option("--max-faces", min=1, help="Most images per generate call.")]
+_Threads = Annotated[
+    int | None, typer.Option("--threads", min=1, help="torch CPU threads [default: torch's].")
+]
+_LogLevel = Annotated[str, typer.Option("--log-level", help="uvicorn log level.")]
+_Models = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        help="ROUTE=WEIGHTS for any endpoint of the registry (repeatable), e.g. faces=runs/vae; "
+        "WEIGHTS 'none' turns it off.",
+    ),
+]
+
+
 @app.command("serve")
 def serve(
-    host: Annotated[
-        str, typer.Option("--host", help="Interface to bind (0.0.0.0 for all).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
+    host: _Host = "127.0.0.1",
+    port: _Port = 8000,
     scan_model: Annotated[str | None, _model_opt("--scan-model", "POST /v1/clean-scan")] = None,
     denoise_model: Annotated[str | None, _model_opt("--denoise-model", "POST /v1/denoise")] = None,
     colorize_model: Annotated[
         str | None, _model_opt("--colorize-model", "POST /v1/colorize")
     ] = None,
     faces_model: Annotated[str | None, _model_opt("--faces-model", "GET /v1/faces")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, max=64, help="Model calls running at once.")
-    ] = 1,
-    queue: Annotated[
-        int, typer.Option("--queue", min=0, help="Requests that may wait; more get 503.")
-    ] = 64,
-    max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", min=0.001, help="Larger bodies get 413.")
-    ] = 20.0,
-    max_pixels: Annotated[
-        int, typer.Option("--max-pixels", min=1, help="Larger images/pages get 413.")
-    ] = 25_000_000,
-    max_pages: Annotated[
-        int, typer.Option("--max-pages", min=1, help="Most pages per PDF/TIFF.")
-    ] = 50,
-    dpi: Annotated[
-        int, typer.Option("--dpi", min=36, max=1200, help="PDF rendering resolution.")
-    ] = 150,
-    max_faces: Annotated[
-        int, typer.Option("--max-faces", min=1, help="Most faces per request.")
-    ] = 256,
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="torch CPU threads [default: torch's].")
-    ] = None,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    model: _Models = None,
+    device: _Device = "auto",
+    concurrency: _Concurrency = 1,
+    queue: _Queue = 64,
+    max_upload_mb: _UploadMb = 20.0,
+    max_pixels: _Pixels = 25_000_000,
+    max_pages: _Pages = 50,
+    dpi: _Dpi = 150,
+    max_faces: _Faces = 256,
+    threads: _Threads = None,
+    log_level: _LogLevel = "info",
 ) -> None:
     """Serve the stages over HTTP: clean-scan, denoise, colorize, faces; docs at /docs.
 
     Every stage loads once at start-up. Without a --*-model option an endpoint uses the shipped
     weights when present and is turned off (503) when not; a named model that cannot be loaded
-    stops the server before it starts (exit code 4).
+    stops the server before it starts (exit code 4). Endpoints come from pipeline.registry.
     """
     from pipeline.cli.common import check_choice, cli_errors, err, fail
     from pipeline.errors import ExitCode
@@ -80,8 +93,9 @@ def serve(
         "colorize": colorize_model,
         "faces": faces_model,
     }
-    models = _endpoint_models(given, endpoint_stages(), default_weights, err)
     with cli_errors():
+        given.update(_route_options(model or [], endpoint_stages()))
+        models = _endpoint_models(given, endpoint_stages(), default_weights, err)
         settings = ServeSettings(
             models=models,
             device=device,
@@ -120,3 +134,22 @@ def _endpoint_models(
         else:
             models[key] = None if value.lower() == "none" else value
     return models
+
+
+def _route_options(values: list[str], endpoints: dict[str, str]) -> dict[str, str]:
+    """Parse ``--model ROUTE=WEIGHTS`` options.
+
+    Raises:
+        ConfigError: a value is not ``ROUTE=WEIGHTS`` or names no endpoint.
+    """
+    from pipeline.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for value in values:
+        route, sep, weights = value.partition("=")
+        if not sep or not weights:
+            raise ConfigError(f"--model expects ROUTE=WEIGHTS (e.g. faces=runs/vae); got {value!r}")
+        if route not in endpoints:
+            raise ConfigError(f"--model {value}: no endpoint {route!r}; known: {sorted(endpoints)}")
+        out[route] = weights
+    return out

@@ -70,7 +70,7 @@ class Colorizer(Stage):
         from models.colorizer import gamut_fit, ycbcr_to_rgb
 
         cfg = self.config
-        factor = getattr(self.model, "factor", 1)
+        factor = self.model.factor
         if cfg.model_size % factor:
             raise ConfigError(
                 f"colorizer.model_size: {cfg.model_size} is not a multiple of the model's "

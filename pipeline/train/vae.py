@@ -149,7 +149,8 @@ class TrainConfig(BaseModel):
     preset: Preset = "face-vae"
     data: Path | None = None
     epochs: int | None = Field(default=None, ge=1, le=10_000)
-    max_minutes: float = Field(default=60.0, gt=0)
+    # The budget `aepipe train <preset>` has always had; the CLI takes it from here.
+    max_minutes: float = Field(default=120.0, gt=0)
     batch_size: int | None = Field(default=None, ge=1, le=4096)
     lr: float | None = Field(default=None, gt=0, le=1.0)
     warmup_epochs: float | None = Field(default=None, ge=0)
