@@ -2,7 +2,7 @@
 
 Public API (imported lazily so that ``import pipeline`` and the CLI's ``--help`` stay fast)::
 
-    from pipeline import load_stage, apply, Pipeline, ImageBatch, read_pages, run_files
+    from pipeline import load_stage, apply, Pipeline, ImageBatch, read_pages, run_files, generate
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ _EXPORTS = {
     "ImageBatch": "pipeline.batch",
     "to_gray": "pipeline.batch",
     "Stage": "pipeline.stage",
+    "Generator": "pipeline.stage",
     "StageConfig": "pipeline.stage",
     "load_stage": "pipeline.stage",
     "stage_class": "pipeline.stage",
@@ -26,6 +27,8 @@ _EXPORTS = {
     "read_image": "pipeline.io",
     "write_image": "pipeline.io",
     "run_files": "pipeline.runner",
+    "generate": "pipeline.core",
+    "load_generator": "pipeline.core",
     "RunOptions": "pipeline.runner",
     "AepipeError": "pipeline.errors",
     "ConfigError": "pipeline.errors",
