@@ -328,13 +328,15 @@ def face_blocks(n: int, seed: int = 0, block_size: int = 64) -> list[dict[str, i
 
 
 class FaceBlockMapper:
-    """Generate (and optionally colorize) faces for rows made by :func:`face_blocks`.
+    """Generate (and optionally colorize) images for rows made by :func:`face_blocks`.
 
+    Any generator works (the face VAE by default): images come from
+    :func:`pipeline.core.generate`, exactly as ``gen-faces`` and ``GET /v1/faces`` make them.
     Each input row ``{"block", "start", "count", "seed"}`` becomes ``count`` output rows with
     ``name`` (``face_00042``), ``seed`` (the block seed) and ``image`` (uint8 H x W x C).
 
     Args:
-        generator: weights of the face-generator stage.
+        generator: weights of any generator stage (see :class:`pipeline.stage.Generator`).
         colorizer: weights of the colorizer stage, or ``None`` to keep the generator's output.
         device: as for :class:`StageMapper`.
         temperature: sampling temperature of the generator (``None``: the weights' default).
@@ -389,3 +391,7 @@ class FaceBlockMapper:
             "seed": np.array(seeds, dtype=np.int64),
             "image": _stack(images),
         }
+
+
+# The mapper is not face-specific: any generator's weights work.
+GeneratorMapper = FaceBlockMapper
