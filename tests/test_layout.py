@@ -108,3 +108,30 @@ def test_serve_takes_any_registered_route(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "no endpoint 'nope'" in bad.output
     malformed = CliRunner().invoke(app, ["serve", "--model", "faces"])
     assert malformed.exit_code == 2 and "ROUTE=WEIGHTS" in malformed.output
+
+
+@pytest.mark.parametrize(
+    ("command", "config"),
+    [
+        ("colorizer", "pipeline.train.colorizer:TrainConfig"),
+        ("salt-pepper", "pipeline.train.salt_pepper:TrainConfig"),
+        ("face-vae", "pipeline.train.vae:TrainConfig"),
+    ],
+)
+def test_training_options_do_not_drift_from_their_config(command: str, config: str) -> None:
+    """An option that names a config field defaults to None (the config decides) or to the
+    config's own default, so the CLI and the library train the same model."""
+    import importlib
+
+    from pydantic_core import PydanticUndefined
+
+    module, attr = config.split(":")
+    fields = getattr(importlib.import_module(module), attr).model_fields
+    named = [p for p in train_commands()[command].params if p.name in fields]
+    assert len(named) >= 5, command
+    for param in named:
+        default = fields[param.name].default
+        if param.default is None or default is PydanticUndefined:
+            continue
+        want = str(default) if isinstance(param.default, str) else default
+        assert param.default == want, (command, param.name, param.default, want)
