@@ -1,0 +1,385 @@
+"""In-place PDF editing: everything but the cleaned pixels of a scan stays as it was."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pikepdf
+import pypdfium2 as pdfium
+import pytest
+from PIL import Image
+
+from pipeline.batch import ImageBatch
+from pipeline.errors import InputImageError
+from pipeline.io import read_pages
+from pipeline.pdf_edit import PdfEditOptions, edit_pdf
+
+HIDDEN_TEXT = "Invoice 4711 paid in full"
+
+
+def identity(batch: ImageBatch) -> ImageBatch:
+    return batch
+
+
+def invert(batch: ImageBatch) -> ImageBatch:
+    return batch.replace(1.0 - batch.images)
+
+
+def page_pixels(w: int, h: int, seed: int = 0) -> np.ndarray:
+    """A page: white paper, a few black 'text lines', a marker block at its top left, specks."""
+    rng = np.random.default_rng(seed)
+    page = np.full((h, w), 255, np.uint8)
+    for y in range(h // 5, h - h // 8, max(h // 12, 4)):
+        page[y : y + max(h // 60, 2), w // 8 : w - w // 8] = 0
+    page[: h // 6, : w // 6] = 0  # orientation marker, top left as stored
+    specks = rng.random((h, w)) < 0.002
+    page[specks] = 0
+    return page
+
+
+def image_stream(pdf: pikepdf.Pdf, pixels: np.ndarray, bilevel: bool = False) -> pikepdf.Stream:
+    """An image XObject: 1-bit or 8-bit gray, or RGB, stored Flate."""
+    h, w = pixels.shape[:2]
+    if bilevel:
+        data = np.packbits(pixels >= 128, axis=1).tobytes()  # 1 = white in DeviceGray
+        bpc, cs = 1, pikepdf.Name.DeviceGray
+    else:
+        data = np.ascontiguousarray(pixels).tobytes()
+        bpc = 8
+        cs = pikepdf.Name.DeviceRGB if pixels.ndim == 3 else pikepdf.Name.DeviceGray
+    stream = pdf.make_stream(zlib.compress(data, 9))
+    stream.Type, stream.Subtype = pikepdf.Name.XObject, pikepdf.Name.Image
+    stream.Width, stream.Height, stream.BitsPerComponent, stream.ColorSpace = w, h, bpc, cs
+    stream.Filter = pikepdf.Name.FlateDecode
+    return stream
+
+
+def add_page(
+    pdf: pikepdf.Pdf,
+    size_pt: tuple[float, float],
+    images: list[tuple[pikepdf.Stream, str]] = (),
+    *,
+    text: str | None = None,
+    vector: bool = False,
+    rotate: int = 0,
+) -> pikepdf.Page:
+    """A page drawing ``images`` (each with its ``cm`` placement), invisible text, vector art."""
+    ops, xobjects = [], pikepdf.Dictionary()
+    for i, (stream, cm) in enumerate(images):
+        xobjects[f"/Im{i}"] = stream
+        ops.append(f"q {cm} cm /Im{i} Do Q")
+    if vector:
+        ops.append("q 0.9 0.1 0.1 rg 50 50 120 80 re f 0 0 1 RG 4 w 60 200 m 300 260 l S Q")
+    if text:
+        ops.append(f"BT /F1 14 Tf 3 Tr 40 40 Td ({text}) Tj ET")
+    font = pikepdf.Dictionary(Type=pikepdf.Name.Font, Subtype=pikepdf.Name.Type1)
+    font.BaseFont = pikepdf.Name.Helvetica
+    resources = pikepdf.Dictionary(XObject=xobjects, Font=pikepdf.Dictionary(F1=font))
+    page = pikepdf.Page(
+        pikepdf.Dictionary(
+            Type=pikepdf.Name.Page,
+            MediaBox=[0, 0, *size_pt],
+            Resources=resources,
+            Contents=pdf.make_stream("\n".join(ops).encode()),
+        )
+    )
+    if rotate:
+        page.obj.Rotate = rotate
+    pdf.pages.append(page)
+    return pdf.pages[-1]
+
+
+def scan_pdf(path: Path, w: int, h: int, dpi: float = 100, bilevel: bool = True) -> Path:
+    """One scanned page (OCRed: invisible text over the image) with a form field."""
+    pdf = pikepdf.new()
+    size = (w * 72 / dpi, h * 72 / dpi)
+    image = image_stream(pdf, page_pixels(w, h), bilevel=bilevel)
+    page = add_page(pdf, size, [(image, f"{size[0]} 0 0 {size[1]} 0 0")], text=HIDDEN_TEXT)
+    field = pdf.make_indirect(
+        pikepdf.Dictionary(
+            Type=pikepdf.Name.Annot,
+            Subtype=pikepdf.Name.Widget,
+            FT=pikepdf.Name.Tx,
+            T=pikepdf.String("payer"),
+            V=pikepdf.String("ACME Ltd"),
+            Rect=[20, 20, 120, 40],
+            P=page.obj,
+        )
+    )
+    page.obj.Annots = pdf.make_indirect(pikepdf.Array([field]))
+    pdf.Root.AcroForm = pikepdf.Dictionary(Fields=pikepdf.Array([field]))
+    pdf.docinfo["/Title"] = "Scanned invoice"
+    pdf.save(path)
+    return path
+
+
+def text_of(path: Path) -> list[str]:
+    doc = pdfium.PdfDocument(str(path))
+    try:
+        return [doc[i].get_textpage().get_text_range() for i in range(len(doc))]
+    finally:
+        doc.close()
+
+
+def render(path: Path, index: int = 0, scale: float = 1.0) -> np.ndarray:
+    doc = pdfium.PdfDocument(str(path))
+    try:
+        bitmap = doc[index].render(scale=scale * (1 - 1e-9), grayscale=True)
+        return np.array(bitmap.to_numpy(), copy=True).astype(np.int16)
+    finally:
+        doc.close()
+
+
+def gray_render(path: Path, index: int = 0, scale: float = 1.0) -> np.ndarray:
+    arr = render(path, index, scale)
+    return arr if arr.ndim == 2 else arr[..., 0]
+
+
+def _snapshot(obj: pikepdf.Stream) -> dict:
+    return {
+        "filter": str(obj.get("/Filter")),
+        "bpc": int(obj.BitsPerComponent),
+        "size": (int(obj.Width), int(obj.Height)),
+        "cs": str(obj.get("/ColorSpace")),
+        "bytes": len(obj.read_raw_bytes()),
+    }
+
+
+def test_ocred_bilevel_scan_keeps_text_form_metadata_and_stays_small_ccitt(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 850, 1100)
+    before = _image_info(src)
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, invert)
+    assert [o.status for o in outcomes] == ["edited"]
+    o = outcomes[0]
+    assert (o.kind, o.stored_as, o.codec_out, o.size) == (
+        "bilevel",
+        "bilevel",
+        "CCITTFaxDecode",
+        (850, 1100),
+    )
+    assert o.dpi == pytest.approx((100, 100))
+    after = _image_info(out)
+    assert after["bpc"] == 1 and after["filter"] == "/CCITTFaxDecode"
+    assert after["size"] == before["size"] == (850, 1100)
+    assert out.stat().st_size <= 1.5 * src.stat().st_size
+    # The pixels really changed (inverted), the text layer did not.
+    assert np.abs((255 - gray_render(src)) - gray_render(out)).mean() < 2
+    assert HIDDEN_TEXT in text_of(src)[0]
+    assert text_of(out) == text_of(src)
+    with pikepdf.open(out) as pdf:
+        fields = pdf.Root.AcroForm.Fields
+        assert [(str(f.T), str(f.V)) for f in fields] == [("payer", "ACME Ltd")]
+        assert len(pdf.pages[0].Annots) == 1
+        assert str(pdf.docinfo["/Title"]) == "Scanned invoice"
+
+
+def _image_info(path: Path, index: int = 0) -> dict:
+    with pikepdf.open(path) as pdf:
+        images = list(pdf.pages[index].get_images().values())
+        assert len(images) == 1
+        return _snapshot(images[0])
+
+
+def test_identity_leaves_the_scan_pixels_exactly_as_they_were(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 400, 300, bilevel=True)
+    out = tmp_path / "out.pdf"
+    edit_pdf(src, out, identity)
+    assert np.array_equal(gray_render(src), gray_render(out))
+
+
+def test_born_digital_only_file_is_copied_byte_for_byte(tmp_path):
+    pdf = pikepdf.new()
+    add_page(pdf, (595, 842), vector=True, text="A vector page")
+    pdf.save(tmp_path / "vec.pdf")
+    calls = []
+    outcomes = edit_pdf(tmp_path / "vec.pdf", tmp_path / "out.pdf", lambda b: calls.append(b) or b)
+    assert [o.status for o in outcomes] == ["passed"]
+    assert not calls
+    assert (tmp_path / "out.pdf").read_bytes() == (tmp_path / "vec.pdf").read_bytes()
+
+
+def test_born_digital_page_beside_a_scan_is_unchanged(tmp_path):
+    pdf = pikepdf.new()
+    image = image_stream(pdf, page_pixels(300, 400), bilevel=False)
+    add_page(pdf, (216, 288), [(image, "216 0 0 288 0 0")])
+    # A logo-sized picture on a vector page is not a scan.
+    logo = image_stream(pdf, page_pixels(40, 30), bilevel=False)
+    add_page(pdf, (595, 842), [(logo, "80 0 0 60 400 700")], vector=True, text="Born digital")
+    pdf.save(tmp_path / "mixed.pdf")
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "mixed.pdf", out, invert)
+    assert [o.status for o in outcomes] == ["edited", "passed"]
+    with pikepdf.open(tmp_path / "mixed.pdf") as a, pikepdf.open(out) as b:
+        pa, pb = a.pages[1], b.pages[1]
+        assert pa.Contents.read_raw_bytes() == pb.Contents.read_raw_bytes()
+        assert (
+            pa.Resources.XObject.Im0.read_raw_bytes() == pb.Resources.XObject.Im0.read_raw_bytes()
+        )
+        assert sorted(pa.obj.keys()) == sorted(pb.obj.keys())
+    assert np.array_equal(render(tmp_path / "mixed.pdf", 1), render(out, 1))
+    assert text_of(out)[1] == text_of(tmp_path / "mixed.pdf")[1]
+
+
+@pytest.mark.parametrize("rotate", [0, 90, 180, 270])
+def test_process_sees_the_page_upright_and_results_go_back_in_place(tmp_path, rotate):
+    # Pages of several sizes: the image is placed turned by its matrix and/or by /Rotate.
+    w, h = 120, 80
+    pdf = pikepdf.new()
+    image = image_stream(pdf, page_pixels(w, h), bilevel=False)
+    add_page(pdf, (w, h), [(image, f"{w} 0 0 {h} 0 0")], rotate=rotate)
+    turned = image_stream(pdf, page_pixels(w, h, seed=1), bilevel=False)
+    # Drawn a quarter turn clockwise on a portrait page (h x w points).
+    add_page(pdf, (h, w), [(turned, f"0 {-w} {h} 0 0 {w}")], rotate=rotate)
+    pdf.save(tmp_path / "rot.pdf")
+    seen = []
+
+    def record(batch: ImageBatch) -> ImageBatch:
+        seen.append(batch.to_numpy()[0, ..., 0].astype(np.int16))
+        return invert(batch)
+
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "rot.pdf", out, record)
+    assert [o.status for o in outcomes] == ["edited", "edited"]
+    for index in range(2):
+        shown = gray_render(tmp_path / "rot.pdf", index)
+        assert seen[index].shape == shown.shape
+        assert np.abs(seen[index] - shown).mean() < 3
+        assert np.abs((255 - shown) - gray_render(out, index)).mean() < 3
+        assert outcomes[index].size == (w, h)
+
+
+def test_native_resolution_is_kept_and_reported(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 1275, 1650, dpi=150, bilevel=False)
+    sizes = []
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, lambda b: sizes.append((b.size, b.meta[0]["dpi"])) or b)
+    assert sizes == [((1650, 1275), pytest.approx(150))]
+    assert _image_info(out)["size"] == (1275, 1650)
+    assert outcomes[0].kind == "gray" and outcomes[0].codec_out == "FlateDecode"
+    # The render fallback uses the same resolution: a Letter page at 150 DPI, no extra row.
+    page = next(read_pages(src))
+    assert page.meta["size"] == (1275, 1650) and page.meta["dpi"] == pytest.approx(150)
+    assert next(read_pages(src, dpi=300)).meta["size"] == (2550, 3300)
+
+
+def test_jpeg_source_is_stored_as_jpeg_and_gray_as_flate_without_it(tmp_path):
+    pdf = pikepdf.new()
+    buf = tmp_path / "p.jpg"
+    Image.fromarray(page_pixels(200, 260)).save(buf, quality=60)
+    jpeg = pdf.make_stream(buf.read_bytes())
+    jpeg.Type, jpeg.Subtype, jpeg.Filter = (
+        pikepdf.Name.XObject,
+        pikepdf.Name.Image,
+        pikepdf.Name.DCTDecode,
+    )
+    jpeg.Width, jpeg.Height, jpeg.BitsPerComponent, jpeg.ColorSpace = (
+        200,
+        260,
+        8,
+        pikepdf.Name.DeviceGray,
+    )
+    add_page(pdf, (144, 187.2), [(jpeg, "144 0 0 187.2 0 0")])
+    pdf.save(tmp_path / "j.pdf")
+    outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "a.pdf", identity)
+    assert outcomes[0].codec_out == "DCTDecode"
+    assert outcomes[0].bytes_out <= 1.5 * outcomes[0].bytes_in
+    lossless = PdfEditOptions(jpeg_quality=None)
+    outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "b.pdf", identity, options=lossless)
+    assert outcomes[0].codec_out == "FlateDecode"
+
+
+def test_coloured_ink_survives_a_cleaner_that_whitens_light_pixels(tmp_path):
+    rgb = np.full((100, 160, 3), 255, np.uint8)
+    rgb[20:30, 10:150] = (0, 0, 0)  # black text
+    rgb[50:60, 10:150] = (255, 240, 0)  # yellow text: luma 0.89, "paper" to a gray cleaner
+    plain = np.repeat(page_pixels(160, 100)[..., None], 3, axis=2)
+    pdf = pikepdf.new()
+    add_page(pdf, (160, 100), [(image_stream(pdf, rgb), "160 0 0 100 0 0")])
+    add_page(pdf, (160, 100), [(image_stream(pdf, plain), "160 0 0 100 0 0")])
+    pdf.save(tmp_path / "c.pdf")
+
+    def whiten_light(batch: ImageBatch) -> ImageBatch:
+        gray = batch.gray().images
+        return batch.replace((gray > 0.7).float())
+
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "c.pdf", out, whiten_light)
+    assert [(o.kind, o.stored_as) for o in outcomes] == [("color", "color"), ("gray", "gray")]
+    doc = pdfium.PdfDocument(str(out))
+    try:
+        shown = doc[0].render(scale=1.0).to_numpy()[..., 2::-1]  # BGR -> RGB
+    finally:
+        doc.close()
+    assert tuple(shown[55, 80]) == (255, 240, 0)
+    assert tuple(shown[25, 80]) == (0, 0, 0)
+
+
+def test_tiled_scan_and_stacked_images_are_reported_for_the_render_fallback(tmp_path):
+    pdf = pikepdf.new()
+    tiles = [
+        (image_stream(pdf, page_pixels(100, 100, seed=i)), f"100 0 0 100 {x} {y}")
+        for i, (x, y) in enumerate([(0, 0), (100, 0), (0, 100), (100, 100)])
+    ]
+    add_page(pdf, (200, 200), tiles, text="tiles")
+    stacked = [(image_stream(pdf, page_pixels(50, 50, seed=i)), "200 0 0 200 0 0") for i in (5, 6)]
+    add_page(pdf, (200, 200), stacked)
+    pdf.save(tmp_path / "t.pdf")
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "t.pdf", out, invert)
+    assert [o.status for o in outcomes] == ["fallback", "fallback"]
+    assert "tiles" in outcomes[0].reason and "stacked" in outcomes[1].reason
+    assert out.read_bytes() == (tmp_path / "t.pdf").read_bytes()
+    asked = PdfEditOptions(born_digital="fallback")
+    pdf = pikepdf.new()
+    add_page(pdf, (100, 100), vector=True)
+    pdf.save(tmp_path / "v.pdf")
+    assert edit_pdf(tmp_path / "v.pdf", out, invert, options=asked)[0].status == "fallback"
+
+
+def test_max_pixels_refuses_before_decoding_and_writes_nothing(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 400, 300)
+    out = tmp_path / "out.pdf"
+    with pytest.raises(InputImageError, match="exceeds the limit of 100,000"):
+        edit_pdf(src, out, invert, options=PdfEditOptions(max_pixels=100_000))
+    assert not out.exists()
+    assert not list(tmp_path.glob(".aepipe-*"))
+
+
+def test_pillow_limit_is_only_raised_while_encoding(tmp_path, recwarn):
+    limit = Image.MAX_IMAGE_PIXELS
+    src = scan_pdf(tmp_path / "in.pdf", 400, 300)
+    edit_pdf(src, tmp_path / "out.pdf", invert, options=PdfEditOptions(max_pixels=10**9))
+    assert limit == Image.MAX_IMAGE_PIXELS
+    assert not [w for w in recwarn if "pikepdf" in str(w.filename) or "PIL" in str(w.filename)]
+
+
+def test_unreadable_pdfs_are_one_line_input_errors(tmp_path):
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(b"%PDF-1.4\nnot really")
+    with pytest.raises(InputImageError, match="cannot open PDF"):
+        edit_pdf(bad, tmp_path / "out.pdf", identity)
+    src = scan_pdf(tmp_path / "in.pdf", 40, 30)
+    with pikepdf.open(src) as pdf:
+        pdf.save(tmp_path / "enc.pdf", encryption=pikepdf.Encryption(owner="o", user="u"))
+    with pytest.raises(InputImageError, match="encrypted"):
+        edit_pdf(tmp_path / "enc.pdf", tmp_path / "out.pdf", identity)
+
+
+def test_the_shipped_scan_denoiser_cleans_a_bilevel_scan_in_place(tmp_path):
+    from pipeline import load_stage
+
+    stage = load_stage("scan-denoiser")
+    src = scan_pdf(tmp_path / "in.pdf", 320, 240, dpi=100)
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, stage)
+    assert outcomes[0].status == "edited" and outcomes[0].stored_as == "bilevel"
+    after = _image_info(out)
+    assert (after["bpc"], after["filter"], after["size"]) == (1, "/CCITTFaxDecode", (320, 240))
+    assert text_of(out) == text_of(src)
+    # Cleaning keeps the text lines and removes most isolated specks.
+    before_ink = (gray_render(src) < 128).mean()
+    after_ink = (gray_render(out) < 128).mean()
+    assert 0.5 * before_ink < after_ink <= before_ink
