@@ -10,7 +10,8 @@ cannot be edited in place (a scan cut into tiles, a mixed-raster page of stacked
 images, an inline image) are left unchanged and reported with status ``"fallback"`` so that the
 caller can render them instead. Each page gets a :class:`PageOutcome` for a report.
 
-Types are kept: a bilevel image (1 bit, or an image mask) comes back bilevel and is stored as
+Types are kept: a bilevel image (1 bit, an image mask, or a gray image of only black and
+white) comes back bilevel and is stored as
 CCITT G4 (through Pillow's libtiff encoder); gray stays gray (Flate with the PNG predictor, or
 JPEG with ``jpeg_quality``); colour follows :attr:`PdfEditOptions.color`. Images are decoded by
 pdfium (the renderer aepipe already uses), which reads every PDF image codec: CCITT, JBIG2 with
@@ -525,6 +526,8 @@ def _edit_image(
         raise InputImageError(f"{where}: cannot decode its image ({exc})") from None
     except Exception as exc:
         raise InputImageError(f"{where}: cannot decode its image ({type(exc).__name__})") from None
+    # A gray image holding only black and white (bilevel content stored 8-bit) is bilevel.
+    bilevel = bilevel or (pixels.shape[-1] == 1 and bool(np.isin(pixels, (0, 255)).all()))
     kind: Kind = "bilevel" if bilevel else ("gray" if pixels.shape[-1] == 1 else "color")
     x0, y0, x1, y1 = _bbox(target.ctm)
     turn = _orientation(target.ctm, rotate)

@@ -27,10 +27,10 @@ def invert(batch: ImageBatch) -> ImageBatch:
     return batch.replace(1.0 - batch.images)
 
 
-def page_pixels(w: int, h: int, seed: int = 0) -> np.ndarray:
-    """A page: white paper, a few black 'text lines', a marker block at its top left, specks."""
+def page_pixels(w: int, h: int, seed: int = 0, paper: int = 255) -> np.ndarray:
+    """A page: paper, a few black 'text lines', a marker block at its top left, specks."""
     rng = np.random.default_rng(seed)
-    page = np.full((h, w), 255, np.uint8)
+    page = np.full((h, w), paper, np.uint8)
     for y in range(h // 5, h - h // 8, max(h // 12, 4)):
         page[y : y + max(h // 60, 2), w // 8 : w - w // 8] = 0
     page[: h // 6, : w // 6] = 0  # orientation marker, top left as stored
@@ -95,7 +95,8 @@ def scan_pdf(path: Path, w: int, h: int, dpi: float = 100, bilevel: bool = True)
     """One scanned page (OCRed: invisible text over the image) with a form field."""
     pdf = pikepdf.new()
     size = (w * 72 / dpi, h * 72 / dpi)
-    image = image_stream(pdf, page_pixels(w, h), bilevel=bilevel)
+    # A gray scan has gray paper: one of only black and white would count as bilevel.
+    image = image_stream(pdf, page_pixels(w, h, paper=255 if bilevel else 230), bilevel=bilevel)
     page = add_page(pdf, size, [(image, f"{size[0]} 0 0 {size[1]} 0 0")], text=HIDDEN_TEXT)
     field = pdf.make_indirect(
         pikepdf.Dictionary(
@@ -265,6 +266,16 @@ def test_native_resolution_is_kept_and_reported(tmp_path):
     assert next(read_pages(src, dpi=300)).meta["size"] == (2550, 3300)
 
 
+def test_a_gray_image_of_only_black_and_white_is_stored_bilevel(tmp_path):
+    pdf = pikepdf.new()
+    add_page(pdf, (200, 100), [(image_stream(pdf, page_pixels(400, 200)), "200 0 0 100 0 0")])
+    pdf.save(tmp_path / "g.pdf")
+    outcomes = edit_pdf(tmp_path / "g.pdf", tmp_path / "out.pdf", identity)
+    assert (outcomes[0].kind, outcomes[0].codec_out) == ("bilevel", "CCITTFaxDecode")
+    assert _image_info(tmp_path / "out.pdf")["bpc"] == 1
+    assert np.array_equal(gray_render(tmp_path / "g.pdf"), gray_render(tmp_path / "out.pdf"))
+
+
 def test_jpeg_source_is_stored_as_jpeg_and_gray_as_flate_without_it(tmp_path):
     pdf = pikepdf.new()
     buf = tmp_path / "p.jpg"
@@ -295,7 +306,7 @@ def test_coloured_ink_survives_a_cleaner_that_whitens_light_pixels(tmp_path):
     rgb = np.full((100, 160, 3), 255, np.uint8)
     rgb[20:30, 10:150] = (0, 0, 0)  # black text
     rgb[50:60, 10:150] = (255, 240, 0)  # yellow text: luma 0.89, "paper" to a gray cleaner
-    plain = np.repeat(page_pixels(160, 100)[..., None], 3, axis=2)
+    plain = np.repeat(page_pixels(160, 100, paper=230)[..., None], 3, axis=2)
     pdf = pikepdf.new()
     add_page(pdf, (160, 100), [(image_stream(pdf, rgb), "160 0 0 100 0 0")])
     add_page(pdf, (160, 100), [(image_stream(pdf, plain), "160 0 0 100 0 0")])
