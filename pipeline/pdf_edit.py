@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
@@ -105,7 +106,7 @@ class PageOutcome:
         reason: why, in words.
         kind: the scan's type, ``"bilevel"``, ``"gray"`` or ``"color"`` (empty if none).
         size: the scan's (W, H) in pixels, kept as it was.
-        dpi: the scan's resolution on the page (x, y).
+        dpi: the scan's resolution on the page, along its width and its height.
         codec_in: the scan's filters before, e.g. ``"JBIG2Decode"``.
         codec_out: its filter after, e.g. ``"CCITTFaxDecode"``.
         bytes_in: encoded size of the scan before.
@@ -195,6 +196,12 @@ def _orientation(m: Matrix, rotate: int) -> tuple[bool, bool, bool]:
     if transpose:
         return True, cols[1] < 0, rows[0] < 0
     return False, rows[1] < 0, cols[0] < 0
+
+
+def _dpi(m: Matrix, w: int, h: int) -> tuple[float, float]:
+    """Pixels per inch of a ``w`` x ``h`` image placed by ``m``, along its columns and rows."""
+    col_in, row_in = math.hypot(m[0], m[1]) / 72.0, math.hypot(m[2], m[3]) / 72.0
+    return round(w / max(col_in, 1e-9), 2), round(h / max(row_in, 1e-9), 2)
 
 
 def _upright(images: torch.Tensor, turn: tuple[bool, bool, bool]) -> torch.Tensor:
@@ -403,10 +410,19 @@ def _g4(bits: Any) -> bytes:
 
 
 def _flate_png(image: Any) -> tuple[bytes, int]:
-    """Flate data with the PNG predictor (PNG's own filtered IDAT stream) and its colours."""
+    """Flate data with the PNG predictor (PNG's own filtered IDAT stream) and its colours.
+
+    ``image`` is 8-bit: mode L, RGB or P (palette indices).
+    """
     import struct
 
     buf = io.BytesIO()
+    if image.mode == "P":
+        # Pillow packs the indices of a palette of up to 16 colours into 1, 2 or 4 bits:
+        # a full palette keeps them 8-bit, as the PDF's BitsPerComponent says.
+        palette = image.getpalette("RGB") or []
+        image = image.copy()
+        image.putpalette(palette + [0] * (768 - len(palette)))
     image.save(buf, format="PNG", compress_level=9)
     png, pos, idat = buf.getvalue(), 8, []
     while pos < len(png):
@@ -414,7 +430,7 @@ def _flate_png(image: Any) -> tuple[bytes, int]:
         if png[pos + 4 : pos + 8] == b"IDAT":
             idat.append(png[pos + 8 : pos + 8 + length])
         pos += 12 + length
-    return b"".join(idat), 1 if image.mode == "L" else 3
+    return b"".join(idat), 3 if image.mode == "RGB" else 1
 
 
 def _jpeg_settings(obj: Any, options: PdfEditOptions) -> dict[str, Any] | None:
@@ -463,7 +479,13 @@ def _write_image(obj: Any, image: Any, kind: Kind, mask: bool, jpeg: dict[str, A
         else:
             obj.ColorSpace = pikepdf.Name.DeviceGray
         return "CCITTFaxDecode"
-    if "/ColorSpace" in obj or not mask:
+    if image.mode == "P":
+        palette = bytes(image.getpalette("RGB") or b"")
+        colours = max(1, len(palette) // 3)
+        obj.ColorSpace = pikepdf.Array(
+            [pikepdf.Name.Indexed, pikepdf.Name.DeviceRGB, colours - 1, pikepdf.String(palette)]
+        )
+    else:
         obj.ColorSpace = pikepdf.Name.DeviceGray if image.mode == "L" else pikepdf.Name.DeviceRGB
     obj.BitsPerComponent = 8
     if jpeg is not None:
@@ -505,6 +527,21 @@ def _colour_rule(inp: torch.Tensor, out: torch.Tensor, options: PdfEditOptions) 
     return rgb.where(~ink, inp).contiguous()
 
 
+def _decode_checked(where: str, obj: Any, options: PdfEditOptions) -> tuple[np.ndarray, Kind]:
+    """The image's pixels (HWC uint8, after the pixel limit is checked) and its kind."""
+    w, h = _check_size(where, obj, options.max_pixels)
+    try:
+        pixels = _decode(obj, w, h)
+    except InputImageError as exc:
+        raise InputImageError(f"{where}: cannot decode its image ({exc})") from None
+    except Exception as exc:
+        raise InputImageError(f"{where}: cannot decode its image ({type(exc).__name__})") from None
+    bilevel = bool(obj.get("/ImageMask", False)) or int(obj.get("/BitsPerComponent", 8)) == 1
+    # A gray image holding only black and white (bilevel content stored 8-bit) is bilevel.
+    bilevel = bilevel or (pixels.shape[-1] == 1 and bool(np.isin(pixels, (0, 255)).all()))
+    return pixels, "bilevel" if bilevel else ("gray" if pixels.shape[-1] == 1 else "color")
+
+
 def _edit_image(
     where: str,
     target: _Placement,
@@ -515,27 +552,11 @@ def _edit_image(
 ) -> dict[str, Any]:
     """Decode, clean and write back one page image; returns the outcome's fields."""
     obj = target.obj
-    w, h = _check_size(where, obj, options.max_pixels)
-    codec_in = "+".join(_filters(obj)) or "none"
-    bytes_in = len(obj.read_raw_bytes())
-    mask = bool(obj.get("/ImageMask", False))
-    bilevel = mask or int(obj.get("/BitsPerComponent", 8)) == 1
-    try:
-        pixels = _decode(obj, w, h)
-    except InputImageError as exc:
-        raise InputImageError(f"{where}: cannot decode its image ({exc})") from None
-    except Exception as exc:
-        raise InputImageError(f"{where}: cannot decode its image ({type(exc).__name__})") from None
-    # A gray image holding only black and white (bilevel content stored 8-bit) is bilevel.
-    bilevel = bilevel or (pixels.shape[-1] == 1 and bool(np.isin(pixels, (0, 255)).all()))
-    kind: Kind = "bilevel" if bilevel else ("gray" if pixels.shape[-1] == 1 else "color")
-    x0, y0, x1, y1 = _bbox(target.ctm)
-    turn = _orientation(target.ctm, rotate)
-    dpi = (round(w * 72.0 / max(x1 - x0, 1e-9), 2), round(h * 72.0 / max(y1 - y0, 1e-9), 2))
-    if turn[0]:
-        dpi = (round(h * 72.0 / max(x1 - x0, 1e-9), 2), round(w * 72.0 / max(y1 - y0, 1e-9), 2))
-    batch = ImageBatch.from_numpy(pixels, [meta["name"]], [{**meta, "kind": kind, "dpi": dpi[0]}])
-    del pixels
+    codec_in, bytes_in = "+".join(_filters(obj)) or "none", len(obj.read_raw_bytes())
+    pixels, kind = _decode_checked(where, obj, options)
+    h, w = pixels.shape[:2]
+    turn, dpi = _orientation(target.ctm, rotate), _dpi(target.ctm, w, h)
+    batch = ImageBatch.from_numpy(pixels, [meta["name"]], [{**meta, "kind": kind, "dpi": max(dpi)}])
     decoded = batch.images
     result = process(batch.replace(_upright(decoded, turn)))
     out = _stored(result.images, turn)
@@ -548,11 +569,20 @@ def _edit_image(
     image = ImageBatch(out.clamp(0.0, 1.0)).to_pil()[0]
     stored: Kind = kind if kind != "color" or image.mode == "RGB" else "gray"
     with _pil_limit(options.max_pixels):
-        jpeg = None if kind == "bilevel" else _jpeg_settings(obj, options)
         if kind == "bilevel":
             cut = round(options.threshold * 255)
             image = image.point(lambda v: 255 if v >= cut else 0, mode="1")
-        codec_out = _write_image(obj, image, kind, mask, jpeg)
+        if _same_pixels(image, pixels):
+            # Nothing to clean: the image keeps its own codec and bytes (JBIG2 stays JBIG2).
+            codec_out = codec_in
+        else:
+            jpeg = None if kind == "bilevel" else _jpeg_settings(obj, options)
+            if jpeg is None and image.mode == "RGB" and _indexed(obj):
+                # An indexed source stays indexed (a third of RGB's size): a palette of the
+                # result's colours, without dithering, which would speckle the paper.
+                image = image.quantize(256, dither=0)
+            mask = bool(obj.get("/ImageMask", False))
+            codec_out = _write_image(obj, image, kind, mask, jpeg)
     return {
         "kind": kind,
         "size": (w, h),
@@ -563,6 +593,20 @@ def _edit_image(
         "bytes_out": len(obj.read_raw_bytes()),
         "stored_as": stored,
     }
+
+
+def _indexed(obj: Any) -> bool:
+    import pikepdf
+
+    cs = obj.get("/ColorSpace")
+    return isinstance(cs, pikepdf.Array) and len(cs) > 0 and str(cs[0]) == "/Indexed"
+
+
+def _same_pixels(image: Any, pixels: np.ndarray) -> bool:
+    """Whether PIL ``image`` (mode 1, L or RGB) shows exactly the decoded HWC ``pixels``."""
+    arr = np.asarray(image.convert("L") if image.mode == "1" else image)
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    return arr.shape == pixels.shape and bool(np.array_equal(arr, pixels))
 
 
 # ---- the document --------------------------------------------------------------------------
