@@ -39,6 +39,7 @@ class Row:
     size_out: int | None = None
     edited: int = 0
     passed: int = 0
+    rendered: int = 0
     fallback: int = 0
     chars: tuple[int, int] = (0, 0)
     text_kept: bool = True
@@ -137,6 +138,11 @@ def compare(src: Path, out: Path, row: Row, outcomes: list[Any]) -> None:
             if o.status == "edited":
                 row.resolution_kept &= image_sizes(a, i) == image_sizes(b, i)
                 continue
+            if o.status == "rendered":
+                # Rendered at the page's largest image's own resolution: no coarser than it.
+                biggest = max(image_sizes(a, i), key=lambda s: s[0] * s[1], default=(0, 0))
+                row.resolution_kept &= o.size[0] * o.size[1] >= biggest[0] * biggest[1]
+                continue
             total += 1
             unchanged = page_fingerprint(a, i) == page_fingerprint(b, i)
             same += unchanged and np.array_equal(render(src, i), render(out, i))
@@ -159,11 +165,11 @@ def run_file(path: Path, process: Any, options: Any, workdir: Path) -> Row:
     row.size_out = out.stat().st_size
     for o in outcomes:
         setattr(row, o.status, getattr(row, o.status) + 1)
-        if o.status == "edited":
+        if o.status in ("edited", "rendered"):
             row.kinds.add(o.kind)
-    fallbacks = sorted({o.reason for o in outcomes if o.status == "fallback"})
+    fallbacks = sorted({o.reason for o in outcomes if o.status in ("rendered", "fallback")})
     if fallbacks:
-        row.outcome = "fallback: " + "; ".join(fallbacks)
+        row.outcome = "rendered: " + "; ".join(fallbacks)
     compare(path, out, row, outcomes)
     out.unlink()
     return row
@@ -178,10 +184,11 @@ def table(rows: list[Row], command: str) -> str:
         "# PDF fidelity: in-place editing with the scan denoiser",
         "",
         f"Command: `{command}` (corpus: OCRmyPDF 17.13.0 tests/resources, `make pdf-corpus`).",
-        "Pages: edited in place / passed through unchanged / reported for the render fallback.",
+        "Pages: edited in place / passed through unchanged / rendered (the fallback for pages that",
+        "cannot be edited in place: the cleaned rendering replaces the picture, the text stays).",
         "Unchanged: pages not edited whose content, images and rendering are identical.",
         "",
-        "| file | in KB | out KB | ratio | kind | pages e/p/f | text chars before/after "
+        "| file | in KB | out KB | ratio | kind | pages e/p/r | text chars before/after "
         "| fields | unchanged | resolution | s | outcome |",
         "|---|---:|---:|---:|---|---|---|---|---|---|---:|---|",
     ]
@@ -194,10 +201,10 @@ def table(rows: list[Row], command: str) -> str:
             text = f"{r.chars[0]}/{r.chars[1]} {yes(r.text_kept)}"
             fields = f"{r.fields[0]}/{r.fields[1]} {yes(r.fields_kept)}"
             same = f"{r.untouched_same[0]}/{r.untouched_same[1]}"
-            res = yes(r.resolution_kept) if r.edited else "-"
+            res = yes(r.resolution_kept) if r.edited or r.rendered else "-"
         lines.append(
             f"| {r.name} | {r.size_in / 1024:.1f} | {out_kb} | {ratio} | {r.kind} "
-            f"| {r.edited}/{r.passed}/{r.fallback} | {text} | {fields} | {same} | {res} "
+            f"| {r.edited}/{r.passed}/{r.rendered} | {text} | {fields} | {same} | {res} "
             f"| {r.seconds:.1f} | {r.outcome} |"
         )
     lines += ["", *summary(rows)]
@@ -231,13 +238,14 @@ def summary(rows: list[Row]) -> list[str]:
     pages = sum(r.untouched_same[1] for r in written)
     lines.append(
         f"- pages not edited that are unchanged: {sum(r.untouched_same[0] for r in written)}/"
-        f"{pages}; edited files with every scan at its own resolution: "
-        f"{sum(r.resolution_kept for r in written if r.edited)}/"
-        f"{sum(1 for r in written if r.edited)}"
+        f"{pages}; files edited or rendered with every scan at its own resolution: "
+        f"{sum(r.resolution_kept for r in written if r.edited or r.rendered)}/"
+        f"{sum(1 for r in written if r.edited or r.rendered)}"
     )
     lines.append(
-        f"- pages edited / passed / fallback: {sum(r.edited for r in rows)} / "
-        f"{sum(r.passed for r in rows)} / {sum(r.fallback for r in rows)}; files refused: "
+        f"- pages edited / passed / rendered / left for a fallback: {sum(r.edited for r in rows)}"
+        f" / {sum(r.passed for r in rows)} / {sum(r.rendered for r in rows)} / "
+        f"{sum(r.fallback for r in rows)}; files refused: "
         f"{sum(1 for r in rows if r.size_out is None)}"
     )
     return lines

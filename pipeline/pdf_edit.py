@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import pikepdf
     import torch
 
-Status = Literal["edited", "passed", "fallback"]
+Status = Literal["edited", "passed", "rendered", "fallback"]
 Kind = Literal["bilevel", "gray", "color", ""]
 Matrix = tuple[float, float, float, float, float, float]
 _IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
@@ -75,6 +75,11 @@ class PdfEditOptions:
         color_chroma: chroma in [0, 1] above which a pixel is coloured ink.
         color_fraction: fraction of coloured pixels above which an image has coloured ink.
         threshold: cut in [0, 1] that turns the result of a bilevel image back into 1 bit.
+        fallback: for a page that cannot be edited in place, ``"render"`` renders it (at
+            ``dpi``, or its scan's own resolution), cleans the rendering and makes it the page's
+            picture, keeping the page's text as an invisible text layer over it (status
+            ``"rendered"``); ``"report"`` leaves it unchanged (status ``"fallback"``).
+        dpi: resolution of the render fallback; None: the page's largest image's own.
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -85,6 +90,8 @@ class PdfEditOptions:
     color_chroma: float = 0.2
     color_fraction: float = 0.0005
     threshold: float = 0.5
+    fallback: Literal["render", "report"] = "render"
+    dpi: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
@@ -102,7 +109,9 @@ class PageOutcome:
     Attributes:
         page: page number, 1-based.
         status: ``"edited"`` (its scan was cleaned in place), ``"passed"`` (left unchanged: no
-            scanned image) or ``"fallback"`` (left unchanged: needs rendering to be cleaned).
+            scanned image), ``"rendered"`` (the render fallback: its rendering cleaned, text kept
+            invisible over it) or ``"fallback"`` (left unchanged: needs rendering to be
+            cleaned, and ``fallback="report"``).
         reason: why, in words.
         kind: the scan's type, ``"bilevel"``, ``"gray"`` or ``"color"`` (empty if none).
         size: the scan's (W, H) in pixels, kept as it was.
@@ -542,6 +551,40 @@ def _decode_checked(where: str, obj: Any, options: PdfEditOptions) -> tuple[np.n
     return pixels, "bilevel" if bilevel else ("gray" if pixels.shape[-1] == 1 else "color")
 
 
+def _clean(
+    where: str,
+    batch: ImageBatch,
+    kind: Kind,
+    turn: tuple[bool, bool, bool],
+    process: Callable[[ImageBatch], ImageBatch],
+    options: PdfEditOptions,
+) -> Any:
+    """Run ``process`` on the upright image; return the result as stored, a PIL image.
+
+    Args:
+        where: file and page, for error messages.
+        batch: (1, C, H, W) the image as stored.
+        kind: its kind; a bilevel result is cut back to mode "1".
+        turn: how to turn it upright (see :func:`_orientation`).
+        process: the cleaning.
+        options: the colour rule and the bilevel threshold.
+    """
+    h, w = batch.size
+    decoded = batch.images
+    out = _stored(process(batch.replace(_upright(decoded, turn))).images, turn)
+    if out.shape[0] != 1 or tuple(out.shape[-2:]) != (h, w):
+        raise ShapeError(f"{where}: process returned shape {tuple(out.shape)} for a {w}x{h} image")
+    if kind == "color":
+        out = _colour_rule(decoded, out, options)
+    elif out.shape[1] == 3:
+        out = to_gray(out)
+    image = ImageBatch(out.clamp(0.0, 1.0)).to_pil()[0]
+    if kind == "bilevel":
+        cut = round(options.threshold * 255)
+        image = image.point(lambda v: 255 if v >= cut else 0, mode="1")
+    return image
+
+
 def _edit_image(
     where: str,
     target: _Placement,
@@ -557,21 +600,8 @@ def _edit_image(
     h, w = pixels.shape[:2]
     turn, dpi = _orientation(target.ctm, rotate), _dpi(target.ctm, w, h)
     batch = ImageBatch.from_numpy(pixels, [meta["name"]], [{**meta, "kind": kind, "dpi": max(dpi)}])
-    decoded = batch.images
-    result = process(batch.replace(_upright(decoded, turn)))
-    out = _stored(result.images, turn)
-    if out.shape[0] != 1 or tuple(out.shape[-2:]) != (h, w):
-        raise ShapeError(f"{where}: process returned shape {tuple(out.shape)} for a {w}x{h} image")
-    if kind == "color":
-        out = _colour_rule(decoded, out, options)
-    elif out.shape[1] == 3:
-        out = to_gray(out)
-    image = ImageBatch(out.clamp(0.0, 1.0)).to_pil()[0]
-    stored: Kind = kind if kind != "color" or image.mode == "RGB" else "gray"
     with _pil_limit(options.max_pixels):
-        if kind == "bilevel":
-            cut = round(options.threshold * 255)
-            image = image.point(lambda v: 255 if v >= cut else 0, mode="1")
+        image = _clean(where, batch, kind, turn, process, options)
         if _same_pixels(image, pixels):
             # Nothing to clean: the image keeps its own codec and bytes (JBIG2 stays JBIG2).
             codec_out = codec_in
@@ -591,7 +621,120 @@ def _edit_image(
         "codec_out": codec_out,
         "bytes_in": bytes_in,
         "bytes_out": len(obj.read_raw_bytes()),
-        "stored_as": stored,
+        "stored_as": _stored_kind(image),
+    }
+
+
+def _stored_kind(image: Any) -> Kind:
+    return {"1": "bilevel", "L": "gray"}.get(image.mode, "color")  # type: ignore[return-value]
+
+
+# ---- the render fallback -------------------------------------------------------------------
+
+# Operators kept in the invisible text layer of a rendered page: text, its state, the graphics
+# state stack and transforms (text positions depend on them), marked content (structure tags).
+_TEXT_OPS = frozenset(
+    {
+        *("BT", "ET", "Tf", "Td", "TD", "Tm", "T*", "Tj", "TJ", "'", '"', "Tc", "Tw", "Tz"),
+        *("TL", "Ts", "q", "Q", "cm", "BMC", "BDC", "EMC", "MP", "DP"),
+    }
+)
+
+
+class _Renderer:
+    """The source PDF opened in pdfium, only once a page needs rendering."""
+
+    def __init__(self, src: Path) -> None:
+        self.src, self.doc = src, None
+
+    def __enter__(self) -> _Renderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.doc is not None:
+            self.doc.close()
+
+    def render(self, where: str, index: int, options: PdfEditOptions) -> tuple[np.ndarray, float]:
+        """Page ``index`` rendered as displayed (HWC uint8) and its resolution."""
+        import pypdfium2 as pdfium
+
+        from pipeline.io import _native_dpi, _render_pdf_page
+
+        if self.doc is None:
+            self.doc = pdfium.PdfDocument(str(self.src))
+        page = self.doc[index]
+        try:
+            dpi = float(options.dpi) if options.dpi else _native_dpi(page)
+            pixels = _render_pdf_page(Path(where), page, dpi, options.max_pixels)[0]
+        finally:
+            page.close()
+        return pixels, dpi
+
+
+def _render_jpeg(image: Any, options: PdfEditOptions) -> dict[str, Any] | None:
+    """JPEG settings of a rendered page: ``jpeg_quality``; with "auto", 85 for colour only."""
+    if isinstance(options.jpeg_quality, int):
+        return {"quality": options.jpeg_quality}
+    if options.jpeg_quality == "auto" and image.mode == "RGB":
+        return {"quality": 85}
+    return None
+
+
+def _text_only(page: pikepdf.Page) -> bytes:
+    """The page's content with only its text, drawn invisibly (render mode 3)."""
+    import pikepdf
+
+    kept: list[Any] = []
+    for operands, op in pikepdf.parse_content_stream(page):
+        name = str(op)
+        if name not in _TEXT_OPS and name != "Tr":
+            continue
+        kept.append(([3], pikepdf.Operator("Tr")) if name == "Tr" else (operands, op))
+        if name == "BT":
+            kept.append(([3], pikepdf.Operator("Tr")))
+    return pikepdf.unparse_content_stream(kept)
+
+
+def _render_page(
+    where: str,
+    pdf: pikepdf.Pdf,
+    page: pikepdf.Page,
+    renderer: _Renderer,
+    process: Callable[[ImageBatch], ImageBatch],
+    meta: dict[str, Any],
+    options: PdfEditOptions,
+) -> dict[str, Any]:
+    """The render fallback: the cleaned rendering becomes the page, its text stays invisible."""
+    import pikepdf
+
+    pixels, dpi = renderer.render(where, meta["page"], options)
+    x0, y0, x1, y1 = _page_box(page)
+    ctm: Matrix = (x1 - x0, 0.0, 0.0, y1 - y0, x0, y0)
+    # The rendering is upright; the image is stored in the page's own (unrotated) space.
+    turn = _orientation(ctm, int(page.obj.get("/Rotate", 0) or 0))
+    kind: Kind = "gray" if pixels.shape[-1] == 1 else "color"
+    upright = ImageBatch.from_numpy(pixels, [meta["name"]], [{**meta, "kind": kind, "dpi": dpi}])
+    batch = upright.replace(_stored(upright.images, turn))
+    with _pil_limit(options.max_pixels):
+        image = _clean(where, batch, kind, turn, process, options)
+        obj = pdf.make_stream(b"", Type=pikepdf.Name.XObject, Subtype=pikepdf.Name.Image)
+        obj.Width, obj.Height = image.width, image.height
+        codec_out = _write_image(obj, image, kind, False, _render_jpeg(image, options))
+    # A page's own copy of its resources: they may be shared with other pages. The text layer
+    # draws no XObject, so the rendering is the only one left (the old images are dropped).
+    resources = pikepdf.Dictionary(_resources(page) or {})
+    resources.XObject = pikepdf.Dictionary(AepipeRender=obj)
+    picture = f"q {ctm[0]:.4f} 0 0 {ctm[3]:.4f} {x0:.4f} {y0:.4f} cm /AepipeRender Do Q\n"
+    text = _text_only(page)
+    page.obj.Resources = resources
+    page.obj.Contents = pikepdf.Array([pdf.make_stream(picture.encode()), pdf.make_stream(text)])
+    return {
+        "kind": kind,
+        "size": (image.width, image.height),
+        "dpi": (dpi, dpi),
+        "codec_out": codec_out,
+        "bytes_out": len(obj.read_raw_bytes()),
+        "stored_as": _stored_kind(image),
     }
 
 
@@ -640,7 +783,7 @@ def edit_pdf(
     own pixel grid, turned upright as the page is displayed; C = 1 for bilevel and gray images,
     3 for colour ones. It must return the same H and W (C may be 1 or 3). Its metadata carries
     ``source``, ``page`` (0-based), ``pages``, ``dpi`` and ``kind``. An image drawn on several
-    pages is cleaned once. When no page is edited, ``dst`` is a byte-for-byte copy of ``src``.
+    pages is cleaned once. When no page is changed, ``dst`` is a byte-for-byte copy of ``src``.
 
     Args:
         src: the PDF to read (never modified).
@@ -658,41 +801,51 @@ def edit_pdf(
     """
     options = options or PdfEditOptions()
     src, dst = Path(src), Path(dst)
-    outcomes: list[PageOutcome] = []
-    with _open(src) as pdf:
+    with _open(src) as pdf, _Renderer(src) as renderer:
         done: dict[tuple[int, int], dict[str, Any]] = {}
-        count = len(pdf.pages)
-        for index, page in enumerate(pdf.pages):
-            where = f"{src} page {index + 1}"
-            try:
-                plan = _plan_page(page, options)
-            except Exception as exc:
-                plan = _Plan("fallback", f"content stream not understood ({type(exc).__name__})")
-            if plan.status != "edited" or plan.target is None:
-                outcomes.append(PageOutcome(index + 1, plan.status, plan.reason))
-                continue
-            key = plan.target.obj.objgen
-            if key in done:
-                shared = "its image (shared with an earlier page) cleaned once"
-                outcomes.append(PageOutcome(index + 1, "edited", shared, **done[key]))
-                continue
-            meta = {
-                "name": f"{src.stem}_p{index + 1:04d}",
-                "source": str(src),
-                "page": index,
-                "pages": count,
-            }
-            rotate = int(page.obj.get("/Rotate", 0) or 0)
-            fields = _edit_image(where, plan.target, rotate, process, meta, options)
-            done[key] = fields
-            outcomes.append(PageOutcome(index + 1, "edited", plan.reason, **fields))
-        if any(o.status == "edited" for o in outcomes):
+        outcomes = [
+            _do_page(src, pdf, index, process, options, done, renderer)
+            for index in range(len(pdf.pages))
+        ]
+        if any(o.status in ("edited", "rendered") for o in outcomes):
             atomic_write(dst, lambda fh: _save(pdf, fh))
             return outcomes
     if src.resolve() != dst.resolve():
         with src.open("rb") as fh:
             atomic_write(dst, lambda out: shutil.copyfileobj(fh, out))
     return outcomes
+
+
+def _do_page(
+    src: Path,
+    pdf: pikepdf.Pdf,
+    index: int,
+    process: Callable[[ImageBatch], ImageBatch],
+    options: PdfEditOptions,
+    done: dict[tuple[int, int], dict[str, Any]],
+    renderer: _Renderer,
+) -> PageOutcome:
+    """Plan and carry out one page's edit; ``done`` remembers images already cleaned."""
+    page = pdf.pages[index]
+    where = f"{src} page {index + 1}"
+    try:
+        plan = _plan_page(page, options)
+    except Exception as exc:
+        plan = _Plan("fallback", f"content stream not understood ({type(exc).__name__})")
+    meta = {"name": f"{src.stem}_p{index + 1:04d}", "source": str(src), "page": index}
+    meta["pages"] = len(pdf.pages)
+    rotate = int(page.obj.get("/Rotate", 0) or 0)
+    if plan.status == "fallback" and options.fallback == "render":
+        fields = _render_page(where, pdf, page, renderer, process, meta, options)
+        return PageOutcome(index + 1, "rendered", plan.reason, **fields)
+    if plan.status != "edited" or plan.target is None:
+        return PageOutcome(index + 1, plan.status, plan.reason)
+    key = plan.target.obj.objgen
+    if key in done:
+        shared = "its image (shared with an earlier page) cleaned once"
+        return PageOutcome(index + 1, "edited", shared, **done[key])
+    done[key] = _edit_image(where, plan.target, rotate, process, meta, options)
+    return PageOutcome(index + 1, "edited", plan.reason, **done[key])
 
 
 def _save(pdf: pikepdf.Pdf, fh: Any) -> None:

@@ -359,26 +359,48 @@ def test_an_indexed_colour_scan_stays_indexed(tmp_path):
     assert np.abs(shown[35, 40] - 235).max() <= 2  # black ink inverted
 
 
-def test_tiled_scan_and_stacked_images_are_reported_for_the_render_fallback(tmp_path):
+def tiled_pdf(path: Path, rotate: int = 0) -> Path:
     pdf = pikepdf.new()
     tiles = [
-        (image_stream(pdf, page_pixels(100, 100, seed=i)), f"100 0 0 100 {x} {y}")
+        (image_stream(pdf, page_pixels(100, 100, seed=i, paper=230)), f"100 0 0 100 {x} {y}")
         for i, (x, y) in enumerate([(0, 0), (100, 0), (0, 100), (100, 100)])
     ]
-    add_page(pdf, (200, 200), tiles, text="tiles")
+    add_page(pdf, (200, 200), tiles, text="Tiled scan text", rotate=rotate)
     stacked = [(image_stream(pdf, page_pixels(50, 50, seed=i)), "200 0 0 200 0 0") for i in (5, 6)]
-    add_page(pdf, (200, 200), stacked)
-    pdf.save(tmp_path / "t.pdf")
+    add_page(pdf, (200, 100), stacked, rotate=rotate)
+    pdf.save(path)
+    return path
+
+
+def test_pages_that_cannot_be_edited_in_place_can_be_left_and_reported(tmp_path):
+    src = tiled_pdf(tmp_path / "t.pdf")
     out = tmp_path / "out.pdf"
-    outcomes = edit_pdf(tmp_path / "t.pdf", out, invert)
+    report_only = PdfEditOptions(fallback="report")
+    outcomes = edit_pdf(src, out, invert, options=report_only)
     assert [o.status for o in outcomes] == ["fallback", "fallback"]
     assert "tiles" in outcomes[0].reason and "stacked" in outcomes[1].reason
-    assert out.read_bytes() == (tmp_path / "t.pdf").read_bytes()
-    asked = PdfEditOptions(born_digital="fallback")
+    assert out.read_bytes() == src.read_bytes()
+    asked = PdfEditOptions(born_digital="fallback", fallback="report")
     pdf = pikepdf.new()
     add_page(pdf, (100, 100), vector=True)
     pdf.save(tmp_path / "v.pdf")
     assert edit_pdf(tmp_path / "v.pdf", out, invert, options=asked)[0].status == "fallback"
+
+
+@pytest.mark.parametrize("rotate", [0, 90])
+def test_render_fallback_cleans_the_rendering_and_keeps_the_text_invisible(tmp_path, rotate):
+    src = tiled_pdf(tmp_path / "t.pdf", rotate)
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, invert, options=PdfEditOptions(dpi=72))
+    assert [o.status for o in outcomes] == ["rendered", "rendered"]
+    assert outcomes[0].size == (200, 200) and outcomes[1].size in ((200, 100), (100, 200))
+    assert text_of(out) == text_of(src) and "Tiled scan text" in text_of(out)[0]
+    for index in range(2):
+        before, after = gray_render(src, index), gray_render(out, index)
+        assert before.shape == after.shape
+        assert np.abs((255 - before) - after).mean() < 3
+    with pikepdf.open(out) as pdf:
+        assert len(pdf.pages[0].get_images()) == 1
 
 
 def test_max_pixels_refuses_before_decoding_and_writes_nothing(tmp_path):
