@@ -159,29 +159,34 @@ def _why(exc: BaseException) -> str:
 
 
 def _native_dpi(page: Any) -> float:
-    """The resolution of a page's scan: that of its largest image if it covers half the page.
+    """The resolution of a page's scan: that of its finest image covering half the page.
 
     A page without such an image (born-digital, or a small picture) renders at the default.
     """
     import pypdfium2.raw as pdfium_c
 
     w_pt, h_pt = page.get_size()
-    best, best_area = None, 0.0
+    best_dpi = 0.0
     for obj in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=3):
         left, bottom, right, top = obj.get_bounds()
-        area = max(0.0, right - left) * max(0.0, top - bottom)
-        if area > best_area:
-            best, best_area = obj, area
-    if best is None or best_area < 0.5 * w_pt * h_pt:
-        return float(DEFAULT_DPI)
+        if max(0.0, right - left) * max(0.0, top - bottom) < 0.5 * w_pt * h_pt:
+            continue
+        # Of the page-size images (a mixed-raster page stacks several), the finest.
+        dpi = _image_dpi(obj)
+        best_dpi = max(best_dpi, dpi)
+    return round(best_dpi, 2) if best_dpi > 0 else float(DEFAULT_DPI)
+
+
+def _image_dpi(obj: Any) -> float:
+    """An image object's pixels per inch, the finer of its two axes."""
     # Pixels per inch along the image's own axes (its matrix maps the unit square onto the
     # page), so a rotated or skewed scan is not mistaken for a finer one by its bounding box.
-    a, b, c, d, _, _ = best.get_matrix().get()
-    w_px, h_px = best.get_px_size()
+    a, b, c, d, _, _ = obj.get_matrix().get()
+    w_px, h_px = obj.get_px_size()
     col_in, row_in = math.hypot(a, b) / 72.0, math.hypot(c, d) / 72.0
     if col_in <= 0 or row_in <= 0:
-        return float(DEFAULT_DPI)
-    return round(max(w_px / col_in, h_px / row_in), 2)
+        return 0.0
+    return max(w_px / col_in, h_px / row_in)
 
 
 def _render_size(w_pt: float, h_pt: float, scale: float) -> tuple[int, int]:

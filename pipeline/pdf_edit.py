@@ -288,17 +288,23 @@ def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
     for item in found:
         item.coverage = _coverage(item.ctm, box)
     large = [p for p in found if p.coverage >= options.min_coverage]
+    # For the render fallback: the image with the most pixels sets the codec of the rendering.
+    finest = max(
+        (p for p in found if not p.inline),
+        key=lambda p: int(p.obj.get("/Width", 0)) * int(p.obj.get("/Height", 0)),
+        default=None,
+    )
     if not large:
         total = sum(p.coverage for p in found)
         if len(found) > 1 and total >= options.min_coverage:
-            return _Plan("fallback", f"scan split into {len(found)} images (tiles)")
+            return _Plan("fallback", f"scan split into {len(found)} images (tiles)", finest)
         return _born_digital(options, "no scanned image (born-digital page)")
     if len(large) > 1:
-        return _Plan("fallback", f"{len(large)} stacked page-size images (mixed raster content)")
-    target = large[0]
-    if target.inline:
+        reason = f"{len(large)} stacked page-size images (mixed raster content)"
+        return _Plan("fallback", reason, finest)
+    if large[0].inline:
         return _Plan("fallback", "the scan is an inline image")
-    return _Plan("edited", "scan cleaned in place", target)
+    return _Plan("edited", "scan cleaned in place", large[0])
 
 
 def _born_digital(options: PdfEditOptions, reason: str) -> _Plan:
@@ -671,13 +677,11 @@ class _Renderer:
         return pixels, dpi
 
 
-def _render_jpeg(image: Any, options: PdfEditOptions) -> dict[str, Any] | None:
-    """JPEG settings of a rendered page: ``jpeg_quality``; with "auto", 85 for colour only."""
+def _render_jpeg(source: Any, options: PdfEditOptions) -> dict[str, Any] | None:
+    """JPEG settings of a rendered page: those of its finest image ``source`` (or None)."""
     if isinstance(options.jpeg_quality, int):
         return {"quality": options.jpeg_quality}
-    if options.jpeg_quality == "auto" and image.mode == "RGB":
-        return {"quality": 85}
-    return None
+    return None if source is None else _jpeg_settings(source, options)
 
 
 def _text_only(page: pikepdf.Page) -> bytes:
@@ -703,8 +707,12 @@ def _render_page(
     process: Callable[[ImageBatch], ImageBatch],
     meta: dict[str, Any],
     options: PdfEditOptions,
+    source: Any = None,
 ) -> dict[str, Any]:
-    """The render fallback: the cleaned rendering becomes the page, its text stays invisible."""
+    """The render fallback: the cleaned rendering becomes the page, its text stays invisible.
+
+    ``source`` is the page's finest image, whose codec the rendering takes (JPEG stays JPEG).
+    """
     import pikepdf
 
     pixels, dpi = renderer.render(where, meta["page"], options)
@@ -719,7 +727,7 @@ def _render_page(
         image = _clean(where, batch, kind, turn, process, options)
         obj = pdf.make_stream(b"", Type=pikepdf.Name.XObject, Subtype=pikepdf.Name.Image)
         obj.Width, obj.Height = image.width, image.height
-        codec_out = _write_image(obj, image, kind, False, _render_jpeg(image, options))
+        codec_out = _write_image(obj, image, kind, False, _render_jpeg(source, options))
     # A page's own copy of its resources: they may be shared with other pages. The text layer
     # draws no XObject, so the rendering is the only one left (the old images are dropped).
     resources = pikepdf.Dictionary(_resources(page) or {})
@@ -836,7 +844,8 @@ def _do_page(
     meta["pages"] = len(pdf.pages)
     rotate = int(page.obj.get("/Rotate", 0) or 0)
     if plan.status == "fallback" and options.fallback == "render":
-        fields = _render_page(where, pdf, page, renderer, process, meta, options)
+        source = None if plan.target is None else plan.target.obj
+        fields = _render_page(where, pdf, page, renderer, process, meta, options, source)
         return PageOutcome(index + 1, "rendered", plan.reason, **fields)
     if plan.status != "edited" or plan.target is None:
         return PageOutcome(index + 1, plan.status, plan.reason)
