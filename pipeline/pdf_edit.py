@@ -553,7 +553,7 @@ def _decode_checked(where: str, obj: Any, options: PdfEditOptions) -> tuple[np.n
         raise InputImageError(f"{where}: cannot decode its image ({type(exc).__name__})") from None
     bilevel = bool(obj.get("/ImageMask", False)) or int(obj.get("/BitsPerComponent", 8)) == 1
     # A gray image holding only black and white (bilevel content stored 8-bit) is bilevel.
-    bilevel = bilevel or (pixels.shape[-1] == 1 and bool(np.isin(pixels, (0, 255)).all()))
+    bilevel = bilevel or (pixels.shape[-1] == 1 and _two_level(pixels))
     return pixels, "bilevel" if bilevel else ("gray" if pixels.shape[-1] == 1 else "color")
 
 
@@ -585,10 +585,16 @@ def _clean(
     elif out.shape[1] == 3:
         out = to_gray(out)
     image = ImageBatch(out.clamp(0.0, 1.0)).to_pil()[0]
-    if kind == "bilevel":
+    # A bilevel image stays bilevel; so does a result of only black and white (``--binarize``).
+    if kind == "bilevel" or (image.mode == "L" and _two_level(np.asarray(image))):
         cut = round(options.threshold * 255)
         image = image.point(lambda v: 255 if v >= cut else 0, mode="1")
     return image
+
+
+def _two_level(pixels: np.ndarray) -> bool:
+    """Whether uint8 ``pixels`` hold only black and white."""
+    return bool(np.isin(pixels, (0, 255)).all())
 
 
 def _edit_image(
@@ -612,13 +618,13 @@ def _edit_image(
             # Nothing to clean: the image keeps its own codec and bytes (JBIG2 stays JBIG2).
             codec_out = codec_in
         else:
-            jpeg = None if kind == "bilevel" else _jpeg_settings(obj, options)
+            jpeg = None if image.mode == "1" else _jpeg_settings(obj, options)
             if jpeg is None and image.mode == "RGB" and _indexed(obj):
                 # An indexed source stays indexed (a third of RGB's size): a palette of the
                 # result's colours, without dithering, which would speckle the paper.
                 image = image.quantize(256, dither=0)
             mask = bool(obj.get("/ImageMask", False))
-            codec_out = _write_image(obj, image, kind, mask, jpeg)
+            codec_out = _write_image(obj, image, _stored_kind(image), mask, jpeg)
     return {
         "kind": kind,
         "size": (w, h),
@@ -727,7 +733,8 @@ def _render_page(
         image = _clean(where, batch, kind, turn, process, options)
         obj = pdf.make_stream(b"", Type=pikepdf.Name.XObject, Subtype=pikepdf.Name.Image)
         obj.Width, obj.Height = image.width, image.height
-        codec_out = _write_image(obj, image, kind, False, _render_jpeg(source, options))
+        jpeg = None if image.mode == "1" else _render_jpeg(source, options)
+        codec_out = _write_image(obj, image, _stored_kind(image), False, jpeg)
     # A page's own copy of its resources: they may be shared with other pages. The text layer
     # draws no XObject, so the rendering is the only one left (the old images are dropped).
     resources = pikepdf.Dictionary(_resources(page) or {})

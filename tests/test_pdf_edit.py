@@ -277,6 +277,14 @@ def test_a_gray_image_of_only_black_and_white_is_stored_bilevel(tmp_path):
     assert np.abs((255 - gray_render(tmp_path / "g.pdf")) - shown).mean() < 3
 
 
+def test_a_binarized_result_of_a_gray_scan_is_stored_bilevel(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 300, 200, bilevel=False)
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, lambda b: b.replace((b.images > 0.5).float()))
+    assert (outcomes[0].kind, outcomes[0].stored_as) == ("gray", "bilevel")
+    assert _image_info(out)["filter"] == "/CCITTFaxDecode"
+
+
 def test_jpeg_source_is_stored_as_jpeg_and_gray_as_flate_without_it(tmp_path):
     pdf = pikepdf.new()
     buf = tmp_path / "p.jpg"
@@ -323,7 +331,7 @@ def test_coloured_ink_survives_a_cleaner_that_whitens_light_pixels(tmp_path):
 
     out = tmp_path / "out.pdf"
     outcomes = edit_pdf(tmp_path / "c.pdf", out, whiten_light)
-    assert [(o.kind, o.stored_as) for o in outcomes] == [("color", "color"), ("gray", "gray")]
+    assert [(o.kind, o.stored_as) for o in outcomes] == [("color", "color"), ("gray", "bilevel")]
     doc = pdfium.PdfDocument(str(out))
     try:
         shown = doc[0].render(scale=1.0).to_numpy()[..., 2::-1]  # BGR -> RGB
