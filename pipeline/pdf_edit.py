@@ -5,20 +5,25 @@ scan (an image XObject whose placement covers most of the page), decodes it at i
 grid, runs a caller-supplied ``process(batch) -> batch`` on it and writes the result back into
 the *same* image object. Content streams, fonts, the text layer of an OCRed scan, annotations,
 links, form fields, outlines, structure tags, page boxes, ``/Rotate`` and metadata are not
-touched. Pages without a scanned image (born-digital pages) pass through unchanged; pages that
+touched. Pages without a scanned image (born-digital pages) pass through unchanged. A page that
 cannot be edited in place (a scan cut into tiles, a mixed-raster page of stacked full-page
-images, an inline image) are left unchanged and reported with status ``"fallback"`` so that the
-caller can render them instead. Each page gets a :class:`PageOutcome` for a report.
+images, an inline image) takes the render fallback: it is rendered at its finest image's own
+resolution, cleaned, and the cleaned rendering becomes its only picture, with the page's text
+kept over it as an invisible text layer (``fallback="report"`` leaves such pages unchanged
+instead). Each page gets a :class:`PageOutcome` for a report.
 
-Types are kept: a bilevel image (1 bit, an image mask, or a gray image of only black and
-white) comes back bilevel and is stored as
-CCITT G4 (through Pillow's libtiff encoder); gray stays gray (Flate with the PNG predictor, or
-JPEG with ``jpeg_quality``); colour follows :attr:`PdfEditOptions.color`. Images are decoded by
-pdfium (the renderer aepipe already uses), which reads every PDF image codec: CCITT, JBIG2 with
-global segments, JPEG, JPEG 2000, Flate, and gray, RGB, CMYK, ICC, indexed and DeviceN colour.
+Types are kept: a bilevel image (1 bit, an image mask, or a gray image of only black and white)
+comes back bilevel and is stored as CCITT G4 (through Pillow's libtiff encoder), and so does any
+result of only black and white (``--binarize``); gray stays gray (Flate with the PNG predictor,
+or JPEG: see :attr:`PdfEditOptions.jpeg_quality`); colour follows
+:attr:`PdfEditOptions.color`, and an indexed image stays indexed. An image whose pixels come
+back unchanged keeps its own bytes. Images are decoded by pdfium (the renderer aepipe already
+uses), which reads every PDF image codec: CCITT, JBIG2 with global segments, JPEG, JPEG 2000,
+Flate, and gray, RGB, CMYK, ICC, indexed and DeviceN colour.
 
 Every image's pixel count is checked against ``max_pixels`` from its dictionary before it is
-decoded; Pillow's own limit is raised to match only while the encoder runs, then put back.
+decoded (and every rendering's before it is rendered); Pillow's own limit is raised to match
+only while the encoder runs, then put back (a process-wide setting: not thread-safe).
 """
 
 from __future__ import annotations
@@ -691,7 +696,10 @@ def _render_jpeg(source: Any, options: PdfEditOptions) -> dict[str, Any] | None:
 
 
 def _text_only(page: pikepdf.Page) -> bytes:
-    """The page's content with only its text, drawn invisibly (render mode 3)."""
+    """The page's content with only its text, drawn invisibly (render mode 3).
+
+    Text drawn inside form XObjects is not kept (the forms also paint what was rendered).
+    """
     import pikepdf
 
     kept: list[Any] = []
