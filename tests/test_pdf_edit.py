@@ -460,20 +460,30 @@ def test_the_shipped_scan_denoiser_cleans_a_bilevel_scan_in_place(tmp_path):
 CORPUS = Path(__file__).parent / "pdf_corpus"
 
 
+@pytest.fixture(scope="module")
+def fidelity():
+    """benchmarks/pdf_fidelity.py, whose checks the corpus test reuses."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).parents[1] / "benchmarks" / "pdf_fidelity.py"
+    spec = importlib.util.spec_from_file_location("pdf_fidelity", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="run `make pdf-corpus` first")
 @pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("*.pdf")) or ["none"])
-def test_corpus_pdf_keeps_everything_but_the_pixels(tmp_path, name):
+def test_corpus_pdf_keeps_everything_but_the_pixels(tmp_path, fidelity, name):
     # The benchmark's own checks (text, fields, untouched pages, resolution), with an
     # inverting process so that every edited page really changes.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "pdf_fidelity", Path(__file__).parents[1] / "benchmarks" / "pdf_fidelity.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    row = bench.run_file(CORPUS / name, invert, PdfEditOptions(), tmp_path)
+    row = fidelity.run_file(CORPUS / name, invert, PdfEditOptions(), tmp_path)
     if row.size_out is None:
         assert name in ("hugemono.pdf", "invalid.pdf"), row.outcome
         return
