@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench-deps train-scan-denoiser
+.PHONY: demo test test-all lint bench-deps train-scan-denoiser pdf-corpus
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,21 @@ train-scan-denoiser: $(STAMP)
 	  $(SCAN_TUNE) --patch 256 --batch-size 8 --lr 1e-4 --threads 1
 	$(BIN)/aepipe train scan-denoiser --init runs/scan-denoiser-v13 --out runs/scan-denoiser-v14 \
 	  $(SCAN_TUNE) --patch 256 --batch-size 8 --lr 1e-4 --threads 1
+
+## make pdf-corpus: fetch OCRmyPDF's test PDFs (real scanner output of many kinds) from its
+## source distribution into tests/pdf_corpus/ (ignored by git) for benchmarks/pdf_fidelity.py.
+PDF_CORPUS := tests/pdf_corpus
+OCRMYPDF_SDIST := ocrmypdf==17.13.0
+pdf-corpus: $(STAMP)
+	rm -rf $(PDF_CORPUS) && mkdir -p $(PDF_CORPUS)/.sdist
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: $(OCRMYPDF_SDIST) -d $(PDF_CORPUS)/.sdist
+	$(BIN)/python -c "import sys, tarfile, pathlib; \
+	out = pathlib.Path(sys.argv[1]); tar = tarfile.open(next((out / '.sdist').glob('*.tar.gz'))); \
+	pdfs = [m for m in tar.getmembers() if m.isfile() and '/tests/resources/' in m.name \
+	        and m.name.count('/') == 3 and m.name.endswith('.pdf')]; \
+	[(out / pathlib.Path(m.name).name).write_bytes(tar.extractfile(m).read()) for m in pdfs]; \
+	print(len(pdfs), 'PDFs in', out)" $(PDF_CORPUS)
+	rm -rf $(PDF_CORPUS)/.sdist
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -21,6 +21,7 @@ Public: :func:`read_pages`, :func:`decode_pages` (bytes in memory), :func:`count
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 import tempfile
@@ -173,14 +174,57 @@ def _why(exc: BaseException) -> str:
     return text[0] if text and text[0] else type(exc).__name__
 
 
+def _native_dpi(page: Any) -> float:
+    """The resolution of a page's scan: that of its finest image covering half the page.
+
+    A page without such an image (born-digital, or a small picture) renders at the default.
+    """
+    import pypdfium2.raw as pdfium_c
+
+    w_pt, h_pt = page.get_size()
+    best_dpi = 0.0
+    for obj in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=3):
+        left, bottom, right, top = obj.get_bounds()
+        if max(0.0, right - left) * max(0.0, top - bottom) < 0.5 * w_pt * h_pt:
+            continue
+        # Of the page-size images (a mixed-raster page stacks several), the finest.
+        dpi = _image_dpi(obj)
+        best_dpi = max(best_dpi, dpi)
+    return round(best_dpi, 2) if best_dpi > 0 else float(DEFAULT_DPI)
+
+
+def _image_dpi(obj: Any) -> float:
+    """An image object's pixels per inch, the finer of its two axes."""
+    # Pixels per inch along the image's own axes (its matrix maps the unit square onto the
+    # page), so a rotated or skewed scan is not mistaken for a finer one by its bounding box.
+    a, b, c, d, _, _ = obj.get_matrix().get()
+    w_px, h_px = obj.get_px_size()
+    col_in, row_in = math.hypot(a, b) / 72.0, math.hypot(c, d) / 72.0
+    if col_in <= 0 or row_in <= 0:
+        return 0.0
+    return max(w_px / col_in, h_px / row_in)
+
+
+def _render_size(w_pt: float, h_pt: float, scale: float) -> tuple[int, int]:
+    """Pixels of a page rendered at ``scale``: its size rounded up, as pdfium sizes it.
+
+    The float error is shaved off first: a Letter page at 300 DPI is 3300 pixels high, not 3301.
+    """
+    return math.ceil(w_pt * scale - 1e-6), math.ceil(h_pt * scale - 1e-6)
+
+
 def _read_pdf(
     path: Path,
     data: bytes | os.PathLike[str] | str,
-    dpi: int,
+    dpi: float | None,
     max_pixels: int,
     max_pages: int | None = None,
 ) -> Iterator[Page]:
-    """Render PDF pages from the file's bytes or its path (pdfium then reads it lazily)."""
+    """Render PDF pages from the file's bytes or its path (pdfium then reads it lazily).
+
+    Each page renders at ``dpi``, or when it is None at its scan's own resolution
+    (:func:`_native_dpi`).
+    """
     import pypdfium2 as pdfium
 
     try:
@@ -192,7 +236,6 @@ def _read_pdf(
         if count == 0:
             raise InputImageError(f"{path}: PDF has no pages")
         _check_pages(path, count, max_pages)
-        scale = dpi / 72.0
         for index in range(count):
             try:
                 page = pdf[index]
@@ -201,22 +244,8 @@ def _read_pdf(
                     f"{path} page {index + 1}: cannot load ({_why(exc)})"
                 ) from None
             try:
-                w_pt, h_pt = page.get_size()
-                w_px, h_px = round(w_pt * scale), round(h_pt * scale)
-                _check_pixels(path, w_px, h_px, max_pixels)
-                bitmap = page.render(scale=scale)
-                try:
-                    pil = bitmap.to_pil()
-                    pixels = pil_to_array(pil)
-                    mode, width, height = pil.mode, pil.width, pil.height
-                    del pil
-                finally:
-                    # Freed now, not at garbage collection: a long PDF otherwise piles them up.
-                    bitmap.close()
-                if _is_gray_rgb(pixels):
-                    # pdfium renders in colour; a gray page stays gray (a third of the memory,
-                    # and a gray scan is not turned into a colour one).
-                    pixels, mode = np.ascontiguousarray(pixels[..., :1]), "L"
+                page_dpi = float(dpi) if dpi else _native_dpi(page)
+                pixels, mode, w_pt, h_pt = _render_pdf_page(path, page, page_dpi, max_pixels)
             except InputImageError:
                 raise
             except MemoryError:
@@ -237,13 +266,39 @@ def _read_pdf(
                     "pages": count,
                     "format": "pdf",
                     "mode": mode,
-                    "size": (width, height),
-                    "dpi": float(dpi),
+                    "size": (pixels.shape[1], pixels.shape[0]),
+                    "dpi": page_dpi,
                     "page_size_pt": (float(w_pt), float(h_pt)),
                 },
             )
     finally:
         pdf.close()
+
+
+def _render_pdf_page(
+    path: Path, page: Any, dpi: float, max_pixels: int
+) -> tuple[np.ndarray, str, float, float]:
+    """One PDF page rendered at ``dpi``: (HWC pixels, mode, width and height in points)."""
+    w_pt, h_pt = page.get_size()
+    scale = dpi / 72.0
+    w_px, h_px = _render_size(w_pt, h_pt, scale)
+    _check_pixels(path, w_px, h_px, max_pixels)
+    # pdfium sizes the bitmap as ceil(size * scale): shaving the float error off the scale
+    # keeps a 612 x 792 pt page at 300 DPI 2550 x 3300, not 2550 x 3301.
+    bitmap = page.render(scale=scale * (1.0 - 1e-9))
+    try:
+        pil = bitmap.to_pil()
+        pixels = pil_to_array(pil)
+        mode = pil.mode
+        del pil
+    finally:
+        # Freed now, not at garbage collection: a long PDF otherwise piles them up.
+        bitmap.close()
+    if _is_gray_rgb(pixels):
+        # pdfium renders in colour; a gray page stays gray (a third of the memory,
+        # and a gray scan is not turned into a colour one).
+        pixels, mode = np.ascontiguousarray(pixels[..., :1]), "L"
+    return pixels, mode, float(w_pt), float(h_pt)
 
 
 def _is_gray_rgb(pixels: np.ndarray) -> bool:
@@ -315,7 +370,7 @@ def _open_regular(path: Path) -> IO[bytes]:
 def read_pages(
     path: str | os.PathLike[str],
     *,
-    dpi: int = DEFAULT_DPI,
+    dpi: float | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     frames: Literal["first", "all"] = "first",
 ) -> Iterator[Page]:
@@ -328,7 +383,8 @@ def read_pages(
 
     Args:
         path: the file.
-        dpi: resolution at which PDF pages are rendered.
+        dpi: resolution at which PDF pages are rendered; None renders each page at its
+            scanned image's own resolution (300 DPI for a page without one).
         max_pixels: refuse any page with more pixels than this, before decoding it.
         frames: for animated GIF/WebP, only the ``"first"`` frame or ``"all"`` frames. Every page
             of a multi-page TIFF or PDF is always read.
@@ -394,7 +450,7 @@ def decode_pages(
     data: bytes,
     name: str | os.PathLike[str],
     *,
-    dpi: int = DEFAULT_DPI,
+    dpi: float | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     frames: Literal["first", "all"] = "first",
     max_pages: int | None = None,
@@ -404,7 +460,8 @@ def decode_pages(
     Args:
         data: the file's bytes.
         name: used in error messages and as ``meta["source"]``.
-        dpi: resolution at which PDF pages are rendered.
+        dpi: resolution at which PDF pages are rendered; None renders each page at its
+            scanned image's own resolution (300 DPI for a page without one).
         max_pixels: refuse any page with more pixels than this, before decoding it.
         frames: ``"first"`` or ``"all"`` frames of animated GIF/WebP.
         max_pages: refuse a PDF or TIFF with more pages than this, before decoding any.

@@ -1,0 +1,886 @@
+"""Clean the scanned images of a PDF inside the PDF: everything but their pixels stays as it was.
+
+:func:`edit_pdf` opens a PDF with pikepdf, finds on each page the one image that is the page's
+scan (an image XObject whose placement covers most of the page), decodes it at its own pixel
+grid, runs a caller-supplied ``process(batch) -> batch`` on it and writes the result back into
+the *same* image object. Content streams, fonts, the text layer of an OCRed scan, annotations,
+links, form fields, outlines, structure tags, page boxes, ``/Rotate`` and metadata are not
+touched. Pages without a scanned image (born-digital pages) pass through unchanged. A page that
+cannot be edited in place (a scan cut into tiles, a mixed-raster page of stacked full-page
+images, an inline image) takes the render fallback: it is rendered at its finest image's own
+resolution, cleaned, and the cleaned rendering becomes its only picture, with the page's text
+kept over it as an invisible text layer (``fallback="report"`` leaves such pages unchanged
+instead). Each page gets a :class:`PageOutcome` for a report.
+
+Types are kept: a bilevel image (1 bit, an image mask, or a gray image of only black and white)
+comes back bilevel and is stored as CCITT G4 (through Pillow's libtiff encoder), and so does any
+result of only black and white (``--binarize``); gray stays gray (Flate with the PNG predictor,
+or JPEG: see :attr:`PdfEditOptions.jpeg_quality`); colour follows
+:attr:`PdfEditOptions.color`, and an indexed image stays indexed. An image whose pixels come
+back unchanged keeps its own bytes. Images are decoded by pdfium (the renderer aepipe already
+uses), which reads every PDF image codec: CCITT, JBIG2 with global segments, JPEG, JPEG 2000,
+Flate, and gray, RGB, CMYK, ICC, indexed and DeviceN colour.
+
+Every image's pixel count is checked against ``max_pixels`` from its dictionary before it is
+decoded (and every rendering's before it is rendered); Pillow's own limit is raised to match
+only while the encoder runs, then put back (a process-wide setting: not thread-safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from pipeline.batch import ImageBatch, to_gray
+from pipeline.defaults import DEFAULT_MAX_PIXELS
+from pipeline.errors import InputImageError, ShapeError
+from pipeline.io import atomic_write
+
+if TYPE_CHECKING:
+    import pikepdf
+    import torch
+
+Status = Literal["edited", "passed", "rendered", "fallback"]
+Kind = Literal["bilevel", "gray", "color", ""]
+Matrix = tuple[float, float, float, float, float, float]
+_IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+_MAX_FORM_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class PdfEditOptions:
+    """How :func:`edit_pdf` chooses, decodes and stores page images.
+
+    Attributes:
+        max_pixels: refuse (with :class:`InputImageError`) any image with more pixels than this,
+            before decoding it.
+        min_coverage: an image counts as a page's scan when its placement covers at least this
+            fraction of the page's visible area (CropBox).
+        born_digital: ``"keep"`` passes pages without a scanned image through unchanged;
+            ``"fallback"`` reports them as needing the render fallback (to clean them anyway).
+        jpeg_quality: store gray and colour results as JPEG at this quality (1-95); ``None``
+            stores them losslessly (Flate); ``"auto"`` stores losslessly what was stored
+            losslessly, and as JPEG what was stored lossy: with the source's own quantisation
+            tables for a JPEG source (the same quality), at quality 85 for a JPEG 2000 one.
+        color: ``"auto"`` keeps a colour image in colour only where it has coloured ink (any
+            pixel whose chroma, max - min of R, G, B, exceeds ``color_chroma``, in more than
+            ``color_fraction`` of the pixels); such pixels keep their input colour whatever
+            ``process`` returned, so coloured or light coloured ink never becomes paper.
+            Without coloured ink the result is stored gray. ``"keep"`` always keeps colour
+            (with the same rule), ``"gray"`` always stores gray.
+        color_chroma: chroma in [0, 1] above which a pixel is coloured ink.
+        color_fraction: fraction of coloured pixels above which an image has coloured ink.
+        threshold: cut in [0, 1] that turns the result of a bilevel image back into 1 bit.
+        fallback: for a page that cannot be edited in place, ``"render"`` renders it (at
+            ``dpi``, or its scan's own resolution), cleans the rendering and makes it the page's
+            picture, keeping the page's text as an invisible text layer over it (status
+            ``"rendered"``); ``"report"`` leaves it unchanged (status ``"fallback"``).
+        dpi: resolution of the render fallback; None: the page's largest image's own.
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_coverage: float = 0.5
+    born_digital: Literal["keep", "fallback"] = "keep"
+    jpeg_quality: int | Literal["auto"] | None = "auto"
+    color: Literal["auto", "keep", "gray"] = "auto"
+    color_chroma: float = 0.2
+    color_fraction: float = 0.0005
+    threshold: float = 0.5
+    fallback: Literal["render", "report"] = "render"
+    dpi: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1; got {self.max_pixels}")
+        if not 0.0 < self.min_coverage <= 1.0:
+            raise ValueError(f"min_coverage must be in (0, 1]; got {self.min_coverage}")
+        if isinstance(self.jpeg_quality, int) and not 1 <= self.jpeg_quality <= 95:
+            raise ValueError(f"jpeg_quality must be 1..95; got {self.jpeg_quality}")
+
+
+@dataclass(frozen=True)
+class PageOutcome:
+    """What :func:`edit_pdf` did with one page (one row of a ``--report``).
+
+    Attributes:
+        page: page number, 1-based.
+        status: ``"edited"`` (its scan was cleaned in place), ``"passed"`` (left unchanged: no
+            scanned image), ``"rendered"`` (the render fallback: its rendering cleaned, text kept
+            invisible over it) or ``"fallback"`` (left unchanged: needs rendering to be
+            cleaned, and ``fallback="report"``).
+        reason: why, in words.
+        kind: the scan's type, ``"bilevel"``, ``"gray"`` or ``"color"`` (empty if none).
+        size: the scan's (W, H) in pixels, kept as it was.
+        dpi: the scan's resolution on the page, along its width and its height.
+        codec_in: the scan's filters before, e.g. ``"JBIG2Decode"``.
+        codec_out: its filter after, e.g. ``"CCITTFaxDecode"``.
+        bytes_in: encoded size of the scan before.
+        bytes_out: encoded size after.
+        stored_as: ``"bilevel"``, ``"gray"`` or ``"color"``: the type written back.
+    """
+
+    page: int
+    status: Status
+    reason: str
+    kind: Kind = ""
+    size: tuple[int, int] | None = None
+    dpi: tuple[float, float] | None = None
+    codec_in: str = ""
+    codec_out: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    stored_as: Kind = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class _Placement:
+    """One image drawn on a page: its object, resource name and transform to page space."""
+
+    name: str
+    obj: Any  # pikepdf.Stream, or None for an inline image
+    ctm: Matrix
+    inline: bool = False
+    coverage: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- geometry ------------------------------------------------------------------------------
+
+
+def _mul(m: Matrix, n: Matrix) -> Matrix:
+    """``m`` then ``n`` (PDF row-vector convention: ``m x n``)."""
+    a, b, c, d, e, f = m
+    A, B, C, D, E, F = n
+    return (
+        a * A + b * C,
+        a * B + b * D,
+        c * A + d * C,
+        c * B + d * D,
+        e * A + f * C + E,
+        e * B + f * D + F,
+    )
+
+
+def _bbox(m: Matrix) -> tuple[float, float, float, float]:
+    """Bounding box in page space of the unit square under ``m``."""
+    pts = [(x * m[0] + y * m[2] + m[4], x * m[1] + y * m[3] + m[5]) for x in (0, 1) for y in (0, 1)]
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _coverage(m: Matrix, box: tuple[float, float, float, float]) -> float:
+    """Fraction of ``box`` covered by the unit square placed by ``m``."""
+    x0, y0, x1, y1 = _bbox(m)
+    w = max(0.0, min(x1, box[2]) - max(x0, box[0]))
+    h = max(0.0, min(y1, box[3]) - max(y0, box[1]))
+    area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
+    return w * h / area
+
+
+def _page_box(page: pikepdf.Page) -> tuple[float, float, float, float]:
+    box = [float(v) for v in page.cropbox]
+    return min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])
+
+
+def _orientation(m: Matrix, rotate: int) -> tuple[bool, bool, bool]:
+    """How to turn the stored pixels upright as displayed: (transpose, flip rows, flip cols).
+
+    Applied in that order to an (H, W) grid; the image's columns run along ``(a, b)`` in page
+    space and its rows (top to bottom) along ``(-c, -d)``; ``/Rotate`` turns the page clockwise.
+    """
+    cols, rows = (m[0], m[1]), (-m[2], -m[3])
+    for _ in range((rotate // 90) % 4):
+        cols, rows = (cols[1], -cols[0]), (rows[1], -rows[0])
+    # Screen space: x right, y down.
+    cols, rows = (cols[0], -cols[1]), (rows[0], -rows[1])
+    transpose = abs(cols[1]) > abs(cols[0])
+    if transpose:
+        return True, cols[1] < 0, rows[0] < 0
+    return False, rows[1] < 0, cols[0] < 0
+
+
+def _dpi(m: Matrix, w: int, h: int) -> tuple[float, float]:
+    """Pixels per inch of a ``w`` x ``h`` image placed by ``m``, along its columns and rows."""
+    col_in, row_in = math.hypot(m[0], m[1]) / 72.0, math.hypot(m[2], m[3]) / 72.0
+    return round(w / max(col_in, 1e-9), 2), round(h / max(row_in, 1e-9), 2)
+
+
+def _upright(images: torch.Tensor, turn: tuple[bool, bool, bool]) -> torch.Tensor:
+    transpose, flip_rows, flip_cols = turn
+    out = images.transpose(-1, -2) if transpose else images
+    dims = [d for d, on in ((-2, flip_rows), (-1, flip_cols)) if on]
+    return out.flip(dims) if dims else out
+
+
+def _stored(images: torch.Tensor, turn: tuple[bool, bool, bool]) -> torch.Tensor:
+    transpose, flip_rows, flip_cols = turn
+    dims = [d for d, on in ((-2, flip_rows), (-1, flip_cols)) if on]
+    out = images.flip(dims) if dims else images
+    return out.transpose(-1, -2).contiguous() if transpose else out.contiguous()
+
+
+# ---- finding the page's images -------------------------------------------------------------
+
+
+def _resources(page: pikepdf.Page) -> Any:
+    """The page's /Resources, inherited from the page tree if the page has none."""
+    node: Any = page.obj
+    for _ in range(64):
+        if node is None:
+            break
+        if "/Resources" in node:
+            return node.Resources
+        node = node.get("/Parent")
+    return None
+
+
+def _placements(
+    pdf_content: Any, resources: Any, ctm: Matrix, depth: int = 0
+) -> Iterator[_Placement]:
+    """Every image drawn by a content stream (and the forms it draws), with its placement."""
+    import pikepdf
+
+    stack: list[Matrix] = []
+    xobjects = resources.get("/XObject") if resources is not None else None
+    for operands, op in pikepdf.parse_content_stream(pdf_content):
+        name = str(op)
+        if name == "q":
+            stack.append(ctm)
+        elif name == "Q" and stack:
+            ctm = stack.pop()
+        elif name == "cm" and len(operands) == 6:
+            ctm = _mul(tuple(float(v) for v in operands), ctm)  # type: ignore[arg-type]
+        elif name == "INLINE IMAGE":
+            yield _Placement("inline", None, ctm, inline=True)
+        elif name == "Do" and xobjects is not None and str(operands[0]) in xobjects:
+            key = str(operands[0])
+            xobj = xobjects[key]
+            subtype = str(xobj.get("/Subtype", ""))
+            if subtype == "/Image":
+                yield _Placement(key, xobj, ctm)
+            elif subtype == "/Form" and depth < _MAX_FORM_DEPTH:
+                matrix = tuple(float(v) for v in xobj.get("/Matrix", _IDENTITY))
+                inner = xobj.get("/Resources", resources)
+                yield from _placements(xobj, inner, _mul(matrix, ctm), depth + 1)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Plan:
+    status: Status
+    reason: str
+    target: _Placement | None = None
+
+
+def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
+    """Which image of a page is its scan, or why the page passes or falls back."""
+    box = _page_box(page)
+    if "/Contents" not in page.obj:
+        return _born_digital(options, "no content")
+    found = list(_placements(page, _resources(page), _IDENTITY))
+    for item in found:
+        item.coverage = _coverage(item.ctm, box)
+    large = [p for p in found if p.coverage >= options.min_coverage]
+    # For the render fallback: the image with the most pixels sets the codec of the rendering.
+    finest = max(
+        (p for p in found if not p.inline),
+        key=lambda p: int(p.obj.get("/Width", 0)) * int(p.obj.get("/Height", 0)),
+        default=None,
+    )
+    if not large:
+        total = sum(p.coverage for p in found)
+        if len(found) > 1 and total >= options.min_coverage:
+            return _Plan("fallback", f"scan split into {len(found)} images (tiles)", finest)
+        return _born_digital(options, "no scanned image (born-digital page)")
+    if len(large) > 1:
+        reason = f"{len(large)} stacked page-size images (mixed raster content)"
+        return _Plan("fallback", reason, finest)
+    if large[0].inline:
+        return _Plan("fallback", "the scan is an inline image")
+    return _Plan("edited", "scan cleaned in place", large[0])
+
+
+def _born_digital(options: PdfEditOptions, reason: str) -> _Plan:
+    if options.born_digital == "fallback":
+        return _Plan("fallback", f"{reason}; rendering asked for")
+    return _Plan("passed", reason)
+
+
+# ---- decoding ------------------------------------------------------------------------------
+
+
+def _filters(obj: Any) -> list[str]:
+    import pikepdf
+
+    f = obj.get("/Filter")
+    if f is None:
+        return []
+    items = list(f) if isinstance(f, pikepdf.Array) else [f]
+    return [str(x).lstrip("/") for x in items]
+
+
+def _check_size(where: str, obj: Any, max_pixels: int) -> tuple[int, int]:
+    w, h = int(obj.get("/Width", 0)), int(obj.get("/Height", 0))
+    if w <= 0 or h <= 0:
+        raise InputImageError(f"{where}: image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise InputImageError(
+            f"{where}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+            "(raise it with --max-pixels if the file is trusted)"
+        )
+    return w, h
+
+
+def _decode(obj: Any, w: int, h: int) -> np.ndarray:
+    """The image's pixels as drawn (HW1 gray or HW3 RGB uint8), decoded by pdfium.
+
+    The image is copied alone into a one-page PDF, the page exactly its pixel grid, so pdfium
+    decodes it with its whole colour handling (Decode arrays, ICC, CMYK, DeviceN, JBIG2
+    globals). An image mask is rendered (ink black on white) since it has no colours of its own.
+    """
+    import pikepdf
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    one = pikepdf.new()
+    image = one.copy_foreign(obj)
+    if "/SMask" in image:
+        del image["/SMask"]  # the base colours are cleaned; the soft mask stays in the source
+    resources = pikepdf.Dictionary(XObject=pikepdf.Dictionary(Im0=image))
+    content = one.make_stream(f"q {w} 0 0 {h} 0 0 cm /Im0 Do Q".encode())
+    one.pages.append(
+        pikepdf.Page(
+            pikepdf.Dictionary(
+                Type=pikepdf.Name.Page,
+                MediaBox=[0, 0, w, h],
+                Resources=resources,
+                Contents=content,
+            )
+        )
+    )
+    buf = io.BytesIO()
+    one.save(buf)
+    doc = pdfium.PdfDocument(buf.getvalue())
+    try:
+        page = doc[0]
+        if bool(obj.get("/ImageMask", False)):
+            bitmap = page.render(scale=1.0, grayscale=True)
+            arr = np.array(bitmap.to_numpy(), copy=True)
+            bitmap.close()
+        else:
+            item = next(iter(page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE])))
+            # pdfium owns this bitmap (closing it by hand makes pypdfium2 print a warning).
+            arr = np.array(item.get_bitmap(render=False).to_numpy(), copy=True)
+        page.close()
+    finally:
+        doc.close()
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    elif arr.shape[-1] >= 3:
+        # pdfium's bitmaps are BGR(x); a page rendered gray still comes as BGR on some builds.
+        arr = arr[..., 2::-1]
+        if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
+            arr = arr[..., :1]
+    if arr.shape[:2] != (h, w):
+        raise InputImageError(f"decoded {arr.shape[1]}x{arr.shape[0]}, expected {w}x{h}")
+    return np.ascontiguousarray(arr)
+
+
+# ---- encoding ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _pil_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's decompression-bomb limit raised to ``max_pixels`` for this block only."""
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(max_pixels, old or 0) if old is not None else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _g4(bits: Any) -> bytes:
+    """CCITT G4 data of a mode "1" image (one strip), through Pillow's libtiff encoder."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    bits.save(buf, format="TIFF", compression="group4", tiffinfo={278: bits.height})
+    buf.seek(0)
+    with Image.open(buf) as tif:
+        offsets, counts = tif.tag_v2[273], tif.tag_v2[279]
+    data = buf.getvalue()
+    return b"".join(data[o : o + n] for o, n in zip(offsets, counts, strict=True))
+
+
+def _flate_png(image: Any) -> tuple[bytes, int]:
+    """Flate data with the PNG predictor (PNG's own filtered IDAT stream) and its colours.
+
+    ``image`` is 8-bit: mode L, RGB or P (palette indices).
+    """
+    import struct
+
+    buf = io.BytesIO()
+    if image.mode == "P":
+        # Pillow packs the indices of a palette of up to 16 colours into 1, 2 or 4 bits:
+        # a full palette keeps them 8-bit, as the PDF's BitsPerComponent says.
+        palette = image.getpalette("RGB") or []
+        image = image.copy()
+        image.putpalette(palette + [0] * (768 - len(palette)))
+    image.save(buf, format="PNG", compress_level=9)
+    png, pos, idat = buf.getvalue(), 8, []
+    while pos < len(png):
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        if png[pos + 4 : pos + 8] == b"IDAT":
+            idat.append(png[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+    return b"".join(idat), 3 if image.mode == "RGB" else 1
+
+
+def _jpeg_settings(obj: Any, options: PdfEditOptions) -> dict[str, Any] | None:
+    """Pillow JPEG save arguments for a gray or colour result, or None to store it as Flate."""
+    import pikepdf
+    from PIL import Image
+
+    if options.jpeg_quality != "auto":
+        return None if options.jpeg_quality is None else {"quality": options.jpeg_quality}
+    filters = _filters(obj)
+    if "JPXDecode" in filters:
+        return {"quality": 85}
+    if "DCTDecode" not in filters:
+        return None
+    try:
+        data = obj.read_bytes(decode_level=pikepdf.StreamDecodeLevel.generalized)
+        with Image.open(io.BytesIO(data)) as src:
+            tables = getattr(src, "quantization", None) or {}
+    except Exception:
+        tables = {}
+    if not tables:
+        return {"quality": 85}
+    return {"qtables": [tables[k] for k in sorted(tables)]}
+
+
+def _write_image(obj: Any, image: Any, kind: Kind, mask: bool, jpeg: dict[str, Any] | None) -> str:
+    """Replace the pixels of image XObject ``obj`` with PIL ``image``; returns the filter."""
+    import pikepdf
+
+    for key in ("/Decode", "/DecodeParms", "/Filter", "/Intent"):
+        if key in obj:
+            del obj[key]
+    w = image.width
+    if kind == "bilevel":
+        # Pillow's libtiff writes mode "1" as min-is-black, so G4 codes ink as 1 bits: the
+        # decoder is told so (BlackIs1), and an image mask paints the 1 samples (Decode [1 0]).
+        obj.write(
+            _g4(image),
+            filter=pikepdf.Name.CCITTFaxDecode,
+            decode_parms=pikepdf.Dictionary(K=-1, Columns=w, Rows=image.height, BlackIs1=True),
+            type_check=False,
+        )
+        obj.BitsPerComponent = 1
+        if mask:
+            obj.Decode = pikepdf.Array([1, 0])
+        else:
+            obj.ColorSpace = pikepdf.Name.DeviceGray
+        return "CCITTFaxDecode"
+    if image.mode == "P":
+        palette = bytes(image.getpalette("RGB") or b"")
+        colours = max(1, len(palette) // 3)
+        obj.ColorSpace = pikepdf.Array(
+            [pikepdf.Name.Indexed, pikepdf.Name.DeviceRGB, colours - 1, pikepdf.String(palette)]
+        )
+    else:
+        obj.ColorSpace = pikepdf.Name.DeviceGray if image.mode == "L" else pikepdf.Name.DeviceRGB
+    obj.BitsPerComponent = 8
+    if jpeg is not None:
+        if "qtables" in jpeg:
+            # A gray image takes one table; a colour one two (luma, chroma).
+            tables = jpeg["qtables"]
+            jpeg = {"qtables": tables[:1] if image.mode == "L" else (tables * 2)[:2]}
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", **jpeg)
+        obj.write(buf.getvalue(), filter=pikepdf.Name.DCTDecode, type_check=False)
+        return "DCTDecode"
+    data, colors = _flate_png(image)
+    parms = pikepdf.Dictionary(Predictor=15, Colors=colors, BitsPerComponent=8, Columns=w)
+    obj.write(data, filter=pikepdf.Name.FlateDecode, decode_parms=parms, type_check=False)
+    return "FlateDecode"
+
+
+# ---- one page ------------------------------------------------------------------------------
+
+
+def _colour_rule(inp: torch.Tensor, out: torch.Tensor, options: PdfEditOptions) -> torch.Tensor:
+    """Gray or colour result of a colour image; coloured ink keeps its input colour.
+
+    Args:
+        inp: (1, 3, H, W) the image as decoded.
+        out: (1, C, H, W) what ``process`` returned.
+        options: the colour rule's settings.
+
+    Returns:
+        (1, 1, H, W) when the result is stored gray, else (1, 3, H, W).
+    """
+    if options.color == "gray":
+        return to_gray(out)
+    chroma = inp.amax(dim=1, keepdim=True) - inp.amin(dim=1, keepdim=True)
+    ink = chroma > options.color_chroma
+    if options.color == "auto" and float(ink.float().mean()) <= options.color_fraction:
+        return to_gray(out)
+    rgb = out.expand(-1, 3, -1, -1) if out.shape[1] == 1 else out
+    return rgb.where(~ink, inp).contiguous()
+
+
+def _decode_checked(where: str, obj: Any, options: PdfEditOptions) -> tuple[np.ndarray, Kind]:
+    """The image's pixels (HWC uint8, after the pixel limit is checked) and its kind."""
+    w, h = _check_size(where, obj, options.max_pixels)
+    try:
+        pixels = _decode(obj, w, h)
+    except InputImageError as exc:
+        raise InputImageError(f"{where}: cannot decode its image ({exc})") from None
+    except Exception as exc:
+        raise InputImageError(f"{where}: cannot decode its image ({type(exc).__name__})") from None
+    bilevel = bool(obj.get("/ImageMask", False)) or int(obj.get("/BitsPerComponent", 8)) == 1
+    # A gray image holding only black and white (bilevel content stored 8-bit) is bilevel.
+    bilevel = bilevel or (pixels.shape[-1] == 1 and _two_level(pixels))
+    return pixels, "bilevel" if bilevel else ("gray" if pixels.shape[-1] == 1 else "color")
+
+
+def _clean(
+    where: str,
+    batch: ImageBatch,
+    kind: Kind,
+    turn: tuple[bool, bool, bool],
+    process: Callable[[ImageBatch], ImageBatch],
+    options: PdfEditOptions,
+) -> Any:
+    """Run ``process`` on the upright image; return the result as stored, a PIL image.
+
+    Args:
+        where: file and page, for error messages.
+        batch: (1, C, H, W) the image as stored.
+        kind: its kind; a bilevel result is cut back to mode "1".
+        turn: how to turn it upright (see :func:`_orientation`).
+        process: the cleaning.
+        options: the colour rule and the bilevel threshold.
+    """
+    h, w = batch.size
+    decoded = batch.images
+    out = _stored(process(batch.replace(_upright(decoded, turn))).images, turn)
+    if out.shape[0] != 1 or tuple(out.shape[-2:]) != (h, w):
+        raise ShapeError(f"{where}: process returned shape {tuple(out.shape)} for a {w}x{h} image")
+    if kind == "color":
+        out = _colour_rule(decoded, out, options)
+    elif out.shape[1] == 3:
+        out = to_gray(out)
+    image = ImageBatch(out.clamp(0.0, 1.0)).to_pil()[0]
+    # A bilevel image stays bilevel; so does a result of only black and white (``--binarize``).
+    if kind == "bilevel" or (image.mode == "L" and _two_level(np.asarray(image))):
+        cut = round(options.threshold * 255)
+        image = image.point(lambda v: 255 if v >= cut else 0, mode="1")
+    return image
+
+
+def _two_level(pixels: np.ndarray) -> bool:
+    """Whether uint8 ``pixels`` hold only black and white."""
+    return bool(np.isin(pixels, (0, 255)).all())
+
+
+def _edit_image(
+    where: str,
+    target: _Placement,
+    rotate: int,
+    process: Callable[[ImageBatch], ImageBatch],
+    meta: dict[str, Any],
+    options: PdfEditOptions,
+) -> dict[str, Any]:
+    """Decode, clean and write back one page image; returns the outcome's fields."""
+    obj = target.obj
+    codec_in, bytes_in = "+".join(_filters(obj)) or "none", len(obj.read_raw_bytes())
+    pixels, kind = _decode_checked(where, obj, options)
+    h, w = pixels.shape[:2]
+    turn, dpi = _orientation(target.ctm, rotate), _dpi(target.ctm, w, h)
+    batch = ImageBatch.from_numpy(pixels, [meta["name"]], [{**meta, "kind": kind, "dpi": max(dpi)}])
+    with _pil_limit(options.max_pixels):
+        image = _clean(where, batch, kind, turn, process, options)
+        if _same_pixels(image, pixels):
+            # Nothing to clean: the image keeps its own codec and bytes (JBIG2 stays JBIG2).
+            codec_out = codec_in
+        else:
+            jpeg = None if image.mode == "1" else _jpeg_settings(obj, options)
+            if jpeg is None and image.mode == "RGB" and _indexed(obj):
+                # An indexed source stays indexed (a third of RGB's size): a palette of the
+                # result's colours, without dithering, which would speckle the paper.
+                image = image.quantize(256, dither=0)
+            mask = bool(obj.get("/ImageMask", False))
+            codec_out = _write_image(obj, image, _stored_kind(image), mask, jpeg)
+    return {
+        "kind": kind,
+        "size": (w, h),
+        "dpi": dpi,
+        "codec_in": codec_in,
+        "codec_out": codec_out,
+        "bytes_in": bytes_in,
+        "bytes_out": len(obj.read_raw_bytes()),
+        "stored_as": _stored_kind(image),
+    }
+
+
+def _stored_kind(image: Any) -> Kind:
+    return {"1": "bilevel", "L": "gray"}.get(image.mode, "color")  # type: ignore[return-value]
+
+
+# ---- the render fallback -------------------------------------------------------------------
+
+# Operators kept in the invisible text layer of a rendered page: text, its state, the graphics
+# state stack and transforms (text positions depend on them), marked content (structure tags).
+_TEXT_OPS = frozenset(
+    {
+        *("BT", "ET", "Tf", "Td", "TD", "Tm", "T*", "Tj", "TJ", "'", '"', "Tc", "Tw", "Tz"),
+        *("TL", "Ts", "q", "Q", "cm", "BMC", "BDC", "EMC", "MP", "DP"),
+    }
+)
+
+
+class _Renderer:
+    """The source PDF opened in pdfium, only once a page needs rendering."""
+
+    def __init__(self, src: Path) -> None:
+        self.src, self.doc = src, None
+
+    def __enter__(self) -> _Renderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.doc is not None:
+            self.doc.close()
+
+    def render(self, where: str, index: int, options: PdfEditOptions) -> tuple[np.ndarray, float]:
+        """Page ``index`` rendered as displayed (HWC uint8) and its resolution."""
+        import pypdfium2 as pdfium
+
+        from pipeline.io import _native_dpi, _render_pdf_page
+
+        if self.doc is None:
+            self.doc = pdfium.PdfDocument(str(self.src))
+        page = self.doc[index]
+        try:
+            dpi = float(options.dpi) if options.dpi else _native_dpi(page)
+            pixels = _render_pdf_page(Path(where), page, dpi, options.max_pixels)[0]
+        finally:
+            page.close()
+        return pixels, dpi
+
+
+def _render_jpeg(source: Any, options: PdfEditOptions) -> dict[str, Any] | None:
+    """JPEG settings of a rendered page: those of its finest image ``source`` (or None)."""
+    if isinstance(options.jpeg_quality, int):
+        return {"quality": options.jpeg_quality}
+    return None if source is None else _jpeg_settings(source, options)
+
+
+def _text_only(page: pikepdf.Page) -> bytes:
+    """The page's content with only its text, drawn invisibly (render mode 3).
+
+    Text drawn inside form XObjects is not kept (the forms also paint what was rendered).
+    """
+    import pikepdf
+
+    kept: list[Any] = []
+    for operands, op in pikepdf.parse_content_stream(page):
+        name = str(op)
+        if name not in _TEXT_OPS and name != "Tr":
+            continue
+        kept.append(([3], pikepdf.Operator("Tr")) if name == "Tr" else (operands, op))
+        if name == "BT":
+            kept.append(([3], pikepdf.Operator("Tr")))
+    return pikepdf.unparse_content_stream(kept)
+
+
+def _render_page(
+    where: str,
+    pdf: pikepdf.Pdf,
+    page: pikepdf.Page,
+    renderer: _Renderer,
+    process: Callable[[ImageBatch], ImageBatch],
+    meta: dict[str, Any],
+    options: PdfEditOptions,
+    source: Any = None,
+) -> dict[str, Any]:
+    """The render fallback: the cleaned rendering becomes the page, its text stays invisible.
+
+    ``source`` is the page's finest image, whose codec the rendering takes (JPEG stays JPEG).
+    """
+    import pikepdf
+
+    pixels, dpi = renderer.render(where, meta["page"], options)
+    x0, y0, x1, y1 = _page_box(page)
+    ctm: Matrix = (x1 - x0, 0.0, 0.0, y1 - y0, x0, y0)
+    # The rendering is upright; the image is stored in the page's own (unrotated) space.
+    turn = _orientation(ctm, int(page.obj.get("/Rotate", 0) or 0))
+    kind: Kind = "gray" if pixels.shape[-1] == 1 else "color"
+    upright = ImageBatch.from_numpy(pixels, [meta["name"]], [{**meta, "kind": kind, "dpi": dpi}])
+    batch = upright.replace(_stored(upright.images, turn))
+    with _pil_limit(options.max_pixels):
+        image = _clean(where, batch, kind, turn, process, options)
+        obj = pdf.make_stream(b"", Type=pikepdf.Name.XObject, Subtype=pikepdf.Name.Image)
+        obj.Width, obj.Height = image.width, image.height
+        jpeg = None if image.mode == "1" else _render_jpeg(source, options)
+        codec_out = _write_image(obj, image, _stored_kind(image), False, jpeg)
+    # A page's own copy of its resources: they may be shared with other pages. The text layer
+    # draws no XObject, so the rendering is the only one left (the old images are dropped).
+    resources = pikepdf.Dictionary(_resources(page) or {})
+    resources.XObject = pikepdf.Dictionary(AepipeRender=obj)
+    picture = f"q {ctm[0]:.4f} 0 0 {ctm[3]:.4f} {x0:.4f} {y0:.4f} cm /AepipeRender Do Q\n"
+    text = _text_only(page)
+    page.obj.Resources = resources
+    page.obj.Contents = pikepdf.Array([pdf.make_stream(picture.encode()), pdf.make_stream(text)])
+    return {
+        "kind": kind,
+        "size": (image.width, image.height),
+        "dpi": (dpi, dpi),
+        "codec_out": codec_out,
+        "bytes_out": len(obj.read_raw_bytes()),
+        "stored_as": _stored_kind(image),
+    }
+
+
+def _indexed(obj: Any) -> bool:
+    import pikepdf
+
+    cs = obj.get("/ColorSpace")
+    return isinstance(cs, pikepdf.Array) and len(cs) > 0 and str(cs[0]) == "/Indexed"
+
+
+def _same_pixels(image: Any, pixels: np.ndarray) -> bool:
+    """Whether PIL ``image`` (mode 1, L or RGB) shows exactly the decoded HWC ``pixels``."""
+    arr = np.asarray(image.convert("L") if image.mode == "1" else image)
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    return arr.shape == pixels.shape and bool(np.array_equal(arr, pixels))
+
+
+# ---- the document --------------------------------------------------------------------------
+
+
+def _open(src: Path) -> pikepdf.Pdf:
+    import pikepdf
+
+    try:
+        return pikepdf.open(src)
+    except pikepdf.PasswordError:
+        reason = "encrypted PDF (a password is needed)"
+        raise InputImageError(f"{src}: cannot open PDF: {reason}") from None
+    except FileNotFoundError:
+        raise InputImageError(f"{src}: no such file") from None
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputImageError(f"{src}: cannot open PDF: corrupt PDF ({reason})") from None
+
+
+def edit_pdf(
+    src: str | Path,
+    dst: str | Path,
+    process: Callable[[ImageBatch], ImageBatch],
+    *,
+    options: PdfEditOptions | None = None,
+) -> list[PageOutcome]:
+    """Clean every page's scanned image inside a PDF and write the result atomically to ``dst``.
+
+    ``process`` gets one page image at a time as a one-image batch, (1, C, H, W) at the image's
+    own pixel grid, turned upright as the page is displayed; C = 1 for bilevel and gray images,
+    3 for colour ones. It must return the same H and W (C may be 1 or 3). Its metadata carries
+    ``source``, ``page`` (0-based), ``pages``, ``dpi`` and ``kind``. An image drawn on several
+    pages is cleaned once. When no page is changed, ``dst`` is a byte-for-byte copy of ``src``.
+
+    Args:
+        src: the PDF to read (never modified).
+        dst: the PDF to write (atomically; may be ``src`` itself).
+        process: the cleaning, e.g. a stage: ``batch -> batch``.
+        options: see :class:`PdfEditOptions`.
+
+    Returns:
+        One :class:`PageOutcome` per page, in page order.
+
+    Raises:
+        InputImageError: the PDF cannot be opened (corrupt, encrypted), or an image is over
+            ``max_pixels`` or cannot be decoded; nothing is written then.
+        ShapeError: ``process`` changed an image's size.
+    """
+    options = options or PdfEditOptions()
+    src, dst = Path(src), Path(dst)
+    with _open(src) as pdf, _Renderer(src) as renderer:
+        done: dict[tuple[int, int], dict[str, Any]] = {}
+        outcomes = [
+            _do_page(src, pdf, index, process, options, done, renderer)
+            for index in range(len(pdf.pages))
+        ]
+        if any(o.status in ("edited", "rendered") for o in outcomes):
+            atomic_write(dst, lambda fh: _save(pdf, fh))
+            return outcomes
+    if src.resolve() != dst.resolve():
+        with src.open("rb") as fh:
+            atomic_write(dst, lambda out: shutil.copyfileobj(fh, out))
+    return outcomes
+
+
+def _do_page(
+    src: Path,
+    pdf: pikepdf.Pdf,
+    index: int,
+    process: Callable[[ImageBatch], ImageBatch],
+    options: PdfEditOptions,
+    done: dict[tuple[int, int], dict[str, Any]],
+    renderer: _Renderer,
+) -> PageOutcome:
+    """Plan and carry out one page's edit; ``done`` remembers images already cleaned."""
+    page = pdf.pages[index]
+    where = f"{src} page {index + 1}"
+    try:
+        plan = _plan_page(page, options)
+    except Exception as exc:
+        plan = _Plan("fallback", f"content stream not understood ({type(exc).__name__})")
+    meta = {"name": f"{src.stem}_p{index + 1:04d}", "source": str(src), "page": index}
+    meta["pages"] = len(pdf.pages)
+    rotate = int(page.obj.get("/Rotate", 0) or 0)
+    if plan.status == "fallback" and options.fallback == "render":
+        source = None if plan.target is None else plan.target.obj
+        fields = _render_page(where, pdf, page, renderer, process, meta, options, source)
+        return PageOutcome(index + 1, "rendered", plan.reason, **fields)
+    if plan.status != "edited" or plan.target is None:
+        return PageOutcome(index + 1, plan.status, plan.reason)
+    key = plan.target.obj.objgen
+    if key in done:
+        shared = "its image (shared with an earlier page) cleaned once"
+        return PageOutcome(index + 1, "edited", shared, **done[key])
+    done[key] = _edit_image(where, plan.target, rotate, process, meta, options)
+    return PageOutcome(index + 1, "edited", plan.reason, **done[key])
+
+
+def _save(pdf: pikepdf.Pdf, fh: Any) -> None:
+    import pikepdf
+
+    # Untouched streams are written as they are (no recompression, no decoding), object
+    # streams as the source had them: a page not edited keeps its content bytes.
+    pdf.save(
+        fh,
+        compress_streams=False,
+        stream_decode_level=pikepdf.StreamDecodeLevel.none,
+        object_stream_mode=pikepdf.ObjectStreamMode.preserve,
+        recompress_flate=False,
+    )

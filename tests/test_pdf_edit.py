@@ -1,0 +1,491 @@
+"""In-place PDF editing: everything but the cleaned pixels of a scan stays as it was."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pikepdf
+import pypdfium2 as pdfium
+import pytest
+from PIL import Image
+
+from pipeline.batch import ImageBatch
+from pipeline.errors import InputImageError
+from pipeline.io import read_pages
+from pipeline.pdf_edit import PdfEditOptions, edit_pdf
+
+HIDDEN_TEXT = "Invoice 4711 paid in full"
+
+
+def identity(batch: ImageBatch) -> ImageBatch:
+    return batch
+
+
+def invert(batch: ImageBatch) -> ImageBatch:
+    return batch.replace(1.0 - batch.images)
+
+
+def page_pixels(w: int, h: int, seed: int = 0, paper: int = 255) -> np.ndarray:
+    """A page: paper, a few black 'text lines', a marker block at its top left, specks."""
+    rng = np.random.default_rng(seed)
+    page = np.full((h, w), paper, np.uint8)
+    for y in range(h // 5, h - h // 8, max(h // 12, 4)):
+        page[y : y + max(h // 60, 2), w // 8 : w - w // 8] = 0
+    page[: h // 6, : w // 6] = 0  # orientation marker, top left as stored
+    specks = rng.random((h, w)) < 0.002
+    page[specks] = 0
+    return page
+
+
+def image_stream(pdf: pikepdf.Pdf, pixels: np.ndarray, bilevel: bool = False) -> pikepdf.Stream:
+    """An image XObject: 1-bit or 8-bit gray, or RGB, stored Flate."""
+    h, w = pixels.shape[:2]
+    if bilevel:
+        data = np.packbits(pixels >= 128, axis=1).tobytes()  # 1 = white in DeviceGray
+        bpc, cs = 1, pikepdf.Name.DeviceGray
+    else:
+        data = np.ascontiguousarray(pixels).tobytes()
+        bpc = 8
+        cs = pikepdf.Name.DeviceRGB if pixels.ndim == 3 else pikepdf.Name.DeviceGray
+    stream = pdf.make_stream(zlib.compress(data, 9))
+    stream.Type, stream.Subtype = pikepdf.Name.XObject, pikepdf.Name.Image
+    stream.Width, stream.Height, stream.BitsPerComponent, stream.ColorSpace = w, h, bpc, cs
+    stream.Filter = pikepdf.Name.FlateDecode
+    return stream
+
+
+def add_page(
+    pdf: pikepdf.Pdf,
+    size_pt: tuple[float, float],
+    images: list[tuple[pikepdf.Stream, str]] = (),
+    *,
+    text: str | None = None,
+    vector: bool = False,
+    rotate: int = 0,
+) -> pikepdf.Page:
+    """A page drawing ``images`` (each with its ``cm`` placement), invisible text, vector art."""
+    ops, xobjects = [], pikepdf.Dictionary()
+    for i, (stream, cm) in enumerate(images):
+        xobjects[f"/Im{i}"] = stream
+        ops.append(f"q {cm} cm /Im{i} Do Q")
+    if vector:
+        ops.append("q 0.9 0.1 0.1 rg 50 50 120 80 re f 0 0 1 RG 4 w 60 200 m 300 260 l S Q")
+    if text:
+        ops.append(f"BT /F1 14 Tf 3 Tr 40 40 Td ({text}) Tj ET")
+    font = pikepdf.Dictionary(Type=pikepdf.Name.Font, Subtype=pikepdf.Name.Type1)
+    font.BaseFont = pikepdf.Name.Helvetica
+    resources = pikepdf.Dictionary(XObject=xobjects, Font=pikepdf.Dictionary(F1=font))
+    page = pikepdf.Page(
+        pikepdf.Dictionary(
+            Type=pikepdf.Name.Page,
+            MediaBox=[0, 0, *size_pt],
+            Resources=resources,
+            Contents=pdf.make_stream("\n".join(ops).encode()),
+        )
+    )
+    if rotate:
+        page.obj.Rotate = rotate
+    pdf.pages.append(page)
+    return pdf.pages[-1]
+
+
+def scan_pdf(path: Path, w: int, h: int, dpi: float = 100, bilevel: bool = True) -> Path:
+    """One scanned page (OCRed: invisible text over the image) with a form field."""
+    pdf = pikepdf.new()
+    size = (w * 72 / dpi, h * 72 / dpi)
+    # A gray scan has gray paper: one of only black and white would count as bilevel.
+    image = image_stream(pdf, page_pixels(w, h, paper=255 if bilevel else 230), bilevel=bilevel)
+    page = add_page(pdf, size, [(image, f"{size[0]} 0 0 {size[1]} 0 0")], text=HIDDEN_TEXT)
+    field = pdf.make_indirect(
+        pikepdf.Dictionary(
+            Type=pikepdf.Name.Annot,
+            Subtype=pikepdf.Name.Widget,
+            FT=pikepdf.Name.Tx,
+            T=pikepdf.String("payer"),
+            V=pikepdf.String("ACME Ltd"),
+            Rect=[20, 20, 120, 40],
+            P=page.obj,
+        )
+    )
+    page.obj.Annots = pdf.make_indirect(pikepdf.Array([field]))
+    pdf.Root.AcroForm = pikepdf.Dictionary(Fields=pikepdf.Array([field]))
+    pdf.docinfo["/Title"] = "Scanned invoice"
+    pdf.save(path)
+    return path
+
+
+def text_of(path: Path) -> list[str]:
+    doc = pdfium.PdfDocument(str(path))
+    try:
+        return [doc[i].get_textpage().get_text_range() for i in range(len(doc))]
+    finally:
+        doc.close()
+
+
+def render(path: Path, index: int = 0, scale: float = 1.0) -> np.ndarray:
+    doc = pdfium.PdfDocument(str(path))
+    try:
+        bitmap = doc[index].render(scale=scale * (1 - 1e-9), grayscale=True)
+        return np.array(bitmap.to_numpy(), copy=True).astype(np.int16)
+    finally:
+        doc.close()
+
+
+def gray_render(path: Path, index: int = 0, scale: float = 1.0) -> np.ndarray:
+    arr = render(path, index, scale)
+    return arr if arr.ndim == 2 else arr[..., 0]
+
+
+def _snapshot(obj: pikepdf.Stream) -> dict:
+    return {
+        "filter": str(obj.get("/Filter")),
+        "bpc": int(obj.BitsPerComponent),
+        "size": (int(obj.Width), int(obj.Height)),
+        "cs": str(obj.get("/ColorSpace")),
+        "bytes": len(obj.read_raw_bytes()),
+    }
+
+
+def test_ocred_bilevel_scan_keeps_text_form_metadata_and_stays_small_ccitt(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 850, 1100)
+    before = _image_info(src)
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, invert)
+    assert [o.status for o in outcomes] == ["edited"]
+    o = outcomes[0]
+    assert (o.kind, o.stored_as, o.codec_out, o.size) == (
+        "bilevel",
+        "bilevel",
+        "CCITTFaxDecode",
+        (850, 1100),
+    )
+    assert o.dpi == pytest.approx((100, 100))
+    after = _image_info(out)
+    assert after["bpc"] == 1 and after["filter"] == "/CCITTFaxDecode"
+    assert after["size"] == before["size"] == (850, 1100)
+    assert out.stat().st_size <= 1.5 * src.stat().st_size
+    # The pixels really changed (inverted), the text layer did not.
+    assert np.abs((255 - gray_render(src)) - gray_render(out)).mean() < 2
+    assert HIDDEN_TEXT in text_of(src)[0]
+    assert text_of(out) == text_of(src)
+    with pikepdf.open(out) as pdf:
+        fields = pdf.Root.AcroForm.Fields
+        assert [(str(f.T), str(f.V)) for f in fields] == [("payer", "ACME Ltd")]
+        assert len(pdf.pages[0].Annots) == 1
+        assert str(pdf.docinfo["/Title"]) == "Scanned invoice"
+
+
+def _image_info(path: Path, index: int = 0) -> dict:
+    with pikepdf.open(path) as pdf:
+        images = list(pdf.pages[index].get_images().values())
+        assert len(images) == 1
+        return _snapshot(images[0])
+
+
+def test_identity_leaves_the_scan_pixels_exactly_as_they_were(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 400, 300, bilevel=True)
+    out = tmp_path / "out.pdf"
+    edit_pdf(src, out, identity)
+    assert np.array_equal(gray_render(src), gray_render(out))
+
+
+def test_born_digital_only_file_is_copied_byte_for_byte(tmp_path):
+    pdf = pikepdf.new()
+    add_page(pdf, (595, 842), vector=True, text="A vector page")
+    pdf.save(tmp_path / "vec.pdf")
+    calls = []
+    outcomes = edit_pdf(tmp_path / "vec.pdf", tmp_path / "out.pdf", lambda b: calls.append(b) or b)
+    assert [o.status for o in outcomes] == ["passed"]
+    assert not calls
+    assert (tmp_path / "out.pdf").read_bytes() == (tmp_path / "vec.pdf").read_bytes()
+
+
+def test_born_digital_page_beside_a_scan_is_unchanged(tmp_path):
+    pdf = pikepdf.new()
+    image = image_stream(pdf, page_pixels(300, 400), bilevel=False)
+    add_page(pdf, (216, 288), [(image, "216 0 0 288 0 0")])
+    # A logo-sized picture on a vector page is not a scan.
+    logo = image_stream(pdf, page_pixels(40, 30), bilevel=False)
+    add_page(pdf, (595, 842), [(logo, "80 0 0 60 400 700")], vector=True, text="Born digital")
+    pdf.save(tmp_path / "mixed.pdf")
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "mixed.pdf", out, invert)
+    assert [o.status for o in outcomes] == ["edited", "passed"]
+    with pikepdf.open(tmp_path / "mixed.pdf") as a, pikepdf.open(out) as b:
+        pa, pb = a.pages[1], b.pages[1]
+        assert pa.Contents.read_raw_bytes() == pb.Contents.read_raw_bytes()
+        assert (
+            pa.Resources.XObject.Im0.read_raw_bytes() == pb.Resources.XObject.Im0.read_raw_bytes()
+        )
+        assert sorted(pa.obj.keys()) == sorted(pb.obj.keys())
+    assert np.array_equal(render(tmp_path / "mixed.pdf", 1), render(out, 1))
+    assert text_of(out)[1] == text_of(tmp_path / "mixed.pdf")[1]
+
+
+@pytest.mark.parametrize("rotate", [0, 90, 180, 270])
+def test_process_sees_the_page_upright_and_results_go_back_in_place(tmp_path, rotate):
+    # Pages of several sizes: the image is placed turned by its matrix and/or by /Rotate.
+    w, h = 120, 80
+    pdf = pikepdf.new()
+    image = image_stream(pdf, page_pixels(w, h), bilevel=False)
+    add_page(pdf, (w, h), [(image, f"{w} 0 0 {h} 0 0")], rotate=rotate)
+    turned = image_stream(pdf, page_pixels(w, h, seed=1), bilevel=False)
+    # Drawn a quarter turn clockwise on a portrait page (h x w points).
+    add_page(pdf, (h, w), [(turned, f"0 {-w} {h} 0 0 {w}")], rotate=rotate)
+    pdf.save(tmp_path / "rot.pdf")
+    seen = []
+
+    def record(batch: ImageBatch) -> ImageBatch:
+        seen.append(batch.to_numpy()[0, ..., 0].astype(np.int16))
+        return invert(batch)
+
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "rot.pdf", out, record)
+    assert [o.status for o in outcomes] == ["edited", "edited"]
+    for index in range(2):
+        shown = gray_render(tmp_path / "rot.pdf", index)
+        assert seen[index].shape == shown.shape
+        assert np.abs(seen[index] - shown).mean() < 3
+        assert np.abs((255 - shown) - gray_render(out, index)).mean() < 3
+        assert outcomes[index].size == (w, h)
+
+
+def test_native_resolution_is_kept_and_reported(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 1275, 1650, dpi=150, bilevel=False)
+    sizes = []
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, lambda b: sizes.append((b.size, b.meta[0]["dpi"])) or b)
+    assert sizes == [((1650, 1275), pytest.approx(150))]
+    assert _image_info(out)["size"] == (1275, 1650)
+    assert outcomes[0].kind == "gray" and outcomes[0].codec_out == "FlateDecode"
+    # The render fallback uses the same resolution: a Letter page at 150 DPI, no extra row.
+    page = next(read_pages(src))
+    assert page.meta["size"] == (1275, 1650) and page.meta["dpi"] == pytest.approx(150)
+    assert next(read_pages(src, dpi=300)).meta["size"] == (2550, 3300)
+
+
+def test_a_gray_image_of_only_black_and_white_is_stored_bilevel(tmp_path):
+    pdf = pikepdf.new()
+    add_page(pdf, (200, 100), [(image_stream(pdf, page_pixels(400, 200)), "200 0 0 100 0 0")])
+    pdf.save(tmp_path / "g.pdf")
+    outcomes = edit_pdf(tmp_path / "g.pdf", tmp_path / "out.pdf", invert)
+    assert (outcomes[0].kind, outcomes[0].codec_out) == ("bilevel", "CCITTFaxDecode")
+    assert _image_info(tmp_path / "out.pdf")["bpc"] == 1
+    shown = gray_render(tmp_path / "out.pdf")
+    assert np.abs((255 - gray_render(tmp_path / "g.pdf")) - shown).mean() < 3
+
+
+def test_a_binarized_result_of_a_gray_scan_is_stored_bilevel(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 300, 200, bilevel=False)
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, lambda b: b.replace((b.images > 0.5).float()))
+    assert (outcomes[0].kind, outcomes[0].stored_as) == ("gray", "bilevel")
+    assert _image_info(out)["filter"] == "/CCITTFaxDecode"
+
+
+def test_jpeg_source_is_stored_as_jpeg_and_gray_as_flate_without_it(tmp_path):
+    pdf = pikepdf.new()
+    buf = tmp_path / "p.jpg"
+    Image.fromarray(page_pixels(200, 260)).save(buf, quality=60)
+    jpeg = pdf.make_stream(buf.read_bytes())
+    jpeg.Type, jpeg.Subtype, jpeg.Filter = (
+        pikepdf.Name.XObject,
+        pikepdf.Name.Image,
+        pikepdf.Name.DCTDecode,
+    )
+    jpeg.Width, jpeg.Height, jpeg.BitsPerComponent, jpeg.ColorSpace = (
+        200,
+        260,
+        8,
+        pikepdf.Name.DeviceGray,
+    )
+    add_page(pdf, (144, 187.2), [(jpeg, "144 0 0 187.2 0 0")])
+    pdf.save(tmp_path / "j.pdf")
+    outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "a.pdf", invert)
+    assert outcomes[0].codec_out == "DCTDecode"
+    assert outcomes[0].bytes_out <= 1.5 * outcomes[0].bytes_in
+    lossless = PdfEditOptions(jpeg_quality=None)
+    outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "b.pdf", invert, options=lossless)
+    assert outcomes[0].codec_out == "FlateDecode"
+    # Nothing changed, nothing re-encoded: the JPEG keeps its bytes.
+    outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "c.pdf", identity)
+    assert outcomes[0].codec_out == "DCTDecode"
+    assert outcomes[0].bytes_out == outcomes[0].bytes_in
+
+
+def test_coloured_ink_survives_a_cleaner_that_whitens_light_pixels(tmp_path):
+    rgb = np.full((100, 160, 3), 255, np.uint8)
+    rgb[20:30, 10:150] = (0, 0, 0)  # black text
+    rgb[50:60, 10:150] = (255, 240, 0)  # yellow text: luma 0.89, "paper" to a gray cleaner
+    plain = np.repeat(page_pixels(160, 100, paper=230)[..., None], 3, axis=2)
+    pdf = pikepdf.new()
+    add_page(pdf, (160, 100), [(image_stream(pdf, rgb), "160 0 0 100 0 0")])
+    add_page(pdf, (160, 100), [(image_stream(pdf, plain), "160 0 0 100 0 0")])
+    pdf.save(tmp_path / "c.pdf")
+
+    def whiten_light(batch: ImageBatch) -> ImageBatch:
+        gray = batch.gray().images
+        return batch.replace((gray > 0.7).float())
+
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "c.pdf", out, whiten_light)
+    assert [(o.kind, o.stored_as) for o in outcomes] == [("color", "color"), ("gray", "bilevel")]
+    doc = pdfium.PdfDocument(str(out))
+    try:
+        shown = doc[0].render(scale=1.0).to_numpy()[..., 2::-1]  # BGR -> RGB
+    finally:
+        doc.close()
+    assert tuple(shown[55, 80]) == (255, 240, 0)
+    assert tuple(shown[25, 80]) == (0, 0, 0)
+
+
+def test_an_indexed_colour_scan_stays_indexed(tmp_path):
+    rgb = np.full((60, 90, 3), 235, np.uint8)
+    rgb[10:20, 5:85] = (200, 30, 30)  # red ink
+    rgb[30:40, 5:85] = (20, 20, 20)
+    palette_image = Image.fromarray(rgb).quantize(8, dither=0)
+    pdf = pikepdf.new()
+    stream = pdf.make_stream(zlib.compress(palette_image.tobytes()))
+    stream.Type, stream.Subtype = pikepdf.Name.XObject, pikepdf.Name.Image
+    stream.Width, stream.Height, stream.BitsPerComponent = 90, 60, 8
+    stream.Filter = pikepdf.Name.FlateDecode
+    lut = pikepdf.String(bytes(palette_image.getpalette("RGB")[: 8 * 3]))
+    stream.ColorSpace = pikepdf.Array([pikepdf.Name.Indexed, pikepdf.Name.DeviceRGB, 7, lut])
+    add_page(pdf, (90, 60), [(stream, "90 0 0 60 0 0")])
+    pdf.save(tmp_path / "p.pdf")
+    outcomes = edit_pdf(tmp_path / "p.pdf", tmp_path / "out.pdf", invert)
+    assert (outcomes[0].kind, outcomes[0].stored_as) == ("color", "color")
+    assert '"/Indexed", "/DeviceRGB"' in _image_info(tmp_path / "out.pdf")["cs"]
+    doc = pdfium.PdfDocument(str(tmp_path / "out.pdf"))
+    try:
+        shown = doc[0].render(scale=1.0).to_numpy()[..., 2::-1].astype(int)
+    finally:
+        doc.close()
+    assert np.abs(shown[15, 40] - (200, 30, 30)).max() <= 2  # coloured ink kept as it was
+    assert np.abs(shown[35, 40] - 235).max() <= 2  # black ink inverted
+
+
+def tiled_pdf(path: Path, rotate: int = 0) -> Path:
+    pdf = pikepdf.new()
+    tiles = [
+        (image_stream(pdf, page_pixels(100, 100, seed=i, paper=230)), f"100 0 0 100 {x} {y}")
+        for i, (x, y) in enumerate([(0, 0), (100, 0), (0, 100), (100, 100)])
+    ]
+    add_page(pdf, (200, 200), tiles, text="Tiled scan text", rotate=rotate)
+    stacked = [(image_stream(pdf, page_pixels(50, 50, seed=i)), "200 0 0 200 0 0") for i in (5, 6)]
+    add_page(pdf, (200, 100), stacked, rotate=rotate)
+    pdf.save(path)
+    return path
+
+
+def test_pages_that_cannot_be_edited_in_place_can_be_left_and_reported(tmp_path):
+    src = tiled_pdf(tmp_path / "t.pdf")
+    out = tmp_path / "out.pdf"
+    report_only = PdfEditOptions(fallback="report")
+    outcomes = edit_pdf(src, out, invert, options=report_only)
+    assert [o.status for o in outcomes] == ["fallback", "fallback"]
+    assert "tiles" in outcomes[0].reason and "stacked" in outcomes[1].reason
+    assert out.read_bytes() == src.read_bytes()
+    asked = PdfEditOptions(born_digital="fallback", fallback="report")
+    pdf = pikepdf.new()
+    add_page(pdf, (100, 100), vector=True)
+    pdf.save(tmp_path / "v.pdf")
+    assert edit_pdf(tmp_path / "v.pdf", out, invert, options=asked)[0].status == "fallback"
+
+
+@pytest.mark.parametrize("rotate", [0, 90])
+def test_render_fallback_cleans_the_rendering_and_keeps_the_text_invisible(tmp_path, rotate):
+    src = tiled_pdf(tmp_path / "t.pdf", rotate)
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, invert, options=PdfEditOptions(dpi=72))
+    assert [o.status for o in outcomes] == ["rendered", "rendered"]
+    assert outcomes[0].size == (200, 200) and outcomes[1].size in ((200, 100), (100, 200))
+    assert text_of(out) == text_of(src) and "Tiled scan text" in text_of(out)[0]
+    for index in range(2):
+        before, after = gray_render(src, index), gray_render(out, index)
+        assert before.shape == after.shape
+        assert np.abs((255 - before) - after).mean() < 3
+    with pikepdf.open(out) as pdf:
+        assert len(pdf.pages[0].get_images()) == 1
+
+
+def test_max_pixels_refuses_before_decoding_and_writes_nothing(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 400, 300)
+    out = tmp_path / "out.pdf"
+    with pytest.raises(InputImageError, match="exceeds the limit of 100,000"):
+        edit_pdf(src, out, invert, options=PdfEditOptions(max_pixels=100_000))
+    assert not out.exists()
+    assert not list(tmp_path.glob(".aepipe-*"))
+
+
+def test_pillow_limit_is_only_raised_while_encoding(tmp_path, recwarn):
+    limit = Image.MAX_IMAGE_PIXELS
+    src = scan_pdf(tmp_path / "in.pdf", 400, 300)
+    edit_pdf(src, tmp_path / "out.pdf", invert, options=PdfEditOptions(max_pixels=10**9))
+    assert limit == Image.MAX_IMAGE_PIXELS
+    assert not [w for w in recwarn if "pikepdf" in str(w.filename) or "PIL" in str(w.filename)]
+
+
+def test_unreadable_pdfs_are_one_line_input_errors(tmp_path):
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(b"%PDF-1.4\nnot really")
+    with pytest.raises(InputImageError, match="cannot open PDF"):
+        edit_pdf(bad, tmp_path / "out.pdf", identity)
+    src = scan_pdf(tmp_path / "in.pdf", 40, 30)
+    with pikepdf.open(src) as pdf:
+        pdf.save(tmp_path / "enc.pdf", encryption=pikepdf.Encryption(owner="o", user="u"))
+    with pytest.raises(InputImageError, match="encrypted"):
+        edit_pdf(tmp_path / "enc.pdf", tmp_path / "out.pdf", identity)
+
+
+def test_the_shipped_scan_denoiser_cleans_a_bilevel_scan_in_place(tmp_path):
+    from pipeline import load_stage
+
+    stage = load_stage("scan-denoiser")
+    src = scan_pdf(tmp_path / "in.pdf", 320, 240, dpi=100)
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, stage)
+    assert outcomes[0].status == "edited" and outcomes[0].stored_as == "bilevel"
+    after = _image_info(out)
+    assert (after["bpc"], after["filter"], after["size"]) == (1, "/CCITTFaxDecode", (320, 240))
+    assert text_of(out) == text_of(src)
+    # Cleaning keeps the text lines and removes most isolated specks.
+    before_ink = (gray_render(src) < 128).mean()
+    after_ink = (gray_render(out) < 128).mean()
+    assert 0.5 * before_ink < after_ink <= before_ink
+
+
+CORPUS = Path(__file__).parent / "pdf_corpus"
+
+
+@pytest.fixture(scope="module")
+def fidelity():
+    """benchmarks/pdf_fidelity.py, whose checks the corpus test reuses."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).parents[1] / "benchmarks" / "pdf_fidelity.py"
+    spec = importlib.util.spec_from_file_location("pdf_fidelity", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CORPUS.is_dir(), reason="run `make pdf-corpus` first")
+@pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("*.pdf")) or ["none"])
+def test_corpus_pdf_keeps_everything_but_the_pixels(tmp_path, fidelity, name):
+    # The benchmark's own checks (text, fields, untouched pages, resolution), with an
+    # inverting process so that every edited page really changes.
+    row = fidelity.run_file(CORPUS / name, invert, PdfEditOptions(), tmp_path)
+    if row.size_out is None:
+        assert name in ("hugemono.pdf", "invalid.pdf"), row.outcome
+        return
+    assert row.text_kept and row.fields_kept and row.resolution_kept
+    assert row.untouched_same[0] == row.untouched_same[1]
