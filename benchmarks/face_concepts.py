@@ -48,6 +48,7 @@ CLASSIFIER_ATTRS = (
     "Wearing Hat",
 )
 GENDER = "Male"
+TARGETS = ("smile", "eyeglasses")
 CLS_SETTINGS = {"epochs": 10, "batch": 64, "lr": 3e-3, "seed": 0, "width": 16, "version": 2}
 
 
@@ -274,6 +275,15 @@ def report(concepts, scores, aucs, n_val, p_real, p_rec, cmd: str, faces: str) -
             "gender_change_at_1": round(float(delta[k[GENDER]]), 4),
             "pixels_at_1": round(res["pix"][1.0], 2),
         }
+    for name in TARGETS:
+        if name in summary:
+            got = summary[name]
+            ok = got["change_at_1"] >= 0.3 and abs(got["gender_change_at_1"]) < 0.1
+            lines.append(
+                f"{'' if name != TARGETS[0] else chr(10)}Target for {name} (change >= 0.3 at +1, "
+                f"gender change < 0.1): {'met' if ok else 'NOT met'} "
+                f"({got['change_at_1']:+.3f}, gender {got['gender_change_at_1']:+.3f})."
+            )
     lines += ["", "Leakage: change of every classifier output at strength +1.", ""]
     lines.append("| concept | " + " | ".join(CLASSIFIER_ATTRS) + " |")
     lines.append("| --- |" + " ---: |" * len(CLASSIFIER_ATTRS))
@@ -316,6 +326,11 @@ def main() -> None:
     ap.add_argument("--classifier-only", action="store_true", help="train/cache and stop")
     ap.add_argument("--out", type=Path, help="[default: benchmarks/results/face_concepts(_val).md]")
     ap.add_argument("--img", type=Path, default=ROOT / "docs/img")
+    ap.add_argument(
+        "--update-weights",
+        action="store_true",
+        help="write the strength-1 scores into the model's config.json metrics (test split only)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -390,6 +405,10 @@ def run(args, net, aucs, n_val, log) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    if args.update_weights and args.split == "test":
+        from pipeline.weights import resolve, update_metrics
+
+        update_metrics(resolve(args.model), {"concept_edits_test": summary})
     log(text)
 
 
