@@ -4,7 +4,8 @@ Calling the stage reconstructs faces (centre-crop, resize to the model's size, g
 the posterior mean, decode). The other operations are methods: :meth:`FaceGenerator.sample`,
 :meth:`~FaceGenerator.encode` / :meth:`~FaceGenerator.decode`, :meth:`~FaceGenerator.interpolate`,
 :meth:`~FaceGenerator.traverse` and concept vectors (:meth:`~FaceGenerator.make_concept`,
-:meth:`~FaceGenerator.apply_concept`, :func:`save_concept`, :func:`load_concept`).
+:meth:`~FaceGenerator.apply_concept`, :func:`save_concept`, :func:`load_concept`,
+:func:`list_concepts`; face-vae ships named ones in ``weights/face-vae/concepts/``).
 
 All randomness comes from a CPU ``torch.Generator`` seeded by the caller, and every latent is
 drawn on the CPU before it moves to the model's device, so a seed gives the same faces on any
