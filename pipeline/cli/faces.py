@@ -121,10 +121,10 @@ def _load_face_vae(model: str, device: str, **overrides: object):
     return stage
 
 
-def _concepts(specs: list[str] | None, concepts_dir: Path) -> list:
+def _concepts(specs: list[str] | None, concepts_dir: Path, model: str) -> list:
     from pipeline.stages.face_generator import default_concept_dirs, load_concept, parse_concept_arg
 
-    dirs = default_concept_dirs(concepts_dir)
+    dirs = default_concept_dirs(concepts_dir, model)
     out = []
     for spec in specs or []:
         name, strength = parse_concept_arg(spec)
@@ -226,7 +226,7 @@ def gen_faces(
         if prior:
             overrides["sampler"] = "prior"
         stage = load_generator(model, _resolve_device(device), **overrides)
-        options = {"concepts": _concepts(concept, concepts_dir)} if concept else {}
+        options = {"concepts": _concepts(concept, concepts_dir, model)} if concept else {}
         then = []
         if colorize:
             from pipeline.stage import load_stage
@@ -360,7 +360,7 @@ def edit(
 
     def load():
         stage = _load_face_vae(model, dev)
-        vectors = _concepts(concept, concepts_dir)
+        vectors = _concepts(concept, concepts_dir, model)
         return lambda batch: stage.edit(batch, vectors)
 
     options = RunOptions(
@@ -482,6 +482,85 @@ def concept_cmd(
             f"wrote {path} (|v| = {float(vector.norm()):.3f}, "
             f"{len(pos)} positive, {len(neg)} negative)"
         )
+
+
+@faces_app.command("concepts")
+def concepts_cmd(
+    concepts_dir: ConceptDirOpt = Path("concepts"),
+    model: ModelOpt = "face-vae",
+) -> None:
+    """List the concept vectors --concept can use: name, attribute, aliases, length, how built."""
+    with cli_errors():
+        from pipeline.stages.face_generator import default_concept_dirs, list_concepts
+
+        found = list_concepts(default_concept_dirs(concepts_dir, model))
+        if not found:
+            err("no concept files found")
+            return
+        for doc in found:
+            aliases = ", ".join(doc.get("aliases", [])) or "-"
+            typer.echo(
+                f"{doc['name']:<12} {doc.get('attribute', '?')} vs {doc.get('negative', '?')}"
+                f" | aliases: {aliases} | |v| = {doc['norm']:.2f}"
+                f" | {doc.get('n_positive', '?')} / {doc.get('n_negative', '?')} faces"
+            )
+            typer.echo(f"{'':<12} {doc.get('method', 'difference of mean codes')}")
+            typer.echo(f"{'':<12} {doc['path']}")
+
+
+@faces_app.command("fit-concepts")
+def fit_concepts_cmd(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for the concept files [default: runs/<model>/concepts]."
+        ),
+    ] = None,
+    overwrite_shipped: OverwriteShippedOpt = False,
+    attributes: Annotated[
+        Path | None,
+        typer.Option("--attributes", help="lfw_attributes.csv (default: beside the data)."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="lfw_64.npz (default: the path in the weights' config)."),
+    ] = None,
+    ridge: Annotated[
+        float, typer.Option("--ridge", min=0.0, help="Ridge penalty of the regression.")
+    ] = 1.0,
+    unit: Annotated[
+        str,
+        typer.Option(
+            "--unit", help="What strength 1 means: coefficient | projection | discriminant."
+        ),
+    ] = "discriminant",
+    model: ModelOpt = "face-vae",
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
+) -> None:
+    """Build the shipped concept vectors (smile, eyeglasses, mustache, male, senior, blond, hat).
+
+    Only the TRAIN rows of lfw_attributes.csv are read. Direction: a joint least-squares
+    regression of the train faces' codes (posterior means) on 23 labels at once, so each vector
+    holds the other labels fixed (smiling does not also change gender). Male, senior and
+    eyeglasses contrast two labels (Female -> Male, Youth -> Senior, No Eyewear -> Eyeglasses).
+    Strength 1 (--unit discriminant, the default) = the step along that direction that moves
+    the two groups' linear discriminant by as much as their difference of mean codes does.
+    Reproduce the shipped files with:
+    aepipe faces fit-concepts --out weights/face-vae/concepts --overwrite-shipped
+    """
+    import torch
+
+    from pipeline.cli.common import check_choice
+    from pipeline.train.concepts import UNITS, fit_face_concepts
+
+    unit = check_choice(unit, tuple(UNITS), "--unit")
+    with cli_errors():
+        torch.set_num_threads(threads)
+        target = train_out(out, f"{Path(model).name}/concepts", overwrite_shipped)
+        written = fit_face_concepts(
+            model, target, data, attributes, ridge, unit, command=invocation(), progress=err
+        )
+        err(f"wrote {len(written)} concepts to {target}")
 
 
 @faces_app.command("fit-sampler")

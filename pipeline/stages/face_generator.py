@@ -4,7 +4,8 @@ Calling the stage reconstructs faces (centre-crop, resize to the model's size, g
 the posterior mean, decode). The other operations are methods: :meth:`FaceGenerator.sample`,
 :meth:`~FaceGenerator.encode` / :meth:`~FaceGenerator.decode`, :meth:`~FaceGenerator.interpolate`,
 :meth:`~FaceGenerator.traverse` and concept vectors (:meth:`~FaceGenerator.make_concept`,
-:meth:`~FaceGenerator.apply_concept`, :func:`save_concept`, :func:`load_concept`).
+:meth:`~FaceGenerator.apply_concept`, :func:`save_concept`, :func:`load_concept`,
+:func:`list_concepts`; face-vae ships named ones in ``weights/face-vae/concepts/``).
 
 All randomness comes from a CPU ``torch.Generator`` seeded by the caller, and every latent is
 drawn on the CPU before it moves to the model's device, so a seed gives the same faces on any
@@ -15,6 +16,7 @@ The same stage serves the MNIST / Fashion-MNIST VAEs (28x28 models); only the we
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from pipeline.batch import ImageBatch, to_gray
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, WeightsError
 from pipeline.stage import Generator, StageConfig
 
 if TYPE_CHECKING:
@@ -372,12 +374,23 @@ def slerp(
 # ---- concept files --------------------------------------------------------------------------
 
 
-def default_concept_dirs(user_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Where concepts are looked up: the user folder (if given), then the shipped ones."""
-    from pipeline.weights import shipped_weights_dir
+def default_concept_dirs(
+    user_dir: str | os.PathLike[str] | None = None, model: str | os.PathLike[str] | None = None
+) -> list[Path]:
+    """Where concepts are looked up, in order.
+
+    The user folder (if given), the ``concepts/`` folder of the model's weights (if ``model``
+    names a weights folder), then the shipped face-vae concepts.
+    """
+    from pipeline.weights import resolve, shipped_weights_dir
 
     dirs = [Path(user_dir)] if user_dir else []
-    dirs.append(shipped_weights_dir() / "face-vae" / "concepts")
+    if model is not None:
+        with contextlib.suppress(WeightsError):
+            dirs.append(resolve(model) / "concepts")
+    shipped = shipped_weights_dir() / "face-vae" / "concepts"
+    if shipped not in dirs:
+        dirs.append(shipped)
     return dirs
 
 
@@ -409,29 +422,64 @@ def save_concept(
     return atomic_write(target, lambda fh: fh.write(data))
 
 
+def _read_concept_file(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc["vector"] = [float(v) for v in doc["vector"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a concept file ({exc})") from None
+    return doc
+
+
+def list_concepts(dirs: Sequence[Path] | None = None) -> list[dict[str, Any]]:
+    """The concept files in ``dirs`` (first folder wins for a repeated name), vectors left out.
+
+    Returns:
+        One dict per concept: ``name``, ``path``, ``norm`` (length of the vector) and the
+        file's other fields (``attribute``, ``aliases``, ``method``, counts ...).
+    """
+    seen: dict[str, dict[str, Any]] = {}
+    for folder in dirs or default_concept_dirs():
+        for path in sorted(Path(folder).glob(f"*{CONCEPT_SUFFIX}")) if folder.is_dir() else []:
+            doc = _read_concept_file(path)
+            vec = doc.pop("vector")
+            doc.setdefault("name", path.stem)
+            if doc["name"] not in seen:
+                seen[doc["name"]] = {**doc, "path": str(path), "norm": math.hypot(*vec)}
+    return list(seen.values())
+
+
 def load_concept(
     name_or_path: str | os.PathLike[str], dirs: Sequence[Path] | None = None
 ) -> torch.Tensor:
-    """Read a concept vector by file path or by name in ``dirs``.
+    """Read a concept vector by file path, by name or by an alias in ``dirs``.
+
+    A name is matched against the file names first, then (case-insensitively) against the
+    ``aliases`` and ``attribute`` fields of the files (``smiling`` or ``Smiling`` find
+    ``smile.json``).
 
     Raises:
         ConfigError: the concept is not found or the file is malformed (the message names it).
     """
     import torch
 
+    dirs = list(dirs or default_concept_dirs())
     path = Path(name_or_path)
-    candidates = [path] if path.suffix.lower() == CONCEPT_SUFFIX else []
-    candidates += [d / f"{name_or_path}{CONCEPT_SUFFIX}" for d in (dirs or default_concept_dirs())]
-    for cand in candidates:
-        if cand.is_file():
-            try:
-                doc = json.loads(cand.read_text(encoding="utf-8"))
-                vec = torch.tensor([float(v) for v in doc["vector"]], dtype=torch.float32)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ConfigError(f"{cand}: not a concept file ({exc})") from None
-            return vec
-    where = ", ".join(str(d) for d in (dirs or default_concept_dirs()))
-    raise ConfigError(f"concept {str(name_or_path)!r} not found (looked in {where})")
+    explicit = path.suffix.lower() == CONCEPT_SUFFIX
+    candidates = [path] if explicit else []
+    candidates += [d / f"{name_or_path}{CONCEPT_SUFFIX}" for d in dirs]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None and not explicit:
+        key = str(name_or_path).lower()
+        for doc in list_concepts(dirs):
+            names = [doc.get("name", ""), doc.get("attribute") or "", *doc.get("aliases", [])]
+            if key in (str(n).lower() for n in names):
+                found = Path(doc["path"])
+                break
+    if found is None:
+        where = ", ".join(str(d) for d in dirs)
+        raise ConfigError(f"concept {str(name_or_path)!r} not found (looked in {where})")
+    return torch.tensor(_read_concept_file(found)["vector"], dtype=torch.float32)
 
 
 def parse_concept_arg(text: str) -> tuple[str, float]:

@@ -1,0 +1,154 @@
+"""Concept vectors: attribute reader, regression fit, shipped files, lookup and edits (fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.batch import ImageBatch
+from pipeline.data.attributes import check_against_archive, load_attributes
+from pipeline.errors import ConfigError
+from pipeline.stages.face_generator import (
+    FaceGenerator,
+    list_concepts,
+    load_concept,
+    save_concept,
+)
+from pipeline.train.concepts import FACE_CONCEPTS, ConceptSpec, fit_concepts
+from pipeline.weights import shipped_weights_dir
+
+SHIPPED = shipped_weights_dir() / "face-vae" / "concepts"
+
+
+@pytest.fixture
+def cli():
+    from typer.testing import CliRunner
+
+    from pipeline.cli.apps import app
+    from pipeline.cli.main import load_areas
+
+    load_areas()
+    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
+
+
+def write_csv(path: Path, rows: list[tuple[str, int, str, int, int]]) -> Path:
+    lines = ["split,index,file,Smiling,Male"]
+    lines += [",".join(str(v) for v in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_attributes_keep_splits_apart(tmp_path: Path) -> None:
+    csv = write_csv(
+        tmp_path / "a.csv",
+        [
+            ("train", 1, "B/B_0001.jpg", 1, 0),
+            ("test", 0, "T/T_0001.jpg", 0, 1),
+            ("train", 0, "A/A_0001.jpg", 0, 1),
+        ],
+    )
+    train = load_attributes(csv, "train")
+    assert train.index.tolist() == [0, 1] and train.files.tolist() == [
+        "A/A_0001.jpg",
+        "B/B_0001.jpg",
+    ]
+    assert train.column("smile").tolist() == [0, 1]  # alias -> Smiling
+    test = load_attributes(csv, "test")
+    assert test.index.tolist() == [0] and test.column("Male").tolist() == [1]
+    with pytest.raises(ValueError, match="split"):
+        load_attributes(csv, "all")  # type: ignore[arg-type]
+    check_against_archive(train, np.array(["A/A_0001.jpg", "B/B_0001.jpg"]))
+    with pytest.raises(ValueError, match="mismatch"):
+        check_against_archive(train, np.array(["A/A_0001.jpg", "T/T_0001.jpg"]))
+    with pytest.raises(KeyError, match="unknown attribute"):
+        train.column("wings")
+
+
+def test_fit_recovers_planted_direction_and_ignores_correlated_label() -> None:
+    rng = np.random.default_rng(0)
+    n, d = 4000, 6
+    smile = (rng.random(n) < 0.4).astype(float)
+    # "Male" co-occurs with NOT smiling (correlation about -0.6) and has its own direction.
+    male = np.where(rng.random(n) < 0.8, 1 - smile, smile)
+    e = np.eye(d)
+    codes = 2.0 * smile[:, None] * e[0] + 3.0 * male[:, None] * e[1]
+    codes = codes + 0.3 * rng.standard_normal((n, d))
+    labels = np.stack([smile, male], 1)
+    specs = {"smile": ConceptSpec("Smiling"), "male": ConceptSpec("Male")}
+    fitted = fit_concepts(codes, labels, ["Smiling", "Male"], specs, ridge=0.0)
+    v_smile, info = fitted["smile"]
+    np.testing.assert_allclose(v_smile, 2.0 * e[0], atol=0.05)  # no gender component
+    np.testing.assert_allclose(fitted["male"][0], 3.0 * e[1], atol=0.05)
+    assert info["n_positive"] == int(smile.sum()) and info["regressors"] == ["Smiling", "Male"]
+    # The plain difference of means would carry gender: the reason for the regression.
+    naive = codes[smile == 1].mean(0) - codes[smile == 0].mean(0)
+    assert abs(naive[1]) > 1.0
+    # A contrast of two labels is the difference of their coefficients.
+    pair = fit_concepts(codes, labels, ["Smiling", "Male"], {"x": ConceptSpec("Male", "Smiling")})
+    np.testing.assert_allclose(pair["x"][0], 3.0 * e[1] - 2.0 * e[0], atol=0.1)
+    with pytest.raises(KeyError, match="not in the data"):
+        fit_concepts(codes, labels, ["Smiling", "Male"], {"y": ConceptSpec("Bald")})
+
+
+def test_shipped_concepts_load_and_list() -> None:
+    listed = {doc["name"]: doc for doc in list_concepts([SHIPPED])}
+    assert set(FACE_CONCEPTS) <= set(listed)
+    for name, spec in FACE_CONCEPTS.items():
+        doc = listed[name]
+        assert doc["attribute"] == spec.positive and "regression" in doc["method"]
+        assert doc["norm"] > 0.1 and doc["n_positive"] > 50
+        vec = load_concept(name, [SHIPPED])
+        assert vec.shape == (128,) and bool(torch.isfinite(vec).all())
+        assert (Path(doc["path"]).stat().st_size) < 16_000
+    # Aliases and attribute names find the same file.
+    torch.testing.assert_close(load_concept("Smiling", [SHIPPED]), load_concept("smile", [SHIPPED]))
+    torch.testing.assert_close(load_concept("glasses", [SHIPPED]), load_concept("eyeglasses"))
+
+
+def test_edit_changes_output_and_strength_zero_does_not(tmp_path: Path) -> None:
+    stage = FaceGenerator.tiny(seed=0)
+    vec = torch.tensor([3.0, -2.0, 1.0, 0.5])
+    save_concept(tmp_path, "toy", vec, {"attribute": "Toy", "aliases": ["plaything"]})
+    found = load_concept("plaything", [tmp_path])
+    faces = ImageBatch(torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(1)))
+    plain = stage(faces).images
+    torch.testing.assert_close(stage.edit(faces, [(found, 0.0)]).images, plain)
+    edited = stage.edit(faces, [(found, 1.0)]).images
+    assert float((edited - plain).abs().mean()) > 1e-3
+    sampled = next(stage.sample(4, seed=0, concepts=[(found, 1.5)])).images
+    assert not torch.equal(sampled, next(stage.sample(4, seed=0)).images)
+    with pytest.raises(ConfigError, match="not found"):
+        load_concept("nothing", [tmp_path])
+
+
+def test_cli_concepts_list_and_edit_out_of_the_box(tmp_path: Path, cli) -> None:
+    from PIL import Image
+
+    res = cli("faces", "concepts")
+    assert res.exit_code == 0, res.output
+    for name in FACE_CONCEPTS:
+        assert name in res.output
+    face = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    Image.fromarray(face).save(tmp_path / "photo.png")
+    res = cli(
+        "faces", "edit", tmp_path / "photo.png", "--concept", "smile:+1", "--out", tmp_path / "e"
+    )
+    assert res.exit_code == 0, res.output
+    res = cli(
+        "faces", "edit", tmp_path / "photo.png", "--concept", "smile:0", "--out", tmp_path / "z"
+    )
+    assert res.exit_code == 0, res.output
+    smiled = np.asarray(Image.open(tmp_path / "e" / "photo.png"), dtype=float)
+    same = np.asarray(Image.open(tmp_path / "z" / "photo.png"), dtype=float)
+    assert np.abs(smiled - same).mean() > 0.5
+
+
+def test_fit_command_refuses_shipped_folder_without_flag(cli) -> None:
+    res = cli("faces", "fit-concepts", "--out", SHIPPED)
+    assert res.exit_code == 2 and "overwrite-shipped" in res.output
+    doc = json.loads((SHIPPED / "smile.json").read_text())
+    assert "fit-concepts" in doc["command"] and doc["model_sha256"]
