@@ -10,7 +10,7 @@ documented pluggy hooks (``ocrmypdf/pluginspec.py``): ``add_options``, ``check_o
 ``filter_ocr_image`` and ``filter_page_image``. Everything else (``--jobs``, ``--pages``,
 ``--output-type pdfa``, page sizes, DPI) stays OCRmyPDF's. The model is loaded lazily, once per
 worker process (OCRmyPDF's workers are threads by default, processes with ``--no-use-threads``),
-and cached by (weights, device, binarize).
+and cached by (weights, device).
 
 Needs the ``[ocr]`` extra and the Debian packages ``tesseract-ocr``, ``tesseract-ocr-eng`` and
 ``ghostscript``; :func:`missing_tools` names what is absent.
@@ -86,46 +86,38 @@ def check_setup() -> None:
 
 # --- the model, once per process ------------------------------------------------------------
 
-_MODELS: dict[tuple[str, str, bool], ScanDenoiser] = {}
+_MODELS: dict[tuple[str, str], ScanDenoiser] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def denoiser(weights: str = DEFAULT_WEIGHTS, device: str = "cpu", binarize: bool = False):
+def denoiser(weights: str = DEFAULT_WEIGHTS, device: str = "cpu") -> ScanDenoiser:
     """The scan denoiser for ``weights``, loaded on first use and kept for this process.
 
     OCRmyPDF's page workers are threads sharing this cache (or forked processes, each with
     its own); the lock makes concurrent first calls load the weights once.
     """
-    key = (str(weights), device, binarize)
+    key = (str(weights), device)
     with _MODELS_LOCK:
         if key not in _MODELS:
             from pipeline.stages.scan_denoiser import ScanDenoiser
 
-            _MODELS[key] = ScanDenoiser.from_pretrained(weights, device=device, binarize=binarize)
+            _MODELS[key] = ScanDenoiser.from_pretrained(weights, device=device)
         return _MODELS[key]
 
 
 def clean_page(
-    image: Image.Image,
-    weights: str = DEFAULT_WEIGHTS,
-    *,
-    binarize: bool = False,
-    device: str = "cpu",
+    image: Image.Image, weights: str = DEFAULT_WEIGHTS, *, device: str = "cpu"
 ) -> Image.Image:
-    """Clean one page image; same pixel size and DPI, mode ``L`` (or ``1`` with ``binarize``).
+    """Clean one page image: same pixel size and DPI, mode ``L``.
 
     Args:
         image: a page of any PIL mode; its ``info["dpi"]`` is carried over.
         weights: weights name or folder of a scan denoiser.
-        binarize: threshold the cleaned page and return a 1-bit image.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
     """
     from pipeline.batch import ImageBatch
 
-    stage = denoiser(weights, device, binarize)
-    out = stage(ImageBatch.from_pil([image])).to_pil()[0]
-    if binarize:
-        out = out.convert("1", dither=None)
+    out = denoiser(weights, device)(ImageBatch.from_pil([image])).to_pil()[0]
     if "dpi" in image.info:
         out.info["dpi"] = image.info["dpi"]
     return out
@@ -199,8 +191,8 @@ def filter_ocr_image(page: Any, image: Image.Image) -> Image.Image:
     options = page.options
     weights = _opt(options, "aepipe_weights", DEFAULT_WEIGHTS)
     cleaned = clean_page(image, weights, device=_device(options))
-    if _opt(options, "aepipe_clean_final", False) and not _opt(options, "aepipe_binarize", False):
-        # The stored page is usually the same raster: keep it so filter_page_image needs no
+    if _same_raster(options):
+        # The stored page is the same raster: keep the result so filter_page_image needs no
         # second pass through the network.
         cleaned.save(_reuse_path(page), dpi=_int_dpi(image))
     # This hook is first-result: ours replaces Tesseract's, so call it for its size limits.
@@ -215,28 +207,37 @@ def filter_page_image(page: Any, image_filename: Path) -> Path:
     options = page.options
     if not _opt(options, "aepipe_clean_final", False):
         return image_filename
-    binarize = bool(_opt(options, "aepipe_binarize", False))
     with Image.open(image_filename) as im:
         im.load()
     dpi = _int_dpi(im)
     reuse = _reuse_path(page)
     cleaned = None
-    if not binarize and reuse.exists():
+    if _same_raster(options) and reuse.exists():
         with Image.open(reuse) as prev:
             if prev.size == im.size:
                 prev.load()
                 cleaned = prev
     if cleaned is None:
         weights = _opt(options, "aepipe_weights", DEFAULT_WEIGHTS)
-        cleaned = clean_page(im, weights, binarize=binarize, device=_device(options))
-    if binarize:
-        # img2pdf embeds a G4 TIFF as a CCITTFax stream without re-encoding.
+        cleaned = clean_page(im, weights, device=_device(options))
+    if _opt(options, "aepipe_binarize", False):
+        # The stage's cut (threshold 0.5) on the 8-bit page; img2pdf embeds a G4 TIFF as a
+        # CCITTFax stream without re-encoding it.
+        bilevel = cleaned.point(lambda v: 255 if v >= 128 else 0).convert("1", dither=None)
         out = image_filename.with_name(image_filename.stem + "_aepipe.tif")
-        cleaned.save(out, compression="group4", dpi=dpi)
+        bilevel.save(out, compression="group4", dpi=dpi)
     else:
         out = image_filename.with_name(image_filename.stem + "_aepipe.png")
         cleaned.save(out, dpi=dpi)
     return out
+
+
+def _same_raster(options: Any) -> bool:
+    # OCRmyPDF's own test for "the image for OCR is the presentation image": no unpaper, no
+    # vector removal (see make_intermediate_images in ocrmypdf/_pipelines/_common.py).
+    return bool(_opt(options, "aepipe_clean_final", False)) and not any(
+        getattr(options, name, False) for name in ("clean", "clean_final", "remove_vectors")
+    )
 
 
 def _reuse_path(page: Any) -> Path:
