@@ -271,7 +271,7 @@ def ocr_file(
     jobs: int | None = None,
     dpi: int = 300,
     device: str = "cpu",
-    output_type: str = "pdf",
+    output_type: str = "auto",
     language: Sequence[str] = ("eng",),
     pages: str | None = None,
 ) -> Path:
@@ -288,7 +288,9 @@ def ocr_file(
         jobs: OCRmyPDF workers (default: its own, one per CPU).
         dpi: resolution assumed for images that record none.
         device: ``"cpu"`` or ``"cuda"``.
-        output_type: ``"pdf"`` keeps our codecs; ``"pdfa"`` runs Ghostscript for PDF/A-2b.
+        output_type: OCRmyPDF's: ``"auto"`` (its default) gives PDF/A-2b when that needs no
+            re-encoding, ``"pdfa"`` always (Ghostscript if needed), ``"pdf"`` never. The stored
+            G4 and PNG streams were kept as they are in all three in our tests.
         language: Tesseract languages.
         pages: OCRmyPDF page selection (e.g. ``"1,3-5"``); other pages are copied as they are.
 

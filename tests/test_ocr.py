@@ -65,15 +65,22 @@ def assert_words(text: str) -> None:
 
 @needs_ocr
 def test_plugin_through_ocrmypdf_command_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    src = save_pdf(tmp_path / "in.pdf", [text_page(0)])
+    """OCRmyPDF's own options still rule: two workers, only page 2 selected, PDF/A out."""
+    import pikepdf
+
+    src = save_pdf(tmp_path / "in.pdf", [text_page(0, (800, 300)), text_page(1)])
     dst = tmp_path / "out.pdf"
-    args = [sys.executable, "-m", "ocrmypdf", "--plugin", PLUGIN, "-j", "1", "--force-ocr"]
-    args += ["--aepipe-clean-final", "--output-type", "pdf", str(src), str(dst)]
+    args = [sys.executable, "-m", "ocrmypdf", "--plugin", PLUGIN, "-j", "2", "--pages", "2"]
+    args += ["--force-ocr", "--aepipe-clean-final", "--output-type", "pdfa", str(src), str(dst)]
     res = subprocess.run(args, capture_output=True, text=True, env=cli_env, timeout=300)
     assert res.returncode == 0, res.stderr
-    [(size, text)] = pdf_pages(dst)
-    assert size == pytest.approx((1100 * 72 / DPI, 500 * 72 / DPI), abs=0.5)
-    assert_words(text)
+    (size1, text1), (size2, text2) = pdf_pages(dst)
+    assert size1 == pytest.approx((800 * 72 / DPI, 300 * 72 / DPI), abs=0.5)
+    assert size2 == pytest.approx((1100 * 72 / DPI, 500 * 72 / DPI), abs=0.5)
+    assert text1.strip() == ""  # not selected: copied without a text layer
+    assert_words(text2)
+    with pikepdf.open(dst) as pdf:
+        assert pdf.open_metadata().pdfa_status == "2B"
 
 
 @needs_ocr
