@@ -1,6 +1,6 @@
 """Searchable PDFs from degraded scans: OCRmyPDF alone, with ``--clean``, with our plugin, and ours.
 
-    .venv/bin/python benchmarks/ocr_pipeline.py --ddd ../shared/data/ddd [--synthetic 4] [--jobs 1]
+    .venv/bin/python benchmarks/ocr_pipeline.py --ddd ../shared/data/ddd [--synthetic 4] [--jobs N]
 
 One multi-page PDF is built from
 
@@ -203,7 +203,12 @@ def main() -> None:
         "--ddd", type=Path, required=True, help="the DDD folder (train/, train_cleaned/)"
     )
     ap.add_argument("--synthetic", type=int, default=4, help="synthetic 300-DPI pages")
-    ap.add_argument("--jobs", type=int, default=1, help="OCRmyPDF -j for its methods")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="OCRmyPDF -j of the ocrmypdf rows (default: one per CPU, as clean-scans --ocr uses)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch/OMP threads per process")
     args = ap.parse_args()
 
@@ -261,7 +266,8 @@ def write_results(rows: list[dict], meta: dict) -> None:
         "known English text degraded by `pipeline.data.synthetic_pages.degrade`, reference = "
         "the rendered text. CER = edit distance / reference length, whitespace collapsed, "
         "pooled over pages. Time = wall seconds of the whole process / pages "
-        f"(OCRmyPDF -j {meta['jobs']}, {meta['threads']} torch/OMP thread(s); "
+        f"(OCRmyPDF -j {meta['jobs']}; clean-scans --ocr uses OCRmyPDF's default of one worker "
+        f"per CPU; {meta['threads']} torch/OMP thread(s) per process; "
         f"{meta['machine']}).",
         "",
         "| method | CER DDD | CER synthetic | CER all | s/page | output KiB |",

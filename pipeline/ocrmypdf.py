@@ -319,6 +319,7 @@ def ocr_file(
             language=list(language),
             jobs=jobs,
             output_type=output_type,
+            # Level 0 leaves our G4 streams alone (without jbig2enc there is nothing better).
             optimize=0 if binarize else 1,
             progress_bar=False,
             aepipe_weights=str(weights),
@@ -327,7 +328,8 @@ def ocr_file(
             aepipe_device=device,
             **kwargs,
         )
-    except ocrmypdf.exceptions.ExitCodeException as exc:
+    except (ocrmypdf.exceptions.ExitCodeException, OSError, ValueError) as exc:
+        # One bad file fails alone, as in every file command (PIL raises OSError/ValueError).
         raise InputImageError(f"{src}: OCRmyPDF: {exc or type(exc).__name__}") from exc
     finally:
         sys.stdout, sys.stderr = streams
@@ -364,6 +366,7 @@ def ocr_files(
     Raises:
         OcrSetupError: a tool is missing (checked before anything is read or written).
         ConfigError: bad inputs or output folder.
+        WeightsError: the weights cannot be loaded.
     """
     from pipeline.runner import FileRecord, Summary, plan
 
@@ -371,6 +374,8 @@ def ocr_files(
     start = time.perf_counter()
     planned, records, out_dir = plan(inputs, options)
     summary = Summary(records=list(records), out_dir=str(out_dir))
+    if planned:
+        denoiser(weights, device)  # a weights problem stops the run here (WeightsError)
     for job in planned:
         dst = out_dir / job.out_stem.with_suffix(".pdf")
         t0 = time.perf_counter()

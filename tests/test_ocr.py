@@ -138,3 +138,19 @@ def test_missing_tool_is_one_line_and_setup_exit_code(
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and package in lines[0] and "Traceback" not in res.output, res.output
     assert not (tmp_path / "o").exists()
+
+
+@needs_ocr
+def test_clean_scans_ocr_bad_weights_and_bad_file(tmp_path: Path) -> None:
+    from pipeline.cli.main import _single
+    from pipeline.errors import ExitCode
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    app, out = _single("clean-scans"), str(tmp_path / "out")
+    res = CliRunner().invoke(app, [str(tmp_path / "in"), "--ocr", "--out", out, "--model", "nope"])
+    assert res.exit_code == ExitCode.MODEL_ERROR and "Traceback" not in res.output, res.output
+    res = CliRunner().invoke(app, [str(tmp_path / "in"), "--ocr", "--out", out, "-q"])
+    assert res.exit_code == ExitCode.NOTHING_PROCESSED, res.output
+    assert "broken.png" in res.output and "Traceback" not in res.output
+    assert not list((tmp_path / "out").glob("*.pdf*"))  # no partial output left behind
