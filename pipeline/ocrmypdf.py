@@ -47,7 +47,7 @@ EXIT_SETUP = 5
 """Exit code of the OCR features when a tool they need is not installed (bad set-up)."""
 
 DEFAULT_WEIGHTS = "scan-denoiser"
-PLUGIN = "pipeline.ocrmypdf"
+PLUGIN = __name__  # "pipeline.ocrmypdf"; follows a rename of the package
 
 # (what is probed, how to install it); a probe starting with "py:" is an importable module.
 _TOOLS = (
