@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The CPU wheel, pinned: an unpinned torch would pull gigabytes of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,serve,ray]"
+	$(BIN)/python -m pip install -q -e ".[dev,serve,ray,ocr]"
 	touch $(STAMP)
 
 ## make demo: set up, then run the main job (clean the sample scans) and the other stages.

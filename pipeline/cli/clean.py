@@ -53,6 +53,14 @@ def clean_scans(
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     frames: FramesOpt = "first",
     list_ignored: ListIgnoredOpt = False,
+    ocr: Annotated[
+        bool,
+        typer.Option(
+            "--ocr",
+            help="Write one searchable PDF per input (text layer by Tesseract via OCRmyPDF; "
+            "needs the [ocr] extra, tesseract-ocr and ghostscript).",
+        ),
+    ] = False,
 ) -> None:
     """Clean scanned pages (PNG, JPEG, TIFF, PDF): white paper, dark text, no stains or specks.
 
@@ -60,10 +68,22 @@ def clean_scans(
     sizes. Existing outputs are skipped, so an interrupted run resumes where it stopped.
 
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
-    4 weights could not be loaded, 130 interrupted.
+    4 weights could not be loaded, 5 an OCR tool is not installed (--ocr), 130 interrupted.
     """
     device = check_choice(device, DEVICES, "--device")
     options = file_options("clean", locals())
+    if ocr:
+        from pipeline.ocrmypdf import run_ocr_command
+
+        run_ocr_command(
+            inputs,
+            options,
+            model,
+            binarize=binarize,
+            keep_color=keep_color,
+            device=device,
+            quiet=quiet,
+        )
 
     def load():
         from pipeline.stages.scan_denoiser import ScanDenoiser

@@ -1,0 +1,156 @@
+"""The OCRmyPDF plugin and ``clean-scans --ocr`` end to end, on real OCRmyPDF and Tesseract."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.ocrmypdf import EXIT_SETUP, PLUGIN, missing_tools
+
+MISSING = missing_tools()
+needs_ocr = pytest.mark.skipif(bool(MISSING), reason=f"OCR tools missing: {'; '.join(MISSING)}")
+
+DPI = 200
+LINES = ("Records office archive ledger", "quick brown foxes jump over lazy dogs")
+WORDS = ("Records", "archive", "ledger", "brown", "foxes", "lazy")
+
+
+def text_page(seed: int, size: tuple[int, int] = (1100, 500)) -> np.ndarray:
+    """A (H, W) uint8 page of ``LINES`` in 14 pt DejaVu at ``DPI``, on grey, speckled paper."""
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    font_file = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    font = ImageFont.truetype(str(font_file), round(14 * DPI / 72))
+    page = Image.new("L", size, 255)
+    draw = ImageDraw.Draw(page)
+    for i, line in enumerate(LINES):
+        draw.text((60, 80 + 90 * i), line, font=font, fill=20)
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(page, dtype=np.float32) * 0.8 + 30  # grey paper, lifted ink
+    arr += rng.normal(0, 12, arr.shape)
+    specks = rng.random(arr.shape) < 0.01
+    arr[specks] = 0
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def save_pdf(path: Path, pages: list[np.ndarray]) -> Path:
+    from PIL import Image
+
+    images = [Image.fromarray(p) for p in pages]
+    images[0].save(path, save_all=True, append_images=images[1:], resolution=DPI)
+    return path
+
+
+def pdf_pages(path: Path) -> list[tuple[tuple[float, float], str]]:
+    """(page size in points, text layer) of each page."""
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument(str(path))
+    try:
+        return [(tuple(p.get_size()), p.get_textpage().get_text_range()) for p in doc]
+    finally:
+        doc.close()
+
+
+def assert_words(text: str) -> None:
+    found = [w for w in WORDS if w.lower() in text.lower()]
+    assert len(found) >= len(WORDS) - 1, f"text layer {text!r} lacks most of {WORDS}"
+
+
+@needs_ocr
+def test_plugin_through_ocrmypdf_command_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """OCRmyPDF's own options still rule: two workers, only page 2 selected, PDF/A out."""
+    import pikepdf
+
+    src = save_pdf(tmp_path / "in.pdf", [text_page(0, (800, 300)), text_page(1)])
+    dst = tmp_path / "out.pdf"
+    args = [sys.executable, "-m", "ocrmypdf", "--plugin", PLUGIN, "-j", "2", "--pages", "2"]
+    args += ["--force-ocr", "--aepipe-clean-final", "--output-type", "pdfa", str(src), str(dst)]
+    res = subprocess.run(args, capture_output=True, text=True, env=cli_env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    (size1, text1), (size2, text2) = pdf_pages(dst)
+    assert size1 == pytest.approx((800 * 72 / DPI, 300 * 72 / DPI), abs=0.5)
+    assert size2 == pytest.approx((1100 * 72 / DPI, 500 * 72 / DPI), abs=0.5)
+    assert text1.strip() == ""  # not selected: copied without a text layer
+    assert_words(text2)
+    with pikepdf.open(dst) as pdf:
+        assert pdf.open_metadata().pdfa_status == "2B"
+
+
+@needs_ocr
+def test_clean_scans_ocr_image_and_pdf(tmp_path: Path) -> None:
+    import pikepdf
+    from PIL import Image
+
+    from pipeline.cli.main import _single
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(text_page(1, (900, 400))).save(src / "photo.png", dpi=(DPI, DPI))
+    save_pdf(src / "two.pdf", [text_page(2), text_page(3)])
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        _single("clean-scans"), [str(src), "--ocr", "--binarize", "--out", str(out), "-q"]
+    )
+    assert res.exit_code == 0, res.output
+
+    [(size, text)] = pdf_pages(out / "photo.pdf")
+    assert size == pytest.approx((900 * 72 / DPI, 400 * 72 / DPI), abs=0.5)
+    assert_words(text)
+    pages = pdf_pages(out / "two.pdf")
+    assert [s for s, _ in pages] == [s for s, _ in pdf_pages(src / "two.pdf")]
+    for _, text in pages:
+        assert_words(text)
+    with pikepdf.open(out / "two.pdf") as pdf:  # bilevel pages are stored as CCITT G4
+        xobjects = [x for page in pdf.pages for x in page.Resources.XObject.values()]
+        filters = [pikepdf.PdfImage(x).filters for x in xobjects if x.Subtype == "/Image"]
+    assert filters == [["/CCITTFaxDecode"]] * 2
+
+
+@pytest.mark.parametrize(
+    ("absent", "package"),
+    [("tesseract", "tesseract-ocr"), ("gs", "ghostscript"), ("ocrmypdf", "ocrmypdf")],
+)
+def test_missing_tool_is_one_line_and_setup_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, absent: str, package: str
+) -> None:
+    import importlib.util
+    import shutil
+
+    from pipeline.cli.main import _single
+
+    which, find_spec = shutil.which, importlib.util.find_spec
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == absent else which(name))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == absent else find_spec(name)
+    )
+    (tmp_path / "a.png").write_bytes(b"")  # never read: the set-up is checked first
+    res = CliRunner().invoke(
+        _single("clean-scans"), [str(tmp_path), "--ocr", "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == EXIT_SETUP
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and package in lines[0] and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o").exists()
+
+
+@needs_ocr
+def test_clean_scans_ocr_bad_weights_and_bad_file(tmp_path: Path) -> None:
+    from pipeline.cli.main import _single
+    from pipeline.errors import ExitCode
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    app, out = _single("clean-scans"), str(tmp_path / "out")
+    res = CliRunner().invoke(app, [str(tmp_path / "in"), "--ocr", "--out", out, "--model", "nope"])
+    assert res.exit_code == ExitCode.MODEL_ERROR and "Traceback" not in res.output, res.output
+    res = CliRunner().invoke(app, [str(tmp_path / "in"), "--ocr", "--out", out, "-q"])
+    assert res.exit_code == ExitCode.NOTHING_PROCESSED, res.output
+    assert "broken.png" in res.output and "Traceback" not in res.output
+    assert not list((tmp_path / "out").glob("*.pdf*"))  # no partial output left behind
