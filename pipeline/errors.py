@@ -21,6 +21,8 @@ class ExitCode(IntEnum):
     """No input could be processed (none found, or all failed)."""
     MODEL_ERROR = 4
     """Weights could not be loaded (missing, tampered, or not matching their config)."""
+    SETUP_ERROR = 5
+    """An optional tool the command needs is not installed (Tesseract, Ghostscript, OCRmyPDF)."""
     INTERRUPTED = 130
     """Stopped by Ctrl-C or SIGTERM; finished outputs are complete, nothing partial remains."""
 

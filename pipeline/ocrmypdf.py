@@ -43,9 +43,6 @@ except ImportError:  # pragma: no cover - exercised only without the [ocr] extra
         return func
 
 
-EXIT_SETUP = 5
-"""Exit code of the OCR features when a tool they need is not installed (bad set-up)."""
-
 DEFAULT_WEIGHTS = "scan-denoiser"
 PLUGIN = __name__  # "pipeline.ocrmypdf"; follows a rename of the package
 
@@ -427,7 +424,8 @@ def run_ocr_command(
 ) -> NoReturn:
     """The ``clean-scans --ocr`` command body: check the set-up, OCR every file, exit.
 
-    Exits with :data:`EXIT_SETUP` and one line naming the package when a tool is missing.
+    Exits with :attr:`~pipeline.errors.ExitCode.SETUP_ERROR` and one line naming the package
+    when a tool is missing.
     """
     from pipeline.cli.common import cli_errors, fail, finish_summary, progress_bar
     from pipeline.errors import ConfigError, ExitCode
@@ -437,7 +435,7 @@ def run_ocr_command(
         try:
             check_setup()
         except OcrSetupError as exc:
-            fail(str(exc), EXIT_SETUP)  # type: ignore[arg-type]
+            fail(str(exc), ExitCode.SETUP_ERROR)
         if keep_color:
             raise ConfigError("--keep-color cannot be combined with --ocr (pages are stored gray)")
         if options.fmt not in ("same", "pdf"):

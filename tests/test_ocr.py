@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.ocrmypdf import EXIT_SETUP, PLUGIN, missing_tools
+from pipeline.errors import ExitCode
+from pipeline.ocrmypdf import PLUGIN, missing_tools
 
 MISSING = missing_tools()
 needs_ocr = pytest.mark.skipif(bool(MISSING), reason=f"OCR tools missing: {'; '.join(MISSING)}")
@@ -134,7 +135,7 @@ def test_missing_tool_is_one_line_and_setup_exit_code(
     res = CliRunner().invoke(
         _single("clean-scans"), [str(tmp_path), "--ocr", "--out", str(tmp_path / "o")]
     )
-    assert res.exit_code == EXIT_SETUP
+    assert res.exit_code == ExitCode.SETUP_ERROR
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and package in lines[0] and "Traceback" not in res.output, res.output
     assert not (tmp_path / "o").exists()
@@ -143,7 +144,6 @@ def test_missing_tool_is_one_line_and_setup_exit_code(
 @needs_ocr
 def test_clean_scans_ocr_bad_weights_and_bad_file(tmp_path: Path) -> None:
     from pipeline.cli.main import _single
-    from pipeline.errors import ExitCode
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
