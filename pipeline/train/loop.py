@@ -315,12 +315,29 @@ def _load_checkpoint(
         raise ConfigError(f"--resume: no checkpoint {s.checkpoint} to resume from")
     # weights_only: a checkpoint holds tensors and plain data only, nothing is unpickled.
     ckpt = torch.load(s.checkpoint, map_location="cpu", weights_only=True)
-    spec.model.load_state_dict(ckpt["model"])
+    _load_with_layout(spec.model, ckpt["model"])
     if ema is not None:
-        ema.load_state_dict(ckpt["ema"])
+        _load_with_layout(ema, ckpt["ema"])
     opt.load_state_dict(ckpt["optimizer"])
     spec.set_rng_state(ckpt["rng"])
     torch.set_rng_state(ckpt["torch_rng"])
     run = Run(**ckpt["run"])
     run.stopped_by = "max_epochs"  # whatever stopped the last session, this one goes on
     return run, ckpt["best"]
+
+
+def _load_with_layout(module: nn.Module, state: dict[str, Any]) -> None:
+    """Load ``state`` and give every tensor the memory layout it was saved with.
+
+    A spec may switch the model's layout while training (``channels_last`` for faster CPU
+    convolutions); a resumed run must compute with the same layout, or its float sums differ.
+    """
+    import torch
+
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        saved = state.get(name)
+        if saved is not None and saved.stride() != tensor.stride():
+            tensor.data = torch.empty_strided(
+                saved.shape, saved.stride(), dtype=tensor.dtype, device=tensor.device
+            )
+    module.load_state_dict(state)
