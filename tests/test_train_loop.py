@@ -92,3 +92,36 @@ def test_resume_without_a_checkpoint_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="no checkpoint"):
         train(impulse_config(fake_mnist(tmp_path / "d"), resume=True), tmp_path / "w")
+
+
+def test_step_based_run_with_scheduler_and_ema_resumes_exactly(tmp_path: Path) -> None:
+    """The settings the scan-denoiser and colorizer ports need (AdamW, OneCycleLR, EMA,
+    validation every N steps, lower score better) also resume bit-identically."""
+    from recipe_tiny.train import TinySpec, TrainConfig
+
+    from pipeline.train.loop import LoopSettings, fit
+
+    def run(out: Path, **kw) -> list[str]:
+        torch.manual_seed(0)
+        settings = LoopSettings(
+            lr=0.05,
+            steps_per_epoch=12,
+            max_epochs=1,
+            optimizer=lambda params: torch.optim.AdamW(params, lr=0.05, weight_decay=1e-4),
+            scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=12),
+            val_every=4,
+            maximize=False,
+            ema=0.9,
+            checkpoint=checkpoint_path(out),
+            **kw,
+        )
+        lines: list[str] = []
+        fit(TinySpec(TrainConfig(), out), settings, lines.append)
+        return lines
+
+    whole = run(tmp_path / "whole")
+    assert len(whole) == 3 and all(line.startswith("step ") for line in whole)
+    run(tmp_path / "cut", max_steps=6)
+    run(tmp_path / "cut", resume=True)
+    assert_same_weights(tmp_path / "whole", tmp_path / "cut")
+    assert training(tmp_path / "whole")["history"] == training(tmp_path / "cut")["history"]

@@ -57,6 +57,9 @@ class LoopSettings:
         steps_per_epoch: optimiser steps in one epoch.
         max_epochs: epochs run at most (the LR schedule may span more).
         lr_factor: multiplier of ``lr`` at a (0-based) step.
+        optimizer: builds the optimiser from the trainable parameters (None: Adam at ``lr``).
+        scheduler: builds a torch LR scheduler on the optimiser, stepped after every step; it
+            replaces ``lr_factor`` (for schedules that also move momentum, like OneCycleLR).
         val_every: steps between validations (None: once an epoch).
         maximize: whether a higher validation score is better.
         patience: validations without improvement before stopping early (None: never).
@@ -76,6 +79,8 @@ class LoopSettings:
     steps_per_epoch: int
     max_epochs: int
     lr_factor: Callable[[int], float] = lambda _step: 1.0
+    optimizer: Callable[[list[Any]], Any] | None = None
+    scheduler: Callable[[Any], Any] | None = None
     val_every: int | None = None
     maximize: bool = True
     patience: int | None = None
@@ -175,26 +180,32 @@ def fit(spec: TrainSpec, s: LoopSettings, say: Callable[[str], None]) -> Run:
     import torch
 
     model = spec.model
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=s.lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = s.optimizer(params) if s.optimizer else torch.optim.Adam(params, lr=s.lr)
+    sched = s.scheduler(opt) if s.scheduler else None
     ema = _frozen_copy(model) if s.ema is not None else None
     scored = ema if ema is not None else model
+    state = (model, opt, sched, ema)
     run, best_state = Run(), None
     if s.resume:
-        run, best_state = _load_checkpoint(s, spec, opt, ema)
+        run, best_state = _load_checkpoint(s, spec, state)
         say(f"resuming at step {run.step} (epoch {run.epoch}) from {s.checkpoint}")
     total = s.max_epochs * s.steps_per_epoch
     val_every = s.val_every or s.steps_per_epoch
     model.train()
     while run.step < total:
         batch = spec.draw(run.step)
-        for group in opt.param_groups:
-            group["lr"] = s.lr * s.lr_factor(run.step)
+        if sched is None:
+            for group in opt.param_groups:
+                group["lr"] = s.lr * s.lr_factor(run.step)
         loss, stats = spec.loss(model, batch, run.step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if s.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip_grad)
         opt.step()
+        if sched is not None:
+            sched.step()
         run.step += 1
         if ema is not None:
             _ema_update(ema, model, min(s.ema, (1 + run.step) / (10 + run.step)))
@@ -203,14 +214,14 @@ def fit(spec: TrainSpec, s: LoopSettings, say: Callable[[str], None]) -> Run:
         timed_out = s.minutes_checked == "step" and _over(s.max_minutes, run)
         if run.step % val_every == 0 or run.step == total or timed_out:
             best_state = _validate(spec, s, run, scored, best_state, say)
-            _save_checkpoint(s, spec, run, model, opt, ema, best_state)
+            _save_checkpoint(s, spec, run, state, best_state)
             model.train()
             if run.stopped_by != "max_epochs":
                 break
         if s.max_steps is not None and run.step >= s.max_steps:
             run.stopped_by = "max_steps"
             say(f"stopping after step {run.step} (--max-steps); resume with --resume")
-            _save_checkpoint(s, spec, run, model, opt, ema, best_state)
+            _save_checkpoint(s, spec, run, state, best_state)
             break
     if best_state is not None:
         scored.load_state_dict(best_state)
@@ -276,9 +287,7 @@ def _save_checkpoint(
     s: LoopSettings,
     spec: TrainSpec,
     run: Run,
-    model: nn.Module,
-    opt: Any,
-    ema: nn.Module | None,
+    state: tuple[nn.Module, Any, Any, nn.Module | None],
     best_state: dict[str, Any] | None,
 ) -> None:
     """Write everything a resume needs, atomically (a kill leaves the previous checkpoint)."""
@@ -288,15 +297,17 @@ def _save_checkpoint(
 
     if s.checkpoint is None:
         return
-    state = {k: v for k, v in asdict(run).items() if k not in ("started", "epoch_started")}
-    state["minutes_before"] = run.minutes()
+    model, opt, sched, ema = state
+    saved = {k: v for k, v in asdict(run).items() if k not in ("started", "epoch_started")}
+    saved["minutes_before"] = run.minutes()
     buf = io.BytesIO()
     torch.save(
         {
-            "run": state,
+            "run": saved,
             "model": model.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
             "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
             "best": best_state,
             "rng": spec.rng_state(),
             "torch_rng": torch.get_rng_state(),
@@ -307,7 +318,7 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    s: LoopSettings, spec: TrainSpec, opt: Any, ema: nn.Module | None
+    s: LoopSettings, spec: TrainSpec, state: tuple[nn.Module, Any, Any, nn.Module | None]
 ) -> tuple[Run, dict[str, Any] | None]:
     import torch
 
@@ -315,10 +326,13 @@ def _load_checkpoint(
         raise ConfigError(f"--resume: no checkpoint {s.checkpoint} to resume from")
     # weights_only: a checkpoint holds tensors and plain data only, nothing is unpickled.
     ckpt = torch.load(s.checkpoint, map_location="cpu", weights_only=True)
-    _load_with_layout(spec.model, ckpt["model"])
+    model, opt, sched, ema = state
+    _load_with_layout(model, ckpt["model"])
     if ema is not None:
         _load_with_layout(ema, ckpt["ema"])
     opt.load_state_dict(ckpt["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(ckpt["scheduler"])
     spec.set_rng_state(ckpt["rng"])
     torch.set_rng_state(ckpt["torch_rng"])
     run = Run(**ckpt["run"])
