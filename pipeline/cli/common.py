@@ -69,6 +69,17 @@ OverwriteShippedOpt = Annotated[
         help="Allow --out to replace a weights folder that ships with aepipe.",
     ),
 ]
+# The training loop's budget and resume options, shared by every training command.
+MaxStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-steps", min=1, help="Stop after N optimiser steps in all; keeps a checkpoint."
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option("--resume", help="Continue the run cut short in --out (<out>.checkpoint.pt)."),
+]
 
 
 def train_out(out: Path | None, name: str, overwrite_shipped: bool = False) -> Path:

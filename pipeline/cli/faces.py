@@ -13,7 +13,9 @@ import typer
 
 from pipeline.cli.apps import app, faces_app, train_app, vae_app
 from pipeline.cli.common import (
+    MaxStepsOpt,
     OverwriteShippedOpt,
+    ResumeOpt,
     TrainOutOpt,
     cli_errors,
     err,
@@ -57,6 +59,8 @@ def _make_train_command(preset: str) -> None:
         limit: Annotated[
             int | None, typer.Option("--limit", min=16, help="Use only N train images.")
         ] = None,
+        max_steps: MaxStepsOpt = None,
+        resume: ResumeOpt = False,
         seed: Annotated[int, typer.Option("--seed")] = 0,
         threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
     ) -> None:
@@ -75,6 +79,8 @@ def _make_train_command(preset: str) -> None:
                 latent_dim=latent_dim,
                 limit=limit,
                 stop_after=stop_after,
+                max_steps=max_steps,
+                resume=resume,
                 seed=seed,
                 threads=threads,
                 command=invocation(),

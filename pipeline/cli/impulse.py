@@ -22,12 +22,14 @@ from pipeline.cli.common import (
     InputsArg,
     ListIgnoredOpt,
     MaxPixelsOpt,
+    MaxStepsOpt,
     OutOpt,
     OverwriteOpt,
     OverwriteShippedOpt,
     QuietOpt,
     RecursiveOpt,
     ReportOpt,
+    ResumeOpt,
     TrainOutOpt,
     check_choice,
     cli_errors,
@@ -109,6 +111,8 @@ def train_salt_pepper(
     max_minutes: Annotated[
         float | None, typer.Option("--max-minutes", help="Wall-clock safety cap.")
     ] = None,
+    max_steps: MaxStepsOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train the salt-and-pepper denoiser on Fashion-MNIST (CPU, about 45 min with 1 thread)."""
     from pipeline.train.salt_pepper import TrainConfig, train
@@ -127,6 +131,8 @@ def train_salt_pepper(
             seed=seed,
             threads=threads,
             max_minutes=max_minutes,
+            max_steps=max_steps,
+            resume=resume,
             command=invocation(),
         )
         train(cfg, out, progress=err)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.data.idx import load_mnist_like
 from pipeline.data.noise import random_salt_pepper
+from pipeline.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
 
 STAGE_NAME = "impulse-denoiser"
 
@@ -52,6 +53,10 @@ class TrainConfig(BaseModel):
         gt=0.0,
         description="wall-clock cap (a safety net; runs cut by it are not bit-reproducible)",
     )
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many steps in all (keeps a checkpoint)"
+    )
+    resume: bool = Field(False, description="continue from the checkpoint beside the output")
 
 
 def psnr_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -102,6 +107,113 @@ def denoise_array(model, noisy: np.ndarray, batch_size: int = 500) -> np.ndarray
     return np.concatenate(outs) if outs else np.zeros(noisy.shape, np.float32)
 
 
+class _ImpulseSpec:
+    """The impulse denoiser as the training loop sees it (see :mod:`pipeline.train.loop`)."""
+
+    def __init__(self, cfg: TrainConfig, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+        images, _ = load_mnist_like(cfg.data, "train")
+        order = np.random.default_rng(cfg.seed).permutation(len(images))
+        val_idx, train_idx = order[: cfg.val_size], order[cfg.val_size :]
+        val_clean = images[val_idx[: cfg.val_eval]]
+        self.val_noisy, _ = random_salt_pepper(
+            val_clean, (cfg.density_lo, cfg.density_hi), cfg.binary_fraction, seed=cfg.seed + 1
+        )
+        self.val_target = val_clean.astype(np.float32) / 255.0
+        self.train_imgs = images[train_idx]
+        self.model = build_model(cfg)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.steps_per_epoch = math.ceil(cfg.epoch_samples / cfg.batch_size)
+        # Cosine decay to 2% of the start rate over the full budget (early stopping may cut it).
+        self.lr_factor = cosine(self.steps_per_epoch * cfg.max_epochs, 0.02)
+        self.rng = np.random.default_rng(cfg.seed + 2)
+        self.stream: list[int] = []
+
+    def draw(self, step: int) -> tuple[Any, Any]:
+        """Clean images from an endless shuffled stream, flipped, with fresh noise."""
+        import torch
+
+        cfg = self.cfg
+        if len(self.stream) < cfg.batch_size:
+            self.stream.extend(self.rng.permutation(len(self.train_imgs)).tolist())
+        idx, self.stream = self.stream[: cfg.batch_size], self.stream[cfg.batch_size :]
+        clean = self.train_imgs[idx]
+        flip = self.rng.random(len(idx)) < 0.5
+        clean = np.where(flip[:, None, None], clean[:, :, ::-1], clean)
+        noisy, _ = random_salt_pepper(
+            clean,
+            (cfg.density_lo, cfg.density_hi),
+            cfg.binary_fraction,
+            seed=int(self.rng.integers(0, 2**31 - 1)),
+        )
+        x = torch.from_numpy(noisy.astype(np.float32) / 255.0)[:, None]
+        return x, torch.from_numpy(clean.astype(np.float32) / 255.0)[:, None]
+
+    def loss(self, model: Any, batch: tuple[Any, Any], step: int) -> tuple[Any, dict[str, float]]:
+        """MSE of the (unclamped) output against the clean images."""
+        import torch
+
+        loss = torch.nn.functional.mse_loss(_model_out(model, batch[0]), batch[1])
+        return loss, {"loss": loss.item(), "steps": 1}
+
+    def validate(self, model: Any, run: Run) -> Check:
+        """Mean PSNR on the fixed noisy held-out images."""
+        pred = denoise_array(model, self.val_noisy)
+        val_psnr = float(psnr_per_image(pred, self.val_target).mean())
+        row = {
+            "epoch": run.epoch,
+            "train_mse": round(run.sums["loss"] / run.sums["steps"], 6),
+            "val_psnr": round(val_psnr, 3),
+            "lr": round(self.cfg.lr * self.lr_factor(run.step), 6),
+            "seconds": round(time.time() - run.epoch_started, 1),
+        }
+        line = (
+            f"epoch {run.epoch}/{self.cfg.max_epochs} train_mse {row['train_mse']:.5f} "
+            f"val_psnr {val_psnr:.3f} dB{' *' if run.improves(val_psnr) else ''} "
+            f"({row['seconds']} s)"
+        )
+        return Check(row, val_psnr, line, {"val_psnr_mixed_noise": round(val_psnr, 3)})
+
+    def rng_state(self) -> dict[str, Any]:
+        """The noise / order generator and the rest of the shuffled stream."""
+        return {"rng": self.rng.bit_generator.state, "stream": self.stream}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`rng_state`."""
+        self.rng.bit_generator.state = state["rng"]
+        self.stream = list(state["stream"])
+
+    def write(self, model: Any, run: Run, final: bool) -> Path:
+        """Write the ``impulse-denoiser`` weights folder."""
+        import torch
+
+        from pipeline.stages.impulse_denoiser import ImpulseDenoiser as ImpulseStage
+
+        cfg = self.cfg
+        training = {
+            "command": cfg.command,
+            "config": cfg.model_dump(mode="json"),
+            "data": str(cfg.data),
+            "train_images": len(self.train_imgs),
+            "val_images_held_out": int(cfg.val_size),
+            "seed": cfg.seed,
+            "threads": cfg.threads,
+            "epochs_run": len(run.history),
+            "best_epoch": run.best_epoch,
+            "stopped_by": run.stopped_by,
+            "samples_seen": run.step * cfg.batch_size,
+            "wall_time_s": round(run.minutes() * 60, 1),
+            "history": run.history,
+            "torch": torch.__version__,
+            "n_params": int(self.n_params),
+        }
+        metrics = run.best_metrics or {"val_psnr_mixed_noise": None}
+        card = model_card(cfg, training, metrics)
+        return ImpulseStage(model).save_pretrained(
+            self.out, training=training, metrics=metrics, card=card
+        )
+
+
 def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = None) -> Path:
     """Train and write a weights folder for the ``impulse-denoiser`` stage.
 
@@ -115,112 +227,22 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     """
     import torch
 
-    from pipeline.stages.impulse_denoiser import ImpulseDenoiser as ImpulseStage
-
-    say = progress or (lambda _msg: None)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    start = time.time()
-
-    images, _ = load_mnist_like(cfg.data, "train")
-    order = np.random.default_rng(cfg.seed).permutation(len(images))
-    val_idx, train_idx = order[: cfg.val_size], order[cfg.val_size :]
-    val_clean = images[val_idx[: cfg.val_eval]]
-    val_noisy, _ = random_salt_pepper(
-        val_clean, (cfg.density_lo, cfg.density_hi), cfg.binary_fraction, seed=cfg.seed + 1
+    spec = _ImpulseSpec(cfg, Path(out))
+    settings = LoopSettings(
+        lr=cfg.lr,
+        steps_per_epoch=spec.steps_per_epoch,
+        max_epochs=cfg.max_epochs,
+        lr_factor=spec.lr_factor,
+        patience=cfg.patience,
+        max_minutes=cfg.max_minutes,
+        max_steps=cfg.max_steps,
+        checkpoint=checkpoint_path(Path(out)),
+        resume=cfg.resume,
     )
-    val_target = val_clean.astype(np.float32) / 255.0
-    train_imgs = images[train_idx]
-
-    model = build_model(cfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps_per_epoch = math.ceil(cfg.epoch_samples / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.max_epochs
-    # Cosine decay to 2% of the start rate over the full budget (early stopping may cut it).
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
-    )
-    rng = np.random.default_rng(cfg.seed + 2)
-    stream: list[int] = []
-    best_psnr, best_epoch, best_state = -math.inf, 0, None
-    history: list[dict[str, Any]] = []
-    stopped = "max_epochs"
-    for epoch in range(1, cfg.max_epochs + 1):
-        model.train()
-        ep_start, losses = time.time(), []
-        for _ in range(steps_per_epoch):
-            if len(stream) < cfg.batch_size:
-                stream.extend(rng.permutation(len(train_imgs)).tolist())
-            idx, stream = stream[: cfg.batch_size], stream[cfg.batch_size :]
-            clean = train_imgs[idx]
-            flip = rng.random(len(idx)) < 0.5
-            clean = np.where(flip[:, None, None], clean[:, :, ::-1], clean)
-            noisy, _ = random_salt_pepper(
-                clean,
-                (cfg.density_lo, cfg.density_hi),
-                cfg.binary_fraction,
-                seed=int(rng.integers(0, 2**31 - 1)),
-            )
-            x = torch.from_numpy(noisy.astype(np.float32) / 255.0)[:, None]
-            y = torch.from_numpy(clean.astype(np.float32) / 255.0)[:, None]
-            loss = torch.nn.functional.mse_loss(_model_out(model, x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        model.eval()
-        val_psnr = float(psnr_per_image(denoise_array(model, val_noisy), val_target).mean())
-        entry = {
-            "epoch": epoch,
-            "train_mse": round(float(np.mean(losses)), 6),
-            "val_psnr": round(val_psnr, 3),
-            "lr": round(sched.get_last_lr()[0], 6),
-            "seconds": round(time.time() - ep_start, 1),
-        }
-        history.append(entry)
-        improved = val_psnr > best_psnr
-        if improved:
-            best_psnr, best_epoch = val_psnr, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        say(
-            f"epoch {epoch}/{cfg.max_epochs} train_mse {entry['train_mse']:.5f} "
-            f"val_psnr {val_psnr:.3f} dB{' *' if improved else ''} ({entry['seconds']} s)"
-        )
-        if epoch - best_epoch >= cfg.patience:
-            stopped = "early_stopping"
-            break
-        if cfg.max_minutes is not None and (time.time() - start) / 60 > cfg.max_minutes:
-            stopped = "max_minutes"
-            break
-
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
-    wall = time.time() - start
-    training = {
-        "command": cfg.command,
-        "config": cfg.model_dump(mode="json"),
-        "data": str(cfg.data),
-        "train_images": len(train_imgs),
-        "val_images_held_out": int(cfg.val_size),
-        "seed": cfg.seed,
-        "threads": cfg.threads,
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "stopped_by": stopped,
-        "samples_seen": len(history) * steps_per_epoch * cfg.batch_size,
-        "wall_time_s": round(wall, 1),
-        "history": history,
-        "torch": torch.__version__,
-        "n_params": int(n_params),
-    }
-    metrics = {"val_psnr_mixed_noise": round(best_psnr, 3)}
-    stage = ImpulseStage(model)
-    card = model_card(cfg, training, metrics)
-    return stage.save_pretrained(out, training=training, metrics=metrics, card=card)
+    fit(spec, settings, progress or (lambda _msg: None))
+    return Path(out)
 
 
 def _cut_note(training: dict[str, Any]) -> str:

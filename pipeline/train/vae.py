@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
 
 Preset = Literal["face-vae", "mnist-vae-2d", "mnist-vae", "fashion-vae-2d"]
 
@@ -138,6 +139,8 @@ class TrainConfig(BaseModel):
         stop_after: end after this epoch although the learning-rate schedule spans ``epochs``
             (the run is identical to the first ``stop_after`` epochs of the full run).
         limit: use only the first ``limit`` training images (smoke tests).
+        max_steps: stop after this many optimiser steps (a checkpoint is kept to resume).
+        resume: continue from the checkpoint beside ``out``.
         latent_dim: override the preset's latent size.
         seed: seeds initialisation, splits, noise and augmentation.
         threads: torch CPU threads.
@@ -158,6 +161,8 @@ class TrainConfig(BaseModel):
     stop_after: int | None = Field(default=None, ge=1)
     limit: int | None = Field(default=None, ge=16)
     latent_dim: int | None = Field(default=None, ge=1, le=1024)
+    max_steps: int | None = Field(default=None, ge=1)
+    resume: bool = False
     seed: int = 0
     threads: int = Field(default=1, ge=1, le=256)
     command: str = ""
@@ -330,11 +335,147 @@ def model_card(
     return "\n".join(lines)
 
 
+class _VaeSpec:
+    """The VAE as the training loop sees it (see :mod:`pipeline.train.loop`)."""
+
+    def __init__(self, cfg: TrainConfig, out: Path) -> None:
+        import torch
+
+        from models.vae import ConvVAE
+
+        self.cfg, self.out, self.p = cfg, out, cfg.resolved()
+        self.kind = self.p["kind"]
+        train_u8, val_u8, self.split_info = load_data(
+            self.kind, self.p["data"], self.p["val_fraction"], cfg.limit, cfg.seed
+        )
+        self.train_t = torch.from_numpy(np.ascontiguousarray(train_u8))
+        self.val_t = torch.from_numpy(np.ascontiguousarray(val_u8))
+        self.model = ConvVAE(**self.p["model"])
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.epochs = int(self.p["epochs"])
+        self.steps_per_epoch = math.ceil(len(self.train_t) / self.p["batch_size"])
+        self.warm_steps = self.p["warmup_epochs"] * self.steps_per_epoch
+        self.order: Any = None
+        self.pos = 0
+        self.beta = 1.0
+
+    def draw(self, step: int) -> Any:
+        """Uint8 images of the step in a fresh permutation per epoch, flipped and prepared."""
+        import torch
+
+        bs = self.p["batch_size"]
+        if self.order is None or self.pos >= len(self.order):
+            self.order, self.pos = torch.randperm(len(self.train_t), generator=self.gen), 0
+        u8 = self.train_t[self.order[self.pos : self.pos + bs]]
+        self.pos += bs
+        if self.kind == "faces":
+            flip = torch.rand(len(u8), generator=self.gen) < 0.5
+            u8 = torch.where(flip[:, None, None], u8.flip(-1), u8)
+        return prepare(u8, self.kind, self.gen)
+
+    def loss(self, model: Any, x: Any, step: int) -> tuple[Any, dict[str, float]]:
+        """Negative ELBO with the warmed-up beta."""
+        self.beta = min(1.0, (step + 1) / self.warm_steps) if self.warm_steps > 0 else 1.0
+        rec, kl = model.loss_terms(x, generator=self.gen)
+        loss = -(rec - self.beta * kl).mean()
+        return loss, {"loss": loss.item() * len(x), "n": len(x)}
+
+    def validate(self, model: Any, run: Run) -> Check:
+        """Validation ELBO; only full-beta epochs are eligible (lower beta is not comparable)."""
+        val = evaluate(model, self.val_t, self.kind, seed=self.cfg.seed + 1)
+        row = {
+            "epoch": run.epoch,
+            "train_loss": run.sums["loss"] / run.sums["n"],
+            "val_elbo": val["elbo"],
+            "val_kl": val["kl"],
+            "val_bits_per_dim": val["bits_per_dim"],
+            "beta": self.beta,
+            "pixel_scale": float(model.pixel_scale().detach())
+            if model.likelihood != "bernoulli"
+            else None,
+            "minutes": run.minutes(),
+        }
+        line = (
+            f"epoch {run.epoch}/{self.epochs} loss {row['train_loss']:.2f} val elbo "
+            f"{val['elbo']:.2f} kl {val['kl']:.2f} bpd {val['bits_per_dim']:.4f} beta "
+            f"{self.beta:.2f} t {row['minutes']:.1f} min"
+        )
+        metrics = {
+            "val_elbo_nats": val["elbo"],
+            "val_rec_nats": val["rec"],
+            "val_kl_nats": val["kl"],
+            "val_bits_per_dim": val["bits_per_dim"],
+        }
+        return Check(row, val["elbo"] if self.beta >= 1.0 else None, line, metrics)
+
+    def rng_state(self) -> dict[str, Any]:
+        """The batch generator and the place in this epoch's permutation."""
+        return {"gen": self.gen.get_state(), "order": self.order, "pos": self.pos}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`rng_state`."""
+        self.gen.set_state(state["gen"])
+        self.order, self.pos = state["order"], state["pos"]
+
+    def write(self, model: Any, run: Run, final: bool) -> Path:
+        """Fit the sampling distribution and write the weights folder.
+
+        Snapshots during training get the single Gaussian only (EM on every improvement would
+        cost minutes); the final write refits the mixture on the best weights.
+        """
+        from pipeline.weights import save_model
+
+        cfg, p = self.cfg, self.p
+        em = final and run.best_score is not None and model.sample_components > 1
+        snapshot = model if final else copy.deepcopy(model).eval()
+        snapshot.fit_sampling_gaussian(
+            encode_means(snapshot, self.train_t, self.kind),
+            iterations=SAMPLER_EM_ITERATIONS if em else 0,
+            seed=cfg.seed,
+        )
+        if run.best_score is None:
+            metrics = {"note": "no full-beta epoch; weights of the last epoch"}
+        else:
+            metrics = run.best_metrics
+        training = {
+            "preset": cfg.preset,
+            "command": cfg.command or f"aepipe train {cfg.preset}",
+            "data": str(p["data"]),
+            "seed": cfg.seed,
+            "threads": cfg.threads,
+            "n_train": len(self.train_t),
+            "n_val": len(self.val_t),
+            "epochs_planned": self.epochs,
+            "epochs_run": len(run.history),
+            "best_epoch": run.best_epoch if run.best_score is not None else len(run.history),
+            "batch_size": p["batch_size"],
+            "lr": p["lr"],
+            "warmup_epochs": p["warmup_epochs"],
+            "wall_minutes": run.minutes(),
+            "history": run.history,
+            "sampler": sampler_info(snapshot, em, cfg.seed),
+            **self.split_info,
+        }
+        save_model(
+            snapshot,
+            self.out,
+            stage="face-generator",
+            model_kwargs=dict(snapshot.hparams),
+            stage_config=p["stage_config"],
+            training=training,
+            metrics=metrics,
+            card=model_card(cfg.preset, p, training, metrics),
+            extra={"extras": {"kind": self.kind, "preset": cfg.preset}},
+        )
+        return self.out
+
+
 def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = None) -> Path:
     """Train a preset and write its weights folder to ``out``.
 
     The folder is rewritten whenever validation improves, so an interrupted run still leaves
-    the best model so far.
+    the best model so far; ``cfg.resume`` continues a run cut by ``max_steps`` or
+    ``max_minutes`` from its checkpoint (``<out>.checkpoint.pt``).
 
     Args:
         cfg: the run settings.
@@ -346,146 +487,23 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     """
     import torch
 
-    from models.vae import ConvVAE
-    from pipeline.weights import save_model
-
     say = progress or (lambda _msg: None)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    p = cfg.resolved()
-    kind = p["kind"]
-    train_u8, val_u8, split_info = load_data(
-        kind, p["data"], p["val_fraction"], cfg.limit, cfg.seed
+    spec = _VaeSpec(cfg, Path(out))
+    settings = LoopSettings(
+        lr=spec.p["lr"],
+        steps_per_epoch=spec.steps_per_epoch,
+        max_epochs=min(spec.epochs, cfg.stop_after or spec.epochs),
+        lr_factor=cosine(spec.epochs * spec.steps_per_epoch, 0.05),
+        clip_grad=1e4,
+        max_minutes=cfg.max_minutes,
+        max_steps=cfg.max_steps,
+        write_each_best=True,
+        checkpoint=checkpoint_path(Path(out)),
+        resume=cfg.resume,
     )
-    train_t = torch.from_numpy(np.ascontiguousarray(train_u8))
-    val_t = torch.from_numpy(np.ascontiguousarray(val_u8))
-
-    model = ConvVAE(**p["model"])
-    opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
-    epochs = int(p["epochs"])
-    steps_per_epoch = math.ceil(len(train_t) / p["batch_size"])
-    total_steps = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
-    )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    warm_steps = p["warmup_epochs"] * steps_per_epoch
-    start = time.monotonic()
-    best: dict[str, Any] = {"elbo": -math.inf}
-    best_model: Any = None
-    best_metrics: dict[str, Any] = {}
-    history: list[dict[str, Any]] = []
-    step = 0
-    name = cfg.preset
-
-    def write(epoch: int, metrics: dict[str, Any], snapshot: Any = None) -> Any:
-        # Snapshots during training get the single Gaussian only (EM on every improvement
-        # would cost minutes); the run's last write refits the mixture on the best one.
-        final = snapshot is not None
-        snapshot = snapshot if final else copy.deepcopy(model).eval()
-        snapshot.fit_sampling_gaussian(
-            encode_means(snapshot, train_t, kind),
-            iterations=SAMPLER_EM_ITERATIONS if final else 0,
-            seed=cfg.seed,
-        )
-        training = {
-            "preset": cfg.preset,
-            "command": cfg.command or f"aepipe train {cfg.preset}",
-            "data": str(p["data"]),
-            "seed": cfg.seed,
-            "threads": cfg.threads,
-            "n_train": len(train_t),
-            "n_val": len(val_t),
-            "epochs_planned": epochs,
-            "epochs_run": len(history),
-            "best_epoch": epoch,
-            "batch_size": p["batch_size"],
-            "lr": p["lr"],
-            "warmup_epochs": p["warmup_epochs"],
-            "wall_minutes": (time.monotonic() - start) / 60,
-            "history": history,
-            "sampler": sampler_info(snapshot, final, cfg.seed),
-            **split_info,
-        }
-        save_model(
-            snapshot,
-            out,
-            stage="face-generator",
-            model_kwargs=dict(snapshot.hparams),
-            stage_config=p["stage_config"],
-            training=training,
-            metrics=metrics,
-            card=model_card(name, p, training, metrics),
-            extra={"extras": {"kind": kind, "preset": cfg.preset}},
-        )
-        return snapshot
-
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(train_t), generator=gen)
-        run = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
-        for i in range(0, len(order), p["batch_size"]):
-            u8 = train_t[order[i : i + p["batch_size"]]]
-            if kind == "faces":
-                flip = torch.rand(len(u8), generator=gen) < 0.5
-                u8 = torch.where(flip[:, None, None], u8.flip(-1), u8)
-            x = prepare(u8, kind, gen)
-            beta = min(1.0, (step + 1) / warm_steps) if warm_steps > 0 else 1.0
-            rec, kl = model.loss_terms(x, generator=gen)
-            loss = -(rec - beta * kl).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e4)
-            opt.step()
-            sched.step()
-            step += 1
-            run["loss"] += loss.item() * len(u8)
-            run["rec"] += rec.sum().item()
-            run["kl"] += kl.sum().item()
-        n = len(order)
-        val = evaluate(model, val_t, kind, seed=cfg.seed + 1)
-        row = {
-            "epoch": epoch,
-            "train_loss": run["loss"] / n,
-            "val_elbo": val["elbo"],
-            "val_kl": val["kl"],
-            "val_bits_per_dim": val["bits_per_dim"],
-            "beta": beta,
-            "pixel_scale": float(model.pixel_scale().detach())
-            if model.likelihood != "bernoulli"
-            else None,
-            "minutes": (time.monotonic() - start) / 60,
-        }
-        history.append(row)
-        say(
-            f"epoch {epoch}/{epochs} loss {row['train_loss']:.2f} val elbo {val['elbo']:.2f} "
-            f"kl {val['kl']:.2f} bpd {val['bits_per_dim']:.4f} beta {beta:.2f} "
-            f"t {row['minutes']:.1f} min"
-        )
-        # Only full-beta epochs count: an ELBO measured with beta<1 training is not comparable.
-        if beta >= 1.0 and val["elbo"] > best["elbo"]:
-            best = {"elbo": val["elbo"], "epoch": epoch}
-            metrics = {
-                "val_elbo_nats": val["elbo"],
-                "val_rec_nats": val["rec"],
-                "val_kl_nats": val["kl"],
-                "val_bits_per_dim": val["bits_per_dim"],
-            }
-            best_model = write(epoch, metrics)
-            best_metrics = metrics
-            say(f"  saved {out} (best epoch {epoch})")
-        if cfg.stop_after is not None and epoch >= cfg.stop_after:
-            say(f"stopping after epoch {epoch} (--stop-after)")
-            break
-        if time.monotonic() - start > cfg.max_minutes * 60:
-            say(f"time budget of {cfg.max_minutes} min reached after epoch {epoch}")
-            break
-    if best["elbo"] == -math.inf:
-        write(len(history), {"note": "no full-beta epoch; weights of the last epoch"})
-    elif model.sample_components > 1:
-        say(f"fitting the {model.sample_components}-component sampling mixture (EM)")
-        write(best["epoch"], best_metrics, snapshot=best_model)
+    fit(spec, settings, say)
     return out
 
 
