@@ -15,6 +15,10 @@ that get ``503`` with ``Retry-After``. Bodies over ``max_upload_bytes`` get ``41
 are read in full, images or PDF pages over ``max_pixels`` get ``413`` before they are decoded,
 files that are not images get ``415`` and corrupt ones ``422``; every error is a JSON object
 ``{"error": code, "detail": message}`` and the server keeps serving.
+
+In front of the routes, :mod:`pipeline.serve_guard` checks API keys (``401``), requests in
+flight per client (``429``), the body and request deadlines (``408``, ``504``) and the body size
+while it is read (``413``); :func:`uvicorn_config` adds the header deadline for slow senders.
 """
 
 from __future__ import annotations
