@@ -1,7 +1,8 @@
 """Soak test of ``aepipe serve`` under hostile clients (loopback only; bounded in time and count).
 
     .venv/bin/python benchmarks/serve_soak.py [--seconds 120] [--good-clients 3]
-        [--hostile-clients 2] [--model scan-denoiser|DIR|tiny] [--max-requests 20000]
+        [--hostile-clients 2] [--hostile-rate 5] [--model scan-denoiser|DIR|tiny]
+        [--max-requests 20000]
 
 Starts ``aepipe serve`` on 127.0.0.1 (a free port) with an API key from a temporary key file and
 small limits, then runs two phases of ``--seconds / 2`` each against the same server:
@@ -209,8 +210,11 @@ def hostile_kinds(page: bytes) -> dict[str, Any]:
     }
 
 
-def hostile_process(port: int, seconds: float, seed: int, ready: Any, go: Any, queue: Any) -> None:
-    """Build the payloads, then cycle through the hostile kinds for ``seconds`` after ``go``."""
+def hostile_process(
+    port: int, seconds: float, rate: float, seed: int, ready: Any, go: Any, queue: Any
+) -> None:
+    """Build the payloads, then cycle through the hostile kinds for ``seconds`` after ``go``,
+    starting one every ``1 / rate`` s (or back to back when they take longer)."""
     page = page_png(240, 320)
     kinds = hostile_kinds(page)
     names = list(kinds)
@@ -218,20 +222,29 @@ def hostile_process(port: int, seconds: float, seed: int, ready: Any, go: Any, q
     outcomes: dict[str, Counter[str]] = {k: Counter() for k in kinds}
     ready.set()
     go.wait()
-    stop = time.monotonic() + seconds
+    start = time.monotonic()
+    stop = start + seconds
+    cpu0 = time.process_time()
     i = 0
     while time.monotonic() < stop:
+        time.sleep(max(0.0, start + i / rate - time.monotonic()))
         kind = names[i % len(names)]
         try:
             outcomes[kind][kinds[kind](port)] += 1
         except Exception as exc:  # a client-side failure is an outcome too
             outcomes[kind][f"client-{type(exc).__name__}"] += 1
         i += 1
-    queue.put({k: dict(v) for k, v in outcomes.items()})
+    queue.put(({k: dict(v) for k, v in outcomes.items()}, time.process_time() - cpu0))
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def phase(
-    port: int, body: bytes, seconds: float, good: int, hostile: int, cap: int
+    port: int, body: bytes, seconds: float, good: int, hostile: int, cap: int, **kw: Any
 ) -> dict[str, Any]:
     """One phase: ``good`` client threads (and ``hostile`` processes) for ``seconds``."""
     url = f"http://127.0.0.1:{port}/v1/clean-scan"
@@ -239,13 +252,17 @@ def phase(
     queue, go = ctx.Queue(), ctx.Event()
     readies = [ctx.Event() for _ in range(hostile)]
     procs = [
-        ctx.Process(target=hostile_process, args=(port, seconds, i, readies[i], go, queue))
+        ctx.Process(
+            target=hostile_process,
+            args=(port, seconds, kw["rate"], i, readies[i], go, queue),
+        )
         for i in range(hostile)
     ]
     for proc in procs:
         proc.start()
     for ready in readies:  # start-up and payload building stay out of the timed phase
         ready.wait(120)
+    server_cpu = cpu_s(kw["server_pid"])
     go.set()
     stop = time.monotonic() + seconds
     results: list[list[tuple[float, int]]] = [[] for _ in range(good)]
@@ -257,9 +274,13 @@ def phase(
         t.start()
     for t in threads:
         t.join()
+    server_cpu = cpu_s(kw["server_pid"]) - server_cpu
     hostile_out: dict[str, Counter[str]] = {}
+    hostile_cpu = 0.0
     for _ in procs:
-        for kind, counts in queue.get(timeout=seconds + 120).items():
+        outcomes, used = queue.get(timeout=seconds + 120)
+        hostile_cpu += used
+        for kind, counts in outcomes.items():
             hostile_out.setdefault(kind, Counter()).update(counts)
     for proc in procs:
         proc.join(30)
@@ -272,6 +293,8 @@ def phase(
         "good_p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
         "good_p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
         "hostile": {k: dict(v) for k, v in sorted(hostile_out.items())},
+        "server_cpu_s": round(server_cpu, 1),
+        "hostile_client_cpu_s": round(hostile_cpu, 1),
     }
 
 
@@ -322,16 +345,19 @@ def report(args: argparse.Namespace, label: str, runs: dict[str, Any], rss: list
         f"Command: `python benchmarks/serve_soak.py {shown}`",
         f"Server: 127.0.0.1, {' '.join(SERVER_OPTS)}; good page 320x240 PNG, "
         f"{args.good_clients} good clients; {args.hostile_clients} hostile processes in the "
-        f"hostile phase. Machine: {os.cpu_count()} cores, 1-min load average "
-        f"{os.getloadavg()[0]:.1f} at the end (shared with other jobs).",
+        f"hostile phase, each starting {args.hostile_rate:g} hostile requests/s. Machine: "
+        f"{os.cpu_count()} cores, 1-min load average {os.getloadavg()[0]:.1f} at the end "
+        "(shared with other jobs).",
         "",
-        "| phase | seconds | good requests | good codes | p50 ms | p99 ms |",
-        "|---|---:|---:|---|---:|---:|",
+        "| phase | seconds | good requests | good codes | p50 ms | p99 ms | server CPU s | "
+        "hostile clients' CPU s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for name, r in runs.items():
         lines.append(
             f"| {name} | {r['seconds']:.0f} | {r['good_requests']} | {r['good_codes']} | "
-            f"{r['good_p50_ms']} | {r['good_p99_ms']} |"
+            f"{r['good_p50_ms']} | {r['good_p99_ms']} | {r['server_cpu_s']} | "
+            f"{r['hostile_client_cpu_s']} |"
         )
     lines += ["", "| hostile kind | outcomes (status or what happened: count) |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in hostile["hostile"].items()]
@@ -353,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120, help="both phases together")
     parser.add_argument("--good-clients", type=int, default=3)
     parser.add_argument("--hostile-clients", type=int, default=2)
+    parser.add_argument(
+        "--hostile-rate", type=float, default=5, help="hostile requests/s per hostile process"
+    )
     parser.add_argument("--model", default="scan-denoiser", help="weights, 'tiny' or folder")
     parser.add_argument("--max-requests", type=int, default=20_000, help="good requests cap")
     args = parser.parse_args(argv)
@@ -379,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         rss = [rss_mb(server.pid)]
         half = args.seconds / 2
         cap = args.max_requests // 2
+        kw = {"rate": args.hostile_rate, "server_pid": server.pid}
         runs = {
-            "quiet": phase(port, body, half, args.good_clients, 0, cap),
-            "hostile": phase(port, body, half, args.good_clients, args.hostile_clients, cap),
+            "quiet": phase(port, body, half, args.good_clients, 0, cap, **kw),
+            "hostile": phase(port, body, half, args.good_clients, args.hostile_clients, cap, **kw),
         }
         rss.append(rss_mb(server.pid))
         alive = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200

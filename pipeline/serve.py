@@ -28,8 +28,9 @@ import io
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -171,11 +172,19 @@ class Limiter:
         self._sem: asyncio.Semaphore | None = None
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="aepipe-stage")
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: Any, gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> T:
         """Run ``fn(*args)`` on the pool once a slot is free.
 
+        Args:
+            fn: the blocking work.
+            *args: its arguments.
+            gone: asked once a slot is free; ``True`` (the client hung up while queued) skips
+                the work, so a client that leaves frees its place instead of its model call.
+
         Raises:
-            ApiError: 503 when ``queue`` requests are already waiting.
+            ApiError: 503 when ``queue`` requests are already waiting; 400 when ``gone``.
         """
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.concurrency)
@@ -186,6 +195,14 @@ class Limiter:
             await self._sem.acquire()
         finally:
             self.waiting -= 1
+        try:
+            hung_up = gone is not None and await gone()
+        except BaseException:
+            self._sem.release()
+            raise
+        if hung_up:
+            self._sem.release()
+            raise ApiError(400, "disconnected", "client went away while its request was queued")
         self.running += 1
         future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
         # The slot is freed when the thread is done, not when the request gives up waiting
@@ -351,6 +368,7 @@ class _Service:
         """
         from starlette.requests import ClientDisconnect
 
+        _UPLOADING.set(request)  # so respond() can skip the work if the client hangs up
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype and ctype != "multipart/form-data" and not ctype.startswith(_RAW_TYPES):
             raise ApiError(
@@ -378,13 +396,18 @@ class _Service:
 
     async def respond(self, work: Callable[[], Media]) -> Response:
         """Run ``work`` on the model threads and answer with its file."""
-        body, media_type, name = await self.limiter.run(work)
+        request = _UPLOADING.get()
+        gone = request.is_disconnected if request is not None else None
+        body, media_type, name = await self.limiter.run(work, gone=gone)
         return Response(
             body,
             media_type=media_type,
             headers={"Content-Disposition": f'inline; filename="{name}"'},
         )
 
+
+# The request whose upload this task is handling (a task serves one request).
+_UPLOADING: ContextVar[Request | None] = ContextVar("aepipe_uploading", default=None)
 
 # Raw-body content types taken as a file (curl --data-binary sends the form type by default).
 _RAW_TYPES = (
@@ -462,7 +485,7 @@ def _add_guards(app: FastAPI, settings: ServeSettings) -> None:
     app.add_middleware(
         Deadline, request_timeout=settings.request_timeout, body_timeout=settings.body_timeout
     )
-    app.add_middleware(ClientLimit, per_client=settings.per_client)
+    app.add_middleware(ClientLimit, per_client=settings.per_client, by_key=bool(settings.api_keys))
     app.add_middleware(Auth, keys=settings.api_keys)
 
 

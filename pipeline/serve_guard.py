@@ -139,21 +139,23 @@ class Auth:
 class ClientLimit:
     """At most ``per_client`` requests in flight per client; more get 429 with ``Retry-After``.
 
-    A client is its API key when it sent one, else its IP address (``scope["client"]``, which
-    uvicorn sets from ``X-Forwarded-For`` only for proxies in ``--forwarded-allow-ips``).
+    A client is its API key when keys are checked (``by_key``; :class:`Auth` runs first, so the
+    key is valid), else its IP address (``scope["client"]``, which uvicorn sets from
+    ``X-Forwarded-For`` only for proxies in ``--forwarded-allow-ips``). Without key checks a
+    made-up token must not buy a fresh allowance, so the address is used.
     """
 
-    def __init__(self, app: Any, per_client: int) -> None:
+    def __init__(self, app: Any, per_client: int, by_key: bool = True) -> None:
         self.app = app
         self.per_client = per_client
+        self.by_key = by_key
         self.in_flight: dict[str, int] = {}
 
-    @staticmethod
-    def client_key(scope: Scope) -> str:
-        """Who is asking: ``key:<token prefix>`` or ``ip:<address>``."""
+    def client_key(self, scope: Scope) -> str:
+        """Who is asking: ``key:<hash prefix>`` or ``ip:<address>``."""
         import hashlib
 
-        token = bearer_token(scope)
+        token = bearer_token(scope) if self.by_key else None
         if token:
             return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
         client = scope.get("client")

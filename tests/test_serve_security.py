@@ -325,3 +325,11 @@ def test_client_disconnects_mid_upload_and_mid_response(server: tuple[str, int])
     assert_healthy(base)
     health = httpx.get(f"{base}/healthz", timeout=10).json()
     assert health["status"] == "ok"
+
+
+def test_client_identity_is_the_key_only_when_keys_are_checked() -> None:
+    from pipeline.serve_guard import ClientLimit
+
+    scope = {"client": ("10.0.0.7", 5000), "headers": [(b"authorization", b"Bearer made-up")]}
+    assert ClientLimit(None, 1, by_key=False).client_key(scope) == "ip:10.0.0.7"
+    assert ClientLimit(None, 1, by_key=True).client_key(scope).startswith("key:")
