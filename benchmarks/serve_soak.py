@@ -5,7 +5,8 @@
         [--max-requests 20000]
 
 Starts ``aepipe serve`` on 127.0.0.1 (a free port) with an API key from a temporary key file and
-small limits, then runs two phases of ``--seconds / 2`` each against the same server:
+small limits, then alternates two kinds of phase (``--rounds`` of each, ``--seconds`` in all, so
+both see the same background load on a shared machine) against the same server:
 
 1. **quiet**: ``--good-clients`` threads POST a 320x240 synthetic page to /v1/clean-scan with
    the key, back to back;
@@ -284,17 +285,33 @@ def phase(
             hostile_out.setdefault(kind, Counter()).update(counts)
     for proc in procs:
         proc.join(30)
-    flat = [r for rs in results for r in rs]
-    ms = np.array([dt for dt, code in flat if code == 200]) * 1e3
     return {
         "seconds": seconds,
-        "good_requests": len(flat),
-        "good_codes": dict(Counter(str(code) for _, code in flat)),
+        "good": [r for rs in results for r in rs],
+        "hostile": hostile_out,
+        "server_cpu_s": server_cpu,
+        "hostile_client_cpu_s": hostile_cpu,
+    }
+
+
+def summary(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one kind of phase merged: counts, good latency percentiles, CPU seconds."""
+    good = [r for part in parts for r in part["good"]]
+    hostile: Counter[tuple[str, str]] = Counter()
+    for part in parts:
+        for kind, counts in part["hostile"].items():
+            hostile.update({(kind, outcome): n for outcome, n in counts.items()})
+    ms = np.array([dt for dt, code in good if code == 200]) * 1e3
+    kinds = sorted({kind for kind, _ in hostile})
+    return {
+        "seconds": sum(part["seconds"] for part in parts),
+        "good_requests": len(good),
+        "good_codes": dict(Counter(str(code) for _, code in good)),
         "good_p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
         "good_p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
-        "hostile": {k: dict(v) for k, v in sorted(hostile_out.items())},
-        "server_cpu_s": round(server_cpu, 1),
-        "hostile_client_cpu_s": round(hostile_cpu, 1),
+        "hostile": {k: {o: n for (kk, o), n in hostile.items() if kk == k} for k in kinds},
+        "server_cpu_s": round(sum(part["server_cpu_s"] for part in parts), 1),
+        "hostile_client_cpu_s": round(sum(part["hostile_client_cpu_s"] for part in parts), 1),
     }
 
 
@@ -382,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hostile-rate", type=float, default=5, help="hostile requests/s per hostile process"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="quiet/hostile phase pairs, alternating"
+    )
     parser.add_argument("--model", default="scan-denoiser", help="weights, 'tiny' or folder")
     parser.add_argument("--max-requests", type=int, default=20_000, help="good requests cap")
     args = parser.parse_args(argv)
@@ -406,13 +426,17 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=60,
             )
         rss = [rss_mb(server.pid)]
-        half = args.seconds / 2
-        cap = args.max_requests // 2
+        # Quiet and hostile phases alternate, so both see the same background load.
+        step = args.seconds / (2 * args.rounds)
+        cap = args.max_requests // (2 * args.rounds)
         kw = {"rate": args.hostile_rate, "server_pid": server.pid}
-        runs = {
-            "quiet": phase(port, body, half, args.good_clients, 0, cap, **kw),
-            "hostile": phase(port, body, half, args.good_clients, args.hostile_clients, cap, **kw),
-        }
+        parts: dict[str, list[dict[str, Any]]] = {"quiet": [], "hostile": []}
+        for _ in range(args.rounds):
+            parts["quiet"].append(phase(port, body, step, args.good_clients, 0, cap, **kw))
+            parts["hostile"].append(
+                phase(port, body, step, args.good_clients, args.hostile_clients, cap, **kw)
+            )
+        runs = {name: summary(p) for name, p in parts.items()}
         rss.append(rss_mb(server.pid))
         alive = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
     finally:

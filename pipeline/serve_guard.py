@@ -184,6 +184,18 @@ class _SlowBody(Exception):
     pass
 
 
+class _TrackedSend:
+    """``send``, remembering whether the response has started (then no error can be sent)."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, msg: dict[str, Any]) -> None:
+        self.started = self.started or msg["type"] == "http.response.start"
+        await self.send(msg)
+
+
 class Deadline:
     """Time limits on a request.
 
@@ -207,7 +219,8 @@ class Deadline:
             return
         loop = asyncio.get_running_loop()
         body_deadline = loop.time() + min(self.body_timeout, self.request_timeout)
-        started = body_done = False
+        body_done = False
+        tracked = _TrackedSend(send)
 
         async def timed_receive() -> dict[str, Any]:
             nonlocal body_done
@@ -221,21 +234,14 @@ class Deadline:
             body_done = msg["type"] != "http.request" or not msg.get("more_body", False)
             return msg
 
-        async def tracking_send(msg: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
-
         try:
-            await asyncio.wait_for(
-                self.app(scope, timed_receive, tracking_send), self.request_timeout
-            )
+            await asyncio.wait_for(self.app(scope, timed_receive, tracked), self.request_timeout)
         except _SlowBody:
-            if not started:
+            if not tracked.started:
                 detail = f"request body not received within {self.body_timeout:g} s"
                 await send_error(send, 408, "body_timeout", detail)
         except asyncio.TimeoutError:
-            if not started:
+            if not tracked.started:
                 detail = f"request took longer than the limit of {self.request_timeout:g} s"
                 await send_error(send, 504, "timeout", detail)
 
@@ -267,7 +273,7 @@ class BodyLimit:
             await send_error(send, 413, "too_large", message)
             return
         received = 0
-        started = False
+        tracked = _TrackedSend(send)
 
         async def limited_receive() -> dict[str, Any]:
             nonlocal received
@@ -278,15 +284,10 @@ class BodyLimit:
                     raise _TooLarge
             return msg
 
-        async def tracking_send(msg: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
-
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except _TooLarge:
-            if not started:
+            if not tracked.started:
                 await send_error(send, 413, "too_large", message)
 
 
