@@ -333,3 +333,35 @@ def test_client_identity_is_the_key_only_when_keys_are_checked() -> None:
     scope = {"client": ("10.0.0.7", 5000), "headers": [(b"authorization", b"Bearer made-up")]}
     assert ClientLimit(None, 1, by_key=False).client_key(scope) == "ip:10.0.0.7"
     assert ClientLimit(None, 1, by_key=True).client_key(scope).startswith("key:")
+
+
+def test_cli_reads_keys_from_file_and_env(tiny_weights: dict[str, Path], tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY_A}\n")
+    aepipe = str(Path(sys.executable).parent / "aepipe")
+    for source, env_keys in (("file", ""), ("env", KEY_B)):
+        port = free_port()
+        cmd = [aepipe, "serve", "--port", str(port), "--device", "cpu", "--threads", "1"]
+        cmd += ["--scan-model", str(tiny_weights["scan-denoiser"]), "--log-level", "warning"]
+        cmd += ["--denoise-model", "none", "--colorize-model", "none", "--faces-model", "none"]
+        if source == "file":
+            cmd += ["--api-key-file", str(keys)]
+        env = dict(os.environ, AEPIPE_API_KEYS=env_keys, OMP_NUM_THREADS="1")
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            key = KEY_A if source == "file" else KEY_B
+            assert_error(upload(f"{url}/v1/clean-scan", png(), key="x" * 20), 401)
+            assert upload(f"{url}/v1/clean-scan", png(), key=key).status_code == 200
+        finally:
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=30)
+        assert "API keys: 1 loaded" in stderr and key not in stderr, stderr
