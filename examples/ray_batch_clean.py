@@ -9,6 +9,11 @@ scan-denoiser once (``pipeline.ray.StageMapper``), decodes and cleans its files 
 ``aepipe clean-scans`` does, and sends back PNG bytes; the driver writes ``<name>.png``
 (``<name>-p001.png`` ... for multi-page files) under OUTPUT_DIR, so the output folder only needs
 to exist where this script runs.
+
+A worker that dies mid-job (killed, out of memory, node lost) is restarted by Ray Data and its
+unfinished batches are retried (``max_restarts``/``max_task_retries`` default to -1 for map
+actors); each page is written once, atomically (``pipeline.io.atomic_write``), so the output
+folder never holds a half-written or duplicated page.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ def run(
     )
     out = Path(output_dir)
     written: list[str] = []
+    seen: set[str] = set()
     failed: list[tuple[str, str]] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for name, png, error, path in zip(
@@ -93,6 +99,9 @@ def run(
             if error:
                 failed.append((str(path), str(error)))
                 continue
+            if name in seen:  # a retried task (its worker died) may deliver a page again
+                continue
+            seen.add(name)
             blob = bytes(png)
             written.append(str(atomic_write(out / f"{name}.png", lambda fh, b=blob: fh.write(b))))
     return {

@@ -15,6 +15,10 @@ that get ``503`` with ``Retry-After``. Bodies over ``max_upload_bytes`` get ``41
 are read in full, images or PDF pages over ``max_pixels`` get ``413`` before they are decoded,
 files that are not images get ``415`` and corrupt ones ``422``; every error is a JSON object
 ``{"error": code, "detail": message}`` and the server keeps serving.
+
+In front of the routes, :mod:`pipeline.serve_guard` checks API keys (``401``), requests in
+flight per client (``429``), the body and request deadlines (``408``, ``504``) and the body size
+while it is read (``413``); :func:`uvicorn_config` adds the header deadline for slow senders.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import io
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -34,6 +39,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException
 
 from pipeline.errors import AepipeError, WeightsError
 
@@ -67,6 +73,16 @@ class ServeSettings(BaseModel):
         dpi: resolution at which PDF pages are rendered.
         max_faces: most faces one ``/v1/faces`` request may ask for.
         threads: torch CPU threads (``None``: torch's default).
+        api_keys: keys accepted as ``Authorization: Bearer <key>``; empty: no authentication
+            (the CLI allows that on loopback only). Never shown in repr or logs.
+        request_timeout: seconds a request may take, body and model call included (504).
+        body_timeout: seconds the whole request body may take to arrive (408; slow senders).
+        header_timeout: seconds the request line and headers may take (connection closed).
+        keep_alive: seconds an idle keep-alive connection stays open.
+        per_client: requests one client (API key, else IP address) may have in flight; more
+            get ``429`` with ``Retry-After``.
+        forwarded_allow_ips: proxies whose ``X-Forwarded-For`` is trusted as the client address
+            (comma-separated IPs, ``*`` for any); empty: the header is ignored.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -81,6 +97,13 @@ class ServeSettings(BaseModel):
     dpi: int = Field(150, ge=36, le=1200)
     max_faces: int = Field(256, ge=1, le=100_000)
     threads: int | None = Field(None, ge=1, le=1024)
+    api_keys: tuple[str, ...] = Field((), repr=False, exclude=True)
+    request_timeout: float = Field(120.0, gt=0, le=86_400)
+    body_timeout: float = Field(30.0, gt=0, le=86_400)
+    header_timeout: float = Field(10.0, gt=0, le=3_600)
+    keep_alive: float = Field(5.0, gt=0, le=3_600)
+    per_client: int = Field(8, ge=1, le=100_000)
+    forwarded_allow_ips: str = ""
 
     @field_validator("models")
     @classmethod
@@ -132,68 +155,6 @@ class ApiError(Exception):
         self.detail = detail
 
 
-class _TooLarge(Exception):
-    pass
-
-
-def _json_body(status: int, code: str, detail: str) -> tuple[int, bytes]:
-    import json
-
-    return status, json.dumps({"error": code, "detail": detail}).encode()
-
-
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, without reading them.
-
-    A declared ``Content-Length`` over the limit is refused at once; a body that streams past
-    the limit is cut off as soon as it does, so a huge upload never sits in memory.
-    """
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Pass the request on, counting body bytes as they arrive."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        message = f"request body is larger than the limit of {self.limit:,} bytes"
-        length = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            await _send_json(send, *_json_body(413, "too_large", message))
-            return
-        received = 0
-        started = False
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal received
-            msg = await receive()
-            if msg["type"] == "http.request":
-                received += len(msg.get("body", b""))
-                if received > self.limit:
-                    raise _TooLarge
-            return msg
-
-        async def tracking_send(msg: dict[str, Any]) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_json(send, *_json_body(413, "too_large", message))
-
-
-async def _send_json(send: Any, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 class Limiter:
     """Run blocking model work on ``concurrency`` threads with at most ``queue`` requests waiting.
 
@@ -211,11 +172,19 @@ class Limiter:
         self._sem: asyncio.Semaphore | None = None
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="aepipe-stage")
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: Any, gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> T:
         """Run ``fn(*args)`` on the pool once a slot is free.
 
+        Args:
+            fn: the blocking work.
+            *args: its arguments.
+            gone: asked once a slot is free; ``True`` (the client hung up while queued) skips
+                the work, so a client that leaves frees its place instead of its model call.
+
         Raises:
-            ApiError: 503 when ``queue`` requests are already waiting.
+            ApiError: 503 when ``queue`` requests are already waiting; 400 when ``gone``.
         """
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.concurrency)
@@ -226,13 +195,28 @@ class Limiter:
             await self._sem.acquire()
         finally:
             self.waiting -= 1
-        self.running += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-        finally:
-            self.running -= 1
-            self.served += 1
+            hung_up = gone is not None and await gone()
+        except BaseException:
             self._sem.release()
+            raise
+        if hung_up:
+            self._sem.release()
+            raise ApiError(400, "disconnected", "client went away while its request was queued")
+        self.running += 1
+        future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        # The slot is freed when the thread is done, not when the request gives up waiting
+        # (a timed-out request's model call cannot be interrupted and still uses its thread).
+        future.add_done_callback(self._release)
+        return await asyncio.shield(future)
+
+    def _release(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved, so a timed-out request's error is not logged twice
+        self.running -= 1
+        self.served += 1
+        assert self._sem is not None
+        self._sem.release()
 
 
 # ---- decoding and encoding (run on the worker threads) -------------------------------------
@@ -376,26 +360,62 @@ class _Service:
         return self.variants[key].get(**overrides)
 
     async def upload(self, request: Request) -> tuple[bytes, str]:
-        """The uploaded file's bytes and name (multipart ``file`` field or the raw body)."""
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
-            form = await request.form()
+        """The uploaded file's bytes and name (multipart ``file`` field or the raw body).
+
+        Raises:
+            ApiError: 415 for a content type that is neither multipart nor a file's, 400 for
+                malformed multipart or a client gone mid-upload, 422 without a ``file`` field.
+        """
+        from starlette.requests import ClientDisconnect
+
+        _UPLOADING.set(request)  # so respond() can skip the work if the client hangs up
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype and ctype != "multipart/form-data" and not ctype.startswith(_RAW_TYPES):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"content type {ctype!r}: send multipart/form-data with a 'file' field, or the "
+                "file itself as application/octet-stream, image/* or application/pdf",
+            )
+        try:
+            if ctype != "multipart/form-data":
+                return await request.body(), "upload"
+            form = await request.form(max_files=1, max_fields=8)
             file = form.get("file")
             if file is None or isinstance(file, str):
                 raise ApiError(
                     422, "no_file", "multipart upload needs a 'file' field holding the image"
                 )
             return await file.read(), file.filename or "upload"
-        return await request.body(), "upload"
+        except ClientDisconnect:
+            raise ApiError(400, "disconnected", "client went away during the upload") from None
+        except HTTPException as exc:  # Starlette's answer to malformed multipart
+            raise ApiError(
+                400, "bad_multipart", f"malformed multipart body: {exc.detail}"
+            ) from None
 
     async def respond(self, work: Callable[[], Media]) -> Response:
         """Run ``work`` on the model threads and answer with its file."""
-        body, media_type, name = await self.limiter.run(work)
+        request = _UPLOADING.get()
+        gone = request.is_disconnected if request is not None else None
+        body, media_type, name = await self.limiter.run(work, gone=gone)
         return Response(
             body,
             media_type=media_type,
             headers={"Content-Disposition": f'inline; filename="{name}"'},
         )
+
+
+# The request whose upload this task is handling (a task serves one request).
+_UPLOADING: ContextVar[Request | None] = ContextVar("aepipe_uploading", default=None)
+
+# Raw-body content types taken as a file (curl --data-binary sends the form type by default).
+_RAW_TYPES = (
+    "application/octet-stream",
+    "application/pdf",
+    "image/",
+    "application/x-www-form-urlencoded",
+)
 
 
 def _stem(filename: str) -> str:
@@ -445,12 +465,28 @@ def create_app(
     app.state.settings = settings
     app.state.stages = stages
     app.state.limiter = service.limiter
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    _add_guards(app, settings)
     _add_error_handlers(app)
     _add_health(app, service, __version__)
     for key, entry in routes().items():
         _ROUTE_KINDS[entry.route_kind](app, service, key)  # type: ignore[index]
     return app
+
+
+def _add_guards(app: FastAPI, settings: ServeSettings) -> None:
+    """Add the middleware of :mod:`pipeline.serve_guard`.
+
+    The last added runs first, so a request meets: API key (401), per-client limit (429),
+    deadlines (408/504), body size (413).
+    """
+    from pipeline.serve_guard import Auth, BodyLimit, ClientLimit, Deadline
+
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(
+        Deadline, request_timeout=settings.request_timeout, body_timeout=settings.body_timeout
+    )
+    app.add_middleware(ClientLimit, per_client=settings.per_client, by_key=bool(settings.api_keys))
+    app.add_middleware(Auth, keys=settings.api_keys)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -640,6 +676,32 @@ def run_server(
     app = create_app(settings)
     if on_ready:
         on_ready(f"http://{host}:{port}")
-    # A backstop beyond our own queue: uvicorn answers 503 past this many open connections.
-    limit = settings.concurrency + settings.queue + 64
-    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=limit)
+    uvicorn.Server(uvicorn_config(app, settings, host, port, log_level)).run()
+
+
+def uvicorn_config(
+    app: Any, settings: ServeSettings, host: str, port: int, log_level: str = "info"
+) -> Any:
+    """The uvicorn config ``aepipe serve`` runs ``app`` with.
+
+    h11 with a header deadline, the keep-alive timeout, ``X-Forwarded-For`` trusted only from
+    ``forwarded_allow_ips``, and a connection backstop beyond our own queue (uvicorn answers
+    503 past it).
+    """
+    import uvicorn
+
+    from pipeline.serve_guard import header_timeout_protocol
+
+    trusted = settings.forwarded_allow_ips.strip()
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=header_timeout_protocol(settings.header_timeout),
+        timeout_keep_alive=max(1, round(settings.keep_alive)),
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+        limit_concurrency=settings.concurrency + settings.queue + 64,
+        server_header=False,
+    )

@@ -20,6 +20,7 @@ from PIL import Image
 
 ray = pytest.importorskip("ray", reason="needs the [ray] extra")
 
+from pipeline import apply  # noqa: E402
 from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.ray import FaceBlockMapper, StageMapper, face_blocks  # noqa: E402
 from pipeline.stage import load_stage  # noqa: E402
@@ -231,3 +232,83 @@ def test_workers_without_gpus_use_the_cpu(cluster: None) -> None:
         return worker_device("auto")
 
     assert ray.get(device.remote(), timeout=60) == "cpu"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc; Linux only)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _map_workers() -> list[int]:
+    """PIDs of this test's Ray Data map actors (Ray titles them ``ray::MapWorker(...)``)."""
+    pids = []
+    for pid in _descendants(os.getpid()):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(b"ray::MapWorker"):
+            pids.append(pid)
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds workers through /proc")
+def test_batch_job_survives_a_killed_worker(
+    cluster: None, tiny_weights: dict[str, Path], tmp_path: Path
+) -> None:
+    import signal
+    import threading
+    import time
+
+    src = tmp_path / "scans"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        page = rng.integers(0, 256, (400 + i, 500), dtype=np.uint8)
+        Image.fromarray(page).save(src / f"page{i:02d}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    killed: list[tuple[int, int]] = []  # (pid, outputs written when it was killed)
+
+    def killer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            done = len(list(out.iterdir()))
+            workers = _map_workers()
+            if done and workers:  # mid-job: some pages written, the rest still to come
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append((workers[0], done))
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    example = load_example("ray_batch_clean")
+    model = str(tiny_weights["scan-denoiser"])
+    result = example.run(src, out, model=model, concurrency=1, batch_size=1)
+    thread.join(5)
+    print(f"\nkilled map worker {killed} (pid, pages written by then); {result['seconds']:.1f} s")
+    assert killed, "no worker was killed"
+    assert killed[0][1] < 40, f"worker killed only after the job ended: {killed}"
+    assert result["failed"] == []
+    names = [Path(p).name for p in result["written"]]
+    assert names == [f"page{i:02d}.png" for i in range(40)]  # each once, none lost
+    assert sorted(p.name for p in out.iterdir()) == names  # no temp files left behind
+    stage = load_stage(model)
+    for i in (0, 17, 39):
+        got = np.asarray(Image.open(out / f"page{i:02d}.png"), dtype=np.int16)
+        want = np.asarray(Image.open(src / f"page{i:02d}.png"))
+        ref = apply(stage, want).astype(np.int16)
+        assert got.shape == ref.shape and np.abs(got - ref).max() <= 2, i

@@ -283,3 +283,53 @@ def test_settings_reject_unknown_keys() -> None:
     with pytest.raises(ValidationError):
         ServeSettings(concurency=2)  # type: ignore[call-arg]
     assert json.loads(ServeSettings().model_dump_json())["max_pixels"] == 25_000_000
+
+
+def test_limiter_keeps_the_slot_of_a_timed_out_call_until_its_thread_ends() -> None:
+    from pipeline.serve import Limiter
+
+    async def scenario() -> None:
+        limiter = Limiter(concurrency=1, queue=0)
+        release = threading.Event()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(limiter.run(release.wait, 10), 0.05)
+        # The request gave up, the model call did not: its thread still holds the only slot.
+        assert limiter.running == 1
+        release.set()
+        for _ in range(100):
+            if limiter.running == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert limiter.running == 0 and limiter.served == 1
+        assert await limiter.run(lambda: "next") == "next"
+        limiter.pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_settings_hide_api_keys() -> None:
+    from pipeline.serve import ServeSettings
+
+    key = "k" * 24
+    settings = ServeSettings(api_keys=(key,), request_timeout=5)
+    assert key not in repr(settings) and key not in settings.model_dump_json()
+    assert settings.api_keys == (key,)
+
+
+def test_limiter_skips_work_of_a_client_that_hung_up_while_queued() -> None:
+    from pipeline.serve import ApiError, Limiter
+
+    async def scenario() -> None:
+        limiter = Limiter(concurrency=1, queue=4)
+        ran: list[int] = []
+
+        async def gone() -> bool:
+            return True
+
+        with pytest.raises(ApiError) as exc:
+            await limiter.run(ran.append, 1, gone=gone)
+        assert exc.value.status == 400 and ran == [] and limiter.served == 0
+        assert await limiter.run(lambda: "slot free again") == "slot free again"
+        limiter.pool.shutdown()
+
+    asyncio.run(scenario())

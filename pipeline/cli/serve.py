@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,6 +38,61 @@ _Faces = Annotated[int, typer.Option("--max-faces", min=1, help="Most images per
 _Threads = Annotated[
     int | None, typer.Option("--threads", min=1, help="torch CPU threads [default: torch's].")
 ]
+_KeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--api-key-file",
+        help="File of API keys, one a line (>= 16 characters each); clients send "
+        "'Authorization: Bearer <key>'. Without it, keys come from $AEPIPE_API_KEYS "
+        "(comma-separated). Keys are never taken on the command line.",
+        show_default=False,
+    ),
+]
+_NoAuth = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-auth",
+        help="Allow serving a non-loopback --host without API keys (anyone who can reach the "
+        "port can use it).",
+    ),
+]
+_Timeout = Annotated[
+    float,
+    typer.Option(
+        "--request-timeout", min=0.01, help="Seconds per request, model call included; then 504."
+    ),
+]
+_BodyTimeout = Annotated[
+    float,
+    typer.Option(
+        "--body-timeout", min=0.01, help="Seconds for the whole upload to arrive; then 408."
+    ),
+]
+_HeaderTimeout = Annotated[
+    float,
+    typer.Option(
+        "--header-timeout", min=0.01, help="Seconds for request line + headers; then closed."
+    ),
+]
+_KeepAlive = Annotated[
+    float, typer.Option("--keep-alive", min=1, help="Seconds an idle connection stays open.")
+]
+_PerClient = Annotated[
+    int,
+    typer.Option(
+        "--per-client",
+        min=1,
+        help="Requests one client (API key, else IP) may have in flight; more get 429.",
+    ),
+]
+_Forwarded = Annotated[
+    str,
+    typer.Option(
+        "--forwarded-allow-ips",
+        help="Proxy IPs (comma-separated) whose X-Forwarded-For is taken as the client IP; "
+        "empty: ignore the header.",
+    ),
+]
 _LogLevel = Annotated[str, typer.Option("--log-level", help="uvicorn log level.")]
 _Models = Annotated[
     list[str] | None,
@@ -68,6 +124,14 @@ def serve(
     dpi: _Dpi = 150,
     max_faces: _Faces = 256,
     threads: _Threads = None,
+    api_key_file: _KeyFile = None,
+    insecure_no_auth: _NoAuth = False,
+    request_timeout: _Timeout = 120.0,
+    body_timeout: _BodyTimeout = 30.0,
+    header_timeout: _HeaderTimeout = 10.0,
+    keep_alive: _KeepAlive = 5.0,
+    per_client: _PerClient = 8,
+    forwarded_allow_ips: _Forwarded = "",
     log_level: _LogLevel = "info",
 ) -> None:
     """Serve the stages over HTTP: clean-scan, denoise, colorize, faces; docs at /docs.
@@ -75,6 +139,12 @@ def serve(
     Every stage loads once at start-up. Without a --*-model option an endpoint uses the shipped
     weights when present and is turned off (503) when not; a named model that cannot be loaded
     stops the server before it starts (exit code 4). Endpoints come from pipeline.registry.
+
+    Binding a non-loopback --host needs API keys (--api-key-file or $AEPIPE_API_KEYS) or
+    --insecure-no-auth; otherwise the server refuses to start (exit code 2). Limits: bodies over
+    --max-upload-mb get 413 (counted while reading), more than --max-pages pages 413, uploads
+    slower than --body-timeout 408, requests over --request-timeout 504, more than --per-client
+    requests in flight from one client 429, a full --queue 503. /healthz needs no key.
     """
     from pipeline.cli.common import check_choice, cli_errors, err, fail
     from pipeline.errors import ExitCode
@@ -94,6 +164,7 @@ def serve(
         "faces": faces_model,
     }
     with cli_errors():
+        api_keys = _access(host, api_key_file, insecure_no_auth)
         given.update(_route_options(model or [], endpoint_stages()))
         models = _endpoint_models(given, endpoint_stages(), default_weights, err)
         settings = ServeSettings(
@@ -107,6 +178,13 @@ def serve(
             dpi=dpi,
             max_faces=max_faces,
             threads=threads,
+            api_keys=tuple(api_keys),
+            request_timeout=request_timeout,
+            body_timeout=body_timeout,
+            header_timeout=header_timeout,
+            keep_alive=keep_alive,
+            per_client=per_client,
+            forwarded_allow_ips=forwarded_allow_ips,
         )
         run_server(
             settings,
@@ -115,6 +193,28 @@ def serve(
             log_level.lower(),
             on_ready=lambda url: err(f"stages loaded; serving on {url} (docs: {url}/docs)"),
         )
+
+
+def _access(host: str, key_file: Path | None, insecure: bool) -> list[str]:
+    """The API keys, after refusing (exit 2) a non-loopback host without keys or the flag."""
+    from pipeline.cli.common import err as note
+    from pipeline.cli.common import fail
+    from pipeline.errors import ExitCode
+    from pipeline.serve_guard import KEYS_ENV, is_loopback, load_api_keys
+
+    keys = load_api_keys(key_file)
+    if keys:
+        note(f"API keys: {len(keys)} loaded; requests need 'Authorization: Bearer <key>'")
+    elif not is_loopback(host):
+        if not insecure:
+            fail(
+                f"refusing to serve {host} without API keys: anyone who can reach it could use "
+                f"it. Give --api-key-file PATH or ${KEYS_ENV}, bind 127.0.0.1 (e.g. behind a "
+                "reverse proxy), or pass --insecure-no-auth.",
+                ExitCode.BAD_ARGS,
+            )
+        note(f"warning: serving {host} WITHOUT authentication (--insecure-no-auth)")
+    return keys
 
 
 def _endpoint_models(
