@@ -399,6 +399,7 @@ def write_document(
     """
     from pipeline.io import atomic_write, write_encoded_pages
 
+    _allow_own_pages(pages)
     if len(targets) == 1 and targets[0].suffix.lower() == ".pdf":
         return [atomic_write(targets[0], lambda fh: write_pdf(pages, fh, source))]
     if len(targets) == 1:
@@ -409,6 +410,25 @@ def write_document(
     for page, target in zip(pages, targets, strict=True):
         write_encoded_pages([page.png], target, dpis=[page.meta.get("dpi")])
     return list(targets)
+
+
+def _allow_own_pages(pages: Sequence[EncodedPage]) -> None:
+    """Raise Pillow's decompression-bomb limit to the largest of our own finished pages.
+
+    The TIFF, JPEG and PDF writers reopen the pages' PNGs through Pillow, whose own limit
+    (89 Mpx by default) would warn about, or refuse, a page that passed ``--max-pixels`` when
+    it was decoded (a rendered PDF page never went through Pillow). Raised only, never lowered,
+    as :mod:`pipeline.io` does for its own limit.
+    """
+    from PIL import Image
+
+    # A PNG's IHDR chunk (bytes 16-24) holds its width and height.
+    largest = max(
+        (int.from_bytes(p.png[16:20], "big") * int.from_bytes(p.png[20:24], "big") for p in pages),
+        default=0,
+    )
+    if Image.MAX_IMAGE_PIXELS is not None and largest > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = largest
 
 
 def encode_document(
@@ -431,6 +451,7 @@ def encode_document(
     from pipeline.io import png_with_dpi
 
     if fmt == "pdf":
+        _allow_own_pages(pages)
         buf = io.BytesIO()
         write_pdf(pages, buf, source)
         return [(f"{stem}.pdf", buf.getvalue())]

@@ -113,6 +113,26 @@ def test_pdf_outputs_are_edited_in_place_for_pdfs_and_built_by_write_pdf_for_ima
         assert (tmp_path / "out" / name).read_bytes().startswith(b"%PDF-")
 
 
+def test_own_pages_are_written_under_pillows_limit_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder
+) -> None:
+    """A rendered PDF page passed --max-pixels but never Pillow's own (smaller) limit: the
+    writers that reopen it through Pillow must neither warn nor refuse."""
+    import warnings
+
+    from PIL import Image
+
+    src = pdf_pages(tmp_path / "d.pdf", [(40, 30)])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    pages = core.run_pages(invert, list(read_pages(src)), "d")
+    warnings.simplefilter("always")
+    for suffix in (".tif", ".pdf", ".jpg"):
+        core.write_document(pages, [tmp_path / f"out{suffix}"])
+    core.encode_document(pages, "pdf", "d")
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+    assert Image.MAX_IMAGE_PIXELS == 1200
+
+
 @pytest.mark.parametrize(
     ("error", "status"),
     [

@@ -9,6 +9,7 @@ import numpy as np
 import pikepdf
 import pypdfium2 as pdfium
 import pytest
+import torch
 from pdf_factory import (
     HIDDEN_TEXT,
     add_page,
@@ -365,3 +366,19 @@ def test_corpus_pdf_keeps_everything_but_the_pixels(tmp_path, fidelity, name):
         return
     assert row.text_kept and row.fields_kept and row.resolution_kept
     assert row.untouched_same[0] == row.untouched_same[1]
+
+
+def test_a_colour_result_of_a_gray_scan_is_stored_in_colour(tmp_path):
+    # A colorizer returns colour for a gray scan: that colour is the point, so it is kept
+    # (a gray result in three channels is still stored gray).
+    src = scan_pdf(tmp_path / "in.pdf", 120, 90, bilevel=False)
+
+    def tint(batch: ImageBatch) -> ImageBatch:
+        x = batch.images
+        return batch.replace(torch.cat([x, 0.5 * x, 1.0 - x], dim=1))
+
+    outcomes = edit_pdf(src, tmp_path / "c.pdf", tint)
+    assert (outcomes[0].kind, outcomes[0].stored_as) == ("gray", "color")
+    assert image_info(tmp_path / "c.pdf")["cs"] == "/DeviceRGB"
+    outcomes = edit_pdf(src, tmp_path / "g.pdf", lambda b: b.replace(b.images.repeat(1, 3, 1, 1)))
+    assert outcomes[0].stored_as == "gray"

@@ -186,3 +186,20 @@ def test_http_clean_scan_edits_an_uploaded_pdf_in_place(tmp_path):
         long = client.post("/v1/clean-scan", files={"file": ("long.pdf", data)})
         assert long.status_code == 413 and long.json()["error"] == "too_many_pages"
         assert "long.pdf" in long.json()["detail"] and "aepipe-" not in long.json()["detail"]
+
+
+def test_out_of_memory_in_the_editor_fails_that_file_with_one_line(tmp_path, monkeypatch):
+    import pipeline.pdf_edit as pdf_edit
+    from pipeline.runner import RunOptions, run_files
+
+    def no_memory(*_args, **_kwargs):
+        raise MemoryError
+
+    (tmp_path / "in").mkdir()
+    src = scan_pdf(tmp_path / "in" / "scan.pdf", 64, 48)
+    monkeypatch.setattr(pdf_edit, "_decode", no_memory)
+    summary = run_files([src], lambda b: b, RunOptions(out_dir=tmp_path / "out"))
+    (record,) = summary.records
+    assert record.status == "failed" and int(summary.exit_code) == 3
+    assert record.reason == f"{src}: out of memory (lower --batch-size or the tile size)"
+    assert not (tmp_path / "out" / "scan.pdf").exists()
