@@ -1,6 +1,8 @@
-"""PDF in, PDF out: what the in-place editor keeps of real-world PDFs, and what it costs in size.
+"""PDF in, PDF out: what ``clean-scans`` keeps of real-world PDFs, and what it costs in size.
 
-Runs :func:`pipeline.pdf_edit.edit_pdf` with the shipped scan denoiser over every PDF of the
+Runs each PDF of the corpus through the job runner behind ``clean-scans`` (``run_files``, which
+edits a PDF in place through :func:`pipeline.core.clean_pdf_in_place`, with the CLI's default
+options) with the shipped scan denoiser, one file at a time, over every PDF of the
 corpus (OCRmyPDF's test files, fetched by ``make pdf-corpus``) and checks, per file: the text
 layer (pdfium's extracted text, before and after), the form fields (names and values), every
 page not edited (content streams and images byte for byte, and its rendering), the resolution of
@@ -150,18 +152,22 @@ def compare(src: Path, out: Path, row: Row, outcomes: list[Any]) -> None:
 
 
 def run_file(path: Path, process: Any, options: Any, workdir: Path) -> Row:
-    from pipeline.pdf_edit import edit_pdf
+    """One PDF through ``run_files`` (the ``clean-scans`` path) with ``RunOptions`` ``options``."""
+    from dataclasses import replace
+
+    from pipeline.pdf_edit import PageOutcome
+    from pipeline.runner import run_files
 
     row = Row(path.name, path.stat().st_size)
     out = workdir / path.name
     start = time.perf_counter()
-    try:
-        outcomes = edit_pdf(path, out, process, options=options)
-    except Exception as exc:
-        row.outcome = f"refused: {str(exc).replace(str(path), path.name)}"[:120]
-        row.seconds = time.perf_counter() - start
-        return row
+    summary = run_files([path], process, replace(options, out_dir=workdir, overwrite=True))
     row.seconds = time.perf_counter() - start
+    (record,) = summary.records
+    if record.status != "ok":
+        row.outcome = f"refused: {str(record.reason).replace(str(path), path.name)}"[:120]
+        return row
+    outcomes = [PageOutcome(**o) for o in record.page_outcomes]
     row.size_out = out.stat().st_size
     for o in outcomes:
         setattr(row, o.status, getattr(row, o.status) + 1)
@@ -181,7 +187,7 @@ def yes(flag: bool) -> str:
 
 def table(rows: list[Row], command: str) -> str:
     lines = [
-        "# PDF fidelity: in-place editing with the scan denoiser",
+        "# PDF fidelity: clean-scans on PDFs (edited in place) with the scan denoiser",
         "",
         f"Command: `{command}` (corpus: OCRmyPDF 17.13.0 tests/resources, `make pdf-corpus`).",
         "Pages: edited in place / passed through unchanged / rendered (the fallback for pages that",
@@ -264,14 +270,14 @@ def main() -> None:
 
     from pipeline import load_stage
     from pipeline.io import atomic_write
-    from pipeline.pdf_edit import PdfEditOptions
+    from pipeline.runner import RunOptions
 
     torch.set_num_threads(args.threads)
     files = sorted(args.corpus.glob("*.pdf"))
     if not files:
         raise SystemExit(f"no PDFs in {args.corpus}; run `make pdf-corpus` first")
     stage = load_stage(args.model)
-    options = PdfEditOptions() if args.max_pixels is None else PdfEditOptions(args.max_pixels)
+    options = RunOptions() if args.max_pixels is None else RunOptions(max_pixels=args.max_pixels)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in files:

@@ -12,9 +12,15 @@ Jobs over pages: a decoded :class:`~pipeline.io.Page` goes through the stage cha
 (:func:`run_pages`), each result becomes an :class:`EncodedPage` (PNG bytes, 1-bit when the page
 is bilevel: :func:`encode_page`) named by :func:`page_name`, and the pages of one input become
 output files by :func:`output_format` and :func:`write_document` (files) or
-:func:`encode_document` (bytes for HTTP). Every PDF output goes through :func:`write_pdf`, the
-one place that builds an output PDF. Errors are classes (:mod:`pipeline.errors`); front ends map
-the class to an exit code or an HTTP status (:func:`http_status`).
+:func:`encode_document` (bytes for HTTP). A PDF made from other inputs goes through
+:func:`write_pdf`, the one place that builds a new PDF.
+
+PDF in, PDF out: :func:`edits_in_place` decides, for every front end, that a PDF input written
+as PDF is not rebuilt from renderings but cleaned inside the PDF by :func:`clean_pdf_in_place`
+(:func:`clean_pdf_bytes` for an upload): its scans are cleaned at their own pixel grid and type,
+its text layer, forms, links, outlines and born-digital pages stay as they were
+(:mod:`pipeline.pdf_edit`). Errors are classes (:mod:`pipeline.errors`); front ends map the
+class to an exit code or an HTTP status (:func:`http_status`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -43,6 +49,7 @@ from pipeline.errors import (
 if TYPE_CHECKING:
     from pipeline.batch import ImageBatch
     from pipeline.io import Page
+    from pipeline.pdf_edit import PageOutcome, PdfEditOptions
     from pipeline.stage import Generator, Stage
 
 Process = Callable[["ImageBatch"], "ImageBatch"]
@@ -243,6 +250,106 @@ def output_format(source: str | os.PathLike[str], fmt: str, keep_tiff: bool = Tr
     return "png" if found == "tiff" and not keep_tiff else found
 
 
+# ---- PDF in, PDF out: edited in place -------------------------------------------------------
+
+
+def edits_in_place(source: str | os.PathLike[str], fmt: str) -> bool:
+    """Whether an input is cleaned inside its own PDF rather than rebuilt from renderings.
+
+    Decided here for every front end: a PDF input (by its suffix or decoded format, as
+    :func:`output_format` reads it) whose output is a PDF (``same`` or ``pdf``).
+
+    Args:
+        source: the input's path, or its decoded format (``"pdf"``).
+        fmt: the requested output format (``same``, ``pdf``, ``png`` ...).
+    """
+    return output_format(source, "same") == "pdf" and output_format(source, fmt) == "pdf"
+
+
+def pdf_options(
+    *,
+    max_pixels: int,
+    dpi: float | None = None,
+    clean_born_digital: bool = False,
+    jpeg_quality: int | None = None,
+    color: Literal["auto", "keep", "gray"] = "auto",
+    max_pages: int | None = None,
+) -> PdfEditOptions:
+    """The editor's options from the knobs front ends expose (``clean-scans``' flags).
+
+    Args:
+        max_pixels: refuse any image (or rendering) with more pixels, before decoding it.
+        dpi: resolution of pages that must be rendered; None: their scan's own.
+        clean_born_digital: render and clean pages without a scan too (default: unchanged).
+        jpeg_quality: store cleaned gray and colour scans as JPEG at this quality; None keeps
+            lossless scans lossless and JPEG scans JPEG at their own quality.
+        color: ``auto`` keeps a colour scan in colour only where it has coloured ink,
+            ``keep`` keeps colour, ``gray`` stores gray (or 1-bit).
+        max_pages: refuse a PDF with more pages (HTTP uploads).
+    """
+    from pipeline.pdf_edit import PdfEditOptions
+
+    return PdfEditOptions(
+        max_pixels=max_pixels,
+        dpi=dpi,
+        born_digital="fallback" if clean_born_digital else "keep",
+        jpeg_quality="auto" if jpeg_quality is None else jpeg_quality,
+        color=color,
+        max_pages=max_pages,
+    )
+
+
+def clean_pdf_in_place(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    process: Process,
+    options: PdfEditOptions,
+) -> list[PageOutcome]:
+    """Clean the scans of PDF ``src`` inside the PDF and write it atomically to ``dst``.
+
+    The one PDF-in, PDF-out step of every front end (the runner behind ``clean-scans``,
+    ``colorize``, ``denoise`` and TOML pipelines; ``POST /v1/clean-scan`` through
+    :func:`clean_pdf_bytes`). Library warnings (pikepdf, pdfium, Pillow) are kept off the
+    terminal; a failure is one :class:`~pipeline.errors.AepipeError` line.
+
+    Returns:
+        One :class:`~pipeline.pdf_edit.PageOutcome` per page (``edited``, ``passed`` or
+        ``rendered``), for a report.
+
+    Raises:
+        InputImageError: unreadable, encrypted, over a limit (its subclasses say which).
+        ShapeError: ``process`` changed an image's size.
+    """
+    import warnings
+
+    from pipeline.pdf_edit import edit_pdf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return edit_pdf(Path(src), Path(dst), process, options=options)
+
+
+def clean_pdf_bytes(
+    data: bytes, name: str, process: Process, options: PdfEditOptions
+) -> tuple[bytes, list[PageOutcome]]:
+    """:func:`clean_pdf_in_place` for a PDF held in memory (an HTTP upload).
+
+    The bytes go to a private temporary folder (the editor reads and writes files), removed
+    before returning. Error messages name ``name``, not the temporary file.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="aepipe-") as tmp:
+        src = Path(tmp) / (Path(name).name or "upload.pdf")
+        src.write_bytes(data)
+        dst = Path(tmp) / "out.pdf"
+        try:
+            outcomes = clean_pdf_in_place(src, dst, process, options)
+        except AepipeError as exc:
+            raise type(exc)(str(exc).replace(str(src), Path(name).name or "upload")) from None
+        return dst.read_bytes(), outcomes
+
+
 # ---- documents: pages -> output files ------------------------------------------------------
 
 
@@ -251,22 +358,22 @@ def write_pdf(
     fh: IO[bytes],
     source: str | os.PathLike[str] | bytes | None = None,
 ) -> None:
-    """The PDF-output step: write ``pages`` as one PDF into ``fh``.
+    """Write ``pages`` as one new PDF into ``fh`` (the output of non-PDF inputs).
 
-    Every PDF that aepipe writes (``clean-scans``, TOML pipelines, ``POST /v1/clean-scan``) is
-    made here. Each page keeps its input page's size (``meta["page_size_pt"]``, else its pixel
-    size at ``meta["dpi"]``), and its PNG is embedded as it is (no re-encoding).
+    Every PDF that aepipe builds from images (``clean-scans --format pdf`` on images, TOML
+    pipelines, ``POST /v1/clean-scan?format=pdf``) is made here; a PDF input written as PDF is
+    edited in place instead (:func:`clean_pdf_in_place`). Each page keeps its input page's size
+    (``meta["page_size_pt"]``, else its pixel size at ``meta["dpi"]``), and its PNG is embedded
+    as it is (no re-encoding).
 
     Args:
         pages: the finished pages, in order.
         fh: a binary file open for writing.
-        source: the input document the pages came from (a path, or its bytes for an upload).
-            This writer builds a new PDF and does not read it; an in-place PDF editor that
-            keeps the source's text and structure plugs in here.
+        source: the input the pages came from (a path, or its bytes for an upload); not read.
     """
     from pipeline.io import pdf_from_pngs
 
-    del source  # a new PDF is built from the pages alone (see the docstring)
+    del source  # a new PDF is built from the pages alone
     pdf_from_pngs(
         [p.png for p in pages],
         [p.meta.get("dpi") for p in pages],
@@ -292,6 +399,7 @@ def write_document(
     """
     from pipeline.io import atomic_write, write_encoded_pages
 
+    _allow_own_pages(pages)
     if len(targets) == 1 and targets[0].suffix.lower() == ".pdf":
         return [atomic_write(targets[0], lambda fh: write_pdf(pages, fh, source))]
     if len(targets) == 1:
@@ -302,6 +410,25 @@ def write_document(
     for page, target in zip(pages, targets, strict=True):
         write_encoded_pages([page.png], target, dpis=[page.meta.get("dpi")])
     return list(targets)
+
+
+def _allow_own_pages(pages: Sequence[EncodedPage]) -> None:
+    """Raise Pillow's decompression-bomb limit to the largest of our own finished pages.
+
+    The TIFF, JPEG and PDF writers reopen the pages' PNGs through Pillow, whose own limit
+    (89 Mpx by default) would warn about, or refuse, a page that passed ``--max-pixels`` when
+    it was decoded (a rendered PDF page never went through Pillow). Raised only, never lowered,
+    as :mod:`pipeline.io` does for its own limit.
+    """
+    from PIL import Image
+
+    # A PNG's IHDR chunk (bytes 16-24) holds its width and height.
+    largest = max(
+        (int.from_bytes(p.png[16:20], "big") * int.from_bytes(p.png[20:24], "big") for p in pages),
+        default=0,
+    )
+    if Image.MAX_IMAGE_PIXELS is not None and largest > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = largest
 
 
 def encode_document(
@@ -324,6 +451,7 @@ def encode_document(
     from pipeline.io import png_with_dpi
 
     if fmt == "pdf":
+        _allow_own_pages(pages)
         buf = io.BytesIO()
         write_pdf(pages, buf, source)
         return [(f"{stem}.pdf", buf.getvalue())]

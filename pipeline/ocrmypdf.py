@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from pipeline.defaults import DEFAULT_DPI
 from pipeline.errors import AepipeError, InputImageError
 
 if TYPE_CHECKING:
@@ -266,7 +267,7 @@ def ocr_file(
     weights: str = DEFAULT_WEIGHTS,
     binarize: bool = False,
     jobs: int | None = None,
-    dpi: int = 300,
+    dpi: float = DEFAULT_DPI,
     device: str = "cpu",
     output_type: str = "auto",
     language: Sequence[str] = ("eng",),
@@ -388,7 +389,8 @@ def ocr_files(
                     weights=weights,
                     binarize=binarize,
                     jobs=jobs,
-                    dpi=options.dpi,
+                    # --dpi is an override; an image that records no resolution gets 300.
+                    dpi=options.dpi or DEFAULT_DPI,
                     device=device,
                 )
                 tmp.replace(dst)

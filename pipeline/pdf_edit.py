@@ -42,7 +42,7 @@ import numpy as np
 
 from pipeline.batch import ImageBatch, to_gray
 from pipeline.defaults import DEFAULT_MAX_PIXELS
-from pipeline.errors import InputImageError, ShapeError
+from pipeline.errors import InputImageError, ShapeError, TooManyPagesError, TooManyPixelsError
 from pipeline.io import atomic_write
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ class PdfEditOptions:
             picture, keeping the page's text as an invisible text layer over it (status
             ``"rendered"``); ``"report"`` leaves it unchanged (status ``"fallback"``).
         dpi: resolution of the render fallback; None: the page's largest image's own.
+        max_pages: refuse (with :class:`TooManyPagesError`) a PDF with more pages than this.
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -97,6 +98,7 @@ class PdfEditOptions:
     threshold: float = 0.5
     fallback: Literal["render", "report"] = "render"
     dpi: float | None = None
+    max_pages: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
@@ -336,7 +338,7 @@ def _check_size(where: str, obj: Any, max_pixels: int) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise InputImageError(f"{where}: image has no pixels ({w}x{h})")
     if w * h > max_pixels:
-        raise InputImageError(
+        raise TooManyPixelsError(
             f"{where}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
             "(raise it with --max-pixels if the file is trusted)"
         )
@@ -554,6 +556,8 @@ def _decode_checked(where: str, obj: Any, options: PdfEditOptions) -> tuple[np.n
         pixels = _decode(obj, w, h)
     except InputImageError as exc:
         raise InputImageError(f"{where}: cannot decode its image ({exc})") from None
+    except MemoryError:
+        raise  # the front ends' one-line "out of memory" error, not a corrupt image
     except Exception as exc:
         raise InputImageError(f"{where}: cannot decode its image ({type(exc).__name__})") from None
     bilevel = bool(obj.get("/ImageMask", False)) or int(obj.get("/BitsPerComponent", 8)) == 1
@@ -587,14 +591,20 @@ def _clean(
         raise ShapeError(f"{where}: process returned shape {tuple(out.shape)} for a {w}x{h} image")
     if kind == "color":
         out = _colour_rule(decoded, out, options)
-    elif out.shape[1] == 3:
+    elif out.shape[1] == 3 and (options.color == "gray" or _is_gray(out)):
         out = to_gray(out)
+    # (A colour result of a gray or bilevel image, e.g. a colorizer's, is stored in colour.)
     image = ImageBatch(out.clamp(0.0, 1.0)).to_pil()[0]
     # A bilevel image stays bilevel; so does a result of only black and white (``--binarize``).
-    if kind == "bilevel" or (image.mode == "L" and _two_level(np.asarray(image))):
+    if image.mode == "L" and (kind == "bilevel" or _two_level(np.asarray(image))):
         cut = round(options.threshold * 255)
         image = image.point(lambda v: 255 if v >= cut else 0, mode="1")
     return image
+
+
+def _is_gray(images: torch.Tensor) -> bool:
+    """Whether (N, 3, H, W) ``images`` have equal channels (to within one 8-bit step)."""
+    return float((images.amax(dim=1) - images.amin(dim=1)).max()) <= 1.0 / 255.0
 
 
 def _two_level(pixels: np.ndarray) -> bool:
@@ -818,13 +828,16 @@ def edit_pdf(
         One :class:`PageOutcome` per page, in page order.
 
     Raises:
-        InputImageError: the PDF cannot be opened (corrupt, encrypted), or an image is over
-            ``max_pixels`` or cannot be decoded; nothing is written then.
+        InputImageError: the PDF cannot be opened (corrupt, encrypted, no pages), or an image
+            cannot be decoded; its subclasses :class:`TooManyPixelsError` (an image or a
+            rendering over ``max_pixels``) and :class:`TooManyPagesError` (over ``max_pages``).
+            Nothing is written then.
         ShapeError: ``process`` changed an image's size.
     """
     options = options or PdfEditOptions()
     src, dst = Path(src), Path(dst)
     with _open(src) as pdf, _Renderer(src) as renderer:
+        _check_pages(src, len(pdf.pages), options.max_pages)
         done: dict[tuple[int, int], dict[str, Any]] = {}
         outcomes = [
             _do_page(src, pdf, index, process, options, done, renderer)
@@ -837,6 +850,13 @@ def edit_pdf(
         with src.open("rb") as fh:
             atomic_write(dst, lambda out: shutil.copyfileobj(fh, out))
     return outcomes
+
+
+def _check_pages(src: Path, count: int, max_pages: int | None) -> None:
+    if count == 0:
+        raise InputImageError(f"{src}: PDF has no pages")
+    if max_pages is not None and count > max_pages:
+        raise TooManyPagesError(f"{src}: {count} pages exceeds the limit of {max_pages}")
 
 
 def _do_page(

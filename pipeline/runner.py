@@ -1,5 +1,9 @@
 """Run a stage over files and folders: the job behind ``clean-scans``, ``denoise``, ``colorize``.
 
+A PDF input written as PDF is cleaned inside the PDF (:func:`pipeline.core.clean_pdf_in_place`):
+its scans at their own resolution and type, everything else (text layer, forms, links,
+born-digital pages) kept; the report lists what happened to each of its pages.
+
 One bad file never costs the others: every file gets a :class:`FileRecord` (ok, skipped,
 failed, ignored, pending) with a one-line reason. Outputs are written atomically, inputs are
 never touched, existing complete outputs are skipped (resume) unless ``overwrite`` is set, and
@@ -31,14 +35,16 @@ from pipeline.batch import ImageBatch
 from pipeline.core import (
     EncodedPage,
     Process,
+    clean_pdf_in_place,
+    edits_in_place,
     encode_results,
     output_format,
     page_name,
+    pdf_options,
     write_document,
 )
 from pipeline.errors import AepipeError, ConfigError, ExitCode, InputImageError
 from pipeline.io import (
-    DEFAULT_DPI,
     DEFAULT_MAX_PIXELS,
     SUFFIX_OF,
     OutputFormat,
@@ -66,11 +72,19 @@ class RunOptions:
             (lossless, so no JPEG artefacts are added back); or force ``png``, ``tiff``, ``pdf``
             or ``jpeg``. With a one-page format (png, jpeg), a file of several pages gives one
             output per page, ``<stem>-p001.png``, ``<stem>-p002.png`` ...; a one-page file gives
-            ``<stem>.png``.
+            ``<stem>.png``. A PDF written as PDF is edited in place (see the module docstring).
         recursive: descend into sub-folders, keeping their layout under ``out_dir``.
         overwrite: replace existing outputs instead of skipping their inputs.
-        dpi: resolution at which PDF pages are rendered.
-        max_pixels: pages larger than this are refused before decoding.
+        dpi: resolution at which PDF pages are rendered (pages written as images, and PDF pages
+            that cannot be edited in place); None renders each page at its scan's own
+            resolution (300 DPI for a page without a scan).
+        max_pixels: pages and images larger than this are refused before decoding.
+        clean_born_digital: PDF pages without a scan are rendered and cleaned too (by default
+            they pass through unchanged).
+        jpeg_quality: PDF scans cleaned in place are stored as JPEG at this quality; None
+            keeps lossless scans lossless and JPEG scans JPEG at their own quality.
+        pdf_color: colour of PDF scans cleaned in place: ``auto`` keeps colour only where
+            there is coloured ink, ``keep`` keeps it, ``gray`` stores gray (or 1-bit).
         frames: ``first`` or ``all`` frames of animated GIF/WebP/PNG (TIFF/PDF pages are always
             all).
         batch_size: how many same-sized pages go through the stage at once.
@@ -84,8 +98,11 @@ class RunOptions:
     fmt: OutputFormat = "same"
     recursive: bool = False
     overwrite: bool = False
-    dpi: int = DEFAULT_DPI
+    dpi: float | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    clean_born_digital: bool = False
+    jpeg_quality: int | None = None
+    pdf_color: Literal["auto", "keep", "gray"] = "auto"
     frames: Literal["first", "all"] = "first"
     batch_size: int = 4
     report: Path | None = None
@@ -94,7 +111,16 @@ class RunOptions:
 
 @dataclass
 class FileRecord:
-    """What happened to one input file."""
+    """What happened to one input file.
+
+    Attributes:
+        bytes_in: the input's size; bytes_out: its outputs' (files written in this run).
+        edited, passed, rendered: for a PDF edited in place, its pages cleaned in place,
+            passed through unchanged (no scan) and rendered (the fallback); None otherwise.
+        page_outcomes: for a PDF edited in place, one entry per page
+            (:meth:`pipeline.pdf_edit.PageOutcome.to_json`: status, reason, kind, size, dpi,
+            codecs and bytes before and after).
+    """
 
     path: str
     status: Status
@@ -102,6 +128,12 @@ class FileRecord:
     reason: str | None = None
     pages: int = 0
     seconds: float = 0.0
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    edited: int | None = None
+    passed: int | None = None
+    rendered: int | None = None
+    page_outcomes: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -530,8 +562,36 @@ class _Run:
         targets = output_paths(state.job, metas, self.options, self.out_dir, len(pages))
         self.guard(state.job, targets)
         write_document(pages, targets, source=state.job.src)
-        state.record.outputs = [str(t) for t in targets]
+        _record_outputs(state.record, state.job.src, targets)
         state.record.pages = len(pages)
+
+    def edit_in_place(self, state: _State) -> None:
+        """Clean a PDF inside the PDF (PDF in, PDF out) and record its pages' outcomes."""
+        job, options = state.job, self.options
+        try:
+            targets = output_paths(job, None, options, self.out_dir, 1)
+            self.guard(job, targets)
+            edit = pdf_options(
+                max_pixels=options.max_pixels,
+                dpi=options.dpi,
+                clean_born_digital=options.clean_born_digital,
+                jpeg_quality=options.jpeg_quality,
+                color=options.pdf_color,
+            )
+            outcomes = clean_pdf_in_place(job.src, targets[0], self.process, edit)
+        except Exception as exc:
+            state.record.status = "failed"
+            state.record.reason = _reason(exc, job.src)
+        else:
+            record = state.record
+            _record_outputs(record, job.src, targets)
+            record.pages = len(outcomes)
+            record.page_outcomes = [o.to_json() for o in outcomes]
+            record.edited, record.passed, record.rendered = (
+                sum(o.status == status for o in outcomes)
+                for status in ("edited", "passed", "rendered")
+            )
+        self.finish(state)
 
     def finalise(self, state: _State) -> None:
         try:
@@ -588,6 +648,9 @@ class _Run:
         for job in self.jobs:
             state = _State(job)
             if self.skipped(state):
+                continue
+            if edits_in_place(job.src, options.fmt):
+                self.edit_in_place(state)
                 continue
             try:
                 pages = read_pages(
@@ -649,10 +712,16 @@ def _page_to_batch(page: Page, job: _Job) -> ImageBatch:
     return page_batch(page, page_name(job.out_stem.as_posix(), page.meta))
 
 
+def _record_outputs(record: FileRecord, src: Path, targets: Sequence[Path]) -> None:
+    record.outputs = [str(t) for t in targets]
+    record.bytes_in = src.stat().st_size
+    record.bytes_out = sum(t.stat().st_size for t in targets)
+
+
 def _reason(exc: BaseException, src: Path) -> str:
     """One line naming ``src`` and why it failed (never a traceback)."""
     text = str(exc).strip()
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's
         text = "out of memory (lower --batch-size or the tile size)"
     elif not isinstance(exc, (AepipeError, OSError, ValueError)):
         # An unexpected exception type is named, so a stage bug is not mistaken for bad input.

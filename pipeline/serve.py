@@ -560,14 +560,17 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
         binarize: bool | None = Query(None, description="Bilevel (1-bit) output."),
         keep_color: bool | None = Query(None, description="Keep the colour of colour scans."),
     ) -> Response:
-        from pipeline.core import encode_document, output_format, run_pages
+        from pipeline.core import edits_in_place, encode_document, output_format, run_pages
 
         stage = service.need(key, binarize=binarize, keep_color=keep_color)
         data, filename = await service.upload(request)
 
         def work() -> Media:
-            pages = decode_upload(data, filename, service.settings)
             stem = _stem(filename)
+            if edits_in_place("pdf" if bytes(data[:5]) == b"%PDF-" else "", format):
+                # PDF in, PDF out: cleaned inside the PDF, as clean-scans does.
+                return _clean_pdf(data, filename, stage, service.settings, binarize, keep_color)
+            pages = decode_upload(data, filename, service.settings)
             fmt = output_format(pages[0].meta.get("format", ""), format, keep_tiff=False)
             files = encode_document(run_pages(stage, pages, stem), fmt, stem, source=data)
             if fmt == "pdf":
@@ -579,6 +582,28 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
         return await service.respond(work)
 
     pages_endpoint.__name__ = key.replace("-", "_")
+
+
+def _clean_pdf(
+    data: bytes,
+    filename: str,
+    stage: Stage,
+    settings: ServeSettings,
+    binarize: bool | None,
+    keep_color: bool | None,
+) -> Media:
+    """A PDF upload cleaned in place by the core's PDF step (the upload's limits apply)."""
+    from pipeline.core import clean_pdf_bytes, pdf_options
+
+    options = pdf_options(
+        max_pixels=settings.max_pixels,
+        dpi=settings.dpi,
+        color="gray" if binarize else "keep" if keep_color else "auto",
+        max_pages=settings.max_pages,
+    )
+    name = f"{_stem(filename)}.pdf"
+    body, _ = clean_pdf_bytes(data, name, stage, options)
+    return body, "application/pdf", name
 
 
 def _add_image_route(app: FastAPI, service: _Service, key: str) -> None:

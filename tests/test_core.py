@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factory import gradient, pdf_pages
+from factory import gradient, pdf_pages, save
 from PIL import Image
 
 from pipeline import core
@@ -78,24 +78,59 @@ def test_run_pages_names_and_encodes_every_page(tmp_path: Path) -> None:
     assert len(list(decode_pages(pdf, "doc.pdf", dpi=72))) == 2
 
 
-def test_every_pdf_output_goes_through_write_pdf(
+def test_pdf_outputs_are_edited_in_place_for_pdfs_and_built_by_write_pdf_for_images(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The one PDF step (where an in-place PDF editor plugs in) sees each document's source."""
+    """A PDF input written as PDF goes through the editor (its text and forms are kept); only
+    image inputs written as PDF go through write_pdf, the one place that builds a new PDF."""
+    import pipeline.pdf_edit as pdf_edit
+
     (tmp_path / "in").mkdir()
     src = pdf_pages(tmp_path / "in" / "doc.pdf", [(40, 30), (30, 40)], dpi=72)
-    seen: list[tuple[int, object]] = []
-    real = core.write_pdf
+    save(Image.fromarray(gradient(20, 30)), tmp_path / "in" / "page.png")
+    built: list[tuple[int, object]] = []
+    edited: list[object] = []
+    real_write, real_edit = core.write_pdf, pdf_edit.edit_pdf
 
-    def spy(pages, fh, source=None):
-        seen.append((len(pages), source))
-        real(pages, fh, source)
+    def spy_write(pages, fh, source=None):
+        built.append((len(pages), source))
+        real_write(pages, fh, source)
 
-    monkeypatch.setattr(core, "write_pdf", spy)
-    summary = run_files([src.parent], invert, RunOptions(out_dir=tmp_path / "out", dpi=72))
-    assert summary.count("ok") == 1
-    assert seen == [(2, src)]
-    assert (tmp_path / "out" / "doc.pdf").read_bytes().startswith(b"%PDF-")
+    def spy_edit(path, dst, process, *, options=None):
+        edited.append(path)
+        return real_edit(path, dst, process, options=options)
+
+    monkeypatch.setattr(core, "write_pdf", spy_write)
+    monkeypatch.setattr(pdf_edit, "edit_pdf", spy_edit)
+    options = RunOptions(out_dir=tmp_path / "out", fmt="pdf")
+    summary = run_files([src.parent], invert, options)
+    assert summary.count("ok") == 2
+    assert edited == [src]
+    assert built == [(1, tmp_path / "in" / "page.png")]
+    assert core.edits_in_place(src, "same") and core.edits_in_place("pdf", "pdf")
+    assert not core.edits_in_place(src, "png") and not core.edits_in_place("a.png", "pdf")
+    for name in ("doc.pdf", "page.pdf"):
+        assert (tmp_path / "out" / name).read_bytes().startswith(b"%PDF-")
+
+
+def test_own_pages_are_written_under_pillows_limit_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder
+) -> None:
+    """A rendered PDF page passed --max-pixels but never Pillow's own (smaller) limit: the
+    writers that reopen it through Pillow must neither warn nor refuse."""
+    import warnings
+
+    from PIL import Image
+
+    src = pdf_pages(tmp_path / "d.pdf", [(40, 30)])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    pages = core.run_pages(invert, list(read_pages(src)), "d")
+    warnings.simplefilter("always")
+    for suffix in (".tif", ".pdf", ".jpg"):
+        core.write_document(pages, [tmp_path / f"out{suffix}"])
+    core.encode_document(pages, "pdf", "d")
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+    assert Image.MAX_IMAGE_PIXELS == 1200
 
 
 @pytest.mark.parametrize(

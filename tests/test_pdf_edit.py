@@ -9,148 +9,32 @@ import numpy as np
 import pikepdf
 import pypdfium2 as pdfium
 import pytest
+import torch
+from pdf_factory import (
+    HIDDEN_TEXT,
+    add_page,
+    gray_render,
+    identity,
+    image_info,
+    image_stream,
+    invert,
+    page_pixels,
+    render,
+    scan_pdf,
+    text_of,
+)
 from PIL import Image
 
 from pipeline.batch import ImageBatch
 from pipeline.errors import InputImageError
 from pipeline.io import read_pages
 from pipeline.pdf_edit import PdfEditOptions, edit_pdf
-
-HIDDEN_TEXT = "Invoice 4711 paid in full"
-
-
-def identity(batch: ImageBatch) -> ImageBatch:
-    return batch
-
-
-def invert(batch: ImageBatch) -> ImageBatch:
-    return batch.replace(1.0 - batch.images)
-
-
-def page_pixels(w: int, h: int, seed: int = 0, paper: int = 255) -> np.ndarray:
-    """A page: paper, a few black 'text lines', a marker block at its top left, specks."""
-    rng = np.random.default_rng(seed)
-    page = np.full((h, w), paper, np.uint8)
-    for y in range(h // 5, h - h // 8, max(h // 12, 4)):
-        page[y : y + max(h // 60, 2), w // 8 : w - w // 8] = 0
-    page[: h // 6, : w // 6] = 0  # orientation marker, top left as stored
-    specks = rng.random((h, w)) < 0.002
-    page[specks] = 0
-    return page
-
-
-def image_stream(pdf: pikepdf.Pdf, pixels: np.ndarray, bilevel: bool = False) -> pikepdf.Stream:
-    """An image XObject: 1-bit or 8-bit gray, or RGB, stored Flate."""
-    h, w = pixels.shape[:2]
-    if bilevel:
-        data = np.packbits(pixels >= 128, axis=1).tobytes()  # 1 = white in DeviceGray
-        bpc, cs = 1, pikepdf.Name.DeviceGray
-    else:
-        data = np.ascontiguousarray(pixels).tobytes()
-        bpc = 8
-        cs = pikepdf.Name.DeviceRGB if pixels.ndim == 3 else pikepdf.Name.DeviceGray
-    stream = pdf.make_stream(zlib.compress(data, 9))
-    stream.Type, stream.Subtype = pikepdf.Name.XObject, pikepdf.Name.Image
-    stream.Width, stream.Height, stream.BitsPerComponent, stream.ColorSpace = w, h, bpc, cs
-    stream.Filter = pikepdf.Name.FlateDecode
-    return stream
-
-
-def add_page(
-    pdf: pikepdf.Pdf,
-    size_pt: tuple[float, float],
-    images: list[tuple[pikepdf.Stream, str]] = (),
-    *,
-    text: str | None = None,
-    vector: bool = False,
-    rotate: int = 0,
-) -> pikepdf.Page:
-    """A page drawing ``images`` (each with its ``cm`` placement), invisible text, vector art."""
-    ops, xobjects = [], pikepdf.Dictionary()
-    for i, (stream, cm) in enumerate(images):
-        xobjects[f"/Im{i}"] = stream
-        ops.append(f"q {cm} cm /Im{i} Do Q")
-    if vector:
-        ops.append("q 0.9 0.1 0.1 rg 50 50 120 80 re f 0 0 1 RG 4 w 60 200 m 300 260 l S Q")
-    if text:
-        ops.append(f"BT /F1 14 Tf 3 Tr 40 40 Td ({text}) Tj ET")
-    font = pikepdf.Dictionary(Type=pikepdf.Name.Font, Subtype=pikepdf.Name.Type1)
-    font.BaseFont = pikepdf.Name.Helvetica
-    resources = pikepdf.Dictionary(XObject=xobjects, Font=pikepdf.Dictionary(F1=font))
-    page = pikepdf.Page(
-        pikepdf.Dictionary(
-            Type=pikepdf.Name.Page,
-            MediaBox=[0, 0, *size_pt],
-            Resources=resources,
-            Contents=pdf.make_stream("\n".join(ops).encode()),
-        )
-    )
-    if rotate:
-        page.obj.Rotate = rotate
-    pdf.pages.append(page)
-    return pdf.pages[-1]
-
-
-def scan_pdf(path: Path, w: int, h: int, dpi: float = 100, bilevel: bool = True) -> Path:
-    """One scanned page (OCRed: invisible text over the image) with a form field."""
-    pdf = pikepdf.new()
-    size = (w * 72 / dpi, h * 72 / dpi)
-    # A gray scan has gray paper: one of only black and white would count as bilevel.
-    image = image_stream(pdf, page_pixels(w, h, paper=255 if bilevel else 230), bilevel=bilevel)
-    page = add_page(pdf, size, [(image, f"{size[0]} 0 0 {size[1]} 0 0")], text=HIDDEN_TEXT)
-    field = pdf.make_indirect(
-        pikepdf.Dictionary(
-            Type=pikepdf.Name.Annot,
-            Subtype=pikepdf.Name.Widget,
-            FT=pikepdf.Name.Tx,
-            T=pikepdf.String("payer"),
-            V=pikepdf.String("ACME Ltd"),
-            Rect=[20, 20, 120, 40],
-            P=page.obj,
-        )
-    )
-    page.obj.Annots = pdf.make_indirect(pikepdf.Array([field]))
-    pdf.Root.AcroForm = pikepdf.Dictionary(Fields=pikepdf.Array([field]))
-    pdf.docinfo["/Title"] = "Scanned invoice"
-    pdf.save(path)
-    return path
-
-
-def text_of(path: Path) -> list[str]:
-    doc = pdfium.PdfDocument(str(path))
-    try:
-        return [doc[i].get_textpage().get_text_range() for i in range(len(doc))]
-    finally:
-        doc.close()
-
-
-def render(path: Path, index: int = 0, scale: float = 1.0) -> np.ndarray:
-    doc = pdfium.PdfDocument(str(path))
-    try:
-        bitmap = doc[index].render(scale=scale * (1 - 1e-9), grayscale=True)
-        return np.array(bitmap.to_numpy(), copy=True).astype(np.int16)
-    finally:
-        doc.close()
-
-
-def gray_render(path: Path, index: int = 0, scale: float = 1.0) -> np.ndarray:
-    arr = render(path, index, scale)
-    return arr if arr.ndim == 2 else arr[..., 0]
-
-
-def _snapshot(obj: pikepdf.Stream) -> dict:
-    return {
-        "filter": str(obj.get("/Filter")),
-        "bpc": int(obj.BitsPerComponent),
-        "size": (int(obj.Width), int(obj.Height)),
-        "cs": str(obj.get("/ColorSpace")),
-        "bytes": len(obj.read_raw_bytes()),
-    }
+from pipeline.runner import RunOptions
 
 
 def test_ocred_bilevel_scan_keeps_text_form_metadata_and_stays_small_ccitt(tmp_path):
     src = scan_pdf(tmp_path / "in.pdf", 850, 1100)
-    before = _image_info(src)
+    before = image_info(src)
     out = tmp_path / "out.pdf"
     outcomes = edit_pdf(src, out, invert)
     assert [o.status for o in outcomes] == ["edited"]
@@ -162,7 +46,7 @@ def test_ocred_bilevel_scan_keeps_text_form_metadata_and_stays_small_ccitt(tmp_p
         (850, 1100),
     )
     assert o.dpi == pytest.approx((100, 100))
-    after = _image_info(out)
+    after = image_info(out)
     assert after["bpc"] == 1 and after["filter"] == "/CCITTFaxDecode"
     assert after["size"] == before["size"] == (850, 1100)
     assert out.stat().st_size <= 1.5 * src.stat().st_size
@@ -175,13 +59,6 @@ def test_ocred_bilevel_scan_keeps_text_form_metadata_and_stays_small_ccitt(tmp_p
         assert [(str(f.T), str(f.V)) for f in fields] == [("payer", "ACME Ltd")]
         assert len(pdf.pages[0].Annots) == 1
         assert str(pdf.docinfo["/Title"]) == "Scanned invoice"
-
-
-def _image_info(path: Path, index: int = 0) -> dict:
-    with pikepdf.open(path) as pdf:
-        images = list(pdf.pages[index].get_images().values())
-        assert len(images) == 1
-        return _snapshot(images[0])
 
 
 def test_identity_leaves_the_scan_pixels_exactly_as_they_were(tmp_path):
@@ -258,7 +135,7 @@ def test_native_resolution_is_kept_and_reported(tmp_path):
     out = tmp_path / "out.pdf"
     outcomes = edit_pdf(src, out, lambda b: sizes.append((b.size, b.meta[0]["dpi"])) or b)
     assert sizes == [((1650, 1275), pytest.approx(150))]
-    assert _image_info(out)["size"] == (1275, 1650)
+    assert image_info(out)["size"] == (1275, 1650)
     assert outcomes[0].kind == "gray" and outcomes[0].codec_out == "FlateDecode"
     # The render fallback uses the same resolution: a Letter page at 150 DPI, no extra row.
     page = next(read_pages(src))
@@ -272,7 +149,7 @@ def test_a_gray_image_of_only_black_and_white_is_stored_bilevel(tmp_path):
     pdf.save(tmp_path / "g.pdf")
     outcomes = edit_pdf(tmp_path / "g.pdf", tmp_path / "out.pdf", invert)
     assert (outcomes[0].kind, outcomes[0].codec_out) == ("bilevel", "CCITTFaxDecode")
-    assert _image_info(tmp_path / "out.pdf")["bpc"] == 1
+    assert image_info(tmp_path / "out.pdf")["bpc"] == 1
     shown = gray_render(tmp_path / "out.pdf")
     assert np.abs((255 - gray_render(tmp_path / "g.pdf")) - shown).mean() < 3
 
@@ -282,7 +159,7 @@ def test_a_binarized_result_of_a_gray_scan_is_stored_bilevel(tmp_path):
     out = tmp_path / "out.pdf"
     outcomes = edit_pdf(src, out, lambda b: b.replace((b.images > 0.5).float()))
     assert (outcomes[0].kind, outcomes[0].stored_as) == ("gray", "bilevel")
-    assert _image_info(out)["filter"] == "/CCITTFaxDecode"
+    assert image_info(out)["filter"] == "/CCITTFaxDecode"
 
 
 def test_jpeg_source_is_stored_as_jpeg_and_gray_as_flate_without_it(tmp_path):
@@ -357,7 +234,7 @@ def test_an_indexed_colour_scan_stays_indexed(tmp_path):
     pdf.save(tmp_path / "p.pdf")
     outcomes = edit_pdf(tmp_path / "p.pdf", tmp_path / "out.pdf", invert)
     assert (outcomes[0].kind, outcomes[0].stored_as) == ("color", "color")
-    assert '"/Indexed", "/DeviceRGB"' in _image_info(tmp_path / "out.pdf")["cs"]
+    assert '"/Indexed", "/DeviceRGB"' in image_info(tmp_path / "out.pdf")["cs"]
     doc = pdfium.PdfDocument(str(tmp_path / "out.pdf"))
     try:
         shown = doc[0].render(scale=1.0).to_numpy()[..., 2::-1].astype(int)
@@ -448,7 +325,7 @@ def test_the_shipped_scan_denoiser_cleans_a_bilevel_scan_in_place(tmp_path):
     out = tmp_path / "out.pdf"
     outcomes = edit_pdf(src, out, stage)
     assert outcomes[0].status == "edited" and outcomes[0].stored_as == "bilevel"
-    after = _image_info(out)
+    after = image_info(out)
     assert (after["bpc"], after["filter"], after["size"]) == (1, "/CCITTFaxDecode", (320, 240))
     assert text_of(out) == text_of(src)
     # Cleaning keeps the text lines and removes most isolated specks.
@@ -481,11 +358,27 @@ def fidelity():
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="run `make pdf-corpus` first")
 @pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("*.pdf")) or ["none"])
 def test_corpus_pdf_keeps_everything_but_the_pixels(tmp_path, fidelity, name):
-    # The benchmark's own checks (text, fields, untouched pages, resolution), with an
-    # inverting process so that every edited page really changes.
-    row = fidelity.run_file(CORPUS / name, invert, PdfEditOptions(), tmp_path)
+    # The benchmark's own checks (text, fields, untouched pages, resolution) through the
+    # clean-scans runner, with an inverting process so that every edited page really changes.
+    row = fidelity.run_file(CORPUS / name, invert, RunOptions(), tmp_path)
     if row.size_out is None:
         assert name in ("hugemono.pdf", "invalid.pdf"), row.outcome
         return
     assert row.text_kept and row.fields_kept and row.resolution_kept
     assert row.untouched_same[0] == row.untouched_same[1]
+
+
+def test_a_colour_result_of_a_gray_scan_is_stored_in_colour(tmp_path):
+    # A colorizer returns colour for a gray scan: that colour is the point, so it is kept
+    # (a gray result in three channels is still stored gray).
+    src = scan_pdf(tmp_path / "in.pdf", 120, 90, bilevel=False)
+
+    def tint(batch: ImageBatch) -> ImageBatch:
+        x = batch.images
+        return batch.replace(torch.cat([x, 0.5 * x, 1.0 - x], dim=1))
+
+    outcomes = edit_pdf(src, tmp_path / "c.pdf", tint)
+    assert (outcomes[0].kind, outcomes[0].stored_as) == ("gray", "color")
+    assert image_info(tmp_path / "c.pdf")["cs"] == "/DeviceRGB"
+    outcomes = edit_pdf(src, tmp_path / "g.pdf", lambda b: b.replace(b.images.repeat(1, 3, 1, 1)))
+    assert outcomes[0].stored_as == "gray"

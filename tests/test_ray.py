@@ -140,6 +140,8 @@ def test_example_batch_clean_equals_cli(
         "--device",
         "cpu",
         "-q",
+        "--dpi",  # the same request to both (the CLI's default is each PDF page's own DPI)
+        "300",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -151,6 +153,7 @@ def test_example_batch_clean_equals_cli(
             model=str(tiny_weights["scan-denoiser"]),
             concurrency=2,
             batch_size=2,
+            dpi=300,
         )
     finally:
         _, stderr = proc.communicate(timeout=180)

@@ -10,11 +10,13 @@ from pipeline.cli.apps import app
 from pipeline.cli.common import (
     DEVICES,
     BatchOpt,
+    CleanBornDigitalOpt,
     DeviceOpt,
     DpiOpt,
     FormatOpt,
     FramesOpt,
     InputsArg,
+    JpegQualityOpt,
     ListIgnoredOpt,
     MaxPixelsOpt,
     OutOpt,
@@ -38,9 +40,14 @@ def clean_scans(
         bool, typer.Option("--binarize", help="Write bilevel (1-bit) pages, for OCR and archives.")
     ] = False,
     keep_color: Annotated[
-        bool, typer.Option("--keep-color", help="Keep the colour of colour scans (default: gray).")
+        bool,
+        typer.Option(
+            "--keep-color",
+            help="Keep the colour of colour scans (default: gray; in a PDF, coloured ink "
+            "keeps its colour either way).",
+        ),
     ] = False,
-    dpi: DpiOpt = 300,
+    dpi: DpiOpt = None,
     batch_size: BatchOpt = 1,
     device: DeviceOpt = "auto",
     model: Annotated[
@@ -61,11 +68,18 @@ def clean_scans(
             "needs the [ocr] extra, tesseract-ocr and ghostscript).",
         ),
     ] = False,
+    clean_born_digital: CleanBornDigitalOpt = False,
+    jpeg_quality: JpegQualityOpt = None,
 ) -> None:
     """Clean scanned pages (PNG, JPEG, TIFF, PDF): white paper, dark text, no stains or specks.
 
-    Outputs keep each input's name and pixel size; PDFs come out as PDFs with the same page
-    sizes. Existing outputs are skipped, so an interrupted run resumes where it stopped.
+    Outputs keep each input's name and pixel size. A PDF comes out as the
+    same PDF with its scans cleaned in place, at their own resolution and
+    type (1-bit stays 1-bit, stored CCITT G4): text layer, forms, links,
+    bookmarks and metadata are kept; pages without a scan (born-digital)
+    pass through unchanged unless --clean-born-digital. --report lists what
+    happened to every page. Existing outputs are skipped, so an interrupted
+    run resumes where it stopped.
 
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
     4 weights could not be loaded, 5 an OCR tool is not installed (--ocr), 130 interrupted.

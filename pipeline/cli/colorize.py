@@ -63,7 +63,7 @@ def colorize(
         ),
     ] = None,
     fmt: FormatOpt = "same",
-    dpi: DpiOpt = 300,
+    dpi: DpiOpt = None,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,

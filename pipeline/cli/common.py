@@ -35,12 +35,40 @@ FormatOpt = Annotated[
     str,
     typer.Option(
         "--format",
-        help="same (TIFF->TIFF, PDF->PDF, others->PNG) | png | tiff | pdf.",
+        help="same (TIFF->TIFF, PDF->PDF edited in place, others->PNG) | png | tiff | pdf.",
         case_sensitive=False,
     ),
 ]
 DpiOpt = Annotated[
-    int, typer.Option("--dpi", min=36, max=1200, help="Resolution for rendering PDF pages.")
+    int | None,
+    typer.Option(
+        "--dpi",
+        min=36,
+        max=1200,
+        help="Resolution for PDF pages that are rendered (written as images, or not editable "
+        "in place): an override; default: each page's scan's own DPI (300 without a scan).",
+        show_default=False,
+    ),
+]
+JpegQualityOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--jpeg-quality",
+        min=1,
+        max=95,
+        help="Store cleaned gray/colour PDF scans as JPEG at this quality. Default: lossless "
+        "scans stay lossless (Flate), JPEG scans stay JPEG at their own quality. Bilevel "
+        "scans are always CCITT G4.",
+        show_default=False,
+    ),
+]
+CleanBornDigitalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--clean-born-digital",
+        help="Also render and clean PDF pages that hold no scan (vector text, drawings); by "
+        "default such born-digital pages pass through unchanged, byte for byte.",
+    ),
 ]
 BatchOpt = Annotated[
     int, typer.Option("--batch-size", min=1, max=4096, help="Pages (or images) per model call.")
@@ -120,7 +148,9 @@ ListIgnoredOpt = Annotated[
 MaxPixelsOpt = Annotated[
     int,
     typer.Option(
-        "--max-pixels", min=1, help="Refuse pages with more pixels than this (decompression bombs)."
+        "--max-pixels",
+        min=1,
+        help="Refuse pages and PDF images with more pixels than this (decompression bombs).",
     ),
 ]
 
@@ -194,7 +224,8 @@ def file_options(out_suffix: str, args: Mapping[str, Any]) -> RunOptions:
         out_suffix: the default output folder is ``<input>_<out_suffix>``.
         args: the command's parameters (its ``locals()``); the shared ones are read by name:
             ``out``, ``fmt``, ``recursive``, ``overwrite``, ``dpi``, ``max_pixels``,
-            ``batch_size``, ``report``, ``frames``, ``list_ignored``.
+            ``batch_size``, ``report``, ``frames``, ``list_ignored``, and where the command
+            has them ``jpeg_quality``, ``clean_born_digital``, ``keep_color``, ``binarize``.
     """
     from pipeline.runner import RunOptions
 
@@ -210,6 +241,10 @@ def file_options(out_suffix: str, args: Mapping[str, Any]) -> RunOptions:
         report=args["report"],
         frames=check_choice(args["frames"], FRAMES, "--frames"),  # type: ignore[arg-type]
         list_ignored=args["list_ignored"],
+        jpeg_quality=args.get("jpeg_quality"),
+        clean_born_digital=bool(args.get("clean_born_digital", False)),
+        # --binarize asks for 1-bit pages: no colour is kept, even for coloured ink.
+        pdf_color="gray" if args.get("binarize") else "keep" if args.get("keep_color") else "auto",
     )
 
 

@@ -56,7 +56,7 @@ def denoise(
         int, typer.Option("--passes", min=1, max=4, help="Apply the model N times (heavy noise).")
     ] = 1,
     fmt: FormatOpt = "same",
-    dpi: DpiOpt = 300,
+    dpi: DpiOpt = None,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
