@@ -148,6 +148,15 @@ def train_scan_denoiser(
     ] = 0.5,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 12,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 6000,
+    schedule_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--schedule-steps",
+            min=1,
+            help="Cosine schedule length (default --max-steps); stop early with a smaller "
+            "--max-steps and the run replays the longer one's first steps.",
+        ),
+    ] = None,
     val_every: Annotated[int, typer.Option("--val-every", min=1)] = 250,
     lr: Annotated[float, typer.Option("--lr")] = 2e-3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -188,6 +197,7 @@ def train_scan_denoiser(
             level_aug=level_aug,
             batch_size=batch_size,
             max_steps=max_steps,
+            schedule_steps=schedule_steps,
             val_every=val_every,
             lr=lr,
             seed=seed,

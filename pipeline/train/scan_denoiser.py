@@ -129,6 +129,12 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(12, ge=1, le=512)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
     max_steps: int = Field(6000, ge=1)
+    schedule_steps: int | None = Field(
+        None,
+        ge=1,
+        description="length of the cosine schedule (default max_steps): a run stopped at "
+        "max_steps < schedule_steps replays the first steps of the longer run exactly",
+    )
     warmup: int = Field(200, ge=0)
     ema: float = Field(0.998, ge=0.0, lt=1.0)
     val_every: int = Field(250, ge=1)
@@ -459,7 +465,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
             return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup)
+        t = (step - cfg.warmup) / max(1, (cfg.schedule_steps or cfg.max_steps) - cfg.warmup)
         return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
     history: list[dict[str, Any]] = []
@@ -697,6 +703,19 @@ def _real_data_lines(cfg: TrainConfig, data: dict[str, Any]) -> str:
     return lines
 
 
+def _limits(cfg: TrainConfig) -> str:
+    if cfg.docbin:
+        return (
+            "Trained on printed text (synthetic, DDD) and on real handwritten and printed archive "
+            "pages (docbin). Coloured backgrounds are flattened toward white; very faint pencil "
+            "may be removed as noise. See the benchmark for what holds on clean pages."
+        )
+    return (
+        "Trained on printed text on white paper. Photos, halftones and coloured backgrounds are\n"
+        "flattened toward white; very faint pencil may be removed as noise."
+    )
+
+
 def _real_metric_line(cfg: TrainConfig, data: dict[str, Any], metrics: dict[str, Any]) -> str:
     split = data.get("docbin_split")
     if not split:
@@ -751,6 +770,12 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         else ""
     )
     real_lines = _real_data_lines(cfg, data)
+    real_bench = (
+        "; on the docbin test pages, clean pages and the DDD test split in "
+        "`benchmarks/results/scan_real.md` (`.venv/bin/python benchmarks/scan_real.py`)"
+        if cfg.docbin
+        else ""
+    )
     return f"""# scan-denoiser
 
 Stage `scan-denoiser`: cleans scanned document pages (white paper, dark text; stains, creases,
@@ -782,9 +807,8 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
 | fixed synthetic pages ({len(SYNTH_VAL_PAGES)}) | {metrics.get("val_synthetic_rmse")} |
 {_real_metric_line(cfg, data, metrics)}
 Benchmark figures against baselines are in `benchmarks/results/scan_denoiser.md`
-(`.venv/bin/python benchmarks/scan_denoiser.py --ddd ../shared/data/ddd`).
+(`.venv/bin/python benchmarks/scan_denoiser.py --ddd ../shared/data/ddd`){real_bench}.
 
 ## Limits
-Trained on printed text on white paper. Photos, halftones and coloured backgrounds are
-flattened toward white; very faint pencil may be removed as noise.
+{_limits(cfg)}
 """
