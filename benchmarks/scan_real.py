@@ -146,6 +146,24 @@ def save_crops(pages: list, methods: dict[str, sd.Method], specs: list[str], fol
         print(f"wrote {path} ({path.stat().st_size // 1024} KB): raw | {' | '.join(methods)}")
 
 
+def save_clean_picture(methods: dict[str, sd.Method], folder: Path, scale: float = 0.5) -> Path:
+    """Side by side: a clean generated 300-DPI bilevel page | each method's output."""
+    import cv2
+    from PIL import Image
+
+    _name, page, dpi, _ = next(p for p in clean_pages(1, bilevel=True) if p[2] == 300)
+    tiles = [page] + [
+        np.round(np.clip(fn(page, dpi), 0, 1) * 255).astype(np.uint8) for fn in methods.values()
+    ]
+    sep = np.full((page.shape[0], 8), 128, np.uint8)
+    row = np.hstack([t for tile in tiles for t in (tile, sep)][:-1])
+    row = cv2.resize(row, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    path = folder / "scan-clean-bold-300dpi.png"
+    Image.fromarray(row).save(path, optimize=True)
+    print(f"wrote {path} ({path.stat().st_size // 1024} KB): clean page | {' | '.join(methods)}")
+    return path
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 
@@ -238,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         *_real_table(real, secs),
     ]
     if args.crop:
-        save_crops(pages, {"Otsu": sd.raw, **ours}, args.crop, args.crops_dir)
+        otsu = {"Otsu": lambda d, dpi: (~otsu_ink(d / 255.0)).astype(np.float32)}
+        save_crops(pages, {**otsu, **ours}, args.crop, args.crops_dir)
+        save_clean_picture(ours, args.crops_dir)
 
     gt_pages = [(p.name, np.where(p.ink, 0, 255).astype(np.uint8), 300) for p in pages]
     del pages
