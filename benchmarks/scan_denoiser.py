@@ -47,6 +47,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.data.docbin import f_measure, otsu_ink  # noqa: E402  (after the path insert)
+
 # OCRmyPDF's default unpaper arguments (ocrmypdf/_exec/unpaper.py, clean()).
 UNPAPER_ARGS = [
     "--layout",
@@ -91,25 +93,6 @@ def synthetic_pages(n100: int, n300: int, bilevel: bool) -> Pages:
 
 
 # ---- metrics --------------------------------------------------------------------------------
-
-
-def otsu_ink(img: np.ndarray) -> np.ndarray:
-    """Ink mask (True = dark) of a float page by Otsu's threshold."""
-    from skimage.filters import threshold_otsu
-
-    if float(img.max() - img.min()) < 1e-6:
-        return np.zeros(img.shape, bool) if img.mean() > 0.5 else np.ones(img.shape, bool)
-    return img <= threshold_otsu(img)
-
-
-def f_measure(pred_ink: np.ndarray, true_ink: np.ndarray) -> float:
-    tp = float(np.logical_and(pred_ink, true_ink).sum())
-    fp = float(np.logical_and(pred_ink, ~true_ink).sum())
-    fn = float(np.logical_and(~pred_ink, true_ink).sum())
-    if tp == 0:
-        return 0.0
-    p, r = tp / (tp + fp), tp / (tp + fn)
-    return 2 * p * r / (p + r)
 
 
 def score(method: Method, pages: Pages) -> dict[str, float]:

@@ -22,9 +22,55 @@ def train_scan_denoiser(
         Path | None,
         typer.Option("--ddd", help="Denoising Dirty Documents folder (train/, train_cleaned/)."),
     ] = Path("../shared/data/ddd"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write.")] = Path(
-        "weights/scan-denoiser"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Weights folder to write (under weights/ only with --to-weights)."
+        ),
+    ] = Path("runs/scan-denoiser"),
+    to_weights: Annotated[
+        bool,
+        typer.Option(
+            "--to-weights",
+            help="Allow --out inside weights/ (replacing shipped weights is a decision).",
+        ),
+    ] = False,
+    docbin: Annotated[
+        Path | None,
+        typer.Option("--docbin", help="docbin folder (images/, gt/): real pages, bilevel truth."),
+    ] = None,
+    docbin_fraction: Annotated[
+        float,
+        typer.Option("--docbin-fraction", min=0.0, max=1.0, help="Share of real docbin patches."),
+    ] = 0.0,
+    clean_fraction: Annotated[
+        float,
+        typer.Option(
+            "--clean-fraction",
+            min=0.0,
+            max=1.0,
+            help="Share of identity patches (clean page in, same page out).",
+        ),
+    ] = 0.0,
+    display_prob: Annotated[
+        float,
+        typer.Option(
+            "--display-prob",
+            min=0.0,
+            max=1.0,
+            help="Chance a synthetic page gets large/bold type, shapes and photos.",
+        ),
+    ] = 0.0,
+    ink_level: Annotated[
+        float,
+        typer.Option("--ink-level", min=0.0, max=0.6, help="docbin ink: pushed below this."),
+    ] = 0.2,
+    test_groups: Annotated[
+        int,
+        typer.Option(
+            "--test-groups", min=0, help="Of the --val-groups DDD pages, this many are test."
+        ),
+    ] = 0,
     arch: Annotated[
         str, typer.Option("--arch", help="scan-unet (ours) | classic (two-layer AE baseline).")
     ] = "scan-unet",
@@ -102,6 +148,15 @@ def train_scan_denoiser(
     ] = 0.5,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 12,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 6000,
+    schedule_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--schedule-steps",
+            min=1,
+            help="Cosine schedule length (default --max-steps); stop early with a smaller "
+            "--max-steps and the run replays the longer one's first steps.",
+        ),
+    ] = None,
     val_every: Annotated[int, typer.Option("--val-every", min=1)] = 250,
     lr: Annotated[float, typer.Option("--lr")] = 2e-3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -114,6 +169,7 @@ def train_scan_denoiser(
     from pipeline.train.scan_denoiser import TrainConfig, train
 
     with cli_errors():
+        _check_out(out, to_weights)
         cfg = TrainConfig(
             ddd=ddd,
             arch=check_choice(arch, ("scan-unet", "classic"), "--arch"),  # type: ignore[arg-type]
@@ -128,6 +184,12 @@ def train_scan_denoiser(
             init=init,
             synthetic_fraction=synthetic_fraction,
             val_groups=val_groups,
+            test_groups=test_groups,
+            docbin=docbin,
+            docbin_fraction=docbin_fraction,
+            clean_fraction=clean_fraction,
+            display_prob=display_prob,
+            ink_level=ink_level,
             patch=patch,
             scale_lo=scale_lo,
             scale_hi=scale_hi,
@@ -135,6 +197,7 @@ def train_scan_denoiser(
             level_aug=level_aug,
             batch_size=batch_size,
             max_steps=max_steps,
+            schedule_steps=schedule_steps,
             val_every=val_every,
             lr=lr,
             seed=seed,
@@ -144,3 +207,14 @@ def train_scan_denoiser(
         )
         train(cfg, out, progress=err)
         err(f"wrote {out}")
+
+
+def _check_out(out: Path, to_weights: bool) -> None:
+    """Refuse to write into a ``weights/`` folder unless asked to."""
+    from pipeline.errors import ConfigError
+
+    if not to_weights and "weights" in out.resolve().parts:
+        raise ConfigError(
+            f"--out {out}: inside weights/ (the shipped weights); train into runs/ and copy, "
+            "or pass --to-weights"
+        )

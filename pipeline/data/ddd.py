@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["DDDPair", "load_pairs", "load_test", "split_by_group"]
+__all__ = ["DDDPair", "load_pairs", "load_test", "split_by_group", "split_three"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +102,26 @@ def split_by_group(
     rng = np.random.default_rng(seed)
     held = {groups[i] for i in rng.permutation(len(groups))[:val_groups]}
     return [p for p in pairs if p.group not in held], [p for p in pairs if p.group in held]
+
+
+def split_three(
+    pairs: list[DDDPair], val_groups: int, test_groups: int, seed: int = 0
+) -> tuple[list[DDDPair], list[DDDPair], list[DDDPair]]:
+    """Split pairs into (train, val, test) by page group.
+
+    The held-out groups are exactly those of ``split_by_group(pairs, val_groups, seed)``; the
+    last ``test_groups`` of them (in the seeded draw's order) become the test split. So a net
+    trained with the two-way split of the same seed and ``val_groups`` never saw a test page in
+    training (it may have been chosen on them: say so where it is scored).
+
+    Returns:
+        ``(train, val, test)`` lists of pairs.
+    """
+    if not 0 <= test_groups < max(val_groups, 1):
+        raise ValueError(f"test_groups must be in [0, val_groups - 1]; got {test_groups}")
+    groups = sorted({p.group for p in pairs})
+    train, _ = split_by_group(pairs, val_groups, seed)
+    order = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+    test = set(order[val_groups - test_groups : val_groups])
+    val = set(order[: val_groups - test_groups])
+    return train, [p for p in pairs if p.group in val], [p for p in pairs if p.group in test]

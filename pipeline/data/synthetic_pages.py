@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "SyntheticPages",
+    "add_display_content",
     "degrade",
     "font_inventory",
     "make_pair",
@@ -546,6 +547,102 @@ def render_clean_page(
 
 
 # --------------------------------------------------------------------------------------------
+# Display content: what archive pages have and body-text pages do not
+# --------------------------------------------------------------------------------------------
+
+
+def _display_text(img: Image.Image, rng: np.random.Generator, dpi: int) -> None:
+    """A headline or a huge initial, 24-150 pt, in the heaviest packaged bold face."""
+    h, w = img.height, img.width
+    pt = math.exp(rng.uniform(math.log(24.0), math.log(150.0)))
+    font, _ = _pick_font(rng, "bold", round(pt * dpi / 72.0))
+    n = 1 if rng.random() < 0.35 else int(rng.integers(1, 4))
+    text = " ".join(_word(rng) for _ in range(n))
+    text = text.upper() if rng.random() < 0.5 else text.capitalize()
+    x, y = rng.uniform(-0.05, 0.7) * w, rng.uniform(-0.05, 0.85) * h
+    # Black weights: a stroke around the glyphs thickens a bold face further.
+    bolder = round(rng.uniform(0.0, 0.06) * pt * dpi / 72.0) if rng.random() < 0.5 else 0
+    ink = int(rng.integers(0, 40))
+    ImageDraw.Draw(img).text(
+        (x, y),
+        text,
+        font=font,
+        fill=ink,
+        stroke_width=bolder,
+        stroke_fill=ink,
+    )
+
+
+def _display_shape(img: Image.Image, rng: np.random.Generator, dpi: int) -> None:
+    """A filled rectangle or ellipse (logo, bar), a thick rule or a ruled box."""
+    h, w = img.height, img.width
+    draw = ImageDraw.Draw(img)
+    x0, y0 = rng.uniform(0, 0.9) * w, rng.uniform(0, 0.9) * h
+    ink = int(rng.integers(0, 60))
+    kind = int(rng.integers(4))
+    if kind == 0:  # a horizontal or vertical rule, 1-12 pt thick
+        t = max(1.0, rng.uniform(1.0, 12.0) * dpi / 72.0)
+        length = rng.uniform(0.2, 0.9) * w
+        box = (x0, y0, x0 + length, y0 + t) if rng.random() < 0.7 else (x0, y0, x0 + t, y0 + length)
+        draw.rectangle(box, fill=ink)
+    elif kind == 1:  # a filled bar or block
+        bw, bh = rng.uniform(0.03, 0.4) * w, rng.uniform(0.02, 0.25) * h
+        draw.rectangle((x0, y0, x0 + bw, y0 + bh), fill=ink)
+    elif kind == 2:  # a filled disc or ellipse (a logo)
+        r = rng.uniform(0.02, 0.15) * min(h, w)
+        draw.ellipse((x0, y0, x0 + r * rng.uniform(1.0, 2.0), y0 + r), fill=ink)
+    else:  # a ruled box
+        bw, bh = rng.uniform(0.1, 0.5) * w, rng.uniform(0.05, 0.3) * h
+        t = max(1, round(rng.uniform(0.5, 4.0) * dpi / 72.0))
+        draw.rectangle((x0, y0, x0 + bw, y0 + bh), outline=ink, width=t)
+
+
+def _photo(page: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """Paste a continuous-tone 'photo' (smooth shapes and gradients); returns its box."""
+    h, w = page.shape
+    ph, pw = int(rng.uniform(0.15, 0.45) * h), int(rng.uniform(0.15, 0.45) * w)
+    y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    field = sum(
+        _smooth_noise(rng, ph, pw, max(2.0, min(ph, pw) * f)) * a
+        for f, a in ((0.5, 1.0), (0.15, 0.5), (0.04, 0.25))
+    )
+    yy, xx = np.mgrid[0:ph, 0:pw].astype(np.float32)
+    field = field + rng.uniform(-1, 1) * yy / ph + rng.uniform(-1, 1) * xx / pw
+    lo, hi = rng.uniform(0.05, 0.35), rng.uniform(0.75, 0.97)
+    f = (field - field.min()) / max(float(field.max() - field.min()), 1e-6)
+    page[y0 : y0 + ph, x0 : x0 + pw] = np.round(255 * (lo + (hi - lo) * f)).astype(np.uint8)
+    return y0, x0, ph, pw
+
+
+def add_display_content(
+    page: np.ndarray, rng: np.random.Generator, dpi: int = 100, photo: bool | None = None
+) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """Add large/bold type, filled shapes and rules, and sometimes a photo to a clean page.
+
+    Real archive pages carry headlines and initials of 24-150 pt, black bars, logos and
+    photos: dark areas far wider than body-text strokes, which a denoiser trained on body text
+    alone takes for stains.
+
+    Args:
+        page: (H, W) uint8 clean page, 255 = white (not modified).
+        rng: random generator.
+        dpi: nominal resolution (sets type sizes and rule widths).
+        photo: add a continuous-tone photo (None: with probability 0.3).
+
+    Returns:
+        The new (H, W) uint8 page and the photo's (y, x, h, w) box or None.
+    """
+    img = Image.fromarray(page)
+    for _ in range(int(rng.integers(1, 4))):
+        _display_text(img, rng, dpi)
+    for _ in range(int(rng.integers(0, 4))):
+        _display_shape(img, rng, dpi)
+    out = np.array(img)
+    box = _photo(out, rng) if (rng.random() < 0.3 if photo is None else photo) else None
+    return out, box
+
+
+# --------------------------------------------------------------------------------------------
 # Degradations. All fields are float32 (H, W); "albedo" multiplies paper and ink alike.
 # --------------------------------------------------------------------------------------------
 
@@ -842,7 +939,12 @@ def degrade(clean: np.ndarray, rng: np.random.Generator, dpi: int = 100) -> np.n
 
 
 def make_pair(
-    seed: int, height: int = 420, width: int = 540, dpi: int = 100, bilevel: bool = False
+    seed: int,
+    height: int = 420,
+    width: int = 540,
+    dpi: int = 100,
+    bilevel: bool = False,
+    display: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One deterministic (dirty, clean) pair.
 
@@ -854,14 +956,17 @@ def make_pair(
         bilevel: make the clean page strictly black (0) and white (255), like the ground
             truth of archive scans; the dirty page is degraded from it, so its grey edges
             come from blur alone.
+        display: also add large/bold type, shapes and sometimes a photo
+            (:func:`add_display_content`); off by default so earlier seeds replay unchanged.
 
     Returns:
         (dirty, clean): two (H, W) uint8 arrays, 255 = white.
     """
-    rng = np.random.default_rng(
-        np.random.SeedSequence([int(seed), height, width, dpi, int(bilevel)])
-    )
+    key = [int(seed), height, width, dpi, int(bilevel)] + ([1] if display else [])
+    rng = np.random.default_rng(np.random.SeedSequence(key))
     clean = render_clean_page(rng, height, width, dpi)
+    if display:
+        clean, _ = add_display_content(clean, rng, dpi)
     if bilevel:
         clean = np.where(clean < 128, 0, 255).astype(np.uint8)
     dirty = degrade(clean, rng, dpi)

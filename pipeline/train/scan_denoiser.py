@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.data.ddd import DDDPair, load_pairs, split_by_group
+from pipeline.data.ddd import DDDPair, load_pairs, split_by_group, split_three
 
 STAGE_NAME = "scan-denoiser"
 # Fixed synthetic validation pages: (seed offset, H, W, dpi). Seeds far from the training
@@ -84,6 +84,37 @@ class TrainConfig(BaseModel):
     synthetic_pool: int = Field(24, ge=1, le=1000)
     synthetic_refresh: int = Field(4, ge=1, description="steps between new synthetic pages")
     val_groups: int = Field(8, ge=0, le=35, description="DDD pages (x4 versions) held out")
+    test_groups: int = Field(
+        0,
+        ge=0,
+        le=34,
+        description="of the held-out DDD pages, this many are a test split: never scored in "
+        "training (the rest validate)",
+    )
+    docbin: Path | None = Field(None, description="docbin folder (images/, gt/): real pages")
+    docbin_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of patches from docbin training pages"
+    )
+    clean_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of identity patches (a clean page in, the same page out): docbin "
+        "ground truth or a clean synthetic page, half each",
+    )
+    display_prob: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="P(a synthetic page also gets large/bold type, shapes, photos)",
+    )
+    ink_level: float = Field(
+        0.2,
+        ge=0.0,
+        le=0.6,
+        description="bilevel ground truth: ink pixels are pushed below this level (hinge), "
+        "paper pixels to white",
+    )
     patch: int = Field(128, ge=16, le=1024)
     scale_lo: float = Field(0.6, gt=0.0, le=4.0, description="crop side / patch, low end")
     scale_hi: float = Field(1.6, gt=0.0, le=4.0)
@@ -98,6 +129,12 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(12, ge=1, le=512)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
     max_steps: int = Field(6000, ge=1)
+    schedule_steps: int | None = Field(
+        None,
+        ge=1,
+        description="length of the cosine schedule (default max_steps): a run stopped at "
+        "max_steps < schedule_steps replays the first steps of the longer run exactly",
+    )
     warmup: int = Field(200, ge=0)
     ema: float = Field(0.998, ge=0.0, lt=1.0)
     val_every: int = Field(250, ge=1)
@@ -116,6 +153,12 @@ class TrainConfig(BaseModel):
             raise ValueError("--margin applies to --output clamp ScanUNet nets only")
         if self.refine and self.arch != "scan-unet":
             raise ValueError("--refine applies to ScanUNet nets only")
+        if self.docbin_fraction + self.clean_fraction > 1.0:
+            raise ValueError("--docbin-fraction plus --clean-fraction must be at most 1")
+        if (self.docbin_fraction > 0 or self.clean_fraction > 0) and self.docbin is None:
+            raise ValueError("--docbin-fraction and --clean-fraction need --docbin")
+        if self.test_groups and self.test_groups >= self.val_groups:
+            raise ValueError("--test-groups must be smaller than --val-groups")
         if self.freeze_base and (not self.refine or self.init is None):
             raise ValueError("--freeze-base needs --refine and --init (it trains the correction)")
         return self
@@ -161,9 +204,10 @@ def _crop_pair(
 class _SyntheticPool:
     """A rolling pool of synthetic pages; one is replaced on each :meth:`refresh`."""
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, display_prob: float = 0.0) -> None:
         from pipeline.data.synthetic_pages import SyntheticPages
 
+        self.display_prob = display_prob
         self.sizes = SyntheticPages.DEFAULT_PAGE_SIZES
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
         self.pages = [self._new() for _ in range(size)]
@@ -173,7 +217,9 @@ class _SyntheticPool:
         from pipeline.data.synthetic_pages import make_pair
 
         h, w, dpi = self.sizes[int(self.rng.integers(len(self.sizes)))]
-        return make_pair(int(self.rng.integers(2**62)), h, w, dpi)
+        # No extra draw when off: the pages of runs from before the option replay exactly.
+        display = self.display_prob > 0 and self.rng.random() < self.display_prob
+        return make_pair(int(self.rng.integers(2**62)), h, w, dpi, display=display)
 
     def refresh(self) -> None:
         self.pages[self.next] = self._new()
@@ -185,6 +231,67 @@ def synthetic_val_pages() -> list[tuple[np.ndarray, np.ndarray]]:
     from pipeline.data.synthetic_pages import make_pair
 
     return [make_pair(SYNTH_VAL_SEED + s, h, w, dpi) for s, h, w, dpi in SYNTH_VAL_PAGES]
+
+
+class _RealPages:
+    """docbin pages for training (scan and ground truth as uint8, 0 = ink) and validation."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from pipeline.data.docbin import load_pages, page_names, split_pages
+
+        split = split_pages(page_names(cfg.docbin))
+        self.split = split
+        self.train = [
+            (p.image, np.where(p.ink, 0, 255).astype(np.uint8))
+            for p in load_pages(cfg.docbin, split["train"])
+        ]
+        self.val = load_pages(cfg.docbin, split["val"])
+        # Real pages: their own pixels half the time, else shrunk up to 2x (lower DPI); no
+        # level change (the scans' own levels are the point). Identity patches: unchanged.
+        self.cfg_real = cfg.model_copy(
+            update=dict(scale_prob=0.5, scale_lo=0.8, scale_hi=2.0, level_aug=0.0)
+        )
+        self.cfg_clean = cfg.model_copy(update=dict(level_aug=0.0))
+
+    def sample(
+        self, rng: np.random.Generator, cfg: TrainConfig, pool: _SyntheticPool | None
+    ) -> tuple[np.ndarray, np.ndarray, bool] | None:
+        """A real patch (labels, True), an identity patch (False), or None: the usual sources."""
+        r = rng.random()
+        if r < cfg.docbin_fraction:
+            image, gt = self.train[int(rng.integers(len(self.train)))]
+            return *_crop_pair(image, gt, rng, self.cfg_real), True
+        if r < cfg.docbin_fraction + cfg.clean_fraction:
+            if pool is None or rng.random() < 0.5:
+                page = self.train[int(rng.integers(len(self.train)))][1]
+            else:
+                page = pool.pages[int(rng.integers(len(pool.pages)))][1]
+            return *_crop_pair(page, page, rng, self.cfg_clean), False
+        return None
+
+    def val_f(self, model) -> float:
+        """Mean F-measure (%) after Otsu of ``model``'s output on the validation pages."""
+        import torch
+
+        from pipeline.data.docbin import f_measure, otsu_ink
+
+        scores = []
+        with torch.inference_mode():
+            for page in self.val:
+                x = torch.from_numpy(page.image.astype(np.float32) / 255.0)[None, None]
+                scores.append(100.0 * f_measure(otsu_ink(model(x)[0, 0].numpy()), page.ink))
+        return float(np.mean(scores))
+
+
+def bilevel_loss(pred, target, ink_level: float):
+    """Per-pixel loss against ink/paper labels (target 1 = paper, 0 = ink; resampled: between).
+
+    Paper is pulled to white; ink only below ``ink_level`` (a squared hinge): bilevel ground
+    truth says where ink is, not how dark it should be.
+    """
+    return (
+        target * (1.0 - pred).square() + (1.0 - target) * (pred - ink_level).clamp_min(0.0).square()
+    )
 
 
 # ---- model ----------------------------------------------------------------------------------
@@ -312,21 +419,36 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
 
     train_pairs: list[DDDPair] = []
     val_pairs: list[DDDPair] = []
+    test_pairs: list[DDDPair] = []
     if cfg.ddd is not None:
         try:
             pairs = load_pairs(cfg.ddd)
         except FileNotFoundError as exc:
             raise ConfigError(f"--ddd: {exc}") from None
         try:
-            train_pairs, val_pairs = split_by_group(pairs, cfg.val_groups, cfg.seed)
+            if cfg.test_groups:
+                train_pairs, val_pairs, test_pairs = split_three(
+                    pairs, cfg.val_groups, cfg.test_groups, cfg.seed
+                )
+            else:
+                train_pairs, val_pairs = split_by_group(pairs, cfg.val_groups, cfg.seed)
         except ValueError as exc:
             raise ConfigError(f"--val-groups: {exc}") from None
     # Before the slow part (rendering synthetic pages), so a wrong --init fails at once. The
     # pool draws from numpy generators only, so the order leaves the torch stream unchanged.
-    init = init_record(cfg.init, [p.name for p in val_pairs]) if cfg.init else None
+    held_names = [p.name for p in val_pairs + test_pairs]
+    init = init_record(cfg.init, held_names) if cfg.init else None
     model = build_model(cfg)
     synth_frac = cfg.synthetic_fraction if train_pairs else 1.0
-    pool = _SyntheticPool(cfg.synthetic_pool, cfg.seed) if synth_frac > 0 else None
+    pool = (
+        _SyntheticPool(cfg.synthetic_pool, cfg.seed, cfg.display_prob) if synth_frac > 0 else None
+    )
+    real = None
+    if cfg.docbin is not None:
+        try:
+            real = _RealPages(cfg)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"--docbin: {exc}") from None
     ddd_val = [(p.dirty, p.clean) for p in val_pairs]
     syn_val = synthetic_val_pages()
 
@@ -343,7 +465,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
             return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup)
+        t = (step - cfg.warmup) / max(1, (cfg.schedule_steps or cfg.max_steps) - cfg.warmup)
         return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
     history: list[dict[str, Any]] = []
@@ -354,8 +476,15 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     b = cfg.batch_size
     xb = np.empty((b, 1, cfg.patch, cfg.patch), np.float32)
     yb = np.empty_like(xb)
+    labels = np.zeros((b, 1, 1, 1), bool)
+    mixed = real is not None and cfg.docbin_fraction + cfg.clean_fraction > 0
     for step in range(1, cfg.max_steps + 1):
         for i in range(b):
+            got = real.sample(rng, cfg, pool) if mixed else None
+            if got is not None:
+                xb[i, 0], yb[i, 0], labels[i] = got
+                continue
+            labels[i] = False
             if pool is not None and rng.random() < synth_frac:
                 dirty, clean = pool.pages[int(rng.integers(len(pool.pages)))]
             else:
@@ -378,10 +507,17 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
                 (1.0 + cfg.margin - lin).clamp_min(0.0),
                 torch.where(target <= 0.0, (lin + cfg.margin).clamp_min(0.0), 0.0),
             )
-            loss = torch.nn.functional.mse_loss(pred, target) + hinge.square().mean()
+            if mixed:
+                gray = (pred - target).square() + hinge.square()
+            else:
+                loss = torch.nn.functional.mse_loss(pred, target) + hinge.square().mean()
         else:
             pred = model(x)
+            gray = (pred - target).square()
             loss = torch.nn.functional.mse_loss(pred, target)
+        if mixed:
+            bil = bilevel_loss(pred, target, cfg.ink_level)
+            loss = torch.where(torch.from_numpy(labels), bil, gray).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -396,7 +532,9 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         if step % cfg.val_every == 0 or step == cfg.max_steps or timed_out:
             r_ddd = page_rmse(ema, ddd_val) if ddd_val else float("nan")
             r_syn = page_rmse(ema, syn_val)
-            score = (r_ddd if ddd_val else 0.0) + r_syn
+            f_real = real.val_f(ema) if real is not None else float("nan")
+            # One F point weighs as 0.01 RMSE: real pages are what the stage is for.
+            score = (r_ddd if ddd_val else 0.0) + r_syn + ((100 - f_real) / 100 if real else 0.0)
             minutes = (time.monotonic() - t_start) / 60
             rec = dict(
                 step=step,
@@ -405,11 +543,15 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
                 val_ddd_rmse=round(r_ddd, 5),
                 val_synthetic_rmse=round(r_syn, 5),
             )
+            if real is not None:
+                rec["val_docbin_f"] = round(f_real, 3)
             history.append(rec)
             improved = score < best_score
             say(
                 f"step {step} {minutes:.1f} min loss {loss.item():.5f} "
-                f"val ddd {r_ddd:.4f} synth {r_syn:.4f}{' *' if improved else ''}"
+                f"val ddd {r_ddd:.4f} synth {r_syn:.4f}"
+                + (f" docbin F {f_real:.2f}" if real is not None else "")
+                + (" *" if improved else "")
             )
             if improved:
                 best_score = score
@@ -425,11 +567,22 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
                     train_pairs=train_pairs,
                     val_pairs=val_pairs,
                     init=init,
+                    extra_data=_extra_data(test_pairs, real),
                 )
         if timed_out:
             stopped = "max_minutes"
             break
     return _save_final(out, cfg, history, best, stopped, t_start)
+
+
+def _extra_data(test_pairs: list[DDDPair], real: _RealPages | None) -> dict[str, Any]:
+    """What a run with a DDD test split or docbin pages records of them (nothing otherwise)."""
+    extra: dict[str, Any] = {}
+    if test_pairs:
+        extra["ddd_test_names"] = [p.name for p in test_pairs]
+    if real is not None:
+        extra["docbin_split"] = real.split
+    return extra
 
 
 def _training_info(
@@ -456,6 +609,7 @@ def _save(
     train_pairs: list[DDDPair],
     val_pairs: list[DDDPair],
     init: dict[str, Any] | None,
+    extra_data: dict[str, Any] | None = None,
 ) -> None:
     from pipeline.stages.scan_denoiser import ScanDenoiser
 
@@ -473,6 +627,7 @@ def _save(
             f"refresh every {cfg.synthetic_refresh} steps)",
             synthetic_val_pages=SYNTH_VAL_PAGES,
             synthetic_val_seed=SYNTH_VAL_SEED,
+            **(extra_data or {}),
         ),
         seed=cfg.seed,
         init=init,
@@ -482,6 +637,8 @@ def _save(
         val_ddd_rmse=best.get("val_ddd_rmse"),
         val_synthetic_rmse=best.get("val_synthetic_rmse"),
     )
+    if "val_docbin_f" in best:
+        metrics["val_docbin_f"] = best["val_docbin_f"]
     stage = ScanDenoiser(copy.deepcopy(model).float())
     stage.save_pretrained(
         out, training=training, metrics=metrics, card=model_card(cfg, training, metrics)
@@ -510,6 +667,63 @@ def _save_final(
     card = model_card(cfg, config["training"], config["metrics"])
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     return out
+
+
+def _real_data_lines(cfg: TrainConfig, data: dict[str, Any]) -> str:
+    """The card's lines on the DDD test split, docbin pages, identity and display patches."""
+    lines = ""
+    if data.get("ddd_test_names"):
+        lines += (
+            f"- DDD test split: {cfg.test_groups} of those held-out pages (x4) are never scored "
+            f"in training (benchmark only): {', '.join(data['ddd_test_names'])}.\n"
+        )
+    split = data.get("docbin_split")
+    if split:
+        lines += (
+            f"- Real degraded pages from `{cfg.docbin}` (docbin: DIBCO / H-DIBCO 2010-2018, "
+            f"Bickley diary, Persian heritage), split by page within each collection "
+            f"(`pipeline.data.docbin.split_pages`): {len(split['train'])} train, "
+            f"{len(split['val'])} validation ({', '.join(split['val'])}), "
+            f"{len(split['test'])} test pages never used in training or for any choice "
+            f"({', '.join(split['test'])}). Fraction {cfg.docbin_fraction} of the patches, "
+            f"their own pixels or shrunk up to 2x; loss against the 1-bit ground truth: paper "
+            f"pulled to white, ink pushed below {cfg.ink_level} (squared hinges).\n"
+        )
+    if cfg.clean_fraction:
+        lines += (
+            f"- Identity patches (fraction {cfg.clean_fraction}): a clean page in, the same "
+            "page out (docbin training ground truth or a clean synthetic page), so clean "
+            "content, bold type included, passes through.\n"
+        )
+    if cfg.display_prob:
+        lines += (
+            f"- Synthetic pages with headlines and initials of 24-150 pt in bold faces, rules, "
+            f"filled shapes and photos (p={cfg.display_prob}).\n"
+        )
+    return lines
+
+
+def _limits(cfg: TrainConfig) -> str:
+    if cfg.docbin:
+        return (
+            "Trained on printed text (synthetic, DDD) and on real handwritten and printed archive "
+            "pages (docbin). Coloured backgrounds are flattened toward white; very faint pencil "
+            "may be removed as noise. See the benchmark for what holds on clean pages."
+        )
+    return (
+        "Trained on printed text on white paper. Photos, halftones and coloured backgrounds are\n"
+        "flattened toward white; very faint pencil may be removed as noise."
+    )
+
+
+def _real_metric_line(cfg: TrainConfig, data: dict[str, Any], metrics: dict[str, Any]) -> str:
+    split = data.get("docbin_split")
+    if not split:
+        return ""
+    return (
+        f"| docbin validation pages ({len(split['val'])}), F-measure (%) after Otsu "
+        f"| {metrics.get('val_docbin_f')} |\n"
+    )
 
 
 def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> str:
@@ -555,6 +769,13 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         if cfg.level_aug > 0
         else ""
     )
+    real_lines = _real_data_lines(cfg, data)
+    real_bench = (
+        "; on the docbin test pages, clean pages and the DDD test split in "
+        "`benchmarks/results/scan_real.md` (`.venv/bin/python benchmarks/scan_real.py`)"
+        if cfg.docbin
+        else ""
+    )
     return f"""# scan-denoiser
 
 Stage `scan-denoiser`: cleans scanned document pages (white paper, dark text; stains, creases,
@@ -571,8 +792,8 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
   {", ".join(data.get("ddd_val_names", []))}.
 - Synthetic degraded pages from `pipeline.data.synthetic_pages` (fraction
   {cfg.synthetic_fraction} of the patches).
-- Patches {cfg.patch} px, {scaling}, rotations/flips{levels} (this run's settings; the
-  earlier commands' are in their command lines).
+{real_lines}- Patches {cfg.patch} px, {scaling}, rotations/flips{levels} (this run's settings;
+  the earlier commands' are in their command lines).
 
 ## Training
 {commands}- {last}: `{training.get("command")}`
@@ -584,11 +805,10 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
 |---|---:|
 | DDD held-out pages ({4 * cfg.val_groups} pages) | {metrics.get("val_ddd_rmse")} |
 | fixed synthetic pages ({len(SYNTH_VAL_PAGES)}) | {metrics.get("val_synthetic_rmse")} |
-
+{_real_metric_line(cfg, data, metrics)}
 Benchmark figures against baselines are in `benchmarks/results/scan_denoiser.md`
-(`.venv/bin/python benchmarks/scan_denoiser.py --ddd ../shared/data/ddd`).
+(`.venv/bin/python benchmarks/scan_denoiser.py --ddd ../shared/data/ddd`){real_bench}.
 
 ## Limits
-Trained on printed text on white paper. Photos, halftones and coloured backgrounds are
-flattened toward white; very faint pencil may be removed as noise.
+{_limits(cfg)}
 """

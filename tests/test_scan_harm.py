@@ -1,0 +1,67 @@
+"""Do no harm: the shipped scan denoiser passes clean pages through unchanged.
+
+Small generated pages without damage (bold headlines and initials of 24-150 pt, rules, shapes,
+a photo), at 150 and 300 DPI; the targets are the issue's (benchmarks/scan_real.py measures the
+same on larger pages and on real ground-truth pages).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.batch import ImageBatch
+from pipeline.data.docbin import f_measure, otsu_ink
+from pipeline.data.synthetic_pages import add_display_content, render_clean_page
+from pipeline.stages.scan_denoiser import ScanDenoiser
+
+# The shipped v14 fails these (measured: F 46-53% on the bold pages, RMSE 0.34 on the gray
+# page with a photo): it takes wide dark areas for stains. Strict, so the marker must go the day
+# shipped weights pass.
+KNOWN_HARM = pytest.mark.xfail(
+    strict=True, reason="issue 16: shipped weights hollow bold type and flatten photos"
+)
+
+
+@pytest.fixture(scope="module")
+def stage() -> ScanDenoiser:
+    torch.set_num_threads(1)
+    return ScanDenoiser.from_pretrained("scan-denoiser")
+
+
+def clean_page(seed: int, dpi: int, bilevel: bool) -> tuple[np.ndarray, tuple | None]:
+    rng = np.random.default_rng(np.random.SeedSequence([31_000_000, seed, dpi]))
+    page = render_clean_page(rng, 360, 320, dpi)
+    page, box = add_display_content(page, rng, dpi, photo=not bilevel)
+    if bilevel:
+        page = np.where(page < 128, 0, 255).astype(np.uint8)
+    return page, box
+
+
+def run(stage: ScanDenoiser, page: np.ndarray) -> np.ndarray:
+    return stage(ImageBatch.from_numpy(page)).images[0, 0].numpy()
+
+
+@KNOWN_HARM
+@pytest.mark.parametrize(("seed", "dpi"), [(0, 150), (1, 300), (2, 300)])
+def test_clean_bilevel_bold_page_passes_through(stage: ScanDenoiser, seed: int, dpi: int) -> None:
+    page, _ = clean_page(seed, dpi, bilevel=True)
+    assert (page < 128).mean() > 0.05  # heavy ink on the page: the case that used to hollow
+    out = run(stage, page)
+    assert 100.0 * f_measure(otsu_ink(out), page < 128) >= 99.5
+
+
+@KNOWN_HARM
+def test_clean_gray_page_with_photo_passes_through(stage: ScanDenoiser) -> None:
+    from skimage.metrics import structural_similarity
+
+    page, box = clean_page(3, 150, bilevel=False)
+    out = run(stage, page)
+    ref = page.astype(np.float32) / 255.0
+    assert math.sqrt(float(((out - ref) ** 2).mean())) <= 0.01
+    y, x, h, w = box
+    out8 = np.round(out[y : y + h, x : x + w] * 255).astype(np.uint8)
+    assert structural_similarity(page[y : y + h, x : x + w], out8, data_range=255) >= 0.9
