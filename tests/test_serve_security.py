@@ -273,7 +273,11 @@ def test_pdf_and_image_bombs(server: tuple[str, int], tmp_path: Path) -> None:
     body = assert_error(upload(url, many, "many.pdf"), 413)
     assert "page" in body["detail"]
     huge = pdf([(14_400.0, 14_400.0)])  # 200 x 200 inch: 207 Mpixel at 72 dpi
-    assert_error(upload(url, huge, "huge.pdf"), 413)
+    # Edited in place, a page without a scan is never rendered: it comes back as it was.
+    kept = upload(url, huge, "huge.pdf")
+    assert kept.status_code == 200 and kept.content == huge
+    # Asked for rendered pages, the huge page box is refused before rendering.
+    assert_error(upload(f"{url}?format=png", huge, "huge.pdf"), 413)
     assert_error(upload(url, png_bomb(tmp_path / "bomb.png").read_bytes()), 413)
     assert_healthy(base)
 
