@@ -15,8 +15,6 @@ from pipeline.errors import ConfigError
 from pipeline.weights import shipped_weights_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-# The scan denoiser's training command is owned elsewhere for now (issue 17 leaves it out).
-TRAIN_COMMANDS_NOT_CHECKED = {"scan-denoiser"}
 
 
 def test_models_do_not_import_pipeline() -> None:
@@ -42,10 +40,8 @@ def train_commands() -> dict[str, click.Command]:
 
 def test_every_training_command_defaults_under_runs() -> None:
     commands = train_commands()
-    assert {"colorizer", "salt-pepper", "face-vae", "mnist-vae"} <= set(commands)
+    assert {"colorizer", "salt-pepper", "face-vae", "mnist-vae", "scan-denoiser"} <= set(commands)
     for name, command in commands.items():
-        if name in TRAIN_COMMANDS_NOT_CHECKED:
-            continue
         params = {p.name: p for p in command.params}
         assert params["out"].default is None, name
         assert "overwrite_shipped" in params, name

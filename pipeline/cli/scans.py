@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.apps import train_app
-from pipeline.cli.common import check_choice, cli_errors, err, invocation
+from pipeline.cli.common import (
+    OverwriteShippedOpt,
+    TrainOutOpt,
+    check_choice,
+    cli_errors,
+    err,
+    invocation,
+    train_out,
+)
 
 
 @train_app.command("scan-denoiser")
@@ -22,19 +30,8 @@ def train_scan_denoiser(
         Path | None,
         typer.Option("--ddd", help="Denoising Dirty Documents folder (train/, train_cleaned/)."),
     ] = Path("../shared/data/ddd"),
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out", "-o", help="Weights folder to write (under weights/ only with --to-weights)."
-        ),
-    ] = Path("runs/scan-denoiser"),
-    to_weights: Annotated[
-        bool,
-        typer.Option(
-            "--to-weights",
-            help="Allow --out inside weights/ (replacing shipped weights is a decision).",
-        ),
-    ] = False,
+    out: TrainOutOpt = None,
+    overwrite_shipped: OverwriteShippedOpt = False,
     docbin: Annotated[
         Path | None,
         typer.Option("--docbin", help="docbin folder (images/, gt/): real pages, bilevel truth."),
@@ -169,7 +166,7 @@ def train_scan_denoiser(
     from pipeline.train.scan_denoiser import TrainConfig, train
 
     with cli_errors():
-        _check_out(out, to_weights)
+        out = train_out(out, "scan-denoiser", overwrite_shipped)
         cfg = TrainConfig(
             ddd=ddd,
             arch=check_choice(arch, ("scan-unet", "classic"), "--arch"),  # type: ignore[arg-type]
@@ -207,14 +204,3 @@ def train_scan_denoiser(
         )
         train(cfg, out, progress=err)
         err(f"wrote {out}")
-
-
-def _check_out(out: Path, to_weights: bool) -> None:
-    """Refuse to write into a ``weights/`` folder unless asked to."""
-    from pipeline.errors import ConfigError
-
-    if not to_weights and "weights" in out.resolve().parts:
-        raise ConfigError(
-            f"--out {out}: inside weights/ (the shipped weights); train into runs/ and copy, "
-            "or pass --to-weights"
-        )
