@@ -49,7 +49,7 @@ def colorize(
         str,
         typer.Option(
             "--model",
-            help="auto (default: face model for face crops up to 96 px, roughly square; "
+            help="auto (default: face model for face crops up to 160 px, roughly square; "
             "colorizer-photo for everything else), or a weights name or folder for all images.",
         ),
     ] = "auto",
@@ -84,7 +84,7 @@ def colorize(
     """Add colour to gray photos and faces of any size, keeping their gray exactly.
 
     With --model auto (default) each image gets the model made for it: small, roughly square
-    images (both sides at most 96 px, aspect at most 1.25: face crops such as gen-faces'
+    images (both sides at most 160 px, aspect at most 1.25: face crops such as gen-faces'
     64x64 output) get the face colorizer, everything else colorizer-photo. Colour inputs are
     converted to gray (BT.601) first. Chroma is predicted at the model's small resolution and
     laid onto the full-resolution gray, so outputs keep each input's name and pixel size;
@@ -126,7 +126,7 @@ def colorize(
 
 FACE_MODEL = "colorizer"
 PHOTO_MODEL = "colorizer-photo"
-FACE_MAX_SIDE = 96
+FACE_MAX_SIDE = 160
 FACE_MAX_ASPECT = 1.25
 
 
@@ -189,6 +189,15 @@ def train_colorizer(
     channels: Annotated[
         str, typer.Option("--channels", help="Encoder widths, comma-separated.")
     ] = "16,32,64,128",
+    rebalance: Annotated[
+        float,
+        typer.Option(
+            "--rebalance",
+            min=0.0,
+            max=1.0,
+            help="Class-rebalancing mix lambda (classify): 1 = no rebalancing.",
+        ),
+    ] = 0.5,
     min_bin_count: Annotated[
         int, typer.Option("--min-bin-count", min=1, help="Drop chroma bins seen fewer times.")
     ] = 1,
@@ -214,6 +223,7 @@ def train_colorizer(
             model_size=model_size,
             channels=[int(c) for c in channels.split(",") if c.strip()],
             min_bin_count=min_bin_count,
+            rebalance=rebalance,
             max_steps=max_steps,
             val_every=val_every,
             batch_size=batch_size,

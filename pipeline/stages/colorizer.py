@@ -2,11 +2,13 @@
 
 Gray (C=1) images go in as they are; RGB (C=3) images are first converted to BT.601 gray with
 :func:`pipeline.batch.to_gray`. The model (:class:`models.colorizer.StackNNColorizer`, shipped
-as ``weights/colorizer``) predicts chroma from the gray image **resized** to
-``model_size`` x ``model_size`` (bilinear, antialiased; the model was trained on whole 64x64
-faces, so resizing rather than running fully convolutionally at full size keeps a face's
-colour layout where the model expects it, whatever the input's size or aspect). The chroma is
-upsampled bilinearly back to the input's full size.
+as ``weights/colorizer`` for faces and ``weights/colorizer-photo`` for photos of any scene)
+predicts chroma from the gray image **resized** to ``model_size`` x ``model_size`` (bilinear,
+antialiased; the face model was trained on whole 64x64 faces and the photo model on whole
+photos and large crops squashed the same way, so resizing rather than running fully
+convolutionally at full size shows the model the whole picture at the scale it expects,
+whatever the input's size or aspect). The chroma is upsampled bilinearly back to the input's
+full size; that small prediction is what keeps a 12-megapixel photo fast.
 
 With ``projection`` on (default) that chroma is laid onto the **exact** full-resolution input
 luma: RGB is rebuilt from (Y_input, Cb, Cr), which keeps Y exactly, and where a channel would
