@@ -36,12 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.colorizer import to_u8  # noqa: E402
 from benchmarks.metrics import colorfulness, fid, psnr  # noqa: E402
-
-
-def to_u8(t) -> np.ndarray:
-    """float (N, C, H, W) in [0, 1] -> uint8 (N, H, W, C)."""
-    return (t.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def gray_u8_of(rgb_u8: np.ndarray) -> np.ndarray:
@@ -148,21 +144,23 @@ def load_photo_split(folder: Path) -> tuple[list[str], list[np.ndarray]]:
 
 
 def table(rows: list[dict], with_fid: bool) -> list[str]:
-    """Markdown table rows."""
+    """Markdown table rows (the FID column only when measured)."""
+    fid_col = " FID |" if with_fid else ""
     lines = [
-        "| system | PSNR dB | colourfulness (% real) | chroma err | luma err mean / max | FID |"
+        "| system | PSNR dB | colourfulness (% real) | chroma err | luma err mean / max |"
+        + fid_col
         + " ms/image |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|" + ("---|" if with_fid else "") + "---|",
     ]
     for r in rows:
-        f = f"{r['fid']:.1f}" if "fid" in r else "-"
+        f = f" {r['fid']:.1f} |" if with_fid else ""
         ms = f"{r['ms_per_image']:.1f}" if "ms_per_image" in r else "-"
         lines.append(
             f"| {r['system']} | {r['psnr_db']:.2f} | {r['colorfulness']:.1f} "
             f"({r['colorfulness_pct_real']:.0f}%) | {r['chroma_err']:.2f} "
-            f"| {r['luma_mae_levels']:.3f} / {r['luma_max_levels']:.0f} | {f} | {ms} |"
+            f"| {r['luma_mae_levels']:.3f} / {r['luma_max_levels']:.3f} |{f} {ms} |"
         )
-    return lines if with_fid else [ln.replace(" FID |", "") for ln in lines]
+    return lines
 
 
 def photo_part(args, log) -> tuple[list[dict], dict]:

@@ -59,10 +59,13 @@ def test_photo_colorizer_is_not_a_uniform_tint(photo: Colorizer) -> None:
     gray = sky_scene(96, 144)
     out = photo(ImageBatch.from_numpy(gray[None, ..., None])).to_numpy(np.uint8)[0]
     c = chroma_levels(out)
-    # Measurable colour, and not one tint laid everywhere: sky and ground get different chroma.
+    # Measurable colour, and not one tint laid everywhere: sky and ground get clearly different
+    # chroma (the face colorizer, a near-uniform pink here, differs by under 5 levels), and the
+    # sky is the bluer of the two (Cb is the blue-difference channel).
     assert np.linalg.norm(c, axis=-1).mean() > 3.0
     sky, ground = c[:40].reshape(-1, 2).mean(0), c[-40:].reshape(-1, 2).mean(0)
-    assert np.linalg.norm(sky - ground) > 3.0
+    assert np.linalg.norm(sky - ground) > 10.0
+    assert sky[0] > ground[0] + 5.0
 
 
 def test_auto_model_rule() -> None:
