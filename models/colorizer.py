@@ -94,6 +94,38 @@ def gamut_fit(y: torch.Tensor, cbcr: torch.Tensor) -> torch.Tensor:
     return (y + s * d).clamp(0.0, 1.0)
 
 
+def gamut_fit_into(y: torch.Tensor, cbcr: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """:func:`gamut_fit` with far fewer passes over memory, written into ``out``; same pixels.
+
+    The chroma offsets have zero luma with positive weights, so per pixel the largest offset is
+    >= 0 >= the smallest; the largest admissible scale is therefore
+    ``min(1, (1 - y) / max_c d, y / -min_c d)``, and dividing by the extreme offset gives
+    exactly the minimum of the per-channel quotients that :func:`gamut_fit` takes. This
+    works on single-channel planes instead of three-channel temporaries, which matters at
+    12 megapixels.
+
+    Args:
+        y: (N, 1, H, W) luma in [0, 1].
+        cbcr: (N, 2, H, W) chroma.
+        out: (N, 3, H, W) float32 tensor to write RGB into (may be a view of a larger tensor).
+
+    Returns:
+        ``out``, RGB in [0, 1] with luma ``y``; bit-identical to ``gamut_fit(y, cbcr)``.
+    """
+    eps = 1e-12
+    dr = _KR * cbcr[:, 1:2]
+    db = _KB * cbcr[:, 0:1]
+    dg = -(_WR * dr + _WB * db) / _WG
+    hi = torch.maximum(torch.maximum(dr, dg), db)
+    lo = torch.minimum(torch.minimum(dr, dg), db)
+    s = torch.where(hi > eps, (1.0 - y) / hi.clamp_min(eps), 1.0)
+    s = torch.minimum(s, torch.where(lo < -eps, y / (-lo).clamp_min(eps), 1.0)).clamp_(0.0, 1.0)
+    for i, d in enumerate((dr, dg, db)):
+        # s * d, then + y: the same two roundings as gamut_fit (a fused multiply-add is not).
+        torch.mul(s, d, out=out[:, i : i + 1]).add_(y)
+    return out.clamp_(0.0, 1.0)
+
+
 def chroma_grid(step: float = 1.0 / 24.0, limit: float = 0.5) -> torch.Tensor:
     """Centres of a square (Cb, Cr) grid, shape (Q, 2), spacing ``step`` within +-``limit``."""
     n = round(2 * limit / step)

@@ -45,7 +45,14 @@ from pipeline.defaults import DEFAULT_MAX_PIXELS
 def colorize(
     inputs: InputsArg,
     out: OutOpt = None,
-    model: Annotated[str, typer.Option("--model", help="Weights name or folder.")] = "colorizer",
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="auto (default: face model for face crops up to 160 px, roughly square; "
+            "colorizer-photo for everything else), or a weights name or folder for all images.",
+        ),
+    ] = "auto",
     projection: Annotated[
         bool,
         typer.Option(
@@ -74,11 +81,14 @@ def colorize(
     frames: FramesOpt = "first",
     list_ignored: ListIgnoredOpt = False,
 ) -> None:
-    """Add colour to gray face images of any size, keeping their gray exactly.
+    """Add colour to gray photos and faces of any size, keeping their gray exactly.
 
-    Colour inputs are converted to gray (BT.601) first. Chroma is predicted at the model's
-    resolution (64x64) and laid onto the full-resolution gray, so outputs keep each input's
-    name and pixel size; existing outputs are skipped, so an interrupted run resumes.
+    With --model auto (default) each image gets the model made for it: small, roughly square
+    images (both sides at most 160 px, aspect at most 1.25: face crops such as gen-faces'
+    64x64 output) get the face colorizer, everything else colorizer-photo. Colour inputs are
+    converted to gray (BT.601) first. Chroma is predicted at the model's small resolution and
+    laid onto the full-resolution gray, so outputs keep each input's name and pixel size;
+    existing outputs are skipped, so an interrupted run resumes.
 
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
     4 weights could not be loaded, 130 interrupted.
@@ -86,21 +96,71 @@ def colorize(
     device = check_choice(device, DEVICES, "--device")
     options = file_options("colorized", locals())
 
+    overrides: dict[str, object] = {"projection": projection}
+    if temperature is not None:
+        overrides["temperature"] = temperature
+
     def load():
         from pipeline.stages.colorizer import Colorizer
 
-        overrides: dict[str, object] = {"projection": projection}
-        if temperature is not None:
-            overrides["temperature"] = temperature
-        return Colorizer.from_pretrained(model, device=device, **overrides)
+        if model != "auto":
+            return Colorizer.from_pretrained(model, device=device, **overrides)
+        return AutoColorizer(
+            lambda name: Colorizer.from_pretrained(name, device=device, **overrides)
+        )
 
     run_job(inputs, load, options, quiet=quiet, unit="image")
+
+
+FACE_MODEL = "colorizer"
+PHOTO_MODEL = "colorizer-photo"
+FACE_MAX_SIDE = 160
+FACE_MAX_ASPECT = 1.25
+
+
+def auto_model(height: int, width: int) -> str:
+    """The weights ``colorize --model auto`` uses for an image of this size.
+
+    Face crops (the face colorizer's 64x64 training faces, gen-faces' output) are small and
+    roughly square; a photo of a scene is neither, so size alone separates them well enough.
+    """
+    long, short = max(height, width), min(height, width)
+    if long <= FACE_MAX_SIDE and long <= FACE_MAX_ASPECT * short:
+        return FACE_MODEL
+    return PHOTO_MODEL
+
+
+class AutoColorizer:
+    """Batch -> batch callable that colorizes each batch with :func:`auto_model`'s choice.
+
+    The runner batches only same-sized pages, so a per-batch choice is a per-image choice.
+    Each model is loaded the first time it is needed.
+
+    Args:
+        load: weights name -> colorizer stage.
+    """
+
+    def __init__(self, load) -> None:
+        self._load = load
+        self._stages: dict[str, object] = {}
+
+    def __call__(self, batch):
+        """Colorize one batch (N, C, H, W) with the model chosen for its size."""
+        name = auto_model(*batch.size)
+        if name not in self._stages:
+            self._stages[name] = self._load(name)
+        return self._stages[name](batch)
 
 
 @train_app.command("colorizer")
 def train_colorizer(
     data: Annotated[
-        Path, typer.Option("--data", help="Colour face archive (lfw_64.npz); train split only.")
+        Path,
+        typer.Option(
+            "--data",
+            help="Colour face archive (lfw_64.npz; train split only) or photo folder "
+            "(train/ and val/; test/ is never read).",
+        ),
     ] = Path("../shared/data/faces/lfw_64.npz"),
     out: TrainOutOpt = None,
     overwrite_shipped: OverwriteShippedOpt = False,
@@ -111,6 +171,24 @@ def train_colorizer(
             help="regress (MSE + luma; shipped) | classify (chroma bins, rebalanced CE + L1).",
         ),
     ] = "regress",
+    model_size: Annotated[
+        int, typer.Option("--model-size", min=16, help="Training and stage input side.")
+    ] = 64,
+    channels: Annotated[
+        str, typer.Option("--channels", help="Encoder widths, comma-separated.")
+    ] = "16,32,64,128",
+    rebalance: Annotated[
+        float,
+        typer.Option(
+            "--rebalance",
+            min=0.0,
+            max=1.0,
+            help="Class-rebalancing mix lambda (classify): 1 = no rebalancing.",
+        ),
+    ] = 0.5,
+    min_bin_count: Annotated[
+        int, typer.Option("--min-bin-count", min=1, help="Drop chroma bins seen fewer times.")
+    ] = 1,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 3000,
     val_every: Annotated[int, typer.Option("--val-every", min=1)] = 150,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
@@ -122,7 +200,7 @@ def train_colorizer(
         float | None, typer.Option("--max-minutes", help="Wall-clock safety cap.")
     ] = None,
 ) -> None:
-    """Train the StackNN colorizer on colour LFW faces (CPU, 1 thread)."""
+    """Train the StackNN colorizer on colour LFW faces or a photo folder (CPU, 1 thread)."""
     from pipeline.train.colorizer import TrainConfig, train
 
     with cli_errors():
@@ -130,6 +208,10 @@ def train_colorizer(
         cfg = TrainConfig(
             data=data,
             head=check_choice(head, ("classify", "regress"), "--head"),  # type: ignore[arg-type]
+            model_size=model_size,
+            channels=[int(c) for c in channels.split(",") if c.strip()],
+            min_bin_count=min_bin_count,
+            rebalance=rebalance,
             max_steps=max_steps,
             val_every=val_every,
             batch_size=batch_size,

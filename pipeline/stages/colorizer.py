@@ -2,16 +2,19 @@
 
 Gray (C=1) images go in as they are; RGB (C=3) images are first converted to BT.601 gray with
 :func:`pipeline.batch.to_gray`. The model (:class:`models.colorizer.StackNNColorizer`, shipped
-as ``weights/colorizer``) predicts chroma from the gray image **resized** to
-``model_size`` x ``model_size`` (bilinear, antialiased; the model was trained on whole 64x64
-faces, so resizing rather than running fully convolutionally at full size keeps a face's
-colour layout where the model expects it, whatever the input's size or aspect). The chroma is
-upsampled bilinearly back to the input's full size.
+as ``weights/colorizer`` for faces and ``weights/colorizer-photo`` for photos of any scene)
+predicts chroma from the gray image **resized** to ``model_size`` x ``model_size`` (bilinear,
+antialiased; the face model was trained on whole 64x64 faces and the photo model on whole
+photos and large crops squashed the same way, so resizing rather than running fully
+convolutionally at full size shows the model the whole picture at the scale it expects,
+whatever the input's size or aspect). The chroma is upsampled bilinearly back to the input's
+full size; that small prediction is what keeps a 12-megapixel photo fast.
 
 With ``projection`` on (default) that chroma is laid onto the **exact** full-resolution input
 luma: RGB is rebuilt from (Y_input, Cb, Cr), which keeps Y exactly, and where a channel would
 leave [0, 1] the chroma of that pixel is scaled towards gray just enough to fit (same hue, less
-saturation), so clipping cannot change the luma. The output's BT.601 gray therefore equals the
+saturation), so clipping cannot change the luma (done in row bands, which is what keeps a
+12-megapixel photo well under a second). The output's BT.601 gray therefore equals the
 input up to float error, and within half a gray level after 8-bit rounding. With projection off
 the output is the model's own colour image at ``model_size``, recombined with the resized luma
 and upsampled back (blurrier; for comparison).
@@ -29,6 +32,8 @@ from pipeline.stage import Stage, StageConfig
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+_BAND_PIXELS = 1 << 16
 
 
 class Config(StageConfig):
@@ -67,7 +72,7 @@ class Colorizer(Stage):
         """
         import torch.nn.functional as F
 
-        from models.colorizer import gamut_fit, ycbcr_to_rgb
+        from models.colorizer import gamut_fit_into, ycbcr_to_rgb
 
         cfg = self.config
         factor = self.model.factor
@@ -83,7 +88,13 @@ class Colorizer(Stage):
         h, w = batch.size
         if cfg.projection:
             full = F.interpolate(chroma, size=(h, w), mode="bilinear", align_corners=False)
-            rgb = gamut_fit(y, full)
+            rgb = y.new_empty((y.shape[0], 3, h, w))
+            # Bands of ~64k pixels keep the per-pixel fit's temporaries in cache: a 12-megapixel
+            # photo takes a fraction of a second instead of seconds.
+            rows = max(1, _BAND_PIXELS // w)
+            for r in range(0, h, rows):
+                band = slice(r, r + rows)
+                gamut_fit_into(y[:, :, band], full[:, :, band], rgb[:, :, band])
         else:
             chroma = F.interpolate(chroma, size=size, mode="bilinear", align_corners=False)
             own = ycbcr_to_rgb(small, chroma).clamp(0.0, 1.0)

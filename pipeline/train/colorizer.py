@@ -1,12 +1,21 @@
-"""Train the StackNN colorizer on colour LFW faces against their BT.601 gray versions.
+"""Train the StackNN colorizer on colour faces or photos against their BT.601 gray versions.
 
-The input is the 8-bit rounded BT.601 gray of each training face (what a gray PNG of it holds)
-plus Gaussian noise (the StackNN regulariser); the target is the face's (Cb, Cr) chroma. Faces
-are flipped left-right at random. A tail of the train split, cut between people, is held out
-for validation; the checkpoint with the lowest validation loss is kept, and the annealed-mean
-temperature of the ``classify`` head is then chosen on the same held-out faces (the most
-colourful setting within ``temperature_psnr_slack`` dB of the best PSNR). The test split is
-never read. Everything random derives from ``seed``.
+Two kinds of data (``data``):
+
+* a face archive (``lfw_64.npz``): whole 64x64 faces; a tail of its train split, cut between
+  people, is held out for validation;
+* a photo folder (``../shared/data/photos``) with ``train/`` and ``val/`` subfolders of colour
+  images of any size: each training sample is a random crop (60-100 % of each side) resized
+  to ``model_size`` x ``model_size`` (bilinear, antialiased), the same squash the stage applies
+  to a whole input; validation is the whole ``val/`` photos squashed the same way. ``test/``
+  is never read.
+
+For both, the input is the 8-bit rounded BT.601 gray of each training image (what a gray PNG of
+it holds) plus Gaussian noise (the StackNN regulariser); the target is its (Cb, Cr) chroma.
+Images are flipped left-right at random. The checkpoint with the lowest validation loss is
+kept, and the annealed-mean temperature of the ``classify`` head is then chosen on the same
+held-out images (the most colourful setting within ``temperature_psnr_slack`` dB of the best
+PSNR). The test split is never read. Everything random derives from ``seed``.
 """
 
 from __future__ import annotations
@@ -31,7 +40,11 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: Path = Field(description="colour face archive (lfw_64.npz); only its train split is read")
+    data: Path = Field(
+        description="colour face archive (lfw_64.npz; train split only) or photo folder "
+        "(train/ and val/ subfolders; test/ is never read)"
+    )
+    model_size: int = Field(64, ge=16, le=512, description="training and stage input side")
     head: Literal["classify", "regress"] = "regress"
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
     bin_step: float = Field(1.0 / 24.0, gt=0.0, le=0.5, description="chroma bin spacing")
@@ -88,12 +101,8 @@ def gray_and_chroma(rgb_u8: np.ndarray):
     """
     import torch
 
-    from models.colorizer import rgb_to_ycbcr
-
     rgb = torch.from_numpy(np.ascontiguousarray(rgb_u8)).permute(0, 3, 1, 2).float() / 255.0
-    y, cbcr = rgb_to_ycbcr(rgb)
-    gray = (y * 255.0).round() / 255.0
-    return gray, cbcr, rgb
+    return _split_gray(rgb)
 
 
 def chroma_bins(cbcr, step: float, min_count: int, rebalance: float):
@@ -167,6 +176,92 @@ def _colorfulness(rgb: np.ndarray) -> float:
     return float((sigma + 0.3 * np.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)).mean())
 
 
+def _flip(g, c, gen):
+    """Flip each image of a batch left-right with probability 1/2 (gray and chroma alike)."""
+    import torch
+
+    flip = (torch.rand(len(g), generator=gen) < 0.5)[:, None, None, None]
+    # Cb/Cr are not mirrored quantities, so the chroma flips with the pixels.
+    return torch.where(flip, g.flip(-1), g), torch.where(flip, c.flip(-1), c)
+
+
+def face_data(cfg: TrainConfig, gen):
+    """Batches and validation set of a face archive (see :func:`photo_data` for the returns)."""
+    import torch
+
+    images, files = load_color_faces(cfg.data, "train")
+    cut = split_by_person(files, len(images), cfg.val_fraction)
+    gray, cbcr, _ = gray_and_chroma(images[:cut])
+    perm, pos = torch.randperm(len(gray), generator=gen), 0
+
+    def sample():
+        nonlocal perm, pos
+        if pos + cfg.batch_size > len(perm):
+            perm, pos = torch.randperm(len(gray), generator=gen), 0
+        idx = perm[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        return _flip(gray[idx], cbcr[idx], gen)
+
+    return sample, cbcr, len(gray), gray_and_chroma(images[cut:])
+
+
+def load_photos(folder: Path) -> list:
+    """Every image of a folder (sorted by name) as float RGB (3, H, W) tensors in [0, 1]."""
+    from pipeline.io import is_image_path, read_image
+
+    files = sorted(p for p in folder.iterdir() if is_image_path(p))
+    if not files:
+        raise ValueError(f"{folder}: no images")
+    return [read_image(f).images[0].expand(3, -1, -1).contiguous() for f in files]
+
+
+def _squash(rgb, size: int):
+    """Resize (3, H, W) to (1, 3, size, size): bilinear, antialiased (what the stage does)."""
+    from torch.nn import functional as F
+
+    return F.interpolate(
+        rgb[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    ).clamp(0.0, 1.0)
+
+
+def _split_gray(rgb):
+    """(gray rounded to 8 bits, chroma, rgb) of float RGB (N, 3, H, W)."""
+    from models.colorizer import rgb_to_ycbcr
+
+    y, cbcr = rgb_to_ycbcr(rgb)
+    return (y * 255.0).round() / 255.0, cbcr, rgb
+
+
+def photo_data(cfg: TrainConfig, gen):
+    """Batches and validation set of a photo folder (``train/``, ``val/``).
+
+    Returns:
+        ``(sample, cbcr, n_train, (vgray, vcbcr, vrgb))``: ``sample()`` gives one training
+        batch ``(gray, chroma)``; ``cbcr`` is the chroma of every training pixel (for the bins);
+        the validation tensors are (N, 1 / 2 / 3, S, S) with S = ``model_size``.
+    """
+    import torch
+
+    photos = load_photos(cfg.data / "train")
+    val = torch.cat([_squash(p, cfg.model_size) for p in load_photos(cfg.data / "val")])
+    cbcr = torch.cat([_split_gray(p[None])[1].flatten(2) for p in photos], dim=2)[..., None]
+
+    def sample():
+        crops = []
+        for i in torch.randint(len(photos), (cfg.batch_size,), generator=gen).tolist():
+            _, h, w = photos[i].shape
+            ch, cw = (
+                int(side * (0.6 + 0.4 * float(torch.rand((), generator=gen)))) for side in (h, w)
+            )
+            y0 = int(torch.randint(h - ch + 1, (), generator=gen))
+            x0 = int(torch.randint(w - cw + 1, (), generator=gen))
+            crops.append(_squash(photos[i][:, y0 : y0 + ch, x0 : x0 + cw], cfg.model_size))
+        g, c, _ = _split_gray(torch.cat(crops))
+        return _flip(g, c, gen)
+
+    return sample, cbcr, len(photos), _split_gray(val)
+
+
 def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = None) -> Path:
     """Train a colorizer and write its weights folder.
 
@@ -189,11 +284,12 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    images, files = load_color_faces(cfg.data, "train")
-    cut = split_by_person(files, len(images), cfg.val_fraction)
-    gray, cbcr, _ = gray_and_chroma(images[:cut])
-    vgray, vcbcr, vrgb = gray_and_chroma(images[cut:])
-    say(f"train {len(gray)} faces, validation {len(vgray)} faces (split between people)")
+    if cfg.data.is_dir():
+        sample, cbcr, n_train, (vgray, vcbcr, vrgb) = photo_data(cfg, gen)
+        say(f"train {n_train} photos, validation {len(vgray)} photos (val/ folder)")
+    else:
+        sample, cbcr, n_train, (vgray, vcbcr, vrgb) = face_data(cfg, gen)
+        say(f"train {n_train} faces, validation {len(vgray)} faces (split between people)")
 
     if cfg.head == "classify":
         centers, class_w = chroma_bins(cbcr, cfg.bin_step, cfg.min_bin_count, cfg.rebalance)
@@ -233,20 +329,10 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     stale = 0
     step = 0
     stopped = "max_steps"
-    perm = torch.randperm(len(gray), generator=gen)
-    pos = 0
     t_loop = time.time()
     while step < cfg.max_steps:
         model.train()
-        if pos + cfg.batch_size > len(perm):
-            perm, pos = torch.randperm(len(gray), generator=gen), 0
-        idx = perm[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
-        g, c = gray[idx], cbcr[idx]
-        flip = torch.rand(len(idx), generator=gen) < 0.5
-        g = torch.where(flip[:, None, None, None], g.flip(-1), g)
-        # Cb/Cr are not mirrored quantities, so the chroma flips with the pixels.
-        c = torch.where(flip[:, None, None, None], c.flip(-1), c)
+        g, c = sample()
         noisy = g + cfg.noise_std * torch.randn(g.shape, generator=gen)
         parts = colorizer_loss(model, model(noisy), g, c, **loss_kw)
         opt.zero_grad(set_to_none=True)
@@ -258,7 +344,11 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         if step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time:
             v = val_loss()
             rate = step * cfg.batch_size / (time.time() - t_loop)
-            history.append({"step": step, **{k: round(x, 5) for k, x in v.items()}})
+            q = evaluate(model, vgray, vcbcr, vrgb, cfg.train_temperature)
+            history.append(
+                {"step": step, **{k: round(x, 5) for k, x in v.items()}}
+                | {f"val_{k}": round(x, 3) for k, x in q.items()}
+            )
             mark = ""
             if v["loss"] < best[0]:
                 best = (v["loss"], copy.deepcopy(model.state_dict()), step)
@@ -269,7 +359,8 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
                 f"step {step}/{cfg.max_steps} train {parts['loss'].item():.4f} "
                 f"val {v['loss']:.4f} (color {v['color']:.4f} luma {v['luma']:.5f}"
                 + (f" class {v['class']:.3f}" if "class" in v else "")
-                + f") {rate:.1f} img/s{mark}"
+                + f") PSNR {q['psnr']:.2f} colorfulness {q['colorfulness']:.1f}"
+                + f" {rate:.1f} img/s{mark}"
             )
             if stale >= cfg.patience:
                 stopped = "early_stopping"
@@ -297,7 +388,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         "command": cfg.command,
         "config": cfg.model_dump(mode="json"),
         "data": str(cfg.data),
-        "train_images": len(gray),
+        "train_images": n_train,
         "val_images": len(vgray),
         "best_step": best[2],
         "steps": step,
@@ -315,7 +406,11 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         "temperature_sweep": sweep,
         "parameters": n_params,
     }
-    stage_config = {"projection": True, "model_size": 64, "temperature": chosen["temperature"]}
+    stage_config = {
+        "projection": True,
+        "model_size": cfg.model_size,
+        "temperature": chosen["temperature"],
+    }
     save_model(
         model,
         out,
@@ -356,10 +451,40 @@ def model_card(
         if cfg.head == "classify"
         else f"{cfg.w_color} x MSE on chroma + {cfg.w_luma} x luminance L1"
     )
+    photos = cfg.data.is_dir()
+    data = (
+        f"""- Colour photographs (`{training["data"]}`): all {training["train_images"]} images of
+  `train/` for training (random crops of 60-100 % of each side, squashed to
+  {cfg.model_size}x{cfg.model_size}), the {training["val_images"]} whole photos of `val/`
+  (squashed the same way) for checkpoint and temperature choice; `test/` never read.
+  Inputs are the 8-bit rounded BT.601 gray plus Gaussian noise (std {cfg.noise_std}); random
+  left-right flips.
+- The photos come from research benchmark sets (BSDS500, Urban100, Sun-Hays 80, an ImageNet
+  sample) without open licences (see the data folder's README); these weights are for
+  non-commercial research use. Scenes follow those sets: landscapes, animals, buildings,
+  everyday objects; expect plausible, not true, colours."""
+        if photos
+        else f"""- Colour LFW faces, 64x64 (`{training["data"]}`), train split only:
+  {training["train_images"]} faces for training, {training["val_images"]} held out for
+  validation (split between people). Inputs are the 8-bit rounded BT.601 gray of each face
+  plus Gaussian noise (std {cfg.noise_std}); random left-right flips.
+- LFW is for research use; these weights inherit that. Faces in LFW are mostly of adult
+  public figures photographed by the press; skin tones and lighting follow that collection, so
+  expect plausible, not true, colours, and worse results on faces or scenes unlike it."""
+    )
+    what = "photos" if photos else "face images"
+    limits = (
+        f"Trained on small photos (128 px short side) seen at {cfg.model_size} px: colours "
+        "follow\n  large regions (sky, foliage, water, skin); small objects may take their "
+        "surroundings' colour."
+        if photos
+        else "Trained on 64x64 tightly cropped faces; other content gets face-like tones."
+    )
+    size = stage_config["model_size"]
     return f"""# Colorizer (StackNNColorizer, {cfg.head} head)
 
-Adds colour to gray face images without changing their gray: the model predicts BT.601
-chroma (Cb, Cr) from the gray image at {stage_config["model_size"]}x{stage_config["model_size"]};
+Adds colour to gray {what} without changing their gray: the model predicts BT.601
+chroma (Cb, Cr) from the gray image resized to {size}x{size};
 the stage upsamples the chroma bilinearly onto the full-resolution input luma and, with
 `projection` on (default), scales chroma down per pixel where RGB would clip, so the output's
 BT.601 gray equals the input within 8-bit rounding.
@@ -370,13 +495,7 @@ BT.601 gray equals the input within 8-bit rounding.
 - Stage defaults: {stage_config}.
 
 ## Training data
-- Colour LFW faces, 64x64 (`{training["data"]}`), train split only:
-  {training["train_images"]} faces for training, {training["val_images"]} held out for
-  validation (split between people). Inputs are the 8-bit rounded BT.601 gray of each face
-  plus Gaussian noise (std {cfg.noise_std}); random left-right flips.
-- LFW is for research use; these weights inherit that. Faces in LFW are mostly of adult
-  public figures photographed by the press; skin tones and lighting follow that collection, so
-  expect plausible, not true, colours, and worse results on faces or scenes unlike it.
+{data}
 
 ## Training
 - Loss: {loss}.
@@ -385,13 +504,13 @@ BT.601 gray equals the input within 8-bit rounding.
   {training["stopped"]}), {training["wall_time_s"] / 60:.1f} min wall.
 - Command: `{training["command"]}`
 
-## Validation (held-out train faces)
+## Validation ({"val/ photos" if photos else "held-out train faces"}, at {size}x{size})
 - PSNR {metrics["val_psnr_db"]:.2f} dB, colorfulness {metrics["val_colorfulness"]:.1f}
-  (real faces {metrics["val_real_colorfulness"]:.1f}) at temperature
+  (real {metrics["val_real_colorfulness"]:.1f}) at temperature
   {stage_config["temperature"]}.
-- Test-split figures: see `benchmarks/results/colorizer.md`.
+- Test-split figures: see `benchmarks/results/{"colorizer_photo" if photos else "colorizer"}.md`.
 
 ## Limits
-- Trained on 64x64 tightly cropped faces; other content gets face-like tones.
+- {limits}
 - Colours are guesses from gray: clothing, backgrounds and hair colour may be wrong.
 """

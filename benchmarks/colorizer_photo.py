@@ -1,0 +1,392 @@
+"""Photo colorizer benchmark: baselines, the face colorizer and ``colorizer-photo``.
+
+Run (one run writes the table, its JSON and the strip)::
+
+    .venv/bin/python benchmarks/colorizer_photo.py --photos ../shared/data/photos \
+        --faces ../shared/data/faces/lfw_64.npz --threads 2
+
+Part 1, the photo test split (``test/``, 80 photos of 128 px short side, scored at their own
+size): every system gets the 8-bit rounded BT.601 gray of each photo and is scored against the
+real colour photo. Rows: gray replicated; gray + the training photos' mean chroma (one (Cb, Cr)
+everywhere, laid on with :func:`models.colorizer.gamut_fit` like the stage does); the face
+colorizer (``--face-model``) and ``colorizer-photo`` (``--model``), both through the
+``colorizer`` stage with their shipped defaults; ``--extra label=folder`` adds rows.
+
+Part 2, the 995 LFW test faces (64x64): the face colorizer and ``colorizer-photo``.
+
+Metrics: PSNR (dB, 8-bit RGB, mean per image); Hasler & Suesstrunk colourfulness and its share
+of the real images'; mean chroma error (mean Euclidean distance of (Cb, Cr) to the real image's,
+in 8-bit levels); luma error (mean and max |BT.601 gray of the 8-bit output - input gray|, gray
+levels); FID against the real colour images (benchmarks/metrics.py; photos: the centre 128x128
+crop of each test photo, so all n = 80 systems are compared at the same n; faces: the first
+``--face-fid-n`` faces, 0 skips it). FID at n = 80 is strongly biased upwards; only differences
+between rows at the same n mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.colorizer import to_u8  # noqa: E402
+from benchmarks.metrics import colorfulness, fid, psnr  # noqa: E402
+
+
+def gray_u8_of(rgb_u8: np.ndarray) -> np.ndarray:
+    """8-bit rounded BT.601 gray (H, W) of uint8 RGB (H, W, 3) (what a gray file holds)."""
+    from pipeline.batch import LUMA_WEIGHTS
+
+    return np.round(rgb_u8.astype(np.float64) @ np.array(LUMA_WEIGHTS)).astype(np.uint8)
+
+
+def chroma_u8(rgb_u8: np.ndarray) -> np.ndarray:
+    """BT.601 (Cb, Cr) of uint8 RGB (..., 3), in 8-bit levels: (..., 2)."""
+    from pipeline.batch import LUMA_WEIGHTS
+
+    x = rgb_u8.astype(np.float64)
+    y = x @ np.array(LUMA_WEIGHTS)
+    kb, kr = 2 * (1 - LUMA_WEIGHTS[2]), 2 * (1 - LUMA_WEIGHTS[0])
+    return np.stack([(x[..., 2] - y) / kb, (x[..., 0] - y) / kr], axis=-1)
+
+
+def scores(real: list[np.ndarray], out: list[np.ndarray], gray: list[np.ndarray]) -> dict:
+    """Per-image means of PSNR, colourfulness, chroma error and luma error over a set."""
+    chroma_err = [
+        float(np.linalg.norm(chroma_u8(o) - chroma_u8(r), axis=-1).mean())
+        for r, o in zip(real, out, strict=True)
+    ]
+    from pipeline.batch import LUMA_WEIGHTS
+
+    luma = [
+        np.abs(o.astype(np.float64) @ np.array(LUMA_WEIGHTS) - g)
+        for o, g in zip(out, gray, strict=True)
+    ]
+    cf = float(np.mean([colorfulness(o[None]) for o in out]))
+    real_cf = float(np.mean([colorfulness(r[None]) for r in real]))
+    return {
+        "psnr_db": float(np.mean([psnr(r[None], o[None]) for r, o in zip(real, out, strict=True)])),
+        "colorfulness": cf,
+        "colorfulness_pct_real": 100 * cf / real_cf,
+        "chroma_err": float(np.mean(chroma_err)),
+        "luma_mae_levels": float(np.mean([e.mean() for e in luma])),
+        "luma_max_levels": float(max(e.max() for e in luma)),
+    }
+
+
+def colorize_each(
+    folder: str, gray: list[np.ndarray], **overrides
+) -> tuple[list[np.ndarray], float]:
+    """Colorize uint8 gray images one by one through the stage; returns RGB and ms/image."""
+    from pipeline.batch import ImageBatch
+    from pipeline.stages.colorizer import Colorizer
+
+    stage = Colorizer.from_pretrained(folder, **overrides)
+    t0 = time.perf_counter()
+    out = [stage(ImageBatch.from_numpy(g[None, ..., None])).to_numpy()[0] for g in gray]
+    return out, 1000 * (time.perf_counter() - t0) / len(gray)
+
+
+def mean_chroma_rows(gray: list[np.ndarray], mean_c) -> list[np.ndarray]:
+    """Gray + one (Cb, Cr) everywhere, laid on the exact gray like the stage does."""
+    import torch
+
+    from models.colorizer import gamut_fit
+
+    out = []
+    for g in gray:
+        y = torch.from_numpy(g).float()[None, None] / 255.0
+        out.append(to_u8(gamut_fit(y, mean_c.expand(1, 2, *g.shape)))[0])
+    return out
+
+
+def centre(img: np.ndarray, side: int = 128) -> np.ndarray:
+    """Centre side x side crop of (H, W, ...)."""
+    h, w = img.shape[:2]
+    y, x = (h - side) // 2, (w - side) // 2
+    return img[y : y + side, x : x + side]
+
+
+def strip_picks(n_images: int, n: int = 10) -> list[int]:
+    """Indices of ``n`` photos spread evenly over the sorted test split (every source set)."""
+    return [round(i) for i in np.linspace(0, n_images - 1, n)]
+
+
+def strip(gray, ours, real, path: Path) -> None:
+    """Rows gray input | ours | real of the :func:`strip_picks` photos, centre 128x128 crops."""
+    from PIL import Image
+
+    picks = strip_picks(len(real))
+    rows = [
+        [np.repeat(centre(gray[i])[..., None], 3, -1) for i in picks],
+        [centre(ours[i]) for i in picks],
+        [centre(real[i]) for i in picks],
+    ]
+    sep = lambda a: np.pad(a, ((2, 2), (2, 2), (0, 0)), constant_values=255)  # noqa: E731
+    grid = np.concatenate([np.concatenate([sep(a) for a in r], axis=1) for r in rows], axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+
+def load_photo_split(folder: Path) -> tuple[list[str], list[np.ndarray]]:
+    """Names and uint8 RGB (H, W, 3) of every image in a folder, sorted by name."""
+    from pipeline.io import is_image_path, read_image
+
+    files = sorted(p for p in folder.iterdir() if is_image_path(p))
+    return [f.name for f in files], [read_image(f).to_numpy()[0] for f in files]
+
+
+def table(rows: list[dict], with_fid: bool) -> list[str]:
+    """Markdown table rows (the FID column only when measured)."""
+    fid_col = " FID |" if with_fid else ""
+    lines = [
+        "| system | PSNR dB | colourfulness (% real) | chroma err | luma err mean / max |"
+        + fid_col
+        + " ms/image |",
+        "|---|---|---|---|---|" + ("---|" if with_fid else "") + "---|",
+    ]
+    for r in rows:
+        f = f" {r['fid']:.1f} |" if with_fid else ""
+        ms = f"{r['ms_per_image']:.1f}" if "ms_per_image" in r else "-"
+        lines.append(
+            f"| {r['system']} | {r['psnr_db']:.2f} | {r['colorfulness']:.1f} "
+            f"({r['colorfulness_pct_real']:.0f}%) | {r['chroma_err']:.2f} "
+            f"| {r['luma_mae_levels']:.3f} / {r['luma_max_levels']:.3f} |{f} {ms} |"
+        )
+    return lines
+
+
+def photo_part(args, log) -> tuple[list[dict], dict]:
+    """Rows of the photo test split, plus what the strip needs."""
+
+    mean_c = train_mean_chroma(args.photos)  # from the training photos only
+    names, real = load_photo_split(args.photos / "test")
+    gray = [gray_u8_of(r) for r in real]
+    systems = [
+        ("gray replicated", [np.repeat(g[..., None], 3, -1) for g in gray], None),
+        ("gray + training-mean chroma", mean_chroma_rows(gray, mean_c), None),
+    ]
+    for label, folder in [
+        ("face colorizer", args.face_model),
+        *args.extra,
+        (args.label, args.model),
+    ]:
+        out, ms = colorize_each(folder, gray)
+        systems.append((label, out, ms))
+    rows = []
+    for label, out, ms in systems:
+        row = {"system": label, **scores(real, out, gray)}
+        if ms is not None:
+            row["ms_per_image"] = ms
+        if not args.no_fid:
+            log(f"FID {label} ({len(real)} photos)")
+            row["fid"] = fid(
+                np.stack([centre(r) for r in real]), np.stack([centre(o) for o in out])
+            )
+        log(f"{label}: {row}")
+        rows.append(row)
+    return rows, {"gray": gray, "ours": systems[-1][1], "real": real, "names": names}
+
+
+def face_part(args, log) -> tuple[list[dict], int]:
+    """Rows of the LFW test faces: the face colorizer and colorizer-photo."""
+    from pipeline.train.colorizer import load_color_faces
+
+    faces, _ = load_color_faces(args.faces, "test")
+    real = list(faces)
+    gray = [gray_u8_of(r) for r in real]
+    rows = []
+    for label, folder in [("face colorizer", args.face_model), (args.label, args.model)]:
+        out, ms = colorize_each(folder, gray)
+        row = {"system": label, **scores(real, out, gray), "ms_per_image": ms}
+        if args.face_fid_n:
+            k = args.face_fid_n
+            row["fid"] = fid(np.stack(real[:k]), np.stack(out[:k]), log=log)
+        log(f"faces {label}: {row}")
+        rows.append(row)
+    return rows, len(real)
+
+
+def train_mean_chroma(photos: Path):
+    """Mean (Cb, Cr) over every pixel of the training photos, shape (1, 2, 1, 1)."""
+    import torch
+
+    from models.colorizer import rgb_to_ycbcr
+
+    _, train = load_photo_split(photos / "train")
+    sums = torch.zeros(2, dtype=torch.float64)
+    count = 0
+    for t in train:
+        rgb = torch.from_numpy(t).permute(2, 0, 1)[None].float() / 255.0
+        sums += rgb_to_ycbcr(rgb)[1].double().sum(dim=(0, 2, 3))
+        count += t.shape[0] * t.shape[1]
+    return (sums / count).float().view(1, 2, 1, 1)
+
+
+def select_temperature(args, log) -> None:
+    """Choose the stage temperature of ``--model`` on the VAL photos and store it in its config.
+
+    Rule: the most colourful temperature whose val PSNR (full-size photos, through the stage)
+    beats the training-mean-chroma baseline's val PSNR by ``--psnr-margin`` dB; if none does,
+    the most colourful within 0.5 dB of the best val PSNR (the trainer's own rule). The test
+    split is not read.
+    """
+    from pipeline.weights import resolve
+
+    _, real = load_photo_split(args.photos / "val")
+    gray = [gray_u8_of(r) for r in real]
+    floor = scores(real, mean_chroma_rows(gray, train_mean_chroma(args.photos)), gray)["psnr_db"]
+    sweep = []
+    for t in (0.3, 0.38, 0.5, 0.7, 1.0, 1.5, 2.0):
+        out, _ = colorize_each(args.model, gray, temperature=t)
+        row = {"temperature": t, **scores(real, out, gray)}
+        log(f"val T={t}: {row}")
+        sweep.append({k: round(v, 4) for k, v in row.items()})
+    ok = [r for r in sweep if r["psnr_db"] >= floor + args.psnr_margin]
+    if not ok:  # the trainer's rule: the most colourful within 0.5 dB of the best PSNR
+        best = max(r["psnr_db"] for r in sweep)
+        ok = [r for r in sweep if r["psnr_db"] >= best - 0.5]
+    chosen = max(ok, key=lambda r: r["colorfulness"])
+    path = Path(resolve(args.model)) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["stage_config"]["temperature"] = chosen["temperature"]
+    config.setdefault("metrics", {})["val_fullsize_temperature_sweep"] = {
+        "rule": f"most colourful T with val PSNR >= mean-chroma baseline + {args.psnr_margin} dB;"
+        " if none, the most colourful within 0.5 dB of the best val PSNR",
+        "baseline_val_psnr_db": round(floor, 4),
+        "sweep": sweep,
+        "chosen": chosen["temperature"],
+        "command": " ".join(sys.argv),
+    }
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    log(f"baseline val PSNR {floor:.2f}; chose T={chosen['temperature']}; wrote {path}")
+
+
+def speed_12mpx(folder: str, repeats: int = 3) -> dict:
+    """Seconds to colorize one 4000x3000 gray photo through the stage (best and median of runs).
+
+    The gray is a smooth random field plus noise (content does not change the cost). Timed:
+    the stage call (batch in, float RGB batch out) and, separately, the conversion of the
+    result to 8-bit pixels; file decoding and encoding are not included.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from pipeline.batch import ImageBatch
+    from pipeline.stages.colorizer import Colorizer
+
+    gen = torch.Generator().manual_seed(0)
+    field = F.interpolate(
+        torch.rand(1, 1, 30, 40, generator=gen), size=(3000, 4000), mode="bicubic"
+    )
+    gray = (field + 0.05 * torch.randn(field.shape, generator=gen)).clamp(0, 1)
+    batch = ImageBatch(gray)
+    stage = Colorizer.from_pretrained(folder)
+    times, convert = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = stage(batch)
+        t1 = time.perf_counter()
+        out.to_numpy(np.uint8)
+        convert.append(time.perf_counter() - t1)
+        times.append(t1 - t0)
+    return {
+        "stage_best_s": min(times),
+        "stage_median_s": float(np.median(times)),
+        "to_uint8_median_s": float(np.median(convert)),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--photos", type=Path, default=ROOT.parent / "shared/data/photos")
+    ap.add_argument("--faces", type=Path, default=ROOT.parent / "shared/data/faces/lfw_64.npz")
+    ap.add_argument("--model", default="colorizer-photo")
+    ap.add_argument("--label", default="colorizer-photo (ours)")
+    ap.add_argument("--face-model", default="colorizer")
+    ap.add_argument(
+        "--extra", action="append", default=[], help="label=weights folder: one more photo row"
+    )
+    ap.add_argument("--no-fid", action="store_true", help="skip FID (no extractor offline)")
+    ap.add_argument("--face-fid-n", type=int, default=0, help="FID on the first N faces")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--select-temperature",
+        action="store_true",
+        help="only choose --model's temperature on the val photos and write it to its config",
+    )
+    ap.add_argument("--psnr-margin", type=float, default=0.2)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/colorizer_photo.md")
+    ap.add_argument("--strip", type=Path, default=Path("docs/img/colorizer_photo_strip.png"))
+    args = ap.parse_args()
+    args.extra = [tuple(e.split("=", 1)) for e in args.extra]
+    torch.set_num_threads(args.threads)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.select_temperature:
+        select_temperature(args, log)
+        return
+
+    photo_rows, keep = photo_part(args, log)
+    face_rows, n_faces = face_part(args, log)
+    speed = speed_12mpx(args.model)
+    log(f"12 Mpx: {speed}")
+    n_photos = len(keep["real"])
+    fid_note = (
+        "FID not measured (--no-fid)"
+        if args.no_fid
+        else f"FID: centre 128x128 crops, n = {n_photos} real vs {n_photos} colorized"
+    )
+    lines = [
+        "# Photo colorizer benchmark",
+        "",
+        f"## Photo test split ({n_photos} photos, `{args.photos.name}/test`, scored at full size)",
+        "",
+        "Input: 8-bit BT.601 gray of each photo; scored against the real colour photo. "
+        f"{fid_note} (strongly biased at this n: compare rows only). Chroma err: mean |(Cb, Cr) "
+        "- real| in 8-bit levels. Luma err: |BT.601 gray of the 8-bit output - input gray|.",
+        "",
+        *table(photo_rows, not args.no_fid),
+        "",
+        f"## LFW test faces ({n_faces}, 64x64)",
+        "",
+        "FID: "
+        + (f"first {args.face_fid_n} faces" if args.face_fid_n else "not measured here")
+        + " (the face colorizer's FID on all 995 faces is in benchmarks/results/colorizer.md).",
+        "",
+        *table(face_rows, bool(args.face_fid_n)),
+        "",
+        "## Speed: one 12-megapixel (4000x3000) gray photo",
+        "",
+        f"`colorizer` stage with `{args.model}`, torch threads {speed['threads']}: "
+        f"{speed['stage_median_s']:.2f} s median (best {speed['stage_best_s']:.2f} s) of 3 runs "
+        f"for the stage call (gray batch in, float RGB out); converting the result to 8-bit "
+        f"pixels adds {speed['to_uint8_median_s']:.2f} s. File decoding/encoding not included.",
+        "",
+        f"Strip (`{args.strip}`): gray | ours | real, centre 128x128 crops of "
+        f"{len(strip_picks(n_photos))} test photos spread over the sorted split "
+        f"({', '.join(keep['names'][i] for i in strip_picks(n_photos))}).",
+        "",
+        f"Command: `{' '.join(sys.argv)}` (torch threads {args.threads})",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    payload = {"photos": photo_rows, "faces": face_rows, "speed_12mpx": speed, "argv": sys.argv}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    strip(keep["gray"], keep["ours"], keep["real"], args.strip)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Tests of the photo colorizer (weights/colorizer-photo) and of ``colorize``'s model choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.batch import LUMA_WEIGHTS, ImageBatch
+from pipeline.cli.colorize import FACE_MODEL, PHOTO_MODEL, auto_model
+from pipeline.stages.colorizer import Colorizer
+
+
+@pytest.fixture(scope="module")
+def photo() -> Colorizer:
+    return Colorizer.from_pretrained(PHOTO_MODEL)
+
+
+def sky_scene(h: int, w: int) -> np.ndarray:
+    """uint8 (h, w) gray 'landscape': a smooth bright sky gradient over a darker textured ground."""
+    rng = np.random.default_rng(0)
+    y = np.linspace(0.0, 1.0, h)[:, None] * np.ones((1, w))
+    sky = 200 - 40 * y
+    ground = 70 + 25 * rng.standard_normal((h, w))
+    img = np.where(y < 0.55, sky, ground)
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def chroma_levels(rgb_u8: np.ndarray) -> np.ndarray:
+    """BT.601 (Cb, Cr) of uint8 (..., 3) in 8-bit levels, (..., 2)."""
+    x = rgb_u8.astype(np.float64)
+    y = x @ np.array(LUMA_WEIGHTS)
+    return np.stack([(x[..., 2] - y) / 1.772, (x[..., 0] - y) / 1.402], axis=-1)
+
+
+def test_shipped_photo_colorizer_loads(photo: Colorizer) -> None:
+    assert photo.model.head_kind == "classify"
+    assert photo.config.projection
+    assert photo.config.model_size % photo.model.factor == 0
+    card = (Path(__file__).parents[1] / "weights" / PHOTO_MODEL / "MODEL_CARD.md").read_text()
+    assert "photos" in card and "test/" in card
+
+
+@pytest.mark.parametrize("size", [(37, 53), (121, 67), (300, 451)])
+def test_photo_colorizer_keeps_luma_at_odd_sizes(photo: Colorizer, size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, size=(1, *size, 1), dtype=np.uint8)
+    gray[0, : size[0] // 2] = sky_scene(size[0] // 2, size[1])[..., None]
+    out = photo(ImageBatch.from_numpy(gray)).to_numpy(np.uint8)
+    assert out.shape == (1, *size, 3)
+    err = np.abs(out.astype(np.float64) @ np.array(LUMA_WEIGHTS) - gray[..., 0])
+    assert err.max() <= 1.0
+
+
+def test_photo_colorizer_is_not_a_uniform_tint(photo: Colorizer) -> None:
+    gray = sky_scene(96, 144)
+    out = photo(ImageBatch.from_numpy(gray[None, ..., None])).to_numpy(np.uint8)[0]
+    c = chroma_levels(out)
+    # Measurable colour, and not one tint laid everywhere: sky and ground get clearly different
+    # chroma (the face colorizer, a near-uniform pink here, differs by under 5 levels), and the
+    # sky is the bluer of the two (Cb is the blue-difference channel).
+    assert np.linalg.norm(c, axis=-1).mean() > 3.0
+    sky, ground = c[:40].reshape(-1, 2).mean(0), c[-40:].reshape(-1, 2).mean(0)
+    assert np.linalg.norm(sky - ground) > 10.0
+    assert sky[0] > ground[0] + 5.0
+
+
+def test_auto_model_rule() -> None:
+    assert auto_model(64, 64) == FACE_MODEL
+    assert auto_model(160, 130) == FACE_MODEL  # sample_inputs/faces/astronaut_face.png is 160
+    assert auto_model(64, 128) == PHOTO_MODEL  # not square
+    assert auto_model(200, 200) == PHOTO_MODEL  # larger than a face crop
+    assert auto_model(3000, 4000) == PHOTO_MODEL
+
+
+@pytest.fixture
+def cli():
+    from pipeline.cli.apps import app
+    from pipeline.cli.main import load_areas
+
+    load_areas()
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+def test_colorize_cli_picks_the_model_per_image(tmp_path: Path, cli, photo: Colorizer) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    face = np.random.default_rng(2).integers(0, 256, size=(64, 64), dtype=np.uint8)
+    scene = sky_scene(180, 240)
+    Image.fromarray(face).save(inp / "face.png")
+    Image.fromarray(scene).save(inp / "scene.png")
+    face_stage = Colorizer.from_pretrained(FACE_MODEL)
+
+    def expect(stage: Colorizer, gray: np.ndarray) -> np.ndarray:
+        return stage(ImageBatch.from_numpy(gray[None, ..., None])).to_numpy(np.uint8)[0]
+
+    res = cli("colorize", inp, "--out", tmp_path / "auto", "--quiet")
+    assert res.exit_code == 0, res.output
+    got = {p.stem: np.asarray(Image.open(p)) for p in (tmp_path / "auto").glob("*.png")}
+    assert np.array_equal(got["face"], expect(face_stage, face))
+    assert np.array_equal(got["scene"], expect(photo, scene))
+    # An explicit --model applies to every image.
+    res = cli("colorize", inp, "--out", tmp_path / "faces", "--model", FACE_MODEL, "--quiet")
+    assert res.exit_code == 0, res.output
+    scene_face = np.asarray(Image.open(tmp_path / "faces" / "scene.png"))
+    assert np.array_equal(scene_face, expect(face_stage, scene))
+    assert not np.array_equal(scene_face, got["scene"])
+
+
+def test_train_on_a_photo_folder(tmp_path: Path) -> None:
+    from pipeline.train.colorizer import TrainConfig, train
+
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 6), ("val", 2), ("test", 1)):
+        (tmp_path / "photos" / split).mkdir(parents=True)
+        for i in range(n):
+            shape = (24, 24 + 8 * (i % 2), 3)
+            img = rng.integers(0, 256, size=shape, dtype=np.uint8)
+            Image.fromarray(img).save(tmp_path / "photos" / split / f"p{i}.png")
+    (tmp_path / "photos" / "test" / "p0.png").write_bytes(b"not read")  # test/ is never read
+    cfg = TrainConfig(
+        data=tmp_path / "photos",
+        head="classify",
+        channels=[4, 8],
+        model_size=16,
+        max_steps=3,
+        val_every=2,
+        batch_size=4,
+    )
+    out = train(cfg, tmp_path / "w")
+    stage = Colorizer.from_pretrained(out)
+    assert stage.config.model_size == 16
+    assert "Colour photographs" in (out / "MODEL_CARD.md").read_text()
+    res = stage(ImageBatch.from_numpy(rng.integers(0, 256, size=(1, 30, 41, 1), dtype=np.uint8)))
+    assert res.channels == 3 and res.size == (30, 41)
