@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench-deps train-scan-denoiser pdf-corpus
+.PHONY: demo test test-all lint dist bench-deps train-scan-denoiser pdf-corpus
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ pdf-corpus: $(STAMP)
 	[(out / pathlib.Path(m.name).name).write_bytes(tar.extractfile(m).read()) for m in pdfs]; \
 	print(len(pdfs), 'PDFs in', out)" $(PDF_CORPUS)
 	rm -rf $(PDF_CORPUS)/.sdist
+
+## make dist: build the wheel and sdist into dist/ (the test suite installs this wheel in a fresh venv).
+dist: $(STAMP)
+	$(BIN)/python -m build --no-isolation --outdir dist .
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

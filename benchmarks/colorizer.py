@@ -15,7 +15,7 @@ is scored against the real colour face. Rows:
 * our model (``--model``) through the ``colorizer`` stage with its shipped defaults.
 
 The chroma baselines are laid onto the input luma the same way the stage does
-(:func:`models.colorizer.gamut_fit`), so every row keeps the input's gray.
+(:func:`aepipe.models.colorizer.gamut_fit`), so every row keeps the input's gray.
 
 Metrics (benchmarks/metrics.py): PSNR and SSIM of the 8-bit RGB against the real face;
 Hasler & Suesstrunk colorfulness (and its share of the real faces' mean); mean absolute error
@@ -47,8 +47,8 @@ def to_u8(t) -> np.ndarray:
 
 def run_stage(folder: str, gray_u8: np.ndarray, **overrides) -> tuple[np.ndarray, float]:
     """Colorize uint8 gray (N, H, W) with a weights folder; returns RGB uint8 and ms/image."""
-    from pipeline.batch import ImageBatch
-    from pipeline.stages.colorizer import Colorizer
+    from aepipe.batch import ImageBatch
+    from aepipe.stages.colorizer import Colorizer
 
     stage = Colorizer.from_pretrained(folder, **overrides)
     outs = []
@@ -61,7 +61,7 @@ def run_stage(folder: str, gray_u8: np.ndarray, **overrides) -> tuple[np.ndarray
 
 def luma_error(rgb_u8: np.ndarray, gray_u8: np.ndarray) -> float:
     """Mean |BT.601 gray of the 8-bit output - input gray| in gray levels."""
-    from pipeline.batch import LUMA_WEIGHTS
+    from aepipe.batch import LUMA_WEIGHTS
 
     return float(np.abs(rgb_u8.astype(np.float64) @ np.array(LUMA_WEIGHTS) - gray_u8).mean())
 
@@ -85,7 +85,7 @@ def sample_strip(folder: str, path: Path) -> None:
     """
     from PIL import Image
 
-    from pipeline import apply, load_stage
+    from aepipe import apply, load_stage
 
     name = "astronaut_face.png"
     gray = np.asarray(Image.open(ROOT / "sample_inputs/faces" / name))
@@ -98,8 +98,8 @@ def sample_strip(folder: str, path: Path) -> None:
 def main() -> None:
     import torch
 
-    from models.colorizer import gamut_fit
-    from pipeline.train.colorizer import gray_and_chroma, load_color_faces
+    from aepipe.models.colorizer import gamut_fit
+    from aepipe.train.colorizer import gray_and_chroma, load_color_faces
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/faces/lfw_64.npz")
@@ -212,7 +212,7 @@ def main() -> None:
         args.out.with_name("colorizer_sample_strip.png"),
     )
     if args.update_weights:
-        from pipeline.weights import resolve, update_metrics
+        from aepipe.weights import resolve, update_metrics
 
         r = rows[shipped]
         update_metrics(

@@ -8,7 +8,7 @@ Run (one run writes the table, its JSON and the strip)::
 Part 1, the photo test split (``test/``, 80 photos of 128 px short side, scored at their own
 size): every system gets the 8-bit rounded BT.601 gray of each photo and is scored against the
 real colour photo. Rows: gray replicated; gray + the training photos' mean chroma (one (Cb, Cr)
-everywhere, laid on with :func:`models.colorizer.gamut_fit` like the stage does); the face
+everywhere, laid on with :func:`aepipe.models.colorizer.gamut_fit` like the stage does); the face
 colorizer (``--face-model``) and ``colorizer-photo`` (``--model``), both through the
 ``colorizer`` stage with their shipped defaults; ``--extra label=folder`` adds rows.
 
@@ -42,14 +42,14 @@ from benchmarks.metrics import colorfulness, fid, psnr  # noqa: E402
 
 def gray_u8_of(rgb_u8: np.ndarray) -> np.ndarray:
     """8-bit rounded BT.601 gray (H, W) of uint8 RGB (H, W, 3) (what a gray file holds)."""
-    from pipeline.batch import LUMA_WEIGHTS
+    from aepipe.batch import LUMA_WEIGHTS
 
     return np.round(rgb_u8.astype(np.float64) @ np.array(LUMA_WEIGHTS)).astype(np.uint8)
 
 
 def chroma_u8(rgb_u8: np.ndarray) -> np.ndarray:
     """BT.601 (Cb, Cr) of uint8 RGB (..., 3), in 8-bit levels: (..., 2)."""
-    from pipeline.batch import LUMA_WEIGHTS
+    from aepipe.batch import LUMA_WEIGHTS
 
     x = rgb_u8.astype(np.float64)
     y = x @ np.array(LUMA_WEIGHTS)
@@ -63,7 +63,7 @@ def scores(real: list[np.ndarray], out: list[np.ndarray], gray: list[np.ndarray]
         float(np.linalg.norm(chroma_u8(o) - chroma_u8(r), axis=-1).mean())
         for r, o in zip(real, out, strict=True)
     ]
-    from pipeline.batch import LUMA_WEIGHTS
+    from aepipe.batch import LUMA_WEIGHTS
 
     luma = [
         np.abs(o.astype(np.float64) @ np.array(LUMA_WEIGHTS) - g)
@@ -85,8 +85,8 @@ def colorize_each(
     folder: str, gray: list[np.ndarray], **overrides
 ) -> tuple[list[np.ndarray], float]:
     """Colorize uint8 gray images one by one through the stage; returns RGB and ms/image."""
-    from pipeline.batch import ImageBatch
-    from pipeline.stages.colorizer import Colorizer
+    from aepipe.batch import ImageBatch
+    from aepipe.stages.colorizer import Colorizer
 
     stage = Colorizer.from_pretrained(folder, **overrides)
     t0 = time.perf_counter()
@@ -98,7 +98,7 @@ def mean_chroma_rows(gray: list[np.ndarray], mean_c) -> list[np.ndarray]:
     """Gray + one (Cb, Cr) everywhere, laid on the exact gray like the stage does."""
     import torch
 
-    from models.colorizer import gamut_fit
+    from aepipe.models.colorizer import gamut_fit
 
     out = []
     for g in gray:
@@ -137,7 +137,7 @@ def strip(gray, ours, real, path: Path) -> None:
 
 def load_photo_split(folder: Path) -> tuple[list[str], list[np.ndarray]]:
     """Names and uint8 RGB (H, W, 3) of every image in a folder, sorted by name."""
-    from pipeline.io import is_image_path, read_image
+    from aepipe.io import is_image_path, read_image
 
     files = sorted(p for p in folder.iterdir() if is_image_path(p))
     return [f.name for f in files], [read_image(f).to_numpy()[0] for f in files]
@@ -197,7 +197,7 @@ def photo_part(args, log) -> tuple[list[dict], dict]:
 
 def face_part(args, log) -> tuple[list[dict], int]:
     """Rows of the LFW test faces: the face colorizer and colorizer-photo."""
-    from pipeline.train.colorizer import load_color_faces
+    from aepipe.train.colorizer import load_color_faces
 
     faces, _ = load_color_faces(args.faces, "test")
     real = list(faces)
@@ -218,7 +218,7 @@ def train_mean_chroma(photos: Path):
     """Mean (Cb, Cr) over every pixel of the training photos, shape (1, 2, 1, 1)."""
     import torch
 
-    from models.colorizer import rgb_to_ycbcr
+    from aepipe.models.colorizer import rgb_to_ycbcr
 
     _, train = load_photo_split(photos / "train")
     sums = torch.zeros(2, dtype=torch.float64)
@@ -238,7 +238,7 @@ def select_temperature(args, log) -> None:
     the most colourful within 0.5 dB of the best val PSNR (the trainer's own rule). The test
     split is not read.
     """
-    from pipeline.weights import resolve
+    from aepipe.weights import resolve
 
     _, real = load_photo_split(args.photos / "val")
     gray = [gray_u8_of(r) for r in real]
@@ -279,8 +279,8 @@ def speed_12mpx(folder: str, repeats: int = 3) -> dict:
     import torch
     from torch.nn import functional as F
 
-    from pipeline.batch import ImageBatch
-    from pipeline.stages.colorizer import Colorizer
+    from aepipe.batch import ImageBatch
+    from aepipe.stages.colorizer import Colorizer
 
     gen = torch.Generator().manual_seed(0)
     field = F.interpolate(

@@ -154,9 +154,9 @@ def cached_classifier(data: Path, attrs_csv: Path, cache: Path, log):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from pipeline.data.attributes import load_attributes
-    from pipeline.data.faces import load_faces, split_by_person
-    from pipeline.train.vae import PRESETS
+    from aepipe.data.attributes import load_attributes
+    from aepipe.data.faces import load_faces, split_by_person
+    from aepipe.train.vae import PRESETS
 
     key = hashlib.sha256(json.dumps([CLS_SETTINGS, CLASSIFIER_ATTRS]).encode()).hexdigest()[:16]
     path = cache / f"attr_classifier_{key}.safetensors"
@@ -222,8 +222,8 @@ def concept_picture(real, res, pick, path: Path) -> None:
     """Rows: picked test faces; columns: the real face, then the edit at each strength."""
     import torch
 
-    from pipeline.batch import ImageBatch
-    from pipeline.io import make_grid, write_image
+    from aepipe.batch import ImageBatch
+    from aepipe.io import make_grid, write_image
 
     cols = [real[pick]] + [res["images"][s][pick] for s in STRENGTHS]
     tiles = torch.stack(cols, 1).flatten(0, 1)  # row-major: face by face
@@ -352,9 +352,9 @@ def labelled_faces(data: Path, attributes: Path, split: str):
     the train split (``val``: the part neither the VAE nor the classifier trained on)."""
     import torch
 
-    from pipeline.data.attributes import Attributes, check_against_archive, load_attributes
-    from pipeline.data.faces import load_faces, split_by_person
-    from pipeline.train.vae import PRESETS
+    from aepipe.data.attributes import Attributes, check_against_archive, load_attributes
+    from aepipe.data.faces import load_faces, split_by_person
+    from aepipe.train.vae import PRESETS
 
     source = "test" if split == "test" else "train"
     attrs = load_attributes(attributes, source)
@@ -373,8 +373,8 @@ def run(args, net, aucs, n_val, log) -> None:
     """Score every concept of the model on the labelled test faces; write table and pictures."""
     import torch
 
-    from pipeline.stage import load_stage
-    from pipeline.stages.face_generator import default_concept_dirs, list_concepts, load_concept
+    from aepipe.stage import load_stage
+    from aepipe.stages.face_generator import default_concept_dirs, list_concepts, load_concept
 
     stage = load_stage(args.model, device="cpu")
     real, attrs = labelled_faces(args.data, args.attributes, args.split)
@@ -406,7 +406,7 @@ def run(args, net, aucs, n_val, log) -> None:
     args.out.write_text(text, encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.update_weights and args.split == "test":
-        from pipeline.weights import resolve, update_metrics
+        from aepipe.weights import resolve, update_metrics
 
         update_metrics(resolve(args.model), {"concept_edits_test": summary})
     log(text)

@@ -40,10 +40,10 @@ def main() -> None:
 
     import torch
 
+    from aepipe.batch import ImageBatch
+    from aepipe.stage import load_stage
+    from aepipe.train.vae import PRESETS, load_data
     from benchmarks.faces import features, fid
-    from pipeline.batch import ImageBatch
-    from pipeline.stage import load_stage
-    from pipeline.train.vae import PRESETS, load_data
 
     torch.set_num_threads(args.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731

@@ -85,7 +85,7 @@ def test_scores(stage, test_u8: np.ndarray, seed: int) -> dict[str, float]:
     """Test ELBO (nats, bits/dim) and reconstruction PSNR of the posterior-mean decode."""
     import torch
 
-    from pipeline.train.vae import evaluate
+    from aepipe.train.vae import evaluate
 
     model = stage.model
     t = torch.from_numpy(test_u8)
@@ -177,14 +177,14 @@ def main() -> None:
 
     import torch
 
-    from pipeline.data.faces import load_faces
-    from pipeline.stage import load_stage
+    from aepipe.data.faces import load_faces
+    from aepipe.stage import load_stage
 
     torch.set_num_threads(args.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     test_u8 = load_faces(args.data, "test")
     if args.reference == "val":
-        from pipeline.train.vae import PRESETS, load_data
+        from aepipe.train.vae import PRESETS, load_data
 
         if args.update_weights:
             raise SystemExit("--reference val is for choosing settings; it writes no metrics")
@@ -310,7 +310,7 @@ def main() -> None:
     result = {"rows": rows, "test": scores, "speed": speed, "n": args.n, "seed": args.seed}
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     if args.update_weights:
-        from pipeline.weights import resolve, update_metrics
+        from aepipe.weights import resolve, update_metrics
 
         ours = [
             r for r in rows if str(r["system"]).startswith("ours") and "fitted" in str(r["system"])

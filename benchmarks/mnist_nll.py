@@ -47,9 +47,9 @@ def main() -> None:
 
     import torch
 
-    from pipeline.data.idx import load_mnist_like
-    from pipeline.stage import load_stage
-    from pipeline.weights import resolve, update_metrics
+    from aepipe.data.idx import load_mnist_like
+    from aepipe.stage import load_stage
+    from aepipe.weights import resolve, update_metrics
 
     torch.set_num_threads(args.threads)
     images, _ = load_mnist_like(args.data, "test")

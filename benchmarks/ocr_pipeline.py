@@ -6,10 +6,10 @@ One multi-page PDF is built from
 
 * DDD pages never trained on: one noisy version of each page group held out by the shipped
   scan denoiser's training run (names read from ``weights/scan-denoiser/config.json``, the
-  ``pipeline.data.ddd.split_by_group`` draw; lowest Kaggle id per group), stored at 100 DPI;
+  ``aepipe.data.ddd.split_by_group`` draw; lowest Kaggle id per group), stored at 100 DPI;
   their reference text is Tesseract's text of the clean target page (``train_cleaned``);
 * synthetic 300-DPI pages of known English text (rendered here in DejaVu Serif) damaged by
-  ``pipeline.data.synthetic_pages.degrade`` with seeds unused in training; the reference is
+  ``aepipe.data.synthetic_pages.degrade`` with seeds unused in training; the reference is
   the rendered text.
 
 The same PDF then goes, in one run, through each method as its own process (wall time
@@ -69,7 +69,7 @@ for safe keeping, where they may be consulted by appointment on weekday mornings
 
 def ddd_pages(ddd: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, noisy, clean target) of one noisy version per held-out page group."""
-    from pipeline.data.ddd import load_pairs
+    from aepipe.data.ddd import load_pairs
 
     cfg = json.loads((ROOT / "weights" / "scan-denoiser" / "config.json").read_text())
     names = set(cfg["training"]["data"]["ddd_val_names"])
@@ -85,7 +85,7 @@ def synthetic_page(index: int, lines_per_page: int = 13) -> tuple[np.ndarray, st
     import matplotlib
     from PIL import Image, ImageDraw, ImageFont
 
-    from pipeline.data.synthetic_pages import degrade
+    from aepipe.data.synthetic_pages import degrade
 
     font_file = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSerif.ttf"
     font = ImageFont.truetype(str(font_file), round(10 * SYNTH_DPI / 72))
@@ -178,7 +178,7 @@ def methods(jobs: int) -> dict[str, list[str]]:
     return {
         "ocrmypdf": ocr,
         "ocrmypdf --clean (unpaper)": [*ocr, "--clean"],
-        "ocrmypdf --plugin pipeline.ocrmypdf": [*ocr, "--plugin", "pipeline.ocrmypdf"],
+        "ocrmypdf --plugin pipeline.ocrmypdf": [*ocr, "--plugin", "aepipe.ocrmypdf"],
         "clean-scans --ocr": clean,
         "clean-scans --ocr --binarize": [*clean, "--binarize"],
     }
@@ -263,7 +263,7 @@ def write_results(rows: list[dict], meta: dict) -> None:
         f"pages at {DDD_DPI} DPI (ids {', '.join(meta['ddd_pages'])}: one noisy version of each "
         "page group held out by the shipped scan denoiser's training), reference = Tesseract's "
         f"text of the clean target; {meta['synthetic_pages']} synthetic {SYNTH_DPI}-DPI pages of "
-        "known English text degraded by `pipeline.data.synthetic_pages.degrade`, reference = "
+        "known English text degraded by `aepipe.data.synthetic_pages.degrade`, reference = "
         "the rendered text. CER = edit distance / reference length, whitespace collapsed, "
         "pooled over pages. Time = wall seconds of the whole process / pages "
         f"(OCRmyPDF -j {meta['jobs']}; clean-scans --ocr uses OCRmyPDF's default of one worker "

@@ -1,7 +1,7 @@
 """PDF in, PDF out: what ``clean-scans`` keeps of real-world PDFs, and what it costs in size.
 
 Runs each PDF of the corpus through the job runner behind ``clean-scans`` (``run_files``, which
-edits a PDF in place through :func:`pipeline.core.clean_pdf_in_place`, with the CLI's default
+edits a PDF in place through :func:`aepipe.core.clean_pdf_in_place`, with the CLI's default
 options) with the shipped scan denoiser, one file at a time, over every PDF of the
 corpus (OCRmyPDF's test files, fetched by ``make pdf-corpus``) and checks, per file: the text
 layer (pdfium's extracted text, before and after), the form fields (names and values), every
@@ -155,8 +155,8 @@ def run_file(path: Path, process: Any, options: Any, workdir: Path) -> Row:
     """One PDF through ``run_files`` (the ``clean-scans`` path) with ``RunOptions`` ``options``."""
     from dataclasses import replace
 
-    from pipeline.pdf_edit import PageOutcome
-    from pipeline.runner import run_files
+    from aepipe.pdf_edit import PageOutcome
+    from aepipe.runner import run_files
 
     row = Row(path.name, path.stat().st_size)
     out = workdir / path.name
@@ -268,9 +268,9 @@ def main() -> None:
 
     import torch
 
-    from pipeline import load_stage
-    from pipeline.io import atomic_write
-    from pipeline.runner import RunOptions
+    from aepipe import load_stage
+    from aepipe.io import atomic_write
+    from aepipe.runner import RunOptions
 
     torch.set_num_threads(args.threads)
     files = sorted(args.corpus.glob("*.pdf"))

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/ray_throughput.py [--pages 48] [--model scan-denoiser|DIR|tiny]
         [--concurrency 1 2] [--data FOLDER]
 
-Pages are synthetic 540x420 scans (pipeline.data.synthetic_pages) written as PNG to a temporary
+Pages are synthetic 540x420 scans (aepipe.data.synthetic_pages) written as PNG to a temporary
 folder, unless --data gives a folder. Each configuration runs the same job end to end: read the
 files, decode, clean, encode PNG, bring the bytes back to the driver (actor start-up and model
 loading included, as a batch job pays them). "one process" is the same StageMapper called in a
@@ -27,7 +27,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def make_pages(folder: Path, n: int, height: int, width: int) -> list[Path]:
     from PIL import Image
 
-    from pipeline.data.synthetic_pages import make_pair
+    from aepipe.data.synthetic_pages import make_pair
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -47,9 +47,9 @@ def resolve_model(model: str) -> tuple[str, str]:
     """
     import torch
 
-    from models.scan_unet import ScanUNet
-    from pipeline.stage import stage_class
-    from pipeline.weights import shipped_names
+    from aepipe.models.scan_unet import ScanUNet
+    from aepipe.stage import stage_class
+    from aepipe.weights import shipped_names
 
     if model not in ("tiny", "default-size") and (model in shipped_names() or Path(model).is_dir()):
         return model, model
@@ -75,7 +75,7 @@ def one_process(paths: list[Path], model: str, batch_size: int) -> tuple[float, 
     import numpy as np
     import torch
 
-    from pipeline.ray import StageMapper
+    from aepipe.ray import StageMapper
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -98,7 +98,7 @@ def with_ray(
 ) -> tuple[float, float]:
     import ray
 
-    from pipeline.ray import StageMapper
+    from aepipe.ray import StageMapper
 
     t0 = time.perf_counter()
     ds = ray.data.read_binary_files([str(p) for p in paths], include_paths=True, num_cpus=0)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, label = resolve_model(args.model)
     if args.data:
-        from pipeline.io import is_image_path
+        from aepipe.io import is_image_path
 
         paths = sorted(p for p in args.data.iterdir() if is_image_path(p))[: args.pages]
         source = str(args.data)

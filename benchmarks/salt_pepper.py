@@ -66,7 +66,7 @@ def identity(noisy: np.ndarray) -> np.ndarray:
 
 
 def model_method(model, batch_size: int = 500) -> Method:
-    from pipeline.train.salt_pepper import denoise_array
+    from aepipe.train.salt_pepper import denoise_array
 
     return lambda noisy: denoise_array(model, noisy, batch_size)
 
@@ -76,7 +76,7 @@ def model_method(model, batch_size: int = 500) -> Method:
 
 def psnr(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Per-image PSNR (dB) of float (N, H, W) in [0, 1]."""
-    from pipeline.train.salt_pepper import psnr_per_image
+    from aepipe.train.salt_pepper import psnr_per_image
 
     return psnr_per_image(pred, target)
 
@@ -108,7 +108,7 @@ def quality_table(
     clean: np.ndarray, methods: dict[str, Method], kind: str, seed: int
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{method: {density: {psnr, ssim}}} on uint8 (N, H, W) clean images."""
-    from pipeline.data.noise import salt_pepper
+    from aepipe.data.noise import salt_pepper
 
     target = clean.astype(np.float32) / 255.0
     table: dict[str, dict[str, dict[str, float]]] = {m: {} for m in methods}
@@ -127,7 +127,7 @@ def speed(methods: dict[str, Method], seed: int, repeats: int) -> dict[str, dict
     """images/s on 28x28 batches (256 images) and Mpx/s on one 512x512 image, per method."""
     import skimage.data
 
-    from pipeline.data.noise import salt_pepper
+    from aepipe.data.noise import salt_pepper
 
     rng = np.random.default_rng(seed)
     small = salt_pepper(rng.integers(0, 256, (256, 28, 28), dtype=np.uint8), 0.1, seed=seed)
@@ -158,7 +158,7 @@ def camera(methods: dict[str, Method], seed: int, picture: Path) -> dict[str, di
     import skimage.data
     from PIL import Image
 
-    from pipeline.data.noise import salt_pepper
+    from aepipe.data.noise import salt_pepper
 
     clean = skimage.data.camera()[None]
     target = clean.astype(np.float32) / 255.0
@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipeline.data.idx import load_mnist_like
-    from pipeline.weights import load_model, resolve, update_metrics
+    from aepipe.data.idx import load_mnist_like
+    from aepipe.weights import load_model, resolve, update_metrics
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Quality, on two sets with clean targets:
 
 * ``ddd-val``: the DDD training pages of the page groups held out by the shipped model's
   training run (names read from its config.json; never trained on);
-* ``synthetic``: fresh pages from ``pipeline.data.synthetic_pages`` (seeds unused in training),
+* ``synthetic``: fresh pages from ``aepipe.data.synthetic_pages`` (seeds unused in training),
   100-DPI Kaggle-like pages and 300-DPI pages, plus ``synthetic-bilevel``: 300-DPI pages whose
   ground truth is strictly black/white, as in archive-scan benchmarks (DIBCO-style).
 
@@ -47,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.data.docbin import f_measure, otsu_ink  # noqa: E402  (after the path insert)
+from aepipe.data.docbin import f_measure, otsu_ink  # noqa: E402  (after the path insert)
 
 # OCRmyPDF's default unpaper arguments (ocrmypdf/_exec/unpaper.py, clean()).
 UNPAPER_ARGS = [
@@ -71,14 +71,14 @@ Method = Callable[[np.ndarray, int], np.ndarray]  # (dirty uint8, dpi) -> float 
 
 
 def ddd_val_pages(ddd: Path, weights_cfg: dict) -> Pages:
-    from pipeline.data.ddd import load_pairs
+    from aepipe.data.ddd import load_pairs
 
     names = set(weights_cfg["training"]["data"]["ddd_val_names"])
     return [(p.name, p.dirty, p.clean, 100) for p in load_pairs(ddd) if p.name in names]
 
 
 def synthetic_pages(n100: int, n300: int, bilevel: bool) -> Pages:
-    from pipeline.data.synthetic_pages import make_pair
+    from aepipe.data.synthetic_pages import make_pair
 
     pages: Pages = []
     offset = 10_000 if bilevel else 0
@@ -175,7 +175,7 @@ def torch_method(model) -> Method:
 
 
 def stage_method(stage) -> Method:
-    from pipeline.batch import ImageBatch
+    from aepipe.batch import ImageBatch
 
     def run(dirty: np.ndarray, dpi: int) -> np.ndarray:
         return stage(ImageBatch.from_numpy(dirty)).images[0, 0].numpy()
@@ -191,7 +191,7 @@ def a4_page(path: Path, cache: Path | None) -> np.ndarray:
     is cached in ``cache`` when given)."""
     from PIL import Image
 
-    from pipeline.data.synthetic_pages import make_pair
+    from aepipe.data.synthetic_pages import make_pair
 
     if cache is not None and cache.is_file():
         with Image.open(cache) as im:
@@ -226,7 +226,7 @@ def ort_stage(weights: str, model_path: Path, threads: int):
     import onnxruntime as ort
     import torch
 
-    from pipeline.stages.scan_denoiser import ScanDenoiser
+    from aepipe.stages.scan_denoiser import ScanDenoiser
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -261,7 +261,7 @@ def export_onnx(weights: str, path: Path) -> int:
     returns the tile side."""
     import torch
 
-    from pipeline.stages.scan_denoiser import ScanDenoiser
+    from aepipe.stages.scan_denoiser import ScanDenoiser
 
     st = ScanDenoiser.from_pretrained(weights)
     m = int(st.model.multiple)
@@ -295,7 +295,7 @@ def quantize_int8(fp32: Path, out: Path, tile: int, n_pages: int = 3) -> int:
     (not the timed page); returns the number of calibration tiles."""
     from onnxruntime import quantization as oq
 
-    from pipeline.data.synthetic_pages import make_pair
+    from aepipe.data.synthetic_pages import make_pair
 
     tiles = []
     for i in range(n_pages):
@@ -331,7 +331,7 @@ def quantize_int8(fp32: Path, out: Path, tile: int, n_pages: int = 3) -> int:
 def onnx_rows(weights: str, batch, crop, threads: int, repeat: int) -> list[dict]:
     """ONNX Runtime fp32 and int8 rows, timed like the stage rows, with their difference to
     the PyTorch stage on the page and the int8 quality on synthetic pages with clean targets."""
-    from pipeline.stages.scan_denoiser import ScanDenoiser
+    from aepipe.stages.scan_denoiser import ScanDenoiser
 
     # Fail before the minutes of reference runs when the optional packages are missing.
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if not importlib.util.find_spec(m)]
@@ -404,8 +404,8 @@ def speed(
 ) -> tuple[list[dict], list[dict]]:
     import torch
 
-    from pipeline.batch import ImageBatch
-    from pipeline.stages.scan_denoiser import ScanDenoiser
+    from aepipe.batch import ImageBatch
+    from aepipe.stages.scan_denoiser import ScanDenoiser
 
     torch.set_num_threads(threads)
     mpx = page.size / 1e6
@@ -578,8 +578,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipeline.stages.scan_denoiser import ScanDenoiser
-    from pipeline.weights import load_model, read_config, resolve
+    from aepipe.stages.scan_denoiser import ScanDenoiser
+    from aepipe.weights import load_model, read_config, resolve
 
     wcfg = read_config(resolve(args.weights))
     lines = ["# Scan denoiser benchmark", ""]

@@ -52,10 +52,10 @@ def main() -> None:
 
     import torch
 
-    from pipeline.batch import ImageBatch
-    from pipeline.data.ddd import load_pairs
-    from pipeline.train.scan_denoiser import synthetic_val_pages
-    from pipeline.weights import load_model
+    from aepipe.batch import ImageBatch
+    from aepipe.data.ddd import load_pairs
+    from aepipe.train.scan_denoiser import synthetic_val_pages
+    from aepipe.weights import load_model
 
     torch.set_num_threads(args.threads)
     model, config = load_model(args.model)

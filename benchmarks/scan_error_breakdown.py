@@ -59,8 +59,8 @@ def main() -> None:
 
     import torch
 
-    from pipeline.data.ddd import load_pairs
-    from pipeline.weights import load_model
+    from aepipe.data.ddd import load_pairs
+    from aepipe.weights import load_model
 
     torch.set_num_threads(args.threads)
     model, config = load_model(args.model)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import scan_denoiser as sd  # noqa: E402  (a sibling script: its baselines)
 
-from pipeline.data.docbin import otsu_ink  # noqa: E402
+from aepipe.data.docbin import otsu_ink  # noqa: E402
 
 OCR_SEED = 17_000_000
 
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipeline.data.ddd import load_pairs, split_three
-    from pipeline.data.synthetic_pages import make_pair
-    from pipeline.stages.scan_denoiser import ScanDenoiser
+    from aepipe.data.ddd import load_pairs, split_three
+    from aepipe.data.synthetic_pages import make_pair
+    from aepipe.stages.scan_denoiser import ScanDenoiser
 
     torch.set_num_threads(1)
     _, _, test = split_three(load_pairs(args.ddd), 8, 4, 0)

@@ -2,7 +2,7 @@
 
 Sets:
 
-* ``docbin`` test pages (:func:`pipeline.data.docbin.split_pages`: a quarter of each
+* ``docbin`` test pages (:func:`aepipe.data.docbin.split_pages`: a quarter of each
   collection, never trained on, never used for a choice): F-measure (%) of ink after a global
   Otsu threshold of each method's output against the hand-made ground truth, per collection
   (mean over its pages) and over all test pages. Binarizers' outputs are already 0/1.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import scan_denoiser as sd  # noqa: E402  (a sibling script: its baselines and scoring)
 
-from pipeline.data.docbin import f_measure, otsu_ink  # noqa: E402
+from aepipe.data.docbin import f_measure, otsu_ink  # noqa: E402
 
 CLEAN_SEED = 16_000_000
 CLEAN_SIZE = (1200, 1000)  # (H, W): a crop-sized page, so 600 DPI stays affordable
@@ -50,14 +50,14 @@ CLEAN_SIZE = (1200, 1000)  # (H, W): a crop-sized page, so 600 DPI stays afforda
 
 
 def docbin_test(root: Path) -> list:
-    from pipeline.data.docbin import load_pages, page_names, split_pages
+    from aepipe.data.docbin import load_pages, page_names, split_pages
 
     return load_pages(root, split_pages(page_names(root))["test"])
 
 
 def clean_pages(n: int, bilevel: bool) -> list[tuple[str, np.ndarray, int, tuple | None]]:
     """Undamaged generated pages: (name, uint8 page, dpi, photo box or None)."""
-    from pipeline.data.synthetic_pages import add_display_content, render_clean_page
+    from aepipe.data.synthetic_pages import add_display_content, render_clean_page
 
     pages = []
     for dpi in (150, 300, 600):
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipeline.data.ddd import load_pairs, split_three
-    from pipeline.stages.scan_denoiser import ScanDenoiser
-    from pipeline.weights import read_config, resolve
+    from aepipe.data.ddd import load_pairs, split_three
+    from aepipe.stages.scan_denoiser import ScanDenoiser
+    from aepipe.weights import read_config, resolve
 
     torch.set_num_threads(args.threads)
     ours: dict[str, sd.Method] = {}

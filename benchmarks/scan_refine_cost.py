@@ -25,9 +25,9 @@ def main() -> None:
 
     import torch
 
-    from models.scan_unet import ScanUNet
-    from pipeline.batch import ImageBatch
-    from pipeline.stages.scan_denoiser import ScanDenoiser
+    from aepipe.batch import ImageBatch
+    from aepipe.models.scan_unet import ScanUNet
+    from aepipe.stages.scan_denoiser import ScanDenoiser
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -6,7 +6,7 @@
 Starts ``aepipe serve`` on 127.0.0.1 (a free port; loopback only), waits for /healthz, sends a
 few warm-up requests, then for each number of clients sends --requests requests from that many
 client threads and reports requests per second and latency percentiles. The page is a synthetic
-540x420 scan (pipeline.data.synthetic_pages). Writes benchmarks/results/serve_load.md and .json.
+540x420 scan (aepipe.data.synthetic_pages). Writes benchmarks/results/serve_load.md and .json.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def resolve_model(model: str) -> tuple[str, str]:
     """
     import torch
 
-    from models.scan_unet import ScanUNet
-    from pipeline.stage import stage_class
-    from pipeline.weights import shipped_names
+    from aepipe.models.scan_unet import ScanUNet
+    from aepipe.stage import stage_class
+    from aepipe.weights import shipped_names
 
     if model not in ("tiny", "default-size") and (model in shipped_names() or Path(model).is_dir()):
         return model, model
@@ -64,7 +64,7 @@ def resolve_model(model: str) -> tuple[str, str]:
 def page_png(height: int, width: int) -> bytes:
     from PIL import Image
 
-    from pipeline.data.synthetic_pages import make_pair
+    from aepipe.data.synthetic_pages import make_pair
 
     dirty, _ = make_pair(0, height=height, width=width)
     buf = io.BytesIO()

@@ -39,8 +39,8 @@ def peak_rss_mb() -> float:
 
 
 def load(model: str, stage_name: str):
-    from pipeline.stage import load_stage, stage_class
-    from pipeline.weights import shipped_names
+    from aepipe.stage import load_stage, stage_class
+    from aepipe.weights import shipped_names
 
     if model == "tiny" or (model == stage_name and model not in shipped_names()):
         tmp = Path(tempfile.mkdtemp(prefix="aepipe-bench-"))
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipeline import Pipeline
-    from pipeline.weights import shipped_names
+    from aepipe import Pipeline
+    from aepipe.weights import shipped_names
 
     torch.set_num_threads(args.threads)
     model = args.model if args.model in shipped_names() or Path(args.model).is_dir() else "tiny"

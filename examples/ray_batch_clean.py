@@ -5,14 +5,14 @@
 
 Files are read as raw bytes (``ray.data.read_binary_files``), so pages of any size and format
 (PNG, JPEG, TIFF, PDF ...) mix freely and keep their names. Each Ray actor loads the
-scan-denoiser once (``pipeline.ray.StageMapper``), decodes and cleans its files exactly as
+scan-denoiser once (``aepipe.ray.StageMapper``), decodes and cleans its files exactly as
 ``aepipe clean-scans`` does, and sends back PNG bytes; the driver writes ``<name>.png``
 (``<name>-p001.png`` ... for multi-page files) under OUTPUT_DIR, so the output folder only needs
 to exist where this script runs.
 
 A worker that dies mid-job (killed, out of memory, node lost) is restarted by Ray Data and its
 unfinished batches are retried (``max_restarts``/``max_task_retries`` default to -1 for map
-actors); each page is written once, atomically (``pipeline.io.atomic_write``), so the output
+actors); each page is written once, atomically (``aepipe.io.atomic_write``), so the output
 folder never holds a half-written or duplicated page.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 def list_inputs(input_dir: Path) -> list[Path]:
     """Image and PDF files directly inside ``input_dir`` (hidden files skipped), sorted."""
-    from pipeline.io import is_image_path
+    from aepipe.io import is_image_path
 
     return sorted(
         p
@@ -66,8 +66,8 @@ def run(
     """
     import ray
 
-    from pipeline.io import atomic_write
-    from pipeline.ray import StageMapper
+    from aepipe.io import atomic_write
+    from aepipe.ray import StageMapper
 
     start = time.perf_counter()
     src = str(input_dir)

@@ -3,9 +3,9 @@
     python examples/ray_gen_faces.py 256 faces_out/ --seed 0 --block-size 32 --concurrency 2
 
 The N faces are cut into blocks of ``--block-size``; block ``b`` samples with the seed
-``SeedSequence([seed, b])`` (see ``pipeline.ray.face_blocks``), so blocks never repeat each
+``SeedSequence([seed, b])`` (see ``aepipe.ray.face_blocks``), so blocks never repeat each
 other and the same command gives the same faces however many actors run it. Each actor loads the
-face generator and the colorizer once (``pipeline.ray.FaceBlockMapper``); the driver writes
+face generator and the colorizer once (``aepipe.ray.FaceBlockMapper``); the driver writes
 ``face_00000.png`` ... and, with ``--grid``, one contact sheet.
 """
 
@@ -40,8 +40,8 @@ def run(
     import numpy as np
     import ray
 
-    from pipeline.io import make_grid, write_image
-    from pipeline.ray import FaceBlockMapper, face_blocks
+    from aepipe.io import make_grid, write_image
+    from aepipe.ray import FaceBlockMapper, face_blocks
 
     start = time.perf_counter()
     blocks = face_blocks(n, seed=seed, block_size=block_size)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import LUMA_WEIGHTS
+from aepipe.models import LUMA_WEIGHTS
 
 _WR, _WG, _WB = LUMA_WEIGHTS
 _KB = 2.0 * (1.0 - _WB)  # 1.772

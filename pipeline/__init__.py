@@ -1,50 +1,72 @@
 """aepipe: an autoencoder image pipeline.
 
-Public API (imported lazily so that ``import pipeline`` and the CLI's ``--help`` stay fast)::
+Public API (imported lazily so that ``import aepipe`` and the CLI's ``--help`` stay fast)::
 
-    from pipeline import load_stage, apply, Pipeline, ImageBatch, read_pages, run_files, generate
+    from aepipe import load_stage, apply, Pipeline, ImageBatch, read_pages, run_files, generate
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from aepipe._version import __version__
+
+if TYPE_CHECKING:  # what type checkers see; at run time the names load on first use
+    from aepipe.batch import ImageBatch as ImageBatch
+    from aepipe.batch import to_gray as to_gray
+    from aepipe.errors import AepipeError as AepipeError
+    from aepipe.errors import ConfigError as ConfigError
+    from aepipe.errors import ExitCode as ExitCode
+    from aepipe.errors import InputImageError as InputImageError
+    from aepipe.errors import ShapeError as ShapeError
+    from aepipe.errors import WeightsError as WeightsError
+    from aepipe.io import read_image as read_image
+    from aepipe.io import read_pages as read_pages
+    from aepipe.io import write_image as write_image
+    from aepipe.pipeline import Pipeline as Pipeline
+    from aepipe.pipeline import apply as apply
+    from aepipe.pipeline import read_pipeline_file as read_pipeline_file
+    from aepipe.runner import RunOptions as RunOptions
+    from aepipe.runner import run_files as run_files
+    from aepipe.stage import Stage as Stage
+    from aepipe.stage import StageConfig as StageConfig
+    from aepipe.stage import load_stage as load_stage
+    from aepipe.stage import stage_class as stage_class
 
 _EXPORTS = {
-    "ImageBatch": "pipeline.batch",
-    "to_gray": "pipeline.batch",
-    "Stage": "pipeline.stage",
-    "Generator": "pipeline.stage",
-    "StageConfig": "pipeline.stage",
-    "load_stage": "pipeline.stage",
-    "stage_class": "pipeline.stage",
-    "Pipeline": "pipeline.pipeline",
-    "apply": "pipeline.pipeline",
-    "read_pipeline_file": "pipeline.pipeline",
-    "read_pages": "pipeline.io",
-    "read_image": "pipeline.io",
-    "write_image": "pipeline.io",
-    "run_files": "pipeline.runner",
-    "generate": "pipeline.core",
-    "load_generator": "pipeline.core",
-    "RunOptions": "pipeline.runner",
-    "AepipeError": "pipeline.errors",
-    "ConfigError": "pipeline.errors",
-    "WeightsError": "pipeline.errors",
-    "InputImageError": "pipeline.errors",
-    "ShapeError": "pipeline.errors",
-    "ExitCode": "pipeline.errors",
+    "ImageBatch": "aepipe.batch",
+    "to_gray": "aepipe.batch",
+    "Stage": "aepipe.stage",
+    "Generator": "aepipe.stage",
+    "StageConfig": "aepipe.stage",
+    "load_stage": "aepipe.stage",
+    "stage_class": "aepipe.stage",
+    "Pipeline": "aepipe.pipeline",
+    "apply": "aepipe.pipeline",
+    "read_pipeline_file": "aepipe.pipeline",
+    "read_pages": "aepipe.io",
+    "read_image": "aepipe.io",
+    "write_image": "aepipe.io",
+    "run_files": "aepipe.runner",
+    "generate": "aepipe.core",
+    "load_generator": "aepipe.core",
+    "RunOptions": "aepipe.runner",
+    "AepipeError": "aepipe.errors",
+    "ConfigError": "aepipe.errors",
+    "WeightsError": "aepipe.errors",
+    "InputImageError": "aepipe.errors",
+    "ShapeError": "aepipe.errors",
+    "ExitCode": "aepipe.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+        raise AttributeError(f"module 'aepipe' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
 
 

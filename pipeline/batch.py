@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models import LUMA_WEIGHTS
-from pipeline.errors import ShapeError
+from aepipe.errors import ShapeError
+from aepipe.models import LUMA_WEIGHTS
 
 if TYPE_CHECKING:
     import torch

@@ -3,12 +3,12 @@
 Front ends parse their inputs, call a function here and map the outcome (an exit code, an HTTP
 status from the error class). Nothing that decides what a result looks like lives in a front end.
 
-Generation: :func:`generate` asks any :class:`~pipeline.stage.Generator` for
+Generation: :func:`generate` asks any :class:`~aepipe.stage.Generator` for
 ``sample(n, seed=..., temperature=None)`` (``None``: the weights' default) and passes each batch
 through the following stages, so ``gen-faces``, a TOML ``faces`` source, Ray's
-:class:`~pipeline.ray.FaceBlockMapper` and ``GET /v1/faces`` give the same pixels for one request.
+:class:`~aepipe.ray.FaceBlockMapper` and ``GET /v1/faces`` give the same pixels for one request.
 
-Jobs over pages: a decoded :class:`~pipeline.io.Page` goes through the stage chain
+Jobs over pages: a decoded :class:`~aepipe.io.Page` goes through the stage chain
 (:func:`run_pages`), each result becomes an :class:`EncodedPage` (PNG bytes, 1-bit when the page
 is bilevel: :func:`encode_page`) named by :func:`page_name`, and the pages of one input become
 output files by :func:`output_format` and :func:`write_document` (files) or
@@ -19,7 +19,7 @@ PDF in, PDF out: :func:`edits_in_place` decides, for every front end, that a PDF
 as PDF is not rebuilt from renderings but cleaned inside the PDF by :func:`clean_pdf_in_place`
 (:func:`clean_pdf_bytes` for an upload): its scans are cleaned at their own pixel grid and type,
 its text layer, forms, links, outlines and born-digital pages stay as they were
-(:mod:`pipeline.pdf_edit`). Errors are classes (:mod:`pipeline.errors`); front ends map the
+(:mod:`aepipe.pdf_edit`). Errors are classes (:mod:`aepipe.errors`); front ends map the
 class to an exit code or an HTTP status (:func:`http_status`).
 """
 
@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pipeline.errors import (
+from aepipe.errors import (
     AepipeError,
     ConfigError,
     InputImageError,
@@ -47,10 +47,10 @@ from pipeline.errors import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.batch import ImageBatch
-    from pipeline.io import Page
-    from pipeline.pdf_edit import PageOutcome, PdfEditOptions
-    from pipeline.stage import Generator, Stage
+    from aepipe.batch import ImageBatch
+    from aepipe.io import Page
+    from aepipe.pdf_edit import PageOutcome, PdfEditOptions
+    from aepipe.stage import Generator, Stage
 
 Process = Callable[["ImageBatch"], "ImageBatch"]
 
@@ -61,7 +61,7 @@ def as_generator(stage: Stage, where: str | os.PathLike[str]) -> Generator:
     Raises:
         WeightsError: the weights at ``where`` are for a stage that cannot sample.
     """
-    from pipeline.stage import Generator
+    from aepipe.stage import Generator
 
     if not isinstance(stage, Generator):
         raise WeightsError(f"{where}: weights are for stage {stage.name!r}, which cannot generate")
@@ -77,7 +77,7 @@ def load_generator(
         WeightsError: the weights are missing, broken, or for a stage that cannot generate.
         ConfigError: an override is unknown or out of range.
     """
-    from pipeline.stage import load_stage
+    from aepipe.stage import load_stage
 
     return as_generator(load_stage(name_or_path, device=device, **overrides), name_or_path)
 
@@ -116,7 +116,7 @@ def generate(
 
 def generate_batch(generator: Generator, n: int, **kwargs: Any) -> ImageBatch:
     """:func:`generate` as one batch (for requests that answer with all images at once)."""
-    from pipeline.batch import ImageBatch
+    from aepipe.batch import ImageBatch
 
     batches = list(generate(generator, n, batch_size=n, **kwargs))
     return ImageBatch.concat(batches) if len(batches) > 1 else batches[0]
@@ -207,14 +207,14 @@ def run_pages(process: Process, pages: Sequence[Page], stem: str) -> list[Encode
     """Run each decoded page of one input through ``process`` and encode the results.
 
     Args:
-        process: a stage, a :class:`~pipeline.pipeline.Pipeline` or any batch -> batch callable.
-        pages: the input's pages, as :func:`pipeline.io.decode_pages` gives them.
+        process: a stage, a :class:`~aepipe.pipeline.Pipeline` or any batch -> batch callable.
+        pages: the input's pages, as :func:`aepipe.io.decode_pages` gives them.
         stem: the input's output stem (its file name without suffix).
 
     Returns:
         One page per input page, named by :func:`page_name`.
     """
-    from pipeline.io import page_batch
+    from aepipe.io import page_batch
 
     done: list[EncodedPage] = []
     for page in pages:
@@ -238,7 +238,7 @@ def output_format(source: str | os.PathLike[str], fmt: str, keep_tiff: bool = Tr
 
     Args:
         source: the input's path (its suffix decides) or its decoded format (``"pdf"``, the
-            ``format`` of a :class:`~pipeline.io.Page`).
+            ``format`` of a :class:`~aepipe.io.Page`).
         fmt: ``same``, ``png``, ``tiff``, ``pdf`` or ``jpeg``.
         keep_tiff: whether ``same`` keeps TIFF as TIFF.
     """
@@ -287,7 +287,7 @@ def pdf_options(
             ``keep`` keeps colour, ``gray`` stores gray (or 1-bit).
         max_pages: refuse a PDF with more pages (HTTP uploads).
     """
-    from pipeline.pdf_edit import PdfEditOptions
+    from aepipe.pdf_edit import PdfEditOptions
 
     return PdfEditOptions(
         max_pixels=max_pixels,
@@ -310,10 +310,10 @@ def clean_pdf_in_place(
     The one PDF-in, PDF-out step of every front end (the runner behind ``clean-scans``,
     ``colorize``, ``denoise`` and TOML pipelines; ``POST /v1/clean-scan`` through
     :func:`clean_pdf_bytes`). Library warnings (pikepdf, pdfium, Pillow) are kept off the
-    terminal; a failure is one :class:`~pipeline.errors.AepipeError` line.
+    terminal; a failure is one :class:`~aepipe.errors.AepipeError` line.
 
     Returns:
-        One :class:`~pipeline.pdf_edit.PageOutcome` per page (``edited``, ``passed`` or
+        One :class:`~aepipe.pdf_edit.PageOutcome` per page (``edited``, ``passed`` or
         ``rendered``), for a report.
 
     Raises:
@@ -322,7 +322,7 @@ def clean_pdf_in_place(
     """
     import warnings
 
-    from pipeline.pdf_edit import edit_pdf
+    from aepipe.pdf_edit import edit_pdf
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -371,7 +371,7 @@ def write_pdf(
         fh: a binary file open for writing.
         source: the input the pages came from (a path, or its bytes for an upload); not read.
     """
-    from pipeline.io import pdf_from_pngs
+    from aepipe.io import pdf_from_pngs
 
     del source  # a new PDF is built from the pages alone
     pdf_from_pngs(
@@ -397,7 +397,7 @@ def write_document(
         targets: output paths; the suffix picks the format.
         source: the input the pages came from, passed on to :func:`write_pdf`.
     """
-    from pipeline.io import atomic_write, write_encoded_pages
+    from aepipe.io import atomic_write, write_encoded_pages
 
     _allow_own_pages(pages)
     if len(targets) == 1 and targets[0].suffix.lower() == ".pdf":
@@ -418,7 +418,7 @@ def _allow_own_pages(pages: Sequence[EncodedPage]) -> None:
     The TIFF, JPEG and PDF writers reopen the pages' PNGs through Pillow, whose own limit
     (89 Mpx by default) would warn about, or refuse, a page that passed ``--max-pixels`` when
     it was decoded (a rendered PDF page never went through Pillow). Raised only, never lowered,
-    as :mod:`pipeline.io` does for its own limit.
+    as :mod:`aepipe.io` does for its own limit.
     """
     from PIL import Image
 
@@ -448,7 +448,7 @@ def encode_document(
     Returns:
         ``[(file name, bytes), ...]``: PNG pages are named ``<page name>.png`` with their DPI.
     """
-    from pipeline.io import png_with_dpi
+    from aepipe.io import png_with_dpi
 
     if fmt == "pdf":
         _allow_own_pages(pages)

@@ -1,10 +1,10 @@
 """Reading and writing image files: the only module that touches image files on disk.
 
 Reading decodes PNG, JPEG, TIFF (every page), BMP, WebP, GIF and PDF (every page rendered at a
-chosen DPI) into :class:`Page` objects whose pixels :class:`~pipeline.batch.ImageBatch` takes.
+chosen DPI) into :class:`Page` objects whose pixels :class:`~aepipe.batch.ImageBatch` takes.
 Sizes are checked against a pixel limit *before* decoding, so a decompression bomb is refused
 without allocating it. Whatever a decoder raises on untrusted bytes becomes one
-:class:`~pipeline.errors.InputImageError` naming the file, with a one-line reason; only regular
+:class:`~aepipe.errors.InputImageError` naming the file, with a one-line reason; only regular
 files are opened (never a FIFO or a device), and input files are only ever opened read-only.
 Animated GIF/WebP/PNG give their first frame unless ``frames="all"``.
 
@@ -33,9 +33,9 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from pipeline.batch import ImageBatch, pil_to_array
-from pipeline.defaults import DEFAULT_DPI, DEFAULT_MAX_PIXELS
-from pipeline.errors import (
+from aepipe.batch import ImageBatch, pil_to_array
+from aepipe.defaults import DEFAULT_DPI, DEFAULT_MAX_PIXELS
+from aepipe.errors import (
     InputImageError,
     TooManyPagesError,
     TooManyPixelsError,
@@ -468,9 +468,9 @@ def decode_pages(
 
     Raises:
         InputImageError: naming ``name``, for anything undecodable; its subclasses say why
-            (:class:`~pipeline.errors.UnsupportedInputError`,
-            :class:`~pipeline.errors.TooManyPixelsError`,
-            :class:`~pipeline.errors.TooManyPagesError`).
+            (:class:`~aepipe.errors.UnsupportedInputError`,
+            :class:`~aepipe.errors.TooManyPixelsError`,
+            :class:`~aepipe.errors.TooManyPagesError`).
     """
     path = Path(name)
     if not data:

@@ -27,14 +27,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from pipeline.defaults import DEFAULT_DPI
-from pipeline.errors import AepipeError, InputImageError
+from aepipe.defaults import DEFAULT_DPI
+from aepipe.errors import AepipeError, InputImageError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from pipeline.runner import FileRecord, RunOptions, Summary
-    from pipeline.stages.scan_denoiser import ScanDenoiser
+    from aepipe.runner import FileRecord, RunOptions, Summary
+    from aepipe.stages.scan_denoiser import ScanDenoiser
 
 try:  # The hooks are only registered when OCRmyPDF is installed; the helpers work without it.
     from ocrmypdf import hookimpl
@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - exercised only without the [ocr] extra
 
 
 DEFAULT_WEIGHTS = "scan-denoiser"
-PLUGIN = __name__  # "pipeline.ocrmypdf"; follows a rename of the package
+PLUGIN = __name__  # "aepipe.ocrmypdf"; follows a rename of the package
 
 # (what is probed, how to install it); a probe starting with "py:" is an importable module.
 _TOOLS = (
@@ -97,7 +97,7 @@ def denoiser(weights: str = DEFAULT_WEIGHTS, device: str = "cpu") -> ScanDenoise
     key = (str(weights), device)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            from pipeline.stages.scan_denoiser import ScanDenoiser
+            from aepipe.stages.scan_denoiser import ScanDenoiser
 
             _MODELS[key] = ScanDenoiser.from_pretrained(weights, device=device)
         return _MODELS[key]
@@ -113,7 +113,7 @@ def clean_page(
         weights: weights name or folder of a scan denoiser.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
     """
-    from pipeline.batch import ImageBatch
+    from aepipe.batch import ImageBatch
 
     out = denoiser(weights, device)(ImageBatch.from_pil([image])).to_pil()[0]
     if "dpi" in image.info:
@@ -169,7 +169,7 @@ def check_options(options: Any) -> None:
     """Fail early, in the main process, when the weights cannot be loaded."""
     from ocrmypdf.exceptions import BadArgsError
 
-    from pipeline.errors import WeightsError
+    from aepipe.errors import WeightsError
 
     try:
         denoiser(_opt(options, "aepipe_weights", DEFAULT_WEIGHTS), _device(options))
@@ -348,7 +348,7 @@ def ocr_files(
 ) -> Summary:
     """``clean-scans --ocr``: one cleaned, searchable PDF per input file, in the runner's layout.
 
-    Inputs are listed and the output folder checked by :func:`pipeline.runner.plan` (same
+    Inputs are listed and the output folder checked by :func:`aepipe.runner.plan` (same
     rules as every file command); ``<out>/<relative name>.pdf`` is written atomically, and an
     existing output is skipped unless ``options.overwrite``.
 
@@ -366,7 +366,7 @@ def ocr_files(
         ConfigError: bad inputs or output folder.
         WeightsError: the weights cannot be loaded.
     """
-    from pipeline.runner import FileRecord, Summary, plan
+    from aepipe.runner import FileRecord, Summary, plan
 
     check_setup()
     start = time.perf_counter()
@@ -426,12 +426,12 @@ def run_ocr_command(
 ) -> NoReturn:
     """The ``clean-scans --ocr`` command body: check the set-up, OCR every file, exit.
 
-    Exits with :attr:`~pipeline.errors.ExitCode.SETUP_ERROR` and one line naming the package
+    Exits with :attr:`~aepipe.errors.ExitCode.SETUP_ERROR` and one line naming the package
     when a tool is missing.
     """
-    from pipeline.cli.common import cli_errors, fail, finish_summary, progress_bar
-    from pipeline.errors import ConfigError, ExitCode
-    from pipeline.runner import plan
+    from aepipe.cli.common import cli_errors, fail, finish_summary, progress_bar
+    from aepipe.errors import ConfigError, ExitCode
+    from aepipe.runner import plan
 
     with cli_errors():
         try:

@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pipeline.batch import ImageBatch, to_gray
-from pipeline.defaults import DEFAULT_MAX_PIXELS
-from pipeline.errors import InputImageError, ShapeError, TooManyPagesError, TooManyPixelsError
-from pipeline.io import atomic_write
+from aepipe.batch import ImageBatch, to_gray
+from aepipe.defaults import DEFAULT_MAX_PIXELS
+from aepipe.errors import InputImageError, ShapeError, TooManyPagesError, TooManyPixelsError
+from aepipe.io import atomic_write
 
 if TYPE_CHECKING:
     import pikepdf
@@ -685,7 +685,7 @@ class _Renderer:
         """Page ``index`` rendered as displayed (HWC uint8) and its resolution."""
         import pypdfium2 as pdfium
 
-        from pipeline.io import _native_dpi, _render_pdf_page
+        from aepipe.io import _native_dpi, _render_pdf_page
 
         if self.doc is None:
             self.doc = pdfium.PdfDocument(str(self.src))

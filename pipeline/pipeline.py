@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.batch import ImageBatch
-from pipeline.errors import ConfigError, ShapeError
-from pipeline.stage import Stage, build_config, format_validation_error, load_stage, stage_class
+from aepipe.batch import ImageBatch
+from aepipe.errors import ConfigError, ShapeError
+from aepipe.stage import Stage, build_config, format_validation_error, load_stage, stage_class
 
 BatchFn = Callable[[ImageBatch], ImageBatch]
 
@@ -28,7 +28,7 @@ class Pipeline:
     (see :func:`apply` for what that means for the stages).
 
     Example:
-        >>> from pipeline import Pipeline, load_stage
+        >>> from aepipe import Pipeline, load_stage
         >>> pipe = Pipeline([load_stage("scan-denoiser")])  # doctest: +SKIP
         >>> out = pipe(batch)  # doctest: +SKIP
     """
@@ -151,7 +151,7 @@ def apply(fn: BatchFn, x: Any) -> Any:
 
     Example:
         >>> import numpy as np
-        >>> from pipeline import apply, load_stage
+        >>> from aepipe import apply, load_stage
         >>> stage = load_stage("impulse-denoiser")  # doctest: +SKIP
         >>> clean = apply(stage, np.zeros((28, 28), np.uint8))  # doctest: +SKIP
     """
@@ -168,7 +168,7 @@ def apply(fn: BatchFn, x: Any) -> Any:
         out = _tensor_out(out, x)
         return out[0] if single else out
     if kind == "path":
-        from pipeline.io import page_batch, read_pages
+        from aepipe.io import page_batch, read_pages
 
         results = [fn(page_batch(p)) for p in read_pages(x)]
         return results[0] if len(results) == 1 else results
@@ -282,7 +282,7 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
     """
     import tomllib
 
-    from pipeline.weights import read_config, resolve
+    from aepipe.weights import read_config, resolve
 
     path = Path(path)
     try:
@@ -313,7 +313,7 @@ def build_stages(spec: PipelineSpec) -> list[Stage]:
 
 def faces_source(spec: FacesSource, stages: Sequence[Stage] = ()) -> Iterator[ImageBatch]:
     """Batches sampled by a ``faces`` source (any generator's weights), run through ``stages``."""
-    from pipeline.core import generate, load_generator
+    from aepipe.core import generate, load_generator
 
     gen = load_generator(spec.weights)
     yield from generate(
@@ -330,7 +330,7 @@ def write_batches(
     batches: Iterable[ImageBatch], out: Path, grid: Path | None = None, overwrite: bool = False
 ) -> list[Path]:
     """Write generated batches as PNG files named after the batch names, plus an optional grid."""
-    from pipeline.io import make_grid, write_image
+    from aepipe.io import make_grid, write_image
 
     written: list[Path] = []
     grid_tiles: list[np.ndarray] = []

@@ -12,7 +12,7 @@ every CPU would otherwise starve them and the job would never finish.
 
 Example:
     >>> import ray
-    >>> from pipeline.ray import StageMapper
+    >>> from aepipe.ray import StageMapper
     >>> ds = ray.data.read_binary_files("scans/", include_paths=True, num_cpus=0)  # doctest: +SKIP
     >>> ds = ds.map_batches(  # doctest: +SKIP
     ...     StageMapper,
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pipeline.defaults import DEFAULT_DPI, DEFAULT_MAX_PIXELS
-from pipeline.errors import ConfigError
+from aepipe.defaults import DEFAULT_DPI, DEFAULT_MAX_PIXELS
+from aepipe.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pipeline.batch import ImageBatch
-    from pipeline.pipeline import Pipeline
+    from aepipe.batch import ImageBatch
+    from aepipe.pipeline import Pipeline
 
 StageSpecLike = dict[str, Any]
 
@@ -51,7 +51,7 @@ def worker_device(device: str = "auto") -> str:
     Args:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
     """
-    from pipeline.stage import resolve_device
+    from aepipe.stage import resolve_device
 
     if device != "auto":
         return resolve_device(device)
@@ -88,8 +88,8 @@ def build_pipeline(
         ConfigError: none or several of the three were given, or a config is invalid.
         WeightsError: weights could not be loaded.
     """
-    from pipeline.pipeline import Pipeline, StageSpec, read_pipeline_file
-    from pipeline.stage import format_validation_error, load_stage
+    from aepipe.pipeline import Pipeline, StageSpec, read_pipeline_file
+    from aepipe.stage import format_validation_error, load_stage
 
     given = [x is not None for x in (weights, stages, pipeline_file)]
     if sum(given) != 1:
@@ -237,9 +237,9 @@ class StageMapper:
         )
 
     def _files(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.core import page_name
-        from pipeline.errors import AepipeError
-        from pipeline.io import decode_pages
+        from aepipe.core import page_name
+        from aepipe.errors import AepipeError
+        from aepipe.io import decode_pages
 
         paths = [
             str(p) for p in batch.get("path", [f"file_{i:05d}" for i in range(len(batch["bytes"]))])
@@ -290,8 +290,8 @@ class StageMapper:
 
 def _encoded(row: dict[str, Any]) -> bytes:
     """A result row's page as the CLI writes it: PNG, 1-bit when bilevel, with its DPI."""
-    from pipeline.core import encode_page
-    from pipeline.io import png_with_dpi
+    from aepipe.core import encode_page
+    from aepipe.io import png_with_dpi
 
     if "image" not in row:
         return b""
@@ -331,12 +331,12 @@ class FaceBlockMapper:
     """Generate (and optionally colorize) images for rows made by :func:`face_blocks`.
 
     Any generator works (the face VAE by default): images come from
-    :func:`pipeline.core.generate`, exactly as ``gen-faces`` and ``GET /v1/faces`` make them.
+    :func:`aepipe.core.generate`, exactly as ``gen-faces`` and ``GET /v1/faces`` make them.
     Each input row ``{"block", "start", "count", "seed"}`` becomes ``count`` output rows with
     ``name`` (``face_00042``), ``seed`` (the block seed) and ``image`` (uint8 H x W x C).
 
     Args:
-        generator: weights of any generator stage (see :class:`pipeline.stage.Generator`).
+        generator: weights of any generator stage (see :class:`aepipe.stage.Generator`).
         colorizer: weights of the colorizer stage, or ``None`` to keep the generator's output.
         device: as for :class:`StageMapper`.
         temperature: sampling temperature of the generator (``None``: the weights' default).
@@ -352,8 +352,8 @@ class FaceBlockMapper:
         temperature: float | None = None,
         threads: int | None = None,
     ) -> None:
-        from pipeline.core import load_generator
-        from pipeline.stage import load_stage
+        from aepipe.core import load_generator
+        from aepipe.stage import load_stage
 
         if threads is not None:
             import torch
@@ -366,8 +366,8 @@ class FaceBlockMapper:
 
     def faces(self, count: int, seed: int, start: int = 0) -> ImageBatch:
         """``count`` faces for one block, named from ``start``."""
-        from pipeline.batch import ImageBatch
-        from pipeline.core import generate_batch
+        from aepipe.batch import ImageBatch
+        from aepipe.core import generate_batch
 
         then = [self.colorizer] if self.colorizer is not None else []
         batch = generate_batch(

@@ -1,7 +1,7 @@
 """The one registry: stage name -> stage class, model classes, default weights, CLI, HTTP route.
 
-Every front end asks this module instead of keeping its own list: :func:`pipeline.stage.load_stage`
-finds stage classes here, :func:`pipeline.weights.load_model` model classes, the CLI the modules
+Every front end asks this module instead of keeping its own list: :func:`aepipe.stage.load_stage`
+finds stage classes here, :func:`aepipe.weights.load_model` model classes, the CLI the modules
 that register commands, and the HTTP service its endpoints. Adding a stage is one stage file, its
 model file, its training module and one :class:`Entry` in :data:`ENTRIES` (see CONTRIBUTING.md);
 plug-ins and tests add theirs with :func:`register`.
@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipeline.errors import ConfigError
+from aepipe.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from pipeline.stage import Stage
+    from aepipe.stage import Stage
 
 RouteKind = Literal["pages", "image", "generate"]
 
@@ -74,43 +74,43 @@ def register(entry: Entry) -> Entry:
 for _entry in (
     Entry(
         name="scan-denoiser",
-        stage="pipeline.stages.scan_denoiser:ScanDenoiser",
+        stage="aepipe.stages.scan_denoiser:ScanDenoiser",
         models={
-            "ScanUNet": "models.scan_unet:ScanUNet",
-            "ClassicDenoisingAE": "models.classic:ClassicDenoisingAE",
+            "ScanUNet": "aepipe.models.scan_unet:ScanUNet",
+            "ClassicDenoisingAE": "aepipe.models.classic:ClassicDenoisingAE",
         },
         weights="scan-denoiser",
-        cli=("pipeline.cli.clean", "pipeline.cli.scans"),
+        cli=("aepipe.cli.clean", "aepipe.cli.scans"),
         route="clean-scan",
         route_kind="pages",
     ),
     Entry(
         name="impulse-denoiser",
-        stage="pipeline.stages.impulse_denoiser:ImpulseDenoiser",
+        stage="aepipe.stages.impulse_denoiser:ImpulseDenoiser",
         models={
-            "ImpulseDenoiser": "models.impulse:ImpulseDenoiser",
-            "TutorialAE": "models.classic:TutorialAE",
+            "ImpulseDenoiser": "aepipe.models.impulse:ImpulseDenoiser",
+            "TutorialAE": "aepipe.models.classic:TutorialAE",
         },
         weights="salt-pepper",
-        cli=("pipeline.cli.impulse",),
+        cli=("aepipe.cli.impulse",),
         route="denoise",
         route_kind="image",
     ),
     Entry(
         name="face-generator",
-        stage="pipeline.stages.face_generator:FaceGenerator",
-        models={"ConvVAE": "models.vae:ConvVAE"},
+        stage="aepipe.stages.face_generator:FaceGenerator",
+        models={"ConvVAE": "aepipe.models.vae:ConvVAE"},
         weights="face-vae",
-        cli=("pipeline.cli.faces",),
+        cli=("aepipe.cli.faces",),
         route="faces",
         route_kind="generate",
     ),
     Entry(
         name="colorizer",
-        stage="pipeline.stages.colorizer:Colorizer",
-        models={"StackNNColorizer": "models.colorizer:StackNNColorizer"},
+        stage="aepipe.stages.colorizer:Colorizer",
+        models={"StackNNColorizer": "aepipe.models.colorizer:StackNNColorizer"},
         weights="colorizer",
-        cli=("pipeline.cli.colorize",),
+        cli=("aepipe.cli.colorize",),
         route="colorize",
         route_kind="image",
     ),
@@ -118,7 +118,7 @@ for _entry in (
     register(_entry)
 
 # CLI modules that belong to no stage: the TOML runner and the HTTP service.
-FRONT_END_CLI = ("pipeline.cli.run", "pipeline.cli.serve")
+FRONT_END_CLI = ("aepipe.cli.run", "aepipe.cli.serve")
 
 
 def entry(name: str) -> Entry:

@@ -1,6 +1,6 @@
 """Run a stage over files and folders: the job behind ``clean-scans``, ``denoise``, ``colorize``.
 
-A PDF input written as PDF is cleaned inside the PDF (:func:`pipeline.core.clean_pdf_in_place`):
+A PDF input written as PDF is cleaned inside the PDF (:func:`aepipe.core.clean_pdf_in_place`):
 its scans at their own resolution and type, everything else (text layer, forms, links,
 born-digital pages) kept; the report lists what happened to each of its pages.
 
@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.batch import ImageBatch
-from pipeline.core import (
+from aepipe.batch import ImageBatch
+from aepipe.core import (
     EncodedPage,
     Process,
     clean_pdf_in_place,
@@ -43,8 +43,8 @@ from pipeline.core import (
     pdf_options,
     write_document,
 )
-from pipeline.errors import AepipeError, ConfigError, ExitCode, InputImageError
-from pipeline.io import (
+from aepipe.errors import AepipeError, ConfigError, ExitCode, InputImageError
+from aepipe.io import (
     DEFAULT_MAX_PIXELS,
     SUFFIX_OF,
     OutputFormat,
@@ -118,7 +118,7 @@ class FileRecord:
         edited, passed, rendered: for a PDF edited in place, its pages cleaned in place,
             passed through unchanged (no scan) and rendered (the fallback); None otherwise.
         page_outcomes: for a PDF edited in place, one entry per page
-            (:meth:`pipeline.pdf_edit.PageOutcome.to_json`: status, reason, kind, size, dpi,
+            (:meth:`aepipe.pdf_edit.PageOutcome.to_json`: status, reason, kind, size, dpi,
             codecs and bytes before and after).
     """
 

@@ -16,7 +16,7 @@ are read in full, images or PDF pages over ``max_pixels`` get ``413`` before the
 files that are not images get ``415`` and corrupt ones ``422``; every error is a JSON object
 ``{"error": code, "detail": message}`` and the server keeps serving.
 
-In front of the routes, :mod:`pipeline.serve_guard` checks API keys (``401``), requests in
+In front of the routes, :mod:`aepipe.serve_guard` checks API keys (``401``), requests in
 flight per client (``429``), the body and request deadlines (``408``, ``504``) and the body size
 while it is read (``413``); :func:`uvicorn_config` adds the header deadline for slow senders.
 """
@@ -41,19 +41,19 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
-from pipeline.errors import AepipeError, WeightsError
+from aepipe.errors import AepipeError, WeightsError
 
 if TYPE_CHECKING:
-    from pipeline.batch import ImageBatch
-    from pipeline.io import Page
-    from pipeline.stage import Stage
+    from aepipe.batch import ImageBatch
+    from aepipe.io import Page
+    from aepipe.stage import Stage
 
 T = TypeVar("T")
 
 
 def endpoint_stages() -> dict[str, str]:
-    """Endpoint key -> the registry name of the stage it runs (from :mod:`pipeline.registry`)."""
-    from pipeline.registry import routes
+    """Endpoint key -> the registry name of the stage it runs (from :mod:`aepipe.registry`)."""
+    from aepipe.registry import routes
 
     return {key: e.name for key, e in routes().items()}
 
@@ -117,8 +117,8 @@ class ServeSettings(BaseModel):
 
 def default_weights(key: str) -> str | None:
     """The shipped weights an endpoint serves by default (its registry entry's), if installed."""
-    from pipeline.registry import routes
-    from pipeline.weights import shipped_names
+    from aepipe.registry import routes
+    from aepipe.weights import shipped_names
 
     weights = routes()[key].weights
     return weights if weights in shipped_names() else None
@@ -130,7 +130,7 @@ def load_stages(settings: ServeSettings) -> dict[str, Stage | None]:
     Raises:
         WeightsError: weights are missing, tampered with, or for another stage.
     """
-    from pipeline.stage import load_stage
+    from aepipe.stage import load_stage
 
     stages: dict[str, Stage | None] = {}
     for key, expected in endpoint_stages().items():
@@ -223,13 +223,13 @@ class Limiter:
 
 
 def decode_upload(data: bytes, filename: str, settings: ServeSettings) -> list[Page]:
-    """Decode an uploaded image or PDF into pages; :mod:`pipeline.io` checks every limit.
+    """Decode an uploaded image or PDF into pages; :mod:`aepipe.io` checks every limit.
 
     Raises:
-        InputImageError: its class gives the status (:func:`pipeline.core.http_status`): 413
+        InputImageError: its class gives the status (:func:`aepipe.core.http_status`): 413
             over the pixel or page limit, 415 not an image or PDF, 422 corrupt or empty.
     """
-    from pipeline.io import decode_pages
+    from aepipe.io import decode_pages
 
     return list(
         decode_pages(
@@ -267,7 +267,7 @@ def with_overrides(stage: Stage, **updates: Any) -> Stage:
     Raises:
         ConfigError: a field is unknown or out of range for this stage.
     """
-    from pipeline.stage import build_config
+    from aepipe.stage import build_config
 
     updates = {k: v for k, v in updates.items() if v is not None}
     if not updates:
@@ -303,7 +303,7 @@ def warm_up(stage: Stage) -> None:
     """
     import torch
 
-    from pipeline.batch import ImageBatch
+    from aepipe.batch import ImageBatch
 
     size = getattr(stage, "native_size", None) or 64
     channels = stage.input_channels[0]
@@ -427,7 +427,7 @@ def create_app(
 ) -> FastAPI:
     """Build the FastAPI app; every stage is loaded here, once, before the first request.
 
-    Each stage with an HTTP route in :mod:`pipeline.registry` gets its endpoint, built by the
+    Each stage with an HTTP route in :mod:`aepipe.registry` gets its endpoint, built by the
     route's kind (``pages``, ``image`` or ``generate``).
 
     Args:
@@ -437,8 +437,8 @@ def create_app(
     Raises:
         WeightsError: configured weights could not be loaded.
     """
-    from pipeline import __version__
-    from pipeline.registry import routes
+    from aepipe import __version__
+    from aepipe.registry import routes
 
     settings = settings or ServeSettings()
     if settings.threads:
@@ -474,12 +474,12 @@ def create_app(
 
 
 def _add_guards(app: FastAPI, settings: ServeSettings) -> None:
-    """Add the middleware of :mod:`pipeline.serve_guard`.
+    """Add the middleware of :mod:`aepipe.serve_guard`.
 
     The last added runs first, so a request meets: API key (401), per-client limit (429),
     deadlines (408/504), body size (413).
     """
-    from pipeline.serve_guard import Auth, BodyLimit, ClientLimit, Deadline
+    from aepipe.serve_guard import Auth, BodyLimit, ClientLimit, Deadline
 
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     app.add_middleware(
@@ -492,10 +492,10 @@ def _add_guards(app: FastAPI, settings: ServeSettings) -> None:
 def _add_error_handlers(app: FastAPI) -> None:
     """Answer every error as ``{"error": code, "detail": message}``.
 
-    The status comes from the error's class (:func:`pipeline.core.http_status`), never from its
+    The status comes from the error's class (:func:`aepipe.core.http_status`), never from its
     message text.
     """
-    from pipeline.core import http_status
+    from aepipe.core import http_status
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -560,7 +560,7 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
         binarize: bool | None = Query(None, description="Bilevel (1-bit) output."),
         keep_color: bool | None = Query(None, description="Keep the colour of colour scans."),
     ) -> Response:
-        from pipeline.core import edits_in_place, encode_document, output_format, run_pages
+        from aepipe.core import edits_in_place, encode_document, output_format, run_pages
 
         stage = service.need(key, binarize=binarize, keep_color=keep_color)
         data, filename = await service.upload(request)
@@ -593,7 +593,7 @@ def _clean_pdf(
     keep_color: bool | None,
 ) -> Media:
     """A PDF upload cleaned in place by the core's PDF step (the upload's limits apply)."""
-    from pipeline.core import clean_pdf_bytes, pdf_options
+    from aepipe.core import clean_pdf_bytes, pdf_options
 
     options = pdf_options(
         max_pixels=settings.max_pixels,
@@ -618,7 +618,7 @@ def _add_image_route(app: FastAPI, service: _Service, key: str) -> None:
         response_class=Response,
     )
     async def image_endpoint(request: Request) -> Response:
-        from pipeline.core import encode_document, run_pages
+        from aepipe.core import encode_document, run_pages
 
         stage = service.need(key)
         data, filename = await service.upload(request)
@@ -653,8 +653,8 @@ def _add_generate_route(app: FastAPI, service: _Service, key: str) -> None:
         ),
         format: Literal["grid", "zip"] = Query("grid"),
     ) -> Response:
-        from pipeline.core import as_generator, generate_batch
-        from pipeline.io import make_grid, png_bytes
+        from aepipe.core import as_generator, generate_batch
+        from aepipe.io import make_grid, png_bytes
 
         generator = as_generator(service.need(key), key)
         then = [service.need("colorize")] if colorize else []
@@ -715,7 +715,7 @@ def uvicorn_config(
     """
     import uvicorn
 
-    from pipeline.serve_guard import header_timeout_protocol
+    from aepipe.serve_guard import header_timeout_protocol
 
     trusted = settings.forwarded_allow_ips.strip()
     return uvicorn.Config(

@@ -1,4 +1,4 @@
-"""What stands between the network and :mod:`pipeline.serve`'s routes (pure ASGI middleware).
+"""What stands between the network and :mod:`aepipe.serve`'s routes (pure ASGI middleware).
 
 From the outside in: :class:`Auth` (API keys), :class:`ClientLimit` (requests in flight per
 client), :class:`Deadline` (time to send the body, time for the whole request) and
@@ -21,7 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from pipeline.errors import ConfigError
+from aepipe.errors import ConfigError
 
 KEYS_ENV = "AEPIPE_API_KEYS"
 OPEN_PATHS = frozenset({"/healthz"})

@@ -2,7 +2,7 @@
 
 A stage is one trained model plus a strict pydantic config and a single call,
 ``stage(batch) -> batch``, run under ``torch.inference_mode()``. A :class:`Generator` also samples
-new images. Stages are found by name through :mod:`pipeline.registry` (see CONTRIBUTING.md).
+new images. Stages are found by name through :mod:`aepipe.registry` (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.batch import ImageBatch
-from pipeline.errors import ConfigError, ShapeError, WeightsError
+from aepipe.batch import ImageBatch
+from aepipe.errors import ConfigError, ShapeError, WeightsError
 
 if TYPE_CHECKING:
     import torch
@@ -63,9 +63,9 @@ def stage_class(name: str) -> type[Stage]:
     """Return the stage class registered under ``name`` (e.g. ``"scan-denoiser"``).
 
     Raises:
-        ConfigError: no stage of that name is registered (see :mod:`pipeline.registry`).
+        ConfigError: no stage of that name is registered (see :mod:`aepipe.registry`).
     """
-    from pipeline.registry import stage_class as registered
+    from aepipe.registry import stage_class as registered
 
     return registered(name)
 
@@ -179,14 +179,14 @@ class Stage(ABC):
             WeightsError: the folder is missing, tampered with, or belongs to another stage.
             ConfigError: an override is unknown or out of range.
         """
-        from pipeline.weights import load_model
+        from aepipe.weights import load_model
 
         model, wcfg = load_model(name_or_path, device=resolve_device(device))
         if wcfg["stage"] != cls.name:
             raise WeightsError(
                 f"{name_or_path}: weights are for stage {wcfg['stage']!r}, not {cls.name!r}"
             )
-        from pipeline.weights import CONFIG_NAME, resolve
+        from aepipe.weights import CONFIG_NAME, resolve
 
         stored = wcfg.get("stage_config", {})
         try:
@@ -204,7 +204,7 @@ class Stage(ABC):
             folder: output folder.
             **info: ``training``, ``metrics`` and ``card`` entries passed to ``save_model``.
         """
-        from pipeline.weights import save_model
+        from aepipe.weights import save_model
 
         return save_model(
             self.model,
@@ -221,7 +221,7 @@ class Generator(Stage):
     """A stage that also makes new images from noise (the generator protocol).
 
     Every front end (``gen-faces``, TOML ``faces`` sources, Ray, ``GET /v1/faces``) samples
-    through :meth:`sample` alone, via :func:`pipeline.core.generate`, so a new generator plugs in
+    through :meth:`sample` alone, via :func:`aepipe.core.generate`, so a new generator plugs in
     without a front-end change. ``temperature=None`` means the default stored with the weights.
     """
 
@@ -266,10 +266,10 @@ def load_stage(
     """Load any stage from a weights folder; the folder's config says which stage class.
 
     Example:
-        >>> from pipeline import load_stage
+        >>> from aepipe import load_stage
         >>> stage = load_stage("salt-pepper")  # doctest: +SKIP
     """
-    from pipeline.weights import read_config, resolve
+    from aepipe.weights import read_config, resolve
 
     folder = resolve(name_or_path)
     cls = stage_class(read_config(folder)["stage"])

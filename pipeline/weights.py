@@ -8,13 +8,13 @@ the tensors strictly from safetensors: nothing is ever unpickled.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import WeightsError
+from aepipe._version import __version__
+from aepipe.errors import WeightsError
 
 if TYPE_CHECKING:
     import torch
@@ -27,18 +27,13 @@ CARD_NAME = "MODEL_CARD.md"
 
 
 def shipped_weights_dir() -> Path:
-    """The folder holding the shipped weights, in a checkout or in an installed wheel."""
-    checkout = Path(__file__).resolve().parent.parent / "weights"
-    if checkout.is_dir():
-        return checkout
-    # In a wheel the folder is installed as the (namespace) package ``aepipe_weights``. Its
-    # search path can also hold entries that are not folders (an editable install's path hook),
-    # which importlib.resources refuses, so take the first real folder ourselves.
-    spec = importlib.util.find_spec("aepipe_weights")
-    for entry in (spec.submodule_search_locations or []) if spec else []:
-        if Path(entry).is_dir():
-            return Path(entry)
-    return checkout
+    """The folder holding the shipped weights, in an installed wheel or in a checkout."""
+    # A wheel installs weights/ as package data beside this module (aepipe/_weights); a checkout
+    # (editable install, tests) keeps it at the repository root, next to pipeline/.
+    installed = Path(__file__).resolve().parent / "_weights"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "weights"
 
 
 def shipped_names() -> list[str]:
@@ -121,7 +116,7 @@ def load_model(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from pipeline.registry import model_class
+    from aepipe.registry import model_class
 
     folder = resolve(name_or_path)
     config = read_config(folder)
@@ -154,9 +149,9 @@ def load_model(
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    # The one atomic writer (temp file, fsync, rename, usual permissions) lives in pipeline.io;
+    # The one atomic writer (temp file, fsync, rename, usual permissions) lives in aepipe.io;
     # imported here so that reading weights does not pull in the image libraries.
-    from pipeline.io import atomic_write
+    from aepipe.io import atomic_write
 
     atomic_write(path, lambda fh: fh.write(data))
 
@@ -198,6 +193,7 @@ def save_model(
     _atomic_write_bytes(weights_path, save(state))
     config: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
+        "aepipe_version": __version__,
         "stage": stage,
         "model_class": type(model).__name__,
         "model_kwargs": model_kwargs,

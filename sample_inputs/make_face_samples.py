@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from skimage import data
 
-from pipeline.batch import ImageBatch, to_gray
-from pipeline.io import write_image
-from pipeline.stage import load_stage
+from aepipe.batch import ImageBatch, to_gray
+from aepipe.io import write_image
+from aepipe.stage import load_stage
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "faces"

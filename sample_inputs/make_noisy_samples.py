@@ -11,7 +11,7 @@ import imgaug.augmenters as iaa
 import numpy as np
 from skimage import data
 
-from pipeline.io import write_image
+from aepipe.io import write_image
 
 OUT = Path(__file__).resolve().parent / "salt-pepper"
 SAMPLES = {

@@ -1,6 +1,6 @@
 """Regenerate sample_inputs/scans and sample_inputs/scans_clean_targets from fixed seeds.
 
-Every file comes from ``pipeline.data.synthetic_pages.make_pair``, so the set is reproducible
+Every file comes from ``aepipe.data.synthetic_pages.make_pair``, so the set is reproducible
 byte for byte on the same library versions:
 
     .venv/bin/python sample_inputs/make_samples.py
@@ -19,7 +19,7 @@ import img2pdf
 import numpy as np
 from PIL import Image
 
-from pipeline.data.synthetic_pages import make_pair
+from aepipe.data.synthetic_pages import make_pair
 
 HERE = Path(__file__).resolve().parent
 

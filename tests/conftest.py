@@ -43,7 +43,7 @@ class TinyWeights(dict):
         self.root = root
 
     def __missing__(self, name: str) -> Path:
-        from pipeline.stage import stage_class
+        from aepipe.stage import stage_class
 
         folder = stage_class(name).tiny(seed=0).save_pretrained(self.root / name)
         self[name] = folder

@@ -26,15 +26,15 @@ def read_pngs(folder: Path, names: list[str]) -> np.ndarray:
 
 def library(weights: str | Path, n: int, seed: int) -> tuple[list[str], np.ndarray]:
     """Names and (N, H, W, 1) uint8 pixels from the generator's own ``sample``."""
-    from pipeline.batch import ImageBatch
-    from pipeline.stage import load_stage
+    from aepipe.batch import ImageBatch
+    from aepipe.stage import load_stage
 
     batch = ImageBatch.concat(list(load_stage(weights).sample(n, seed=seed)))
     return batch.names, batch.to_numpy(np.uint8)
 
 
 def cli(weights: str | Path, n: int, seed: int, out: Path, names: list[str]) -> np.ndarray:
-    from pipeline.cli.main import app, load_areas
+    from aepipe.cli.main import app, load_areas
 
     load_areas()
     args = ["gen-faces", "-n", str(n), "--seed", str(seed), "--out", str(out), "-q"]
@@ -44,7 +44,7 @@ def cli(weights: str | Path, n: int, seed: int, out: Path, names: list[str]) -> 
 
 
 def toml(weights: str | Path, n: int, seed: int, tmp: Path, names: list[str]) -> np.ndarray:
-    from pipeline.cli.main import app, load_areas
+    from aepipe.cli.main import app, load_areas
 
     load_areas()
     out, spec = tmp / "toml_out", tmp / "gen.toml"
@@ -61,7 +61,7 @@ def toml(weights: str | Path, n: int, seed: int, tmp: Path, names: list[str]) ->
 def http(weights: str | Path, route: str, n: int, seed: int, names: list[str]) -> np.ndarray:
     from fastapi.testclient import TestClient
 
-    from pipeline.serve import ServeSettings, create_app
+    from aepipe.serve import ServeSettings, create_app
 
     settings = ServeSettings(models={route: str(weights)}, device="cpu")
     with TestClient(create_app(settings)) as client:
@@ -74,7 +74,7 @@ def http(weights: str | Path, route: str, n: int, seed: int, names: list[str]) -
 
 def ray_mapper(weights: str | Path, n: int, seed: int, names: list[str]) -> np.ndarray:
     """What a Ray actor computes for one block of ``n`` images with that block's seed."""
-    from pipeline.ray import FaceBlockMapper
+    from aepipe.ray import FaceBlockMapper
 
     mapper = FaceBlockMapper(str(weights), colorizer=None, device="cpu")
     out = mapper({"start": np.array([0]), "count": np.array([n]), "seed": np.array([seed])})

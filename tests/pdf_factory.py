@@ -10,7 +10,7 @@ import numpy as np
 import pikepdf
 import pypdfium2 as pdfium
 
-from pipeline.batch import ImageBatch
+from aepipe.batch import ImageBatch
 
 HIDDEN_TEXT = "Invoice 4711 paid in full"
 

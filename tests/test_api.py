@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import ImageBatch, Pipeline, apply, load_stage
-from pipeline.errors import ConfigError, ShapeError, WeightsError
-from pipeline.stage import Stage
+from aepipe import ImageBatch, Pipeline, apply, load_stage
+from aepipe.errors import ConfigError, ShapeError, WeightsError
+from aepipe.stage import Stage
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -368,7 +368,7 @@ def test_example_faces_toml_runs(tmp_path: Path, tiny_weights: dict[str, Path]) 
 
 
 def test_example_faces_toml_is_valid(tmp_path: Path) -> None:
-    from pipeline.pipeline import FacesSource, PipelineSpec, read_pipeline_file
+    from aepipe.pipeline import FacesSource, PipelineSpec, read_pipeline_file
 
     path = ROOT / "examples" / "faces.toml"
     try:
@@ -439,7 +439,7 @@ def _params() -> list[object]:
 
 def run_block(code: str, cwd: Path) -> None:
     """Run one block in ``cwd``, which sees the repository's inputs under their usual names."""
-    from pipeline.weights import resolve
+    from aepipe.weights import resolve
 
     missing = []
     for name in sorted(needed_weights(code)):

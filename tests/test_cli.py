@@ -11,11 +11,11 @@ import pytest
 from factory import gradient, truncated
 from PIL import Image
 
-from pipeline.io import write_image
+from aepipe.io import write_image
 
 NO_TORCH = (
     "import sys\n"
-    "from pipeline.cli import main as m\n"
+    "from aepipe.cli import main as m\n"
     "sys.argv = [{prog!r}, '--help']\n"
     "try:\n"
     "    getattr(m, {fn!r})()\n"

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.colorizer import (
+from aepipe.batch import LUMA_WEIGHTS, ImageBatch, to_gray
+from aepipe.errors import ConfigError
+from aepipe.models.colorizer import (
     StackNNColorizer,
     chroma_delta,
     colorizer_loss,
@@ -15,9 +17,7 @@ from models.colorizer import (
     soft_encode,
     ycbcr_to_rgb,
 )
-from pipeline.batch import LUMA_WEIGHTS, ImageBatch, to_gray
-from pipeline.errors import ConfigError
-from pipeline.stages.colorizer import Colorizer
+from aepipe.stages.colorizer import Colorizer
 
 
 def luma_u8(rgb_u8: np.ndarray) -> np.ndarray:
@@ -129,7 +129,7 @@ def test_soft_encode_is_a_distribution() -> None:
 
 @pytest.mark.parametrize("head", ["classify", "regress"])
 def test_train_smoke(tmp_path, head: str) -> None:
-    from pipeline.train.colorizer import TrainConfig, train
+    from aepipe.train.colorizer import TrainConfig, train
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(24, 16, 16, 3), dtype=np.uint8)
@@ -156,7 +156,7 @@ def test_train_smoke(tmp_path, head: str) -> None:
 @pytest.mark.data
 @pytest.mark.slow
 def test_shipped_weights_keep_luma(shared_data) -> None:
-    from pipeline.train.colorizer import load_color_faces
+    from aepipe.train.colorizer import load_color_faces
 
     images, _ = load_color_faces(shared_data / "faces" / "lfw_64.npz", "test")
     stage = Colorizer.from_pretrained("colorizer")

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.batch import LUMA_WEIGHTS, ImageBatch
-from pipeline.cli.colorize import FACE_MODEL, PHOTO_MODEL, auto_model
-from pipeline.stages.colorizer import Colorizer
+from aepipe.batch import LUMA_WEIGHTS, ImageBatch
+from aepipe.cli.colorize import FACE_MODEL, PHOTO_MODEL, auto_model
+from aepipe.stages.colorizer import Colorizer
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,8 @@ def test_auto_model_rule() -> None:
 
 @pytest.fixture
 def cli():
-    from pipeline.cli.apps import app
-    from pipeline.cli.main import load_areas
+    from aepipe.cli.apps import app
+    from aepipe.cli.main import load_areas
 
     load_areas()
     runner = CliRunner()
@@ -112,7 +112,7 @@ def test_colorize_cli_picks_the_model_per_image(tmp_path: Path, cli, photo: Colo
 
 
 def test_train_on_a_photo_folder(tmp_path: Path) -> None:
-    from pipeline.train.colorizer import TrainConfig, train
+    from aepipe.train.colorizer import TrainConfig, train
 
     rng = np.random.default_rng(3)
     for split, n in (("train", 6), ("val", 2), ("test", 1)):

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.batch import ImageBatch
-from pipeline.data.attributes import check_against_archive, load_attributes
-from pipeline.errors import ConfigError
-from pipeline.stages.face_generator import (
+from aepipe.batch import ImageBatch
+from aepipe.data.attributes import check_against_archive, load_attributes
+from aepipe.errors import ConfigError
+from aepipe.stages.face_generator import (
     FaceGenerator,
     list_concepts,
     load_concept,
     save_concept,
 )
-from pipeline.train.concepts import FACE_CONCEPTS, ConceptSpec, fit_concepts
-from pipeline.weights import shipped_weights_dir
+from aepipe.train.concepts import FACE_CONCEPTS, ConceptSpec, fit_concepts
+from aepipe.weights import shipped_weights_dir
 
 SHIPPED = shipped_weights_dir() / "face-vae" / "concepts"
 
@@ -28,8 +28,8 @@ SHIPPED = shipped_weights_dir() / "face-vae" / "concepts"
 def cli():
     from typer.testing import CliRunner
 
-    from pipeline.cli.apps import app
-    from pipeline.cli.main import load_areas
+    from aepipe.cli.apps import app
+    from aepipe.cli.main import load_areas
 
     load_areas()
     return lambda *args: CliRunner().invoke(app, [str(a) for a in args])

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.batch import ImageBatch
-from pipeline.errors import ConfigError, ShapeError, WeightsError
-from pipeline.registry import ENTRIES
-from pipeline.stage import Stage, build_config, load_stage, stage_class
-from pipeline.weights import WEIGHTS_NAME
+from aepipe.batch import ImageBatch
+from aepipe.errors import ConfigError, ShapeError, WeightsError
+from aepipe.registry import ENTRIES
+from aepipe.stage import Stage, build_config, load_stage, stage_class
+from aepipe.weights import WEIGHTS_NAME
 
 STAGES = sorted(ENTRIES)
 

@@ -10,8 +10,8 @@ import pytest
 from factory import gradient, pdf_pages, save
 from PIL import Image
 
-from pipeline import core
-from pipeline.errors import (
+from aepipe import core
+from aepipe.errors import (
     ConfigError,
     InputImageError,
     ShapeError,
@@ -20,8 +20,8 @@ from pipeline.errors import (
     UnsupportedInputError,
     WeightsError,
 )
-from pipeline.io import decode_pages, read_pages
-from pipeline.runner import RunOptions, run_files
+from aepipe.io import decode_pages, read_pages
+from aepipe.runner import RunOptions, run_files
 
 
 def invert(batch):
@@ -83,7 +83,7 @@ def test_pdf_outputs_are_edited_in_place_for_pdfs_and_built_by_write_pdf_for_ima
 ) -> None:
     """A PDF input written as PDF goes through the editor (its text and forms are kept); only
     image inputs written as PDF go through write_pdf, the one place that builds a new PDF."""
-    import pipeline.pdf_edit as pdf_edit
+    import aepipe.pdf_edit as pdf_edit
 
     (tmp_path / "in").mkdir()
     src = pdf_pages(tmp_path / "in" / "doc.pdf", [(40, 30), (30, 40)], dpi=72)
@@ -170,8 +170,8 @@ def test_http_maps_a_page_limit_to_413(tmp_path: Path) -> None:
     pytest.importorskip("fastapi", reason="needs the [serve] extra")
     from fastapi.testclient import TestClient
 
-    from pipeline.serve import ServeSettings, create_app
-    from pipeline.stage import stage_class
+    from aepipe.serve import ServeSettings, create_app
+    from aepipe.stage import stage_class
 
     weights = stage_class("impulse-denoiser").tiny(seed=0).save_pretrained(tmp_path / "d")
     settings = ServeSettings(models={"denoise": str(weights)}, device="cpu", max_pages=2)
@@ -188,8 +188,8 @@ def test_http_maps_a_page_limit_to_413(tmp_path: Path) -> None:
 
 def test_ray_file_rows_encode_bilevel_pages_1_bit(tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="needs the [ray] extra")
-    from pipeline.ray import StageMapper
-    from pipeline.stage import stage_class
+    from aepipe.ray import StageMapper
+    from aepipe.stage import stage_class
 
     weights = stage_class("impulse-denoiser").tiny(seed=0).save_pretrained(tmp_path / "d")
     mapper = StageMapper(weights=weights, device="cpu", encode="png")

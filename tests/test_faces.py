@@ -13,10 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from models.vae import ConvVAE
-from pipeline.batch import ImageBatch
-from pipeline.errors import ConfigError, ExitCode
-from pipeline.stages.face_generator import (
+from aepipe.batch import ImageBatch
+from aepipe.errors import ConfigError, ExitCode
+from aepipe.models.vae import ConvVAE
+from aepipe.stages.face_generator import (
     FaceGenerator,
     load_concept,
     parse_concept_arg,
@@ -94,7 +94,7 @@ def test_fit_sampling_gaussian_recovers_mean_and_covariance() -> None:
 
 
 def test_gaussian_mixture_fit_recovers_two_clusters() -> None:
-    from models.vae import fit_gaussian_mixture
+    from aepipe.models.vae import fit_gaussian_mixture
 
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(3000, 2, generator=gen, dtype=torch.float64) * 0.5 + torch.tensor([-4.0, 1])
@@ -123,7 +123,7 @@ def _two_cluster_codes(latent: int = 4, n: int = 4000) -> torch.Tensor:
 
 
 def test_mixture_sampler_is_seeded_saved_and_matches_its_weights(tmp_path: Path) -> None:
-    from pipeline.stage import load_stage
+    from aepipe.stage import load_stage
 
     torch.manual_seed(0)
     model = ConvVAE(size=16, channels=[4, 8], latent_dim=4, sample_components=2)
@@ -259,8 +259,8 @@ def fake_lfw(path: Path, n: int = 40, size: int = 64) -> Path:
 
 
 def test_load_faces_is_bt601_luma_and_person_split(tmp_path: Path) -> None:
-    from pipeline.batch import to_gray
-    from pipeline.data.faces import load_faces, person_of, split_by_person
+    from aepipe.batch import to_gray
+    from aepipe.data.faces import load_faces, person_of, split_by_person
 
     path = fake_lfw(tmp_path / "f.npz")
     gray, files = load_faces(path, "train", with_files=True)
@@ -276,8 +276,8 @@ def test_load_faces_is_bt601_luma_and_person_split(tmp_path: Path) -> None:
 
 
 def test_train_smoke_writes_a_loadable_weights_folder(tmp_path: Path) -> None:
-    from pipeline.stage import load_stage
-    from pipeline.train.vae import TrainConfig, train
+    from aepipe.stage import load_stage
+    from aepipe.train.vae import TrainConfig, train
 
     data = fake_lfw(tmp_path / "f.npz", n=40)
     cfg = TrainConfig(
@@ -299,8 +299,8 @@ def test_train_smoke_writes_a_loadable_weights_folder(tmp_path: Path) -> None:
 
 
 def test_cli_fit_sampler_refits_only_the_sampler(tmp_path: Path, cli) -> None:
-    from pipeline.stage import load_stage
-    from pipeline.train.vae import TrainConfig, train
+    from aepipe.stage import load_stage
+    from aepipe.train.vae import TrainConfig, train
 
     data = fake_lfw(tmp_path / "f.npz", n=40)
     cfg = TrainConfig(preset="face-vae", data=data, epochs=1, warmup_epochs=0, limit=40)
@@ -332,8 +332,8 @@ def test_cli_fit_sampler_refits_only_the_sampler(tmp_path: Path, cli) -> None:
 
 @pytest.fixture
 def cli():
-    from pipeline.cli.apps import app
-    from pipeline.cli.main import load_areas
+    from aepipe.cli.apps import app
+    from aepipe.cli.main import load_areas
 
     load_areas()
     runner = CliRunner()
@@ -467,7 +467,7 @@ def test_cli_vae_grid_needs_2d_latent(tmp_path: Path, cli) -> None:
 
 
 def test_cli_module_does_not_import_torch() -> None:
-    code = "import sys, pipeline.cli.faces; print('torch' in sys.modules)"
+    code = "import sys, aepipe.cli.faces; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "False", res.stderr
 
@@ -477,7 +477,7 @@ def test_cli_module_does_not_import_torch() -> None:
 
 @pytest.mark.slow
 def test_shipped_face_vae_decodes_64_faces_fast() -> None:
-    from pipeline.stage import load_stage
+    from aepipe.stage import load_stage
 
     stage = load_stage("face-vae")
     z = stage.sample_latents(64, seed=0)
@@ -492,8 +492,8 @@ def test_shipped_face_vae_decodes_64_faces_fast() -> None:
 @pytest.mark.data
 @pytest.mark.slow
 def test_shipped_face_vae_reconstructs_test_faces(shared_data: Path) -> None:
-    from pipeline.data.faces import load_faces
-    from pipeline.stage import load_stage
+    from aepipe.data.faces import load_faces
+    from aepipe.stage import load_stage
 
     stage = load_stage("face-vae")
     faces = load_faces(shared_data / "faces/lfw_64.npz", "test")[:64]
@@ -507,7 +507,7 @@ def test_shipped_face_vae_reconstructs_test_faces(shared_data: Path) -> None:
 
 
 def test_subpixel_conv_equals_transposed_conv() -> None:
-    from models.vae import subpixel_conv
+    from aepipe.models.vae import subpixel_conv
 
     torch.manual_seed(0)
     ct = torch.nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1)
@@ -518,7 +518,7 @@ def test_subpixel_conv_equals_transposed_conv() -> None:
 
 
 def test_inference_decoder_matches_and_follows_weight_changes() -> None:
-    from models.vae import ConvVAE
+    from aepipe.models.vae import ConvVAE
 
     torch.manual_seed(0)
     model = ConvVAE(size=32, channels=(8, 16), latent_dim=4, res_blocks=1).eval()

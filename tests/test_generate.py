@@ -12,10 +12,10 @@ import frontends
 import numpy as np
 import pytest
 
-from pipeline.batch import ImageBatch
-from pipeline.core import generate, generate_batch, load_generator
-from pipeline.errors import WeightsError
-from pipeline.stage import Generator, load_stage, stage_class
+from aepipe.batch import ImageBatch
+from aepipe.core import generate, generate_batch, load_generator
+from aepipe.errors import WeightsError
+from aepipe.stage import Generator, load_stage, stage_class
 
 N, SEED = 4, 3
 

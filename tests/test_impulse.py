@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from models.classic import ClassicDenoisingAE, TutorialAE
-from models.impulse import ImpulseDenoiser as Net
-from pipeline.batch import ImageBatch
-from pipeline.data.idx import load_mnist_like, read_idx
-from pipeline.data.noise import random_salt_pepper, salt_pepper
-from pipeline.stage import load_stage
-from pipeline.stages.impulse_denoiser import ImpulseDenoiser
+from aepipe.batch import ImageBatch
+from aepipe.data.idx import load_mnist_like, read_idx
+from aepipe.data.noise import random_salt_pepper, salt_pepper
+from aepipe.models.classic import ClassicDenoisingAE, TutorialAE
+from aepipe.models.impulse import ImpulseDenoiser as Net
+from aepipe.stage import load_stage
+from aepipe.stages.impulse_denoiser import ImpulseDenoiser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,7 +164,7 @@ def test_rgb_per_channel_and_gray() -> None:
 
 
 def test_train_writes_loadable_weights(tmp_path: Path) -> None:
-    from pipeline.train.salt_pepper import TrainConfig, train
+    from aepipe.train.salt_pepper import TrainConfig, train
 
     data = fake_mnist(tmp_path / "data")
     lines: list[str] = []
@@ -190,7 +190,7 @@ def test_train_writes_loadable_weights(tmp_path: Path) -> None:
 
 
 def test_train_tutorial_arch(tmp_path: Path) -> None:
-    from pipeline.train.salt_pepper import TrainConfig, train
+    from aepipe.train.salt_pepper import TrainConfig, train
 
     cfg = TrainConfig(
         data=fake_mnist(tmp_path / "data"),
@@ -270,8 +270,8 @@ def test_switching_median_only_touches_extremes_and_ssim_matches_skimage() -> No
 @pytest.mark.data
 @pytest.mark.slow
 def test_shipped_weights_meet_targets_on_fashion_test(shared_data: Path) -> None:
-    from pipeline.train.salt_pepper import denoise_array, psnr_per_image
-    from pipeline.weights import load_model
+    from aepipe.train.salt_pepper import denoise_array, psnr_per_image
+    from aepipe.weights import load_model
 
     bench = _bench()
     clean, _ = load_mnist_like(shared_data / "fashion-mnist", "test")

@@ -7,9 +7,9 @@ import pytest
 from factory import empty_pdf, encrypted_pdf, gradient, pdf_pages, png_bomb, save, truncated
 from PIL import Image
 
-from pipeline.batch import ImageBatch
-from pipeline.errors import InputImageError
-from pipeline.io import make_grid, page_batch, read_pages, write_image, write_pages
+from aepipe.batch import ImageBatch
+from aepipe.errors import InputImageError
+from aepipe.io import make_grid, page_batch, read_pages, write_image, write_pages
 
 
 def write(path, data):
@@ -174,7 +174,7 @@ def test_grid_shape():
 
 
 def test_decode_pages_matches_read_pages(tmp_path):
-    from pipeline.io import decode_pages
+    from aepipe.io import decode_pages
 
     path = write_image(gradient(channels=3), tmp_path / "a.png")
     from_disk = first(path)
@@ -186,7 +186,7 @@ def test_decode_pages_matches_read_pages(tmp_path):
 
 
 def test_count_pages_reads_headers_only(tmp_path):
-    from pipeline.io import count_pages
+    from aepipe.io import count_pages
 
     frames = [Image.fromarray(gradient(seed=i)) for i in range(4)]
     frames[0].save(tmp_path / "m.tif", save_all=True, append_images=frames[1:])
@@ -201,7 +201,7 @@ def test_count_pages_reads_headers_only(tmp_path):
 def test_write_encoded_pages_tiff_and_pdf(tmp_path):
     import io
 
-    from pipeline.io import write_encoded_pages
+    from aepipe.io import write_encoded_pages
 
     blobs = []
     for image in (Image.fromarray(gradient(20, 30)), Image.fromarray(gradient(40, 10) > 128)):
@@ -224,7 +224,7 @@ def test_write_encoded_pages_tiff_and_pdf(tmp_path):
 def test_write_encoded_pages_png_keeps_the_pixels_and_sets_the_dpi(tmp_path):
     import io
 
-    from pipeline.io import write_encoded_pages
+    from aepipe.io import write_encoded_pages
 
     pixels = gradient(20, 30)
     buf = io.BytesIO()

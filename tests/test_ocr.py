@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.errors import ExitCode
-from pipeline.ocrmypdf import PLUGIN, missing_tools
+from aepipe.errors import ExitCode
+from aepipe.ocrmypdf import PLUGIN, missing_tools
 
 MISSING = missing_tools()
 needs_ocr = pytest.mark.skipif(bool(MISSING), reason=f"OCR tools missing: {'; '.join(MISSING)}")
@@ -89,7 +89,7 @@ def test_clean_scans_ocr_image_and_pdf(tmp_path: Path) -> None:
     import pikepdf
     from PIL import Image
 
-    from pipeline.cli.main import _single
+    from aepipe.cli.main import _single
 
     src = tmp_path / "in"
     src.mkdir()
@@ -124,7 +124,7 @@ def test_missing_tool_is_one_line_and_setup_exit_code(
     import importlib.util
     import shutil
 
-    from pipeline.cli.main import _single
+    from aepipe.cli.main import _single
 
     which, find_spec = shutil.which, importlib.util.find_spec
     monkeypatch.setattr(shutil, "which", lambda name: None if name == absent else which(name))
@@ -143,7 +143,7 @@ def test_missing_tool_is_one_line_and_setup_exit_code(
 
 @needs_ocr
 def test_clean_scans_ocr_bad_weights_and_bad_file(tmp_path: Path) -> None:
-    from pipeline.cli.main import _single
+    from aepipe.cli.main import _single
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")

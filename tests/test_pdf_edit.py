@@ -25,11 +25,11 @@ from pdf_factory import (
 )
 from PIL import Image
 
-from pipeline.batch import ImageBatch
-from pipeline.errors import InputImageError
-from pipeline.io import read_pages
-from pipeline.pdf_edit import PdfEditOptions, edit_pdf
-from pipeline.runner import RunOptions
+from aepipe.batch import ImageBatch
+from aepipe.errors import InputImageError
+from aepipe.io import read_pages
+from aepipe.pdf_edit import PdfEditOptions, edit_pdf
+from aepipe.runner import RunOptions
 
 
 def test_ocred_bilevel_scan_keeps_text_form_metadata_and_stays_small_ccitt(tmp_path):
@@ -318,7 +318,7 @@ def test_unreadable_pdfs_are_one_line_input_errors(tmp_path):
 
 
 def test_the_shipped_scan_denoiser_cleans_a_bilevel_scan_in_place(tmp_path):
-    from pipeline import load_stage
+    from aepipe import load_stage
 
     stage = load_stage("scan-denoiser")
     src = scan_pdf(tmp_path / "in.pdf", 320, 240, dpi=100)

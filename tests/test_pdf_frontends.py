@@ -113,7 +113,7 @@ def clean_scans(args: list[str]) -> tuple[int, str]:
     """``clean-scans`` in this process (the console script's app): exit code and output."""
     from typer.testing import CliRunner
 
-    from pipeline.cli.main import app, load_areas
+    from aepipe.cli.main import app, load_areas
 
     load_areas()
     result = CliRunner().invoke(app, ["clean-scans", *args, "--device", "cpu", "-q"])
@@ -144,7 +144,7 @@ def test_options_reach_the_editor(tmp_path):
 def test_toml_pipeline_edits_pdfs_in_place(tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli.main import app, load_areas
+    from aepipe.cli.main import app, load_areas
 
     load_areas()
     docs = tmp_path / "docs"
@@ -167,7 +167,7 @@ def test_http_clean_scan_edits_an_uploaded_pdf_in_place(tmp_path):
     pytest.importorskip("fastapi", reason="needs the [serve] extra")
     from fastapi.testclient import TestClient
 
-    from pipeline.serve import ServeSettings, create_app
+    from aepipe.serve import ServeSettings, create_app
 
     settings = ServeSettings(models={"clean-scan": "scan-denoiser"}, device="cpu", max_pages=2)
     src = scan_pdf(tmp_path / "scan.pdf", 320, 240)
@@ -189,8 +189,8 @@ def test_http_clean_scan_edits_an_uploaded_pdf_in_place(tmp_path):
 
 
 def test_out_of_memory_in_the_editor_fails_that_file_with_one_line(tmp_path, monkeypatch):
-    import pipeline.pdf_edit as pdf_edit
-    from pipeline.runner import RunOptions, run_files
+    import aepipe.pdf_edit as pdf_edit
+    from aepipe.runner import RunOptions, run_files
 
     def no_memory(*_args, **_kwargs):
         raise MemoryError

@@ -20,10 +20,10 @@ from PIL import Image
 
 ray = pytest.importorskip("ray", reason="needs the [ray] extra")
 
-from pipeline import apply  # noqa: E402
-from pipeline.errors import ConfigError  # noqa: E402
-from pipeline.ray import FaceBlockMapper, StageMapper, face_blocks  # noqa: E402
-from pipeline.stage import load_stage  # noqa: E402
+from aepipe import apply  # noqa: E402
+from aepipe.errors import ConfigError  # noqa: E402
+from aepipe.ray import FaceBlockMapper, StageMapper, face_blocks  # noqa: E402
+from aepipe.stage import load_stage  # noqa: E402
 
 pytestmark = [
     pytest.mark.ray,
@@ -89,7 +89,7 @@ def test_mapper_handles_ragged_and_keeps_other_columns(tiny_weights: dict[str, P
     out = mapper({"image": ragged, "id": np.arange(3)})
     np.testing.assert_array_equal(out["id"], np.arange(3))
     stage = load_stage(tiny_weights["scan-denoiser"])
-    from pipeline import apply
+    from aepipe import apply
 
     for i in range(3):
         assert out["image"][i].shape == ragged[i].shape
@@ -117,7 +117,7 @@ def test_read_images_pipeline_on_cluster(
     rows = ds.take_all()
     assert len(rows) == 6
     stage = load_stage(tiny_weights["scan-denoiser"])
-    from pipeline import apply
+    from aepipe import apply
 
     for row in rows:
         name = Path(row["path"]).stem
@@ -228,7 +228,7 @@ def test_mapper_loads_a_pipeline_file(tiny_weights: dict[str, Path], tmp_path: P
 
 
 def test_workers_without_gpus_use_the_cpu(cluster: None) -> None:
-    from pipeline.ray import worker_device
+    from aepipe.ray import worker_device
 
     @ray.remote(num_cpus=0, num_gpus=0)
     def device() -> str:

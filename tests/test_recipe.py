@@ -11,9 +11,9 @@ import frontends
 import numpy as np
 import pytest
 
-from pipeline import registry
-from pipeline.stage import load_stage
-from pipeline.weights import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from aepipe import registry
+from aepipe.stage import load_stage
+from aepipe.weights import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 N, SEED, ROUTE = 5, 2, "tiny"
 
@@ -68,8 +68,8 @@ def test_every_front_end_samples_the_new_generator_alike(weights: Path, tmp_path
 
 
 def test_aepipe_serve_offers_the_new_route(weights: Path) -> None:
-    from pipeline.cli.serve import _endpoint_models, _route_options
-    from pipeline.serve import endpoint_stages
+    from aepipe.cli.serve import _endpoint_models, _route_options
+    from aepipe.serve import endpoint_stages
 
     endpoints = endpoint_stages()
     assert endpoints[ROUTE] == "tiny-generator"

@@ -34,9 +34,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.batch import ImageBatch
-from pipeline.errors import ConfigError, ExitCode, InputImageError, WeightsError
-from pipeline.io import (
+from aepipe.batch import ImageBatch
+from aepipe.errors import ConfigError, ExitCode, InputImageError, WeightsError
+from aepipe.io import (
     TEMP_PREFIX,
     atomic_write,
     decode_pages,
@@ -45,10 +45,10 @@ from pipeline.io import (
     remove_stale_temps,
     write_image,
 )
-from pipeline.registry import ENTRIES
-from pipeline.runner import RunOptions, run_files
-from pipeline.stage import stage_class
-from pipeline.weights import CONFIG_NAME, WEIGHTS_NAME, load_model, save_model, sha256_file
+from aepipe.registry import ENTRIES
+from aepipe.runner import RunOptions, run_files
+from aepipe.stage import stage_class
+from aepipe.weights import CONFIG_NAME, WEIGHTS_NAME, load_model, save_model, sha256_file
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 FUZZ = settings(
@@ -351,7 +351,7 @@ def test_stale_temps_are_removed_but_live_writers_are_left_alone(tmp_path):
 
 
 def test_outputs_get_normal_permissions(tmp_path):
-    import pipeline.io as pio
+    import aepipe.io as pio
 
     mask = os.umask(0o022)
     os.umask(mask)
@@ -480,7 +480,7 @@ def test_interrupted_report_lists_every_file(tmp_path):
 RUNNER_SCRIPT = """
 import sys, time
 from pathlib import Path
-from pipeline.runner import RunOptions, run_files
+from aepipe.runner import RunOptions, run_files
 
 def slow(batch):
     time.sleep(0.05)
@@ -554,7 +554,7 @@ def test_runner_killed_with_sigkill_leaves_only_complete_outputs_and_resumes(tmp
 
 @pytest.fixture
 def weights(tmp_path) -> Path:
-    from models.classic import ClassicDenoisingAE
+    from aepipe.models.classic import ClassicDenoisingAE
 
     torch.manual_seed(0)
     model = ClassicDenoisingAE(channels=4)
@@ -839,8 +839,8 @@ import resource, sys, time
 import numpy as np
 import torch
 from pathlib import Path
-from pipeline.io import write_image
-from pipeline.runner import RunOptions, run_files
+from aepipe.io import write_image
+from aepipe.runner import RunOptions, run_files
 
 torch.set_num_threads(2)
 tmp = Path(sys.argv[1])
@@ -853,7 +853,7 @@ del page
 if sys.argv[2] == "identity":
     process = lambda b: b
 else:
-    from pipeline.stage import stage_class
+    from aepipe.stage import stage_class
     process = stage_class(sys.argv[2]).tiny(seed=0)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
@@ -1117,7 +1117,7 @@ def test_weights_that_do_not_fit_give_one_line(weights):
 
 @pytest.mark.parametrize("name", AVAILABLE_STAGES)
 def test_stored_stage_config_with_unknown_key_names_the_weights_file(name, tmp_path):
-    from pipeline.stage import load_stage
+    from aepipe.stage import load_stage
 
     folder = stage_class(name).tiny(seed=0).save_pretrained(tmp_path / "w")
     cfg = json.loads((folder / CONFIG_NAME).read_text())

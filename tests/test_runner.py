@@ -7,10 +7,10 @@ import pytest
 from factory import gradient, pdf_pages, truncated
 from PIL import Image
 
-from pipeline.batch import ImageBatch
-from pipeline.errors import ExitCode
-from pipeline.io import write_image
-from pipeline.runner import RunOptions, run_files
+from aepipe.batch import ImageBatch
+from aepipe.errors import ExitCode
+from aepipe.io import write_image
+from aepipe.runner import RunOptions, run_files
 
 
 def invert(batch: ImageBatch) -> ImageBatch:
@@ -73,7 +73,7 @@ def test_pdf_in_pdf_out_same_pages(tmp_path):
     pdf_pages(src / "doc.pdf", [(100.0, 150.0), (150.0, 100.0), (100.0, 150.0)])
     summary = run_files([src], invert, RunOptions(out_dir=tmp_path / "o", dpi=72))
     assert summary.count("ok") == 1 and summary.pages == 3
-    from pipeline.io import read_pages
+    from aepipe.io import read_pages
 
     pages = list(read_pages(tmp_path / "o" / "doc.pdf", dpi=72))
     assert [p.meta["page_size_pt"] for p in pages] == [

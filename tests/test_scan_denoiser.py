@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models.scan_unet import ScanUNet
-from pipeline.batch import ImageBatch
-from pipeline.data.ddd import load_pairs, split_by_group
-from pipeline.stages.scan_denoiser import ScanDenoiser, blend_ramp, tile_starts
+from aepipe.batch import ImageBatch
+from aepipe.data.ddd import load_pairs, split_by_group
+from aepipe.models.scan_unet import ScanUNet
+from aepipe.stages.scan_denoiser import ScanDenoiser, blend_ramp, tile_starts
 
 ROOT = Path(__file__).resolve().parent.parent
 DDD = ROOT.parent / "shared" / "data" / "ddd"
@@ -64,7 +64,7 @@ def saved_source(folder: Path, output: str = "sigmoid") -> ScanUNet:
 
 
 def test_init_copies_weights_and_refuses_another_network(tmp_path: Path) -> None:
-    from pipeline.train.scan_denoiser import TrainConfig, build_model
+    from aepipe.train.scan_denoiser import TrainConfig, build_model
 
     plain = saved_source(tmp_path / "plain")
     cfg = TrainConfig(base=4, levels=2, convs=1, init=tmp_path / "plain")
@@ -81,7 +81,7 @@ def test_init_copies_weights_and_refuses_another_network(tmp_path: Path) -> None
 
 def test_refine_starts_as_its_source_then_learns(tmp_path: Path) -> None:
     """--init into a --refine net: same output at first, the new layers train, rebuilds."""
-    from pipeline.train.scan_denoiser import TrainConfig, build_model
+    from aepipe.train.scan_denoiser import TrainConfig, build_model
 
     plain = saved_source(tmp_path / "plain", output="clamp")
     cfg = TrainConfig(base=4, levels=2, convs=1, output="clamp", refine=3, init=tmp_path / "plain")
@@ -195,7 +195,7 @@ def test_tile_starts_cover_with_overlap() -> None:
 
 def test_scale_prob_zero_keeps_native_pixels() -> None:
     """--scale-prob 0: patches are crops of the page (no interpolated values); 1: resampled."""
-    from pipeline.train.scan_denoiser import TrainConfig, _crop_pair
+    from aepipe.train.scan_denoiser import TrainConfig, _crop_pair
 
     rng = np.random.default_rng(0)
     dirty = rng.integers(0, 256, (200, 240), dtype=np.uint8)
@@ -233,7 +233,7 @@ def test_ddd_split_keeps_page_groups(tmp_path: Path) -> None:
 
 
 def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
-    from pipeline.train.scan_denoiser import TrainConfig, train
+    from aepipe.train.scan_denoiser import TrainConfig, train
 
     cfg = TrainConfig(
         ddd=None,
@@ -247,7 +247,7 @@ def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
         val_every=2,
         warmup=0,
     )
-    import pipeline.train.scan_denoiser as mod
+    import aepipe.train.scan_denoiser as mod
 
     # The fixed synthetic validation pages cost seconds; one small page keeps the test fast.
     saved = mod.SYNTH_VAL_PAGES
@@ -292,7 +292,7 @@ def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
 
 
 def test_init_refuses_a_source_trained_on_validation_pages(tmp_path: Path) -> None:
-    from pipeline.train.scan_denoiser import init_record
+    from aepipe.train.scan_denoiser import init_record
 
     ScanDenoiser.tiny(0).save_pretrained(
         tmp_path / "w", training=dict(data=dict(ddd_train_names=["2", "5"], ddd_val_names=["3"]))

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.batch import ImageBatch
-from pipeline.data.docbin import f_measure, otsu_ink
-from pipeline.data.synthetic_pages import add_display_content, render_clean_page
-from pipeline.stages.scan_denoiser import ScanDenoiser
+from aepipe.batch import ImageBatch
+from aepipe.data.docbin import f_measure, otsu_ink
+from aepipe.data.synthetic_pages import add_display_content, render_clean_page
+from aepipe.stages.scan_denoiser import ScanDenoiser
 
 # The shipped v14 fails these (measured: F 46-53% on the bold pages, RMSE 0.34 on the gray
 # page with a photo): it takes wide dark areas for stains. Strict, so the marker must go the day

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data.ddd import DDDPair, split_by_group, split_three
-from pipeline.data.docbin import (
+from aepipe.data.ddd import DDDPair, split_by_group, split_three
+from aepipe.data.docbin import (
     collection_of,
     f_measure,
     load_pages,
@@ -94,7 +94,7 @@ def test_ddd_three_way_split_nests_in_the_two_way_one() -> None:
 
 
 def test_bilevel_loss_hinges_ink_and_whitens_paper() -> None:
-    from pipeline.train.scan_denoiser import bilevel_loss
+    from aepipe.train.scan_denoiser import bilevel_loss
 
     target = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])
     pred = torch.tensor([1.0, 0.8, 0.0, 0.15, 0.5])
@@ -104,7 +104,7 @@ def test_bilevel_loss_hinges_ink_and_whitens_paper() -> None:
 
 
 def test_display_content_is_opt_in_and_deterministic() -> None:
-    from pipeline.data.synthetic_pages import add_display_content, make_pair
+    from aepipe.data.synthetic_pages import add_display_content, make_pair
 
     a = make_pair(3, 200, 240, 150, display=True)
     b = make_pair(3, 200, 240, 150, display=True)
@@ -120,7 +120,7 @@ def test_display_content_is_opt_in_and_deterministic() -> None:
 
 
 def test_train_with_docbin_records_splits(tmp_path: Path) -> None:
-    import pipeline.train.scan_denoiser as mod
+    import aepipe.train.scan_denoiser as mod
 
     root = fake_docbin(tmp_path / "docbin", {"A": 4, "B": 4}, size=80)
     cfg = mod.TrainConfig(
@@ -159,8 +159,8 @@ def test_train_with_docbin_records_splits(tmp_path: Path) -> None:
 def test_train_cli_refuses_weights_folder_without_flag(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from pipeline.cli.apps import app
-    from pipeline.cli.main import load_areas
+    from aepipe.cli.apps import app
+    from aepipe.cli.main import load_areas
 
     load_areas()
     res = CliRunner().invoke(

@@ -28,8 +28,8 @@ httpx = pytest.importorskip("httpx", reason="needs the [serve] extra")
 pytest.importorskip("fastapi", reason="needs the [serve] extra")
 pytest.importorskip("uvicorn", reason="needs the [serve] extra")
 
-from pipeline import apply  # noqa: E402
-from pipeline.stage import load_stage  # noqa: E402
+from aepipe import apply  # noqa: E402
+from aepipe.stage import load_stage  # noqa: E402
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(180)]
 
@@ -247,7 +247,7 @@ def test_small_load_test_reports_rate_and_latency(server: str) -> None:
 
 
 def test_limiter_refuses_when_queue_full() -> None:
-    from pipeline.serve import ApiError, Limiter
+    from aepipe.serve import ApiError, Limiter
 
     async def scenario() -> None:
         limiter = Limiter(concurrency=1, queue=1)
@@ -278,7 +278,7 @@ def test_serve_refuses_unloadable_model(tmp_path: Path) -> None:
 def test_settings_reject_unknown_keys() -> None:
     from pydantic import ValidationError
 
-    from pipeline.serve import ServeSettings
+    from aepipe.serve import ServeSettings
 
     with pytest.raises(ValidationError):
         ServeSettings(concurency=2)  # type: ignore[call-arg]
@@ -286,7 +286,7 @@ def test_settings_reject_unknown_keys() -> None:
 
 
 def test_limiter_keeps_the_slot_of_a_timed_out_call_until_its_thread_ends() -> None:
-    from pipeline.serve import Limiter
+    from aepipe.serve import Limiter
 
     async def scenario() -> None:
         limiter = Limiter(concurrency=1, queue=0)
@@ -308,7 +308,7 @@ def test_limiter_keeps_the_slot_of_a_timed_out_call_until_its_thread_ends() -> N
 
 
 def test_settings_hide_api_keys() -> None:
-    from pipeline.serve import ServeSettings
+    from aepipe.serve import ServeSettings
 
     key = "k" * 24
     settings = ServeSettings(api_keys=(key,), request_timeout=5)
@@ -317,7 +317,7 @@ def test_settings_hide_api_keys() -> None:
 
 
 def test_limiter_skips_work_of_a_client_that_hung_up_while_queued() -> None:
-    from pipeline.serve import ApiError, Limiter
+    from aepipe.serve import ApiError, Limiter
 
     async def scenario() -> None:
         limiter = Limiter(concurrency=1, queue=4)

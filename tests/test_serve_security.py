@@ -1,6 +1,6 @@
 """The service under hostile clients, over real HTTP: auth, limits and faults.
 
-One uvicorn server (the exact config ``aepipe serve`` runs, :func:`pipeline.serve.uvicorn_config`)
+One uvicorn server (the exact config ``aepipe serve`` runs, :func:`aepipe.serve.uvicorn_config`)
 serves tiny seeded stages on a free 127.0.0.1 port from a thread of the test process, with small
 limits so every fault is quick to provoke. After each fault a healthy request must still get 200.
 """
@@ -62,8 +62,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_weights: dict[str, Path]) -> Iterator[tuple[str, int]]:
-    from pipeline.serve import ServeSettings, create_app, uvicorn_config
-    from pipeline.stage import load_stage
+    from aepipe.serve import ServeSettings, create_app, uvicorn_config
+    from aepipe.stage import load_stage
 
     settings = ServeSettings(
         device="cpu",
@@ -159,8 +159,8 @@ def test_auth_required_with_json_401(server: tuple[str, int]) -> None:
 
 
 def test_keys_from_file_or_env_never_argv(tmp_path: Path) -> None:
-    from pipeline.errors import ConfigError
-    from pipeline.serve_guard import Auth, load_api_keys
+    from aepipe.errors import ConfigError
+    from aepipe.serve_guard import Auth, load_api_keys
 
     keys = tmp_path / "keys"
     keys.write_text(f"# team keys\n{KEY_A}\n\n  {KEY_B}  \n")
@@ -332,7 +332,7 @@ def test_client_disconnects_mid_upload_and_mid_response(server: tuple[str, int])
 
 
 def test_client_identity_is_the_key_only_when_keys_are_checked() -> None:
-    from pipeline.serve_guard import ClientLimit
+    from aepipe.serve_guard import ClientLimit
 
     scope = {"client": ("10.0.0.7", 5000), "headers": [(b"authorization", b"Bearer made-up")]}
     assert ClientLimit(None, 1, by_key=False).client_key(scope) == "ip:10.0.0.7"

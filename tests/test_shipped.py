@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import apply, load_stage
-from pipeline.batch import LUMA_WEIGHTS
+from aepipe import apply, load_stage
+from aepipe.batch import LUMA_WEIGHTS
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_inputs"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import synthetic_pages as sp
+from aepipe.data import synthetic_pages as sp
 
 
 def test_make_pair_is_deterministic_for_a_seed():

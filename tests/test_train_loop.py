@@ -11,12 +11,12 @@ from safetensors.torch import load_file
 from test_faces import fake_lfw
 from test_impulse import fake_mnist
 
-from pipeline.errors import ConfigError
-from pipeline.train.loop import checkpoint_path
+from aepipe.errors import ConfigError
+from aepipe.train.loop import checkpoint_path
 
 
 def impulse_config(data: Path, **kw):
-    from pipeline.train.salt_pepper import TrainConfig
+    from aepipe.train.salt_pepper import TrainConfig
 
     # 4 steps an epoch, 3 epochs: 12 steps of a 2-block, 8-wide model on 28x28 blobs.
     tiny = dict(channels=8, dilations=[1, 2], val_size=100, val_eval=100, epoch_samples=64)
@@ -39,7 +39,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def test_impulse_resume_after_max_steps_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    from pipeline.train.salt_pepper import train
+    from aepipe.train.salt_pepper import train
 
     data = fake_mnist(tmp_path / "data")
     train(impulse_config(data), tmp_path / "whole")
@@ -57,7 +57,7 @@ def test_impulse_resume_after_max_steps_matches_an_uninterrupted_run(tmp_path: P
 
 
 def test_vae_resume_after_max_steps_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    from pipeline.train.vae import TrainConfig, train
+    from aepipe.train.vae import TrainConfig, train
 
     data = fake_lfw(tmp_path / "f.npz", n=40)
     kw = dict(preset="face-vae", data=data, epochs=2, warmup_epochs=0, limit=40, batch_size=16)
@@ -73,8 +73,8 @@ def test_vae_resume_after_max_steps_matches_an_uninterrupted_run(tmp_path: Path)
 
 
 def test_max_minutes_stops_after_the_validation_that_passes_it(tmp_path: Path) -> None:
-    from pipeline.stage import load_stage
-    from pipeline.train.salt_pepper import train
+    from aepipe.stage import load_stage
+    from aepipe.train.salt_pepper import train
 
     out = tmp_path / "w"
     lines: list[str] = []
@@ -88,7 +88,7 @@ def test_max_minutes_stops_after_the_validation_that_passes_it(tmp_path: Path) -
 
 
 def test_resume_without_a_checkpoint_is_a_config_error(tmp_path: Path) -> None:
-    from pipeline.train.salt_pepper import train
+    from aepipe.train.salt_pepper import train
 
     with pytest.raises(ConfigError, match="no checkpoint"):
         train(impulse_config(fake_mnist(tmp_path / "d"), resume=True), tmp_path / "w")
@@ -99,7 +99,7 @@ def test_step_based_run_with_scheduler_and_ema_resumes_exactly(tmp_path: Path) -
     validation every N steps, lower score better) also resume bit-identically."""
     from recipe_tiny.train import TinySpec, TrainConfig
 
-    from pipeline.train.loop import LoopSettings, fit
+    from aepipe.train.loop import LoopSettings, fit
 
     def run(out: Path, **kw) -> list[str]:
         torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """The typer apps that every CLI module decorates.
 
 Area modules (``scans``, ``impulse``, ``faces``, ``colorize`` ...) register their commands on
-these objects; :mod:`pipeline.cli.main` imports the areas and runs :data:`app`. Kept import-light
+these objects; :mod:`aepipe.cli.main` imports the areas and runs :data:`app`. Kept import-light
 so ``aepipe --help`` does not load torch.
 """
 
@@ -35,6 +35,29 @@ vae_app = typer.Typer(
     no_args_is_help=True,
     context_settings=CONTEXT,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from aepipe._version import __version__
+
+        typer.echo(f"aepipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Options of ``aepipe`` itself, before the command."""
+
+
 app.add_typer(train_app, name="train")
 app.add_typer(faces_app, name="faces")
 app.add_typer(vae_app, name="vae")

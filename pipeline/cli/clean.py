@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.apps import app
-from pipeline.cli.common import (
+from aepipe.cli.apps import app
+from aepipe.cli.common import (
     DEVICES,
     BatchOpt,
     CleanBornDigitalOpt,
@@ -28,7 +28,7 @@ from pipeline.cli.common import (
     file_options,
     run_job,
 )
-from pipeline.defaults import DEFAULT_MAX_PIXELS
+from aepipe.defaults import DEFAULT_MAX_PIXELS
 
 
 @app.command("clean-scans")
@@ -87,7 +87,7 @@ def clean_scans(
     device = check_choice(device, DEVICES, "--device")
     options = file_options("clean", locals())
     if ocr:
-        from pipeline.ocrmypdf import run_ocr_command
+        from aepipe.ocrmypdf import run_ocr_command
 
         run_ocr_command(
             inputs,
@@ -100,7 +100,7 @@ def clean_scans(
         )
 
     def load():
-        from pipeline.stages.scan_denoiser import ScanDenoiser
+        from aepipe.stages.scan_denoiser import ScanDenoiser
 
         return ScanDenoiser.from_pretrained(
             model, device=device, binarize=binarize, keep_color=keep_color

@@ -2,7 +2,7 @@
 
 Nothing heavy is imported at module level (``aepipe --help`` must stay fast): torch, numpy and
 the stage are imported inside the command functions. The standalone ``colorize`` console
-script is :func:`pipeline.cli.main.colorize_main`, which runs the ``colorize`` command below.
+script is :func:`aepipe.cli.main.colorize_main`, which runs the ``colorize`` command below.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.apps import app, train_app
-from pipeline.cli.common import (
+from aepipe.cli.apps import app, train_app
+from aepipe.cli.common import (
     DEVICES,
     BatchOpt,
     DeviceOpt,
@@ -38,7 +38,7 @@ from pipeline.cli.common import (
     run_job,
     train_out,
 )
-from pipeline.defaults import DEFAULT_MAX_PIXELS
+from aepipe.defaults import DEFAULT_MAX_PIXELS
 
 
 @app.command("colorize")
@@ -101,7 +101,7 @@ def colorize(
         overrides["temperature"] = temperature
 
     def load():
-        from pipeline.stages.colorizer import Colorizer
+        from aepipe.stages.colorizer import Colorizer
 
         if model != "auto":
             return Colorizer.from_pretrained(model, device=device, **overrides)
@@ -201,7 +201,7 @@ def train_colorizer(
     ] = None,
 ) -> None:
     """Train the StackNN colorizer on colour LFW faces or a photo folder (CPU, 1 thread)."""
-    from pipeline.train.colorizer import TrainConfig, train
+    from aepipe.train.colorizer import TrainConfig, train
 
     with cli_errors():
         out = train_out(out, "colorizer", overwrite_shipped)

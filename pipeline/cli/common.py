@@ -1,7 +1,7 @@
 """Shared plumbing of the file-processing commands: options, progress, errors, exit codes.
 
 Every command follows the same path: parse -> check inputs and output folder -> load weights ->
-:func:`pipeline.runner.run_files` with a progress bar -> one summary line -> documented exit code.
+:func:`aepipe.runner.run_files` with a progress bar -> one summary line -> documented exit code.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from pipeline.errors import AepipeError, ConfigError, ExitCode, WeightsError
+from aepipe.errors import AepipeError, ConfigError, ExitCode, WeightsError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from pipeline.runner import RunOptions, Summary
+    from aepipe.runner import RunOptions, Summary
 
 # Reusable option declarations, so every command spells its options the same way.
 InputsArg = Annotated[
@@ -119,7 +119,7 @@ def train_out(out: Path | None, name: str, overwrite_shipped: bool = False) -> P
     Raises:
         ConfigError: ``out`` is inside the shipped weights and the flag is not given.
     """
-    from pipeline.weights import shipped_weights_dir
+    from aepipe.weights import shipped_weights_dir
 
     target = Path("runs") / name if out is None else out
     shipped = shipped_weights_dir().resolve()
@@ -208,7 +208,7 @@ def cli_errors() -> Iterator[None]:
         # settings built from several options at once (a training run's config) that clash.
         from pydantic import ValidationError
 
-        from pipeline.stage import format_validation_error
+        from aepipe.stage import format_validation_error
 
         if isinstance(exc, ValidationError):
             fail(format_validation_error(exc, "options", sep=": "), ExitCode.BAD_ARGS)
@@ -227,7 +227,7 @@ def file_options(out_suffix: str, args: Mapping[str, Any]) -> RunOptions:
             ``batch_size``, ``report``, ``frames``, ``list_ignored``, and where the command
             has them ``jpeg_quality``, ``clean_born_digital``, ``keep_color``, ``binarize``.
     """
-    from pipeline.runner import RunOptions
+    from aepipe.runner import RunOptions
 
     return RunOptions(
         out_dir=args["out"],
@@ -266,7 +266,7 @@ def run_job(
         quiet: no progress bar.
         unit: what the progress bar counts.
     """
-    from pipeline.runner import plan, run_files
+    from aepipe.runner import plan, run_files
 
     with cli_errors():
         jobs, _, _ = plan(inputs, options)

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.apps import app, faces_app, train_app, vae_app
-from pipeline.cli.common import (
+from aepipe.cli.apps import app, faces_app, train_app, vae_app
+from aepipe.cli.common import (
     MaxStepsOpt,
     OverwriteShippedOpt,
     ResumeOpt,
@@ -64,7 +64,7 @@ def _make_train_command(preset: str) -> None:
         seed: Annotated[int, typer.Option("--seed")] = 0,
         threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
     ) -> None:
-        from pipeline.train.vae import TrainConfig, train
+        from aepipe.train.vae import TrainConfig, train
 
         with cli_errors():
             out = train_out(out, preset, overwrite_shipped)
@@ -116,19 +116,19 @@ ConceptOpt = Annotated[
 
 def _load_face_vae(model: str, device: str, **overrides: object):
     """The face VAE for the latent-space commands (encode, decode, interpolate, traverse)."""
-    from pipeline.stage import load_stage
-    from pipeline.stages.face_generator import FaceGenerator
+    from aepipe.stage import load_stage
+    from aepipe.stages.face_generator import FaceGenerator
 
     stage = load_stage(model, device=device, **overrides)
     if not isinstance(stage, FaceGenerator):
-        from pipeline.errors import WeightsError
+        from aepipe.errors import WeightsError
 
         raise WeightsError(f"{model}: weights are for stage {stage.name!r}, not 'face-generator'")
     return stage
 
 
 def _concepts(specs: list[str] | None, concepts_dir: Path, model: str) -> list:
-    from pipeline.stages.face_generator import default_concept_dirs, load_concept, parse_concept_arg
+    from aepipe.stages.face_generator import default_concept_dirs, load_concept, parse_concept_arg
 
     dirs = default_concept_dirs(concepts_dir, model)
     out = []
@@ -140,15 +140,15 @@ def _concepts(specs: list[str] | None, concepts_dir: Path, model: str) -> list:
 
 def _read_one(path: Path):
     """First page of an image file as a batch named after the file."""
-    from pipeline.io import page_batch, read_pages
+    from aepipe.io import page_batch, read_pages
 
     page = next(iter(read_pages(path)))
     return page_batch(page, path.stem)
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from pipeline.errors import ConfigError
-    from pipeline.io import is_image_path
+    from aepipe.errors import ConfigError
+    from aepipe.io import is_image_path
 
     if not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder")
@@ -161,7 +161,7 @@ def _image_files(folder: Path) -> list[Path]:
 def _write_grid(batch, path: Path, ncols: int | None = None) -> Path:
     import numpy as np
 
-    from pipeline.io import make_grid, write_image
+    from aepipe.io import make_grid, write_image
 
     arr = batch.to_numpy(np.uint8)
     grid = make_grid(arr, ncols=ncols)
@@ -170,7 +170,7 @@ def _write_grid(batch, path: Path, ncols: int | None = None) -> Path:
 
 
 def _resolve_device(device: str) -> str:
-    from pipeline.cli.common import DEVICES, check_choice
+    from aepipe.cli.common import DEVICES, check_choice
 
     return check_choice(device, DEVICES, "--device")
 
@@ -226,7 +226,7 @@ def gen_faces(
     seed writes the same images.
     """
     with cli_errors():
-        from pipeline.core import generate, load_generator
+        from aepipe.core import generate, load_generator
 
         overrides: dict[str, object] = {"batch_size": batch_size}
         if prior:
@@ -235,7 +235,7 @@ def gen_faces(
         options = {"concepts": _concepts(concept, concepts_dir, model)} if concept else {}
         then = []
         if colorize:
-            from pipeline.stage import load_stage
+            from aepipe.stage import load_stage
 
             then.append(load_stage("colorizer", device=_resolve_device(device)))
         grid_path = None if no_grid else (grid or out / "grid.png")
@@ -248,7 +248,7 @@ def _write_faces(batches, n: int, out: Path, grid_path: Path | None, quiet: bool
     """Write each face as ``<name>.png`` under ``out`` and up to 1024 of them as a grid."""
     import numpy as np
 
-    from pipeline.io import write_image
+    from aepipe.io import write_image
 
     out.mkdir(parents=True, exist_ok=True)
     keep = []
@@ -261,7 +261,7 @@ def _write_faces(batches, n: int, out: Path, grid_path: Path | None, quiet: bool
                 keep.append(batch)
             advance(len(batch))
     if grid_path is not None and keep:
-        from pipeline.batch import ImageBatch
+        from aepipe.batch import ImageBatch
 
         _write_grid(ImageBatch.concat(keep).split(1024)[0], grid_path)
 
@@ -323,8 +323,8 @@ def reconstruct(
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
     4 weights could not be loaded, 130 interrupted.
     """
-    from pipeline.cli.common import run_job
-    from pipeline.runner import RunOptions
+    from aepipe.cli.common import run_job
+    from aepipe.runner import RunOptions
 
     dev = _resolve_device(device)
     options = RunOptions(
@@ -356,9 +356,9 @@ def edit(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Move faces along concept vectors (--concept smile:+1) and write the edited 64x64 faces."""
-    from pipeline.cli.common import fail, run_job
-    from pipeline.errors import ExitCode
-    from pipeline.runner import RunOptions
+    from aepipe.cli.common import fail, run_job
+    from aepipe.errors import ExitCode
+    from aepipe.runner import RunOptions
 
     if not concept:
         fail("give at least one --concept NAME:STRENGTH", ExitCode.BAD_ARGS)
@@ -395,14 +395,14 @@ def interpolate(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Walk the latent space from face A to face B (linear and/or great circle) as a strip."""
-    from pipeline.cli.common import check_choice
+    from aepipe.cli.common import check_choice
 
     method = check_choice(method, ("linear", "slerp", "both"), "--method")
     with cli_errors():
         import numpy as np
 
-        from pipeline.batch import ImageBatch
-        from pipeline.io import write_image
+        from aepipe.batch import ImageBatch
+        from aepipe.io import write_image
 
         stage = _load_face_vae(model, _resolve_device(device))
         za, zb = stage.encode(_read_one(a))[0], stage.encode(_read_one(b))[0]
@@ -461,8 +461,8 @@ def concept_cmd(
     with cli_errors():
         import torch
 
-        from pipeline.batch import ImageBatch
-        from pipeline.stages.face_generator import save_concept
+        from aepipe.batch import ImageBatch
+        from aepipe.stages.face_generator import save_concept
 
         stage = _load_face_vae(model, _resolve_device(device))
 
@@ -497,7 +497,7 @@ def concepts_cmd(
 ) -> None:
     """List the concept vectors --concept can use: name, attribute, aliases, length, how built."""
     with cli_errors():
-        from pipeline.stages.face_generator import default_concept_dirs, list_concepts
+        from aepipe.stages.face_generator import default_concept_dirs, list_concepts
 
         found = list_concepts(default_concept_dirs(concepts_dir, model))
         if not found:
@@ -556,8 +556,8 @@ def fit_concepts_cmd(
     """
     import torch
 
-    from pipeline.cli.common import check_choice
-    from pipeline.train.concepts import UNITS, fit_face_concepts
+    from aepipe.cli.common import check_choice
+    from aepipe.train.concepts import UNITS, fit_face_concepts
 
     unit = check_choice(unit, tuple(UNITS), "--unit")
     with cli_errors():
@@ -594,7 +594,7 @@ def fit_sampler_cmd(
     model: ModelOpt = "face-vae",
 ) -> None:
     """Refit the latent sampling distribution of a trained VAE (network weights unchanged)."""
-    from pipeline.train.vae import refit_sampler
+    from aepipe.train.vae import refit_sampler
 
     with cli_errors():
         refit_sampler(
@@ -624,7 +624,7 @@ def vae_grid(
     with cli_errors():
         import torch
 
-        from pipeline.errors import ConfigError
+        from aepipe.errors import ConfigError
 
         stage = _load_face_vae(model, "cpu")
         if stage.latent_dim != 2:
@@ -656,16 +656,21 @@ def vae_scatter(
 ) -> None:
     """Plot the 2-D posterior means of the test set, coloured by class."""
     with cli_errors():
-        import matplotlib
+        from aepipe.errors import ConfigError
 
+        try:
+            import matplotlib
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                "the scatter plot needs matplotlib: pip install 'aepipe[plot]'"
+            ) from exc
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import torch
 
-        from pipeline.data.idx import load_mnist_like
-        from pipeline.errors import ConfigError
-        from pipeline.io import atomic_write
-        from pipeline.weights import read_config, resolve
+        from aepipe.data.idx import load_mnist_like
+        from aepipe.io import atomic_write
+        from aepipe.weights import read_config, resolve
 
         stage = _load_face_vae(model, "cpu")
         if stage.latent_dim != 2:

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.apps import app, train_app
-from pipeline.cli.common import (
+from aepipe.cli.apps import app, train_app
+from aepipe.cli.common import (
     DEVICES,
     BatchOpt,
     DeviceOpt,
@@ -39,7 +39,7 @@ from pipeline.cli.common import (
     run_job,
     train_out,
 )
-from pipeline.defaults import DEFAULT_MAX_PIXELS
+from aepipe.defaults import DEFAULT_MAX_PIXELS
 
 RGB_MODES = ("per-channel", "gray")
 
@@ -81,7 +81,7 @@ def denoise(
     options = file_options("denoised", locals())
 
     def load():
-        from pipeline.stages.impulse_denoiser import ImpulseDenoiser
+        from aepipe.stages.impulse_denoiser import ImpulseDenoiser
 
         return ImpulseDenoiser.from_pretrained(model, device=device, rgb=rgb, passes=passes)
 
@@ -115,7 +115,7 @@ def train_salt_pepper(
     resume: ResumeOpt = False,
 ) -> None:
     """Train the salt-and-pepper denoiser on Fashion-MNIST (CPU, about 45 min with 1 thread)."""
-    from pipeline.train.salt_pepper import TrainConfig, train
+    from aepipe.train.salt_pepper import TrainConfig, train
 
     with cli_errors():
         out = train_out(out, "salt-pepper", overwrite_shipped)

@@ -10,13 +10,13 @@ import importlib
 
 import typer
 
-from pipeline.cli.apps import CONTEXT, app
-from pipeline.cli.common import run_app
+from aepipe.cli.apps import CONTEXT, app
+from aepipe.cli.common import run_app
 
 
 def load_areas() -> None:
     """Import every CLI module the registry names, so its commands are registered."""
-    from pipeline.registry import cli_modules
+    from aepipe.registry import cli_modules
 
     for name in cli_modules():
         try:
@@ -30,7 +30,7 @@ def load_areas() -> None:
 @app.command("models")
 def models_cmd() -> None:
     """List the shipped weights with their stage and headline metrics."""
-    from pipeline.weights import read_config, shipped_names, shipped_weights_dir
+    from aepipe.weights import read_config, shipped_names, shipped_weights_dir
 
     root = shipped_weights_dir()
     for name in shipped_names():
@@ -41,12 +41,9 @@ def models_cmd() -> None:
 @app.command("version")
 def version_cmd() -> None:
     """Print the aepipe version."""
-    from importlib.metadata import PackageNotFoundError, version
+    from aepipe._version import __version__
 
-    try:
-        typer.echo(version("aepipe"))
-    except PackageNotFoundError:
-        typer.echo("aepipe (not installed)")
+    typer.echo(f"aepipe {__version__}")
 
 
 def _single(name: str) -> typer.Typer:

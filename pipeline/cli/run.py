@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.apps import app
-from pipeline.cli.common import QuietOpt, cli_errors, finish_summary, progress_bar
+from aepipe.cli.apps import app
+from aepipe.cli.common import QuietOpt, cli_errors, finish_summary, progress_bar
 
 
 @app.command("run")
@@ -20,8 +20,8 @@ def run_pipeline(
 
     The whole file, including every stage's config, is validated before any weights load.
     """
-    from pipeline.errors import ExitCode
-    from pipeline.pipeline import (
+    from aepipe.errors import ExitCode
+    from aepipe.pipeline import (
         FacesSource,
         Pipeline,
         build_stages,
@@ -29,7 +29,7 @@ def run_pipeline(
         read_pipeline_file,
         write_batches,
     )
-    from pipeline.runner import RunOptions, plan, run_files
+    from aepipe.runner import RunOptions, plan, run_files
 
     with cli_errors():
         spec = read_pipeline_file(config)

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.apps import train_app
-from pipeline.cli.common import (
+from aepipe.cli.apps import train_app
+from aepipe.cli.common import (
     OverwriteShippedOpt,
     TrainOutOpt,
     check_choice,
@@ -163,7 +163,7 @@ def train_scan_denoiser(
     ] = None,
 ) -> None:
     """Train the scan denoiser on DDD pairs + synthetic degraded pages (CPU, 1 thread)."""
-    from pipeline.train.scan_denoiser import TrainConfig, train
+    from aepipe.train.scan_denoiser import TrainConfig, train
 
     with cli_errors():
         out = train_out(out, "scan-denoiser", overwrite_shipped)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.apps import app
+from aepipe.cli.apps import app
 
 _MODEL_HELP = (
     "Weights name or folder (default: the shipped weights); 'none' turns the endpoint off."
@@ -138,7 +138,7 @@ def serve(
 
     Every stage loads once at start-up. Without a --*-model option an endpoint uses the shipped
     weights when present and is turned off (503) when not; a named model that cannot be loaded
-    stops the server before it starts (exit code 4). Endpoints come from pipeline.registry.
+    stops the server before it starts (exit code 4). Endpoints come from aepipe.registry.
 
     Binding a non-loopback --host needs API keys (--api-key-file or $AEPIPE_API_KEYS) or
     --insecure-no-auth; otherwise the server refuses to start (exit code 2). Limits: bodies over
@@ -146,12 +146,12 @@ def serve(
     slower than --body-timeout 408, requests over --request-timeout 504, more than --per-client
     requests in flight from one client 429, a full --queue 503. /healthz needs no key.
     """
-    from pipeline.cli.common import check_choice, cli_errors, err, fail
-    from pipeline.errors import ExitCode
+    from aepipe.cli.common import check_choice, cli_errors, err, fail
+    from aepipe.errors import ExitCode
 
     device = check_choice(device, ("auto", "cpu", "cuda"), "--device")
     try:
-        from pipeline.serve import ServeSettings, default_weights, endpoint_stages, run_server
+        from aepipe.serve import ServeSettings, default_weights, endpoint_stages, run_server
     except ModuleNotFoundError as exc:
         fail(
             f"{exc.name} is not installed; install the [serve] extra: pip install 'aepipe[serve]'",
@@ -197,10 +197,10 @@ def serve(
 
 def _access(host: str, key_file: Path | None, insecure: bool) -> list[str]:
     """The API keys, after refusing (exit 2) a non-loopback host without keys or the flag."""
-    from pipeline.cli.common import err as note
-    from pipeline.cli.common import fail
-    from pipeline.errors import ExitCode
-    from pipeline.serve_guard import KEYS_ENV, is_loopback, load_api_keys
+    from aepipe.cli.common import err as note
+    from aepipe.cli.common import fail
+    from aepipe.errors import ExitCode
+    from aepipe.serve_guard import KEYS_ENV, is_loopback, load_api_keys
 
     keys = load_api_keys(key_file)
     if keys:
@@ -242,7 +242,7 @@ def _route_options(values: list[str], endpoints: dict[str, str]) -> dict[str, st
     Raises:
         ConfigError: a value is not ``ROUTE=WEIGHTS`` or names no endpoint.
     """
-    from pipeline.errors import ConfigError
+    from aepipe.errors import ConfigError
 
     out: dict[str, str] = {}
     for value in values:

@@ -1,7 +1,7 @@
 """Reader for the ``lfw_64.npz`` / ``olivetti_64x64.npz`` face archives (gray luma, uint8).
 
 The archives hold uint8 images under ``images`` (train) and ``test_images`` (test); colour
-archives are turned into BT.601 luma with :func:`pipeline.batch.to_gray` and rounded back to
+archives are turned into BT.601 luma with :func:`aepipe.batch.to_gray` and rounded back to
 8 bits, so the gray faces the VAE learns from are exactly what a gray PNG of them would hold.
 """
 
@@ -36,7 +36,7 @@ def load_faces(
     """
     import torch
 
-    from pipeline.batch import to_gray
+    from aepipe.batch import to_gray
 
     path = Path(path)
     if split not in _KEYS:

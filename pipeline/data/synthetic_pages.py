@@ -19,7 +19,7 @@ Example:
 
 Command line (writes ``NNNNN_dirty.png`` / ``NNNNN_clean.png``)::
 
-    python -m pipeline.data.synthetic_pages --out DIR --n 100 --seed 0 --height 420 --width 540
+    python -m aepipe.data.synthetic_pages --out DIR --n 100 --seed 0 --height 420 --width 540
 """
 
 from __future__ import annotations
@@ -1156,7 +1156,7 @@ def preview_grid(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m pipeline.data.synthetic_pages``."""
+    """Entry point of ``python -m aepipe.data.synthetic_pages``."""
     ap = argparse.ArgumentParser(description="Write synthetic dirty/clean document page pairs.")
     ap.add_argument("--out", type=Path, help="output folder for the pairs")
     ap.add_argument("--n", type=int, default=16, help="number of pairs")

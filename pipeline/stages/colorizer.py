@@ -1,7 +1,7 @@
 """The ``colorizer`` stage: add colour to gray images and change nothing else.
 
 Gray (C=1) images go in as they are; RGB (C=3) images are first converted to BT.601 gray with
-:func:`pipeline.batch.to_gray`. The model (:class:`models.colorizer.StackNNColorizer`, shipped
+:func:`aepipe.batch.to_gray`. The model (:class:`aepipe.models.colorizer.StackNNColorizer`, shipped
 as ``weights/colorizer`` for faces and ``weights/colorizer-photo`` for photos of any scene)
 predicts chroma from the gray image **resized** to ``model_size`` x ``model_size`` (bilinear,
 antialiased; the face model was trained on whole 64x64 faces and the photo model on whole
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from pipeline.batch import ImageBatch, to_gray
-from pipeline.errors import ConfigError
-from pipeline.stage import Stage, StageConfig
+from aepipe.batch import ImageBatch, to_gray
+from aepipe.errors import ConfigError
+from aepipe.stage import Stage, StageConfig
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -72,7 +72,7 @@ class Colorizer(Stage):
         """
         import torch.nn.functional as F
 
-        from models.colorizer import gamut_fit_into, ycbcr_to_rgb
+        from aepipe.models.colorizer import gamut_fit_into, ycbcr_to_rgb
 
         cfg = self.config
         factor = self.model.factor
@@ -107,7 +107,7 @@ class Colorizer(Stage):
         """A small random colorizer (widths 4-8-8, 16 chroma bins) seeded by ``seed``."""
         import torch
 
-        from models.colorizer import StackNNColorizer, chroma_grid
+        from aepipe.models.colorizer import StackNNColorizer, chroma_grid
 
         gen = torch.Generator().manual_seed(seed)
         model = StackNNColorizer((4, 8, 8), n_bins=16, bin_step=0.25)

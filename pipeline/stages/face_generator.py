@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.batch import ImageBatch, to_gray
-from pipeline.errors import ConfigError, WeightsError
-from pipeline.stage import Generator, StageConfig
+from aepipe.batch import ImageBatch, to_gray
+from aepipe.errors import ConfigError, WeightsError
+from aepipe.stage import Generator, StageConfig
 
 if TYPE_CHECKING:
     import torch
@@ -338,7 +338,7 @@ class FaceGenerator(Generator):
         """A small random 16x16 VAE (4-d latent), seeded."""
         import torch
 
-        from models.vae import ConvVAE
+        from aepipe.models.vae import ConvVAE
 
         torch.manual_seed(seed)
         model = ConvVAE(size=16, channels=[4, 8], latent_dim=4, likelihood="gaussian")
@@ -382,7 +382,7 @@ def default_concept_dirs(
     The user folder (if given), the ``concepts/`` folder of the model's weights (if ``model``
     names a weights folder), then the shipped face-vae concepts.
     """
-    from pipeline.weights import resolve, shipped_weights_dir
+    from aepipe.weights import resolve, shipped_weights_dir
 
     dirs = [Path(user_dir)] if user_dir else []
     if model is not None:
@@ -408,7 +408,7 @@ def save_concept(
         vector: (latent_dim,).
         info: extra fields (image counts, model).
     """
-    from pipeline.io import atomic_write
+    from aepipe.io import atomic_write
 
     if not name or not all(c.isalnum() or c in "-_" for c in name):
         raise ConfigError(f"concept name must use letters, digits, '-' or '_'; got {name!r}")

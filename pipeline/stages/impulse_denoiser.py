@@ -1,7 +1,7 @@
 """The ``impulse-denoiser`` stage: remove salt-and-pepper (impulse) noise from images of any size.
 
 The shipped model (``weights/salt-pepper``) is a fully convolutional
-:class:`models.impulse.ImpulseDenoiser` trained on gray Fashion-MNIST with 2-50% noise. Gray
+:class:`aepipe.models.impulse.ImpulseDenoiser` trained on gray Fashion-MNIST with 2-50% noise. Gray
 images go through it directly. RGB images are handled by ``rgb`` in the config:
 ``"per-channel"`` (default) denoises R, G and B as three gray images, which matches impulse
 noise that hits channels independently (imgaug's ``ImpulseNoise``) and keeps the colours;
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.batch import ImageBatch
-from pipeline.stage import Stage, StageConfig
+from aepipe.batch import ImageBatch
+from aepipe.stage import Stage, StageConfig
 
 if TYPE_CHECKING:
     import torch
@@ -98,7 +98,7 @@ class ImpulseDenoiser(Stage):
         """A small random ImpulseDenoiser (8 channels, 2 blocks) seeded by ``seed``."""
         import torch
 
-        from models.impulse import ImpulseDenoiser as Net
+        from aepipe.models.impulse import ImpulseDenoiser as Net
 
         torch.manual_seed(seed)
         model = Net(channels=8, dilations=(1, 2))

@@ -1,6 +1,7 @@
 """The ``scan-denoiser`` stage: clean scanned document pages of any size.
 
-The shipped model (``weights/scan-denoiser``) is a :class:`models.scan_unet.ScanUNet` trained on
+The shipped model (``weights/scan-denoiser``) is a
+:class:`aepipe.models.scan_unet.ScanUNet` trained on
 synthetic degraded pages and the Denoising Dirty Documents pairs. Pages are cut into overlapping
 square tiles, a few tiles at a time go through the network (memory stays bounded whatever the
 page size), and the tile outputs are blended with a smooth window that falls to near zero at
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from pipeline.batch import ImageBatch, to_gray
-from pipeline.stage import Stage, StageConfig
+from aepipe.batch import ImageBatch, to_gray
+from aepipe.stage import Stage, StageConfig
 
 if TYPE_CHECKING:
     import torch
@@ -202,7 +203,7 @@ class ScanDenoiser(Stage):
         """A small random ScanUNet (base 4, 2 levels) seeded by ``seed``."""
         import torch
 
-        from models.scan_unet import ScanUNet
+        from aepipe.models.scan_unet import ScanUNet
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.data.faces import split_by_person
+from aepipe.data.faces import split_by_person
 
 STAGE_NAME = "colorizer"
 
@@ -77,7 +77,7 @@ def load_color_faces(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Colour faces of one split of a face archive, and their file names (or None).
 
-    :func:`pipeline.data.faces.load_faces` returns gray only; the colorizer needs the colour.
+    :func:`aepipe.data.faces.load_faces` returns gray only; the colorizer needs the colour.
 
     Returns:
         ``(images, files)``: uint8 (N, H, W, 3) and (N,) names or None.
@@ -119,7 +119,7 @@ def chroma_bins(cbcr, step: float, min_count: int, rebalance: float):
     """
     import torch
 
-    from models.colorizer import chroma_grid
+    from aepipe.models.colorizer import chroma_grid
 
     grid = chroma_grid(step)
     n = round(len(grid) ** 0.5)
@@ -147,7 +147,7 @@ def evaluate(model, gray, cbcr, rgb, temperature: float, batch: int = 200) -> di
     """
     import torch
 
-    from models.colorizer import gamut_fit
+    from aepipe.models.colorizer import gamut_fit
 
     model.eval()
     outs = []
@@ -207,7 +207,7 @@ def face_data(cfg: TrainConfig, gen):
 
 def load_photos(folder: Path) -> list:
     """Every image of a folder (sorted by name) as float RGB (3, H, W) tensors in [0, 1]."""
-    from pipeline.io import is_image_path, read_image
+    from aepipe.io import is_image_path, read_image
 
     files = sorted(p for p in folder.iterdir() if is_image_path(p))
     if not files:
@@ -226,7 +226,7 @@ def _squash(rgb, size: int):
 
 def _split_gray(rgb):
     """(gray rounded to 8 bits, chroma, rgb) of float RGB (N, 3, H, W)."""
-    from models.colorizer import rgb_to_ycbcr
+    from aepipe.models.colorizer import rgb_to_ycbcr
 
     y, cbcr = rgb_to_ycbcr(rgb)
     return (y * 255.0).round() / 255.0, cbcr, rgb
@@ -275,8 +275,8 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     """
     import torch
 
-    from models.colorizer import StackNNColorizer, colorizer_loss
-    from pipeline.weights import save_model
+    from aepipe.models.colorizer import StackNNColorizer, colorizer_loss
+    from aepipe.weights import save_model
 
     say = progress or (lambda _msg: None)
     t_start = time.time()

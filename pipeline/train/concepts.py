@@ -244,12 +244,12 @@ def fit_face_concepts(
     """
     import torch
 
-    from pipeline.batch import ImageBatch
-    from pipeline.data.attributes import check_against_archive, load_attributes
-    from pipeline.data.faces import load_faces
-    from pipeline.stage import load_stage
-    from pipeline.stages.face_generator import save_concept
-    from pipeline.weights import read_config, resolve
+    from aepipe.batch import ImageBatch
+    from aepipe.data.attributes import check_against_archive, load_attributes
+    from aepipe.data.faces import load_faces
+    from aepipe.stage import load_stage
+    from aepipe.stages.face_generator import save_concept
+    from aepipe.weights import read_config, resolve
 
     say = progress or (lambda _m: None)
     config = read_config(resolve(model))

@@ -7,7 +7,7 @@ does the rest, the same way for every model: Adam steps with the scheduled rate,
 gradient clipping and EMA weights, validation every ``val_every`` steps (default: once an
 epoch), best-checkpoint selection by the validation score, early stopping, the
 ``--max-minutes`` / ``--max-steps`` budgets, a resumable checkpoint next to the output folder and
-the final weights folder (written by the spec through :func:`pipeline.weights.save_model`, which
+the final weights folder (written by the spec through :func:`aepipe.weights.save_model`, which
 writes config.json, sha256 and the model card atomically).
 
 Resuming restores the model, optimiser, EMA, best weights, history and every random stream the
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pipeline.errors import ConfigError
+from aepipe.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -293,7 +293,7 @@ def _save_checkpoint(
     """Write everything a resume needs, atomically (a kill leaves the previous checkpoint)."""
     import torch
 
-    from pipeline.io import atomic_write
+    from aepipe.io import atomic_write
 
     if s.checkpoint is None:
         return

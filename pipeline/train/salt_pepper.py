@@ -19,9 +19,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.data.idx import load_mnist_like
-from pipeline.data.noise import random_salt_pepper
-from pipeline.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
+from aepipe.data.idx import load_mnist_like
+from aepipe.data.noise import random_salt_pepper
+from aepipe.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
 
 STAGE_NAME = "impulse-denoiser"
 
@@ -77,10 +77,10 @@ def psnr_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 def build_model(cfg: TrainConfig):
     """The untrained model that ``cfg.arch`` names."""
     if cfg.arch == "tutorial":
-        from models.classic import TutorialAE
+        from aepipe.models.classic import TutorialAE
 
         return TutorialAE()
-    from models.impulse import ImpulseDenoiser
+    from aepipe.models.impulse import ImpulseDenoiser
 
     return ImpulseDenoiser(channels=cfg.channels, dilations=tuple(cfg.dilations), flags=True)
 
@@ -108,7 +108,7 @@ def denoise_array(model, noisy: np.ndarray, batch_size: int = 500) -> np.ndarray
 
 
 class _ImpulseSpec:
-    """The impulse denoiser as the training loop sees it (see :mod:`pipeline.train.loop`)."""
+    """The impulse denoiser as the training loop sees it (see :mod:`aepipe.train.loop`)."""
 
     def __init__(self, cfg: TrainConfig, out: Path) -> None:
         self.cfg, self.out = cfg, out
@@ -187,7 +187,7 @@ class _ImpulseSpec:
         """Write the ``impulse-denoiser`` weights folder."""
         import torch
 
-        from pipeline.stages.impulse_denoiser import ImpulseDenoiser as ImpulseStage
+        from aepipe.stages.impulse_denoiser import ImpulseDenoiser as ImpulseStage
 
         cfg = self.cfg
         training = {

@@ -3,8 +3,8 @@
 Training patches come from two sources, mixed per batch item with ``synthetic_fraction``:
 
 * the Denoising Dirty Documents training pairs (``ddd``), minus ``val_groups`` whole pages
-  (all 4 noise versions of a page stay on one side, see :mod:`pipeline.data.ddd`);
-* synthetic degraded pages from :mod:`pipeline.data.synthetic_pages`, held in a pool of
+  (all 4 noise versions of a page stay on one side, see :mod:`aepipe.data.ddd`);
+* synthetic degraded pages from :mod:`aepipe.data.synthetic_pages`, held in a pool of
   ``synthetic_pool`` pages of which one is replaced by a fresh page every
   ``synthetic_refresh`` steps (rendering a page costs 0.1-0.7 s, so it is amortised over many
   patches; all in the training process, one thread).
@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.data.ddd import DDDPair, load_pairs, split_by_group, split_three
+from aepipe.data.ddd import DDDPair, load_pairs, split_by_group, split_three
 
 STAGE_NAME = "scan-denoiser"
 # Fixed synthetic validation pages: (seed offset, H, W, dpi). Seeds far from the training
@@ -205,7 +205,7 @@ class _SyntheticPool:
     """A rolling pool of synthetic pages; one is replaced on each :meth:`refresh`."""
 
     def __init__(self, size: int, seed: int, display_prob: float = 0.0) -> None:
-        from pipeline.data.synthetic_pages import SyntheticPages
+        from aepipe.data.synthetic_pages import SyntheticPages
 
         self.display_prob = display_prob
         self.sizes = SyntheticPages.DEFAULT_PAGE_SIZES
@@ -214,7 +214,7 @@ class _SyntheticPool:
         self.next = 0
 
     def _new(self) -> tuple[np.ndarray, np.ndarray]:
-        from pipeline.data.synthetic_pages import make_pair
+        from aepipe.data.synthetic_pages import make_pair
 
         h, w, dpi = self.sizes[int(self.rng.integers(len(self.sizes)))]
         # No extra draw when off: the pages of runs from before the option replay exactly.
@@ -228,7 +228,7 @@ class _SyntheticPool:
 
 def synthetic_val_pages() -> list[tuple[np.ndarray, np.ndarray]]:
     """The fixed synthetic validation pages (dirty, clean) uint8, never drawn in training."""
-    from pipeline.data.synthetic_pages import make_pair
+    from aepipe.data.synthetic_pages import make_pair
 
     return [make_pair(SYNTH_VAL_SEED + s, h, w, dpi) for s, h, w, dpi in SYNTH_VAL_PAGES]
 
@@ -237,7 +237,7 @@ class _RealPages:
     """docbin pages for training (scan and ground truth as uint8, 0 = ink) and validation."""
 
     def __init__(self, cfg: TrainConfig) -> None:
-        from pipeline.data.docbin import load_pages, page_names, split_pages
+        from aepipe.data.docbin import load_pages, page_names, split_pages
 
         split = split_pages(page_names(cfg.docbin))
         self.split = split
@@ -273,7 +273,7 @@ class _RealPages:
         """Mean F-measure (%) after Otsu of ``model``'s output on the validation pages."""
         import torch
 
-        from pipeline.data.docbin import f_measure, otsu_ink
+        from aepipe.data.docbin import f_measure, otsu_ink
 
         scores = []
         with torch.inference_mode():
@@ -300,10 +300,10 @@ def bilevel_loss(pred, target, ink_level: float):
 def build_model(cfg: TrainConfig):
     """The network named by ``cfg.arch``, initialised from the global torch seed."""
     if cfg.arch == "classic":
-        from models.classic import ClassicDenoisingAE
+        from aepipe.models.classic import ClassicDenoisingAE
 
         return ClassicDenoisingAE(channels=cfg.classic_channels)
-    from models.scan_unet import ScanUNet
+    from aepipe.models.scan_unet import ScanUNet
 
     model = ScanUNet(
         base=cfg.base,
@@ -331,8 +331,8 @@ def init_record(folder: Path, val_names: list[str]) -> dict[str, Any]:
     Raises:
         ConfigError: the source was trained on some of those pages (validation would leak).
     """
-    from pipeline.errors import ConfigError
-    from pipeline.weights import read_config, resolve
+    from aepipe.errors import ConfigError
+    from aepipe.weights import read_config, resolve
 
     config = read_config(resolve(folder))
     training = config.get("training", {})
@@ -362,8 +362,8 @@ def _load_init(model, folder: Path) -> None:
     Raises:
         ConfigError: the two networks differ otherwise.
     """
-    from pipeline.errors import ConfigError
-    from pipeline.weights import load_model
+    from aepipe.errors import ConfigError
+    from aepipe.weights import load_model
 
     source, _ = load_model(folder, device="cpu")
     state, mine = source.state_dict(), model.state_dict()
@@ -408,8 +408,8 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     """
     import torch
 
-    from models.scan_unet import clamp_through
-    from pipeline.errors import ConfigError
+    from aepipe.errors import ConfigError
+    from aepipe.models.scan_unet import clamp_through
 
     say = progress or (lambda _msg: None)
     torch.set_num_threads(cfg.threads)
@@ -611,7 +611,7 @@ def _save(
     init: dict[str, Any] | None,
     extra_data: dict[str, Any] | None = None,
 ) -> None:
-    from pipeline.stages.scan_denoiser import ScanDenoiser
+    from aepipe.stages.scan_denoiser import ScanDenoiser
 
     training = _training_info(
         cfg,
@@ -623,7 +623,7 @@ def _save(
             ddd_train_pairs=len(train_pairs),
             ddd_val_names=[p.name for p in val_pairs],
             ddd_train_names=[p.name for p in train_pairs],
-            synthetic=f"pipeline.data.synthetic_pages (pool {cfg.synthetic_pool}, "
+            synthetic=f"aepipe.data.synthetic_pages (pool {cfg.synthetic_pool}, "
             f"refresh every {cfg.synthetic_refresh} steps)",
             synthetic_val_pages=SYNTH_VAL_PAGES,
             synthetic_val_seed=SYNTH_VAL_SEED,
@@ -656,7 +656,7 @@ def _save_final(
     """Record the finished run's history in the best checkpoint's config (weights untouched)."""
     import json
 
-    from pipeline.weights import _atomic_write_bytes
+    from aepipe.weights import _atomic_write_bytes
 
     path = out / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
@@ -682,7 +682,7 @@ def _real_data_lines(cfg: TrainConfig, data: dict[str, Any]) -> str:
         lines += (
             f"- Real degraded pages from `{cfg.docbin}` (docbin: DIBCO / H-DIBCO 2010-2018, "
             f"Bickley diary, Persian heritage), split by page within each collection "
-            f"(`pipeline.data.docbin.split_pages`): {len(split['train'])} train, "
+            f"(`aepipe.data.docbin.split_pages`): {len(split['train'])} train, "
             f"{len(split['val'])} validation ({', '.join(split['val'])}), "
             f"{len(split['test'])} test pages never used in training or for any choice "
             f"({', '.join(split['test'])}). Fraction {cfg.docbin_fraction} of the patches, "
@@ -790,7 +790,7 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
   {data.get("ddd_train_pairs")} pairs for training; {cfg.val_groups} whole pages (x4 noise
   versions, grouped by a hash of the clean page) held out for validation:
   {", ".join(data.get("ddd_val_names", []))}.
-- Synthetic degraded pages from `pipeline.data.synthetic_pages` (fraction
+- Synthetic degraded pages from `aepipe.data.synthetic_pages` (fraction
   {cfg.synthetic_fraction} of the patches).
 {real_lines}- Patches {cfg.patch} px, {scaling}, rotations/flips{levels} (this run's settings;
   the earlier commands' are in their command lines).

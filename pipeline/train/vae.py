@@ -19,7 +19,7 @@ proper ELBO.
 
 Validation: a held-out tail of the train split (person-disjoint for LFW); the best epoch by
 validation ELBO is kept. After training a full-covariance Gaussian is fitted to the posterior
-means of the training images (see :class:`models.vae.ConvVAE`).
+means of the training images (see :class:`aepipe.models.vae.ConvVAE`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
+from aepipe.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
 
 Preset = Literal["face-vae", "mnist-vae-2d", "mnist-vae", "fashion-vae-2d"]
 
@@ -185,7 +185,7 @@ def load_data(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Train and validation uint8 images (N, H, W) from the train split only."""
     if kind == "faces":
-        from pipeline.data.faces import load_faces, split_by_person
+        from aepipe.data.faces import load_faces, split_by_person
 
         images, files = load_faces(data, "train", with_files=True)
         if limit:
@@ -193,7 +193,7 @@ def load_data(
         cut = split_by_person(files, len(images), val_fraction)
         info = {"split": "train[:cut] / train[cut:] (person-disjoint)", "cut": cut}
         return images[:cut], images[cut:], info
-    from pipeline.data.idx import load_mnist_like
+    from aepipe.data.idx import load_mnist_like
 
     images, _labels = load_mnist_like(data, "train")
     if limit:
@@ -281,7 +281,7 @@ def model_card(
     lines = [
         f"# {name}",
         "",
-        f"Convolutional VAE (`models.vae.ConvVAE`), {m['size']}x{m['size']} gray, latent "
+        f"Convolutional VAE (`aepipe.models.vae.ConvVAE`), {m['size']}x{m['size']} gray, latent "
         f"{m['latent_dim']}-d, encoder widths {m['channels']}, {m['likelihood']} likelihood"
         + (f" with a {m['scale']} global pixel scale" if m["likelihood"] != "bernoulli" else "")
         + ".",
@@ -336,12 +336,12 @@ def model_card(
 
 
 class _VaeSpec:
-    """The VAE as the training loop sees it (see :mod:`pipeline.train.loop`)."""
+    """The VAE as the training loop sees it (see :mod:`aepipe.train.loop`)."""
 
     def __init__(self, cfg: TrainConfig, out: Path) -> None:
         import torch
 
-        from models.vae import ConvVAE
+        from aepipe.models.vae import ConvVAE
 
         self.cfg, self.out, self.p = cfg, out, cfg.resolved()
         self.kind = self.p["kind"]
@@ -423,7 +423,7 @@ class _VaeSpec:
         Snapshots during training get the single Gaussian only (EM on every improvement would
         cost minutes); the final write refits the mixture on the best weights.
         """
-        from pipeline.weights import save_model
+        from aepipe.weights import save_model
 
         cfg, p = self.cfg, self.p
         em = final and run.best_score is not None and model.sample_components > 1
@@ -543,9 +543,9 @@ def refit_sampler(
     """
     import torch
 
-    from models.vae import ConvVAE
-    from pipeline.errors import ConfigError, WeightsError
-    from pipeline.weights import load_model, resolve, save_model
+    from aepipe.errors import ConfigError, WeightsError
+    from aepipe.models.vae import ConvVAE
+    from aepipe.weights import load_model, resolve, save_model
 
     say = progress or (lambda _msg: None)
     src = resolve(source)

@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from pipeline.batch import ImageBatch
-from pipeline.stage import Generator, StageConfig
+from aepipe.batch import ImageBatch
+from aepipe.stage import Generator, StageConfig
 
 
 class Config(StageConfig):

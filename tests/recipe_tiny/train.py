@@ -1,7 +1,7 @@
 """Training file (recipe step 3): a small strict config and ``train(cfg, out)``.
 
 Fits the decoder so that its images approach a target gray level on the one training loop
-(``pipeline.train.loop``), then writes the weights folder with the default sampling temperature
+(``aepipe.train.loop``), then writes the weights folder with the default sampling temperature
 the front ends must use.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.train.loop import Check, LoopSettings, Run, fit
+from aepipe.train.loop import Check, LoopSettings, Run, fit
 
 
 class TrainConfig(BaseModel):
@@ -36,7 +36,7 @@ class TrainConfig(BaseModel):
 
 
 class TinySpec:
-    """The tiny generator as the training loop sees it (``pipeline.train.loop.TrainSpec``)."""
+    """The tiny generator as the training loop sees it (``aepipe.train.loop.TrainSpec``)."""
 
     def __init__(self, cfg: TrainConfig, out: Path) -> None:
         import torch
