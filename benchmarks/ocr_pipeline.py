@@ -17,7 +17,7 @@ includes process start-up and model loading, as a user sees it):
 
 * ``ocrmypdf``: OCRmyPDF's defaults;
 * ``ocrmypdf --clean``: unpaper cleans the image Tesseract reads;
-* ``ocrmypdf --plugin pipeline.ocrmypdf``: our denoiser cleans the image Tesseract reads;
+* ``ocrmypdf --plugin aepipe.ocrmypdf``: our denoiser cleans the image Tesseract reads;
 * ``clean-scans --ocr`` (gray) and ``clean-scans --ocr --binarize``: the stored pages are the
   cleaned ones too.
 
@@ -178,7 +178,7 @@ def methods(jobs: int) -> dict[str, list[str]]:
     return {
         "ocrmypdf": ocr,
         "ocrmypdf --clean (unpaper)": [*ocr, "--clean"],
-        "ocrmypdf --plugin pipeline.ocrmypdf": [*ocr, "--plugin", "aepipe.ocrmypdf"],
+        "ocrmypdf --plugin aepipe.ocrmypdf": [*ocr, "--plugin", "aepipe.ocrmypdf"],
         "clean-scans --ocr": clean,
         "clean-scans --ocr --binarize": [*clean, "--binarize"],
     }

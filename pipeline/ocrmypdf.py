@@ -2,8 +2,8 @@
 
 Use it from OCRmyPDF's command line::
 
-    ocrmypdf --plugin pipeline.ocrmypdf in.pdf out.pdf     # Tesseract reads cleaned pages
-    ocrmypdf --plugin pipeline.ocrmypdf --force-ocr --aepipe-clean-final in.pdf out.pdf
+    ocrmypdf --plugin aepipe.ocrmypdf in.pdf out.pdf     # Tesseract reads cleaned pages
+    ocrmypdf --plugin aepipe.ocrmypdf --force-ocr --aepipe-clean-final in.pdf out.pdf
 
 or through :func:`ocr_file` (what ``clean-scans --ocr`` calls). The plugin implements OCRmyPDF's
 documented pluggy hooks (``ocrmypdf/pluginspec.py``): ``add_options``, ``check_options``,

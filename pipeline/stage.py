@@ -124,7 +124,7 @@ class Stage(ABC):
         if not isinstance(batch, ImageBatch):
             raise ShapeError(
                 f"{self.name}: expected an ImageBatch; got {type(batch).__name__}. "
-                "Use pipeline.apply() for numpy arrays, PIL images or paths."
+                "Use aepipe.apply() for numpy arrays, PIL images or paths."
             )
         if batch.channels not in self.input_channels:
             raise ShapeError(
