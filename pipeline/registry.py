@@ -7,7 +7,7 @@ model file, its training module and one :class:`Entry` in :data:`ENTRIES` (see C
 plug-ins and tests add theirs with :func:`register`.
 
 Classes are named as ``"module:Class"`` strings and imported on first use, so that ``--help``
-and ``import pipeline`` never import torch.
+and ``import aepipe`` never import torch.
 """
 
 from __future__ import annotations
