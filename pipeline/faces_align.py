@@ -1,0 +1,322 @@
+"""Faces in whole photos: detect, align to the face VAE's framing, and paste edits back.
+
+The face VAE only knows faces framed like its LFW training crops (deep-funnelled, face centred at
+a fixed scale). This module finds faces in any photo, warps each one to that framing
+(:func:`align_faces`), and puts an edit back into the full-resolution photo
+(:func:`paste_changes`) by transferring the *change* the VAE made (edited decode minus unedited
+decode), warped back with the inverse transform and added to the photo's luma inside a feathered
+face mask. Chroma is kept: the same amount is added to R, G and B, which moves the luma (any
+weights summing to 1) and leaves Cb/Cr unchanged. Pixels outside the mask are copied, so they
+equal the input bit for bit.
+
+Detector: scikit-image's bundled LBP frontal-face cascade (``skimage.data.
+lbp_frontal_face_cascade_filename``, trained by OpenCV), chosen because it works offline from an
+installed dependency: opencv-python-headless 5 dropped ``CascadeClassifier`` and ships no cascade
+files, and its DNN detector (YuNet) needs an ONNX model that no installed package bundles. It finds
+upright frontal faces (roughly +-15 degrees of roll); eyes are not located separately, so the
+alignment is a similarity transform from the detected box to the template box below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+# Where the detector's box falls in a 64x64 LFW training crop (x, y of the top-left corner and
+# the side, in crop pixels): medians over the first 1000 train faces of ../shared/data/faces/
+# lfw_64.npz upscaled 3x, detected with the same cascade and settings (found in 988 / 1000).
+# Measured with: python benchmarks/faces_in_photos.py --measure-template 1000
+TEMPLATE_SIZE = 64
+TEMPLATE_BOX = (7.0, 6.67, 50.0)
+# Feathered elliptical face mask in template pixels: centre, radii, feather width.
+MASK_CENTRE = (32.0, 34.0)
+MASK_RADII = (22.0, 27.0)
+MASK_FEATHER = 6.0
+MIN_FACE_PX = 24
+"""Smallest detected face side (photo pixels) that is aligned; smaller ones are reported."""
+MIN_NEIGHBORS = 4
+"""Raw cascade hits that must overlap for a face (2 finds more faces but also hair and texture)."""
+DETECT_MAX_SIDE = 1024
+"""Photos are searched at most this large (longer side) so a 12-megapixel photo stays fast."""
+
+FaceChoice = Literal["all", "largest"] | int
+
+
+@dataclass
+class FaceBox:
+    """One detected face and its alignment.
+
+    Attributes:
+        index: position in the photo's detections (largest first).
+        box: (x, y, side) of the detection in photo pixels.
+        matrix: 2x3 affine mapping photo pixel coordinates to template pixel coordinates.
+        status: "ok", or why the face was not aligned ("too small").
+        message: human explanation for reports.
+    """
+
+    index: int
+    box: tuple[float, float, float]
+    matrix: list[list[float]] = field(default_factory=list)
+    status: str = "ok"
+    message: str = ""
+
+
+@lru_cache(maxsize=1)
+def _detector():
+    from skimage import data
+    from skimage.feature import Cascade
+
+    return Cascade(data.lbp_frontal_face_cascade_filename())
+
+
+def detect_boxes(
+    gray: torch.Tensor, max_side: int = DETECT_MAX_SIDE, neighbors: int = MIN_NEIGHBORS
+) -> list[tuple[float, ...]]:
+    """Frontal faces in a gray image, largest first, overlaps merged.
+
+    Args:
+        gray: (H, W) luma in [0, 1].
+        max_side: the image is downscaled so its longer side is at most this before searching.
+        neighbors: overlapping raw detections a face needs (more: fewer false faces, fewer found).
+
+    Returns:
+        (x, y, side) boxes in the input's pixel coordinates.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    h, w = gray.shape
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        gray = F.interpolate(gray[None, None], size=size, mode="bilinear", antialias=True)[0, 0]
+    arr = gray.to(torch.float64).numpy()
+    side = min(arr.shape)
+    if side < 24:
+        return []
+    found = _detector().detect_multi_scale(
+        arr, scale_factor=1.1, step_ratio=1, min_size=(20, 20), max_size=(side, side),
+        min_neighbor_number=neighbors,
+    )  # fmt: skip
+    boxes = sorted(
+        ((d["c"] / scale, d["r"] / scale, d["width"] / scale) for d in found), key=lambda b: -b[2]
+    )
+    kept: list[tuple[float, ...]] = []
+    for b in boxes:
+        if all(_overlap(b, k) < 0.3 for k in kept):
+            kept.append(b)
+    return kept
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over the smaller square's area."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1]))
+    return ix * iy / min(a[2], b[2]) ** 2
+
+
+def box_matrix(box: tuple[float, ...]) -> list[list[float]]:
+    """Similarity transform (no rotation) taking a detected box onto :data:`TEMPLATE_BOX`."""
+    tx, ty, tside = TEMPLATE_BOX
+    s = tside / box[2]
+    return [[s, 0.0, tx - s * box[0]], [0.0, s, ty - s * box[1]]]
+
+
+def find_faces(images: torch.Tensor, min_face: int = MIN_FACE_PX) -> list[FaceBox]:
+    """Detect and align every face of one photo.
+
+    Args:
+        images: (1, C, H, W) in [0, 1], C in {1, 3}.
+        min_face: smaller faces are reported with status "too small" and not aligned.
+
+    Returns:
+        Faces, largest first (empty when none is found).
+    """
+    from pipeline.batch import to_gray
+
+    faces = []
+    for i, box in enumerate(detect_boxes(to_gray(images)[0, 0].float().cpu())):
+        face = FaceBox(index=i, box=tuple(round(v, 1) for v in box), matrix=box_matrix(box))
+        if box[2] < min_face:
+            face.status = "too small"
+            face.message = f"too small ({box[2]:.0f} px < {min_face} px)"
+        faces.append(face)
+    return faces
+
+
+def select_faces(faces: list[FaceBox], choice: FaceChoice) -> list[FaceBox]:
+    """The faces ``--face all|largest|N`` asks for (only those with status "ok")."""
+    ok = [f for f in faces if f.status == "ok"]
+    if choice == "all":
+        return ok
+    if choice == "largest":
+        return ok[:1]
+    return [f for f in ok if f.index == int(choice)]
+
+
+def _inverse(m: list[list[float]]) -> list[list[float]]:
+    (a, b, c), (d, e, f) = m
+    det = a * e - b * d
+    ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
+    return [[ia, ib, -(ia * c + ib * f)], [id_, ie, -(id_ * c + ie * f)]]
+
+
+def _sample(images: torch.Tensor, m: list[list[float]], xs: torch.Tensor, ys: torch.Tensor):
+    """Bilinear samples of ``images`` at ``m @ (x, y, 1)`` for pixel grids xs, ys (H', W')."""
+    import torch
+    from torch.nn import functional as F
+
+    h, w = images.shape[-2:]
+    u = m[0][0] * xs + m[0][1] * ys + m[0][2]
+    v = m[1][0] * xs + m[1][1] * ys + m[1][2]
+    grid = torch.stack([(2 * u + 1) / w - 1, (2 * v + 1) / h - 1], dim=-1)[None]
+    grid = grid.expand(images.shape[0], -1, -1, -1).to(images.dtype)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def align_crops(images: torch.Tensor, faces: list[FaceBox]) -> torch.Tensor:
+    """Warp faces to the 64x64 template framing (gray), antialiased by supersampling.
+
+    Args:
+        images: (1, C, H, W) photo in [0, 1].
+        faces: faces from :func:`find_faces`.
+
+    Returns:
+        (len(faces), 1, 64, 64) gray crops.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from pipeline.batch import to_gray
+
+    gray = to_gray(images.float())
+    crops = []
+    for face in faces:
+        inv = _inverse(face.matrix)
+        # Supersample k x k per template pixel so a large face is averaged, not aliased.
+        k = max(1, min(8, math.ceil(abs(inv[0][0]))))
+        n = TEMPLATE_SIZE * k
+        t = (torch.arange(n, dtype=torch.float32) + 0.5) / k - 0.5
+        ys, xs = torch.meshgrid(t, t, indexing="ij")
+        big = _sample(gray, inv, xs, ys)
+        crops.append(F.avg_pool2d(big, k) if k > 1 else big)
+    if not crops:
+        return torch.zeros(0, 1, TEMPLATE_SIZE, TEMPLATE_SIZE)
+    return torch.cat(crops).clamp(0, 1)
+
+
+def _mask(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Feathered ellipse in template coordinates: 1 inside, 0 beyond the feather (exactly)."""
+    (cx, cy), (rx, ry) = MASK_CENTRE, MASK_RADII
+    r = ((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2
+    # Distance outside the ellipse in (roughly) template pixels, then a smoothstep ramp.
+    d = (r.sqrt() - 1.0) * min(rx, ry) / MASK_FEATHER
+    t = (1.0 - d).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def paste_changes(images: torch.Tensor, faces: list[FaceBox], deltas: torch.Tensor) -> torch.Tensor:
+    """Add per-face luma changes (template framing) to the photo inside feathered face masks.
+
+    Args:
+        images: (1, C, H, W) photo in [0, 1].
+        faces: the aligned faces.
+        deltas: (len(faces), 1, 64, 64) change to add (e.g. edited decode minus plain decode).
+
+    Returns:
+        (1, C, H, W) photo; pixels where every mask is 0 are the input's, unchanged.
+    """
+    import torch
+
+    out = images.clone()
+    h, w = images.shape[-2:]
+    for face, delta in zip(faces, deltas, strict=True):
+        inv = _inverse(face.matrix)
+        corners = [(0.0, 0.0), (TEMPLATE_SIZE, 0.0), (0.0, TEMPLATE_SIZE), (TEMPLATE_SIZE,) * 2]
+        px = [inv[0][0] * a + inv[0][1] * b + inv[0][2] for a, b in corners]
+        py = [inv[1][0] * a + inv[1][1] * b + inv[1][2] for a, b in corners]
+        x0, x1 = max(0, math.floor(min(px))), min(w, math.ceil(max(px)) + 1)
+        y0, y1 = max(0, math.floor(min(py))), min(h, math.ceil(max(py)) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        ys, xs = torch.meshgrid(
+            torch.arange(y0, y1, dtype=torch.float32),
+            torch.arange(x0, x1, dtype=torch.float32),
+            indexing="ij",
+        )
+        m = face.matrix
+        u = m[0][0] * xs + m[0][1] * ys + m[0][2]
+        v = m[1][0] * xs + m[1][1] * ys + m[1][2]
+        mask = _mask(u, v)
+        change = _sample(delta[None].float(), m, xs, ys)[0, 0] * mask
+        region = out[0, :, y0:y1, x0:x1]
+        edited = (region + change).clamp(0, 1)
+        out[0, :, y0:y1, x0:x1] = torch.where(mask > 0, edited, region)
+    return out
+
+
+@dataclass
+class PhotoEdit:
+    """Result of :func:`edit_photo`: the whole photo and what happened to each face."""
+
+    images: torch.Tensor
+    faces: list[FaceBox]
+    edited: list[int]
+    crops: torch.Tensor | None = None
+
+
+def edit_photo(
+    stage,
+    images: torch.Tensor,
+    concepts: list[tuple[torch.Tensor, float]],
+    face: FaceChoice = "all",
+) -> PhotoEdit:
+    """Move the faces of a whole photo along concept vectors, keeping its resolution and colour.
+
+    Args:
+        stage: a loaded :class:`~pipeline.stages.face_generator.FaceGenerator`.
+        images: (1, C, H, W) photo in [0, 1], C in {1, 3}.
+        concepts: (vector, strength) pairs, applied in order.
+        face: "all", "largest" or a face index (largest first).
+
+    Returns:
+        The edited photo (unchanged when no face was edited), the detections and the edited indices.
+    """
+    from pipeline.batch import ImageBatch
+
+    faces = find_faces(images)
+    chosen = select_faces(faces, face)
+    if not chosen:
+        return PhotoEdit(images.clone(), faces, [])
+    crops = align_crops(images, chosen)
+    z = stage.encode(ImageBatch(crops, [str(f.index) for f in chosen]))
+    moved = z
+    for vector, strength in concepts:
+        moved = stage.apply_concept(moved, vector, strength)
+    delta = stage.decode(moved).images - stage.decode(z).images
+    out = paste_changes(images, chosen, delta)
+    return PhotoEdit(out, faces, [f.index for f in chosen], crops)
+
+
+def face_report(result: PhotoEdit, choice: FaceChoice) -> list[str]:
+    """One human line per face (found, edited or why not) for CLI and service reports."""
+    if not result.faces:
+        return ["no face found (the detector finds upright, frontal faces of at least 24 px)"]
+    lines = []
+    for f in result.faces:
+        x, y, side = f.box
+        where = f"face {f.index} at x={x:.0f} y={y:.0f} size={side:.0f}px"
+        if f.index in result.edited:
+            lines.append(f"{where}: edited")
+        elif f.status != "ok":
+            lines.append(f"{where}: skipped, {f.message}")
+        else:
+            lines.append(f"{where}: not selected (--face {choice})")
+    if isinstance(choice, int) and choice not in result.edited:
+        lines.append(f"no usable face with index {choice}")
+    return lines
