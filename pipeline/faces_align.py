@@ -28,11 +28,12 @@ if TYPE_CHECKING:
     import torch
 
 # Where the detector's box falls in a 64x64 LFW training crop (x, y of the top-left corner and
-# the side, in crop pixels): medians over the first 1000 train faces of ../shared/data/faces/
-# lfw_64.npz upscaled 3x, detected with the same cascade and settings (found in 988 / 1000).
-# Measured with: python benchmarks/faces_in_photos.py --measure-template 1000
+# the side, in crop pixels): medians over the first 300 train faces of ../shared/data/faces/
+# lfw_64.npz, each pasted 3x enlarged into a train-split photo (found in 295 / 300; spread of the
+# side 6.7 px, which :func:`refine` corrects). Measured with:
+#   python benchmarks/faces_in_photos.py --measure-template 300
 TEMPLATE_SIZE = 64
-TEMPLATE_BOX = (7.0, 6.67, 50.0)
+TEMPLATE_BOX = (4.67, 4.67, 55.33)
 # Feathered elliptical face mask in template pixels: centre, radii, feather width.
 MASK_CENTRE = (32.0, 34.0)
 MASK_RADII = (22.0, 27.0)
@@ -41,6 +42,9 @@ MIN_FACE_PX = 24
 """Smallest detected face side (photo pixels) that is aligned; smaller ones are reported."""
 MIN_NEIGHBORS = 4
 """Raw cascade hits that must overlap for a face (2 finds more faces but also hair and texture)."""
+MIN_MATCH = 0.2
+"""Least correlation with the mean face for a detection to count as a face (see refine); low,
+because false detections on texture often correlate as well as real faces (benchmark)."""
 DETECT_MAX_SIDE = 1024
 """Photos are searched at most this large (longer side) so a 12-megapixel photo stays fast."""
 
@@ -57,6 +61,7 @@ class FaceBox:
         matrix: 2x3 affine mapping photo pixel coordinates to template pixel coordinates.
         status: "ok", or why the face was not aligned ("too small").
         message: human explanation for reports.
+        match: correlation with the mean face after refinement (None when not refined).
     """
 
     index: int
@@ -64,6 +69,7 @@ class FaceBox:
     matrix: list[list[float]] = field(default_factory=list)
     status: str = "ok"
     message: str = ""
+    match: float | None = None
 
 
 @lru_cache(maxsize=1)
@@ -127,12 +133,21 @@ def box_matrix(box: tuple[float, ...]) -> list[list[float]]:
     return [[s, 0.0, tx - s * box[0]], [0.0, s, ty - s * box[1]]]
 
 
-def find_faces(images: torch.Tensor, min_face: int = MIN_FACE_PX) -> list[FaceBox]:
+def find_faces(
+    images: torch.Tensor,
+    min_face: int = MIN_FACE_PX,
+    mean_face: torch.Tensor | None = None,
+    min_match: float = MIN_MATCH,
+) -> list[FaceBox]:
     """Detect and align every face of one photo.
 
     Args:
         images: (1, C, H, W) in [0, 1], C in {1, 3}.
         min_face: smaller faces are reported with status "too small" and not aligned.
+        mean_face: (64, 64) mean face; when given, each face's roll, scale and position are
+            refined against it (:func:`refine`) and detections matching it worse than
+            ``min_match`` are reported as "not a face".
+        min_match: least normalised correlation with ``mean_face`` for a face.
 
     Returns:
         Faces, largest first (empty when none is found).
@@ -145,6 +160,11 @@ def find_faces(images: torch.Tensor, min_face: int = MIN_FACE_PX) -> list[FaceBo
         if box[2] < min_face:
             face.status = "too small"
             face.message = f"too small ({box[2]:.0f} px < {min_face} px)"
+        elif mean_face is not None:
+            face.match = refine(images, face, mean_face)
+            if face.match < min_match:
+                face.status = "not a face"
+                face.message = f"not a face (match {face.match:.2f} < {min_match})"
         faces.append(face)
     return faces
 
@@ -179,15 +199,16 @@ def _sample(images: torch.Tensor, m: list[list[float]], xs: torch.Tensor, ys: to
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def align_crops(images: torch.Tensor, faces: list[FaceBox]) -> torch.Tensor:
+def align_crops(images: torch.Tensor, faces: list[FaceBox], zoom: int = 1) -> torch.Tensor:
     """Warp faces to the 64x64 template framing (gray), antialiased by supersampling.
 
     Args:
         images: (1, C, H, W) photo in [0, 1].
         faces: faces from :func:`find_faces`.
+        zoom: crops are ``64 * zoom`` pixels wide (same framing, finer sampling).
 
     Returns:
-        (len(faces), 1, 64, 64) gray crops.
+        (len(faces), 1, 64 * zoom, 64 * zoom) gray crops.
     """
     import torch
     from torch.nn import functional as F
@@ -197,17 +218,87 @@ def align_crops(images: torch.Tensor, faces: list[FaceBox]) -> torch.Tensor:
     gray = to_gray(images.float())
     crops = []
     for face in faces:
-        inv = _inverse(face.matrix)
+        inv = _inverse([[v * zoom for v in row] for row in face.matrix])
         # Supersample k x k per template pixel so a large face is averaged, not aliased.
         k = max(1, min(8, math.ceil(abs(inv[0][0]))))
-        n = TEMPLATE_SIZE * k
+        n = TEMPLATE_SIZE * zoom * k
         t = (torch.arange(n, dtype=torch.float32) + 0.5) / k - 0.5
         ys, xs = torch.meshgrid(t, t, indexing="ij")
         big = _sample(gray, inv, xs, ys)
         crops.append(F.avg_pool2d(big, k) if k > 1 else big)
     if not crops:
-        return torch.zeros(0, 1, TEMPLATE_SIZE, TEMPLATE_SIZE)
+        return torch.zeros(0, 1, TEMPLATE_SIZE * zoom, TEMPLATE_SIZE * zoom)
     return torch.cat(crops).clamp(0, 1)
+
+
+def _candidates(rolls, scales, shifts) -> torch.Tensor:
+    """(K, 2, 3) similarity transforms about the mask centre, in template coordinates."""
+    import torch
+
+    cx, cy = MASK_CENTRE
+    mats = []
+    for roll in rolls:
+        c, s = math.cos(math.radians(roll)), math.sin(math.radians(roll))
+        for sc in scales:
+            for dx in shifts:
+                for dy in shifts:
+                    a, b = sc * c, -sc * s
+                    d, e = sc * s, sc * c
+                    mats.append(
+                        [[a, b, cx + dx - a * cx - b * cy], [d, e, cy + dy - d * cx - e * cy]]
+                    )
+    return torch.tensor(mats, dtype=torch.float32)
+
+
+def _compose(r: list[list[float]], m: list[list[float]]) -> list[list[float]]:
+    """The affine ``r`` after ``m`` (both 2x3)."""
+    return [
+        [r[i][0] * m[0][j] + r[i][1] * m[1][j] + (r[i][2] if j == 2 else 0.0) for j in range(3)]
+        for i in range(2)
+    ]
+
+
+def refine(images: torch.Tensor, face: FaceBox, mean_face: torch.Tensor) -> float:
+    """Fit a face's in-plane roll (+-14 degrees) to best match a mean face; returns the match.
+
+    The detector gives only an upright box; this search rotates the crop about the face centre
+    and scores each roll by normalised correlation with the VAE's mean face inside the face mask.
+    Scale and shift are left to the box: searched too, the blurry mean face pulled the scale
+    ~15% too small on pasted LFW faces (benchmarks/faces_in_photos.py).
+
+    Args:
+        images: (1, C, H, W) photo in [0, 1].
+        face: a detected face; its ``matrix`` is replaced by the best candidate's.
+        mean_face: (64, 64) gray mean face (e.g. the VAE's decode of the zero code).
+
+    Returns:
+        The best normalised correlation.
+    """
+    import torch
+
+    big = align_crops(images, [face], zoom=2)
+    t = torch.arange(TEMPLATE_SIZE, dtype=torch.float32)
+    ys, xs = torch.meshgrid(t, t, indexing="ij")
+    w = _mask(xs, ys).flatten()
+    ref = mean_face.flatten() - (mean_face.flatten() * w).sum() / w.sum()
+    best = (-2.0, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    grids = [((-12, -8, -4, 0, 4, 8, 12), (1.0,), (0,)), (None, None, None)]
+    for rolls, scales, shifts in grids:
+        if rolls is None:  # second round: a finer grid around the first round's best
+            rolls, scales, shifts = (-2, 0, 2), (1.0,), (0,)
+            base = best[1]
+        else:
+            base = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+        for r in _candidates(rolls, scales, shifts).tolist():
+            cand = _compose(r, base)
+            crop = _sample(big, [[v * 2 for v in row] for row in _inverse(cand)], xs, ys)
+            x = crop.flatten()
+            x = x - (x * w).sum() / w.sum()
+            score = float((w * x * ref).sum() / ((w * x * x).sum() * (w * ref * ref).sum()).sqrt())
+            if score > best[0]:
+                best = (score, cand)
+    face.matrix = _compose(best[1], face.matrix)
+    return best[0]
 
 
 def _mask(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -260,6 +351,13 @@ def paste_changes(images: torch.Tensor, faces: list[FaceBox], deltas: torch.Tens
     return out
 
 
+def mean_face(stage) -> torch.Tensor:
+    """(64, 64) the VAE's decode of the zero code: its average face, used to refine alignment."""
+    import torch
+
+    return stage.decode(torch.zeros(1, stage.latent_dim)).images[0, 0]
+
+
 @dataclass
 class PhotoEdit:
     """Result of :func:`edit_photo`: the whole photo and what happened to each face."""
@@ -289,7 +387,7 @@ def edit_photo(
     """
     from pipeline.batch import ImageBatch
 
-    faces = find_faces(images)
+    faces = find_faces(images, mean_face=mean_face(stage))
     chosen = select_faces(faces, face)
     if not chosen:
         return PhotoEdit(images.clone(), faces, [])
