@@ -42,6 +42,9 @@ MIN_FACE_PX = 24
 """Smallest detected face side (photo pixels) that is aligned; smaller ones are reported."""
 MIN_NEIGHBORS = 4
 """Raw cascade hits that must overlap for a face (2 finds more faces but also hair and texture)."""
+MIN_RELATIVE = 0.4
+"""Detections under this fraction of the largest face's size are treated as false: on pasted LFW
+faces most false detections were small texture patches next to a much larger face (benchmark)."""
 MIN_MATCH = 0.2
 """Least correlation with the mean face for a detection to count as a face (see refine); low,
 because false detections on texture often correlate as well as real faces (benchmark)."""
@@ -138,6 +141,7 @@ def find_faces(
     min_face: int = MIN_FACE_PX,
     mean_face: torch.Tensor | None = None,
     min_match: float = MIN_MATCH,
+    min_relative: float = MIN_RELATIVE,
 ) -> list[FaceBox]:
     """Detect and align every face of one photo.
 
@@ -148,6 +152,8 @@ def find_faces(
             refined against it (:func:`refine`) and detections matching it worse than
             ``min_match`` are reported as "not a face".
         min_match: least normalised correlation with ``mean_face`` for a face.
+        min_relative: faces smaller than this fraction of the largest are reported as likely
+            false detections (texture the cascade mistakes for a small face).
 
     Returns:
         Faces, largest first (empty when none is found).
@@ -155,11 +161,17 @@ def find_faces(
     from pipeline.batch import to_gray
 
     faces = []
-    for i, box in enumerate(detect_boxes(to_gray(images)[0, 0].float().cpu())):
+    boxes = detect_boxes(to_gray(images)[0, 0].float().cpu())
+    for i, box in enumerate(boxes):
         face = FaceBox(index=i, box=tuple(round(v, 1) for v in box), matrix=box_matrix(box))
         if box[2] < min_face:
             face.status = "too small"
             face.message = f"too small ({box[2]:.0f} px < {min_face} px)"
+        elif box[2] < min_relative * boxes[0][2]:
+            face.status = "likely false"
+            face.message = (
+                f"likely a false detection ({box[2]:.0f} px, under {min_relative:g}x the largest)"
+            )
         elif mean_face is not None:
             face.match = refine(images, face, mean_face)
             if face.match < min_match:
@@ -371,7 +383,7 @@ class PhotoEdit:
 def edit_photo(
     stage,
     images: torch.Tensor,
-    concepts: list[tuple[torch.Tensor, float]],
+    concepts: list[tuple[torch.Tensor, float]] | None,
     face: FaceChoice = "all",
 ) -> PhotoEdit:
     """Move the faces of a whole photo along concept vectors, keeping its resolution and colour.
@@ -379,7 +391,8 @@ def edit_photo(
     Args:
         stage: a loaded :class:`~pipeline.stages.face_generator.FaceGenerator`.
         images: (1, C, H, W) photo in [0, 1], C in {1, 3}.
-        concepts: (vector, strength) pairs, applied in order.
+        concepts: (vector, strength) pairs, applied in order; ``None`` reconstructs instead
+            (the face's luma becomes the VAE's decode of it, to see what the VAE keeps).
         face: "all", "largest" or a face index (largest first).
 
     Returns:
@@ -393,10 +406,13 @@ def edit_photo(
         return PhotoEdit(images.clone(), faces, [])
     crops = align_crops(images, chosen)
     z = stage.encode(ImageBatch(crops, [str(f.index) for f in chosen]))
-    moved = z
-    for vector, strength in concepts:
-        moved = stage.apply_concept(moved, vector, strength)
-    delta = stage.decode(moved).images - stage.decode(z).images
+    if concepts is None:
+        delta = stage.decode(z).images - crops
+    else:
+        moved = z
+        for vector, strength in concepts:
+            moved = stage.apply_concept(moved, vector, strength)
+        delta = stage.decode(moved).images - stage.decode(z).images
     out = paste_changes(images, chosen, delta)
     return PhotoEdit(out, faces, [f.index for f in chosen], crops)
 

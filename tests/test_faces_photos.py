@@ -150,3 +150,21 @@ def test_cli_rejects_bad_face_choice(tmp_path: Path, cli, face: str) -> None:
     Image.fromarray(_photo()).save(tmp_path / "photo.png")
     res = cli("faces", "edit", tmp_path / "photo.png", "--concept", "smile:+1", "--face", face)
     assert res.exit_code == ExitCode.BAD_ARGS, res.output
+
+
+def test_cli_reconstructs_photo_in_place(tmp_path: Path, cli) -> None:
+    photo = _photo()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    res = cli("faces", "reconstruct", tmp_path / "photo.png", "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    out = np.asarray(Image.open(tmp_path / "r" / "photo.png"))
+    assert out.shape == photo.shape
+    changed = (out != photo).any(-1)
+    rows, cols = np.nonzero(changed)
+    assert changed.sum() > 1000
+    assert rows.min() >= Y0 - 16 and rows.max() < Y0 + SIDE + 16
+    assert cols.min() >= X0 - 16 and cols.max() < X0 + SIDE + 16
+    # A 64x64 crop input is still the old behaviour: a 64x64 gray decode.
+    res = cli("faces", "reconstruct", FACE, "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "c" / FACE.name).size == (64, 64)

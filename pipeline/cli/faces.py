@@ -296,42 +296,6 @@ class _progress:
 # ---- aepipe faces ... ----------------------------------------------------------------------------
 
 
-@faces_app.command("reconstruct")
-def reconstruct(
-    inputs: Annotated[
-        list[Path], typer.Argument(help="Face images or folders.", show_default=False)
-    ],
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder [default: <input>_recon].")
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing outputs.")
-    ] = False,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r")] = False,
-    model: ModelOpt = "face-vae",
-    device: DeviceOpt = "cpu",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-) -> None:
-    """Encode and decode real faces (centre-crop, resize to 64x64, gray) to see what the VAE keeps.
-
-    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
-    4 weights could not be loaded, 130 interrupted.
-    """
-    from pipeline.cli.common import run_job
-    from pipeline.runner import RunOptions
-
-    dev = _resolve_device(device)
-    options = RunOptions(
-        out_dir=out,
-        out_suffix="recon",
-        fmt="png",
-        overwrite=overwrite,
-        recursive=recursive,
-        batch_size=1,
-    )
-    run_job(inputs, lambda: _load_face_vae(model, dev), options, quiet=quiet)
-
-
 FaceOpt = Annotated[
     str,
     typer.Option(
@@ -360,8 +324,11 @@ def _face_choice(face: str):
     fail(f"--face must be all, largest or a face index; got {face!r}", ExitCode.BAD_ARGS)
 
 
-def _photo_edit(stage, vectors: list, face, align: str, quiet: bool):
-    """Batch -> batch editor: whole photos (faces aligned and pasted back) or plain face crops."""
+def _photo_edit(stage, vectors: list | None, face, align: str, quiet: bool):
+    """Batch -> batch editor: whole photos (faces aligned and pasted back) or plain face crops.
+
+    ``vectors=None`` reconstructs (the VAE's decode of each face) instead of editing.
+    """
     from pipeline import faces_align
     from pipeline.batch import ImageBatch
     from pipeline.errors import InputImageError
@@ -370,7 +337,7 @@ def _photo_edit(stage, vectors: list, face, align: str, quiet: bool):
         if align == "crop" or (
             align == "auto" and max(batch.images.shape[-2:]) <= 2 * stage.native_size
         ):
-            return stage.edit(batch, vectors)
+            return stage(batch) if vectors is None else stage.edit(batch, vectors)
         result = faces_align.edit_photo(stage, batch.images, vectors, face)
         lines = faces_align.face_report(result, face)
         name = batch.names[0] if batch.names else "image"
@@ -382,6 +349,55 @@ def _photo_edit(stage, vectors: list, face, align: str, quiet: bool):
         return ImageBatch(result.images, list(batch.names), [dict(m) for m in batch.meta])
 
     return process
+
+
+@faces_app.command("reconstruct")
+def reconstruct(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Photos, face images or folders.", show_default=False)
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder [default: <input>_recon].")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs.")
+    ] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r")] = False,
+    face: FaceOpt = "all",
+    align: AlignOpt = "auto",
+    model: ModelOpt = "face-vae",
+    device: DeviceOpt = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Encode and decode faces to see what the VAE keeps.
+
+    Photos come back whole: each face is aligned, and its luma inside a feathered face mask
+    becomes the VAE's decode (chroma and everything outside the mask kept). Face crops
+    (--align crop) are centre-cropped and come back as 64x64 gray decodes.
+
+    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
+    4 weights could not be loaded, 130 interrupted.
+    """
+    from pipeline.cli.common import check_choice, run_job
+    from pipeline.runner import RunOptions
+
+    align = check_choice(align, ("auto", "photo", "crop"), "--align")
+    choice = _face_choice(face)
+    dev = _resolve_device(device)
+    options = RunOptions(
+        out_dir=out,
+        out_suffix="recon",
+        fmt="png",
+        overwrite=overwrite,
+        recursive=recursive,
+        batch_size=1,
+    )
+    run_job(
+        inputs,
+        lambda: _photo_edit(_load_face_vae(model, dev), None, choice, align, quiet),
+        options,
+        quiet=quiet,
+    )
 
 
 @faces_app.command("edit")
