@@ -145,7 +145,7 @@ def run_alignment(args, stage, log) -> dict:
         images = to_batch((photo * 255).round().astype(np.uint8))
         dets = fa.find_faces(images, mean_face=mean, min_match=-1.0)
         hit = [d for d in dets if matches(d, inv)][:1]
-        scores["face"] += [d.match for d in hit]
+        scores["face"] += [d.match for d in hit if d.match is not None]
         scores["other"] += [d.match for d in dets if d not in hit and d.match is not None]
         for d in dets:
             status[d.status] = status.get(d.status, 0) + 1

@@ -168,3 +168,13 @@ def test_cli_reconstructs_photo_in_place(tmp_path: Path, cli) -> None:
     res = cli("faces", "reconstruct", FACE, "--out", tmp_path / "c")
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "c" / FACE.name).size == (64, 64)
+
+
+@pytest.mark.parametrize("roll", [-10.0, 10.0])
+def test_turned_search_maps_boxes_back(roll: float) -> None:
+    gray = _tensor(_photo())[0].mean(0)
+    boxes = fa.detect_boxes(gray, rolls=(roll,))
+    assert boxes
+    x, y, side = boxes[0]
+    # Turning the photo about its centre and back leaves the face centre where it was.
+    assert abs(x + side / 2 - (X0 + SIDE / 2)) < 20 and abs(y + side / 2 - (Y0 + SIDE / 2)) < 20
