@@ -262,7 +262,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--max-roll", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--min-match", type=float, default=0.2)
+    ap.add_argument("--min-match", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--measure-template", type=int, default=0, metavar="N")
     ap.add_argument("--picture-only", action="store_true", help="only redraw --img")

@@ -178,3 +178,12 @@ def test_turned_search_maps_boxes_back(roll: float) -> None:
     x, y, side = boxes[0]
     # Turning the photo about its centre and back leaves the face centre where it was.
     assert abs(x + side / 2 - (X0 + SIDE / 2)) < 20 and abs(y + side / 2 - (Y0 + SIDE / 2)) < 20
+
+
+def test_cli_edits_real_photo_face(tmp_path: Path, cli) -> None:
+    photo = ROOT / "sample_inputs" / "faces" / "astronaut.png"
+    res = cli("faces", "edit", photo, "--concept", "smile:+1", "--face", "0", "-o", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "face 0 at x=176 y=66 size=95px: edited" in res.output
+    before, after = np.asarray(Image.open(photo)), np.asarray(Image.open(tmp_path / photo.name))
+    assert before.shape == after.shape and (before != after).sum() > 1000
