@@ -302,10 +302,65 @@ class _progress:
 # ---- aepipe faces ... ----------------------------------------------------------------------------
 
 
+FaceOpt = Annotated[
+    str,
+    typer.Option(
+        "--face", help="Which faces of a photo: all | largest | N (index, largest first)."
+    ),
+]
+AlignOpt = Annotated[
+    str,
+    typer.Option(
+        "--align",
+        help="photo: find, align and paste faces back into the whole photo; crop: the input is "
+        "already a face crop (centre-crop, 64x64 out); auto: photo unless the image is at most "
+        "twice the model size.",
+    ),
+]
+
+
+def _face_choice(face: str):
+    from aepipe.cli.common import fail
+    from aepipe.errors import ExitCode
+
+    if face in ("all", "largest"):
+        return face
+    if face.isdigit():
+        return int(face)
+    fail(f"--face must be all, largest or a face index; got {face!r}", ExitCode.BAD_ARGS)
+
+
+def _photo_edit(stage, vectors: list | None, face, align: str, quiet: bool):
+    """Batch -> batch editor: whole photos (faces aligned and pasted back) or plain face crops.
+
+    ``vectors=None`` reconstructs (the VAE's decode of each face) instead of editing.
+    """
+    from aepipe import faces_align
+    from aepipe.batch import ImageBatch
+    from aepipe.errors import InputImageError
+
+    def process(batch: ImageBatch) -> ImageBatch:
+        if align == "crop" or (
+            align == "auto" and max(batch.images.shape[-2:]) <= 2 * stage.native_size
+        ):
+            return stage(batch) if vectors is None else stage.edit(batch, vectors)
+        result = faces_align.edit_photo(stage, batch.images, vectors, face)
+        lines = faces_align.face_report(result, face)
+        name = batch.names[0] if batch.names else "image"
+        if not result.edited:
+            raise InputImageError(f"{name}: nothing edited: " + "; ".join(lines))
+        if not quiet:
+            for line in lines:
+                err(f"{name}: {line}")
+        return ImageBatch(result.images, list(batch.names), [dict(m) for m in batch.meta])
+
+    return process
+
+
 @faces_app.command("reconstruct")
 def reconstruct(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Face images or folders.", show_default=False)
+        list[Path], typer.Argument(help="Photos, face images or folders.", show_default=False)
     ],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder [default: <input>_recon].")
@@ -314,18 +369,26 @@ def reconstruct(
         bool, typer.Option("--overwrite", help="Replace existing outputs.")
     ] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r")] = False,
+    face: FaceOpt = "all",
+    align: AlignOpt = "auto",
     model: ModelOpt = "face-vae",
     device: DeviceOpt = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Encode and decode real faces (centre-crop, resize to 64x64, gray) to see what the VAE keeps.
+    """Encode and decode faces to see what the VAE keeps.
+
+    Photos come back whole: each face is aligned, and its luma inside a feathered face mask
+    becomes the VAE's decode (chroma and everything outside the mask kept). Face crops
+    (--align crop) are centre-cropped and come back as 64x64 gray decodes.
 
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
     4 weights could not be loaded, 130 interrupted.
     """
-    from aepipe.cli.common import run_job
+    from aepipe.cli.common import check_choice, run_job
     from aepipe.runner import RunOptions
 
+    align = check_choice(align, ("auto", "photo", "crop"), "--align")
+    choice = _face_choice(face)
     dev = _resolve_device(device)
     options = RunOptions(
         out_dir=out,
@@ -335,16 +398,23 @@ def reconstruct(
         recursive=recursive,
         batch_size=1,
     )
-    run_job(inputs, lambda: _load_face_vae(model, dev), options, quiet=quiet)
+    run_job(
+        inputs,
+        lambda: _photo_edit(_load_face_vae(model, dev), None, choice, align, quiet),
+        options,
+        quiet=quiet,
+    )
 
 
 @faces_app.command("edit")
 def edit(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Face images or folders.", show_default=False)
+        list[Path], typer.Argument(help="Photos, face images or folders.", show_default=False)
     ],
     concept: ConceptOpt = None,
     concepts_dir: ConceptDirOpt = Path("concepts"),
+    face: FaceOpt = "all",
+    align: AlignOpt = "auto",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder [default: <input>_edit].")
     ] = None,
@@ -355,19 +425,29 @@ def edit(
     device: DeviceOpt = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Move faces along concept vectors (--concept smile:+1) and write the edited 64x64 faces."""
-    from aepipe.cli.common import fail, run_job
+    """Move faces along concept vectors (--concept smile:+1).
+
+    Photos come back whole, at their resolution and in colour: each face is found, aligned to the
+    VAE's framing, edited, and the change (edited minus plain decode) is warped back and added to
+    the luma inside a feathered face mask; pixels outside the mask are unchanged. A photo with no
+    usable face fails with the reason per face. Face crops (--align crop) give 64x64 gray faces.
+
+    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
+    4 weights could not be loaded, 130 interrupted.
+    """
+    from aepipe.cli.common import check_choice, fail, run_job
     from aepipe.errors import ExitCode
     from aepipe.runner import RunOptions
 
     if not concept:
         fail("give at least one --concept NAME:STRENGTH", ExitCode.BAD_ARGS)
+    align = check_choice(align, ("auto", "photo", "crop"), "--align")
+    choice = _face_choice(face)
     dev = _resolve_device(device)
 
     def load():
         stage = _load_face_vae(model, dev)
-        vectors = _concepts(concept, concepts_dir, model)
-        return lambda batch: stage.edit(batch, vectors)
+        return _photo_edit(stage, _concepts(concept, concepts_dir, model), choice, align, quiet)
 
     options = RunOptions(
         out_dir=out, out_suffix="edit", fmt="png", overwrite=overwrite, batch_size=1

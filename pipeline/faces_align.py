@@ -1,0 +1,467 @@
+"""Faces in whole photos: detect, align to the face VAE's framing, and paste edits back.
+
+The face VAE only knows faces framed like its LFW training crops (deep-funnelled, face centred at
+a fixed scale). This module finds faces in any photo, warps each one to that framing
+(:func:`align_faces`), and puts an edit back into the full-resolution photo
+(:func:`paste_changes`) by transferring the *change* the VAE made (edited decode minus unedited
+decode), warped back with the inverse transform and added to the photo's luma inside a feathered
+face mask. Chroma is kept: the same amount is added to R, G and B, which moves the luma (any
+weights summing to 1) and leaves Cb/Cr unchanged. Pixels outside the mask are copied, so they
+equal the input bit for bit.
+
+Detector: scikit-image's bundled LBP frontal-face cascade (``skimage.data.
+lbp_frontal_face_cascade_filename``, trained by OpenCV), chosen because it works offline from an
+installed dependency: opencv-python-headless 5 dropped ``CascadeClassifier`` and ships no cascade
+files, and its DNN detector (YuNet) needs an ONNX model that no installed package bundles. It finds
+upright frontal faces (roughly +-15 degrees of roll); eyes are not located separately, so the
+alignment is a similarity transform from the detected box to the template box below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+# Where the detector's box falls in a 64x64 LFW training crop (x, y of the top-left corner and
+# the side, in crop pixels): medians over the first 300 train faces of ../shared/data/faces/
+# lfw_64.npz, each pasted 3x enlarged into a train-split photo (found in 295 / 300; spread of the
+# side 6.7 px, which :func:`refine` corrects). Measured with:
+#   python benchmarks/faces_in_photos.py --measure-template 300
+TEMPLATE_SIZE = 64
+TEMPLATE_BOX = (4.67, 4.67, 55.33)
+# Feathered elliptical face mask in template pixels: centre, radii, feather width.
+MASK_CENTRE = (32.0, 34.0)
+MASK_RADII = (22.0, 27.0)
+MASK_FEATHER = 6.0
+MIN_FACE_PX = 24
+"""Smallest detected face side (photo pixels) that is aligned; smaller ones are reported."""
+MIN_NEIGHBORS = 4
+"""Raw cascade hits that must overlap for a face (2 finds more faces but also hair and texture)."""
+DETECT_ROLLS = (0.0,)
+"""Angles the photo is searched at. Adding -10 and 10 cost 3x the time and found no more of the
+first 50 benchmark faces (35 / 50 either way), so only upright by default."""
+MIN_RELATIVE = 0.4
+"""Detections under this fraction of the largest face's size are treated as false: on pasted LFW
+faces most false detections were small texture patches next to a much larger face (benchmark)."""
+MIN_MATCH = 0.0
+"""Least correlation with the mean face for a detection to count as a face (see refine); only
+anti-correlated detections are dropped, because false detections on texture often correlate as
+well as real faces (benchmark) and the astronaut's real face scores only 0.18."""
+DETECT_MAX_SIDE = 1024
+"""Photos are searched at most this large (longer side) so a 12-megapixel photo stays fast."""
+
+FaceChoice = Literal["all", "largest"] | int
+
+
+@dataclass
+class FaceBox:
+    """One detected face and its alignment.
+
+    Attributes:
+        index: position in the photo's detections (largest first).
+        box: (x, y, side) of the detection in photo pixels.
+        matrix: 2x3 affine mapping photo pixel coordinates to template pixel coordinates.
+        status: "ok", or why the face was not aligned ("too small").
+        message: human explanation for reports.
+        match: correlation with the mean face after refinement (None when not refined).
+    """
+
+    index: int
+    box: tuple[float, float, float]
+    matrix: list[list[float]] = field(default_factory=list)
+    status: str = "ok"
+    message: str = ""
+    match: float | None = None
+
+
+@lru_cache(maxsize=1)
+def _detector():
+    from skimage import data
+    from skimage.feature import Cascade
+
+    return Cascade(data.lbp_frontal_face_cascade_filename())
+
+
+def detect_boxes(
+    gray: torch.Tensor,
+    max_side: int = DETECT_MAX_SIDE,
+    neighbors: int = MIN_NEIGHBORS,
+    rolls: tuple[float, ...] = DETECT_ROLLS,
+) -> list[tuple[float, ...]]:
+    """Frontal faces in a gray image, largest first, overlaps merged.
+
+    Args:
+        gray: (H, W) luma in [0, 1].
+        max_side: the image is downscaled so its longer side is at most this before searching.
+        neighbors: overlapping raw detections a face needs (more: fewer false faces, fewer found).
+        rolls: the image is also searched turned by these angles (degrees), because the cascade
+            finds only nearly upright faces; boxes are mapped back (upright, same side).
+
+    Returns:
+        (x, y, side) boxes in the input's pixel coordinates.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    h, w = gray.shape
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        gray = F.interpolate(gray[None, None], size=size, mode="bilinear", antialias=True)[0, 0]
+    arr = gray.to(torch.float64).numpy()
+    side = min(arr.shape)
+    if side < 24:
+        return []
+    boxes = []
+    cx, cy = (arr.shape[1] - 1) / 2, (arr.shape[0] - 1) / 2
+    for roll in rolls:
+        c, s = math.cos(math.radians(roll)), math.sin(math.radians(roll))
+        # turned image pixel (x, y) samples the image at R(x - centre) + centre
+        rot = [[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy]]
+        if roll:
+            ys, xs = torch.meshgrid(
+                torch.arange(arr.shape[0], dtype=torch.float32),
+                torch.arange(arr.shape[1], dtype=torch.float32),
+                indexing="ij",
+            )
+            turned = _sample(gray[None, None].float(), rot, xs, ys)[0, 0]
+            img = turned.to(torch.float64).numpy()
+        else:
+            img = arr
+        found = _detector().detect_multi_scale(
+            img, scale_factor=1.1, step_ratio=1, min_size=(20, 20), max_size=(side, side),
+            min_neighbor_number=neighbors,
+        )  # fmt: skip
+        for d in found:
+            half = d["width"] / 2
+            x, y = d["c"] + half, d["r"] + half
+            x, y = (
+                rot[0][0] * x + rot[0][1] * y + rot[0][2],
+                rot[1][0] * x + rot[1][1] * y + rot[1][2],
+            )
+            boxes.append(((x - half) / scale, (y - half) / scale, d["width"] / scale))
+    boxes.sort(key=lambda b: -b[2])
+    kept: list[tuple[float, ...]] = []
+    for b in boxes:
+        if all(_overlap(b, k) < 0.3 for k in kept):
+            kept.append(b)
+    return kept
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over the smaller square's area."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1]))
+    return ix * iy / min(a[2], b[2]) ** 2
+
+
+def box_matrix(box: tuple[float, ...]) -> list[list[float]]:
+    """Similarity transform (no rotation) taking a detected box onto :data:`TEMPLATE_BOX`."""
+    tx, ty, tside = TEMPLATE_BOX
+    s = tside / box[2]
+    return [[s, 0.0, tx - s * box[0]], [0.0, s, ty - s * box[1]]]
+
+
+def find_faces(
+    images: torch.Tensor,
+    min_face: int = MIN_FACE_PX,
+    mean_face: torch.Tensor | None = None,
+    min_match: float = MIN_MATCH,
+    min_relative: float = MIN_RELATIVE,
+) -> list[FaceBox]:
+    """Detect and align every face of one photo.
+
+    Args:
+        images: (1, C, H, W) in [0, 1], C in {1, 3}.
+        min_face: smaller faces are reported with status "too small" and not aligned.
+        mean_face: (64, 64) mean face; when given, each face's roll, scale and position are
+            refined against it (:func:`refine`) and detections matching it worse than
+            ``min_match`` are reported as "not a face".
+        min_match: least normalised correlation with ``mean_face`` for a face.
+        min_relative: faces smaller than this fraction of the largest are reported as likely
+            false detections (texture the cascade mistakes for a small face).
+
+    Returns:
+        Faces, largest first (empty when none is found).
+    """
+    from aepipe.batch import to_gray
+
+    faces = []
+    boxes = detect_boxes(to_gray(images)[0, 0].float().cpu())
+    for i, box in enumerate(boxes):
+        face = FaceBox(index=i, box=tuple(round(v, 1) for v in box), matrix=box_matrix(box))
+        if box[2] < min_face:
+            face.status = "too small"
+            face.message = f"too small ({box[2]:.0f} px < {min_face} px)"
+        elif box[2] < min_relative * boxes[0][2]:
+            face.status = "likely false"
+            face.message = (
+                f"likely a false detection ({box[2]:.0f} px, under {min_relative:g}x the largest)"
+            )
+        elif mean_face is not None:
+            face.match = refine(images, face, mean_face)
+            if face.match < min_match:
+                face.status = "not a face"
+                face.message = f"not a face (match {face.match:.2f} < {min_match})"
+        faces.append(face)
+    return faces
+
+
+def select_faces(faces: list[FaceBox], choice: FaceChoice) -> list[FaceBox]:
+    """The faces ``--face all|largest|N`` asks for (only those with status "ok")."""
+    ok = [f for f in faces if f.status == "ok"]
+    if choice == "all":
+        return ok
+    if choice == "largest":
+        return ok[:1]
+    return [f for f in ok if f.index == int(choice)]
+
+
+def _inverse(m: list[list[float]]) -> list[list[float]]:
+    (a, b, c), (d, e, f) = m
+    det = a * e - b * d
+    ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
+    return [[ia, ib, -(ia * c + ib * f)], [id_, ie, -(id_ * c + ie * f)]]
+
+
+def _sample(images: torch.Tensor, m: list[list[float]], xs: torch.Tensor, ys: torch.Tensor):
+    """Bilinear samples of ``images`` at ``m @ (x, y, 1)`` for pixel grids xs, ys (H', W')."""
+    import torch
+    from torch.nn import functional as F
+
+    h, w = images.shape[-2:]
+    u = m[0][0] * xs + m[0][1] * ys + m[0][2]
+    v = m[1][0] * xs + m[1][1] * ys + m[1][2]
+    grid = torch.stack([(2 * u + 1) / w - 1, (2 * v + 1) / h - 1], dim=-1)[None]
+    grid = grid.expand(images.shape[0], -1, -1, -1).to(images.dtype)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def align_crops(images: torch.Tensor, faces: list[FaceBox], zoom: int = 1) -> torch.Tensor:
+    """Warp faces to the 64x64 template framing (gray), antialiased by supersampling.
+
+    Args:
+        images: (1, C, H, W) photo in [0, 1].
+        faces: faces from :func:`find_faces`.
+        zoom: crops are ``64 * zoom`` pixels wide (same framing, finer sampling).
+
+    Returns:
+        (len(faces), 1, 64 * zoom, 64 * zoom) gray crops.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from aepipe.batch import to_gray
+
+    gray = to_gray(images.float())
+    crops = []
+    for face in faces:
+        inv = _inverse([[v * zoom for v in row] for row in face.matrix])
+        # Supersample k x k per template pixel so a large face is averaged, not aliased.
+        k = max(1, min(8, math.ceil(abs(inv[0][0]))))
+        n = TEMPLATE_SIZE * zoom * k
+        t = (torch.arange(n, dtype=torch.float32) + 0.5) / k - 0.5
+        ys, xs = torch.meshgrid(t, t, indexing="ij")
+        big = _sample(gray, inv, xs, ys)
+        crops.append(F.avg_pool2d(big, k) if k > 1 else big)
+    if not crops:
+        return torch.zeros(0, 1, TEMPLATE_SIZE * zoom, TEMPLATE_SIZE * zoom)
+    return torch.cat(crops).clamp(0, 1)
+
+
+def _candidates(rolls, scales, shifts) -> torch.Tensor:
+    """(K, 2, 3) similarity transforms about the mask centre, in template coordinates."""
+    import torch
+
+    cx, cy = MASK_CENTRE
+    mats = []
+    for roll in rolls:
+        c, s = math.cos(math.radians(roll)), math.sin(math.radians(roll))
+        for sc in scales:
+            for dx in shifts:
+                for dy in shifts:
+                    a, b = sc * c, -sc * s
+                    d, e = sc * s, sc * c
+                    mats.append(
+                        [[a, b, cx + dx - a * cx - b * cy], [d, e, cy + dy - d * cx - e * cy]]
+                    )
+    return torch.tensor(mats, dtype=torch.float32)
+
+
+def _compose(r: list[list[float]], m: list[list[float]]) -> list[list[float]]:
+    """The affine ``r`` after ``m`` (both 2x3)."""
+    return [
+        [r[i][0] * m[0][j] + r[i][1] * m[1][j] + (r[i][2] if j == 2 else 0.0) for j in range(3)]
+        for i in range(2)
+    ]
+
+
+def refine(images: torch.Tensor, face: FaceBox, mean_face: torch.Tensor) -> float:
+    """Fit a face's in-plane roll (+-14 degrees) to best match a mean face; returns the match.
+
+    The detector gives only an upright box; this search rotates the crop about the face centre
+    and scores each roll by normalised correlation with the VAE's mean face inside the face mask.
+    Scale and shift are left to the box: searched too, the blurry mean face pulled the scale
+    ~15% too small on pasted LFW faces (benchmarks/faces_in_photos.py).
+
+    Args:
+        images: (1, C, H, W) photo in [0, 1].
+        face: a detected face; its ``matrix`` is replaced by the best candidate's.
+        mean_face: (64, 64) gray mean face (e.g. the VAE's decode of the zero code).
+
+    Returns:
+        The best normalised correlation.
+    """
+    import torch
+
+    big = align_crops(images, [face], zoom=2)
+    t = torch.arange(TEMPLATE_SIZE, dtype=torch.float32)
+    ys, xs = torch.meshgrid(t, t, indexing="ij")
+    w = _mask(xs, ys).flatten()
+    ref = mean_face.flatten() - (mean_face.flatten() * w).sum() / w.sum()
+    best = (-2.0, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    grids = [((-12, -8, -4, 0, 4, 8, 12), (1.0,), (0,)), (None, None, None)]
+    for rolls, scales, shifts in grids:
+        if rolls is None:  # second round: a finer grid around the first round's best
+            rolls, scales, shifts = (-2, 0, 2), (1.0,), (0,)
+            base = best[1]
+        else:
+            base = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+        for r in _candidates(rolls, scales, shifts).tolist():
+            cand = _compose(r, base)
+            crop = _sample(big, [[v * 2 for v in row] for row in _inverse(cand)], xs, ys)
+            x = crop.flatten()
+            x = x - (x * w).sum() / w.sum()
+            score = float((w * x * ref).sum() / ((w * x * x).sum() * (w * ref * ref).sum()).sqrt())
+            if score > best[0]:
+                best = (score, cand)
+    face.matrix = _compose(best[1], face.matrix)
+    return best[0]
+
+
+def _mask(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Feathered ellipse in template coordinates: 1 inside, 0 beyond the feather (exactly)."""
+    (cx, cy), (rx, ry) = MASK_CENTRE, MASK_RADII
+    r = ((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2
+    # Distance outside the ellipse in (roughly) template pixels, then a smoothstep ramp.
+    d = (r.sqrt() - 1.0) * min(rx, ry) / MASK_FEATHER
+    t = (1.0 - d).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def paste_changes(images: torch.Tensor, faces: list[FaceBox], deltas: torch.Tensor) -> torch.Tensor:
+    """Add per-face luma changes (template framing) to the photo inside feathered face masks.
+
+    Args:
+        images: (1, C, H, W) photo in [0, 1].
+        faces: the aligned faces.
+        deltas: (len(faces), 1, 64, 64) change to add (e.g. edited decode minus plain decode).
+
+    Returns:
+        (1, C, H, W) photo; pixels where every mask is 0 are the input's, unchanged.
+    """
+    import torch
+
+    out = images.clone()
+    h, w = images.shape[-2:]
+    for face, delta in zip(faces, deltas, strict=True):
+        inv = _inverse(face.matrix)
+        corners = [(0.0, 0.0), (TEMPLATE_SIZE, 0.0), (0.0, TEMPLATE_SIZE), (TEMPLATE_SIZE,) * 2]
+        px = [inv[0][0] * a + inv[0][1] * b + inv[0][2] for a, b in corners]
+        py = [inv[1][0] * a + inv[1][1] * b + inv[1][2] for a, b in corners]
+        x0, x1 = max(0, math.floor(min(px))), min(w, math.ceil(max(px)) + 1)
+        y0, y1 = max(0, math.floor(min(py))), min(h, math.ceil(max(py)) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        ys, xs = torch.meshgrid(
+            torch.arange(y0, y1, dtype=torch.float32),
+            torch.arange(x0, x1, dtype=torch.float32),
+            indexing="ij",
+        )
+        m = face.matrix
+        u = m[0][0] * xs + m[0][1] * ys + m[0][2]
+        v = m[1][0] * xs + m[1][1] * ys + m[1][2]
+        mask = _mask(u, v)
+        change = _sample(delta[None].float(), m, xs, ys)[0, 0] * mask
+        region = out[0, :, y0:y1, x0:x1]
+        edited = (region + change).clamp(0, 1)
+        out[0, :, y0:y1, x0:x1] = torch.where(mask > 0, edited, region)
+    return out
+
+
+def mean_face(stage) -> torch.Tensor:
+    """(64, 64) the VAE's decode of the zero code: its average face, used to refine alignment."""
+    import torch
+
+    return stage.decode(torch.zeros(1, stage.latent_dim)).images[0, 0]
+
+
+@dataclass
+class PhotoEdit:
+    """Result of :func:`edit_photo`: the whole photo and what happened to each face."""
+
+    images: torch.Tensor
+    faces: list[FaceBox]
+    edited: list[int]
+    crops: torch.Tensor | None = None
+
+
+def edit_photo(
+    stage,
+    images: torch.Tensor,
+    concepts: list[tuple[torch.Tensor, float]] | None,
+    face: FaceChoice = "all",
+) -> PhotoEdit:
+    """Move the faces of a whole photo along concept vectors, keeping its resolution and colour.
+
+    Args:
+        stage: a loaded :class:`~aepipe.stages.face_generator.FaceGenerator`.
+        images: (1, C, H, W) photo in [0, 1], C in {1, 3}.
+        concepts: (vector, strength) pairs, applied in order; ``None`` reconstructs instead
+            (the face's luma becomes the VAE's decode of it, to see what the VAE keeps).
+        face: "all", "largest" or a face index (largest first).
+
+    Returns:
+        The edited photo (unchanged when no face was edited), the detections and the edited indices.
+    """
+    from aepipe.batch import ImageBatch
+
+    faces = find_faces(images, mean_face=mean_face(stage))
+    chosen = select_faces(faces, face)
+    if not chosen:
+        return PhotoEdit(images.clone(), faces, [])
+    crops = align_crops(images, chosen)
+    z = stage.encode(ImageBatch(crops, [str(f.index) for f in chosen]))
+    if concepts is None:
+        delta = stage.decode(z).images - crops
+    else:
+        moved = z
+        for vector, strength in concepts:
+            moved = stage.apply_concept(moved, vector, strength)
+        delta = stage.decode(moved).images - stage.decode(z).images
+    out = paste_changes(images, chosen, delta)
+    return PhotoEdit(out, faces, [f.index for f in chosen], crops)
+
+
+def face_report(result: PhotoEdit, choice: FaceChoice) -> list[str]:
+    """One human line per face (found, edited or why not) for CLI and service reports."""
+    if not result.faces:
+        return ["no face found (the detector finds upright, frontal faces of at least 24 px)"]
+    lines = []
+    for f in result.faces:
+        x, y, side = f.box
+        where = f"face {f.index} at x={x:.0f} y={y:.0f} size={side:.0f}px"
+        if f.index in result.edited:
+            lines.append(f"{where}: edited")
+        elif f.status != "ok":
+            lines.append(f"{where}: skipped, {f.message}")
+        else:
+            lines.append(f"{where}: not selected (--face {choice})")
+    if isinstance(choice, int) and choice not in result.edited:
+        lines.append(f"no usable face with index {choice}")
+    return lines

@@ -1,0 +1,189 @@
+"""Faces in whole photos (issue 24): detect, align, edit and paste back; no data needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aepipe import faces_align as fa
+from aepipe.batch import ImageBatch
+from aepipe.errors import ExitCode
+
+ROOT = Path(__file__).resolve().parents[1]
+FACE = ROOT / "sample_inputs" / "faces" / "vae_face_3.png"
+# Where the face is pasted: top-left corner and side of the 64x64 face scaled 3x.
+X0, Y0, SIDE = 120, 50, 192
+
+
+@pytest.fixture
+def cli():
+    from typer.testing import CliRunner
+
+    from aepipe.cli.apps import app
+    from aepipe.cli.main import load_areas
+
+    load_areas()
+    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _photo(face: bool = True) -> np.ndarray:
+    """A 300x400 colour photo (tinted noise) with the test face pasted in gray at a known place."""
+    rng = np.random.default_rng(0)
+    tint = np.array([0.3, 0.5, 0.7], np.float32)
+    bg = tint + rng.normal(0, 0.02, (300, 400, 3)).astype(np.float32)
+    if face:
+        img = Image.open(FACE).convert("L").resize((SIDE, SIDE), Image.Resampling.BICUBIC)
+        bg[Y0 : Y0 + SIDE, X0 : X0 + SIDE] = np.asarray(img, np.float32)[..., None] / 255
+    return (bg.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    return ImageBatch.from_numpy(arr, ["p"]).images
+
+
+def _original_crop() -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(FACE).convert("L"), np.float32) / 255)
+
+
+def test_finds_and_aligns_pasted_face_close_to_original() -> None:
+    images = _tensor(_photo())
+    faces = fa.find_faces(images)
+    assert len(faces) == 1 and faces[0].status == "ok"
+    x, y, side = faces[0].box
+    # The box sits on the face: its centre inside the pasted square's middle half.
+    assert X0 + SIDE / 4 < x + side / 2 < X0 + 3 * SIDE / 4
+    assert Y0 + SIDE / 4 < y + side / 2 < Y0 + 3 * SIDE / 4
+    crop = fa.align_crops(images, faces)
+    assert crop.shape == (1, 1, 64, 64)
+    aligned = (crop[0, 0] - _original_crop()).abs().mean().item()
+    # A crop 16 template px off (a quarter of the frame) is far worse than the aligned one. The
+    # bound is loose because the detector's box scale varies by ~10% (benchmark: 6.7 px of 55).
+    off = (crop[0, 0, :, :48] - _original_crop()[:, 16:]).abs().mean().item()
+    assert aligned < 0.11 and aligned < off / 3
+
+
+def test_paste_changes_only_inside_mask_and_keeps_chroma() -> None:
+    images = _tensor(_photo())
+    faces = fa.find_faces(images)
+    delta = torch.full((1, 1, 64, 64), 0.1)
+    out = fa.paste_changes(images, faces, delta)
+    changed = (out != images).any(1)[0]
+    assert changed.any()
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    m = faces[0].matrix
+    u = m[0][0] * xs.float() + m[0][2]
+    v = m[1][1] * ys.float() + m[1][2]
+    assert (fa._mask(u, v) > 0).all()
+    # Outside the mask: bit for bit the input.
+    assert torch.equal(out[0][:, ~changed], images[0][:, ~changed])
+    # Colour kept: the same change on R, G and B (where nothing clipped), so R-G and B-G stay.
+    inside = changed & (out[0] < 1).all(0) & (out[0] > 0).all(0)
+    diff = out[0][:, inside] - images[0][:, inside]
+    assert torch.allclose(diff[0], diff[1], atol=1e-6) and torch.allclose(
+        diff[2], diff[1], atol=1e-6
+    )
+
+
+def test_refine_recovers_roll() -> None:
+    from aepipe.stage import load_stage
+
+    mean = fa.mean_face(load_stage("face-vae"))
+    img = Image.open(FACE).convert("L").resize((SIDE, SIDE), Image.Resampling.BICUBIC)
+    photo = _photo()
+    # Roll the face 8 degrees (counter-clockwise in the picture) inside its square.
+    rolled = np.asarray(img.rotate(8, resample=Image.Resampling.BICUBIC, fillcolor=128))
+    photo[Y0 : Y0 + SIDE, X0 : X0 + SIDE] = rolled[..., None]
+    faces = fa.find_faces(_tensor(photo), mean_face=mean)
+    assert faces and faces[0].status == "ok" and faces[0].match > fa.MIN_MATCH
+    (a, b, _), _ = faces[0].matrix
+    # The photo->template transform turns the face back upright by the 8 degrees, give or take 4.
+    assert 4 < np.degrees(np.arctan2(-b, a)) < 12
+
+
+def test_no_face_and_too_small_are_reported_per_face() -> None:
+    empty = fa.find_faces(_tensor(_photo(face=False)))
+    assert empty == []
+    faces = fa.find_faces(_tensor(_photo()), min_face=10_000)
+    assert faces and faces[0].status == "too small" and "px" in faces[0].message
+    assert fa.select_faces(faces, "all") == []
+    result = fa.PhotoEdit(_tensor(_photo()), faces, [])
+    assert "too small" in fa.face_report(result, "all")[0]
+    assert "no face found" in fa.face_report(fa.PhotoEdit(result.images, [], []), "all")[0]
+
+
+def test_cli_edits_whole_photo_outside_mask_unchanged(tmp_path: Path, cli) -> None:
+    photo = _photo()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    res = cli(
+        "faces", "edit", tmp_path / "photo.png", "--concept", "smile:+2", "--face", "largest",
+        "--out", tmp_path / "e",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "face 0" in res.output and "edited" in res.output
+    out = np.asarray(Image.open(tmp_path / "e" / "photo.png"))
+    assert out.shape == photo.shape
+    changed = (out != photo).any(-1)
+    assert changed.sum() > 1000
+    # Only pixels on the face move (the feathered mask reaches a little past the face's square);
+    # everything else is bit for bit the input (test_paste_changes checks the mask exactly).
+    rows, cols = np.nonzero(changed)
+    assert rows.min() >= Y0 - 16 and rows.max() < Y0 + SIDE + 16
+    assert cols.min() >= X0 - 16 and cols.max() < X0 + SIDE + 16
+
+
+def test_cli_photo_without_face_fails_with_reason(tmp_path: Path, cli) -> None:
+    Image.fromarray(_photo(face=False)).save(tmp_path / "empty.png")
+    res = cli(
+        "faces", "edit", tmp_path / "empty.png", "--concept", "smile:+1", "-o", tmp_path / "e"
+    )
+    assert res.exit_code == ExitCode.NOTHING_PROCESSED, res.output
+    assert "no face found" in res.output
+    assert not (tmp_path / "e" / "empty.png").exists()
+
+
+@pytest.mark.parametrize("face", ["bogus", "-1"])
+def test_cli_rejects_bad_face_choice(tmp_path: Path, cli, face: str) -> None:
+    Image.fromarray(_photo()).save(tmp_path / "photo.png")
+    res = cli("faces", "edit", tmp_path / "photo.png", "--concept", "smile:+1", "--face", face)
+    assert res.exit_code == ExitCode.BAD_ARGS, res.output
+
+
+def test_cli_reconstructs_photo_in_place(tmp_path: Path, cli) -> None:
+    photo = _photo()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    res = cli("faces", "reconstruct", tmp_path / "photo.png", "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    out = np.asarray(Image.open(tmp_path / "r" / "photo.png"))
+    assert out.shape == photo.shape
+    changed = (out != photo).any(-1)
+    rows, cols = np.nonzero(changed)
+    assert changed.sum() > 1000
+    assert rows.min() >= Y0 - 16 and rows.max() < Y0 + SIDE + 16
+    assert cols.min() >= X0 - 16 and cols.max() < X0 + SIDE + 16
+    # A 64x64 crop input is still the old behaviour: a 64x64 gray decode.
+    res = cli("faces", "reconstruct", FACE, "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "c" / FACE.name).size == (64, 64)
+
+
+@pytest.mark.parametrize("roll", [-10.0, 10.0])
+def test_turned_search_maps_boxes_back(roll: float) -> None:
+    gray = _tensor(_photo())[0].mean(0)
+    boxes = fa.detect_boxes(gray, rolls=(roll,))
+    assert boxes
+    x, y, side = boxes[0]
+    # Turning the photo about its centre and back leaves the face centre where it was.
+    assert abs(x + side / 2 - (X0 + SIDE / 2)) < 20 and abs(y + side / 2 - (Y0 + SIDE / 2)) < 20
+
+
+def test_cli_edits_real_photo_face(tmp_path: Path, cli) -> None:
+    photo = ROOT / "sample_inputs" / "faces" / "astronaut.png"
+    res = cli("faces", "edit", photo, "--concept", "smile:+1", "--face", "0", "-o", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "face 0 at x=176 y=66 size=95px: edited" in res.output
+    before, after = np.asarray(Image.open(photo)), np.asarray(Image.open(tmp_path / photo.name))
+    assert before.shape == after.shape and (before != after).sum() > 1000
