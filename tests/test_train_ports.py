@@ -54,3 +54,28 @@ def test_colorizer_cut_by_max_steps_resumes_to_the_uninterrupted_run(tmp_path: P
     assert_same_weights(tmp_path / "whole", cut)
     assert training(tmp_path / "whole")["history"] == training(cut)["history"]
     assert training(cut)["steps"] == 12 and not checkpoint_path(cut).exists()
+
+
+def test_scan_denoiser_cut_by_max_steps_resumes_to_the_uninterrupted_run(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import pipeline.train.scan_denoiser as mod
+
+    # The fixed synthetic validation pages cost seconds; one small page keeps the test fast.
+    monkeypatch.setattr(mod, "SYNTH_VAL_PAGES", [(0, 64, 64, 100)])
+    tiny = dict(base=4, levels=2, convs=1, patch=32, batch_size=2, warmup=3, val_every=3)
+    # Two pool pages, one replaced every 2 steps: the resumed run must re-render the pool.
+    tiny |= dict(ddd=None, synthetic_pool=2, synthetic_refresh=2, ema=0.9)
+    mod.train(mod.TrainConfig(**tiny, max_steps=12), tmp_path / "whole")
+    cut = tmp_path / "cut"
+    lines: list[str] = []
+    mod.train(mod.TrainConfig(**tiny, max_steps=7, schedule_steps=12), cut, lines.append)
+    assert checkpoint_path(cut).is_file() and "--max-steps" in lines[-1]
+    assert [r["step"] for r in training(cut)["history"]] == [3, 6]
+    resumed = mod.TrainConfig(**tiny, max_steps=12, resume=True)
+    mod.train(resumed, cut, lines.append)
+    assert "resuming at step 7" in "\n".join(lines)
+    assert_same_weights(tmp_path / "whole", cut)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "minutes"} for r in rows]  # noqa: E731
+    assert drop(training(tmp_path / "whole")["history"]) == drop(training(cut)["history"])
+    assert training(cut)["stopped"] == "max_steps" and not checkpoint_path(cut).exists()
