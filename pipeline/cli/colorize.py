@@ -29,6 +29,7 @@ from aepipe.cli.common import (
     QuietOpt,
     RecursiveOpt,
     ReportOpt,
+    ResumeOpt,
     TrainOutOpt,
     check_choice,
     cli_errors,
@@ -189,7 +190,19 @@ def train_colorizer(
     min_bin_count: Annotated[
         int, typer.Option("--min-bin-count", min=1, help="Drop chroma bins seen fewer times.")
     ] = 1,
-    max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 3000,
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", min=1, help="Stop after N steps in all.")
+    ] = 3000,
+    schedule_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--schedule-steps",
+            min=1,
+            help="One-cycle schedule length [default: --max-steps]; a longer one lets a run "
+            "stopped at --max-steps keep a checkpoint for --resume.",
+        ),
+    ] = None,
+    resume: ResumeOpt = False,
     val_every: Annotated[int, typer.Option("--val-every", min=1)] = 150,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     lr: Annotated[float, typer.Option("--lr")] = 2e-3,
@@ -213,6 +226,8 @@ def train_colorizer(
             min_bin_count=min_bin_count,
             rebalance=rebalance,
             max_steps=max_steps,
+            schedule_steps=schedule_steps,
+            resume=resume,
             val_every=val_every,
             batch_size=batch_size,
             lr=lr,

@@ -15,6 +15,7 @@ import typer
 from aepipe.cli.apps import train_app
 from aepipe.cli.common import (
     OverwriteShippedOpt,
+    ResumeOpt,
     TrainOutOpt,
     check_choice,
     cli_errors,
@@ -151,9 +152,11 @@ def train_scan_denoiser(
             "--schedule-steps",
             min=1,
             help="Cosine schedule length (default --max-steps); stop early with a smaller "
-            "--max-steps and the run replays the longer one's first steps.",
+            "--max-steps and the run replays the longer one's first steps, keeping a "
+            "checkpoint for --resume.",
         ),
     ] = None,
+    resume: ResumeOpt = False,
     val_every: Annotated[int, typer.Option("--val-every", min=1)] = 250,
     lr: Annotated[float, typer.Option("--lr")] = 2e-3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -195,6 +198,7 @@ def train_scan_denoiser(
             batch_size=batch_size,
             max_steps=max_steps,
             schedule_steps=schedule_steps,
+            resume=resume,
             val_every=val_every,
             lr=lr,
             seed=seed,

@@ -20,9 +20,7 @@ PSNR). The test split is never read. Everything random derives from ``seed``.
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from aepipe.data.faces import split_by_person
+from aepipe.train.loop import Check, LoopSettings, Run, checkpoint_path, fit
 
 STAGE_NAME = "colorizer"
 
@@ -58,7 +57,13 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.05, gt=0.0, lt=0.5)
     batch_size: int = Field(32, ge=1, le=1024)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
-    max_steps: int = Field(3000, ge=1)
+    max_steps: int = Field(3000, ge=1, description="stop after this many steps in all")
+    schedule_steps: int | None = Field(
+        None,
+        ge=1,
+        description="length of the one-cycle schedule (default max_steps): a run stopped at "
+        "max_steps < schedule_steps keeps a checkpoint and resumes exactly",
+    )
     val_every: int = Field(150, ge=1)
     patience: int = Field(8, ge=1, description="validations without improvement before stopping")
     temperature_psnr_slack: float = Field(0.5, ge=0.0, le=10.0)
@@ -70,6 +75,7 @@ class TrainConfig(BaseModel):
         gt=0.0,
         description="wall-clock cap (a safety net; runs cut by it are not bit-reproducible)",
     )
+    resume: bool = Field(False, description="continue from the checkpoint beside the output")
 
 
 def load_color_faces(
@@ -185,23 +191,39 @@ def _flip(g, c, gen):
     return torch.where(flip, g.flip(-1), g), torch.where(flip, c.flip(-1), c)
 
 
+class _FaceBatches:
+    """Training batches of whole faces: an endless seeded permutation, flipped at random."""
+
+    def __init__(self, gray, cbcr, batch_size: int, gen) -> None:
+        import torch
+
+        self.gray, self.cbcr, self.batch_size, self.gen = gray, cbcr, batch_size, gen
+        self.perm, self.pos = torch.randperm(len(gray), generator=gen), 0
+
+    def __call__(self):
+        import torch
+
+        if self.pos + self.batch_size > len(self.perm):
+            self.perm, self.pos = torch.randperm(len(self.gray), generator=self.gen), 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return _flip(self.gray[idx], self.cbcr[idx], self.gen)
+
+    def state(self) -> dict[str, Any]:
+        """The permutation and the position in it (the generator is saved by the spec)."""
+        return {"perm": self.perm, "pos": self.pos}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`."""
+        self.perm, self.pos = state["perm"], int(state["pos"])
+
+
 def face_data(cfg: TrainConfig, gen):
     """Batches and validation set of a face archive (see :func:`photo_data` for the returns)."""
-    import torch
-
     images, files = load_color_faces(cfg.data, "train")
     cut = split_by_person(files, len(images), cfg.val_fraction)
     gray, cbcr, _ = gray_and_chroma(images[:cut])
-    perm, pos = torch.randperm(len(gray), generator=gen), 0
-
-    def sample():
-        nonlocal perm, pos
-        if pos + cfg.batch_size > len(perm):
-            perm, pos = torch.randperm(len(gray), generator=gen), 0
-        idx = perm[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
-        return _flip(gray[idx], cbcr[idx], gen)
-
+    sample = _FaceBatches(gray, cbcr, cfg.batch_size, gen)
     return sample, cbcr, len(gray), gray_and_chroma(images[cut:])
 
 
@@ -259,7 +281,175 @@ def photo_data(cfg: TrainConfig, gen):
         g, c, _ = _split_gray(torch.cat(crops))
         return _flip(g, c, gen)
 
+    # Crops draw from ``gen`` only, which the spec checkpoints: nothing else to keep.
+    sample.state = dict  # type: ignore[attr-defined]
+    sample.set_state = lambda _state: None  # type: ignore[attr-defined]
     return sample, cbcr, len(photos), _split_gray(val)
+
+
+class _ColorizerSpec:
+    """The colorizer as the training loop sees it (see :mod:`aepipe.train.loop`)."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, say: Callable[[str], None]) -> None:
+        import torch
+
+        from aepipe.models.colorizer import StackNNColorizer
+
+        self.cfg, self.out, self.say = cfg, out, say
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        kind = "photos" if cfg.data.is_dir() else "faces"
+        load = photo_data if kind == "photos" else face_data
+        self.sample, cbcr, self.n_train, self.val = load(cfg, self.gen)
+        split = "val/ folder" if kind == "photos" else "split between people"
+        say(f"train {self.n_train} {kind}, validation {len(self.val[0])} {kind} ({split})")
+        centers, class_w, n_bins = None, None, 1
+        if cfg.head == "classify":
+            centers, class_w = chroma_bins(cbcr, cfg.bin_step, cfg.min_bin_count, cfg.rebalance)
+            n_bins = len(centers)
+        self.model = StackNNColorizer(
+            cfg.channels, head=cfg.head, n_bins=n_bins, bin_step=cfg.bin_step
+        )
+        if centers is not None:
+            self.model.bin_centers.copy_(centers)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        say(f"StackNNColorizer {cfg.head}: {self.n_params} parameters, {n_bins} chroma bins")
+        self.loss_kw: dict[str, Any] = dict(
+            class_weights=class_w,
+            w_color=cfg.w_color,
+            w_class=cfg.w_class,
+            w_luma=cfg.w_luma,
+            temperature=cfg.train_temperature,
+        )
+        self.last_loss = math.nan
+
+    def draw(self, step: int) -> tuple[Any, Any]:
+        """A batch ``(noisy gray, gray, chroma)``; the noise is the StackNN regulariser."""
+        import torch
+
+        g, c = self.sample()
+        return g + self.cfg.noise_std * torch.randn(g.shape, generator=self.gen), g, c
+
+    def loss(self, model: Any, batch: tuple[Any, Any, Any], step: int) -> tuple[Any, dict]:
+        """The colorizer loss of the batch (its parts are reported at validation)."""
+        from aepipe.models.colorizer import colorizer_loss
+
+        noisy, g, c = batch
+        parts = colorizer_loss(model, model(noisy), g, c, **self.loss_kw)
+        self.last_loss = parts["loss"].item()
+        return parts["loss"], {}
+
+    def validate(self, model: Any, run: Run) -> Check:
+        """Validation loss (the score, lower is better) and PSNR / colorfulness."""
+        v = self.val_loss(model)
+        rate = run.step * self.cfg.batch_size / max(run.minutes() * 60, 1e-9)
+        q = evaluate(model, *self.val, self.cfg.train_temperature)
+        row = {"step": run.step, **{k: round(x, 5) for k, x in v.items()}} | {
+            f"val_{k}": round(x, 3) for k, x in q.items()
+        }
+        line = (
+            f"step {run.step}/{self.cfg.max_steps} train {self.last_loss:.4f} "
+            f"val {v['loss']:.4f} (color {v['color']:.4f} luma {v['luma']:.5f}"
+            + (f" class {v['class']:.3f}" if "class" in v else "")
+            + f") PSNR {q['psnr']:.2f} colorfulness {q['colorfulness']:.1f}"
+            + f" {rate:.1f} img/s{' *' if run.improves(v['loss'], False) else ''}"
+        )
+        return Check(row, v["loss"], line, {"val_loss": round(v["loss"], 5)})
+
+    def val_loss(self, model: Any) -> dict[str, float]:
+        """Mean loss parts over the validation images (no input noise)."""
+        import torch
+
+        from aepipe.models.colorizer import colorizer_loss
+
+        vgray, vcbcr, _ = self.val
+        tot: dict[str, float] = {}
+        with torch.no_grad():
+            for i in range(0, len(vgray), 200):
+                g, c = vgray[i : i + 200], vcbcr[i : i + 200]
+                parts = colorizer_loss(model, model(g), g, c, **self.loss_kw)
+                for k, v in parts.items():
+                    tot[k] = tot.get(k, 0.0) + float(v) * len(g)
+        return {k: v / len(vgray) for k, v in tot.items()}
+
+    def rng_state(self) -> dict[str, Any]:
+        """The generator (order, crops, flips, noise) and the face permutation."""
+        return {"gen": self.gen.get_state(), "data": self.sample.state()}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`rng_state`."""
+        self.gen.set_state(state["gen"])
+        self.sample.set_state(state["data"])
+
+    def write(self, model: Any, run: Run, final: bool) -> Path:
+        """Choose the temperature on the validation images and write the weights folder."""
+        return _write(self, model, run)
+
+
+def _temperature_sweep(spec: _ColorizerSpec, model: Any) -> tuple[list[dict], dict]:
+    """Validation scores per annealed-mean temperature, and the chosen one.
+
+    The chosen one is the most colourful within ``temperature_psnr_slack`` dB of the best PSNR.
+    """
+    cfg, sweep = spec.cfg, []
+    temps = [0.2, 0.25, 0.3, 0.38, 0.5, 0.7, 1.0] if cfg.head == "classify" else [1.0]
+    for t in temps:
+        s = evaluate(model, *spec.val, t)
+        sweep.append({"temperature": t, **{k: round(x, 4) for k, x in s.items()}})
+        spec.say(f"T={t}: val PSNR {s['psnr']:.2f} dB, colorfulness {s['colorfulness']:.1f}")
+    top = max(s["psnr"] for s in sweep)
+    ok = [s for s in sweep if s["psnr"] >= top - cfg.temperature_psnr_slack]
+    return sweep, max(ok, key=lambda s: s["colorfulness"])
+
+
+def _write(spec: _ColorizerSpec, model: Any, run: Run) -> Path:
+    """The colorizer weights folder of a finished run (``model`` holds the best weights)."""
+    import torch
+
+    from aepipe.weights import save_model
+
+    cfg = spec.cfg
+    sweep, chosen = _temperature_sweep(spec, model)
+    real_cf = evaluate_real_colorfulness(spec.val[2])
+    spec.say(f"chose T={chosen['temperature']} (real validation colorfulness {real_cf:.1f})")
+    stopped = "max_steps" if run.stopped_by == "max_epochs" else run.stopped_by
+    training = {
+        "command": cfg.command,
+        "config": cfg.model_dump(mode="json"),
+        "data": str(cfg.data),
+        "train_images": spec.n_train,
+        "val_images": len(spec.val[0]),
+        "best_step": run.best_step,
+        "steps": run.step,
+        "stopped": stopped,
+        "wall_time_s": round(run.minutes() * 60, 1),
+        "threads": cfg.threads,
+        "torch": torch.__version__,
+        "history": run.history,
+    }
+    metrics = {
+        "val_psnr_db": chosen["psnr"],
+        "val_colorfulness": chosen["colorfulness"],
+        "val_real_colorfulness": round(real_cf, 3),
+        "val_loss": run.best_metrics.get("val_loss"),
+        "temperature_sweep": sweep,
+        "parameters": spec.n_params,
+    }
+    stage_config = {
+        "projection": True,
+        "model_size": cfg.model_size,
+        "temperature": chosen["temperature"],
+    }
+    card = model_card(cfg, training, metrics, stage_config, spec.n_params)
+    return save_model(
+        model,
+        spec.out,
+        stage=STAGE_NAME,
+        model_kwargs=dict(model.hparams),
+        stage_config=stage_config,
+        training=training,
+        metrics=metrics,
+        card=card,
+    )
 
 
 def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = None) -> Path:
@@ -275,153 +465,29 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     """
     import torch
 
-    from aepipe.models.colorizer import StackNNColorizer, colorizer_loss
-    from aepipe.weights import save_model
-
-    say = progress or (lambda _msg: None)
-    t_start = time.time()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    if cfg.data.is_dir():
-        sample, cbcr, n_train, (vgray, vcbcr, vrgb) = photo_data(cfg, gen)
-        say(f"train {n_train} photos, validation {len(vgray)} photos (val/ folder)")
-    else:
-        sample, cbcr, n_train, (vgray, vcbcr, vrgb) = face_data(cfg, gen)
-        say(f"train {n_train} faces, validation {len(vgray)} faces (split between people)")
-
-    if cfg.head == "classify":
-        centers, class_w = chroma_bins(cbcr, cfg.bin_step, cfg.min_bin_count, cfg.rebalance)
-        n_bins = len(centers)
-    else:
-        centers, class_w, n_bins = None, None, 1
-    model = StackNNColorizer(cfg.channels, head=cfg.head, n_bins=n_bins, bin_step=cfg.bin_step)
-    if centers is not None:
-        model.bin_centers.copy_(centers)
-    n_params = sum(p.numel() for p in model.parameters())
-    say(f"StackNNColorizer {cfg.head}: {n_params} parameters, {n_bins} chroma bins")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.max_steps, pct_start=0.1
+    spec = _ColorizerSpec(cfg, Path(out), progress or (lambda _msg: None))
+    total = cfg.schedule_steps or cfg.max_steps
+    settings = LoopSettings(
+        lr=cfg.lr,
+        steps_per_epoch=total,
+        max_epochs=1,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4),
+        scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1
+        ),
+        val_every=cfg.val_every,
+        maximize=False,
+        patience=cfg.patience,
+        max_minutes=cfg.max_minutes,
+        minutes_checked="step",
+        max_steps=cfg.max_steps if cfg.max_steps < total else None,
+        checkpoint=checkpoint_path(Path(out)),
+        resume=cfg.resume,
     )
-    loss_kw: dict[str, Any] = dict(
-        class_weights=class_w,
-        w_color=cfg.w_color,
-        w_class=cfg.w_class,
-        w_luma=cfg.w_luma,
-        temperature=cfg.train_temperature,
-    )
-
-    def val_loss() -> dict[str, float]:
-        model.eval()
-        tot: dict[str, float] = {}
-        with torch.no_grad():
-            for i in range(0, len(vgray), 200):
-                g, c = vgray[i : i + 200], vcbcr[i : i + 200]
-                parts = colorizer_loss(model, model(g), g, c, **loss_kw)
-                for k, v in parts.items():
-                    tot[k] = tot.get(k, 0.0) + float(v) * len(g)
-        return {k: v / len(vgray) for k, v in tot.items()}
-
-    best = (math.inf, None, 0)
-    history = []
-    stale = 0
-    step = 0
-    stopped = "max_steps"
-    t_loop = time.time()
-    while step < cfg.max_steps:
-        model.train()
-        g, c = sample()
-        noisy = g + cfg.noise_std * torch.randn(g.shape, generator=gen)
-        parts = colorizer_loss(model, model(noisy), g, c, **loss_kw)
-        opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        opt.step()
-        sched.step()
-        step += 1
-        out_of_time = cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes
-        if step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time:
-            v = val_loss()
-            rate = step * cfg.batch_size / (time.time() - t_loop)
-            q = evaluate(model, vgray, vcbcr, vrgb, cfg.train_temperature)
-            history.append(
-                {"step": step, **{k: round(x, 5) for k, x in v.items()}}
-                | {f"val_{k}": round(x, 3) for k, x in q.items()}
-            )
-            mark = ""
-            if v["loss"] < best[0]:
-                best = (v["loss"], copy.deepcopy(model.state_dict()), step)
-                stale, mark = 0, " *"
-            else:
-                stale += 1
-            say(
-                f"step {step}/{cfg.max_steps} train {parts['loss'].item():.4f} "
-                f"val {v['loss']:.4f} (color {v['color']:.4f} luma {v['luma']:.5f}"
-                + (f" class {v['class']:.3f}" if "class" in v else "")
-                + f") PSNR {q['psnr']:.2f} colorfulness {q['colorfulness']:.1f}"
-                + f" {rate:.1f} img/s{mark}"
-            )
-            if stale >= cfg.patience:
-                stopped = "early_stopping"
-                break
-        if out_of_time:
-            stopped = "max_minutes"
-            break
-
-    model.load_state_dict(best[1])
-    model.eval()
-    sweep = []
-    temps = [0.2, 0.25, 0.3, 0.38, 0.5, 0.7, 1.0] if cfg.head == "classify" else [1.0]
-    for t in temps:
-        s = evaluate(model, vgray, vcbcr, vrgb, t)
-        sweep.append({"temperature": t, **{k: round(x, 4) for k, x in s.items()}})
-        say(f"T={t}: val PSNR {s['psnr']:.2f} dB, colorfulness {s['colorfulness']:.1f}")
-    top = max(s["psnr"] for s in sweep)
-    ok = [s for s in sweep if s["psnr"] >= top - cfg.temperature_psnr_slack]
-    chosen = max(ok, key=lambda s: s["colorfulness"])
-    real_cf = evaluate_real_colorfulness(vrgb)
-    wall = time.time() - t_start
-    say(f"chose T={chosen['temperature']} (real validation colorfulness {real_cf:.1f})")
-
-    training = {
-        "command": cfg.command,
-        "config": cfg.model_dump(mode="json"),
-        "data": str(cfg.data),
-        "train_images": n_train,
-        "val_images": len(vgray),
-        "best_step": best[2],
-        "steps": step,
-        "stopped": stopped,
-        "wall_time_s": round(wall, 1),
-        "threads": cfg.threads,
-        "torch": torch.__version__,
-        "history": history,
-    }
-    metrics = {
-        "val_psnr_db": chosen["psnr"],
-        "val_colorfulness": chosen["colorfulness"],
-        "val_real_colorfulness": round(real_cf, 3),
-        "val_loss": round(best[0], 5),
-        "temperature_sweep": sweep,
-        "parameters": n_params,
-    }
-    stage_config = {
-        "projection": True,
-        "model_size": cfg.model_size,
-        "temperature": chosen["temperature"],
-    }
-    save_model(
-        model,
-        out,
-        stage=STAGE_NAME,
-        model_kwargs=dict(model.hparams),
-        stage_config=stage_config,
-        training=training,
-        metrics=metrics,
-        card=model_card(cfg, training, metrics, stage_config, n_params),
-    )
-    return out
+    fit(spec, settings, spec.say)
+    return Path(out)
 
 
 def evaluate_real_colorfulness(rgb) -> float:

@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aepipe.data.ddd import DDDPair, load_pairs, split_by_group, split_three
+from aepipe.train.loop import Check, LoopSettings, Run, checkpoint_path, fit
 
 STAGE_NAME = "scan-denoiser"
 # Fixed synthetic validation pages: (seed offset, H, W, dpi). Seeds far from the training
@@ -146,6 +147,7 @@ class TrainConfig(BaseModel):
         gt=0.0,
         description="wall-clock cap (a safety net; runs cut by it are not reproducible)",
     )
+    resume: bool = Field(False, description="continue from the checkpoint beside the output")
 
     @model_validator(mode="after")
     def _options_fit_together(self) -> TrainConfig:
@@ -210,20 +212,41 @@ class _SyntheticPool:
         self.display_prob = display_prob
         self.sizes = SyntheticPages.DEFAULT_PAGE_SIZES
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
-        self.pages = [self._new() for _ in range(size)]
+        # What each page was rendered from: a checkpoint keeps these, not the pixels.
+        self.recipes = [self._recipe() for _ in range(size)]
+        self.pages = [_render(r) for r in self.recipes]
         self.next = 0
 
-    def _new(self) -> tuple[np.ndarray, np.ndarray]:
-        from aepipe.data.synthetic_pages import make_pair
-
+    def _recipe(self) -> tuple[int, int, int, int, bool]:
         h, w, dpi = self.sizes[int(self.rng.integers(len(self.sizes)))]
         # No extra draw when off: the pages of runs from before the option replay exactly.
         display = self.display_prob > 0 and self.rng.random() < self.display_prob
-        return make_pair(int(self.rng.integers(2**62)), h, w, dpi, display=display)
+        return int(self.rng.integers(2**62)), int(h), int(w), int(dpi), bool(display)
 
     def refresh(self) -> None:
-        self.pages[self.next] = self._new()
+        self.recipes[self.next] = self._recipe()
+        self.pages[self.next] = _render(self.recipes[self.next])
         self.next = (self.next + 1) % len(self.pages)
+
+    def state(self) -> dict[str, Any]:
+        """The generator, the page recipes and the next page to replace."""
+        return {"rng": self.rng.bit_generator.state, "recipes": self.recipes, "next": self.next}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`, rendering the pages that differ."""
+        self.rng.bit_generator.state = state["rng"]
+        recipes = [tuple(r) for r in state["recipes"]]
+        for i, recipe in enumerate(recipes):
+            if recipe != self.recipes[i]:
+                self.pages[i] = _render(recipe)
+        self.recipes, self.next = recipes, int(state["next"])
+
+
+def _render(recipe: tuple[int, int, int, int, bool]) -> tuple[np.ndarray, np.ndarray]:
+    from aepipe.data.synthetic_pages import make_pair
+
+    seed, h, w, dpi, display = recipe
+    return make_pair(seed, h, w, dpi, display=display)
 
 
 def synthetic_val_pages() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -394,6 +417,117 @@ def page_rmse(model, pages: list[tuple[np.ndarray, np.ndarray]]) -> float:
 # ---- training -------------------------------------------------------------------------------
 
 
+class _ScanData:
+    """Every page a run reads: DDD train / validation / test pairs, docbin pages, the pool."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from aepipe.errors import ConfigError
+
+        self.train: list[DDDPair] = []
+        self.val: list[DDDPair] = []
+        self.test: list[DDDPair] = []
+        if cfg.ddd is not None:
+            try:
+                pairs = load_pairs(cfg.ddd)
+            except FileNotFoundError as exc:
+                raise ConfigError(f"--ddd: {exc}") from None
+            try:
+                if cfg.test_groups:
+                    self.train, self.val, self.test = split_three(
+                        pairs, cfg.val_groups, cfg.test_groups, cfg.seed
+                    )
+                else:
+                    self.train, self.val = split_by_group(pairs, cfg.val_groups, cfg.seed)
+            except ValueError as exc:
+                raise ConfigError(f"--val-groups: {exc}") from None
+
+    def load_rest(self, cfg: TrainConfig) -> None:
+        """The slow part (synthetic pages, docbin), after the checks that can fail at once."""
+        from aepipe.errors import ConfigError
+
+        self.synth_frac = cfg.synthetic_fraction if self.train else 1.0
+        self.pool = (
+            _SyntheticPool(cfg.synthetic_pool, cfg.seed, cfg.display_prob)
+            if self.synth_frac > 0
+            else None
+        )
+        self.real = None
+        if cfg.docbin is not None:
+            try:
+                self.real = _RealPages(cfg)
+            except (FileNotFoundError, ValueError) as exc:
+                raise ConfigError(f"--docbin: {exc}") from None
+        self.ddd_val = [(p.dirty, p.clean) for p in self.val]
+        self.syn_val = synthetic_val_pages()
+        self.mixed = self.real is not None and cfg.docbin_fraction + cfg.clean_fraction > 0
+
+
+class _ScanSpec:
+    """The scan denoiser as the training loop sees it (see :mod:`aepipe.train.loop`)."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, data: _ScanData) -> None:
+        self.cfg, self.out, self.data = cfg, out, data
+        self.t_start = time.monotonic()
+        self.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
+        # Before the slow part (rendering synthetic pages), so a wrong --init fails at once.
+        # The pool draws from numpy generators only, so the order leaves torch's stream as is.
+        held = [p.name for p in data.val + data.test]
+        self.init = init_record(cfg.init, held) if cfg.init else None
+        self.model = build_model(cfg)
+        data.load_rest(cfg)
+        if cfg.freeze_base:
+            # Without gradients on the U-Net, backward stops at the correction: a fraction of
+            # the cost of a full step (the loop optimises only what requires grad).
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(self.model.is_correction(name))
+        self.prep_minutes = (time.monotonic() - self.t_start) / 60
+        self.last_loss = math.nan
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of (0-based) ``step``: linear warm-up, then cosine to 2 %."""
+        cfg = self.cfg
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, (cfg.schedule_steps or cfg.max_steps) - cfg.warmup)
+        return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+    def draw(self, step: int) -> tuple[Any, Any, Any]:
+        """Patches from the mixed sources, then the pool's page refresh."""
+        return _draw_batch(self.cfg, self.data, self.rng, step)
+
+    def loss(self, model: Any, batch: tuple[Any, Any, Any], step: int) -> tuple[Any, dict]:
+        """MSE (plus the clamp margin hinge); the bilevel loss on real labelled patches."""
+        loss = _scan_loss(self.cfg, model, batch, self.data.mixed)
+        self.last_loss = loss.item()
+        return loss, {}
+
+    def validate(self, model: Any, run: Run) -> Check:
+        """RMSE on held-out DDD and fixed synthetic pages (+ docbin F): lower is better."""
+        return _validate(self, model, run)
+
+    def rng_state(self) -> dict[str, Any]:
+        """The patch generator and the synthetic pool (its generator and page recipes)."""
+        pool = self.data.pool
+        return {"rng": self.rng.bit_generator.state, "pool": pool.state() if pool else None}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`rng_state` (re-rendering the pool's pages)."""
+        self.rng.bit_generator.state = state["rng"]
+        if self.data.pool is not None:
+            self.data.pool.set_state(state["pool"])
+
+    def write(self, model: Any, run: Run, final: bool) -> Path:
+        """Write the weights folder (at each improvement, and the best at the end)."""
+        stopped = "running"
+        if final:
+            stopped = "max_steps" if run.stopped_by == "max_epochs" else run.stopped_by
+        return _save(self, model, run, stopped)
+
+    def minutes(self, run: Run) -> float:
+        """Wall minutes since the trainer started (data preparation included)."""
+        return self.prep_minutes + run.minutes()
+
+
 def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = None) -> Path:
     """Train and write the weights folder ``out`` (best EMA checkpoint by validation).
 
@@ -408,171 +542,118 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     """
     import torch
 
-    from aepipe.errors import ConfigError
-    from aepipe.models.scan_unet import clamp_through
-
-    say = progress or (lambda _msg: None)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
-    t_start = time.monotonic()
-
-    train_pairs: list[DDDPair] = []
-    val_pairs: list[DDDPair] = []
-    test_pairs: list[DDDPair] = []
-    if cfg.ddd is not None:
-        try:
-            pairs = load_pairs(cfg.ddd)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"--ddd: {exc}") from None
-        try:
-            if cfg.test_groups:
-                train_pairs, val_pairs, test_pairs = split_three(
-                    pairs, cfg.val_groups, cfg.test_groups, cfg.seed
-                )
-            else:
-                train_pairs, val_pairs = split_by_group(pairs, cfg.val_groups, cfg.seed)
-        except ValueError as exc:
-            raise ConfigError(f"--val-groups: {exc}") from None
-    # Before the slow part (rendering synthetic pages), so a wrong --init fails at once. The
-    # pool draws from numpy generators only, so the order leaves the torch stream unchanged.
-    held_names = [p.name for p in val_pairs + test_pairs]
-    init = init_record(cfg.init, held_names) if cfg.init else None
-    model = build_model(cfg)
-    synth_frac = cfg.synthetic_fraction if train_pairs else 1.0
-    pool = (
-        _SyntheticPool(cfg.synthetic_pool, cfg.seed, cfg.display_prob) if synth_frac > 0 else None
+    spec = _ScanSpec(cfg, Path(out), _ScanData(cfg))
+    total = max(cfg.schedule_steps or cfg.max_steps, cfg.max_steps)
+    settings = LoopSettings(
+        # The factor is the rate itself (lr 1): the same floats as ``cfg.lr * ...``.
+        lr=1.0,
+        steps_per_epoch=total,
+        max_epochs=1,
+        lr_factor=spec.lr_at,
+        optimizer=lambda params: torch.optim.Adam(params, lr=cfg.lr),
+        val_every=cfg.val_every,
+        maximize=False,
+        ema=cfg.ema,
+        max_minutes=cfg.max_minutes,
+        minutes_checked="step",
+        max_steps=cfg.max_steps if cfg.max_steps < total else None,
+        write_each_best=True,
+        checkpoint=checkpoint_path(Path(out)),
+        resume=cfg.resume,
     )
-    real = None
-    if cfg.docbin is not None:
-        try:
-            real = _RealPages(cfg)
-        except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError(f"--docbin: {exc}") from None
-    ddd_val = [(p.dirty, p.clean) for p in val_pairs]
-    syn_val = synthetic_val_pages()
+    fit(spec, settings, progress or (lambda _msg: None))
+    return Path(out)
 
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    if cfg.freeze_base:
-        # Without gradients on the U-Net, backward stops at the correction: a fraction of the
-        # cost of a full step.
-        for name, p in model.named_parameters():
-            p.requires_grad_(model.is_correction(name))
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, (cfg.schedule_steps or cfg.max_steps) - cfg.warmup)
-        return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+def _draw_batch(
+    cfg: TrainConfig, data: _ScanData, rng: np.random.Generator, step: int
+) -> tuple[Any, Any, Any]:
+    """One batch ``(dirty, clean, bilevel labels)`` of patches, then the pool refresh."""
+    import torch
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {}
-    best_score = math.inf
-    stopped = "max_steps"
-    step = 0
     b = cfg.batch_size
     xb = np.empty((b, 1, cfg.patch, cfg.patch), np.float32)
     yb = np.empty_like(xb)
     labels = np.zeros((b, 1, 1, 1), bool)
-    mixed = real is not None and cfg.docbin_fraction + cfg.clean_fraction > 0
-    for step in range(1, cfg.max_steps + 1):
-        for i in range(b):
-            got = real.sample(rng, cfg, pool) if mixed else None
-            if got is not None:
-                xb[i, 0], yb[i, 0], labels[i] = got
-                continue
-            labels[i] = False
-            if pool is not None and rng.random() < synth_frac:
-                dirty, clean = pool.pages[int(rng.integers(len(pool.pages)))]
-            else:
-                pair = train_pairs[int(rng.integers(len(train_pairs)))]
-                dirty, clean = pair.dirty, pair.clean
-            xb[i, 0], yb[i, 0] = _crop_pair(dirty, clean, rng, cfg)
-        if pool is not None and step % cfg.synthetic_refresh == 0:
-            pool.refresh()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step - 1)
-        model.train()
-        x, target = torch.from_numpy(xb), torch.from_numpy(yb)
-        if cfg.margin > 0:  # a clamp net (the config checks it)
-            lin = model.unclamped(x)
-            pred = clamp_through(lin)
-            # Once clamped, pure paper and ink give no gradient at all; a margin keeps them
-            # clear of the edge, so a small disturbance (a speck) does not show through.
-            hinge = torch.where(
-                target >= 1.0,
-                (1.0 + cfg.margin - lin).clamp_min(0.0),
-                torch.where(target <= 0.0, (lin + cfg.margin).clamp_min(0.0), 0.0),
-            )
-            if mixed:
-                gray = (pred - target).square() + hinge.square()
-            else:
-                loss = torch.nn.functional.mse_loss(pred, target) + hinge.square().mean()
+    for i in range(b):
+        got = data.real.sample(rng, cfg, data.pool) if data.mixed else None
+        if got is not None:
+            xb[i, 0], yb[i, 0], labels[i] = got
+            continue
+        if data.pool is not None and rng.random() < data.synth_frac:
+            dirty, clean = data.pool.pages[int(rng.integers(len(data.pool.pages)))]
         else:
-            pred = model(x)
-            gray = (pred - target).square()
-            loss = torch.nn.functional.mse_loss(pred, target)
-        if mixed:
-            bil = bilevel_loss(pred, target, cfg.ink_level)
-            loss = torch.where(torch.from_numpy(labels), bil, gray).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            decay = min(cfg.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1.0 - decay)
+            pair = data.train[int(rng.integers(len(data.train)))]
+            dirty, clean = pair.dirty, pair.clean
+        xb[i, 0], yb[i, 0] = _crop_pair(dirty, clean, rng, cfg)
+    if data.pool is not None and (step + 1) % cfg.synthetic_refresh == 0:
+        data.pool.refresh()
+    return torch.from_numpy(xb), torch.from_numpy(yb), torch.from_numpy(labels)
 
-        timed_out = cfg.max_minutes is not None and (
-            time.monotonic() - t_start > cfg.max_minutes * 60
+
+def _scan_loss(cfg: TrainConfig, model: Any, batch: tuple[Any, Any, Any], mixed: bool) -> Any:
+    """The training loss of one batch (see the module docstring)."""
+    import torch
+
+    from aepipe.models.scan_unet import clamp_through
+
+    x, target, labels = batch
+    if cfg.margin > 0:  # a clamp net (the config checks it)
+        lin = model.unclamped(x)
+        pred = clamp_through(lin)
+        # Once clamped, pure paper and ink give no gradient at all; a margin keeps them
+        # clear of the edge, so a small disturbance (a speck) does not show through.
+        hinge = torch.where(
+            target >= 1.0,
+            (1.0 + cfg.margin - lin).clamp_min(0.0),
+            torch.where(target <= 0.0, (lin + cfg.margin).clamp_min(0.0), 0.0),
         )
-        if step % cfg.val_every == 0 or step == cfg.max_steps or timed_out:
-            r_ddd = page_rmse(ema, ddd_val) if ddd_val else float("nan")
-            r_syn = page_rmse(ema, syn_val)
-            f_real = real.val_f(ema) if real is not None else float("nan")
-            # One F point weighs as 0.01 RMSE: real pages are what the stage is for.
-            score = (r_ddd if ddd_val else 0.0) + r_syn + ((100 - f_real) / 100 if real else 0.0)
-            minutes = (time.monotonic() - t_start) / 60
-            rec = dict(
-                step=step,
-                minutes=round(minutes, 2),
-                loss=round(loss.item(), 6),
-                val_ddd_rmse=round(r_ddd, 5),
-                val_synthetic_rmse=round(r_syn, 5),
-            )
-            if real is not None:
-                rec["val_docbin_f"] = round(f_real, 3)
-            history.append(rec)
-            improved = score < best_score
-            say(
-                f"step {step} {minutes:.1f} min loss {loss.item():.5f} "
-                f"val ddd {r_ddd:.4f} synth {r_syn:.4f}"
-                + (f" docbin F {f_real:.2f}" if real is not None else "")
-                + (" *" if improved else "")
-            )
-            if improved:
-                best_score = score
-                best = dict(rec)
-                _save(
-                    ema,
-                    cfg,
-                    out,
-                    history,
-                    best,
-                    stopped="running",
-                    t_start=t_start,
-                    train_pairs=train_pairs,
-                    val_pairs=val_pairs,
-                    init=init,
-                    extra_data=_extra_data(test_pairs, real),
-                )
-        if timed_out:
-            stopped = "max_minutes"
-            break
-    return _save_final(out, cfg, history, best, stopped, t_start)
+        gray = (pred - target).square() + hinge.square()
+        loss = torch.nn.functional.mse_loss(pred, target) + hinge.square().mean()
+    else:
+        pred = model(x)
+        gray = (pred - target).square()
+        loss = torch.nn.functional.mse_loss(pred, target)
+    if mixed:
+        loss = torch.where(labels, bilevel_loss(pred, target, cfg.ink_level), gray).mean()
+    return loss
+
+
+def _validate(spec: _ScanSpec, model: Any, run: Run) -> Check:
+    """Score the EMA weights; the score is the sum of the RMSEs (+ docbin F deficit)."""
+    data = spec.data
+    r_ddd = page_rmse(model, data.ddd_val) if data.ddd_val else float("nan")
+    r_syn = page_rmse(model, data.syn_val)
+    f_real = data.real.val_f(model) if data.real is not None else float("nan")
+    # One F point weighs as 0.01 RMSE: real pages are what the stage is for.
+    score = (r_ddd if data.ddd_val else 0.0) + r_syn
+    score += (100 - f_real) / 100 if data.real else 0.0
+    minutes = spec.minutes(run)
+    rec = dict(
+        step=run.step,
+        minutes=round(minutes, 2),
+        loss=round(spec.last_loss, 6),
+        val_ddd_rmse=round(r_ddd, 5),
+        val_synthetic_rmse=round(r_syn, 5),
+    )
+    if data.real is not None:
+        rec["val_docbin_f"] = round(f_real, 3)
+    line = (
+        f"step {run.step} {minutes:.1f} min loss {spec.last_loss:.5f} "
+        f"val ddd {r_ddd:.4f} synth {r_syn:.4f}"
+        + (f" docbin F {f_real:.2f}" if data.real is not None else "")
+        + (" *" if run.improves(score, maximize=False) else "")
+    )
+    metrics = dict(
+        best_step=run.step,
+        val_ddd_rmse=rec["val_ddd_rmse"],
+        val_synthetic_rmse=rec["val_synthetic_rmse"],
+    )
+    if data.real is not None:
+        metrics["val_docbin_f"] = rec["val_docbin_f"]
+    return Check(rec, score, line, metrics)
 
 
 def _extra_data(test_pairs: list[DDDPair], real: _RealPages | None) -> dict[str, Any]:
@@ -585,88 +666,35 @@ def _extra_data(test_pairs: list[DDDPair], real: _RealPages | None) -> dict[str,
     return extra
 
 
-def _training_info(
-    cfg: TrainConfig, history: list[dict[str, Any]], stopped: str, t_start: float, **extra: Any
-) -> dict[str, Any]:
-    return dict(
+def _save(spec: _ScanSpec, model: Any, run: Run, stopped: str) -> Path:
+    """Write the ``scan-denoiser`` weights folder of ``model`` (the best EMA weights)."""
+    from aepipe.stages.scan_denoiser import ScanDenoiser
+
+    cfg, data = spec.cfg, spec.data
+    training = dict(
         command=cfg.command,
         config=cfg.model_dump(mode="json"),
         stopped=stopped,
-        wall_minutes=round((time.monotonic() - t_start) / 60, 2),
-        history=history,
-        **extra,
-    )
-
-
-def _save(
-    model,
-    cfg: TrainConfig,
-    out: Path,
-    history: list[dict[str, Any]],
-    best: dict[str, Any],
-    stopped: str,
-    t_start: float,
-    train_pairs: list[DDDPair],
-    val_pairs: list[DDDPair],
-    init: dict[str, Any] | None,
-    extra_data: dict[str, Any] | None = None,
-) -> None:
-    from aepipe.stages.scan_denoiser import ScanDenoiser
-
-    training = _training_info(
-        cfg,
-        history,
-        stopped,
-        t_start,
+        wall_minutes=round(spec.minutes(run), 2),
+        history=run.history,
         data=dict(
             ddd=str(cfg.ddd) if cfg.ddd else None,
-            ddd_train_pairs=len(train_pairs),
-            ddd_val_names=[p.name for p in val_pairs],
-            ddd_train_names=[p.name for p in train_pairs],
+            ddd_train_pairs=len(data.train),
+            ddd_val_names=[p.name for p in data.val],
+            ddd_train_names=[p.name for p in data.train],
             synthetic=f"aepipe.data.synthetic_pages (pool {cfg.synthetic_pool}, "
             f"refresh every {cfg.synthetic_refresh} steps)",
             synthetic_val_pages=SYNTH_VAL_PAGES,
             synthetic_val_seed=SYNTH_VAL_SEED,
-            **(extra_data or {}),
+            **_extra_data(data.test, data.real),
         ),
         seed=cfg.seed,
-        init=init,
+        init=spec.init,
     )
-    metrics = dict(
-        best_step=best.get("step"),
-        val_ddd_rmse=best.get("val_ddd_rmse"),
-        val_synthetic_rmse=best.get("val_synthetic_rmse"),
-    )
-    if "val_docbin_f" in best:
-        metrics["val_docbin_f"] = best["val_docbin_f"]
+    metrics = dict(run.best_metrics)
     stage = ScanDenoiser(copy.deepcopy(model).float())
-    stage.save_pretrained(
-        out, training=training, metrics=metrics, card=model_card(cfg, training, metrics)
-    )
-
-
-def _save_final(
-    out: Path,
-    cfg: TrainConfig,
-    history: list[dict[str, Any]],
-    best: dict[str, Any],
-    stopped: str,
-    t_start: float,
-) -> Path:
-    """Record the finished run's history in the best checkpoint's config (weights untouched)."""
-    import json
-
-    from aepipe.weights import _atomic_write_bytes
-
-    path = out / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config["training"].update(
-        stopped=stopped, history=history, wall_minutes=round((time.monotonic() - t_start) / 60, 2)
-    )
-    _atomic_write_bytes(path, (json.dumps(config, indent=2) + "\n").encode())
-    card = model_card(cfg, config["training"], config["metrics"])
-    (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
-    return out
+    card = model_card(cfg, training, metrics)
+    return stage.save_pretrained(spec.out, training=training, metrics=metrics, card=card)
 
 
 def _real_data_lines(cfg: TrainConfig, data: dict[str, Any]) -> str:
