@@ -54,3 +54,11 @@ class TinyWeights(dict):
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Stage name -> a weights folder of its tiny seeded model (shared; do not modify)."""
     return TinyWeights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+@pytest.fixture
+def one_synthetic_val_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scan training validates on one small synthetic page (the shipped set costs seconds)."""
+    import aepipe.train.scan_denoiser as mod
+
+    monkeypatch.setattr(mod, "SYNTH_VAL_PAGES", [(0, 64, 64, 100)])

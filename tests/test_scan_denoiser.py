@@ -232,8 +232,10 @@ def test_ddd_split_keeps_page_groups(tmp_path: Path) -> None:
     assert split_by_group(pairs, 2, seed=0)[1] == val
 
 
-def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
-    from aepipe.train.scan_denoiser import TrainConfig, train
+def test_train_tiny_run_writes_loadable_weights(
+    tmp_path: Path, one_synthetic_val_page: None
+) -> None:
+    from aepipe.train.scan_denoiser import TrainConfig, model_card, train
 
     cfg = TrainConfig(
         ddd=None,
@@ -247,25 +249,15 @@ def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
         val_every=2,
         warmup=0,
     )
-    import aepipe.train.scan_denoiser as mod
-
-    # The fixed synthetic validation pages cost seconds; one small page keeps the test fast.
-    saved = mod.SYNTH_VAL_PAGES
-    mod.SYNTH_VAL_PAGES = [(0, 64, 64, 100)]
-    try:
-        out = train(cfg, tmp_path / "w")
-        # Fine-tuning with a clamped output from those weights records where it started.
-        tuned_cfg = cfg.model_copy(
-            update=dict(init=out, output="clamp", margin=0.1, command="tune")
-        )
-        tuned = train(tuned_cfg, tmp_path / "tuned")
-        # Then only a new correction on top of those, the rest frozen.
-        refined = train(
-            tuned_cfg.model_copy(update=dict(init=tuned, refine=4, freeze_base=True)),
-            tmp_path / "refined",
-        )
-    finally:
-        mod.SYNTH_VAL_PAGES = saved
+    out = train(cfg, tmp_path / "w")
+    # Fine-tuning with a clamped output from those weights records where it started.
+    tuned_cfg = cfg.model_copy(update=dict(init=out, output="clamp", margin=0.1, command="tune"))
+    tuned = train(tuned_cfg, tmp_path / "tuned")
+    # Then only a new correction on top of those, the rest frozen.
+    refined = train(
+        tuned_cfg.model_copy(update=dict(init=tuned, refine=4, freeze_base=True)),
+        tmp_path / "refined",
+    )
     stage = ScanDenoiser.from_pretrained(out)
     y = stage(ImageBatch(torch.rand(1, 1, 33, 41)))
     assert y.images.shape == (1, 1, 33, 41)
@@ -277,7 +269,7 @@ def test_train_tiny_run_writes_loadable_weights(tmp_path: Path) -> None:
     card = (tuned / "MODEL_CARD.md").read_text()
     assert "Command 1" in card and "Command 2, this run: `tune`" in card
     assert "random scale" in card and "random ink" in card  # the defaults augment
-    native = mod.model_card(TrainConfig(scale_prob=0, level_aug=0), {}, {})
+    native = model_card(TrainConfig(scale_prob=0, level_aug=0), {}, {})
     assert "own pixels (no resampling)" in native
     assert "random scale" not in native and "random ink" not in native
     assert ScanDenoiser.from_pretrained(tuned).model.output == "clamp"

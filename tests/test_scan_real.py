@@ -119,7 +119,7 @@ def test_display_content_is_opt_in_and_deterministic() -> None:
     assert photo.std() > 10 and (out < 60).mean() > 0.01  # a photo and heavy ink
 
 
-def test_train_with_docbin_records_splits(tmp_path: Path) -> None:
+def test_train_with_docbin_records_splits(tmp_path: Path, one_synthetic_val_page: None) -> None:
     import aepipe.train.scan_denoiser as mod
 
     root = fake_docbin(tmp_path / "docbin", {"A": 4, "B": 4}, size=80)
@@ -140,12 +140,7 @@ def test_train_with_docbin_records_splits(tmp_path: Path) -> None:
         val_every=2,
         warmup=0,
     )
-    saved = mod.SYNTH_VAL_PAGES
-    mod.SYNTH_VAL_PAGES = [(0, 64, 64, 100)]
-    try:
-        out = mod.train(cfg, tmp_path / "w")
-    finally:
-        mod.SYNTH_VAL_PAGES = saved
+    out = mod.train(cfg, tmp_path / "w")
     config = json.loads((out / "config.json").read_text())
     split = config["training"]["data"]["docbin_split"]
     assert split == split_pages(page_names(root))

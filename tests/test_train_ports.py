@@ -57,12 +57,10 @@ def test_colorizer_cut_by_max_steps_resumes_to_the_uninterrupted_run(tmp_path: P
 
 
 def test_scan_denoiser_cut_by_max_steps_resumes_to_the_uninterrupted_run(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, one_synthetic_val_page: None
 ) -> None:
     import aepipe.train.scan_denoiser as mod
 
-    # The fixed synthetic validation pages cost seconds; one small page keeps the test fast.
-    monkeypatch.setattr(mod, "SYNTH_VAL_PAGES", [(0, 64, 64, 100)])
     tiny = dict(base=4, levels=2, convs=1, patch=32, batch_size=2, warmup=3, val_every=3)
     # Two pool pages, one replaced every 2 steps: the resumed run must re-render the pool.
     tiny |= dict(ddd=None, synthetic_pool=2, synthetic_refresh=2, ema=0.9)
