@@ -160,3 +160,30 @@ def test_train_command_refuses_the_shipped_folder_and_bad_stages(tmp_path: Path)
     shipped = Path(__file__).resolve().parents[1] / "weights" / "face-vqvae"
     res = runner.invoke(app, ["train", "face-vqvae", "--out", str(shipped)])
     assert res.exit_code != 0 and "overwrite-shipped" in res.output
+
+
+def test_codebook_and_interpolation_commands(weights: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pipeline.cli.main import app, load_areas
+
+    load_areas()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(
+            tmp_path / f"{name}.png"
+        )
+    runner = CliRunner()
+    sheet, strip = tmp_path / "book.png", tmp_path / "strip.png"
+    res = runner.invoke(
+        app, ["faces", "codebook", "--model", str(weights), "--count", "9", "-o", str(sheet)]
+    )
+    assert res.exit_code == 0, res.output
+    assert Image.open(sheet).size == (3 * 66 + 2, 3 * 66 + 2)  # 3 x 3 tiles of 64 + 2 padding
+    args = ["faces", "vq-interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    res = runner.invoke(app, [*args, "--steps", "5", "--model", str(weights), "-o", str(strip)])
+    assert res.exit_code == 0, res.output
+    assert Image.open(strip).size == (5 * 66 + 2, 66 + 2)
+    res = runner.invoke(app, ["faces", "codebook", "--model", "face-vae", "-o", str(sheet)])
+    assert res.exit_code != 0 and "not 'face-vqvae'" in res.output

@@ -1,4 +1,8 @@
-"""``aepipe train face-vqvae``: the VQ-VAE face generator's two training stages.
+"""The VQ-VAE face generator's own commands.
+
+``aepipe train face-vqvae`` (its two training stages), ``aepipe faces vq-interpolate`` and
+``aepipe faces codebook``. Sampling is ``gen-faces --model face-vqvae`` (the generator
+protocol) and reconstructing a TOML ``face-vqvae`` stage, with no code here.
 
 Nothing heavy is imported at module level (``aepipe --help`` must stay fast).
 """
@@ -10,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.apps import train_app
+from pipeline.cli.apps import faces_app, train_app
 from pipeline.cli.common import (
     MaxStepsOpt,
     OverwriteShippedOpt,
@@ -88,3 +92,53 @@ def train_face_vqvae(
             cfg = TrainConfig(stage=part, command=invocation(), **common, **extra)
             train(cfg, target, progress=err)
         err(f"wrote {target}")
+
+
+ModelOpt = Annotated[str, typer.Option("--model", help="VQ-VAE weights name or folder.")]
+
+
+def _load(model: str):
+    from pipeline.errors import WeightsError
+    from pipeline.stage import load_stage
+    from pipeline.stages.face_vqvae import FaceVQVAE
+
+    stage = load_stage(model)
+    if not isinstance(stage, FaceVQVAE):
+        raise WeightsError(f"{model}: weights are for stage {stage.name!r}, not 'face-vqvae'")
+    return stage
+
+
+@faces_app.command("vq-interpolate")
+def vq_interpolate(
+    a: Annotated[Path, typer.Argument(help="First face image.", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Second face image.", show_default=False)],
+    steps: Annotated[int, typer.Option("--steps", min=2, max=256)] = 8,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG strip to write.")] = Path(
+        "vq_interpolation.png"
+    ),
+    model: ModelOpt = "face-vqvae",
+) -> None:
+    """Walk from face A to face B in the VQ-VAE's encoder space (before quantisation)."""
+    from pipeline.cli.faces import _read_one, _write_grid
+
+    with cli_errors():
+        stage = _load(model)
+        _write_grid(stage.interpolate(_read_one(a), _read_one(b), steps), out, ncols=steps)
+        err(f"wrote {out}")
+
+
+@faces_app.command("codebook")
+def codebook(
+    first: Annotated[int, typer.Option("--first", min=0, help="First code shown.")] = 0,
+    count: Annotated[int, typer.Option("--count", min=1, max=4096)] = 64,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG sheet to write.")] = Path(
+        "codebook.png"
+    ),
+    model: ModelOpt = "face-vqvae",
+) -> None:
+    """What each VQ-VAE code looks like: a grid filled with that one code, decoded."""
+    from pipeline.cli.faces import _write_grid
+
+    with cli_errors():
+        _write_grid(_load(model).codebook(first, count), out)
+        err(f"wrote {out}")
