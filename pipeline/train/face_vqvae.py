@@ -311,6 +311,8 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     torch.manual_seed(cfg.seed)
     spec: _Spec = VqvaeSpec(cfg, Path(out)) if cfg.stage == "vqvae" else PriorSpec(cfg, Path(out))
     total = cfg.epochs * spec.steps_per_epoch
+    # One checkpoint per stage: resuming the prior must not pick up the VQ-VAE's optimiser.
+    ckpt = Path(out) if cfg.stage == "vqvae" else Path(out).with_name(Path(out).name + "-prior")
     settings = LoopSettings(
         lr=cfg.lr,
         steps_per_epoch=spec.steps_per_epoch,
@@ -322,7 +324,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         minutes_checked="step",
         max_steps=cfg.max_steps,
         write_each_best=True,
-        checkpoint=checkpoint_path(Path(out)),
+        checkpoint=checkpoint_path(ckpt),
         resume=cfg.resume,
     )
     fit(spec, settings, say)
