@@ -187,3 +187,19 @@ def test_codebook_and_interpolation_commands(weights: Path, tmp_path: Path) -> N
     assert Image.open(strip).size == (5 * 66 + 2, 66 + 2)
     res = runner.invoke(app, ["faces", "codebook", "--model", "face-vae", "-o", str(sheet)])
     assert res.exit_code != 0 and "not 'face-vqvae'" in res.output
+
+
+def test_prior_stage_resumes_from_its_own_checkpoint(weights: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "face-vqvae"
+    shutil.copytree(weights, out)
+    data = weights.parent / "faces.npz"
+    cfg = dict(stage="prior", data=data, epochs=2, batch_size=8)
+    train(TrainConfig(**cfg, max_steps=3), out)
+    ckpt = tmp_path / "face-vqvae-prior.checkpoint.pt"
+    assert ckpt.is_file() and not (tmp_path / "face-vqvae.checkpoint.pt").exists()
+    train(TrainConfig(**cfg, resume=True), out)
+    assert not ckpt.exists()  # finished: nothing left to resume
+    history = read_config(out)["training"]["prior"]["history"]
+    assert history[-1]["step"] == 2 * 10  # 2 epochs of ceil(38 faces x 2 mirrors / 8) steps
