@@ -110,10 +110,11 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=ROOT / "runs/fid-cache")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/vqvae_compare.md")
     ap.add_argument("--picture", type=Path, default=ROOT / "docs/img/vqvae_compare.png")
+    ap.add_argument("--card", type=Path, help="also add the table to this MODEL_CARD.md")
     args = ap.parse_args()
 
     import torch
-    from faces import features, fid
+    from faces import add_card_section, features, fid
 
     from pipeline.data.faces import load_faces
     from pipeline.stage import load_stage
@@ -160,6 +161,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     picture(stages, test_u8, args.picture)
+    if args.card:
+        add_card_section(args.card, "Benchmark", "# table\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":
