@@ -217,17 +217,13 @@ class PriorSpec(_Spec):
     def __init__(self, cfg: TrainConfig, out: Path) -> None:
         import torch
 
-        from models.vqvae import CausalPrior
         from pipeline.weights import load_model
 
         init = cfg.init or out
+        # The prior starts from the seeded random one that the vqvae stage wrote, so the two
+        # commands in the card reproduce the weights; a folder whose prior is already trained
+        # is fine-tuned instead.
         model, done = load_model(init)
-        # A fresh prior (seeded by ``train``): the result does not depend on whether ``init``
-        # already holds a trained one.
-        hp = model.hparams
-        model.prior = CausalPrior(
-            hp["num_codes"], model.grid**2, hp["prior_dim"], hp["prior_layers"], hp["prior_heads"]
-        )
         for name, part in model.named_children():
             part.requires_grad_(name == "prior")
         train_x, val_x, cut = load_split(cfg)
