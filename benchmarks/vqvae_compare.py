@@ -106,6 +106,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="samples per model for FID (0: no FID)")
     ap.add_argument("--ref-n", type=int, default=995, help="test faces in the FID reference")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--vq-temperatures", default="", help="comma list: extra VQ-VAE FID rows at these"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=ROOT / "runs/fid-cache")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/vqvae_compare.md")
@@ -155,6 +158,12 @@ def main() -> None:
     for key, label in labels.items():
         if cells[key]:
             lines.append(f"| {label} | " + " | ".join(cells[key]) + " |")
+    for temp in [float(t) for t in args.vq_temperatures.split(",") if t and args.n]:
+        batches = vq.sample(args.n, seed=args.seed, temperature=temp)
+        imgs = np.concatenate([b.to_numpy(np.uint8)[..., 0] for b in batches])
+        score = fid(features(imgs, args.cache, log=log), ref)
+        lines.append(f"| FID as above, VQ-VAE prior at temperature {temp:g} | | {score:.1f} |")
+        log(lines[-1])
     cmd = " ".join(sys.argv[1:])
     lines += ["", f"Command: `.venv/bin/python benchmarks/vqvae_compare.py {cmd}`"]
     print("\n".join(lines))
