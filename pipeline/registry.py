@@ -106,6 +106,15 @@ for _entry in (
         route_kind="generate",
     ),
     Entry(
+        name="face-vqvae",
+        stage="pipeline.stages.face_vqvae:FaceVQVAE",
+        models={"VQVAE": "models.vqvae:VQVAE"},
+        weights="face-vqvae",
+        cli=("pipeline.cli.vqvae",),
+        route="faces-vqvae",
+        route_kind="generate",
+    ),
+    Entry(
         name="colorizer",
         stage="aepipe.stages.colorizer:Colorizer",
         models={"StackNNColorizer": "aepipe.models.colorizer:StackNNColorizer"},

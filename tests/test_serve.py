@@ -121,6 +121,7 @@ def test_healthz_and_docs(server: str) -> None:
         "denoise": "impulse-denoiser",
         "colorize": "colorizer",
         "faces": "face-generator",
+        "faces-vqvae": "face-vqvae",
     }
     schema = httpx.get(f"{server}/openapi.json", timeout=10).json()
     for path in ("/v1/clean-scan", "/v1/denoise", "/v1/colorize", "/v1/faces", "/healthz"):

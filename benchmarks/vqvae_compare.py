@@ -1,0 +1,178 @@
+"""VAE vs VQ-VAE + prior on gray LFW faces: reconstruction, code size, FID, sampling time.
+
+Run::
+
+    .venv/bin/python benchmarks/vqvae_compare.py --n 1000
+
+Same data and FID protocol as ``benchmarks/faces.py`` (its Inception extractor, cache and
+Frechet distance): samples at each model's stored sampling settings, seed 0, against the gray
+LFW test faces (``--ref-n`` of them, all 995 by default). Reconstruction PSNR / SSIM are on all
+995 test faces (uint8, ``benchmarks/metrics.py``). Bits per face: the VAE's test KL in bits
+(the cost of sending its code), the VQ-VAE's grid x log2(codebook) and its prior's test
+cross-entropy (the code length under the learnt prior). Sampling time: median of 3 runs of
+64 faces after loading, at ``--threads``.
+
+Writes ``--out`` (markdown table) and ``--picture`` (8 samples of each model, then an
+interpolation row of each between the same two test faces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def sample_time(stage, runs: int = 3) -> float:
+    """Median seconds to sample 64 faces (one batch) after loading."""
+    times = []
+    for r in range(runs):
+        t0 = time.perf_counter()
+        list(stage.sample(64, seed=r, batch_size=64))
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def reconstruction(stage, test_u8: np.ndarray) -> dict[str, float]:
+    """Test PSNR / SSIM (uint8) of ``stage(faces)``."""
+    from metrics import psnr, ssim
+
+    from pipeline.batch import ImageBatch
+
+    outs = []
+    for i in range(0, len(test_u8), 250):
+        batch = ImageBatch.from_numpy(test_u8[i : i + 250, ..., None])
+        outs.append(stage(batch).to_numpy(np.uint8)[..., 0])
+    rec = np.concatenate(outs)
+    return {"psnr": psnr(test_u8, rec), "ssim": ssim(test_u8, rec)}
+
+
+def vae_bits(stage, test_u8: np.ndarray, seed: int) -> float:
+    """The VAE's mean test KL in bits: what its code costs to send."""
+    import torch
+
+    from pipeline.train.vae import evaluate
+
+    return evaluate(stage.model, torch.from_numpy(test_u8), "faces", seed=seed)["kl"] / math.log(2)
+
+
+def prior_bits(stage, test_u8: np.ndarray) -> float:
+    """The VQ-VAE prior's mean test cross-entropy in bits per face."""
+    import torch
+    from torch.nn import functional as F
+
+    from pipeline.batch import ImageBatch
+
+    codes = torch.cat(
+        [
+            stage.codes(ImageBatch.from_numpy(test_u8[i : i + 250, ..., None])).flatten(1)
+            for i in range(0, len(test_u8), 250)
+        ]
+    )
+    with torch.no_grad():
+        nll = F.cross_entropy(
+            stage.model.prior(codes).flatten(0, 1), codes.flatten(), reduction="sum"
+        )
+    return float(nll) / len(codes) / math.log(2)
+
+
+def picture(stages: dict[str, object], test_u8: np.ndarray, path: Path) -> None:
+    """8 samples per model, then an interpolation row per model between two test faces."""
+    from pipeline.batch import ImageBatch
+    from pipeline.io import make_grid, write_image
+
+    a = ImageBatch.from_numpy(test_u8[:1, ..., None])
+    b = ImageBatch.from_numpy(test_u8[7:8, ..., None])
+    rows = [next(s.sample(8, seed=0)).to_numpy(np.uint8) for s in stages.values()]
+    rows += [s.interpolate(a, b, steps=8).to_numpy(np.uint8) for s in stages.values()]
+    grid = make_grid(np.concatenate(rows), ncols=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(grid[..., 0], path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/faces/lfw_64.npz")
+    ap.add_argument("--vae", default="face-vae")
+    ap.add_argument("--vqvae", default="face-vqvae")
+    ap.add_argument("--n", type=int, default=1000, help="samples per model for FID (0: no FID)")
+    ap.add_argument("--ref-n", type=int, default=995, help="test faces in the FID reference")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--vq-temperatures", default="", help="comma list: extra VQ-VAE FID rows at these"
+    )
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=ROOT / "runs/fid-cache")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/vqvae_compare.md")
+    ap.add_argument("--picture", type=Path, default=ROOT / "docs/img/vqvae_compare.png")
+    ap.add_argument("--card", type=Path, help="also add the table to this MODEL_CARD.md")
+    args = ap.parse_args()
+
+    import torch
+    from faces import add_card_section, features, fid
+
+    from pipeline.data.faces import load_faces
+    from pipeline.stage import load_stage
+
+    torch.set_num_threads(args.threads)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    test_u8 = load_faces(args.data, "test")
+    stages = {"VAE": load_stage(args.vae), "VQ-VAE + prior": load_stage(args.vqvae)}
+    vq = stages["VQ-VAE + prior"]
+    grid_bits = vq.model.grid**2 * math.log2(vq.model.num_codes)
+    bits = {
+        "VAE": f"{vae_bits(stages['VAE'], test_u8, args.seed):.0f} (test KL)",
+        "VQ-VAE + prior": f"{grid_bits:.0f} (grid); {prior_bits(vq, test_u8):.0f} (prior NLL)",
+    }
+    ref = features(test_u8[: args.ref_n], args.cache, log=log) if args.n else None
+    lines = [
+        "| | VAE (`face-vae`) | VQ-VAE + prior (`face-vqvae`) |",
+        "| --- | ---: | ---: |",
+    ]
+    cells: dict[str, list[str]] = {"psnr": [], "bits": [], "fid": [], "time": []}
+    for name, stage in stages.items():
+        rec = reconstruction(stage, test_u8)
+        cells["psnr"].append(f"{rec['psnr']:.2f} / {rec['ssim']:.3f}")
+        cells["bits"].append(bits[name])
+        cells["time"].append(f"{sample_time(stage):.2f}")
+        if args.n:
+            imgs = np.concatenate(
+                [b.to_numpy(np.uint8)[..., 0] for b in stage.sample(args.n, seed=args.seed)]
+            )
+            cells["fid"].append(f"{fid(features(imgs, args.cache, log=log), ref):.1f}")
+        log(f"{name}: {[v[-1] for v in cells.values() if v]}")
+    labels = {
+        "psnr": "test reconstruction PSNR (dB) / SSIM, 995 faces",
+        "bits": "bits per face for the code",
+        "fid": f"FID, {args.n} samples vs {args.ref_n} gray test faces",
+        "time": f"seconds to sample 64 faces ({args.threads} thread(s))",
+    }
+    for key, label in labels.items():
+        if cells[key]:
+            lines.append(f"| {label} | " + " | ".join(cells[key]) + " |")
+    for temp in [float(t) for t in args.vq_temperatures.split(",") if t and args.n]:
+        batches = vq.sample(args.n, seed=args.seed, temperature=temp)
+        imgs = np.concatenate([b.to_numpy(np.uint8)[..., 0] for b in batches])
+        score = fid(features(imgs, args.cache, log=log), ref)
+        lines.append(f"| FID as above, VQ-VAE prior at temperature {temp:g} | | {score:.1f} |")
+        log(lines[-1])
+    cmd = " ".join(sys.argv[1:])
+    lines += ["", f"Command: `.venv/bin/python benchmarks/vqvae_compare.py {cmd}`"]
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    picture(stages, test_u8, args.picture)
+    if args.card:
+        add_card_section(args.card, "Benchmark", "# table\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

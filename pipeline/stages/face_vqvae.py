@@ -1,0 +1,229 @@
+"""The face-vqvae stage: a VQ-VAE that reconstructs gray faces and samples new ones from its prior.
+
+Calling the stage reconstructs faces (centre-crop, resize to the model's size, gray, encode,
+snap to the codebook, decode). :meth:`FaceVQVAE.sample` draws code grids from the causal
+transformer prior (temperature, top-k, top-p) and decodes them; :meth:`~FaceVQVAE.interpolate`
+mixes two faces in the continuous encoder space before quantisation; :meth:`~FaceVQVAE.codebook`
+shows what each code looks like.
+
+All randomness comes from a CPU ``torch.Generator`` seeded by the caller: the uniforms that pick
+every code are drawn on the CPU in fixed blocks of faces before anything runs, so a seed gives
+the same faces whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field
+
+from pipeline.batch import ImageBatch
+from pipeline.errors import ConfigError
+from pipeline.stage import Generator, StageConfig
+from pipeline.stages.face_generator import FaceGenerator
+
+if TYPE_CHECKING:
+    import torch
+    from typing_extensions import Self
+
+_NOISE_BLOCK = 64
+
+
+class Config(StageConfig):
+    """Options of the VQ-VAE face generator.
+
+    Attributes:
+        temperature: the prior's logits are divided by it (0: always the most likely code;
+            below 1: cleaner, less varied faces).
+        top_k: sample only among the k most likely codes at each position (0: all).
+        top_p: sample only among the most likely codes holding this much probability (1: all).
+        batch_size: faces sampled or reconstructed at once.
+    """
+
+    temperature: float = Field(default=1.0, ge=0.0, le=3.0)
+    top_k: int = Field(default=0, ge=0, le=65536)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    batch_size: int = Field(default=64, ge=1, le=8192)
+
+
+class FaceVQVAE(Generator):
+    """Gray face VQ-VAE + autoregressive prior as a stage (``__call__`` reconstructs)."""
+
+    name: ClassVar[str] = "face-vqvae"
+    Config: ClassVar[type[StageConfig]] = Config
+    input_channels: ClassVar[tuple[int, ...]] = (1, 3)
+    min_size: ClassVar[int] = 4
+    resizes: ClassVar[bool] = True
+
+    @property
+    def native_size(self) -> int:
+        """Height = width of the images the model makes."""
+        return int(self.model.size)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Centre-crop, antialiased resize to the model size, gray: (N, C, H, W) -> (N, 1, S, S)."""
+        # The face VAE's preprocessing, reused as is: it only needs ``native_size``.
+        return FaceGenerator.preprocess(self, images)  # type: ignore[arg-type]
+
+    def forward(self, batch: ImageBatch) -> ImageBatch:
+        """Reconstruct: encode, quantise, decode; outputs are S x S gray."""
+        out = self.model.decode_codes(self.model.codes(self.preprocess(batch.images)))
+        return ImageBatch(out.float(), list(batch.names), [dict(m) for m in batch.meta])
+
+    def codes(self, batch: ImageBatch) -> torch.Tensor:
+        """(N, G, G) code indices of (preprocessed) images, on the CPU."""
+        import torch
+
+        self.check(batch)
+        with torch.inference_mode():
+            return self.model.codes(self.preprocess(batch.to(self.device).images)).cpu()
+
+    def uniforms(self, n: int, seed: int) -> torch.Tensor:
+        """The (n, tokens) uniforms that pick every code, on the CPU.
+
+        They are drawn in fixed blocks of faces, so face i gets the same numbers whatever ``n``.
+        """
+        import torch
+
+        if n < 0:
+            raise ConfigError(f"{self.name}: number of samples must be >= 0; got {n}")
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        tokens = self.model.prior.tokens
+        blocks = [
+            torch.rand(_NOISE_BLOCK, tokens, generator=gen)
+            for _ in range(math.ceil(n / _NOISE_BLOCK))
+        ]
+        return torch.cat(blocks)[:n] if blocks else torch.zeros(0, tokens)
+
+    def sample_codes(
+        self,
+        n: int,
+        seed: int = 0,
+        temperature: float | None = None,
+        batch_size: int | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield (B, G, G) code grids from the prior, ``batch_size`` at a time, on the CPU."""
+        import torch
+
+        temp = self.config.temperature if temperature is None else float(temperature)
+        if not 0.0 <= temp <= 3.0:
+            raise ConfigError(f"{self.name}.temperature: must be in [0, 3]; got {temp}")
+        u = self.uniforms(n, seed)
+        size = batch_size or self.config.batch_size
+        g = self.model.grid
+        for start in range(0, n, size):
+            with torch.inference_mode():
+                codes = self.model.prior.sample(
+                    u[start : start + size].to(self.device),
+                    temp,
+                    self.config.top_k,
+                    self.config.top_p,
+                )
+            yield codes.view(-1, g, g).cpu()
+
+    def sample(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        temperature: float | None = None,
+        batch_size: int | None = None,
+        **options: Any,
+    ) -> Iterator[ImageBatch]:
+        """Generate ``n`` new faces, one batch at a time.
+
+        Args:
+            n: number of faces.
+            seed: seeds the CPU generator; the same seed gives the same faces for any batch size.
+            temperature: overrides the config's (``None``: the weights' default).
+            batch_size: overrides the config's batch size.
+            **options: none are understood; given ones are an error.
+
+        Yields:
+            Batches of (B, 1, S, S) faces named ``face_00000`` ..., with ``seed`` and ``index``
+            in their metadata.
+        """
+        if options:
+            raise ConfigError(f"{self.name}: unknown sampling options {sorted(options)}")
+        width = max(5, len(str(max(n - 1, 0))))
+        start = 0
+        for codes in self.sample_codes(n, seed, temperature, batch_size):
+            idx = range(start, start + len(codes))
+            images = self.decode_codes(codes)
+            names = [f"face_{i:0{width}d}" for i in idx]
+            yield ImageBatch(images, names, [{"seed": seed, "index": i} for i in idx])
+            start += len(codes)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N, G, G) indices -> (N, 1, S, S) images in [0, 1] on the CPU."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model.decode_codes(codes.to(self.device)).float().cpu()
+
+    def interpolate(self, a: ImageBatch, b: ImageBatch, steps: int = 8) -> ImageBatch:
+        """Faces along the straight line between two faces in the continuous encoder space.
+
+        Each point (taken before quantisation) is snapped to the codebook and decoded.
+
+        Args:
+            a: one image (batch of 1).
+            b: another.
+            steps: images on the path (>= 2), endpoints included.
+        """
+        import torch
+
+        if steps < 2:
+            raise ConfigError(f"{self.name}: interpolation needs steps >= 2; got {steps}")
+        if len(a) != 1 or len(b) != 1:
+            raise ConfigError(f"{self.name}: interpolate takes one image at each end")
+        for end in (a, b):
+            self.check(end)
+        with torch.inference_mode():
+            # Each end on its own: they may differ in size and channels.
+            za, zb = (
+                self.model.encode(self.preprocess(e.images.to(self.device)))[0] for e in (a, b)
+            )
+            t = torch.linspace(0.0, 1.0, steps, device=self.device)[:, None, None, None]
+            z_q, _codes, _ = self.model.quantizer((1 - t) * za + t * zb)
+            out = self.model.decode(z_q).clamp(0, 1).float().cpu()
+        return ImageBatch(out, [f"step_{i:02d}" for i in range(steps)])
+
+    def codebook(self, first: int = 0, count: int = 64) -> ImageBatch:
+        """What each code looks like: the decoded image of a grid filled with that one code.
+
+        Args:
+            first: first code index shown.
+            count: how many codes.
+        """
+        import torch
+
+        k = self.model.num_codes
+        if not 0 <= first < k or count < 1:
+            raise ConfigError(f"{self.name}: codes are 0..{k - 1}; got first={first}")
+        ids = torch.arange(first, min(k, first + count))
+        g = self.model.grid
+        images = self.decode_codes(ids[:, None, None].expand(-1, g, g))
+        return ImageBatch(images, [f"code_{int(i):04d}" for i in ids])
+
+    @classmethod
+    def tiny(cls, seed: int = 0, **config: Any) -> Self:
+        """A small random 16x16 VQ-VAE (4x4 codes, 16 entries, tiny prior), seeded."""
+        import torch
+
+        from models.vqvae import VQVAE
+
+        torch.manual_seed(seed)
+        model = VQVAE(
+            size=16,
+            channels=[8, 8],
+            res_blocks=1,
+            num_codes=16,
+            code_dim=4,
+            prior_dim=16,
+            prior_layers=1,
+            prior_heads=2,
+        )
+        return cls(model, {"batch_size": 4, **config})
