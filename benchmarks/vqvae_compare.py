@@ -45,7 +45,7 @@ def reconstruction(stage, test_u8: np.ndarray) -> dict[str, float]:
     """Test PSNR / SSIM (uint8) of ``stage(faces)``."""
     from metrics import psnr, ssim
 
-    from pipeline.batch import ImageBatch
+    from aepipe.batch import ImageBatch
 
     outs = []
     for i in range(0, len(test_u8), 250):
@@ -59,7 +59,7 @@ def vae_bits(stage, test_u8: np.ndarray, seed: int) -> float:
     """The VAE's mean test KL in bits: what its code costs to send."""
     import torch
 
-    from pipeline.train.vae import evaluate
+    from aepipe.train.vae import evaluate
 
     return evaluate(stage.model, torch.from_numpy(test_u8), "faces", seed=seed)["kl"] / math.log(2)
 
@@ -69,7 +69,7 @@ def prior_bits(stage, test_u8: np.ndarray) -> float:
     import torch
     from torch.nn import functional as F
 
-    from pipeline.batch import ImageBatch
+    from aepipe.batch import ImageBatch
 
     codes = torch.cat(
         [
@@ -86,8 +86,8 @@ def prior_bits(stage, test_u8: np.ndarray) -> float:
 
 def picture(stages: dict[str, object], test_u8: np.ndarray, path: Path) -> None:
     """8 samples per model, then an interpolation row per model between two test faces."""
-    from pipeline.batch import ImageBatch
-    from pipeline.io import make_grid, write_image
+    from aepipe.batch import ImageBatch
+    from aepipe.io import make_grid, write_image
 
     a = ImageBatch.from_numpy(test_u8[:1, ..., None])
     b = ImageBatch.from_numpy(test_u8[7:8, ..., None])
@@ -119,8 +119,8 @@ def main() -> None:
     import torch
     from faces import add_card_section, features, fid
 
-    from pipeline.data.faces import load_faces
-    from pipeline.stage import load_stage
+    from aepipe.data.faces import load_faces
+    from aepipe.stage import load_stage
 
     torch.set_num_threads(args.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731

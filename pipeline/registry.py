@@ -107,10 +107,10 @@ for _entry in (
     ),
     Entry(
         name="face-vqvae",
-        stage="pipeline.stages.face_vqvae:FaceVQVAE",
-        models={"VQVAE": "models.vqvae:VQVAE"},
+        stage="aepipe.stages.face_vqvae:FaceVQVAE",
+        models={"VQVAE": "aepipe.models.vqvae:VQVAE"},
         weights="face-vqvae",
-        cli=("pipeline.cli.vqvae",),
+        cli=("aepipe.cli.vqvae",),
         route="faces-vqvae",
         route_kind="generate",
     ),

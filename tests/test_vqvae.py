@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.vqvae import VQVAE, VectorQuantizerEMA, pick
-from pipeline.batch import ImageBatch
-from pipeline.errors import ConfigError
-from pipeline.stage import load_stage
-from pipeline.stages.face_vqvae import FaceVQVAE
-from pipeline.train.face_vqvae import TrainConfig, train
-from pipeline.weights import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, read_config
+from aepipe.batch import ImageBatch
+from aepipe.errors import ConfigError
+from aepipe.models.vqvae import VQVAE, VectorQuantizerEMA, pick
+from aepipe.stage import load_stage
+from aepipe.stages.face_vqvae import FaceVQVAE
+from aepipe.train.face_vqvae import TrainConfig, train
+from aepipe.weights import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, read_config
 
 N, SEED, ROUTE = 5, 3, "faces-vqvae"
 
@@ -151,7 +151,7 @@ def test_every_front_end_samples_face_vqvae_alike(weights: Path, tmp_path: Path)
 def test_train_command_refuses_the_shipped_folder_and_bad_stages(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from pipeline.cli.main import app, load_areas
+    from aepipe.cli.main import app, load_areas
 
     load_areas()
     runner = CliRunner()
@@ -166,7 +166,7 @@ def test_codebook_and_interpolation_commands(weights: Path, tmp_path: Path) -> N
     from PIL import Image
     from typer.testing import CliRunner
 
-    from pipeline.cli.main import app, load_areas
+    from aepipe.cli.main import app, load_areas
 
     load_areas()
     rng = np.random.default_rng(0)

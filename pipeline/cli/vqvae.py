@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.apps import faces_app, train_app
-from pipeline.cli.common import (
+from aepipe.cli.apps import faces_app, train_app
+from aepipe.cli.common import (
     MaxStepsOpt,
     OverwriteShippedOpt,
     ResumeOpt,
@@ -68,7 +68,7 @@ def train_face_vqvae(
     threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
 ) -> None:
     """Train the VQ-VAE face generator: the VQ-VAE, then the prior over its codes."""
-    from pipeline.train.face_vqvae import TrainConfig, train
+    from aepipe.train.face_vqvae import TrainConfig, train
 
     with cli_errors():
         check_choice(stage, _STAGES, "--stage")
@@ -98,9 +98,9 @@ ModelOpt = Annotated[str, typer.Option("--model", help="VQ-VAE weights name or f
 
 
 def _load(model: str):
-    from pipeline.errors import WeightsError
-    from pipeline.stage import load_stage
-    from pipeline.stages.face_vqvae import FaceVQVAE
+    from aepipe.errors import WeightsError
+    from aepipe.stage import load_stage
+    from aepipe.stages.face_vqvae import FaceVQVAE
 
     stage = load_stage(model)
     if not isinstance(stage, FaceVQVAE):
@@ -119,7 +119,7 @@ def vq_interpolate(
     model: ModelOpt = "face-vqvae",
 ) -> None:
     """Walk from face A to face B in the VQ-VAE's encoder space (before quantisation)."""
-    from pipeline.cli.faces import _read_one, _write_grid
+    from aepipe.cli.faces import _read_one, _write_grid
 
     with cli_errors():
         stage = _load(model)
@@ -137,7 +137,7 @@ def codebook(
     model: ModelOpt = "face-vqvae",
 ) -> None:
     """What each VQ-VAE code looks like: a grid filled with that one code, decoded."""
-    from pipeline.cli.faces import _write_grid
+    from aepipe.cli.faces import _write_grid
 
     with cli_errors():
         _write_grid(_load(model).codebook(first, count), out)

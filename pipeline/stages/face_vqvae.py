@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from pipeline.batch import ImageBatch
-from pipeline.errors import ConfigError
-from pipeline.stage import Generator, StageConfig
-from pipeline.stages.face_generator import FaceGenerator
+from aepipe.batch import ImageBatch
+from aepipe.errors import ConfigError
+from aepipe.stage import Generator, StageConfig
+from aepipe.stages.face_generator import FaceGenerator
 
 if TYPE_CHECKING:
     import torch
@@ -213,7 +213,7 @@ class FaceVQVAE(Generator):
         """A small random 16x16 VQ-VAE (4x4 codes, 16 entries, tiny prior), seeded."""
         import torch
 
-        from models.vqvae import VQVAE
+        from aepipe.models.vqvae import VQVAE
 
         torch.manual_seed(seed)
         model = VQVAE(

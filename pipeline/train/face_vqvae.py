@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
+from aepipe.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
 
 NAME = "face-vqvae"
 MODEL = dict(
@@ -88,7 +88,7 @@ def load_split(cfg: TrainConfig) -> tuple[Any, Any, int]:
     """Train and validation gray faces as (N, 1, 64, 64) float tensors in [0, 1], and the cut."""
     import torch
 
-    from pipeline.data.faces import load_faces, split_by_person
+    from aepipe.data.faces import load_faces, split_by_person
 
     images, files = load_faces(cfg.data, "train", with_files=True)
     if cfg.limit:
@@ -109,7 +109,7 @@ def codebook_stats(codes: Any, num_codes: int) -> dict[str, float]:
 
 
 class _Spec:
-    """Shared data order, flips and writing of both stages (``pipeline.train.loop.TrainSpec``)."""
+    """Shared data order, flips and writing of both stages (``aepipe.train.loop.TrainSpec``)."""
 
     def __init__(self, cfg: TrainConfig, out: Path, model: Any, train_data: Any) -> None:
         import torch
@@ -138,7 +138,7 @@ class _Spec:
         self.order, self.pos = state["order"], state["pos"]
 
     def write(self, model: Any, run: Run, final: bool) -> Path:
-        from pipeline.stages.face_vqvae import FaceVQVAE
+        from aepipe.stages.face_vqvae import FaceVQVAE
 
         cfg = self.cfg
         stage_config = {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p}
@@ -157,7 +157,7 @@ class VqvaeSpec(_Spec):
     """Stage 1: the autoencoder and its codebook."""
 
     def __init__(self, cfg: TrainConfig, out: Path) -> None:
-        from models.vqvae import VQVAE
+        from aepipe.models.vqvae import VQVAE
 
         train_x, self.val_x, cut = load_split(cfg)
         model = VQVAE(**MODEL)
@@ -217,7 +217,7 @@ class PriorSpec(_Spec):
     def __init__(self, cfg: TrainConfig, out: Path) -> None:
         import torch
 
-        from pipeline.weights import load_model
+        from aepipe.weights import load_model
 
         init = cfg.init or out
         # The prior starts from the seeded random one that the vqvae stage wrote, so the two
