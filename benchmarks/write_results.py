@@ -16,6 +16,7 @@ Usage: ``python benchmarks/write_results.py [--check]``
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -32,13 +33,13 @@ def _included(path: str) -> str:
     links made relative to docs/."""
     text = (ROOT / path).read_text(encoding="utf-8").strip()
     text = re.sub(r"^(#{1,4}) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", text, flags=re.M)
-    text = re.sub(r"\]\((?!https?:|#|\.\./)([^)]+)\)", lambda m: f"](../{_under(path, m)})", text)
+    text = re.sub(r"\]\((?!https?:|#)([^)]+)\)", lambda m: f"](../{_under(path, m)})", text)
     return text + "\n"
 
 
 def _under(path: str, match: re.Match[str]) -> str:
     """A link target of ``path`` (relative to its own folder) as a path from the repository."""
-    return (Path(path).parent / match.group(1)).as_posix()
+    return Path(os.path.normpath(Path(path).parent / match.group(1))).as_posix()
 
 
 def render(text: str) -> str:
