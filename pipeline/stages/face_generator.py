@@ -58,6 +58,30 @@ class Config(StageConfig):
     batch_size: int = Field(default=256, ge=1, le=8192)
 
 
+def face_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop to a square, resize to ``size`` and convert to gray (the face models' input).
+
+    Args:
+        images: (N, C, H, W) in [0, 1], C in {1, 3}, on any device.
+        size: side S of the model's images.
+
+    Returns:
+        (N, 1, S, S) in [0, 1].
+    """
+    from torch.nn import functional as F
+
+    h, w = images.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = to_gray(images[..., top : top + side, left : left + side])
+    if side != size:
+        # Antialiased resize: a plain bilinear downscale aliases hair and background.
+        square = F.interpolate(
+            square, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return square.clamp(0.0, 1.0)
+
+
 class FaceGenerator(Generator):
     """Gray face VAE as a stage (``__call__`` reconstructs; methods sample and edit)."""
 
@@ -81,27 +105,8 @@ class FaceGenerator(Generator):
     # ---- image <-> model input ----------------------------------------------------------------
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Centre-crop to a square, resize to the model size and convert to gray.
-
-        Args:
-            images: (N, C, H, W) in [0, 1], C in {1, 3}, on any device.
-
-        Returns:
-            (N, 1, S, S) with S = :attr:`native_size`.
-        """
-        from torch.nn import functional as F
-
-        h, w = images.shape[-2:]
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        square = to_gray(images[..., top : top + side, left : left + side])
-        s = self.native_size
-        if side != s:
-            # Antialiased resize: a plain bilinear downscale aliases hair and background.
-            square = F.interpolate(
-                square, size=(s, s), mode="bilinear", antialias=True, align_corners=False
-            )
-        return square.clamp(0.0, 1.0)
+        """Centre-crop, resize to the model size, gray: (N, C, H, W) -> (N, 1, S, S)."""
+        return face_crop(images, self.native_size)
 
     def forward(self, batch: ImageBatch) -> ImageBatch:
         """Reconstruct: encode the posterior mean and decode it; outputs are S x S gray."""

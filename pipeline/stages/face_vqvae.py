@@ -22,7 +22,7 @@ from pydantic import Field
 from aepipe.batch import ImageBatch
 from aepipe.errors import ConfigError
 from aepipe.stage import Generator, StageConfig
-from aepipe.stages.face_generator import FaceGenerator
+from aepipe.stages.face_generator import face_crop
 
 if TYPE_CHECKING:
     import torch
@@ -64,8 +64,7 @@ class FaceVQVAE(Generator):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Centre-crop, antialiased resize to the model size, gray: (N, C, H, W) -> (N, 1, S, S)."""
-        # The face VAE's preprocessing, reused as is: it only needs ``native_size``.
-        return FaceGenerator.preprocess(self, images)  # type: ignore[arg-type]
+        return face_crop(images, self.native_size)
 
     def forward(self, batch: ImageBatch) -> ImageBatch:
         """Reconstruct: encode, quantise, decode; outputs are S x S gray."""
