@@ -82,11 +82,9 @@ def face_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     return square.clamp(0.0, 1.0)
 
 
-class FaceGenerator(Generator):
-    """Gray face VAE as a stage (``__call__`` reconstructs; methods sample and edit)."""
+class FaceModel(Generator):
+    """What the face generators share: gray or colour faces in, the model's square gray out."""
 
-    name: ClassVar[str] = "face-generator"
-    Config: ClassVar[type[StageConfig]] = Config
     input_channels: ClassVar[tuple[int, ...]] = (1, 3)
     min_size: ClassVar[int] = 4
     # Outputs are the model's size (64x64 for faces), whatever the input size.
@@ -97,16 +95,23 @@ class FaceGenerator(Generator):
         """Height = width of the images the model makes."""
         return int(self.model.size)
 
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Centre-crop, resize to the model size, gray: (N, C, H, W) -> (N, 1, S, S)."""
+        return face_crop(images, self.native_size)
+
+
+class FaceGenerator(FaceModel):
+    """Gray face VAE as a stage (``__call__`` reconstructs; methods sample and edit)."""
+
+    name: ClassVar[str] = "face-generator"
+    Config: ClassVar[type[StageConfig]] = Config
+
     @property
     def latent_dim(self) -> int:
         """Dimension of the latent space."""
         return int(self.model.latent_dim)
 
     # ---- image <-> model input ----------------------------------------------------------------
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Centre-crop, resize to the model size, gray: (N, C, H, W) -> (N, 1, S, S)."""
-        return face_crop(images, self.native_size)
 
     def forward(self, batch: ImageBatch) -> ImageBatch:
         """Reconstruct: encode the posterior mean and decode it; outputs are S x S gray."""

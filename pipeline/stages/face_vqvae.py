@@ -21,8 +21,8 @@ from pydantic import Field
 
 from aepipe.batch import ImageBatch
 from aepipe.errors import ConfigError
-from aepipe.stage import Generator, StageConfig
-from aepipe.stages.face_generator import face_crop
+from aepipe.stage import StageConfig
+from aepipe.stages.face_generator import FaceModel
 
 if TYPE_CHECKING:
     import torch
@@ -48,23 +48,11 @@ class Config(StageConfig):
     batch_size: int = Field(default=64, ge=1, le=8192)
 
 
-class FaceVQVAE(Generator):
+class FaceVQVAE(FaceModel):
     """Gray face VQ-VAE + autoregressive prior as a stage (``__call__`` reconstructs)."""
 
     name: ClassVar[str] = "face-vqvae"
     Config: ClassVar[type[StageConfig]] = Config
-    input_channels: ClassVar[tuple[int, ...]] = (1, 3)
-    min_size: ClassVar[int] = 4
-    resizes: ClassVar[bool] = True
-
-    @property
-    def native_size(self) -> int:
-        """Height = width of the images the model makes."""
-        return int(self.model.size)
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Centre-crop, antialiased resize to the model size, gray: (N, C, H, W) -> (N, 1, S, S)."""
-        return face_crop(images, self.native_size)
 
     def forward(self, batch: ImageBatch) -> ImageBatch:
         """Reconstruct: encode, quantise, decode; outputs are S x S gray."""
