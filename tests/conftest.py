@@ -62,3 +62,14 @@ def one_synthetic_val_page(monkeypatch: pytest.MonkeyPatch) -> None:
     import aepipe.train.scan_denoiser as mod
 
     monkeypatch.setattr(mod, "SYNTH_VAL_PAGES", [(0, 64, 64, 100)])
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny convolutions gain nothing from threads, and spinning threads crawl on a busy box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

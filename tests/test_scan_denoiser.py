@@ -20,13 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DDD = ROOT.parent / "shared" / "data" / "ddd"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and spinning threads crawl on a busy box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smooth_page(h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -25,12 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCBIN = ROOT.parent / "shared" / "data" / "docbin"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fake_docbin(root: Path, per_collection: dict[str, int], size: int = 96) -> Path:
