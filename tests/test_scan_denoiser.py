@@ -286,6 +286,12 @@ def test_init_refuses_a_source_trained_on_validation_pages(tmp_path: Path) -> No
     assert init_record(tmp_path / "w", ["3"])["sha256"]
     with pytest.raises(ValueError, match="holds out"):
         init_record(tmp_path / "w", ["5"])
+    # A source with a test split held out its validation and test pages: both may be held now.
+    data = dict(ddd_train_names=["2"], ddd_val_names=["3"], ddd_test_names=["4"])
+    ScanDenoiser.tiny(0).save_pretrained(tmp_path / "t", training=dict(data=data))
+    assert init_record(tmp_path / "t", ["3", "4"])["sha256"]
+    with pytest.raises(ValueError, match="holds out"):
+        init_record(tmp_path / "t", ["2", "3", "4"])
 
 
 @pytest.mark.data

@@ -359,8 +359,10 @@ def init_record(folder: Path, val_names: list[str]) -> dict[str, Any]:
 
     config = read_config(resolve(folder))
     training = config.get("training", {})
-    seen = set(training.get("data", {}).get("ddd_train_names", []))
-    held = set(training.get("data", {}).get("ddd_val_names", []))
+    data = training.get("data", {})
+    seen = set(data.get("ddd_train_names", []))
+    # A run with a test split records it apart from validation: both were held out of training.
+    held = set(data.get("ddd_val_names", [])) | set(data.get("ddd_test_names", []))
     if (seen & set(val_names)) or (held and not set(val_names) <= held):
         raise ConfigError(
             f"--init {folder}: it was trained on DDD pages this run holds out for validation; "
