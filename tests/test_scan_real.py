@@ -114,6 +114,27 @@ def test_display_content_is_opt_in_and_deterministic() -> None:
     assert photo.std() > 10 and (out < 60).mean() > 0.01  # a photo and heavy ink
 
 
+def test_display_photo_from_real_photographs(tmp_path: Path) -> None:
+    from aepipe.data.synthetic_pages import add_display_content, load_photos, make_pair
+
+    with pytest.raises(FileNotFoundError, match="photographs in it"):
+        load_photos(tmp_path)
+    # A colour 'photograph' with a vertical edge: left half dark, right half light.
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, 30:] = (200, 180, 160)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    photos = load_photos(tmp_path)
+    assert photos[0].shape == (40, 60) and photos[0].dtype == np.uint8
+    page = np.full((300, 300), 255, np.uint8)
+    out, box = add_display_content(page, np.random.default_rng(1), 300, True, photos)
+    y, x, h, w = box
+    photo = out[y : y + h, x : x + w].astype(int)
+    # The photograph is pasted, resized to the box: dark on the left, light on the right.
+    assert photo[:, : w // 4].mean() < 30 and photo[:, -w // 4 :].mean() > 150
+    a = make_pair(3, 200, 240, 150, display=True, photos=photos)
+    assert np.array_equal(a[1], make_pair(3, 200, 240, 150, display=True, photos=photos)[1])
+
+
 def test_train_with_docbin_records_splits(tmp_path: Path, one_synthetic_val_page: None) -> None:
     import aepipe.train.scan_denoiser as mod
 

@@ -59,6 +59,10 @@ def train_scan_denoiser(
             help="Chance a synthetic page gets large/bold type, shapes and photos.",
         ),
     ] = 0.0,
+    photos: Annotated[
+        Path | None,
+        typer.Option("--photos", help="Folder of photographs for the display pages' photos."),
+    ] = None,
     ink_level: Annotated[
         float,
         typer.Option("--ink-level", min=0.0, max=0.6, help="docbin ink: pushed below this."),
@@ -189,6 +193,7 @@ def train_scan_denoiser(
             docbin_fraction=docbin_fraction,
             clean_fraction=clean_fraction,
             display_prob=display_prob,
+            photos=photos,
             ink_level=ink_level,
             patch=patch,
             scale_lo=scale_lo,

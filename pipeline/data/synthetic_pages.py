@@ -42,6 +42,7 @@ __all__ = [
     "add_display_content",
     "degrade",
     "font_inventory",
+    "load_photos",
     "make_pair",
     "preview_grid",
     "render_clean_page",
@@ -597,11 +598,20 @@ def _display_shape(img: Image.Image, rng: np.random.Generator, dpi: int) -> None
         draw.rectangle((x0, y0, x0 + bw, y0 + bh), outline=ink, width=t)
 
 
-def _photo(page: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """Paste a continuous-tone 'photo' (smooth shapes and gradients); returns its box."""
+def _photo(
+    page: np.ndarray, rng: np.random.Generator, photos: Sequence[np.ndarray] | None = None
+) -> tuple[int, int, int, int]:
+    """Paste a continuous-tone photo; returns its box.
+
+    Without ``photos`` the 'photo' is smooth shapes and gradients, which a denoiser can hardly
+    tell from a stain; with them, one of those real photographs, resized to the box.
+    """
     h, w = page.shape
     ph, pw = int(rng.uniform(0.15, 0.45) * h), int(rng.uniform(0.15, 0.45) * w)
     y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    if photos:
+        page[y0 : y0 + ph, x0 : x0 + pw] = _real_photo(photos, rng, ph, pw)
+        return y0, x0, ph, pw
     field = sum(
         _smooth_noise(rng, ph, pw, max(2.0, min(ph, pw) * f)) * a
         for f, a in ((0.5, 1.0), (0.15, 0.5), (0.04, 0.25))
@@ -614,8 +624,41 @@ def _photo(page: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, i
     return y0, x0, ph, pw
 
 
+def _real_photo(
+    photos: Sequence[np.ndarray], rng: np.random.Generator, h: int, w: int
+) -> np.ndarray:
+    """One of ``photos`` ((h', w') uint8 gray each), cropped to the box's aspect and resized."""
+    src = photos[int(rng.integers(len(photos)))]
+    sh, sw = src.shape
+    # Crop the source to the box's aspect ratio (centred) so the photo is not stretched.
+    if sw * h > sh * w:
+        cw = max(1, round(sh * w / h))
+        src = src[:, (sw - cw) // 2 : (sw - cw) // 2 + cw]
+    else:
+        ch = max(1, round(sw * h / w))
+        src = src[(sh - ch) // 2 : (sh - ch) // 2 + ch]
+    return np.asarray(Image.fromarray(src).resize((w, h), Image.Resampling.BICUBIC))
+
+
+def load_photos(folder: Path, limit: int | None = None) -> list[np.ndarray]:
+    """The photographs in ``folder`` (``*.jpg``, ``*.png``, sorted) as BT.601 gray uint8 arrays.
+
+    Raises:
+        FileNotFoundError: the folder holds no such file.
+    """
+    kinds = {".jpg", ".jpeg", ".png"}
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in kinds)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .jpg or .png photographs in it")
+    return [np.asarray(Image.open(f).convert("L")) for f in files[:limit]]
+
+
 def add_display_content(
-    page: np.ndarray, rng: np.random.Generator, dpi: int = 100, photo: bool | None = None
+    page: np.ndarray,
+    rng: np.random.Generator,
+    dpi: int = 100,
+    photo: bool | None = None,
+    photos: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """Add large/bold type, filled shapes and rules, and sometimes a photo to a clean page.
 
@@ -628,6 +671,8 @@ def add_display_content(
         rng: random generator.
         dpi: nominal resolution (sets type sizes and rule widths).
         photo: add a continuous-tone photo (None: with probability 0.3).
+        photos: real photographs ((h, w) uint8 gray; :func:`load_photos`) to paste as the photo;
+            None: a synthetic continuous-tone field.
 
     Returns:
         The new (H, W) uint8 page and the photo's (y, x, h, w) box or None.
@@ -638,7 +683,7 @@ def add_display_content(
     for _ in range(int(rng.integers(0, 4))):
         _display_shape(img, rng, dpi)
     out = np.array(img)
-    box = _photo(out, rng) if (rng.random() < 0.3 if photo is None else photo) else None
+    box = _photo(out, rng, photos) if (rng.random() < 0.3 if photo is None else photo) else None
     return out, box
 
 
@@ -945,6 +990,7 @@ def make_pair(
     dpi: int = 100,
     bilevel: bool = False,
     display: bool = False,
+    photos: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One deterministic (dirty, clean) pair.
 
@@ -958,6 +1004,8 @@ def make_pair(
             come from blur alone.
         display: also add large/bold type, shapes and sometimes a photo
             (:func:`add_display_content`); off by default so earlier seeds replay unchanged.
+        photos: real photographs for the display content's photo (the pair then also
+            depends on them); None: a synthetic one.
 
     Returns:
         (dirty, clean): two (H, W) uint8 arrays, 255 = white.
@@ -966,7 +1014,7 @@ def make_pair(
     rng = np.random.default_rng(np.random.SeedSequence(key))
     clean = render_clean_page(rng, height, width, dpi)
     if display:
-        clean, _ = add_display_content(clean, rng, dpi)
+        clean, _ = add_display_content(clean, rng, dpi, photos=photos)
     if bilevel:
         clean = np.where(clean < 128, 0, 255).astype(np.uint8)
     dirty = degrade(clean, rng, dpi)

@@ -109,6 +109,11 @@ class TrainConfig(BaseModel):
         le=1.0,
         description="P(a synthetic page also gets large/bold type, shapes, photos)",
     )
+    photos: Path | None = Field(
+        None,
+        description="folder of photographs (e.g. photos/train) to paste as the photos of "
+        "display pages; default: synthetic continuous-tone fields",
+    )
     ink_level: float = Field(
         0.2,
         ge=0.0,
@@ -206,15 +211,21 @@ def _crop_pair(
 class _SyntheticPool:
     """A rolling pool of synthetic pages; one is replaced on each :meth:`refresh`."""
 
-    def __init__(self, size: int, seed: int, display_prob: float = 0.0) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        display_prob: float = 0.0,
+        photos: list[np.ndarray] | None = None,
+    ) -> None:
         from aepipe.data.synthetic_pages import SyntheticPages
 
-        self.display_prob = display_prob
+        self.display_prob, self.photos = display_prob, photos
         self.sizes = SyntheticPages.DEFAULT_PAGE_SIZES
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
         # What each page was rendered from: a checkpoint keeps these, not the pixels.
         self.recipes = [self._recipe() for _ in range(size)]
-        self.pages = [_render(r) for r in self.recipes]
+        self.pages = [_render(r, photos) for r in self.recipes]
         self.next = 0
 
     def _recipe(self) -> tuple[int, int, int, int, bool]:
@@ -225,7 +236,7 @@ class _SyntheticPool:
 
     def refresh(self) -> None:
         self.recipes[self.next] = self._recipe()
-        self.pages[self.next] = _render(self.recipes[self.next])
+        self.pages[self.next] = _render(self.recipes[self.next], self.photos)
         self.next = (self.next + 1) % len(self.pages)
 
     def state(self) -> dict[str, Any]:
@@ -238,15 +249,17 @@ class _SyntheticPool:
         recipes = [tuple(r) for r in state["recipes"]]
         for i, recipe in enumerate(recipes):
             if recipe != self.recipes[i]:
-                self.pages[i] = _render(recipe)
+                self.pages[i] = _render(recipe, self.photos)
         self.recipes, self.next = recipes, int(state["next"])
 
 
-def _render(recipe: tuple[int, int, int, int, bool]) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    recipe: tuple[int, int, int, int, bool], photos: list[np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
     from aepipe.data.synthetic_pages import make_pair
 
     seed, h, w, dpi, display = recipe
-    return make_pair(seed, h, w, dpi, display=display)
+    return make_pair(seed, h, w, dpi, display=display, photos=photos)
 
 
 def synthetic_val_pages() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -445,11 +458,16 @@ class _ScanData:
 
     def load_rest(self, cfg: TrainConfig) -> None:
         """The slow part (synthetic pages, docbin), after the checks that can fail at once."""
+        from aepipe.data.synthetic_pages import load_photos
         from aepipe.errors import ConfigError
 
         self.synth_frac = cfg.synthetic_fraction if self.train else 1.0
+        try:
+            photos = load_photos(cfg.photos) if cfg.photos is not None else None
+        except OSError as exc:
+            raise ConfigError(f"--photos: {exc}") from None
         self.pool = (
-            _SyntheticPool(cfg.synthetic_pool, cfg.seed, cfg.display_prob)
+            _SyntheticPool(cfg.synthetic_pool, cfg.seed, cfg.display_prob, photos)
             if self.synth_frac > 0
             else None
         )
