@@ -63,6 +63,10 @@ def train_scan_denoiser(
         Path | None,
         typer.Option("--photos", help="Folder of photographs for the display pages' photos."),
     ] = None,
+    photo_prob: Annotated[
+        float,
+        typer.Option("--photo-prob", min=0.0, max=1.0, help="Chance a display page has a photo."),
+    ] = 0.3,
     ink_level: Annotated[
         float,
         typer.Option("--ink-level", min=0.0, max=0.6, help="docbin ink: pushed below this."),
@@ -194,6 +198,7 @@ def train_scan_denoiser(
             clean_fraction=clean_fraction,
             display_prob=display_prob,
             photos=photos,
+            photo_prob=photo_prob,
             ink_level=ink_level,
             patch=patch,
             scale_lo=scale_lo,

@@ -659,6 +659,7 @@ def add_display_content(
     dpi: int = 100,
     photo: bool | None = None,
     photos: Sequence[np.ndarray] | None = None,
+    photo_prob: float = 0.3,
 ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """Add large/bold type, filled shapes and rules, and sometimes a photo to a clean page.
 
@@ -670,9 +671,10 @@ def add_display_content(
         page: (H, W) uint8 clean page, 255 = white (not modified).
         rng: random generator.
         dpi: nominal resolution (sets type sizes and rule widths).
-        photo: add a continuous-tone photo (None: with probability 0.3).
+        photo: add a continuous-tone photo (None: with probability ``photo_prob``).
         photos: real photographs ((h, w) uint8 gray; :func:`load_photos`) to paste as the photo;
             None: a synthetic continuous-tone field.
+        photo_prob: P(a photo) when ``photo`` is None.
 
     Returns:
         The new (H, W) uint8 page and the photo's (y, x, h, w) box or None.
@@ -683,7 +685,8 @@ def add_display_content(
     for _ in range(int(rng.integers(0, 4))):
         _display_shape(img, rng, dpi)
     out = np.array(img)
-    box = _photo(out, rng, photos) if (rng.random() < 0.3 if photo is None else photo) else None
+    wanted = rng.random() < photo_prob if photo is None else photo
+    box = _photo(out, rng, photos) if wanted else None
     return out, box
 
 
@@ -991,6 +994,7 @@ def make_pair(
     bilevel: bool = False,
     display: bool = False,
     photos: Sequence[np.ndarray] | None = None,
+    photo_prob: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One deterministic (dirty, clean) pair.
 
@@ -1006,6 +1010,7 @@ def make_pair(
             (:func:`add_display_content`); off by default so earlier seeds replay unchanged.
         photos: real photographs for the display content's photo (the pair then also
             depends on them); None: a synthetic one.
+        photo_prob: P(the display content has a photo).
 
     Returns:
         (dirty, clean): two (H, W) uint8 arrays, 255 = white.
@@ -1014,7 +1019,7 @@ def make_pair(
     rng = np.random.default_rng(np.random.SeedSequence(key))
     clean = render_clean_page(rng, height, width, dpi)
     if display:
-        clean, _ = add_display_content(clean, rng, dpi, photos=photos)
+        clean, _ = add_display_content(clean, rng, dpi, photos=photos, photo_prob=photo_prob)
     if bilevel:
         clean = np.where(clean < 128, 0, 255).astype(np.uint8)
     dirty = degrade(clean, rng, dpi)

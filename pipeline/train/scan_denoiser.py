@@ -114,6 +114,7 @@ class TrainConfig(BaseModel):
         description="folder of photographs (e.g. photos/train) to paste as the photos of "
         "display pages; default: synthetic continuous-tone fields",
     )
+    photo_prob: float = Field(0.3, ge=0.0, le=1.0, description="P(a display page has a photo)")
     ink_level: float = Field(
         0.2,
         ge=0.0,
@@ -217,15 +218,18 @@ class _SyntheticPool:
         seed: int,
         display_prob: float = 0.0,
         photos: list[np.ndarray] | None = None,
+        photo_prob: float = 0.3,
     ) -> None:
         from aepipe.data.synthetic_pages import SyntheticPages
 
-        self.display_prob, self.photos = display_prob, photos
+        self.display_prob = display_prob
+        # How display pages are drawn; the recipes (seeds) stay what a checkpoint keeps.
+        self.look = dict(photos=photos, photo_prob=photo_prob)
         self.sizes = SyntheticPages.DEFAULT_PAGE_SIZES
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
         # What each page was rendered from: a checkpoint keeps these, not the pixels.
         self.recipes = [self._recipe() for _ in range(size)]
-        self.pages = [_render(r, photos) for r in self.recipes]
+        self.pages = [_render(r, **self.look) for r in self.recipes]
         self.next = 0
 
     def _recipe(self) -> tuple[int, int, int, int, bool]:
@@ -236,7 +240,7 @@ class _SyntheticPool:
 
     def refresh(self) -> None:
         self.recipes[self.next] = self._recipe()
-        self.pages[self.next] = _render(self.recipes[self.next], self.photos)
+        self.pages[self.next] = _render(self.recipes[self.next], **self.look)
         self.next = (self.next + 1) % len(self.pages)
 
     def state(self) -> dict[str, Any]:
@@ -249,17 +253,19 @@ class _SyntheticPool:
         recipes = [tuple(r) for r in state["recipes"]]
         for i, recipe in enumerate(recipes):
             if recipe != self.recipes[i]:
-                self.pages[i] = _render(recipe, self.photos)
+                self.pages[i] = _render(recipe, **self.look)
         self.recipes, self.next = recipes, int(state["next"])
 
 
 def _render(
-    recipe: tuple[int, int, int, int, bool], photos: list[np.ndarray] | None
+    recipe: tuple[int, int, int, int, bool],
+    photos: list[np.ndarray] | None = None,
+    photo_prob: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray]:
     from aepipe.data.synthetic_pages import make_pair
 
     seed, h, w, dpi, display = recipe
-    return make_pair(seed, h, w, dpi, display=display, photos=photos)
+    return make_pair(seed, h, w, dpi, display=display, photos=photos, photo_prob=photo_prob)
 
 
 def synthetic_val_pages() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -467,7 +473,7 @@ class _ScanData:
         except OSError as exc:
             raise ConfigError(f"--photos: {exc}") from None
         self.pool = (
-            _SyntheticPool(cfg.synthetic_pool, cfg.seed, cfg.display_prob, photos)
+            _SyntheticPool(cfg.synthetic_pool, cfg.seed, cfg.display_prob, photos, cfg.photo_prob)
             if self.synth_frac > 0
             else None
         )
