@@ -88,7 +88,7 @@ QuietOpt = Annotated[
 ]
 TrainOutOpt = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="Weights folder to write [default: runs/<model>]."),
+    typer.Option("--out", "-o", help="Weights folder to write.", show_default="runs/<model>"),
 ]
 OverwriteShippedOpt = Annotated[
     bool,
@@ -96,17 +96,6 @@ OverwriteShippedOpt = Annotated[
         "--overwrite-shipped",
         help="Allow --out to replace a weights folder that ships with aepipe.",
     ),
-]
-# The training loop's budget and resume options, shared by every training command.
-MaxStepsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-steps", min=1, help="Stop after N optimiser steps in all; keeps a checkpoint."
-    ),
-]
-ResumeOpt = Annotated[
-    bool,
-    typer.Option("--resume", help="Continue the run cut short in --out (<out>.checkpoint.pt)."),
 ]
 
 

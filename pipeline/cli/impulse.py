@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from aepipe.cli.apps import app, train_app
+from aepipe.cli.apps import app
 from aepipe.cli.common import (
     DEVICES,
     BatchOpt,
@@ -22,23 +22,21 @@ from aepipe.cli.common import (
     InputsArg,
     ListIgnoredOpt,
     MaxPixelsOpt,
-    MaxStepsOpt,
     OutOpt,
     OverwriteOpt,
     OverwriteShippedOpt,
     QuietOpt,
     RecursiveOpt,
     ReportOpt,
-    ResumeOpt,
     TrainOutOpt,
     check_choice,
     cli_errors,
     err,
     file_options,
-    invocation,
     run_job,
     train_out,
 )
+from aepipe.cli.train_options import train_command, train_config
 from aepipe.defaults import DEFAULT_MAX_PIXELS
 
 RGB_MODES = ("per-channel", "gray")
@@ -88,52 +86,20 @@ def denoise(
     run_job(inputs, load, options, quiet=quiet, unit="image")
 
 
-@train_app.command("salt-pepper")
+@train_command(
+    "salt-pepper",
+    "aepipe.train.salt_pepper:TrainConfig",
+    defaults={"data": Path("../shared/data/fashion-mnist")},
+)
 def train_salt_pepper(
-    data: Annotated[
-        Path, typer.Option("--data", help="Fashion-MNIST folder (IDX .gz files).")
-    ] = Path("../shared/data/fashion-mnist"),
+    ctx: typer.Context,
     out: TrainOutOpt = None,
     overwrite_shipped: OverwriteShippedOpt = False,
-    arch: Annotated[
-        str, typer.Option("--arch", help="impulse (ours) | tutorial (Conv 64-32-16 baseline).")
-    ] = "impulse",
-    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1)] = 18,
-    epoch_samples: Annotated[int, typer.Option("--epoch-samples", min=100)] = 10000,
-    patience: Annotated[int, typer.Option("--patience", min=1)] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
-    binary_fraction: Annotated[
-        float, typer.Option("--binary-fraction", help="Share of images with 0/255 noise.")
-    ] = 0.7,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
-    max_minutes: Annotated[
-        float | None, typer.Option("--max-minutes", help="Wall-clock safety cap.")
-    ] = None,
-    max_steps: MaxStepsOpt = None,
-    resume: ResumeOpt = False,
 ) -> None:
     """Train the salt-and-pepper denoiser on Fashion-MNIST (CPU, about 45 min with 1 thread)."""
-    from aepipe.train.salt_pepper import TrainConfig, train
+    from aepipe.train.salt_pepper import train
 
     with cli_errors():
         out = train_out(out, "salt-pepper", overwrite_shipped)
-        cfg = TrainConfig(
-            data=data,
-            arch=check_choice(arch, ("impulse", "tutorial"), "--arch"),  # type: ignore[arg-type]
-            max_epochs=max_epochs,
-            epoch_samples=epoch_samples,
-            patience=patience,
-            batch_size=batch_size,
-            lr=lr,
-            binary_fraction=binary_fraction,
-            seed=seed,
-            threads=threads,
-            max_minutes=max_minutes,
-            max_steps=max_steps,
-            resume=resume,
-            command=invocation(),
-        )
-        train(cfg, out, progress=err)
+        train(train_config(ctx), out, progress=err)
         err(f"wrote {out}")
