@@ -780,8 +780,8 @@ def _real_metric_line(cfg: TrainConfig, data: dict[str, Any], metrics: dict[str,
     )
 
 
-def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """Markdown model card: data, command, measured validation scores."""
+def _card_model(cfg: TrainConfig, training: dict[str, Any]) -> str:
+    """The card's model line: network, how it started, loss."""
     arch = (
         f"ScanUNet(base={cfg.base}, levels={cfg.levels}, convs={cfg.convs}, fold={cfg.fold}"
         + (f", output={cfg.output!r}" if cfg.output != "sigmoid" else "")
@@ -789,15 +789,24 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         if cfg.arch == "scan-unet"
         else f"ClassicDenoisingAE(channels={cfg.classic_channels})"
     )
-    # The run this one started from, and the run before that, ...: oldest first.
+    start = "fine-tuned" if training.get("init") else "trained from scratch"
+    if cfg.freeze_base:
+        start = "its stroke-edge correction (`refine`) trained on top of the frozen net"
+    loss = (
+        f"MSE plus a squared hinge {cfg.margin} past pure paper and ink"
+        if cfg.margin > 0
+        else "MSE"
+    )
+    return f"{arch}, {start} with {loss}"
+
+
+def _card_commands(training: dict[str, Any]) -> str:
+    """The card's command lines: each earlier run this one started from, oldest first."""
     chain: list[dict[str, Any]] = []
     link = training.get("init")
     while link:
         chain.insert(0, link)
         link = link.get("init")
-    start = "fine-tuned" if chain else "trained from scratch"
-    if cfg.freeze_base:
-        start = "its stroke-edge correction (`refine`) trained on top of the frozen net"
     commands = "".join(
         f"- Command {i + 1} (the next command read its weights from `{link['path']}`, sha256 "
         f"{link['sha256'][:12]}, "
@@ -806,12 +815,11 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         for i, link in enumerate(chain)
     )
     last = f"Command {len(chain) + 1}, this run" if chain else "Command"
-    loss = (
-        f"MSE plus a squared hinge {cfg.margin} past pure paper and ink"
-        if cfg.margin > 0
-        else "MSE"
-    )
-    data = training.get("data", {})
+    return f"{commands}- {last}: `{training.get('command')}`"
+
+
+def _card_patches(cfg: TrainConfig) -> str:
+    """How the card says training patches were cut."""
     scaling = (
         f"resampled by a random scale {cfg.scale_lo}-{cfg.scale_hi} with p={cfg.scale_prob} "
         "(else the page's own pixels)"
@@ -823,7 +831,12 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         if cfg.level_aug > 0
         else ""
     )
-    real_lines = _real_data_lines(cfg, data)
+    return f"Patches {cfg.patch} px, {scaling}, rotations/flips{levels}"
+
+
+def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Markdown model card: data, command, measured validation scores."""
+    data = training.get("data", {})
     real_bench = (
         "; on the docbin test pages, clean pages and the DDD test split in "
         "`benchmarks/results/scan_real.md` (`.venv/bin/python benchmarks/scan_real.py`)"
@@ -837,7 +850,7 @@ shadows, watermarks, specks and dark borders removed). Gray in, gray out; colour
 cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
 
 ## Model
-{arch}, {start} with {loss}, Adam, cosine learning rate, EMA weights.
+{_card_model(cfg, training)}, Adam, cosine learning rate, EMA weights.
 
 ## Data
 - Denoising Dirty Documents (Kaggle 2015) training pairs from `{data.get("ddd")}`:
@@ -846,11 +859,11 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
   {", ".join(data.get("ddd_val_names", []))}.
 - Synthetic degraded pages from `aepipe.data.synthetic_pages` (fraction
   {cfg.synthetic_fraction} of the patches).
-{real_lines}- Patches {cfg.patch} px, {scaling}, rotations/flips{levels} (this run's settings;
+{_real_data_lines(cfg, data)}- {_card_patches(cfg)} (this run's settings;
   the earlier commands' are in their command lines).
 
 ## Training
-{commands}- {last}: `{training.get("command")}`
+{_card_commands(training)}
 - Seed {cfg.seed}, {cfg.threads} CPU thread(s), stopped by {training.get("stopped")} after
   {training.get("wall_minutes")} min; best step {metrics.get("best_step")}.
 

@@ -543,8 +543,7 @@ def refit_sampler(
     """
     import torch
 
-    from aepipe.errors import ConfigError, WeightsError
-    from aepipe.models.vae import ConvVAE
+    from aepipe.errors import ConfigError
     from aepipe.weights import load_model, resolve, save_model
 
     say = progress or (lambda _msg: None)
@@ -553,30 +552,10 @@ def refit_sampler(
         raise ConfigError(f"{out}: write the refitted model to a new folder, not over its source")
     model, config = load_model(src)
     training = dict(config.get("training") or {})
-    preset = training.get("preset")
-    if not isinstance(model, ConvVAE) or preset not in PRESETS:
-        raise WeightsError(f"{src}: not a VAE trained by `aepipe train` (no known preset)")
-    kwargs = dict(config["model_kwargs"])
-    kwargs.pop("sample_components", None)
-    if components > 1:
-        kwargs["sample_components"] = components
-    new = ConvVAE(**kwargs)
-    # The old mixture (any size) is dropped: everything else must load strictly.
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("mix_")}
-    missing, unexpected = new.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("mix_") for k in missing):
-        raise WeightsError(f"{src}: weights do not fit the rebuilt model: {missing + unexpected}")
-    p = copy.deepcopy(PRESETS[preset])
-    p["model"] = kwargs
-    p["warmup_epochs"] = training.get("warmup_epochs", p["warmup_epochs"])
+    new, kwargs, p = _rebuilt_vae(src, model, config, training, components)
     data = Path(data or training.get("data") or p["data"])
     seed = int(training.get("seed", 0))
-    train_u8, _val, _info = load_data(p["kind"], data, p["val_fraction"], None, seed)
-    if "n_train" in training and len(train_u8) != training["n_train"]:
-        raise ConfigError(
-            f"{data}: gives {len(train_u8)} train images, the model was trained on "
-            f"{training['n_train']}; pass the data it was trained on"
-        )
+    train_u8 = _recorded_train_split(p, data, seed, training)
     say(f"encoding {len(train_u8)} train images")
     new.eval()
     codes = encode_means(new, torch.from_numpy(np.ascontiguousarray(train_u8)), p["kind"])
@@ -602,3 +581,61 @@ def refit_sampler(
         extra=extra,
     )
     return out
+
+
+def _rebuilt_vae(
+    src: Path,
+    model: Any,
+    config: dict[str, Any],
+    training: dict[str, Any],
+    components: int,
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The trained VAE rebuilt with a ``components``-Gaussian sampler (not fitted yet).
+
+    Returns:
+        (the new model with the trained weights, its constructor arguments, the preset with
+        the model's arguments and the recorded warm-up).
+
+    Raises:
+        WeightsError: the source is not a VAE trained by this module, or its weights do not
+            fit the rebuilt model.
+    """
+    from aepipe.errors import WeightsError
+    from aepipe.models.vae import ConvVAE
+
+    preset = training.get("preset")
+    if not isinstance(model, ConvVAE) or preset not in PRESETS:
+        raise WeightsError(f"{src}: not a VAE trained by `aepipe train` (no known preset)")
+    kwargs = dict(config["model_kwargs"])
+    kwargs.pop("sample_components", None)
+    if components > 1:
+        kwargs["sample_components"] = components
+    new = ConvVAE(**kwargs)
+    # The old mixture (any size) is dropped: everything else must load strictly.
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("mix_")}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("mix_") for k in missing):
+        raise WeightsError(f"{src}: weights do not fit the rebuilt model: {missing + unexpected}")
+    p = copy.deepcopy(PRESETS[preset])
+    p["model"] = kwargs
+    p["warmup_epochs"] = training.get("warmup_epochs", p["warmup_epochs"])
+    return new, kwargs, p
+
+
+def _recorded_train_split(
+    p: dict[str, Any], data: Path, seed: int, training: dict[str, Any]
+) -> Any:
+    """The train split the model was trained on: (N, H, W) uint8.
+
+    Raises:
+        ConfigError: ``data`` gives another number of train images than was recorded.
+    """
+    from aepipe.errors import ConfigError
+
+    train_u8, _val, _info = load_data(p["kind"], data, p["val_fraction"], None, seed)
+    if "n_train" in training and len(train_u8) != training["n_train"]:
+        raise ConfigError(
+            f"{data}: gives {len(train_u8)} train images, the model was trained on "
+            f"{training['n_train']}; pass the data it was trained on"
+        )
+    return train_u8
