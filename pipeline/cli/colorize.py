@@ -13,38 +13,13 @@ from typing import Annotated
 import typer
 
 from aepipe.cli.apps import app
-from aepipe.cli.common import (
-    DEVICES,
-    BatchOpt,
-    DeviceOpt,
-    DpiOpt,
-    FormatOpt,
-    FramesOpt,
-    InputsArg,
-    ListIgnoredOpt,
-    MaxPixelsOpt,
-    OutOpt,
-    OverwriteOpt,
-    OverwriteShippedOpt,
-    QuietOpt,
-    RecursiveOpt,
-    ReportOpt,
-    TrainOutOpt,
-    check_choice,
-    cli_errors,
-    err,
-    file_options,
-    run_job,
-    train_out,
-)
-from aepipe.cli.train_options import train_command, train_config
-from aepipe.defaults import DEFAULT_MAX_PIXELS
+from aepipe.cli.common import FileJob, file_command
+from aepipe.cli.train_options import add_train_command
 
 
-@app.command("colorize")
+@file_command(app, "colorize", "colorized")
 def colorize(
-    inputs: InputsArg,
-    out: OutOpt = None,
+    job: FileJob,
     model: Annotated[
         str,
         typer.Option(
@@ -69,17 +44,6 @@ def colorize(
             help="Colour boldness: lower is more vivid, 1 is safest (default: the model's).",
         ),
     ] = None,
-    fmt: FormatOpt = "same",
-    dpi: DpiOpt = None,
-    batch_size: BatchOpt = 16,
-    device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
-    recursive: RecursiveOpt = False,
-    report: ReportOpt = None,
-    quiet: QuietOpt = False,
-    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
-    frames: FramesOpt = "first",
-    list_ignored: ListIgnoredOpt = False,
 ) -> None:
     """Add colour to gray photos and faces of any size, keeping their gray exactly.
 
@@ -93,9 +57,7 @@ def colorize(
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
     4 weights could not be loaded, 130 interrupted.
     """
-    device = check_choice(device, DEVICES, "--device")
-    options = file_options("colorized", locals())
-
+    device = job.device
     overrides: dict[str, object] = {"projection": projection}
     if temperature is not None:
         overrides["temperature"] = temperature
@@ -109,7 +71,7 @@ def colorize(
             lambda name: Colorizer.from_pretrained(name, device=device, **overrides)
         )
 
-    run_job(inputs, load, options, quiet=quiet, unit="image")
+    job.run(load, unit="image")
 
 
 FACE_MODEL = "colorizer"
@@ -152,20 +114,9 @@ class AutoColorizer:
         return self._stages[name](batch)
 
 
-@train_command(
+add_train_command(
     "colorizer",
-    "aepipe.train.colorizer:TrainConfig",
+    "aepipe.train.colorizer",
+    help="Train the StackNN colorizer on colour LFW faces or a photo folder (CPU, 1 thread).",
     defaults={"data": Path("../shared/data/faces/lfw_64.npz")},
 )
-def train_colorizer(
-    ctx: typer.Context,
-    out: TrainOutOpt = None,
-    overwrite_shipped: OverwriteShippedOpt = False,
-) -> None:
-    """Train the StackNN colorizer on colour LFW faces or a photo folder (CPU, 1 thread)."""
-    from aepipe.train.colorizer import train
-
-    with cli_errors():
-        out = train_out(out, "colorizer", overwrite_shipped)
-        train(train_config(ctx), out, progress=err)
-        err(f"wrote {out}")

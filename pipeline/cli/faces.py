@@ -12,15 +12,8 @@ from typing import Annotated
 import typer
 
 from aepipe.cli.apps import app, faces_app, vae_app
-from aepipe.cli.common import (
-    OverwriteShippedOpt,
-    TrainOutOpt,
-    cli_errors,
-    err,
-    invocation,
-    train_out,
-)
-from aepipe.cli.train_options import train_command, train_config
+from aepipe.cli.common import OverwriteShippedOpt, cli_errors, err, invocation, train_out
+from aepipe.cli.train_options import add_train_command
 
 _TRAIN_HELP = {
     "face-vae": "Train the 64x64 gray face VAE on LFW luma (Gaussian likelihood, learned scale).",
@@ -30,25 +23,8 @@ _TRAIN_HELP = {
 }
 
 
-def _make_train_command(preset: str) -> None:
-    def command(
-        ctx: typer.Context,
-        out: TrainOutOpt = None,
-        overwrite_shipped: OverwriteShippedOpt = False,
-    ) -> None:
-        from aepipe.train.vae import train
-
-        with cli_errors():
-            out = train_out(out, preset, overwrite_shipped)
-            train(train_config(ctx, preset=preset), out, progress=err)
-            err(f"wrote {out}")
-
-    command.__doc__ = _TRAIN_HELP[preset]
-    train_command(preset, "aepipe.train.vae:TrainConfig", skip=("preset",))(command)
-
-
-for _preset in _TRAIN_HELP:
-    _make_train_command(_preset)
+for _preset, _help in _TRAIN_HELP.items():
+    add_train_command(_preset, "aepipe.train.vae", help=_help, fixed={"preset": _preset})
 
 
 # ---- helpers ---------------------------------------------------------------------------------

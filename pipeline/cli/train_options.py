@@ -25,7 +25,14 @@ import typer
 from typer.core import TyperCommand
 
 from aepipe.cli.apps import train_app
-from aepipe.cli.common import invocation
+from aepipe.cli.common import (
+    OverwriteShippedOpt,
+    TrainOutOpt,
+    cli_errors,
+    err,
+    invocation,
+    train_out,
+)
 from aepipe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -242,6 +249,47 @@ def train_command(
     spec = ConfigSpec(config, dict(defaults or {}), tuple(skip))
     cls = type("ConfigCommand", (ConfigCommand,), {"spec": spec})
     return app.command(name, cls=cls)
+
+
+def add_train_command(
+    name: str,
+    module: str,
+    *,
+    help: str,
+    defaults: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    app: typer.Typer = train_app,
+) -> None:
+    """Register the usual ``aepipe train <name>``: ``module.train(TrainConfig, out)``.
+
+    Its options are ``--out``, ``--overwrite-shipped`` and one per field of
+    ``module.TrainConfig`` (:func:`train_command`); the trainer module is imported only when
+    the command runs.
+
+    Args:
+        name: the command name; the default ``--out`` is ``runs/<name>``.
+        module: the trainer module, with ``TrainConfig`` and ``train(cfg, out, progress)``.
+        help: the command's help.
+        defaults: option defaults that differ from the config's.
+        fixed: config fields the command sets (no option), e.g. a preset.
+        app: the typer app to register on.
+    """
+    fixed = dict(fixed or {})
+
+    def command(
+        ctx: typer.Context,
+        out: TrainOutOpt = None,
+        overwrite_shipped: OverwriteShippedOpt = False,
+    ) -> None:
+        train = importlib.import_module(module).train
+        with cli_errors():
+            target = train_out(out, name, overwrite_shipped)
+            train(train_config(ctx, **fixed), target, progress=err)
+            err(f"wrote {target}")
+
+    command.__doc__ = help
+    config = f"{module}:TrainConfig"
+    train_command(name, config, defaults=defaults, skip=tuple(fixed), app=app)(command)
 
 
 def _option_errors(exc: ValidationError) -> str:
