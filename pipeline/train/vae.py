@@ -544,7 +544,7 @@ def refit_sampler(
     import torch
 
     from aepipe.errors import ConfigError
-    from aepipe.weights import load_model, resolve, save_model
+    from aepipe.weights import load_model, resolve
 
     say = progress or (lambda _msg: None)
     src = resolve(source)
@@ -564,13 +564,29 @@ def refit_sampler(
     training["sampler"] = sampler_info(new, True, seed)
     if command:
         training["sampler"]["command"] = command
+    _save_refitted(new, out, config, kwargs, p, training, temperature)
+    return out
+
+
+def _save_refitted(
+    model: Any,
+    out: Path,
+    config: dict[str, Any],
+    kwargs: dict[str, Any],
+    p: dict[str, Any],
+    training: dict[str, Any],
+    temperature: float | None,
+) -> None:
+    """Write the refitted VAE: the source's config less its sampling scores (FID)."""
+    from aepipe.weights import save_model
+
     metrics = {k: v for k, v in config.get("metrics", {}).items() if not k.startswith("fid")}
     extra = {k: v for k, v in config.items() if k == "extras"}
     stage_config = dict(config.get("stage_config") or {})
     if temperature is not None:
         stage_config["temperature"] = temperature
     save_model(
-        new,
+        model,
         out,
         stage=config["stage"],
         model_kwargs=kwargs,
@@ -580,7 +596,6 @@ def refit_sampler(
         card=model_card(Path(out).name, p, training, metrics),
         extra=extra,
     )
-    return out
 
 
 def _rebuilt_vae(
