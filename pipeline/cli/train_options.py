@@ -4,8 +4,8 @@ Every ``aepipe train <name>`` command takes one option per field of its trainer'
 (``--batch-size`` for ``batch_size``), with the field's type, bounds (``ge``/``le``), ``Literal``
 choices, description (or the class docstring's ``Attributes:`` entry) and default, so a new
 config field is a new option with no CLI edit. An option left out defaults to ``None`` and the
-config decides (its default is shown in ``--help``); only defaults the CLI really changes (a
-data folder under ``../shared/data``) are given here.
+config decides (its default is shown in ``--help``); a command passes only the defaults it
+really changes (a data folder under ``../shared/data``).
 
 The config module is imported only when a command's options are needed (its ``--help`` or a
 run), never by ``aepipe --help``: trainers import numpy and OpenCV at module level.
