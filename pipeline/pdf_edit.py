@@ -13,13 +13,14 @@ kept over it as an invisible text layer (``fallback="report"`` leaves such pages
 instead). Each page gets a :class:`PageOutcome` for a report.
 
 Types are kept: a bilevel image (1 bit, an image mask, or a gray image of only black and white)
-comes back bilevel and is stored as CCITT G4 (through Pillow's libtiff encoder), and so does any
-result of only black and white (``--binarize``); gray stays gray (Flate with the PNG predictor,
-or JPEG: see :attr:`PdfEditOptions.jpeg_quality`); colour follows
-:attr:`PdfEditOptions.color`, and an indexed image stays indexed. An image whose pixels come
-back unchanged keeps its own bytes. Images are decoded by pdfium (the renderer aepipe already
-uses), which reads every PDF image codec: CCITT, JBIG2 with global segments, JPEG, JPEG 2000,
-Flate, and gray, RGB, CMYK, ICC, indexed and DeviceN colour.
+comes back bilevel and is stored as CCITT G4 (through Pillow's libtiff encoder) or as Flate of
+its packed bits, whichever is smaller, and so does any result of only black and white
+(``--binarize``); gray stays gray (Flate with the PNG predictor, or JPEG: see
+:attr:`PdfEditOptions.jpeg_quality`); colour follows :attr:`PdfEditOptions.color`, and an
+indexed image stays indexed. An image that comes back the same (status ``"unchanged"``) is not
+re-encoded at all: a clean JBIG2 page stays JBIG2. Images are decoded by pdfium (the renderer
+aepipe already uses), which reads every PDF image codec: CCITT, JBIG2 with global segments,
+JPEG, JPEG 2000, Flate, and gray, RGB, CMYK, ICC, indexed and DeviceN colour.
 
 Every image's pixel count is checked against ``max_pixels`` from its dictionary before it is
 decoded (and every rendering's before it is rendered); Pillow's own limit is raised to match
@@ -33,6 +34,7 @@ import io
 import math
 import shutil
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,12 +46,13 @@ from aepipe.batch import ImageBatch, to_gray
 from aepipe.defaults import DEFAULT_MAX_PIXELS
 from aepipe.errors import InputImageError, ShapeError, TooManyPagesError, TooManyPixelsError
 from aepipe.io import atomic_write
+from aepipe.models import LUMA_WEIGHTS
 
 if TYPE_CHECKING:
     import pikepdf
     import torch
 
-Status = Literal["edited", "passed", "rendered", "fallback"]
+Status = Literal["edited", "unchanged", "passed", "rendered", "fallback"]
 Kind = Literal["bilevel", "gray", "color", ""]
 Matrix = tuple[float, float, float, float, float, float]
 _IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
@@ -115,7 +118,9 @@ class PageOutcome:
 
     Attributes:
         page: page number, 1-based.
-        status: ``"edited"`` (its scan was cleaned in place), ``"passed"`` (left unchanged: no
+        status: ``"edited"`` (its scan was cleaned in place), ``"unchanged"`` (its scan was
+            cleaned and came back the same: the same bits for a bilevel scan, the same 8-bit
+            values otherwise; its image keeps its own bytes), ``"passed"`` (left unchanged: no
             scanned image), ``"rendered"`` (the render fallback: its rendering cleaned, text kept
             invisible over it) or ``"fallback"`` (left unchanged: needs rendering to be
             cleaned, and ``fallback="report"``).
@@ -478,6 +483,32 @@ def _jpeg_settings(obj: Any, options: PdfEditOptions) -> dict[str, Any] | None:
     return {"qtables": [tables[k] for k in sorted(tables)]}
 
 
+def _write_bilevel(obj: Any, bits: Any, mask: bool) -> str:
+    """Store mode "1" ``bits`` in ``obj`` as CCITT G4 or Flate, whichever is smaller.
+
+    G4 wins on text; Flate of the packed rows on fine regular patterns (dithered or halftoned
+    pictures, where G4 codes every run and can grow past the raw bits). Both are lossless.
+    """
+    import pikepdf
+
+    g4, packed = _g4(bits), zlib.compress(bits.tobytes(), 9)
+    if not mask:
+        obj.ColorSpace = pikepdf.Name.DeviceGray
+    obj.BitsPerComponent = 1
+    if len(packed) < len(g4):
+        # Pillow packs mode "1" as PDF's DeviceGray reads it: 1 = white, rows padded to bytes;
+        # a stencil paints its 0 samples (ink) with its default Decode.
+        obj.write(packed, filter=pikepdf.Name.FlateDecode, type_check=False)
+        return "FlateDecode"
+    # Pillow's libtiff writes mode "1" as min-is-black, so G4 codes ink as 1 bits: the decoder
+    # is told so (BlackIs1), and an image mask paints the 1 samples (Decode [1 0]).
+    parms = pikepdf.Dictionary(K=-1, Columns=bits.width, Rows=bits.height, BlackIs1=True)
+    obj.write(g4, filter=pikepdf.Name.CCITTFaxDecode, decode_parms=parms, type_check=False)
+    if mask:
+        obj.Decode = pikepdf.Array([1, 0])
+    return "CCITTFaxDecode"
+
+
 def _write_image(obj: Any, image: Any, kind: Kind, mask: bool, jpeg: dict[str, Any] | None) -> str:
     """Replace the pixels of image XObject ``obj`` with PIL ``image``; returns the filter."""
     import pikepdf
@@ -487,20 +518,7 @@ def _write_image(obj: Any, image: Any, kind: Kind, mask: bool, jpeg: dict[str, A
             del obj[key]
     w = image.width
     if kind == "bilevel":
-        # Pillow's libtiff writes mode "1" as min-is-black, so G4 codes ink as 1 bits: the
-        # decoder is told so (BlackIs1), and an image mask paints the 1 samples (Decode [1 0]).
-        obj.write(
-            _g4(image),
-            filter=pikepdf.Name.CCITTFaxDecode,
-            decode_parms=pikepdf.Dictionary(K=-1, Columns=w, Rows=image.height, BlackIs1=True),
-            type_check=False,
-        )
-        obj.BitsPerComponent = 1
-        if mask:
-            obj.Decode = pikepdf.Array([1, 0])
-        else:
-            obj.ColorSpace = pikepdf.Name.DeviceGray
-        return "CCITTFaxDecode"
+        return _write_bilevel(obj, image, mask)
     if image.mode == "P":
         palette = bytes(image.getpalette("RGB") or b"")
         colours = max(1, len(palette) // 3)
@@ -620,7 +638,7 @@ def _edit_image(
     meta: dict[str, Any],
     options: PdfEditOptions,
 ) -> dict[str, Any]:
-    """Decode, clean and write back one page image; returns the outcome's fields."""
+    """Decode, clean and write back one page image; returns the outcome's fields and status."""
     obj = target.obj
     codec_in, bytes_in = "+".join(_filters(obj)) or "none", len(obj.read_raw_bytes())
     pixels, kind = _decode_checked(where, obj, options)
@@ -629,9 +647,10 @@ def _edit_image(
     batch = ImageBatch.from_numpy(pixels, [meta["name"]], [{**meta, "kind": kind, "dpi": max(dpi)}])
     with _pil_limit(options.max_pixels):
         image = _clean(where, batch, kind, turn, process, options)
-        if _same_pixels(image, pixels):
-            # Nothing to clean: the image keeps its own codec and bytes (JBIG2 stays JBIG2).
-            codec_out = codec_in
+        unchanged = _unchanged(image, pixels, kind, options.threshold)
+        if unchanged:
+            # Do no harm: the image keeps its own codec and bytes (JBIG2 stays JBIG2).
+            codec_out, stored_as = codec_in, kind
         else:
             jpeg = None if image.mode == "1" else _jpeg_settings(obj, options)
             if jpeg is None and image.mode == "RGB" and _indexed(obj):
@@ -639,8 +658,10 @@ def _edit_image(
                 # result's colours, without dithering, which would speckle the paper.
                 image = image.quantize(256, dither=0)
             mask = bool(obj.get("/ImageMask", False))
-            codec_out = _write_image(obj, image, _stored_kind(image), mask, jpeg)
+            stored_as = _stored_kind(image)
+            codec_out = _write_image(obj, image, stored_as, mask, jpeg)
     return {
+        "status": "unchanged" if unchanged else "edited",
         "kind": kind,
         "size": (w, h),
         "dpi": dpi,
@@ -648,7 +669,7 @@ def _edit_image(
         "codec_out": codec_out,
         "bytes_in": bytes_in,
         "bytes_out": len(obj.read_raw_bytes()),
-        "stored_as": _stored_kind(image),
+        "stored_as": stored_as,
     }
 
 
@@ -778,9 +799,19 @@ def _indexed(obj: Any) -> bool:
     return isinstance(cs, pikepdf.Array) and len(cs) > 0 and str(cs[0]) == "/Indexed"
 
 
-def _same_pixels(image: Any, pixels: np.ndarray) -> bool:
-    """Whether PIL ``image`` (mode 1, L or RGB) shows exactly the decoded HWC ``pixels``."""
-    arr = np.asarray(image.convert("L") if image.mode == "1" else image)
+def _unchanged(image: Any, pixels: np.ndarray, kind: Kind, threshold: float) -> bool:
+    """Whether the cleaned PIL ``image`` shows what the decoded HWC uint8 ``pixels`` showed.
+
+    A bilevel scan is compared bit for bit (its pixels cut at ``threshold`` as the result was:
+    a 1-bit image in a colour space such as DeviceN decodes to two colours, not black and
+    white); anything else value for value (mode L or RGB, 8 bits).
+    """
+    if image.mode == "1":
+        if kind != "bilevel":
+            return False
+        luma = pixels[..., 0] if pixels.shape[-1] == 1 else np.rint(pixels @ LUMA_WEIGHTS)
+        return bool(np.array_equal(np.asarray(image), luma >= round(threshold * 255)))
+    arr = np.asarray(image)
     arr = arr[..., None] if arr.ndim == 2 else arr
     return arr.shape == pixels.shape and bool(np.array_equal(arr, pixels))
 
@@ -885,11 +916,14 @@ def _do_page(
     if plan.status != "edited" or plan.target is None:
         return PageOutcome(index + 1, plan.status, plan.reason)
     key = plan.target.obj.objgen
+    reason = plan.reason
     if key in done:
-        shared = "its image (shared with an earlier page) cleaned once"
-        return PageOutcome(index + 1, "edited", shared, **done[key])
-    done[key] = _edit_image(where, plan.target, rotate, process, meta, options)
-    return PageOutcome(index + 1, "edited", plan.reason, **done[key])
+        reason = "its image (shared with an earlier page) cleaned once"
+    else:
+        done[key] = _edit_image(where, plan.target, rotate, process, meta, options)
+    if done[key]["status"] == "unchanged":
+        reason += "; it came back the same, so its image is kept as it was"
+    return PageOutcome(index + 1, reason=reason, **done[key])
 
 
 def _save(pdf: pikepdf.Pdf, fh: Any) -> None:
