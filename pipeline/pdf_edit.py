@@ -5,9 +5,11 @@ scan (an image XObject whose placement covers most of the page), decodes it at i
 grid, runs a caller-supplied ``process(batch) -> batch`` on it and writes the result back into
 the *same* image object. Content streams, fonts, the text layer of an OCRed scan, annotations,
 links, form fields, outlines, structure tags, page boxes, ``/Rotate`` and metadata are not
-touched. Pages without a scanned image (born-digital pages) pass through unchanged. A page that
-cannot be edited in place (a scan cut into tiles, a mixed-raster page of stacked full-page
-images, an inline image) takes the render fallback: it is rendered at its finest image's own
+touched. Pages without a scanned image (born-digital pages) pass through unchanged. A
+mixed-raster page (a background image under text stencils, as MRC compressors write) is cleaned
+layer by layer in place (see :func:`_mixed_raster`). A page that cannot be edited in place (a
+scan cut into tiles, other stacks of full-page images, an inline image, a scan with a colour-key
+mask) takes the render fallback: it is rendered at its finest image's own
 resolution, cleaned, and the cleaned rendering becomes its only picture, with the page's text
 kept over it as an invisible text layer (``fallback="report"`` leaves such pages unchanged
 instead). Each page gets a :class:`PageOutcome` for a report.
@@ -128,9 +130,10 @@ class PageOutcome:
         kind: the scan's type, ``"bilevel"``, ``"gray"`` or ``"color"`` (empty if none).
         size: the scan's (W, H) in pixels, kept as it was.
         dpi: the scan's resolution on the page, along its width and its height.
-        codec_in: the scan's filters before, e.g. ``"JBIG2Decode"``.
-        codec_out: its filter after, e.g. ``"CCITTFaxDecode"``.
-        bytes_in: encoded size of the scan before.
+        codec_in: the scan's filters before, e.g. ``"JBIG2Decode"``; on a mixed-raster page,
+            the background's and then each text stencil's, comma-separated.
+        codec_out: its filter after, e.g. ``"CCITTFaxDecode"`` (the same for each layer).
+        bytes_in: encoded size of the scan before (of all its layers).
         bytes_out: encoded size after.
         stored_as: ``"bilevel"``, ``"gray"`` or ``"color"``: the type written back.
     """
@@ -286,13 +289,18 @@ def _placements(
 
 @dataclass
 class _Plan:
+    """A page's plan: its scan ``target`` and, on a mixed-raster page, its text ``stencils``."""
+
     status: Status
     reason: str
     target: _Placement | None = None
+    stencils: list[_Placement] = field(default_factory=list)
 
 
 def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
     """Which image of a page is its scan, or why the page passes or falls back."""
+    import pikepdf
+
     box = _page_box(page)
     if "/Contents" not in page.obj:
         return _born_digital(options, "no content")
@@ -312,11 +320,58 @@ def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
             return _Plan("fallback", f"scan split into {len(found)} images (tiles)", finest)
         return _born_digital(options, "no scanned image (born-digital page)")
     if len(large) > 1:
+        stencils = _mixed_raster(large)
+        if stencils is not None:
+            reason = (
+                f"mixed raster page: its background and {len(stencils)} text stencil(s) cleaned "
+                "in place, foreground colours kept"
+            )
+            return _Plan("edited", reason, large[0], stencils)
         reason = f"{len(large)} stacked page-size images (mixed raster content)"
         return _Plan("fallback", reason, finest)
     if large[0].inline:
         return _Plan("fallback", "the scan is an inline image")
+    if "/Mask" in large[0].obj and not isinstance(large[0].obj.Mask, pikepdf.Stream):
+        # Its colours decide what shows through: cleaned colours would show something else
+        # (and a colour key for RGB is invalid for an image stored gray).
+        return _Plan("fallback", "the scan has a colour-key mask", large[0])
     return _Plan("edited", "scan cleaned in place", large[0])
+
+
+def _mixed_raster(large: list[_Placement]) -> list[_Placement] | None:
+    """The text stencils of a mixed-raster (MRC) page drawn as ``large``, or None if it is not.
+
+    Such a page (what DjVu-style and MRC scan compressors write) draws one plain background
+    image, then its text as 1-bit stencils at a finer resolution: image masks painted in one
+    colour, or colour images cut out by a stencil ``/Mask``. The background is the scan's
+    paper and pictures, the stencils its ink: each is cleaned at its own pixel grid (the
+    stencils as bilevel scans), and a foreground's colours are kept (they only tint the ink).
+    Other stacks (several plain images, soft masks, colour-key masks) are rendered instead.
+    """
+    import pikepdf
+
+    base, *rest = large
+    if any(p.inline for p in large) or not rest or _masked(base.obj):
+        return None
+    stencils = []
+    for item in rest:
+        mask = item.obj.get("/Mask")
+        if bool(item.obj.get("/ImageMask", False)):
+            stencils.append(item)
+        elif (
+            isinstance(mask, pikepdf.Stream)
+            and bool(mask.get("/ImageMask", False))
+            and "/SMask" not in item.obj
+        ):
+            stencils.append(_Placement(f"{item.name}/Mask", mask, item.ctm))
+        else:
+            return None
+    return stencils
+
+
+def _masked(obj: Any) -> bool:
+    """Whether image ``obj`` is a stencil or has a mask of any kind."""
+    return bool(obj.get("/ImageMask", False)) or "/Mask" in obj or "/SMask" in obj
 
 
 def _born_digital(options: PdfEditOptions, reason: str) -> _Plan:
@@ -495,17 +550,15 @@ def _write_bilevel(obj: Any, bits: Any, mask: bool) -> str:
     if not mask:
         obj.ColorSpace = pikepdf.Name.DeviceGray
     obj.BitsPerComponent = 1
+    # Either way the samples decode as Pillow's bits, 1 = white and 0 = ink: what DeviceGray
+    # shows, and what a stencil paints (its 0 samples, with its default Decode).
     if len(packed) < len(g4):
-        # Pillow packs mode "1" as PDF's DeviceGray reads it: 1 = white, rows padded to bytes;
-        # a stencil paints its 0 samples (ink) with its default Decode.
         obj.write(packed, filter=pikepdf.Name.FlateDecode, type_check=False)
         return "FlateDecode"
-    # Pillow's libtiff writes mode "1" as min-is-black, so G4 codes ink as 1 bits: the decoder
-    # is told so (BlackIs1), and an image mask paints the 1 samples (Decode [1 0]).
+    # Pillow's libtiff writes mode "1" as min-is-black, so G4 codes white as 1 bits, what the
+    # CCITT decoder calls black: it is told so (BlackIs1) to give back 1 for white.
     parms = pikepdf.Dictionary(K=-1, Columns=bits.width, Rows=bits.height, BlackIs1=True)
     obj.write(g4, filter=pikepdf.Name.CCITTFaxDecode, decode_parms=parms, type_check=False)
-    if mask:
-        obj.Decode = pikepdf.Array([1, 0])
     return "CCITTFaxDecode"
 
 
@@ -915,15 +968,37 @@ def _do_page(
         return PageOutcome(index + 1, "rendered", plan.reason, **fields)
     if plan.status != "edited" or plan.target is None:
         return PageOutcome(index + 1, plan.status, plan.reason)
-    key = plan.target.obj.objgen
-    reason = plan.reason
-    if key in done:
-        reason = "its image (shared with an earlier page) cleaned once"
-    else:
-        done[key] = _edit_image(where, plan.target, rotate, process, meta, options)
-    if done[key]["status"] == "unchanged":
+    reason, parts = plan.reason, []
+    for target in (plan.target, *plan.stencils):
+        key = target.obj.objgen
+        if key in done:
+            reason = "its image (shared with an earlier page) cleaned once"
+        else:
+            done[key] = _edit_image(where, target, rotate, process, meta, options)
+        parts.append(done[key])
+    fields = _layers(parts)
+    if fields["status"] == "unchanged":
         reason += "; it came back the same, so its image is kept as it was"
-    return PageOutcome(index + 1, reason=reason, **done[key])
+    return PageOutcome(index + 1, reason=reason, **fields)
+
+
+def _layers(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One outcome's fields for the images cleaned on a page (the scan's, then its stencils').
+
+    The first image's fields, with the codecs of every layer (comma-separated) and their bytes
+    summed.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    changed = any(p["status"] == "edited" for p in parts)
+    return {
+        **parts[0],
+        "status": "edited" if changed else "unchanged",
+        "codec_in": ", ".join(p["codec_in"] for p in parts),
+        "codec_out": ", ".join(p["codec_out"] for p in parts),
+        "bytes_in": sum(p["bytes_in"] for p in parts),
+        "bytes_out": sum(p["bytes_out"] for p in parts),
+    }
 
 
 def _save(pdf: pikepdf.Pdf, fh: Any) -> None:

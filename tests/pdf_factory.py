@@ -70,6 +70,16 @@ def image_stream(pdf: pikepdf.Pdf, pixels: np.ndarray, bilevel: bool = False) ->
     return stream
 
 
+def stencil_stream(pdf: pikepdf.Pdf, pixels: np.ndarray) -> pikepdf.Stream:
+    """A 1-bit image mask (stencil) of gray ``pixels``: their dark pixels are the painted ones."""
+    h, w = pixels.shape
+    stream = pdf.make_stream(zlib.compress(np.packbits(pixels >= 128, axis=1).tobytes()))
+    stream.Type, stream.Subtype = pikepdf.Name.XObject, pikepdf.Name.Image
+    stream.Width, stream.Height, stream.ImageMask = w, h, True
+    stream.Filter = pikepdf.Name.FlateDecode
+    return stream
+
+
 def add_page(
     pdf: pikepdf.Pdf,
     size_pt: tuple[float, float],

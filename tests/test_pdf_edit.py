@@ -23,6 +23,7 @@ from pdf_factory import (
     ragged_words,
     render,
     scan_pdf,
+    stencil_stream,
     text_of,
 )
 from PIL import Image
@@ -357,6 +358,25 @@ def test_pages_that_cannot_be_edited_in_place_can_be_left_and_reported(tmp_path)
     assert edit_pdf(tmp_path / "v.pdf", out, invert, options=asked)[0].status == "fallback"
 
 
+def test_a_scan_with_a_colour_key_mask_is_rendered_not_edited(tmp_path):
+    # Its light paper is see-through (a colour key): cleaned colours would change what shows
+    # through, and an RGB key is invalid for an image stored gray.
+    pdf = pikepdf.new()
+    rgb = np.repeat(page_pixels(160, 120, paper=240)[..., None], 3, axis=2)
+    scan = image_stream(pdf, rgb)
+    scan.Mask = pikepdf.Array([230, 255] * 3)
+    add_page(pdf, (160, 120), [(scan, "160 0 0 120 0 0")], vector=True)
+    pdf.save(tmp_path / "key.pdf")
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "key.pdf", out, lambda b: b.replace(b.images * 0.9))
+    assert outcomes[0].status == "rendered"
+    assert outcomes[0].reason == "the scan has a colour-key mask"
+    assert (outcomes[0].kind, outcomes[0].size) == ("color", (160, 120))
+    with pikepdf.open(out) as edited:
+        (image,) = edited.pages[0].get_images().values()
+        assert "/Mask" not in image
+
+
 @pytest.mark.parametrize("rotate", [0, 90])
 def test_render_fallback_cleans_the_rendering_and_keeps_the_text_invisible(tmp_path, rotate):
     src = tiled_pdf(tmp_path / "t.pdf", rotate)
@@ -371,6 +391,58 @@ def test_render_fallback_cleans_the_rendering_and_keeps_the_text_invisible(tmp_p
         assert np.abs((255 - before) - after).mean() < 3
     with pikepdf.open(out) as pdf:
         assert len(pdf.pages[0].get_images()) == 1
+
+
+def mixed_raster_pdf(path: Path) -> Path:
+    """A mixed-raster (MRC) page: a gray background at 150 DPI, then its text at 300 DPI as a
+    colour foreground cut out by a stencil /Mask, and as an image mask painted dark red."""
+    pdf = pikepdf.new()
+    background = image_stream(pdf, page_pixels(160, 120, paper=230))
+    colours = np.zeros((240, 320, 3), np.uint8)
+    colours[:, :, 2] = np.linspace(0, 200, 320, dtype=np.uint8)  # blue to black ink
+    foreground = image_stream(pdf, colours)
+    foreground.Mask = stencil_stream(pdf, ragged_words(320, 240))
+    red_text = stencil_stream(pdf, page_pixels(320, 240, seed=1)[::-1])
+    add_page(pdf, (76.8, 57.6), [(background, "76.8 0 0 57.6 0 0")])
+    content = pdf.pages[0].Contents.read_bytes() + b"\nq 76.8 0 0 57.6 0 0 cm /Fg Do Q"
+    content += b"\nq 0.6 0 0 rg 76.8 0 0 57.6 0 0 cm /Red Do Q"
+    pdf.pages[0].Contents = pdf.make_stream(content)
+    pdf.pages[0].Resources.XObject.Fg = foreground
+    pdf.pages[0].Resources.XObject.Red = red_text
+    pdf.save(path)
+    return path
+
+
+def erase_top_left(batch: ImageBatch) -> ImageBatch:
+    """A 'cleaning' that turns the top-left quarter of any image into white paper."""
+    images = batch.images.clone()
+    h, w = batch.size
+    images[..., : h // 4, : w // 4] = 1.0
+    return batch.replace(images)
+
+
+def test_a_mixed_raster_page_is_cleaned_layer_by_layer_in_place(tmp_path):
+    src = mixed_raster_pdf(tmp_path / "mrc.pdf")
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, erase_top_left)
+    o = outcomes[0]
+    assert o.status == "edited" and "mixed raster" in o.reason
+    assert (o.kind, o.size, o.stored_as) == ("gray", (160, 120), "gray")
+    # The background, then the stencils: the foreground's (ragged text: G4 is smaller) and the
+    # red text's (random specks: Flate is smaller).
+    assert o.codec_out == "FlateDecode, CCITTFaxDecode, FlateDecode"
+    before, after = render(src, scale=2.5), render(out, scale=2.5)
+    assert (before[:36, :48] < 128).mean() > 0.2  # ink there before
+    assert (after[:34, :46] == 255).all()  # paper after, in every layer
+    unchanged = np.ones(before.shape, bool)
+    unchanged[:38, :50] = False  # (the region's edge is anti-aliased)
+    assert np.array_equal(before[unchanged], after[unchanged])
+    with pikepdf.open(src) as a, pikepdf.open(out) as b:
+        fg_a, fg_b = a.pages[0].Resources.XObject.Fg, b.pages[0].Resources.XObject.Fg
+        assert fg_a.read_raw_bytes() == fg_b.read_raw_bytes()  # foreground colours kept
+        assert (int(fg_b.Mask.Width), int(fg_b.Mask.Height)) == (320, 240)
+    outcomes = edit_pdf(src, out, identity)
+    assert outcomes[0].status == "unchanged" and out.read_bytes() == src.read_bytes()
 
 
 def test_max_pixels_refuses_before_decoding_and_writes_nothing(tmp_path):
