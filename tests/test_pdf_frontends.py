@@ -94,7 +94,8 @@ def test_report_lists_every_page_outcome_and_a_broken_pdf_is_one_line(cleaned):
     files = {Path(f["path"]).name: f for f in cleaned["report"]["files"]}
     mixed = files["mixed.pdf"]
     assert (mixed["status"], mixed["pages"]) == ("ok", 2)
-    assert (mixed["edited"], mixed["passed"], mixed["rendered"]) == (1, 1, 0)
+    counts = (mixed["edited"], mixed["unchanged"], mixed["passed"], mixed["rendered"])
+    assert counts == (1, 0, 1, 0)
     assert [p["status"] for p in mixed["page_outcomes"]] == ["edited", "passed"]
     first = mixed["page_outcomes"][0]
     assert (first["kind"], first["size"], first["codec_out"]) == ("gray", [300, 400], "FlateDecode")
@@ -204,3 +205,15 @@ def test_out_of_memory_in_the_editor_fails_that_file_with_one_line(tmp_path, mon
     assert record.status == "failed" and int(summary.exit_code) == 3
     assert record.reason == f"{src}: out of memory (lower --batch-size or the tile size)"
     assert not (tmp_path / "out" / "scan.pdf").exists()
+
+
+def test_a_pdf_whose_scans_come_back_the_same_is_reported_unchanged_and_copied(tmp_path):
+    from aepipe.runner import RunOptions, run_files
+
+    (tmp_path / "in").mkdir()
+    src = scan_pdf(tmp_path / "in" / "scan.pdf", 64, 48)
+    summary = run_files([src], lambda b: b, RunOptions(out_dir=tmp_path / "out"))
+    (record,) = summary.records
+    assert (record.status, record.edited, record.unchanged, record.passed) == ("ok", 0, 1, 0)
+    assert [p["status"] for p in record.page_outcomes] == ["unchanged"]
+    assert (tmp_path / "out" / "scan.pdf").read_bytes() == src.read_bytes()
