@@ -175,6 +175,9 @@ def run_file(path: Path, process: Any, options: Any, workdir: Path) -> Row:
         if o.status in ("edited", "unchanged", "rendered"):
             row.kinds.add(o.kind)
     fallbacks = sorted({o.reason for o in outcomes if o.status in ("rendered", "fallback")})
+    layered = sum(o.reason.startswith("mixed raster") for o in outcomes)
+    if layered:
+        row.outcome = f"{layered} mixed-raster page(s) cleaned layer by layer"
     if fallbacks:
         row.outcome = "rendered: " + "; ".join(fallbacks)
     compare(path, out, row, outcomes)

@@ -587,8 +587,16 @@ def _write_image(obj: Any, image: Any, kind: Kind, mask: bool, jpeg: dict[str, A
             tables = jpeg["qtables"]
             jpeg = {"qtables": tables[:1] if image.mode == "L" else (tables * 2)[:2]}
         buf = io.BytesIO()
-        image.save(buf, format="JPEG", **jpeg)
-        obj.write(buf.getvalue(), filter=pikepdf.Name.DCTDecode, type_check=False)
+        image.save(buf, format="JPEG", optimize=True, **jpeg)
+        data = buf.getvalue()
+        # A page of mostly plain paper codes as long runs of the same few bytes: Flate over
+        # the JPEG (a filter chain every reader decodes) then saves a third or more.
+        packed = zlib.compress(data, 9)
+        if len(packed) < len(data):
+            filters = pikepdf.Array([pikepdf.Name.FlateDecode, pikepdf.Name.DCTDecode])
+            obj.write(packed, filter=filters, type_check=False)
+            return "FlateDecode+DCTDecode"
+        obj.write(data, filter=pikepdf.Name.DCTDecode, type_check=False)
         return "DCTDecode"
     data, colors = _flate_png(image)
     parms = pikepdf.Dictionary(Predictor=15, Colors=colors, BitsPerComponent=8, Columns=w)

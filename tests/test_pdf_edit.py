@@ -267,8 +267,11 @@ def test_jpeg_source_is_stored_as_jpeg_and_gray_as_flate_without_it(tmp_path):
     add_page(pdf, (144, 187.2), [(jpeg, "144 0 0 187.2 0 0")])
     pdf.save(tmp_path / "j.pdf")
     outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "a.pdf", invert)
-    assert outcomes[0].codec_out == "DCTDecode"
+    # Still JPEG; Flate over it where that is smaller (here: plain paper, now black).
+    assert outcomes[0].codec_out == "FlateDecode+DCTDecode"
     assert outcomes[0].bytes_out <= 1.5 * outcomes[0].bytes_in
+    shown = gray_render(tmp_path / "a.pdf")
+    assert np.abs((255 - gray_render(tmp_path / "j.pdf")) - shown).mean() < 8
     lossless = PdfEditOptions(jpeg_quality=None)
     outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "b.pdf", invert, options=lossless)
     assert outcomes[0].codec_out == "FlateDecode"

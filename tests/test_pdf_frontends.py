@@ -135,7 +135,7 @@ def test_options_reach_the_editor(tmp_path):
     assert code == 0, output
     (row,) = json.loads(report.read_text())["files"]
     assert [p["status"] for p in row["page_outcomes"]] == ["edited", "rendered"]
-    assert row["page_outcomes"][0]["codec_out"] == "DCTDecode"
+    assert row["page_outcomes"][0]["codec_out"].endswith("DCTDecode")
     assert text_of(tmp_path / "b" / "mixed.pdf") == text_of(docs / "mixed.pdf")
     code, output = clean_scans([str(docs), "--out", str(tmp_path / "c"), "--binarize"])
     assert code == 0, output
