@@ -120,9 +120,10 @@ class PageOutcome:
 
     Attributes:
         page: page number, 1-based.
-        status: ``"edited"`` (its scan was cleaned in place), ``"unchanged"`` (its scan was
-            cleaned and came back the same: the same bits for a bilevel scan, the same 8-bit
-            values otherwise; its image keeps its own bytes), ``"passed"`` (left unchanged: no
+        status: ``"edited"`` (its scan was cleaned in place), ``"unchanged"`` (its scan, or
+            the rendering of a page that needs the render fallback, was cleaned and came back
+            the same: the same bits for a bilevel scan, the same 8-bit values otherwise; the
+            page keeps its own bytes), ``"passed"`` (left unchanged: no
             scanned image), ``"rendered"`` (the render fallback: its rendering cleaned, text kept
             invisible over it) or ``"fallback"`` (left unchanged: needs rendering to be
             cleaned, and ``fallback="report"``).
@@ -668,6 +669,9 @@ def _clean(
     out = _stored(process(batch.replace(_upright(decoded, turn))).images, turn)
     if out.shape[0] != 1 or tuple(out.shape[-2:]) != (h, w):
         raise ShapeError(f"{where}: process returned shape {tuple(out.shape)} for a {w}x{h} image")
+    if kind == "color" and _same_values(out, decoded):
+        # Nothing changed: the colour rule (how a changed image is stored) does not apply.
+        return batch.to_pil()[0]
     if kind == "color":
         out = _colour_rule(decoded, out, options)
     elif out.shape[1] == 3 and (options.color == "gray" or _is_gray(out)):
@@ -679,6 +683,13 @@ def _clean(
         cut = round(options.threshold * 255)
         image = image.point(lambda v: 255 if v >= cut else 0, mode="1")
     return image
+
+
+def _same_values(out: torch.Tensor, decoded: torch.Tensor) -> bool:
+    """Whether (1, C, H, W) ``out`` holds the same 8-bit values as ``decoded``."""
+    if out.shape != decoded.shape:
+        return False
+    return bool(((out.clamp(0.0, 1.0) - decoded).abs() < 0.5 / 255.0).all())
 
 
 def _is_gray(images: torch.Tensor) -> bool:
@@ -817,6 +828,8 @@ def _render_page(
 ) -> dict[str, Any]:
     """The render fallback: the cleaned rendering becomes the page, its text stays invisible.
 
+    Unless the cleaning changes nothing: the page then stays as it was (status ``unchanged``).
+
     ``source`` is the page's finest image, whose codec the rendering takes (JPEG stays JPEG).
     """
     import pikepdf
@@ -831,6 +844,10 @@ def _render_page(
     batch = upright.replace(_stored(upright.images, turn))
     with _pil_limit(options.max_pixels):
         image = _clean(where, batch, kind, turn, process, options)
+        size = (image.width, image.height)
+        if _unchanged(image, batch.to_numpy()[0], kind, options.threshold):
+            # Do no harm: a cleaning that changed nothing leaves the page as it was.
+            return {"status": "unchanged", "kind": kind, "size": size, "dpi": (dpi, dpi)}
         obj = pdf.make_stream(b"", Type=pikepdf.Name.XObject, Subtype=pikepdf.Name.Image)
         obj.Width, obj.Height = image.width, image.height
         jpeg = None if image.mode == "1" else _render_jpeg(source, options)
@@ -844,8 +861,9 @@ def _render_page(
     page.obj.Resources = resources
     page.obj.Contents = pikepdf.Array([pdf.make_stream(picture.encode()), pdf.make_stream(text)])
     return {
+        "status": "rendered",
         "kind": kind,
-        "size": (image.width, image.height),
+        "size": size,
         "dpi": (dpi, dpi),
         "codec_out": codec_out,
         "bytes_out": len(obj.read_raw_bytes()),
@@ -868,8 +886,8 @@ def _unchanged(image: Any, pixels: np.ndarray, kind: Kind, threshold: float) -> 
     white); anything else value for value (mode L or RGB, 8 bits).
     """
     if image.mode == "1":
-        if kind != "bilevel":
-            return False
+        if kind != "bilevel" and not (pixels.shape[-1] == 1 and _two_level(pixels)):
+            return False  # (a gray or colour image of only black and white: the same values)
         luma = pixels[..., 0] if pixels.shape[-1] == 1 else np.rint(pixels @ LUMA_WEIGHTS)
         return bool(np.array_equal(np.asarray(image), luma >= round(threshold * 255)))
     arr = np.asarray(image)
@@ -973,7 +991,10 @@ def _do_page(
     if plan.status == "fallback" and options.fallback == "render":
         source = None if plan.target is None else plan.target.obj
         fields = _render_page(where, pdf, page, renderer, process, meta, options, source)
-        return PageOutcome(index + 1, "rendered", plan.reason, **fields)
+        reason = plan.reason
+        if fields["status"] == "unchanged":
+            reason += "; its rendering came back the same, so the page is kept as it was"
+        return PageOutcome(index + 1, reason=reason, **fields)
     if plan.status != "edited" or plan.target is None:
         return PageOutcome(index + 1, plan.status, plan.reason)
     reason, parts = plan.reason, []

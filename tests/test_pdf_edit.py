@@ -70,10 +70,13 @@ def test_identity_leaves_the_scan_pixels_exactly_as_they_were(tmp_path):
 
 def test_a_scan_that_comes_back_the_same_keeps_its_bytes_and_is_reported_unchanged(tmp_path):
     pdf = pikepdf.new()
+    paper = page_pixels(300, 200, seed=3, paper=230)
     images = [
         image_stream(pdf, page_pixels(400, 300), bilevel=True),
         image_stream(pdf, page_pixels(300, 200, seed=1, paper=230)),
         image_stream(pdf, page_pixels(300, 200, seed=2, paper=230)),
+        # Colour without coloured ink (a bluish gray): changed, it would be stored gray.
+        image_stream(pdf, np.stack([paper, paper, paper + 4], axis=-1)),
     ]
     for image in images:
         add_page(pdf, (216, 144), [(image, "216 0 0 144 0 0")])
@@ -84,17 +87,17 @@ def test_a_scan_that_comes_back_the_same_keeps_its_bytes_and_is_reported_unchang
         return invert(batch) if batch.meta[0]["page"] == 2 else batch
 
     outcomes = edit_pdf(tmp_path / "in.pdf", out, clean_last)
-    assert [o.status for o in outcomes] == ["unchanged", "unchanged", "edited"]
+    assert [o.status for o in outcomes] == ["unchanged", "unchanged", "edited", "unchanged"]
     assert "kept as it was" in outcomes[0].reason
-    assert [o.stored_as for o in outcomes] == ["bilevel", "gray", "gray"]
+    assert [o.stored_as for o in outcomes] == ["bilevel", "gray", "gray", "color"]
     assert all(o.codec_out == o.codec_in == "FlateDecode" for o in outcomes[:2])
     with pikepdf.open(tmp_path / "in.pdf") as a, pikepdf.open(out) as b:
         raw = [[i.read_raw_bytes() for i in page.get_images().values()] for page in a.pages]
         kept = [[i.read_raw_bytes() for i in page.get_images().values()] for page in b.pages]
-    assert kept[:2] == raw[:2] and kept[2] != raw[2]
+    assert kept[:2] == raw[:2] and kept[2] != raw[2] and kept[3] == raw[3]
     # No page changed: the file itself is a copy.
     outcomes = edit_pdf(tmp_path / "in.pdf", out, identity)
-    assert [o.status for o in outcomes] == ["unchanged"] * 3
+    assert [o.status for o in outcomes] == ["unchanged"] * 4
     assert out.read_bytes() == (tmp_path / "in.pdf").read_bytes()
 
 
@@ -394,6 +397,10 @@ def test_render_fallback_cleans_the_rendering_and_keeps_the_text_invisible(tmp_p
         assert np.abs((255 - before) - after).mean() < 3
     with pikepdf.open(out) as pdf:
         assert len(pdf.pages[0].get_images()) == 1
+    # A cleaning that changes nothing leaves the pages as they were, not renderings of them.
+    outcomes = edit_pdf(src, out, identity, options=PdfEditOptions(dpi=72))
+    assert [o.status for o in outcomes] == ["unchanged", "unchanged"]
+    assert out.read_bytes() == src.read_bytes()
 
 
 def mixed_raster_pdf(path: Path) -> Path:
