@@ -42,7 +42,8 @@ def clean_scans(
 
     Outputs keep each input's name and pixel size. A PDF comes out as the
     same PDF with its scans cleaned in place, at their own resolution and
-    type (1-bit stays 1-bit, stored CCITT G4): text layer, forms, links,
+    type (1-bit stays 1-bit, stored CCITT G4 or Flate, the smaller; a scan
+    that comes back the same keeps its own bytes): text layer, forms, links,
     bookmarks and metadata are kept; pages without a scan (born-digital)
     pass through unchanged unless --clean-born-digital. --report lists what
     happened to every page. Existing outputs are skipped, so an interrupted

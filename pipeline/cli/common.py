@@ -61,7 +61,7 @@ JpegQualityOpt = Annotated[
         max=95,
         help="Store cleaned gray/colour PDF scans as JPEG at this quality. Default: lossless "
         "scans stay lossless (Flate), JPEG scans stay JPEG at their own quality. Bilevel "
-        "scans are always CCITT G4.",
+        "scans are always lossless 1-bit (CCITT G4, or Flate where smaller).",
         show_default=False,
     ),
 ]
