@@ -38,11 +38,14 @@ bench-deps: $(STAMP)
 	$(BIN)/python -m pip install -q tqdm filetype loguru requests click
 
 ## make train-scan-denoiser: retrain the shipped scan denoiser from scratch (needs
-## ../shared/data/ddd; about 3.5 h on 2 cores: 195 min measured, partly shared). Each run fine-tunes the one before; the shipped
+## ../shared/data/ddd, docbin and photos; about 4.5 h on 2 cores: 195 + 70 min measured, shared). Each run fine-tunes the one before; the shipped
 ## weights are the last folder's (copy it to weights/scan-denoiser to ship a retrained one).
 # The settings every fine-tune after v8 shares: the correction, native pixels, no hinge.
 SCAN_TUNE := --refine 16 --output clamp --max-steps 3000 --val-every 500 \
 	--synthetic-fraction 0.35 --scale-prob 0 --level-aug 0 --seed 0
+DATA := ../shared/data
+SCAN_REAL := --ddd $(DATA)/ddd --docbin $(DATA)/docbin --refine 16 --output clamp \
+	--batch-size 8 --patch 256 --test-groups 4 --scale-prob 0 --level-aug 0 --seed 0 --threads 2
 train-scan-denoiser: $(STAMP)
 	$(BIN)/aepipe train scan-denoiser --out runs/scan-denoiser-v2 --max-steps 8000 \
 	  --val-every 500 --batch-size 16 --synthetic-fraction 0.35 --seed 0 --threads 1
@@ -65,6 +68,22 @@ train-scan-denoiser: $(STAMP)
 	  $(SCAN_TUNE) --patch 256 --batch-size 8 --lr 1e-4 --threads 1
 	$(BIN)/aepipe train scan-denoiser --init runs/scan-denoiser-v13 --out runs/scan-denoiser-v14 \
 	  $(SCAN_TUNE) --patch 256 --batch-size 8 --lr 1e-4 --threads 1
+	# Real pages (issue 16): docbin with a bilevel loss, identity patches, display pages. v15 and
+	# v16 were stopped by hand at steps 500 and 750 of longer schedules; --schedule-steps replays
+	# exactly those steps.
+	$(BIN)/aepipe train scan-denoiser --init runs/scan-denoiser-v14 --out runs/scan-denoiser-v15 \
+	  $(SCAN_REAL) --max-steps 500 --schedule-steps 4000 --val-every 500 --lr 2e-4 \
+	  --synthetic-fraction 0.35 --docbin-fraction 0.4 --clean-fraction 0.15 --display-prob 0.5
+	$(BIN)/aepipe train scan-denoiser --init runs/scan-denoiser-v15 --out runs/scan-denoiser-v16 \
+	  $(SCAN_REAL) --max-steps 750 --schedule-steps 3000 --val-every 250 --lr 2e-4 \
+	  --synthetic-fraction 0.35 --docbin-fraction 0.4 --clean-fraction 0.2 --display-prob 0.7
+	$(BIN)/aepipe train scan-denoiser --init runs/scan-denoiser-v16 --out runs/scan-denoiser-v17 \
+	  $(SCAN_REAL) --max-steps 3000 --val-every 500 --lr 2e-4 --synthetic-fraction 0.35 \
+	  --docbin-fraction 0.4 --clean-fraction 0.2 --display-prob 0.7 --photos $(DATA)/photos/train
+	$(BIN)/aepipe train scan-denoiser --init runs/scan-denoiser-v17 --out runs/scan-denoiser-v18 \
+	  $(SCAN_REAL) --max-steps 3000 --val-every 500 --lr 1e-4 --synthetic-fraction 0.2 \
+	  --docbin-fraction 0.3 --clean-fraction 0.15 --display-prob 0.7 \
+	  --photos $(DATA)/photos/train --photo-prob 0.8
 
 ## make pdf-corpus: fetch OCRmyPDF's test PDFs (real scanner output of many kinds) from its
 ## source distribution into tests/pdf_corpus/ (ignored by git) for benchmarks/pdf_fidelity.py.
