@@ -416,6 +416,7 @@ def edit_photo(
     images: torch.Tensor,
     concepts: list[tuple[torch.Tensor, float]] | None,
     face: FaceChoice = "all",
+    faces: list[FaceBox] | None = None,
 ) -> PhotoEdit:
     """Move the faces of a whole photo along concept vectors, keeping its resolution and colour.
 
@@ -425,13 +426,16 @@ def edit_photo(
         concepts: (vector, strength) pairs, applied in order; ``None`` reconstructs instead
             (the face's luma becomes the VAE's decode of it, to see what the VAE keeps).
         face: "all", "largest" or a face index (largest first).
+        faces: the photo's faces from :func:`find_faces` (with the mean face), when already
+            found (several edits of one photo); ``None`` detects them here.
 
     Returns:
         The edited photo (unchanged when no face was edited), the detections and the edited indices.
     """
     from aepipe.batch import ImageBatch
 
-    faces = find_faces(images, mean_face=mean_face(stage))
+    if faces is None:
+        faces = find_faces(images, mean_face=mean_face(stage))
     chosen = select_faces(faces, face)
     if not chosen:
         return PhotoEdit(images.clone(), faces, [])

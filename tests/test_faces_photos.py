@@ -255,3 +255,14 @@ def test_interpolate_photo_without_face_fails(tmp_path: Path, cli) -> None:
     res = cli("faces", "interpolate", tmp_path / "empty.png", FACE, "-o", tmp_path / "s.png")
     assert res.exit_code != 0 and "no face" in res.output
     assert not (tmp_path / "s.png").exists()
+
+
+def test_edit_photo_with_faces_found_before_is_the_same_edit(vae) -> None:
+    from aepipe.stages.face_generator import load_concept
+
+    images, vec = _tensor(_photo()), load_concept("smile")
+    faces = fa.find_faces(images, mean_face=fa.mean_face(vae))
+    found_here = fa.edit_photo(vae, images, [(vec, 1.0)], "largest")
+    given = fa.edit_photo(vae, images, [(vec, 1.0)], "largest", faces=faces)
+    assert given.edited == found_here.edited == [0]
+    assert torch.equal(given.images, found_here.images) and not torch.equal(given.images, images)
