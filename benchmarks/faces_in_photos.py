@@ -115,25 +115,18 @@ def matches(face, inv: list[list[float]]) -> bool:
     return math.hypot(u - tx - ts / 2, v - ty - ts / 2) <= 8 and 0.75 <= size <= 1.33
 
 
-def run_alignment(args, stage, log, on_found=None) -> dict:
-    """Paste, detect and align ``args.n`` test faces; ``on_found(images, dets, hit, ideal, crop)``
-    is called for every face found (the edit scoring)."""
-    import torch
-    from PIL import Image
+def pasted_faces(args):
+    """The benchmark's cases: ``args.n`` test faces pasted into photos, seeded by ``args.seed``.
 
-    from aepipe import faces_align as fa
-    from aepipe.batch import ImageBatch
+    Yields:
+        (64, 64) gray crop, (1, 3, H, W) photo tensor, photo -> crop matrix, scale, roll.
+    """
+    from PIL import Image
 
     rng = np.random.default_rng(args.seed)
     faces = np.load(args.data)["test_images"]
     bgs = sorted((args.photos).glob("*.jpg"))
-    found = false = 0
-    mad, mad_ideal, dz, dz_ideal, lost = [], [], [], [], []
-    mean = fa.mean_face(stage)
-    scores: dict[str, list[float]] = {"face": [], "other": []}
-    status: dict[str, int] = {}
-    t0 = time.time()
-    for i in range(args.n):
+    for _ in range(args.n):
         k = int(rng.integers(len(faces)))
         crop = (faces[k].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255
         bg = Image.open(bgs[int(rng.integers(len(bgs)))]).convert("RGB")
@@ -149,7 +142,24 @@ def run_alignment(args, stage, log, on_found=None) -> dict:
             rng.uniform(half, max(half + 1, h - half)),
         )
         photo, inv = paste(bg.astype(np.float32) / 255, crop, scale, roll, x, y)
-        images = to_batch((photo * 255).round().astype(np.uint8))
+        yield crop, to_batch((photo * 255).round().astype(np.uint8)), inv, scale, roll
+
+
+def run_alignment(args, stage, log, on_found=None) -> dict:
+    """Paste, detect and align ``args.n`` test faces; ``on_found(images, dets, hit, ideal, crop)``
+    is called for every face found (the edit scoring)."""
+    import torch
+
+    from aepipe import faces_align as fa
+    from aepipe.batch import ImageBatch
+
+    found = false = 0
+    mad, mad_ideal, dz, dz_ideal, lost = [], [], [], [], []
+    mean = fa.mean_face(stage)
+    scores: dict[str, list[float]] = {"face": [], "other": []}
+    status: dict[str, int] = {}
+    t0 = time.time()
+    for i, (crop, images, inv, scale, roll) in enumerate(pasted_faces(args)):
         dets = fa.find_faces(images, mean_face=mean, min_match=-1.0)
         hit = [d for d in dets if matches(d, inv)][:1]
         scores["face"] += [d.match for d in hit if d.match is not None]
@@ -174,6 +184,7 @@ def run_alignment(args, stage, log, on_found=None) -> dict:
             on_found(images, dets, hit[0], ideal, orig[0])
         if (i + 1) % 50 == 0:
             log(f"{i + 1}/{args.n}: found {found}, {time.time() - t0:.0f} s")
+    faces = np.load(args.data)["test_images"]
     zz = stage.encode(ImageBatch(torch.from_numpy(faces[:200].astype(np.float32) / 255)
                                  .permute(0, 3, 1, 2), []))  # fmt: skip
     pairs = (zz[:100] - zz[100:200]).norm(dim=1)
@@ -355,13 +366,16 @@ EDITS_TEXT = """## Edits on photos: attribute classifier
 
 The attribute classifier of `benchmarks/face_concepts.py` (its own CNN trained on the TRAIN
 faces, cached in `--cache`) reads each found face before and after each edit. Cells: share of
-edits that moved P(attribute) the asked way, and (in brackets) the mean change of P. `photo`: the
-whole photo edited through the core's call (`faces_align.edit_photo` on the detected face; the
-change of the decode pasted back in the feathered mask), read in the face's true frame;
-`photo_seen`: the same read in the detected frame; `crop_transfer`: the original aligned crop plus
-the same kind of change (a perfect alignment); `crop_decode`: decode vs decode, as the concept
-benchmark scores. Target (issue 24): the
-photo's mean change within 0.05 of the aligned crop's.
+edits that moved P(attribute) the asked way, and (in brackets) the mean change of P.
+
+- `photo`: the whole photo edited through the core's call (`faces_align.edit_photo` on the
+  detected face: the change of the decode pasted back in the feathered mask), read in the
+  face's true frame (the paste transform);
+- `photo_seen`: the same edited photo read in the detected frame (what the VAE was given);
+- `crop_transfer`: the original aligned crop plus the same kind of change (perfect alignment);
+- `crop_decode`: decode vs decode, as the concept benchmark scores.
+
+Target (issue 24): the photo's mean change within 0.05 of the aligned crop's.
 
 """
 
