@@ -177,7 +177,7 @@ def test_cli_edits_real_photo_face(tmp_path: Path, cli) -> None:
     photo = ROOT / "sample_inputs" / "faces" / "astronaut.png"
     res = cli("faces", "edit", photo, "--concept", "smile:+1", "--face", "0", "-o", tmp_path)
     assert res.exit_code == 0, res.output
-    assert "face 0 at x=176 y=66 size=95px: edited" in res.output
+    assert "face 0 at x=177 y=68 size=96px: edited" in res.output
     before, after = np.asarray(Image.open(photo)), np.asarray(Image.open(tmp_path / photo.name))
     assert before.shape == after.shape and (before != after).sum() > 1000
 
