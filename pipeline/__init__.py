@@ -15,6 +15,9 @@ from aepipe._version import __version__
 if TYPE_CHECKING:  # what type checkers see; at run time the names load on first use
     from aepipe.batch import ImageBatch as ImageBatch
     from aepipe.batch import to_gray as to_gray
+    from aepipe.core import edit_face_photo as edit_face_photo
+    from aepipe.core import face_concepts as face_concepts
+    from aepipe.core import interpolate_faces as interpolate_faces
     from aepipe.errors import AepipeError as AepipeError
     from aepipe.errors import ConfigError as ConfigError
     from aepipe.errors import ExitCode as ExitCode
@@ -51,6 +54,9 @@ _EXPORTS = {
     "run_files": "aepipe.runner",
     "generate": "aepipe.core",
     "load_generator": "aepipe.core",
+    "edit_face_photo": "aepipe.core",
+    "interpolate_faces": "aepipe.core",
+    "face_concepts": "aepipe.core",
     "RunOptions": "aepipe.runner",
     "AepipeError": "aepipe.errors",
     "ConfigError": "aepipe.errors",

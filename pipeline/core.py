@@ -39,6 +39,7 @@ from aepipe.errors import (
     ConfigError,
     InputImageError,
     InputTooLargeError,
+    NoFaceError,
     ShapeError,
     TooManyPagesError,
     TooManyPixelsError,
@@ -47,10 +48,14 @@ from aepipe.errors import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from aepipe.batch import ImageBatch
+    from aepipe.faces_align import FaceChoice
     from aepipe.io import Page
     from aepipe.pdf_edit import PageOutcome, PdfEditOptions
     from aepipe.stage import Generator, Stage
+    from aepipe.stages.face_generator import FaceGenerator
 
 Process = Callable[["ImageBatch"], "ImageBatch"]
 
@@ -460,6 +465,170 @@ def encode_document(
     raise ConfigError(f"format must be 'png' or 'pdf' here; got {fmt!r}")
 
 
+# ---- faces in photos: find, align, edit, paste back -----------------------------------------
+
+FaceAlign = Literal["auto", "photo", "crop"]
+Concepts = Sequence[tuple["torch.Tensor", float]]
+
+
+def face_concepts(
+    specs: Sequence[str], dirs: Sequence[Path], *, names_only: bool = False
+) -> list[tuple[torch.Tensor, float]]:
+    """Concept vectors for ``NAME:STRENGTH`` specs (``smile:+1``), looked up in ``dirs``.
+
+    Args:
+        specs: e.g. ``["smile:1.5", "eyeglasses:-1"]``; a bare name means strength 1.
+        dirs: concept folders, first wins (:func:`~aepipe.stages.face_generator.
+            default_concept_dirs`).
+        names_only: refuse file paths (HTTP clients may name shipped concepts only).
+
+    Raises:
+        ConfigError: a spec is malformed, names a path when ``names_only``, or is not found.
+    """
+    from aepipe.stages.face_generator import load_concept, parse_concept_arg
+
+    out = []
+    for spec in specs:
+        name, strength = parse_concept_arg(spec)
+        if names_only and not (name and all(c.isalnum() or c in "-_" for c in name)):
+            raise ConfigError(f"concept must be NAME:STRENGTH with a plain name; got {spec!r}")
+        out.append((load_concept(name, dirs), strength))
+    return out
+
+
+def _is_face_crop(stage: FaceGenerator, batch: ImageBatch, align: FaceAlign) -> bool:
+    """Whether ``batch`` is taken as face crops (centre-cropped) rather than whole photos."""
+    return align == "crop" or (align == "auto" and max(batch.size) <= 2 * stage.native_size)
+
+
+@dataclass
+class FacePhoto:
+    """A whole photo after :func:`edit_face_photo`, with one report line per face found."""
+
+    batch: ImageBatch
+    report: list[str] = field(default_factory=list)
+
+
+def edit_face_photo(
+    stage: FaceGenerator,
+    batch: ImageBatch,
+    concepts: Concepts | None,
+    *,
+    face: FaceChoice = "all",
+    align: FaceAlign = "auto",
+) -> FacePhoto:
+    """Edit (or reconstruct) the faces of a photo and return the whole photo.
+
+    The one call behind ``aepipe faces edit|reconstruct``, ``POST /v1/faces/edit`` and the
+    library: each face is found, aligned to the VAE's framing, moved along ``concepts``, and
+    the change is pasted back at the photo's resolution inside a feathered mask (luma only;
+    chroma and every pixel outside the masks stay bit for bit). Face crops (``align="crop"``,
+    or ``auto`` on images at most twice the model size) come back as the model's gray decodes.
+
+    Args:
+        stage: the face VAE.
+        batch: one photo (N = 1), gray or colour, any size.
+        concepts: ``(vector, strength)`` pairs (:func:`face_concepts`); ``None`` reconstructs.
+        face: ``"all"``, ``"largest"`` or a face index (largest first).
+        align: ``auto``, ``photo`` or ``crop``.
+
+    Raises:
+        NoFaceError: no face was edited; the message gives the reason per face.
+    """
+    from aepipe import faces_align
+    from aepipe.batch import ImageBatch
+
+    if concepts is not None and not concepts:
+        raise ConfigError("give at least one concept (NAME:STRENGTH)")
+    if _is_face_crop(stage, batch, align):
+        return FacePhoto(stage(batch) if concepts is None else stage.edit(batch, concepts))
+    if len(batch) != 1:
+        raise ShapeError(f"photos go one at a time; got a batch of {len(batch)}")
+    vectors = None if concepts is None else list(concepts)
+    result = faces_align.edit_photo(stage, batch.images, vectors, face)
+    lines = faces_align.face_report(result, face)
+    if not result.edited:
+        raise NoFaceError(f"{batch.names[0]}: nothing edited: " + "; ".join(lines))
+    return FacePhoto(
+        ImageBatch(result.images, list(batch.names), [dict(m) for m in batch.meta]), lines
+    )
+
+
+def face_editor(
+    stage: FaceGenerator,
+    concepts: Concepts | None,
+    *,
+    face: FaceChoice = "all",
+    align: FaceAlign = "auto",
+    report: Callable[[str], None] | None = None,
+) -> Process:
+    """:func:`edit_face_photo` as a batch -> batch step for :func:`aepipe.runner.run_files`.
+
+    Args:
+        stage: the face VAE.
+        concepts: as for :func:`edit_face_photo` (``None`` reconstructs).
+        face: which faces.
+        align: ``auto``, ``photo`` or ``crop``.
+        report: called with ``"<name>: <line>"`` for each face of each photo.
+    """
+
+    def process(batch: ImageBatch) -> ImageBatch:
+        done = edit_face_photo(stage, batch, concepts, face=face, align=align)
+        for line in done.report if report is not None else ():
+            report(f"{batch.names[0]}: {line}")
+        return done.batch
+
+    return process
+
+
+def aligned_face(
+    stage: FaceGenerator,
+    batch: ImageBatch,
+    *,
+    face: FaceChoice = "largest",
+    align: FaceAlign = "auto",
+) -> ImageBatch:
+    """One face of a photo warped to the VAE's framing (64x64 gray), or a crop as it is.
+
+    Raises:
+        NoFaceError: the photo has no usable face (``face`` picks which; reason per face).
+    """
+    from aepipe import faces_align
+    from aepipe.batch import ImageBatch
+
+    if _is_face_crop(stage, batch, align):
+        return batch
+    faces = faces_align.find_faces(batch.images[:1], mean_face=faces_align.mean_face(stage))
+    chosen = faces_align.select_faces(faces, "largest" if face == "all" else face)
+    if not chosen:
+        lines = faces_align.face_report(faces_align.PhotoEdit(batch.images, faces, []), face)
+        raise NoFaceError(f"{batch.names[0]}: no face to use: " + "; ".join(lines))
+    crop = faces_align.align_crops(batch.images[:1], chosen[:1])
+    return ImageBatch(crop, batch.names[:1], [dict(batch.meta[0])])
+
+
+def interpolate_faces(
+    stage: FaceGenerator,
+    a: ImageBatch,
+    b: ImageBatch,
+    steps: int,
+    methods: Sequence[Literal["linear", "slerp"]] = ("linear",),
+    *,
+    face: FaceChoice = "largest",
+    align: FaceAlign = "auto",
+) -> list[ImageBatch]:
+    """Walk the latent space from the face in photo ``a`` to the one in ``b``.
+
+    The one call behind ``aepipe faces interpolate`` and the library: each photo's face is
+    aligned first (:func:`aligned_face`), so ordinary photos work as well as face crops.
+
+    Returns:
+        One batch of ``steps`` decoded faces per method, ends included.
+    """
+    za, zb = (stage.encode(aligned_face(stage, x, face=face, align=align))[0] for x in (a, b))
+    return [stage.interpolate(za, zb, steps, m) for m in methods]
+
+
 # ---- outcomes: error classes -> HTTP -------------------------------------------------------
 
 # Most specific first: the first class an error is an instance of decides.
@@ -468,6 +637,7 @@ _HTTP_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (TooManyPagesError, 413, "too_many_pages"),
     (InputTooLargeError, 413, "too_large"),
     (UnsupportedInputError, 415, "unsupported"),
+    (NoFaceError, 422, "no_face"),
     (InputImageError, 422, "corrupt"),
     (ShapeError, 422, "bad_image"),
     (ConfigError, 422, "invalid"),

@@ -59,5 +59,12 @@ class TooManyPagesError(InputTooLargeError):
     """A PDF or multi-page TIFF has more pages than the limit."""
 
 
+class NoFaceError(InputImageError):
+    """A photo has no face that can be edited (none found, or every one too small or unselected).
+
+    The message gives the reason per face (HTTP 422).
+    """
+
+
 class ShapeError(AepipeError, ValueError):
     """A batch does not have the shape or value range a stage needs."""

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from aepipe.stage import Stage
 
-RouteKind = Literal["pages", "image", "generate"]
+RouteKind = Literal["pages", "image", "generate", "face-edit"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,10 @@ class Entry:
         cli: CLI modules that register this stage's commands when imported.
         route: HTTP endpoint key (``/v1/<route>``), or ``None`` for no endpoint.
         route_kind: ``pages`` (documents in, cleaned pages out as PNG/PDF/zip), ``image``
-            (one image in, one PNG out) or ``generate`` (``GET``: sampled images out).
+            (one image in, one PNG out), ``generate`` (``GET``: sampled images out) or
+            ``face-edit`` (a photo and concept edits in, the whole edited photo out).
+        more_routes: further endpoints served by the same loaded stage, as
+            ``(key, kind)`` pairs (``/v1/<key>``), e.g. ``("faces/edit", "face-edit")``.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Entry:
     cli: tuple[str, ...] = ()
     route: str | None = None
     route_kind: RouteKind | None = None
+    more_routes: tuple[tuple[str, RouteKind], ...] = ()
 
 
 ENTRIES: dict[str, Entry] = {}
@@ -62,6 +66,8 @@ def register(entry: Entry) -> Entry:
     """
     if (entry.route is None) != (entry.route_kind is None):
         raise ConfigError(f"{entry.name}: route and route_kind go together")
+    if entry.more_routes and entry.route is None:
+        raise ConfigError(f"{entry.name}: more_routes need a route (the stage they share)")
     owner = next(
         (e.name for e in ENTRIES.values() if entry.route and e.route == entry.route), entry.name
     )
@@ -104,6 +110,7 @@ for _entry in (
         cli=("aepipe.cli.faces",),
         route="faces",
         route_kind="generate",
+        more_routes=(("faces/edit", "face-edit"),),
     ),
     Entry(
         name="face-vqvae",
@@ -175,3 +182,12 @@ def cli_modules() -> list[str]:
 def routes() -> dict[str, Entry]:
     """HTTP endpoint key -> entry, for every stage with a route."""
     return {e.route: e for e in ENTRIES.values() if e.route is not None}
+
+
+def more_routes() -> list[tuple[str, RouteKind, Entry]]:
+    """``(endpoint key, kind, entry)`` for the further endpoints that share a stage's route.
+
+    Their stage is the one loaded for ``entry.route`` (e.g. ``POST /v1/faces/edit`` uses the
+    weights of ``GET /v1/faces``).
+    """
+    return [(key, kind, e) for e in ENTRIES.values() for key, kind in e.more_routes]

@@ -6,6 +6,8 @@ Endpoints (OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
 - ``POST /v1/denoise``: an image in, the impulse-denoised image out (PNG).
 - ``POST /v1/colorize``: an image in (gray or colour), the colorized image out (PNG).
 - ``GET /v1/faces?n=&seed=&colorize=&format=``: generated faces as one PNG grid or a zip.
+- ``POST /v1/faces/edit?concept=smile:1&face=all``: a photo in, the whole photo out (PNG) with
+  its faces edited along concept vectors (the weights of ``/v1/faces``).
 - ``GET /healthz``: which stages are loaded, and how busy the server is.
 
 Uploads are either ``multipart/form-data`` with a ``file`` field or the raw file as the request
@@ -32,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -438,7 +440,7 @@ def create_app(
         WeightsError: configured weights could not be loaded.
     """
     from aepipe import __version__
-    from aepipe.registry import routes
+    from aepipe.registry import more_routes, routes
 
     settings = settings or ServeSettings()
     if settings.threads:
@@ -470,6 +472,8 @@ def create_app(
     _add_health(app, service, __version__)
     for key, entry in routes().items():
         _ROUTE_KINDS[entry.route_kind](app, service, key)  # type: ignore[index]
+    for key, kind, entry in more_routes():
+        _MORE_ROUTE_KINDS[kind](app, service, entry.route, key)  # type: ignore[arg-type]
     return app
 
 
@@ -673,10 +677,72 @@ def _add_generate_route(app: FastAPI, service: _Service, key: str) -> None:
     generate_endpoint.__name__ = key.replace("-", "_")
 
 
+def _add_face_edit_route(app: FastAPI, service: _Service, stage_key: str, key: str) -> None:
+    """``POST /v1/<key>``: a photo and concept edits in, the whole edited photo out (PNG).
+
+    The stage is the one loaded for ``/v1/<stage_key>``; the work is the core's
+    :func:`~aepipe.core.edit_face_photo`, as for ``aepipe faces edit``.
+    """
+
+    @app.post(
+        f"/v1/{key}",
+        summary="Edit the faces of a photo along concept vectors (smile, eyeglasses ...)",
+        openapi_extra=_UPLOAD_DOC,
+        responses={
+            200: {
+                "content": {"image/png": {}},
+                "description": "The whole photo at its size; header X-Aepipe-Faces: per face.",
+            },
+            **_ERRORS_DOC,
+            422: {"description": "No usable face (reason per face), or an unknown concept."},
+        },
+        response_class=Response,
+    )
+    async def face_edit_endpoint(
+        request: Request,
+        concept: Annotated[
+            list[str],
+            Query(min_length=1, max_length=8, description="NAME:STRENGTH, repeatable: smile:1."),
+        ],
+        face: str = Query(
+            "all", pattern=r"^(all|largest|\d{1,4})$", description="all | largest | N."
+        ),
+    ) -> Response:
+        from aepipe.core import edit_face_photo, encode_document, face_concepts, run_pages
+        from aepipe.stages.face_generator import default_concept_dirs
+
+        stage = service.need(stage_key)
+        dirs = default_concept_dirs(None, service.settings.models.get(stage_key))
+        vectors = face_concepts(concept, dirs, names_only=True)
+        choice = int(face) if face.isdigit() else face
+        data, filename = await service.upload(request)
+        report: list[str] = []
+
+        def edit(batch: ImageBatch) -> ImageBatch:
+            done = edit_face_photo(stage, batch, vectors, face=choice, align="photo")
+            report.extend(done.report)
+            return done.batch
+
+        def work() -> Media:
+            page = decode_upload(data, filename, service.settings)[0]
+            stem = _stem(filename)
+            done = run_pages(edit, [page], stem)
+            return encode_document(done, "png", stem)[0][1], "image/png", f"{stem}.png"
+
+        response = await service.respond(work)
+        response.headers["X-Aepipe-Faces"] = "; ".join(report)
+        return response
+
+    face_edit_endpoint.__name__ = key.replace("-", "_").replace("/", "_")
+
+
 _ROUTE_KINDS: dict[str, Callable[[FastAPI, _Service, str], None]] = {
     "pages": _add_pages_route,
     "image": _add_image_route,
     "generate": _add_generate_route,
+}
+_MORE_ROUTE_KINDS: dict[str, Callable[[FastAPI, _Service, str, str], None]] = {
+    "face-edit": _add_face_edit_route,
 }
 
 

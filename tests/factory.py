@@ -167,3 +167,23 @@ def random_image(rng: np.random.Generator, mode: str, w: int, h: int) -> Image.I
         alpha = rng.integers(0, 256, (h, w, 1), dtype=np.uint8)
         return Image.fromarray(np.concatenate([np.asarray(rgb), alpha], -1), "RGBA")
     return rgb.convert(mode)
+
+
+FACE_FILE = Path(__file__).resolve().parents[1] / "sample_inputs" / "faces" / "vae_face_3.png"
+FACE_AT = (120, 50, 192)
+"""Where :func:`face_photo` pastes the face: top-left corner x, y and side (the 64x64 face 3x)."""
+
+
+def face_photo(face: Path | None = FACE_FILE, at: tuple[int, int, int] = FACE_AT) -> np.ndarray:
+    """A 300x400 colour photo (tinted noise) with a gray face crop pasted at ``at`` (x, y, side).
+
+    ``face=None`` gives the background alone. Returns (300, 400, 3) uint8.
+    """
+    rng = np.random.default_rng(0)
+    tint = np.array([0.3, 0.5, 0.7], np.float32)
+    bg = tint + rng.normal(0, 0.02, (300, 400, 3)).astype(np.float32)
+    if face is not None:
+        x0, y0, side = at
+        img = Image.open(face).convert("L").resize((side, side), Image.Resampling.BICUBIC)
+        bg[y0 : y0 + side, x0 : x0 + side] = np.asarray(img, np.float32)[..., None] / 255
+    return (bg.clip(0, 1) * 255).round().astype(np.uint8)

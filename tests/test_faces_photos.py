@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factory import FACE_AT, FACE_FILE, face_photo
 from PIL import Image
 
 from aepipe import faces_align as fa
@@ -14,9 +15,8 @@ from aepipe.batch import ImageBatch
 from aepipe.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parents[1]
-FACE = ROOT / "sample_inputs" / "faces" / "vae_face_3.png"
-# Where the face is pasted: top-left corner and side of the 64x64 face scaled 3x.
-X0, Y0, SIDE = 120, 50, 192
+FACE = FACE_FILE
+X0, Y0, SIDE = FACE_AT
 
 
 @pytest.fixture
@@ -31,14 +31,7 @@ def cli():
 
 
 def _photo(face: bool = True) -> np.ndarray:
-    """A 300x400 colour photo (tinted noise) with the test face pasted in gray at a known place."""
-    rng = np.random.default_rng(0)
-    tint = np.array([0.3, 0.5, 0.7], np.float32)
-    bg = tint + rng.normal(0, 0.02, (300, 400, 3)).astype(np.float32)
-    if face:
-        img = Image.open(FACE).convert("L").resize((SIDE, SIDE), Image.Resampling.BICUBIC)
-        bg[Y0 : Y0 + SIDE, X0 : X0 + SIDE] = np.asarray(img, np.float32)[..., None] / 255
-    return (bg.clip(0, 1) * 255).round().astype(np.uint8)
+    return face_photo(FACE if face else None)
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:
@@ -184,6 +177,92 @@ def test_cli_edits_real_photo_face(tmp_path: Path, cli) -> None:
     photo = ROOT / "sample_inputs" / "faces" / "astronaut.png"
     res = cli("faces", "edit", photo, "--concept", "smile:+1", "--face", "0", "-o", tmp_path)
     assert res.exit_code == 0, res.output
-    assert "face 0 at x=176 y=66 size=95px: edited" in res.output
+    assert "face 0 at x=177 y=68 size=96px: edited" in res.output
     before, after = np.asarray(Image.open(photo)), np.asarray(Image.open(tmp_path / photo.name))
     assert before.shape == after.shape and (before != after).sum() > 1000
+
+
+@pytest.fixture(scope="module")
+def vae():
+    from aepipe.stage import load_stage
+
+    return load_stage("face-vae")
+
+
+def test_core_edit_is_what_the_cli_writes(tmp_path: Path, cli, vae) -> None:
+    from aepipe.core import edit_face_photo, face_concepts
+    from aepipe.stages.face_generator import default_concept_dirs
+
+    photo = _photo()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    res = cli(
+        "faces", "edit", tmp_path / "photo.png", "--concept", "smile:+2", "-o", tmp_path / "e"
+    )
+    assert res.exit_code == 0, res.output
+    vectors = face_concepts(["smile:+2"], default_concept_dirs())
+    done = edit_face_photo(vae, ImageBatch.from_numpy(photo, ["photo"]), vectors)
+    assert len(done.report) == 1 and done.report[0].endswith(": edited"), done.report
+    lib = done.batch.to_numpy(np.uint8)[0]
+    np.testing.assert_array_equal(lib, np.asarray(Image.open(tmp_path / "e" / "photo.png")))
+    assert (lib != photo).any(-1).sum() > 1000
+
+
+def test_core_refuses_paths_as_http_concepts() -> None:
+    from aepipe.core import face_concepts
+    from aepipe.errors import ConfigError
+    from aepipe.stages.face_generator import default_concept_dirs
+
+    assert len(face_concepts(["smile:1", "eyeglasses"], default_concept_dirs())) == 2
+    for spec in ("/etc/passwd:1", "../smile.json:1", "weights/face-vae/concepts/smile.json"):
+        with pytest.raises(ConfigError):
+            face_concepts([spec], default_concept_dirs(), names_only=True)
+
+
+def test_cli_interpolates_faces_found_in_photos(tmp_path: Path, cli, vae) -> None:
+    from aepipe.core import aligned_face
+
+    other = ROOT / "sample_inputs" / "faces" / "vae_face_1.png"
+    Image.fromarray(_photo()).save(tmp_path / "a.png")
+    Image.fromarray(face_photo(other, at=(60, 40, 160))).save(tmp_path / "b.png")
+    out = tmp_path / "strip.png"
+    res = cli(
+        "faces", "interpolate", tmp_path / "a.png", tmp_path / "b.png", "--steps", "5",
+        "--out", out, "--frames", tmp_path / "f",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    strip = np.asarray(Image.open(out))
+    # One row of 5 faces of 64 px with make_grid's 2 px borders.
+    assert strip.shape[:2] == (68, 5 * 66 + 2)
+    # The ends are the decodes of the aligned faces, not of the photos' centre crops.
+    for path, frame in (
+        (tmp_path / "a.png", "linear_step_00"),
+        (tmp_path / "b.png", "linear_step_04"),
+    ):
+        batch = ImageBatch.from_numpy(np.asarray(Image.open(path)), [path.stem])
+        want = vae(aligned_face(vae, batch)).to_numpy(np.uint8)[0, ..., 0]
+        got = np.asarray(Image.open(tmp_path / "f" / f"{frame}.png"))
+        assert np.abs(got.astype(int) - want).max() <= 1
+        crop = vae(batch).to_numpy(np.uint8)[0, ..., 0]
+        assert np.abs(got.astype(float) - crop).mean() > 10
+    # Each aligned face is close to the face crop it was made from (its decode, at least).
+    a = aligned_face(vae, ImageBatch.from_numpy(np.asarray(Image.open(tmp_path / "a.png")), ["a"]))
+    assert a.size == (64, 64)
+    assert (a.images[0, 0] - _original_crop()).abs().mean() < 0.11
+
+
+def test_interpolate_photo_without_face_fails(tmp_path: Path, cli) -> None:
+    Image.fromarray(_photo(face=False)).save(tmp_path / "empty.png")
+    res = cli("faces", "interpolate", tmp_path / "empty.png", FACE, "-o", tmp_path / "s.png")
+    assert res.exit_code != 0 and "no face" in res.output
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_edit_photo_with_faces_found_before_is_the_same_edit(vae) -> None:
+    from aepipe.stages.face_generator import load_concept
+
+    images, vec = _tensor(_photo()), load_concept("smile")
+    faces = fa.find_faces(images, mean_face=fa.mean_face(vae))
+    found_here = fa.edit_photo(vae, images, [(vec, 1.0)], "largest")
+    given = fa.edit_photo(vae, images, [(vec, 1.0)], "largest", faces=faces)
+    assert given.edited == found_here.edited == [0]
+    assert torch.equal(given.images, found_here.images) and not torch.equal(given.images, images)

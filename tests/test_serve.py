@@ -7,6 +7,7 @@ every request has a timeout, and the server is stopped at the end of the module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -44,25 +45,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(
-    tiny_weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+@contextlib.contextmanager
+def serve_cli(args: list[str], log: Path, **env: str) -> Iterator[str]:
+    """Run ``aepipe serve ARGS`` on a free loopback port until the block ends; yields its URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [
-        str(BIN / "aepipe"), "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--scan-model", str(tiny_weights["scan-denoiser"]),
-        "--denoise-model", str(tiny_weights["impulse-denoiser"]),
-        "--colorize-model", str(tiny_weights["colorizer"]),
-        "--faces-model", str(tiny_weights["face-generator"]),
-        "--device", "cpu", "--concurrency", "2", "--threads", "1",
-        "--max-upload-mb", str(MAX_UPLOAD / 1024 / 1024), "--max-pixels", str(MAX_PIXELS),
-        "--max-pages", "3", "--max-faces", "32", "--dpi", "72", "--log-level", "warning",
-    ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [str(BIN / "aepipe"), "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, **env)
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -85,6 +76,24 @@ def server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tiny_weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    args = [
+        "--scan-model", str(tiny_weights["scan-denoiser"]),
+        "--denoise-model", str(tiny_weights["impulse-denoiser"]),
+        "--colorize-model", str(tiny_weights["colorizer"]),
+        "--faces-model", str(tiny_weights["face-generator"]),
+        "--device", "cpu", "--concurrency", "2", "--threads", "1",
+        "--max-upload-mb", str(MAX_UPLOAD / 1024 / 1024), "--max-pixels", str(MAX_PIXELS),
+        "--max-pages", "3", "--max-faces", "32", "--dpi", "72", "--log-level", "warning",
+    ]  # fmt: skip
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with serve_cli(args, log, OMP_NUM_THREADS="1") as url:
+        yield url
 
 
 def png(array: np.ndarray) -> bytes:

@@ -59,14 +59,10 @@ def _load_face_vae(model: str, device: str, **overrides: object):
 
 
 def _concepts(specs: list[str] | None, concepts_dir: Path, model: str) -> list:
-    from aepipe.stages.face_generator import default_concept_dirs, load_concept, parse_concept_arg
+    from aepipe.core import face_concepts
+    from aepipe.stages.face_generator import default_concept_dirs
 
-    dirs = default_concept_dirs(concepts_dir, model)
-    out = []
-    for spec in specs or []:
-        name, strength = parse_concept_arg(spec)
-        out.append((load_concept(name, dirs), strength))
-    return out
+    return face_concepts(specs or [], default_concept_dirs(concepts_dir, model))
 
 
 def _read_one(path: Path):
@@ -262,30 +258,10 @@ def _face_choice(face: str):
 
 
 def _photo_edit(stage, vectors: list | None, face, align: str, quiet: bool):
-    """Batch -> batch editor: whole photos (faces aligned and pasted back) or plain face crops.
+    """The core's face editor for whole photos or face crops (``vectors=None`` reconstructs)."""
+    from aepipe.core import face_editor
 
-    ``vectors=None`` reconstructs (the VAE's decode of each face) instead of editing.
-    """
-    from aepipe import faces_align
-    from aepipe.batch import ImageBatch
-    from aepipe.errors import InputImageError
-
-    def process(batch: ImageBatch) -> ImageBatch:
-        if align == "crop" or (
-            align == "auto" and max(batch.images.shape[-2:]) <= 2 * stage.native_size
-        ):
-            return stage(batch) if vectors is None else stage.edit(batch, vectors)
-        result = faces_align.edit_photo(stage, batch.images, vectors, face)
-        lines = faces_align.face_report(result, face)
-        name = batch.names[0] if batch.names else "image"
-        if not result.edited:
-            raise InputImageError(f"{name}: nothing edited: " + "; ".join(lines))
-        if not quiet:
-            for line in lines:
-                err(f"{name}: {line}")
-        return ImageBatch(result.images, list(batch.names), [dict(m) for m in batch.meta])
-
-    return process
+    return face_editor(stage, vectors, face=face, align=align, report=None if quiet else err)
 
 
 @faces_app.command("reconstruct")
@@ -388,14 +364,21 @@ def edit(
 
 @faces_app.command("interpolate")
 def interpolate(
-    a: Annotated[Path, typer.Argument(help="First face image.", show_default=False)],
-    b: Annotated[Path, typer.Argument(help="Second face image.", show_default=False)],
+    a: Annotated[Path, typer.Argument(help="First photo or face image.", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Second photo or face image.", show_default=False)],
     steps: Annotated[
         int, typer.Option("--steps", min=2, max=256, help="Images on the path, ends included.")
     ] = 8,
     method: Annotated[
         str, typer.Option("--method", help="linear | slerp | both (one row each).")
     ] = "linear",
+    face: Annotated[
+        str,
+        typer.Option(
+            "--face", help="Which face of each photo: largest | N (index, largest first)."
+        ),
+    ] = "largest",
+    align: AlignOpt = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG strip to write.")] = Path(
         "interpolation.png"
     ),
@@ -405,20 +388,28 @@ def interpolate(
     model: ModelOpt = "face-vae",
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Walk the latent space from face A to face B (linear and/or great circle) as a strip."""
+    """Walk the latent space from face A to face B (linear and/or great circle) as a strip.
+
+    A and B may be ordinary photos: the chosen face of each is found and aligned to the VAE's
+    framing first (as faces edit does); face crops (--align crop) are centre-cropped.
+    """
     from aepipe.cli.common import check_choice
 
     method = check_choice(method, ("linear", "slerp", "both"), "--method")
+    align = check_choice(align, ("auto", "photo", "crop"), "--align")
+    choice = _face_choice(face)
     with cli_errors():
         import numpy as np
 
         from aepipe.batch import ImageBatch
+        from aepipe.core import interpolate_faces
         from aepipe.io import write_image
 
         stage = _load_face_vae(model, _resolve_device(device))
-        za, zb = stage.encode(_read_one(a))[0], stage.encode(_read_one(b))[0]
         methods = ["linear", "slerp"] if method == "both" else [method]
-        rows = [stage.interpolate(za, zb, steps, m) for m in methods]  # type: ignore[arg-type]
+        rows = interpolate_faces(
+            stage, _read_one(a), _read_one(b), steps, methods, face=choice, align=align
+        )
         sheet = ImageBatch.concat(rows)
         _write_grid(sheet, out, ncols=steps)
         if frames is not None:

@@ -1,0 +1,98 @@
+"""``POST /v1/faces/edit`` over real HTTP: ``aepipe serve`` with the shipped face VAE.
+
+The server runs in a subprocess on a free loopback port with an API key; the answer must be
+what the library call (:func:`aepipe.core.edit_face_photo`) gives for the same photo.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from factory import FACE_AT, face_photo
+from PIL import Image
+
+httpx = pytest.importorskip("httpx", reason="needs the [serve] extra")
+pytest.importorskip("fastapi", reason="needs the [serve] extra")
+pytest.importorskip("uvicorn", reason="needs the [serve] extra")
+
+from test_serve import assert_json_error, png, serve_cli  # noqa: E402
+
+pytestmark = [pytest.mark.serve, pytest.mark.timeout(180)]
+
+KEY = "face-edit-test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    args = [
+        "--faces-model", "face-vae", "--scan-model", "none", "--denoise-model", "none",
+        "--colorize-model", "none", "--model", "faces-vqvae=none",
+        "--device", "cpu", "--threads", "1", "--max-pixels", "200000", "--log-level", "warning",
+    ]  # fmt: skip
+    log = tmp_path_factory.mktemp("serve_faces") / "server.log"
+    with serve_cli(args, log, OMP_NUM_THREADS="1", AEPIPE_API_KEYS=KEY) as url:
+        yield url
+
+
+def edit(url: str, data: bytes, auth: bool = True, **params: object) -> httpx.Response:
+    headers = AUTH if auth else {}
+    return httpx.post(
+        f"{url}/v1/faces/edit",
+        files={"file": ("photo.png", data)},
+        params=params,
+        headers=headers,
+        timeout=60,
+    )
+
+
+def test_edit_returns_whole_photo_equal_to_library(server: str, one_torch_thread: None) -> None:
+    from aepipe.batch import ImageBatch
+    from aepipe.core import edit_face_photo, face_concepts
+    from aepipe.stage import load_stage
+    from aepipe.stages.face_generator import default_concept_dirs
+
+    photo = face_photo()
+    resp = edit(server, png(photo), concept=["smile:+2", "eyeglasses:1"], face="largest")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "image/png"
+    assert resp.headers["x-aepipe-faces"].endswith(": edited")
+    out = np.asarray(Image.open(io.BytesIO(resp.content)))
+    assert out.shape == photo.shape  # full size, colour kept
+    changed = (out != photo).any(-1)
+    rows, cols = np.nonzero(changed)
+    x0, y0, side = FACE_AT
+    assert changed.sum() > 1000
+    assert rows.min() >= y0 - 16 and rows.max() < y0 + side + 16
+    assert cols.min() >= x0 - 16 and cols.max() < x0 + side + 16
+    # The same call in the library gives the same pixels (one core function behind both).
+    vectors = face_concepts(["smile:+2", "eyeglasses:1"], default_concept_dirs())
+    batch = ImageBatch.from_numpy(photo, ["photo"])
+    want = edit_face_photo(load_stage("face-vae"), batch, vectors, face="largest", align="photo")
+    np.testing.assert_array_equal(out, want.batch.to_numpy(np.uint8)[0])
+
+
+def test_edit_needs_key_and_reports_errors_as_json(server: str) -> None:
+    photo = png(face_photo())
+    assert_json_error(edit(server, photo, auth=False, concept="smile:1"), 401)
+    body = assert_json_error(edit(server, png(face_photo(None)), concept="smile:1"), 422)
+    assert body["error"] == "no_face" and "no face found" in body["detail"]
+    body = assert_json_error(edit(server, photo, concept="smile:1", face="3"), 422)
+    assert body["error"] == "no_face" and "index 3" in body["detail"]
+    for bad in ("../../etc/passwd:1", "/tmp/x.json:1", "no-such-concept:1"):
+        assert assert_json_error(edit(server, photo, concept=bad), 422)["error"] == "invalid"
+    assert_json_error(edit(server, photo), 422)  # no concept
+    assert_json_error(edit(server, photo, concept="smile:1", face="everyone"), 422)
+    big = np.zeros((500, 500, 3), np.uint8)  # 250,000 px > --max-pixels 200,000
+    assert assert_json_error(edit(server, png(big), concept="smile:1"), 413)["error"]
+    assert httpx.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"
+
+
+def test_openapi_lists_the_route(server: str) -> None:
+    schema = httpx.get(f"{server}/openapi.json", headers=AUTH, timeout=10).json()
+    post = schema["paths"]["/v1/faces/edit"]["post"]
+    assert "multipart/form-data" in post["requestBody"]["content"]
+    assert {p["name"] for p in post["parameters"]} == {"concept", "face"}
