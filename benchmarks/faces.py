@@ -94,21 +94,29 @@ def test_scores(stage, test_u8: np.ndarray, seed: int) -> dict[str, float]:
 
     from aepipe.train.vae import evaluate
 
-    model = stage.model
-    t = torch.from_numpy(test_u8)
-    ev = evaluate(model, t, "faces", seed=seed)
-    with torch.no_grad():
-        x = t.unsqueeze(1).float() / 255.0
-        rec = torch.cat([model(x[i : i + 250]) for i in range(0, len(x), 250)])
-        mse = ((rec - x) ** 2).flatten(1).mean(1)
-        psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item()
+    ev = evaluate(stage.model, torch.from_numpy(test_u8), "faces", seed=seed)
     return {
         "test_elbo_nats": ev["elbo"],
         "test_rec_nats": ev["rec"],
         "test_kl_nats": ev["kl"],
         "test_bits_per_dim": ev["bits_per_dim"],
-        "test_psnr_db": psnr,
+        "test_psnr_db": reconstruction_psnr(stage.model, test_u8),
     }
+
+
+def reconstruction_psnr(model, faces_u8: np.ndarray, sharpen: float = 0.0, sigma: float = 1.0):
+    """Mean PSNR (dB) of posterior-mean reconstructions of uint8 faces (N, H, W), optionally
+    passed through the stage's unsharp mask (what sharpening would cost a reconstruction)."""
+    import torch
+
+    from aepipe.stages.face_generator import unsharp_mask
+
+    with torch.no_grad():
+        x = torch.from_numpy(faces_u8).unsqueeze(1).float() / 255.0
+        rec = torch.cat([model(x[i : i + 250]) for i in range(0, len(x), 250)])
+        rec = unsharp_mask(rec.clamp(0.0, 1.0), sharpen, sigma)
+        mse = ((rec - x) ** 2).flatten(1).mean(1)
+        return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item()
 
 
 def add_card_section(card: Path, title: str, body: str) -> None:
@@ -238,11 +246,15 @@ def main() -> None:
         score = fid(sample_feats, ref)
         vs = " (vs validation faces)" if args.reference == "val" else ""
         sharp = f", sharpen {amount:g} sigma {sigma:g}" if amount else ""
+        note = f"{args.n} samples, seed {args.seed}, generated in {gen_s:.2f} s"
+        if args.reference == "val":
+            psnr = reconstruction_psnr(stage.model, ref_u8, amount, sigma)
+            note += f"; validation reconstructions with this mask: {psnr:.2f} dB PSNR"
         rows.append(
             {
                 "system": f"ours: {args.model}, {sampler} latent, T={temp:g}{sharp}{vs}",
                 "fid": score,
-                "note": f"{args.n} samples, seed {args.seed}, generated in {gen_s:.2f} s",
+                "note": note,
             }
         )
         log(f"{rows[-1]}")
