@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from aepipe.batch import ImageBatch
@@ -427,6 +428,25 @@ def test_cli_gen_faces_is_reproducible(tmp_path: Path, cli) -> None:
         name = f"face_0000{i}.png"
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "sheet.png").is_file()
+    # --sharpen overrides the weights' unsharp mask: same faces, sharper.
+    res = cli(
+        "gen-faces",
+        "--n",
+        5,
+        "--seed",
+        7,
+        "--model",
+        weights,
+        "--out",
+        tmp_path / "s",
+        "--sharpen",
+        2,
+        "--no-grid",
+    )
+    assert res.exit_code == 0, res.output
+    plain = np.asarray(Image.open(tmp_path / "a" / "face_00000.png"), dtype=np.float64)
+    sharp = np.asarray(Image.open(tmp_path / "s" / "face_00000.png"), dtype=np.float64)
+    assert np.abs(sharp - plain).max() > 2 and abs(sharp.mean() - plain.mean()) < 3
     res = cli(
         "gen-faces", "--n", 2, "--model", weights, "--out", tmp_path / "c", "--concept", "nope:1"
     )
