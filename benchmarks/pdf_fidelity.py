@@ -40,6 +40,7 @@ class Row:
     size_in: int
     size_out: int | None = None
     edited: int = 0
+    unchanged: int = 0  # cleaned, came back the same: the image kept as it was
     passed: int = 0
     rendered: int = 0
     fallback: int = 0
@@ -137,7 +138,7 @@ def compare(src: Path, out: Path, row: Row, outcomes: list[Any]) -> None:
     with pikepdf.open(src) as a, pikepdf.open(out) as b:
         for o in outcomes:
             i = o.page - 1
-            if o.status == "edited":
+            if o.status in ("edited", "unchanged"):
                 row.resolution_kept &= image_sizes(a, i) == image_sizes(b, i)
                 continue
             if o.status == "rendered":
@@ -171,9 +172,12 @@ def run_file(path: Path, process: Any, options: Any, workdir: Path) -> Row:
     row.size_out = out.stat().st_size
     for o in outcomes:
         setattr(row, o.status, getattr(row, o.status) + 1)
-        if o.status in ("edited", "rendered"):
+        if o.status in ("edited", "unchanged", "rendered"):
             row.kinds.add(o.kind)
     fallbacks = sorted({o.reason for o in outcomes if o.status in ("rendered", "fallback")})
+    layered = sum(o.reason.startswith("mixed raster") for o in outcomes)
+    if layered:
+        row.outcome = f"{layered} mixed-raster page(s) cleaned layer by layer"
     if fallbacks:
         row.outcome = "rendered: " + "; ".join(fallbacks)
     compare(path, out, row, outcomes)
@@ -190,11 +194,12 @@ def table(rows: list[Row], command: str) -> str:
         "# PDF fidelity: clean-scans on PDFs (edited in place) with the scan denoiser",
         "",
         f"Command: `{command}` (corpus: OCRmyPDF 17.13.0 tests/resources, `make pdf-corpus`).",
-        "Pages: edited in place / passed through unchanged / rendered (the fallback for pages that",
-        "cannot be edited in place: the cleaned rendering replaces the picture, the text stays).",
-        "Unchanged: pages not edited whose content, images and rendering are identical.",
+        "Pages: edited in place / cleaned but came back the same (image kept as it was) / passed",
+        "through unchanged / rendered (the fallback for pages that cannot be edited in place: the",
+        "cleaned rendering replaces the picture, the text stays).",
+        "Unchanged: pages not cleaned whose content, images and rendering are identical.",
         "",
-        "| file | in KB | out KB | ratio | kind | pages e/p/r | text chars before/after "
+        "| file | in KB | out KB | ratio | kind | pages e/u/p/r | text chars before/after "
         "| fields | unchanged | resolution | s | outcome |",
         "|---|---:|---:|---:|---|---|---|---|---|---|---:|---|",
     ]
@@ -207,11 +212,11 @@ def table(rows: list[Row], command: str) -> str:
             text = f"{r.chars[0]}/{r.chars[1]} {yes(r.text_kept)}"
             fields = f"{r.fields[0]}/{r.fields[1]} {yes(r.fields_kept)}"
             same = f"{r.untouched_same[0]}/{r.untouched_same[1]}"
-            res = yes(r.resolution_kept) if r.edited or r.rendered else "-"
+            res = yes(r.resolution_kept) if r.edited or r.unchanged or r.rendered else "-"
         lines.append(
             f"| {r.name} | {r.size_in / 1024:.1f} | {out_kb} | {ratio} | {r.kind} "
-            f"| {r.edited}/{r.passed}/{r.rendered} | {text} | {fields} | {same} | {res} "
-            f"| {r.seconds:.1f} | {r.outcome} |"
+            f"| {r.edited}/{r.unchanged}/{r.passed}/{r.rendered} | {text} | {fields} | {same} "
+            f"| {res} | {r.seconds:.1f} | {r.outcome} |"
         )
     lines += ["", *summary(rows)]
     return "\n".join(lines) + "\n"
@@ -245,11 +250,12 @@ def summary(rows: list[Row]) -> list[str]:
     lines.append(
         f"- pages not edited that are unchanged: {sum(r.untouched_same[0] for r in written)}/"
         f"{pages}; files edited or rendered with every scan at its own resolution: "
-        f"{sum(r.resolution_kept for r in written if r.edited or r.rendered)}/"
-        f"{sum(1 for r in written if r.edited or r.rendered)}"
+        f"{sum(r.resolution_kept for r in written if r.edited or r.unchanged or r.rendered)}/"
+        f"{sum(1 for r in written if r.edited or r.unchanged or r.rendered)}"
     )
     lines.append(
-        f"- pages edited / passed / rendered / left for a fallback: {sum(r.edited for r in rows)}"
+        f"- pages edited / came back the same / passed / rendered / left for a fallback: "
+        f"{sum(r.edited for r in rows)} / {sum(r.unchanged for r in rows)}"
         f" / {sum(r.passed for r in rows)} / {sum(r.rendered for r in rows)} / "
         f"{sum(r.fallback for r in rows)}; files refused: "
         f"{sum(1 for r in rows if r.size_out is None)}"

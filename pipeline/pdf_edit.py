@@ -5,21 +5,24 @@ scan (an image XObject whose placement covers most of the page), decodes it at i
 grid, runs a caller-supplied ``process(batch) -> batch`` on it and writes the result back into
 the *same* image object. Content streams, fonts, the text layer of an OCRed scan, annotations,
 links, form fields, outlines, structure tags, page boxes, ``/Rotate`` and metadata are not
-touched. Pages without a scanned image (born-digital pages) pass through unchanged. A page that
-cannot be edited in place (a scan cut into tiles, a mixed-raster page of stacked full-page
-images, an inline image) takes the render fallback: it is rendered at its finest image's own
+touched. Pages without a scanned image (born-digital pages) pass through unchanged. A
+mixed-raster page (a background image under text stencils, as MRC compressors write) is cleaned
+layer by layer in place (see :func:`_mixed_raster`). A page that cannot be edited in place (a
+scan cut into tiles, other stacks of full-page images, an inline image, a scan with a colour-key
+mask) takes the render fallback: it is rendered at its finest image's own
 resolution, cleaned, and the cleaned rendering becomes its only picture, with the page's text
 kept over it as an invisible text layer (``fallback="report"`` leaves such pages unchanged
 instead). Each page gets a :class:`PageOutcome` for a report.
 
 Types are kept: a bilevel image (1 bit, an image mask, or a gray image of only black and white)
-comes back bilevel and is stored as CCITT G4 (through Pillow's libtiff encoder), and so does any
-result of only black and white (``--binarize``); gray stays gray (Flate with the PNG predictor,
-or JPEG: see :attr:`PdfEditOptions.jpeg_quality`); colour follows
-:attr:`PdfEditOptions.color`, and an indexed image stays indexed. An image whose pixels come
-back unchanged keeps its own bytes. Images are decoded by pdfium (the renderer aepipe already
-uses), which reads every PDF image codec: CCITT, JBIG2 with global segments, JPEG, JPEG 2000,
-Flate, and gray, RGB, CMYK, ICC, indexed and DeviceN colour.
+comes back bilevel and is stored as CCITT G4 (through Pillow's libtiff encoder) or as Flate of
+its packed bits, whichever is smaller, and so does any result of only black and white
+(``--binarize``); gray stays gray (Flate with the PNG predictor, or JPEG: see
+:attr:`PdfEditOptions.jpeg_quality`); colour follows :attr:`PdfEditOptions.color`, and an
+indexed image stays indexed. An image that comes back the same (status ``"unchanged"``) is not
+re-encoded at all: a clean JBIG2 page stays JBIG2. Images are decoded by pdfium (the renderer
+aepipe already uses), which reads every PDF image codec: CCITT, JBIG2 with global segments,
+JPEG, JPEG 2000, Flate, and gray, RGB, CMYK, ICC, indexed and DeviceN colour.
 
 Every image's pixel count is checked against ``max_pixels`` from its dictionary before it is
 decoded (and every rendering's before it is rendered); Pillow's own limit is raised to match
@@ -33,6 +36,7 @@ import io
 import math
 import shutil
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,12 +48,13 @@ from aepipe.batch import ImageBatch, to_gray
 from aepipe.defaults import DEFAULT_MAX_PIXELS
 from aepipe.errors import InputImageError, ShapeError, TooManyPagesError, TooManyPixelsError
 from aepipe.io import atomic_write
+from aepipe.models import LUMA_WEIGHTS
 
 if TYPE_CHECKING:
     import pikepdf
     import torch
 
-Status = Literal["edited", "passed", "rendered", "fallback"]
+Status = Literal["edited", "unchanged", "passed", "rendered", "fallback"]
 Kind = Literal["bilevel", "gray", "color", ""]
 Matrix = tuple[float, float, float, float, float, float]
 _IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
@@ -115,7 +120,10 @@ class PageOutcome:
 
     Attributes:
         page: page number, 1-based.
-        status: ``"edited"`` (its scan was cleaned in place), ``"passed"`` (left unchanged: no
+        status: ``"edited"`` (its scan was cleaned in place), ``"unchanged"`` (its scan, or
+            the rendering of a page that needs the render fallback, was cleaned and came back
+            the same: the same bits for a bilevel scan, the same 8-bit values otherwise; the
+            page keeps its own bytes), ``"passed"`` (left unchanged: no
             scanned image), ``"rendered"`` (the render fallback: its rendering cleaned, text kept
             invisible over it) or ``"fallback"`` (left unchanged: needs rendering to be
             cleaned, and ``fallback="report"``).
@@ -123,9 +131,10 @@ class PageOutcome:
         kind: the scan's type, ``"bilevel"``, ``"gray"`` or ``"color"`` (empty if none).
         size: the scan's (W, H) in pixels, kept as it was.
         dpi: the scan's resolution on the page, along its width and its height.
-        codec_in: the scan's filters before, e.g. ``"JBIG2Decode"``.
-        codec_out: its filter after, e.g. ``"CCITTFaxDecode"``.
-        bytes_in: encoded size of the scan before.
+        codec_in: the scan's filters before, e.g. ``"JBIG2Decode"``; on a mixed-raster page,
+            the background's and then each text stencil's, comma-separated.
+        codec_out: its filter after, e.g. ``"CCITTFaxDecode"`` (the same for each layer).
+        bytes_in: encoded size of the scan before (of all its layers).
         bytes_out: encoded size after.
         stored_as: ``"bilevel"``, ``"gray"`` or ``"color"``: the type written back.
     """
@@ -281,13 +290,18 @@ def _placements(
 
 @dataclass
 class _Plan:
+    """A page's plan: its scan ``target`` and, on a mixed-raster page, its text ``stencils``."""
+
     status: Status
     reason: str
     target: _Placement | None = None
+    stencils: list[_Placement] = field(default_factory=list)
 
 
 def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
     """Which image of a page is its scan, or why the page passes or falls back."""
+    import pikepdf
+
     box = _page_box(page)
     if "/Contents" not in page.obj:
         return _born_digital(options, "no content")
@@ -307,11 +321,58 @@ def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
             return _Plan("fallback", f"scan split into {len(found)} images (tiles)", finest)
         return _born_digital(options, "no scanned image (born-digital page)")
     if len(large) > 1:
+        stencils = _mixed_raster(large)
+        if stencils is not None:
+            reason = (
+                f"mixed raster page: its background and {len(stencils)} text stencil(s) cleaned "
+                "in place, foreground colours kept"
+            )
+            return _Plan("edited", reason, large[0], stencils)
         reason = f"{len(large)} stacked page-size images (mixed raster content)"
         return _Plan("fallback", reason, finest)
     if large[0].inline:
         return _Plan("fallback", "the scan is an inline image")
+    if "/Mask" in large[0].obj and not isinstance(large[0].obj.Mask, pikepdf.Stream):
+        # Its colours decide what shows through: cleaned colours would show something else
+        # (and a colour key for RGB is invalid for an image stored gray).
+        return _Plan("fallback", "the scan has a colour-key mask", large[0])
     return _Plan("edited", "scan cleaned in place", large[0])
+
+
+def _mixed_raster(large: list[_Placement]) -> list[_Placement] | None:
+    """The text stencils of a mixed-raster (MRC) page drawn as ``large``, or None if it is not.
+
+    Such a page (what DjVu-style and MRC scan compressors write) draws one plain background
+    image, then its text as 1-bit stencils at a finer resolution: image masks painted in one
+    colour, or colour images cut out by a stencil ``/Mask``. The background is the scan's
+    paper and pictures, the stencils its ink: each is cleaned at its own pixel grid (the
+    stencils as bilevel scans), and a foreground's colours are kept (they only tint the ink).
+    Other stacks (several plain images, soft masks, colour-key masks) are rendered instead.
+    """
+    import pikepdf
+
+    base, *rest = large
+    if any(p.inline for p in large) or not rest or _masked(base.obj):
+        return None
+    stencils = []
+    for item in rest:
+        mask = item.obj.get("/Mask")
+        if bool(item.obj.get("/ImageMask", False)):
+            stencils.append(item)
+        elif (
+            isinstance(mask, pikepdf.Stream)
+            and bool(mask.get("/ImageMask", False))
+            and "/SMask" not in item.obj
+        ):
+            stencils.append(_Placement(f"{item.name}/Mask", mask, item.ctm))
+        else:
+            return None
+    return stencils
+
+
+def _masked(obj: Any) -> bool:
+    """Whether image ``obj`` is a stencil or has a mask of any kind."""
+    return bool(obj.get("/ImageMask", False)) or "/Mask" in obj or "/SMask" in obj
 
 
 def _born_digital(options: PdfEditOptions, reason: str) -> _Plan:
@@ -478,6 +539,30 @@ def _jpeg_settings(obj: Any, options: PdfEditOptions) -> dict[str, Any] | None:
     return {"qtables": [tables[k] for k in sorted(tables)]}
 
 
+def _write_bilevel(obj: Any, bits: Any, mask: bool) -> str:
+    """Store mode "1" ``bits`` in ``obj`` as CCITT G4 or Flate, whichever is smaller.
+
+    G4 wins on text; Flate of the packed rows on fine regular patterns (dithered or halftoned
+    pictures, where G4 codes every run and can grow past the raw bits). Both are lossless.
+    """
+    import pikepdf
+
+    g4, packed = _g4(bits), zlib.compress(bits.tobytes(), 9)
+    if not mask:
+        obj.ColorSpace = pikepdf.Name.DeviceGray
+    obj.BitsPerComponent = 1
+    # Either way the samples decode as Pillow's bits, 1 = white and 0 = ink: what DeviceGray
+    # shows, and what a stencil paints (its 0 samples, with its default Decode).
+    if len(packed) < len(g4):
+        obj.write(packed, filter=pikepdf.Name.FlateDecode, type_check=False)
+        return "FlateDecode"
+    # Pillow's libtiff writes mode "1" as min-is-black, so G4 codes white as 1 bits, what the
+    # CCITT decoder calls black: it is told so (BlackIs1) to give back 1 for white.
+    parms = pikepdf.Dictionary(K=-1, Columns=bits.width, Rows=bits.height, BlackIs1=True)
+    obj.write(g4, filter=pikepdf.Name.CCITTFaxDecode, decode_parms=parms, type_check=False)
+    return "CCITTFaxDecode"
+
+
 def _write_image(obj: Any, image: Any, kind: Kind, mask: bool, jpeg: dict[str, Any] | None) -> str:
     """Replace the pixels of image XObject ``obj`` with PIL ``image``; returns the filter."""
     import pikepdf
@@ -487,20 +572,7 @@ def _write_image(obj: Any, image: Any, kind: Kind, mask: bool, jpeg: dict[str, A
             del obj[key]
     w = image.width
     if kind == "bilevel":
-        # Pillow's libtiff writes mode "1" as min-is-black, so G4 codes ink as 1 bits: the
-        # decoder is told so (BlackIs1), and an image mask paints the 1 samples (Decode [1 0]).
-        obj.write(
-            _g4(image),
-            filter=pikepdf.Name.CCITTFaxDecode,
-            decode_parms=pikepdf.Dictionary(K=-1, Columns=w, Rows=image.height, BlackIs1=True),
-            type_check=False,
-        )
-        obj.BitsPerComponent = 1
-        if mask:
-            obj.Decode = pikepdf.Array([1, 0])
-        else:
-            obj.ColorSpace = pikepdf.Name.DeviceGray
-        return "CCITTFaxDecode"
+        return _write_bilevel(obj, image, mask)
     if image.mode == "P":
         palette = bytes(image.getpalette("RGB") or b"")
         colours = max(1, len(palette) // 3)
@@ -516,8 +588,16 @@ def _write_image(obj: Any, image: Any, kind: Kind, mask: bool, jpeg: dict[str, A
             tables = jpeg["qtables"]
             jpeg = {"qtables": tables[:1] if image.mode == "L" else (tables * 2)[:2]}
         buf = io.BytesIO()
-        image.save(buf, format="JPEG", **jpeg)
-        obj.write(buf.getvalue(), filter=pikepdf.Name.DCTDecode, type_check=False)
+        image.save(buf, format="JPEG", optimize=True, **jpeg)
+        data = buf.getvalue()
+        # A page of mostly plain paper codes as long runs of the same few bytes: Flate over
+        # the JPEG (a filter chain every reader decodes) then saves a third or more.
+        packed = zlib.compress(data, 9)
+        if len(packed) < len(data):
+            filters = pikepdf.Array([pikepdf.Name.FlateDecode, pikepdf.Name.DCTDecode])
+            obj.write(packed, filter=filters, type_check=False)
+            return "FlateDecode+DCTDecode"
+        obj.write(data, filter=pikepdf.Name.DCTDecode, type_check=False)
         return "DCTDecode"
     data, colors = _flate_png(image)
     parms = pikepdf.Dictionary(Predictor=15, Colors=colors, BitsPerComponent=8, Columns=w)
@@ -589,6 +669,9 @@ def _clean(
     out = _stored(process(batch.replace(_upright(decoded, turn))).images, turn)
     if out.shape[0] != 1 or tuple(out.shape[-2:]) != (h, w):
         raise ShapeError(f"{where}: process returned shape {tuple(out.shape)} for a {w}x{h} image")
+    if kind == "color" and _same_values(out, decoded):
+        # Nothing changed: the colour rule (how a changed image is stored) does not apply.
+        return batch.to_pil()[0]
     if kind == "color":
         out = _colour_rule(decoded, out, options)
     elif out.shape[1] == 3 and (options.color == "gray" or _is_gray(out)):
@@ -600,6 +683,13 @@ def _clean(
         cut = round(options.threshold * 255)
         image = image.point(lambda v: 255 if v >= cut else 0, mode="1")
     return image
+
+
+def _same_values(out: torch.Tensor, decoded: torch.Tensor) -> bool:
+    """Whether (1, C, H, W) ``out`` holds the same 8-bit values as ``decoded``."""
+    if out.shape != decoded.shape:
+        return False
+    return bool(((out.clamp(0.0, 1.0) - decoded).abs() < 0.5 / 255.0).all())
 
 
 def _is_gray(images: torch.Tensor) -> bool:
@@ -620,7 +710,7 @@ def _edit_image(
     meta: dict[str, Any],
     options: PdfEditOptions,
 ) -> dict[str, Any]:
-    """Decode, clean and write back one page image; returns the outcome's fields."""
+    """Decode, clean and write back one page image; returns the outcome's fields and status."""
     obj = target.obj
     codec_in, bytes_in = "+".join(_filters(obj)) or "none", len(obj.read_raw_bytes())
     pixels, kind = _decode_checked(where, obj, options)
@@ -629,9 +719,10 @@ def _edit_image(
     batch = ImageBatch.from_numpy(pixels, [meta["name"]], [{**meta, "kind": kind, "dpi": max(dpi)}])
     with _pil_limit(options.max_pixels):
         image = _clean(where, batch, kind, turn, process, options)
-        if _same_pixels(image, pixels):
-            # Nothing to clean: the image keeps its own codec and bytes (JBIG2 stays JBIG2).
-            codec_out = codec_in
+        unchanged = _unchanged(image, pixels, kind, options.threshold)
+        if unchanged:
+            # Do no harm: the image keeps its own codec and bytes (JBIG2 stays JBIG2).
+            codec_out, stored_as = codec_in, kind
         else:
             jpeg = None if image.mode == "1" else _jpeg_settings(obj, options)
             if jpeg is None and image.mode == "RGB" and _indexed(obj):
@@ -639,8 +730,10 @@ def _edit_image(
                 # result's colours, without dithering, which would speckle the paper.
                 image = image.quantize(256, dither=0)
             mask = bool(obj.get("/ImageMask", False))
-            codec_out = _write_image(obj, image, _stored_kind(image), mask, jpeg)
+            stored_as = _stored_kind(image)
+            codec_out = _write_image(obj, image, stored_as, mask, jpeg)
     return {
+        "status": "unchanged" if unchanged else "edited",
         "kind": kind,
         "size": (w, h),
         "dpi": dpi,
@@ -648,7 +741,7 @@ def _edit_image(
         "codec_out": codec_out,
         "bytes_in": bytes_in,
         "bytes_out": len(obj.read_raw_bytes()),
-        "stored_as": _stored_kind(image),
+        "stored_as": stored_as,
     }
 
 
@@ -735,6 +828,8 @@ def _render_page(
 ) -> dict[str, Any]:
     """The render fallback: the cleaned rendering becomes the page, its text stays invisible.
 
+    Unless the cleaning changes nothing: the page then stays as it was (status ``unchanged``).
+
     ``source`` is the page's finest image, whose codec the rendering takes (JPEG stays JPEG).
     """
     import pikepdf
@@ -749,6 +844,10 @@ def _render_page(
     batch = upright.replace(_stored(upright.images, turn))
     with _pil_limit(options.max_pixels):
         image = _clean(where, batch, kind, turn, process, options)
+        size = (image.width, image.height)
+        if _unchanged(image, batch.to_numpy()[0], kind, options.threshold):
+            # Do no harm: a cleaning that changed nothing leaves the page as it was.
+            return {"status": "unchanged", "kind": kind, "size": size, "dpi": (dpi, dpi)}
         obj = pdf.make_stream(b"", Type=pikepdf.Name.XObject, Subtype=pikepdf.Name.Image)
         obj.Width, obj.Height = image.width, image.height
         jpeg = None if image.mode == "1" else _render_jpeg(source, options)
@@ -762,8 +861,9 @@ def _render_page(
     page.obj.Resources = resources
     page.obj.Contents = pikepdf.Array([pdf.make_stream(picture.encode()), pdf.make_stream(text)])
     return {
+        "status": "rendered",
         "kind": kind,
-        "size": (image.width, image.height),
+        "size": size,
         "dpi": (dpi, dpi),
         "codec_out": codec_out,
         "bytes_out": len(obj.read_raw_bytes()),
@@ -778,9 +878,19 @@ def _indexed(obj: Any) -> bool:
     return isinstance(cs, pikepdf.Array) and len(cs) > 0 and str(cs[0]) == "/Indexed"
 
 
-def _same_pixels(image: Any, pixels: np.ndarray) -> bool:
-    """Whether PIL ``image`` (mode 1, L or RGB) shows exactly the decoded HWC ``pixels``."""
-    arr = np.asarray(image.convert("L") if image.mode == "1" else image)
+def _unchanged(image: Any, pixels: np.ndarray, kind: Kind, threshold: float) -> bool:
+    """Whether the cleaned PIL ``image`` shows what the decoded HWC uint8 ``pixels`` showed.
+
+    A bilevel scan is compared bit for bit (its pixels cut at ``threshold`` as the result was:
+    a 1-bit image in a colour space such as DeviceN decodes to two colours, not black and
+    white); anything else value for value (mode L or RGB, 8 bits).
+    """
+    if image.mode == "1":
+        if kind != "bilevel" and not (pixels.shape[-1] == 1 and _two_level(pixels)):
+            return False  # (a gray or colour image of only black and white: the same values)
+        luma = pixels[..., 0] if pixels.shape[-1] == 1 else np.rint(pixels @ LUMA_WEIGHTS)
+        return bool(np.array_equal(np.asarray(image), luma >= round(threshold * 255)))
+    arr = np.asarray(image)
     arr = arr[..., None] if arr.ndim == 2 else arr
     return arr.shape == pixels.shape and bool(np.array_equal(arr, pixels))
 
@@ -881,15 +991,43 @@ def _do_page(
     if plan.status == "fallback" and options.fallback == "render":
         source = None if plan.target is None else plan.target.obj
         fields = _render_page(where, pdf, page, renderer, process, meta, options, source)
-        return PageOutcome(index + 1, "rendered", plan.reason, **fields)
+        reason = plan.reason
+        if fields["status"] == "unchanged":
+            reason += "; its rendering came back the same, so the page is kept as it was"
+        return PageOutcome(index + 1, reason=reason, **fields)
     if plan.status != "edited" or plan.target is None:
         return PageOutcome(index + 1, plan.status, plan.reason)
-    key = plan.target.obj.objgen
-    if key in done:
-        shared = "its image (shared with an earlier page) cleaned once"
-        return PageOutcome(index + 1, "edited", shared, **done[key])
-    done[key] = _edit_image(where, plan.target, rotate, process, meta, options)
-    return PageOutcome(index + 1, "edited", plan.reason, **done[key])
+    reason, parts = plan.reason, []
+    for target in (plan.target, *plan.stencils):
+        key = target.obj.objgen
+        if key in done:
+            reason = "its image (shared with an earlier page) cleaned once"
+        else:
+            done[key] = _edit_image(where, target, rotate, process, meta, options)
+        parts.append(done[key])
+    fields = _layers(parts)
+    if fields["status"] == "unchanged":
+        reason += "; it came back the same, so its image is kept as it was"
+    return PageOutcome(index + 1, reason=reason, **fields)
+
+
+def _layers(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One outcome's fields for the images cleaned on a page (the scan's, then its stencils').
+
+    The first image's fields, with the codecs of every layer (comma-separated) and their bytes
+    summed.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    changed = any(p["status"] == "edited" for p in parts)
+    return {
+        **parts[0],
+        "status": "edited" if changed else "unchanged",
+        "codec_in": ", ".join(p["codec_in"] for p in parts),
+        "codec_out": ", ".join(p["codec_out"] for p in parts),
+        "bytes_in": sum(p["bytes_in"] for p in parts),
+        "bytes_out": sum(p["bytes_out"] for p in parts),
+    }
 
 
 def _save(pdf: pikepdf.Pdf, fh: Any) -> None:

@@ -115,8 +115,9 @@ class FileRecord:
 
     Attributes:
         bytes_in: the input's size; bytes_out: its outputs' (files written in this run).
-        edited, passed, rendered: for a PDF edited in place, its pages cleaned in place,
-            passed through unchanged (no scan) and rendered (the fallback); None otherwise.
+        edited, unchanged, passed, rendered: for a PDF edited in place, its pages cleaned in
+            place, cleaned but come back the same (their images kept as they were), passed
+            through unchanged (no scan) and rendered (the fallback); None otherwise.
         page_outcomes: for a PDF edited in place, one entry per page
             (:meth:`aepipe.pdf_edit.PageOutcome.to_json`: status, reason, kind, size, dpi,
             codecs and bytes before and after).
@@ -131,6 +132,7 @@ class FileRecord:
     bytes_in: int | None = None
     bytes_out: int | None = None
     edited: int | None = None
+    unchanged: int | None = None
     passed: int | None = None
     rendered: int | None = None
     page_outcomes: list[dict[str, Any]] | None = None
@@ -587,9 +589,9 @@ class _Run:
             _record_outputs(record, job.src, targets)
             record.pages = len(outcomes)
             record.page_outcomes = [o.to_json() for o in outcomes]
-            record.edited, record.passed, record.rendered = (
+            record.edited, record.unchanged, record.passed, record.rendered = (
                 sum(o.status == status for o in outcomes)
-                for status in ("edited", "passed", "rendered")
+                for status in ("edited", "unchanged", "passed", "rendered")
             )
         self.finish(state)
 

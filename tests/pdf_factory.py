@@ -13,6 +13,8 @@ import pypdfium2 as pdfium
 from aepipe.batch import ImageBatch
 
 HIDDEN_TEXT = "Invoice 4711 paid in full"
+# A 1-bit result is stored as the smaller of CCITT G4 and Flate (both lossless).
+LOSSLESS_1_BIT = ("/CCITTFaxDecode", "/FlateDecode")
 
 
 def identity(batch: ImageBatch) -> ImageBatch:
@@ -35,6 +37,22 @@ def page_pixels(w: int, h: int, seed: int = 0, paper: int = 255) -> np.ndarray:
     return page
 
 
+def ragged_words(w: int, h: int, seed: int = 0) -> np.ndarray:
+    """A bilevel text-like page as a scanner makes it: 'words' whose edges jitter row by row
+    (what CCITT G4 codes cheaply and Flate does not)."""
+    rng = np.random.default_rng(seed)
+    page = np.full((h, w), 255, np.uint8)
+    for y0 in range(h // 12, h - h // 12 - 9, 16):
+        x = w // 16
+        while x < w - w // 8:
+            width = int(rng.integers(8, 30))
+            for y in range(y0, y0 + 9):
+                left, right = rng.integers(-1, 2, size=2)
+                page[y, x + left : x + width + right] = 0
+            x += width + 6
+    return page
+
+
 def image_stream(pdf: pikepdf.Pdf, pixels: np.ndarray, bilevel: bool = False) -> pikepdf.Stream:
     """An image XObject: 1-bit or 8-bit gray, or RGB, stored Flate."""
     h, w = pixels.shape[:2]
@@ -48,6 +66,16 @@ def image_stream(pdf: pikepdf.Pdf, pixels: np.ndarray, bilevel: bool = False) ->
     stream = pdf.make_stream(zlib.compress(data, 9))
     stream.Type, stream.Subtype = pikepdf.Name.XObject, pikepdf.Name.Image
     stream.Width, stream.Height, stream.BitsPerComponent, stream.ColorSpace = w, h, bpc, cs
+    stream.Filter = pikepdf.Name.FlateDecode
+    return stream
+
+
+def stencil_stream(pdf: pikepdf.Pdf, pixels: np.ndarray) -> pikepdf.Stream:
+    """A 1-bit image mask (stencil) of gray ``pixels``: their dark pixels are the painted ones."""
+    h, w = pixels.shape
+    stream = pdf.make_stream(zlib.compress(np.packbits(pixels >= 128, axis=1).tobytes()))
+    stream.Type, stream.Subtype = pikepdf.Name.XObject, pikepdf.Name.Image
+    stream.Width, stream.Height, stream.ImageMask = w, h, True
     stream.Filter = pikepdf.Name.FlateDecode
     return stream
 

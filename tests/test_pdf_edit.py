@@ -12,6 +12,7 @@ import pytest
 import torch
 from pdf_factory import (
     HIDDEN_TEXT,
+    LOSSLESS_1_BIT,
     add_page,
     gray_render,
     identity,
@@ -19,8 +20,10 @@ from pdf_factory import (
     image_stream,
     invert,
     page_pixels,
+    ragged_words,
     render,
     scan_pdf,
+    stencil_stream,
     text_of,
 )
 from PIL import Image
@@ -32,22 +35,19 @@ from aepipe.pdf_edit import PdfEditOptions, edit_pdf
 from aepipe.runner import RunOptions
 
 
-def test_ocred_bilevel_scan_keeps_text_form_metadata_and_stays_small_ccitt(tmp_path):
+def test_ocred_bilevel_scan_keeps_text_form_metadata_and_stays_small_bilevel(tmp_path):
     src = scan_pdf(tmp_path / "in.pdf", 850, 1100)
     before = image_info(src)
     out = tmp_path / "out.pdf"
     outcomes = edit_pdf(src, out, invert)
     assert [o.status for o in outcomes] == ["edited"]
     o = outcomes[0]
-    assert (o.kind, o.stored_as, o.codec_out, o.size) == (
-        "bilevel",
-        "bilevel",
-        "CCITTFaxDecode",
-        (850, 1100),
-    )
+    assert (o.kind, o.stored_as, o.size) == ("bilevel", "bilevel", (850, 1100))
     assert o.dpi == pytest.approx((100, 100))
     after = image_info(out)
-    assert after["bpc"] == 1 and after["filter"] == "/CCITTFaxDecode"
+    # Lossless 1 bit: CCITT G4 or Flate, the smaller (this page's random specks favour Flate).
+    assert after["bpc"] == 1 and after["filter"] == "/" + o.codec_out
+    assert after["filter"] in LOSSLESS_1_BIT
     assert after["size"] == before["size"] == (850, 1100)
     assert out.stat().st_size <= 1.5 * src.stat().st_size
     # The pixels really changed (inverted), the text layer did not.
@@ -66,6 +66,95 @@ def test_identity_leaves_the_scan_pixels_exactly_as_they_were(tmp_path):
     out = tmp_path / "out.pdf"
     edit_pdf(src, out, identity)
     assert np.array_equal(gray_render(src), gray_render(out))
+
+
+def test_a_scan_that_comes_back_the_same_keeps_its_bytes_and_is_reported_unchanged(tmp_path):
+    pdf = pikepdf.new()
+    paper = page_pixels(300, 200, seed=3, paper=230)
+    images = [
+        image_stream(pdf, page_pixels(400, 300), bilevel=True),
+        image_stream(pdf, page_pixels(300, 200, seed=1, paper=230)),
+        image_stream(pdf, page_pixels(300, 200, seed=2, paper=230)),
+        # Colour without coloured ink (a bluish gray): changed, it would be stored gray.
+        image_stream(pdf, np.stack([paper, paper, paper + 4], axis=-1)),
+    ]
+    for image in images:
+        add_page(pdf, (216, 144), [(image, "216 0 0 144 0 0")])
+    pdf.save(tmp_path / "in.pdf")
+    out = tmp_path / "out.pdf"
+
+    def clean_last(batch: ImageBatch) -> ImageBatch:
+        return invert(batch) if batch.meta[0]["page"] == 2 else batch
+
+    outcomes = edit_pdf(tmp_path / "in.pdf", out, clean_last)
+    assert [o.status for o in outcomes] == ["unchanged", "unchanged", "edited", "unchanged"]
+    assert "kept as it was" in outcomes[0].reason
+    assert [o.stored_as for o in outcomes] == ["bilevel", "gray", "gray", "color"]
+    assert all(o.codec_out == o.codec_in == "FlateDecode" for o in outcomes[:2])
+    with pikepdf.open(tmp_path / "in.pdf") as a, pikepdf.open(out) as b:
+        raw = [[i.read_raw_bytes() for i in page.get_images().values()] for page in a.pages]
+        kept = [[i.read_raw_bytes() for i in page.get_images().values()] for page in b.pages]
+    assert kept[:2] == raw[:2] and kept[2] != raw[2] and kept[3] == raw[3]
+    # No page changed: the file itself is a copy.
+    outcomes = edit_pdf(tmp_path / "in.pdf", out, identity)
+    assert [o.status for o in outcomes] == ["unchanged"] * 4
+    assert out.read_bytes() == (tmp_path / "in.pdf").read_bytes()
+
+
+def test_a_two_colour_1_bit_scan_is_unchanged_when_its_bits_are(tmp_path):
+    # 1 bit in an Indexed space: it decodes to dark blue and white, not black and white; a
+    # cleaner returns gray, cut back to bits. The same bits keep the image as it was (blue).
+    bits = page_pixels(160, 120) >= 128
+    pdf = pikepdf.new()
+    stream = pdf.make_stream(zlib.compress(np.packbits(bits, axis=1).tobytes()))
+    stream.Type, stream.Subtype, stream.Filter = (
+        pikepdf.Name.XObject,
+        pikepdf.Name.Image,
+        pikepdf.Name.FlateDecode,
+    )
+    stream.Width, stream.Height, stream.BitsPerComponent = 160, 120, 1
+    lut = pikepdf.String(bytes([20, 20, 120, 255, 255, 255]))
+    stream.ColorSpace = pikepdf.Array([pikepdf.Name.Indexed, pikepdf.Name.DeviceRGB, 1, lut])
+    add_page(pdf, (160, 120), [(stream, "160 0 0 120 0 0")])
+    pdf.save(tmp_path / "blue.pdf")
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "blue.pdf", out, lambda b: b.gray())
+    assert (outcomes[0].status, outcomes[0].kind) == ("unchanged", "bilevel")
+    assert out.read_bytes() == (tmp_path / "blue.pdf").read_bytes()
+
+    def one_speck_less(batch: ImageBatch) -> ImageBatch:
+        gray = batch.gray().images.clone()
+        gray[..., 0, 0] = 1.0 - gray[..., 0, 0]
+        return batch.replace(gray)
+
+    outcomes = edit_pdf(tmp_path / "blue.pdf", out, one_speck_less)
+    assert (outcomes[0].status, outcomes[0].stored_as) == ("edited", "bilevel")
+
+
+def test_a_dithered_bilevel_result_is_stored_as_flate_when_smaller_than_g4(tmp_path):
+    # A 1-pixel checkerboard (a dithered picture) costs G4 a code per pixel; Flate almost none.
+    pixels = page_pixels(320, 240)
+    yy, xx = np.mgrid[:120, :240]
+    pixels[60:180, 40:280] = np.where((yy + xx) % 2 == 0, 0, 255)
+    pdf = pikepdf.new()
+    add_page(pdf, (320, 240), [(image_stream(pdf, pixels, bilevel=True), "320 0 0 240 0 0")])
+    pdf.save(tmp_path / "d.pdf")
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "d.pdf", out, invert)
+    assert (outcomes[0].stored_as, outcomes[0].codec_out) == ("bilevel", "FlateDecode")
+    assert outcomes[0].bytes_out < 320 * 240 / 8 / 4
+    with pikepdf.open(out) as pdf:
+        (image,) = pdf.pages[0].get_images().values()
+        shown = np.asarray(pikepdf.PdfImage(image).as_pil_image().convert("L"))
+    assert np.array_equal(shown, 255 - pixels)
+    # Scanned text (ragged edges) is smaller in G4.
+    text = ragged_words(320, 240)
+    pdf = pikepdf.new()
+    add_page(pdf, (320, 240), [(image_stream(pdf, text, bilevel=True), "320 0 0 240 0 0")])
+    pdf.save(tmp_path / "t.pdf")
+    outcomes = edit_pdf(tmp_path / "t.pdf", out, invert)
+    assert outcomes[0].codec_out == "CCITTFaxDecode"
+    assert np.array_equal(gray_render(out), 255 - text)
 
 
 def test_born_digital_only_file_is_copied_byte_for_byte(tmp_path):
@@ -148,7 +237,7 @@ def test_a_gray_image_of_only_black_and_white_is_stored_bilevel(tmp_path):
     add_page(pdf, (200, 100), [(image_stream(pdf, page_pixels(400, 200)), "200 0 0 100 0 0")])
     pdf.save(tmp_path / "g.pdf")
     outcomes = edit_pdf(tmp_path / "g.pdf", tmp_path / "out.pdf", invert)
-    assert (outcomes[0].kind, outcomes[0].codec_out) == ("bilevel", "CCITTFaxDecode")
+    assert outcomes[0].kind == "bilevel" and "/" + outcomes[0].codec_out in LOSSLESS_1_BIT
     assert image_info(tmp_path / "out.pdf")["bpc"] == 1
     shown = gray_render(tmp_path / "out.pdf")
     assert np.abs((255 - gray_render(tmp_path / "g.pdf")) - shown).mean() < 3
@@ -159,7 +248,7 @@ def test_a_binarized_result_of_a_gray_scan_is_stored_bilevel(tmp_path):
     out = tmp_path / "out.pdf"
     outcomes = edit_pdf(src, out, lambda b: b.replace((b.images > 0.5).float()))
     assert (outcomes[0].kind, outcomes[0].stored_as) == ("gray", "bilevel")
-    assert image_info(out)["filter"] == "/CCITTFaxDecode"
+    assert image_info(out)["filter"] in LOSSLESS_1_BIT
 
 
 def test_jpeg_source_is_stored_as_jpeg_and_gray_as_flate_without_it(tmp_path):
@@ -181,8 +270,11 @@ def test_jpeg_source_is_stored_as_jpeg_and_gray_as_flate_without_it(tmp_path):
     add_page(pdf, (144, 187.2), [(jpeg, "144 0 0 187.2 0 0")])
     pdf.save(tmp_path / "j.pdf")
     outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "a.pdf", invert)
-    assert outcomes[0].codec_out == "DCTDecode"
+    # Still JPEG; Flate over it where that is smaller (here: plain paper, now black).
+    assert outcomes[0].codec_out == "FlateDecode+DCTDecode"
     assert outcomes[0].bytes_out <= 1.5 * outcomes[0].bytes_in
+    shown = gray_render(tmp_path / "a.pdf")
+    assert np.abs((255 - gray_render(tmp_path / "j.pdf")) - shown).mean() < 8
     lossless = PdfEditOptions(jpeg_quality=None)
     outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "b.pdf", invert, options=lossless)
     assert outcomes[0].codec_out == "FlateDecode"
@@ -272,6 +364,25 @@ def test_pages_that_cannot_be_edited_in_place_can_be_left_and_reported(tmp_path)
     assert edit_pdf(tmp_path / "v.pdf", out, invert, options=asked)[0].status == "fallback"
 
 
+def test_a_scan_with_a_colour_key_mask_is_rendered_not_edited(tmp_path):
+    # Its light paper is see-through (a colour key): cleaned colours would change what shows
+    # through, and an RGB key is invalid for an image stored gray.
+    pdf = pikepdf.new()
+    rgb = np.repeat(page_pixels(160, 120, paper=240)[..., None], 3, axis=2)
+    scan = image_stream(pdf, rgb)
+    scan.Mask = pikepdf.Array([230, 255] * 3)
+    add_page(pdf, (160, 120), [(scan, "160 0 0 120 0 0")], vector=True)
+    pdf.save(tmp_path / "key.pdf")
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(tmp_path / "key.pdf", out, lambda b: b.replace(b.images * 0.9))
+    assert outcomes[0].status == "rendered"
+    assert outcomes[0].reason == "the scan has a colour-key mask"
+    assert (outcomes[0].kind, outcomes[0].size) == ("color", (160, 120))
+    with pikepdf.open(out) as edited:
+        (image,) = edited.pages[0].get_images().values()
+        assert "/Mask" not in image
+
+
 @pytest.mark.parametrize("rotate", [0, 90])
 def test_render_fallback_cleans_the_rendering_and_keeps_the_text_invisible(tmp_path, rotate):
     src = tiled_pdf(tmp_path / "t.pdf", rotate)
@@ -286,6 +397,62 @@ def test_render_fallback_cleans_the_rendering_and_keeps_the_text_invisible(tmp_p
         assert np.abs((255 - before) - after).mean() < 3
     with pikepdf.open(out) as pdf:
         assert len(pdf.pages[0].get_images()) == 1
+    # A cleaning that changes nothing leaves the pages as they were, not renderings of them.
+    outcomes = edit_pdf(src, out, identity, options=PdfEditOptions(dpi=72))
+    assert [o.status for o in outcomes] == ["unchanged", "unchanged"]
+    assert out.read_bytes() == src.read_bytes()
+
+
+def mixed_raster_pdf(path: Path) -> Path:
+    """A mixed-raster (MRC) page: a gray background at 150 DPI, then its text at 300 DPI as a
+    colour foreground cut out by a stencil /Mask, and as an image mask painted dark red."""
+    pdf = pikepdf.new()
+    background = image_stream(pdf, page_pixels(160, 120, paper=230))
+    colours = np.zeros((240, 320, 3), np.uint8)
+    colours[:, :, 2] = np.linspace(0, 200, 320, dtype=np.uint8)  # blue to black ink
+    foreground = image_stream(pdf, colours)
+    foreground.Mask = stencil_stream(pdf, ragged_words(320, 240))
+    red_text = stencil_stream(pdf, page_pixels(320, 240, seed=1)[::-1])
+    add_page(pdf, (76.8, 57.6), [(background, "76.8 0 0 57.6 0 0")])
+    content = pdf.pages[0].Contents.read_bytes() + b"\nq 76.8 0 0 57.6 0 0 cm /Fg Do Q"
+    content += b"\nq 0.6 0 0 rg 76.8 0 0 57.6 0 0 cm /Red Do Q"
+    pdf.pages[0].Contents = pdf.make_stream(content)
+    pdf.pages[0].Resources.XObject.Fg = foreground
+    pdf.pages[0].Resources.XObject.Red = red_text
+    pdf.save(path)
+    return path
+
+
+def erase_top_left(batch: ImageBatch) -> ImageBatch:
+    """A 'cleaning' that turns the top-left quarter of any image into white paper."""
+    images = batch.images.clone()
+    h, w = batch.size
+    images[..., : h // 4, : w // 4] = 1.0
+    return batch.replace(images)
+
+
+def test_a_mixed_raster_page_is_cleaned_layer_by_layer_in_place(tmp_path):
+    src = mixed_raster_pdf(tmp_path / "mrc.pdf")
+    out = tmp_path / "out.pdf"
+    outcomes = edit_pdf(src, out, erase_top_left)
+    o = outcomes[0]
+    assert o.status == "edited" and "mixed raster" in o.reason
+    assert (o.kind, o.size, o.stored_as) == ("gray", (160, 120), "gray")
+    # The background, then the stencils: the foreground's (ragged text: G4 is smaller) and the
+    # red text's (random specks: Flate is smaller).
+    assert o.codec_out == "FlateDecode, CCITTFaxDecode, FlateDecode"
+    before, after = render(src, scale=2.5), render(out, scale=2.5)
+    assert (before[:36, :48] < 128).mean() > 0.2  # ink there before
+    assert (after[:34, :46] == 255).all()  # paper after, in every layer
+    unchanged = np.ones(before.shape, bool)
+    unchanged[:38, :50] = False  # (the region's edge is anti-aliased)
+    assert np.array_equal(before[unchanged], after[unchanged])
+    with pikepdf.open(src) as a, pikepdf.open(out) as b:
+        fg_a, fg_b = a.pages[0].Resources.XObject.Fg, b.pages[0].Resources.XObject.Fg
+        assert fg_a.read_raw_bytes() == fg_b.read_raw_bytes()  # foreground colours kept
+        assert (int(fg_b.Mask.Width), int(fg_b.Mask.Height)) == (320, 240)
+    outcomes = edit_pdf(src, out, identity)
+    assert outcomes[0].status == "unchanged" and out.read_bytes() == src.read_bytes()
 
 
 def test_max_pixels_refuses_before_decoding_and_writes_nothing(tmp_path):
@@ -326,7 +493,7 @@ def test_the_shipped_scan_denoiser_cleans_a_bilevel_scan_in_place(tmp_path):
     outcomes = edit_pdf(src, out, stage)
     assert outcomes[0].status == "edited" and outcomes[0].stored_as == "bilevel"
     after = image_info(out)
-    assert (after["bpc"], after["filter"], after["size"]) == (1, "/CCITTFaxDecode", (320, 240))
+    assert (after["bpc"], after["size"]) == (1, (320, 240)) and after["filter"] in LOSSLESS_1_BIT
     assert text_of(out) == text_of(src)
     # Cleaning keeps the text lines and removes most isolated specks.
     before_ink = (gray_render(src) < 128).mean()

@@ -20,21 +20,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-train_app = typer.Typer(
-    help="Train a model from scratch and write a weights folder.",
-    no_args_is_help=True,
-    context_settings=CONTEXT,
-)
-faces_app = typer.Typer(
-    help="Explore and edit the face VAE's latent space.",
-    no_args_is_help=True,
-    context_settings=CONTEXT,
-)
-vae_app = typer.Typer(
-    help="Pictures of the 2-D MNIST / Fashion-MNIST VAEs.",
-    no_args_is_help=True,
-    context_settings=CONTEXT,
-)
+
+
+def _group(help: str) -> typer.Typer:
+    """A command group of ``aepipe`` (``aepipe train ...``, ``aepipe faces ...``)."""
+    return typer.Typer(help=help, no_args_is_help=True, context_settings=CONTEXT)
+
+
+train_app = _group("Train a model from scratch and write a weights folder.")
+faces_app = _group("Explore and edit the face VAE's latent space.")
+vae_app = _group("Pictures of the 2-D MNIST / Fashion-MNIST VAEs.")
 
 
 def _print_version(value: bool) -> None:

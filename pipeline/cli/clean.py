@@ -7,35 +7,12 @@ from typing import Annotated
 import typer
 
 from aepipe.cli.apps import app
-from aepipe.cli.common import (
-    DEVICES,
-    BatchOpt,
-    CleanBornDigitalOpt,
-    DeviceOpt,
-    DpiOpt,
-    FormatOpt,
-    FramesOpt,
-    InputsArg,
-    JpegQualityOpt,
-    ListIgnoredOpt,
-    MaxPixelsOpt,
-    OutOpt,
-    OverwriteOpt,
-    QuietOpt,
-    RecursiveOpt,
-    ReportOpt,
-    check_choice,
-    file_options,
-    run_job,
-)
-from aepipe.defaults import DEFAULT_MAX_PIXELS
+from aepipe.cli.common import CleanBornDigitalOpt, FileJob, JpegQualityOpt, file_command
 
 
-@app.command("clean-scans")
+@file_command(app, "clean-scans", "clean", batch_size=1)
 def clean_scans(
-    inputs: InputsArg,
-    out: OutOpt = None,
-    fmt: FormatOpt = "same",
+    job: FileJob,
     binarize: Annotated[
         bool, typer.Option("--binarize", help="Write bilevel (1-bit) pages, for OCR and archives.")
     ] = False,
@@ -47,19 +24,9 @@ def clean_scans(
             "keeps its colour either way).",
         ),
     ] = False,
-    dpi: DpiOpt = None,
-    batch_size: BatchOpt = 1,
-    device: DeviceOpt = "auto",
     model: Annotated[
         str, typer.Option("--model", help="Weights name or folder.")
     ] = "scan-denoiser",
-    overwrite: OverwriteOpt = False,
-    recursive: RecursiveOpt = False,
-    report: ReportOpt = None,
-    quiet: QuietOpt = False,
-    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
-    frames: FramesOpt = "first",
-    list_ignored: ListIgnoredOpt = False,
     ocr: Annotated[
         bool,
         typer.Option(
@@ -75,7 +42,8 @@ def clean_scans(
 
     Outputs keep each input's name and pixel size. A PDF comes out as the
     same PDF with its scans cleaned in place, at their own resolution and
-    type (1-bit stays 1-bit, stored CCITT G4): text layer, forms, links,
+    type (1-bit stays 1-bit, stored CCITT G4 or Flate, the smaller; a scan
+    that comes back the same keeps its own bytes): text layer, forms, links,
     bookmarks and metadata are kept; pages without a scan (born-digital)
     pass through unchanged unless --clean-born-digital. --report lists what
     happened to every page. Existing outputs are skipped, so an interrupted
@@ -84,26 +52,24 @@ def clean_scans(
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
     4 weights could not be loaded, 5 an OCR tool is not installed (--ocr), 130 interrupted.
     """
-    device = check_choice(device, DEVICES, "--device")
-    options = file_options("clean", locals())
     if ocr:
         from aepipe.ocrmypdf import run_ocr_command
 
         run_ocr_command(
-            inputs,
-            options,
+            job.inputs,
+            job.options,
             model,
             binarize=binarize,
             keep_color=keep_color,
-            device=device,
-            quiet=quiet,
+            device=job.device,
+            quiet=job.quiet,
         )
 
     def load():
         from aepipe.stages.scan_denoiser import ScanDenoiser
 
         return ScanDenoiser.from_pretrained(
-            model, device=device, binarize=binarize, keep_color=keep_color
+            model, device=job.device, binarize=binarize, keep_color=keep_color
         )
 
-    run_job(inputs, load, options, quiet=quiet, unit="page")
+    job.run(load, unit="page")

@@ -12,40 +12,14 @@ from typing import Annotated
 
 import typer
 
-from aepipe.cli.apps import app, train_app
-from aepipe.cli.common import (
-    DEVICES,
-    BatchOpt,
-    DeviceOpt,
-    DpiOpt,
-    FormatOpt,
-    FramesOpt,
-    InputsArg,
-    ListIgnoredOpt,
-    MaxPixelsOpt,
-    OutOpt,
-    OverwriteOpt,
-    OverwriteShippedOpt,
-    QuietOpt,
-    RecursiveOpt,
-    ReportOpt,
-    ResumeOpt,
-    TrainOutOpt,
-    check_choice,
-    cli_errors,
-    err,
-    file_options,
-    invocation,
-    run_job,
-    train_out,
-)
-from aepipe.defaults import DEFAULT_MAX_PIXELS
+from aepipe.cli.apps import app
+from aepipe.cli.common import FileJob, file_command
+from aepipe.cli.train_options import add_train_command
 
 
-@app.command("colorize")
+@file_command(app, "colorize", "colorized")
 def colorize(
-    inputs: InputsArg,
-    out: OutOpt = None,
+    job: FileJob,
     model: Annotated[
         str,
         typer.Option(
@@ -70,17 +44,6 @@ def colorize(
             help="Colour boldness: lower is more vivid, 1 is safest (default: the model's).",
         ),
     ] = None,
-    fmt: FormatOpt = "same",
-    dpi: DpiOpt = None,
-    batch_size: BatchOpt = 16,
-    device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
-    recursive: RecursiveOpt = False,
-    report: ReportOpt = None,
-    quiet: QuietOpt = False,
-    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
-    frames: FramesOpt = "first",
-    list_ignored: ListIgnoredOpt = False,
 ) -> None:
     """Add colour to gray photos and faces of any size, keeping their gray exactly.
 
@@ -94,9 +57,7 @@ def colorize(
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
     4 weights could not be loaded, 130 interrupted.
     """
-    device = check_choice(device, DEVICES, "--device")
-    options = file_options("colorized", locals())
-
+    device = job.device
     overrides: dict[str, object] = {"projection": projection}
     if temperature is not None:
         overrides["temperature"] = temperature
@@ -110,7 +71,7 @@ def colorize(
             lambda name: Colorizer.from_pretrained(name, device=device, **overrides)
         )
 
-    run_job(inputs, load, options, quiet=quiet, unit="image")
+    job.run(load, unit="image")
 
 
 FACE_MODEL = "colorizer"
@@ -153,89 +114,9 @@ class AutoColorizer:
         return self._stages[name](batch)
 
 
-@train_app.command("colorizer")
-def train_colorizer(
-    data: Annotated[
-        Path,
-        typer.Option(
-            "--data",
-            help="Colour face archive (lfw_64.npz; train split only) or photo folder "
-            "(train/ and val/; test/ is never read).",
-        ),
-    ] = Path("../shared/data/faces/lfw_64.npz"),
-    out: TrainOutOpt = None,
-    overwrite_shipped: OverwriteShippedOpt = False,
-    head: Annotated[
-        str,
-        typer.Option(
-            "--head",
-            help="regress (MSE + luma; shipped) | classify (chroma bins, rebalanced CE + L1).",
-        ),
-    ] = "regress",
-    model_size: Annotated[
-        int, typer.Option("--model-size", min=16, help="Training and stage input side.")
-    ] = 64,
-    channels: Annotated[
-        str, typer.Option("--channels", help="Encoder widths, comma-separated.")
-    ] = "16,32,64,128",
-    rebalance: Annotated[
-        float,
-        typer.Option(
-            "--rebalance",
-            min=0.0,
-            max=1.0,
-            help="Class-rebalancing mix lambda (classify): 1 = no rebalancing.",
-        ),
-    ] = 0.5,
-    min_bin_count: Annotated[
-        int, typer.Option("--min-bin-count", min=1, help="Drop chroma bins seen fewer times.")
-    ] = 1,
-    max_steps: Annotated[
-        int, typer.Option("--max-steps", min=1, help="Stop after N steps in all.")
-    ] = 3000,
-    schedule_steps: Annotated[
-        int | None,
-        typer.Option(
-            "--schedule-steps",
-            min=1,
-            help="One-cycle schedule length [default: --max-steps]; a longer one lets a run "
-            "stopped at --max-steps keep a checkpoint for --resume.",
-        ),
-    ] = None,
-    resume: ResumeOpt = False,
-    val_every: Annotated[int, typer.Option("--val-every", min=1)] = 150,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
-    w_luma: Annotated[float, typer.Option("--w-luma", help="Luminance-consistency weight.")] = 1.0,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
-    max_minutes: Annotated[
-        float | None, typer.Option("--max-minutes", help="Wall-clock safety cap.")
-    ] = None,
-) -> None:
-    """Train the StackNN colorizer on colour LFW faces or a photo folder (CPU, 1 thread)."""
-    from aepipe.train.colorizer import TrainConfig, train
-
-    with cli_errors():
-        out = train_out(out, "colorizer", overwrite_shipped)
-        cfg = TrainConfig(
-            data=data,
-            head=check_choice(head, ("classify", "regress"), "--head"),  # type: ignore[arg-type]
-            model_size=model_size,
-            channels=[int(c) for c in channels.split(",") if c.strip()],
-            min_bin_count=min_bin_count,
-            rebalance=rebalance,
-            max_steps=max_steps,
-            schedule_steps=schedule_steps,
-            resume=resume,
-            val_every=val_every,
-            batch_size=batch_size,
-            lr=lr,
-            w_luma=w_luma,
-            seed=seed,
-            threads=threads,
-            max_minutes=max_minutes,
-            command=invocation(),
-        )
-        train(cfg, out, progress=err)
-        err(f"wrote {out}")
+add_train_command(
+    "colorizer",
+    "aepipe.train.colorizer",
+    help="Train the StackNN colorizer on colour LFW faces or a photo folder (CPU, 1 thread).",
+    defaults={"data": Path("../shared/data/faces/lfw_64.npz")},
+)

@@ -6,16 +6,19 @@ Every command follows the same path: parse -> check inputs and output folder -> 
 
 from __future__ import annotations
 
+import inspect
 import shlex
 import signal
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from aepipe.defaults import DEFAULT_MAX_PIXELS
 from aepipe.errors import AepipeError, ConfigError, ExitCode, WeightsError
 
 if TYPE_CHECKING:
@@ -58,7 +61,7 @@ JpegQualityOpt = Annotated[
         max=95,
         help="Store cleaned gray/colour PDF scans as JPEG at this quality. Default: lossless "
         "scans stay lossless (Flate), JPEG scans stay JPEG at their own quality. Bilevel "
-        "scans are always CCITT G4.",
+        "scans are always lossless 1-bit (CCITT G4, or Flate where smaller).",
         show_default=False,
     ),
 ]
@@ -88,7 +91,7 @@ QuietOpt = Annotated[
 ]
 TrainOutOpt = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="Weights folder to write [default: runs/<model>]."),
+    typer.Option("--out", "-o", help="Weights folder to write.", show_default="runs/<model>"),
 ]
 OverwriteShippedOpt = Annotated[
     bool,
@@ -96,17 +99,6 @@ OverwriteShippedOpt = Annotated[
         "--overwrite-shipped",
         help="Allow --out to replace a weights folder that ships with aepipe.",
     ),
-]
-# The training loop's budget and resume options, shared by every training command.
-MaxStepsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-steps", min=1, help="Stop after N optimiser steps in all; keeps a checkpoint."
-    ),
-]
-ResumeOpt = Annotated[
-    bool,
-    typer.Option("--resume", help="Continue the run cut short in --out (<out>.checkpoint.pt)."),
 ]
 
 
@@ -246,6 +238,89 @@ def file_options(out_suffix: str, args: Mapping[str, Any]) -> RunOptions:
         # --binarize asks for 1-bit pages: no colour is kept, even for coloured ink.
         pdf_color="gray" if args.get("binarize") else "keep" if args.get("keep_color") else "auto",
     )
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """What a file command's shared options decided (see :func:`file_command`).
+
+    Attributes:
+        inputs: files and folders from the command line.
+        options: the runner's options.
+        device: the checked ``--device``.
+        quiet: ``--quiet``.
+    """
+
+    inputs: list[Path]
+    options: RunOptions
+    device: str
+    quiet: bool
+
+    def run(self, load: Callable[[], Callable[..., Any]], unit: str = "file") -> NoReturn:
+        """:func:`run_job` with these inputs and options."""
+        run_job(self.inputs, load, self.options, quiet=self.quiet, unit=unit)
+
+
+def _file_params(batch_size: int) -> tuple[list[inspect.Parameter], list[inspect.Parameter]]:
+    """The shared parameters that go before and after a file command's own ones."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+
+    def param(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -> Any:
+        return inspect.Parameter(name, keyword, annotation=annotation, default=default)
+
+    before = [param("inputs", InputsArg), param("out", OutOpt, None)]
+    after = [
+        param("fmt", FormatOpt, "same"),
+        param("dpi", DpiOpt, None),
+        param("batch_size", BatchOpt, batch_size),
+        param("device", DeviceOpt, "auto"),
+        param("overwrite", OverwriteOpt, False),
+        param("recursive", RecursiveOpt, False),
+        param("report", ReportOpt, None),
+        param("quiet", QuietOpt, False),
+        param("max_pixels", MaxPixelsOpt, DEFAULT_MAX_PIXELS),
+        param("frames", FramesOpt, "first"),
+        param("list_ignored", ListIgnoredOpt, False),
+    ]
+    return before, after
+
+
+def file_command(
+    app: typer.Typer, name: str, out_suffix: str, *, batch_size: int = 16
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a file command with the options every file command shares.
+
+    The decorated function declares only its own options and a ``job`` parameter: the inputs,
+    ``--out``, ``--format``, ``--dpi``, ``--batch-size``, ``--device``, ``--overwrite``,
+    ``--recursive``, ``--report``, ``--quiet``, ``--max-pixels``, ``--frames`` and
+    ``--list-ignored`` are added to its signature, checked (with its own options that
+    :func:`file_options` reads, such as ``--binarize``) and handed over as one :class:`FileJob`.
+
+    Args:
+        app: the typer app to register on.
+        name: the command name.
+        out_suffix: the default output folder is ``<input>_<out_suffix>``.
+        batch_size: the ``--batch-size`` default.
+    """
+
+    def register(func: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(func, eval_str=True).parameters
+        before, after = _file_params(batch_size)
+        shared = {p.name for p in before + after}
+
+        def command(**values: Any) -> None:
+            device = check_choice(values["device"], DEVICES, "--device")
+            options = file_options(out_suffix, values)
+            job = FileJob(values["inputs"], options, device, values["quiet"])
+            func(job=job, **{k: v for k, v in values.items() if k not in shared})
+
+        mine = [p.replace(kind=p.KEYWORD_ONLY) for p in own.values() if p.name != "job"]
+        command.__signature__ = inspect.Signature([*before, *mine, *after])  # type: ignore[attr-defined]
+        command.__name__, command.__doc__ = func.__name__, func.__doc__
+        app.command(name)(command)
+        return func
+
+    return register
 
 
 def run_job(

@@ -11,17 +11,9 @@ from typing import Annotated
 
 import typer
 
-from aepipe.cli.apps import app, faces_app, train_app, vae_app
-from aepipe.cli.common import (
-    MaxStepsOpt,
-    OverwriteShippedOpt,
-    ResumeOpt,
-    TrainOutOpt,
-    cli_errors,
-    err,
-    invocation,
-    train_out,
-)
+from aepipe.cli.apps import app, faces_app, vae_app
+from aepipe.cli.common import OverwriteShippedOpt, cli_errors, err, invocation, train_out
+from aepipe.cli.train_options import add_train_command
 
 _TRAIN_HELP = {
     "face-vae": "Train the 64x64 gray face VAE on LFW luma (Gaussian likelihood, learned scale).",
@@ -31,69 +23,8 @@ _TRAIN_HELP = {
 }
 
 
-def _make_train_command(preset: str) -> None:
-    def command(
-        out: TrainOutOpt = None,
-        overwrite_shipped: OverwriteShippedOpt = False,
-        data: Annotated[
-            Path | None, typer.Option("--data", help="Data file/folder (default: the preset's).")
-        ] = None,
-        epochs: Annotated[
-            int | None, typer.Option("--epochs", min=1, help="Epochs (default: the preset's).")
-        ] = None,
-        max_minutes: Annotated[
-            float | None,
-            typer.Option("--max-minutes", help="Wall-clock budget [default: the config's, 120]."),
-        ] = None,
-        batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
-        lr: Annotated[float | None, typer.Option("--lr")] = None,
-        latent_dim: Annotated[int | None, typer.Option("--latent-dim", min=1)] = None,
-        stop_after: Annotated[
-            int | None,
-            typer.Option(
-                "--stop-after",
-                min=1,
-                help="End after this epoch; the LR schedule still spans --epochs.",
-            ),
-        ] = None,
-        limit: Annotated[
-            int | None, typer.Option("--limit", min=16, help="Use only N train images.")
-        ] = None,
-        max_steps: MaxStepsOpt = None,
-        resume: ResumeOpt = False,
-        seed: Annotated[int, typer.Option("--seed")] = 0,
-        threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
-    ) -> None:
-        from aepipe.train.vae import TrainConfig, train
-
-        with cli_errors():
-            out = train_out(out, preset, overwrite_shipped)
-            budget = {} if max_minutes is None else {"max_minutes": max_minutes}
-            cfg = TrainConfig(
-                preset=preset,
-                data=data,
-                epochs=epochs,
-                **budget,
-                batch_size=batch_size,
-                lr=lr,
-                latent_dim=latent_dim,
-                limit=limit,
-                stop_after=stop_after,
-                max_steps=max_steps,
-                resume=resume,
-                seed=seed,
-                threads=threads,
-                command=invocation(),
-            )
-            train(cfg, out, progress=err)
-            err(f"wrote {out}")
-
-    command.__doc__ = _TRAIN_HELP[preset]
-    train_app.command(preset)(command)
-
-
-for _preset in _TRAIN_HELP:
-    _make_train_command(_preset)
+for _preset, _help in _TRAIN_HELP.items():
+    add_train_command(_preset, "aepipe.train.vae", help=_help, fixed={"preset": _preset})
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from aepipe.cli.apps import app
+
+if TYPE_CHECKING:
+    from aepipe.serve import ServeSettings
 
 _MODEL_HELP = (
     "Weights name or folder (default: the shipped weights); 'none' turns the endpoint off."
@@ -151,41 +154,14 @@ def serve(
 
     device = check_choice(device, ("auto", "cpu", "cuda"), "--device")
     try:
-        from aepipe.serve import ServeSettings, default_weights, endpoint_stages, run_server
+        from aepipe.serve import run_server
     except ModuleNotFoundError as exc:
         fail(
             f"{exc.name} is not installed; install the [serve] extra: pip install 'aepipe[serve]'",
             ExitCode.BAD_ARGS,
         )
-    given = {
-        "clean-scan": scan_model,
-        "denoise": denoise_model,
-        "colorize": colorize_model,
-        "faces": faces_model,
-    }
     with cli_errors():
-        api_keys = _access(host, api_key_file, insecure_no_auth)
-        given.update(_route_options(model or [], endpoint_stages()))
-        models = _endpoint_models(given, endpoint_stages(), default_weights, err)
-        settings = ServeSettings(
-            models=models,
-            device=device,
-            concurrency=concurrency,
-            queue=queue,
-            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-            max_pixels=max_pixels,
-            max_pages=max_pages,
-            dpi=dpi,
-            max_faces=max_faces,
-            threads=threads,
-            api_keys=tuple(api_keys),
-            request_timeout=request_timeout,
-            body_timeout=body_timeout,
-            header_timeout=header_timeout,
-            keep_alive=keep_alive,
-            per_client=per_client,
-            forwarded_allow_ips=forwarded_allow_ips,
-        )
+        settings = _settings(locals())
         run_server(
             settings,
             host,
@@ -193,6 +169,51 @@ def serve(
             log_level.lower(),
             on_ready=lambda url: err(f"stages loaded; serving on {url} (docs: {url}/docs)"),
         )
+
+
+# serve's options that ServeSettings takes as they are.
+_SAME_SETTINGS = (
+    "device",
+    "concurrency",
+    "queue",
+    "max_pixels",
+    "max_pages",
+    "dpi",
+    "max_faces",
+    "threads",
+    "request_timeout",
+    "body_timeout",
+    "header_timeout",
+    "keep_alive",
+    "per_client",
+    "forwarded_allow_ips",
+)
+
+
+def _settings(options: Mapping[str, Any]) -> ServeSettings:
+    """The server's settings from ``serve``'s options (its ``locals()``).
+
+    Checks access first (keys or loopback), then which weights each endpoint serves.
+    """
+    from aepipe.cli.common import err
+    from aepipe.serve import ServeSettings, default_weights, endpoint_stages
+
+    stages = endpoint_stages()
+
+    api_keys = _access(options["host"], options["api_key_file"], options["insecure_no_auth"])
+    given = {
+        "clean-scan": options["scan_model"],
+        "denoise": options["denoise_model"],
+        "colorize": options["colorize_model"],
+        "faces": options["faces_model"],
+    }
+    given.update(_route_options(options["model"] or [], stages))
+    return ServeSettings(
+        models=_endpoint_models(given, stages, default_weights, err),
+        max_upload_bytes=int(options["max_upload_mb"] * 1024 * 1024),
+        api_keys=tuple(api_keys),
+        **{name: options[name] for name in _SAME_SETTINGS},
+    )
 
 
 def _access(host: str, key_file: Path | None, insecure: bool) -> list[str]:

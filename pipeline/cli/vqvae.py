@@ -14,24 +14,23 @@ from typing import Annotated
 
 import typer
 
-from aepipe.cli.apps import faces_app, train_app
+from aepipe.cli.apps import faces_app
 from aepipe.cli.common import (
-    MaxStepsOpt,
     OverwriteShippedOpt,
-    ResumeOpt,
     TrainOutOpt,
     check_choice,
     cli_errors,
     err,
-    invocation,
     train_out,
 )
+from aepipe.cli.train_options import train_command, train_config
 
 _STAGES = ("vqvae", "prior", "both")
 
 
-@train_app.command("face-vqvae")
+@train_command("face-vqvae", "aepipe.train.face_vqvae:TrainConfig", skip=("stage",))
 def train_face_vqvae(
+    ctx: typer.Context,
     stage: Annotated[
         str,
         typer.Option(
@@ -40,57 +39,22 @@ def train_face_vqvae(
             "--init or --out) or both, one after the other.",
         ),
     ] = "both",
-    out: TrainOutOpt = None,
-    overwrite_shipped: OverwriteShippedOpt = False,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="Face archive [default: the config's].")
-    ] = None,
-    init: Annotated[
-        Path | None,
-        typer.Option("--init", help="prior: the VQ-VAE folder to start from [default: --out]."),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
     prior_epochs: Annotated[
         int | None, typer.Option("--prior-epochs", min=1, help="Epochs of the prior with both.")
     ] = None,
-    max_minutes: Annotated[
-        float | None, typer.Option("--max-minutes", help="Budget of each stage.")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
-    lr: Annotated[float | None, typer.Option("--lr")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=16)] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", min=0, max=3)] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", min=0)] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", min=0, max=1)] = None,
-    max_steps: MaxStepsOpt = None,
-    resume: ResumeOpt = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
+    out: TrainOutOpt = None,
+    overwrite_shipped: OverwriteShippedOpt = False,
 ) -> None:
     """Train the VQ-VAE face generator: the VQ-VAE, then the prior over its codes."""
-    from aepipe.train.face_vqvae import TrainConfig, train
+    from aepipe.train.face_vqvae import train
 
     with cli_errors():
         check_choice(stage, _STAGES, "--stage")
         target = train_out(out, "face-vqvae", overwrite_shipped)
-        given = dict(
-            data=data,
-            init=init,
-            max_minutes=max_minutes,
-            batch_size=batch_size,
-            lr=lr,
-            limit=limit,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-        )
-        common = {k: v for k, v in given.items() if v is not None}
-        common.update(max_steps=max_steps, resume=resume, seed=seed, threads=threads)
         for part in ("vqvae", "prior") if stage == "both" else (stage,):
-            n = prior_epochs if part == "prior" and stage == "both" else epochs
-            extra = {} if n is None else {"epochs": n}
-            cfg = TrainConfig(stage=part, command=invocation(), **common, **extra)
-            train(cfg, target, progress=err)
+            # With both, the prior runs --prior-epochs (default: the config's), not --epochs.
+            epochs = {"epochs": prior_epochs} if part == "prior" and stage == "both" else {}
+            train(train_config(ctx, stage=part, **epochs), target, progress=err)
         err(f"wrote {target}")
 
 

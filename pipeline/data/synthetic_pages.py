@@ -255,20 +255,11 @@ def _text_width(font: ImageFont.ImageFont, text: str) -> float:
 
 
 def _paragraph(
-    canvas: _Canvas,
-    rng: np.random.Generator,
-    font: ImageFont.ImageFont,
-    fake_italic: bool,
-    x0: float,
-    y: float,
-    width: float,
-    y_max: float,
-    leading: float,
-    ink: int,
-    justify: bool,
-    indent: float,
+    canvas: _Canvas, rng: np.random.Generator, lay: _Layout, x0: float, y: float
 ) -> float:
-    """Lay out one paragraph of random words from ``y`` on; returns the next free y."""
+    """Lay out one paragraph of random words in a column from ``y`` on; returns the next free y."""
+    font, fake_italic, leading, ink = lay.font, lay.fake_italic, lay.leading, lay.ink
+    width, y_max, justify, indent = lay.col_w, lay.y_max, lay.justify, lay.indent
     asc, _ = _line_metrics(font)
     space = _text_width(font, " ")
     words = _words(rng, int(rng.integers(25, 140)))
@@ -437,24 +428,35 @@ def _handwriting(
     return y + pitch * 0.3
 
 
-def render_clean_page(
-    rng: np.random.Generator, height: int, width: int, dpi: int = 100
-) -> np.ndarray:
-    """Render a clean synthetic document page.
+@dataclass
+class _Layout:
+    """A page's style and geometry, drawn from the generator before any text is set."""
 
-    Layouts vary per page: one or two columns, paragraphs justified or ragged, headings, ruled
-    tables, a few lines of handwriting-like strokes, and sometimes text running off the right
-    edge (as in cropped scans). At ``dpi`` <= 120 body text is 11-21 pt (x-height about 7-15 px
-    at 100 DPI, like the Kaggle pages); above, 8.5-14 pt, so strokes thicken with ``dpi``.
+    scale: float
+    size_px: int
+    font: ImageFont.ImageFont
+    fake_italic: bool
+    leading: float
+    ink: int
+    justify: bool
+    indent: float
+    cropped: bool
+    margin_x: float
+    margin_top: float
+    text_w: float
+    gutter: float
+    n_cols: int
+    col_w: float
+    y_max: float
+    handwritten_pending: bool
 
-    Args:
-        rng: random generator; the page is a pure function of its state.
-        height: page height H in pixels.
-        width: page width W in pixels.
-        dpi: nominal resolution that sets font sizes, line widths and margins.
 
-    Returns:
-        (H, W) uint8 page, 255 = white paper, ink near 0.
+def _draw_layout(
+    rng: np.random.Generator, height: int, width: int, dpi: int
+) -> tuple[_Layout, _Canvas]:
+    """The page's random layout and its empty canvas.
+
+    The order of the draws is part of every seed's page (training and benchmarks replay them).
     """
     scale = dpi / 100.0
     shear = float(rng.uniform(0.17, 0.25))
@@ -492,52 +494,68 @@ def render_clean_page(
     col_w = (text_w - gutter * (n_cols - 1)) / n_cols
     y_max = height - (0 if cropped else rng.uniform(0.03, 0.08) * height)
     handwritten_pending = rng.random() < 0.25
-    page_arr: np.ndarray | None = None
-    hand_jobs: list[tuple[float, float, float, float]] = []
+    layout = _Layout(
+        scale, size_px, font, fake_italic, leading, ink, justify, indent, cropped, margin_x,
+        margin_top, text_w, gutter, n_cols, col_w, y_max, handwritten_pending,
+    )  # fmt: skip
+    return layout, canvas
 
-    y = margin_top
-    if rng.random() < 0.4 and not cropped:
-        y = _heading(canvas, rng, size_px, margin_x, y, text_w, ink)
+
+def _fill_columns(
+    canvas: _Canvas, rng: np.random.Generator, lay: _Layout
+) -> list[tuple[float, float, float, float]]:
+    """Set headings, tables and paragraphs column by column.
+
+    Returns:
+        the handwriting blocks (x0, y, width, y_max) left blank for :func:`_handwriting`.
+    """
+    hand_jobs: list[tuple[float, float, float, float]] = []
+    y = lay.margin_top
+    if rng.random() < 0.4 and not lay.cropped:
+        y = _heading(canvas, rng, lay.size_px, lay.margin_x, y, lay.text_w, lay.ink)
     col_top = y
-    for c in range(n_cols):
-        x0 = margin_x + c * (col_w + gutter)
+    for c in range(lay.n_cols):
+        x0 = lay.margin_x + c * (lay.col_w + lay.gutter)
         y = col_top
-        while y < y_max - leading * 0.7:
+        while y < lay.y_max - lay.leading * 0.7:
             r = rng.random()
             if r < 0.08:
-                y = _heading(canvas, rng, size_px, x0, y + leading * 0.5, col_w, ink)
+                y = _heading(
+                    canvas, rng, lay.size_px, x0, y + lay.leading * 0.5, lay.col_w, lay.ink
+                )
             elif r < 0.16:
-                y = _table(canvas, rng, size_px, x0, y, col_w, y_max, ink, scale)
-            elif r < 0.24 and handwritten_pending:
-                handwritten_pending = False
-                block = size_px * rng.uniform(3.5, 8.0)
-                hand_jobs.append((x0, y, col_w, min(y_max, y + block)))
+                y = _table(
+                    canvas, rng, lay.size_px, x0, y, lay.col_w, lay.y_max, lay.ink, lay.scale
+                )
+            elif r < 0.24 and lay.handwritten_pending:
+                lay.handwritten_pending = False
+                block = lay.size_px * rng.uniform(3.5, 8.0)
+                hand_jobs.append((x0, y, lay.col_w, min(lay.y_max, y + block)))
                 y += block
             else:
-                y = _paragraph(
-                    canvas,
-                    rng,
-                    font,
-                    fake_italic,
-                    x0,
-                    y,
-                    col_w,
-                    y_max,
-                    leading,
-                    ink,
-                    justify,
-                    indent,
-                )
-                y += leading * (rng.uniform(0.0, 0.8) if indent else rng.uniform(0.5, 1.2))
+                y = _paragraph(canvas, rng, lay, x0, y)
+                gap = rng.uniform(0.0, 0.8) if lay.indent else rng.uniform(0.5, 1.2)
+                y += lay.leading * gap
+    return hand_jobs
+
+
+def _finish_page(
+    canvas: _Canvas,
+    rng: np.random.Generator,
+    lay: _Layout,
+    hand_jobs: list[tuple[float, float, float, float]],
+) -> np.ndarray:
+    """Merge the sheared layer, write the handwriting, maybe darken the print: (H, W) uint8."""
     page_arr = np.array(canvas.page)
     if canvas.sheared is not None:
-        m = np.float32([[1, -shear, 0], [0, 1, 0]])
+        height, width = page_arr.shape
+        m = np.float32([[1, -canvas.shear, 0], [0, 1, 0]])
         layer = cv2.warpAffine(
             np.array(canvas.sheared), m, (width, height), flags=cv2.INTER_LINEAR, borderValue=255
         )
         page_arr = np.minimum(page_arr, layer)
     for x0, y0, w, ym in hand_jobs:
-        _handwriting(page_arr, rng, x0, y0, w, ym, size_px * 0.45, scale)
+        _handwriting(page_arr, rng, x0, y0, w, ym, lay.size_px * 0.45, lay.scale)
     if rng.random() < 0.5:
         # Heavier print: a gamma < 1 on the ink coverage darkens anti-aliased stroke edges,
         # like toner spread or the bold rendering of the Kaggle targets.
@@ -545,6 +563,30 @@ def render_clean_page(
         cover **= rng.uniform(0.45, 0.85)
         page_arr = np.round(255.0 - 255.0 * cover).astype(np.uint8)
     return page_arr
+
+
+def render_clean_page(
+    rng: np.random.Generator, height: int, width: int, dpi: int = 100
+) -> np.ndarray:
+    """Render a clean synthetic document page.
+
+    Layouts vary per page: one or two columns, paragraphs justified or ragged, headings, ruled
+    tables, a few lines of handwriting-like strokes, and sometimes text running off the right
+    edge (as in cropped scans). At ``dpi`` <= 120 body text is 11-21 pt (x-height about 7-15 px
+    at 100 DPI, like the Kaggle pages); above, 8.5-14 pt, so strokes thicken with ``dpi``.
+
+    Args:
+        rng: random generator; the page is a pure function of its state.
+        height: page height H in pixels.
+        width: page width W in pixels.
+        dpi: nominal resolution that sets font sizes, line widths and margins.
+
+    Returns:
+        (H, W) uint8 page, 255 = white paper, ink near 0.
+    """
+    layout, canvas = _draw_layout(rng, height, width, dpi)
+    hand_jobs = _fill_columns(canvas, rng, layout)
+    return _finish_page(canvas, rng, layout, hand_jobs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -659,6 +701,7 @@ def add_display_content(
     dpi: int = 100,
     photo: bool | None = None,
     photos: Sequence[np.ndarray] | None = None,
+    photo_prob: float = 0.3,
 ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """Add large/bold type, filled shapes and rules, and sometimes a photo to a clean page.
 
@@ -670,9 +713,10 @@ def add_display_content(
         page: (H, W) uint8 clean page, 255 = white (not modified).
         rng: random generator.
         dpi: nominal resolution (sets type sizes and rule widths).
-        photo: add a continuous-tone photo (None: with probability 0.3).
+        photo: add a continuous-tone photo (None: with probability ``photo_prob``).
         photos: real photographs ((h, w) uint8 gray; :func:`load_photos`) to paste as the photo;
             None: a synthetic continuous-tone field.
+        photo_prob: P(a photo) when ``photo`` is None.
 
     Returns:
         The new (H, W) uint8 page and the photo's (y, x, h, w) box or None.
@@ -683,7 +727,8 @@ def add_display_content(
     for _ in range(int(rng.integers(0, 4))):
         _display_shape(img, rng, dpi)
     out = np.array(img)
-    box = _photo(out, rng, photos) if (rng.random() < 0.3 if photo is None else photo) else None
+    wanted = rng.random() < photo_prob if photo is None else photo
+    box = _photo(out, rng, photos) if wanted else None
     return out, box
 
 
@@ -991,6 +1036,7 @@ def make_pair(
     bilevel: bool = False,
     display: bool = False,
     photos: Sequence[np.ndarray] | None = None,
+    photo_prob: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One deterministic (dirty, clean) pair.
 
@@ -1006,6 +1052,7 @@ def make_pair(
             (:func:`add_display_content`); off by default so earlier seeds replay unchanged.
         photos: real photographs for the display content's photo (the pair then also
             depends on them); None: a synthetic one.
+        photo_prob: P(the display content has a photo).
 
     Returns:
         (dirty, clean): two (H, W) uint8 arrays, 255 = white.
@@ -1014,7 +1061,7 @@ def make_pair(
     rng = np.random.default_rng(np.random.SeedSequence(key))
     clean = render_clean_page(rng, height, width, dpi)
     if display:
-        clean, _ = add_display_content(clean, rng, dpi, photos=photos)
+        clean, _ = add_display_content(clean, rng, dpi, photos=photos, photo_prob=photo_prob)
     if bilevel:
         clean = np.where(clean < 128, 0, 255).astype(np.uint8)
     dirty = degrade(clean, rng, dpi)

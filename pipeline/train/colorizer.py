@@ -496,14 +496,8 @@ def evaluate_real_colorfulness(rgb) -> float:
     return _colorfulness(u8)
 
 
-def model_card(
-    cfg: TrainConfig,
-    training: dict[str, Any],
-    metrics: dict[str, Any],
-    stage_config: dict[str, Any],
-    n_params: int,
-) -> str:
-    """Markdown model card of a trained colorizer."""
+def _card_method(cfg: TrainConfig) -> tuple[str, str]:
+    """The card's (head, loss) descriptions."""
     head = (
         "chroma classification over "
         f"{round(1 / cfg.bin_step) ** 2} grid bins (kept: occupied ones), class-rebalanced "
@@ -517,9 +511,14 @@ def model_card(
         if cfg.head == "classify"
         else f"{cfg.w_color} x MSE on chroma + {cfg.w_luma} x luminance L1"
     )
-    photos = cfg.data.is_dir()
-    data = (
-        f"""- Colour photographs (`{training["data"]}`): all {training["train_images"]} images of
+    return head, loss
+
+
+def _card_data(cfg: TrainConfig, training: dict[str, Any], photos: bool) -> str:
+    """The card's training-data section: the photo folder or the LFW faces."""
+    folder, n_train = training["data"], training["train_images"]
+    if photos:
+        return f"""- Colour photographs (`{folder}`): all {n_train} images of
   `train/` for training (random crops of 60-100 % of each side, squashed to
   {cfg.model_size}x{cfg.model_size}), the {training["val_images"]} whole photos of `val/`
   (squashed the same way) for checkpoint and temperature choice; `test/` never read.
@@ -529,15 +528,25 @@ def model_card(
   sample) without open licences (see the data folder's README); these weights are for
   non-commercial research use. Scenes follow those sets: landscapes, animals, buildings,
   everyday objects; expect plausible, not true, colours."""
-        if photos
-        else f"""- Colour LFW faces, 64x64 (`{training["data"]}`), train split only:
+    return f"""- Colour LFW faces, 64x64 (`{training["data"]}`), train split only:
   {training["train_images"]} faces for training, {training["val_images"]} held out for
   validation (split between people). Inputs are the 8-bit rounded BT.601 gray of each face
   plus Gaussian noise (std {cfg.noise_std}); random left-right flips.
 - LFW is for research use; these weights inherit that. Faces in LFW are mostly of adult
   public figures photographed by the press; skin tones and lighting follow that collection, so
   expect plausible, not true, colours, and worse results on faces or scenes unlike it."""
-    )
+
+
+def model_card(
+    cfg: TrainConfig,
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    stage_config: dict[str, Any],
+    n_params: int,
+) -> str:
+    """Markdown model card of a trained colorizer."""
+    head, loss = _card_method(cfg)
+    photos = cfg.data.is_dir()
     what = "photos" if photos else "face images"
     limits = (
         f"Trained on small photos (128 px short side) seen at {cfg.model_size} px: colours "
@@ -561,7 +570,7 @@ BT.601 gray equals the input within 8-bit rounding.
 - Stage defaults: {stage_config}.
 
 ## Training data
-{data}
+{_card_data(cfg, training, photos)}
 
 ## Training
 - Loss: {loss}.

@@ -114,6 +114,7 @@ class TrainConfig(BaseModel):
         description="folder of photographs (e.g. photos/train) to paste as the photos of "
         "display pages; default: synthetic continuous-tone fields",
     )
+    photo_prob: float = Field(0.3, ge=0.0, le=1.0, description="P(a display page has a photo)")
     ink_level: float = Field(
         0.2,
         ge=0.0,
@@ -217,15 +218,18 @@ class _SyntheticPool:
         seed: int,
         display_prob: float = 0.0,
         photos: list[np.ndarray] | None = None,
+        photo_prob: float = 0.3,
     ) -> None:
         from aepipe.data.synthetic_pages import SyntheticPages
 
-        self.display_prob, self.photos = display_prob, photos
+        self.display_prob = display_prob
+        # How display pages are drawn; the recipes (seeds) stay what a checkpoint keeps.
+        self.look = dict(photos=photos, photo_prob=photo_prob)
         self.sizes = SyntheticPages.DEFAULT_PAGE_SIZES
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
         # What each page was rendered from: a checkpoint keeps these, not the pixels.
         self.recipes = [self._recipe() for _ in range(size)]
-        self.pages = [_render(r, photos) for r in self.recipes]
+        self.pages = [_render(r, **self.look) for r in self.recipes]
         self.next = 0
 
     def _recipe(self) -> tuple[int, int, int, int, bool]:
@@ -236,7 +240,7 @@ class _SyntheticPool:
 
     def refresh(self) -> None:
         self.recipes[self.next] = self._recipe()
-        self.pages[self.next] = _render(self.recipes[self.next], self.photos)
+        self.pages[self.next] = _render(self.recipes[self.next], **self.look)
         self.next = (self.next + 1) % len(self.pages)
 
     def state(self) -> dict[str, Any]:
@@ -249,17 +253,19 @@ class _SyntheticPool:
         recipes = [tuple(r) for r in state["recipes"]]
         for i, recipe in enumerate(recipes):
             if recipe != self.recipes[i]:
-                self.pages[i] = _render(recipe, self.photos)
+                self.pages[i] = _render(recipe, **self.look)
         self.recipes, self.next = recipes, int(state["next"])
 
 
 def _render(
-    recipe: tuple[int, int, int, int, bool], photos: list[np.ndarray] | None
+    recipe: tuple[int, int, int, int, bool],
+    photos: list[np.ndarray] | None = None,
+    photo_prob: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray]:
     from aepipe.data.synthetic_pages import make_pair
 
     seed, h, w, dpi, display = recipe
-    return make_pair(seed, h, w, dpi, display=display, photos=photos)
+    return make_pair(seed, h, w, dpi, display=display, photos=photos, photo_prob=photo_prob)
 
 
 def synthetic_val_pages() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -467,7 +473,7 @@ class _ScanData:
         except OSError as exc:
             raise ConfigError(f"--photos: {exc}") from None
         self.pool = (
-            _SyntheticPool(cfg.synthetic_pool, cfg.seed, cfg.display_prob, photos)
+            _SyntheticPool(cfg.synthetic_pool, cfg.seed, cfg.display_prob, photos, cfg.photo_prob)
             if self.synth_frac > 0
             else None
         )
@@ -774,8 +780,8 @@ def _real_metric_line(cfg: TrainConfig, data: dict[str, Any], metrics: dict[str,
     )
 
 
-def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """Markdown model card: data, command, measured validation scores."""
+def _card_model(cfg: TrainConfig, training: dict[str, Any]) -> str:
+    """The card's model line: network, how it started, loss."""
     arch = (
         f"ScanUNet(base={cfg.base}, levels={cfg.levels}, convs={cfg.convs}, fold={cfg.fold}"
         + (f", output={cfg.output!r}" if cfg.output != "sigmoid" else "")
@@ -783,15 +789,24 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         if cfg.arch == "scan-unet"
         else f"ClassicDenoisingAE(channels={cfg.classic_channels})"
     )
-    # The run this one started from, and the run before that, ...: oldest first.
+    start = "fine-tuned" if training.get("init") else "trained from scratch"
+    if cfg.freeze_base:
+        start = "its stroke-edge correction (`refine`) trained on top of the frozen net"
+    loss = (
+        f"MSE plus a squared hinge {cfg.margin} past pure paper and ink"
+        if cfg.margin > 0
+        else "MSE"
+    )
+    return f"{arch}, {start} with {loss}"
+
+
+def _card_commands(training: dict[str, Any]) -> str:
+    """The card's command lines: each earlier run this one started from, oldest first."""
     chain: list[dict[str, Any]] = []
     link = training.get("init")
     while link:
         chain.insert(0, link)
         link = link.get("init")
-    start = "fine-tuned" if chain else "trained from scratch"
-    if cfg.freeze_base:
-        start = "its stroke-edge correction (`refine`) trained on top of the frozen net"
     commands = "".join(
         f"- Command {i + 1} (the next command read its weights from `{link['path']}`, sha256 "
         f"{link['sha256'][:12]}, "
@@ -800,12 +815,11 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         for i, link in enumerate(chain)
     )
     last = f"Command {len(chain) + 1}, this run" if chain else "Command"
-    loss = (
-        f"MSE plus a squared hinge {cfg.margin} past pure paper and ink"
-        if cfg.margin > 0
-        else "MSE"
-    )
-    data = training.get("data", {})
+    return f"{commands}- {last}: `{training.get('command')}`"
+
+
+def _card_patches(cfg: TrainConfig) -> str:
+    """How the card says training patches were cut."""
     scaling = (
         f"resampled by a random scale {cfg.scale_lo}-{cfg.scale_hi} with p={cfg.scale_prob} "
         "(else the page's own pixels)"
@@ -817,7 +831,12 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
         if cfg.level_aug > 0
         else ""
     )
-    real_lines = _real_data_lines(cfg, data)
+    return f"Patches {cfg.patch} px, {scaling}, rotations/flips{levels}"
+
+
+def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Markdown model card: data, command, measured validation scores."""
+    data = training.get("data", {})
     real_bench = (
         "; on the docbin test pages, clean pages and the DDD test split in "
         "`benchmarks/results/scan_real.md` (`.venv/bin/python benchmarks/scan_real.py`)"
@@ -831,7 +850,7 @@ shadows, watermarks, specks and dark borders removed). Gray in, gray out; colour
 cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
 
 ## Model
-{arch}, {start} with {loss}, Adam, cosine learning rate, EMA weights.
+{_card_model(cfg, training)}, Adam, cosine learning rate, EMA weights.
 
 ## Data
 - Denoising Dirty Documents (Kaggle 2015) training pairs from `{data.get("ddd")}`:
@@ -840,11 +859,11 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
   {", ".join(data.get("ddd_val_names", []))}.
 - Synthetic degraded pages from `aepipe.data.synthetic_pages` (fraction
   {cfg.synthetic_fraction} of the patches).
-{real_lines}- Patches {cfg.patch} px, {scaling}, rotations/flips{levels} (this run's settings;
+{_real_data_lines(cfg, data)}- {_card_patches(cfg)} (this run's settings;
   the earlier commands' are in their command lines).
 
 ## Training
-{commands}- {last}: `{training.get("command")}`
+{_card_commands(training)}
 - Seed {cfg.seed}, {cfg.threads} CPU thread(s), stopped by {training.get("stopped")} after
   {training.get("wall_minutes")} min; best step {metrics.get("best_step")}.
 

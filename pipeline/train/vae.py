@@ -582,9 +582,8 @@ def refit_sampler(
     """
     import torch
 
-    from aepipe.errors import ConfigError, WeightsError
-    from aepipe.models.vae import ConvVAE
-    from aepipe.weights import load_model, resolve, save_model
+    from aepipe.errors import ConfigError
+    from aepipe.weights import load_model, resolve
 
     say = progress or (lambda _msg: None)
     src = resolve(source)
@@ -592,6 +591,72 @@ def refit_sampler(
         raise ConfigError(f"{out}: write the refitted model to a new folder, not over its source")
     model, config = load_model(src)
     training = dict(config.get("training") or {})
+    new, kwargs, p = _rebuilt_vae(src, model, config, training, components)
+    data = Path(data or training.get("data") or p["data"])
+    seed = int(training.get("seed", 0))
+    train_u8 = _recorded_train_split(p, data, seed, training)
+    say(f"encoding {len(train_u8)} train images")
+    new.eval()
+    codes = encode_means(new, torch.from_numpy(np.ascontiguousarray(train_u8)), p["kind"])
+    say(f"fitting the sampling distribution ({components} component(s))")
+    new.fit_sampling_gaussian(codes, iterations=SAMPLER_EM_ITERATIONS, seed=seed)
+    training["sampler"] = sampler_info(new, True, seed)
+    if command:
+        training["sampler"]["command"] = command
+    _save_refitted(new, out, config, kwargs, p, training, temperature)
+    return out
+
+
+def _save_refitted(
+    model: Any,
+    out: Path,
+    config: dict[str, Any],
+    kwargs: dict[str, Any],
+    p: dict[str, Any],
+    training: dict[str, Any],
+    temperature: float | None,
+) -> None:
+    """Write the refitted VAE: the source's config less its sampling scores (FID)."""
+    from aepipe.weights import save_model
+
+    metrics = {k: v for k, v in config.get("metrics", {}).items() if not k.startswith("fid")}
+    extra = {k: v for k, v in config.items() if k == "extras"}
+    stage_config = dict(config.get("stage_config") or {})
+    if temperature is not None:
+        stage_config["temperature"] = temperature
+    save_model(
+        model,
+        out,
+        stage=config["stage"],
+        model_kwargs=kwargs,
+        stage_config=stage_config,
+        training=training,
+        metrics=metrics,
+        card=model_card(Path(out).name, p, training, metrics),
+        extra=extra,
+    )
+
+
+def _rebuilt_vae(
+    src: Path,
+    model: Any,
+    config: dict[str, Any],
+    training: dict[str, Any],
+    components: int,
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The trained VAE rebuilt with a ``components``-Gaussian sampler (not fitted yet).
+
+    Returns:
+        (the new model with the trained weights, its constructor arguments, the preset with
+        the model's arguments and the recorded warm-up).
+
+    Raises:
+        WeightsError: the source is not a VAE trained by this module, or its weights do not
+            fit the rebuilt model.
+    """
+    from aepipe.errors import WeightsError
+    from aepipe.models.vae import ConvVAE
+
     preset = training.get("preset")
     if not isinstance(model, ConvVAE) or preset not in PRESETS:
         raise WeightsError(f"{src}: not a VAE trained by `aepipe train` (no known preset)")
@@ -608,36 +673,23 @@ def refit_sampler(
     p = copy.deepcopy(PRESETS[preset])
     p["model"] = kwargs
     p["warmup_epochs"] = training.get("warmup_epochs", p["warmup_epochs"])
-    data = Path(data or training.get("data") or p["data"])
-    seed = int(training.get("seed", 0))
+    return new, kwargs, p
+
+
+def _recorded_train_split(
+    p: dict[str, Any], data: Path, seed: int, training: dict[str, Any]
+) -> Any:
+    """The train split the model was trained on: (N, H, W) uint8.
+
+    Raises:
+        ConfigError: ``data`` gives another number of train images than was recorded.
+    """
+    from aepipe.errors import ConfigError
+
     train_u8, _val, _info = load_data(p["kind"], data, p["val_fraction"], None, seed)
     if "n_train" in training and len(train_u8) != training["n_train"]:
         raise ConfigError(
             f"{data}: gives {len(train_u8)} train images, the model was trained on "
             f"{training['n_train']}; pass the data it was trained on"
         )
-    say(f"encoding {len(train_u8)} train images")
-    new.eval()
-    codes = encode_means(new, torch.from_numpy(np.ascontiguousarray(train_u8)), p["kind"])
-    say(f"fitting the sampling distribution ({components} component(s))")
-    new.fit_sampling_gaussian(codes, iterations=SAMPLER_EM_ITERATIONS, seed=seed)
-    training["sampler"] = sampler_info(new, True, seed)
-    if command:
-        training["sampler"]["command"] = command
-    metrics = {k: v for k, v in config.get("metrics", {}).items() if not k.startswith("fid")}
-    extra = {k: v for k, v in config.items() if k == "extras"}
-    stage_config = dict(config.get("stage_config") or {})
-    if temperature is not None:
-        stage_config["temperature"] = temperature
-    save_model(
-        new,
-        out,
-        stage=config["stage"],
-        model_kwargs=kwargs,
-        stage_config=stage_config,
-        training=training,
-        metrics=metrics,
-        card=model_card(Path(out).name, p, training, metrics),
-        extra=extra,
-    )
-    return out
+    return train_u8
