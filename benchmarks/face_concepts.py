@@ -181,7 +181,7 @@ def cached_classifier(data: Path, attrs_csv: Path, cache: Path, log):
     return net, aucs, int(val.sum())
 
 
-def edit_scores(stage, net, z, concepts, log):
+def edit_scores(stage, net, z, concepts, log, sharpen: bool = False):
     """Classifier probabilities and pixel changes of every concept at every strength.
 
     Args:
@@ -189,21 +189,25 @@ def edit_scores(stage, net, z, concepts, log):
         net: the attribute classifier.
         z: (N, D) test codes.
         concepts: ``(info, vector)`` pairs from the concept files.
+        sharpen: pass every decode through the stage's unsharp mask, as sampled faces
+            (``gen-faces --concept``) get it.
 
     Returns:
         name -> {"p": {strength: (K,) mean probabilities}, "pix": {strength: mean |diff| 0..255},
         "images": {strength: (N, 1, S, S) tensor}}.
     """
-    base = stage.decode(z).images
+    from aepipe.stages.face_generator import unsharp_mask
+
+    amount = stage.config.sharpen if sharpen else 0.0
+    decode = lambda codes: unsharp_mask(  # noqa: E731
+        stage.decode(codes).images, amount, stage.config.sharpen_sigma
+    )
+    base = decode(z)
     out = {}
     for info, vec in concepts:
         res = {"p": {}, "pix": {}, "images": {}}
         for strength in STRENGTHS:
-            img = (
-                base
-                if strength == 0
-                else stage.decode(stage.apply_concept(z, vec, strength)).images
-            )
+            img = base if strength == 0 else decode(stage.apply_concept(z, vec, strength))
             res["p"][strength] = probabilities(net, img).mean(0)
             res["pix"][strength] = float((img - base).abs().mean()) * 255.0
             res["images"][strength] = img
@@ -324,6 +328,12 @@ def main() -> None:
         "validation faces of the train split (for choosing settings; writes only --out)",
     )
     ap.add_argument("--classifier-only", action="store_true", help="train/cache and stop")
+    ap.add_argument(
+        "--sharpen",
+        action="store_true",
+        help="score the edits through the model's unsharp mask, as generated faces get it "
+        "(writes only --out, no pictures, no --update-weights)",
+    )
     ap.add_argument("--out", type=Path, help="[default: benchmarks/results/face_concepts(_val).md]")
     ap.add_argument("--img", type=Path, default=ROOT / "docs/img")
     ap.add_argument(
@@ -383,13 +393,19 @@ def run(args, net, aucs, n_val, log) -> None:
     dirs = [args.concepts] if args.concepts else default_concept_dirs(None, args.model)[:1]
     concepts = [(doc, load_concept(doc["path"])) for doc in list_concepts(dirs)]
     log(f"{len(concepts)} concepts from {dirs[0]}; {len(real)} labelled {args.split} faces")
-    scores = edit_scores(stage, net, z, concepts, log)
+    scores = edit_scores(stage, net, z, concepts, log, sharpen=args.sharpen)
     p_real = probabilities(net, real).mean(0)
     p_rec = scores[concepts[0][0]["name"]]["p"][0.0]
     cmd = "python benchmarks/face_concepts.py " + " ".join(sys.argv[1:])
     faces = f"{len(real)} labelled {'TEST' if args.split == 'test' else 'validation'} faces"
     text, summary = report(concepts, scores, aucs, n_val, p_real, p_rec, cmd.strip(), faces)
-    for info, _vec in concepts if args.split == "test" else []:
+    if args.sharpen:
+        text += (
+            f"\nDecodes passed through the model's unsharp mask (strength "
+            f"{stage.config.sharpen:g}, sigma {stage.config.sharpen_sigma:g} px).\n"
+        )
+    pictures = args.split == "test" and not args.sharpen
+    for info, _vec in concepts if pictures else []:
         col = attrs.column(info["attribute"])
         # Six test faces that do not have the attribute, spread over the split.
         candidates = np.nonzero(col == 0)[0]
@@ -397,7 +413,7 @@ def run(args, net, aucs, n_val, log) -> None:
         path = args.img / f"concept_{info['name']}.png"
         concept_picture(real, scores[info["name"]], torch.from_numpy(pick), path)
         text += f"\n![{info['name']}](../../docs/img/{path.name})\n"
-    if args.split == "test":
+    if pictures:
         text += (
             "\nPictures: rows are six test faces without the attribute; columns: the real face, "
             "then strengths " + ", ".join(f"{s:+g}" for s in STRENGTHS) + " (0 = reconstruction).\n"
@@ -405,7 +421,7 @@ def run(args, net, aucs, n_val, log) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
-    if args.update_weights and args.split == "test":
+    if args.update_weights and args.split == "test" and not args.sharpen:
         from aepipe.weights import resolve, update_metrics
 
         update_metrics(resolve(args.model), {"concept_edits_test": summary})

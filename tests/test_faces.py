@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from aepipe.batch import ImageBatch
@@ -22,6 +23,7 @@ from aepipe.stages.face_generator import (
     parse_concept_arg,
     save_concept,
     slerp,
+    unsharp_mask,
 )
 
 
@@ -189,6 +191,42 @@ def test_reconstruct_any_size_gray_or_rgb() -> None:
     torch.testing.assert_close(stage(gray).images, out.images, atol=1e-5, rtol=0)
 
 
+def test_unsharp_mask_boosts_edges_and_keeps_flat_areas() -> None:
+    flat = torch.full((2, 1, 12, 12), 0.4)
+    torch.testing.assert_close(unsharp_mask(flat, 1.5, 1.0), flat)
+    edge = torch.zeros(1, 1, 12, 12)
+    edge[..., 6:] = 0.5
+    edge = edge + 0.25
+    x = torch.cat([edge, edge.transpose(-1, -2)])
+    assert unsharp_mask(x, 0.0, 1.0) is x
+    out = unsharp_mask(x, 1.0, 1.0)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    # Overshoot on both sides of the edge, nothing far from it, clamped to [0, 1].
+    assert out[0, 0, 3, 5] < 0.25 and out[0, 0, 3, 6] > 0.75
+    torch.testing.assert_close(out[..., :2, :2], x[..., :2, :2])
+    torch.testing.assert_close(out[1], out[0].transpose(-1, -2))
+    assert float(unsharp_mask(x, 4.0, 2.0).min()) == 0.0
+    assert float(unsharp_mask(x, 4.0, 2.0).max()) == 1.0
+
+
+def test_sharpen_applies_to_samples_not_to_reconstructions() -> None:
+    plain = FaceGenerator.tiny(seed=0)
+    sharp = FaceGenerator.tiny(seed=0, sharpen=1.0, sharpen_sigma=0.8)
+    a = ImageBatch.concat(list(plain.sample(5, seed=2)))
+    b = ImageBatch.concat(list(sharp.sample(5, seed=2, batch_size=2)))
+    torch.testing.assert_close(b.images, unsharp_mask(a.images, 1.0, 0.8), atol=1e-6, rtol=0)
+    assert not torch.allclose(a.images, b.images)
+    assert b.names == a.names and b.meta == a.meta
+    faces = ImageBatch(torch.rand(3, 1, 16, 16))
+    torch.testing.assert_close(sharp(faces).images, plain(faces).images)
+    z = plain.sample_latents(3, seed=0)
+    torch.testing.assert_close(sharp.decode(z).images, plain.decode(z).images)
+    with pytest.raises(ConfigError, match="sharpen"):
+        FaceGenerator.tiny(seed=0, sharpen=-0.5)
+    with pytest.raises(ConfigError, match="sharpen_sigma"):
+        FaceGenerator.tiny(seed=0, sharpen_sigma=0.0)
+
+
 def test_interpolate_linear_and_slerp_hit_the_ends() -> None:
     stage = FaceGenerator.tiny(seed=0)
     za, zb = torch.randn(4), torch.randn(4)
@@ -297,6 +335,30 @@ def test_train_smoke_writes_a_loadable_weights_folder(tmp_path: Path) -> None:
     k = config["model_kwargs"].get("sample_components", 1)
     assert config["training"]["sampler"]["em_iterations" if k > 1 else "kind"]
 
+    # A fine-tune starts from those weights (a vanishing learning rate keeps them) with the
+    # KL weighted down, and says so in its config and card.
+    tune = TrainConfig(
+        preset="face-vae",
+        data=data,
+        epochs=1,
+        warmup_epochs=0,
+        limit=40,
+        batch_size=16,
+        init=str(out),
+        kl_weight=0.5,
+        lr=1e-12,
+    )
+    tuned = train(tune, tmp_path / "t")
+    config = json.loads((tuned / "config.json").read_text())
+    assert config["training"]["init"] == str(out) and config["training"]["kl_weight"] == 0.5
+    assert "linearly to 0.5" in (tuned / "MODEL_CARD.md").read_text()
+    before, after = load_stage(out).model.state_dict(), load_stage(tuned).model.state_dict()
+    for name, value in before.items():
+        if not name.startswith(("mix_", "sample_")):
+            torch.testing.assert_close(after[name], value, atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="latent_dim"):
+        train(tune.model_copy(update={"latent_dim": 8}), tmp_path / "bad")
+
 
 def test_cli_fit_sampler_refits_only_the_sampler(tmp_path: Path, cli) -> None:
     from aepipe.stage import load_stage
@@ -366,6 +428,25 @@ def test_cli_gen_faces_is_reproducible(tmp_path: Path, cli) -> None:
         name = f"face_0000{i}.png"
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "sheet.png").is_file()
+    # --sharpen overrides the weights' unsharp mask: same faces, sharper.
+    res = cli(
+        "gen-faces",
+        "--n",
+        5,
+        "--seed",
+        7,
+        "--model",
+        weights,
+        "--out",
+        tmp_path / "s",
+        "--sharpen",
+        2,
+        "--no-grid",
+    )
+    assert res.exit_code == 0, res.output
+    plain = np.asarray(Image.open(tmp_path / "a" / "face_00000.png"), dtype=np.float64)
+    sharp = np.asarray(Image.open(tmp_path / "s" / "face_00000.png"), dtype=np.float64)
+    assert np.abs(sharp - plain).max() > 2 and abs(sharp.mean() - plain.mean()) < 3
     res = cli(
         "gen-faces", "--n", 2, "--model", weights, "--out", tmp_path / "c", "--concept", "nope:1"
     )

@@ -143,6 +143,15 @@ def gen_faces(
         ),
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=8192)] = 256,
+    sharpen: Annotated[
+        float | None,
+        typer.Option(
+            "--sharpen",
+            min=0.0,
+            max=4.0,
+            help="Unsharp-mask strength for the faces (default: the model's; 0: off).",
+        ),
+    ] = None,
     model: ModelOpt = "face-vae",
     device: DeviceOpt = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -158,6 +167,8 @@ def gen_faces(
         overrides: dict[str, object] = {"batch_size": batch_size}
         if prior:
             overrides["sampler"] = "prior"
+        if sharpen is not None:
+            overrides["sharpen"] = sharpen
         stage = load_generator(model, _resolve_device(device), **overrides)
         options = {"concepts": _concepts(concept, concepts_dir, model)} if concept else {}
         then = []
