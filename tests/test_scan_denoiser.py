@@ -308,3 +308,29 @@ def test_shipped_weights_any_page_size() -> None:
     for size in [(3, 3), (37, 53), (700, 600)]:
         x = torch.rand((2, 1, *size), generator=torch.Generator().manual_seed(0))
         assert stage(ImageBatch(x)).images.shape == (2, 1, *size)
+
+
+def test_remove_borders_whitens_scanner_bands_and_keeps_type_at_the_edge() -> None:
+    from aepipe.stages.scan_denoiser import remove_borders
+
+    page = torch.ones(1, 1, 200, 300)
+    page[0, 0, :12, :] = 0.0  # a scanner band along the whole top edge
+    page[0, 0, 12:16, 40:260] = 0.0  # its ragged inner edge, connected to it
+    page[0, 0, 80:110, 290:] = 0.0  # a letter cut by the right edge: short, kept
+    page[0, 0, 150:160, 20:280] = 0.0  # a rule inside the page, kept
+    out = remove_borders(page, band=0.1)
+    assert out[0, 0, :16].min() == 1.0
+    assert out[0, 0, 80:110, 290:].max() == 0.0 and out[0, 0, 150:160, 20:280].max() == 0.0
+    assert page[0, 0, :12].max() == 0.0  # the input is left as it was
+    clean = torch.ones(2, 1, 50, 60)
+    assert torch.equal(remove_borders(clean, band=0.1), clean)
+
+
+def test_border_removal_is_a_stage_option() -> None:
+    page = torch.ones(1, 1, 96, 96)
+    page[0, 0, :, :6] = 0.0  # a dark band down the left edge
+    kept = ScanDenoiser.tiny(0, borders="keep")(ImageBatch(page)).images
+    removed = ScanDenoiser.tiny(0)(ImageBatch(page)).images
+    assert removed[0, 0, :, :6].min() == 1.0 and not torch.equal(kept, removed)
+    with pytest.raises(ValueError, match="borders"):
+        ScanDenoiser.tiny(0, borders="crop")

@@ -11,12 +11,18 @@ least reliable; blending them away leaves no seams. The output has exactly the i
 Colour scans are cleaned on their BT.601 gray (``keep_color=False``, the default, returns gray);
 ``keep_color=True`` puts the input's chroma back on the ink and leaves the paper white.
 ``binarize=True`` thresholds the cleaned page at ``threshold`` for bilevel output.
+
+Dark scanner borders (the band where the scanner saw past the page's edge) look to the network
+like a printed black bar, which it must keep; ``borders="remove"`` (the default) whitens dark
+areas of the cleaned page that touch the image edge, run along at least half of it and lie
+within ``border_band`` of it. Type that runs off the edge is kept: its letters are separate
+and short.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -39,6 +45,9 @@ class Config(StageConfig):
         binarize: write bilevel pages (0 or 1) thresholded at ``threshold``.
         threshold: ink/paper cut for ``binarize``, on the cleaned page in [0, 1].
         keep_color: for RGB input, keep the ink's colour instead of returning gray.
+        borders: "remove" whitens dark scanner borders (see the module docstring); "keep".
+        border_band: how far in from the image edge a border may reach, as a fraction of
+            the page's height (top, bottom) or width (left, right).
     """
 
     tile: int = Field(512, ge=32, le=4096)
@@ -49,6 +58,8 @@ class Config(StageConfig):
     binarize: bool = False
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     keep_color: bool = False
+    borders: Literal["remove", "keep"] = "remove"
+    border_band: float = Field(0.1, gt=0.0, le=0.5)
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
@@ -87,6 +98,52 @@ def blend_ramp(size: int, overlap: int, lead: bool, trail: bool) -> torch.Tensor
         if trail:
             w[size - r :] = ramp.flip(0)
     return w.clamp_min(1e-3)
+
+
+def remove_borders(pages: torch.Tensor, band: float, dark: float = 0.5) -> torch.Tensor:
+    """Whiten dark scanner borders of cleaned pages.
+
+    A border is a connected dark area (below ``dark``) that touches an image edge, runs along
+    at least half of it, and lies (all but 2% of it) within the outer ``band`` of the page: a
+    band, not a shape or photo that bleeds off the edge.
+
+    Args:
+        pages: (N, 1, H, W) cleaned pages in [0, 1].
+        band: depth of the searched margin, as a fraction of the page's height or width.
+        dark: ink/paper cut on the cleaned page.
+
+    Returns:
+        (N, 1, H, W) pages, borders set to 1 (the input is not modified).
+    """
+    import numpy as np
+    import torch
+    from skimage.measure import label
+
+    out = pages.clone()
+    _, _, h, w = pages.shape
+    bh, bw = max(1, int(band * h)), max(1, int(band * w))
+    margin = np.zeros((h, w), bool)
+    margin[:bh], margin[h - bh :], margin[:, :bw], margin[:, w - bw :] = True, True, True, True
+    for i in range(pages.shape[0]):
+        ink = (pages[i, 0] < dark).numpy()
+        if not (ink[0].any() or ink[-1].any() or ink[:, 0].any() or ink[:, -1].any()):
+            continue  # nothing dark on the edge: the usual clean page costs one check
+        labels = label(ink, connectivity=2)
+        n = int(labels.max()) + 1
+        # Per component: how much of each edge it covers, and its share inside the margin.
+        runs = [
+            np.bincount(edge, minlength=n) / edge.size
+            for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1])
+        ]
+        inside = np.bincount(labels[margin], minlength=n) / np.maximum(
+            np.bincount(labels.ravel()), 1
+        )
+        wanted = (np.max(runs, axis=0) >= 0.5) & (inside >= 0.98)
+        wanted[0] = False  # paper
+        border = np.flatnonzero(wanted)
+        if border.size:
+            out[i, 0][torch.from_numpy(np.isin(labels, border))] = 1.0
+    return out
 
 
 class ScanDenoiser(Stage):
@@ -189,6 +246,8 @@ class ScanDenoiser(Stage):
         images = batch.images
         gray_in = to_gray(images)
         clean = self.clean_gray(gray_in)
+        if cfg.borders == "remove":
+            clean = remove_borders(clean, cfg.border_band)
         if cfg.binarize:
             clean = (clean >= cfg.threshold).to(clean.dtype)
         if cfg.keep_color and images.shape[1] == 3:
