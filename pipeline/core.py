@@ -195,12 +195,19 @@ def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> by
     return buf.getvalue()
 
 
+def encode_result(out: ImageBatch, index: int, name: str) -> EncodedPage:
+    """Image ``index`` of a stage's result batch as an :class:`EncodedPage` named ``name``.
+
+    Thread-safe (the file runner encodes in a worker thread while the stage runs): it only
+    reads ``out``, and the conversion and zlib release the GIL for most of the work.
+    """
+    meta = out.meta[index]
+    return EncodedPage(name, encode_page(page_uint8(out.images, index), meta), dict(meta))
+
+
 def encode_results(out: ImageBatch, names: Sequence[str]) -> list[EncodedPage]:
     """Every image of a stage's result batch as an :class:`EncodedPage` named ``names[i]``."""
-    return [
-        EncodedPage(name, encode_page(page_uint8(out.images, k), out.meta[k]), dict(out.meta[k]))
-        for k, name in enumerate(names)
-    ]
+    return [encode_result(out, k, name) for k, name in enumerate(names)]
 
 
 def run_pages(process: Process, pages: Sequence[Page], stem: str) -> list[EncodedPage]:
