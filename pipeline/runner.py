@@ -614,6 +614,7 @@ class _Run:
         self.finished_jobs: set[int] = set()
         self.buffer: list[Item] = []
         self.pending: deque[tuple[Future[Any] | None, Then]] = deque()
+        self.front: list[tuple[Future[Any] | None, Then]] | None = None  # see settle()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="aepipe-writer")
 
     def run(self) -> None:
@@ -642,7 +643,7 @@ class _Run:
 
     def later(self, future: Future[Any] | None, then: Then) -> None:
         """Call ``then(future)`` once ``future`` is done and everything before it is settled."""
-        self.pending.append((future, then))
+        (self.pending if self.front is None else self.front).append((future, then))
 
     def settle(self, wait: bool = False) -> None:
         """Run the callbacks of finished work, in order; ``wait``: until none is left.
@@ -657,7 +658,14 @@ class _Run:
                 if busy <= _AHEAD:
                     return
             self.pending.popleft()
-            then(future)
+            # Work a callback queues (a file's write once its last page is encoded, a failure
+            # to record) goes first, as it would have happened here in a sequential run.
+            self.front = []
+            try:
+                then(future)
+            finally:
+                self.pending.extendleft(reversed(self.front))
+                self.front = None
 
     # ---- per file ---------------------------------------------------------------------------
 
