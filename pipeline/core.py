@@ -150,18 +150,21 @@ def page_name(stem: str, meta: Mapping[str, Any]) -> str:
 def page_uint8(images: Any, index: int) -> np.ndarray:
     """One image of a (N, C, H, W) float tensor as HWC uint8, converted in row strips.
 
-    Converting a 7,000 x 10,000 page in one go would hold several float copies of it.
+    Converting a 7,000 x 10,000 page in one go would hold several float copies of it. The
+    arithmetic is numpy's, on one thread and without the GIL: the file runner calls this in its
+    writer thread while the stage keeps torch's threads busy (torch's ops here would start a
+    second OpenMP team). Rounding is half to even, as ``torch.round``'s.
     """
-    import torch
-
     image = images[index]
     c, h, w = image.shape
     out = np.empty((h, w, c), np.uint8)
     step = max(1, (1 << 22) // max(1, w * c))
     for y in range(0, h, step):
-        strip = image[:, y : y + step].detach().float().cpu()
-        strip = torch.nan_to_num(strip, nan=0.0).clamp_(0, 1).mul_(255.0).round_()
-        out[y : y + step] = strip.to(torch.uint8).permute(1, 2, 0).numpy()
+        strip = np.nan_to_num(image[:, y : y + step].detach().float().cpu().numpy(), nan=0.0)
+        np.clip(strip, 0.0, 1.0, out=strip)
+        np.multiply(strip, np.float32(255.0), out=strip)
+        np.rint(strip, out=strip)
+        np.copyto(out[y : y + step], strip.transpose(1, 2, 0), casting="unsafe")
     return out
 
 

@@ -479,7 +479,9 @@ def run_files(
         inputs: files and/or folders.
         process: the stage (or any batch -> batch callable). It receives one-size batches of
             up to ``options.batch_size`` pages as read (gray stays 1 channel, color 3) and must
-            return as many images, in order.
+            return as many images, in order, in a batch it does not change afterwards (its
+            pages are encoded in a writer thread while the next batch runs). It is called
+            in the calling thread only.
         options: see :class:`RunOptions`.
         on_record: called after each file with ``(record, files_done, files_total)``, e.g. to
             drive a progress bar.
