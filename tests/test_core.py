@@ -220,3 +220,14 @@ def test_page_uint8_rounds_as_torch_did_in_strips(shape) -> None:
         expected = ref.to(torch.uint8).permute(1, 2, 0).numpy()
         np.testing.assert_array_equal(core.page_uint8(tensor, k), expected)
     np.testing.assert_array_equal(tensor.numpy(), images)  # the stage's output is not touched
+
+
+def test_encode_page_is_lossless_and_small_on_a_mostly_white_page() -> None:
+    rng = np.random.default_rng(0)
+    page = np.full((300, 200, 1), 255, np.uint8)
+    page[rng.integers(0, 300, 2000), rng.integers(0, 200, 2000), 0] = rng.integers(0, 200, 2000)
+    png = core.encode_page(page)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), page[..., 0])
+    plain = io.BytesIO()
+    Image.fromarray(page[..., 0]).save(plain, format="PNG", compress_level=1)
+    assert len(png) <= len(plain.getvalue())  # run-length matching suits paper
