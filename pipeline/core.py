@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,18 +156,21 @@ def page_name(stem: str, meta: Mapping[str, Any]) -> str:
 def page_uint8(images: Any, index: int) -> np.ndarray:
     """One image of a (N, C, H, W) float tensor as HWC uint8, converted in row strips.
 
-    Converting a 7,000 x 10,000 page in one go would hold several float copies of it.
+    Converting a 7,000 x 10,000 page in one go would hold several float copies of it. The
+    arithmetic is numpy's, on one thread and without the GIL: the file runner calls this in its
+    writer thread while the stage keeps torch's threads busy (torch's ops here would start a
+    second OpenMP team). Rounding is half to even, as ``torch.round``'s.
     """
-    import torch
-
     image = images[index]
     c, h, w = image.shape
     out = np.empty((h, w, c), np.uint8)
     step = max(1, (1 << 22) // max(1, w * c))
     for y in range(0, h, step):
-        strip = image[:, y : y + step].detach().float().cpu()
-        strip = torch.nan_to_num(strip, nan=0.0).clamp_(0, 1).mul_(255.0).round_()
-        out[y : y + step] = strip.to(torch.uint8).permute(1, 2, 0).numpy()
+        strip = np.nan_to_num(image[:, y : y + step].detach().float().cpu().numpy(), nan=0.0)
+        np.clip(strip, 0.0, 1.0, out=strip)
+        np.multiply(strip, np.float32(255.0), out=strip)
+        np.rint(strip, out=strip)
+        np.copyto(out[y : y + step], strip.transpose(1, 2, 0), casting="unsafe")
     return out
 
 
@@ -196,16 +200,26 @@ def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> by
     else:
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
+    # zlib level 1 with run-length matching (Z_RLE) after PNG's row filters: on a cleaned
+    # 300-DPI A4 page 10% smaller and ~20% faster than level 1's default strategy (1-bit:
+    # 18% smaller); level 6 saved 6% more for 2-4x the time. Lossless either way.
+    image.save(buf, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
     return buf.getvalue()
+
+
+def encode_result(out: ImageBatch, index: int, name: str) -> EncodedPage:
+    """Image ``index`` of a stage's result batch as an :class:`EncodedPage` named ``name``.
+
+    Thread-safe (the file runner encodes in a worker thread while the stage runs): it only
+    reads ``out``, and the conversion and zlib release the GIL for most of the work.
+    """
+    meta = out.meta[index]
+    return EncodedPage(name, encode_page(page_uint8(out.images, index), meta), dict(meta))
 
 
 def encode_results(out: ImageBatch, names: Sequence[str]) -> list[EncodedPage]:
     """Every image of a stage's result batch as an :class:`EncodedPage` named ``names[i]``."""
-    return [
-        EncodedPage(name, encode_page(page_uint8(out.images, k), out.meta[k]), dict(out.meta[k]))
-        for k, name in enumerate(names)
-    ]
+    return [encode_result(out, k, name) for k, name in enumerate(names)]
 
 
 def run_pages(process: Process, pages: Sequence[Page], stem: str) -> list[EncodedPage]:

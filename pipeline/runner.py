@@ -9,6 +9,11 @@ failed, ignored, pending) with a one-line reason. Outputs are written atomically
 never touched, existing complete outputs are skipped (resume) unless ``overwrite`` is set, and
 pages of the same size, from one file or from consecutive small files, are batched together.
 
+The stage runs in the calling thread; around it, a reader thread decodes the next page and a
+writer thread encodes and writes the finished ones (Pillow, zlib, numpy and pdfium release the
+GIL), so on a folder of pages the stage is rarely idle. Records, progress callbacks and outputs
+come in the same order, with the same bytes, as if everything ran one step after another.
+
 Safety rules, checked before any work or before each write:
 
 * an output folder equal to an input folder, or inside one, is refused (paths are compared
@@ -23,11 +28,17 @@ Safety rules, checked before any work or before each write:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +48,7 @@ from aepipe.core import (
     Process,
     clean_pdf_in_place,
     edits_in_place,
-    encode_results,
+    encode_result,
     output_format,
     page_name,
     pdf_options,
@@ -438,6 +449,7 @@ class _State:
         self.record = FileRecord(str(job.src), "ok")
         self.t0 = time.perf_counter()
         self.decoded = False
+        self.writing = False  # its outputs were handed to the writer thread
         self.finished = False
         self.expected = 0
         self.results: dict[int, EncodedPage] = {}
@@ -469,7 +481,9 @@ def run_files(
         inputs: files and/or folders.
         process: the stage (or any batch -> batch callable). It receives one-size batches of
             up to ``options.batch_size`` pages as read (gray stays 1 channel, color 3) and must
-            return as many images, in order.
+            return as many images, in order, in a batch it does not change afterwards (its
+            pages are encoded in a writer thread while the next batch runs). It is called
+            in the calling thread only.
         options: see :class:`RunOptions`.
         on_record: called after each file with ``(record, files_done, files_total)``, e.g. to
             drive a progress bar.
@@ -505,8 +519,88 @@ def run_files(
     return run.summary
 
 
+# Encodes and writes that may wait behind the stage before it waits for them: enough to keep
+# the writer busy, few enough that finished pages (float32 on the stage's side) stay bounded.
+_AHEAD = 2
+
+Then = Callable[["Future[Any] | None"], None]
+
+
+class _Reader:
+    """Decodes the next page in a thread while the stage works on the current one.
+
+    Events come in input order: ``("start", job, found, in_place)`` (``found``: its complete
+    outputs when it is to be skipped), ``("page", job, index, batch)``, ``("error", job, exc)``
+    and ``("end", job)``. At most one decoded page waits ahead of the stage (a slot), so memory
+    stays bounded for huge pages; a bug in the reader itself is re-raised in the caller.
+    """
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.slot = threading.Semaphore(1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.work, name="aepipe-reader", daemon=True)
+
+    def events(self) -> Iterator[tuple[Any, ...]]:
+        """The events, in order; the thread is stopped and joined when this ends or closes."""
+        self.thread.start()
+        try:
+            while (event := self.queue.get()) is not None:
+                if event[0] == "crash":
+                    raise event[2]
+                if event[0] == "page":
+                    self.slot.release()
+                yield event
+        finally:
+            self.stop.set()
+            self.thread.join()
+
+    def work(self) -> None:
+        run = self.run
+        try:
+            for job in run.jobs:
+                if self.stop.is_set():
+                    return
+                found = None if run.options.overwrite else run.existing_outputs(job)
+                in_place = found is None and edits_in_place(job.src, run.options.fmt)
+                self.queue.put(("start", job, found, in_place))
+                if found is None and not in_place:
+                    self.read(job)
+        except BaseException as exc:  # a bug here must reach the caller, not vanish
+            self.queue.put(("crash", None, exc))
+        finally:
+            self.queue.put(None)
+
+    def read(self, job: _Job) -> None:
+        options = self.run.options
+        try:
+            pages = read_pages(
+                job.src, dpi=options.dpi, max_pixels=options.max_pixels, frames=options.frames
+            )
+            for index in itertools.count():
+                while not self.slot.acquire(timeout=0.1):
+                    if self.stop.is_set():
+                        return
+                try:
+                    batch = _page_to_batch(next(pages), job)
+                except BaseException:
+                    self.slot.release()
+                    raise
+                self.queue.put(("page", job, index, batch))
+        except StopIteration:
+            self.queue.put(("end", job))
+        except Exception as exc:
+            self.queue.put(("error", job, exc))
+
+
 class _Run:
-    """One :func:`run_files` call: files -> pages -> batches through ``process`` -> outputs."""
+    """One :func:`run_files` call: files -> pages -> batches through ``process`` -> outputs.
+
+    Work handed to the writer thread is settled in submission order (:meth:`settle`): every
+    callback that touches a record runs in the calling thread, and a file is finished only
+    after every file before it.
+    """
 
     def __init__(
         self,
@@ -523,23 +617,70 @@ class _Run:
         self.input_ids = _identities(jobs)
         self.finished_jobs: set[int] = set()
         self.buffer: list[Item] = []
+        self.pending: deque[tuple[Future[Any] | None, Then]] = deque()
+        self.front: list[tuple[Future[Any] | None, Then]] | None = None  # see settle()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="aepipe-writer")
 
     def run(self) -> None:
         """Stream every page, batching consecutive same-sized pages."""
         remove_stale_temps(self.out_dir)
-        for item in self.stream():
-            last = self.buffer[-1][2] if self.buffer else None
-            if last is not None and (
-                last.images.shape[1:] != item[2].images.shape[1:]
-                or len(self.buffer) >= self.options.batch_size
-            ):
-                self.flush()
-            self.buffer.append(item)
-        self.flush()
+        items = self.stream()
+        try:
+            for item in items:
+                last = self.buffer[-1][2] if self.buffer else None
+                if last is not None and (
+                    last.images.shape[1:] != item[2].images.shape[1:]
+                    or len(self.buffer) >= self.options.batch_size
+                ):
+                    self.flush()
+                self.buffer.append(item)
+            self.flush()
+        finally:
+            items.close()  # stops the reader
+            try:
+                # Interrupted or not, what the stage finished is written and recorded.
+                self.settle(wait=True)
+            finally:
+                self.pool.shutdown(wait=True)
+
+    # ---- the writer thread, settled in order ------------------------------------------------
+
+    def later(self, future: Future[Any] | None, then: Then) -> None:
+        """Call ``then(future)`` once ``future`` is done and everything before it is settled."""
+        (self.pending if self.front is None else self.front).append((future, then))
+
+    def settle(self, wait: bool = False) -> None:
+        """Run the callbacks of finished work, in order; ``wait``: until none is left.
+
+        Without ``wait``, it still waits for the oldest work once more than ``_AHEAD`` pieces
+        are running or queued, so the stage never runs far ahead of the writer.
+        """
+        while self.pending:
+            future, then = self.pending[0]
+            if future is not None and not future.done() and not wait:
+                busy = sum(f is not None and not f.done() for f, _ in self.pending)
+                if busy <= _AHEAD:
+                    return
+            self.pending.popleft()
+            # Work a callback queues (a file's write once its last page is encoded, a failure
+            # to record) goes first, as it would have happened here in a sequential run.
+            self.front = []
+            try:
+                then(future)
+            finally:
+                self.pending.extendleft(reversed(self.front))
+                self.front = None
 
     # ---- per file ---------------------------------------------------------------------------
 
     def finish(self, state: _State) -> None:
+        """Record ``state`` now, or after the files before it that are still being written."""
+        if self.pending:
+            self.later(None, lambda _future: self.close(state))
+        else:
+            self.close(state)
+
+    def close(self, state: _State) -> None:
         if state.finished:
             return
         state.finished = True
@@ -559,6 +700,7 @@ class _Run:
                 )
 
     def write(self, state: _State) -> None:
+        """Write a file's pages (in the writer thread; touches only this file's record)."""
         pages = [state.results[i] for i in range(state.expected)]
         metas = [p.meta for p in pages]
         targets = output_paths(state.job, metas, self.options, self.out_dir, len(pages))
@@ -596,12 +738,19 @@ class _Run:
         self.finish(state)
 
     def finalise(self, state: _State) -> None:
+        """Hand a file whose pages are all encoded to the writer."""
+        if state.writing or state.finished:
+            return
+        state.writing = True
+        self.later(self.pool.submit(self.write, state), partial(self.written, state))
+
+    def written(self, state: _State, future: Future[Any] | None) -> None:
         try:
-            self.write(state)
+            future.result()  # type: ignore[union-attr]
         except Exception as exc:
             state.record.status = "failed"
             state.record.reason = _reason(exc, state.job.src)
-        self.finish(state)
+        self.close(state)
 
     def fail(self, state: _State, exc: BaseException) -> None:
         if state.record.status == "ok":
@@ -629,11 +778,8 @@ class _Run:
         targets = output_paths(job, None, options, out_dir, pages)
         return targets if pages > 1 and all(is_complete_output(t) for t in targets) else None
 
-    def skipped(self, state: _State) -> bool:
-        """Record ``state`` as skipped (or failed) if its outputs already exist."""
-        found = None if self.options.overwrite else self.existing_outputs(state.job)
-        if found is None:
-            return False
+    def skip(self, state: _State, found: list[Path]) -> None:
+        """Record ``state`` as skipped (or failed) since its outputs ``found`` already exist."""
         try:
             self.guard(state.job, found)
             state.record.status = "skipped"
@@ -643,71 +789,82 @@ class _Run:
             state.record.reason = str(exc)
         state.record.outputs = [str(t) for t in found]
         self.finish(state)
-        return True
 
     def stream(self) -> Iterator[Item]:
-        options = self.options
-        for job in self.jobs:
-            state = _State(job)
-            if self.skipped(state):
-                continue
-            if edits_in_place(job.src, options.fmt):
-                self.edit_in_place(state)
-                continue
-            try:
-                pages = read_pages(
-                    job.src, dpi=options.dpi, max_pixels=options.max_pixels, frames=options.frames
-                )
-                for index, page in enumerate(pages):
-                    state.expected = index + 1
-                    yield state, index, _page_to_batch(page, job)
+        """Every page to clean, decoded ahead by a :class:`_Reader`; files are recorded here."""
+        events = _Reader(self).events()
+        state: _State | None = None
+        try:
+            for event in events:
+                kind, job = event[0], event[1]
+                if kind == "start":
+                    state = _State(job)
+                    if event[2] is not None:
+                        self.skip(state, event[2])
+                    elif event[3]:
+                        self.edit_in_place(state)
+                    continue
+                assert state is not None and state.job is job
+                if kind == "page":
+                    state.expected = event[2] + 1
+                    yield state, event[2], event[3]
+                    continue
                 state.decoded = True
-            except Exception as exc:
-                state.record.status = "failed"
-                state.record.reason = _reason(exc, job.src)
-                state.decoded = True
-                self.finish(state)
-                continue
-            if state.record.status != "ok":
-                self.finish(state)  # a batch holding its pages failed while it was still read
-            elif state.complete:
-                self.finalise(state)
+                if kind == "error":
+                    state.record.status = "failed"
+                    state.record.reason = _reason(event[2], job.src)
+                if state.record.status != "ok":
+                    self.finish(state)  # unreadable, or a batch holding its pages failed
+                elif state.complete:
+                    self.finalise(state)
+        finally:
+            events.close()
 
     # ---- per batch --------------------------------------------------------------------------
 
     def run_batch(self, items: list[Item]) -> None:
+        """Run the stage on ``items`` here; their pages are encoded by the writer thread."""
         batch = ImageBatch.concat([b for _, _, b in items])
         out = self.process(batch)
         if not isinstance(out, ImageBatch) or len(out) != len(batch):
             got = len(out) if isinstance(out, ImageBatch) else type(out).__name__
             raise ValueError(f"the stage returned {got} images for {len(batch)}")
-        encoded = encode_results(out, [b.names[0] for _, _, b in items])
-        for (state, index, _), page in zip(items, encoded, strict=True):
+        for k, (state, index, b) in enumerate(items):
+            future = self.pool.submit(encode_result, out, k, b.names[0])
+            self.later(future, partial(self.store, state, index))
+
+    def store(self, state: _State, index: int, future: Future[Any] | None) -> None:
+        """Keep an encoded page; a file whose pages are all there goes to the writer."""
+        try:
+            page = future.result()  # type: ignore[union-attr]
+        except Exception as exc:
+            self.fail(state, exc)
+            return
+        if state.record.status == "ok":
             state.results[index] = page
+            if state.complete:
+                self.finalise(state)
 
     def flush(self) -> None:
         items = list(self.buffer)
         self.buffer.clear()
         live = [it for it in items if it[0].record.status == "ok"]
-        if not live:
-            return
-        try:
-            self.run_batch(live)
-        except Exception as exc:
-            if len(live) == 1:
-                self.fail(live[0][0], exc)
-            else:
-                # Retry one page at a time, so one bad page does not fail its batch-mates.
-                for item in live:
-                    if item[0].record.status != "ok":
-                        continue
-                    try:
-                        self.run_batch([item])
-                    except Exception as single:
-                        self.fail(item[0], single)
-        for state, _, _ in live:
-            if not state.finished and state.complete and state.record.status == "ok":
-                self.finalise(state)
+        if live:
+            try:
+                self.run_batch(live)
+            except Exception as exc:
+                if len(live) == 1:
+                    self.fail(live[0][0], exc)
+                else:
+                    # Retry one page at a time, so one bad page does not fail its batch-mates.
+                    for item in live:
+                        if item[0].record.status != "ok":
+                            continue
+                        try:
+                            self.run_batch([item])
+                        except Exception as single:
+                            self.fail(item[0], single)
+        self.settle()
 
 
 def _page_to_batch(page: Page, job: _Job) -> ImageBatch:

@@ -201,3 +201,33 @@ def test_ray_file_rows_encode_bilevel_pages_1_bit(tmp_path: Path) -> None:
     encoded = Image.open(io.BytesIO(out["png"][0]))
     assert encoded.mode == "1" and list(out["name"]) == ["p"]
     np.testing.assert_array_equal(np.asarray(encoded.convert("L")), 255 - page)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2100, 2048), (2, 3, 40, 30)])
+def test_page_uint8_rounds_as_torch_did_in_strips(shape) -> None:
+    import torch
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-0.5, 1.5, shape).astype(np.float32)
+    flat = images.reshape(-1)
+    levels = np.arange(256, dtype=np.float32)
+    flat[:512] = np.concatenate([(levels + 0.5) / 255, levels / 255])  # ties and exact levels
+    flat[600:606] = [np.nan, np.inf, -np.inf, -0.0, 0.99999994, 254.5 / 255]
+    tensor = torch.from_numpy(images.copy())
+    for k in range(shape[0]):
+        # The conversion as it was written with torch ops (half to even, NaN to 0).
+        ref = torch.nan_to_num(tensor[k], nan=0.0).clamp(0, 1).mul(255.0).round()
+        expected = ref.to(torch.uint8).permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(core.page_uint8(tensor, k), expected)
+    np.testing.assert_array_equal(tensor.numpy(), images)  # the stage's output is not touched
+
+
+def test_encode_page_is_lossless_and_small_on_a_mostly_white_page() -> None:
+    rng = np.random.default_rng(0)
+    page = np.full((300, 200, 1), 255, np.uint8)
+    page[rng.integers(0, 300, 2000), rng.integers(0, 200, 2000), 0] = rng.integers(0, 200, 2000)
+    png = core.encode_page(page)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), page[..., 0])
+    plain = io.BytesIO()
+    Image.fromarray(page[..., 0]).save(plain, format="PNG", compress_level=1)
+    assert len(png) <= len(plain.getvalue())  # run-length matching suits paper

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from factory import gradient, pdf_pages, truncated
@@ -10,7 +12,7 @@ from PIL import Image
 from aepipe.batch import ImageBatch
 from aepipe.errors import ExitCode
 from aepipe.io import write_image
-from aepipe.runner import RunOptions, run_files
+from aepipe.runner import RunOptions, is_complete_output, run_files
 
 
 def invert(batch: ImageBatch) -> ImageBatch:
@@ -81,3 +83,96 @@ def test_pdf_in_pdf_out_same_pages(tmp_path):
         (150.0, 100.0),
         (100.0, 150.0),
     ]
+
+
+# ---- the overlapped pipeline: reader and writer threads around the stage ------------------
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """Pages of two sizes, a broken file in the middle and a three-page TIFF."""
+    src = tmp_path / "mixed"
+    src.mkdir()
+    for i in range(5):
+        write_image(gradient(20 + 4 * (i % 2), 30, seed=i), src / f"p{i}.png")
+    truncated(src / "p2b.png", Image.fromarray(gradient(64, 64)), "PNG")
+    frames = [Image.fromarray(gradient(16, 16, seed=s)) for s in range(3)]
+    frames[0].save(src / "z.tif", save_all=True, append_images=frames[1:])
+    return src
+
+
+def test_overlapped_run_keeps_input_order_in_records_and_progress(mixed, tmp_path):
+    seen = []
+    summary = run_files(
+        [mixed],
+        invert,
+        RunOptions(out_dir=tmp_path / "o", batch_size=2),
+        on_record=lambda record, done, total: seen.append((Path(record.path).name, done)),
+    )
+    # As a sequential run records them: each file when it is done, so the unreadable p2b.png
+    # (failed as soon as it is read) comes before p2.png, which still waits for its batch.
+    names = ["p0.png", "p1.png", "p2b.png", "p2.png", "p3.png", "p4.png", "z.tif"]
+    assert [Path(r.path).name for r in summary.records] == names
+    assert seen == [(name, k + 1) for k, name in enumerate(names)]
+    assert summary.count("ok") == 6 and summary.count("failed") == 1
+    assert summary.pages == 8
+
+
+def test_overlapped_outputs_are_byte_identical_to_the_sequential_path(mixed, tmp_path):
+    from aepipe import core
+    from aepipe.io import png_with_dpi, read_pages
+
+    run_files([mixed], invert, RunOptions(out_dir=tmp_path / "o", batch_size=3, fmt="png"))
+    for src in sorted(mixed.glob("p?.png")):
+        pages = core.run_pages(invert, list(read_pages(src)), src.stem)
+        expected = png_with_dpi(pages[0].png, pages[0].meta.get("dpi"))
+        assert (tmp_path / "o" / src.name).read_bytes() == expected, src.name
+    tiff = core.run_pages(invert, list(read_pages(mixed / "z.tif")), "z")
+    for k, page in enumerate(tiff):
+        out = tmp_path / "o" / f"z-p{k + 1:03d}.png"
+        assert out.read_bytes() == png_with_dpi(page.png, page.meta.get("dpi"))
+
+
+def test_an_encode_or_write_failure_in_the_writer_fails_only_its_file(mixed, tmp_path, monkeypatch):
+    from aepipe import runner
+
+    real = runner.encode_result
+
+    def encode(out, index, name):
+        if name == "p1":
+            raise ValueError("encoder exploded")
+        return real(out, index, name)
+
+    monkeypatch.setattr(runner, "encode_result", encode)
+    out = tmp_path / "o"
+    (out / "p3.png").mkdir(parents=True)  # a folder where p3's output must go: write fails
+    summary = run_files([mixed], invert, RunOptions(out_dir=out, overwrite=True))
+    records = {Path(r.path).name: r for r in summary.records}
+    assert "encoder exploded" in records["p1.png"].reason and "p1.png" in records["p1.png"].reason
+    assert records["p3.png"].status == "failed" and "p3.png" in records["p3.png"].reason
+    assert records["p2b.png"].status == "failed"
+    ok = [name for name, r in records.items() if r.status == "ok"]
+    assert ok == ["p0.png", "p2.png", "p4.png", "z.tif"]
+    for name in ("p0.png", "p2.png", "p4.png"):
+        assert is_complete_output(out / name)
+
+
+def test_a_bug_in_the_reader_thread_reaches_the_caller_and_no_thread_is_left(
+    mixed, tmp_path, monkeypatch
+):
+    import threading
+
+    from aepipe import runner
+
+    before = threading.active_count()
+
+    def broken(self, job):
+        raise RuntimeError("reader bug")
+
+    monkeypatch.setattr(runner._Run, "existing_outputs", broken)
+    with pytest.raises(RuntimeError, match="reader bug"):
+        run_files([mixed], invert, RunOptions(out_dir=tmp_path / "o"))
+    assert threading.active_count() == before
+    monkeypatch.undo()
+    assert run_files([mixed], invert, RunOptions(out_dir=tmp_path / "o2")).count("ok") == 6
+    assert threading.active_count() == before
