@@ -404,46 +404,23 @@ def cli():
 
 def test_cli_gen_faces_is_reproducible(tmp_path: Path, cli) -> None:
     weights = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
-    res = cli("gen-faces", "--n", 5, "--seed", 7, "--model", weights, "--out", tmp_path / "a")
-    assert res.exit_code == 0, res.output
+
+    def gen(out: str, *extra: object) -> None:
+        res = cli(
+            "gen-faces", "--n", 5, "--seed", 7, "--model", weights, "--out", tmp_path / out, *extra
+        )
+        assert res.exit_code == 0, res.output
+
+    gen("a")
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == [f"face_0000{i}.png" for i in range(5)] + ["grid.png"]
-    res = cli(
-        "gen-faces",
-        "--n",
-        5,
-        "--seed",
-        7,
-        "--model",
-        weights,
-        "--out",
-        tmp_path / "b",
-        "--batch-size",
-        2,
-        "--grid",
-        tmp_path / "sheet.png",
-    )
-    assert res.exit_code == 0, res.output
+    gen("b", "--batch-size", 2, "--grid", tmp_path / "sheet.png")
     for i in range(5):
         name = f"face_0000{i}.png"
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "sheet.png").is_file()
     # --sharpen overrides the weights' unsharp mask: same faces, sharper.
-    res = cli(
-        "gen-faces",
-        "--n",
-        5,
-        "--seed",
-        7,
-        "--model",
-        weights,
-        "--out",
-        tmp_path / "s",
-        "--sharpen",
-        2,
-        "--no-grid",
-    )
-    assert res.exit_code == 0, res.output
+    gen("s", "--sharpen", 2, "--no-grid")
     plain = np.asarray(Image.open(tmp_path / "a" / "face_00000.png"), dtype=np.float64)
     sharp = np.asarray(Image.open(tmp_path / "s" / "face_00000.png"), dtype=np.float64)
     assert np.abs(sharp - plain).max() > 2 and abs(sharp.mean() - plain.mean()) < 3
