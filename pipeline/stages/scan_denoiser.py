@@ -117,18 +117,21 @@ def remove_borders(pages: torch.Tensor, band: float, dark: float = 0.5) -> torch
     """
     import numpy as np
     import torch
-    from skimage.measure import label
 
-    out = pages.clone()
+    out = pages  # copied only when a border is found: most pages have none
     _, _, h, w = pages.shape
     bh, bw = max(1, int(band * h)), max(1, int(band * w))
-    margin = np.zeros((h, w), bool)
-    margin[:bh], margin[h - bh :], margin[:, :bw], margin[:, w - bw :] = True, True, True, True
+    margin = None
     for i in range(pages.shape[0]):
-        ink = (pages[i, 0] < dark).numpy()
-        if not (ink[0].any() or ink[-1].any() or ink[:, 0].any() or ink[:, -1].any()):
-            continue  # nothing dark on the edge: the usual clean page costs one check
-        labels = label(ink, connectivity=2)
+        page = pages[i, 0]
+        if not (torch.cat([page[0], page[-1], page[:, 0], page[:, -1]]) < dark).any():
+            continue  # nothing dark on the edge: the usual page costs one look at its edges
+        if margin is None:
+            from skimage.measure import label  # only for a page with something on its edge
+
+            margin = np.zeros((h, w), bool)
+            margin[:bh], margin[h - bh :], margin[:, :bw], margin[:, w - bw :] = (True,) * 4
+        labels = label((page < dark).numpy(), connectivity=2)
         n = int(labels.max()) + 1
         # Per component: how much of each edge it covers, and its share inside the margin.
         runs = [
@@ -142,6 +145,7 @@ def remove_borders(pages: torch.Tensor, band: float, dark: float = 0.5) -> torch
         wanted[0] = False  # paper
         border = np.flatnonzero(wanted)
         if border.size:
+            out = pages.clone() if out is pages else out
             out[i, 0][torch.from_numpy(np.isin(labels, border))] = 1.0
     return out
 
