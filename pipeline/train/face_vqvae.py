@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from aepipe.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
+from aepipe.train.loop import Check, EpochOrder, LoopSettings, Run, checkpoint_path, cosine, fit
 
 NAME = "face-vqvae"
 MODEL = dict(
@@ -116,26 +116,19 @@ class _Spec:
 
         self.cfg, self.out, self.model, self.data = cfg, out, model, train_data
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.order: Any = None
-        self.pos = 0
+        self.batches = EpochOrder(len(train_data), cfg.batch_size, self.gen)
         self.steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
         self.info: dict[str, Any] = {}
 
     def next_rows(self) -> Any:
-        import torch
-
-        if self.order is None or self.pos >= len(self.order):
-            self.order, self.pos = torch.randperm(len(self.data), generator=self.gen), 0
-        rows = self.data[self.order[self.pos : self.pos + self.cfg.batch_size]]
-        self.pos += self.cfg.batch_size
-        return rows
+        return self.data[self.batches.next()]
 
     def rng_state(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state(), "order": self.order, "pos": self.pos}
+        return {"gen": self.gen.get_state(), **self.batches.state()}
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
-        self.order, self.pos = state["order"], state["pos"]
+        self.batches.set_state(state)
 
     def write(self, model: Any, run: Run, final: bool) -> Path:
         from aepipe.stages.face_vqvae import FaceVQVAE

@@ -42,6 +42,37 @@ def cosine(total_steps: int, floor: float) -> Callable[[int], float]:
     return factor
 
 
+class EpochOrder:
+    """Batches of row indices: each epoch a fresh permutation of ``n`` rows drawn from ``gen``.
+
+    The last batch of an epoch may be short. :meth:`state` belongs in the spec's
+    ``rng_state`` so a resumed run continues the same permutation.
+    """
+
+    def __init__(self, n: int, batch_size: int, gen: Any) -> None:
+        self.n, self.batch_size, self.gen = n, batch_size, gen
+        self.order: Any = None
+        self.pos = 0
+
+    def next(self) -> Tensor:
+        """The next batch's row indices, shape (B,)."""
+        import torch
+
+        if self.order is None or self.pos >= len(self.order):
+            self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        rows = self.order[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return rows
+
+    def state(self) -> dict[str, Any]:
+        """This epoch's permutation and the place in it."""
+        return {"order": self.order, "pos": self.pos}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` (extra keys are ignored)."""
+        self.order, self.pos = state["order"], state["pos"]
+
+
 def checkpoint_path(out: Path) -> Path:
     """Where the resumable checkpoint of a run writing ``out`` lives (beside, not inside, it)."""
     out = Path(out)

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from aepipe.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
+from aepipe.train.loop import Check, EpochOrder, LoopSettings, Run, checkpoint_path, cosine, fit
 
 Preset = Literal["face-vae", "mnist-vae-2d", "mnist-vae", "fashion-vae-2d"]
 
@@ -370,19 +370,14 @@ class _VaeSpec:
         self.epochs = int(self.p["epochs"])
         self.steps_per_epoch = math.ceil(len(self.train_t) / self.p["batch_size"])
         self.warm_steps = self.p["warmup_epochs"] * self.steps_per_epoch
-        self.order: Any = None
-        self.pos = 0
+        self.batches = EpochOrder(len(self.train_t), self.p["batch_size"], self.gen)
         self.beta = 1.0
 
     def draw(self, step: int) -> Any:
         """Uint8 images of the step in a fresh permutation per epoch, flipped and prepared."""
         import torch
 
-        bs = self.p["batch_size"]
-        if self.order is None or self.pos >= len(self.order):
-            self.order, self.pos = torch.randperm(len(self.train_t), generator=self.gen), 0
-        u8 = self.train_t[self.order[self.pos : self.pos + bs]]
-        self.pos += bs
+        u8 = self.train_t[self.batches.next()]
         if self.kind == "faces":
             flip = torch.rand(len(u8), generator=self.gen) < 0.5
             u8 = torch.where(flip[:, None, None], u8.flip(-1), u8)
@@ -447,12 +442,12 @@ class _VaeSpec:
 
     def rng_state(self) -> dict[str, Any]:
         """The batch generator and the place in this epoch's permutation."""
-        return {"gen": self.gen.get_state(), "order": self.order, "pos": self.pos}
+        return {"gen": self.gen.get_state(), **self.batches.state()}
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`rng_state`."""
         self.gen.set_state(state["gen"])
-        self.order, self.pos = state["order"], state["pos"]
+        self.batches.set_state(state)
 
     def write(self, model: Any, run: Run, final: bool) -> Path:
         """Fit the sampling distribution and write the weights folder.
