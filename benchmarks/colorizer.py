@@ -27,7 +27,6 @@ so 995 faces per row take a while; ``--fid-n`` scores the first N faces only).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from report import write_report  # noqa: E402  (a sibling module)
 
 from benchmarks.metrics import colorfulness, fid, psnr, ssim  # noqa: E402
 
@@ -200,10 +200,8 @@ def main() -> None:
     lines += ["", f"Command: `{' '.join(sys.argv)}`", ""]
     text = "\n".join(lines)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
     payload = {"real_colorfulness": real_cf, "n": n, "rows": rows, "argv": sys.argv}
-    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_report(args.out, text, payload)
     shipped_name = args.mse_label if args.ship == "mse" else systems[-1][0]
     shipped = next(i for i, s in enumerate(systems) if s[0] == shipped_name)
     strip(gray_u8, systems[shipped][1], test_u8, args.out.with_name("colorizer_strip.png"))

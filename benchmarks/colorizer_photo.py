@@ -35,6 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from report import write_report  # noqa: E402  (a sibling module)
 
 from benchmarks.colorizer import to_u8  # noqa: E402
 from benchmarks.metrics import colorfulness, fid, psnr  # noqa: E402
@@ -381,10 +382,8 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
     payload = {"photos": photo_rows, "faces": face_rows, "speed_12mpx": speed, "argv": sys.argv}
-    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_report(args.out, text, payload)
     strip(keep["gray"], keep["ours"], keep["real"], args.strip)
 
 

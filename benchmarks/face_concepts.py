@@ -33,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from report import write_report  # noqa: E402  (a sibling module)
 
 STRENGTHS = (-1.0, 0.0, 0.5, 1.0, 2.0)
 # What the classifier predicts: every shipped concept's attribute, plus the usual confounders.
@@ -418,9 +419,7 @@ def run(args, net, aucs, n_val, log) -> None:
             "\nPictures: rows are six test faces without the attribute; columns: the real face, "
             "then strengths " + ", ".join(f"{s:+g}" for s in STRENGTHS) + " (0 = reconstruction).\n"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_report(args.out, text, summary, indent=1)
     if args.update_weights and args.split == "test" and not args.sharpen:
         from aepipe.weights import resolve, update_metrics
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from report import write_report  # noqa: E402  (a sibling module)
 
 
 def features(images_u8: np.ndarray, cache: Path, batch: int = 25, log=print) -> np.ndarray:
@@ -341,10 +341,8 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
     result = {"rows": rows, "test": scores, "speed": speed, "n": args.n, "seed": args.seed}
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_report(args.out, text, result)
     if args.update_weights:
         from aepipe.weights import resolve, update_metrics
 

@@ -15,7 +15,6 @@ the default test run. Run::
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
 import scan_denoiser as sd  # noqa: E402  (a sibling script: its baselines)
+from report import write_report  # noqa: E402  (a sibling module)
 
 from aepipe.data.docbin import otsu_ink  # noqa: E402
 
@@ -129,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.write_text(text, encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+    write_report(args.out, text, table)
     return 0
 
 

@@ -34,7 +34,6 @@ Run (about 15 min on 2 shared cores)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -47,8 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
 import scan_denoiser as sd  # noqa: E402  (a sibling script: its baselines and scoring)
+from report import write_report  # noqa: E402  (a sibling module)
 
 from aepipe.data.docbin import f_measure, otsu_ink  # noqa: E402
 
@@ -404,9 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Load average at the end: {os.getloadavg()[0]:.1f}."]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_report(args.out, text, result)
     return 0
 
 
