@@ -80,3 +80,19 @@ def ray_mapper(weights: str | Path, n: int, seed: int, names: list[str]) -> np.n
     out = mapper({"start": np.array([0]), "count": np.array([n]), "seed": np.array([seed])})
     assert list(out["name"]) == names
     return np.stack([a.reshape(*a.shape[:2], 1) for a in out["image"]])
+
+
+def assert_every_front_end_matches(
+    weights: str | Path, route: str, n: int, seed: int, tmp: Path, expected: tuple[list, np.ndarray]
+) -> None:
+    """CLI, TOML, HTTP and Ray give exactly the library's ``expected`` (names, pixels)."""
+    names, pixels = expected
+    got = {
+        "cli": cli(weights, n, seed, tmp / "cli", names),
+        "toml": toml(weights, n, seed, tmp, names),
+        "http": http(weights, route, n, seed, names),
+        "ray": ray_mapper(weights, n, seed, names),
+    }
+    for front_end, images in got.items():
+        assert images.shape == pixels.shape, front_end
+        np.testing.assert_array_equal(images, pixels, err_msg=front_end)

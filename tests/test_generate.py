@@ -45,16 +45,7 @@ def test_cli_toml_http_and_ray_equal_library(
 ) -> None:
     pytest.importorskip("fastapi", reason="needs the [serve] extra")
     pytest.importorskip("ray", reason="needs the [ray] extra")
-    names, pixels = expected
-    got = {
-        "cli": frontends.cli("face-vae", N, SEED, tmp_path / "cli", names),
-        "toml": frontends.toml("face-vae", N, SEED, tmp_path, names),
-        "http": frontends.http("face-vae", "faces", N, SEED, names),
-        "ray": frontends.ray_mapper("face-vae", N, SEED, names),
-    }
-    for front_end, images in got.items():
-        assert images.shape == pixels.shape, front_end
-        np.testing.assert_array_equal(images, pixels, err_msg=front_end)
+    frontends.assert_every_front_end_matches("face-vae", "faces", N, SEED, tmp_path, expected)
 
 
 def test_a_stage_that_cannot_generate_is_refused(tmp_path: Path) -> None:

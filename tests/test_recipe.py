@@ -57,14 +57,7 @@ def test_every_front_end_samples_the_new_generator_alike(weights: Path, tmp_path
     assert pixels.shape == (N, 8, 8, 1)
     cooler = next(load_stage(weights).sample(N, seed=SEED, temperature=1.0))
     assert not np.array_equal(cooler.to_numpy(np.uint8), pixels)  # the stored 0.5 is used
-    got = {
-        "cli": frontends.cli(weights, N, SEED, tmp_path / "cli", names),
-        "toml": frontends.toml(weights, N, SEED, tmp_path, names),
-        "http": frontends.http(weights, ROUTE, N, SEED, names),
-        "ray": frontends.ray_mapper(weights, N, SEED, names),
-    }
-    for front_end, images in got.items():
-        np.testing.assert_array_equal(images, pixels, err_msg=front_end)
+    frontends.assert_every_front_end_matches(weights, ROUTE, N, SEED, tmp_path, (names, pixels))
 
 
 def test_aepipe_serve_offers_the_new_route(weights: Path) -> None:

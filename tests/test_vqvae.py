@@ -138,14 +138,7 @@ def test_every_front_end_samples_face_vqvae_alike(weights: Path, tmp_path: Path)
     pytest.importorskip("ray", reason="needs the [ray] extra")
     names, pixels = frontends.library(weights, N, SEED)
     assert pixels.shape == (N, 64, 64, 1)
-    got = {
-        "cli": frontends.cli(weights, N, SEED, tmp_path / "cli", names),
-        "toml": frontends.toml(weights, N, SEED, tmp_path, names),
-        "http": frontends.http(weights, ROUTE, N, SEED, names),
-        "ray": frontends.ray_mapper(weights, N, SEED, names),
-    }
-    for front_end, images in got.items():
-        np.testing.assert_array_equal(images, pixels, err_msg=front_end)
+    frontends.assert_every_front_end_matches(weights, ROUTE, N, SEED, tmp_path, (names, pixels))
 
 
 def test_train_command_refuses_the_shipped_folder_and_bad_stages(tmp_path: Path) -> None:
