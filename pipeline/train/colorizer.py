@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from aepipe.data.faces import split_by_person
-from aepipe.train.loop import Check, LoopSettings, Run, checkpoint_path, fit
+from aepipe.train.loop import Check, LoopSettings, Run, RunFields, checkpoint_path, fit
 
 STAGE_NAME = "colorizer"
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(RunFields):
     """Settings of one training run (all recorded in the weights' config.json)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -67,15 +67,6 @@ class TrainConfig(BaseModel):
     val_every: int = Field(150, ge=1)
     patience: int = Field(8, ge=1, description="validations without improvement before stopping")
     temperature_psnr_slack: float = Field(0.5, ge=0.0, le=10.0)
-    seed: int = 0
-    threads: int = Field(1, ge=1, le=64)
-    command: str | None = Field(None, description="the command line, recorded in config.json")
-    max_minutes: float | None = Field(
-        None,
-        gt=0.0,
-        description="wall-clock cap (a safety net; runs cut by it are not bit-reproducible)",
-    )
-    resume: bool = Field(False, description="continue from the checkpoint beside the output")
 
 
 def load_color_faces(

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from aepipe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,6 +42,30 @@ def cosine(total_steps: int, floor: float) -> Callable[[int], float]:
         )
 
     return factor
+
+
+class RunFields(BaseModel):
+    """The options every trainer's config takes for the run itself (not the model or data).
+
+    Attributes:
+        seed: seeds every random stream of the run.
+        threads: torch CPU threads.
+        command: the command line, recorded in config.json (set by the CLI, not an option).
+        max_minutes: wall-clock cap.
+        resume: continue from the checkpoint beside the output.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    threads: int = Field(1, ge=1, le=64)
+    command: str | None = Field(None, description="the command line, recorded in config.json")
+    max_minutes: float | None = Field(
+        None,
+        gt=0.0,
+        description="wall-clock cap (a safety net; runs cut by it are not bit-reproducible)",
+    )
+    resume: bool = Field(False, description="continue from the checkpoint beside the output")
 
 
 class EpochOrder:

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from aepipe.data.idx import load_mnist_like
 from aepipe.data.noise import random_salt_pepper
-from aepipe.train.loop import Check, LoopSettings, Run, checkpoint_path, cosine, fit
+from aepipe.train.loop import Check, LoopSettings, Run, RunFields, checkpoint_path, cosine, fit
 
 STAGE_NAME = "impulse-denoiser"
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(RunFields):
     """Settings of one training run (all recorded in the weights' config.json)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -45,18 +45,9 @@ class TrainConfig(BaseModel):
     epoch_samples: int = Field(10000, ge=1)
     max_epochs: int = Field(18, ge=1, le=1000)
     patience: int = Field(4, ge=1, le=1000)
-    seed: int = 0
-    threads: int = Field(1, ge=1, le=64)
-    command: str | None = Field(None, description="the command line, recorded in config.json")
-    max_minutes: float | None = Field(
-        None,
-        gt=0.0,
-        description="wall-clock cap (a safety net; runs cut by it are not bit-reproducible)",
-    )
     max_steps: int | None = Field(
         None, ge=1, description="stop after this many steps in all (keeps a checkpoint)"
     )
-    resume: bool = Field(False, description="continue from the checkpoint beside the output")
 
 
 def psnr_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:

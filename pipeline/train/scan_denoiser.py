@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from aepipe.data.ddd import DDDPair, load_pairs, split_by_group, split_three
-from aepipe.train.loop import Check, LoopSettings, Run, checkpoint_path, fit
+from aepipe.train.loop import Check, LoopSettings, Run, RunFields, checkpoint_path, fit
 
 STAGE_NAME = "scan-denoiser"
 # Fixed synthetic validation pages: (seed offset, H, W, dpi). Seeds far from the training
@@ -49,7 +49,7 @@ SYNTH_VAL_PAGES = [(i, 420, 540, 100) for i in range(6)] + [
 SYNTH_VAL_SEED = 9_000_000
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(RunFields):
     """Settings of one training run (all recorded in the weights' config.json)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -145,15 +145,6 @@ class TrainConfig(BaseModel):
     warmup: int = Field(200, ge=0)
     ema: float = Field(0.998, ge=0.0, lt=1.0)
     val_every: int = Field(250, ge=1)
-    seed: int = 0
-    threads: int = Field(1, ge=1, le=64)
-    command: str | None = Field(None, description="the command line, recorded in config.json")
-    max_minutes: float | None = Field(
-        None,
-        gt=0.0,
-        description="wall-clock cap (a safety net; runs cut by it are not reproducible)",
-    )
-    resume: bool = Field(False, description="continue from the checkpoint beside the output")
 
     @model_validator(mode="after")
     def _options_fit_together(self) -> TrainConfig:
