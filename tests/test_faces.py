@@ -591,3 +591,12 @@ def test_inference_decoder_matches_and_follows_weight_changes() -> None:
         fast = model.decode(z)
     assert torch.allclose(fast, torch.sigmoid(other.decoder(z)), atol=1e-5)
     assert not any("fast" in k for k in model.state_dict())
+
+
+def test_face_vae_training_writes_the_shipped_stage_config() -> None:
+    from aepipe.train.vae import PRESETS
+    from aepipe.weights import read_config, resolve
+
+    # `aepipe train face-vae` must reproduce the sampling settings shipped with the weights.
+    shipped = read_config(resolve("face-vae"))["stage_config"]
+    assert PRESETS["face-vae"]["stage_config"] == shipped
