@@ -18,13 +18,6 @@ from aepipe.data.docbin import f_measure, otsu_ink
 from aepipe.data.synthetic_pages import add_display_content, render_clean_page
 from aepipe.stages.scan_denoiser import ScanDenoiser
 
-# The shipped net keeps bold type (v14 before it hollowed it: F 46-53% on these pages) but
-# still darkens anti-aliased gray ink and flattens much of a photo (RMSE 0.16 on the larger
-# benchmark pages). Strict, so the marker must go the day shipped weights pass.
-KNOWN_HARM = pytest.mark.xfail(
-    strict=True, reason="issue 16: shipped weights darken gray ink and flatten photos"
-)
-
 
 @pytest.fixture(scope="module")
 def stage() -> ScanDenoiser:
@@ -53,7 +46,6 @@ def test_clean_bilevel_bold_page_passes_through(stage: ScanDenoiser, seed: int, 
     assert 100.0 * f_measure(otsu_ink(out), page < 128) >= 99.5
 
 
-@KNOWN_HARM
 def test_clean_gray_page_with_photo_passes_through(stage: ScanDenoiser) -> None:
     from skimage.metrics import structural_similarity
 

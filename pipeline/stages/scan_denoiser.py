@@ -17,6 +17,11 @@ like a printed black bar, which it must keep; ``borders="remove"`` (the default)
 areas of the cleaned page that touch the image edge, run along at least half of it and lie
 within ``border_band`` of it. Type that runs off the edge is kept: its letters are separate
 and short.
+
+A page that is already clean (white paper, ink with its anti-aliasing, pictures and flat gray
+fills, and nothing else: :mod:`aepipe.clean_page`) comes back unchanged with
+``clean_pages="keep"`` (the default): the network cannot tell a photo or a gray fill from a
+stain, and it sharpens anti-aliased type. ``clean_pages="process"`` sends every page through it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class Config(StageConfig):
         borders: "remove" whitens dark scanner borders (see the module docstring); "keep".
         border_band: how far in from the image edge a border may reach, as a fraction of
             the page's height (top, bottom) or width (left, right).
+        clean_pages: "keep" returns pages that are already clean unchanged (thresholded with
+            ``binarize``); "process" cleans them like any other.
     """
 
     tile: int = Field(512, ge=32, le=4096)
@@ -60,6 +67,7 @@ class Config(StageConfig):
     keep_color: bool = False
     borders: Literal["remove", "keep"] = "remove"
     border_band: float = Field(0.1, gt=0.0, le=0.5)
+    clean_pages: Literal["keep", "process"] = "keep"
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
@@ -243,22 +251,43 @@ class ScanDenoiser(Stage):
 
         Returns:
             (N, 1, H, W) gray pages, or (N, 3, H, W) with ``keep_color`` and RGB input;
-            values are 0 or 1 with ``binarize``.
+            values are 0 or 1 with ``binarize``. Each page's meta gets ``already_clean``.
         """
+        import torch
+
         cfg: Config = self.config  # type: ignore[assignment]
         images = batch.images
         gray_in = to_gray(images)
-        clean = self.clean_gray(gray_in)
-        if cfg.borders == "remove":
-            clean = remove_borders(clean, cfg.border_band)
+        kept = self.already_clean(gray_in)
+        clean = gray_in.clone()
+        todo = [i for i, k in enumerate(kept) if not k]
+        if todo:
+            pages = self.clean_gray(gray_in[todo])
+            if cfg.borders == "remove":
+                pages = remove_borders(pages, cfg.border_band)
+            clean[todo] = pages
         if cfg.binarize:
             clean = (clean >= cfg.threshold).to(clean.dtype)
         if cfg.keep_color and images.shape[1] == 3:
-            # Chroma of the input (offset from its gray) applied where there is ink.
+            # Chroma of the input (offset from its gray) applied where there is ink; a kept
+            # page keeps its colours as they were.
             out = (clean + (images - gray_in) * (1.0 - clean)).clamp_(0.0, 1.0)
+            if not cfg.binarize and any(kept):
+                out[torch.tensor(kept)] = images[torch.tensor(kept)]
         else:
             out = clean
-        return batch.replace(out.contiguous(), cleaned="scan-denoiser")
+        result = batch.replace(out.contiguous(), cleaned="scan-denoiser")
+        for meta, k in zip(result.meta, kept, strict=True):
+            meta["already_clean"] = k
+        return result
+
+    def already_clean(self, gray: torch.Tensor) -> list[bool]:
+        """Which of the (N, 1, H, W) pages to pass through (always none with "process")."""
+        from aepipe.clean_page import is_clean
+
+        if self.config.clean_pages == "process":  # type: ignore[attr-defined]
+            return [False] * gray.shape[0]
+        return [is_clean(page[0].float().cpu().numpy()) for page in gray]
 
     @classmethod
     def tiny(cls, seed: int = 0, **config: Any) -> Self:

@@ -1,0 +1,78 @@
+"""The clean-page check that lets the scan stage pass clean pages through unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aepipe.batch import ImageBatch
+from aepipe.clean_page import check_page, is_clean
+from aepipe.data.synthetic_pages import add_display_content, make_pair, render_clean_page
+from aepipe.stages.scan_denoiser import ScanDenoiser
+
+
+def gray_page(seed: int, dpi: int = 150) -> np.ndarray:
+    """A clean (H, W) float page in [0, 1] with anti-aliased type, bold display type and a photo."""
+    rng = np.random.default_rng(np.random.SeedSequence([41_000_000, seed, dpi]))
+    page = render_clean_page(rng, 480, 400, dpi)
+    page, _ = add_display_content(page, rng, dpi, photo=True)
+    return page.astype(np.float32) / 255.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clean_generated_pages_are_clean(seed: int) -> None:
+    page = gray_page(seed)
+    assert ((page > 0.05) & (page < 0.95)).mean() > 0.01  # gray ink and a photo on the page
+    assert is_clean(page)
+
+
+def test_a_soft_stain_on_white_paper_is_not_clean() -> None:
+    page = gray_page(0)
+    yy, xx = np.mgrid[: page.shape[0], : page.shape[1]]
+    stain = 0.3 * np.exp(-(((yy - 240) / 90.0) ** 2 + ((xx - 200) / 70.0) ** 2))
+    assert not is_clean(np.minimum(page, 1.0 - stain).astype(np.float32))
+
+
+def test_bleed_through_on_white_paper_is_not_clean() -> None:
+    page = gray_page(1)
+    back = gray_page(2)[:, ::-1]  # the other side of the sheet, seen through it
+    seen = 1.0 - 0.25 * (1.0 - back)
+    assert not is_clean(np.minimum(page, seen))
+
+
+def test_speck_noise_on_white_paper_is_not_clean() -> None:
+    page = gray_page(0)
+    rng = np.random.default_rng(0)
+    ys, xs = rng.integers(0, page.shape[0], 300), rng.integers(0, page.shape[1], 300)
+    specked = page.copy()
+    specked[ys, xs] = 0.0
+    assert check_page(page).specks < 10 < 100 < check_page(specked).specks
+    assert not is_clean(specked)
+
+
+def test_gray_paper_is_never_clean() -> None:
+    dirty, _ = make_pair(3, 300, 260, 150)
+    assert check_page(dirty / 255.0).stray == 1.0
+    assert check_page(np.full((100, 100), 0.9)).stray == 1.0  # clean but gray scanned paper
+
+
+def test_stage_passes_a_clean_page_through_bit_for_bit() -> None:
+    torch.manual_seed(0)
+    page = torch.from_numpy(gray_page(0))[None, None]
+    dirty = torch.from_numpy(make_pair(3, 480, 400, 150)[0] / 255.0).float()[None, None]
+    out = ScanDenoiser.tiny(0)(ImageBatch(torch.cat([page, dirty])))
+    assert torch.equal(out.images[0], page[0])
+    assert not torch.equal(out.images[1], dirty[0])
+    assert [m["already_clean"] for m in out.meta] == [True, False]
+    processed = ScanDenoiser.tiny(0, clean_pages="process")(ImageBatch(page))
+    assert not torch.equal(processed.images, page)
+    assert processed.meta[0]["already_clean"] is False
+
+
+def test_a_clean_colour_page_keeps_its_colours() -> None:
+    page = torch.from_numpy(gray_page(1))[None, None].expand(1, 3, -1, -1).clone()
+    page[0, :, 20:40, 30:200] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]  # a red bar
+    out = ScanDenoiser.tiny(0, keep_color=True)(ImageBatch(page))
+    assert out.meta[0]["already_clean"] is True
+    assert torch.equal(out.images, page)
