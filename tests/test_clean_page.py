@@ -76,3 +76,26 @@ def test_a_clean_colour_page_keeps_its_colours() -> None:
     out = ScanDenoiser.tiny(0, keep_color=True)(ImageBatch(page))
     assert out.meta[0]["already_clean"] is True
     assert torch.equal(out.images, page)
+
+
+def test_clean_scans_keeps_a_clean_page_and_cleans_it_with_clean_all(tmp_path, cli_env) -> None:
+    import subprocess
+
+    from PIL import Image
+
+    page = np.round(gray_page(2) * 255).astype(np.uint8)
+    Image.fromarray(page).save(tmp_path / "page.png")
+    outs = {}
+    for flag in ([], ["--clean-all"]):
+        out = tmp_path / ("all" if flag else "default")
+        res = subprocess.run(
+            ["clean-scans", str(tmp_path / "page.png"), "--out", str(out), "-q", *flag],
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr
+        outs[bool(flag)] = np.asarray(Image.open(out / "page.png").convert("L"))
+    assert np.array_equal(outs[False], page)
+    assert np.abs(outs[True].astype(int) - page).mean() > 1.0

@@ -37,6 +37,15 @@ def clean_scans(
     ] = False,
     clean_born_digital: CleanBornDigitalOpt = False,
     jpeg_quality: JpegQualityOpt = None,
+    clean_all: Annotated[
+        bool,
+        typer.Option(
+            "--clean-all",
+            help="Also run pages that are already clean (pure white paper with nothing but "
+            "ink, pictures and flat fills) through the network; by default they come back "
+            "unchanged.",
+        ),
+    ] = False,
 ) -> None:
     """Clean scanned pages (PNG, JPEG, TIFF, PDF): white paper, dark text, no stains or specks.
 
@@ -55,6 +64,12 @@ def clean_scans(
     if ocr:
         from aepipe.ocrmypdf import run_ocr_command
 
+        if clean_all:
+            from aepipe.cli.common import fail
+            from aepipe.errors import ExitCode
+
+            fail("--clean-all cannot be combined with --ocr", ExitCode.BAD_ARGS)
+
         run_ocr_command(
             job.inputs,
             job.options,
@@ -69,7 +84,11 @@ def clean_scans(
         from aepipe.stages.scan_denoiser import ScanDenoiser
 
         return ScanDenoiser.from_pretrained(
-            model, device=job.device, binarize=binarize, keep_color=keep_color
+            model,
+            device=job.device,
+            binarize=binarize,
+            keep_color=keep_color,
+            clean_pages="process" if clean_all else "keep",
         )
 
     job.run(load, unit="page")
