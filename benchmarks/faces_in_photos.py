@@ -278,6 +278,8 @@ class EditScores:
                 d = np.array(self.dp[(name, strength, way)])
                 share = float((np.sign(d) == np.sign(strength)).mean())
                 reads[way] = {"share": share, "mean": float(d.mean())}
+            for way in ("crop_transfer", "crop_decode"):
+                reads[f"photo - {way}"] = reads["photo"]["mean"] - reads[way]["mean"]
         return out
 
     def table(self, n_found: int) -> str:
@@ -285,13 +287,9 @@ class EditScores:
         head = "| edit | " + " | ".join(WAYS) + " | photo - crop_transfer | photo - crop_decode |"
         lines = [head, "|---" * (len(WAYS) + 3) + "|"]
         for edit, reads in self.summary().items():
-            cells = [f"{r['share']:.0%} ({r['mean']:+.3f})" for r in reads.values()]
-            photo = reads["photo"]["mean"]
-            lines.append(
-                f"| {edit} | " + " | ".join(cells)
-                + f" | {photo - reads['crop_transfer']['mean']:+.3f}"
-                + f" | {photo - reads['crop_decode']['mean']:+.3f} |"
-            )  # fmt: skip
+            cells = [f"{reads[w]['share']:.0%} ({reads[w]['mean']:+.3f})" for w in WAYS]
+            cells += [f"{reads[f'photo - {w}']:+.3f}" for w in ("crop_transfer", "crop_decode")]
+            lines.append(f"| {edit} | " + " | ".join(cells) + " |")
         dz = {w: np.mean([v for k, vs in self.dz.items() if k[2] == w for v in vs])
               for w in ("photo", "crop_transfer")}  # fmt: skip
         return "\n".join(lines) + (
@@ -464,6 +462,7 @@ def main() -> None:
     picture(args, stage, args.img)
     cmd = ("python benchmarks/faces_in_photos.py " + " ".join(sys.argv[1:])).strip()
     data = {k: v for k, v in r.items() if k != "edits"} | {"command": cmd}
+    data["found_share"] = r["found"] / r["n"]
     if scores is not None:
         data["edit_scores"] = scores.summary()
     write_report(args.out, report(r, cmd), data)
