@@ -162,7 +162,7 @@ ROWS: tuple[Row, ...] = (
     Row(
         "face VAE",
         "FID {fid} (samples vs the LFW test faces; {plain} without the unsharp mask)",
-        "none in the same run ([quoted]({res}#face-generator))",
+        "none in the same run ([quoted]({res}#face-generator-gen-faces))",
         {
             "fid": Figure("faces", ("rows", "system=*sharpen*", "fid"), "{:.1f}"),
             "plain": Figure("faces", ("rows", "system=*T=1.2", "fid"), "{:.1f}"),
