@@ -268,23 +268,28 @@ class EditScores:
                 za, zb = stage.encode(ImageBatch(torch.cat([a, b]), []))
                 self.dz.setdefault((name, strength, way), []).append(float((za - zb).norm()))
 
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per edit (``"smile +1"`` ...) and read: the share of faces moved the asked way and
+        the mean change of the attribute's probability."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for name, strength in EDITS:
+            out[f"{name} {strength:+g}"] = reads = {}
+            for way in WAYS:
+                d = np.array(self.dp[(name, strength, way)])
+                share = float((np.sign(d) == np.sign(strength)).mean())
+                reads[way] = {"share": share, "mean": float(d.mean())}
+            for way in ("crop_transfer", "crop_decode"):
+                reads[f"photo - {way}"] = reads["photo"]["mean"] - reads[way]["mean"]
+        return out
+
     def table(self, n_found: int) -> str:
         """Markdown: per edit, share moved the asked way and mean change, for each read."""
         head = "| edit | " + " | ".join(WAYS) + " | photo - crop_transfer | photo - crop_decode |"
         lines = [head, "|---" * (len(WAYS) + 3) + "|"]
-        for name, strength in EDITS:
-            cells = []
-            means = {}
-            for way in WAYS:
-                d = np.array(self.dp[(name, strength, way)])
-                means[way] = d.mean()
-                share = float((np.sign(d) == np.sign(strength)).mean())
-                cells.append(f"{share:.0%} ({means[way]:+.3f})")
-            lines.append(
-                f"| {name} {strength:+g} | " + " | ".join(cells)
-                + f" | {means['photo'] - means['crop_transfer']:+.3f}"
-                + f" | {means['photo'] - means['crop_decode']:+.3f} |"
-            )  # fmt: skip
+        for edit, reads in self.summary().items():
+            cells = [f"{reads[w]['share']:.0%} ({reads[w]['mean']:+.3f})" for w in WAYS]
+            cells += [f"{reads[f'photo - {w}']:+.3f}" for w in ("crop_transfer", "crop_decode")]
+            lines.append(f"| {edit} | " + " | ".join(cells) + " |")
         dz = {w: np.mean([v for k, vs in self.dz.items() if k[2] == w for v in vs])
               for w in ("photo", "crop_transfer")}  # fmt: skip
         return "\n".join(lines) + (
@@ -442,6 +447,7 @@ def main() -> None:
         measure_template(args.data, DATA / "photos/train", args.measure_template)
         return
     from aepipe.stage import load_stage
+    from benchmarks.report import write_report
 
     stage = load_stage("face-vae")
     if args.picture_only:
@@ -454,8 +460,12 @@ def main() -> None:
     if scores is not None:
         r["edits"] = EDITS_TEXT + scores.table(r["found"])
     picture(args, stage, args.img)
-    cmd = "python benchmarks/faces_in_photos.py " + " ".join(sys.argv[1:])
-    args.out.write_text(report(r, cmd.strip()))
+    cmd = ("python benchmarks/faces_in_photos.py " + " ".join(sys.argv[1:])).strip()
+    data = {k: v for k, v in r.items() if k != "edits"} | {"command": cmd}
+    data["found_share"] = r["found"] / r["n"]
+    if scores is not None:
+        data["edit_scores"] = scores.summary()
+    write_report(args.out, report(r, cmd), data)
     print(args.out.read_text())
 
 

@@ -15,9 +15,8 @@ model saw Fashion-MNIST train only):
 * speed: images/s on 28x28 batches and megapixels/s on one 512x512 image, all methods in the
   same process with the same number of torch threads.
 
-Writes benchmarks/results/salt_pepper.md, .json and salt_pepper_camera.png. If docs/RESULTS.md
-holds the markers ``<!-- salt-pepper-benchmark:start -->`` / ``<!-- salt-pepper-benchmark:end -->``,
-the headline table between them is regenerated too.
+Writes benchmarks/results/salt_pepper.md, .json and salt_pepper_camera.png (docs/RESULTS.md
+includes the report: ``python benchmarks/write_results.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -36,8 +34,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DENSITIES = (0.05, 0.10, 0.20, 0.30, 0.50)
-README_START = "<!-- salt-pepper-benchmark:start -->"
-README_END = "<!-- salt-pepper-benchmark:end -->"
 
 Method = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W) -> float32 (N, H, W) in [0, 1]
 
@@ -272,24 +268,6 @@ def budget_note(ours_cfg: dict, tut_cfg: dict | None) -> str:
     return line + f"; tutorial AE {budget(tut_cfg)}."
 
 
-def update_readme(headline: str) -> bool:
-    """Replace the text between the markers in docs/RESULTS.md with ``headline``.
-
-    Returns False if there are no markers. Links are made relative to docs/.
-    """
-    readme = ROOT / "docs" / "RESULTS.md"
-    headline = headline.replace("](benchmarks/", "](../benchmarks/")
-    if not readme.is_file():
-        return False
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        return False
-    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
-    new = pattern.sub(lambda _m: f"{README_START}\n{headline}\n{README_END}", text)
-    readme.write_text(new, encoding="utf-8")
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -381,25 +359,6 @@ def main(argv: list[str] | None = None) -> int:
 
     q = results["quality"]  # type: ignore[assignment]
     n = results["n_images"]  # type: ignore[assignment]
-    n_test = n["fashion-mnist/binary"]
-    command = "benchmarks/salt_pepper.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    ours_row = "ours (ImpulseDenoiser)"
-    mnist10 = q["mnist/binary"][ours_row][f"{0.10:.2f}"]["psnr"]
-    cam = results["camera"][ours_row]  # type: ignore[index]
-    headline = "\n\n".join(
-        [
-            f"Mean PSNR (dB) / SSIM over {n_test:,} Fashion-MNIST test images, 0/255 "
-            "salt-and-pepper at each density (ours trained on Fashion-MNIST train only; the "
-            "tutorial AE with the same budget):",
-            md_quality(q["fashion-mnist/binary"]),
-            f"Without retraining: MNIST test at 10% {mnist10:.2f} dB; scikit-image `camera` "
-            f"(512x512) at 10% {cam['binary_psnr']:.2f} dB. Speed (same run, "
-            f"{args.threads} thread(s)):",
-            md_speed(results["speed"]),  # type: ignore[arg-type]
-            f"Command: `{command}`. Full tables (imgaug noise, MNIST, SSIM, pictures): "
-            "[benchmarks/results/salt_pepper.md](benchmarks/results/salt_pepper.md).",
-        ]
-    )
     md = "\n\n".join(
         [
             "# Salt-and-pepper denoising benchmark",
@@ -455,9 +414,6 @@ def main(argv: list[str] | None = None) -> int:
             },  # type: ignore[index]
         )
         record_card(resolve(args.model), q, n, results["camera"], ours_name)  # type: ignore[arg-type]
-    # A --limit run is a smoke test; only full test sets may rewrite the README's table.
-    if args.limit is None and update_readme(headline):
-        print("README.md table updated", file=sys.stderr)
     print(md)
     return 0
 

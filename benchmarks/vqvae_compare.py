@@ -12,8 +12,8 @@ LFW test faces (``--ref-n`` of them, all 995 by default). Reconstruction PSNR / 
 cross-entropy (the code length under the learnt prior). Sampling time: median of 3 runs of
 64 faces after loading, at ``--threads``.
 
-Writes ``--out`` (markdown table) and ``--picture`` (8 samples of each model, then an
-interpolation row of each between the same two test faces).
+Writes ``--out`` (markdown table; its figures as JSON beside it) and ``--picture`` (8 samples
+of each model, then an interpolation row of each between the same two test faces).
 """
 
 from __future__ import annotations
@@ -98,6 +98,70 @@ def picture(stages: dict[str, object], test_u8: np.ndarray, path: Path) -> None:
     write_image(grid[..., 0], path)
 
 
+def measure(args, stages: dict, test_u8: np.ndarray, log) -> dict:
+    """Every figure of the comparison, per model (and the extra VQ-VAE temperatures)."""
+    from faces import features, fid
+
+    vq = stages["VQ-VAE + prior"]
+    bits = {
+        "VAE": {"test_kl": vae_bits(stages["VAE"], test_u8, args.seed)},
+        "VQ-VAE + prior": {
+            "grid": vq.model.grid**2 * math.log2(vq.model.num_codes),
+            "prior_nll": prior_bits(vq, test_u8),
+        },
+    }
+    ref = features(test_u8[: args.ref_n], args.cache, log=log) if args.n else None
+    models: dict[str, dict] = {}
+    for name, stage in stages.items():
+        rec = reconstruction(stage, test_u8)
+        m = {"psnr_db": rec["psnr"], "ssim": rec["ssim"], "bits_per_face": bits[name]}
+        m["sample64_s"] = sample_time(stage)
+        if args.n:
+            batches = stage.sample(args.n, seed=args.seed)
+            imgs = np.concatenate([b.to_numpy(np.uint8)[..., 0] for b in batches])
+            m["fid"] = fid(features(imgs, args.cache, log=log), ref)
+        models[name] = m
+        log(f"{name}: {m}")
+    temps = [float(t) for t in args.vq_temperatures.split(",") if t and args.n]
+    vq_fid = {}
+    for temp in temps:
+        imgs = np.concatenate(
+            [
+                b.to_numpy(np.uint8)[..., 0]
+                for b in vq.sample(args.n, seed=args.seed, temperature=temp)
+            ]
+        )
+        vq_fid[f"{temp:g}"] = fid(features(imgs, args.cache, log=log), ref)
+    return {"models": models, "vq_fid_at_temperature": vq_fid}
+
+
+def table(results: dict, args) -> list[str]:
+    """The Markdown table of :func:`measure`'s figures."""
+    vae, vq = results["models"]["VAE"], results["models"]["VQ-VAE + prior"]
+    vq_bits = vq["bits_per_face"]
+    lines = [
+        "| | VAE (`face-vae`) | VQ-VAE + prior (`face-vqvae`) |",
+        "| --- | ---: | ---: |",
+        "| test reconstruction PSNR (dB) / SSIM, 995 faces | "
+        + " | ".join(f"{m['psnr_db']:.2f} / {m['ssim']:.3f}" for m in (vae, vq))
+        + " |",
+        f"| bits per face for the code | {vae['bits_per_face']['test_kl']:.0f} (test KL) | "
+        f"{vq_bits['grid']:.0f} (grid); {vq_bits['prior_nll']:.0f} (prior NLL) |",
+    ]
+    if args.n:
+        lines.append(
+            f"| FID, {args.n} samples vs {args.ref_n} gray test faces | "
+            f"{vae['fid']:.1f} | {vq['fid']:.1f} |"
+        )
+    lines.append(
+        f"| seconds to sample 64 faces ({args.threads} thread(s)) | "
+        f"{vae['sample64_s']:.2f} | {vq['sample64_s']:.2f} |"
+    )
+    for temp, score in results["vq_fid_at_temperature"].items():
+        lines.append(f"| FID as above, VQ-VAE prior at temperature {temp} | | {score:.1f} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/faces/lfw_64.npz")
@@ -117,7 +181,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from faces import add_card_section, features, fid
+    from faces import add_card_section
+    from report import write_report
 
     from aepipe.data.faces import load_faces
     from aepipe.stage import load_stage
@@ -126,49 +191,13 @@ def main() -> None:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     test_u8 = load_faces(args.data, "test")
     stages = {"VAE": load_stage(args.vae), "VQ-VAE + prior": load_stage(args.vqvae)}
-    vq = stages["VQ-VAE + prior"]
-    grid_bits = vq.model.grid**2 * math.log2(vq.model.num_codes)
-    bits = {
-        "VAE": f"{vae_bits(stages['VAE'], test_u8, args.seed):.0f} (test KL)",
-        "VQ-VAE + prior": f"{grid_bits:.0f} (grid); {prior_bits(vq, test_u8):.0f} (prior NLL)",
-    }
-    ref = features(test_u8[: args.ref_n], args.cache, log=log) if args.n else None
-    lines = [
-        "| | VAE (`face-vae`) | VQ-VAE + prior (`face-vqvae`) |",
-        "| --- | ---: | ---: |",
-    ]
-    cells: dict[str, list[str]] = {"psnr": [], "bits": [], "fid": [], "time": []}
-    for name, stage in stages.items():
-        rec = reconstruction(stage, test_u8)
-        cells["psnr"].append(f"{rec['psnr']:.2f} / {rec['ssim']:.3f}")
-        cells["bits"].append(bits[name])
-        cells["time"].append(f"{sample_time(stage):.2f}")
-        if args.n:
-            imgs = np.concatenate(
-                [b.to_numpy(np.uint8)[..., 0] for b in stage.sample(args.n, seed=args.seed)]
-            )
-            cells["fid"].append(f"{fid(features(imgs, args.cache, log=log), ref):.1f}")
-        log(f"{name}: {[v[-1] for v in cells.values() if v]}")
-    labels = {
-        "psnr": "test reconstruction PSNR (dB) / SSIM, 995 faces",
-        "bits": "bits per face for the code",
-        "fid": f"FID, {args.n} samples vs {args.ref_n} gray test faces",
-        "time": f"seconds to sample 64 faces ({args.threads} thread(s))",
-    }
-    for key, label in labels.items():
-        if cells[key]:
-            lines.append(f"| {label} | " + " | ".join(cells[key]) + " |")
-    for temp in [float(t) for t in args.vq_temperatures.split(",") if t and args.n]:
-        batches = vq.sample(args.n, seed=args.seed, temperature=temp)
-        imgs = np.concatenate([b.to_numpy(np.uint8)[..., 0] for b in batches])
-        score = fid(features(imgs, args.cache, log=log), ref)
-        lines.append(f"| FID as above, VQ-VAE prior at temperature {temp:g} | | {score:.1f} |")
-        log(lines[-1])
+    results = measure(args, stages, test_u8, log)
     cmd = " ".join(sys.argv[1:])
+    lines = table(results, args)
     lines += ["", f"Command: `.venv/bin/python benchmarks/vqvae_compare.py {cmd}`"]
+    results.update(n=args.n, ref_n=args.ref_n, threads=args.threads, command=cmd)
     print("\n".join(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_report(args.out, "\n".join(lines) + "\n", results)
     picture(stages, test_u8, args.picture)
     if args.card:
         add_card_section(args.card, "Benchmark", "# table\n" + "\n".join(lines))

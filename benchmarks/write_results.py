@@ -1,14 +1,21 @@
-"""Refresh the benchmark tables in docs/RESULTS.md from the files the benchmarks wrote.
+"""Refresh the figures in docs/RESULTS.md and README.md from the files the benchmarks wrote.
 
-docs/RESULTS.md holds include markers::
+Two kinds of blocks hold figures; everything between their markers is rewritten:
 
     <!-- include: benchmarks/results/salt_pepper.md -->
     ... (the file's text, headings moved down two levels) ...
     <!-- end include -->
 
-This script replaces what is between each pair with the current file, so the figures in
-docs/RESULTS.md are the ones the benchmark scripts wrote, never typed by hand. ``--check`` only
-reports whether docs/RESULTS.md is up to date (exit code 1 if not; the test suite runs it).
+    <!-- generated: training-history -->
+    ... (a table made here: see GENERATORS) ...
+    <!-- end generated -->
+
+``training-history`` is made from ``weights/*/config.json`` (command, steps, wall time of each
+shipped model's training) and ``results-table`` (README.md) from the benchmarks' JSON files by
+the spec in ``benchmarks/summary_table.py``. So the figures in both files are the ones the
+benchmark scripts and training runs wrote, never typed by hand; outside the blocks the text may
+hold no measured figure (``hand_typed_figures``). ``--check`` only reports whether both files
+are up to date and free of such figures (exit code 1 if not; the test suite runs it).
 
 Usage: ``python benchmarks/write_results.py [--check]``
 """
@@ -16,15 +23,24 @@ Usage: ``python benchmarks/write_results.py [--check]``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import summary_table  # a sibling module
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "RESULTS.md"
+README = ROOT / "README.md"
 _INCLUDE = re.compile(
     r"(<!-- include: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- end include -->)", re.S
+)
+_GENERATED = re.compile(
+    r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S
 )
 
 
@@ -42,30 +58,108 @@ def _under(path: str, match: re.Match[str]) -> str:
     return Path(os.path.normpath(Path(path).parent / match.group(1))).as_posix()
 
 
-def render(text: str) -> str:
-    """``text`` with every include block refreshed from its file."""
+def _minutes(training: dict) -> float | None:
+    """The wall time a training run recorded, in minutes (None if it recorded none)."""
+    if "wall_minutes" in training:
+        return float(training["wall_minutes"])
+    if "wall_time_s" in training:
+        return float(training["wall_time_s"]) / 60
+    history = training.get("history") or [{}]
+    return history[-1].get("minutes")
 
-    def refresh(m: re.Match[str]) -> str:
+
+def _runs(training: dict) -> list[dict]:
+    """A weights folder's training runs, oldest first: the runs its ``init`` chain names, or
+    the named stages of a run in parts (face-vqvae: ``vqvae`` then ``prior``)."""
+    if "command" not in training:
+        return [part for part in training.values() if isinstance(part, dict) and "command" in part]
+    chain = []
+    while isinstance(training, dict) and "command" in training:
+        chain.append(training)
+        training = training.get("init")
+    return chain[::-1]
+
+
+def training_history() -> str:
+    """One row per shipped weights folder: its last training command and what it recorded."""
+    lines = [
+        "| weights | runs | last command (all of them: model card) | wall time of the runs "
+        "that recorded one (min) |",
+        "|---|---:|---|---|",
+    ]
+    for config in sorted(ROOT.glob("weights/*/config.json")):
+        name = config.parent.name
+        runs = _runs(json.loads(config.read_text(encoding="utf-8")).get("training", {}))
+        if not runs:
+            continue
+        times = [t for t in map(_minutes, runs) if t is not None]
+        wall = " + ".join(f"{t:.0f}" for t in times) if times else "not recorded"
+        card = f"[`{name}`](../weights/{name}/MODEL_CARD.md)"
+        lines.append(f"| {card} | {len(runs)} | `{runs[-1]['command']}` | {wall} |")
+    return "\n".join(lines) + "\n"
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "training-history": training_history,
+    "results-table": summary_table.render,
+}
+
+
+def render(text: str) -> str:
+    """``text`` with every include and generated block refreshed."""
+
+    def include(m: re.Match[str]) -> str:
         return m.group(1) + _included(m.group("path")) + m.group(4)
 
-    return _INCLUDE.sub(refresh, text)
+    def generate(m: re.Match[str]) -> str:
+        return m.group(1) + GENERATORS[m.group("name")]() + m.group(4)
+
+    return _GENERATED.sub(generate, _INCLUDE.sub(include, text))
+
+
+# A measured figure: a decimal, a percentage, a ratio (1.5x), a number with a unit of time,
+# size, rate or score, or a number straight after a metric's name. Not prose: a bound after
+# <=, >=, < or > (a target), code spans (commands, settings), link targets and HTML tags.
+_UNIT = r"(?:ms|s|min|h|MB|KB|KiB|MiB|GB|dB|nats|bits|Mpx/s|Mpx|pages/s|requests/s|images/s)"
+_METRIC = r"(?:FID|RMSE|PSNR|SSIM|CER|NLL|AUC|ELBO|F|F-measure|p50|p90|p99)"
+_FIGURE = re.compile(
+    r"(?<![\w.-])[+-]?(?:\d+\.\d+(?!\.\d)|\d[\d,]*\s?%|\d+(?:\.\d+)?x\b"
+    r"|\d[\d,]*\s?" + _UNIT + r"\b)|\b" + _METRIC + r":?\s+[+-]?\d"
+)
+_NOT_PROSE = re.compile(
+    r"```.*?```|`[^`\n]*`|\]\([^)]*\)|<[a-zA-Z/!][^>\n]*>|[<>]=?\s*[+-]?\d[\d.,]*\s?%?", re.S
+)
+_BLOCKS = re.compile(r"<!-- (include|generated): .*?<!-- end (include|generated) -->", re.S)
+
+
+def hand_typed_figures(text: str) -> list[str]:
+    """The measured figures in ``text`` outside its include and generated blocks, each with
+    the words around it (code, link targets and HTML tags are not prose)."""
+    prose = _NOT_PROSE.sub(" ", _BLOCKS.sub(" ", text))
+    return [
+        " ".join(prose[max(0, m.start() - 30) : m.end() + 10].split())
+        for m in _FIGURE.finditer(prose)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
     args = parser.parse_args(argv)
-    text = RESULTS.read_text(encoding="utf-8")
-    new = render(text)
-    if args.check:
-        if new != text:
-            print(f"{RESULTS} is out of date: run python benchmarks/write_results.py")
-            return 1
-        return 0
-    if new != text:
-        RESULTS.write_text(new, encoding="utf-8")
-        print(f"updated {RESULTS}")
-    return 0
+    status = 0
+    for path in (RESULTS, README):
+        text = path.read_text(encoding="utf-8")
+        new = render(text)
+        for figure in hand_typed_figures(text):
+            print(f"{path.name}: a figure typed by hand, outside the generated blocks: {figure!r}")
+            status = 1
+        if new != text and args.check:
+            print(f"{path} is out of date: run python benchmarks/write_results.py")
+            status = 1
+        elif new != text:
+            path.write_text(new, encoding="utf-8")
+            print(f"updated {path}")
+    return status
 
 
 if __name__ == "__main__":
