@@ -38,7 +38,7 @@ bench-deps: $(STAMP)
 	$(BIN)/python -m pip install -q tqdm filetype loguru requests click
 
 ## make train-scan-denoiser: retrain the shipped scan denoiser from scratch (needs
-## ../shared/data/ddd, docbin and photos; about 4.5 h on 2 cores: 195 + 70 min measured, shared). Each run fine-tunes the one before; the shipped
+## ../shared/data/ddd, docbin and photos; about 5 h on 2 cores: 195 + 70 + 39 min measured, shared). Each run fine-tunes the one before; the shipped
 ## weights are the last folder's (copy it to weights/scan-denoiser to ship a retrained one).
 # The settings every fine-tune after v8 shares: the correction, native pixels, no hinge.
 SCAN_TUNE := --refine 16 --output clamp --max-steps 3000 --val-every 500 \
@@ -83,6 +83,11 @@ train-scan-denoiser: $(STAMP)
 	$(BIN)/aepipe train scan-denoiser --init runs/scan-denoiser-v17 --out runs/scan-denoiser-v18 \
 	  $(SCAN_REAL) --max-steps 3000 --val-every 500 --lr 1e-4 --synthetic-fraction 0.2 \
 	  --docbin-fraction 0.3 --clean-fraction 0.15 --display-prob 0.7 \
+	  --photos $(DATA)/photos/train --photo-prob 0.8
+	# v19: more real pages, fewer identity patches (the stage passes clean pages through itself).
+	$(BIN)/aepipe train scan-denoiser --init runs/scan-denoiser-v18 --out runs/scan-denoiser-v19 \
+	  $(SCAN_REAL) --max-steps 3000 --val-every 500 --lr 1e-4 --synthetic-fraction 0.2 \
+	  --docbin-fraction 0.55 --clean-fraction 0.05 --display-prob 0.5 \
 	  --photos $(DATA)/photos/train --photo-prob 0.8
 
 ## make pdf-corpus: fetch OCRmyPDF's test PDFs (real scanner output of many kinds) from its
