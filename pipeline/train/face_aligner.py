@@ -178,7 +178,8 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
 A {cfg.width}-channel, four-block CNN that takes a 64x64 gray crop of a photo in a candidate
 frame (field of view {cfg.view:g}x the LFW template) and predicts the similarity transform to
 the LFW deep-funnelled framing the face VAE was trained on (shift, scale, roll) and whether the
-frame holds a face. `aepipe.faces_align` applies it twice to each cascade detection.
+frame holds a face. `aepipe.faces_align` applies it a few times in a row to each cascade
+candidate (`ALIGN_PASSES`), then keeps candidates with a high face probability (`MIN_FACE_SCORE`).
 
 - Training: `{training.get("command") or "aepipe train face-aligner"}`
   ({training["steps_run"]} steps of {cfg.batch_size}, {training["wall_time_s"]:.0f} s, seed
