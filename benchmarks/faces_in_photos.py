@@ -538,7 +538,10 @@ def main() -> None:
         help="least aligner face probability (default: faces_align.MIN_FACE_SCORE)",
     )
     ap.add_argument(
-        "--min-relative", type=float, default=None, help="default: faces_align.MIN_RELATIVE"
+        "--min-relative",
+        type=float,
+        default=None,
+        help="default: faces_align.MIN_RELATIVE (cascade alone) or ALIGN_MIN_RELATIVE (aligner)",
     )
     ap.add_argument("--min-match", type=float, default=0.0)
     ap.add_argument(
