@@ -99,7 +99,8 @@ class FaceBox:
 
     Attributes:
         index: position in the photo's detections (largest first).
-        box: (x, y, side) of the detection in photo pixels.
+        box: (x, y, side) of the detection in photo pixels (with the aligner: the template box
+            of the corrected frame, :func:`frame_box`).
         matrix: 2x3 affine mapping photo pixel coordinates to template pixel coordinates.
         status: "ok", or why the face was not aligned ("too small").
         message: human explanation for reports.
