@@ -115,8 +115,23 @@ def matches(face, inv: list[list[float]]) -> bool:
     return math.hypot(u - tx - ts / 2, v - ty - ts / 2) <= 8 and 0.75 <= size <= 1.33
 
 
+def split_faces(args) -> np.ndarray:
+    """(N, 64, 64, 3) uint8 faces of ``args.split``: the TEST faces, or the validation faces.
+
+    ``val``: the person-disjoint tail of the train split that the face VAE and the face aligner
+    hold out (``split_by_person``, 5%), for choosing settings without touching the test faces.
+    """
+    from aepipe.data.faces import split_by_person
+
+    with np.load(args.data) as d:
+        if args.split == "test":
+            return d["test_images"]
+        images, files = d["images"], d["train_files"]
+    return images[split_by_person(files, len(images), 0.05) :]
+
+
 def pasted_faces(args):
-    """The benchmark's cases: ``args.n`` test faces pasted into photos, seeded by ``args.seed``.
+    """The benchmark's cases: ``args.n`` faces of the split pasted into photos (``args.seed``).
 
     Yields:
         (64, 64) gray crop, (1, 3, H, W) photo tensor, photo -> crop matrix, scale, roll.
@@ -124,7 +139,7 @@ def pasted_faces(args):
     from PIL import Image
 
     rng = np.random.default_rng(args.seed)
-    faces = np.load(args.data)["test_images"]
+    faces = split_faces(args)
     bgs = sorted((args.photos).glob("*.jpg"))
     for _ in range(args.n):
         k = int(rng.integers(len(faces)))
@@ -157,17 +172,29 @@ def run_alignment(args, stage, log, on_found=None) -> dict:
     mad, mad_ideal, dz, dz_ideal, lost = [], [], [], [], []
     mean = fa.mean_face(stage)
     scores: dict[str, list[float]] = {"face": [], "other": []}
+    sweep: dict[float, list[int]] = {}
     status: dict[str, int] = {}
     t0 = time.time()
+    aligner = None if args.aligner == "none" else args.aligner
     for i, (crop, images, inv, scale, roll) in enumerate(pasted_faces(args)):
-        dets = fa.find_faces(images, mean_face=mean, min_match=-1.0)
+        dets = fa.find_faces(
+            images, mean_face=mean, min_match=args.min_match, aligner=aligner,
+            min_score=args.min_score, min_relative=args.min_relative,
+        )  # fmt: skip
+        if aligner:
+            sweep_thresholds(sweep, dets, inv, args.min_relative)
         hit = [d for d in dets if matches(d, inv)][:1]
-        scores["face"] += [d.match for d in hit if d.match is not None]
-        scores["other"] += [d.match for d in dets if d not in hit and d.match is not None]
+        score = [d.score if aligner else d.match for d in dets]
+        scores["face"] += [
+            v for d, v in zip(dets, score, strict=True) if d in hit and v is not None
+        ]
+        scores["other"] += [
+            v for d, v in zip(dets, score, strict=True) if d not in hit and v is not None
+        ]
         for d in dets:
             status[d.status] = status.get(d.status, 0) + 1
-        hit = [d for d in hit if d.status == "ok" and d.match >= args.min_match]
-        false += sum(d.status == "ok" and d.match >= args.min_match for d in dets if d not in hit)
+        hit = [d for d in hit if d.status == "ok"]
+        false += sum(d.status == "ok" for d in dets if d not in hit)
         if not hit:
             lost.append(f"scale {scale:.2f} roll {roll:+.1f}")
             continue
@@ -184,7 +211,7 @@ def run_alignment(args, stage, log, on_found=None) -> dict:
             on_found(images, dets, hit[0], ideal, orig[0])
         if (i + 1) % 50 == 0:
             log(f"{i + 1}/{args.n}: found {found}, {time.time() - t0:.0f} s")
-    faces = np.load(args.data)["test_images"]
+    faces = split_faces(args)
     zz = stage.encode(ImageBatch(torch.from_numpy(faces[:200].astype(np.float32) / 255)
                                  .permute(0, 3, 1, 2), []))  # fmt: skip
     pairs = (zz[:100] - zz[100:200]).norm(dim=1)
@@ -194,14 +221,41 @@ def run_alignment(args, stage, log, on_found=None) -> dict:
         "mad_p90": float(np.percentile(mad, 90)),
         "dz": float(np.mean(dz)), "dz_ideal": float(np.mean(dz_ideal)),
         "dz_other": float(pairs.mean()), "seconds": time.time() - t0, "status": status,
-        **{f"match_{k}": np.percentile(v, [1, 5, 50, 95]).round(2).tolist()
+        "sweep": sweep,
+        **{f"match_{k}": np.percentile(v, [1, 5, 50, 95]).round(2).tolist() if v else []
            for k, v in scores.items()},
     }  # fmt: skip
 
 
+SWEEP = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+"""Face-probability thresholds the report compares (found and false faces at each, with the
+size rule ``min_relative`` and without it)."""
+
+
+def sweep_thresholds(sweep: dict, dets: list, inv, min_relative: float) -> None:
+    """Add (found, false faces) at each :data:`SWEEP` threshold for one photo's detections.
+
+    The aligner's candidates are merged before any threshold, so judging copies of the same
+    detections at another threshold is what ``find_faces`` would return with it.
+    """
+    from dataclasses import replace
+
+    from aepipe import faces_align as fa
+
+    for t in SWEEP:
+        for rel in dict.fromkeys((min_relative, 0.0, 0.4)):
+            judged = [replace(d) for d in dets]
+            fa.judge(judged, t, rel)
+            ok = [d for d in judged if d.status == "ok"]
+            hit = [d for d in ok if matches(d, inv)][:1]
+            counts = sweep.setdefault((t, rel), [0, 0])
+            counts[0] += len(hit)
+            counts[1] += len(ok) - len(hit)
+
+
 EDITS = (("smile", 1.0), ("smile", -1.0), ("eyeglasses", 1.0), ("eyeglasses", -1.0))
 """Concept edits scored on every found face: the concept benchmark's two targets, both ways."""
-WAYS = ("photo", "photo_seen", "crop_transfer", "crop_decode")
+WAYS = ("photo", "photo_seen", "photo_true_frame", "crop_transfer", "crop_decode")
 
 
 class EditScores:
@@ -214,6 +268,8 @@ class EditScores:
       call, on the detected face), read back in the face's TRUE frame (the paste transform),
       edited photo vs unedited photo;
     - ``photo_seen``: the same, read in the DETECTED frame (what the VAE was given);
+    - ``photo_true_frame``: the photo edited in the face's TRUE frame (a perfect detector and
+      aligner), read there: what is left is the paste (mask, resampling at the face's size);
     - ``crop_transfer``: the original 64x64 crop plus the same kind of change (edited minus
       plain decode of the crop), vs the crop: what a perfect alignment would give;
     - ``crop_decode``: decode of the edited code vs decode of the plain code (the protocol of
@@ -252,11 +308,14 @@ class EditScores:
             self.edits += 1
             self.outside_changed += outside_mask_changes(images, res.images, hit)
             after = fa.align_crops(res.images, [ideal, hit])
+            perfect = fa.edit_photo(stage, images, [(vec, strength)], -1, faces=[ideal]).images
+            after_perfect = fa.align_crops(perfect, [ideal])
             moved = stage.decode(stage.apply_concept(z, vec, strength)).images
             transfer = (crop[None] + moved - plain).clamp(0, 1)
             pairs = {
                 "photo": (before[:1], after[:1]),
                 "photo_seen": (before[1:], after[1:]),
+                "photo_true_frame": (before[:1], after_perfect),
                 "crop_transfer": (crop[None], transfer),
                 "crop_decode": (plain, moved),
             }
@@ -377,6 +436,8 @@ edits that moved P(attribute) the asked way, and (in brackets) the mean change o
   detected face: the change of the decode pasted back in the feathered mask), read in the
   face's true frame (the paste transform);
 - `photo_seen`: the same edited photo read in the detected frame (what the VAE was given);
+- `photo_true_frame`: the photo edited in the face's true frame (a perfect detector and aligner)
+  and read there: the part of the gap that alignment cannot close (mask, resampling);
 - `crop_transfer`: the original aligned crop plus the same kind of change (perfect alignment);
 - `crop_decode`: decode vs decode, as the concept benchmark scores.
 
@@ -386,20 +447,48 @@ Target (issue 24): the photo's mean change within 0.05 of the aligned crop's.
 
 
 def report(r: dict, cmd: str) -> str:
+    faces = "test" if r["split"] == "test" else "validation (train-split people held out)"
+    if r["aligner"] == "none":
+        detector = (
+            "Detector: scikit-image's LBP frontal-face cascade (`pipeline/faces_align.py`), box "
+            "mapped to the LFW framing by the template measured with `--measure-template 300`, "
+            "then the roll fitted against the VAE's mean face (`refine`), accepted when the match "
+            f"is at least {r['min_match']:g}."
+        )
+    else:
+        detector = (
+            "Detector: scikit-image's LBP frontal-face cascade proposes candidates (box mapped to "
+            f"the LFW framing by the template); the face aligner `{r['aligner']}` "
+            "(`aepipe train face-aligner`, trained on train faces in train photos) corrects each "
+            f"frame {r['passes']} times in a row and scores it (`pipeline/faces_align.py`: "
+            "candidates from cascade neighbours "
+            f"{r['neighbors']}, each tried at sizes {r['zooms']}); accepted at face probability "
+            f">= {r['min_score']:g}."
+        )
     rate, per_photo = r["found"] / r["n"], r["false_faces"] / r["n"]
+    sweep = ""
+    if r["sweep"]:
+        n = r["n"]
+        rows = [
+            f"| {t:g} | {rel:g} | {f / n:.1%} | {x / n:.2f} |"
+            for (t, rel), (f, x) in r["sweep"].items()
+        ]
+        sweep = (
+            "Other settings (same detections): face-probability threshold and size rule\n"
+            "(faces under `min relative` of the largest accepted face are dropped):\n\n"
+            "| min score | min relative | found | false faces per photo |\n|---|---|---|---|\n"
+            + "\n".join(rows)
+        )
     lost = ", ".join(r["lost"][:12]) or "none"
     hist = ", ".join(f"{k} {v}" for k, v in sorted(r["status"].items()))
     return f"""# Faces in photos: detection and alignment (issue 24)
 
 Command: `{cmd}` ({r["seconds"]:.0f} s, 1 thread).
 
-LFW **test** crops (evaluated only) pasted into `photos/val` backgrounds (upscaled 3x) at random
-positions, scales 0.5-3x and rolls within +-{r["max_roll"]:g} degrees; detector: scikit-image's
-LBP frontal-face cascade (see `pipeline/faces_align.py`), box mapped to the LFW framing by the
-template measured with `--measure-template 300` on train crops in train photos, then the roll
-fitted against the VAE's mean face (`refine`). A detection counts when its centre lands within
-8 template px of the expected one and its size within 0.75-1.33x, and its mean-face match is at
-least {r["min_match"]:g}.
+LFW **{faces}** crops pasted into `photos/val` backgrounds (upscaled 3x) at random
+positions, scales 0.5-3x and rolls within +-{r["max_roll"]:g} degrees. {detector} A detection
+counts when its centre lands within 8 template px of the expected one and its size within
+0.75-1.33x, and it is accepted as a face.
 
 | measure | value |
 |---|---|
@@ -414,8 +503,11 @@ least {r["min_match"]:g}.
 
 Missed faces (first 12): {lost}.
 
-Status of every detection (before the mean-face match): {hist}. Mean-face match (1st/5th/50th/95th
-percentile): pasted faces {r["match_face"]}, other detections {r["match_other"]}.
+{sweep}
+
+Status of every detection: {hist}. Face score (aligner probability, or mean-face match without
+the aligner; 1st/5th/50th/95th percentile): pasted faces {r["match_face"]}, other detections
+{r["match_other"]}.
 
 {r.get("edits", "Edits on photos: not scored in this run (--no-edits).")}
 
@@ -433,14 +525,78 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--max-roll", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="test",
+        help="faces: TEST people (the result) or the validation people (tuning)",
+    )
+    ap.add_argument(
+        "--aligner",
+        default="face-aligner",
+        help="face-aligner weights, or 'none' (cascade box + mean-face roll fit)",
+    )
+    ap.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="least aligner face probability (default: faces_align.MIN_FACE_SCORE)",
+    )
+    ap.add_argument(
+        "--min-relative",
+        type=float,
+        default=None,
+        help="default: faces_align.MIN_RELATIVE (cascade alone) or ALIGN_MIN_RELATIVE (aligner)",
+    )
     ap.add_argument("--min-match", type=float, default=0.0)
+    ap.add_argument(
+        "--align-neighbors",
+        type=int,
+        default=None,
+        help="tuning: faces_align.ALIGN_NEIGHBORS for this run",
+    )
+    ap.add_argument(
+        "--passes", type=int, default=None, help="tuning: faces_align.ALIGN_PASSES for this run"
+    )
+    ap.add_argument(
+        "--zooms",
+        type=float,
+        nargs="+",
+        default=None,
+        help="tuning: faces_align.ALIGN_ZOOMS for this run",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--measure-template", type=int, default=0, metavar="N")
     ap.add_argument("--picture-only", action="store_true", help="only redraw --img")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/faces_in_photos.md")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results/faces_in_photos.md (test), runs/... (val)",
+    )
     ap.add_argument("--img", type=Path, default=ROOT / "docs/img/faces_photo_before_after.png")
     args = ap.parse_args()
     import torch
+
+    from aepipe import faces_align as fa
+
+    if args.out is None:
+        test = args.split == "test"
+        args.out = (
+            ROOT / ("benchmarks/results" if test else "runs") / f"faces_in_photos_{args.split}.md"
+        )
+        args.out = args.out.with_name("faces_in_photos.md") if test else args.out
+    if args.min_score is None:
+        args.min_score = fa.MIN_FACE_SCORE
+    if args.min_relative is None:
+        args.min_relative = fa.MIN_RELATIVE if args.aligner == "none" else fa.ALIGN_MIN_RELATIVE
+    # Tuning runs (validation split) try other settings than the shipped ones.
+    if args.align_neighbors is not None:
+        fa.ALIGN_NEIGHBORS = args.align_neighbors
+    if args.passes is not None:
+        fa.ALIGN_PASSES = args.passes
+    if args.zooms is not None:
+        fa.ALIGN_ZOOMS = tuple(args.zooms)
 
     torch.set_num_threads(args.threads)
     if args.measure_template:
@@ -459,7 +615,10 @@ def main() -> None:
     r["max_roll"], r["min_match"] = args.max_roll, args.min_match
     if scores is not None:
         r["edits"] = EDITS_TEXT + scores.table(r["found"])
-    picture(args, stage, args.img)
+    if args.split == "test":
+        picture(args, stage, args.img)
+    r["split"], r["aligner"], r["min_score"] = args.split, args.aligner, args.min_score
+    r["passes"], r["neighbors"], r["zooms"] = fa.ALIGN_PASSES, fa.ALIGN_NEIGHBORS, fa.ALIGN_ZOOMS
     cmd = ("python benchmarks/faces_in_photos.py " + " ".join(sys.argv[1:])).strip()
     data = {k: v for k, v in r.items() if k != "edits"} | {"command": cmd}
     data["found_share"] = r["found"] / r["n"]

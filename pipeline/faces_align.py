@@ -13,8 +13,13 @@ Detector: scikit-image's bundled LBP frontal-face cascade (``skimage.data.
 lbp_frontal_face_cascade_filename``, trained by OpenCV), chosen because it works offline from an
 installed dependency: opencv-python-headless 5 dropped ``CascadeClassifier`` and ships no cascade
 files, and its DNN detector (YuNet) needs an ONNX model that no installed package bundles. It finds
-upright frontal faces (roughly +-15 degrees of roll); eyes are not located separately, so the
-alignment is a similarity transform from the detected box to the template box below.
+upright frontal faces (roughly +-15 degrees of roll). The cascade only proposes candidates: its
+box is mapped to the template framing (:data:`TEMPLATE_BOX`), then the project's face aligner
+(``weights/face-aligner``, :class:`aepipe.models.face_aligner.FaceAligner`, trained by ``aepipe
+train face-aligner`` on LFW train faces placed in train photos) corrects each candidate's frame
+twice (shift, scale, roll) and scores face / not-face; candidates that land on the same face are
+merged. Without an aligner (``aligner=None``) the box is used as it is, with the roll fitted
+against the VAE's mean face (:func:`refine`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 # Where the detector's box falls in a 64x64 LFW training crop (x, y of the top-left corner and
 # the side, in crop pixels): medians over the first 300 train faces of ../shared/data/faces/
@@ -59,6 +65,28 @@ box is steadier. ``python benchmarks/faces_in_photos.py --n 100 --threads 1``: 8
 faces found and placed within tolerance, against 81 of the same 100 with one pass (1.0,); the
 misses were mostly boxes on the face but off in position or size. Costs about 2.3x the
 detection time (0.74 -> 1.74 s on the 512x512 astronaut, one thread, busy machine)."""
+DEFAULT_ALIGNER = "face-aligner"
+"""Weights of the face aligner :func:`find_faces` uses by default."""
+ALIGN_PASSES = 3
+"""Corrections applied in a row. On 100 validation faces in photos (``python benchmarks/
+faces_in_photos.py --split val --n 100 --no-edits``) the aligned crop's VAE code distance to the
+original crop was 3.32 after two and 3.26 after three (1.32 for a perfect crop; 11.4 with the
+cascade box alone, on test faces)."""
+MIN_FACE_SCORE = 0.99
+"""Least face probability (the aligner's, after its corrections) for a face. Validation faces:
+97% found at 0.5 to 0.995 alike; false faces per photo 1.48 at 0.5, 0.22 at 0.99."""
+ALIGN_NEIGHBORS = 2
+"""Cascade neighbours a candidate needs when the aligner checks candidates: it rejects texture
+the cascade takes for a face, so the cascade may propose more. Validation: 95-97% found with 2
+against 92-93% with 4 (faces rolled by 5-10 degrees often get fewer neighbours)."""
+ALIGN_MIN_RELATIVE = 0.0
+"""With the aligner no face is dropped for being much smaller than another: the aligner's score
+already rejects texture, and the size rule cost 2 of 100 validation faces next to a larger false
+detection (``benchmarks/faces_in_photos.py --split val``, settings table)."""
+ALIGN_ZOOMS = (1.0, 1.5)
+"""Sizes (relative to the cascade's box, same centre) each candidate is tried at: on large
+faces wearing caps or with hair the cascade's box can be half the LFW framing, beyond what one
+correction reaches (validation faces)."""
 DETECT_MAX_SIDE = 1024
 """Photos are searched at most this large (longer side) so a 12-megapixel photo stays fast."""
 
@@ -71,11 +99,14 @@ class FaceBox:
 
     Attributes:
         index: position in the photo's detections (largest first).
-        box: (x, y, side) of the detection in photo pixels.
+        box: (x, y, side) of the detection in photo pixels (with the aligner: the template box
+            of the corrected frame, :func:`frame_box`).
         matrix: 2x3 affine mapping photo pixel coordinates to template pixel coordinates.
         status: "ok", or why the face was not aligned ("too small").
         message: human explanation for reports.
         match: correlation with the mean face after refinement (None when not refined).
+        score: the aligner's face probability (None without an aligner).
+        residual: size of the aligner's last correction (template px; small: converged).
     """
 
     index: int
@@ -84,6 +115,8 @@ class FaceBox:
     status: str = "ok"
     message: str = ""
     match: float | None = None
+    score: float | None = None
+    residual: float | None = None
 
 
 @lru_cache(maxsize=1)
@@ -100,6 +133,7 @@ def detect_boxes(
     neighbors: int = MIN_NEIGHBORS,
     rolls: tuple[float, ...] = DETECT_ROLLS,
     passes: tuple[float, ...] = DETECT_PASSES,
+    keep_all: bool = False,
 ) -> list[tuple[float, ...]]:
     """Frontal faces in a gray image, largest first, overlaps merged.
 
@@ -111,6 +145,8 @@ def detect_boxes(
             finds only nearly upright faces; boxes are mapped back (upright, same side).
         passes: the image is searched again at these relative sizes (see
             :data:`DETECT_PASSES`); the boxes of one face are averaged.
+        keep_all: keep every candidate: boxes that agree are averaged, but a box is never
+            dropped for overlapping a larger one (the aligner checks candidates instead).
 
     Returns:
         (x, y, side) boxes in the input's pixel coordinates.
@@ -131,7 +167,7 @@ def detect_boxes(
         for roll in rolls:
             found = _detect_turned(img.to(torch.float32), roll, neighbors)
             boxes += [(x / scale, y / scale, side / scale, k) for x, y, side in found]
-    return _merge_boxes(boxes)
+    return _merge_boxes(boxes, keep_all)
 
 
 def _detect_turned(img: torch.Tensor, roll: float, neighbors: int) -> list[tuple[float, ...]]:
@@ -166,7 +202,7 @@ def _detect_turned(img: torch.Tensor, roll: float, neighbors: int) -> list[tuple
     return out
 
 
-def _merge_boxes(boxes: list[tuple[float, ...]]) -> list[tuple[float, ...]]:
+def _merge_boxes(boxes: list[tuple[float, ...]], keep_all: bool = False) -> list[tuple[float, ...]]:
     """One box per face, largest first, from ``(x, y, side, pass)`` boxes of every pass.
 
     Boxes overlapping a larger one by 0.3 or more join its group. A face's box is the mean of the
@@ -174,20 +210,30 @@ def _merge_boxes(boxes: list[tuple[float, ...]]) -> list[tuple[float, ...]]:
     each pass samples positions and sizes on its own grid, so their mean is closer to the face
     than any one of them. A group needs a box of the first pass or boxes of two passes, so that
     the extra passes add no face that only one of them sees (those were mostly texture).
+    With ``keep_all``, a box that does not agree with any group starts its own, and every group
+    is kept: a large false box over a face then no longer hides the face's own box.
     """
     groups: list[list[tuple[float, ...]]] = []
     for b in sorted(boxes, key=lambda b: -b[2]):
-        home = next((g for g in groups if _overlap(b, g[0]) >= 0.3), None)
+        if keep_all:
+            home = next((g for g in groups if _agrees(b, g[0])), None)
+        else:
+            home = next((g for g in groups if _overlap(b, g[0]) >= 0.3), None)
         if home is None:
             groups.append([b])
-        elif _overlap(b, home[0]) >= 0.5 and 0.8 <= b[2] / home[0][2] <= 1.25:
+        elif _agrees(b, home[0]):
             home.append(b)
     merged = [
         tuple(sum(v) / len(g) for v in list(zip(*g, strict=True))[:3])
         for g in groups
-        if len({b[3] for b in g}) >= 2 or any(b[3] == 0 for b in g)
+        if keep_all or len({b[3] for b in g}) >= 2 or any(b[3] == 0 for b in g)
     ]
     return sorted(merged, key=lambda b: -b[2])
+
+
+def _agrees(b: tuple[float, ...], first: tuple[float, ...]) -> bool:
+    """Whether box ``b`` is the same detection as a group's first box on another grid."""
+    return _overlap(b, first) >= 0.5 and 0.8 <= b[2] / first[2] <= 1.25
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -209,44 +255,201 @@ def find_faces(
     min_face: int = MIN_FACE_PX,
     mean_face: torch.Tensor | None = None,
     min_match: float = MIN_MATCH,
-    min_relative: float = MIN_RELATIVE,
+    min_relative: float | None = None,
+    aligner: str | nn.Module | None = DEFAULT_ALIGNER,
+    min_score: float = MIN_FACE_SCORE,
+    zooms: tuple[float, ...] | None = None,
 ) -> list[FaceBox]:
     """Detect and align every face of one photo.
 
     Args:
         images: (1, C, H, W) in [0, 1], C in {1, 3}.
         min_face: smaller faces are reported with status "too small" and not aligned.
-        mean_face: (64, 64) mean face; when given, each face's roll, scale and position are
-            refined against it (:func:`refine`) and detections matching it worse than
-            ``min_match`` are reported as "not a face".
+        mean_face: (64, 64) mean face; without an aligner, each face's roll is refined against
+            it (:func:`refine`) and detections matching it worse than ``min_match`` are
+            reported as "not a face".
         min_match: least normalised correlation with ``mean_face`` for a face.
         min_relative: faces smaller than this fraction of the largest are reported as likely
-            false detections (texture the cascade mistakes for a small face).
+            false detections (texture the cascade mistakes for a small face); None:
+            :data:`MIN_RELATIVE` for the cascade alone, :data:`ALIGN_MIN_RELATIVE` with an
+            aligner.
+        aligner: face-aligner weights (name or folder) or model that corrects and scores each
+            candidate (:func:`correct`); ``None`` keeps the cascade's box.
+        min_score: least face probability from the aligner for a face.
+        zooms: with an aligner, each cascade box is tried at these relative sizes (None:
+            :data:`ALIGN_ZOOMS`).
 
     Returns:
         Faces, largest first (empty when none is found).
     """
     from aepipe.batch import to_gray
 
-    faces = []
-    boxes = detect_boxes(to_gray(images)[0, 0].float().cpu())
-    for i, box in enumerate(boxes):
-        face = FaceBox(index=i, box=tuple(round(v, 1) for v in box), matrix=box_matrix(box))
-        if box[2] < min_face:
+    model = load_aligner(aligner)
+    neighbors = MIN_NEIGHBORS if model is None else ALIGN_NEIGHBORS
+    gray = to_gray(images)[0, 0].float().cpu()
+    boxes = detect_boxes(gray, neighbors=neighbors, keep_all=model is not None)
+    if model is not None:
+        boxes = [_zoomed(b, z) for b in boxes for z in (zooms or ALIGN_ZOOMS)]
+    faces = [
+        FaceBox(index=i, box=tuple(round(v, 1) for v in box), matrix=box_matrix(box))
+        for i, box in enumerate(boxes)
+    ]
+    for face in faces:
+        if face.box[2] < min_face:
             face.status = "too small"
-            face.message = f"too small ({box[2]:.0f} px < {min_face} px)"
-        elif box[2] < min_relative * boxes[0][2]:
+            face.message = f"too small ({face.box[2]:.0f} px < {min_face} px)"
+    if model is not None:
+        rel = ALIGN_MIN_RELATIVE if min_relative is None else min_relative
+        return _checked_faces(images, faces, model, min_score, rel)
+    min_relative = MIN_RELATIVE if min_relative is None else min_relative
+    for face in faces:
+        if face.status != "ok":
+            continue
+        if face.box[2] < min_relative * faces[0].box[2]:
             face.status = "likely false"
-            face.message = (
-                f"likely a false detection ({box[2]:.0f} px, under {min_relative:g}x the largest)"
-            )
+            face.message = _relative_message(face, min_relative)
         elif mean_face is not None:
             face.match = refine(images, face, mean_face)
             if face.match < min_match:
                 face.status = "not a face"
                 face.message = f"not a face (match {face.match:.2f} < {min_match})"
-        faces.append(face)
     return faces
+
+
+def _zoomed(box: tuple[float, ...], zoom: float) -> tuple[float, ...]:
+    """The box ``zoom`` times as large about the same centre."""
+    x, y, side = box[:3]
+    return (x + side * (1 - zoom) / 2, y + side * (1 - zoom) / 2, side * zoom)
+
+
+def _relative_message(face: FaceBox, min_relative: float) -> str:
+    side = face.box[2]
+    return f"likely a false detection ({side:.0f} px, under {min_relative:g}x the largest)"
+
+
+def _checked_faces(
+    images: torch.Tensor,
+    faces: list[FaceBox],
+    model: nn.Module,
+    min_score: float,
+    min_relative: float,
+) -> list[FaceBox]:
+    """Candidates corrected and scored by the aligner, one per face, largest first.
+
+    Candidates that land on the same face (centres within 0.3 of its size, sizes within 1.4x)
+    are merged into the one whose frame converged best (smallest last correction) among those
+    that look like a face (probability >= 0.5): a candidate that started far off can end a few
+    pixels short of the face with as high a face probability as a well-aligned one. Faces
+    scoring under ``min_score`` are then reported as "not a face", and those under
+    ``min_relative`` of the largest face's size as likely false (:func:`judge`).
+    """
+    todo = [f for f in faces if f.status == "ok"]
+    if todo:
+        correct(images, todo, model)
+    kept: list[FaceBox] = []
+    for face in sorted(todo, key=lambda f: ((f.score or 0.0) < 0.5, f.residual or 0.0)):
+        if not any(_same_face(face, k) for k in kept):
+            kept.append(face)
+    out = sorted(kept + [f for f in faces if f.status == "too small"], key=lambda f: -f.box[2])
+    judge(out, min_score, min_relative)
+    # Accepted faces first (largest first), so ``--face N`` counts faces, not rejected candidates.
+    out = [f for f in out if f.status == "ok"] + [f for f in out if f.status != "ok"]
+    for i, face in enumerate(out):
+        face.index = i
+    return out
+
+
+def judge(faces: list[FaceBox], min_score: float, min_relative: float) -> None:
+    """Set the status of aligner-scored faces from their scores (in place).
+
+    "not a face" under ``min_score``, "likely false" under ``min_relative`` of the largest
+    accepted face's size, else "ok"; "too small" faces keep their status.
+    """
+    for face in faces:
+        if face.status == "too small" or face.score is None:
+            continue
+        face.status, face.message = "ok", ""
+        if face.score < min_score:
+            face.status = "not a face"
+            face.message = f"not a face (score {face.score:.2f} < {min_score:g})"
+    largest = max((f.box[2] for f in faces if f.status == "ok"), default=0.0)
+    for face in faces:
+        if face.status == "ok" and face.box[2] < min_relative * largest:
+            face.status = "likely false"
+            face.message = _relative_message(face, min_relative)
+
+
+def _same_face(a: FaceBox, b: FaceBox) -> bool:
+    ax, ay, aside = a.box
+    bx, by, bside = b.box
+    dist = math.hypot(ax + aside / 2 - bx - bside / 2, ay + aside / 2 - by - bside / 2)
+    return dist < 0.3 * max(aside, bside) and max(aside, bside) < 1.4 * min(aside, bside)
+
+
+@lru_cache(maxsize=4)
+def _load_aligner(name: str) -> nn.Module:
+    from aepipe.weights import load_model
+
+    return load_model(name)[0]
+
+
+def load_aligner(aligner: str | nn.Module | None) -> nn.Module | None:
+    """The face-aligner model for a weights name or folder (cached), a model, or None."""
+    if aligner is None or not isinstance(aligner, str):
+        return aligner
+    return _load_aligner(aligner)
+
+
+def correct(
+    images: torch.Tensor, faces: list[FaceBox], model: nn.Module, passes: int | None = None
+) -> None:
+    """Move each face's frame onto the LFW framing with the aligner; set ``score`` and ``box``.
+
+    Each pass cuts the faces in their current frames (enlarged by the model's field of view),
+    predicts the similarity transform to the true framing and composes it onto ``matrix``. The
+    face probability comes from the last pass, whose frame is already close to the face.
+
+    Args:
+        images: (1, C, H, W) photo in [0, 1].
+        faces: candidates (their ``matrix`` from the detector box); changed in place.
+        model: a :class:`~aepipe.models.face_aligner.FaceAligner`.
+        passes: corrections applied in a row (None: :data:`ALIGN_PASSES`).
+    """
+    import torch
+
+    from aepipe.models.face_aligner import corner_error, similarity
+
+    c = (TEMPLATE_SIZE - 1) / 2
+    k = 1 / model.view
+    zoom = [[k, 0.0, c - k * c], [0.0, k, c - k * c]]
+    probs: list[float] = []
+    moves: list[float] = []
+    for _ in range(passes or ALIGN_PASSES):
+        views = [FaceBox(f.index, f.box, _compose(zoom, f.matrix)) for f in faces]
+        with torch.inference_mode():
+            out = model(align_crops(images, views).cpu().float())
+            fixes = similarity(model.to_params(out))
+            moves = corner_error(fixes, torch.eye(2, 3).expand_as(fixes)).tolist()
+        for face, fix in zip(faces, fixes.tolist(), strict=True):
+            face.matrix = _compose(fix, face.matrix)
+        probs = out[:, 4].sigmoid().tolist()
+    for face, p, move in zip(faces, probs, moves, strict=True):
+        face.score, face.residual = p, move
+        face.box = frame_box(face.matrix)
+
+
+def frame_box(matrix: list[list[float]]) -> tuple[float, float, float]:
+    """(x, y, side) in photo pixels of :data:`TEMPLATE_BOX` seen in a face's frame.
+
+    For a rolled frame: the upright square of the same centre and size.
+    """
+    inv = _inverse(matrix)
+    tx, ty, ts = TEMPLATE_BOX
+    cx, cy = tx + ts / 2, ty + ts / 2
+    px = inv[0][0] * cx + inv[0][1] * cy + inv[0][2]
+    py = inv[1][0] * cx + inv[1][1] * cy + inv[1][2]
+    side = ts * math.sqrt(abs(inv[0][0] * inv[1][1] - inv[0][1] * inv[1][0]))
+    return (round(px - side / 2, 1), round(py - side / 2, 1), round(side, 1))
 
 
 def select_faces(faces: list[FaceBox], choice: FaceChoice) -> list[FaceBox]:
@@ -491,10 +694,20 @@ def edit_photo(
 
 def face_report(result: PhotoEdit, choice: FaceChoice) -> list[str]:
     """One human line per face (found, edited or why not) for CLI and service reports."""
-    if not result.faces:
-        return ["no face found (the detector finds upright, frontal faces of at least 24 px)"]
+    # Candidates the aligner rejected are summed up in one line, not listed one by one.
+    rejected = [f for f in result.faces if f.status == "not a face" and f.score is not None]
+    shown = [f for f in result.faces if not (f.status == "not a face" and f.score is not None)]
+    note = (
+        f"{len(rejected)} candidate(s) rejected by the face aligner (best face probability "
+        f"{max(f.score or 0.0 for f in rejected):.2f})"
+        if rejected
+        else ""
+    )
+    if not shown:
+        none = "no face found (the detector finds upright, frontal faces of at least 24 px)"
+        return [f"{none}; {note}" if note else none]
     lines = []
-    for f in result.faces:
+    for f in shown:
         x, y, side = f.box
         where = f"face {f.index} at x={x:.0f} y={y:.0f} size={side:.0f}px"
         if f.index in result.edited:
@@ -503,6 +716,8 @@ def face_report(result: PhotoEdit, choice: FaceChoice) -> list[str]:
             lines.append(f"{where}: skipped, {f.message}")
         else:
             lines.append(f"{where}: not selected (--face {choice})")
+    if note:
+        lines.append(note)
     if isinstance(choice, int) and choice not in result.edited:
         lines.append(f"no usable face with index {choice}")
     return lines

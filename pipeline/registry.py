@@ -105,7 +105,11 @@ for _entry in (
     Entry(
         name="face-generator",
         stage="aepipe.stages.face_generator:FaceGenerator",
-        models={"ConvVAE": "aepipe.models.vae:ConvVAE"},
+        # FaceAligner: the photo path's alignment model (weights/face-aligner, faces_align.py).
+        models={
+            "ConvVAE": "aepipe.models.vae:ConvVAE",
+            "FaceAligner": "aepipe.models.face_aligner:FaceAligner",
+        },
         weights="face-vae",
         cli=("aepipe.cli.faces",),
         route="faces",

@@ -25,6 +25,11 @@ _TRAIN_HELP = {
 
 for _preset, _help in _TRAIN_HELP.items():
     add_train_command(_preset, "aepipe.train.vae", help=_help, fixed={"preset": _preset})
+add_train_command(
+    "face-aligner",
+    "aepipe.train.face_aligner",
+    help="Train the CNN that aligns faces found in photos to the face VAE's LFW framing.",
+)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
