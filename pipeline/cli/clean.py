@@ -9,6 +9,15 @@ import typer
 from aepipe.cli.apps import app
 from aepipe.cli.common import CleanBornDigitalOpt, FileJob, JpegQualityOpt, file_command
 
+CleanAllOpt = Annotated[
+    bool,
+    typer.Option(
+        "--clean-all",
+        help="Also run pages that are already clean (pure white paper with nothing but ink, "
+        "pictures and flat fills) through the network; by default they come back unchanged.",
+    ),
+]
+
 
 @file_command(app, "clean-scans", "clean", batch_size=1)
 def clean_scans(
@@ -37,15 +46,7 @@ def clean_scans(
     ] = False,
     clean_born_digital: CleanBornDigitalOpt = False,
     jpeg_quality: JpegQualityOpt = None,
-    clean_all: Annotated[
-        bool,
-        typer.Option(
-            "--clean-all",
-            help="Also run pages that are already clean (pure white paper with nothing but "
-            "ink, pictures and flat fills) through the network; by default they come back "
-            "unchanged.",
-        ),
-    ] = False,
+    clean_all: CleanAllOpt = False,
 ) -> None:
     """Clean scanned pages (PNG, JPEG, TIFF, PDF): white paper, dark text, no stains or specks.
 
