@@ -621,6 +621,8 @@ def main() -> None:
     r["passes"], r["neighbors"], r["zooms"] = fa.ALIGN_PASSES, fa.ALIGN_NEIGHBORS, fa.ALIGN_ZOOMS
     cmd = ("python benchmarks/faces_in_photos.py " + " ".join(sys.argv[1:])).strip()
     data = {k: v for k, v in r.items() if k != "edits"} | {"command": cmd}
+    # JSON keys are strings: "threshold size-rule" for the threshold sweep's (tuple) keys.
+    data["sweep"] = {" ".join(map(str, k)): v for k, v in r["sweep"].items()}
     data["found_share"] = r["found"] / r["n"]
     if scores is not None:
         data["edit_scores"] = scores.summary()

@@ -95,8 +95,18 @@ def check_page(gray: np.ndarray, quick: bool = False) -> PageCheck:
 
 
 def is_clean(gray: np.ndarray) -> bool:
-    """Whether ``gray`` ((H, W) in [0, 1]) is a clean page to pass through unchanged."""
-    return check_page(gray, quick=True).clean
+    """Whether ``gray`` ((H, W) in [0, 1]) is a clean page to pass through unchanged.
+
+    A page of two levels (a 1-bit scan drawn in any two colours, as a PDF colour space may
+    draw it) is checked as black and white, and a mostly dark page also as its negative: light
+    type on a dark ground, printed so, is as clean as dark type on white.
+    """
+    lo, hi = float(gray.min()), float(gray.max())
+    if hi > lo and bool(((gray == lo) | (gray == hi)).all()):
+        gray = (gray == hi).astype(np.float32)
+    if check_page(gray, quick=True).clean:
+        return True
+    return float(gray.mean()) < 0.5 and check_page(1.0 - gray, quick=True).clean
 
 
 def _pictures(paper: np.ndarray, mid: np.ndarray) -> np.ndarray:

@@ -99,3 +99,12 @@ def test_clean_scans_keeps_a_clean_page_and_cleans_it_with_clean_all(tmp_path, c
         outs[bool(flag)] = np.asarray(Image.open(out / "page.png").convert("L"))
     assert np.array_equal(outs[False], page)
     assert np.abs(outs[True].astype(int) - page).mean() > 1.0
+
+
+def test_light_type_on_a_dark_ground_is_clean_in_any_two_colours() -> None:
+    page = np.round(gray_page(0)).astype(np.float32)  # bilevel: black type on white
+    negative = np.where(page > 0.5, 32 / 255, 1.0).astype(np.float32)  # white type, dark ground
+    assert is_clean(page) and is_clean(negative)
+    stained = negative.copy()
+    stained[100:300, 100:300] = np.clip(stained[100:300, 100:300] + 0.3, 0.0, 1.0)
+    assert not is_clean(stained)
