@@ -131,7 +131,15 @@ def test_options_reach_the_editor(tmp_path):
     assert code == 3 and "exceeds the limit of 1,000" in output and "Traceback" not in output
     report = tmp_path / "r.json"
     args = [str(docs), "--out", str(tmp_path / "b"), "--report", str(report)]
+    # The born-digital page is clean: rendered and cleaned only with --clean-all as well.
     code, output = clean_scans([*args, "--jpeg-quality", "80", "--clean-born-digital"])
+    assert code == 0, output
+    (row,) = json.loads(report.read_text())["files"]
+    assert [p["status"] for p in row["page_outcomes"]] == ["edited", "unchanged"]
+    args[2] = str(tmp_path / "b2")
+    code, output = clean_scans(
+        [*args, "--jpeg-quality", "80", "--clean-born-digital", "--clean-all"]
+    )
     assert code == 0, output
     (row,) = json.loads(report.read_text())["files"]
     assert [p["status"] for p in row["page_outcomes"]] == ["edited", "rendered"]
