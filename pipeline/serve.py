@@ -563,10 +563,18 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
         ),
         binarize: bool | None = Query(None, description="Bilevel (1-bit) output."),
         keep_color: bool | None = Query(None, description="Keep the colour of colour scans."),
+        clean_all: bool | None = Query(
+            None, description="Also clean pages already clean (clean-scans --clean-all)."
+        ),
     ) -> Response:
         from aepipe.core import edits_in_place, encode_document, output_format, run_pages
 
-        stage = service.need(key, binarize=binarize, keep_color=keep_color)
+        stage = service.need(
+            key,
+            binarize=binarize,
+            keep_color=keep_color,
+            clean_pages="process" if clean_all else None,
+        )
         data, filename = await service.upload(request)
 
         def work() -> Media:

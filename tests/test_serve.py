@@ -153,6 +153,15 @@ def test_clean_scan_png_equals_library(server: str, tiny_weights: dict[str, Path
     bilevel = post(f"{server}/v1/clean-scan", png(x), binarize="true")
     assert bilevel.status_code == 200 and Image.open(io.BytesIO(bilevel.content)).mode == "1"
     assert_json_error(post(f"{server}/v1/clean-scan", png(x), format="gif"), 422)
+    # A clean page (white paper, black type) comes back as it was unless clean_all.
+    clean = np.full((48, 64), 255, np.uint8)
+    clean[10:14, 8:40] = 0
+    kept = decode(post(f"{server}/v1/clean-scan", png(clean)))  # bilevel: a 1-bit PNG
+    np.testing.assert_array_equal(np.where(kept, 255, 0).astype(np.uint8), clean)
+    forced = decode(post(f"{server}/v1/clean-scan", png(clean), clean_all="true"))
+    want = apply(load_stage(tiny_weights["scan-denoiser"], clean_pages="process"), clean)
+    np.testing.assert_array_equal(forced, want)
+    assert not np.array_equal(forced, clean)
 
 
 def test_clean_scan_pdf_in_pdf_or_zip_out(server: str, tmp_path: Path) -> None:
