@@ -101,12 +101,26 @@ def is_clean(gray: np.ndarray) -> bool:
     draw it) is checked as black and white, and a mostly dark page also as its negative: light
     type on a dark ground, printed so, is as clean as dark type on white.
     """
-    lo, hi = float(gray.min()), float(gray.max())
-    if hi > lo and bool(((gray == lo) | (gray == hi)).all()):
-        gray = (gray == hi).astype(np.float32)
+    if _two_levels(gray):
+        gray = (gray == gray.max()).astype(np.float32)
     if check_page(gray, quick=True).clean:
         return True
     return float(gray.mean()) < 0.5 and check_page(1.0 - gray, quick=True).clean
+
+
+def _two_levels(gray: np.ndarray) -> bool:
+    """Whether the page holds exactly two values (a 1-bit scan drawn in any two colours).
+
+    A sparse sample settles it for almost every page; only a sample of two values is
+    confirmed on the whole page.
+    """
+    sample = np.unique(gray[::16, ::16])
+    if sample.size > 2:
+        return False
+    if sample.size == 1:  # a nearly plain page: is everything else one other value?
+        other = gray[gray != sample[0]]
+        return other.size > 0 and bool((other == other[0]).all())
+    return bool(((gray == sample[0]) | (gray == sample[1])).all())
 
 
 def _pictures(paper: np.ndarray, mid: np.ndarray) -> np.ndarray:

@@ -259,13 +259,13 @@ class ScanDenoiser(Stage):
         images = batch.images
         gray_in = to_gray(images)
         kept = self.already_clean(gray_in)
-        clean = gray_in.clone()
         todo = [i for i, k in enumerate(kept) if not k]
-        if todo:
-            pages = self.clean_gray(gray_in[todo])
-            if cfg.borders == "remove":
-                pages = remove_borders(pages, cfg.border_band)
-            clean[todo] = pages
+        if len(todo) == len(kept):
+            clean = self._denoise(gray_in)  # the usual case: no copy, no indexing
+        else:
+            clean = gray_in.clone()
+            if todo:
+                clean[todo] = self._denoise(gray_in[todo])
         if cfg.binarize:
             clean = (clean >= cfg.threshold).to(clean.dtype)
         if cfg.keep_color and images.shape[1] == 3:
@@ -273,13 +273,20 @@ class ScanDenoiser(Stage):
             # page keeps its colours as they were.
             out = (clean + (images - gray_in) * (1.0 - clean)).clamp_(0.0, 1.0)
             if not cfg.binarize and any(kept):
-                out[torch.tensor(kept)] = images[torch.tensor(kept)]
+                as_is = torch.tensor(kept)
+                out[as_is] = images[as_is]
         else:
             out = clean
         result = batch.replace(out.contiguous(), cleaned="scan-denoiser")
         for meta, k in zip(result.meta, kept, strict=True):
             meta["already_clean"] = k
         return result
+
+    def _denoise(self, gray: torch.Tensor) -> torch.Tensor:
+        """The network over (N, 1, H, W) pages, then the border step if configured."""
+        cfg: Config = self.config  # type: ignore[assignment]
+        pages = self.clean_gray(gray)
+        return remove_borders(pages, cfg.border_band) if cfg.borders == "remove" else pages
 
     def already_clean(self, gray: torch.Tensor) -> list[bool]:
         """Which of the (N, 1, H, W) pages to pass through (always none with "process")."""
