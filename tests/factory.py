@@ -187,3 +187,21 @@ def face_photo(face: Path | None = FACE_FILE, at: tuple[int, int, int] = FACE_AT
         img = Image.open(face).convert("L").resize((side, side), Image.Resampling.BICUBIC)
         bg[y0 : y0 + side, x0 : x0 + side] = np.asarray(img, np.float32)[..., None] / 255
     return (bg.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def display_page(
+    key: int, seed: int, dpi: int, size: tuple[int, int], bilevel: bool = False
+) -> tuple[np.ndarray, tuple | None]:
+    """A clean generated page with body text, display type and shapes, as (H, W) uint8.
+
+    Gray pages also get a photo (its (y, x, h, w) box is returned); ``bilevel`` pages are cut
+    to pure black and white. ``key`` keeps each test file's pages its own.
+    """
+    from aepipe.data.synthetic_pages import add_display_content, render_clean_page
+
+    rng = np.random.default_rng(np.random.SeedSequence([key, seed, dpi]))
+    page = render_clean_page(rng, *size, dpi)
+    page, box = add_display_content(page, rng, dpi, photo=not bilevel)
+    if bilevel:
+        page = np.where(page < 128, 0, 255).astype(np.uint8)
+    return page, box

@@ -5,19 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from factory import display_page
 
 from aepipe.batch import ImageBatch
 from aepipe.clean_page import check_page, is_clean
-from aepipe.data.synthetic_pages import add_display_content, make_pair, render_clean_page
+from aepipe.data.synthetic_pages import make_pair
 from aepipe.stages.scan_denoiser import ScanDenoiser
 
 
 def gray_page(seed: int, dpi: int = 150) -> np.ndarray:
     """A clean (H, W) float page in [0, 1] with anti-aliased type, bold display type and a photo."""
-    rng = np.random.default_rng(np.random.SeedSequence([41_000_000, seed, dpi]))
-    page = render_clean_page(rng, 480, 400, dpi)
-    page, _ = add_display_content(page, rng, dpi, photo=True)
-    return page.astype(np.float32) / 255.0
+    return display_page(41_000_000, seed, dpi, (480, 400))[0].astype(np.float32) / 255.0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

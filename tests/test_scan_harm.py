@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from factory import display_page
 
 from aepipe.batch import ImageBatch
 from aepipe.data.docbin import f_measure, otsu_ink
-from aepipe.data.synthetic_pages import add_display_content, render_clean_page
 from aepipe.stages.scan_denoiser import ScanDenoiser
 
 
@@ -26,12 +26,7 @@ def stage() -> ScanDenoiser:
 
 
 def clean_page(seed: int, dpi: int, bilevel: bool) -> tuple[np.ndarray, tuple | None]:
-    rng = np.random.default_rng(np.random.SeedSequence([31_000_000, seed, dpi]))
-    page = render_clean_page(rng, 360, 320, dpi)
-    page, box = add_display_content(page, rng, dpi, photo=not bilevel)
-    if bilevel:
-        page = np.where(page < 128, 0, 255).astype(np.uint8)
-    return page, box
+    return display_page(31_000_000, seed, dpi, (360, 320), bilevel)
 
 
 def run(stage: ScanDenoiser, page: np.ndarray) -> np.ndarray:
