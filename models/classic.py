@@ -68,7 +68,13 @@ class ClassicDenoisingAE(nn.Module):
         in_channels: image channels.
 
     Input and output: (N, C, H, W) in [0, 1].
+
+    Attributes:
+        multiple: the side a caller pads pages and aligns tiles to; 1, as this net pads each
+            input itself (the scan stage reads it from every scan model).
     """
+
+    multiple = 1
 
     def __init__(self, channels: int = 64, in_channels: int = 1) -> None:
         super().__init__()

@@ -191,7 +191,7 @@ class ScanDenoiser(Stage):
         self._prepare()
         cfg: Config = self.config  # type: ignore[assignment]
         n, _, h0, w0 = x.shape
-        m = int(getattr(self.model, "multiple", 1))
+        m = int(self.model.multiple)  # every scan model declares it (ScanUNet, ClassicDenoisingAE)
         ph, pw = (-h0) % m, (-w0) % m
         if ph or pw:
             # The same replicate padding the model applies to a whole page, done once here
