@@ -568,31 +568,84 @@ def edit_face_photo(
     )
 
 
-def face_editor(
-    stage: FaceGenerator,
-    concepts: Concepts | None,
-    *,
-    face: FaceChoice = "all",
-    align: FaceAlign = "auto",
-    report: Callable[[str], None] | None = None,
-) -> Process:
-    """:func:`edit_face_photo` as a batch -> batch step for :func:`aepipe.runner.run_files`.
+NoFace = Literal["fail", "keep"]
+
+
+class FaceEditor:
+    """:func:`edit_face_photo` as a batch -> batch step, for every front end.
+
+    ``aepipe faces edit|reconstruct`` (through :func:`aepipe.runner.run_files`), a TOML
+    ``[[stages]]`` table with ``faces = {...}``, Ray's :class:`~aepipe.ray.StageMapper` and the
+    HTTP routes all run this one step, so one photo gives the same pixels everywhere.
 
     Args:
         stage: the face VAE.
         concepts: as for :func:`edit_face_photo` (``None`` reconstructs).
         face: which faces.
         align: ``auto``, ``photo`` or ``crop``.
+        no_face: ``fail`` raises :class:`~aepipe.errors.NoFaceError` for a photo with no usable
+            face (the CLI's failed file, HTTP 422); ``keep`` returns it unchanged (batch jobs
+            over mixed photos).
         report: called with ``"<name>: <line>"`` for each face of each photo.
     """
 
-    def process(batch: ImageBatch) -> ImageBatch:
-        done = edit_face_photo(stage, batch, concepts, face=face, align=align)
-        for line in done.report if report is not None else ():
-            report(f"{batch.names[0]}: {line}")
+    def __init__(
+        self,
+        stage: FaceGenerator,
+        concepts: Concepts | None,
+        *,
+        face: FaceChoice = "all",
+        align: FaceAlign = "auto",
+        no_face: NoFace = "fail",
+        report: Callable[[str], None] | None = None,
+    ) -> None:
+        if concepts is not None and not concepts:
+            raise ConfigError("give at least one concept (NAME:STRENGTH)")
+        self.stage, self.concepts = stage, concepts
+        self.face, self.align, self.no_face, self.report = face, align, no_face, report
+
+    @property
+    def device(self) -> Any:
+        """The face VAE's device."""
+        return self.stage.device
+
+    def __call__(self, batch: ImageBatch) -> ImageBatch:
+        """Edit each photo of ``batch`` (several same-sized photos go one at a time).
+
+        Args:
+            batch: (N, C, H, W) photos or face crops.
+
+        Returns:
+            The photos at their size and channels (face crops: the model's gray decodes).
+        """
+        from aepipe.batch import ImageBatch
+
+        if _is_face_crop(self.stage, batch, self.align):
+            return self._one(batch)
+        return ImageBatch.concat([self._one(part) for part in batch.split(1)])
+
+    def _one(self, batch: ImageBatch) -> ImageBatch:
+        try:
+            done = edit_face_photo(
+                self.stage, batch, self.concepts, face=self.face, align=self.align
+            )
+        except NoFaceError as exc:
+            if self.no_face == "fail":
+                raise
+            if self.report is not None:
+                self.report(f"kept unchanged: {exc}")
+            return batch
+        for line in done.report if self.report is not None else ():
+            self.report(f"{batch.names[0]}: {line}")
         return done.batch
 
-    return process
+
+def face_strip(rows: Sequence[ImageBatch]) -> np.ndarray:
+    """The rows of :func:`interpolate_faces` as one (H, W, C) uint8 sheet, a row per method."""
+    from aepipe.batch import ImageBatch
+    from aepipe.io import make_grid
+
+    return make_grid(ImageBatch.concat(rows).to_numpy(np.uint8), ncols=len(rows[0]))
 
 
 def aligned_face(

@@ -151,22 +151,30 @@ def detect_boxes(
     Returns:
         (x, y, side) boxes in the input's pixel coordinates.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
     from torch.nn import functional as F
 
     h, w = gray.shape
-    boxes = []
+    jobs = []
     for k, rel in enumerate(passes):
         scale = min(1.0, max_side / max(h, w)) * rel
         img = gray
         if scale < 1.0:
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             img = F.interpolate(gray[None, None], size=size, mode="bilinear", antialias=True)[0, 0]
-        if min(img.shape) < 24:
-            continue
-        for roll in rolls:
-            found = _detect_turned(img.to(torch.float32), roll, neighbors)
-            boxes += [(x / scale, y / scale, side / scale, k) for x, y, side in found]
+        if min(img.shape) >= 24:
+            jobs += [(k, scale, img.to(torch.float32), roll) for roll in rolls]
+    # The cascade releases the GIL for much of its work: the searches run side by side (same
+    # boxes, in the same order, as one after the other).
+    with ThreadPoolExecutor(max(1, min(len(jobs), torch.get_num_threads()))) as pool:
+        found = list(pool.map(lambda j: _detect_turned(j[2], j[3], neighbors), jobs))
+    boxes = [
+        (x / scale, y / scale, side / scale, k)
+        for (k, scale, _, _), hits in zip(jobs, found, strict=True)
+        for x, y, side in hits
+    ]
     return _merge_boxes(boxes, keep_all)
 
 

@@ -76,10 +76,14 @@ def missing_tools() -> list[str]:
 
 
 def check_setup() -> None:
-    """Raise :class:`OcrSetupError` naming the first missing OCR tool; return if all are there."""
+    """Raise :class:`OcrSetupError` naming every missing OCR tool; return if all are there."""
     missing = missing_tools()
-    if missing:
+    if len(missing) == 1:
         raise OcrSetupError(f"OCR needs {missing[0]}, which is not installed")
+    if missing:  # all in one message, so one install round fixes the set-up
+        raise OcrSetupError(
+            f"OCR needs {'; '.join(missing[:-1])} and {missing[-1]}, which are not installed"
+        )
 
 
 # --- the model, once per process ------------------------------------------------------------

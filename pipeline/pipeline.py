@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aepipe.batch import ImageBatch
 from aepipe.errors import ConfigError, ShapeError
-from aepipe.stage import Stage, build_config, format_validation_error, load_stage, stage_class
+from aepipe.stage import build_config, format_validation_error, load_stage, stage_class
 
 BatchFn = Callable[[ImageBatch], ImageBatch]
 
@@ -243,12 +243,27 @@ class FacesSource(_Strict):
     batch_size: int = Field(64, ge=1, le=4096)
 
 
+class FacePhotos(_Strict):
+    """Run a face VAE on whole photos: find, align, edit (or reconstruct) and paste back.
+
+    The step is the core's :class:`~aepipe.core.FaceEditor`, as ``aepipe faces edit``.
+    """
+
+    concepts: list[str] = Field(
+        default_factory=list, max_length=16, description="NAME:STRENGTH; none reconstructs."
+    )
+    face: Literal["all", "largest"] | Annotated[int, Field(ge=0, le=9999)] = "all"
+    align: Literal["auto", "photo", "crop"] = "auto"
+    no_face: Literal["fail", "keep"] = "fail"
+
+
 class StageSpec(_Strict):
-    """One stage: its weights and config overrides."""
+    """One stage: its weights and config overrides (``faces``: face-VAE weights on photos)."""
 
     weights: str
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     config: dict[str, Any] = Field(default_factory=dict)
+    faces: FacePhotos | None = None
 
 
 class FolderSink(_Strict):
@@ -282,8 +297,6 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
     """
     import tomllib
 
-    from aepipe.weights import read_config, resolve
-
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -298,20 +311,73 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
             format_validation_error(exc, str(path), sep=": ", drop=("folder", "faces"))
         ) from None
     for i, st in enumerate(spec.stages):
-        try:
-            stage_name = read_config(resolve(st.weights))["stage"]
-        except Exception as exc:  # any weights problem is a config error here
-            raise ConfigError(f"{path}: stages.{i}.weights: {exc}") from None
-        build_config(stage_class(stage_name).Config, st.config, f"{path}: stages.{i}.config")
+        check_stage_spec(st, f"{path}: stages.{i}")
     return spec
 
 
-def build_stages(spec: PipelineSpec) -> list[Stage]:
+def check_stage_spec(spec: StageSpec, where: str) -> None:
+    """Check a stage table without loading its weights: config fields, ``faces`` concepts.
+
+    Raises:
+        ConfigError: naming ``where`` and the field.
+    """
+    from aepipe.weights import read_config, resolve
+
+    try:
+        stage_name = read_config(resolve(spec.weights))["stage"]
+    except Exception as exc:  # any weights problem is a config error here
+        raise ConfigError(f"{where}.weights: {exc}") from None
+    build_config(stage_class(stage_name).Config, spec.config, f"{where}.config")
+    if spec.faces is not None:
+        if stage_name != "face-generator":
+            raise ConfigError(
+                f"{where}.faces: only for face VAE weights (face-generator); "
+                f"{spec.weights!r} is a {stage_name!r} stage"
+            )
+        _concept_vectors(spec, where)
+
+
+def _concept_vectors(spec: StageSpec, where: str) -> list[Any] | None:
+    """The ``faces.concepts`` vectors (``None``: reconstruct), looked up as the CLI does."""
+    from aepipe.core import face_concepts
+    from aepipe.stages.face_generator import default_concept_dirs
+
+    assert spec.faces is not None
+    if not spec.faces.concepts:
+        return None
+    try:
+        return face_concepts(spec.faces.concepts, default_concept_dirs(None, spec.weights))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.faces.concepts: {exc}") from None
+
+
+def load_step(spec: StageSpec, device: str | None = None, where: str = "stage") -> BatchFn:
+    """Load one stage table: the stage itself, or the face editor around a face VAE.
+
+    The one loader behind TOML files (:func:`build_stages`) and Ray (:mod:`aepipe.ray`).
+
+    Args:
+        spec: the table.
+        device: overrides ``spec.device`` (Ray picks the actor's device).
+        where: names the table in error messages.
+    """
+    from aepipe.core import FaceEditor
+
+    check_stage_spec(spec, where)
+    stage = load_stage(spec.weights, device=device or spec.device, **spec.config)
+    if spec.faces is None:
+        return stage
+    f = spec.faces
+    vectors = _concept_vectors(spec, where)
+    return FaceEditor(stage, vectors, face=f.face, align=f.align, no_face=f.no_face)
+
+
+def build_stages(spec: PipelineSpec) -> list[BatchFn]:
     """Load every stage of a validated spec."""
-    return [load_stage(st.weights, device=st.device, **st.config) for st in spec.stages]
+    return [load_step(st, where=f"stages.{i}") for i, st in enumerate(spec.stages)]
 
 
-def faces_source(spec: FacesSource, stages: Sequence[Stage] = ()) -> Iterator[ImageBatch]:
+def faces_source(spec: FacesSource, stages: Sequence[BatchFn] = ()) -> Iterator[ImageBatch]:
     """Batches sampled by a ``faces`` source (any generator's weights), run through ``stages``."""
     from aepipe.core import generate, load_generator
 

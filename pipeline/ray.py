@@ -77,8 +77,10 @@ def build_pipeline(
 
     Args:
         weights: one weights name/folder, or a list of them run in order.
-        stages: ``[{"weights": ..., "config": {...}}, ...]``, the ``[[stages]]`` tables of a
-            pipeline file as Python dicts (handy on a cluster where the TOML file is not present).
+        stages: ``[{"weights": ..., "config": {...}, "faces": {...}}, ...]``, the ``[[stages]]``
+            tables of a pipeline file as Python dicts (handy on a cluster where the TOML file is
+            not present); ``faces`` runs face-VAE weights on whole photos
+            (:class:`~aepipe.pipeline.FacePhotos`).
         pipeline_file: a TOML pipeline file; only its ``[[stages]]`` are used here (the source
             and sink are the Ray dataset's business).
         device: ``"auto"`` (see :func:`worker_device`), ``"cpu"`` or ``"cuda"``.
@@ -88,8 +90,10 @@ def build_pipeline(
         ConfigError: none or several of the three were given, or a config is invalid.
         WeightsError: weights could not be loaded.
     """
-    from aepipe.pipeline import Pipeline, StageSpec, read_pipeline_file
-    from aepipe.stage import format_validation_error, load_stage
+    from pydantic import ValidationError
+
+    from aepipe.pipeline import Pipeline, StageSpec, load_step, read_pipeline_file
+    from aepipe.stage import format_validation_error
 
     given = [x is not None for x in (weights, stages, pipeline_file)]
     if sum(given) != 1:
@@ -99,22 +103,19 @@ def build_pipeline(
         specs = read_pipeline_file(pipeline_file).stages
         if not specs:
             raise ConfigError(f"{pipeline_file}: stages: the pipeline file has no stages")
-        return Pipeline([load_stage(s.weights, device=dev, **s.config) for s in specs])
-    if stages is not None:
-        from pydantic import ValidationError
-
-        loaded = []
+    elif stages is not None:
+        specs = []
         for i, raw in enumerate(stages):
             try:
-                spec = StageSpec(**raw)
+                specs.append(StageSpec(**raw))
             except ValidationError as exc:
                 raise ConfigError(format_validation_error(exc, f"stages.{i}")) from None
-            loaded.append(load_stage(spec.weights, device=dev, **spec.config))
-        return Pipeline(loaded)
-    names = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights or [])
-    if overrides and len(names) != 1:
-        raise ConfigError("stage config overrides need a single weights name; use stages=[...]")
-    return Pipeline([load_stage(n, device=dev, **(overrides or {})) for n in names])
+    else:
+        names = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights or [])
+        if overrides and len(names) != 1:
+            raise ConfigError("stage config overrides need a single weights name; use stages=[...]")
+        specs = [StageSpec(weights=str(n), config=overrides or {}) for n in names]
+    return Pipeline([load_step(s, device=dev, where=f"stages.{i}") for i, s in enumerate(specs)])
 
 
 def _as_list(column: Any) -> list[np.ndarray]:
@@ -155,7 +156,9 @@ class StageMapper:
 
     Args:
         weights: a weights name or folder, or a list of them to run in order.
-        stages: or a list of ``{"weights": ..., "config": {...}}`` dicts.
+        stages: or a list of ``{"weights": ..., "config": {...}}`` dicts (the ``[[stages]]``
+            tables of a pipeline file; ``"faces": {"concepts": ["smile:1"]}`` runs a face VAE on
+            whole photos, as ``aepipe faces edit``).
         pipeline_file: or a TOML pipeline file whose ``[[stages]]`` to run.
         device: ``"auto"`` uses the GPU that Ray assigned (``num_gpus``) and the CPU otherwise.
         column: the image column of image batches (``read_images`` calls it ``"image"``).
@@ -268,11 +271,7 @@ class StageMapper:
                         dpi=float(page.meta.get("dpi") or 0.0),
                     )
                 )
-        live = [r for r in rows if r["pixels"] is not None]
-        # Pages come out as uint8 whatever went in (16-bit scans are written as 8-bit by the CLI).
-        results = self.process([r["pixels"] for r in live])
-        for r, res in zip(live, results, strict=True):
-            r["image"] = _to_uint8(res)
+        self._run_rows([r for r in rows if r["pixels"] is not None])
         empty = np.zeros((0, 0, 1), np.uint8)
         out: dict[str, np.ndarray] = {
             "path": np.array([r["path"] for r in rows], dtype=object),
@@ -286,6 +285,28 @@ class StageMapper:
         if self.encode == "png":
             out["png"] = np.array([_encoded(r) for r in rows], dtype=object)
         return out
+
+    def _run_rows(self, live: list[dict[str, Any]]) -> None:
+        """Set each row's ``image``, or its ``error`` for a page the stages refuse.
+
+        A refused page (a photo with no face, say) fails its own row, not the whole block.
+        """
+        from aepipe.errors import AepipeError
+
+        try:
+            results = self.process([r["pixels"] for r in live])
+        except AepipeError:
+            if len(live) == 1:
+                raise
+            for r in live:  # again one page at a time, to tell which page failed
+                try:
+                    self._run_rows([r])
+                except AepipeError as exc:
+                    r["error"] = str(exc)
+            return
+        # Pages come out as uint8 whatever went in (16-bit scans are written as 8-bit by the CLI).
+        for r, res in zip(live, results, strict=True):
+            r["image"] = _to_uint8(res)
 
 
 def _encoded(row: dict[str, Any]) -> bytes:

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
     from aepipe.stage import Stage
 
-RouteKind = Literal["pages", "image", "generate", "face-edit"]
+RouteKind = Literal[
+    "pages", "image", "generate", "face-edit", "face-reconstruct", "face-interpolate"
+]
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,10 @@ class Entry:
         cli: CLI modules that register this stage's commands when imported.
         route: HTTP endpoint key (``/v1/<route>``), or ``None`` for no endpoint.
         route_kind: ``pages`` (documents in, cleaned pages out as PNG/PDF/zip), ``image``
-            (one image in, one PNG out), ``generate`` (``GET``: sampled images out) or
-            ``face-edit`` (a photo and concept edits in, the whole edited photo out).
+            (one image in, one PNG out), ``generate`` (``GET``: sampled images out),
+            ``face-edit`` (a photo and concept edits in, the whole edited photo out),
+            ``face-reconstruct`` (a photo in, its faces as the VAE decodes them) or
+            ``face-interpolate`` (two photos in, the latent walk between their faces out).
         more_routes: further endpoints served by the same loaded stage, as
             ``(key, kind)`` pairs (``/v1/<key>``), e.g. ``("faces/edit", "face-edit")``.
     """
@@ -114,7 +118,11 @@ for _entry in (
         cli=("aepipe.cli.faces",),
         route="faces",
         route_kind="generate",
-        more_routes=(("faces/edit", "face-edit"),),
+        more_routes=(
+            ("faces/edit", "face-edit"),
+            ("faces/reconstruct", "face-reconstruct"),
+            ("faces/interpolate", "face-interpolate"),
+        ),
     ),
     Entry(
         name="face-vqvae",

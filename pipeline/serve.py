@@ -7,7 +7,10 @@ Endpoints (OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
 - ``POST /v1/colorize``: an image in (gray or colour), the colorized image out (PNG).
 - ``GET /v1/faces?n=&seed=&colorize=&format=``: generated faces as one PNG grid or a zip.
 - ``POST /v1/faces/edit?concept=smile:1&face=all``: a photo in, the whole photo out (PNG) with
-  its faces edited along concept vectors (the weights of ``/v1/faces``).
+  its faces edited along concept vectors (the weights of ``/v1/faces``);
+  ``POST /v1/faces/reconstruct?face=all`` likewise with the faces as the VAE reconstructs them.
+- ``POST /v1/faces/interpolate?steps=8&method=linear``: two photos (multipart ``a`` and ``b``)
+  in, the latent walk between their faces out as one PNG strip.
 - ``GET /healthz``: which stages are loaded, and how busy the server is.
 
 Uploads are either ``multipart/form-data`` with a ``file`` field or the raw file as the request
@@ -365,30 +368,46 @@ class _Service:
         """The uploaded file's bytes and name (multipart ``file`` field or the raw body).
 
         Raises:
-            ApiError: 415 for a content type that is neither multipart nor a file's, 400 for
-                malformed multipart or a client gone mid-upload, 422 without a ``file`` field.
+            ApiError: as :meth:`uploads`.
+        """
+        return (await self.uploads(request, ("file",)))[0]
+
+    async def uploads(self, request: Request, fields: Sequence[str]) -> list[tuple[bytes, str]]:
+        """The bytes and name of each file field; a lone ``file`` may also be the raw body.
+
+        Raises:
+            ApiError: 415 for a content type that is neither multipart nor a file's (or not
+                multipart for several files), 400 for malformed multipart or a client gone
+                mid-upload, 422 when a field is missing.
         """
         from starlette.requests import ClientDisconnect
 
         _UPLOADING.set(request)  # so respond() can skip the work if the client hangs up
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype and ctype != "multipart/form-data" and not ctype.startswith(_RAW_TYPES):
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                f"content type {ctype!r}: send multipart/form-data with a 'file' field, or the "
-                "file itself as application/octet-stream, image/* or application/pdf",
+        raw_ok = tuple(fields) == ("file",)
+        if ctype != "multipart/form-data" and not (
+            raw_ok and (not ctype or ctype.startswith(_RAW_TYPES))
+        ):
+            how = (
+                "send multipart/form-data with a 'file' field, or the file itself as "
+                "application/octet-stream, image/* or application/pdf"
+                if raw_ok
+                else "send multipart/form-data with the fields " + ", ".join(map(repr, fields))
             )
+            raise ApiError(415, "unsupported_media_type", f"content type {ctype!r}: {how}")
         try:
             if ctype != "multipart/form-data":
-                return await request.body(), "upload"
-            form = await request.form(max_files=1, max_fields=8)
-            file = form.get("file")
-            if file is None or isinstance(file, str):
-                raise ApiError(
-                    422, "no_file", "multipart upload needs a 'file' field holding the image"
-                )
-            return await file.read(), file.filename or "upload"
+                return [(await request.body(), "upload")]
+            form = await request.form(max_files=len(fields), max_fields=8)
+            out = []
+            for name in fields:
+                file = form.get(name)
+                if file is None or isinstance(file, str):
+                    raise ApiError(
+                        422, "no_file", f"multipart upload needs a {name!r} field holding the image"
+                    )
+                out.append((await file.read(), file.filename or name))
+            return out
         except ClientDisconnect:
             raise ApiError(400, "disconnected", "client went away during the upload") from None
         except HTTPException as exc:  # Starlette's answer to malformed multipart
@@ -685,25 +704,63 @@ def _add_generate_route(app: FastAPI, service: _Service, key: str) -> None:
     generate_endpoint.__name__ = key.replace("-", "_")
 
 
+_FACE_QUERY = Query("all", pattern=r"^(all|largest|\d{1,4})$", description="all | largest | N.")
+
+
+def _face_choice(face: str) -> str | int:
+    return int(face) if face.isdigit() else face
+
+
+async def _face_photo(
+    service: _Service, request: Request, stage_key: str, vectors: Any, face: str
+) -> Response:
+    """A photo in, the whole photo out with its faces edited (``vectors``) or reconstructed.
+
+    The work is the core's :class:`~aepipe.core.FaceEditor`, as for ``aepipe faces edit``;
+    header ``X-Aepipe-Faces`` carries the per-face report.
+    """
+    from aepipe.core import FaceEditor, encode_document, run_pages
+
+    report: list[str] = []
+    step = FaceEditor(
+        service.need(stage_key), vectors, face=_face_choice(face), align="photo",
+        report=report.append,
+    )  # fmt: skip
+    data, filename = await service.upload(request)
+
+    def work() -> Media:
+        page = decode_upload(data, filename, service.settings)[0]
+        stem = _stem(filename)
+        done = run_pages(step, [page], stem)
+        return encode_document(done, "png", stem)[0][1], "image/png", f"{stem}.png"
+
+    response = await service.respond(work)
+    # The editor names the photo in each line; the header is about this one photo.
+    response.headers["X-Aepipe-Faces"] = "; ".join(line.split(": ", 1)[-1] for line in report)
+    return response
+
+
+_FACE_PHOTO_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"image/png": {}},
+        "description": "The whole photo at its size; header X-Aepipe-Faces: per face.",
+    },
+    **_ERRORS_DOC,
+    422: {"description": "No usable face (reason per face), or an invalid parameter."},
+}
+
+
 def _add_face_edit_route(app: FastAPI, service: _Service, stage_key: str, key: str) -> None:
     """``POST /v1/<key>``: a photo and concept edits in, the whole edited photo out (PNG).
 
-    The stage is the one loaded for ``/v1/<stage_key>``; the work is the core's
-    :func:`~aepipe.core.edit_face_photo`, as for ``aepipe faces edit``.
+    The stage is the one loaded for ``/v1/<stage_key>``.
     """
 
     @app.post(
         f"/v1/{key}",
         summary="Edit the faces of a photo along concept vectors (smile, eyeglasses ...)",
         openapi_extra=_UPLOAD_DOC,
-        responses={
-            200: {
-                "content": {"image/png": {}},
-                "description": "The whole photo at its size; header X-Aepipe-Faces: per face.",
-            },
-            **_ERRORS_DOC,
-            422: {"description": "No usable face (reason per face), or an unknown concept."},
-        },
+        responses=_FACE_PHOTO_DOC,
         response_class=Response,
     )
     async def face_edit_endpoint(
@@ -712,36 +769,94 @@ def _add_face_edit_route(app: FastAPI, service: _Service, stage_key: str, key: s
             list[str],
             Query(min_length=1, max_length=8, description="NAME:STRENGTH, repeatable: smile:1."),
         ],
-        face: str = Query(
-            "all", pattern=r"^(all|largest|\d{1,4})$", description="all | largest | N."
-        ),
+        face: str = _FACE_QUERY,
     ) -> Response:
-        from aepipe.core import edit_face_photo, encode_document, face_concepts, run_pages
+        from aepipe.core import face_concepts
         from aepipe.stages.face_generator import default_concept_dirs
 
-        stage = service.need(stage_key)
         dirs = default_concept_dirs(None, service.settings.models.get(stage_key))
         vectors = face_concepts(concept, dirs, names_only=True)
-        choice = int(face) if face.isdigit() else face
-        data, filename = await service.upload(request)
-        report: list[str] = []
-
-        def edit(batch: ImageBatch) -> ImageBatch:
-            done = edit_face_photo(stage, batch, vectors, face=choice, align="photo")
-            report.extend(done.report)
-            return done.batch
-
-        def work() -> Media:
-            page = decode_upload(data, filename, service.settings)[0]
-            stem = _stem(filename)
-            done = run_pages(edit, [page], stem)
-            return encode_document(done, "png", stem)[0][1], "image/png", f"{stem}.png"
-
-        response = await service.respond(work)
-        response.headers["X-Aepipe-Faces"] = "; ".join(report)
-        return response
+        return await _face_photo(service, request, stage_key, vectors, face)
 
     face_edit_endpoint.__name__ = key.replace("-", "_").replace("/", "_")
+
+
+def _add_face_reconstruct_route(app: FastAPI, service: _Service, stage_key: str, key: str) -> None:
+    """``POST /v1/<key>``: a photo in, the whole photo out with its faces as the VAE sees them."""
+
+    @app.post(
+        f"/v1/{key}",
+        summary="Reconstruct the faces of a photo through the face VAE (what it keeps)",
+        openapi_extra=_UPLOAD_DOC,
+        responses=_FACE_PHOTO_DOC,
+        response_class=Response,
+    )
+    async def face_reconstruct_endpoint(request: Request, face: str = _FACE_QUERY) -> Response:
+        return await _face_photo(service, request, stage_key, None, face)
+
+    face_reconstruct_endpoint.__name__ = key.replace("-", "_").replace("/", "_")
+
+
+_PAIR_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "multipart/form-data with two files: `a` (start) and `b` (end).",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "a": {"type": "string", "format": "binary"},
+                        "b": {"type": "string", "format": "binary"},
+                    },
+                    "required": ["a", "b"],
+                }
+            }
+        },
+    }
+}
+
+
+def _add_face_interpolate_route(app: FastAPI, service: _Service, stage_key: str, key: str) -> None:
+    """``POST /v1/<key>``: two photos in, the latent walk between their faces out (PNG strip)."""
+
+    @app.post(
+        f"/v1/{key}",
+        summary="Walk the latent space from the face in photo a to the face in photo b",
+        openapi_extra=_PAIR_DOC,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "One row of faces per method."},
+            **_ERRORS_DOC,
+            422: {"description": "No usable face in a or b (reason per face), or bad parameter."},
+        },
+        response_class=Response,
+    )
+    async def face_interpolate_endpoint(
+        request: Request,
+        steps: int = Query(8, ge=2, le=256, description="Faces on the path, ends included."),
+        method: Literal["linear", "slerp", "both"] = Query("linear"),
+        face: str = Query(
+            "largest", pattern=r"^(largest|\d{1,4})$", description="largest | N, in each photo."
+        ),
+    ) -> Response:
+        from aepipe.core import face_strip, interpolate_faces
+        from aepipe.io import page_batch, png_bytes
+
+        stage = service.need(stage_key)
+        methods = ["linear", "slerp"] if method == "both" else [method]
+        files = await service.uploads(request, ("a", "b"))
+
+        def work() -> Media:
+            a, b = (
+                page_batch(decode_upload(data, name, service.settings)[0], _stem(name))
+                for data, name in files
+            )
+            rows = interpolate_faces(stage, a, b, steps, methods, face=_face_choice(face))
+            return png_bytes(face_strip(rows)), "image/png", "interpolation.png"
+
+        return await service.respond(work)
+
+    face_interpolate_endpoint.__name__ = key.replace("-", "_").replace("/", "_")
 
 
 _ROUTE_KINDS: dict[str, Callable[[FastAPI, _Service, str], None]] = {
@@ -751,6 +866,8 @@ _ROUTE_KINDS: dict[str, Callable[[FastAPI, _Service, str], None]] = {
 }
 _MORE_ROUTE_KINDS: dict[str, Callable[[FastAPI, _Service, str, str], None]] = {
     "face-edit": _add_face_edit_route,
+    "face-reconstruct": _add_face_reconstruct_route,
+    "face-interpolate": _add_face_interpolate_route,
 }
 
 

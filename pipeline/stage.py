@@ -39,11 +39,15 @@ def format_validation_error(
         exc: the validation error.
         where: what was validated (a stage name or a file path).
         sep: text between ``where`` and the field path.
-        drop: location parts to leave out (e.g. the tags of discriminated unions).
+        drop: location parts to leave out: the tags of a discriminated union, which pydantic
+            puts second (``source.faces.n``); a field of the same name elsewhere stays.
     """
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if str(p) not in drop) or "(root)"
+        parts = [str(p) for p in err["loc"]]
+        if len(parts) > 1 and parts[1] in drop:
+            del parts[1]
+        loc = ".".join(parts) or "(root)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the stage's documented options)"

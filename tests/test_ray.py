@@ -227,6 +227,37 @@ def test_mapper_loads_a_pipeline_file(tiny_weights: dict[str, Path], tmp_path: P
         StageMapper(pipeline_file=cfg)
 
 
+def test_face_edits_of_photo_files_on_cluster(cluster: None, tmp_path: Path) -> None:
+    """A face-VAE ``faces`` stage on whole photo files: the library's edit, a row error for a
+    photo with no face (the rest of the block still done)."""
+    from factory import face_photo
+
+    from aepipe.batch import ImageBatch
+    from aepipe.core import edit_face_photo, face_concepts
+    from aepipe.stages.face_generator import default_concept_dirs
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(face_photo()).save(folder / "photo.png")
+    Image.fromarray(face_photo(None)).save(folder / "empty.png")
+    stages = [{"weights": "face-vae", "faces": {"concepts": ["smile:+2"], "face": "largest"}}]
+    ds = ray.data.read_binary_files(str(folder), include_paths=True, num_cpus=0)
+    ds = ds.map_batches(
+        StageMapper,
+        fn_constructor_kwargs={"stages": stages, "device": "cpu"},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_size=2,
+        batch_format="numpy",
+    )
+    rows = {Path(r["path"]).name: r for r in ds.take_all()}
+    assert "no face" in rows["empty.png"]["error"]
+    vectors = face_concepts(["smile:+2"], default_concept_dirs())
+    batch = ImageBatch.from_numpy(face_photo(), ["photo"])
+    want = edit_face_photo(load_stage("face-vae"), batch, vectors, face="largest", align="photo")
+    assert rows["photo.png"]["error"] == ""
+    np.testing.assert_array_equal(rows["photo.png"]["image"], want.batch.to_numpy(np.uint8)[0])
+
+
 def test_workers_without_gpus_use_the_cpu(cluster: None) -> None:
     from aepipe.ray import worker_device
 

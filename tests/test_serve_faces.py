@@ -1,4 +1,4 @@
-"""``POST /v1/faces/edit`` over real HTTP: ``aepipe serve`` with the shipped face VAE.
+"""``POST /v1/faces/edit|reconstruct|interpolate`` over real HTTP (``aepipe serve``, shipped VAE).
 
 The server runs in a subprocess on a free loopback port with an API key; the answer must be
 what the library call (:func:`aepipe.core.edit_face_photo`) gives for the same photo.
@@ -92,8 +92,39 @@ def test_edit_needs_key_and_reports_errors_as_json(server: str) -> None:
     assert httpx.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"
 
 
-def test_openapi_lists_the_route(server: str) -> None:
+def test_reconstruct_and_interpolate_over_http(server: str) -> None:
+    from aepipe.batch import ImageBatch
+    from aepipe.core import edit_face_photo
+    from aepipe.stage import load_stage
+
+    photo = face_photo()
+    resp = httpx.post(
+        f"{server}/v1/faces/reconstruct", content=png(photo), headers=AUTH, timeout=60
+    )
+    assert resp.status_code == 200, resp.text
+    batch = ImageBatch.from_numpy(photo, ["photo"])
+    want = edit_face_photo(load_stage("face-vae"), batch, None, align="photo")
+    got = np.asarray(Image.open(io.BytesIO(resp.content)))
+    np.testing.assert_array_equal(got, want.batch.to_numpy(np.uint8)[0])
+    files = {"a": ("a.png", png(photo)), "b": ("b.png", png(photo))}
+    url = f"{server}/v1/faces/interpolate"
+    resp = httpx.post(url, files=files, params={"steps": 4}, headers=AUTH, timeout=60)
+    assert resp.status_code == 200, resp.text
+    strip = np.asarray(Image.open(io.BytesIO(resp.content)))
+    assert strip.shape[:2] == (68, 4 * 66 + 2)
+    # The same face at both ends: every step is the same decode.
+    tiles = [strip[2:66, 2 + 66 * i : 66 + 66 * i] for i in range(4)]
+    assert all(np.array_equal(t, tiles[0]) for t in tiles) and tiles[0].std() > 10
+    assert_json_error(httpx.post(url, files=files, timeout=10), 401)
+
+
+def test_openapi_lists_the_routes(server: str) -> None:
     schema = httpx.get(f"{server}/openapi.json", headers=AUTH, timeout=10).json()
     post = schema["paths"]["/v1/faces/edit"]["post"]
     assert "multipart/form-data" in post["requestBody"]["content"]
     assert {p["name"] for p in post["parameters"]} == {"concept", "face"}
+    post = schema["paths"]["/v1/faces/reconstruct"]["post"]
+    assert {p["name"] for p in post["parameters"]} == {"face"}
+    post = schema["paths"]["/v1/faces/interpolate"]["post"]
+    assert post["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["a", "b"]
+    assert {p["name"] for p in post["parameters"]} == {"steps", "method", "face"}

@@ -93,12 +93,17 @@ def _image_files(folder: Path) -> list[Path]:
 def _write_grid(batch, path: Path, ncols: int | None = None) -> Path:
     import numpy as np
 
-    from aepipe.io import make_grid, write_image
+    from aepipe.io import make_grid
 
-    arr = batch.to_numpy(np.uint8)
-    grid = make_grid(arr, ncols=ncols)
+    return _write_sheet(make_grid(batch.to_numpy(np.uint8), ncols=ncols), path)
+
+
+def _write_sheet(sheet, path: Path) -> Path:
+    """Write an (H, W, C) uint8 contact sheet, gray sheets as 8-bit gray PNGs."""
+    from aepipe.io import write_image
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_image(grid[..., 0] if grid.shape[-1] == 1 else grid, path)
+    return write_image(sheet[..., 0] if sheet.shape[-1] == 1 else sheet, path)
 
 
 def _resolve_device(device: str) -> str:
@@ -275,9 +280,9 @@ def _face_choice(face: str):
 
 def _photo_edit(stage, vectors: list | None, face, align: str, quiet: bool):
     """The core's face editor for whole photos or face crops (``vectors=None`` reconstructs)."""
-    from aepipe.core import face_editor
+    from aepipe.core import FaceEditor
 
-    return face_editor(stage, vectors, face=face, align=align, report=None if quiet else err)
+    return FaceEditor(stage, vectors, face=face, align=align, report=None if quiet else err)
 
 
 @faces_app.command("reconstruct")
@@ -417,8 +422,7 @@ def interpolate(
     with cli_errors():
         import numpy as np
 
-        from aepipe.batch import ImageBatch
-        from aepipe.core import interpolate_faces
+        from aepipe.core import face_strip, interpolate_faces
         from aepipe.io import write_image
 
         stage = _load_face_vae(model, _resolve_device(device))
@@ -426,8 +430,7 @@ def interpolate(
         rows = interpolate_faces(
             stage, _read_one(a), _read_one(b), steps, methods, face=choice, align=align
         )
-        sheet = ImageBatch.concat(rows)
-        _write_grid(sheet, out, ncols=steps)
+        _write_sheet(face_strip(rows), out)
         if frames is not None:
             frames.mkdir(parents=True, exist_ok=True)
             for m, row in zip(methods, rows, strict=True):
