@@ -16,7 +16,8 @@ A page counts as clean when
 up to ``STRAY_LIMIT`` of the page in "stray" gray pixels (bleed-through, stains, faded strokes
 and toner dust on white paper are stray), and with at most ``SPECK_LIMIT`` isolated dark specks
 (three pixels or fewer, away from other ink) per megapixel: speck noise on a white page is what
-a user wants removed.
+a user wants removed. A colour page that fails this in luma is checked again in its darkest
+channel (:func:`is_clean`): saturated ink is mid-gray in luma, dark there.
 
 The thresholds were set on generated clean pages of other seeds than the benchmark's (60 pages
 of 1.2 Mpx at 150-600 DPI, with validation photographs, and 8 A4 pages) and on all docbin and
@@ -94,13 +95,26 @@ def check_page(gray: np.ndarray, quick: bool = False) -> PageCheck:
     return PageCheck(float(sizes[~flat].sum()) / gray.size, specks)
 
 
-def is_clean(gray: np.ndarray) -> bool:
+def is_clean(gray: np.ndarray, darkest: np.ndarray | None = None) -> bool:
     """Whether ``gray`` ((H, W) in [0, 1]) is a clean page to pass through unchanged.
 
     A page of two levels (a 1-bit scan drawn in any two colours, as a PDF colour space may
     draw it) is checked as black and white, and a mostly dark page also as its negative: light
     type on a dark ground, printed so, is as clean as dark type on white.
+
+    Args:
+        gray: the page's luma.
+        darkest: for a colour page, its darkest channel per pixel ((H, W)). Saturated ink (the
+            red, green and blue lines of a chart, a yellow highlight) is mid-gray in luma, so
+            stray there, but dark in its darkest channel; gray and brown dirt and yellowed
+            paper are about as light in it as in luma, so stay stray (not clean).
     """
+    if _is_clean_gray(gray):
+        return True
+    return darkest is not None and _is_clean_gray(darkest)
+
+
+def _is_clean_gray(gray: np.ndarray) -> bool:
     if _two_levels(gray):
         gray = (gray == gray.max()).astype(np.float32)
     if check_page(gray, quick=True).clean:

@@ -74,8 +74,9 @@ class PdfEditOptions:
             ``"fallback"`` reports them as needing the render fallback (to clean them anyway).
         jpeg_quality: store gray and colour results as JPEG at this quality (1-95); ``None``
             stores them losslessly (Flate); ``"auto"`` stores losslessly what was stored
-            losslessly, and as JPEG what was stored lossy: with the source's own quantisation
-            tables for a JPEG source (the same quality), at quality 85 for a JPEG 2000 one.
+            losslessly, and lossy what was stored lossy: a JPEG source as JPEG with its own
+            quantisation tables (the same quality), a JPEG 2000 one as JPEG 2000 at the
+            source's own compression ratio (the same bytes per pixel).
         color: ``"auto"`` keeps a colour image in colour only where it has coloured ink (any
             pixel whose chroma, max - min of R, G, B, exceeds ``color_chroma``, in more than
             ``color_fraction`` of the pixels); such pixels keep their input colour whatever
@@ -525,7 +526,9 @@ def _jpeg_settings(obj: Any, options: PdfEditOptions) -> dict[str, Any] | None:
         return None if options.jpeg_quality is None else {"quality": options.jpeg_quality}
     filters = _filters(obj)
     if "JPXDecode" in filters:
-        return {"quality": 85}
+        if not _jpx_encoder():
+            return {"quality": 85}
+        return {"jpx_bytes": len(obj.read_raw_bytes())}
     if "DCTDecode" not in filters:
         return None
     try:
@@ -537,6 +540,22 @@ def _jpeg_settings(obj: Any, options: PdfEditOptions) -> dict[str, Any] | None:
     if not tables:
         return {"quality": 85}
     return {"qtables": [tables[k] for k in sorted(tables)]}
+
+
+def _jpx_encoder() -> bool:
+    """Whether this Pillow can write JPEG 2000 (its wheels bundle OpenJPEG)."""
+    from PIL import features
+
+    return bool(features.check("jpg_2000"))
+
+
+def _jpx(image: Any, source_bytes: int) -> bytes:
+    """``image`` as a JPEG 2000 file about ``source_bytes`` long (the source's own ratio)."""
+    bands = len(image.getbands())
+    rate = max(1.0, image.width * image.height * bands / max(source_bytes, 1))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG2000", quality_mode="rates", quality_layers=[rate])
+    return buf.getvalue()
 
 
 def _write_bilevel(obj: Any, bits: Any, mask: bool) -> str:
@@ -582,6 +601,9 @@ def _write_image(obj: Any, image: Any, kind: Kind, mask: bool, jpeg: dict[str, A
     else:
         obj.ColorSpace = pikepdf.Name.DeviceGray if image.mode == "L" else pikepdf.Name.DeviceRGB
     obj.BitsPerComponent = 8
+    if jpeg is not None and "jpx_bytes" in jpeg:
+        obj.write(_jpx(image, jpeg["jpx_bytes"]), filter=pikepdf.Name.JPXDecode, type_check=False)
+        return "JPXDecode"
     if jpeg is not None:
         if "qtables" in jpeg:
             # A gray image takes one table; a colour one two (luma, chroma).
@@ -669,8 +691,9 @@ def _clean(
     out = _stored(process(batch.replace(_upright(decoded, turn))).images, turn)
     if out.shape[0] != 1 or tuple(out.shape[-2:]) != (h, w):
         raise ShapeError(f"{where}: process returned shape {tuple(out.shape)} for a {w}x{h} image")
-    if kind == "color" and _same_values(out, decoded):
-        # Nothing changed: the colour rule (how a changed image is stored) does not apply.
+    if kind == "color" and (_same_values(out, decoded) or _same_values(out, to_gray(decoded))):
+        # Nothing changed, or only the colour was dropped (a gray stage passing a clean page
+        # through gives its luma): the image stays as it was, colours and bytes.
         return batch.to_pil()[0]
     if kind == "color":
         out = _colour_rule(decoded, out, options)

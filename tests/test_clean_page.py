@@ -7,7 +7,7 @@ import pytest
 import torch
 from factory import display_page
 
-from aepipe.batch import ImageBatch
+from aepipe.batch import ImageBatch, to_gray
 from aepipe.clean_page import check_page, is_clean
 from aepipe.data.synthetic_pages import make_pair
 from aepipe.stages.scan_denoiser import ScanDenoiser
@@ -74,6 +74,52 @@ def test_a_clean_colour_page_keeps_its_colours() -> None:
     out = ScanDenoiser.tiny(0, keep_color=True)(ImageBatch(page))
     assert out.meta[0]["already_clean"] is True
     assert torch.equal(out.images, page)
+
+
+def colour_chart() -> np.ndarray:
+    """A born-digital chart, (H, W, 3) in [0, 1]: white, black axes, anti-aliased lines in the
+    saturated mid-luma colours of office charts (luma 0.45-0.66: stray gray in luma alone)."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (4 * 400, 4 * 300), "white")  # drawn 4x, shrunk: anti-aliased
+    draw = ImageDraw.Draw(im)
+    draw.line([(160, 80), (160, 1040), (1560, 1040)], fill="black", width=8)
+    rng = np.random.default_rng(0)
+    for colour in [(79, 129, 189), (192, 80, 77), (155, 187, 89), (128, 100, 162)]:
+        ys = rng.integers(150, 1000, 12)
+        points = [(200 + 120 * i, int(y)) for i, y in enumerate(ys)]
+        draw.line(points, fill=colour, width=12)
+        for x, y in points:
+            draw.rectangle([x - 16, y - 16, x + 16, y + 16], fill=colour)
+    small = im.resize((400, 300), Image.Resampling.LANCZOS)
+    return np.asarray(small, np.float32) / 255.0
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
+
+
+def test_a_colour_chart_is_clean_but_not_with_a_brown_stain_or_on_yellowed_paper() -> None:
+    chart = colour_chart()
+    assert not is_clean(_luma(chart))  # its coloured lines are stray gray in luma
+    assert is_clean(_luma(chart), chart.min(-1))
+    yy, xx = np.mgrid[:300, :400]
+    blot = np.exp(-(((yy - 150) / 50.0) ** 2 + ((xx - 200) / 60.0) ** 2))[..., None]
+    coffee = np.float32([0.55, 0.35, 0.15])  # a brown stain, fading out at its edge
+    stained = (chart * (1 - 0.6 * blot) + 0.6 * blot * coffee * chart).astype(np.float32)
+    assert not is_clean(_luma(stained), stained.min(-1))
+    yellowed = (chart * np.float32([0.97, 0.93, 0.80])).astype(np.float32)
+    assert not is_clean(_luma(yellowed), yellowed.min(-1))
+
+
+def test_stage_keeps_a_colour_chart_as_it_was() -> None:
+    chart = torch.from_numpy(colour_chart()).permute(2, 0, 1)[None]
+    for keep_color in (True, False):
+        out = ScanDenoiser.tiny(0, keep_color=keep_color)(ImageBatch(chart))
+        assert out.meta[0]["already_clean"] is True
+    assert torch.equal(out.images, to_gray(chart))  # gray output: the chart's own luma
+    kept = ScanDenoiser.tiny(0, keep_color=True)(ImageBatch(chart))
+    assert torch.equal(kept.images, chart)
 
 
 def test_clean_scans_keeps_a_clean_page_and_cleans_it_with_clean_all(tmp_path, cli_env) -> None:

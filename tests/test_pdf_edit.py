@@ -549,3 +549,43 @@ def test_a_colour_result_of_a_gray_scan_is_stored_in_colour(tmp_path):
     assert image_info(tmp_path / "c.pdf")["cs"] == "/DeviceRGB"
     outcomes = edit_pdf(src, tmp_path / "g.pdf", lambda b: b.replace(b.images.repeat(1, 3, 1, 1)))
     assert outcomes[0].stored_as == "gray"
+
+
+def test_jpeg_2000_source_is_stored_as_jpeg_2000_at_its_own_ratio(tmp_path):
+    pdf = pikepdf.new()
+    buf = tmp_path / "p.jp2"
+    Image.fromarray(page_pixels(240, 300)).save(buf, quality_mode="rates", quality_layers=[20])
+    jpx = pdf.make_stream(buf.read_bytes())
+    jpx.Type, jpx.Subtype, jpx.Filter = (
+        pikepdf.Name.XObject,
+        pikepdf.Name.Image,
+        pikepdf.Name.JPXDecode,
+    )
+    jpx.Width, jpx.Height = 240, 300
+    add_page(pdf, (172.8, 216), [(jpx, "172.8 0 0 216 0 0")])
+    pdf.save(tmp_path / "j.pdf")
+    outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "a.pdf", invert)
+    # JPEG 2000 codes a photo-like page in fewer bytes than JPEG: it stays JPEG 2000, with
+    # the source's bytes per pixel (a JPEG at quality 85 was twice the size).
+    assert outcomes[0].codec_out == "JPXDecode"
+    assert 0.7 * outcomes[0].bytes_in <= outcomes[0].bytes_out <= 1.1 * outcomes[0].bytes_in
+    shown = gray_render(tmp_path / "a.pdf")
+    assert np.abs((255 - gray_render(tmp_path / "j.pdf")) - shown.astype(float)).mean() < 8
+
+
+def test_a_clean_colour_chart_comes_back_the_same_through_a_gray_stage(tmp_path):
+    """The shipped gray scan stage passes a clean chart through as its luma; inside a PDF that
+    is no change at all: the image keeps its colours and bytes."""
+    from test_clean_page import colour_chart
+
+    from aepipe.stages.scan_denoiser import ScanDenoiser
+
+    rgb = (colour_chart() * 255).round().astype(np.uint8)
+    pdf = pikepdf.new()
+    add_page(pdf, (400, 300), [(image_stream(pdf, rgb), "400 0 0 300 0 0")])
+    pdf.save(tmp_path / "c.pdf")
+    outcomes = edit_pdf(tmp_path / "c.pdf", tmp_path / "o.pdf", ScanDenoiser.tiny(0))
+    assert outcomes[0].status == "unchanged"
+    with pikepdf.open(tmp_path / "c.pdf") as a, pikepdf.open(tmp_path / "o.pdf") as b:
+        before, after = (p.pages[0].Resources.XObject["/Im0"] for p in (a, b))
+        assert before.read_raw_bytes() == after.read_raw_bytes()

@@ -258,7 +258,7 @@ class ScanDenoiser(Stage):
         cfg: Config = self.config  # type: ignore[assignment]
         images = batch.images
         gray_in = to_gray(images)
-        kept = self.already_clean(gray_in)
+        kept = self.already_clean(gray_in, images)
         todo = [i for i, k in enumerate(kept) if not k]
         if len(todo) == len(kept):
             clean = self._denoise(gray_in)  # the usual case: no copy, no indexing
@@ -288,13 +288,24 @@ class ScanDenoiser(Stage):
         pages = self.clean_gray(gray)
         return remove_borders(pages, cfg.border_band) if cfg.borders == "remove" else pages
 
-    def already_clean(self, gray: torch.Tensor) -> list[bool]:
-        """Which of the (N, 1, H, W) pages to pass through (always none with "process")."""
+    def already_clean(self, gray: torch.Tensor, images: torch.Tensor | None = None) -> list[bool]:
+        """Which pages to pass through (always none with "process").
+
+        Args:
+            gray: (N, 1, H, W) luma of the pages.
+            images: the (N, C, H, W) pages themselves; colour ones are also checked in their
+                darkest channel (:func:`~aepipe.clean_page.is_clean`).
+        """
         from aepipe.clean_page import is_clean
 
         if self.config.clean_pages == "process":  # type: ignore[attr-defined]
             return [False] * gray.shape[0]
-        return [is_clean(page[0].float().cpu().numpy()) for page in gray]
+        colour = images is not None and images.shape[1] == 3
+        darkest = images.amin(1) if colour else [None] * gray.shape[0]  # type: ignore[union-attr]
+        return [
+            is_clean(g[0].float().cpu().numpy(), None if d is None else d.float().cpu().numpy())
+            for g, d in zip(gray, darkest, strict=True)
+        ]
 
     @classmethod
     def tiny(cls, seed: int = 0, **config: Any) -> Self:
