@@ -485,6 +485,41 @@ FaceAlign = Literal["auto", "photo", "crop"]
 Concepts = Sequence[tuple["torch.Tensor", float]]
 
 
+WalkMethod = Literal["linear", "slerp", "both"]
+
+
+def load_face_vae(
+    name_or_path: str | os.PathLike[str], device: str = "cpu", **overrides: Any
+) -> FaceGenerator:
+    """Load face-VAE weights (the photo and latent-space calls need its encoder).
+
+    Raises:
+        WeightsError: the weights are missing, broken or for another stage.
+    """
+    from aepipe.stage import load_stage
+    from aepipe.stages.face_generator import FaceGenerator
+
+    stage = load_stage(name_or_path, device=device, **overrides)
+    if not isinstance(stage, FaceGenerator):
+        raise WeightsError(
+            f"{name_or_path}: weights are for stage {stage.name!r}, not 'face-generator'"
+        )
+    return stage
+
+
+def read_photo(path: str | os.PathLike[str]) -> ImageBatch:
+    """The first page of an image file as a one-image batch named after the file."""
+    from aepipe.io import page_batch, read_pages
+
+    page = next(iter(read_pages(path)))
+    return page_batch(page, Path(path).stem)
+
+
+def walk_methods(method: WalkMethod) -> list[Literal["linear", "slerp"]]:
+    """The interpolation paths ``method`` names (``both``: linear, then great circle)."""
+    return ["linear", "slerp"] if method == "both" else [method]
+
+
 def face_concepts(
     specs: Sequence[str], dirs: Sequence[Path], *, names_only: bool = False
 ) -> list[tuple[torch.Tensor, float]]:
@@ -694,6 +729,19 @@ def interpolate_faces(
     """
     za, zb = (stage.encode(aligned_face(stage, x, face=face, align=align))[0] for x in (a, b))
     return [stage.interpolate(za, zb, steps, m) for m in methods]
+
+
+def named_by_method(rows: Sequence[ImageBatch], methods: Sequence[str]) -> list[ImageBatch]:
+    """The rows of :func:`interpolate_faces`, each frame named ``<method>_<name>``.
+
+    ``linear_step_00`` ...: the file names of ``faces interpolate --frames`` and TOML sinks.
+    """
+    from aepipe.batch import ImageBatch
+
+    return [
+        ImageBatch(row.images, [f"{m}_{n}" for n in row.names], row.meta)
+        for m, row in zip(methods, rows, strict=True)
+    ]
 
 
 # ---- outcomes: error classes -> HTTP -------------------------------------------------------

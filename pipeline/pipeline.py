@@ -243,6 +243,19 @@ class FacesSource(_Strict):
     batch_size: int = Field(64, ge=1, le=4096)
 
 
+class InterpolateSource(_Strict):
+    """The latent walk between the faces of two photos, as ``aepipe faces interpolate``."""
+
+    type: Literal["interpolate"]
+    a: str
+    b: str
+    steps: int = Field(8, ge=2, le=256)
+    method: Literal["linear", "slerp", "both"] = "linear"
+    face: Literal["largest"] | Annotated[int, Field(ge=0, le=9999)] = "largest"
+    align: Literal["auto", "photo", "crop"] = "auto"
+    weights: str = "face-vae"
+
+
 class FacePhotos(_Strict):
     """Run a face VAE on whole photos: find, align, edit (or reconstruct) and paste back.
 
@@ -281,7 +294,7 @@ class FolderSink(_Strict):
 class PipelineSpec(_Strict):
     """A whole pipeline file."""
 
-    source: Annotated[FolderSource | FacesSource, Field(discriminator="type")]
+    source: Annotated[FolderSource | FacesSource | InterpolateSource, Field(discriminator="type")]
     stages: list[StageSpec] = Field(default_factory=list)
     sink: FolderSink
 
@@ -308,7 +321,9 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
         spec = PipelineSpec(**data)
     except ValidationError as exc:
         raise ConfigError(
-            format_validation_error(exc, str(path), sep=": ", drop=("folder", "faces"))
+            format_validation_error(
+                exc, str(path), sep=": ", drop=("folder", "faces", "interpolate")
+            )
         ) from None
     for i, st in enumerate(spec.stages):
         check_stage_spec(st, f"{path}: stages.{i}")
@@ -392,10 +407,43 @@ def faces_source(spec: FacesSource, stages: Sequence[BatchFn] = ()) -> Iterator[
     )
 
 
+def interpolate_source(
+    spec: InterpolateSource, stages: Sequence[BatchFn] = ()
+) -> Iterator[ImageBatch]:
+    """One batch per path of an ``interpolate`` source, run through ``stages``.
+
+    Frames are named ``linear_step_00`` ...; the walk is the core's
+    :func:`~aepipe.core.interpolate_faces`; ``stages`` may colorize it, say.
+    """
+    from aepipe.core import (
+        interpolate_faces,
+        load_face_vae,
+        named_by_method,
+        read_photo,
+        walk_methods,
+    )
+
+    vae = load_face_vae(spec.weights)
+    methods = walk_methods(spec.method)
+    a, b = read_photo(spec.a), read_photo(spec.b)
+    rows = interpolate_faces(vae, a, b, spec.steps, methods, face=spec.face, align=spec.align)
+    for row in named_by_method(rows, methods):
+        for stage in stages:
+            row = stage(row)
+        yield row
+
+
 def write_batches(
-    batches: Iterable[ImageBatch], out: Path, grid: Path | None = None, overwrite: bool = False
+    batches: Iterable[ImageBatch],
+    out: Path,
+    grid: Path | None = None,
+    overwrite: bool = False,
+    ncols: int | None = None,
 ) -> list[Path]:
-    """Write generated batches as PNG files named after the batch names, plus an optional grid."""
+    """Write generated batches as PNGs named after the batch names, plus an optional grid.
+
+    ``ncols``: the grid's columns (default: about square).
+    """
     from aepipe.io import make_grid, write_image
 
     written: list[Path] = []
@@ -410,5 +458,5 @@ def write_batches(
         if grid is not None:
             grid_tiles.extend(a if a.shape[-1] == 3 else np.repeat(a, 3, -1) for a in arrays)
     if grid is not None and grid_tiles:
-        write_image(make_grid(np.stack(grid_tiles)), grid)
+        write_image(make_grid(np.stack(grid_tiles), ncols=ncols), grid)
     return written

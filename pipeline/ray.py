@@ -1,6 +1,8 @@
 """Ray Data integration: stages as callable classes for ``ray.data.Dataset.map_batches``.
 
-Install with the ``[ray]`` extra (``pip install "aepipe[ray]"``). Both classes load their weights
+Install with the ``[ray]`` extra (``pip install "aepipe[ray]"``). :class:`StageMapper` (stages
+over images or files, face edits of photos included), :class:`FaceBlockMapper` (generated
+faces) and :class:`FacePairMapper` (the latent walk between two photos' faces) load their weights
 once, in ``__init__``, inside each Ray actor, and then map ``dict[str, np.ndarray]`` batches.
 They are plain picklable classes: Ray ships the class and its constructor arguments (weights
 names or paths, never loaded models) to the workers, so the same code runs on a laptop and on a
@@ -416,3 +418,75 @@ class FaceBlockMapper:
 
 # The mapper is not face-specific: any generator's weights work.
 GeneratorMapper = FaceBlockMapper
+
+
+class FacePairMapper:
+    """The latent walk between the faces of two photos, for rows of photo pairs.
+
+    Each input row holds two encoded photos, ``a`` and ``b`` (bytes: PNG, JPEG ...; e.g. from
+    ``ray.data.from_items([{"a": ..., "b": ..., "name": ...}])``). Each output row has ``name``,
+    ``png`` (the strip as ``aepipe faces interpolate`` writes it: a row of ``steps`` faces per
+    method) and ``error`` (why a pair gave no strip, e.g. no face in ``b``; else empty). The
+    work is the core's :func:`~aepipe.core.interpolate_faces`.
+
+    Args:
+        weights: face-VAE weights.
+        steps: faces per path, ends included.
+        method: ``linear``, ``slerp`` or ``both``.
+        face: ``largest`` or a face index, in each photo.
+        align: ``auto``, ``photo`` or ``crop``.
+        device: as for :class:`StageMapper`.
+        max_pixels: larger photos are refused before decoding (their row's ``error``).
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike[str] = "face-vae",
+        *,
+        steps: int = 8,
+        method: Literal["linear", "slerp", "both"] = "linear",
+        face: Literal["largest"] | int = "largest",
+        align: Literal["auto", "photo", "crop"] = "auto",
+        device: str = "auto",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        from aepipe.core import load_face_vae, walk_methods
+
+        if not 2 <= steps <= 256:
+            raise ConfigError(f"steps must be 2..256; got {steps}")
+        self.stage = load_face_vae(weights, device=worker_device(device))
+        self.methods = walk_methods(method)
+        self.steps, self.face, self.align, self.max_pixels = steps, face, align, max_pixels
+
+    def strip(self, a: bytes, b: bytes) -> bytes:
+        """The PNG strip for one pair of encoded photos."""
+        from aepipe.core import face_strip, interpolate_faces
+        from aepipe.io import decode_pages, page_batch, png_bytes
+
+        pair = [
+            page_batch(next(iter(decode_pages(data, k, max_pixels=self.max_pixels))), k)
+            for k, data in (("a", a), ("b", b))
+        ]
+        rows = interpolate_faces(
+            self.stage, *pair, self.steps, self.methods, face=self.face, align=self.align
+        )
+        return png_bytes(face_strip(rows))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Map rows of photo pairs to rows of strips."""
+        from aepipe.errors import AepipeError
+
+        names = [str(n) for n in batch.get("name", range(len(batch["a"])))]
+        pngs, errors = [], []
+        for a, b in zip(batch["a"], batch["b"], strict=True):
+            try:
+                pngs.append(self.strip(bytes(a), bytes(b)))
+                errors.append("")
+            except (AepipeError, OSError, ValueError) as exc:
+                pngs.append(b"")
+                errors.append(str(exc))
+        return {
+            "name": np.array(names, dtype=object),
+            "png": np.array(pngs, dtype=object),
+            "error": np.array(errors, dtype=object),
+        }

@@ -839,11 +839,11 @@ def _add_face_interpolate_route(app: FastAPI, service: _Service, stage_key: str,
             "largest", pattern=r"^(largest|\d{1,4})$", description="largest | N, in each photo."
         ),
     ) -> Response:
-        from aepipe.core import face_strip, interpolate_faces
+        from aepipe.core import face_strip, interpolate_faces, walk_methods
         from aepipe.io import page_batch, png_bytes
 
         stage = service.need(stage_key)
-        methods = ["linear", "slerp"] if method == "both" else [method]
+        methods = walk_methods(method)
         files = await service.uploads(request, ("a", "b"))
 
         def work() -> Media:

@@ -150,11 +150,7 @@ def test_http_reconstruct_is_the_library_call(client, vae) -> None:
     assert resp.status_code == 422 and resp.json()["error"] == "no_face"
 
 
-def test_http_interpolate_is_the_cli_strip(client, vae, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from aepipe.cli.main import app, load_areas
-
+def test_http_interpolate_is_the_cli_strip(client, tmp_path: Path) -> None:
     a, b = face_photo(), face_photo(OTHER, at=(60, 40, 160))
     files = {"a": ("a.png", _png(a)), "b": ("b.png", _png(b))}
     params = {"steps": 5, "method": "both"}
@@ -162,14 +158,9 @@ def test_http_interpolate_is_the_cli_strip(client, vae, tmp_path: Path) -> None:
     assert resp.status_code == 200, resp.text
     got = np.asarray(Image.open(io.BytesIO(resp.content)))
     assert got.shape == (2 * 66 + 2, 5 * 66 + 2)  # rows linear, slerp of five 64 px faces
-    load_areas()
-    for name, arr in (("a", a), ("b", b)):
-        Image.fromarray(arr).save(tmp_path / f"{name}.png")
-    args = ["faces", "interpolate", tmp_path / "a.png", tmp_path / "b.png", "--steps", "5"]
-    args += ["--method", "both", "-o", tmp_path / "s.png"]
-    res = CliRunner().invoke(app, [str(x) for x in args])
-    assert res.exit_code == 0, res.output
-    np.testing.assert_array_equal(got, np.asarray(Image.open(tmp_path / "s.png")))
+    np.testing.assert_array_equal(
+        got, _cli_strip(tmp_path, a, b, "--steps", "5", "--method", "both")
+    )
 
 
 def test_http_interpolate_errors(client) -> None:
@@ -207,3 +198,50 @@ def test_example_face_photos_toml_runs(tmp_path: Path, vae) -> None:
     got = np.asarray(Image.open(tmp_path / "pipeline_face_photos" / "astronaut.png"))
     np.testing.assert_array_equal(got, library(vae, photo, ["smile:+1"])[..., 0])  # gray photo
     assert (got != photo).sum() > 1000
+
+
+def _cli_strip(tmp: Path, a: np.ndarray, b: np.ndarray, *opts: str) -> np.ndarray:
+    from typer.testing import CliRunner
+
+    from aepipe.cli.main import app, load_areas
+
+    load_areas()
+    for name, arr in (("a", a), ("b", b)):
+        Image.fromarray(arr).save(tmp / f"{name}.png")
+    args = ["faces", "interpolate", tmp / "a.png", tmp / "b.png", *opts, "-o", tmp / "s.png"]
+    res = CliRunner().invoke(app, [str(x) for x in args])
+    assert res.exit_code == 0, res.output
+    return np.asarray(Image.open(tmp / "s.png"))
+
+
+def test_toml_interpolate_source_and_ray_pair_mapper_give_the_cli_strip(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aepipe.cli.main import app, load_areas
+
+    a, b = face_photo(), face_photo(OTHER, at=(60, 40, 160))
+    want = _cli_strip(tmp_path, a, b, "--steps", "4", "--method", "both")
+    out = tmp_path / "walk"
+    spec = tmp_path / "walk.toml"
+    spec.write_text(
+        f'[source]\ntype = "interpolate"\na = "{(tmp_path / "a.png").as_posix()}"\n'
+        f'b = "{(tmp_path / "b.png").as_posix()}"\nsteps = 4\nmethod = "both"\n\n'
+        f'[sink]\nout = "{out.as_posix()}"\ngrid = "{(tmp_path / "grid.png").as_posix()}"\n'
+    )
+    load_areas()
+    res = CliRunner().invoke(app, ["run", str(spec), "-q"])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.stem for p in out.glob("*.png"))
+    assert names == sorted(f"{m}_step_{i:02d}" for m in ("linear", "slerp") for i in range(4))
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    np.testing.assert_array_equal(grid[..., 0] if grid.ndim == 3 else grid, want)
+
+    pytest.importorskip("ray", reason="needs the [ray] extra")
+    from aepipe.ray import FacePairMapper
+
+    mapper = FacePairMapper(steps=4, method="both", device="cpu")
+    pairs = {"a": [_png(a), _png(a)], "b": [_png(b), _png(face_photo(None))], "name": ["p", "q"]}
+    rows = mapper({k: np.array(v, dtype=object) for k, v in pairs.items()})
+    assert list(rows["name"]) == ["p", "q"] and rows["error"][0] == ""
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(rows["png"][0]))), want)
+    assert rows["png"][1] == b"" and "b: no face to use" in rows["error"][1]

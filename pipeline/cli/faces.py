@@ -52,15 +52,9 @@ ConceptOpt = Annotated[
 
 def _load_face_vae(model: str, device: str, **overrides: object):
     """The face VAE for the latent-space commands (encode, decode, interpolate, traverse)."""
-    from aepipe.stage import load_stage
-    from aepipe.stages.face_generator import FaceGenerator
+    from aepipe.core import load_face_vae
 
-    stage = load_stage(model, device=device, **overrides)
-    if not isinstance(stage, FaceGenerator):
-        from aepipe.errors import WeightsError
-
-        raise WeightsError(f"{model}: weights are for stage {stage.name!r}, not 'face-generator'")
-    return stage
+    return load_face_vae(model, device=device, **overrides)
 
 
 def _concepts(specs: list[str] | None, concepts_dir: Path, model: str) -> list:
@@ -72,10 +66,9 @@ def _concepts(specs: list[str] | None, concepts_dir: Path, model: str) -> list:
 
 def _read_one(path: Path):
     """First page of an image file as a batch named after the file."""
-    from aepipe.io import page_batch, read_pages
+    from aepipe.core import read_photo
 
-    page = next(iter(read_pages(path)))
-    return page_batch(page, path.stem)
+    return read_photo(path)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -422,20 +415,20 @@ def interpolate(
     with cli_errors():
         import numpy as np
 
-        from aepipe.core import face_strip, interpolate_faces
+        from aepipe.core import face_strip, interpolate_faces, named_by_method, walk_methods
         from aepipe.io import write_image
 
         stage = _load_face_vae(model, _resolve_device(device))
-        methods = ["linear", "slerp"] if method == "both" else [method]
+        methods = walk_methods(method)
         rows = interpolate_faces(
             stage, _read_one(a), _read_one(b), steps, methods, face=choice, align=align
         )
         _write_sheet(face_strip(rows), out)
         if frames is not None:
             frames.mkdir(parents=True, exist_ok=True)
-            for m, row in zip(methods, rows, strict=True):
+            for row in named_by_method(rows, methods):
                 for name, arr in zip(row.names, row.to_numpy(np.uint8), strict=True):
-                    write_image(arr[..., 0], frames / f"{m}_{name}.png")
+                    write_image(arr[..., 0], frames / f"{name}.png")
         err(f"wrote {out}")
 
 

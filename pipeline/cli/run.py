@@ -16,16 +16,18 @@ def run_pipeline(
     config: Annotated[Path, typer.Argument(help="Pipeline TOML file (see examples/*.toml).")],
     quiet: QuietOpt = False,
 ) -> None:
-    """Run a pipeline file: a source (folder or face generator), stages, and a folder sink.
+    """Run a pipeline file: a source (files, generated faces, a face walk), stages, a sink.
 
     The whole file, including every stage's config, is validated before any weights load.
     """
     from aepipe.errors import ExitCode
     from aepipe.pipeline import (
         FacesSource,
+        InterpolateSource,
         Pipeline,
         build_stages,
         faces_source,
+        interpolate_source,
         read_pipeline_file,
         write_batches,
     )
@@ -34,11 +36,14 @@ def run_pipeline(
     with cli_errors():
         spec = read_pipeline_file(config)
         sink = spec.sink
-        if isinstance(spec.source, FacesSource):
-            batches = faces_source(spec.source, build_stages(spec))
-            written = write_batches(
-                batches, Path(sink.out), Path(sink.grid) if sink.grid else None, sink.overwrite
-            )
+        src = spec.source
+        if isinstance(src, (FacesSource, InterpolateSource)):
+            if isinstance(src, FacesSource):
+                batches, ncols = faces_source(src, build_stages(spec)), None
+            else:  # the grid is the strip of `faces interpolate`: a row per path
+                batches, ncols = interpolate_source(src, build_stages(spec)), src.steps
+            grid = Path(sink.grid) if sink.grid else None
+            written = write_batches(batches, Path(sink.out), grid, sink.overwrite, ncols)
             typer.echo(f"wrote {len(written)} images to {sink.out}", err=True)
             raise typer.Exit(int(ExitCode.OK))
         options = RunOptions(
