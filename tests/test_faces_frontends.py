@@ -245,3 +245,12 @@ def test_toml_interpolate_source_and_ray_pair_mapper_give_the_cli_strip(tmp_path
     assert list(rows["name"]) == ["p", "q"] and rows["error"][0] == ""
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(rows["png"][0]))), want)
     assert rows["png"][1] == b"" and "b: no face to use" in rows["error"][1]
+
+
+def test_example_face_walk_toml_is_valid() -> None:
+    from aepipe.pipeline import InterpolateSource, read_pipeline_file
+
+    spec = read_pipeline_file(ROOT / "examples" / "face-walk.toml")
+    assert isinstance(spec.source, InterpolateSource) and spec.source.method == "both"
+    for photo in (spec.source.a, spec.source.b):
+        assert (ROOT / photo).is_file()
