@@ -46,8 +46,8 @@ import numpy as np
 
 from aepipe.batch import ImageBatch, to_gray
 from aepipe.defaults import DEFAULT_MAX_PIXELS
-from aepipe.errors import InputImageError, ShapeError, TooManyPagesError, TooManyPixelsError
-from aepipe.io import atomic_write
+from aepipe.errors import InputImageError, ShapeError, TooManyPagesError
+from aepipe.io import atomic_write, check_pixels
 from aepipe.models import LUMA_WEIGHTS
 
 if TYPE_CHECKING:
@@ -397,13 +397,7 @@ def _filters(obj: Any) -> list[str]:
 
 def _check_size(where: str, obj: Any, max_pixels: int) -> tuple[int, int]:
     w, h = int(obj.get("/Width", 0)), int(obj.get("/Height", 0))
-    if w <= 0 or h <= 0:
-        raise InputImageError(f"{where}: image has no pixels ({w}x{h})")
-    if w * h > max_pixels:
-        raise TooManyPixelsError(
-            f"{where}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
-            "(raise it with --max-pixels if the file is trusted)"
-        )
+    check_pixels(where, w, h, max_pixels)
     return w, h
 
 

@@ -181,23 +181,17 @@ def test_http_interpolate_errors(client) -> None:
     assert resp.status_code == 413
 
 
-def test_example_face_photos_toml_runs(tmp_path: Path, vae) -> None:
-    from typer.testing import CliRunner
+def test_example_toml_files_are_valid() -> None:
+    """The stage table of ``face-photos.toml`` runs in the TOML test above; here both examples
+    parse and name files that exist."""
+    from aepipe.pipeline import InterpolateSource, read_pipeline_file
 
-    from aepipe.cli.main import app, load_areas
-
-    text = (ROOT / "examples" / "face-photos.toml").read_text()
-    text = text.replace('"sample_inputs/', f'"{ROOT.as_posix()}/sample_inputs/')
-    text = text.replace('"demo_out/', f'"{tmp_path.as_posix()}/')
-    cfg = tmp_path / "photos.toml"
-    cfg.write_text(text)
-    load_areas()
-    res = CliRunner().invoke(app, ["run", str(cfg), "-q"])
-    assert res.exit_code == 0, res.output
-    photo = np.asarray(Image.open(ROOT / "sample_inputs" / "faces" / "astronaut.png"))
-    got = np.asarray(Image.open(tmp_path / "pipeline_face_photos" / "astronaut.png"))
-    np.testing.assert_array_equal(got, library(vae, photo, ["smile:+1"])[..., 0])  # gray photo
-    assert (got != photo).sum() > 1000
+    spec = read_pipeline_file(ROOT / "examples" / "face-photos.toml")
+    assert spec.stages[0].faces is not None and spec.stages[0].faces.concepts == ["smile:+1"]
+    assert all((ROOT / p).is_dir() for p in spec.source.inputs)
+    spec = read_pipeline_file(ROOT / "examples" / "face-walk.toml")
+    assert isinstance(spec.source, InterpolateSource) and spec.source.method == "both"
+    assert (ROOT / spec.source.a).is_file() and (ROOT / spec.source.b).is_file()
 
 
 def _cli_strip(tmp: Path, a: np.ndarray, b: np.ndarray, *opts: str) -> np.ndarray:
@@ -245,12 +239,3 @@ def test_toml_interpolate_source_and_ray_pair_mapper_give_the_cli_strip(tmp_path
     assert list(rows["name"]) == ["p", "q"] and rows["error"][0] == ""
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(rows["png"][0]))), want)
     assert rows["png"][1] == b"" and "b: no face to use" in rows["error"][1]
-
-
-def test_example_face_walk_toml_is_valid() -> None:
-    from aepipe.pipeline import InterpolateSource, read_pipeline_file
-
-    spec = read_pipeline_file(ROOT / "examples" / "face-walk.toml")
-    assert isinstance(spec.source, InterpolateSource) and spec.source.method == "both"
-    for photo in (spec.source.a, spec.source.b):
-        assert (ROOT / photo).is_file()

@@ -464,6 +464,32 @@ def test_max_pixels_refuses_before_decoding_and_writes_nothing(tmp_path):
     assert not list(tmp_path.glob(".aepipe-*"))
 
 
+def test_a_page_too_large_for_free_memory_is_one_files_one_line_error(tmp_path, monkeypatch):
+    """Instead of the kernel killing the process (a 35000 x 35000 page with --max-pixels
+    raised did, at 24 GB): refused before decoding, the other files still done."""
+    from typer.testing import CliRunner
+
+    import aepipe.io
+    from aepipe.cli.main import _single
+    from aepipe.errors import ExitCode, TooManyPixelsError
+
+    monkeypatch.setattr(aepipe.io, "available_memory", lambda: 200 * 300 * 28)  # 60,000 px
+    (tmp_path / "in").mkdir()
+    big = scan_pdf(tmp_path / "in" / "big.pdf", 400, 300)
+    with pytest.raises(TooManyPixelsError, match=r"need about 0\.0 GB of memory"):
+        edit_pdf(big, tmp_path / "o.pdf", invert)
+    Image.fromarray(page_pixels(100, 80)).save(tmp_path / "in" / "small.png")
+    res = CliRunner().invoke(
+        _single("clean-scans"), [str(tmp_path / "in"), "-o", str(tmp_path / "out")]
+    )
+    assert res.exit_code == ExitCode.SOME_FAILED, res.output
+    lines = [line for line in res.output.splitlines() if "big.pdf" in line]
+    assert len(lines) == 1 and "GB are free" in lines[0], res.output
+    assert (tmp_path / "out" / "small.png").is_file() and not (
+        tmp_path / "out" / "big.pdf"
+    ).exists()
+
+
 def test_pillow_limit_is_only_raised_while_encoding(tmp_path, recwarn):
     limit = Image.MAX_IMAGE_PIXELS
     src = scan_pdf(tmp_path / "in.pdf", 400, 300)

@@ -258,41 +258,6 @@ def test_face_edits_of_photo_files_on_cluster(cluster: None, tmp_path: Path) -> 
     np.testing.assert_array_equal(rows["photo.png"]["image"], want.batch.to_numpy(np.uint8)[0])
 
 
-def test_face_pair_walks_on_cluster(cluster: None) -> None:
-    import io
-
-    from factory import face_photo
-
-    from aepipe.core import face_strip, interpolate_faces, load_face_vae
-    from aepipe.ray import FacePairMapper
-
-    def png(a: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, format="PNG")
-        return buf.getvalue()
-
-    photo, empty = face_photo(), face_photo(None)
-    items = [
-        {"name": "same", "a": png(photo), "b": png(photo)},
-        {"name": "none", "a": png(photo), "b": png(empty)},
-    ]
-    ds = ray.data.from_items(items).map_batches(
-        FacePairMapper,
-        fn_constructor_kwargs={"steps": 3, "device": "cpu"},
-        compute=ray.data.ActorPoolStrategy(size=1),
-        batch_size=2,
-        batch_format="numpy",
-    )
-    rows = {r["name"]: r for r in ds.take_all()}
-    from aepipe.batch import ImageBatch
-
-    batch = ImageBatch.from_numpy(photo, ["a"])
-    want = face_strip(interpolate_faces(load_face_vae("face-vae"), batch, batch, 3))
-    got = np.asarray(Image.open(io.BytesIO(rows["same"]["png"])))
-    np.testing.assert_array_equal(got, want[..., 0])
-    assert rows["none"]["png"] == b"" and "no face" in rows["none"]["error"]
-
-
 def test_workers_without_gpus_use_the_cpu(cluster: None) -> None:
     from aepipe.ray import worker_device
 
