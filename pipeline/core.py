@@ -207,19 +207,61 @@ def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> by
     return buf.getvalue()
 
 
-def encode_result(out: ImageBatch, index: int, name: str) -> EncodedPage:
+def encode_result(
+    out: ImageBatch, index: int, name: str, source: ImageBatch | None = None
+) -> EncodedPage:
     """Image ``index`` of a stage's result batch as an :class:`EncodedPage` named ``name``.
 
     Thread-safe (the file runner encodes in a worker thread while the stage runs): it only
     reads ``out``, and the conversion and zlib release the GIL for most of the work.
+
+    Args:
+        out: the stage's result batch.
+        index: which image.
+        name: the page's output name.
+        source: that page as it went in (N = 1), to keep it as it was when nothing but its
+            colour was taken (:func:`as_it_was`).
     """
     meta = out.meta[index]
-    return EncodedPage(name, encode_page(page_uint8(out.images, index), meta), dict(meta))
+    pixels = page_uint8(out.images, index)
+    if source is not None:
+        pixels = as_it_was(pixels, source)
+    return EncodedPage(name, encode_page(pixels, meta), dict(meta))
 
 
-def encode_results(out: ImageBatch, names: Sequence[str]) -> list[EncodedPage]:
-    """Every image of a stage's result batch as an :class:`EncodedPage` named ``names[i]``."""
-    return [encode_result(out, k, name) for k, name in enumerate(names)]
+def as_it_was(pixels: np.ndarray, source: ImageBatch) -> np.ndarray:
+    """``pixels``, or the colour page ``source`` itself when ``pixels`` is exactly its luma.
+
+    A gray stage that cleaned nothing (a clean page passed through) took only the colour, and a
+    clean page must come back unchanged; PDFs follow the same rule in place.
+
+    Args:
+        pixels: (H, W, C) uint8 result of one page.
+        source: that page as it went in, (1, C, H, W).
+    """
+    from aepipe.batch import to_gray
+
+    if source.channels != 3 or pixels.ndim != 3 or pixels.shape[-1] != 1 or len(source) != 1:
+        return pixels
+    top = source.images[:, :, :64]  # a cleaned page usually differs near its top: look there
+    if not np.array_equal(pixels[:64], page_uint8(to_gray(top), 0)):
+        return pixels
+    if not np.array_equal(pixels, page_uint8(source.gray().images, 0)):
+        return pixels
+    return page_uint8(source.images, 0)
+
+
+def encode_results(
+    out: ImageBatch, names: Sequence[str], sources: Sequence[ImageBatch] | None = None
+) -> list[EncodedPage]:
+    """Every image of a stage's result batch as an :class:`EncodedPage` named ``names[i]``.
+
+    ``sources``: the pages as they went in (see :func:`encode_result`).
+    """
+    return [
+        encode_result(out, k, name, None if sources is None else sources[k])
+        for k, name in enumerate(names)
+    ]
 
 
 def run_pages(process: Process, pages: Sequence[Page], stem: str) -> list[EncodedPage]:
@@ -238,10 +280,11 @@ def run_pages(process: Process, pages: Sequence[Page], stem: str) -> list[Encode
     done: list[EncodedPage] = []
     for page in pages:
         name = page_name(stem, page.meta)
-        out = process(page_batch(page, name))
+        source = page_batch(page, name)
+        out = process(source)
         if len(out) != 1:
             raise ShapeError(f"{stem}: the stage returned {len(out)} images for 1")
-        done += encode_results(out, [name])
+        done += encode_results(out, [name], [source])
     return done
 
 

@@ -306,9 +306,18 @@ class StageMapper:
                 except AepipeError as exc:
                     r["error"] = str(exc)
             return
-        # Pages come out as uint8 whatever went in (16-bit scans are written as 8-bit by the CLI).
+        from aepipe.batch import ImageBatch
+        from aepipe.core import as_it_was
+
+        # Pages come out as uint8 whatever went in (16-bit scans are written as 8-bit by the CLI);
+        # a colour page that came back as just its luma is kept as it was, as the CLI keeps it.
         for r, res in zip(live, results, strict=True):
-            r["image"] = _to_uint8(res)
+            page = _to_uint8(res)
+            hwc = page if page.ndim == 3 else page[..., None]
+            r["image"] = page
+            if hwc.shape[-1] == 1 and r["pixels"].ndim == 3 and r["pixels"].shape[-1] == 3:
+                kept = as_it_was(hwc, ImageBatch.from_numpy(r["pixels"]))
+                r["image"] = kept if kept.shape[-1] == 3 else page
 
 
 def _encoded(row: dict[str, Any]) -> bytes:

@@ -830,7 +830,7 @@ class _Run:
             got = len(out) if isinstance(out, ImageBatch) else type(out).__name__
             raise ValueError(f"the stage returned {got} images for {len(batch)}")
         for k, (state, index, b) in enumerate(items):
-            future = self.pool.submit(encode_result, out, k, b.names[0])
+            future = self.pool.submit(encode_result, out, k, b.names[0], b)
             self.later(future, partial(self.store, state, index))
 
     def store(self, state: _State, index: int, future: Future[Any] | None) -> None:

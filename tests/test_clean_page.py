@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -143,6 +145,44 @@ def test_clean_scans_keeps_a_clean_page_and_cleans_it_with_clean_all(tmp_path, c
         outs[bool(flag)] = np.asarray(Image.open(out / "page.png").convert("L"))
     assert np.array_equal(outs[False], page)
     assert np.abs(outs[True].astype(int) - page).mean() > 1.0
+
+
+def test_a_clean_colour_page_comes_back_as_it_was_from_every_front_end(
+    tmp_path, tiny_weights
+) -> None:
+    """The gray stage passes a clean chart through as its luma; the file runner (CLI, TOML),
+    the page core (HTTP) and Ray's file mapper then write the page itself, colours and all;
+    a page the stage did clean comes back gray as before."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from aepipe.cli.main import _single
+    from aepipe.core import run_pages
+    from aepipe.io import read_pages
+    from aepipe.stage import load_stage
+
+    chart = (colour_chart() * 255).round().astype(np.uint8)
+    dirty = np.repeat(make_pair(3, 300, 400, 150)[0][..., None], 3, axis=2)
+    dirty[..., 0] = np.maximum(dirty[..., 0], 40)  # a colour scan, not a gray one in RGB
+    (tmp_path / "in").mkdir()
+    Image.fromarray(chart).save(tmp_path / "in" / "chart.png")
+    Image.fromarray(dirty).save(tmp_path / "in" / "dirty.png")
+    weights = str(tiny_weights["scan-denoiser"])
+    args = [str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-q", "--model", weights]
+    res = CliRunner().invoke(_single("clean-scans"), args)
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "chart.png")), chart)
+    assert Image.open(tmp_path / "out" / "dirty.png").mode == "L"
+    stage = load_stage(weights)
+    page = run_pages(stage, list(read_pages(tmp_path / "in" / "chart.png")), "chart")[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(page.png))), chart)
+    pytest.importorskip("ray", reason="needs the [ray] extra")
+    from aepipe.ray import StageMapper
+
+    data = [(tmp_path / "in" / n).read_bytes() for n in ("chart.png", "dirty.png")]
+    rows = StageMapper(weights, device="cpu")({"bytes": np.array(data, dtype=object)})
+    np.testing.assert_array_equal(rows["image"][0], chart)
+    assert rows["image"][1].ndim == 2 or rows["image"][1].shape[-1] == 1  # cleaned: gray
 
 
 def test_light_type_on_a_dark_ground_is_clean_in_any_two_colours() -> None:

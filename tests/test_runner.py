@@ -138,10 +138,10 @@ def test_an_encode_or_write_failure_in_the_writer_fails_only_its_file(mixed, tmp
 
     real = runner.encode_result
 
-    def encode(out, index, name):
+    def encode(out, index, name, source=None):
         if name == "p1":
             raise ValueError("encoder exploded")
-        return real(out, index, name)
+        return real(out, index, name, source)
 
     monkeypatch.setattr(runner, "encode_result", encode)
     out = tmp_path / "o"
