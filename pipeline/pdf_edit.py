@@ -685,7 +685,10 @@ def _clean(
     out = _stored(process(batch.replace(_upright(decoded, turn))).images, turn)
     if out.shape[0] != 1 or tuple(out.shape[-2:]) != (h, w):
         raise ShapeError(f"{where}: process returned shape {tuple(out.shape)} for a {w}x{h} image")
-    if kind == "color" and (_same_values(out, decoded) or _same_values(out, to_gray(decoded))):
+    gray_out = out.shape[1] == 1
+    if kind == "color" and (
+        _same_values(out, decoded) or (gray_out and _same_values(out, to_gray(decoded)))
+    ):
         # Nothing changed, or only the colour was dropped (a gray stage passing a clean page
         # through gives its luma): the image stays as it was, colours and bytes.
         return batch.to_pil()[0]

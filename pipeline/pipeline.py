@@ -369,20 +369,21 @@ def _concept_vectors(spec: StageSpec, where: str) -> list[Any] | None:
 def load_step(spec: StageSpec, device: str | None = None, where: str = "stage") -> BatchFn:
     """Load one stage table: the stage itself, or the face editor around a face VAE.
 
-    The one loader behind TOML files (:func:`build_stages`) and Ray (:mod:`aepipe.ray`).
+    The one loader behind TOML files (:func:`build_stages`) and Ray (:mod:`aepipe.ray`); the
+    table was checked before (:func:`check_stage_spec`, by :func:`read_pipeline_file` or Ray).
 
     Args:
         spec: the table.
         device: overrides ``spec.device`` (Ray picks the actor's device).
         where: names the table in error messages.
     """
-    from aepipe.core import FaceEditor
+    from aepipe.core import FaceEditor, load_face_vae
 
-    check_stage_spec(spec, where)
-    stage = load_stage(spec.weights, device=device or spec.device, **spec.config)
+    dev = device or spec.device
     if spec.faces is None:
-        return stage
+        return load_stage(spec.weights, device=dev, **spec.config)
     f = spec.faces
+    stage = load_face_vae(spec.weights, device=dev, **spec.config)
     vectors = _concept_vectors(spec, where)
     return FaceEditor(stage, vectors, face=f.face, align=f.align, no_face=f.no_face)
 

@@ -94,7 +94,13 @@ def build_pipeline(
     """
     from pydantic import ValidationError
 
-    from aepipe.pipeline import Pipeline, StageSpec, load_step, read_pipeline_file
+    from aepipe.pipeline import (
+        Pipeline,
+        StageSpec,
+        check_stage_spec,
+        load_step,
+        read_pipeline_file,
+    )
     from aepipe.stage import format_validation_error
 
     given = [x is not None for x in (weights, stages, pipeline_file)]
@@ -117,6 +123,9 @@ def build_pipeline(
         if overrides and len(names) != 1:
             raise ConfigError("stage config overrides need a single weights name; use stages=[...]")
         specs = [StageSpec(weights=str(n), config=overrides or {}) for n in names]
+    if pipeline_file is None:  # a pipeline file's tables were checked as it was read
+        for i, spec in enumerate(specs):
+            check_stage_spec(spec, f"stages.{i}")
     return Pipeline([load_step(s, device=dev, where=f"stages.{i}") for i, s in enumerate(specs)])
 
 
@@ -306,18 +315,24 @@ class StageMapper:
                 except AepipeError as exc:
                     r["error"] = str(exc)
             return
-        from aepipe.batch import ImageBatch
-        from aepipe.core import as_it_was
-
-        # Pages come out as uint8 whatever went in (16-bit scans are written as 8-bit by the CLI);
-        # a colour page that came back as just its luma is kept as it was, as the CLI keeps it.
+        # Pages come out as uint8 whatever went in (16-bit scans are written as 8-bit by the CLI).
         for r, res in zip(live, results, strict=True):
-            page = _to_uint8(res)
-            hwc = page if page.ndim == 3 else page[..., None]
-            r["image"] = page
-            if hwc.shape[-1] == 1 and r["pixels"].ndim == 3 and r["pixels"].shape[-1] == 3:
-                kept = as_it_was(hwc, ImageBatch.from_numpy(r["pixels"]))
-                r["image"] = kept if kept.shape[-1] == 3 else page
+            r["image"] = _as_written(_to_uint8(res), r["pixels"])
+
+
+def _as_written(page: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """The result ``page``, or the colour ``source`` when ``page`` is just its luma.
+
+    As the CLI writes it (:func:`aepipe.core.as_it_was`): a clean page comes back as it came.
+    """
+    from aepipe.batch import ImageBatch
+    from aepipe.core import as_it_was
+
+    gray = page.ndim == 2 or page.shape[-1] == 1
+    if not (gray and source.ndim == 3 and source.shape[-1] == 3):
+        return page
+    kept = as_it_was(page.reshape(*page.shape[:2], 1), ImageBatch.from_numpy(source))
+    return kept if kept.shape[-1] == 3 else page
 
 
 def _encoded(row: dict[str, Any]) -> bytes:

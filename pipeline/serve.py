@@ -750,18 +750,39 @@ _FACE_PHOTO_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _face_route(
+    app: FastAPI,
+    key: str,
+    summary: str,
+    body: dict[str, Any] = _UPLOAD_DOC,
+    responses: dict[int | str, dict[str, Any]] = _FACE_PHOTO_DOC,
+) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Response]]]:
+    """Register an endpoint as ``POST /v1/<key>``, then name it after ``key``."""
+
+    def register(
+        endpoint: Callable[..., Awaitable[Response]],
+    ) -> Callable[..., Awaitable[Response]]:
+        app.post(
+            f"/v1/{key}",
+            summary=summary,
+            openapi_extra=body,
+            responses=responses,
+            response_class=Response,
+        )(endpoint)
+        endpoint.__name__ = key.replace("-", "_").replace("/", "_")
+        return endpoint
+
+    return register
+
+
 def _add_face_edit_route(app: FastAPI, service: _Service, stage_key: str, key: str) -> None:
     """``POST /v1/<key>``: a photo and concept edits in, the whole edited photo out (PNG).
 
     The stage is the one loaded for ``/v1/<stage_key>``.
     """
 
-    @app.post(
-        f"/v1/{key}",
-        summary="Edit the faces of a photo along concept vectors (smile, eyeglasses ...)",
-        openapi_extra=_UPLOAD_DOC,
-        responses=_FACE_PHOTO_DOC,
-        response_class=Response,
+    @_face_route(
+        app, key, "Edit the faces of a photo along concept vectors (smile, eyeglasses ...)"
     )
     async def face_edit_endpoint(
         request: Request,
@@ -778,23 +799,13 @@ def _add_face_edit_route(app: FastAPI, service: _Service, stage_key: str, key: s
         vectors = face_concepts(concept, dirs, names_only=True)
         return await _face_photo(service, request, stage_key, vectors, face)
 
-    face_edit_endpoint.__name__ = key.replace("-", "_").replace("/", "_")
-
 
 def _add_face_reconstruct_route(app: FastAPI, service: _Service, stage_key: str, key: str) -> None:
     """``POST /v1/<key>``: a photo in, the whole photo out with its faces as the VAE sees them."""
 
-    @app.post(
-        f"/v1/{key}",
-        summary="Reconstruct the faces of a photo through the face VAE (what it keeps)",
-        openapi_extra=_UPLOAD_DOC,
-        responses=_FACE_PHOTO_DOC,
-        response_class=Response,
-    )
+    @_face_route(app, key, "Reconstruct the faces of a photo through the face VAE (what it keeps)")
     async def face_reconstruct_endpoint(request: Request, face: str = _FACE_QUERY) -> Response:
         return await _face_photo(service, request, stage_key, None, face)
-
-    face_reconstruct_endpoint.__name__ = key.replace("-", "_").replace("/", "_")
 
 
 _PAIR_DOC = {
@@ -820,16 +831,16 @@ _PAIR_DOC = {
 def _add_face_interpolate_route(app: FastAPI, service: _Service, stage_key: str, key: str) -> None:
     """``POST /v1/<key>``: two photos in, the latent walk between their faces out (PNG strip)."""
 
-    @app.post(
-        f"/v1/{key}",
-        summary="Walk the latent space from the face in photo a to the face in photo b",
-        openapi_extra=_PAIR_DOC,
+    @_face_route(
+        app,
+        key,
+        "Walk the latent space from the face in photo a to the face in photo b",
+        body=_PAIR_DOC,
         responses={
             200: {"content": {"image/png": {}}, "description": "One row of faces per method."},
             **_ERRORS_DOC,
             422: {"description": "No usable face in a or b (reason per face), or bad parameter."},
         },
-        response_class=Response,
     )
     async def face_interpolate_endpoint(
         request: Request,
@@ -855,8 +866,6 @@ def _add_face_interpolate_route(app: FastAPI, service: _Service, stage_key: str,
             return png_bytes(face_strip(rows)), "image/png", "interpolation.png"
 
         return await service.respond(work)
-
-    face_interpolate_endpoint.__name__ = key.replace("-", "_").replace("/", "_")
 
 
 _ROUTE_KINDS: dict[str, Callable[[FastAPI, _Service, str], None]] = {
