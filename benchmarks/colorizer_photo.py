@@ -231,43 +231,63 @@ def train_mean_chroma(photos: Path):
     return (sums / count).float().view(1, 2, 1, 1)
 
 
-def select_temperature(args, log) -> None:
-    """Choose the stage temperature of ``--model`` on the VAL photos and store it in its config.
+SATURATIONS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5)
+TEMPERATURES = (0.38, 0.5, 0.7, 1.0)
 
-    Rule: the most colourful temperature whose val PSNR (full-size photos, through the stage)
-    beats the training-mean-chroma baseline's val PSNR by ``--psnr-margin`` dB; if none does,
-    the most colourful within 0.5 dB of the best val PSNR (the trainer's own rule). The test
-    split is not read.
+
+def select_setting(args, log) -> None:
+    """Choose ``--model``'s stage temperature and saturation on the VAL photos; store them.
+
+    Rule: among the settings whose val colourfulness is at least ``--min-colorfulness`` % of
+    the real val photos', the one with the best val PSNR (full-size photos, through the stage);
+    if none is that colourful, the most colourful within 0.5 dB of the best val PSNR (the
+    trainer's own rule). A regression model has no temperature, so only the saturation is
+    swept. The test split is not read.
     """
     from aepipe.weights import resolve
 
-    _, real = load_photo_split(args.photos / "val")
-    gray = [gray_u8_of(r) for r in real]
-    floor = scores(real, mean_chroma_rows(gray, train_mean_chroma(args.photos)), gray)["psnr_db"]
-    sweep = []
-    for t in (0.3, 0.38, 0.5, 0.7, 1.0, 1.5, 2.0):
-        out, _ = colorize_each(args.model, gray, temperature=t)
-        row = {"temperature": t, **scores(real, out, gray)}
-        log(f"val T={t}: {row}")
-        sweep.append({k: round(v, 4) for k, v in row.items()})
-    ok = [r for r in sweep if r["psnr_db"] >= floor + args.psnr_margin]
-    if not ok:  # the trainer's rule: the most colourful within 0.5 dB of the best PSNR
-        best = max(r["psnr_db"] for r in sweep)
-        ok = [r for r in sweep if r["psnr_db"] >= best - 0.5]
-    chosen = max(ok, key=lambda r: r["colorfulness"])
     path = Path(resolve(args.model)) / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
-    config["stage_config"]["temperature"] = chosen["temperature"]
-    config.setdefault("metrics", {})["val_fullsize_temperature_sweep"] = {
-        "rule": f"most colourful T with val PSNR >= mean-chroma baseline + {args.psnr_margin} dB;"
-        " if none, the most colourful within 0.5 dB of the best val PSNR",
+    _, real = load_photo_split(args.photos / "val")
+    gray = [gray_u8_of(r) for r in real]
+    real_cf = float(np.mean([colorfulness(r[None]) for r in real]))
+    floor = scores(real, mean_chroma_rows(gray, train_mean_chroma(args.photos)), gray)["psnr_db"]
+    classify = config["model_kwargs"].get("head", "classify") == "classify"
+    temps = TEMPERATURES if classify else (config["stage_config"].get("temperature", 1.0),)
+    sweep = []
+    for t in temps:
+        for gain in SATURATIONS:
+            out, _ = colorize_each(args.model, gray, temperature=t, saturation=gain)
+            row = {"temperature": t, "saturation": gain, **scores(real, out, gray)}
+            log(f"val T={t} saturation={gain}: {row}")
+            sweep.append({k: round(v, 4) for k, v in row.items()})
+    ok = [r for r in sweep if r["colorfulness"] >= args.min_colorfulness / 100 * real_cf]
+    if ok:
+        chosen = max(ok, key=lambda r: r["psnr_db"])
+    else:
+        best = max(r["psnr_db"] for r in sweep)
+        chosen = max(
+            (r for r in sweep if r["psnr_db"] >= best - 0.5), key=lambda r: r["colorfulness"]
+        )
+    config["stage_config"].update(
+        temperature=chosen["temperature"], saturation=chosen["saturation"]
+    )
+    config.setdefault("metrics", {}).pop("val_fullsize_temperature_sweep", None)
+    config["metrics"]["val_fullsize_setting_sweep"] = {
+        "rule": f"best val PSNR among settings with val colourfulness >= {args.min_colorfulness}%"
+        " of the real val photos'; if none, the most colourful within 0.5 dB of the best PSNR",
+        "real_val_colorfulness": round(real_cf, 4),
         "baseline_val_psnr_db": round(floor, 4),
         "sweep": sweep,
-        "chosen": chosen["temperature"],
+        "chosen": {"temperature": chosen["temperature"], "saturation": chosen["saturation"]},
         "command": " ".join(sys.argv),
     }
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    log(f"baseline val PSNR {floor:.2f}; chose T={chosen['temperature']}; wrote {path}")
+    log(
+        f"baseline val PSNR {floor:.2f}; chose T={chosen['temperature']} saturation="
+        f"{chosen['saturation']} (val PSNR {chosen['psnr_db']:.2f}, colourfulness "
+        f"{100 * chosen['colorfulness'] / real_cf:.0f}% of real); wrote {path}"
+    )
 
 
 def speed_12mpx(folder: str, repeats: int = 3) -> dict:
@@ -322,19 +342,26 @@ def main() -> None:
     ap.add_argument("--face-fid-n", type=int, default=0, help="FID on the first N faces")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
+        "--select-setting",
         "--select-temperature",
         action="store_true",
-        help="only choose --model's temperature on the val photos and write it to its config",
+        help="only choose --model's temperature and saturation on the val photos and write "
+        "them to its config",
     )
-    ap.add_argument("--psnr-margin", type=float, default=0.2)
+    ap.add_argument(
+        "--min-colorfulness",
+        type=float,
+        default=75.0,
+        help="--select-setting: least val colourfulness, %% of the real photos' (target: 70)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/colorizer_photo.md")
     ap.add_argument("--strip", type=Path, default=Path("docs/img/colorizer_photo_strip.png"))
     args = ap.parse_args()
     args.extra = [tuple(e.split("=", 1)) for e in args.extra]
     torch.set_num_threads(args.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    if args.select_temperature:
-        select_temperature(args, log)
+    if args.select_setting:
+        select_setting(args, log)
         return
 
     photo_rows, keep = photo_part(args, log)

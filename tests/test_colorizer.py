@@ -70,6 +70,24 @@ def test_tiny_stage_adds_colour() -> None:
     assert np.abs(rgb[..., 0].astype(int) - rgb[..., 2]).max() > 0
 
 
+def test_saturation_scales_colour_differences_and_keeps_luma() -> None:
+    from aepipe.models.colorizer import rgb_to_ycbcr
+
+    rng = np.random.default_rng(3)
+    gray = ImageBatch.from_numpy(rng.integers(60, 200, size=(1, 24, 24, 1), dtype=np.uint8))
+    chroma = {}
+    for gain in (0.0, 1.0, 1.5):
+        out = Colorizer.tiny(seed=1, temperature=0.5, saturation=gain)(gray)
+        y, chroma[gain] = rgb_to_ycbcr(out.images)
+        assert (y - gray.images).abs().max() < 1e-5  # the gain never touches the gray
+    # Mid grays and this seed's small chroma never leave the gamut: the gain is exact.
+    tint = chroma[0.0][..., :1, :1]
+    assert torch.allclose(chroma[0.0], tint.expand_as(chroma[0.0]), atol=1e-5)  # one tint
+    assert torch.allclose(tint, chroma[1.0].mean(dim=(2, 3), keepdim=True), atol=1e-3)
+    assert torch.allclose(chroma[1.5], tint + 1.5 * (chroma[1.0] - tint), atol=1e-5)
+    assert (chroma[1.0] - tint).abs().max() > 1e-3
+
+
 def test_colour_input_is_converted_to_gray_first() -> None:
     stage = Colorizer.tiny(seed=2)
     rng = np.random.default_rng(0)

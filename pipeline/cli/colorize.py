@@ -44,6 +44,16 @@ def colorize(
             help="Colour boldness: lower is more vivid, 1 is safest (default: the model's).",
         ),
     ] = None,
+    saturation: Annotated[
+        float | None,
+        typer.Option(
+            "--saturation",
+            min=0.0,
+            max=4.0,
+            help="Gain on the colour differences within each image: above 1 more colourful, "
+            "0 one tint everywhere (default: the model's).",
+        ),
+    ] = None,
 ) -> None:
     """Add colour to gray photos and faces of any size, keeping their gray exactly.
 
@@ -61,6 +71,8 @@ def colorize(
     overrides: dict[str, object] = {"projection": projection}
     if temperature is not None:
         overrides["temperature"] = temperature
+    if saturation is not None:
+        overrides["saturation"] = saturation
 
     def load():
         from aepipe.stages.colorizer import Colorizer

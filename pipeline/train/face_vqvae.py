@@ -4,7 +4,7 @@
    reader and person-disjoint validation tail), loss ``MSE(x, x_hat) + beta * commitment``,
    random horizontal flips. Selected by validation MSE; codebook usage and perplexity are
    reported at each validation.
-2. ``prior``: the causal transformer over the 8x8 code grids of the training faces and their
+2. ``prior``: the causal transformer over the code grids of the training faces and their
    mirror images (encoded once, the VQ-VAE frozen), cross-entropy; selected by validation
    bits per face.
 
@@ -50,6 +50,10 @@ class TrainConfig(BaseModel):
         batch_size: images (or code grids) per step.
         lr: Adam learning rate.
         commitment: weight of the commitment loss.
+        grid: side of the code grid for ``vqvae`` (8: three halvings of the 64-px face,
+            16: two, so each code covers 4x4 pixels instead of 8x8: sharper faces, and a
+            prior over 256 codes instead of 64).
+        num_codes: codebook size for ``vqvae``.
         val_fraction: part of the train split held out (person-disjoint).
         limit: use only the first ``limit`` training images (smoke tests).
         max_steps: stop after this many steps (a checkpoint is kept to resume).
@@ -72,6 +76,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=4096)
     lr: float = Field(default=1e-3, gt=0, le=1.0)
     commitment: float = Field(default=0.25, ge=0, le=10)
+    grid: Literal[8, 16] = 8
+    num_codes: int = Field(default=512, ge=2, le=65536)
     val_fraction: float = Field(default=0.05, gt=0, lt=0.5)
     limit: int | None = Field(default=None, ge=16)
     max_steps: int | None = Field(default=None, ge=1)
@@ -153,7 +159,8 @@ class VqvaeSpec(_Spec):
         from aepipe.models.vqvae import VQVAE
 
         train_x, self.val_x, cut = load_split(cfg)
-        model = VQVAE(**MODEL)
+        channels = MODEL["channels"] if cfg.grid == 8 else MODEL["channels"][:2]
+        model = VQVAE(**{**MODEL, "channels": channels, "num_codes": cfg.num_codes})
         for p in model.prior.parameters():
             p.requires_grad_(False)
         super().__init__(cfg, out, model, train_x)
@@ -269,12 +276,16 @@ class PriorSpec(_Spec):
 
 def model_card(training: dict[str, Any], metrics: dict[str, Any]) -> str:
     """Markdown card: the commands, data and validation figures of both stages."""
+    first = training.get("vqvae", {})
+    g, k = first.get("grid", 8), first.get("num_codes", 512)
+    commitment = first.get("commitment", 0.25)
     lines = [
         "# face-vqvae",
         "",
-        "VQ-VAE for 64x64 gray faces (8x8 grid of codes from a 512 x 64 EMA codebook, dead-code",
-        "restarts, commitment 0.25, straight-through) and a causal transformer prior over the",
-        "64 codes (4 blocks, width 128), sampled with temperature / top-k / top-p.",
+        f"VQ-VAE for 64x64 gray faces ({g}x{g} grid of codes from a {k} x 64 EMA codebook,",
+        f"dead-code restarts, commitment {commitment}, straight-through) and a causal transformer",
+        f"prior over the {g * g} codes (4 blocks, width 128), sampled with temperature / top-k /",
+        "top-p.",
         "",
         "Data: LFW 64x64 train split (`lfw_64.npz`), BT.601 luma; the last 5% of the train",
         "split (person-disjoint) validates. The test split is not used in training.",
