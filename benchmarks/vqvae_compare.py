@@ -4,12 +4,16 @@ Run::
 
     .venv/bin/python benchmarks/vqvae_compare.py --n 1000
 
-Same data and FID protocol as ``benchmarks/faces.py`` (its Inception extractor, cache and
-Frechet distance): samples at each model's stored sampling settings, seed 0, against the gray
-LFW test faces (``--ref-n`` of them, all 995 by default). Reconstruction PSNR / SSIM are on all
-995 test faces (uint8, ``benchmarks/metrics.py``). Bits per face: the VAE's test KL in bits
-(the cost of sending its code), the VQ-VAE's grid x log2(codebook) and its prior's test
-cross-entropy (the code length under the learnt prior). Sampling time: median of 3 runs of
+Three models: a plain AE (``--ae``: the face VAE's network trained with KL weight 0, i.e.
+reconstruction only; its codes are the encoder's means), the VAE and the VQ-VAE. Same data and
+FID protocol as ``benchmarks/faces.py`` (its Inception extractor, cache and Frechet distance):
+samples at each model's stored sampling settings, seed 0, against the gray LFW test faces
+(``--ref-n`` of them, all 995 by default); the AE samples from a Gaussian fitted to its training
+codes (its stored sampler) and, in a second row, from N(0, I), as a VAE would. Reconstruction
+PSNR / SSIM are on all 995 test faces (uint8, ``benchmarks/metrics.py``). Bits per face: the
+AE's code as 32-bit floats, the VAE's test KL in bits (the cost of sending its code), the
+VQ-VAE's grid x log2(codebook) and its prior's test cross-entropy (the code length under the
+learnt prior). Sampling time: median of 3 runs of
 64 faces after loading, at ``--threads``.
 
 Writes ``--out`` (markdown table; its figures as JSON beside it) and ``--picture`` (8 samples
@@ -102,8 +106,11 @@ def measure(args, stages: dict, test_u8: np.ndarray, log) -> dict:
     """Every figure of the comparison, per model (and the extra VQ-VAE temperatures)."""
     from faces import features, fid
 
+    from aepipe.stage import load_stage
+
     vq = stages["VQ-VAE + prior"]
     bits = {
+        "AE": {"floats": 32 * stages["AE"].model.latent_dim} if "AE" in stages else {},
         "VAE": {"test_kl": vae_bits(stages["VAE"], test_u8, args.seed)},
         "VQ-VAE + prior": {
             "grid": vq.model.grid**2 * math.log2(vq.model.num_codes),
@@ -120,6 +127,12 @@ def measure(args, stages: dict, test_u8: np.ndarray, log) -> dict:
             batches = stage.sample(args.n, seed=args.seed)
             imgs = np.concatenate([b.to_numpy(np.uint8)[..., 0] for b in batches])
             m["fid"] = fid(features(imgs, args.cache, log=log), ref)
+        if name == "AE" and args.n:
+            # The same AE decoding N(0, I) codes, as one would sample a VAE.
+            normal = load_stage(args.ae, sampler="prior")
+            batches = normal.sample(args.n, seed=args.seed)
+            imgs = np.concatenate([b.to_numpy(np.uint8)[..., 0] for b in batches])
+            m["fid_normal"] = fid(features(imgs, args.cache, log=log), ref)
         models[name] = m
         log(f"{name}: {m}")
     temps = [float(t) for t in args.vq_temperatures.split(",") if t and args.n]
@@ -136,35 +149,54 @@ def measure(args, stages: dict, test_u8: np.ndarray, log) -> dict:
 
 
 def table(results: dict, args) -> list[str]:
-    """The Markdown table of :func:`measure`'s figures."""
-    vae, vq = results["models"]["VAE"], results["models"]["VQ-VAE + prior"]
+    """The Markdown table of :func:`measure`'s figures (an AE column when measured)."""
+    models = results["models"]
+    ae, vae, vq = models.get("AE"), models["VAE"], models["VQ-VAE + prior"]
+    cols = [m for m in (ae, vae, vq) if m is not None]
     vq_bits = vq["bits_per_face"]
-    lines = [
-        "| | VAE (`face-vae`) | VQ-VAE + prior (`face-vqvae`) |",
-        "| --- | ---: | ---: |",
-        "| test reconstruction PSNR (dB) / SSIM, 995 faces | "
-        + " | ".join(f"{m['psnr_db']:.2f} / {m['ssim']:.3f}" for m in (vae, vq))
-        + " |",
-        f"| bits per face for the code | {vae['bits_per_face']['test_kl']:.0f} (test KL) | "
-        f"{vq_bits['grid']:.0f} (grid); {vq_bits['prior_nll']:.0f} (prior NLL) |",
-    ]
-    if args.n:
-        lines.append(
-            f"| FID, {args.n} samples vs {args.ref_n} gray test faces | "
-            f"{vae['fid']:.1f} | {vq['fid']:.1f} |"
-        )
+    bits = [f"{vae['bits_per_face']['test_kl']:.0f} (test KL)"]
+    bits.append(f"{vq_bits['grid']:.0f} (grid); {vq_bits['prior_nll']:.0f} (prior NLL)")
+    head = "| | VAE (`face-vae`) | VQ-VAE + prior (`face-vqvae`) |"
+    if ae is not None:
+        head = f"| | AE (`{args.ae}`) " + head[2:]
+        bits.insert(0, f"{ae['bits_per_face']['floats']} (32-bit floats)")
+    row = lambda label, cells: f"| {label} | " + " | ".join(cells) + " |"  # noqa: E731
+    lines = [head, "| --- |" + " ---: |" * len(cols)]
     lines.append(
-        f"| seconds to sample 64 faces ({args.threads} thread(s)) | "
-        f"{vae['sample64_s']:.2f} | {vq['sample64_s']:.2f} |"
+        row(
+            "test reconstruction PSNR (dB) / SSIM, 995 faces",
+            [f"{m['psnr_db']:.2f} / {m['ssim']:.3f}" for m in cols],
+        )
+    )
+    lines.append(row("bits per face for the code", bits))
+    if args.n:
+        label = f"FID, {args.n} samples vs {args.ref_n} gray test faces"
+        lines.append(row(label, [f"{m['fid']:.1f}" for m in cols]))
+        if ae is not None:
+            blank = [""] * (len(cols) - 1)
+            lines.append(
+                row("FID as above, AE decoding N(0, I) codes", [f"{ae['fid_normal']:.1f}", *blank])
+            )
+    lines.append(
+        row(
+            f"seconds to sample 64 faces ({args.threads} thread(s))",
+            [f"{m['sample64_s']:.2f}" for m in cols],
+        )
     )
     for temp, score in results["vq_fid_at_temperature"].items():
-        lines.append(f"| FID as above, VQ-VAE prior at temperature {temp} | | {score:.1f} |")
+        lines.append(
+            row(
+                f"FID as above, VQ-VAE prior at temperature {temp}",
+                [""] * (len(cols) - 1) + [f"{score:.1f}"],
+            )
+        )
     return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/faces/lfw_64.npz")
+    ap.add_argument("--ae", default="face-ae", help="plain AE weights ('': no AE column)")
     ap.add_argument("--vae", default="face-vae")
     ap.add_argument("--vqvae", default="face-vqvae")
     ap.add_argument("--n", type=int, default=1000, help="samples per model for FID (0: no FID)")
@@ -190,7 +222,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     test_u8 = load_faces(args.data, "test")
-    stages = {"VAE": load_stage(args.vae), "VQ-VAE + prior": load_stage(args.vqvae)}
+    stages = {"AE": load_stage(args.ae)} if args.ae else {}
+    stages.update({"VAE": load_stage(args.vae), "VQ-VAE + prior": load_stage(args.vqvae)})
     results = measure(args, stages, test_u8, log)
     cmd = " ".join(sys.argv[1:])
     lines = table(results, args)

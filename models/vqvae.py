@@ -139,22 +139,56 @@ class _Block(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: torch.Tensor, cache: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """(N, T, dim) -> (N, T, dim).
 
-        With ``cache`` ([k, v] or []), the T new tokens attend to the cached ones too and the
-        cache is extended in place.
+        With ``cache``, the T new tokens are written into it after the cached ones and attend
+        to everything up to themselves.
         """
         n, t, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if cache is not None:
-            if cache:
-                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
-            cache[:] = [k, v]
-        # Causal for a full sequence; a single cached step may see everything before it.
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None or t != 1)
+            k, v = cache.extend(k, v)
+        if cache is not None and t == 1:
+            # One new token may see every cached one, so no mask; two small matmuls were
+            # faster on CPU than SDPA over the cache's strided views.
+            w = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+            a = w @ v
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.proj(a.transpose(1, 2).reshape(n, t, c))
         return x + self.mlp(self.norm2(x))
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, in buffers allocated once per sequence.
+
+    Appending with ``torch.cat`` copied the whole cache at every step: half the sampling time
+    of a 16x16 grid.
+
+    Args:
+        capacity: tokens the buffers hold (the sequence length).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.length = 0
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (N, H, T, D) keys and values; returns views of all of them so far."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KVCache: {end} tokens exceed its capacity of {self.capacity}")
+        if self.k is None or self.v is None:
+            n, h, _, d = k.shape
+            self.k = k.new_empty(n, h, self.capacity, d)
+            self.v = v.new_empty(n, h, self.capacity, d)
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class CausalPrior(nn.Module):
@@ -205,7 +239,7 @@ class CausalPrior(nn.Module):
             (N, tokens) long codes.
         """
         n = uniforms.shape[0]
-        caches: list[list[torch.Tensor]] = [[] for _ in self.blocks]
+        caches = [KVCache(self.tokens) for _ in self.blocks]
         token = torch.full((n, 1), self.num_codes, dtype=torch.long, device=uniforms.device)
         out = []
         for i in range(self.tokens):
@@ -235,6 +269,10 @@ def pick(
     """
     if temperature <= 0:
         return logits.argmax(1)
+    if top_k <= 0 and top_p >= 1.0:
+        # Nothing to truncate: inverse CDF in code order, no sort.
+        cdf = torch.softmax(logits / temperature, 1).cumsum(1)
+        return (cdf < (u * cdf[:, -1])[:, None]).sum(1).clamp_max(logits.shape[1] - 1)
     probs, order = torch.softmax(logits / temperature, 1).sort(1, descending=True)
     if top_k > 0:
         probs[:, top_k:] = 0

@@ -28,7 +28,7 @@ from aepipe.weights import shipped_names
 SAMPLE_PAGE = ROOT / "sample_inputs" / "scans" / "ddd_like_540x258.png"
 WHEEL_LIMIT_MB = 50
 # Weights of benchmarks only (no command loads them): in the repository, not in the wheel.
-NOT_IN_WHEEL = {"mnist-vae"}
+NOT_IN_WHEEL = {"mnist-vae", "face-ae"}
 LIBRARY_CALL = textwrap.dedent(
     """
     import numpy as np

@@ -55,6 +55,14 @@ def test_pick_follows_temperature_top_k_and_top_p() -> None:
     assert set(pick(logits, u, 1.0, 0, 0.5).tolist()) == {0}  # p(0) = 0.64 covers 0.5
 
 
+def test_untruncated_pick_draws_each_code_with_its_probability() -> None:
+    # Codes not in probability order: the no-sort path must still follow softmax(logits).
+    logits = torch.tensor([[0.0, 2.0, -1.0, 1.0]]).expand(4000, -1)
+    u = (torch.arange(4000, dtype=torch.float64) + 0.5) / 4000
+    counts = torch.bincount(pick(logits, u.float(), 1.0, 0, 1.0), minlength=4).double() / 4000
+    assert torch.allclose(counts, torch.softmax(logits[0].double(), 0), atol=2e-3)
+
+
 def test_cached_sampling_matches_the_full_forward_pass() -> None:
     torch.manual_seed(0)
     model = VQVAE(size=16, channels=[8, 8], num_codes=16, code_dim=4, prior_dim=16,

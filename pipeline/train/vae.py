@@ -148,7 +148,8 @@ class TrainConfig(BaseModel):
         kl_weight: the KL weight beta reaches after the warm-up. 1 (the default) trains on
             the proper ELBO; below 1 weights reconstruction more (sharper reconstructions, a
             less regular latent space), and epochs are then selected by the same weighted
-            objective on the validation images.
+            objective on the validation images. 0 trains a plain autoencoder on the same
+            network (reconstruction only: nothing holds the codes near N(0, I)).
         seed: seeds initialisation, splits, noise and augmentation.
         threads: torch CPU threads.
         command: the command line recorded in the weights folder.
@@ -170,7 +171,7 @@ class TrainConfig(BaseModel):
     latent_dim: int | None = Field(default=None, ge=1, le=1024)
     max_steps: int | None = Field(default=None, ge=1)
     init: str | None = None
-    kl_weight: float = Field(default=1.0, gt=0.0, le=1.0)
+    kl_weight: float = Field(default=1.0, ge=0.0, le=1.0)
     resume: bool = False
     seed: int = 0
     threads: int = Field(default=1, ge=1, le=256)
@@ -282,6 +283,25 @@ def sampler_info(model: Any, fitted_mixture: bool, seed: int) -> dict[str, Any]:
     }
 
 
+def _loss_line(training: dict[str, Any], preset: dict[str, Any]) -> str:
+    """The card's loss bullet for the KL weight the run used."""
+    beta = training.get("kl_weight", 1.0)
+    if beta == 0:
+        return (
+            "- Loss: -log p(x|z) only (KL weight 0): a plain autoencoder on the VAE's network; "
+            "nothing keeps the codes near N(0, I)."
+        )
+    head = "- Loss: negative ELBO = -log p(x|z) + beta KL(q(z|x) || N(0,I)), beta warmed up "
+    if beta == 1.0:
+        return head + (
+            f"linearly from 0 to 1 over {preset['warmup_epochs']} epochs, then 1 (the proper ELBO)."
+        )
+    return head + (
+        f"linearly to {beta} over {preset['warmup_epochs']} epochs, then {beta} "
+        "(weights reconstruction above the ELBO)."
+    )
+
+
 def model_card(
     name: str, p: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any]
 ) -> str:
@@ -305,13 +325,7 @@ def model_card(
         f"- Seed {training['seed']}, {training['epochs_run']} epochs "
         f"(best {training['best_epoch']}), "
         f"{training['wall_minutes']:.1f} min wall on CPU with {training['threads']} thread(s).",
-        "- Loss: negative ELBO = -log p(x|z) + beta KL(q(z|x) || N(0,I)), beta warmed up "
-        + (
-            f"linearly from 0 to 1 over {p['warmup_epochs']} epochs, then 1 (the proper ELBO)."
-            if training.get("kl_weight", 1.0) == 1.0
-            else f"linearly to {training['kl_weight']} over {p['warmup_epochs']} epochs, then "
-            f"{training['kl_weight']} (weights reconstruction above the ELBO)."
-        ),
+        _loss_line(training, p),
         *([f"- Started from the weights `{training['init']}`."] if training.get("init") else []),
         (
             "- After training, a full-covariance Gaussian was fitted to the posterior means of "

@@ -1,0 +1,94 @@
+"""Choose face-vqvae's sampling defaults (temperature, top-k) on VALIDATION faces, never test.
+
+Run::
+
+    .venv/bin/python benchmarks/vqvae_select.py --model runs/face-vqvae16 --n 500 --write
+
+Each setting samples ``--n`` faces (seed 0) and scores their FID against the validation faces of
+the train split (the person-disjoint tail the VQ-VAE and its prior were selected on; Inception
+features of ``benchmarks/faces.py``, cached). With ``--write`` the setting of the lowest FID
+becomes the stage default in the weights' ``config.json`` (with the sweep under
+``metrics.val_sampling_sweep``). ``benchmarks/vqvae_compare.py`` then reports the test FID of
+that default once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def val_faces(model_dir: Path, data: Path) -> np.ndarray:
+    """uint8 (N, S, S) validation faces of the split the model was trained with."""
+    from aepipe.data.faces import load_faces, split_by_person
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    fraction = config.get("training", {}).get("vqvae", {}).get("val_fraction", 0.05)
+    images, files = load_faces(data, "train", with_files=True)
+    return np.ascontiguousarray(images[split_by_person(files, len(images), fraction) :])
+
+
+def main() -> None:
+    """Sweep the settings, print the table, optionally store the best one."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="face-vqvae")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/faces/lfw_64.npz")
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperatures", default="0.8,0.9,1.0")
+    ap.add_argument("--top-ks", default="0,64")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=ROOT / "runs/fid-cache")
+    ap.add_argument("--write", action="store_true", help="store the best setting as default")
+    args = ap.parse_args()
+
+    import torch
+    from faces import features, fid
+
+    from aepipe.stages.face_vqvae import FaceVQVAE
+    from aepipe.weights import resolve
+
+    torch.set_num_threads(args.threads)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    folder = Path(resolve(args.model))
+    ref = features(val_faces(folder, args.data), args.cache, log=log)
+    sweep = []
+    for top_k in (int(k) for k in args.top_ks.split(",")):
+        stage = FaceVQVAE.from_pretrained(folder, top_k=top_k)
+        for temp in (float(t) for t in args.temperatures.split(",")):
+            batches = stage.sample(args.n, seed=args.seed, temperature=temp)
+            imgs = np.concatenate([b.to_numpy(np.uint8)[..., 0] for b in batches])
+            score = fid(features(imgs, args.cache, log=log), ref)
+            sweep.append({"temperature": temp, "top_k": top_k, "val_fid": round(score, 2)})
+            log(f"T={temp} top_k={top_k}: val FID {score:.1f}")
+    best = min(sweep, key=lambda r: r["val_fid"])
+    lines = [
+        f"| temperature | top-k | FID, {args.n} samples vs {len(ref)} val faces |",
+        "| ---: | ---: | ---: |",
+    ]
+    lines += [f"| {r['temperature']:g} | {r['top_k']} | {r['val_fid']:.1f} |" for r in sweep]
+    print("\n".join(lines))
+    if args.write:
+        path = folder / "config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["stage_config"].update(temperature=best["temperature"], top_k=best["top_k"])
+        config.setdefault("metrics", {})["val_sampling_sweep"] = {
+            "rule": "lowest FID against the validation faces",
+            "sweep": sweep,
+            "chosen": {"temperature": best["temperature"], "top_k": best["top_k"]},
+            "command": "python benchmarks/vqvae_select.py " + " ".join(sys.argv[1:]),
+        }
+        path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        log(f"chose T={best['temperature']} top_k={best['top_k']}; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
