@@ -49,8 +49,8 @@ class Config(StageConfig):
         saturation: gain on the colour differences within each image, around its mean
             predicted colour (1: as predicted; 0: that one tint everywhere). A model trained
             for the mean colour (the best PSNR) gives muted colours; a gain above 1 buys
-            colour back at a known cost in PSNR without strengthening the overall tint, and
-            the photo model's default is chosen on validation photos for that trade.
+            colour back at a known cost in PSNR without strengthening the overall tint
+            (``benchmarks/colorizer_photo.py --select-setting`` picks it on validation photos).
     """
 
     projection: bool = True
