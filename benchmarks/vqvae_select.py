@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def val_faces(model_dir: Path, data: Path) -> np.ndarray:
     """uint8 (N, S, S) validation faces of the split the model was trained with."""
-    from aepipe.data.faces import load_faces, split_by_person
+    from aepipe.train.face_vqvae import TrainConfig, load_split
 
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     fraction = config.get("training", {}).get("vqvae", {}).get("val_fraction", 0.05)
-    images, files = load_faces(data, "train", with_files=True)
-    return np.ascontiguousarray(images[split_by_person(files, len(images), fraction) :])
+    _train, val, _cut = load_split(TrainConfig(data=data, val_fraction=fraction))
+    return np.round(val.numpy()[:, 0] * 255.0).astype(np.uint8)  # the trainer's own split
 
 
 def main() -> None:
