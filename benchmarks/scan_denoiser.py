@@ -417,13 +417,20 @@ def speed(
         t = time_call(lambda: stage(batch), repeat, lambda: stage(crop))
         rows.append(dict(setting=label, seconds=round(t, 3), mpx_s=round(mpx / t, 2)))
 
+    from aepipe.stage import fast_bfloat16
+
     st = ScanDenoiser.from_pretrained(weights)
     c = st.config
+    bf16 = c.precision == "bfloat16" or (c.precision == "auto" and fast_bfloat16("cpu"))
     stage_row(
         f"stage as shipped: channels-last, tile {c.tile}, overlap {c.overlap}, "
-        f"{c.batch_size} tile(s)/batch",
+        f"{c.batch_size} tile(s)/batch, precision {c.precision} "
+        f"({'bfloat16' if bf16 else 'float32'} on this CPU)",
         st,
     )
+    other_precision = "float32" if bf16 else "bfloat16"
+    st = ScanDenoiser.from_pretrained(weights, precision=other_precision)
+    stage_row(f"same, precision {other_precision}", st)
     st = ScanDenoiser.from_pretrained(weights)
     st._layout_ready = True  # leave the model in NCHW: measures what channels-last buys
     st.model.to(memory_format=torch.contiguous_format)
@@ -503,6 +510,18 @@ def speed(
             )
             procs.append(
                 _timed_processes(
+                    f"clean-scans --precision {other_precision} on the same {pages} pages",
+                    [
+                        _clean_scans_cmd(
+                            folder, Path(tmp) / "set-out2", weights, "--precision", other_precision
+                        )
+                    ],
+                    env,
+                    pages * mpx,
+                )
+            )
+            procs.append(
+                _timed_processes(
                     f"unpaper on the same {pages} pages (one process per page, as OCRmyPDF)",
                     [_unpaper_cmd(pgm, Path(tmp) / f"set-o{i}.pgm") for i in range(pages)],
                     None,
@@ -512,9 +531,9 @@ def speed(
     return rows, procs
 
 
-def _clean_scans_cmd(src: Path, out: Path, weights: str) -> list[str]:
+def _clean_scans_cmd(src: Path, out: Path, weights: str, *extra: str) -> list[str]:
     exe = Path(sys.executable).parent / "clean-scans"
-    flags = ["--device", "cpu", "--overwrite", "--quiet", "--model", weights]
+    flags = ["--device", "cpu", "--overwrite", "--quiet", "--model", weights, *extra]
     return [str(exe), str(src), "--out", str(out), *flags]
 
 

@@ -238,6 +238,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--weights", action="append", help="our weights (name or folder); repeat to compare"
     )
     ap.add_argument("--split", choices=("test", "val"), default="test", help="see the docstring")
+    ap.add_argument(
+        "--precision",
+        action="append",
+        choices=("auto", "float32", "bfloat16"),
+        help="stage precision of our nets (default auto); repeat to compare",
+    )
     ap.add_argument("--photos", type=Path, help="photographs for gray clean pages' photos")
     ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--n-clean", type=int, default=2, help="generated clean pages per DPI")
@@ -247,6 +253,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, help="report (default results/scan_real[_val].md)")
     args = ap.parse_args(argv)
     args.weights = args.weights or ["scan-denoiser"]
+    args.precision = args.precision or ["auto"]
     if args.baselines is None:
         args.baselines = args.split == "test"
     if args.out is None:
@@ -391,8 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for w in args.weights:
         cfg = read_config(resolve(w))
-        label = f"**ScanUNet `{w}`** ({cfg['sha256'][:12]})"
-        ours[label] = sd.stage_method(ScanDenoiser.from_pretrained(w))
+        for precision in args.precision:
+            label = f"**ScanUNet `{w}`** ({cfg['sha256'][:12]})"
+            label += "" if precision == "auto" else f", precision {precision}"
+            ours[label] = sd.stage_method(ScanDenoiser.from_pretrained(w, precision=precision))
     lines.append(
         f"Machine: {os.cpu_count()} CPU cores shared with other jobs, torch threads {args.threads}."
     )

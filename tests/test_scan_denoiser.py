@@ -162,6 +162,24 @@ def test_batch_equals_single_pages() -> None:
         torch.testing.assert_close(both[i : i + 1], one, atol=1e-5, rtol=0)
 
 
+def test_precision_bfloat16_stays_close_to_float32() -> None:
+    """bfloat16 convolutions (the "auto" choice on AMX CPUs) move outputs by a gray level or so."""
+    from aepipe.stage import fast_bfloat16
+
+    x = smooth_page(200, 180, seed=4)
+    x[..., 60:70, 20:160] = 0.05  # a stroke: edges are where rounding shows first
+    outs = {}
+    for precision in ("float32", "bfloat16"):
+        stage = ScanDenoiser.tiny(6, tile=96, overlap=32, precision=precision)
+        outs[precision] = stage(ImageBatch(x)).images
+        assert outs[precision].dtype == torch.float32 and outs[precision].shape == x.shape
+    diff = (outs["bfloat16"] - outs["float32"]).abs()
+    assert 0 < float(diff.max()) < 0.005 and float(diff.mean()) < 0.001
+    assert fast_bfloat16("cuda") is False  # "auto" means bfloat16 only on a capable CPU
+    with pytest.raises(ValueError, match="precision"):
+        ScanDenoiser.tiny(0, precision="half")
+
+
 def test_color_binarize_and_keep_color() -> None:
     x = torch.rand((1, 3, 40, 50), generator=torch.Generator().manual_seed(4))
     gray = ScanDenoiser.tiny(0)(ImageBatch(x)).images

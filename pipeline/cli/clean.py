@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -15,6 +15,15 @@ CleanAllOpt = Annotated[
         "--clean-all",
         help="Also run pages that are already clean (pure white paper with nothing but ink, "
         "pictures and flat fills) through the network; by default they come back unchanged.",
+    ),
+]
+
+PrecisionOpt = Annotated[
+    Literal["auto", "float32", "bfloat16"],
+    typer.Option(
+        "--precision",
+        help="Arithmetic of the network: auto is bfloat16 on CPUs that run it natively "
+        "(AMX or AVX512-BF16; about twice as fast, within a gray level or two), else float32.",
     ),
 ]
 
@@ -47,6 +56,7 @@ def clean_scans(
     clean_born_digital: CleanBornDigitalOpt = False,
     jpeg_quality: JpegQualityOpt = None,
     clean_all: CleanAllOpt = False,
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Clean scanned pages (PNG, JPEG, TIFF, PDF): white paper, dark text, no stains or specks.
 
@@ -65,11 +75,12 @@ def clean_scans(
     if ocr:
         from aepipe.ocrmypdf import run_ocr_command
 
-        if clean_all:
-            from aepipe.cli.common import fail
-            from aepipe.errors import ExitCode
+        for flag, given in (("--clean-all", clean_all), ("--precision", precision != "auto")):
+            if given:
+                from aepipe.cli.common import fail
+                from aepipe.errors import ExitCode
 
-            fail("--clean-all cannot be combined with --ocr", ExitCode.BAD_ARGS)
+                fail(f"{flag} cannot be combined with --ocr", ExitCode.BAD_ARGS)
 
         run_ocr_command(
             job.inputs,
@@ -90,6 +101,7 @@ def clean_scans(
             binarize=binarize,
             keep_color=keep_color,
             clean_pages="process" if clean_all else "keep",
+            precision=precision,
         )
 
     job.run(load, unit="page")

@@ -55,6 +55,10 @@ class Config(StageConfig):
             the page's height (top, bottom) or width (left, right).
         clean_pages: "keep" returns pages that are already clean unchanged (thresholded with
             ``binarize``); "process" cleans them like any other.
+        precision: arithmetic of the network's convolutions. "auto" is "bfloat16" on CPUs
+            that run it natively (:func:`~aepipe.stage.fast_bfloat16`: AMX or AVX512-BF16),
+            about twice as fast there, and "float32" elsewhere. The two differ by a gray
+            level or two on a few edge pixels (``benchmarks/scan_real.py`` measures both).
     """
 
     tile: int = Field(512, ge=32, le=4096)
@@ -68,6 +72,7 @@ class Config(StageConfig):
     borders: Literal["remove", "keep"] = "remove"
     border_band: float = Field(0.1, gt=0.0, le=0.5)
     clean_pages: Literal["keep", "process"] = "keep"
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
@@ -189,10 +194,27 @@ class ScanDenoiser(Stage):
         Returns:
             (N, 1, H, W) cleaned pages in [0, 1].
         """
-        import torch
-
         self._prepare()
         cfg: Config = self.config  # type: ignore[assignment]
+        with self._autocast(x.device):
+            return self._tiled(x, cfg)
+
+    def _autocast(self, device: torch.device) -> torch.autocast:
+        """The precision context of the network's forward passes (see ``Config.precision``)."""
+        import torch
+
+        from aepipe.stage import fast_bfloat16
+
+        precision = self.config.precision  # type: ignore[attr-defined]
+        bf16 = precision == "bfloat16" or (precision == "auto" and fast_bfloat16(device))
+        # Convolutions run in bfloat16; the input skip and the output stay float32, so the
+        # output is float32 either way.
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def _tiled(self, x: torch.Tensor, cfg: Config) -> torch.Tensor:
+        """:meth:`clean_gray` without the precision context."""
+        import torch
+
         n, _, h0, w0 = x.shape
         m = int(self.model.multiple)  # every scan model declares it (ScanUNet, ClassicDenoisingAE)
         ph, pw = (-h0) % m, (-w0) % m
