@@ -118,7 +118,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     small = dict(data=data, epochs=3, batch_size=8, temperature=0.8, top_k=50)
     first = train(TrainConfig(stage="vqvae", **small), out)
     card_before = (first / CARD_NAME).read_text()
-    train(TrainConfig(stage="prior", lr=3e-3, **small), out)
+    # The prior under bfloat16 autocast (the shared loop's option): it must still learn.
+    train(TrainConfig(stage="prior", lr=3e-3, precision="bfloat16", **small), out)
     assert "vqvae" in card_before
     return out
 
@@ -158,6 +159,10 @@ def test_train_command_refuses_the_shipped_folder_and_bad_stages(tmp_path: Path)
     runner = CliRunner()
     res = runner.invoke(app, ["train", "face-vqvae", "--stage", "decoder", "--out", str(tmp_path)])
     assert res.exit_code != 0 and "--stage" in res.output
+    res = runner.invoke(
+        app, ["train", "face-vqvae", "--precision", "bfloat16", "--out", str(tmp_path / "w")]
+    )
+    assert res.exit_code != 0 and "prior only" in res.output
     shipped = Path(__file__).resolve().parents[1] / "weights" / "face-vqvae"
     res = runner.invoke(app, ["train", "face-vqvae", "--out", str(shipped)])
     assert res.exit_code != 0 and "overwrite-shipped" in res.output

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aepipe.train.loop import Check, EpochOrder, LoopSettings, Run, checkpoint_path, cosine, fit
 
@@ -61,6 +61,9 @@ class TrainConfig(BaseModel):
         temperature: default sampling temperature stored with the weights.
         top_k: default top-k stored with the weights.
         top_p: default top-p stored with the weights.
+        precision: "bfloat16" trains under autocast (matrix products in bfloat16, about twice
+            the steps per minute on CPUs with AMX); for the prior stage only, since the
+            codebook's nearest-entry search needs float32.
         seed: seeds initialisation, data order and flips.
         threads: torch CPU threads.
         command: the command line recorded in the card.
@@ -85,9 +88,18 @@ class TrainConfig(BaseModel):
     temperature: float = Field(default=1.0, ge=0, le=3)
     top_k: int = Field(default=0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
+    precision: Literal["float32", "bfloat16"] = "float32"
     seed: int = 0
     threads: int = Field(default=1, ge=1, le=256)
     command: str = ""
+
+    @model_validator(mode="after")
+    def _bfloat16_for_the_prior_only(self) -> TrainConfig:
+        if self.precision == "bfloat16" and self.stage != "prior":
+            raise ValueError(
+                "precision bfloat16 is for --stage prior only (the codebook search needs float32)"
+            )
+        return self
 
 
 def load_split(cfg: TrainConfig) -> tuple[Any, Any, int]:
@@ -333,6 +345,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         write_each_best=True,
         checkpoint=checkpoint_path(ckpt),
         resume=cfg.resume,
+        precision=cfg.precision,
     )
     fit(spec, settings, say)
     return Path(out)

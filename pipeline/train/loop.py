@@ -130,6 +130,9 @@ class LoopSettings:
             run leaves the best model so far.
         checkpoint: file for the resumable checkpoint (None: none).
         resume: continue from ``checkpoint``.
+        precision: "bfloat16" runs the forward pass and loss under CPU/GPU autocast (matrix
+            products and convolutions in bfloat16, weights, gradients and the optimiser in
+            float32): about twice the steps per minute on CPUs with AMX. Validation stays float32.
     """
 
     lr: float
@@ -149,6 +152,7 @@ class LoopSettings:
     write_each_best: bool = False
     checkpoint: Path | None = None
     resume: bool = False
+    precision: Literal["float32", "bfloat16"] = "float32"
 
 
 @dataclass
@@ -249,13 +253,15 @@ def fit(spec: TrainSpec, s: LoopSettings, say: Callable[[str], None]) -> Run:
         say(f"resuming at step {run.step} (epoch {run.epoch}) from {s.checkpoint}")
     total = s.max_epochs * s.steps_per_epoch
     val_every = s.val_every or s.steps_per_epoch
+    device = next(model.parameters()).device.type
     model.train()
     while run.step < total:
         batch = spec.draw(run.step)
         if sched is None:
             for group in opt.param_groups:
                 group["lr"] = s.lr * s.lr_factor(run.step)
-        loss, stats = spec.loss(model, batch, run.step)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=s.precision == "bfloat16"):
+            loss, stats = spec.loss(model, batch, run.step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if s.clip_grad is not None:
