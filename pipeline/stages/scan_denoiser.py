@@ -57,8 +57,8 @@ class Config(StageConfig):
             ``binarize``); "process" cleans them like any other.
         precision: arithmetic of the network's convolutions. "auto" is "bfloat16" on CPUs
             that run it natively (:func:`~aepipe.stage.fast_bfloat16`: AMX or AVX512-BF16),
-            about twice as fast there, and "float32" elsewhere. The two differ by a gray
-            level or two on a few edge pixels (``benchmarks/scan_real.py`` measures both).
+            about twice as fast there, and "float32" elsewhere. The two differ by a few gray
+            levels at most, on few pixels (``benchmarks/scan_real.py`` scores both).
     """
 
     tile: int = Field(512, ge=32, le=4096)
