@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=ROOT / "runs/fid-cache")
     ap.add_argument("--write", action="store_true", help="store the best setting as default")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks/results/vqvae_select.md", help="report"
+    )
     args = ap.parse_args()
 
     import torch
@@ -76,6 +79,18 @@ def main() -> None:
     ]
     lines += [f"| {r['temperature']:g} | {r['top_k']} | {r['val_fid']:.1f} |" for r in sweep]
     print("\n".join(lines))
+    written = " was written as the stage default" if args.write else " is the best (not written)"
+    head = [
+        f"# face-vqvae sampling settings chosen on validation faces (`{args.model}`)",
+        "",
+        f"Lowest FID against the {len(ref)} validation faces of the train split ({args.n} "
+        f"samples each, seed {args.seed}); the test faces are not read. "
+        f"T = {best['temperature']:g}, top-k {best['top_k']}{written}.",
+        "",
+    ]
+    command = "python benchmarks/vqvae_select.py " + " ".join(sys.argv[1:])
+    text = "\n".join([*head, *lines, "", f"Command: `{command}`", ""])
+    args.out.write_text(text, encoding="utf-8")
     if args.write:
         path = folder / "config.json"
         config = json.loads(path.read_text(encoding="utf-8"))
