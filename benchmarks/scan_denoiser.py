@@ -417,11 +417,11 @@ def speed(
         t = time_call(lambda: stage(batch), repeat, lambda: stage(crop))
         rows.append(dict(setting=label, seconds=round(t, 3), mpx_s=round(mpx / t, 2)))
 
-    from aepipe.stage import fast_bfloat16
+    from aepipe.stage import uses_bfloat16
 
     st = ScanDenoiser.from_pretrained(weights)
     c = st.config
-    bf16 = c.precision == "bfloat16" or (c.precision == "auto" and fast_bfloat16("cpu"))
+    bf16 = uses_bfloat16(c.precision, "cpu")
     stage_row(
         f"stage as shipped: channels-last, tile {c.tile}, overlap {c.overlap}, "
         f"{c.batch_size} tile(s)/batch, precision {c.precision} "

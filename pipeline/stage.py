@@ -7,6 +7,7 @@ new images. Stages are found by name through :mod:`aepipe.registry` (see CONTRIB
 
 from __future__ import annotations
 
+import functools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -274,14 +275,28 @@ def fast_bfloat16(device: str | torch.device) -> bool:
     """
     import torch
 
-    if torch.device(device).type != "cpu":
-        return False
+    return torch.device(device).type == "cpu" and _cpu_has_bfloat16()
+
+
+@functools.cache
+def _cpu_has_bfloat16() -> bool:
+    """The CPU probe behind :func:`fast_bfloat16`, asked once per process (stages ask per page)."""
+    import torch
+
     # Private probes, so a torch without them means "do not know": stay with float32.
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     try:
         return any(bool(getattr(torch.cpu, probe)()) for probe in probes)
     except (AttributeError, RuntimeError):
         return False
+
+
+def uses_bfloat16(precision: str, device: str | torch.device) -> bool:
+    """Whether a stage option ``precision`` ("auto", "float32", "bfloat16") means bfloat16 here.
+
+    "auto" is bfloat16 where :func:`fast_bfloat16` says it is native, float32 elsewhere.
+    """
+    return precision == "bfloat16" or (precision == "auto" and fast_bfloat16(device))
 
 
 def load_stage(

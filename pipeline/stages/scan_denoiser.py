@@ -203,10 +203,9 @@ class ScanDenoiser(Stage):
         """The precision context of the network's forward passes (see ``Config.precision``)."""
         import torch
 
-        from aepipe.stage import fast_bfloat16
+        from aepipe.stage import uses_bfloat16
 
-        precision = self.config.precision  # type: ignore[attr-defined]
-        bf16 = precision == "bfloat16" or (precision == "auto" and fast_bfloat16(device))
+        bf16 = uses_bfloat16(self.config.precision, device)  # type: ignore[attr-defined]
         # Convolutions run in bfloat16; the input skip and the output stay float32, so the
         # output is float32 either way.
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
