@@ -23,7 +23,7 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         help="Arithmetic of the network: auto is bfloat16 on CPUs that run it natively "
-        "(AMX or AVX512-BF16; about twice as fast, within a gray level or two), else float32.",
+        "(AMX or AVX512-BF16; about twice as fast, a few edge pixels differ), else float32.",
     ),
 ]
 

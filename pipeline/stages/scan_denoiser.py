@@ -57,8 +57,9 @@ class Config(StageConfig):
             ``binarize``); "process" cleans them like any other.
         precision: arithmetic of the network's convolutions. "auto" is "bfloat16" on CPUs
             that run it natively (:func:`~aepipe.stage.fast_bfloat16`: AMX or AVX512-BF16),
-            about twice as fast there, and "float32" elsewhere. The two differ by a few gray
-            levels at most, on few pixels (``benchmarks/scan_real.py`` scores both).
+            about twice as fast there, and "float32" elsewhere. On a real archive page fewer
+            than 0.1% of pixels differ by more than 2 gray levels (at most 20, on ink edges);
+            scores are level (``benchmarks/scan_real.py --precision`` scores both).
     """
 
     tile: int = Field(512, ge=32, le=4096)
