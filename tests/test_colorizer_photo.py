@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,8 @@ def test_colorize_cli_picks_the_model_per_image(tmp_path: Path, cli, photo: Colo
     assert not np.array_equal(scene_face, got["scene"])
 
 
-def test_train_on_a_photo_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_train_on_a_photo_folder(tmp_path: Path, precision: str) -> None:
     from aepipe.train.colorizer import TrainConfig, train
 
     rng = np.random.default_rng(3)
@@ -130,10 +132,15 @@ def test_train_on_a_photo_folder(tmp_path: Path) -> None:
         max_steps=3,
         val_every=2,
         batch_size=4,
+        precision=precision,
     )
     out = train(cfg, tmp_path / "w")
     stage = Colorizer.from_pretrained(out)
     assert stage.config.model_size == 16
-    assert "Colour photographs" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Colour photographs" in card
+    assert ("bfloat16 autocast" in card) == (precision == "bfloat16")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["training"]["config"]["precision"] == precision
     res = stage(ImageBatch.from_numpy(rng.integers(0, 256, size=(1, 30, 41, 1), dtype=np.uint8)))
     assert res.channels == 3 and res.size == (30, 41)

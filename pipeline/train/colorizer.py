@@ -67,6 +67,11 @@ class TrainConfig(RunFields):
     val_every: int = Field(150, ge=1)
     patience: int = Field(8, ge=1, description="validations without improvement before stopping")
     temperature_psnr_slack: float = Field(0.5, ge=0.0, le=10.0)
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="bfloat16: train under autocast (convolutions in bfloat16, weights and "
+        "optimiser in float32; about twice the steps per minute on CPUs with AMX)",
+    )
 
 
 def load_color_faces(
@@ -476,6 +481,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         max_steps=cfg.max_steps if cfg.max_steps < total else None,
         checkpoint=checkpoint_path(Path(out)),
         resume=cfg.resume,
+        precision=cfg.precision,
     )
     fit(spec, settings, spec.say)
     return Path(out)
@@ -547,6 +553,7 @@ def model_card(
         else "Trained on 64x64 tightly cropped faces; other content gets face-like tones."
     )
     size = stage_config["model_size"]
+    autocast = ", bfloat16 autocast" if cfg.precision == "bfloat16" else ""
     return f"""# Colorizer (StackNNColorizer, {cfg.head} head)
 
 Adds colour to gray {what} without changing their gray: the model predicts BT.601
@@ -566,8 +573,8 @@ BT.601 gray equals the input within 8-bit rounding.
 ## Training
 - Loss: {loss}.
 - AdamW lr {cfg.lr} (one-cycle), batch {cfg.batch_size}, seed {cfg.seed}, {cfg.threads} CPU
-  thread(s); {training["steps"]} steps, best at step {training["best_step"]} (stopped by
-  {training["stopped"]}), {training["wall_time_s"] / 60:.1f} min wall.
+  thread(s){autocast}; {training["steps"]} steps, best at step {training["best_step"]}
+  (stopped by {training["stopped"]}), {training["wall_time_s"] / 60:.1f} min wall.
 - Command: `{training["command"]}`
 
 ## Validation ({"val/ photos" if photos else "held-out train faces"}, at {size}x{size})
