@@ -263,7 +263,9 @@ def test_train_tiny_run_writes_loadable_weights(
     )
     out = train(cfg, tmp_path / "w")
     # Fine-tuning with a clamped output from those weights records where it started.
-    tuned_cfg = cfg.model_copy(update=dict(init=out, output="clamp", margin=0.1, command="tune"))
+    # ... under bfloat16 autocast (the faster training on CPUs with AMX).
+    update = dict(init=out, output="clamp", margin=0.1, command="tune", precision="bfloat16")
+    tuned_cfg = cfg.model_copy(update=update)
     tuned = train(tuned_cfg, tmp_path / "tuned")
     # Then only a new correction on top of those, the rest frozen.
     refined = train(
@@ -278,6 +280,7 @@ def test_train_tiny_run_writes_loadable_weights(
     source = json.loads((out / "config.json").read_text())
     assert config["model_kwargs"]["output"] == "clamp"
     assert config["training"]["init"]["sha256"] == source["sha256"]
+    assert config["training"]["config"]["precision"] == "bfloat16"
     card = (tuned / "MODEL_CARD.md").read_text()
     assert "Command 1" in card and "Command 2, this run: `tune`" in card
     assert "random scale" in card and "random ink" in card  # the defaults augment

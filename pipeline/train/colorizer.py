@@ -29,7 +29,16 @@ import numpy as np
 from pydantic import ConfigDict, Field
 
 from aepipe.data.faces import split_by_person
-from aepipe.train.loop import Check, LoopSettings, Run, RunFields, checkpoint_path, fit
+from aepipe.train.loop import (
+    Check,
+    LoopSettings,
+    Precision,
+    Run,
+    RunFields,
+    checkpoint_path,
+    fit,
+    precision_field,
+)
 
 STAGE_NAME = "colorizer"
 
@@ -67,11 +76,7 @@ class TrainConfig(RunFields):
     val_every: int = Field(150, ge=1)
     patience: int = Field(8, ge=1, description="validations without improvement before stopping")
     temperature_psnr_slack: float = Field(0.5, ge=0.0, le=10.0)
-    precision: Literal["float32", "bfloat16"] = Field(
-        "float32",
-        description="bfloat16: train under autocast (convolutions in bfloat16, weights and "
-        "optimiser in float32; about twice the steps per minute on CPUs with AMX)",
-    )
+    precision: Precision = precision_field()
 
 
 def load_color_faces(

@@ -22,7 +22,17 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aepipe.train.loop import Check, EpochOrder, LoopSettings, Run, checkpoint_path, cosine, fit
+from aepipe.train.loop import (
+    Check,
+    EpochOrder,
+    LoopSettings,
+    Precision,
+    Run,
+    checkpoint_path,
+    cosine,
+    fit,
+    precision_field,
+)
 
 NAME = "face-vqvae"
 MODEL = dict(
@@ -88,7 +98,7 @@ class TrainConfig(BaseModel):
     temperature: float = Field(default=1.0, ge=0, le=3)
     top_k: int = Field(default=0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    precision: Literal["float32", "bfloat16"] = "float32"
+    precision: Precision = precision_field()
     seed: int = 0
     threads: int = Field(default=1, ge=1, le=256)
     command: str = ""

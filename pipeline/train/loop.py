@@ -44,6 +44,19 @@ def cosine(total_steps: int, floor: float) -> Callable[[int], float]:
     return factor
 
 
+Precision = Literal["float32", "bfloat16"]
+
+
+def precision_field() -> Any:
+    """The ``precision`` option of a trainer whose loss is safe under bfloat16 autocast."""
+    return Field(
+        "float32",
+        description="bfloat16: train under autocast (matrix products and convolutions in "
+        "bfloat16, weights and optimiser in float32; about twice the steps per minute on CPUs "
+        "with AMX)",
+    )
+
+
 class RunFields(BaseModel):
     """The options every trainer's config takes for the run itself (not the model or data).
 
@@ -152,7 +165,7 @@ class LoopSettings:
     write_each_best: bool = False
     checkpoint: Path | None = None
     resume: bool = False
-    precision: Literal["float32", "bfloat16"] = "float32"
+    precision: Precision = "float32"
 
 
 @dataclass

@@ -38,7 +38,16 @@ import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from aepipe.data.ddd import DDDPair, load_pairs, split_by_group, split_three
-from aepipe.train.loop import Check, LoopSettings, Run, RunFields, checkpoint_path, fit
+from aepipe.train.loop import (
+    Check,
+    LoopSettings,
+    Precision,
+    Run,
+    RunFields,
+    checkpoint_path,
+    fit,
+    precision_field,
+)
 
 STAGE_NAME = "scan-denoiser"
 # Fixed synthetic validation pages: (seed offset, H, W, dpi). Seeds far from the training
@@ -145,6 +154,7 @@ class TrainConfig(RunFields):
     warmup: int = Field(200, ge=0)
     ema: float = Field(0.998, ge=0.0, lt=1.0)
     val_every: int = Field(250, ge=1)
+    precision: Precision = precision_field()
 
     @model_validator(mode="after")
     def _options_fit_together(self) -> TrainConfig:
@@ -579,6 +589,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         write_each_best=True,
         checkpoint=checkpoint_path(Path(out)),
         resume=cfg.resume,
+        precision=cfg.precision,
     )
     fit(spec, settings, progress or (lambda _msg: None))
     return Path(out)
