@@ -232,7 +232,7 @@ def train_mean_chroma(photos: Path):
 
 
 SATURATIONS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5)
-TEMPERATURES = (0.38, 0.5, 0.7, 1.0)
+TEMPERATURES = (0.38, 0.5, 0.7, 1.0, 1.5, 2.0)
 
 
 def select_setting(args, log) -> None:
@@ -288,6 +288,38 @@ def select_setting(args, log) -> None:
         f"{chosen['saturation']} (val PSNR {chosen['psnr_db']:.2f}, colourfulness "
         f"{100 * chosen['colorfulness'] / real_cf:.0f}% of real); wrote {path}"
     )
+
+
+def selection_summary(folders: list[str]) -> str:
+    """Markdown of the ``--select-setting`` choices stored in each model's config (val only)."""
+    from aepipe.weights import resolve
+
+    lines = [
+        "# Photo colorizer: stage settings chosen on the val photos",
+        "",
+        "| model | rebalance | temperature | saturation | val PSNR dB | val colourfulness "
+        "(% real) | val training-mean chroma dB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rules, commands = set(), []
+    for folder in folders:
+        config = json.loads((Path(resolve(folder)) / "config.json").read_text(encoding="utf-8"))
+        rec = config["metrics"]["val_fullsize_setting_sweep"]
+        row = next(
+            r
+            for r in rec["sweep"]
+            if all(r[k] == rec["chosen"][k] for k in ("temperature", "saturation"))
+        )
+        rebalance = config["training"]["config"].get("rebalance", "-")
+        share = 100 * row["colorfulness"] / rec["real_val_colorfulness"]
+        lines.append(
+            f"| `{folder}` | {rebalance} | {row['temperature']:g} | {row['saturation']:g} | "
+            f"{row['psnr_db']:.2f} | {share:.0f}% | {rec['baseline_val_psnr_db']:.2f} |"
+        )
+        rules.add(rec["rule"])
+        commands.append(f"`{rec['command']}`")
+    lines += ["", f"Rule: {'; '.join(sorted(rules))}.", "", "Commands: " + ", ".join(commands)]
+    return "\n".join([*lines, ""])
 
 
 def speed_12mpx(folder: str, repeats: int = 3) -> dict:
@@ -354,6 +386,12 @@ def main() -> None:
         default=75.0,
         help="--select-setting: least val colourfulness, %% of the real photos' (target: 70)",
     )
+    ap.add_argument(
+        "--summarize-selections",
+        nargs="+",
+        metavar="MODEL",
+        help="only write (to --out) the settings --select-setting chose for these models",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/colorizer_photo.md")
     ap.add_argument("--strip", type=Path, default=Path("docs/img/colorizer_photo_strip.png"))
     args = ap.parse_args()
@@ -362,6 +400,9 @@ def main() -> None:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.select_setting:
         select_setting(args, log)
+        return
+    if args.summarize_selections:
+        args.out.write_text(selection_summary(args.summarize_selections), encoding="utf-8")
         return
 
     photo_rows, keep = photo_part(args, log)

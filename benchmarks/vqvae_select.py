@@ -1,4 +1,4 @@
-"""Choose face-vqvae's sampling defaults (temperature, top-k) on VALIDATION faces, never test.
+"""Choose face-vqvae's sampling defaults (temperature, top-k, top-p) on VALIDATION faces only.
 
 Run::
 
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperatures", default="0.8,0.9,1.0")
     ap.add_argument("--top-ks", default="0,64")
+    ap.add_argument("--top-ps", default="1.0", help="nucleus sizes (1.0: off)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=ROOT / "runs/fid-cache")
     ap.add_argument("--write", action="store_true", help="store the best setting as default")
@@ -64,20 +65,27 @@ def main() -> None:
     folder = Path(resolve(args.model))
     ref = features(val_faces(folder, args.data), args.cache, log=log)
     sweep = []
-    for top_k in (int(k) for k in args.top_ks.split(",")):
-        stage = FaceVQVAE.from_pretrained(folder, top_k=top_k)
+    truncations = [
+        (int(k), float(p)) for k in args.top_ks.split(",") for p in args.top_ps.split(",")
+    ]
+    for top_k, top_p in truncations:
+        stage = FaceVQVAE.from_pretrained(folder, top_k=top_k, top_p=top_p)
         for temp in (float(t) for t in args.temperatures.split(",")):
             batches = stage.sample(args.n, seed=args.seed, temperature=temp)
             imgs = np.concatenate([b.to_numpy(np.uint8)[..., 0] for b in batches])
             score = fid(features(imgs, args.cache, log=log), ref)
-            sweep.append({"temperature": temp, "top_k": top_k, "val_fid": round(score, 2)})
-            log(f"T={temp} top_k={top_k}: val FID {score:.1f}")
+            row = {"temperature": temp, "top_k": top_k, "top_p": top_p, "val_fid": round(score, 2)}
+            sweep.append(row)
+            log(f"T={temp} top_k={top_k} top_p={top_p}: val FID {score:.1f}")
     best = min(sweep, key=lambda r: r["val_fid"])
     lines = [
-        f"| temperature | top-k | FID, {args.n} samples vs {len(ref)} val faces |",
-        "| ---: | ---: | ---: |",
+        f"| temperature | top-k | top-p | FID, {args.n} samples vs {len(ref)} val faces |",
+        "| ---: | ---: | ---: | ---: |",
     ]
-    lines += [f"| {r['temperature']:g} | {r['top_k']} | {r['val_fid']:.1f} |" for r in sweep]
+    lines += [
+        f"| {r['temperature']:g} | {r['top_k']} | {r['top_p']:g} | {r['val_fid']:.1f} |"
+        for r in sweep
+    ]
     print("\n".join(lines))
     written = " was written as the stage default" if args.write else " is the best (not written)"
     head = [
@@ -85,7 +93,7 @@ def main() -> None:
         "",
         f"Lowest FID against the {len(ref)} validation faces of the train split ({args.n} "
         f"samples each, seed {args.seed}); the test faces are not read. "
-        f"T = {best['temperature']:g}, top-k {best['top_k']}{written}.",
+        f"T = {best['temperature']:g}, top-k {best['top_k']}, top-p {best['top_p']:g}{written}.",
         "",
     ]
     command = "python benchmarks/vqvae_select.py " + " ".join(sys.argv[1:])
@@ -94,15 +102,16 @@ def main() -> None:
     if args.write:
         path = folder / "config.json"
         config = json.loads(path.read_text(encoding="utf-8"))
-        config["stage_config"].update(temperature=best["temperature"], top_k=best["top_k"])
+        chosen = {k: best[k] for k in ("temperature", "top_k", "top_p")}
+        config["stage_config"].update(chosen)
         config.setdefault("metrics", {})["val_sampling_sweep"] = {
             "rule": "lowest FID against the validation faces",
             "sweep": sweep,
-            "chosen": {"temperature": best["temperature"], "top_k": best["top_k"]},
+            "chosen": chosen,
             "command": "python benchmarks/vqvae_select.py " + " ".join(sys.argv[1:]),
         }
         path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        log(f"chose T={best['temperature']} top_k={best['top_k']}; wrote {path}")
+        log(f"chose {chosen}; wrote {path}")
 
 
 if __name__ == "__main__":
