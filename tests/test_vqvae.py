@@ -119,7 +119,10 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     first = train(TrainConfig(stage="vqvae", **small), out)
     card_before = (first / CARD_NAME).read_text()
     # The prior under bfloat16 autocast (the shared loop's option): it must still learn.
-    train(TrainConfig(stage="prior", lr=3e-3, precision="bfloat16", **small), out)
+    train(
+        TrainConfig(stage="prior", lr=3e-3, precision="bfloat16", command="fixture prior", **small),
+        out,
+    )
     assert "vqvae" in card_before
     return out
 
@@ -207,5 +210,10 @@ def test_prior_stage_resumes_from_its_own_checkpoint(weights: Path, tmp_path: Pa
     assert ckpt.is_file() and not (tmp_path / "face-vqvae.checkpoint.pt").exists()
     train(TrainConfig(**cfg, resume=True), out)
     assert not ckpt.exists()  # finished: nothing left to resume
-    history = read_config(out)["training"]["prior"]["history"]
-    assert history[-1]["step"] == 2 * 10  # 2 epochs of ceil(38 faces x 2 mirrors / 8) steps
+    prior = read_config(out)["training"]["prior"]
+    assert prior["history"][-1]["step"] == 2 * 10  # 2 epochs of ceil(38 faces x 2 mirrors / 8)
+    # These runs fine-tuned the fixture's trained prior (once, resumed): the card lists the
+    # command that trained it first, once, then the fine-tune.
+    assert prior["earlier_commands"] == ["fixture prior"]
+    card = (out / CARD_NAME).read_text()
+    assert "- prior: `fixture prior`" in card and "- then fine-tuned: `library call`" in card

@@ -147,6 +147,7 @@ class _Spec:
         self.batches = EpochOrder(len(train_data), cfg.batch_size, self.gen)
         self.steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
         self.info: dict[str, Any] = {}
+        self.resumed_in_place = False
 
     def next_rows(self) -> Any:
         return self.data[self.batches.next()]
@@ -165,6 +166,16 @@ class _Spec:
         stage_config = {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p}
         stage = FaceVQVAE(model, stage_config)
         record = {**cfg.model_dump(mode="json"), "history": run.history, **self.info}
+        before = self.info.get("previous_training", {}).get(cfg.stage)
+        if before:
+            # A fine-tune keeps the commands that made its starting point, so the card lists
+            # every command that reproduces the weights; a run resumed in its own folder
+            # finds its own partial record there instead, whose list it keeps.
+            chain = list(before.get("earlier_commands", []))
+            if not self.resumed_in_place:
+                chain.append(before.get("command", ""))
+            if chain:
+                record["earlier_commands"] = chain
         training = {**self.info.get("previous_training", {}), cfg.stage: record}
         metrics = {**self.info.get("previous_metrics", {}), **run.best_metrics}
         training.get(cfg.stage, {}).pop("previous_training", None)
@@ -242,6 +253,7 @@ class PriorSpec(_Spec):
         from aepipe.weights import load_model
 
         init = cfg.init or out
+        resumed_in_place = cfg.resume and Path(init).resolve() == Path(out).resolve()
         # The prior starts from the seeded random one that the vqvae stage wrote, so the two
         # commands in the card reproduce the weights; a folder whose prior is already trained
         # is fine-tuned instead.
@@ -256,6 +268,7 @@ class PriorSpec(_Spec):
             codes = torch.cat([model.codes(x).flatten(1) for x in both.split(256)])
             self.val_codes = torch.cat([model.codes(x).flatten(1) for x in val_x.split(256)])
         super().__init__(cfg, out, model, codes)
+        self.resumed_in_place = resumed_in_place
         self.info = {
             "init": str(init),
             "cut": cut,
@@ -316,7 +329,10 @@ def model_card(training: dict[str, Any], metrics: dict[str, Any]) -> str:
         "",
     ]
     for stage, record in training.items():
-        lines.append(f"- {stage}: `{record.get('command') or 'library call'}`")
+        for earlier in record.get("earlier_commands", []):
+            lines.append(f"- {stage}: `{earlier or 'library call'}`")
+        then = "then fine-tuned" if record.get("earlier_commands") else stage
+        lines.append(f"- {then}: `{record.get('command') or 'library call'}`")
     lines += ["", "## Validation", ""]
     lines += [f"- {key}: {value:.4g}" for key, value in sorted(metrics.items())]
     return "\n".join(lines) + "\n"
