@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import frontends
@@ -203,6 +204,10 @@ def test_prior_stage_resumes_from_its_own_checkpoint(weights: Path, tmp_path: Pa
 
     out = tmp_path / "face-vqvae"
     shutil.copytree(weights, out)
+    # As in the shipped folder, the sampling settings were chosen for the prior trained there.
+    config = json.loads((out / CONFIG_NAME).read_text())
+    config["metrics"]["val_sampling_sweep"] = {"chosen": {"temperature": 0.7}}
+    (out / CONFIG_NAME).write_text(json.dumps(config))
     data = weights.parent / "faces.npz"
     cfg = dict(stage="prior", data=data, epochs=2, batch_size=8)
     train(TrainConfig(**cfg, max_steps=3), out)
@@ -210,6 +215,7 @@ def test_prior_stage_resumes_from_its_own_checkpoint(weights: Path, tmp_path: Pa
     assert ckpt.is_file() and not (tmp_path / "face-vqvae.checkpoint.pt").exists()
     train(TrainConfig(**cfg, resume=True), out)
     assert not ckpt.exists()  # finished: nothing left to resume
+    assert "val_sampling_sweep" not in read_config(out)["metrics"]  # chosen for another prior
     prior = read_config(out)["training"]["prior"]
     assert prior["history"][-1]["step"] == 2 * 10  # 2 epochs of ceil(38 faces x 2 mirrors / 8)
     # These runs fine-tuned the fixture's trained prior (once, resumed): the card lists the

@@ -178,6 +178,9 @@ class _Spec:
                 record["earlier_commands"] = chain
         training = {**self.info.get("previous_training", {}), cfg.stage: record}
         metrics = {**self.info.get("previous_metrics", {}), **run.best_metrics}
+        if cfg.stage == "prior":
+            # Sampling settings chosen for an earlier prior do not carry over to this one.
+            metrics.pop("val_sampling_sweep", None)
         training.get(cfg.stage, {}).pop("previous_training", None)
         training.get(cfg.stage, {}).pop("previous_metrics", None)
         return stage.save_pretrained(
@@ -334,7 +337,11 @@ def model_card(training: dict[str, Any], metrics: dict[str, Any]) -> str:
         then = "then fine-tuned" if record.get("earlier_commands") else stage
         lines.append(f"- {then}: `{record.get('command') or 'library call'}`")
     lines += ["", "## Validation", ""]
-    lines += [f"- {key}: {value:.4g}" for key, value in sorted(metrics.items())]
+    lines += [
+        f"- {key}: {value:.4g}"
+        for key, value in sorted(metrics.items())
+        if isinstance(value, int | float)
+    ]
     return "\n".join(lines) + "\n"
 
 
