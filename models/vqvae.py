@@ -139,24 +139,35 @@ class _Block(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """(N, T, dim) -> (N, T, dim).
-
-        With ``cache``, the T new tokens are written into it after the cached ones and attend
-        to everything up to themselves.
-        """
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, dim) -> (N, T, dim), each token attending to itself and the earlier ones."""
         n, t, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        if cache is not None:
-            k, v = cache.extend(k, v)
-        if cache is not None and t == 1:
-            # One new token may see every cached one, so no mask; two small matmuls were
-            # faster on CPU than SDPA over the cache's strided views.
-            w = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
-            a = w @ v
-        else:
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.proj(a.transpose(1, 2).reshape(n, t, c))
+        return x + self.mlp(self.norm2(x))
+
+    def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One new token per sequence, the sampler's inner loop: (N, dim) -> (N, dim).
+
+        The same arithmetic as :meth:`forward` over the cached tokens plus this one, in the
+        cache's dtype for the attention (float32 or bfloat16; the rest stays float32).
+        """
+        n, c = x.shape
+        h, d = self.heads, c // self.heads
+        qkv = self.qkv(self.norm1(x)).view(n, 3, h, 1, d)
+        k, v = cache.extend(qkv[:, 1], qkv[:, 2])
+        if k.dtype == torch.float32:
+            # Two batched products over all heads: faster than SDPA in float32 on CPU. The
+            # query is scaled instead of the N x H x L scores.
+            q = (qkv[:, 0] * d**-0.5).view(n * h, 1, d)
+            w = torch.softmax(torch.bmm(q, k.reshape(n * h, -1, d).transpose(1, 2)), dim=-1)
+            a = torch.bmm(w, v.reshape(n * h, -1, d))
+        else:
+            # Reading the cache is most of the sampler's time; bfloat16 halves it, and SDPA's
+            # fused kernel runs it natively on CPUs with bfloat16 units.
+            a = F.scaled_dot_product_attention(qkv[:, 0].to(k.dtype), k, v).float()
+        x = x + self.proj(a.view(n, c))
         return x + self.mlp(self.norm2(x))
 
 
@@ -168,10 +179,11 @@ class KVCache:
 
     Args:
         capacity: tokens the buffers hold (the sequence length).
+        dtype: of the buffers; keys and values are cast to it as they are written.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int, dtype: torch.dtype = torch.float32) -> None:
+        self.capacity, self.dtype = capacity, dtype
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.length = 0
@@ -183,8 +195,8 @@ class KVCache:
             raise ValueError(f"KVCache: {end} tokens exceed its capacity of {self.capacity}")
         if self.k is None or self.v is None:
             n, h, _, d = k.shape
-            self.k = k.new_empty(n, h, self.capacity, d)
-            self.v = v.new_empty(n, h, self.capacity, d)
+            self.k = k.new_empty(n, h, self.capacity, d, dtype=self.dtype)
+            self.v = v.new_empty(n, h, self.capacity, d, dtype=self.dtype)
         self.k[:, :, self.length : end] = k
         self.v[:, :, self.length : end] = v
         self.length = end
@@ -222,7 +234,12 @@ class CausalPrior(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, uniforms: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+        self,
+        uniforms: torch.Tensor,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        attention_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Sample code sequences by inverse-CDF from pre-drawn uniforms.
 
@@ -234,22 +251,24 @@ class CausalPrior(nn.Module):
             temperature: logits are divided by it; 0 picks the most likely code.
             top_k: keep only the k most likely codes (0: all).
             top_p: keep the smallest set of codes holding this much probability.
+            attention_dtype: of the key/value cache and the attention over it (bfloat16:
+                faster on CPUs with bfloat16 units; the prior trained under bfloat16 autocast).
 
         Returns:
             (N, tokens) long codes.
         """
         n = uniforms.shape[0]
-        caches = [KVCache(self.tokens) for _ in self.blocks]
-        token = torch.full((n, 1), self.num_codes, dtype=torch.long, device=uniforms.device)
+        caches = [KVCache(self.tokens, attention_dtype) for _ in self.blocks]
+        token = torch.full((n,), self.num_codes, dtype=torch.long, device=uniforms.device)
         out = []
         for i in range(self.tokens):
             x = self.embed(token) + self.pos[i]
             for block, cache in zip(self.blocks, caches, strict=True):
-                x = block(x, cache)
-            logits = self.head(self.norm(x))[:, 0].float()
-            token = pick(logits, uniforms[:, i], temperature, top_k, top_p)[:, None]
+                x = block.step(x, cache)
+            logits = self.head(self.norm(x)).float()
+            token = pick(logits, uniforms[:, i], temperature, top_k, top_p)
             out.append(token)
-        return torch.cat(out, 1)
+        return torch.stack(out, 1)
 
 
 def pick(
@@ -273,9 +292,12 @@ def pick(
         # Nothing to truncate: inverse CDF in code order, no sort.
         cdf = torch.softmax(logits / temperature, 1).cumsum(1)
         return (cdf < (u * cdf[:, -1])[:, None]).sum(1).clamp_max(logits.shape[1] - 1)
-    probs, order = torch.softmax(logits / temperature, 1).sort(1, descending=True)
+    probs = torch.softmax(logits / temperature, 1)
     if top_k > 0:
-        probs[:, top_k:] = 0
+        # topk sorts only the k kept, cheaper than sorting the whole vocabulary every code.
+        probs, order = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    else:
+        probs, order = probs.sort(1, descending=True)
     if top_p < 1.0:
         before = probs.cumsum(1) - probs
         probs = torch.where(before < top_p, probs, torch.zeros_like(probs))
@@ -358,8 +380,9 @@ class VQVAE(nn.Module):
         return self.quantizer.codes_of(z.permute(0, 2, 3, 1).reshape(-1, d)).view(n, g, g)
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """(N, code_dim, G, G) vectors -> (N, 1, S, S) images (not clamped)."""
-        return self.decoder(z_q) + 0.5
+        """(N, code_dim, G, G) vectors -> (N, 1, S, S) float32 images (not clamped)."""
+        # float32 before the offset: under bfloat16 autocast, x + 0.5 would round to 1/256.
+        return self.decoder(z_q).float() + 0.5
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(N, G, G) indices -> (N, 1, S, S) images in [0, 1]."""

@@ -12,7 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
     from typing_extensions import Self
+
+
+#: A stage's ``precision`` option: "auto" is bfloat16 where :func:`fast_bfloat16` says it is native.
+StagePrecision = Literal["auto", "float32", "bfloat16"]
 
 
 class StageConfig(BaseModel):
@@ -297,6 +301,19 @@ def uses_bfloat16(precision: str, device: str | torch.device) -> bool:
     "auto" is bfloat16 where :func:`fast_bfloat16` says it is native, float32 elsewhere.
     """
     return precision == "bfloat16" or (precision == "auto" and fast_bfloat16(device))
+
+
+def precision_autocast(precision: str, device: str | torch.device) -> torch.autocast:
+    """The autocast context that a stage's ``precision`` option means on ``device``.
+
+    Inside it convolutions and linear layers run in bfloat16 when :func:`uses_bfloat16` says
+    so; stages keep what must stay exact (inputs, skips, outputs) in float32 around it.
+    """
+    import torch
+
+    device = torch.device(device)
+    bf16 = uses_bfloat16(precision, device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def load_stage(

@@ -12,7 +12,7 @@ import torch
 
 from aepipe.batch import ImageBatch
 from aepipe.errors import ConfigError
-from aepipe.models.vqvae import VQVAE, VectorQuantizerEMA, pick
+from aepipe.models.vqvae import VQVAE, KVCache, VectorQuantizerEMA, _Block, pick
 from aepipe.stage import load_stage
 from aepipe.stages.face_vqvae import FaceVQVAE
 from aepipe.train.face_vqvae import TrainConfig, train
@@ -87,6 +87,32 @@ def test_samples_do_not_depend_on_batch_size_and_options_are_checked() -> None:
         next(stage.sample(2, seed=0, concepts=[]))
     with pytest.raises(ConfigError, match="temperature"):
         next(stage.sample(2, seed=0, temperature=5.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_token_steps_match_the_full_causal_pass(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    block = _Block(dim=16, heads=2).eval()
+    x = torch.randn(3, 7, 16)
+    with torch.inference_mode():
+        full = block(x)
+        cache = KVCache(7, dtype)
+        steps = torch.stack([block.step(x[:, i], cache) for i in range(7)], 1)
+    assert cache.k is not None and cache.k.dtype == dtype and steps.dtype == torch.float32
+    tol = 1e-5 if dtype == torch.float32 else 3e-2  # bfloat16 keeps 8 bits of mantissa
+    torch.testing.assert_close(steps, full, atol=tol, rtol=tol)
+
+
+def test_precision_option_reaches_the_decoder() -> None:
+    exact = FaceVQVAE.tiny(seed=0, precision="float32")
+    fast = FaceVQVAE.tiny(seed=0, precision="bfloat16")
+    codes = next(exact.sample_codes(6, seed=4))
+    assert next(fast.sample_codes(6, seed=4)).shape == codes.shape
+    a, b = exact.decode_codes(codes), fast.decode_codes(codes)
+    assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape
+    assert 0 < float((a - b).abs().max()) < 4 / 255
+    faces = ImageBatch(a)
+    assert float((exact(faces).images - fast(faces).images).abs().max()) < 4 / 255
 
 
 def test_interpolate_and_codebook_pictures() -> None:

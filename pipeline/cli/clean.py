@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
 from aepipe.cli.apps import app
 from aepipe.cli.common import CleanBornDigitalOpt, FileJob, JpegQualityOpt, file_command
+from aepipe.stage import StagePrecision
 
 CleanAllOpt = Annotated[
     bool,
@@ -19,7 +20,7 @@ CleanAllOpt = Annotated[
 ]
 
 PrecisionOpt = Annotated[
-    Literal["auto", "float32", "bfloat16"],
+    StagePrecision,
     typer.Option(
         "--precision",
         help="Arithmetic of the network: auto is bfloat16 on CPUs that run it natively "

@@ -111,7 +111,14 @@ def _resolve_device(device: str) -> str:
 @app.command("gen-faces")
 def gen_faces(
     n: Annotated[int, typer.Option("--n", "-n", min=1, max=1_000_000, help="How many faces.")] = 64,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same faces (on any device).")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed",
+            help="Same seed, same faces (the noise is drawn on the CPU). face-vqvae draws code "
+            "after code, so a different CPU, GPU or precision can change its faces.",
+        ),
+    ] = 0,
     temperature: Annotated[
         float | None,
         typer.Option(

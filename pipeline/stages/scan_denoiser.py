@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from aepipe.batch import ImageBatch, to_gray
-from aepipe.stage import Stage, StageConfig
+from aepipe.stage import Stage, StageConfig, StagePrecision
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +73,7 @@ class Config(StageConfig):
     borders: Literal["remove", "keep"] = "remove"
     border_band: float = Field(0.1, gt=0.0, le=0.5)
     clean_pages: Literal["keep", "process"] = "keep"
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    precision: StagePrecision = "auto"
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
@@ -202,14 +202,11 @@ class ScanDenoiser(Stage):
 
     def _autocast(self, device: torch.device) -> torch.autocast:
         """The precision context of the network's forward passes (see ``Config.precision``)."""
-        import torch
+        from aepipe.stage import precision_autocast
 
-        from aepipe.stage import uses_bfloat16
-
-        bf16 = uses_bfloat16(self.config.precision, device)  # type: ignore[attr-defined]
         # Convolutions run in bfloat16; the input skip and the output stay float32, so the
         # output is float32 either way.
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        return precision_autocast(self.config.precision, device)  # type: ignore[attr-defined]
 
     def _tiled(self, x: torch.Tensor, cfg: Config) -> torch.Tensor:
         """:meth:`clean_gray` without the precision context."""
