@@ -46,6 +46,12 @@ def main() -> None:
     ap.add_argument("--temperatures", default="0.8,0.9,1.0")
     ap.add_argument("--top-ks", default="0,64")
     ap.add_argument("--top-ps", default="1.0", help="nucleus sizes (1.0: off)")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="the stage's precision (auto: as users get it on this CPU)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=ROOT / "runs/fid-cache")
     ap.add_argument("--write", action="store_true", help="store the best setting as default")
@@ -57,6 +63,7 @@ def main() -> None:
     import torch
     from faces import features, fid
 
+    from aepipe.stage import uses_bfloat16
     from aepipe.stages.face_vqvae import FaceVQVAE
     from aepipe.weights import resolve
 
@@ -69,7 +76,9 @@ def main() -> None:
         (int(k), float(p)) for k in args.top_ks.split(",") for p in args.top_ps.split(",")
     ]
     for top_k, top_p in truncations:
-        stage = FaceVQVAE.from_pretrained(folder, top_k=top_k, top_p=top_p)
+        stage = FaceVQVAE.from_pretrained(
+            folder, top_k=top_k, top_p=top_p, precision=args.precision
+        )
         for temp in (float(t) for t in args.temperatures.split(",")):
             batches = stage.sample(args.n, seed=args.seed, temperature=temp)
             imgs = np.concatenate([b.to_numpy(np.uint8)[..., 0] for b in batches])
@@ -92,7 +101,9 @@ def main() -> None:
         f"# face-vqvae sampling settings chosen on validation faces (`{args.model}`)",
         "",
         f"Lowest FID against the {len(ref)} validation faces of the train split ({args.n} "
-        f"samples each, seed {args.seed}); the test faces are not read. "
+        f"samples each, seed {args.seed}, precision {args.precision}: "
+        f"{'bfloat16' if uses_bfloat16(args.precision, 'cpu') else 'float32'} on this CPU); "
+        "the test faces are not read. "
         f"T = {best['temperature']:g}, top-k {best['top_k']}, top-p {best['top_p']:g}{written}.",
         "",
     ]
@@ -108,6 +119,7 @@ def main() -> None:
             "rule": "lowest FID against the validation faces",
             "sweep": sweep,
             "chosen": chosen,
+            "precision": args.precision,
             "command": "python benchmarks/vqvae_select.py " + " ".join(sys.argv[1:]),
         }
         path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
