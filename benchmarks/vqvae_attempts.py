@@ -64,9 +64,14 @@ ATTEMPTS = (
         ("vqvae_select_finetune.md",),
     ),
     Attempt(
-        "the same, sampled with the attention cache in bfloat16 (shipped)",
-        "vqvae_compare.md",
+        "the same, sampled with the attention cache in bfloat16",
+        "vqvae_compare_one_temperature.md",
         ("vqvae_select_bf16.md",),
+    ),
+    Attempt(
+        "the same, the first row of codes drawn at temperature 1 and the rest cooler (shipped)",
+        "vqvae_compare.md",
+        ("vqvae_select_lead.md",),
     ),
 )
 

@@ -1,4 +1,4 @@
-"""Choose face-vqvae's sampling defaults (temperature, top-k, top-p) on VALIDATION faces only.
+"""Choose face-vqvae's sampling defaults (temperatures, top-k, top-p) on VALIDATION faces only.
 
 Run::
 
@@ -45,6 +45,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperatures", default="0.8,0.9,1.0")
     ap.add_argument("--top-ks", default="0,64")
+    ap.add_argument(
+        "--lead-codes", default="0", help="comma list: first codes drawn at --lead-temperature"
+    )
+    ap.add_argument("--lead-temperature", type=float, default=1.0)
     ap.add_argument("--top-ps", default="1.0", help="nucleus sizes (1.0: off)")
     ap.add_argument(
         "--precision",
@@ -72,29 +76,34 @@ def main() -> None:
     folder = Path(resolve(args.model))
     ref = features(val_faces(folder, args.data), args.cache, log=log)
     sweep = []
-    truncations = [
-        (int(k), float(p)) for k in args.top_ks.split(",") for p in args.top_ps.split(",")
+    options = [
+        dict(top_k=int(k), top_p=float(p), lead_codes=int(lead))
+        for lead in args.lead_codes.split(",")
+        for k in args.top_ks.split(",")
+        for p in args.top_ps.split(",")
     ]
-    for top_k, top_p in truncations:
-        stage = FaceVQVAE.from_pretrained(
-            folder, top_k=top_k, top_p=top_p, precision=args.precision
-        )
+    for option in options:
+        option["lead_temperature"] = args.lead_temperature
+        stage = FaceVQVAE.from_pretrained(folder, precision=args.precision, **option)
         for temp in (float(t) for t in args.temperatures.split(",")):
             batches = stage.sample(args.n, seed=args.seed, temperature=temp)
             imgs = np.concatenate([b.to_numpy(np.uint8)[..., 0] for b in batches])
             score = fid(features(imgs, args.cache, log=log), ref)
-            row = {"temperature": temp, "top_k": top_k, "top_p": top_p, "val_fid": round(score, 2)}
-            sweep.append(row)
-            log(f"T={temp} top_k={top_k} top_p={top_p}: val FID {score:.1f}")
+            sweep.append({"temperature": temp, **option, "val_fid": round(score, 2)})
+            log(f"T={temp} {option}: val FID {score:.1f}")
     best = min(sweep, key=lambda r: r["val_fid"])
+    leads = any(r["lead_codes"] for r in sweep)
+    lead_head = f" first codes at T {args.lead_temperature:g} |" if leads else ""
     lines = [
-        f"| temperature | top-k | top-p | FID, {args.n} samples vs {len(ref)} val faces |",
-        "| ---: | ---: | ---: | ---: |",
+        f"| temperature |{lead_head} top-k | top-p | FID, {args.n} samples vs {len(ref)} "
+        "val faces |",
+        "| ---: |" + " ---: |" * (4 if leads else 3),
     ]
-    lines += [
-        f"| {r['temperature']:g} | {r['top_k']} | {r['top_p']:g} | {r['val_fid']:.1f} |"
-        for r in sweep
-    ]
+    for r in sweep:
+        lead = f" {r['lead_codes']} |" if leads else ""
+        lines.append(
+            f"| {r['temperature']:g} |{lead} {r['top_k']} | {r['top_p']:g} | {r['val_fid']:.1f} |"
+        )
     print("\n".join(lines))
     written = " was written as the stage default" if args.write else " is the best (not written)"
     head = [
@@ -104,7 +113,8 @@ def main() -> None:
         f"samples each, seed {args.seed}, precision {args.precision}: "
         f"{'bfloat16' if uses_bfloat16(args.precision, 'cpu') else 'float32'} on this CPU); "
         "the test faces are not read. "
-        f"T = {best['temperature']:g}, top-k {best['top_k']}, top-p {best['top_p']:g}{written}.",
+        f"T = {best['temperature']:g}, first {best['lead_codes']} codes at T "
+        f"{best['lead_temperature']:g}, top-k {best['top_k']}, top-p {best['top_p']:g}{written}.",
         "",
     ]
     command = "python benchmarks/vqvae_select.py " + " ".join(sys.argv[1:])
@@ -113,7 +123,8 @@ def main() -> None:
     if args.write:
         path = folder / "config.json"
         config = json.loads(path.read_text(encoding="utf-8"))
-        chosen = {k: best[k] for k in ("temperature", "top_k", "top_p")}
+        keys = ("temperature", "lead_codes", "lead_temperature", "top_k", "top_p")
+        chosen = {k: best[k] for k in keys}
         config["stage_config"].update(chosen)
         config.setdefault("metrics", {})["val_sampling_sweep"] = {
             "rule": "lowest FID against the validation faces",

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -236,7 +237,7 @@ class CausalPrior(nn.Module):
     def sample(
         self,
         uniforms: torch.Tensor,
-        temperature: float = 1.0,
+        temperature: float | Sequence[float] = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
         attention_dtype: torch.dtype = torch.float32,
@@ -248,7 +249,8 @@ class CausalPrior(nn.Module):
 
         Args:
             uniforms: (N, tokens) in [0, 1).
-            temperature: logits are divided by it; 0 picks the most likely code.
+            temperature: logits are divided by it; 0 picks the most likely code. One value
+                per position (``tokens`` of them) for a schedule.
             top_k: keep only the k most likely codes (0: all).
             top_p: keep the smallest set of codes holding this much probability.
             attention_dtype: of the key/value cache and the attention over it (bfloat16:
@@ -258,6 +260,10 @@ class CausalPrior(nn.Module):
             (N, tokens) long codes.
         """
         n = uniforms.shape[0]
+        scalar = isinstance(temperature, (int, float))
+        temps = [float(temperature)] * self.tokens if scalar else list(temperature)
+        if len(temps) != self.tokens:
+            raise ValueError(f"{len(temps)} temperatures for {self.tokens} positions")
         caches = [KVCache(self.tokens, attention_dtype) for _ in self.blocks]
         token = torch.full((n,), self.num_codes, dtype=torch.long, device=uniforms.device)
         out = []
@@ -266,7 +272,7 @@ class CausalPrior(nn.Module):
             for block, cache in zip(self.blocks, caches, strict=True):
                 x = block.step(x, cache)
             logits = self.head(self.norm(x)).float()
-            token = pick(logits, uniforms[:, i], temperature, top_k, top_p)
+            token = pick(logits, uniforms[:, i], float(temps[i]), top_k, top_p)
             out.append(token)
         return torch.stack(out, 1)
 

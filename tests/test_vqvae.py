@@ -74,6 +74,22 @@ def test_cached_sampling_matches_the_full_forward_pass() -> None:
     assert torch.equal(full, codes)
 
 
+def test_lead_codes_take_their_own_temperature() -> None:
+    stage = FaceVQVAE.tiny(seed=0, temperature=0.0)
+    tokens = stage.model.prior.tokens
+    greedy = next(stage.sample_codes(4, seed=2))
+    # Every code "lead" at temperature 0 is the greedy draw, whatever the main temperature.
+    led = FaceVQVAE.tiny(seed=0, temperature=1.0, lead_codes=tokens, lead_temperature=0.0)
+    assert torch.equal(next(led.sample_codes(4, seed=2)), greedy)
+    # Only the first codes greedy: they match, and the hot tail differs somewhere.
+    half = FaceVQVAE.tiny(seed=0, temperature=3.0, lead_codes=tokens // 2, lead_temperature=0.0)
+    mixed = next(half.sample_codes(4, seed=2)).flatten(1)
+    assert torch.equal(mixed[:, : tokens // 2], greedy.flatten(1)[:, : tokens // 2])
+    assert not torch.equal(mixed, greedy.flatten(1))
+    with pytest.raises(ValueError, match="temperatures"):
+        stage.model.prior.sample(torch.rand(2, tokens), [1.0] * (tokens - 1))
+
+
 def test_samples_do_not_depend_on_batch_size_and_options_are_checked() -> None:
     stage = FaceVQVAE.tiny(seed=0)
     whole = torch.cat([b.images for b in stage.sample(70, seed=1, batch_size=70)])

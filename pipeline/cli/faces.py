@@ -126,7 +126,8 @@ def gen_faces(
             "-t",
             min=0.0,
             max=3.0,
-            help="Latent spread (default: the model's; 1.2 for face-vae).",
+            help="Latent spread (default: the model's; 1.2 for face-vae). For face-vqvae, the "
+            "temperature of the codes after its first row (lead_codes, drawn at their own).",
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNG files.")] = Path(
