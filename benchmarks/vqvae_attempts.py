@@ -73,6 +73,11 @@ ATTEMPTS = (
         "vqvae_compare.md",
         ("vqvae_select_lead.md",),
     ),
+    Attempt(
+        "the same with top-k 50 or 150, on validation faces only (not adopted)",
+        None,
+        ("vqvae_select_lead_topk.md",),
+    ),
 )
 
 
