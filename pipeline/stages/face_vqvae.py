@@ -51,9 +51,10 @@ class Config(StageConfig):
             drawn so far. "auto" is "bfloat16" on CPUs that run it natively
             (:func:`~aepipe.stage.fast_bfloat16`), "float32" elsewhere. In bfloat16 the
             decoder runs about 2.8x faster and the attention reads half the bytes (the prior
-            trained under bfloat16 autocast), so 64 faces sample about a fifth faster; the
-            prior's other layers and the encoder stay float32. Which faces a seed gives
-            depends on it: "float32" gives the faces of CPUs without bfloat16 units.
+            trained under bfloat16 autocast; sampling times of both precisions are in
+            docs/RESULTS.md); the prior's other layers and the encoder stay float32. Which
+            faces a seed gives depends on it: "float32" gives the faces of CPUs without
+            bfloat16 units.
     """
 
     temperature: float = Field(default=1.0, ge=0.0, le=3.0)
