@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from aepipe.io import Page
     from aepipe.pdf_edit import PageOutcome, PdfEditOptions
     from aepipe.stage import Generator, Stage
-    from aepipe.stages.face_generator import FaceGenerator
+    from aepipe.stages.face_generator import FaceGenerator, FaceModel
 
 Process = Callable[["ImageBatch"], "ImageBatch"]
 
@@ -539,14 +539,32 @@ def load_face_vae(
     Raises:
         WeightsError: the weights are missing, broken or for another stage.
     """
-    from aepipe.stage import load_stage
     from aepipe.stages.face_generator import FaceGenerator
 
+    return _load_face_stage(name_or_path, device, FaceGenerator, "'face-generator'", overrides)
+
+
+def load_face_model(
+    name_or_path: str | os.PathLike[str], device: str = "cpu", **overrides: Any
+) -> FaceModel:
+    """Load any face model that reconstructs aligned faces: the face VAE or the face VQ-VAE.
+
+    Raises:
+        WeightsError: the weights are missing, broken or for another stage.
+    """
+    from aepipe.stages.face_generator import FaceModel
+
+    what = "a face model ('face-generator' or 'face-vqvae')"
+    return _load_face_stage(name_or_path, device, FaceModel, what, overrides)
+
+
+def _load_face_stage(name_or_path, device: str, cls: type, what: str, overrides: dict) -> Any:
+    """A stage of class ``cls`` from a weights folder, or a WeightsError naming ``what``."""
+    from aepipe.stage import load_stage
+
     stage = load_stage(name_or_path, device=device, **overrides)
-    if not isinstance(stage, FaceGenerator):
-        raise WeightsError(
-            f"{name_or_path}: weights are for stage {stage.name!r}, not 'face-generator'"
-        )
+    if not isinstance(stage, cls):
+        raise WeightsError(f"{name_or_path}: weights are for stage {stage.name!r}, not {what}")
     return stage
 
 

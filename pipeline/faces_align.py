@@ -642,10 +642,16 @@ def paste_changes(images: torch.Tensor, faces: list[FaceBox], deltas: torch.Tens
     return out
 
 
-def mean_face(stage) -> torch.Tensor:
-    """(64, 64) the VAE's decode of the zero code: its average face, used to refine alignment."""
+def mean_face(stage) -> torch.Tensor | None:
+    """(64, 64) the VAE's decode of the zero code: its average face, used to refine alignment.
+
+    ``None`` for a model without a continuous latent mean (the face VQ-VAE): faces are then
+    framed by the face aligner alone, which is what happens whenever the aligner is loaded.
+    """
     import torch
 
+    if not hasattr(stage, "latent_dim"):
+        return None
     return stage.decode(torch.zeros(1, stage.latent_dim)).images[0, 0]
 
 
@@ -669,10 +675,11 @@ def edit_photo(
     """Move the faces of a whole photo along concept vectors, keeping its resolution and colour.
 
     Args:
-        stage: a loaded :class:`~aepipe.stages.face_generator.FaceGenerator`.
+        stage: a loaded :class:`~aepipe.stages.face_generator.FaceGenerator` (or, to
+            reconstruct, any face model: the face VQ-VAE too).
         images: (1, C, H, W) photo in [0, 1], C in {1, 3}.
         concepts: (vector, strength) pairs, applied in order; ``None`` reconstructs instead
-            (the face's luma becomes the VAE's decode of it, to see what the VAE keeps).
+            (the face's luma becomes the model's decode of it, to see what the model keeps).
         face: "all", "largest" or a face index (largest first).
         faces: the photo's faces from :func:`find_faces` (with the mean face), when already
             found (several edits of one photo); ``None`` detects them here.
@@ -688,10 +695,13 @@ def edit_photo(
     if not chosen:
         return PhotoEdit(images.clone(), faces, [])
     crops = align_crops(images, chosen)
-    z = stage.encode(ImageBatch(crops, [str(f.index) for f in chosen]))
+    batch = ImageBatch(crops, [str(f.index) for f in chosen])
     if concepts is None:
-        delta = stage.decode(z).images - crops
+        # Calling the stage reconstructs: the VAE's posterior-mean decode, the VQ-VAE's
+        # quantised one.
+        delta = stage(batch).images.cpu() - crops
     else:
+        z = stage.encode(batch)
         moved = z
         for vector, strength in concepts:
             moved = stage.apply_concept(moved, vector, strength)

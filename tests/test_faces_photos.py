@@ -179,6 +179,27 @@ def test_cli_reconstructs_photo_in_place(tmp_path: Path, cli) -> None:
     assert Image.open(tmp_path / "c" / FACE.name).size == (64, 64)
 
 
+def test_cli_reconstructs_photo_with_the_face_vqvae(tmp_path: Path, cli) -> None:
+    photo = _photo()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    args = ("--model", "face-vqvae", "--out")
+    res = cli("faces", "reconstruct", tmp_path / "photo.png", *args, tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    out = np.asarray(Image.open(tmp_path / "r" / "photo.png"))
+    changed = (out != photo).any(-1)
+    rows, cols = np.nonzero(changed)
+    assert out.shape == photo.shape and changed.sum() > 1000
+    assert rows.min() >= Y0 - 16 and rows.max() < Y0 + SIDE + 16
+    assert cols.min() >= X0 - 16 and cols.max() < X0 + SIDE + 16
+    res = cli("faces", "reconstruct", FACE, *args, tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    crop = np.asarray(Image.open(tmp_path / "c" / FACE.name), np.float32)
+    original = _original_crop().numpy() * 255
+    assert crop.shape == (64, 64) and np.abs(crop - original).mean() < 12  # a close copy
+    res = cli("faces", "reconstruct", FACE, "--model", "salt-pepper", "--out", tmp_path / "x")
+    assert res.exit_code == 4 and "not a face model" in res.output
+
+
 @pytest.mark.parametrize("roll", [-10.0, 10.0])
 def test_turned_search_maps_boxes_back(roll: float) -> None:
     gray = _tensor(_photo())[0].mean(0)

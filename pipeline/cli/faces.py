@@ -57,6 +57,13 @@ def _load_face_vae(model: str, device: str, **overrides: object):
     return load_face_vae(model, device=device, **overrides)
 
 
+def _load_face_model(model: str, device: str):
+    """Any face model that reconstructs (the VAE or the VQ-VAE), for ``faces reconstruct``."""
+    from aepipe.core import load_face_model
+
+    return load_face_model(model, device=device)
+
+
 def _concepts(specs: list[str] | None, concepts_dir: Path, model: str) -> list:
     from aepipe.core import face_concepts
     from aepipe.stages.face_generator import default_concept_dirs
@@ -304,10 +311,10 @@ def reconstruct(
     device: DeviceOpt = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Encode and decode faces to see what the VAE keeps.
+    """Encode and decode faces to see what the VAE (or --model face-vqvae) keeps.
 
     Photos come back whole: each face is aligned, and its luma inside a feathered face mask
-    becomes the VAE's decode (chroma and everything outside the mask kept). Face crops
+    becomes the model's decode (chroma and everything outside the mask kept). Face crops
     (--align crop) are centre-cropped and come back as 64x64 gray decodes.
 
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
@@ -329,7 +336,7 @@ def reconstruct(
     )
     run_job(
         inputs,
-        lambda: _photo_edit(_load_face_vae(model, dev), None, choice, align, quiet),
+        lambda: _photo_edit(_load_face_model(model, dev), None, choice, align, quiet),
         options,
         quiet=quiet,
     )

@@ -2,7 +2,8 @@
 
 ``aepipe train face-vqvae`` (its two training stages), ``aepipe faces vq-interpolate`` and
 ``aepipe faces codebook``. Sampling is ``gen-faces --model face-vqvae`` (the generator
-protocol) and reconstructing a TOML ``face-vqvae`` stage, with no code here.
+protocol) and reconstructing ``aepipe faces reconstruct --model face-vqvae`` (the face
+commands' own), with no code here.
 
 Nothing heavy is imported at module level (``aepipe --help`` must stay fast).
 """
