@@ -417,18 +417,17 @@ def speed(
         t = time_call(lambda: stage(batch), repeat, lambda: stage(crop))
         rows.append(dict(setting=label, seconds=round(t, 3), mpx_s=round(mpx / t, 2)))
 
-    from aepipe.stage import uses_bfloat16
+    from aepipe.stage import resolved_precision
 
     st = ScanDenoiser.from_pretrained(weights)
     c = st.config
-    bf16 = uses_bfloat16(c.precision, "cpu")
+    here = resolved_precision(c.precision, "cpu")
     stage_row(
         f"stage as shipped: channels-last, tile {c.tile}, overlap {c.overlap}, "
-        f"{c.batch_size} tile(s)/batch, precision {c.precision} "
-        f"({'bfloat16' if bf16 else 'float32'} on this CPU)",
+        f"{c.batch_size} tile(s)/batch, precision {c.precision} ({here} on this CPU)",
         st,
     )
-    other_precision = "float32" if bf16 else "bfloat16"
+    other_precision = "float32" if here == "bfloat16" else "bfloat16"
     st = ScanDenoiser.from_pretrained(weights, precision=other_precision)
     stage_row(f"same, precision {other_precision}", st)
     st = ScanDenoiser.from_pretrained(weights)

@@ -156,7 +156,7 @@ def measure(args, stages: dict, test_u8: np.ndarray, log) -> dict:
 
 def table(results: dict, args) -> list[str]:
     """The Markdown table of :func:`measure`'s figures (an AE column when measured)."""
-    from aepipe.stage import uses_bfloat16
+    from aepipe.stage import resolved_precision
 
     models = results["models"]
     ae, vae, vq = models.get("AE"), models["VAE"], models["VQ-VAE + prior"]
@@ -192,10 +192,9 @@ def table(results: dict, args) -> list[str]:
         )
     )
     if "sample64_s_float32" in vq:
-        auto = "bfloat16" if uses_bfloat16("auto", "cpu") else "float32"
         label = (
             "seconds as above, VQ-VAE with precision float32 (CPUs without bfloat16 units; "
-            f"the row above is precision auto, {auto} here)"
+            f"the row above is precision auto, {resolved_precision('auto', 'cpu')} here)"
         )
         lines.append(row(label, [""] * (len(cols) - 1) + [f"{vq['sample64_s_float32']:.2f}"]))
     for temp, score in results["vq_fid_at_temperature"].items():

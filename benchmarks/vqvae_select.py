@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -38,6 +39,8 @@ def val_faces(model_dir: Path, data: Path) -> np.ndarray:
 
 def main() -> None:
     """Sweep the settings, print the table, optionally store the best one."""
+    from aepipe.stage import StagePrecision, resolved_precision
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="face-vqvae")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/faces/lfw_64.npz")
@@ -53,7 +56,7 @@ def main() -> None:
     ap.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "float32", "bfloat16"],
+        choices=get_args(StagePrecision),
         help="the stage's precision (auto: as users get it on this CPU)",
     )
     ap.add_argument("--threads", type=int, default=1)
@@ -67,7 +70,6 @@ def main() -> None:
     import torch
     from faces import features, fid
 
-    from aepipe.stage import uses_bfloat16
     from aepipe.stages.face_vqvae import FaceVQVAE
     from aepipe.weights import resolve
 
@@ -77,13 +79,17 @@ def main() -> None:
     ref = features(val_faces(folder, args.data), args.cache, log=log)
     sweep = []
     options = [
-        dict(top_k=int(k), top_p=float(p), lead_codes=int(lead))
+        dict(
+            top_k=int(k),
+            top_p=float(p),
+            lead_codes=int(lead),
+            lead_temperature=args.lead_temperature,
+        )
         for lead in args.lead_codes.split(",")
         for k in args.top_ks.split(",")
         for p in args.top_ps.split(",")
     ]
     for option in options:
-        option["lead_temperature"] = args.lead_temperature
         stage = FaceVQVAE.from_pretrained(folder, precision=args.precision, **option)
         for temp in (float(t) for t in args.temperatures.split(",")):
             batches = stage.sample(args.n, seed=args.seed, temperature=temp)
@@ -111,7 +117,7 @@ def main() -> None:
         "",
         f"Lowest FID against the {len(ref)} validation faces of the train split ({args.n} "
         f"samples each, seed {args.seed}, precision {args.precision}: "
-        f"{'bfloat16' if uses_bfloat16(args.precision, 'cpu') else 'float32'} on this CPU); "
+        f"{resolved_precision(args.precision, 'cpu')} on this CPU); "
         "the test faces are not read. "
         f"T = {best['temperature']:g}, first {best['lead_codes']} codes at T "
         f"{best['lead_temperature']:g}, top-k {best['top_k']}, top-p {best['top_p']:g}{written}.",

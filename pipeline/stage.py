@@ -303,6 +303,11 @@ def uses_bfloat16(precision: str, device: str | torch.device) -> bool:
     return precision == "bfloat16" or (precision == "auto" and fast_bfloat16(device))
 
 
+def resolved_precision(precision: str, device: str | torch.device) -> str:
+    """What a stage's ``precision`` option runs as on ``device``: "bfloat16" or "float32"."""
+    return "bfloat16" if uses_bfloat16(precision, device) else "float32"
+
+
 def precision_autocast(precision: str, device: str | torch.device) -> torch.autocast:
     """The autocast context that a stage's ``precision`` option means on ``device``.
 

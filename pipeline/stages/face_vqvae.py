@@ -21,7 +21,7 @@ from pydantic import Field
 
 from aepipe.batch import ImageBatch
 from aepipe.errors import ConfigError
-from aepipe.stage import StageConfig, StagePrecision, precision_autocast, uses_bfloat16
+from aepipe.stage import StageConfig, StagePrecision, precision_autocast, resolved_precision
 from aepipe.stages.face_generator import FaceModel
 
 if TYPE_CHECKING:
@@ -124,8 +124,7 @@ class FaceVQVAE(FaceModel):
         temps = [cfg.lead_temperature] * lead + [temp] * (tokens - lead)
         size = batch_size or cfg.batch_size
         g = self.model.grid
-        bf16 = uses_bfloat16(cfg.precision, self.device)
-        dtype = torch.bfloat16 if bf16 else torch.float32
+        dtype = getattr(torch, resolved_precision(cfg.precision, self.device))
         for start in range(0, n, size):
             with torch.inference_mode():
                 codes = self.model.prior.sample(
