@@ -174,11 +174,15 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "face VQ-VAE + prior",
-        "FID {fid} (same protocol); 64 faces sampled in {sample} s",
-        "the VAE in the same run, FID {vae}",
+        "FID {fid} (same protocol); 64 faces sampled in {sample} s; test reconstructions {psnr} dB",
+        "in the same run: the VAE FID {vae}, {vae_psnr} dB; a plain AE FID {ae}, {ae_psnr} dB",
         {
             "fid": Figure("vqvae_compare", ("models", "VQ-VAE + prior", "fid"), "{:.1f}"),
+            "psnr": Figure("vqvae_compare", ("models", "VQ-VAE + prior", "psnr_db"), "{:.2f}"),
             "vae": Figure("vqvae_compare", ("models", "VAE", "fid"), "{:.1f}"),
+            "vae_psnr": Figure("vqvae_compare", ("models", "VAE", "psnr_db"), "{:.2f}"),
+            "ae": Figure("vqvae_compare", ("models", "AE", "fid"), "{:.1f}"),
+            "ae_psnr": Figure("vqvae_compare", ("models", "AE", "psnr_db"), "{:.2f}"),
             "sample": Figure("vqvae_compare", ("models", "VQ-VAE + prior", "sample64_s")),
         },
         (Check("FID <= 65", "fid", "<=", 65.0), Check("64 faces < 2 s", "sample", "<", 2.0)),
