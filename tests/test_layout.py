@@ -175,8 +175,9 @@ def test_results_table_reads_what_the_newer_benchmarks_write(monkeypatch, tmp_pa
         json.dumps({"found_share": 0.89, "edit_scores": scores.summary()})
     )
     models = {
-        "VAE": {"fid": 82.7, "sample64_s": 0.04},
-        "VQ-VAE + prior": {"fid": 180.1, "sample64_s": 0.36},
+        "AE": {"fid": 91.3, "psnr_db": 23.7, "sample64_s": 0.04},
+        "VAE": {"fid": 82.7, "psnr_db": 25.65, "sample64_s": 0.04},
+        "VQ-VAE + prior": {"fid": 180.1, "psnr_db": 24.28, "sample64_s": 0.36},
     }
     (results / "vqvae_compare.json").write_text(json.dumps({"models": models}))
     monkeypatch.setattr(table, "ROOT", tmp_path)
