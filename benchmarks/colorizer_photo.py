@@ -256,7 +256,7 @@ def select_setting(args, log) -> None:
     temps = TEMPERATURES if classify else (config["stage_config"].get("temperature", 1.0),)
     sweep = []
     for t in temps:
-        for gain in SATURATIONS:
+        for gain in args.saturations:
             out, _ = colorize_each(args.model, gray, temperature=t, saturation=gain)
             row = {"temperature": t, "saturation": gain, **scores(real, out, gray)}
             log(f"val T={t} saturation={gain}: {row}")
@@ -297,9 +297,9 @@ def selection_summary(folders: list[str]) -> str:
     lines = [
         "# Photo colorizer: stage settings chosen on the val photos",
         "",
-        "| model | rebalance | temperature | saturation | val PSNR dB | val colourfulness "
-        "(% real) | val training-mean chroma dB |",
-        "|---|---|---|---|---|---|---|",
+        "| model | head | context | rebalance | temperature | saturation | val PSNR dB | "
+        "val colourfulness (% real) | val training-mean chroma dB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     rules, commands = set(), []
     for folder in folders:
@@ -310,10 +310,15 @@ def selection_summary(folders: list[str]) -> str:
             for r in rec["sweep"]
             if all(r[k] == rec["chosen"][k] for k in ("temperature", "saturation"))
         )
-        rebalance = config["training"]["config"].get("rebalance", "-")
+        kwargs = config["model_kwargs"]
+        head, context = kwargs.get("head", "classify"), kwargs.get("context", "none")
+        rebalance = (
+            config["training"]["config"].get("rebalance", "-") if head == "classify" else "-"
+        )
         share = 100 * row["colorfulness"] / rec["real_val_colorfulness"]
         lines.append(
-            f"| `{folder}` | {rebalance} | {row['temperature']:g} | {row['saturation']:g} | "
+            f"| `{folder}` | {head} | {context} | {rebalance} | {row['temperature']:g} | "
+            f"{row['saturation']:g} | "
             f"{row['psnr_db']:.2f} | {share:.0f}% | {rec['baseline_val_psnr_db']:.2f} |"
         )
         rules.add(rec["rule"])
@@ -358,6 +363,19 @@ def speed_12mpx(folder: str, repeats: int = 3) -> dict:
     }
 
 
+def context_note(model: str) -> str:
+    """A caveat for the FID column when ``model`` reads the FID network's own early layers."""
+    from aepipe.weights import read_config, resolve
+
+    if not read_config(resolve(model)).get("parts"):
+        return ""
+    return (
+        f"; `{model}` reads frozen features of the same Inception-v3 (its layers up to "
+        "Mixed_6e) that FID's last layer comes from: it is not trained on FID, but its FID "
+        "gain may overstate how much better it looks"
+    )
+
+
 def main() -> None:
     import torch
 
@@ -387,6 +405,12 @@ def main() -> None:
         help="--select-setting: least val colourfulness, %% of the real photos' (target: 70)",
     )
     ap.add_argument(
+        "--saturations",
+        type=lambda v: tuple(float(x) for x in v.split(",")),
+        default=SATURATIONS,
+        help="--select-setting: the saturation gains to try, comma-separated",
+    )
+    ap.add_argument(
         "--summarize-selections",
         nargs="+",
         metavar="MODEL",
@@ -414,6 +438,7 @@ def main() -> None:
         "FID not measured (--no-fid)"
         if args.no_fid
         else f"FID: centre 128x128 crops, n = {n_photos} real vs {n_photos} colorized"
+        + context_note(args.model)
     )
     lines = [
         "# Photo colorizer benchmark",

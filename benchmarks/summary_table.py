@@ -228,8 +228,9 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "... on photos",
-        "{colour} colourfulness, {psnr} dB (test photos; `--model auto` picks it for non-faces)",
-        "gray {gray} dB; face colorizer {face_colour}",
+        "{colour} colourfulness, {psnr} dB, FID {fid} (test photos; `--model auto` picks it for"
+        " non-faces)",
+        "training-mean chroma {best} dB; face colorizer {face_colour}, FID {face_fid}",
         {
             "colour": Figure(
                 "colorizer_photo", ("photos", "system=*(ours)", "colorfulness_pct_real"), "{:.0f}%"
@@ -242,10 +243,15 @@ ROWS: tuple[Row, ...] = (
                 ("photos", "system=face colorizer", "colorfulness_pct_real"),
                 "{:.0f}%",
             ),
+            "fid": Figure("colorizer_photo", ("photos", "system=*(ours)", "fid"), "{:.1f}"),
+            "face_fid": Figure(
+                "colorizer_photo", ("photos", "system=face colorizer", "fid"), "{:.1f}"
+            ),
         },
         (
             Check("colourfulness >= 70%", "colour", ">=", 70.0),
             Check("PSNR above the gray baselines", "psnr", ">=", "best"),
+            Check("FID below the face colorizer's", "fid", "<", "face_fid"),
         ),
     ),
     Row(

@@ -19,6 +19,13 @@ Two heads:
   rebalancing is what keeps rare saturated colours from averaging into brown-gray.
 * ``regress``: two channels ``0.5 * tanh(.)``, trained with plain MSE (the baseline).
 
+Context (``context="inception"``, the photo colorizer): a few hundred training photos cannot
+teach a small net what is in a picture, so the decoder also reads frozen ImageNet features of
+the gray image (:class:`aepipe.models.inception.InceptionTrunk`, 17x17x768, computed from the
+gray at 299x299 whatever its size): a 1x1 projection of the map, resized to each decoder level,
+and a projection of its spatial mean (the scene as a whole), concatenated with the skips
+(Larsson et al., 2016; Baldassarre et al., 2017).
+
 Losses for training live here too: :func:`soft_encode`, :func:`colorizer_loss`.
 """
 
@@ -152,6 +159,10 @@ class StackNNColorizer(nn.Module):
         n_bins: number of chroma bins (classify head); their centres are the ``bin_centers``
             buffer, set by training and stored with the weights.
         bin_step: spacing of the chroma bins, used to soft-encode targets.
+        context: ``"inception"`` adds frozen ImageNet features to the decoder (see the module
+            docstring); ``"none"`` reads the gray image only.
+        context_channels: width of each projection of the context features.
+        context_dropout: dropout on the projected context features while training.
     """
 
     def __init__(
@@ -160,6 +171,9 @@ class StackNNColorizer(nn.Module):
         head: Literal["classify", "regress"] = "classify",
         n_bins: int = 576,
         bin_step: float = 1.0 / 24.0,
+        context: Literal["none", "inception"] = "none",
+        context_channels: int = 64,
+        context_dropout: float = 0.2,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
@@ -167,8 +181,17 @@ class StackNNColorizer(nn.Module):
             raise ValueError("channels needs at least two levels")
         if head not in ("classify", "regress"):
             raise ValueError(f"head must be 'classify' or 'regress'; got {head!r}")
+        if context not in ("none", "inception"):
+            raise ValueError(f"context must be 'none' or 'inception'; got {context!r}")
         self.hparams = dict(channels=channels, head=head, n_bins=int(n_bins), bin_step=bin_step)
+        if context != "none":
+            self.hparams |= dict(
+                context=context,
+                context_channels=int(context_channels),
+                context_dropout=float(context_dropout),
+            )
         self.head_kind = head
+        extra = self._build_context(context, int(context_channels), float(context_dropout))
         self.stem = _block(1, channels[0])
         self.down = nn.ModuleList()
         cin = channels[0]
@@ -180,34 +203,89 @@ class StackNNColorizer(nn.Module):
         self.up = nn.ModuleList()
         for s in skips:
             cout = max(s, channels[1])
-            self.up.append(nn.Sequential(_block(cin + s, cout), _block(cout, cout)))
+            self.up.append(nn.Sequential(_block(cin + s + extra, cout), _block(cout, cout)))
             cin = cout
         out = n_bins if head == "classify" else 2
         self.head = nn.Conv2d(cin, out, 1)
         self.register_buffer("bin_centers", chroma_grid(bin_step)[:n_bins].clone())
+
+    def _build_context(self, context: str, width: int, dropout: float) -> int:
+        """Create the context trunk and projections; returns the channels they add per level."""
+        self.context: nn.Module | None = None
+        if context == "none":
+            return 0
+        from aepipe.models.inception import OUT_CHANNELS, InceptionTrunk
+
+        self.context = InceptionTrunk()
+        self.context_map = nn.Sequential(
+            nn.Conv2d(OUT_CHANNELS, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(dropout),
+        )
+        self.context_scene = nn.Sequential(
+            nn.Linear(OUT_CHANNELS, width), nn.ReLU(inplace=True), nn.Dropout(dropout)
+        )
+        return 2 * width
+
+    def context_features(self, gray: torch.Tensor) -> torch.Tensor | None:
+        """The context trunk's features of gray images of any size, or None without context.
+
+        Args:
+            gray: (N, 1, H, W) in [0, 1]: best the full-resolution input (the trunk sees it at
+                299x299, more than the ``model_size`` the decoder works at).
+
+        Returns:
+            (N, 768, 17, 17), or None.
+        """
+        if self.context is None:
+            return None
+        with torch.no_grad():
+            return self.context(gray)
+
+    def _context_inputs(self, features: torch.Tensor | None, levels) -> list:
+        """Per decoder level, the context tensors to concatenate (empty without context)."""
+        if self.context is None:
+            return [[] for _ in levels]
+        feats = features.float()
+        fmap = self.context_map(feats)
+        scene = self.context_scene(feats.mean(dim=(2, 3)))[:, :, None, None]
+        return [
+            [
+                F.interpolate(fmap, size=size, mode="bilinear", align_corners=False),
+                scene.expand(-1, -1, *size),
+            ]
+            for size in levels
+        ]
 
     @property
     def factor(self) -> int:
         """Input sizes must be a multiple of this (the total downsampling)."""
         return 2 ** len(self.down)
 
-    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+    def forward(self, gray: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """Raw head output at half resolution.
 
         Args:
             gray: (N, 1, H, W) in [0, 1], H and W multiples of :attr:`factor`.
+            features: (N, 768, 17, 17) :meth:`context_features` of the same images (a model
+                with context computes them from ``gray`` when not given; ignored without).
 
         Returns:
             (N, n_bins, H/2, W/2) logits (classify) or (N, 2, H/2, W/2) chroma (regress).
         """
+        if self.context is not None and features is None:
+            features = self.context_features(gray)
         x = self.stem(gray - 0.5)
         feats = []
         for layer in self.down:
             x = layer(x)
             feats.append(x)
-        for layer, skip in zip(self.up, feats[:-1][::-1], strict=True):
+        skips = feats[:-1][::-1]
+        context = self._context_inputs(features, [s.shape[-2:] for s in skips])
+        for layer, skip, ctx in zip(self.up, skips, context, strict=True):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = layer(torch.cat([x, skip], dim=1))
+            x = layer(torch.cat([x, skip, *ctx], dim=1))
         x = self.head(x)
         return 0.5 * torch.tanh(x) if self.head_kind == "regress" else x
 
@@ -224,17 +302,20 @@ class StackNNColorizer(nn.Module):
         probs = torch.softmax(raw / max(temperature, 1e-3), dim=1)
         return torch.einsum("nqhw,qc->nchw", probs, self.bin_centers)
 
-    def chroma(self, gray: torch.Tensor, temperature: float = 0.38) -> torch.Tensor:
+    def chroma(
+        self, gray: torch.Tensor, temperature: float = 0.38, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Predicted chroma at the input's resolution.
 
         Args:
             gray: (N, 1, H, W) in [0, 1], H and W multiples of :attr:`factor`.
             temperature: see :meth:`decode`.
+            features: see :meth:`forward`.
 
         Returns:
             (N, 2, H, W) Cb, Cr.
         """
-        c = self.decode(self(gray), temperature)
+        c = self.decode(self(gray, features), temperature)
         return F.interpolate(c, size=gray.shape[-2:], mode="bilinear", align_corners=False)
 
 

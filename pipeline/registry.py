@@ -136,7 +136,11 @@ for _entry in (
     Entry(
         name="colorizer",
         stage="aepipe.stages.colorizer:Colorizer",
-        models={"StackNNColorizer": "aepipe.models.colorizer:StackNNColorizer"},
+        models={
+            "StackNNColorizer": "aepipe.models.colorizer:StackNNColorizer",
+            # The photo colorizer's frozen context trunk, a weights folder of its own.
+            "InceptionTrunk": "aepipe.models.inception:InceptionTrunk",
+        },
         weights="colorizer",
         cli=("aepipe.cli.colorize",),
         route="colorize",

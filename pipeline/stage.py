@@ -195,6 +195,11 @@ class Stage(ABC):
             raise WeightsError(
                 f"{name_or_path}: weights are for stage {wcfg['stage']!r}, not {cls.name!r}"
             )
+        if wcfg.get("part_of"):
+            raise WeightsError(
+                f"{name_or_path}: a frozen part of {wcfg['part_of']!r}, not a model of its own; "
+                f"load {wcfg['part_of']!r}"
+            )
         from aepipe.weights import CONFIG_NAME, resolve
 
         stored = wcfg.get("stage_config", {})

@@ -97,29 +97,11 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_model(
-    name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from its weights folder and load its tensors strictly.
-
-    Args:
-        name_or_path: a shipped name or a folder path.
-        device: where to put the model.
-
-    Returns:
-        ``(model, config)``: the model in eval mode on ``device`` and the parsed config.
-
-    Raises:
-        WeightsError: if the folder is missing, the sha256 does not match, the tensors do not
-            fit the model, or the model class is unknown. The message names the file.
-    """
+def _verified_tensors(folder: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a weights folder, after checking the sha256 its config records."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from aepipe.registry import model_class
-
-    folder = resolve(name_or_path)
-    config = read_config(folder)
     weights_path = folder / WEIGHTS_NAME
     if not weights_path.is_file():
         raise WeightsError(f"{weights_path}: missing")
@@ -130,14 +112,63 @@ def load_model(
             f"recorded in {folder / CONFIG_NAME}; the file is corrupt or was changed"
         )
     try:
+        return load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{weights_path}: cannot be read: {exc}") from None
+
+
+def _part_tensors(folder: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Tensors of the frozen parts a weights folder names, keyed by their place in the model.
+
+    A part (``"parts": {"context": "inception-v3-mixed6e"}``) is a frozen sub-network shipped
+    as a weights folder of its own, so that a large feature extractor is stored once and each
+    weights file stays small.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for attr, name in config.get("parts", {}).items():
+        try:
+            part = resolve(name)
+        except WeightsError as exc:
+            raise WeightsError(f"{folder / CONFIG_NAME}: part {attr!r}: {exc}") from None
+        part_config = read_config(part)
+        tensors |= {f"{attr}.{k}": v for k, v in _verified_tensors(part, part_config).items()}
+    return tensors
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its weights folder and load its tensors strictly.
+
+    Frozen parts that the config names under ``"parts"`` are read from their own weights
+    folders (each checked the same way) into the same model.
+
+    Args:
+        name_or_path: a shipped name or a folder path.
+        device: where to put the model.
+
+    Returns:
+        ``(model, config)``: the model in eval mode on ``device`` and the parsed config.
+
+    Raises:
+        WeightsError: if the folder (or a part's) is missing, a sha256 does not match, the
+            tensors do not fit the model, or the model class is unknown. The message names
+            the file.
+    """
+    from aepipe.registry import model_class
+
+    folder = resolve(name_or_path)
+    config = read_config(folder)
+    weights_path = folder / WEIGHTS_NAME
+    state = _verified_tensors(folder, config) | _part_tensors(folder, config)
+    try:
         cls = model_class(config["model_class"])
         model = cls(**config["model_kwargs"])
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"{folder / CONFIG_NAME}: cannot build the model: {exc}") from None
     try:
-        state = load_file(str(weights_path), device="cpu")
         model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError, OSError) as exc:
+    except RuntimeError as exc:
         # load_state_dict lists every mismatch on its own line; the CLI prints one line.
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
@@ -167,6 +198,7 @@ def save_model(
     metrics: dict[str, Any] | None = None,
     card: str | None = None,
     extra: dict[str, Any] | None = None,
+    parts: dict[str, str] | None = None,
 ) -> Path:
     """Write a weights folder that :func:`load_model` can rebuild.
 
@@ -180,6 +212,8 @@ def save_model(
         metrics: measured scores (name -> number or nested dict).
         card: markdown text for ``MODEL_CARD.md``.
         extra: further JSON-serialisable entries (e.g. stats a stage needs at inference).
+        parts: frozen sub-modules stored in weights folders of their own, ``{attribute:
+            weights name}``; their tensors are left out of this folder's file.
 
     Returns:
         The folder path.
@@ -188,7 +222,12 @@ def save_model(
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    skip = tuple(f"{attr}." for attr in parts or {})
+    state = {
+        k: v.detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+        if not (skip and k.startswith(skip))
+    }
     weights_path = out / WEIGHTS_NAME
     _atomic_write_bytes(weights_path, save(state))
     config: dict[str, Any] = {
@@ -202,6 +241,8 @@ def save_model(
         "metrics": metrics or {},
         "sha256": sha256_file(weights_path),
     }
+    if parts:
+        config["parts"] = dict(parts)
     if extra:
         config.update(extra)
     _atomic_write_bytes(out / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())

@@ -26,7 +26,9 @@ from test_api import python_blocks
 from aepipe.weights import shipped_names
 
 SAMPLE_PAGE = ROOT / "sample_inputs" / "scans" / "ddd_like_540x258.png"
-WHEEL_LIMIT_MB = 50
+# The weights travel in the wheel (about 60 MB with the photo colorizer's 18 MB ImageNet trunk);
+# PyPI takes files up to 100 MB without asking.
+WHEEL_LIMIT_MB = 70
 # Weights of benchmarks only (no command loads them): in the repository, not in the wheel.
 NOT_IN_WHEEL = {"mnist-vae", "face-ae"}
 LIBRARY_CALL = textwrap.dedent(

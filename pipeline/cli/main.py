@@ -35,7 +35,8 @@ def models_cmd() -> None:
     root = shipped_weights_dir()
     for name in shipped_names():
         cfg = read_config(root / name)
-        typer.echo(f"{name:18s} stage={cfg['stage']:17s} class={cfg['model_class']}")
+        part = f" (part of {cfg['part_of']})" if cfg.get("part_of") else ""
+        typer.echo(f"{name:18s} stage={cfg['stage']:17s} class={cfg['model_class']}{part}")
 
 
 @app.command("version")

@@ -8,7 +8,9 @@ antialiased; the face model was trained on whole 64x64 faces and the photo model
 photos and large crops squashed the same way, so resizing rather than running fully
 convolutionally at full size shows the model the whole picture at the scale it expects,
 whatever the input's size or aspect). The chroma is upsampled bilinearly back to the input's
-full size; that small prediction is what keeps a 12-megapixel photo fast.
+full size; that small prediction is what keeps a 12-megapixel photo fast. A model with context
+(``colorizer-photo``) also reads frozen ImageNet features of the full-resolution gray, seen at
+299x299 (:class:`aepipe.models.inception.InceptionTrunk`).
 
 With ``projection`` on (default) that chroma is laid onto the **exact** full-resolution input
 luma: RGB is rebuilt from (Y_input, Cb, Cr), which keeps Y exactly, and where a channel would
@@ -28,7 +30,7 @@ from pydantic import Field
 
 from aepipe.batch import ImageBatch, to_gray
 from aepipe.errors import ConfigError
-from aepipe.stage import Stage, StageConfig
+from aepipe.stage import Stage, StageConfig, StagePrecision, precision_autocast
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -51,12 +53,16 @@ class Config(StageConfig):
             for the mean colour (the best PSNR) gives muted colours; a gain above 1 buys
             colour back at a known cost in PSNR without strengthening the overall tint
             (``benchmarks/colorizer_photo.py --select-setting`` picks it on validation photos).
+        precision: arithmetic of the context trunk of models that have one ("auto": bfloat16
+            on CPUs with native bfloat16 units, as the photo model's training features were
+            computed; float32 elsewhere). The colorizer itself always runs in float32.
     """
 
     projection: bool = True
     model_size: int = Field(64, ge=8, le=1024)
     temperature: float = Field(0.38, ge=0.05, le=2.0)
     saturation: float = Field(1.0, ge=0.0, le=4.0)
+    precision: StagePrecision = "auto"
 
 
 class Colorizer(Stage):
@@ -90,7 +96,10 @@ class Colorizer(Stage):
         y = to_gray(batch.images).clamp(0.0, 1.0)
         size = (cfg.model_size, cfg.model_size)
         small = F.interpolate(y, size=size, mode="bilinear", align_corners=False, antialias=True)
-        chroma = self.model.decode(self.model(small), cfg.temperature)
+        with precision_autocast(cfg.precision, self.device):
+            features = self.model.context_features(y)
+        features = None if features is None else features.float()
+        chroma = self.model.decode(self.model(small, features), cfg.temperature)
         if cfg.saturation != 1.0:
             # Around each image's own mean: on validation photos this gave more colour for
             # the same PSNR than a gain around gray (which also deepens the overall cast).

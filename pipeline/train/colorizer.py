@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import ConfigDict, Field
 
 from aepipe.data.faces import split_by_person
+from aepipe.errors import ConfigError
 from aepipe.train.loop import (
     Check,
     LoopSettings,
@@ -41,6 +42,8 @@ from aepipe.train.loop import (
 )
 
 STAGE_NAME = "colorizer"
+#: The weights folder of the frozen trunk that ``context="inception"`` models read.
+CONTEXT_WEIGHTS = "inception-v3-mixed6e"
 
 
 class TrainConfig(RunFields):
@@ -77,6 +80,22 @@ class TrainConfig(RunFields):
     patience: int = Field(8, ge=1, description="validations without improvement before stopping")
     temperature_psnr_slack: float = Field(0.5, ge=0.0, le=10.0)
     precision: Precision = precision_field()
+    context: Literal["none", "inception"] = Field(
+        "none",
+        description="'inception': the decoder also reads frozen ImageNet features of each "
+        "image (photo folders only; the trunk is the inception-v3-mixed6e weights folder)",
+    )
+    context_crops: int = Field(
+        6,
+        ge=1,
+        le=64,
+        description="with context: crops per training photo (the first is the whole photo) "
+        "whose trunk features are computed once before training",
+    )
+    context_channels: int = Field(64, ge=1, le=512, description="width of each context projection")
+    context_dropout: float = Field(
+        0.2, ge=0.0, lt=1.0, description="dropout on the projected context features"
+    )
 
 
 def load_color_faces(
@@ -141,7 +160,9 @@ def chroma_bins(cbcr, step: float, min_count: int, rebalance: float):
     return centers, w
 
 
-def evaluate(model, gray, cbcr, rgb, temperature: float, batch: int = 200) -> dict[str, float]:
+def evaluate(
+    model, gray, cbcr, rgb, temperature: float, batch: int = 200, features=None
+) -> dict[str, float]:
     """Validation scores: PSNR (dB, 8-bit RGB), colorfulness, and loss parts.
 
     Args:
@@ -151,6 +172,7 @@ def evaluate(model, gray, cbcr, rgb, temperature: float, batch: int = 200) -> di
         rgb: (N, 3, H, W) true RGB.
         temperature: annealed-mean temperature.
         batch: faces per forward pass.
+        features: (N, 768, 17, 17) context features of the images (context models only).
     """
     import torch
 
@@ -161,7 +183,8 @@ def evaluate(model, gray, cbcr, rgb, temperature: float, batch: int = 200) -> di
     with torch.no_grad():
         for i in range(0, len(gray), batch):
             g = gray[i : i + batch]
-            outs.append(gamut_fit(g, model.chroma(g, temperature)))
+            f = None if features is None else features[i : i + batch]
+            outs.append(gamut_fit(g, model.chroma(g, temperature, f)))
     pred = torch.cat(outs)
     to_u8 = lambda t: (t.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
     p8, r8 = to_u8(pred), to_u8(rgb)
@@ -183,13 +206,19 @@ def _colorfulness(rgb: np.ndarray) -> float:
     return float((sigma + 0.3 * np.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)).mean())
 
 
-def _flip(g, c, gen):
-    """Flip each image of a batch left-right with probability 1/2 (gray and chroma alike)."""
+def _flip(g, c, gen, f=None):
+    """Flip each image of a batch left-right with probability 1/2 (gray, chroma, features).
+
+    Returns:
+        ``(gray, chroma, features)``; features stay None without context.
+    """
     import torch
 
     flip = (torch.rand(len(g), generator=gen) < 0.5)[:, None, None, None]
-    # Cb/Cr are not mirrored quantities, so the chroma flips with the pixels.
-    return torch.where(flip, g.flip(-1), g), torch.where(flip, c.flip(-1), c)
+    # Cb/Cr are not mirrored quantities, so the chroma flips with the pixels. The context map
+    # of a mirrored image is close to the mirrored map (the trunk is nearly symmetric).
+    g, c = torch.where(flip, g.flip(-1), g), torch.where(flip, c.flip(-1), c)
+    return g, c, None if f is None else torch.where(flip, f.flip(-1), f)
 
 
 class _FaceBatches:
@@ -225,7 +254,7 @@ def face_data(cfg: TrainConfig, gen):
     cut = split_by_person(files, len(images), cfg.val_fraction)
     gray, cbcr, _ = gray_and_chroma(images[:cut])
     sample = _FaceBatches(gray, cbcr, cfg.batch_size, gen)
-    return sample, cbcr, len(gray), gray_and_chroma(images[cut:])
+    return sample, cbcr, len(gray), gray_and_chroma(images[cut:]), None
 
 
 def load_photos(folder: Path) -> list:
@@ -255,37 +284,104 @@ def _split_gray(rgb):
     return (y * 255.0).round() / 255.0, cbcr, rgb
 
 
-def photo_data(cfg: TrainConfig, gen):
-    """Batches and validation set of a photo folder (``train/``, ``val/``).
+def _random_crop(photo, gen):
+    """A random crop of 60-100 % of each side of a (3, H, W) photo, drawn from ``gen``."""
+    import torch
+
+    _, h, w = photo.shape
+    ch, cw = (int(side * (0.6 + 0.4 * float(torch.rand((), generator=gen)))) for side in (h, w))
+    y0 = int(torch.randint(h - ch + 1, (), generator=gen))
+    x0 = int(torch.randint(w - cw + 1, (), generator=gen))
+    return photo[:, y0 : y0 + ch, x0 : x0 + cw]
+
+
+def context_features(trunk, photos: list, precision: str, say, what: str):
+    """Context-trunk features of each photo's 8-bit gray, seen at 299x299 like the stage does.
+
+    Args:
+        trunk: :class:`aepipe.models.inception.InceptionTrunk`.
+        photos: float RGB (3, H, W) images of any sizes.
+        precision: ``"bfloat16"`` runs the trunk under autocast.
+        say: progress callback.
+        what: name of the images in progress messages.
 
     Returns:
-        ``(sample, cbcr, n_train, (vgray, vcbcr, vrgb))``: ``sample()`` gives one training
-        batch ``(gray, chroma)``; ``cbcr`` is the chroma of every training pixel (for the bins);
-        the validation tensors are (N, 1 / 2 / 3, S, S) with S = ``model_size``.
+        (N, 768, 17, 17) bfloat16 (half the memory; the trunk's own output precision at
+        inference on most CPUs).
+    """
+    import time
+
+    import torch
+
+    from aepipe.models.inception import to_input_size
+    from aepipe.stage import precision_autocast
+
+    out, t0 = [], time.monotonic()
+    with torch.inference_mode(), precision_autocast(precision, "cpu"):
+        for i in range(0, len(photos), 16):
+            gray = [_split_gray(p[None])[0] for p in photos[i : i + 16]]
+            x = torch.cat([to_input_size(g) for g in gray])
+            out.append(trunk(x).to(torch.bfloat16))
+            if (i // 16) % 20 == 19 or i + 16 >= len(photos):
+                n = min(i + 16, len(photos))
+                say(f"context features: {n}/{len(photos)} {what} ({time.monotonic() - t0:.0f} s)")
+    return torch.cat(out)
+
+
+def load_context_trunk():
+    """The shipped context trunk (``inception-v3-mixed6e``), float32, eval mode."""
+    from aepipe.weights import load_model
+
+    trunk, _ = load_model(CONTEXT_WEIGHTS)
+    return trunk.float()
+
+
+def photo_data(cfg: TrainConfig, gen, say=lambda _msg: None):
+    """Batches and validation set of a photo folder (``train/``, ``val/``).
+
+    Without context every batch is fresh random crops. With context the crops are a fixed
+    bank, ``context_crops`` per photo (the whole photo first), whose trunk features are
+    computed once here: the trunk would cost far more than the colorizer at every step.
+
+    Returns:
+        ``(sample, cbcr, n_train, (vgray, vcbcr, vrgb), vfeatures)``: ``sample()`` gives one
+        training batch ``(gray, chroma, features)``; ``cbcr`` is the chroma of every training
+        pixel (for the bins); the validation tensors are (N, 1 / 2 / 3, S, S) with
+        S = ``model_size``; the features are None without context.
     """
     import torch
 
     photos = load_photos(cfg.data / "train")
-    val = torch.cat([_squash(p, cfg.model_size) for p in load_photos(cfg.data / "val")])
+    val_photos = load_photos(cfg.data / "val")
+    val = torch.cat([_squash(p, cfg.model_size) for p in val_photos])
     cbcr = torch.cat([_split_gray(p[None])[1].flatten(2) for p in photos], dim=2)[..., None]
+    if cfg.context != "none":
+        bank = [[p] + [_random_crop(p, gen) for _ in range(cfg.context_crops - 1)] for p in photos]
+        crops = [c for group in bank for c in group]
+        trunk = load_context_trunk()
+        feats = context_features(trunk, crops, cfg.precision, say, "training crops")
+        vfeats = context_features(trunk, val_photos, cfg.precision, say, "val photos")
+        g_all, c_all, _ = _split_gray(torch.cat([_squash(c, cfg.model_size) for c in crops]))
 
-    def sample():
-        crops = []
-        for i in torch.randint(len(photos), (cfg.batch_size,), generator=gen).tolist():
-            _, h, w = photos[i].shape
-            ch, cw = (
-                int(side * (0.6 + 0.4 * float(torch.rand((), generator=gen)))) for side in (h, w)
-            )
-            y0 = int(torch.randint(h - ch + 1, (), generator=gen))
-            x0 = int(torch.randint(w - cw + 1, (), generator=gen))
-            crops.append(_squash(photos[i][:, y0 : y0 + ch, x0 : x0 + cw], cfg.model_size))
-        g, c, _ = _split_gray(torch.cat(crops))
-        return _flip(g, c, gen)
+        def sample():
+            idx = torch.randint(len(crops), (cfg.batch_size,), generator=gen)
+            return _flip(g_all[idx], c_all[idx], gen, feats[idx])
+
+    else:
+        vfeats = None
+
+        def sample():
+            crops = [
+                _squash(_random_crop(photos[i], gen), cfg.model_size)
+                for i in torch.randint(len(photos), (cfg.batch_size,), generator=gen).tolist()
+            ]
+            g, c, _ = _split_gray(torch.cat(crops))
+            return _flip(g, c, gen)
 
     # Crops draw from ``gen`` only, which the spec checkpoints: nothing else to keep.
     sample.state = dict  # type: ignore[attr-defined]
     sample.set_state = lambda _state: None  # type: ignore[attr-defined]
-    return sample, cbcr, len(photos), _split_gray(val)
+    return sample, cbcr, len(photos), _split_gray(val), vfeats
 
 
 class _ColorizerSpec:
@@ -299,8 +395,10 @@ class _ColorizerSpec:
         self.cfg, self.out, self.say = cfg, out, say
         self.gen = torch.Generator().manual_seed(cfg.seed)
         kind = "photos" if cfg.data.is_dir() else "faces"
-        load = photo_data if kind == "photos" else face_data
-        self.sample, cbcr, self.n_train, self.val = load(cfg, self.gen)
+        if cfg.context != "none" and kind == "faces":
+            raise ConfigError("context: 'inception' needs a photo folder, not a face archive")
+        data = photo_data(cfg, self.gen, say) if kind == "photos" else face_data(cfg, self.gen)
+        self.sample, cbcr, self.n_train, self.val, self.val_features = data
         split = "val/ folder" if kind == "photos" else "split between people"
         say(f"train {self.n_train} {kind}, validation {len(self.val[0])} {kind} ({split})")
         centers, class_w, n_bins = None, None, 1
@@ -308,11 +406,19 @@ class _ColorizerSpec:
             centers, class_w = chroma_bins(cbcr, cfg.bin_step, cfg.min_bin_count, cfg.rebalance)
             n_bins = len(centers)
         self.model = StackNNColorizer(
-            cfg.channels, head=cfg.head, n_bins=n_bins, bin_step=cfg.bin_step
+            cfg.channels,
+            head=cfg.head,
+            n_bins=n_bins,
+            bin_step=cfg.bin_step,
+            context=cfg.context,
+            context_channels=cfg.context_channels,
+            context_dropout=cfg.context_dropout,
         )
         if centers is not None:
             self.model.bin_centers.copy_(centers)
-        self.n_params = sum(p.numel() for p in self.model.parameters())
+        if self.model.context is not None:
+            self.model.context.load_state_dict(load_context_trunk().state_dict())
+        self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         say(f"StackNNColorizer {cfg.head}: {self.n_params} parameters, {n_bins} chroma bins")
         self.loss_kw: dict[str, Any] = dict(
             class_weights=class_w,
@@ -327,15 +433,15 @@ class _ColorizerSpec:
         """A batch ``(noisy gray, gray, chroma)``; the noise is the StackNN regulariser."""
         import torch
 
-        g, c = self.sample()
-        return g + self.cfg.noise_std * torch.randn(g.shape, generator=self.gen), g, c
+        g, c, f = self.sample()
+        return g + self.cfg.noise_std * torch.randn(g.shape, generator=self.gen), g, c, f
 
-    def loss(self, model: Any, batch: tuple[Any, Any, Any], step: int) -> tuple[Any, dict]:
+    def loss(self, model: Any, batch: tuple[Any, ...], step: int) -> tuple[Any, dict]:
         """The colorizer loss of the batch (its parts are reported at validation)."""
         from aepipe.models.colorizer import colorizer_loss
 
-        noisy, g, c = batch
-        parts = colorizer_loss(model, model(noisy), g, c, **self.loss_kw)
+        noisy, g, c, f = batch
+        parts = colorizer_loss(model, model(noisy, f), g, c, **self.loss_kw)
         self.last_loss = parts["loss"].item()
         return parts["loss"], {}
 
@@ -343,7 +449,7 @@ class _ColorizerSpec:
         """Validation loss (the score, lower is better) and PSNR / colorfulness."""
         v = self.val_loss(model)
         rate = run.step * self.cfg.batch_size / max(run.minutes() * 60, 1e-9)
-        q = evaluate(model, *self.val, self.cfg.train_temperature)
+        q = evaluate(model, *self.val, self.cfg.train_temperature, features=self.val_features)
         row = {"step": run.step, **{k: round(x, 5) for k, x in v.items()}} | {
             f"val_{k}": round(x, 3) for k, x in q.items()
         }
@@ -363,11 +469,13 @@ class _ColorizerSpec:
         from aepipe.models.colorizer import colorizer_loss
 
         vgray, vcbcr, _ = self.val
+        vf = self.val_features
         tot: dict[str, float] = {}
         with torch.no_grad():
             for i in range(0, len(vgray), 200):
                 g, c = vgray[i : i + 200], vcbcr[i : i + 200]
-                parts = colorizer_loss(model, model(g), g, c, **self.loss_kw)
+                f = None if vf is None else vf[i : i + 200]
+                parts = colorizer_loss(model, model(g, f), g, c, **self.loss_kw)
                 for k, v in parts.items():
                     tot[k] = tot.get(k, 0.0) + float(v) * len(g)
         return {k: v / len(vgray) for k, v in tot.items()}
@@ -394,7 +502,7 @@ def _temperature_sweep(spec: _ColorizerSpec, model: Any) -> tuple[list[dict], di
     cfg, sweep = spec.cfg, []
     temps = [0.2, 0.25, 0.3, 0.38, 0.5, 0.7, 1.0] if cfg.head == "classify" else [1.0]
     for t in temps:
-        s = evaluate(model, *spec.val, t)
+        s = evaluate(model, *spec.val, t, features=spec.val_features)
         sweep.append({"temperature": t, **{k: round(x, 4) for k, x in s.items()}})
         spec.say(f"T={t}: val PSNR {s['psnr']:.2f} dB, colorfulness {s['colorfulness']:.1f}")
     top = max(s["psnr"] for s in sweep)
@@ -450,6 +558,7 @@ def _write(spec: _ColorizerSpec, model: Any, run: Run) -> Path:
         training=training,
         metrics=metrics,
         card=card,
+        parts={"context": CONTEXT_WEIGHTS} if model.context is not None else None,
     )
 
 
@@ -539,6 +648,18 @@ def _card_data(cfg: TrainConfig, training: dict[str, Any], photos: bool) -> str:
   expect plausible, not true, colours, and worse results on faces or scenes unlike it."""
 
 
+def _card_context(cfg: TrainConfig) -> str:
+    """The card's line on the frozen context trunk (empty without one)."""
+    if cfg.context == "none":
+        return ""
+    return f"""
+- Context: frozen ImageNet features (Inception-v3 to Mixed_6e, 17x17x768, from the gray seen
+  at 299x299; the `{CONTEXT_WEIGHTS}` weights folder, named under `parts` in config.json
+  and loaded with this one) enter every decoder level through two {cfg.context_channels}-wide
+  projections: the feature map and its spatial mean. Training used {cfg.context_crops} fixed
+  crops per photo (the whole photo first) whose features were computed once."""
+
+
 def model_card(
     cfg: TrainConfig,
     training: dict[str, Any],
@@ -569,7 +690,7 @@ BT.601 gray equals the input within 8-bit rounding.
 
 ## Model
 - Fully convolutional encoder-decoder with skip connections, widths {cfg.channels},
-  {n_params} parameters; {head}.
+  {n_params} trained parameters; {head}.{_card_context(cfg)}
 - Stage defaults: {stage_config}.
 
 ## Training data
