@@ -251,7 +251,9 @@ ROWS: tuple[Row, ...] = (
         (
             Check("colourfulness >= 70%", "colour", ">=", 70.0),
             Check("PSNR above the gray baselines", "psnr", ">=", "best"),
-            Check("FID below the face colorizer's", "fid", "<", "face_fid"),
+            # "Clearly below": FID at n = 80 moves by a few points between equally good
+            # systems, so a lead of at least 10 counts.
+            Check("FID 10 below the face colorizer's", "fid", "<=", "face_fid", offset=-10.0),
         ),
     ),
     Row(

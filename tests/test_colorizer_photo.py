@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,9 @@ def chroma_levels(rgb_u8: np.ndarray) -> np.ndarray:
 
 
 def test_shipped_photo_colorizer_loads(photo: Colorizer) -> None:
-    assert photo.model.head_kind == "classify"
+    # Regression head + saturation gain, reading the frozen ImageNet trunk (chosen on val).
+    assert photo.model.head_kind == "regress" and photo.config.saturation > 1.0
+    assert photo.model.context is not None
     assert photo.config.projection
     assert photo.config.model_size % photo.model.factor == 0
     card = (Path(__file__).parents[1] / "weights" / PHOTO_MODEL / "MODEL_CARD.md").read_text()
@@ -144,3 +147,64 @@ def test_train_on_a_photo_folder(tmp_path: Path, precision: str) -> None:
     assert saved["training"]["config"]["precision"] == precision
     res = stage(ImageBatch.from_numpy(rng.integers(0, 256, size=(1, 30, 41, 1), dtype=np.uint8)))
     assert res.channels == 3 and res.size == (30, 41)
+
+
+def _photo_folder(root: Path, rng: np.random.Generator) -> Path:
+    for split, n in (("train", 3), ("val", 2)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 256, size=(24, 24 + 8 * (i % 2), 3), dtype=np.uint8)
+            Image.fromarray(img).save(root / split / f"p{i}.png")
+    return root
+
+
+def test_train_with_context_writes_a_model_whose_trunk_is_a_part(tmp_path: Path) -> None:
+    """context='inception': features of a fixed crop bank; the trunk is stored as a part."""
+    from aepipe.train.colorizer import CONTEXT_WEIGHTS, TrainConfig, train
+    from aepipe.weights import WEIGHTS_NAME, load_model
+
+    rng = np.random.default_rng(5)
+    cfg = TrainConfig(
+        data=_photo_folder(tmp_path / "photos", rng),
+        head="classify",
+        channels=[4, 8],
+        model_size=16,
+        max_steps=2,
+        val_every=2,
+        batch_size=4,
+        context="inception",
+        context_crops=2,
+        context_channels=4,
+    )
+    out = train(cfg, tmp_path / "w")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["parts"] == {"context": CONTEXT_WEIGHTS}
+    assert saved["model_kwargs"]["context"] == "inception"
+    # The colorizer's own file holds no trunk tensors (the part's folder does).
+    assert (out / WEIGHTS_NAME).stat().st_size < 100_000
+    model, _ = load_model(out)
+    trunk, _ = load_model(CONTEXT_WEIGHTS)
+    for k, v in trunk.state_dict().items():
+        assert np.array_equal(model.context.state_dict()[k].numpy(), v.numpy()), k
+    stage = Colorizer.from_pretrained(out, precision="float32")
+    gray = rng.integers(0, 256, size=(1, 40, 57, 1), dtype=np.uint8)
+    res = stage(ImageBatch.from_numpy(gray)).to_numpy(np.uint8)[0]
+    luma = res.astype(np.float64) @ np.array(LUMA_WEIGHTS)
+    assert np.abs(luma - gray[0, ..., 0]).max() <= 0.5 + 1e-6
+
+
+def test_context_needs_photos_and_a_present_part(tmp_path: Path) -> None:
+    from aepipe.errors import ConfigError, WeightsError
+    from aepipe.train.colorizer import TrainConfig, train
+    from aepipe.weights import load_model, resolve
+
+    with pytest.raises(ConfigError, match="needs a photo folder"):
+        train(TrainConfig(data=tmp_path / "faces.npz", context="inception"), tmp_path / "w")
+    # A weights folder whose part is gone names the part and the missing folder.
+    folder = tmp_path / "copy"
+    shutil.copytree(resolve(PHOTO_MODEL), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["parts"] = {"context": str(tmp_path / "nowhere")}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match="part 'context': no weights folder"):
+        load_model(folder)
