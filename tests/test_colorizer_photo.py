@@ -115,28 +115,32 @@ def test_colorize_cli_picks_the_model_per_image(tmp_path: Path, cli, photo: Colo
     assert not np.array_equal(scene_face, got["scene"])
 
 
+def _photo_folder(root: Path, rng: np.random.Generator, splits=(("train", 6), ("val", 2))) -> Path:
+    """Random-pixel colour photos of two sizes in ``root/<split>/``."""
+    for split, n in splits:
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 256, size=(24, 24 + 8 * (i % 2), 3), dtype=np.uint8)
+            Image.fromarray(img).save(root / split / f"p{i}.png")
+    return root
+
+
+def _tiny_config(data: Path, **options):
+    """A training config small enough for a test: 4-8 channels, 16 px, a few steps."""
+    from aepipe.train.colorizer import TrainConfig
+
+    base = dict(head="classify", channels=[4, 8], model_size=16, max_steps=3, val_every=2)
+    return TrainConfig(data=data, batch_size=4, **(base | options))
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_train_on_a_photo_folder(tmp_path: Path, precision: str) -> None:
-    from aepipe.train.colorizer import TrainConfig, train
+    from aepipe.train.colorizer import train
 
     rng = np.random.default_rng(3)
-    for split, n in (("train", 6), ("val", 2), ("test", 1)):
-        (tmp_path / "photos" / split).mkdir(parents=True)
-        for i in range(n):
-            shape = (24, 24 + 8 * (i % 2), 3)
-            img = rng.integers(0, 256, size=shape, dtype=np.uint8)
-            Image.fromarray(img).save(tmp_path / "photos" / split / f"p{i}.png")
-    (tmp_path / "photos" / "test" / "p0.png").write_bytes(b"not read")  # test/ is never read
-    cfg = TrainConfig(
-        data=tmp_path / "photos",
-        head="classify",
-        channels=[4, 8],
-        model_size=16,
-        max_steps=3,
-        val_every=2,
-        batch_size=4,
-        precision=precision,
-    )
+    photos = _photo_folder(tmp_path / "photos", rng, (("train", 6), ("val", 2), ("test", 1)))
+    (photos / "test" / "p0.png").write_bytes(b"not read")  # test/ is never read
+    cfg = _tiny_config(photos, precision=precision)
     out = train(cfg, tmp_path / "w")
     stage = Colorizer.from_pretrained(out)
     assert stage.config.model_size == 16
@@ -149,32 +153,15 @@ def test_train_on_a_photo_folder(tmp_path: Path, precision: str) -> None:
     assert res.channels == 3 and res.size == (30, 41)
 
 
-def _photo_folder(root: Path, rng: np.random.Generator) -> Path:
-    for split, n in (("train", 3), ("val", 2)):
-        (root / split).mkdir(parents=True)
-        for i in range(n):
-            img = rng.integers(0, 256, size=(24, 24 + 8 * (i % 2), 3), dtype=np.uint8)
-            Image.fromarray(img).save(root / split / f"p{i}.png")
-    return root
-
-
 def test_train_with_context_writes_a_model_whose_trunk_is_a_part(tmp_path: Path) -> None:
     """context='inception': features of a fixed crop bank; the trunk is stored as a part."""
-    from aepipe.train.colorizer import CONTEXT_WEIGHTS, TrainConfig, train
+    from aepipe.train.colorizer import CONTEXT_WEIGHTS, train
     from aepipe.weights import WEIGHTS_NAME, load_model
 
     rng = np.random.default_rng(5)
-    cfg = TrainConfig(
-        data=_photo_folder(tmp_path / "photos", rng),
-        head="classify",
-        channels=[4, 8],
-        model_size=16,
-        max_steps=2,
-        val_every=2,
-        batch_size=4,
-        context="inception",
-        context_crops=2,
-        context_channels=4,
+    photos = _photo_folder(tmp_path / "photos", rng, (("train", 3), ("val", 2)))
+    cfg = _tiny_config(
+        photos, max_steps=2, context="inception", context_crops=2, context_channels=4
     )
     out = train(cfg, tmp_path / "w")
     saved = json.loads((out / "config.json").read_text())
