@@ -148,9 +148,8 @@ class InceptionTrunk(nn.Module):
         x = self.conv_2(self.conv_1(self.conv(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = F.max_pool2d(self.conv_4(self.conv_3(x)), 3, stride=2)
-        for block in (self.mixed, self.mixed_1, self.mixed_2, self.mixed_3):
-            x = block(x)
-        for block in (self.mixed_4, self.mixed_5, self.mixed_6, self.mixed_7):
+        blocks = (self.mixed, self.mixed_1, self.mixed_2, self.mixed_3)
+        for block in (*blocks, self.mixed_4, self.mixed_5, self.mixed_6, self.mixed_7):
             x = block(x)
         return x
 
@@ -165,16 +164,13 @@ def fold_fid_helper_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     Returns:
         ``<name>.weight`` and ``<name>.bias`` of every convolution up to Mixed_6e.
     """
-    keep = ("conv", "mixed.", "mixed_1.", "mixed_2.", "mixed_3.", "mixed_4.", "mixed_5.")
-    keep += ("mixed_6.", "mixed_7.")
     out = {}
-    for key in state:
-        if not key.endswith(".weight"):
-            continue
-        name = key[: -len(".weight")]
-        if not name.startswith(keep):  # Mixed_7a-c and the pool: not part of the trunk
+    # The trunk's own convolutions name what to take (Mixed_7a-c and the pool are left out).
+    for name, module in InceptionTrunk().named_modules():
+        if not isinstance(module, _Conv):
             continue
         inv = (state[f"{name}.var"].double() + 1e-3).rsqrt()
-        out[f"{name}.weight"] = (state[key].double() * inv[:, None, None, None]).float()
+        weight = state[f"{name}.weight"].double() * inv[:, None, None, None]
+        out[f"{name}.weight"] = weight.float()
         out[f"{name}.bias"] = (state[f"{name}.beta"].double() - state[f"{name}.mean"] * inv).float()
     return out

@@ -226,7 +226,7 @@ def save_model(
     state = {
         k: v.detach().contiguous().cpu()
         for k, v in model.state_dict().items()
-        if not (skip and k.startswith(skip))
+        if not k.startswith(skip)
     }
     weights_path = out / WEIGHTS_NAME
     _atomic_write_bytes(weights_path, save(state))

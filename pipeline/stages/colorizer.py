@@ -98,7 +98,6 @@ class Colorizer(Stage):
         small = F.interpolate(y, size=size, mode="bilinear", align_corners=False, antialias=True)
         with precision_autocast(cfg.precision, self.device):
             features = self.model.context_features(y)
-        features = None if features is None else features.float()
         chroma = self.model.decode(self.model(small, features), cfg.temperature)
         if cfg.saturation != 1.0:
             # Around each image's own mean: on validation photos this gave more colour for

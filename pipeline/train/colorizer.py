@@ -328,15 +328,7 @@ def context_features(trunk, photos: list, precision: str, say, what: str):
     return torch.cat(out)
 
 
-def load_context_trunk():
-    """The shipped context trunk (``inception-v3-mixed6e``), float32, eval mode."""
-    from aepipe.weights import load_model
-
-    trunk, _ = load_model(CONTEXT_WEIGHTS)
-    return trunk.float()
-
-
-def photo_data(cfg: TrainConfig, gen, say=lambda _msg: None):
+def photo_data(cfg: TrainConfig, gen, say=lambda _msg: None, trunk=None):
     """Batches and validation set of a photo folder (``train/``, ``val/``).
 
     Without context every batch is fresh random crops. With context the crops are a fixed
@@ -347,7 +339,7 @@ def photo_data(cfg: TrainConfig, gen, say=lambda _msg: None):
         ``(sample, cbcr, n_train, (vgray, vcbcr, vrgb), vfeatures)``: ``sample()`` gives one
         training batch ``(gray, chroma, features)``; ``cbcr`` is the chroma of every training
         pixel (for the bins); the validation tensors are (N, 1 / 2 / 3, S, S) with
-        S = ``model_size``; the features are None without context.
+        S = ``model_size``; the features are None without context (``trunk`` None).
     """
     import torch
 
@@ -355,10 +347,9 @@ def photo_data(cfg: TrainConfig, gen, say=lambda _msg: None):
     val_photos = load_photos(cfg.data / "val")
     val = torch.cat([_squash(p, cfg.model_size) for p in val_photos])
     cbcr = torch.cat([_split_gray(p[None])[1].flatten(2) for p in photos], dim=2)[..., None]
-    if cfg.context != "none":
+    if trunk is not None:
         bank = [[p] + [_random_crop(p, gen) for _ in range(cfg.context_crops - 1)] for p in photos]
         crops = [c for group in bank for c in group]
-        trunk = load_context_trunk()
         feats = context_features(trunk, crops, cfg.precision, say, "training crops")
         vfeats = context_features(trunk, val_photos, cfg.precision, say, "val photos")
         g_all, c_all, _ = _split_gray(torch.cat([_squash(c, cfg.model_size) for c in crops]))
@@ -391,13 +382,18 @@ class _ColorizerSpec:
         import torch
 
         from aepipe.models.colorizer import StackNNColorizer
+        from aepipe.weights import load_model
 
         self.cfg, self.out, self.say = cfg, out, say
         self.gen = torch.Generator().manual_seed(cfg.seed)
         kind = "photos" if cfg.data.is_dir() else "faces"
         if cfg.context != "none" and kind == "faces":
             raise ConfigError("context: 'inception' needs a photo folder, not a face archive")
-        data = photo_data(cfg, self.gen, say) if kind == "photos" else face_data(cfg, self.gen)
+        # The shipped frozen trunk: it computes the crop bank's features, then joins the model.
+        trunk = load_model(CONTEXT_WEIGHTS)[0] if cfg.context != "none" else None
+        data = (
+            photo_data(cfg, self.gen, say, trunk) if kind == "photos" else face_data(cfg, self.gen)
+        )
         self.sample, cbcr, self.n_train, self.val, self.val_features = data
         split = "val/ folder" if kind == "photos" else "split between people"
         say(f"train {self.n_train} {kind}, validation {len(self.val[0])} {kind} ({split})")
@@ -416,8 +412,8 @@ class _ColorizerSpec:
         )
         if centers is not None:
             self.model.bin_centers.copy_(centers)
-        if self.model.context is not None:
-            self.model.context.load_state_dict(load_context_trunk().state_dict())
+        if trunk is not None:
+            self.model.context = trunk
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         say(f"StackNNColorizer {cfg.head}: {self.n_params} parameters, {n_bins} chroma bins")
         self.loss_kw: dict[str, Any] = dict(
