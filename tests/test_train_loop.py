@@ -125,3 +125,22 @@ def test_step_based_run_with_scheduler_and_ema_resumes_exactly(tmp_path: Path) -
     run(tmp_path / "cut", resume=True)
     assert_same_weights(tmp_path / "whole", tmp_path / "cut")
     assert training(tmp_path / "whole")["history"] == training(tmp_path / "cut")["history"]
+
+
+def test_ema_copy_follows_the_batch_norm_statistics() -> None:
+    """The EMA averages parameters; its batch norms must use the model's running statistics,
+    or the written (EMA) weights would normalise with their initial mean 0 and variance 1."""
+    from aepipe.train.loop import _ema_update, _frozen_copy
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    ema = _frozen_copy(model)
+    model.train()(torch.randn(4, 1, 8, 8) * 3 + 5)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    _ema_update(ema, model, 0.75)
+    for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
+        assert torch.equal(be, bm)
+    assert not torch.equal(model[1].running_mean, torch.zeros(2))
+    # Parameters move a quarter of the way, as the decay says.
+    before = model[0].weight - 1.0
+    torch.testing.assert_close(ema[0].weight, before + 0.25)

@@ -96,6 +96,13 @@ class TrainConfig(RunFields):
     context_dropout: float = Field(
         0.2, ge=0.0, lt=1.0, description="dropout on the projected context features"
     )
+    ema: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="decay of an exponential moving average of the weights, which validation "
+        "and the written weights then use (default: none, the last weights)",
+    )
 
 
 def load_color_faces(
@@ -592,6 +599,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
         checkpoint=checkpoint_path(Path(out)),
         resume=cfg.resume,
         precision=cfg.precision,
+        ema=cfg.ema,
     )
     fit(spec, settings, spec.say)
     return Path(out)

@@ -359,6 +359,10 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
             pe.lerp_(pm, 1.0 - decay)
+        # Buffers are the model's own (batch-norm statistics are already running averages):
+        # left at their initial values, the copy's batch norms would undo the training.
+        for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
+            be.copy_(bm)
 
 
 def _save_checkpoint(
