@@ -140,13 +140,15 @@ def test_train_on_a_photo_folder(tmp_path: Path, precision: str) -> None:
     rng = np.random.default_rng(3)
     photos = _photo_folder(tmp_path / "photos", rng, (("train", 6), ("val", 2), ("test", 1)))
     (photos / "test" / "p0.png").write_bytes(b"not read")  # test/ is never read
-    cfg = _tiny_config(photos, precision=precision)
+    ema = 0.5 if precision == "bfloat16" else None  # the EMA copy has the batch norms too
+    cfg = _tiny_config(photos, precision=precision, ema=ema)
     out = train(cfg, tmp_path / "w")
     stage = Colorizer.from_pretrained(out)
     assert stage.config.model_size == 16
     card = (out / "MODEL_CARD.md").read_text()
     assert "Colour photographs" in card
     assert ("bfloat16 autocast" in card) == (precision == "bfloat16")
+    assert ("moving average (decay 0.5)" in card) == (ema is not None)
     saved = json.loads((out / "config.json").read_text())
     assert saved["training"]["config"]["precision"] == precision
     res = stage(ImageBatch.from_numpy(rng.integers(0, 256, size=(1, 30, 41, 1), dtype=np.uint8)))

@@ -96,9 +96,12 @@ def test_mapper_handles_ragged_and_keeps_other_columns(tiny_weights: dict[str, P
         assert np.abs(out["image"][i].astype(int) - apply(stage, ragged[i]).astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_read_images_pipeline_on_cluster(
     cluster: None, tiny_weights: dict[str, Path], tmp_path: Path
 ) -> None:
+    """An image column from ``ray.data.read_images`` (the README's way is binary files, tested
+    by the example tests; the mapper's image-column path is tested without a cluster above)."""
     rng = np.random.default_rng(3)
     folder = tmp_path / "same"
     folder.mkdir()

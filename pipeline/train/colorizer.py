@@ -684,6 +684,8 @@ def model_card(
     )
     size = stage_config["model_size"]
     autocast = ", bfloat16 autocast" if cfg.precision == "bfloat16" else ""
+    if cfg.ema is not None:
+        autocast += f"; the weights are an exponential moving average (decay {cfg.ema})"
     return f"""# Colorizer (StackNNColorizer, {cfg.head} head)
 
 Adds colour to gray {what} without changing their gray: the model predicts BT.601
