@@ -11,7 +11,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 
 
+# The longest files (about half a minute to two minutes each) run first: `make test` hands whole
+# files to its two workers in collection order, and a long file handed out last runs alone while
+# the other worker has nothing left to do.
+LONG_FILES = ("test_ray.py", "test_packaging.py", "test_faces_frontends.py", "test_faces_photos.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: same order
     # Data tests skip (rather than fail) on a fresh checkout that has no ../shared.
     if SHARED_DATA.is_dir():
         return
