@@ -297,9 +297,9 @@ def selection_summary(folders: list[str]) -> str:
     lines = [
         "# Photo colorizer: stage settings chosen on the val photos",
         "",
-        "| model | head | context | rebalance | temperature | saturation | val PSNR dB | "
-        "val colourfulness (% real) | val training-mean chroma dB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | head | context (crops, dropout) | rebalance | EMA | temperature | saturation "
+        "| val PSNR dB | val colourfulness (% real) | val training-mean chroma dB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rules, commands = set(), []
     for folder in folders:
@@ -312,13 +312,16 @@ def selection_summary(folders: list[str]) -> str:
         )
         kwargs = config["model_kwargs"]
         head, context = kwargs.get("head", "classify"), kwargs.get("context", "none")
-        rebalance = (
-            config["training"]["config"].get("rebalance", "-") if head == "classify" else "-"
-        )
+        trained = config["training"]["config"]
+        rebalance = trained.get("rebalance", "-") if head == "classify" else "-"
+        if context != "none":
+            # Runs from before the option had its default, 0.2, built in.
+            dropout = trained.get("context_dropout", 0.2)
+            context += f" ({trained['context_crops']}, {dropout:g})"
         share = 100 * row["colorfulness"] / rec["real_val_colorfulness"]
         lines.append(
-            f"| `{folder}` | {head} | {context} | {rebalance} | {row['temperature']:g} | "
-            f"{row['saturation']:g} | "
+            f"| `{folder}` | {head} | {context} | {rebalance} | {trained.get('ema') or '-'} | "
+            f"{row['temperature']:g} | {row['saturation']:g} | "
             f"{row['psnr_db']:.2f} | {share:.0f}% | {rec['baseline_val_psnr_db']:.2f} |"
         )
         rules.add(rec["rule"])
