@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -283,11 +284,40 @@ def select_setting(args, log) -> None:
         "command": " ".join(sys.argv),
     }
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    card = path.parent / "MODEL_CARD.md"
+    if card.is_file():
+        share = 100 * chosen["colorfulness"] / real_cf
+        choice = (
+            f"{config['metrics']['val_fullsize_setting_sweep']['rule']}: temperature "
+            f"{chosen['temperature']:g}, saturation {chosen['saturation']:g}; val PSNR "
+            f"{chosen['psnr_db']:.2f} dB at {share:.0f}% (training-mean chroma: {floor:.2f} dB). "
+            f"Command: `{' '.join(sys.argv)}`."
+        )
+        card.write_text(card_with_setting(card.read_text(), config["stage_config"], choice))
     log(
         f"baseline val PSNR {floor:.2f}; chose T={chosen['temperature']} saturation="
         f"{chosen['saturation']} (val PSNR {chosen['psnr_db']:.2f}, colourfulness "
         f"{100 * chosen['colorfulness'] / real_cf:.0f}% of real); wrote {path}"
     )
+
+
+def card_with_setting(card: str, stage_config: dict, choice: str) -> str:
+    """A trainer's model card with the stage defaults and the setting chosen on val.
+
+    The "Stage defaults" line is rewritten and a "Stage setting" section (replaced on a rerun)
+    goes before "## Limits", so the card says what the folder's config.json does.
+    """
+    lines = [
+        f"- Stage defaults: {stage_config}." if line.startswith("- Stage defaults:") else line
+        for line in card.split("\n")
+    ]
+    card = "\n".join(lines)
+    head = "## Stage setting (chosen on the val photos at full size)"
+    if head in card:
+        start = card.index(head)
+        card = card[:start] + card[card.index("## ", start + len(head)) :]
+    section = f"{head}\n" + textwrap.fill(choice, 96, initial_indent="- ", subsequent_indent="  ")
+    return card.replace("## Limits", f"{section}\n\n## Limits", 1)
 
 
 def selection_summary(folders: list[str]) -> str:

@@ -197,3 +197,23 @@ def test_context_needs_photos_and_a_present_part(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(WeightsError, match="part 'context': no weights folder"):
         load_model(folder)
+
+
+def test_selected_setting_goes_into_the_card(tmp_path: Path) -> None:
+    """benchmarks/colorizer_photo.py --select-setting rewrites the trainer's card to say what
+    the folder's config now does (and replaces its own section on a rerun)."""
+    import sys
+
+    folder = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        from colorizer_photo import card_with_setting
+    finally:
+        sys.path.remove(folder)
+    card = "# C\n\n## Model\n- Stage defaults: {'saturation': 1.0}.\n\n## Limits\n- few\n"
+    once = card_with_setting(card, {"saturation": 1.8}, "rule: saturation 1.8")
+    assert "- Stage defaults: {'saturation': 1.8}." in once and "1.0" not in once
+    assert once.index("## Stage setting") < once.index("## Limits")
+    twice = card_with_setting(once, {"saturation": 2.0}, "rule: saturation 2.0")
+    assert twice.count("## Stage setting") == 1 and "saturation 1.8" not in twice
+    assert twice.endswith("## Limits\n- few\n")
