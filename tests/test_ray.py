@@ -154,7 +154,9 @@ def test_example_batch_clean_equals_cli(
             src,
             tmp_path / "ray_out",
             model=str(tiny_weights["scan-denoiser"]),
-            concurrency=2,
+            # One actor: on two cores a second one (and its torch import) beside the CLI doubled
+            # this test's time; several actors are exercised by test_example_gen_faces.
+            concurrency=1,
             batch_size=2,
             dpi=300,
         )
