@@ -293,7 +293,8 @@ def select_setting(args, log) -> None:
             f"{chosen['psnr_db']:.2f} dB at {share:.0f}% (training-mean chroma: {floor:.2f} dB). "
             f"Command: `{' '.join(sys.argv)}`."
         )
-        card.write_text(card_with_setting(card.read_text(), config["stage_config"], choice))
+        text = card_with_setting(card.read_text(encoding="utf-8"), config["stage_config"], choice)
+        card.write_text(text, encoding="utf-8")
     log(
         f"baseline val PSNR {floor:.2f}; chose T={chosen['temperature']} saturation="
         f"{chosen['saturation']} (val PSNR {chosen['psnr_db']:.2f}, colourfulness "
