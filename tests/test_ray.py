@@ -232,6 +232,27 @@ def test_mapper_loads_a_pipeline_file(tiny_weights: dict[str, Path], tmp_path: P
         StageMapper(pipeline_file=cfg)
 
 
+def test_face_edits_of_photo_files_without_a_cluster() -> None:
+    """The file-batch face path of the cluster test below, called in-process (the cluster test is
+    behind ``slow``: 15-25 s of actor start-up on two cores)."""
+    import io
+
+    from factory import face_photo
+
+    def png(pixels: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        return buf.getvalue()
+
+    stages = [{"weights": "face-vae", "faces": {"concepts": ["smile:+2"], "face": "largest"}}]
+    mapper = StageMapper(stages=stages, device="cpu")
+    files = {"bytes": [png(face_photo()), png(face_photo(None))], "path": ["p.png", "e.png"]}
+    rows = mapper({k: np.array(v, dtype=object) for k, v in files.items()})
+    assert rows["error"][0] == "" and "no face" in rows["error"][1]
+    assert rows["image"][0].shape == face_photo().shape
+
+
+@pytest.mark.slow
 def test_face_edits_of_photo_files_on_cluster(cluster: None, tmp_path: Path) -> None:
     """A face-VAE ``faces`` stage on whole photo files: the library's edit, a row error for a
     photo with no face (the rest of the block still done)."""
