@@ -48,17 +48,18 @@ inception-trunk: bench-deps
 	$(BIN)/python -m aepipe.train.inception_trunk --out weights/inception-v3-mixed6e
 
 ## make train-colorizer-photo: retrain colorizer-photo (needs ../shared/data/photos and the
-## shipped weights/inception-v3-mixed6e; 34 min of crop features, 9 min of training and 5 min
-## of choosing, measured partly beside the test suite), then choose its saturation
-## on the val photos (the test photos are never read). Copy runs/colorizer-photo to
-## weights/colorizer-photo to ship it.
+## shipped weights/inception-v3-mixed6e; 34 min of crop features, 9 min of training and 12 min
+## of choosing, measured partly beside the test suite), then choose its saturation and
+## chroma upsampling on the val photos (the test photos are never read).
+## Copy runs/colorizer-photo to weights/colorizer-photo to ship it.
 train-colorizer-photo: $(STAMP)
 	$(BIN)/aepipe train colorizer --data ../shared/data/photos --head regress --model-size 64 \
 	  --channels 16,32,64,128,128 --context inception --context-crops 24 --context-dropout 0.5 \
 	  --ema 0.998 --max-steps 2000 --val-every 100 --seed 0 --threads 2 --precision bfloat16 \
 	  --out runs/colorizer-photo
 	$(BIN)/python benchmarks/colorizer_photo.py --select-setting --model runs/colorizer-photo \
-	  --min-colorfulness 80 --saturations 1.0,1.25,1.5,1.6,1.7,1.8,1.9,2.0,2.1,2.25,2.5 --threads 2
+	  --min-colorfulness 80 --saturations 1.5,1.6,1.7,1.8,1.9,2.0,2.1,2.25 \
+	  --upsamples bilinear,guided:1:0.001,guided:1:0.01,guided:2:0.001,guided:2:0.01 --threads 2
 
 ## make train-scan-denoiser: retrain the shipped scan denoiser from scratch (needs
 ## ../shared/data/ddd, docbin and photos; about 5 h on 2 cores: 195 + 70 + 39 min measured, shared). Each run fine-tunes the one before; the shipped

@@ -233,6 +233,35 @@ def train_mean_chroma(photos: Path):
 
 
 SATURATIONS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5)
+
+
+def parse_upsamples(text: str) -> tuple[dict, ...]:
+    """``bilinear,guided:1:0.001`` -> the stage's chroma-upsampling settings to sweep.
+
+    Every entry names all three stage options (the guided filter's at the stage defaults for
+    bilinear, where they are unused), so a chosen row can be stored as it is.
+    """
+    out = []
+    for item in text.split(","):
+        kind, *rest = item.split(":")
+        if kind == "bilinear" and not rest:
+            out.append({"upsample": "bilinear", "guide_radius": 1, "guide_eps": 0.001})
+        elif kind == "guided" and len(rest) == 2:
+            out.append(
+                {"upsample": "guided", "guide_radius": int(rest[0]), "guide_eps": float(rest[1])}
+            )
+        else:
+            raise argparse.ArgumentTypeError(f"not bilinear or guided:RADIUS:EPS: {item!r}")
+    return tuple(out)
+
+
+def upsample_label(row: dict) -> str:
+    """How a sweep row brought the chroma to full size (rows from before the option: bilinear)."""
+    if row.get("upsample", "bilinear") == "bilinear":
+        return "bilinear"
+    return f"guided (r {row['guide_radius']}, eps {row['guide_eps']:g})"
+
+
 TEMPERATURES = (0.38, 0.5, 0.7, 1.0, 1.5, 2.0)
 
 
@@ -257,11 +286,15 @@ def select_setting(args, log) -> None:
     temps = TEMPERATURES if classify else (config["stage_config"].get("temperature", 1.0),)
     sweep = []
     for t in temps:
-        for gain in args.saturations:
-            out, _ = colorize_each(args.model, gray, temperature=t, saturation=gain)
-            row = {"temperature": t, "saturation": gain, **scores(real, out, gray)}
-            log(f"val T={t} saturation={gain}: {row}")
-            sweep.append({k: round(v, 4) for k, v in row.items()})
+        for up in args.upsamples:
+            for gain in args.saturations:
+                setting = {"temperature": t, "saturation": gain, **up}
+                out, _ = colorize_each(args.model, gray, **setting)
+                row = {**setting, **scores(real, out, gray)}
+                log(f"val {setting}: {row}")
+                sweep.append(
+                    {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+                )
     ok = [r for r in sweep if r["colorfulness"] >= args.min_colorfulness / 100 * real_cf]
     if ok:
         chosen = max(ok, key=lambda r: r["psnr_db"])
@@ -270,9 +303,8 @@ def select_setting(args, log) -> None:
         chosen = max(
             (r for r in sweep if r["psnr_db"] >= best - 0.5), key=lambda r: r["colorfulness"]
         )
-    config["stage_config"].update(
-        temperature=chosen["temperature"], saturation=chosen["saturation"]
-    )
+    chosen_setting = {k: chosen[k] for k in ("temperature", "saturation", *args.upsamples[0])}
+    config["stage_config"].update(chosen_setting)
     config.setdefault("metrics", {}).pop("val_fullsize_temperature_sweep", None)
     config["metrics"]["val_fullsize_setting_sweep"] = {
         "rule": f"best val PSNR among settings with val colourfulness >= {args.min_colorfulness}%"
@@ -280,7 +312,7 @@ def select_setting(args, log) -> None:
         "real_val_colorfulness": round(real_cf, 4),
         "baseline_val_psnr_db": round(floor, 4),
         "sweep": sweep,
-        "chosen": {"temperature": chosen["temperature"], "saturation": chosen["saturation"]},
+        "chosen": chosen_setting,
         "command": " ".join(sys.argv),
     }
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -289,7 +321,8 @@ def select_setting(args, log) -> None:
         share = 100 * chosen["colorfulness"] / real_cf
         choice = (
             f"{config['metrics']['val_fullsize_setting_sweep']['rule']}: temperature "
-            f"{chosen['temperature']:g}, saturation {chosen['saturation']:g}; val PSNR "
+            f"{chosen['temperature']:g}, saturation {chosen['saturation']:g}, chroma "
+            f"upsampling {upsample_label(chosen)}; val PSNR "
             f"{chosen['psnr_db']:.2f} dB at {share:.0f}% (training-mean chroma: {floor:.2f} dB). "
             f"Command: `{' '.join(sys.argv)}`."
         )
@@ -297,7 +330,8 @@ def select_setting(args, log) -> None:
         card.write_text(text, encoding="utf-8")
     log(
         f"baseline val PSNR {floor:.2f}; chose T={chosen['temperature']} saturation="
-        f"{chosen['saturation']} (val PSNR {chosen['psnr_db']:.2f}, colourfulness "
+        f"{chosen['saturation']} upsampling {upsample_label(chosen)} (val PSNR "
+        f"{chosen['psnr_db']:.2f}, colourfulness "
         f"{100 * chosen['colorfulness'] / real_cf:.0f}% of real); wrote {path}"
     )
 
@@ -329,18 +363,15 @@ def selection_summary(folders: list[str]) -> str:
         "# Photo colorizer: stage settings chosen on the val photos",
         "",
         "| model | head | context (crops, dropout) | rebalance | EMA | temperature | saturation "
-        "| val PSNR dB | val colourfulness (% real) | val training-mean chroma dB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| chroma upsampling | val PSNR dB | val colourfulness (% real) "
+        "| val training-mean chroma dB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rules, commands = set(), []
     for folder in folders:
         config = json.loads((Path(resolve(folder)) / "config.json").read_text(encoding="utf-8"))
         rec = config["metrics"]["val_fullsize_setting_sweep"]
-        row = next(
-            r
-            for r in rec["sweep"]
-            if all(r[k] == rec["chosen"][k] for k in ("temperature", "saturation"))
-        )
+        row = next(r for r in rec["sweep"] if all(r.get(k) == v for k, v in rec["chosen"].items()))
         kwargs = config["model_kwargs"]
         head, context = kwargs.get("head", "classify"), kwargs.get("context", "none")
         trained = config["training"]["config"]
@@ -352,7 +383,7 @@ def selection_summary(folders: list[str]) -> str:
         share = 100 * row["colorfulness"] / rec["real_val_colorfulness"]
         lines.append(
             f"| `{folder}` | {head} | {context} | {rebalance} | {trained.get('ema') or '-'} | "
-            f"{row['temperature']:g} | {row['saturation']:g} | "
+            f"{row['temperature']:g} | {row['saturation']:g} | {upsample_label(row)} | "
             f"{row['psnr_db']:.2f} | {share:.0f}% | {rec['baseline_val_psnr_db']:.2f} |"
         )
         rules.add(rec["rule"])
@@ -443,6 +474,13 @@ def main() -> None:
         type=lambda v: tuple(float(x) for x in v.split(",")),
         default=SATURATIONS,
         help="--select-setting: the saturation gains to try, comma-separated",
+    )
+    ap.add_argument(
+        "--upsamples",
+        type=parse_upsamples,
+        default=parse_upsamples("bilinear"),
+        help="--select-setting: chroma upsamplings to try, comma-separated: bilinear or "
+        "guided:RADIUS:EPS",
     )
     ap.add_argument(
         "--summarize-selections",

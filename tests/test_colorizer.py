@@ -88,6 +88,35 @@ def test_saturation_scales_colour_differences_and_keeps_luma() -> None:
     assert (chroma[1.0] - tint).abs().max() > 1e-3
 
 
+def test_guided_upsampling_puts_the_colour_edge_on_the_gray_edge() -> None:
+    from aepipe.models.colorizer import guided_upsample
+
+    # A dark left half and a light right half at 64 px; the chroma, predicted at 8 px, is red
+    # on the dark side and blue on the light one.
+    gray = torch.full((1, 1, 64, 64), 0.8)
+    gray[..., :29] = 0.2  # the edge is off the 8 px grid
+    ideal = torch.where(gray < 0.5, 0.15, -0.15).expand(1, 2, 64, 64)
+    small = torch.nn.functional.interpolate(ideal, size=(8, 8), mode="area")
+    bilinear = torch.nn.functional.interpolate(small, size=(64, 64), mode="bilinear")
+    guided = guided_upsample(small, gray, radius=1, eps=1e-3)
+    assert (guided - ideal).abs().mean() < 0.5 * (bilinear - ideal).abs().mean()
+    # A flat colour stays flat, whatever the gray does.
+    flat = guided_upsample(torch.full((1, 2, 8, 8), 0.1), torch.rand(1, 1, 40, 56), 2, 1e-3)
+    assert flat.shape == (1, 2, 40, 56) and torch.allclose(
+        flat, torch.full_like(flat, 0.1), atol=1e-5
+    )
+
+
+def test_guided_stage_keeps_the_luma_and_differs_from_bilinear() -> None:
+    rng = np.random.default_rng(4)
+    gray = ImageBatch.from_numpy(rng.integers(0, 256, size=(2, 37, 53, 1), dtype=np.uint8))
+    outs = {}
+    for up in ("bilinear", "guided"):
+        outs[up] = Colorizer.tiny(seed=1, temperature=0.5, upsample=up)(gray).images
+        assert (to_gray(outs[up]) - gray.images).abs().max() < 1e-5
+    assert (outs["guided"] - outs["bilinear"]).abs().max() > 1e-3
+
+
 def test_colour_input_is_converted_to_gray_first() -> None:
     stage = Colorizer.tiny(seed=2)
     rng = np.random.default_rng(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -113,6 +114,13 @@ def test_colorize_cli_picks_the_model_per_image(tmp_path: Path, cli, photo: Colo
     scene_face = np.asarray(Image.open(tmp_path / "faces" / "scene.png"))
     assert np.array_equal(scene_face, expect(face_stage, scene))
     assert not np.array_equal(scene_face, got["scene"])
+    # --upsample overrides the model's chroma upsampling (the shipped photo model's is guided).
+    res = cli("colorize", inp / "scene.png", "-o", tmp_path / "bl", "--upsample", "bilinear", "-q")
+    assert res.exit_code == 0, res.output
+    bilinear = Colorizer.from_pretrained(PHOTO_MODEL, upsample="bilinear")
+    scene_bl = np.asarray(Image.open(tmp_path / "bl" / "scene.png"))
+    assert np.array_equal(scene_bl, expect(bilinear, scene))
+    assert not np.array_equal(scene_bl, got["scene"])
 
 
 def _photo_folder(root: Path, rng: np.random.Generator, splits=(("train", 6), ("val", 2))) -> Path:
@@ -207,7 +215,7 @@ def test_selected_setting_goes_into_the_card(tmp_path: Path) -> None:
     folder = str(Path(__file__).resolve().parent.parent / "benchmarks")
     sys.path.insert(0, folder)
     try:
-        from colorizer_photo import card_with_setting
+        from colorizer_photo import card_with_setting, parse_upsamples, upsample_label
     finally:
         sys.path.remove(folder)
     card = "# C\n\n## Model\n- Stage defaults: {'saturation': 1.0}.\n\n## Limits\n- few\n"
@@ -217,3 +225,10 @@ def test_selected_setting_goes_into_the_card(tmp_path: Path) -> None:
     twice = card_with_setting(once, {"saturation": 2.0}, "rule: saturation 2.0")
     assert twice.count("## Stage setting") == 1 and "saturation 1.8" not in twice
     assert twice.endswith("## Limits\n- few\n")
+    # The chroma upsamplings it sweeps: each names every stage option it sets, so a chosen
+    # row can go into the config as it is.
+    ups = parse_upsamples("bilinear,guided:2:0.01")
+    assert [upsample_label(u) for u in ups] == ["bilinear", "guided (r 2, eps 0.01)"]
+    assert all(Colorizer.tiny(**u).config.upsample == u["upsample"] for u in ups)
+    with pytest.raises(argparse.ArgumentTypeError, match="guided:RADIUS:EPS"):
+        parse_upsamples("guided:2")

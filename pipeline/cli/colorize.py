@@ -7,6 +7,7 @@ script is :func:`aepipe.cli.main.colorize_main`, which runs the ``colorize`` com
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,13 @@ import typer
 from aepipe.cli.apps import app
 from aepipe.cli.common import FileJob, file_command
 from aepipe.cli.train_options import add_train_command
+
+
+class Upsample(str, Enum):
+    """Choices of ``--upsample`` (the stage's ``upsample`` option)."""
+
+    guided = "guided"
+    bilinear = "bilinear"
 
 
 @file_command(app, "colorize", "colorized")
@@ -54,6 +62,14 @@ def colorize(
             "0 one tint everywhere (default: the model's).",
         ),
     ] = None,
+    upsample: Annotated[
+        Upsample | None,
+        typer.Option(
+            "--upsample",
+            help="How the small chroma reaches full size: guided (colour edges follow the "
+            "gray's edges) or bilinear (default: the model's).",
+        ),
+    ] = None,
 ) -> None:
     """Add colour to gray photos and faces of any size, keeping their gray exactly.
 
@@ -73,6 +89,8 @@ def colorize(
         overrides["temperature"] = temperature
     if saturation is not None:
         overrides["saturation"] = saturation
+    if upsample is not None:
+        overrides["upsample"] = upsample.value
 
     def load():
         from aepipe.stages.colorizer import Colorizer

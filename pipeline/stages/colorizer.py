@@ -7,8 +7,11 @@ predicts chroma from the gray image **resized** to ``model_size`` x ``model_size
 antialiased; the face model was trained on whole 64x64 faces and the photo model on whole
 photos and large crops squashed the same way, so resizing rather than running fully
 convolutionally at full size shows the model the whole picture at the scale it expects,
-whatever the input's size or aspect). The chroma is upsampled bilinearly back to the input's
-full size; that small prediction is what keeps a 12-megapixel photo fast. A model with context
+whatever the input's size or aspect). The chroma is upsampled back to the input's full size,
+bilinearly or (``upsample="guided"``, the photo model's setting) by a fast guided filter that
+makes colour edges follow the full-resolution gray's edges
+(:func:`aepipe.models.colorizer.guided_upsample`); that small prediction is what keeps a
+12-megapixel photo fast. A model with context
 (``colorizer-photo``) also reads frozen ImageNet features of the full-resolution gray, seen at
 299x299 (:class:`aepipe.models.inception.InceptionTrunk`).
 
@@ -24,7 +27,7 @@ and upsampled back (blurrier; for comparison).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -53,6 +56,11 @@ class Config(StageConfig):
             for the mean colour (the best PSNR) gives muted colours; a gain above 1 buys
             colour back at a known cost in PSNR without strengthening the overall tint
             (``benchmarks/colorizer_photo.py --select-setting`` picks it on validation photos).
+        upsample: how the small chroma is brought to the input's size: "bilinear" (smooth,
+            smears colour across object edges) or "guided" (a fast guided filter with the
+            full-size gray as guide: colour changes where the gray does).
+        guide_radius: window radius of the guided filter, in pixels of the small chroma.
+        guide_eps: damping of the guided filter's local fit (larger: closer to bilinear).
         precision: arithmetic of the context trunk of models that have one ("auto": bfloat16
             on CPUs with native bfloat16 units, as the photo model's training features were
             computed; float32 elsewhere). The colorizer itself always runs in float32.
@@ -62,6 +70,9 @@ class Config(StageConfig):
     model_size: int = Field(64, ge=8, le=1024)
     temperature: float = Field(0.38, ge=0.05, le=2.0)
     saturation: float = Field(1.0, ge=0.0, le=4.0)
+    upsample: Literal["bilinear", "guided"] = "bilinear"
+    guide_radius: int = Field(1, ge=1, le=8)
+    guide_eps: float = Field(1e-3, gt=0.0, le=1.0)
     precision: StagePrecision = "auto"
 
 
@@ -84,7 +95,7 @@ class Colorizer(Stage):
         """
         import torch.nn.functional as F
 
-        from aepipe.models.colorizer import gamut_fit_into, ycbcr_to_rgb
+        from aepipe.models.colorizer import gamut_fit_into, guided_upsample, ycbcr_to_rgb
 
         cfg = self.config
         factor = self.model.factor
@@ -106,7 +117,10 @@ class Colorizer(Stage):
             chroma = tint + cfg.saturation * (chroma - tint)
         h, w = batch.size
         if cfg.projection:
-            full = F.interpolate(chroma, size=(h, w), mode="bilinear", align_corners=False)
+            if cfg.upsample == "guided":
+                full = guided_upsample(chroma, y, cfg.guide_radius, cfg.guide_eps)
+            else:
+                full = F.interpolate(chroma, size=(h, w), mode="bilinear", align_corners=False)
             rgb = y.new_empty((y.shape[0], 3, h, w))
             # Bands of ~64k pixels keep the per-pixel fit's temporaries in cache: a 12-megapixel
             # photo takes a fraction of a second instead of seconds.

@@ -690,7 +690,8 @@ def model_card(
 
 Adds colour to gray {what} without changing their gray: the model predicts BT.601
 chroma (Cb, Cr) from the gray image resized to {size}x{size};
-the stage upsamples the chroma bilinearly onto the full-resolution input luma and, with
+the stage upsamples the chroma onto the full-resolution input luma (bilinearly, or by a guided
+filter that follows the gray's edges: its `upsample` option) and, with
 `projection` on (default), scales chroma down per pixel where RGB would clip, so the output's
 BT.601 gray equals the input within 8-bit rounding.
 
