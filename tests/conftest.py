@@ -12,8 +12,8 @@ BIN = Path(sys.executable).parent
 
 
 # The longest files (about half a minute to two minutes each) run first: `make test` hands whole
-# files to its two workers in collection order, and a long file handed out last runs alone while
-# the other worker has nothing left to do.
+# files to its workers in collection order, and a long file handed out last runs alone while
+# the others have nothing left to do.
 LONG_FILES = ("test_ray.py", "test_packaging.py", "test_faces_frontends.py", "test_faces_photos.py")
 
 

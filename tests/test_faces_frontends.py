@@ -150,17 +150,15 @@ def test_http_reconstruct_is_the_library_call(client, vae) -> None:
     assert resp.status_code == 422 and resp.json()["error"] == "no_face"
 
 
-def test_http_interpolate_is_the_cli_strip(client, tmp_path: Path) -> None:
-    a, b = face_photo(), face_photo(OTHER, at=(60, 40, 160))
+def test_http_interpolate_is_the_cli_strip(client, walk) -> None:
+    a, b, want = walk
     files = {"a": ("a.png", _png(a)), "b": ("b.png", _png(b))}
-    params = {"steps": 5, "method": "both"}
+    params = {"steps": 4, "method": "both"}
     resp = client.post("/v1/faces/interpolate", files=files, params=params)
     assert resp.status_code == 200, resp.text
     got = np.asarray(Image.open(io.BytesIO(resp.content)))
-    assert got.shape == (2 * 66 + 2, 5 * 66 + 2)  # rows linear, slerp of five 64 px faces
-    np.testing.assert_array_equal(
-        got, _cli_strip(tmp_path, a, b, "--steps", "5", "--method", "both")
-    )
+    assert got.shape == (2 * 66 + 2, 4 * 66 + 2)  # rows linear, slerp of four 64 px faces
+    np.testing.assert_array_equal(got, want)
 
 
 def test_http_interpolate_errors(client) -> None:
@@ -208,13 +206,24 @@ def _cli_strip(tmp: Path, a: np.ndarray, b: np.ndarray, *opts: str) -> np.ndarra
     return np.asarray(Image.open(tmp / "s.png"))
 
 
-def test_toml_interpolate_source_and_ray_pair_mapper_give_the_cli_strip(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two face photos and the CLI's strip between them (computed once for the front ends)."""
+    a, b = face_photo(), face_photo(OTHER, at=(60, 40, 160))
+    tmp = tmp_path_factory.mktemp("walk")
+    return a, b, _cli_strip(tmp, a, b, "--steps", "4", "--method", "both")
+
+
+def test_toml_interpolate_source_and_ray_pair_mapper_give_the_cli_strip(
+    tmp_path: Path, walk
+) -> None:
     from typer.testing import CliRunner
 
     from aepipe.cli.main import app, load_areas
 
-    a, b = face_photo(), face_photo(OTHER, at=(60, 40, 160))
-    want = _cli_strip(tmp_path, a, b, "--steps", "4", "--method", "both")
+    a, b, want = walk
+    for name, image in (("a", a), ("b", b)):
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
     out = tmp_path / "walk"
     spec = tmp_path / "walk.toml"
     spec.write_text(

@@ -343,6 +343,8 @@ def test_cli_reads_keys_from_file_and_env(tiny_weights: dict[str, Path], tmp_pat
     keys = tmp_path / "keys"
     keys.write_text(f"{KEY_A}\n")
     aepipe = str(Path(sys.executable).parent / "aepipe")
+    servers = {}
+    # Both servers start side by side (each start is mostly an interpreter importing torch).
     for source, env_keys in (("file", ""), ("env", KEY_B)):
         port = free_port()
         cmd = [aepipe, "serve", "--port", str(port), "--device", "cpu", "--threads", "1"]
@@ -352,8 +354,9 @@ def test_cli_reads_keys_from_file_and_env(tiny_weights: dict[str, Path], tmp_pat
             cmd += ["--api-key-file", str(keys)]
         env = dict(os.environ, AEPIPE_API_KEYS=env_keys, OMP_NUM_THREADS="1")
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
-        try:
-            url = f"http://127.0.0.1:{port}"
+        servers[source] = (proc, f"http://127.0.0.1:{port}")
+    try:
+        for source, (proc, url) in servers.items():
             deadline = time.monotonic() + 90
             while True:
                 assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
@@ -365,7 +368,11 @@ def test_cli_reads_keys_from_file_and_env(tiny_weights: dict[str, Path], tmp_pat
             key = KEY_A if source == "file" else KEY_B
             assert_error(upload(f"{url}/v1/clean-scan", png(), key="x" * 20), 401)
             assert upload(f"{url}/v1/clean-scan", png(), key=key).status_code == 200
-        finally:
+    finally:
+        stderrs = {}
+        for source, (proc, _) in servers.items():
             proc.terminate()
-            _, stderr = proc.communicate(timeout=30)
+            stderrs[source] = proc.communicate(timeout=30)[1]
+    for source, key in (("file", KEY_A), ("env", KEY_B)):
+        stderr = stderrs[source]
         assert "API keys: 1 loaded" in stderr and key not in stderr, stderr
