@@ -146,7 +146,7 @@ def guided_upsample(
 
     Args:
         chroma: (N, C, h, w) low-resolution chroma.
-        gray: (N, 1, H, W) full-resolution luma in [0, 1] (H >= h, W >= w).
+        gray: (N, 1, H, W) full-resolution luma in [0, 1] (any size; usually larger).
         radius: window radius in low-resolution pixels (>= 1).
         eps: regularisation of the local slope (larger: closer to plain bilinear).
 

@@ -58,7 +58,8 @@ class Config(StageConfig):
             (``benchmarks/colorizer_photo.py --select-setting`` picks it on validation photos).
         upsample: how the small chroma is brought to the input's size: "bilinear" (smooth,
             smears colour across object edges) or "guided" (a fast guided filter with the
-            full-size gray as guide: colour changes where the gray does).
+            full-size gray as guide: colour changes where the gray does). Used with
+            ``projection`` on; without it the model's own RGB is upsampled bilinearly.
         guide_radius: window radius of the guided filter, in pixels of the small chroma.
         guide_eps: damping of the guided filter's local fit (larger: closer to bilinear).
         precision: arithmetic of the context trunk of models that have one ("auto": bfloat16
