@@ -47,6 +47,9 @@ class Entry:
             ``face-interpolate`` (two photos in, the latent walk between their faces out).
         more_routes: further endpoints served by the same loaded stage, as
             ``(key, kind)`` pairs (``/v1/<key>``), e.g. ``("faces/edit", "face-edit")``.
+        auto: a class, as ``"module:Class"``, that picks among several shipped weights per
+            batch (the weights name ``auto``: :func:`auto_stage`); ``None``: no such choice.
+            Its ``weights`` attribute names the weights it may load.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Entry:
     route: str | None = None
     route_kind: RouteKind | None = None
     more_routes: tuple[tuple[str, RouteKind], ...] = ()
+    auto: str | None = None
 
 
 ENTRIES: dict[str, Entry] = {}
@@ -145,6 +149,8 @@ for _entry in (
         cli=("aepipe.cli.colorize",),
         route="colorize",
         route_kind="image",
+        # Face crops to the face model, everything else to colorizer-photo.
+        auto="aepipe.stages.colorizer:AutoColorizer",
     ),
 ):
     register(_entry)
@@ -169,6 +175,31 @@ def entry(name: str) -> Entry:
 def _import(target: str) -> Any:
     module_name, attr = target.split(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+AUTO = "auto"
+
+
+def auto_class(name: str) -> Any:
+    """Stage ``name``'s weights-choosing class (its entry's ``auto``), or ``None``."""
+    target = entry(name).auto
+    return None if target is None else _import(target)
+
+
+def auto_stage(name: str, device: str = "auto") -> Any:
+    """What the weights name ``auto`` loads for stage ``name``, every model it may use loaded.
+
+    That is its entry's ``auto`` class: a callable ``batch -> batch`` with the stage's ``name``
+    and ``input_channels``.
+
+    Raises:
+        ConfigError: the stage has no ``auto`` choice.
+        WeightsError: one of its weights is missing or damaged.
+    """
+    cls = auto_class(name)
+    if cls is None:
+        raise ConfigError(f"{name}: no 'auto' weights choice; name weights or a folder")
+    return cls(device=device).preload()
 
 
 def stage_class(name: str) -> type[Stage]:

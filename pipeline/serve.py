@@ -68,7 +68,9 @@ class ServeSettings(BaseModel):
 
     Attributes:
         models: endpoint key (``clean-scan``, ``denoise``, ``colorize``, ``faces``) -> weights
-            name or folder; an endpoint left out (or ``None``) answers ``503``.
+            name or folder, or ``auto`` where the stage picks weights per image (``colorize``:
+            face crops to the face model, other images to ``colorizer-photo``); an endpoint
+            left out (or ``None``) answers ``503``.
         device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
         concurrency: model calls that run at the same time (threads sharing the loaded stages).
         queue: requests that may wait for a free slot; more are refused with ``503``.
@@ -121,12 +123,20 @@ class ServeSettings(BaseModel):
 
 
 def default_weights(key: str) -> str | None:
-    """The shipped weights an endpoint serves by default (its registry entry's), if installed."""
-    from aepipe.registry import routes
+    """The shipped weights an endpoint serves by default, if installed.
+
+    ``auto`` where its stage chooses among several weights per image and all of them ship
+    (``colorize``: the face or the photo model, as ``colorize --model auto``), else its
+    registry entry's.
+    """
+    from aepipe.registry import AUTO, auto_class, routes
     from aepipe.weights import shipped_names
 
-    weights = routes()[key].weights
-    return weights if weights in shipped_names() else None
+    entry = routes()[key]
+    auto = auto_class(entry.name)
+    if auto is not None and set(auto.weights) <= set(shipped_names()):
+        return AUTO
+    return entry.weights if entry.weights in shipped_names() else None
 
 
 def load_stages(settings: ServeSettings) -> dict[str, Stage | None]:
@@ -135,6 +145,7 @@ def load_stages(settings: ServeSettings) -> dict[str, Stage | None]:
     Raises:
         WeightsError: weights are missing, tampered with, or for another stage.
     """
+    from aepipe.registry import AUTO, auto_stage
     from aepipe.stage import load_stage
 
     stages: dict[str, Stage | None] = {}
@@ -143,7 +154,10 @@ def load_stages(settings: ServeSettings) -> dict[str, Stage | None]:
         if weights is None:
             stages[key] = None
             continue
-        stage = load_stage(weights, device=settings.device)
+        if weights == AUTO:
+            stage = auto_stage(expected, settings.device)
+        else:
+            stage = load_stage(weights, device=settings.device)
         if stage.name != expected:
             raise WeightsError(f"{weights}: is a {stage.name!r} stage; {key} needs {expected!r}")
         stages[key] = stage

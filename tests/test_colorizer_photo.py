@@ -13,8 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from aepipe.batch import LUMA_WEIGHTS, ImageBatch
-from aepipe.cli.colorize import FACE_MODEL, PHOTO_MODEL, auto_model
-from aepipe.stages.colorizer import Colorizer
+from aepipe.stages.colorizer import FACE_MODEL, PHOTO_MODEL, Colorizer, auto_model
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +120,38 @@ def test_colorize_cli_picks_the_model_per_image(tmp_path: Path, cli, photo: Colo
     scene_bl = np.asarray(Image.open(tmp_path / "bl" / "scene.png"))
     assert np.array_equal(scene_bl, expect(bilinear, scene))
     assert not np.array_equal(scene_bl, got["scene"])
+
+
+def test_http_colorize_picks_the_model_per_image_like_the_cli(photo: Colorizer) -> None:
+    """The service's default for POST /v1/colorize is the weights name ``auto``: the same
+    per-image choice (:class:`~aepipe.stages.colorizer.AutoColorizer`) as ``colorize``."""
+    pytest.importorskip("fastapi", reason="needs the [serve] extra")
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from aepipe.errors import ConfigError
+    from aepipe.registry import auto_stage
+    from aepipe.serve import ServeSettings, create_app, default_weights
+
+    assert default_weights("colorize") == "auto"
+    assert default_weights("denoise") == "salt-pepper"  # stages without a choice: as before
+    with pytest.raises(ConfigError, match="no 'auto' weights choice"):
+        auto_stage("impulse-denoiser")
+    face = np.random.default_rng(2).integers(0, 256, size=(64, 64), dtype=np.uint8)
+    scene = sky_scene(120, 200)
+    face_stage = Colorizer.from_pretrained(FACE_MODEL)
+    settings = ServeSettings(models={"colorize": "auto"}, device="cpu")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").json()["stages"]["colorize"] == "colorizer"
+        for gray, stage in ((face, face_stage), (scene, photo)):
+            buf = io.BytesIO()
+            Image.fromarray(gray).save(buf, format="PNG")
+            resp = client.post("/v1/colorize", files={"file": ("x.png", buf.getvalue())})
+            assert resp.status_code == 200, resp.text
+            got = np.asarray(Image.open(io.BytesIO(resp.content)))
+            want = stage(ImageBatch.from_numpy(gray[None, ..., None])).to_numpy(np.uint8)[0]
+            np.testing.assert_array_equal(got, want)
 
 
 def _photo_folder(root: Path, rng: np.random.Generator, splits=(("train", 6), ("val", 2))) -> Path:

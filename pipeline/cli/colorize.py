@@ -93,55 +93,13 @@ def colorize(
         overrides["upsample"] = upsample.value
 
     def load():
-        from aepipe.stages.colorizer import Colorizer
+        from aepipe.stages.colorizer import AutoColorizer, Colorizer
 
         if model != "auto":
             return Colorizer.from_pretrained(model, device=device, **overrides)
-        return AutoColorizer(
-            lambda name: Colorizer.from_pretrained(name, device=device, **overrides)
-        )
+        return AutoColorizer(device=device, **overrides)
 
     job.run(load, unit="image")
-
-
-FACE_MODEL = "colorizer"
-PHOTO_MODEL = "colorizer-photo"
-FACE_MAX_SIDE = 160
-FACE_MAX_ASPECT = 1.25
-
-
-def auto_model(height: int, width: int) -> str:
-    """The weights ``colorize --model auto`` uses for an image of this size.
-
-    Face crops (the face colorizer's 64x64 training faces, gen-faces' output) are small and
-    roughly square; a photo of a scene is neither, so size alone separates them well enough.
-    """
-    long, short = max(height, width), min(height, width)
-    if long <= FACE_MAX_SIDE and long <= FACE_MAX_ASPECT * short:
-        return FACE_MODEL
-    return PHOTO_MODEL
-
-
-class AutoColorizer:
-    """Batch -> batch callable that colorizes each batch with :func:`auto_model`'s choice.
-
-    The runner batches only same-sized pages, so a per-batch choice is a per-image choice.
-    Each model is loaded the first time it is needed.
-
-    Args:
-        load: weights name -> colorizer stage.
-    """
-
-    def __init__(self, load) -> None:
-        self._load = load
-        self._stages: dict[str, object] = {}
-
-    def __call__(self, batch):
-        """Colorize one batch (N, C, H, W) with the model chosen for its size."""
-        name = auto_model(*batch.size)
-        if name not in self._stages:
-            self._stages[name] = self._load(name)
-        return self._stages[name](batch)
 
 
 add_train_command(

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from aepipe.serve import ServeSettings
 
 _MODEL_HELP = (
-    "Weights name or folder (default: the shipped weights); 'none' turns the endpoint off."
+    "Weights name or folder (default: the shipped weights; for colorize 'auto', the face or the "
+    "photo colorizer per image, as colorize --model auto); 'none' turns the endpoint off."
 )
 
 

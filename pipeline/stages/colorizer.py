@@ -27,7 +27,7 @@ and upsampled back (blurrier; for comparison).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -36,6 +36,8 @@ from aepipe.errors import ConfigError
 from aepipe.stage import Stage, StageConfig, StagePrecision, precision_autocast
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from typing_extensions import Self
 
 _BAND_PIXELS = 1 << 16
@@ -151,3 +153,71 @@ class Colorizer(Stage):
             model.bin_centers.copy_(chroma_grid(0.25)[:16])
         config.setdefault("model_size", 16)
         return cls(model.eval(), config)
+
+
+FACE_MODEL = "colorizer"
+PHOTO_MODEL = "colorizer-photo"
+FACE_MAX_SIDE = 160
+FACE_MAX_ASPECT = 1.25
+
+
+def auto_model(height: int, width: int) -> str:
+    """The weights :class:`AutoColorizer` uses for an image of this size.
+
+    Face crops (the face colorizer's 64x64 training faces, gen-faces' output) are small and
+    roughly square; a photo of a scene is neither, so size alone separates them well enough.
+    """
+    long, short = max(height, width), min(height, width)
+    if long <= FACE_MAX_SIDE and long <= FACE_MAX_ASPECT * short:
+        return FACE_MODEL
+    return PHOTO_MODEL
+
+
+class AutoColorizer:
+    """Batch -> batch colorizer that uses, per batch, the weights :func:`auto_model` picks.
+
+    What ``colorize --model auto`` (the default) and ``POST /v1/colorize`` (the service's
+    default, weights name ``auto``) run, so both choose alike. Batches hold same-sized images
+    (the runner and the service batch no others), so a per-batch choice is a per-image one.
+    Each model is loaded the first time it is needed (all at once with :meth:`preload`).
+
+    Args:
+        load: weights name -> colorizer stage (default: :meth:`Colorizer.from_pretrained`
+            with ``device`` and ``overrides``).
+        device: where the default loader puts the models.
+        **overrides: stage options for both models (e.g. ``saturation``).
+    """
+
+    name = Colorizer.name
+    input_channels = Colorizer.input_channels
+    weights: ClassVar[tuple[str, ...]] = (FACE_MODEL, PHOTO_MODEL)
+
+    def __init__(
+        self, load: Callable[[str], Stage] | None = None, device: str = "auto", **overrides: Any
+    ) -> None:
+        self._load = load or (lambda w: Colorizer.from_pretrained(w, device=device, **overrides))
+        self._device = device
+        self._stages: dict[str, Stage] = {}
+
+    def stage_for(self, height: int, width: int) -> Stage:
+        """The loaded stage for an image of this size."""
+        weights = auto_model(height, width)
+        if weights not in self._stages:
+            self._stages[weights] = self._load(weights)
+        return self._stages[weights]
+
+    def preload(self) -> Self:
+        """Load every model now (a server checks its weights and warms up before serving)."""
+        for weights in self.weights:
+            if weights not in self._stages:
+                self._stages[weights] = self._load(weights)
+        return self
+
+    @property
+    def device(self) -> Any:
+        """The device of the loaded models (the requested one before any is loaded)."""
+        return next((s.device for s in self._stages.values()), self._device)
+
+    def __call__(self, batch: ImageBatch) -> ImageBatch:
+        """Colorize one batch (N, 1 or 3, H, W) with the model chosen for its size."""
+        return self.stage_for(*batch.size)(batch)
