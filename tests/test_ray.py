@@ -155,7 +155,7 @@ def test_example_batch_clean_equals_cli(
             tmp_path / "ray_out",
             model=str(tiny_weights["scan-denoiser"]),
             # One actor: on two cores a second one (and its torch import) beside the CLI doubled
-            # this test's time; several actors are exercised by test_example_gen_faces.
+            # this test's time; several actors: test_example_gen_faces (behind slow).
             concurrency=1,
             batch_size=2,
             dpi=300,
@@ -178,6 +178,24 @@ def test_example_batch_clean_equals_cli(
         assert np.abs(a - b).max() <= 2, name  # batching may move a pixel by a rounding step
 
 
+def test_face_block_rows_without_a_cluster(tiny_weights: dict[str, Path]) -> None:
+    """The mapper of the gen-faces example, called on its block rows in-process (the example on
+    a cluster, below, is behind ``slow``: 15-25 s of actor start-up on two cores)."""
+    mapper = FaceBlockMapper(
+        str(tiny_weights["face-generator"]), str(tiny_weights["colorizer"]), device="cpu"
+    )
+    blocks = face_blocks(10, seed=5, block_size=4)
+    rows = mapper({k: np.array([b[k] for b in blocks]) for k in blocks[0]})
+    assert list(rows["name"]) == [f"face_{i:05d}" for i in range(10)]
+    assert rows["image"].shape[0] == 10 and rows["image"].shape[-1] == 3
+    assert len({f.tobytes() for f in rows["image"]}) == 10  # distinct seeds: no repeated face
+    assert list(rows["seed"]) == [b["seed"] for b in blocks for _ in range(b["count"])]
+    # A block is the same faces however the rows are grouped into batches.
+    again = mapper({k: np.array([blocks[1][k]]) for k in blocks[0]})
+    np.testing.assert_array_equal(again["image"], rows["image"][4:8])
+
+
+@pytest.mark.slow
 def test_example_gen_faces(cluster: None, tiny_weights: dict[str, Path], tmp_path: Path) -> None:
     example = load_example("ray_gen_faces")
     kwargs = dict(
