@@ -241,11 +241,14 @@ def parse_upsamples(text: str) -> tuple[dict, ...]:
     Every entry names all three stage options (the guided filter's at the stage defaults for
     bilinear, where they are unused), so a chosen row can be stored as it is.
     """
+    from aepipe.stages.colorizer import Config
+
+    unused = {k: Config.model_fields[k].default for k in ("guide_radius", "guide_eps")}
     out = []
     for item in text.split(","):
         kind, *rest = item.split(":")
         if kind == "bilinear" and not rest:
-            out.append({"upsample": "bilinear", "guide_radius": 1, "guide_eps": 0.001})
+            out.append({"upsample": "bilinear", **unused})
         elif kind == "guided" and len(rest) == 2:
             out.append(
                 {"upsample": "guided", "guide_radius": int(rest[0]), "guide_eps": float(rest[1])}

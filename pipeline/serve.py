@@ -132,11 +132,11 @@ def default_weights(key: str) -> str | None:
     from aepipe.registry import AUTO, auto_class, routes
     from aepipe.weights import shipped_names
 
-    entry = routes()[key]
+    entry, shipped = routes()[key], set(shipped_names())
     auto = auto_class(entry.name)
-    if auto is not None and set(auto.weights) <= set(shipped_names()):
+    if auto is not None and set(auto.weights) <= shipped:
         return AUTO
-    return entry.weights if entry.weights in shipped_names() else None
+    return entry.weights if entry.weights in shipped else None
 
 
 def load_stages(settings: ServeSettings) -> dict[str, Stage | None]:

@@ -199,18 +199,20 @@ class AutoColorizer:
         self._device = device
         self._stages: dict[str, Stage] = {}
 
-    def stage_for(self, height: int, width: int) -> Stage:
-        """The loaded stage for an image of this size."""
-        weights = auto_model(height, width)
+    def _stage(self, weights: str) -> Stage:
+        """The stage of ``weights``, loaded on first use."""
         if weights not in self._stages:
             self._stages[weights] = self._load(weights)
         return self._stages[weights]
 
+    def stage_for(self, height: int, width: int) -> Stage:
+        """The loaded stage for an image of this size."""
+        return self._stage(auto_model(height, width))
+
     def preload(self) -> Self:
-        """Load every model now (a server checks its weights and warms up before serving)."""
+        """Load every model now (a server finds missing weights before it serves)."""
         for weights in self.weights:
-            if weights not in self._stages:
-                self._stages[weights] = self._load(weights)
+            self._stage(weights)
         return self
 
     @property
