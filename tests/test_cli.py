@@ -52,6 +52,22 @@ def test_help_is_fast_through_console_script(prog, cli_env):
     assert elapsed < 3.0  # target is < 1 s; loose here so a loaded CI box does not flake
 
 
+def test_models_lists_every_shipped_folder_in_aligned_columns(cli_env):
+    from aepipe.weights import read_config, shipped_names, shipped_weights_dir
+
+    res = run(["aepipe", "models"], cli_env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    names = shipped_names()
+    assert [line.split()[0] for line in lines] == names
+    for line, name in zip(lines, names, strict=True):
+        cfg = read_config(shipped_weights_dir() / name)
+        assert line.split()[1:3] == [cfg["stage"], cfg["model_class"]]
+    # The stage column starts at one offset on every line, however long the name.
+    stage_at = {line.index(line.split()[1], len(line.split()[0])) for line in lines}
+    assert len(stage_at) == 1
+
+
 def test_missing_input_fails_before_loading_weights(tmp_path, cli_env):
     res = run(
         ["clean-scans", str(tmp_path / "nope"), "--model", str(tmp_path / "no-weights")], cli_env

@@ -29,14 +29,22 @@ def load_areas() -> None:
 
 @app.command("models")
 def models_cmd() -> None:
-    """List the shipped weights with their stage and headline metrics."""
+    """List the shipped weights with their stage and model class.
+
+    Their scores are in each folder's model card (``weights/<name>/MODEL_CARD.md``): the metrics
+    in ``config.json`` are training-time validation figures, not what a user should compare.
+    """
     from aepipe.weights import read_config, shipped_names, shipped_weights_dir
 
     root = shipped_weights_dir()
+    rows = []
     for name in shipped_names():
         cfg = read_config(root / name)
         part = f" (part of {cfg['part_of']})" if cfg.get("part_of") else ""
-        typer.echo(f"{name:18s} stage={cfg['stage']:17s} class={cfg['model_class']}{part}")
+        rows.append((name, cfg["stage"], cfg["model_class"] + part))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 @app.command("version")
