@@ -271,9 +271,15 @@ class FacePhotos(_Strict):
 
 
 class StageSpec(_Strict):
-    """One stage: its weights and config overrides (``faces``: face-VAE weights on photos)."""
+    """One stage: its weights and config overrides (``faces``: face-VAE weights on photos).
+
+    ``weights = "auto"`` lets a stage that chooses among its shipped weights per image do so
+    (``colorizer``: the face or the photo model, as ``colorize --model auto``); it needs
+    ``stage``, which is otherwise optional and, when given, must match the weights.
+    """
 
     weights: str
+    stage: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     config: dict[str, Any] = Field(default_factory=dict)
     faces: FacePhotos | None = None
@@ -336,12 +342,7 @@ def check_stage_spec(spec: StageSpec, where: str) -> None:
     Raises:
         ConfigError: naming ``where`` and the field.
     """
-    from aepipe.weights import read_config, resolve
-
-    try:
-        stage_name = read_config(resolve(spec.weights))["stage"]
-    except Exception as exc:  # any weights problem is a config error here
-        raise ConfigError(f"{where}.weights: {exc}") from None
+    stage_name = _spec_stage_name(spec, where)
     build_config(stage_class(stage_name).Config, spec.config, f"{where}.config")
     if spec.faces is not None:
         if stage_name != "face-generator":
@@ -350,6 +351,36 @@ def check_stage_spec(spec: StageSpec, where: str) -> None:
                 f"{spec.weights!r} is a {stage_name!r} stage"
             )
         _concept_vectors(spec, where)
+
+
+def _spec_stage_name(spec: StageSpec, where: str) -> str:
+    """The stage a table runs: its ``stage`` for ``weights = "auto"``, else its weights'."""
+    from aepipe.registry import AUTO, ENTRIES, auto_class, entry
+    from aepipe.weights import read_config, resolve
+
+    if spec.weights == AUTO:
+        choosers = ", ".join(sorted(n for n, e in ENTRIES.items() if e.auto))
+        if spec.stage is None:
+            raise ConfigError(f"{where}.stage: weights 'auto' needs the stage ({choosers})")
+        try:
+            entry(spec.stage)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.stage: {exc}") from None
+        if auto_class(spec.stage) is None:
+            raise ConfigError(
+                f"{where}.weights: {spec.stage!r} has no 'auto' weights choice (only {choosers}); "
+                "name weights or a folder"
+            )
+        return spec.stage
+    try:
+        stage_name = read_config(resolve(spec.weights))["stage"]
+    except Exception as exc:  # any weights problem is a config error here
+        raise ConfigError(f"{where}.weights: {exc}") from None
+    if spec.stage is not None and spec.stage != stage_name:
+        raise ConfigError(
+            f"{where}.stage: {spec.weights!r} is a {stage_name!r} stage, not {spec.stage!r}"
+        )
+    return stage_name
 
 
 def _concept_vectors(spec: StageSpec, where: str) -> list[Any] | None:
@@ -378,8 +409,11 @@ def load_step(spec: StageSpec, device: str | None = None, where: str = "stage") 
         where: names the table in error messages.
     """
     from aepipe.core import FaceEditor, load_face_vae
+    from aepipe.registry import AUTO, auto_stage
 
     dev = device or spec.device
+    if spec.weights == AUTO and spec.stage is not None:
+        return auto_stage(spec.stage, dev, **spec.config)
     if spec.faces is None:
         return load_stage(spec.weights, device=dev, **spec.config)
     f = spec.faces

@@ -82,7 +82,7 @@ def build_pipeline(
         stages: ``[{"weights": ..., "config": {...}, "faces": {...}}, ...]``, the ``[[stages]]``
             tables of a pipeline file as Python dicts (handy on a cluster where the TOML file is
             not present); ``faces`` runs face-VAE weights on whole photos
-            (:class:`~aepipe.pipeline.FacePhotos`).
+            (:class:`~aepipe.pipeline.FacePhotos`); ``weights = "auto"`` needs ``stage``.
         pipeline_file: a TOML pipeline file; only its ``[[stages]]`` are used here (the source
             and sink are the Ray dataset's business).
         device: ``"auto"`` (see :func:`worker_device`), ``"cpu"`` or ``"cuda"``.
@@ -169,7 +169,8 @@ class StageMapper:
         weights: a weights name or folder, or a list of them to run in order.
         stages: or a list of ``{"weights": ..., "config": {...}}`` dicts (the ``[[stages]]``
             tables of a pipeline file; ``"faces": {"concepts": ["smile:1"]}`` runs a face VAE on
-            whole photos, as ``aepipe faces edit``).
+            whole photos, as ``aepipe faces edit``; ``{"weights": "auto", "stage": "colorizer"}``
+            picks the colorizer per image, as ``colorize``).
         pipeline_file: or a TOML pipeline file whose ``[[stages]]`` to run.
         device: ``"auto"`` uses the GPU that Ray assigned (``num_gpus``) and the CPU otherwise.
         column: the image column of image batches (``read_images`` calls it ``"image"``).

@@ -186,11 +186,11 @@ def auto_class(name: str) -> Any:
     return None if target is None else _import(target)
 
 
-def auto_stage(name: str, device: str = "auto") -> Any:
+def auto_stage(name: str, device: str = "auto", **overrides: Any) -> Any:
     """What the weights name ``auto`` loads for stage ``name``, every model it may use loaded.
 
     That is its entry's ``auto`` class: a callable ``batch -> batch`` with the stage's ``name``
-    and ``input_channels``.
+    and ``input_channels``. ``overrides`` are stage options for every model it may use.
 
     Raises:
         ConfigError: the stage has no ``auto`` choice.
@@ -199,7 +199,7 @@ def auto_stage(name: str, device: str = "auto") -> Any:
     cls = auto_class(name)
     if cls is None:
         raise ConfigError(f"{name}: no 'auto' weights choice; name weights or a folder")
-    return cls(device=device).preload()
+    return cls(device=device, **overrides).preload()
 
 
 def stage_class(name: str) -> type[Stage]:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from aepipe import ImageBatch, Pipeline, apply, load_stage
 from aepipe.errors import ConfigError, ShapeError, WeightsError
+from aepipe.pipeline import read_pipeline_file
 from aepipe.stage import Stage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -332,6 +333,12 @@ def test_run_rejects_missing_weights_and_bad_toml(tmp_path: Path) -> None:
     cfg.write_text('[source]\ntype = "folder"\ninputs = ["x"]\n')
     res = aepipe("run", str(cfg))
     assert res.returncode == 2 and "sink" in res.stderr, res.stderr
+    # A source without its kind names the key and the kinds (not pydantic's "discriminator").
+    cfg.write_text('[source]\ninputs = ["x"]\n[sink]\nout = "o"\n')
+    with pytest.raises(
+        ConfigError, match=r"source\.type: missing.*'folder', 'faces', 'interpolate'"
+    ):
+        read_pipeline_file(cfg)
 
 
 def test_example_clean_scans_toml_runs(tmp_path: Path, tiny_weights: dict[str, Path]) -> None:

@@ -154,6 +154,55 @@ def test_http_colorize_picks_the_model_per_image_like_the_cli(photo: Colorizer) 
             np.testing.assert_array_equal(got, want)
 
 
+def test_toml_and_ray_take_weights_auto_like_the_cli(tmp_path: Path, cli, photo: Colorizer) -> None:
+    """A ``[[stages]]`` table (TOML file or Ray ``stages=``) with ``weights = "auto"`` and its
+    ``stage`` runs the same per-image choice as ``colorize``; bad tables fail before loading."""
+    from aepipe.errors import ConfigError
+    from aepipe.pipeline import StageSpec, check_stage_spec
+    from aepipe.ray import StageMapper
+
+    face = np.random.default_rng(2).integers(0, 256, size=(64, 64), dtype=np.uint8)
+    scene = sky_scene(120, 200)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(face).save(inp / "face.png")
+    Image.fromarray(scene).save(inp / "scene.png")
+    (tmp_path / "auto.toml").write_text(
+        f'[source]\ntype = "folder"\ninputs = ["{inp.as_posix()}"]\n'
+        '[[stages]]\nweights = "auto"\nstage = "colorizer"\nconfig = { saturation = 1.5 }\n'
+        f'[sink]\nout = "{(tmp_path / "out").as_posix()}"\nformat = "png"\n'
+    )
+    res = cli("run", tmp_path / "auto.toml")
+    assert res.exit_code == 0, res.output
+    mapper = StageMapper(
+        stages=[{"weights": "auto", "stage": "colorizer", "config": {"saturation": 1.5}}]
+    )
+    from_ray = mapper.process([face, scene])
+    for name, gray, weights, got_ray in (
+        ("face", face, FACE_MODEL, from_ray[0]),
+        ("scene", scene, PHOTO_MODEL, from_ray[1]),
+    ):
+        stage = Colorizer.from_pretrained(weights, saturation=1.5)
+        want = stage(ImageBatch.from_numpy(gray[None, ..., None])).to_numpy(np.uint8)[0]
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "out" / f"{name}.png")), want
+        )
+        np.testing.assert_array_equal(got_ray, want)
+    bad = {
+        "weights 'auto' needs the stage \\(colorizer\\)": {"weights": "auto"},
+        "no 'auto' weights choice": {"weights": "auto", "stage": "scan-denoiser"},
+        "unknown stage 'colourizer'": {"weights": "auto", "stage": "colourizer"},
+        "'salt-pepper' is a 'impulse-denoiser' stage, not 'colorizer'": {
+            "weights": "salt-pepper",
+            "stage": "colorizer",
+        },
+        "saturation": {"weights": "auto", "stage": "colorizer", "config": {"saturation": -1}},
+    }
+    for message, table in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            check_stage_spec(StageSpec(**table), "stages.0")
+
+
 def _photo_folder(root: Path, rng: np.random.Generator, splits=(("train", 6), ("val", 2))) -> Path:
     """Random-pixel colour photos of two sizes in ``root/<split>/``."""
     for split, n in splits:
