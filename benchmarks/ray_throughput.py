@@ -13,13 +13,15 @@ plain loop with one torch thread. Writes benchmarks/results/ray_throughput.md an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import write_report  # a sibling module
+from scan_weights import resolve_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,30 +39,6 @@ def make_pages(folder: Path, n: int, height: int, width: int) -> list[Path]:
         Image.fromarray(dirty).save(path)
         paths.append(path)
     return paths
-
-
-def resolve_model(model: str) -> tuple[str, str]:
-    """A weights folder for ``model``: shipped name/folder, ``tiny``, or ``default-size``.
-
-    ``default-size`` (also the fallback when the shipped weights are absent) is an untrained
-    ScanUNet with the default architecture: the same compute per page as a default-size model.
-    """
-    import torch
-
-    from aepipe.models.scan_unet import ScanUNet
-    from aepipe.stage import stage_class
-    from aepipe.weights import shipped_names
-
-    if model not in ("tiny", "default-size") and (model in shipped_names() or Path(model).is_dir()):
-        return model, model
-    folder = Path(tempfile.mkdtemp(prefix="aepipe-bench-")) / "scan-denoiser"
-    cls = stage_class("scan-denoiser")
-    if model == "tiny":
-        cls.tiny(seed=0).save_pretrained(folder)
-        return str(folder), "tiny scan-denoiser (seed 0)"
-    torch.manual_seed(0)
-    cls(ScanUNet()).save_pretrained(folder)
-    return str(folder), "untrained default-size ScanUNet (shipped scan-denoiser weights absent)"
 
 
 def steady_rate(arrivals: list[tuple[float, int]]) -> float:
@@ -197,12 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ray_throughput.md").write_text(text)
-    (RESULTS / "ray_throughput.json").write_text(
-        json.dumps({"command": cmd, "model": label, "pages": len(paths), "rows": rows}, indent=2)
-        + "\n"
-    )
+    payload = {"command": cmd, "model": label, "pages": len(paths), "rows": rows}
+    write_report(RESULTS / "ray_throughput.md", text, payload)
     return 0
 
 

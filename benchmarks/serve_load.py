@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import socket
@@ -26,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from report import write_report  # a sibling module
+from scan_weights import resolve_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
@@ -35,30 +36,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def resolve_model(model: str) -> tuple[str, str]:
-    """A weights folder for ``model``: shipped name/folder, ``tiny``, or ``default-size``.
-
-    ``default-size`` (also the fallback when the shipped weights are absent) is an untrained
-    ScanUNet with the default architecture: the same compute per page as a default-size model.
-    """
-    import torch
-
-    from aepipe.models.scan_unet import ScanUNet
-    from aepipe.stage import stage_class
-    from aepipe.weights import shipped_names
-
-    if model not in ("tiny", "default-size") and (model in shipped_names() or Path(model).is_dir()):
-        return model, model
-    folder = Path(tempfile.mkdtemp(prefix="aepipe-bench-")) / "scan-denoiser"
-    cls = stage_class("scan-denoiser")
-    if model == "tiny":
-        cls.tiny(seed=0).save_pretrained(folder)
-        return str(folder), "tiny scan-denoiser (seed 0)"
-    torch.manual_seed(0)
-    cls(ScanUNet()).save_pretrained(folder)
-    return str(folder), "untrained default-size ScanUNet (shipped scan-denoiser weights absent)"
 
 
 def page_png(height: int, width: int) -> bytes:
@@ -181,11 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve_load.md").write_text(text)
-    (RESULTS / "serve_load.json").write_text(
-        json.dumps({"command": command, "model": label, "rows": rows}, indent=2) + "\n"
-    )
+    payload = {"command": command, "model": label, "rows": rows}
+    write_report(RESULTS / "serve_load.md", text, payload)
     return 0
 
 

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import BIN, RESULTS, free_port, page_png, resolve_model
+from scan_weights import resolve_model
+from serve_load import BIN, RESULTS, free_port, page_png
 
 KEY_GOOD = "soak-good-client-key-0001"
 KEY_HOSTILE = "soak-hostile-client-key-0002"

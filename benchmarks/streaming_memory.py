@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import write_report  # a sibling module
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -154,11 +155,8 @@ def compare(args: argparse.Namespace, argv: list[str] | None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "streaming_memory.md").write_text(text)
-    (RESULTS / "streaming_memory.json").write_text(
-        json.dumps({"command": cmd, "model": label, "rows": rows}, indent=2) + "\n"
-    )
+    payload = {"command": cmd, "model": label, "rows": rows}
+    write_report(RESULTS / "streaming_memory.md", text, payload)
     return 0
 
 
