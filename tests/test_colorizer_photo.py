@@ -167,27 +167,26 @@ def test_toml_and_ray_take_weights_auto_like_the_cli(tmp_path: Path, cli, photo:
     inp.mkdir()
     Image.fromarray(face).save(inp / "face.png")
     Image.fromarray(scene).save(inp / "scene.png")
-    (tmp_path / "auto.toml").write_text(
-        f'[source]\ntype = "folder"\ninputs = ["{inp.as_posix()}"]\n'
-        '[[stages]]\nweights = "auto"\nstage = "colorizer"\nconfig = { saturation = 1.5 }\n'
-        f'[sink]\nout = "{(tmp_path / "out").as_posix()}"\nformat = "png"\n'
-    )
+    # The shipped example (its paths moved to this test's folders) runs the per-image choice.
+    text = (Path(__file__).resolve().parents[1] / "examples" / "colorize.toml").read_text()
+    text = text.replace('"sample_inputs/faces"', f'"{inp.as_posix()}"')
+    text = text.replace('"demo_out/', f'"{tmp_path.as_posix()}/')
+    (tmp_path / "auto.toml").write_text(text)
     res = cli("run", tmp_path / "auto.toml")
     assert res.exit_code == 0, res.output
-    mapper = StageMapper(
-        stages=[{"weights": "auto", "stage": "colorizer", "config": {"saturation": 1.5}}]
-    )
-    from_ray = mapper.process([face, scene])
-    for name, gray, weights, got_ray in (
-        ("face", face, FACE_MODEL, from_ray[0]),
-        ("scene", scene, PHOTO_MODEL, from_ray[1]),
+    # Ray's stages= takes the same table, with options for both models.
+    table = {"weights": "auto", "stage": "colorizer", "config": {"saturation": 1.5}}
+    from_ray = StageMapper(stages=[table]).process([face, scene])
+    for i, (name, gray, weights) in enumerate(
+        (("face", face, FACE_MODEL), ("scene", scene, PHOTO_MODEL))
     ):
-        stage = Colorizer.from_pretrained(weights, saturation=1.5)
-        want = stage(ImageBatch.from_numpy(gray[None, ..., None])).to_numpy(np.uint8)[0]
-        np.testing.assert_array_equal(
-            np.asarray(Image.open(tmp_path / "out" / f"{name}.png")), want
-        )
-        np.testing.assert_array_equal(got_ray, want)
+        for got, options in (
+            (np.asarray(Image.open(tmp_path / "pipeline_colorized" / f"{name}.png")), {}),
+            (from_ray[i], {"saturation": 1.5}),
+        ):
+            stage = Colorizer.from_pretrained(weights, **options)
+            want = stage(ImageBatch.from_numpy(gray[None, ..., None])).to_numpy(np.uint8)[0]
+            np.testing.assert_array_equal(got, want)
     bad = {
         "weights 'auto' needs the stage \\(colorizer\\)": {"weights": "auto"},
         "no 'auto' weights choice": {"weights": "auto", "stage": "scan-denoiser"},
