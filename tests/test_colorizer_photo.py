@@ -160,6 +160,7 @@ def test_toml_and_ray_take_weights_auto_like_the_cli(tmp_path: Path, cli, photo:
     from aepipe.errors import ConfigError
     from aepipe.pipeline import StageSpec, check_stage_spec
     from aepipe.ray import StageMapper
+    from aepipe.stage import load_stage
 
     face = np.random.default_rng(2).integers(0, 256, size=(64, 64), dtype=np.uint8)
     scene = sky_scene(120, 200)
@@ -200,6 +201,9 @@ def test_toml_and_ray_take_weights_auto_like_the_cli(tmp_path: Path, cli, photo:
     for message, table in bad.items():
         with pytest.raises(ConfigError, match=message):
             check_stage_spec(StageSpec(**table), "stages.0")
+    # The library's loader points to the choice instead of "no weights folder 'auto'".
+    with pytest.raises(ConfigError, match=r"registry\.auto_stage"):
+        load_stage("auto")
 
 
 def _photo_folder(root: Path, rng: np.random.Generator, splits=(("train", 6), ("val", 2))) -> Path:
