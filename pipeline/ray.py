@@ -101,6 +101,7 @@ def build_pipeline(
         load_step,
         read_pipeline_file,
     )
+    from aepipe.registry import AUTO
     from aepipe.stage import format_validation_error
 
     given = [x is not None for x in (weights, stages, pipeline_file)]
@@ -122,6 +123,11 @@ def build_pipeline(
         names = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights or [])
         if overrides and len(names) != 1:
             raise ConfigError("stage config overrides need a single weights name; use stages=[...]")
+        if AUTO in map(str, names):  # a table names the stage whose choice 'auto' is
+            raise ConfigError(
+                "weights='auto' needs its stage: stages=[{'weights': 'auto', 'stage': "
+                "'colorizer', 'config': {...}}]"
+            )
         specs = [StageSpec(weights=str(n), config=overrides or {}) for n in names]
     if pipeline_file is None:  # a pipeline file's tables were checked as it was read
         for i, spec in enumerate(specs):

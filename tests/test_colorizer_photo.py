@@ -201,6 +201,8 @@ def test_toml_and_ray_take_weights_auto_like_the_cli(tmp_path: Path, cli, photo:
     for message, table in bad.items():
         with pytest.raises(ConfigError, match=message):
             check_stage_spec(StageSpec(**table), "stages.0")
+    with pytest.raises(ConfigError, match="'stage': 'colorizer'"):
+        StageMapper("auto")
     # The library's loader points to the choice instead of "no weights folder 'auto'".
     with pytest.raises(ConfigError, match=r"registry\.auto_stage"):
         load_stage("auto")
