@@ -48,12 +48,12 @@ inception-trunk: bench-deps
 	$(BIN)/python -m aepipe.train.inception_trunk --out weights/inception-v3-mixed6e
 
 ## make train-colorizer-photo: retrain colorizer-photo (needs ../shared/data/photos and the
-## shipped weights/inception-v3-mixed6e; 34 min of crop features, 9 min of training and 12 min
-## of choosing, measured partly beside the test suite), then choose its saturation and
+## shipped weights/inception-v3-mixed6e; 38 min of crop features, 16 min of training and 12 min
+## of choosing, measured partly beside other work), then choose its saturation and
 ## chroma upsampling on the val photos (the test photos are never read).
 ## Copy runs/colorizer-photo to weights/colorizer-photo to ship it.
 train-colorizer-photo: $(STAMP)
-	$(BIN)/aepipe train colorizer --data ../shared/data/photos --head regress --model-size 64 \
+	$(BIN)/aepipe train colorizer --data ../shared/data/photos --head regress --model-size 96 \
 	  --channels 16,32,64,128,128 --context inception --context-crops 24 --context-dropout 0.5 \
 	  --ema 0.998 --max-steps 2000 --val-every 100 --seed 0 --threads 2 --precision bfloat16 \
 	  --out runs/colorizer-photo

@@ -365,10 +365,10 @@ def selection_summary(folders: list[str]) -> str:
     lines = [
         "# Photo colorizer: stage settings chosen on the val photos",
         "",
-        "| model | head | context (crops, dropout) | rebalance | EMA | temperature | saturation "
-        "| chroma upsampling | val PSNR dB | val colourfulness (% real) "
+        "| model | size | head | context (crops, dropout) | rebalance | EMA | temperature "
+        "| saturation | chroma upsampling | val PSNR dB | val colourfulness (% real) "
         "| val training-mean chroma dB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rules, commands = set(), []
     for folder in folders:
@@ -385,7 +385,8 @@ def selection_summary(folders: list[str]) -> str:
             context += f" ({trained['context_crops']}, {dropout:g})"
         share = 100 * row["colorfulness"] / rec["real_val_colorfulness"]
         lines.append(
-            f"| `{folder}` | {head} | {context} | {rebalance} | {trained.get('ema') or '-'} | "
+            f"| `{folder}` | {row.get('model_size', config['stage_config']['model_size'])} | "
+            f"{head} | {context} | {rebalance} | {trained.get('ema') or '-'} | "
             f"{row['temperature']:g} | {row['saturation']:g} | {upsample_label(row)} | "
             f"{row['psnr_db']:.2f} | {share:.0f}% | {rec['baseline_val_psnr_db']:.2f} |"
         )
