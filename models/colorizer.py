@@ -141,7 +141,7 @@ def guided_upsample(
     He and Sun's fast guided filter: at the chroma's resolution, fit in each (2r+1)^2 window a
     linear map gray -> chroma (``a * gray + b``, ``eps`` damping ``a`` where the window is
     flat), average the maps, upsample only ``a`` and ``b`` and apply them to the full-size
-    gray. Plain bilinear upsampling smears a 32x32 prediction across object edges; this
+    gray. Plain bilinear upsampling smears a 32x32 or 48x48 prediction across object edges; this
     puts the colour change where the gray changes, at the cost of two extra full-size planes.
 
     Args:
