@@ -355,11 +355,11 @@ def check_stage_spec(spec: StageSpec, where: str) -> None:
 
 def _spec_stage_name(spec: StageSpec, where: str) -> str:
     """The stage a table runs: its ``stage`` for ``weights = "auto"``, else its weights'."""
-    from aepipe.registry import AUTO, ENTRIES, auto_class, entry
+    from aepipe.registry import AUTO, auto_class, auto_names, entry
     from aepipe.weights import read_config, resolve
 
     if spec.weights == AUTO:
-        choosers = ", ".join(sorted(n for n, e in ENTRIES.items() if e.auto))
+        choosers = ", ".join(auto_names())
         if spec.stage is None:
             raise ConfigError(f"{where}.stage: weights 'auto' needs the stage ({choosers})")
         try:

@@ -186,6 +186,11 @@ def auto_class(name: str) -> Any:
     return None if target is None else _import(target)
 
 
+def auto_names() -> list[str]:
+    """The stages whose weights name ``auto`` picks among several weights (sorted)."""
+    return sorted(name for name, e in ENTRIES.items() if e.auto)
+
+
 def auto_stage(name: str, device: str = "auto", **overrides: Any) -> Any:
     """What the weights name ``auto`` loads for stage ``name``, every model it may use loaded.
 

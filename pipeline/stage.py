@@ -341,15 +341,14 @@ def load_stage(
         >>> from aepipe import load_stage
         >>> stage = load_stage("salt-pepper")  # doctest: +SKIP
     """
-    from aepipe.registry import AUTO, ENTRIES
+    from aepipe.registry import AUTO, auto_names
     from aepipe.weights import read_config, resolve
 
     if str(name_or_path) == AUTO and not Path(name_or_path).is_dir():
         # The CLI's, service's and pipeline files' "auto" is a choice per image, not a folder.
-        choosers = ", ".join(repr(n) for n, e in sorted(ENTRIES.items()) if e.auto)
         raise ConfigError(
-            f"'auto' picks weights per image for a stage ({choosers}); load that choice with "
-            "aepipe.registry.auto_stage(STAGE), or name weights or a folder"
+            f"'auto' picks weights per image for a stage ({', '.join(auto_names())}); load "
+            "that choice with aepipe.registry.auto_stage(STAGE), or name weights or a folder"
         )
     folder = resolve(name_or_path)
     cls = stage_class(read_config(folder)["stage"])
