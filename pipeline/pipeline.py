@@ -280,7 +280,8 @@ class StageSpec(_Strict):
 
     weights: str
     stage: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    # As the CLI and the service: the GPU when there is one.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     config: dict[str, Any] = Field(default_factory=dict)
     faces: FacePhotos | None = None
 
