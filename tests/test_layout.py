@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import click
@@ -189,6 +190,22 @@ def test_results_table_reads_what_the_newer_benchmarks_write(monkeypatch, tmp_pa
     assert "180.1" in cells[1] and "0.36" in cells[1] and "82.7" in cells[2]
     assert cells[3] == "FID <= 65: **not met**; 64 faces < 2 s: met"
     assert table.value(table.Figure("faces_in_photos", ("found_share",)), {}) == 0.89
+
+
+def test_pipeline_reference_names_every_key_of_a_pipeline_file() -> None:
+    """docs/PIPELINES.md documents each table's keys; a key added to the schema must be there."""
+    from aepipe import pipeline as p
+
+    doc = (ROOT / "docs" / "PIPELINES.md").read_text(encoding="utf-8")
+    # The keys in the first column of the tables (one row may name several: `a`, `b`).
+    rows = [line.split("|")[1] for line in doc.splitlines() if line.startswith("| `")]
+    documented = {key for cell in rows for key in re.findall(r"`(\w+)`", cell)}
+    models = (p.FolderSource, p.FacesSource, p.InterpolateSource, p.StageSpec, p.FacePhotos)
+    for model in (*models, p.FolderSink):
+        missing = sorted(set(model.model_fields) - documented - {"type"})
+        assert not missing, f"{model.__name__}: {missing} not in docs/PIPELINES.md"
+    for kind in ("folder", "faces", "interpolate"):
+        assert f'`type = "{kind}"`' in doc
 
 
 def test_vae_training_budget_comes_from_its_config() -> None:
