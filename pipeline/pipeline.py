@@ -332,9 +332,29 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
                 exc, str(path), sep=": ", drop=("folder", "faces", "interpolate")
             )
         ) from None
+    _check_sink_fits_source(spec, str(path))
     for i, st in enumerate(spec.stages):
         check_stage_spec(st, f"{path}: stages.{i}")
     return spec
+
+
+# Sink keys that only one kind of source uses; given with another, they would be ignored.
+_FOLDER_SINK_KEYS = ("format", "report", "batch_size")
+_GENERATED_SINK_KEYS = ("grid",)
+
+
+def _check_sink_fits_source(spec: PipelineSpec, where: str) -> None:
+    """Refuse sink keys the source's kind would silently ignore.
+
+    Raises:
+        ConfigError: naming the key and what it is for.
+    """
+    folder = isinstance(spec.source, FolderSource)
+    unused = _GENERATED_SINK_KEYS if folder else _FOLDER_SINK_KEYS
+    for key in unused:
+        if key in spec.sink.model_fields_set:
+            what = "faces and interpolate sources" if folder else "folder sources"
+            raise ConfigError(f"{where}: sink.{key}: only for {what}; remove it")
 
 
 def check_stage_spec(spec: StageSpec, where: str) -> None:

@@ -339,6 +339,13 @@ def test_run_rejects_missing_weights_and_bad_toml(tmp_path: Path) -> None:
         ConfigError, match=r"source\.type: missing.*'folder', 'faces', 'interpolate'"
     ):
         read_pipeline_file(cfg)
+    # Sink keys the source's kind would ignore are refused, not dropped.
+    cfg.write_text('[source]\ntype = "faces"\n[sink]\nout = "o"\nformat = "pdf"\n')
+    with pytest.raises(ConfigError, match=r"sink\.format: only for folder sources"):
+        read_pipeline_file(cfg)
+    cfg.write_text('[source]\ntype = "folder"\ninputs = ["x"]\n[sink]\nout = "o"\ngrid = "g.png"\n')
+    with pytest.raises(ConfigError, match=r"sink\.grid: only for faces and interpolate sources"):
+        read_pipeline_file(cfg)
 
 
 def test_example_clean_scans_toml_runs(tmp_path: Path, tiny_weights: dict[str, Path]) -> None:
