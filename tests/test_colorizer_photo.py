@@ -154,7 +154,7 @@ def test_http_colorize_picks_the_model_per_image_like_the_cli(photo: Colorizer) 
             np.testing.assert_array_equal(got, want)
 
 
-def test_toml_and_ray_take_weights_auto_like_the_cli(tmp_path: Path, cli, photo: Colorizer) -> None:
+def test_toml_and_ray_take_weights_auto_like_the_cli(tmp_path: Path, cli) -> None:
     """A ``[[stages]]`` table (TOML file or Ray ``stages=``) with ``weights = "auto"`` and its
     ``stage`` runs the same per-image choice as ``colorize``; bad tables fail before loading."""
     from aepipe.errors import ConfigError
