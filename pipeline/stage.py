@@ -52,8 +52,10 @@ def format_validation_error(
         parts = [str(p) for p in err["loc"]]
         if len(parts) > 1 and parts[1] in drop:
             del parts[1]
-        loc = ".".join(parts) or "(root)"
+        loc = ".".join(parts)
         msg = err["msg"]
+        if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+            msg = str(err["ctx"]["error"])  # our own check's words, without "Value error, "
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the stage's documented options)"
         elif err["type"] == "union_tag_not_found":
@@ -62,7 +64,7 @@ def format_validation_error(
             msg = "missing; it says which kind of table this is" + (
                 f" ({', '.join(repr(t) for t in drop)})" if drop else ""
             )
-        lines.append(f"{where}{sep}{loc}: {msg}")
+        lines.append(f"{where}{sep}{loc}: {msg}" if loc else f"{where}: {msg}")
     return "\n".join(lines)
 
 

@@ -192,6 +192,11 @@ def test_color_binarize_and_keep_color() -> None:
     white = gray[0, 0] > 0.999
     if bool(white.any()):
         assert float(color[0][:, white].min()) > 0.99
+    # Both at once would let one silently win: refused, in the stage's own words.
+    from aepipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^scan-denoiser: binarize and keep_color exclude"):
+        ScanDenoiser.tiny(0, binarize=True, keep_color=True)
 
 
 def test_tile_starts_cover_with_overlap() -> None:

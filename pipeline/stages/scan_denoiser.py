@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from aepipe.batch import ImageBatch, to_gray
 from aepipe.stage import Stage, StageConfig, StagePrecision
@@ -74,6 +74,15 @@ class Config(StageConfig):
     border_band: float = Field(0.1, gt=0.0, le=0.5)
     clean_pages: Literal["keep", "process"] = "keep"
     precision: StagePrecision = "auto"
+
+    @model_validator(mode="after")
+    def _binarize_or_colour(self) -> Self:
+        if self.binarize and self.keep_color:
+            # Bilevel pages have no colour to keep; one would silently win over the other.
+            raise ValueError(
+                "binarize and keep_color exclude each other (bilevel pages are black and white)"
+            )
+        return self
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
