@@ -247,11 +247,17 @@ def plan(
 
     Raises:
         ConfigError: an input does not exist; the output folder is an input folder or inside
-            one (or, for a file input, is that file's folder); the report would replace an input.
+            one (or, for a file input, is that file's folder); the report would replace an input;
+            ``jpeg_quality`` with image-only output.
     """
     paths = [Path(p).expanduser() for p in inputs]
     if not paths:
         raise ConfigError("no inputs given")
+    if options.jpeg_quality is not None and options.fmt in ("png", "tiff"):
+        # It sets how PDF scans edited in place are stored; image outputs would ignore it.
+        raise ConfigError(
+            f"--jpeg-quality applies to PDFs written as PDF; --format {options.fmt} writes none"
+        )
     missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         raise ConfigError(f"input not found: {', '.join(missing)}")

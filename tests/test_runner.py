@@ -176,3 +176,17 @@ def test_a_bug_in_the_reader_thread_reaches_the_caller_and_no_thread_is_left(
     monkeypatch.undo()
     assert run_files([mixed], invert, RunOptions(out_dir=tmp_path / "o2")).count("ok") == 6
     assert threading.active_count() == before
+
+
+def test_jpeg_quality_with_image_only_output_is_refused(tmp_path: Path) -> None:
+    from aepipe.errors import ConfigError
+    from aepipe.runner import plan
+
+    write_image(gradient(20, 30), tmp_path / "a.png")
+    for fmt in ("png", "tiff"):
+        options = RunOptions(out_dir=tmp_path / "out", fmt=fmt, jpeg_quality=80)
+        with pytest.raises(ConfigError, match=f"--format {fmt} writes none"):
+            plan([tmp_path / "a.png"], options)
+    # PDF output (or "same", which keeps PDFs) takes it.
+    for fmt in ("pdf", "same"):
+        plan([tmp_path / "a.png"], RunOptions(out_dir=tmp_path / "out", fmt=fmt, jpeg_quality=80))
