@@ -60,7 +60,8 @@ def format_validation_error(
             msg = "unknown key (check the spelling; see the stage's documented options)"
         elif err["type"] == "union_tag_not_found":
             # pydantic says "Unable to extract tag using discriminator 'type'": name the key.
-            loc += "." + str(err.get("ctx", {}).get("discriminator", "type")).strip("'")
+            key = str(err.get("ctx", {}).get("discriminator", "type")).strip("'")
+            loc = ".".join([*parts, key])
             msg = "missing; it says which kind of table this is" + (
                 f" ({', '.join(repr(t) for t in drop)})" if drop else ""
             )
