@@ -385,7 +385,7 @@ def selection_summary(folders: list[str]) -> str:
             context += f" ({trained['context_crops']}, {dropout:g})"
         share = 100 * row["colorfulness"] / rec["real_val_colorfulness"]
         lines.append(
-            f"| `{folder}` | {row.get('model_size', config['stage_config']['model_size'])} | "
+            f"| `{folder}` | {config['stage_config']['model_size']} | "
             f"{head} | {context} | {rebalance} | {trained.get('ema') or '-'} | "
             f"{row['temperature']:g} | {row['saturation']:g} | {upsample_label(row)} | "
             f"{row['psnr_db']:.2f} | {share:.0f}% | {rec['baseline_val_psnr_db']:.2f} |"

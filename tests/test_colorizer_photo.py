@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from aepipe import apply
 from aepipe.batch import LUMA_WEIGHTS, ImageBatch
 from aepipe.stages.colorizer import FACE_MODEL, PHOTO_MODEL, Colorizer, auto_model
 
@@ -99,26 +100,23 @@ def test_colorize_cli_picks_the_model_per_image(tmp_path: Path, cli, photo: Colo
     Image.fromarray(scene).save(inp / "scene.png")
     face_stage = Colorizer.from_pretrained(FACE_MODEL)
 
-    def expect(stage: Colorizer, gray: np.ndarray) -> np.ndarray:
-        return stage(ImageBatch.from_numpy(gray[None, ..., None])).to_numpy(np.uint8)[0]
-
     res = cli("colorize", inp, "--out", tmp_path / "auto", "--quiet")
     assert res.exit_code == 0, res.output
     got = {p.stem: np.asarray(Image.open(p)) for p in (tmp_path / "auto").glob("*.png")}
-    assert np.array_equal(got["face"], expect(face_stage, face))
-    assert np.array_equal(got["scene"], expect(photo, scene))
+    assert np.array_equal(got["face"], apply(face_stage, face))
+    assert np.array_equal(got["scene"], apply(photo, scene))
     # An explicit --model applies to every image.
     res = cli("colorize", inp, "--out", tmp_path / "faces", "--model", FACE_MODEL, "--quiet")
     assert res.exit_code == 0, res.output
     scene_face = np.asarray(Image.open(tmp_path / "faces" / "scene.png"))
-    assert np.array_equal(scene_face, expect(face_stage, scene))
+    assert np.array_equal(scene_face, apply(face_stage, scene))
     assert not np.array_equal(scene_face, got["scene"])
     # --upsample overrides the model's chroma upsampling (the shipped photo model's is guided).
     res = cli("colorize", inp / "scene.png", "-o", tmp_path / "bl", "--upsample", "bilinear", "-q")
     assert res.exit_code == 0, res.output
     bilinear = Colorizer.from_pretrained(PHOTO_MODEL, upsample="bilinear")
     scene_bl = np.asarray(Image.open(tmp_path / "bl" / "scene.png"))
-    assert np.array_equal(scene_bl, expect(bilinear, scene))
+    assert np.array_equal(scene_bl, apply(bilinear, scene))
     assert not np.array_equal(scene_bl, got["scene"])
 
 
@@ -150,7 +148,7 @@ def test_http_colorize_picks_the_model_per_image_like_the_cli(photo: Colorizer) 
             resp = client.post("/v1/colorize", files={"file": ("x.png", buf.getvalue())})
             assert resp.status_code == 200, resp.text
             got = np.asarray(Image.open(io.BytesIO(resp.content)))
-            want = stage(ImageBatch.from_numpy(gray[None, ..., None])).to_numpy(np.uint8)[0]
+            want = apply(stage, gray)
             np.testing.assert_array_equal(got, want)
 
 
@@ -186,7 +184,7 @@ def test_toml_and_ray_take_weights_auto_like_the_cli(tmp_path: Path, cli) -> Non
             (from_ray[i], {"saturation": 1.5}),
         ):
             stage = Colorizer.from_pretrained(weights, **options)
-            want = stage(ImageBatch.from_numpy(gray[None, ..., None])).to_numpy(np.uint8)[0]
+            want = apply(stage, gray)
             np.testing.assert_array_equal(got, want)
     bad = {
         "weights 'auto' needs the stage \\(colorizer\\)": {"weights": "auto"},
