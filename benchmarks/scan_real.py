@@ -34,6 +34,7 @@ Run (about 15 min on 2 shared cores)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import shutil
@@ -244,6 +245,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         choices=("auto", "float32", "bfloat16"),
         help="stage precision of our nets (default auto); repeat to compare",
     )
+    ap.add_argument(
+        "--views",
+        action="append",
+        type=int,
+        help="stage views averaged by our nets (default 1); repeat to compare",
+    )
     ap.add_argument("--photos", type=Path, help="photographs for gray clean pages' photos")
     ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--n-clean", type=int, default=2, help="generated clean pages per DPI")
@@ -254,6 +261,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.weights = args.weights or ["scan-denoiser"]
     args.precision = args.precision or ["auto"]
+    args.views = args.views or [1]
     if args.baselines is None:
         args.baselines = args.split == "test"
     if args.out is None:
@@ -398,10 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for w in args.weights:
         cfg = read_config(resolve(w))
-        for precision in args.precision:
+        for precision, views in itertools.product(args.precision, args.views):
             label = f"**ScanUNet `{w}`** ({cfg['sha256'][:12]})"
             label += "" if precision == "auto" else f", precision {precision}"
-            ours[label] = sd.stage_method(ScanDenoiser.from_pretrained(w, precision=precision))
+            label += "" if views == 1 else f", {views} views"
+            stage = ScanDenoiser.from_pretrained(w, precision=precision, views=views)
+            ours[label] = sd.stage_method(stage)
     lines.append(
         f"Machine: {os.cpu_count()} CPU cores shared with other jobs, torch threads {args.threads}."
     )

@@ -599,6 +599,9 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
         clean_all: bool | None = Query(
             None, description="Also clean pages already clean (clean-scans --clean-all)."
         ),
+        views: int | None = Query(
+            None, ge=1, le=8, description="Views of each page averaged (clean-scans --views)."
+        ),
     ) -> Response:
         from aepipe.core import edits_in_place, encode_document, output_format, run_pages
 
@@ -607,6 +610,7 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
             binarize=binarize,
             keep_color=keep_color,
             clean_pages="process" if clean_all else None,
+            views=views,
         )
         data, filename = await service.upload(request)
 

@@ -125,7 +125,8 @@ def test_stage_keeps_a_colour_chart_as_it_was() -> None:
 
 
 def test_clean_scans_keeps_a_clean_page_and_cleans_it_with_clean_all(tmp_path, cli_env) -> None:
-    """Also: --precision reaches the stage (float32 here: the output is the in-process one)."""
+    """Also: --precision and --views reach the stage (float32 here: the output is the in-process
+    one)."""
     import subprocess
 
     from PIL import Image
@@ -133,7 +134,7 @@ def test_clean_scans_keeps_a_clean_page_and_cleans_it_with_clean_all(tmp_path, c
     page = np.round(gray_page(2) * 255).astype(np.uint8)
     Image.fromarray(page).save(tmp_path / "page.png")
     outs = {}
-    for flag in ([], ["--clean-all", "--precision", "float32"]):
+    for flag in ([], ["--clean-all", "--precision", "float32", "--views", "2"]):
         out = tmp_path / ("all" if flag else "default")
         res = subprocess.run(
             ["clean-scans", str(tmp_path / "page.png"), "--out", str(out), "-q", *flag],
@@ -147,7 +148,7 @@ def test_clean_scans_keeps_a_clean_page_and_cleans_it_with_clean_all(tmp_path, c
     assert np.array_equal(outs[False], page)
     assert np.abs(outs[True].astype(int) - page).mean() > 1.0
     stage = ScanDenoiser.from_pretrained(
-        "scan-denoiser", precision="float32", clean_pages="process"
+        "scan-denoiser", precision="float32", clean_pages="process", views=2
     )
     expected = stage(ImageBatch.from_numpy(page)).to_numpy()[0, ..., 0]
     assert np.abs(outs[True].astype(int) - expected.astype(int)).max() <= 1

@@ -180,6 +180,34 @@ def test_precision_bfloat16_stays_close_to_float32() -> None:
         ScanDenoiser.tiny(0, precision="half")
 
 
+def test_views_average_shifted_and_mirrored_pages() -> None:
+    """``views=k`` is the mean of the stage's own output on the first k views, each mapped
+    back: the page, the page shifted one pixel down and right, mirrored left-right, up-down."""
+    pad = torch.nn.functional.pad
+    x = torch.rand((2, 1, 70, 90), generator=torch.Generator().manual_seed(7))
+
+    def run(page: torch.Tensor, **cfg) -> torch.Tensor:
+        stage = ScanDenoiser.tiny(8, tile=48, overlap=16, clean_pages="process", **cfg)
+        return stage(ImageBatch(page)).images
+
+    views = [
+        run(x),
+        run(pad(x, (1, 0, 1, 0), mode="replicate"))[..., 1:, 1:],
+        run(x.flip(-1)).flip(-1),
+        run(x.flip(-2)).flip(-2),
+    ]
+    assert torch.equal(run(x, views=1), views[0])
+    for k in (2, 3, 4):
+        want = torch.stack(views[:k]).mean(0)
+        torch.testing.assert_close(run(x, views=k), want, atol=1e-5, rtol=0)
+    # The views differ (else more views would buy nothing), and the output keeps the page size.
+    assert float((views[1] - views[0]).abs().mean()) > 1e-3
+    assert run(x[..., :37, :53], views=8).shape == (2, 1, 37, 53)
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match="views"):
+            ScanDenoiser.tiny(0, views=bad)
+
+
 def test_color_binarize_and_keep_color() -> None:
     x = torch.rand((1, 3, 40, 50), generator=torch.Generator().manual_seed(4))
     gray = ScanDenoiser.tiny(0)(ImageBatch(x)).images

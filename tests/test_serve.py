@@ -153,6 +153,10 @@ def test_clean_scan_png_equals_library(server: str, tiny_weights: dict[str, Path
     bilevel = post(f"{server}/v1/clean-scan", png(x), binarize="true")
     assert bilevel.status_code == 200 and Image.open(io.BytesIO(bilevel.content)).mode == "1"
     assert_json_error(post(f"{server}/v1/clean-scan", png(x), format="gif"), 422)
+    # views: the stage's own option, range-checked like the CLI's --views.
+    two = decode(post(f"{server}/v1/clean-scan", png(x), views="2"))
+    np.testing.assert_array_equal(two, apply(load_stage(tiny_weights["scan-denoiser"], views=2), x))
+    assert_json_error(post(f"{server}/v1/clean-scan", png(x), views="9"), 422)
     # A clean page (white paper, black type) comes back as it was unless clean_all.
     clean = np.full((48, 64), 255, np.uint8)
     clean[10:14, 8:40] = 0

@@ -60,6 +60,12 @@ class Config(StageConfig):
             about twice as fast there, and "float32" elsewhere. On a real archive page fewer
             than 0.1% of pixels differ by more than 2 gray levels (at most 20, on ink edges);
             scores are level (``benchmarks/scan_real.py --precision`` scores both).
+        views: how many views of each page the network cleans; the output is their mean
+            (test-time augmentation). View ``k`` is the page as :data:`VIEWS` ``[k]`` says:
+            shifted by one pixel or mirrored. The network works on 2x2 pixel blocks, so its
+            errors depend on where a stroke falls within a block and on mirroring; the views'
+            errors partly cancel. ``views`` times slower (``benchmarks/scan_real.py --views``
+            measures both).
     """
 
     tile: int = Field(512, ge=32, le=4096)
@@ -74,6 +80,7 @@ class Config(StageConfig):
     border_band: float = Field(0.1, gt=0.0, le=0.5)
     clean_pages: Literal["keep", "process"] = "keep"
     precision: StagePrecision = "auto"
+    views: int = Field(1, ge=1, le=8)
 
     @model_validator(mode="after")
     def _binarize_or_colour(self) -> Self:
@@ -83,6 +90,22 @@ class Config(StageConfig):
                 "binarize and keep_color exclude each other (bilevel pages are black and white)"
             )
         return self
+
+
+# The views of ``Config.views``, in order: (mirror rows, mirror columns, shift by one pixel down
+# and right). The first four put a pixel at each of the four positions in the network's 2x2
+# blocks once (on even-sized pages), the last four once more, mirrored the other way. Order and
+# views chosen on the validation pages only (DDD validation groups, docbin validation pages).
+VIEWS: tuple[tuple[bool, bool, bool], ...] = (
+    (False, False, False),
+    (False, False, True),
+    (False, True, False),
+    (True, False, False),
+    (True, True, False),
+    (False, True, True),
+    (True, False, True),
+    (True, True, True),
+)
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
@@ -207,7 +230,29 @@ class ScanDenoiser(Stage):
         self._prepare()
         cfg: Config = self.config  # type: ignore[assignment]
         with self._autocast(x.device):
-            return self._tiled(x, cfg)
+            if cfg.views == 1:
+                return self._tiled(x, cfg)
+            total = None
+            for rows, cols, shift in VIEWS[: cfg.views]:
+                y = self._one_view(x, cfg, rows, cols, shift)
+                total = y if total is None else total.add_(y)
+            return total.div_(cfg.views)
+
+    def _one_view(
+        self, x: torch.Tensor, cfg: Config, rows: bool, cols: bool, shift: bool
+    ) -> torch.Tensor:
+        """The network over one view of (N, 1, H, W) pages, mapped back: (N, 1, H, W)."""
+        import torch
+
+        if shift:
+            x = torch.nn.functional.pad(x, (1, 0, 1, 0), mode="replicate")
+        dims = [d for d, on in ((-2, rows), (-1, cols)) if on]
+        if dims:
+            x = x.flip(dims)
+        y = self._tiled(x, cfg)
+        if dims:
+            y = y.flip(dims)
+        return y[..., 1:, 1:] if shift else y
 
     def _autocast(self, device: torch.device) -> torch.autocast:
         """The precision context of the network's forward passes (see ``Config.precision``)."""
