@@ -180,7 +180,8 @@ class Summary:
     def line(self) -> str:
         """One-line human summary."""
         text = (
-            f"{self.count('ok')} processed ({self.pages} pages), {self.count('skipped')} skipped "
+            f"{self.count('ok')} processed ({self.pages} page{'' if self.pages == 1 else 's'}), "
+            f"{self.count('skipped')} skipped "
             f"(output exists), {self.count('failed')} failed in {self.seconds:.1f} s"
         )
         if self.interrupted:
