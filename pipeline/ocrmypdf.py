@@ -88,27 +88,27 @@ def check_setup() -> None:
 
 # --- the model, once per process ------------------------------------------------------------
 
-_MODELS: dict[tuple[str, str], ScanDenoiser] = {}
+_MODELS: dict[tuple[str, str, int], ScanDenoiser] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def denoiser(weights: str = DEFAULT_WEIGHTS, device: str = "cpu") -> ScanDenoiser:
-    """The scan denoiser for ``weights``, loaded on first use and kept for this process.
+def denoiser(weights: str = DEFAULT_WEIGHTS, device: str = "cpu", views: int = 1) -> ScanDenoiser:
+    """The scan denoiser for ``weights`` and ``views``, loaded on first use, kept for the process.
 
     OCRmyPDF's page workers are threads sharing this cache (or forked processes, each with
     its own); the lock makes concurrent first calls load the weights once.
     """
-    key = (str(weights), device)
+    key = (str(weights), device, views)
     with _MODELS_LOCK:
         if key not in _MODELS:
             from aepipe.stages.scan_denoiser import ScanDenoiser
 
-            _MODELS[key] = ScanDenoiser.from_pretrained(weights, device=device)
+            _MODELS[key] = ScanDenoiser.from_pretrained(weights, device=device, views=views)
         return _MODELS[key]
 
 
 def clean_page(
-    image: Image.Image, weights: str = DEFAULT_WEIGHTS, *, device: str = "cpu"
+    image: Image.Image, weights: str = DEFAULT_WEIGHTS, *, device: str = "cpu", views: int = 1
 ) -> Image.Image:
     """Clean one page image: same pixel size and DPI, mode ``L``.
 
@@ -116,10 +116,11 @@ def clean_page(
         image: a page of any PIL mode; its ``info["dpi"]`` is carried over.
         weights: weights name or folder of a scan denoiser.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        views: the stage's ``views`` (shifted and mirrored views averaged).
     """
     from aepipe.batch import ImageBatch
 
-    out = denoiser(weights, device)(ImageBatch.from_pil([image])).to_pil()[0]
+    out = denoiser(weights, device, views)(ImageBatch.from_pil([image])).to_pil()[0]
     if "dpi" in image.info:
         out.info["dpi"] = image.info["dpi"]
     return out
@@ -136,7 +137,7 @@ def _opt(options: Any, name: str, default: Any) -> Any:
 
 @hookimpl
 def add_options(parser: Any) -> None:
-    """Add the ``--aepipe-*`` options (weights, clean-final, binarize, device).
+    """Add the ``--aepipe-*`` options (weights, clean-final, binarize, device, views).
 
     Through the API they are the keywords ``aepipe_weights=`` etc. of ``ocrmypdf.ocr``.
     """
@@ -166,6 +167,15 @@ def add_options(parser: Any) -> None:
         default=None,
         help="Where the denoiser runs (default cpu).",
     )
+    group.add_argument(
+        "--aepipe-views",
+        type=int,
+        choices=range(1, 9),
+        metavar="N",
+        default=None,
+        help="Average the denoiser over N shifted and mirrored views of each page (1-8, "
+        "default 1; N times slower).",
+    )
 
 
 @hookimpl
@@ -176,13 +186,19 @@ def check_options(options: Any) -> None:
     from aepipe.errors import WeightsError
 
     try:
-        denoiser(_opt(options, "aepipe_weights", DEFAULT_WEIGHTS), _device(options))
+        denoiser(
+            _opt(options, "aepipe_weights", DEFAULT_WEIGHTS), _device(options), _views(options)
+        )
     except WeightsError as exc:
         raise BadArgsError(f"aepipe: {exc}") from exc
 
 
 def _device(options: Any) -> str:
     return _opt(options, "aepipe_device", "cpu")
+
+
+def _views(options: Any) -> int:
+    return _opt(options, "aepipe_views", 1)
 
 
 @hookimpl
@@ -192,7 +208,7 @@ def filter_ocr_image(page: Any, image: Image.Image) -> Image.Image:
 
     options = page.options
     weights = _opt(options, "aepipe_weights", DEFAULT_WEIGHTS)
-    cleaned = clean_page(image, weights, device=_device(options))
+    cleaned = clean_page(image, weights, device=_device(options), views=_views(options))
     if _same_raster(options):
         # The stored page is the same raster: keep the result so filter_page_image needs no
         # second pass through the network.
@@ -221,7 +237,7 @@ def filter_page_image(page: Any, image_filename: Path) -> Path:
                 cleaned = prev
     if cleaned is None:
         weights = _opt(options, "aepipe_weights", DEFAULT_WEIGHTS)
-        cleaned = clean_page(im, weights, device=_device(options))
+        cleaned = clean_page(im, weights, device=_device(options), views=_views(options))
     if _opt(options, "aepipe_binarize", False):
         # The stage's cut (threshold 0.5) on the 8-bit page; img2pdf embeds a G4 TIFF as a
         # CCITTFax stream without re-encoding it.
@@ -276,6 +292,7 @@ def ocr_file(
     output_type: str = "auto",
     language: Sequence[str] = ("eng",),
     pages: str | None = None,
+    views: int = 1,
 ) -> Path:
     """Write ``src`` (a PDF or an image) as a cleaned, searchable PDF at ``dst``.
 
@@ -295,6 +312,7 @@ def ocr_file(
             G4 and PNG streams were kept as they are in all three in our tests.
         language: Tesseract languages.
         pages: OCRmyPDF page selection (e.g. ``"1,3-5"``); other pages are copied as they are.
+        views: the scan denoiser's ``views`` (shifted and mirrored views averaged).
 
     Raises:
         OcrSetupError: OCRmyPDF, Tesseract or Ghostscript is not installed.
@@ -328,6 +346,7 @@ def ocr_file(
             aepipe_clean_final=True,
             aepipe_binarize=binarize,
             aepipe_device=device,
+            aepipe_views=views,
             **kwargs,
         )
     except (ocrmypdf.exceptions.ExitCodeException, OSError, ValueError) as exc:
@@ -349,6 +368,7 @@ def ocr_files(
     device: str = "cpu",
     jobs: int | None = None,
     on_record: Callable[[FileRecord, int, int], None] | None = None,
+    views: int = 1,
 ) -> Summary:
     """``clean-scans --ocr``: one cleaned, searchable PDF per input file, in the runner's layout.
 
@@ -364,6 +384,7 @@ def ocr_files(
         device: where the denoiser runs.
         jobs: OCRmyPDF workers per file.
         on_record: called after each file with (record, files done, files planned).
+        views: the scan denoiser's ``views``.
 
     Raises:
         OcrSetupError: a tool is missing (checked before anything is read or written).
@@ -377,7 +398,7 @@ def ocr_files(
     planned, records, out_dir = plan(inputs, options)
     summary = Summary(records=list(records), out_dir=str(out_dir))
     if planned:
-        denoiser(weights, device)  # a weights problem stops the run here (WeightsError)
+        denoiser(weights, device, views)  # a weights problem stops the run here (WeightsError)
     for job in planned:
         dst = out_dir / job.out_stem.with_suffix(".pdf")
         t0 = time.perf_counter()
@@ -396,6 +417,7 @@ def ocr_files(
                     # --dpi is an override; an image that records no resolution gets 300.
                     dpi=options.dpi or DEFAULT_DPI,
                     device=device,
+                    views=views,
                 )
                 tmp.replace(dst)
                 record = FileRecord(str(job.src), "ok", [str(dst)], pages=_page_count(dst))
@@ -427,6 +449,7 @@ def run_ocr_command(
     keep_color: bool,
     device: str,
     quiet: bool,
+    views: int = 1,
 ) -> NoReturn:
     """The ``clean-scans --ocr`` command body: check the set-up, OCR every file, exit.
 
@@ -459,5 +482,6 @@ def run_ocr_command(
                 binarize=binarize,
                 device=device,
                 on_record=on_record,
+                views=views,
             )
     finish_summary(summary, quiet)

@@ -154,3 +154,32 @@ def test_clean_scans_ocr_bad_weights_and_bad_file(tmp_path: Path) -> None:
     assert res.exit_code == ExitCode.NOTHING_PROCESSED, res.output
     assert "broken.png" in res.output and "Traceback" not in res.output
     assert not list((tmp_path / "out").glob("*.pdf*"))  # no partial output left behind
+
+
+@needs_ocr
+def test_clean_scans_ocr_stores_the_page_the_stage_cleans_with_views(tmp_path: Path) -> None:
+    """``--views`` reaches the plugin: the stored gray page (lossless PNG in the PDF) is the
+    stage's own output with ``views=2``, to the pixel, and not the one-view output."""
+    import pikepdf
+    from PIL import Image
+
+    from aepipe import apply, load_stage
+    from aepipe.cli.main import _single
+
+    page = text_page(1)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(page).save(tmp_path / "in" / "p.png", dpi=(DPI, DPI))
+    args = [str(tmp_path / "in"), "--ocr", "--views", "2", "--out", str(tmp_path / "o"), "-q"]
+    res = CliRunner().invoke(_single("clean-scans"), args)
+    assert res.exit_code == 0, res.output
+    with pikepdf.open(tmp_path / "o" / "p.pdf") as pdf:
+        [image] = [
+            pikepdf.PdfImage(x)
+            for p in pdf.pages
+            for x in p.Resources.XObject.values()
+            if x.Subtype == "/Image"
+        ]
+        stored = np.asarray(image.as_pil_image().convert("L"))
+        assert_words(pdf_pages(tmp_path / "o" / "p.pdf")[0][1])
+    np.testing.assert_array_equal(stored, apply(load_stage("scan-denoiser", views=2), page))
+    assert not np.array_equal(stored, apply(load_stage("scan-denoiser"), page))

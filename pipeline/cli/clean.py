@@ -91,7 +91,6 @@ def clean_scans(
         for flag, given in (
             ("--clean-all", clean_all),
             ("--precision", precision != "auto"),
-            ("--views", views != 1),
         ):
             if given:
                 from aepipe.cli.common import fail
@@ -107,6 +106,7 @@ def clean_scans(
             keep_color=keep_color,
             device=job.device,
             quiet=job.quiet,
+            views=views,
         )
 
     def load():
