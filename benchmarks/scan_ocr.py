@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ddd", type=Path, default=ROOT.parent / "shared" / "data" / "ddd")
     ap.add_argument("--weights", action="append", help="our weights; repeat to compare")
+    ap.add_argument(
+        "--views", action="append", type=int, help="stage views of our nets (default 1); repeat"
+    )
     ap.add_argument("--n-synthetic", type=int, default=4)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scan_ocr.md")
     args = ap.parse_args(argv)
@@ -96,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         "unpaper (OCRmyPDF args)": sd.unpaper,
     }
     for w in args.weights or ["scan-denoiser"]:
-        methods[f"**ScanUNet `{w}`**"] = sd.stage_method(ScanDenoiser.from_pretrained(w))
+        for views in args.views or [1]:
+            label = f"**ScanUNet `{w}`**" + ("" if views == 1 else f", {views} views")
+            methods[label] = sd.stage_method(ScanDenoiser.from_pretrained(w, views=views))
     table: dict[str, dict[str, float]] = {m: {} for m in methods}
     for sname, pages in sets.items():
         refs = [ocr(clean, dpi) for _n, _d, clean, dpi in pages]
