@@ -88,10 +88,7 @@ def clean_scans(
     if ocr:
         from aepipe.ocrmypdf import run_ocr_command
 
-        for flag, given in (
-            ("--clean-all", clean_all),
-            ("--precision", precision != "auto"),
-        ):
+        for flag, given in (("--clean-all", clean_all), ("--precision", precision != "auto")):
             if given:
                 from aepipe.cli.common import fail
                 from aepipe.errors import ExitCode
