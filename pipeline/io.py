@@ -239,12 +239,16 @@ def _image_dpi(obj: Any) -> float:
     return max(w_px / col_in, h_px / row_in)
 
 
-def _render_size(w_pt: float, h_pt: float, scale: float) -> tuple[int, int]:
-    """Pixels of a page rendered at ``scale``: its size rounded up, as pdfium sizes it.
+# pdfium sizes a bitmap as ceil(page size * scale) and keeps page sizes in float32 (595.2 pt is
+# 595.2000122), so the scale is shaved by a few float32 steps: an A4 scan of 2480 pixels at 300
+# DPI renders 2480 wide, not 2481, and a Letter page 3300 high, not 3301.
+_SCALE_SHAVE = 1.0 - 1e-6
 
-    The float error is shaved off first: a Letter page at 300 DPI is 3300 pixels high, not 3301.
-    """
-    return math.ceil(w_pt * scale - 1e-6), math.ceil(h_pt * scale - 1e-6)
+
+def _render_size(w_pt: float, h_pt: float, scale: float) -> tuple[int, int]:
+    """Pixels of a page rendered at ``scale`` (shaved by ``_SCALE_SHAVE``), as pdfium sizes it."""
+    scale *= _SCALE_SHAVE
+    return math.ceil(w_pt * scale), math.ceil(h_pt * scale)
 
 
 def _read_pdf(
@@ -317,9 +321,7 @@ def _render_pdf_page(
     scale = dpi / 72.0
     w_px, h_px = _render_size(w_pt, h_pt, scale)
     check_pixels(path, w_px, h_px, max_pixels)
-    # pdfium sizes the bitmap as ceil(size * scale): shaving the float error off the scale
-    # keeps a 612 x 792 pt page at 300 DPI 2550 x 3300, not 2550 x 3301.
-    bitmap = page.render(scale=scale * (1.0 - 1e-9))
+    bitmap = page.render(scale=scale * _SCALE_SHAVE)
     try:
         pil = bitmap.to_pil()
         pixels = pil_to_array(pil)

@@ -104,6 +104,16 @@ def test_pdf_pages_render_at_dpi_and_write_back_same_sizes(tmp_path):
     assert got == pytest.approx([v for s in sizes for v in s])
 
 
+def test_pdf_scan_renders_at_its_own_pixel_size(tmp_path):
+    """A scan 2480 px wide at 300 DPI (A4's width: 595.2 pt, 595.2000122 in pdfium's float32)
+    and one 85 px wide at 100 DPI come back at their own widths, not one pixel wider."""
+    for width, dpi in ((2480, 300), (85, 100)):
+        pdf = pdf_pages(tmp_path / f"s{width}.pdf", [(width * 72 / dpi, 24 * 72 / dpi)], dpi)
+        [page] = read_pages(pdf)
+        assert page.meta["dpi"] == pytest.approx(dpi)
+        assert page.pixels.shape[:2] == (24, width)
+
+
 def test_multipage_tiff_write_and_bilevel(tmp_path):
     pages = [gradient(seed=i) for i in range(2)] + [gradient() > 128]
     out = write_pages(pages, tmp_path / "o.tif", dpis=[300, 300, 300])
