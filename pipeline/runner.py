@@ -232,8 +232,11 @@ def _real(path: Path) -> Path:
 
 
 def default_out_dir(inputs: Sequence[Path], suffix: str) -> Path:
-    """``docs/`` -> ``docs_<suffix>/``; ``a.png`` -> ``<its folder>_<suffix>/``."""
-    first = Path(inputs[0]).expanduser().absolute()
+    """``docs/`` -> ``docs_<suffix>/``; ``a.png`` -> ``<its folder>_<suffix>/``.
+
+    ``..`` and ``.`` are resolved first: ``../a.png`` run from ``docs/sub`` goes to ``docs_<suffix>``.
+    """
+    first = Path(os.path.abspath(Path(inputs[0]).expanduser()))
     base = first if first.is_dir() else first.parent
     return base.with_name(f"{base.name}_{suffix}")
 
@@ -268,6 +271,7 @@ def plan(
     real_out = _real(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output folder {out_dir} exists and is not a folder")
+    _check_creatable(out_dir, "output folder")
     for p in paths:
         if p.is_dir():
             root = _real(p)
@@ -293,10 +297,26 @@ def plan(
     _dedupe(jobs, options)
     if options.report is not None:
         report = Path(options.report).expanduser()
+        if report.is_dir():
+            raise ConfigError(f"--report {report} is a folder; give a file name")
+        _check_creatable(report.parent, "--report folder")
         ids = _identities(jobs)
         if report.exists() and _identity(report) in ids:
             raise ConfigError(f"--report {report} is one of the inputs; choose another file")
     return jobs, extra, out_dir
+
+
+def _check_creatable(folder: Path, what: str) -> None:
+    """Refuse, before any work, a folder that cannot be made because a file stands in its path.
+
+    Raises:
+        ConfigError: naming the file in the way.
+    """
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"{what} {folder} cannot be made: {part} is a file")
+            return
 
 
 def _walk(root: Path, options: RunOptions, real_out: Path) -> tuple[list[_Job], list[FileRecord]]:

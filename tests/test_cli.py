@@ -140,8 +140,13 @@ def test_clean_scans_end_to_end_with_report(tmp_path, tiny_weights, cli_env):
     assert Image.open(out / "b.tif").mode == "L"  # colour scans are cleaned to gray by default
     data = json.loads(report.read_text())
     assert data["summary"]["processed"] == 2 and data["summary"]["failed"] == 1
-    again = run(["clean-scans", str(docs), "--model", str(tiny_weights["scan-denoiser"])], cli_env)
+    (docs / "notes.txt").write_text("not a page")
+    again = run(
+        ["clean-scans", str(docs), "--model", str(tiny_weights["scan-denoiser"]), "--list-ignored"],
+        cli_env,
+    )
     assert "2 skipped" in again.stderr
+    assert f"ignored {docs / 'notes.txt'}: not an image file name" in again.stderr
 
 
 def test_clean_scans_binarize_writes_bilevel(tmp_path, tiny_weights, cli_env):

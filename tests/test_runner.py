@@ -51,6 +51,11 @@ def test_default_output_folder_is_a_sibling(docs):
     summary = run_files([docs], invert, RunOptions(out_suffix="clean"))
     assert summary.out_dir == str(docs.parent / "docs_clean")
     assert (docs.parent / "docs_clean" / "p0.png").is_file()
+    # Given through "..", the folder is named after the real one, not ".._clean".
+    from aepipe.runner import default_out_dir
+
+    assert default_out_dir([docs / "sub" / ".."], "clean") == docs.parent / "docs_clean"
+    assert default_out_dir([docs / "sub" / ".." / "p0.png"], "x") == docs.parent / "docs_x"
 
 
 def test_same_size_files_are_batched_with_identical_results(docs, tmp_path):
@@ -190,3 +195,26 @@ def test_jpeg_quality_with_image_only_output_is_refused(tmp_path: Path) -> None:
     # PDF output (or "same", which keeps PDFs) takes it.
     for fmt in ("pdf", "same"):
         plan([tmp_path / "a.png"], RunOptions(out_dir=tmp_path / "out", fmt=fmt, jpeg_quality=80))
+
+
+def test_report_and_output_paths_that_cannot_be_written_fail_before_any_work(docs, tmp_path):
+    from aepipe.errors import ConfigError
+
+    calls = []
+
+    def spy(batch):
+        calls.append(len(batch))
+        return invert(batch)
+
+    a_file = tmp_path / "r1.json"
+    a_file.write_text("{}")
+    (tmp_path / "repdir").mkdir()
+    bad = [
+        (RunOptions(out_dir=tmp_path / "o", report=tmp_path / "repdir"), "is a folder"),
+        (RunOptions(out_dir=tmp_path / "o", report=a_file / "rep.json"), f"{a_file} is a file"),
+        (RunOptions(out_dir=a_file / "sub"), f"{a_file} is a file"),
+    ]
+    for options, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            run_files([docs], spy, options)
+    assert not calls and not (tmp_path / "o").exists()
