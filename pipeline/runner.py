@@ -234,9 +234,12 @@ def _real(path: Path) -> Path:
 def default_out_dir(inputs: Sequence[Path], suffix: str) -> Path:
     """``docs/`` -> ``docs_<suffix>/``; ``a.png`` -> ``<its folder>_<suffix>/``.
 
-    ``..`` and ``.`` are resolved first: ``../a.png`` run from ``docs/sub`` goes to ``docs_<suffix>``.
+    ``..`` and ``.`` are resolved first: ``../a.png`` run from ``docs/sub`` goes to
+    ``docs_<suffix>``.
     """
-    first = Path(os.path.abspath(Path(inputs[0]).expanduser()))
+    # abspath, not resolve(): ".." goes, symbolic links stay (a linked folder's outputs go
+    # beside the link, where the user looks).
+    first = Path(os.path.abspath(Path(inputs[0]).expanduser()))  # noqa: PTH100
     base = first if first.is_dir() else first.parent
     return base.with_name(f"{base.name}_{suffix}")
 

@@ -405,11 +405,13 @@ def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[Callab
 
 
 def finish_summary(summary: Summary, quiet: bool) -> NoReturn:
-    """Print what was ignored (``--list-ignored``), the summary line and where outputs went,
-    then exit with the summary's code."""
+    """Print what was ignored, the summary line and where outputs went; exit with its code.
+
+    Ignored entries are in the summary only with ``--list-ignored``.
+    """
     for record in summary.records:
         if record.status == "ignored":
-            err(f"ignored {record.src}: {record.reason}")
+            err(f"ignored {record.path}: {record.reason}")
     err(summary.line())
     if not quiet and summary.out_dir and summary.count("ok"):
         err(f"outputs in {summary.out_dir}")
