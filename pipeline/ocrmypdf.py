@@ -18,6 +18,7 @@ Needs the ``[ocr]`` extra and the Debian packages ``tesseract-ocr``, ``tesseract
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import shutil
 import sys
@@ -391,46 +392,52 @@ def ocr_files(
         ConfigError: bad inputs or output folder.
         WeightsError: the weights cannot be loaded.
     """
-    from aepipe.runner import FileRecord, Summary, plan
+    from aepipe.runner import Summary, plan, write_report
 
     check_setup()
     start = time.perf_counter()
+    # Every output is a PDF: planning for PDF gives scan.png and scan.pdf distinct names.
+    options = dataclasses.replace(options, fmt="pdf")
     planned, records, out_dir = plan(inputs, options)
     summary = Summary(records=list(records), out_dir=str(out_dir))
     if planned:
         denoiser(weights, device, views)  # a weights problem stops the run here (WeightsError)
-    for job in planned:
-        dst = out_dir / job.out_stem.with_suffix(".pdf")
-        t0 = time.perf_counter()
-        if dst.exists() and not options.overwrite:
-            record = FileRecord(str(job.src), "skipped", [str(dst)], "output exists")
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.part")
-            try:
-                ocr_file(
-                    job.src,
-                    tmp,
-                    weights=weights,
-                    binarize=binarize,
-                    jobs=jobs,
-                    # --dpi is an override; an image that records no resolution gets 300.
-                    dpi=options.dpi or DEFAULT_DPI,
-                    device=device,
-                    views=views,
-                )
-                tmp.replace(dst)
-                record = FileRecord(str(job.src), "ok", [str(dst)], pages=_page_count(dst))
-            except InputImageError as exc:
-                record = FileRecord(str(job.src), "failed", reason=str(exc))
-            finally:
-                tmp.unlink(missing_ok=True)
-        record.seconds = time.perf_counter() - t0
-        summary.records.append(record)
-        if on_record is not None:
-            on_record(record, len(summary.records) - len(records), len(planned))
-    summary.seconds = time.perf_counter() - start
+    settings = dict(weights=weights, binarize=binarize, jobs=jobs, device=device, views=views)
+    try:
+        for job in planned:
+            record = _ocr_job(job, options, out_dir, settings)
+            summary.records.append(record)
+            if on_record is not None:
+                on_record(record, len(summary.records) - len(records), len(planned))
+    finally:
+        summary.seconds = time.perf_counter() - start
+        if options.report:
+            write_report(options.report, summary)
     return summary
+
+
+def _ocr_job(job: Any, options: RunOptions, out_dir: Path, settings: dict[str, Any]) -> FileRecord:
+    """One input of :func:`ocr_files`: its searchable PDF written atomically, or skipped."""
+    from aepipe.runner import FileRecord, output_paths
+
+    [dst] = output_paths(job, None, options, out_dir)
+    t0 = time.perf_counter()
+    if dst.exists() and not options.overwrite:
+        record = FileRecord(str(job.src), "skipped", [str(dst)], "output exists")
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.part")
+        try:
+            # --dpi is an override; an image that records no resolution gets 300.
+            ocr_file(job.src, tmp, dpi=options.dpi or DEFAULT_DPI, **settings)
+            tmp.replace(dst)
+            record = FileRecord(str(job.src), "ok", [str(dst)], pages=_page_count(dst))
+        except InputImageError as exc:
+            record = FileRecord(str(job.src), "failed", reason=str(exc))
+        finally:
+            tmp.unlink(missing_ok=True)
+    record.seconds = time.perf_counter() - t0
+    return record
 
 
 def _page_count(pdf: Path) -> int:

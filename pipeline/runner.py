@@ -544,9 +544,14 @@ def run_files(
     finally:
         run.summary.seconds = time.perf_counter() - t_start
         if options.report:
-            report = json.dumps(run.summary.to_json(), indent=2).encode()
-            atomic_write(options.report, lambda fh: fh.write(report))
+            write_report(options.report, run.summary)
     return run.summary
+
+
+def write_report(path: str | os.PathLike[str], summary: Summary) -> None:
+    """Write ``summary`` as the JSON report of ``--report`` (atomically)."""
+    report = json.dumps(summary.to_json(), indent=2).encode()
+    atomic_write(path, lambda fh: fh.write(report))
 
 
 # Encodes and writes that may wait behind the stage before it waits for them: enough to keep

@@ -183,3 +183,34 @@ def test_clean_scans_ocr_stores_the_page_the_stage_cleans_with_views(tmp_path: P
         assert_words(pdf_pages(tmp_path / "o" / "p.pdf")[0][1])
     np.testing.assert_array_equal(stored, apply(load_stage("scan-denoiser", views=2), page))
     assert not np.array_equal(stored, apply(load_stage("scan-denoiser"), page))
+
+
+@needs_ocr
+def test_clean_scans_ocr_gives_every_input_its_own_pdf_and_writes_the_report(tmp_path: Path):
+    """Names that would clash as PDFs (scan.v1/scan.v2, x.png/x.pdf) stay apart; --report is
+    written as for every file command."""
+    import json
+
+    from PIL import Image
+
+    from aepipe.cli.main import _single
+
+    src = tmp_path / "in"
+    src.mkdir()
+    page = text_page(4, (300, 120))
+    for name in ("scan.v1.png", "scan.v2.png", "x.png"):
+        Image.fromarray(page).save(src / name, dpi=(DPI, DPI))
+    save_pdf(src / "x.pdf", [page])
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    args = [str(src), "--ocr", "--out", str(out), "--report", str(report), "-q"]
+    res = CliRunner().invoke(_single("clean-scans"), args)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scan.v1.pdf",
+        "scan.v2.pdf",
+        "x.pdf",
+        "x_png.pdf",
+    ]
+    files = json.loads(report.read_text())["files"]
+    assert sorted(f["status"] for f in files) == ["ok"] * 4
+    assert len({o for f in files for o in f["outputs"]}) == 4
