@@ -437,8 +437,23 @@ class _Service:
         return Response(
             body,
             media_type=media_type,
-            headers={"Content-Disposition": f'inline; filename="{name}"'},
+            headers={"Content-Disposition": content_disposition(name)},
         )
+
+
+def content_disposition(name: str) -> str:
+    """The ``Content-Disposition`` of an answer: ``inline`` with the file's name.
+
+    HTTP headers are Latin-1, so a raw ``日本.png`` would fail the answer: the name goes as an
+    ASCII fallback and, when that differs, as RFC 6266's ``filename*`` in UTF-8.
+    """
+    from urllib.parse import quote
+
+    ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
+    header = f'inline; filename="{ascii_name}"'
+    if ascii_name != name:
+        header += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return header
 
 
 # The request whose upload this task is handling (a task serves one request).

@@ -157,6 +157,14 @@ def test_clean_scan_png_equals_library(server: str, tiny_weights: dict[str, Path
     two = decode(post(f"{server}/v1/clean-scan", png(x), views="2"))
     np.testing.assert_array_equal(two, apply(load_stage(tiny_weights["scan-denoiser"], views=2), x))
     assert_json_error(post(f"{server}/v1/clean-scan", png(x), views="9"), 422)
+    # A file name outside Latin-1 (headers are Latin-1): the answer still comes, with the name
+    # in RFC 6266's UTF-8 form beside an ASCII fallback.
+    named = post(f"{server}/v1/clean-scan", png(x), "日本.png")
+    assert named.status_code == 200
+    np.testing.assert_array_equal(decode(named), want)
+    assert named.headers["content-disposition"] == (
+        "inline; filename=\"__.png\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC.png"
+    )
     # A clean page (white paper, black type) comes back as it was unless clean_all.
     clean = np.full((48, 64), 255, np.uint8)
     clean[10:14, 8:40] = 0
@@ -356,3 +364,12 @@ def test_limiter_skips_work_of_a_client_that_hung_up_while_queued() -> None:
         limiter.pool.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_content_disposition_is_latin1_safe() -> None:
+    from aepipe.serve import content_disposition
+
+    assert content_disposition("page.png") == 'inline; filename="page.png"'
+    header = content_disposition('a"b\\c\nd é.png')
+    assert header.startswith("inline; filename=\"a_b_c_d _.png\"; filename*=UTF-8''a%22b%5Cc%0Ad")
+    header.encode("latin-1")  # what Starlette does with it
