@@ -121,9 +121,16 @@ def generate(
 
 
 def generate_batch(generator: Generator, n: int, **kwargs: Any) -> ImageBatch:
-    """:func:`generate` as one batch (for requests that answer with all images at once)."""
+    """:func:`generate` as one batch (for requests that answer with all images at once).
+
+    Raises:
+        ConfigError: ``n`` < 1 (a batch holds at least one image; :func:`generate` yields
+            nothing for 0).
+    """
     from aepipe.batch import ImageBatch
 
+    if n < 1:
+        raise ConfigError(f"a batch of generated images needs n >= 1; got {n}")
     batches = list(generate(generator, n, batch_size=n, **kwargs))
     return ImageBatch.concat(batches) if len(batches) > 1 else batches[0]
 

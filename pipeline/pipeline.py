@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aepipe.batch import ImageBatch
+from aepipe.batch import ImageBatch, check_unit_range
 from aepipe.errors import ConfigError, ShapeError
 from aepipe.stage import build_config, format_validation_error, load_stage, stage_class
 
@@ -152,7 +152,7 @@ def apply(fn: BatchFn, x: Any) -> Any:
     Example:
         >>> import numpy as np
         >>> from aepipe import apply, load_stage
-        >>> stage = load_stage("impulse-denoiser")  # doctest: +SKIP
+        >>> stage = load_stage("salt-pepper")  # doctest: +SKIP
         >>> clean = apply(stage, np.zeros((28, 28), np.uint8))  # doctest: +SKIP
     """
     kind = _kind(x)
@@ -203,7 +203,12 @@ def _tensor_in(t: Any) -> Any:
         return t.cpu().float() / 255.0
     if not t.is_floating_point():
         raise ShapeError(f"tensor images must be float in [0, 1] or uint8; got {t.dtype}")
-    return t.cpu().float()
+    t = t.cpu().float()
+    if t.numel():
+        finite = t[torch.isfinite(t)]
+        bounds = (finite.min().item(), finite.max().item()) if finite.numel() else (None, None)
+        check_unit_range(finite.numel() == t.numel(), *bounds)
+    return t.clamp(0.0, 1.0)
 
 
 def _tensor_out(out: Any, like: Any) -> Any:

@@ -122,6 +122,12 @@ def test_apply_tensors_keep_layout_dtype_device(gray_stage: Stage) -> None:
     np.testing.assert_array_equal(u8[0].numpy(), ref)
     with pytest.raises(ShapeError, match="uint8"):
         apply(gray_stage, torch.zeros(1, 8, 8, dtype=torch.int32))
+    # Float tensors are held to [0, 1] as float arrays are (0..255 floats, NaN, inf refused).
+    for bad, found in ((chw * 255, r"range \[0, 255\]"), (chw * torch.nan, "NaN or infinite")):
+        with pytest.raises(ShapeError, match=found):
+            apply(gray_stage, bad)
+    with pytest.raises(ShapeError, match="NaN or infinite"):
+        apply(gray_stage, np.full((8, 8), np.inf, np.float32))
 
 
 def test_apply_path_list_batch_and_errors(gray_stage: Stage, tmp_path: Path) -> None:

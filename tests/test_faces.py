@@ -275,8 +275,9 @@ def test_concepts_round_trip_and_apply(tmp_path: Path) -> None:
     assert parse_concept_arg("smile:1.5") == ("smile", 1.5)
     assert parse_concept_arg("smile:+1") == ("smile", 1.0)
     assert parse_concept_arg("smile") == ("smile", 1.0)
-    with pytest.raises(ConfigError, match="NAME:STRENGTH"):
-        parse_concept_arg("smile:lots")
+    for bad in ("smile:lots", "smile:nan", "smile:inf", "smile:-inf", "smile:1e309"):
+        with pytest.raises(ConfigError, match="NAME:STRENGTH with a finite number"):
+            parse_concept_arg(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_concept("nope", [tmp_path])
     with pytest.raises(ConfigError, match="concept name"):

@@ -14,7 +14,7 @@ import pytest
 
 from aepipe.batch import ImageBatch
 from aepipe.core import generate, generate_batch, load_generator
-from aepipe.errors import WeightsError
+from aepipe.errors import ConfigError, WeightsError
 from aepipe.stage import Generator, load_stage, stage_class
 
 N, SEED = 4, 3
@@ -38,6 +38,11 @@ def test_core_generate_equals_library(expected: tuple[list[str], np.ndarray]) ->
     np.testing.assert_array_equal(generate_batch(gen, N, seed=SEED).to_numpy(np.uint8), expected[1])
     small = ImageBatch.concat(list(generate(gen, N, seed=SEED, batch_size=3)))
     np.testing.assert_array_equal(small.to_numpy(np.uint8), expected[1])
+    # Zero images: nothing to yield (the fitted mixture sampler once failed on it); a batch of
+    # none is refused with a typed error.
+    assert list(generate(gen, 0, seed=SEED)) == []
+    with pytest.raises(ConfigError, match="n >= 1"):
+        generate_batch(gen, 0)
 
 
 def test_cli_toml_http_and_ray_equal_library(

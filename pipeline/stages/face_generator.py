@@ -227,6 +227,8 @@ class FaceGenerator(FaceModel):
         eps = eps * temp
         if self.config.sampler == "prior":
             return eps
+        if n == 0:  # nothing to map (a mixture sampler would find no uniforms)
+            return eps
         u = torch.cat(u_blocks)[:n] if u_blocks else None
         return self.model.latents_from_noise(eps, u).float().cpu()
 
@@ -539,8 +541,11 @@ def parse_concept_arg(text: str) -> tuple[str, float]:
     if not sep:
         return text, 1.0
     try:
-        return name, float(value)
+        strength = float(value)
     except ValueError:
+        strength = math.nan
+    if not math.isfinite(strength):  # nan or inf would paint the face black
         raise ConfigError(
-            f"--concept expects NAME:STRENGTH (e.g. smile:1.5); got {text!r}"
-        ) from None
+            f"--concept expects NAME:STRENGTH with a finite number (e.g. smile:1.5); got {text!r}"
+        )
+    return name, strength
