@@ -77,7 +77,9 @@ class ServeSettings(BaseModel):
         max_upload_bytes: larger request bodies get ``413``.
         max_pixels: larger images or PDF pages get ``413`` (checked before decoding).
         max_pages: PDFs or multi-page TIFFs with more pages get ``413``.
-        dpi: resolution at which PDF pages are rendered.
+        dpi: resolution at which PDF pages are rendered (``?format=png``, pages not editable
+            in place); ``None``: each page's scan's own resolution (300 without a scan), as
+            ``clean-scans`` does.
         max_faces: most faces one ``/v1/faces`` request may ask for.
         threads: torch CPU threads (``None``: torch's default).
         api_keys: keys accepted as ``Authorization: Bearer <key>``; empty: no authentication
@@ -101,7 +103,7 @@ class ServeSettings(BaseModel):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(25_000_000, ge=1)
     max_pages: int = Field(50, ge=1)
-    dpi: int = Field(150, ge=36, le=1200)
+    dpi: int | None = Field(None, ge=36, le=1200)
     max_faces: int = Field(256, ge=1, le=100_000)
     threads: int | None = Field(None, ge=1, le=1024)
     api_keys: tuple[str, ...] = Field((), repr=False, exclude=True)

@@ -373,3 +373,15 @@ def test_content_disposition_is_latin1_safe() -> None:
     header = content_disposition('a"b\\c\nd é.png')
     assert header.startswith("inline; filename=\"a_b_c_d _.png\"; filename*=UTF-8''a%22b%5Cc%0Ad")
     header.encode("latin-1")  # what Starlette does with it
+
+
+def test_pdf_pages_are_decoded_at_their_scans_resolution_as_clean_scans_does() -> None:
+    """The service's default ``dpi`` is the CLI's: each page's scan's own (was 150 for all)."""
+    from aepipe.io import read_pages
+    from aepipe.serve import ServeSettings, decode_upload
+
+    pdf = Path(__file__).resolve().parents[1] / "sample_inputs" / "scans" / "two_pages_100dpi.pdf"
+    pages = decode_upload(pdf.read_bytes(), pdf.name, ServeSettings())
+    cli = list(read_pages(pdf))  # clean-scans' default: dpi None
+    assert [p.pixels.shape for p in pages] == [p.pixels.shape for p in cli]
+    assert [p.meta["dpi"] for p in pages] == pytest.approx([100, 100])

@@ -37,7 +37,17 @@ _UploadMb = Annotated[
 ]
 _Pixels = Annotated[int, typer.Option("--max-pixels", min=1, help="Larger images/pages get 413.")]
 _Pages = Annotated[int, typer.Option("--max-pages", min=1, help="Most pages per PDF/TIFF.")]
-_Dpi = Annotated[int, typer.Option("--dpi", min=36, max=1200, help="PDF rendering resolution.")]
+_Dpi = Annotated[
+    int | None,
+    typer.Option(
+        "--dpi",
+        min=36,
+        max=1200,
+        help="Resolution for PDF pages that are rendered: an override; default: each page's "
+        "scan's own DPI (300 without a scan), as clean-scans.",
+        show_default=False,
+    ),
+]
 _Faces = Annotated[int, typer.Option("--max-faces", min=1, help="Most images per generate call.")]
 _Threads = Annotated[
     int | None, typer.Option("--threads", min=1, help="torch CPU threads [default: torch's].")
@@ -125,7 +135,7 @@ def serve(
     max_upload_mb: _UploadMb = 20.0,
     max_pixels: _Pixels = 25_000_000,
     max_pages: _Pages = 50,
-    dpi: _Dpi = 150,
+    dpi: _Dpi = None,
     max_faces: _Faces = 256,
     threads: _Threads = None,
     api_key_file: _KeyFile = None,
