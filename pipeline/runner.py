@@ -22,6 +22,10 @@ Safety rules, checked before any work or before each write:
   inode, so hard links and symbolic links count too);
 * two inputs that would get the same output name (``scan.jpg`` and ``scan.png``) get distinct
   names: the one whose suffix matches the output keeps it, the other becomes ``scan_jpg.png``;
+  on a resumed run an output older than such an input is redone (the name may have been the
+  other input's before ``scan.png`` was added);
+* an output of one input never replaces another's in the same run (``m.tif`` written as PNG
+  pages next to an input ``m-p001.png``): the later file fails with a reason;
 * symbolic links to folders are not followed when recursing, so a link loop cannot recurse
   forever; unreadable sub-folders are reported as failed.
 """
@@ -212,6 +216,7 @@ class _Job:
     src: Path
     rel: Path  # path relative to its input root, for the output layout
     stem: Path | None = None  # relative output path without suffix; set when names collide
+    shared: bool = False  # another input has the same stem and output format (see _dedupe)
 
     @property
     def out_stem(self) -> Path:
@@ -384,6 +389,8 @@ def _dedupe(jobs: list[_Job], options: RunOptions) -> None:
     for (stem, fmt), members in groups.items():
         if len(members) < 2:
             continue
+        for job in members:
+            job.shared = True
         keeper = next((j for j in members if j.src.suffix.lower() == SUFFIX_OF[fmt]), None)
         for job in members:
             if job is keeper:
@@ -650,6 +657,10 @@ class _Run:
         self.summary = Summary(out_dir=str(out_dir))
         self.done = 0
         self.input_ids = _identities(jobs)
+        # Outputs of this run and their inputs: a page of m.tif (m-p001.png) must not replace
+        # the output of an input named m-p001.png. Checked in the writer thread too, so locked.
+        self.claimed: dict[Path, Path] = {}
+        self.claim_lock = threading.Lock()
         self.finished_jobs: set[int] = set()
         self.buffer: list[Item] = []
         self.pending: deque[tuple[Future[Any] | None, Then]] = deque()
@@ -728,11 +739,21 @@ class _Run:
             self.on_record(state.record, self.done, len(self.jobs))
 
     def guard(self, job: _Job, targets: Sequence[Path]) -> None:
+        """Refuse outputs that would replace an input or another input's output of this run."""
         for target in targets:
             if _identity(target) in self.input_ids:
                 raise InputImageError(
                     f"{job.src}: output {target} would replace an input; use another --out"
                 )
+        with self.claim_lock:
+            for target in targets:
+                other = self.claimed.get(target, job.src)
+                if other != job.src:
+                    raise InputImageError(
+                        f"{job.src}: output {target.name} is already the output of {other}; "
+                        "rename one of them (or write one file per input: --format pdf or tiff)"
+                    )
+            self.claimed.update(dict.fromkeys(targets, job.src))
 
     def write(self, state: _State) -> None:
         """Write a file's pages (in the writer thread; touches only this file's record)."""
@@ -796,7 +817,21 @@ class _Run:
                 self.finish(state)
 
     def existing_outputs(self, job: _Job) -> list[Path] | None:
-        """The outputs of ``job`` if they all exist and are complete, else ``None``."""
+        """The outputs of ``job`` if they all exist and are complete, else ``None``.
+
+        For an input that shares its stem with another (``a.jpg``, ``a.png``), an output older
+        than the input is not taken as its own: the name may have been the other input's in an
+        earlier run (``a.png`` added after ``a.jpg`` was cleaned into ``a.png``).
+        """
+        found = self._complete_outputs(job)
+        if found and job.shared:
+            made = job.src.stat().st_mtime
+            if any(t.stat().st_mtime < made for t in found):
+                return None
+        return found
+
+    def _complete_outputs(self, job: _Job) -> list[Path] | None:
+        """:meth:`existing_outputs` before the check of shared names."""
         options, out_dir = self.options, self.out_dir
         single = output_paths(job, None, options, out_dir, 1)
         if is_complete_output(single[0]):

@@ -218,3 +218,45 @@ def test_report_and_output_paths_that_cannot_be_written_fail_before_any_work(doc
         with pytest.raises(ConfigError, match=message):
             run_files([docs], spy, options)
     assert not calls and not (tmp_path / "o").exists()
+
+
+def test_a_page_output_never_replaces_another_inputs_output(tmp_path):
+    """m.tif's first page would be m-p001.png, the name of another input's output: that file
+    fails with a reason, the other output stays, on the first run and on a resumed one."""
+    src = tmp_path / "in"
+    src.mkdir()
+    pages = [Image.fromarray(gradient(20, 30, seed=i)) for i in range(3)]
+    pages[0].save(src / "m.tif", save_all=True, append_images=pages[1:])
+    write_image(gradient(20, 30, seed=9), src / "m-p001.png")
+    out = tmp_path / "out"
+    for _ in range(2):
+        summary = run_files([src], invert, RunOptions(out_dir=out, fmt="png"))
+        by_name = {Path(r.path).name: r for r in summary.records}
+        assert by_name["m-p001.png"].status in ("ok", "skipped")
+        assert by_name["m.tif"].status == "failed"
+        assert "m-p001.png is already the output of" in by_name["m.tif"].reason
+        kept = np.asarray(Image.open(out / "m-p001.png"))
+        np.testing.assert_array_equal(kept, 255 - gradient(20, 30, seed=9))
+
+
+def test_resume_after_an_input_with_the_same_stem_is_added(tmp_path):
+    """a.jpg was cleaned into a.png; then a.png is added. The re-run must not take the old
+    a.png (a.jpg's) as a.png's output: a.png is cleaned into it, a.jpg into a_jpg.png."""
+    import os
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(gradient(20, 30, seed=1), src / "a.jpg")
+    out = tmp_path / "out"
+    run_files([src], invert, RunOptions(out_dir=out))
+    earlier = (out / "a.png").stat().st_mtime - 60  # the first run was a minute ago
+    os.utime(out / "a.png", (earlier, earlier))
+    write_image(gradient(20, 30, seed=2), src / "a.png")
+    summary = run_files([src], invert, RunOptions(out_dir=out))
+    assert sorted(r.status for r in summary.records) == ["ok", "ok"]
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(out / "a.png")), 255 - gradient(20, 30, seed=2)
+    )
+    assert (out / "a_jpg.png").is_file()
+    again = run_files([src], invert, RunOptions(out_dir=out))  # nothing new: both skipped
+    assert [r.status for r in again.records] == ["skipped", "skipped"]
