@@ -543,6 +543,9 @@ def _add_guards(app: FastAPI, settings: ServeSettings) -> None:
     app.add_middleware(Auth, keys=settings.api_keys)
 
 
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     """Answer every error as ``{"error": code, "detail": message}``.
 
@@ -562,6 +565,14 @@ def _add_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         return JSONResponse({"error": "invalid_parameter", "detail": detail}, 422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's own answers (unknown path 404, wrong method 405) in the same shape.
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse(
+            {"error": code, "detail": str(exc.detail)}, exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(AepipeError)
     async def _aepipe_error(_: Request, exc: AepipeError) -> JSONResponse:

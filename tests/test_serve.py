@@ -123,6 +123,11 @@ def assert_json_error(resp: httpx.Response, status: int) -> dict[str, str]:
 
 
 def test_healthz_and_docs(server: str) -> None:
+    # Starlette's own refusals come in the documented {error, detail} shape too.
+    missing = assert_json_error(httpx.get(f"{server}/v1/nowhere", timeout=10), 404)
+    assert missing["error"] == "not_found"
+    wrong = assert_json_error(httpx.get(f"{server}/v1/clean-scan", timeout=10), 405)
+    assert wrong["error"] == "method_not_allowed"
     health = httpx.get(f"{server}/healthz", timeout=10).json()
     assert health["status"] == "ok"
     assert health["stages"] == {
