@@ -262,7 +262,8 @@ class Generator(Stage):
 
         Args:
             n: number of images.
-            seed: seeds a CPU ``torch.Generator``; image i is the same for any batch size.
+            seed: seeds a CPU ``torch.Generator``; image i is the same for any batch size
+                (its latents exactly; float rounding may move a pixel by one gray level).
             temperature: spread of the sampled latents; ``None``: the weights' default.
             batch_size: images per yielded batch; ``None``: the stage config's.
             **options: generator-specific extras (e.g. concept vectors).

@@ -9,7 +9,8 @@ the posterior mean, decode). The other operations are methods: :meth:`FaceGenera
 
 All randomness comes from a CPU ``torch.Generator`` seeded by the caller, and every latent is
 drawn on the CPU before it moves to the model's device, so a seed gives the same faces on any
-device and with any batch size.
+device and with any batch size (the same latents; float rounding in the decoder may move a
+pixel by one gray level between batch sizes).
 
 The same stage serves the MNIST / Fashion-MNIST VAEs (28x28 models); only the weights differ.
 """
