@@ -192,9 +192,10 @@ def is_bilevel(pixels: np.ndarray) -> bool:
 def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> bytes:
     """A finished page as PNG bytes; 1-bit when the page is bilevel.
 
-    A page the stage marks ``meta["bilevel"]``, or whose pixels are all pure black or white
-    (e.g. ``clean-scans --binarize``), is kept 1-bit: lossless for such a page, and written as
-    1-bit PNG, CCITT group 4 TIFF or 1-bit PDF.
+    A page the stage marks ``meta["bilevel"]``, a gray page read from a 1-bit image
+    (``meta["mode"] == "1"``: 1-bit stays 1-bit, cut at mid-gray), or one whose pixels are all
+    pure black or white (e.g. ``clean-scans --binarize``) is kept 1-bit: lossless for such a
+    page, and written as 1-bit PNG, CCITT group 4 TIFF or 1-bit PDF.
 
     Args:
         pixels: (H, W, C) uint8, C in {1, 3}.
@@ -202,7 +203,9 @@ def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> by
     """
     from PIL import Image
 
-    if (meta or {}).get("bilevel") or is_bilevel(pixels):
+    meta = meta or {}
+    gray = pixels.ndim == 3 and pixels.shape[-1] == 1
+    if meta.get("bilevel") or (gray and meta.get("mode") == "1") or is_bilevel(pixels):
         image = Image.fromarray(pixels[..., 0] >= 128).convert("1")
     else:
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)

@@ -260,3 +260,26 @@ def test_resume_after_an_input_with_the_same_stem_is_added(tmp_path):
     assert (out / "a_jpg.png").is_file()
     again = run_files([src], invert, RunOptions(out_dir=out))  # nothing new: both skipped
     assert [r.status for r in again.records] == ["skipped", "skipped"]
+
+
+def test_one_bit_inputs_stay_one_bit(tmp_path):
+    """A 1-bit PNG or G4 TIFF comes out 1-bit (cut at mid-gray) even when the stage returns
+    gray; a gray input with the same stage stays gray."""
+
+    def soften(batch):
+        return batch.replace(batch.images * 0.6 + 0.2)
+
+    src = tmp_path / "in"
+    src.mkdir()
+    bits = gradient(30, 40) > 100
+    Image.fromarray(bits).convert("1").save(src / "bw.png")
+    Image.fromarray(bits).convert("1").save(src / "bw.tif", compression="group4")
+    write_image(gradient(30, 40), src / "gray.png")
+    out = tmp_path / "out"
+    run_files([src], soften, RunOptions(out_dir=out))
+    for name in ("bw.png", "bw.tif"):
+        with Image.open(out / name) as im:
+            assert im.mode == "1", name
+            np.testing.assert_array_equal(np.asarray(im), bits)  # 0.2 / 0.8 cut at 0.5
+    with Image.open(out / "gray.png") as im:
+        assert im.mode == "L"
