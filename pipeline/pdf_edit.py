@@ -331,6 +331,10 @@ def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
             return _Plan("edited", reason, large[0], stencils)
         reason = f"{len(large)} stacked page-size images (mixed raster content)"
         return _Plan("fallback", reason, finest)
+    pieces = _more_of_the_scan(large[0], found)
+    if pieces:
+        # Cleaning the largest piece alone would leave the others dirty.
+        return _Plan("fallback", f"scan split into {pieces + 1} images (strips)", finest)
     if large[0].inline:
         return _Plan("fallback", "the scan is an inline image")
     if "/Mask" in large[0].obj and not isinstance(large[0].obj.Mask, pikepdf.Stream):
@@ -338,6 +342,31 @@ def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
         # (and a colour key for RGB is invalid for an image stored gray).
         return _Plan("fallback", "the scan has a colour-key mask", large[0])
     return _Plan("edited", "scan cleaned in place", large[0])
+
+
+def _more_of_the_scan(scan: _Placement, found: list[_Placement]) -> int:
+    """How many other images of a page look like more of its scan.
+
+    A piece is a strip or tile of at least ``_PIECE_COVERAGE`` of the page at the scan's
+    resolution (within 2%); a logo or photo pasted on a scan is smaller or of another
+    resolution, and stays as it is.
+    """
+    if scan.inline:
+        return 0
+    dpi = max(_dpi(scan.ctm, int(scan.obj.get("/Width", 0)), int(scan.obj.get("/Height", 0))))
+    n = 0
+    for item in found:
+        if item is scan or item.inline or item.coverage < _PIECE_COVERAGE:
+            continue
+        if bool(item.obj.get("/ImageMask", False)):
+            continue
+        w, h = int(item.obj.get("/Width", 0)), int(item.obj.get("/Height", 0))
+        n += abs(max(_dpi(item.ctm, w, h)) - dpi) <= 0.02 * dpi
+    return n
+
+
+# Smallest share of the page a second piece of a scan covers for the page to count as split.
+_PIECE_COVERAGE = 0.05
 
 
 def _mixed_raster(large: list[_Placement]) -> list[_Placement] | None:

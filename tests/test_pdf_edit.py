@@ -615,3 +615,20 @@ def test_a_clean_colour_chart_comes_back_the_same_through_a_gray_stage(tmp_path)
     with pikepdf.open(tmp_path / "c.pdf") as a, pikepdf.open(tmp_path / "o.pdf") as b:
         before, after = (p.pages[0].Resources.XObject["/Im0"] for p in (a, b))
         assert before.read_raw_bytes() == after.read_raw_bytes()
+
+
+def test_a_scan_in_unequal_strips_is_rendered_and_a_pasted_photo_is_not_a_strip(tmp_path):
+    """A page drawn as a 60% and a 40% strip of one scan (same resolution) is not edited as if
+    the larger strip were the whole scan (the other would stay dirty); a photo of another
+    resolution pasted on a scan leaves the scan edited in place."""
+    pdf = pikepdf.new()
+    top = image_stream(pdf, page_pixels(200, 120, seed=1, paper=230))
+    bottom = image_stream(pdf, page_pixels(200, 80, seed=2, paper=230))
+    add_page(pdf, (200, 200), [(top, "200 0 0 120 0 80"), (bottom, "200 0 0 80 0 0")])
+    scan = image_stream(pdf, page_pixels(200, 200, seed=3, paper=230))
+    photo = image_stream(pdf, page_pixels(40, 30, seed=4, paper=120))
+    add_page(pdf, (200, 200), [(scan, "200 0 0 200 0 0"), (photo, "80 0 0 60 20 20")])
+    pdf.save(tmp_path / "s.pdf")
+    outcomes = edit_pdf(tmp_path / "s.pdf", tmp_path / "o.pdf", invert)
+    assert [o.status for o in outcomes] == ["rendered", "edited"]
+    assert "strips" in outcomes[0].reason
