@@ -279,7 +279,7 @@ def plan(
     real_out = _real(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output folder {out_dir} exists and is not a folder")
-    _check_creatable(out_dir, "output folder")
+    check_creatable(out_dir, "output folder")
     for p in paths:
         if p.is_dir():
             root = _real(p)
@@ -307,14 +307,14 @@ def plan(
         report = Path(options.report).expanduser()
         if report.is_dir():
             raise ConfigError(f"--report {report} is a folder; give a file name")
-        _check_creatable(report.parent, "--report folder")
+        check_creatable(report.parent, "--report folder")
         ids = _identities(jobs)
         if report.exists() and _identity(report) in ids:
             raise ConfigError(f"--report {report} is one of the inputs; choose another file")
     return jobs, extra, out_dir
 
 
-def _check_creatable(folder: Path, what: str) -> None:
+def check_creatable(folder: Path, what: str) -> None:
     """Refuse, before any work, a folder that cannot be made because a file stands in its path.
 
     Raises:

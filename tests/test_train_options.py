@@ -176,3 +176,29 @@ def test_help_of_aepipe_imports_no_trainer() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip().splitlines()[-1] == "[]", res.stderr
+
+
+def test_training_commands_refuse_missing_data_and_bad_out_before_training(tmp_path) -> None:
+    """Exit 2 with one line, not a traceback (and not after training, for --out)."""
+    from aepipe.cli.apps import app as main_app
+    from aepipe.cli.main import load_areas
+
+    load_areas()  # registers every training command, as the console script does
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    nodata = str(tmp_path / "nodata")
+    cases = [
+        (["salt-pepper", "--data", nodata], "cannot read the training data"),
+        (["face-vae", "--data", nodata], "cannot read the training data"),
+        (["face-vqvae", "--data", nodata], "cannot read the training data"),
+        (["scan-denoiser", "--out", str(a_file)], "is a file; training writes a weights folder"),
+        (["salt-pepper", "--out", str(a_file / "sub")], f"{a_file} is a file"),
+        (["scan-denoiser", "--scale-lo", "2", "--scale-hi", "1"], "--scale-lo must be at most"),
+    ]
+    for args, message in cases:
+        out = [] if "--out" in args else ["--out", str(tmp_path / "o")]
+        res = CliRunner().invoke(main_app, ["train", *args, *out])
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output and "Traceback" not in res.output, (args, res.output)
+    assert not (tmp_path / "o").exists()

@@ -109,11 +109,16 @@ def train_out(out: Path | None, name: str, overwrite_shipped: bool = False) -> P
     shipped weights folder needs ``--overwrite-shipped``.
 
     Raises:
-        ConfigError: ``out`` is inside the shipped weights and the flag is not given.
+        ConfigError: ``out`` is inside the shipped weights and the flag is not given, or it
+            is a file or lies under one (checked before training, not when saving after it).
     """
+    from aepipe.runner import check_creatable
     from aepipe.weights import shipped_weights_dir
 
     target = Path("runs") / name if out is None else out
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--out {target}: is a file; training writes a weights folder")
+    check_creatable(target, "--out")
     shipped = shipped_weights_dir().resolve()
     resolved = target.resolve()
     if not overwrite_shipped and (resolved == shipped or shipped in resolved.parents):
@@ -168,6 +173,20 @@ def check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
     if low not in choices:
         fail(f"{option} must be one of {', '.join(choices)}; got {value!r}", ExitCode.BAD_ARGS)
     return low
+
+
+@contextmanager
+def training_data_errors() -> Iterator[None]:
+    """A training run's missing data as a bad argument (exit 2), not a traceback.
+
+    Raises:
+        ConfigError: for ``FileNotFoundError`` or ``NotADirectoryError`` while training (its
+            data is read first; outputs are written into folders made for them).
+    """
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ConfigError(f"cannot read the training data: {exc}") from None
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -32,6 +32,7 @@ from aepipe.cli.common import (
     err,
     invocation,
     train_out,
+    training_data_errors,
 )
 from aepipe.errors import ConfigError
 
@@ -284,7 +285,8 @@ def add_train_command(
         train = importlib.import_module(module).train
         with cli_errors():
             target = train_out(out, name, overwrite_shipped)
-            train(train_config(ctx, **fixed), target, progress=err)
+            with training_data_errors():
+                train(train_config(ctx, **fixed), target, progress=err)
             err(f"wrote {target}")
 
     command.__doc__ = help

@@ -23,6 +23,7 @@ from aepipe.cli.common import (
     cli_errors,
     err,
     train_out,
+    training_data_errors,
 )
 from aepipe.cli.train_options import train_command, train_config
 
@@ -55,7 +56,8 @@ def train_face_vqvae(
         for part in ("vqvae", "prior") if stage == "both" else (stage,):
             # With both, the prior runs --prior-epochs (default: the config's), not --epochs.
             epochs = {"epochs": prior_epochs} if part == "prior" and stage == "both" else {}
-            train(train_config(ctx, stage=part, **epochs), target, progress=err)
+            with training_data_errors():
+                train(train_config(ctx, stage=part, **epochs), target, progress=err)
         err(f"wrote {target}")
 
 

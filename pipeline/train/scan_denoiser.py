@@ -170,6 +170,8 @@ class TrainConfig(RunFields):
             raise ValueError("--test-groups must be smaller than --val-groups")
         if self.freeze_base and (not self.refine or self.init is None):
             raise ValueError("--freeze-base needs --refine and --init (it trains the correction)")
+        if self.scale_lo > self.scale_hi:
+            raise ValueError("--scale-lo must be at most --scale-hi")
         return self
 
 
