@@ -270,6 +270,8 @@ class FacePhotos(_Strict):
     concepts: list[str] = Field(
         default_factory=list, max_length=16, description="NAME:STRENGTH; none reconstructs."
     )
+    # Your concept files, searched before the shipped ones: the CLI's --concepts-dir default.
+    concepts_dir: Path = Path("concepts")
     face: Literal["all", "largest"] | Annotated[int, Field(ge=0, le=9999)] = "all"
     align: Literal["auto", "photo", "crop"] = "auto"
     no_face: Literal["fail", "keep"] = "fail"
@@ -418,7 +420,8 @@ def _concept_vectors(spec: StageSpec, where: str) -> list[Any] | None:
     if not spec.faces.concepts:
         return None
     try:
-        return face_concepts(spec.faces.concepts, default_concept_dirs(None, spec.weights))
+        dirs = default_concept_dirs(spec.faces.concepts_dir, spec.weights)
+        return face_concepts(spec.faces.concepts, dirs)
     except ConfigError as exc:
         raise ConfigError(f"{where}.faces.concepts: {exc}") from None
 

@@ -494,3 +494,20 @@ def test_needed_weights_finds_names() -> None:
         'e = StageMapper("w3")\nf = f(colorizer="w4")\n'
     )
     assert needed_weights(code) == {"salt-pepper", "x-y", "w1", "w2", "w3", "w4"}
+
+
+def test_pipeline_faces_find_your_own_concepts_as_the_cli_does(tmp_path: Path) -> None:
+    """A concept made with ``aepipe faces concept`` (in ``concepts/``, or ``--concepts-dir``) is
+    found by a pipeline or Ray ``faces`` table too (it only searched the shipped ones)."""
+    from aepipe.pipeline import StageSpec, check_stage_spec
+    from aepipe.stages.face_generator import save_concept
+
+    stage = load_stage("face-vae")
+    save_concept(tmp_path / "mine", "blink", torch.ones(stage.latent_dim))
+    spec = StageSpec(
+        weights="face-vae", faces={"concepts": ["blink:1"], "concepts_dir": tmp_path / "mine"}
+    )
+    check_stage_spec(spec, "stages.0")
+    assert StageSpec(weights="face-vae", faces={}).faces.concepts_dir == Path("concepts")
+    with pytest.raises(ConfigError, match="stages.0.faces.concepts: concept 'blink' not found"):
+        check_stage_spec(StageSpec(weights="face-vae", faces={"concepts": ["blink:1"]}), "stages.0")
