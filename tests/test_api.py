@@ -509,5 +509,5 @@ def test_pipeline_faces_find_your_own_concepts_as_the_cli_does(tmp_path: Path) -
     )
     check_stage_spec(spec, "stages.0")
     assert StageSpec(weights="face-vae", faces={}).faces.concepts_dir == Path("concepts")
-    with pytest.raises(ConfigError, match="stages.0.faces.concepts: concept 'blink' not found"):
+    with pytest.raises(ConfigError, match=r"stages\.0\.faces\.concepts: concept 'blink' not found"):
         check_stage_spec(StageSpec(weights="face-vae", faces={"concepts": ["blink:1"]}), "stages.0")
