@@ -36,6 +36,7 @@ import numpy as np
 from aepipe.batch import ImageBatch, pil_to_array
 from aepipe.defaults import DEFAULT_DPI, DEFAULT_MAX_PIXELS
 from aepipe.errors import (
+    ConfigError,
     InputImageError,
     TooManyPagesError,
     TooManyPixelsError,
@@ -664,6 +665,44 @@ def png_bytes(pixels: np.ndarray | Any, dpi: float | None = None) -> bytes:
     kwargs = {"dpi": (dpi, dpi)} if dpi else {}
     to_pil(pixels).save(buf, format="PNG", **kwargs)
     return buf.getvalue()
+
+
+def check_creatable(folder: Path, what: str) -> None:
+    """Refuse, before any work, a folder that cannot be made because a file stands in its path.
+
+    Raises:
+        ConfigError: naming the file in the way.
+    """
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"{what} {folder} cannot be made: {part} is a file")
+            return
+
+
+def check_image_target(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse, before any work, an image file that :func:`write_image` could not write.
+
+    Args:
+        path: the file to write (a contact sheet, a strip, a grid).
+        what: how the user named it, for the message (``--grid``, ``sink.grid``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: its suffix is not one we write, it is a folder, or a file stands where
+            one of its folders would be made.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{what} {path}: is a folder; give a file name (e.g. grid.png)")
+    try:
+        _format_of(path)
+    except ValueError as exc:
+        raise ConfigError(f"{what} {exc}") from None
+    check_creatable(path.parent, what)
+    return path
 
 
 def _format_of(path: Path) -> str:

@@ -340,6 +340,10 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
             )
         ) from None
     _check_sink_fits_source(spec, str(path))
+    if spec.sink.grid is not None:
+        from aepipe.io import check_image_target
+
+        check_image_target(spec.sink.grid, f"{path}: sink.grid")
     for i, st in enumerate(spec.stages):
         check_stage_spec(st, f"{path}: stages.{i}")
     return spec

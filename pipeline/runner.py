@@ -65,6 +65,7 @@ from aepipe.io import (
     OutputFormat,
     Page,
     atomic_write,
+    check_creatable,
     count_pages,
     is_image_path,
     page_batch,
@@ -312,19 +313,6 @@ def plan(
         if report.exists() and _identity(report) in ids:
             raise ConfigError(f"--report {report} is one of the inputs; choose another file")
     return jobs, extra, out_dir
-
-
-def check_creatable(folder: Path, what: str) -> None:
-    """Refuse, before any work, a folder that cannot be made because a file stands in its path.
-
-    Raises:
-        ConfigError: naming the file in the way.
-    """
-    for part in (folder, *folder.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise ConfigError(f"{what} {folder} cannot be made: {part} is a file")
-            return
 
 
 def _walk(root: Path, options: RunOptions, real_out: Path) -> tuple[list[_Job], list[FileRecord]]:

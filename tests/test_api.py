@@ -352,6 +352,10 @@ def test_run_rejects_missing_weights_and_bad_toml(tmp_path: Path) -> None:
     cfg.write_text('[source]\ntype = "folder"\ninputs = ["x"]\n[sink]\nout = "o"\ngrid = "g.png"\n')
     with pytest.raises(ConfigError, match=r"sink\.grid: only for faces and interpolate sources"):
         read_pipeline_file(cfg)
+    # A grid the writer could not write is refused before any face is made.
+    cfg.write_text('[source]\ntype = "faces"\n[sink]\nout = "o"\ngrid = "o_grid"\n')
+    with pytest.raises(ConfigError, match=r"sink\.grid o_grid: cannot write this format"):
+        read_pipeline_file(cfg)
 
 
 def test_example_clean_scans_toml_runs(tmp_path: Path, tiny_weights: dict[str, Path]) -> None:

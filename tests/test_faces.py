@@ -601,3 +601,23 @@ def test_face_vae_training_writes_the_shipped_stage_config() -> None:
     # `aepipe train face-vae` must reproduce the sampling settings shipped with the weights.
     shipped = read_config(resolve("face-vae"))["stage_config"]
     assert PRESETS["face-vae"]["stage_config"] == shipped
+
+
+def test_cli_sheet_paths_are_checked_before_any_work(tmp_path: Path, cli) -> None:
+    """A grid or strip the writer could not write exits 2 before faces are made (a traceback
+    after the work before)."""
+    weights = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "faces"
+    cases = [
+        (("gen-faces", "--n", 2, "--out", out, "--grid", tmp_path / "grid"), "cannot write"),
+        (("gen-faces", "--n", 2, "--out", out, "--grid", tmp_path / "adir"), "is a folder"),
+        (("gen-faces", "--n", 2, "--out", tmp_path / "afile"), "is a file"),
+        (("faces", "traverse", "--out", tmp_path / "t.gif"), "cannot write"),
+        (("vae", "grid", "--out", tmp_path / "afile" / "g.png"), "is a file"),
+    ]
+    for args, message in cases:
+        res = cli(*args, "--model", weights)
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+    assert not out.exists()

@@ -112,7 +112,7 @@ def train_out(out: Path | None, name: str, overwrite_shipped: bool = False) -> P
         ConfigError: ``out`` is inside the shipped weights and the flag is not given, or it
             is a file or lies under one (checked before training, not when saving after it).
     """
-    from aepipe.runner import check_creatable
+    from aepipe.io import check_creatable
     from aepipe.weights import shipped_weights_dir
 
     target = Path("runs") / name if out is None else out
@@ -173,6 +173,13 @@ def check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
     if low not in choices:
         fail(f"{option} must be one of {', '.join(choices)}; got {value!r}", ExitCode.BAD_ARGS)
     return low
+
+
+def image_target(path: Path, what: str) -> Path:
+    """:func:`aepipe.io.check_image_target`, imported only when a command runs."""
+    from aepipe.io import check_image_target
+
+    return check_image_target(path, what)
 
 
 @contextmanager

@@ -12,7 +12,14 @@ from typing import Annotated
 import typer
 
 from aepipe.cli.apps import app, faces_app, vae_app
-from aepipe.cli.common import OverwriteShippedOpt, cli_errors, err, invocation, train_out
+from aepipe.cli.common import (
+    OverwriteShippedOpt,
+    cli_errors,
+    err,
+    image_target,
+    invocation,
+    train_out,
+)
 from aepipe.cli.train_options import add_train_command
 
 _TRAIN_HELP = {
@@ -181,12 +188,16 @@ def gen_faces(
     """
     with cli_errors():
         from aepipe.core import generate, load_generator
+        from aepipe.errors import ConfigError
 
         overrides: dict[str, object] = {"batch_size": batch_size}
         if prior:
             overrides["sampler"] = "prior"
         if sharpen is not None:
             overrides["sharpen"] = sharpen
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: is a file; the faces go into a folder")
+        grid_path = None if no_grid else image_target(grid or out / "grid.png", "--grid")
         stage = load_generator(model, _resolve_device(device), **overrides)
         options = {"concepts": _concepts(concept, concepts_dir, model)} if concept else {}
         then = []
@@ -194,7 +205,6 @@ def gen_faces(
             from aepipe.stage import load_stage
 
             then.append(load_stage("colorizer", device=_resolve_device(device)))
-        grid_path = None if no_grid else (grid or out / "grid.png")
         batches = generate(stage, n, seed=seed, temperature=temperature, stages=then, **options)
         _write_faces(batches, n, out, grid_path, quiet)
         err(f"wrote {n} faces to {out}" + (f" and the grid {grid_path}" if grid_path else ""))
@@ -433,6 +443,7 @@ def interpolate(
         from aepipe.core import face_strip, interpolate_faces, named_by_method, walk_methods
         from aepipe.io import write_image
 
+        image_target(out, "--out")
         stage = _load_face_vae(model, _resolve_device(device))
         methods = walk_methods(method)
         rows = interpolate_faces(
@@ -468,6 +479,7 @@ def traverse(
 ) -> None:
     """Vary one latent dimension per row around a face and write the grid."""
     with cli_errors():
+        image_target(out, "--out")
         stage = _load_face_vae(model, _resolve_device(device))
         base = stage.encode(_read_one(image))[0] if image is not None else None
         batch, used = stage.traverse(dims, steps=steps, span=span, base=base)
@@ -655,6 +667,7 @@ def vae_grid(
 
         from aepipe.errors import ConfigError
 
+        target = image_target(out or Path(f"{Path(model).name}-grid.png"), "--out")
         stage = _load_face_vae(model, "cpu")
         if stage.latent_dim != 2:
             raise ConfigError(
@@ -665,7 +678,6 @@ def vae_grid(
         vals = torch.distributions.Normal(0.0, 1.0).icdf(q)
         zy, zx = torch.meshgrid(vals.flip(0), vals, indexing="ij")
         z = torch.stack([zx.reshape(-1), zy.reshape(-1)], 1)
-        target = out or Path(f"{Path(model).name}-grid.png")
         _write_grid(stage.decode(z), target, ncols=n)
         err(f"wrote {target}")
 

@@ -22,6 +22,7 @@ from aepipe.cli.common import (
     check_choice,
     cli_errors,
     err,
+    image_target,
     train_out,
     training_data_errors,
 )
@@ -89,6 +90,7 @@ def vq_interpolate(
     from aepipe.cli.faces import _read_one, _write_grid
 
     with cli_errors():
+        image_target(out, "--out")
         stage = _load(model)
         _write_grid(stage.interpolate(_read_one(a), _read_one(b), steps), out, ncols=steps)
         err(f"wrote {out}")
@@ -107,5 +109,6 @@ def codebook(
     from aepipe.cli.faces import _write_grid
 
     with cli_errors():
+        image_target(out, "--out")
         _write_grid(_load(model).codebook(first, count), out)
         err(f"wrote {out}")
