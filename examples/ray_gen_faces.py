@@ -1,10 +1,10 @@
-"""Generate (and colorize) N faces with Ray Data, in parallel blocks with distinct seeds.
+"""Generate (and colorize) N faces with Ray Data, in parallel blocks.
 
     python examples/ray_gen_faces.py 256 faces_out/ --seed 0 --block-size 32 --concurrency 2
 
-The N faces are cut into blocks of ``--block-size``; block ``b`` samples with the seed
-``SeedSequence([seed, b])`` (see ``aepipe.ray.face_blocks``), so blocks never repeat each
-other and the same command gives the same faces however many actors run it. Each actor loads the
+The N faces are cut into blocks of ``--block-size``; each block draws its own stretch of the
+seed's sequence (see ``aepipe.ray.face_blocks``), so the faces are those of ``gen-faces --n N
+--seed S --colorize``, whatever the block size and however many actors run it. Each actor loads the
 face generator and the colorizer once (``aepipe.ray.FaceBlockMapper``); the driver writes
 ``face_00000.png`` ... and, with ``--grid``, one contact sheet.
 """

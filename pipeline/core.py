@@ -95,6 +95,7 @@ def generate(
     seed: int = 0,
     temperature: float | None = None,
     batch_size: int | None = None,
+    first: int = 0,
     stages: Sequence[Stage] = (),
     **options: Any,
 ) -> Iterator[ImageBatch]:
@@ -106,6 +107,7 @@ def generate(
         seed: the same seed gives the same images on any device and with any batch size.
         temperature: ``None`` keeps the weights' default (face-vae: 1.2).
         batch_size: images per batch; ``None``: the generator config's.
+        first: index of the first image in ``seed``'s sequence (a block of a larger run).
         stages: stages applied to every batch, in order.
         **options: generator-specific extras passed to ``sample`` (e.g. ``concepts``).
 
@@ -113,7 +115,7 @@ def generate(
         Batches named ``face_00000`` ... (the generator's names) on the CPU.
     """
     for batch in generator.sample(
-        n, seed=seed, temperature=temperature, batch_size=batch_size, **options
+        n, seed=seed, temperature=temperature, batch_size=batch_size, first=first, **options
     ):
         for stage in stages:
             batch = stage(batch)

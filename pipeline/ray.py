@@ -361,11 +361,11 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
 
 
 def face_blocks(n: int, seed: int = 0, block_size: int = 64) -> list[dict[str, int]]:
-    """Cut ``n`` faces into blocks, each with its own seed derived from ``seed``.
+    """Cut ``n`` faces of ``seed`` into blocks for Ray workers.
 
-    Block seeds come from ``numpy.random.SeedSequence([seed, block])``, so they are distinct
-    across blocks *and* across base seeds (seed 0's block 1 is not seed 1's block 0), and the
-    same ``(n, seed, block_size)`` always gives the same faces, whatever the number of workers.
+    Every block draws its faces from the same ``seed`` at its own place in the sequence
+    (:meth:`aepipe.stage.Generator.sample`'s ``first``), so the faces are those of
+    ``gen-faces --n N --seed S``, whatever the block size or the number of workers.
 
     Returns:
         Rows ``{"block", "start", "count", "seed"}`` for ``ray.data.from_items``.
@@ -374,11 +374,10 @@ def face_blocks(n: int, seed: int = 0, block_size: int = 64) -> list[dict[str, i
         raise ConfigError(
             f"n and block_size must be at least 1; got n={n}, block_size={block_size}"
         )
-    blocks = []
-    for b, start in enumerate(range(0, n, block_size)):
-        block_seed = int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint32)[0])
-        blocks.append(dict(block=b, start=start, count=min(block_size, n - start), seed=block_seed))
-    return blocks
+    return [
+        dict(block=b, start=start, count=min(block_size, n - start), seed=seed)
+        for b, start in enumerate(range(0, n, block_size))
+    ]
 
 
 class FaceBlockMapper:
@@ -387,7 +386,8 @@ class FaceBlockMapper:
     Any generator works (the face VAE by default): images come from
     :func:`aepipe.core.generate`, exactly as ``gen-faces`` and ``GET /v1/faces`` make them.
     Each input row ``{"block", "start", "count", "seed"}`` becomes ``count`` output rows with
-    ``name`` (``face_00042``), ``seed`` (the block seed) and ``image`` (uint8 H x W x C).
+    ``name`` (``face_00042``), ``seed`` and ``image`` (uint8 H x W x C): faces ``start`` ...
+    of ``seed``'s sequence, as ``gen-faces`` makes them.
 
     Args:
         generator: weights of any generator stage (see :class:`aepipe.stage.Generator`).
@@ -419,16 +419,18 @@ class FaceBlockMapper:
         self.temperature = temperature
 
     def faces(self, count: int, seed: int, start: int = 0) -> ImageBatch:
-        """``count`` faces for one block, named from ``start``."""
-        from aepipe.batch import ImageBatch
+        """Faces ``start`` ... ``start + count - 1`` of ``seed``'s sequence."""
         from aepipe.core import generate_batch
 
         then = [self.colorizer] if self.colorizer is not None else []
-        batch = generate_batch(
-            self.generator, count, seed=seed, temperature=self.temperature, stages=then
+        return generate_batch(
+            self.generator,
+            count,
+            seed=seed,
+            first=start,
+            temperature=self.temperature,
+            stages=then,
         )
-        names = [f"face_{start + i:05d}" for i in range(len(batch))]
-        return ImageBatch(batch.images, names, batch.meta)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Map rows of blocks to rows of faces."""

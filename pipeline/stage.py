@@ -256,6 +256,7 @@ class Generator(Stage):
         seed: int = 0,
         temperature: float | None = None,
         batch_size: int | None = None,
+        first: int = 0,
         **options: Any,
     ) -> Iterator[ImageBatch]:
         """Make ``n`` new images, reproducibly from ``seed``, one batch at a time.
@@ -266,6 +267,9 @@ class Generator(Stage):
                 (its latents exactly; float rounding may move a pixel by one gray level).
             temperature: spread of the sampled latents; ``None``: the weights' default.
             batch_size: images per yielded batch; ``None``: the stage config's.
+            first: index of the first image in ``seed``'s sequence: ``sample(n, first=k)``
+                makes images k ... k + n - 1 of ``sample(k + n)`` (a block of a larger run,
+                as Ray's workers make them), named and indexed so.
             **options: generator-specific extras (e.g. concept vectors).
 
         Yields:

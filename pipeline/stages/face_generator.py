@@ -199,9 +199,9 @@ class FaceGenerator(FaceModel):
         return ImageBatch(out, list(names) if names is not None else [])
 
     def sample_latents(
-        self, n: int, seed: int = 0, temperature: float | None = None
+        self, n: int, seed: int = 0, temperature: float | None = None, first: int = 0
     ) -> torch.Tensor:
-        """Draw ``n`` latents on the CPU from a generator seeded with ``seed``.
+        """Draw latents ``first`` ... ``first + n - 1`` of ``seed``'s sequence, on the CPU.
 
         Returns:
             (n, latent_dim) float32 on the CPU.
@@ -211,8 +211,10 @@ class FaceGenerator(FaceModel):
         temp = self.config.temperature if temperature is None else float(temperature)
         if not 0.0 <= temp <= 3.0:
             raise ConfigError(f"{self.name}.temperature: must be in [0, 3]; got {temp}")
-        if n < 0:
-            raise ConfigError(f"{self.name}: number of samples must be >= 0; got {n}")
+        if n < 0 or first < 0:
+            raise ConfigError(
+                f"{self.name}: number of samples and first must be >= 0; got {n}, {first}"
+            )
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         mixture = self.config.sampler == "fitted" and self.model.sample_components > 1
         # Noise comes in fixed blocks of _NOISE_BLOCK faces (the last one drawn whole and cut),
@@ -220,17 +222,18 @@ class FaceGenerator(FaceModel):
         # tensor differently depending on its size. A mixture also draws, per block, the
         # uniforms that pick each face's component.
         eps_blocks, u_blocks = [], []
-        for _ in range(math.ceil(n / _NOISE_BLOCK)):
+        for _ in range(math.ceil((first + n) / _NOISE_BLOCK)):
             eps_blocks.append(torch.randn(_NOISE_BLOCK, self.latent_dim, generator=gen))
             if mixture:
                 u_blocks.append(torch.rand(_NOISE_BLOCK, generator=gen))
-        eps = torch.cat(eps_blocks)[:n] if eps_blocks else torch.zeros(0, self.latent_dim)
+        end = first + n
+        eps = torch.cat(eps_blocks)[first:end] if eps_blocks else torch.zeros(0, self.latent_dim)
         eps = eps * temp
         if self.config.sampler == "prior":
             return eps
         if n == 0:  # nothing to map (a mixture sampler would find no uniforms)
             return eps
-        u = torch.cat(u_blocks)[:n] if u_blocks else None
+        u = torch.cat(u_blocks)[first:end] if u_blocks else None
         return self.model.latents_from_noise(eps, u).float().cpu()
 
     def sample(
@@ -240,6 +243,7 @@ class FaceGenerator(FaceModel):
         seed: int = 0,
         temperature: float | None = None,
         batch_size: int | None = None,
+        first: int = 0,
         concepts: Sequence[tuple[torch.Tensor, float]] = (),
     ) -> Iterator[ImageBatch]:
         """Generate ``n`` new faces, one batch at a time.
@@ -249,19 +253,20 @@ class FaceGenerator(FaceModel):
             seed: seeds the CPU generator; the same seed gives the same faces anywhere.
             temperature: overrides the config's temperature (``None``: the weights' default).
             batch_size: overrides the config's batch size.
+            first: index of the first face in ``seed``'s sequence (a block of a larger run).
             concepts: ``(vector, strength)`` pairs added to every latent.
 
         Yields:
             Batches of (B, 1, S, S) faces named ``face_00000`` ..., with ``seed`` and ``index``
             in their metadata, sharpened as the config says.
         """
-        z = self.sample_latents(n, seed, temperature)
+        z = self.sample_latents(n, seed, temperature, first)
         for vector, strength in concepts:
             z = self.apply_concept(z, vector, strength)
         size = batch_size or self.config.batch_size
-        width = max(5, len(str(max(n - 1, 0))))
+        width = max(5, len(str(max(first + n - 1, 0))))
         for start in range(0, n, size):
-            idx = range(start, min(n, start + size))
+            idx = range(first + start, first + min(n, start + size))
             out = self.decode(z[start : start + len(idx)], [f"face_{i:0{width}d}" for i in idx])
             out.images = unsharp_mask(out.images, self.config.sharpen, self.config.sharpen_sigma)
             out.meta = [{"seed": seed, "index": i} for i in idx]

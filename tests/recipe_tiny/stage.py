@@ -41,6 +41,7 @@ class TinyGenerator(Generator):
         seed: int = 0,
         temperature: float | None = None,
         batch_size: int | None = None,
+        first: int = 0,
         **options: Any,
     ) -> Iterator[ImageBatch]:
         """``n`` images named ``face_00000`` ..., the same for a seed whatever the batch size."""
@@ -48,12 +49,13 @@ class TinyGenerator(Generator):
 
         temp = self.config.temperature if temperature is None else float(temperature)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        z = torch.randn(max(n, 1), self.model.latent_dim, generator=gen)[:n] * temp
+        z = torch.randn(max(first + n, 1), self.model.latent_dim, generator=gen)
+        z = z[first : first + n] * temp
         size = batch_size or self.config.batch_size
         for start in range(0, n, size):
-            idx = range(start, min(n, start + size))
+            idx = range(first + start, first + min(n, start + size))
             with torch.inference_mode():
-                images = self.model(z[start : idx.stop].to(self.device)).float().cpu()
+                images = self.model(z[start : start + len(idx)].to(self.device)).float().cpu()
             names = [f"face_{i:05d}" for i in idx]
             yield ImageBatch(images, names, [{"seed": seed, "index": i} for i in idx])
 
