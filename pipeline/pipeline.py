@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -501,20 +501,30 @@ def interpolate_source(
         yield row
 
 
+class Written(NamedTuple):
+    """What :func:`write_batches` did: files written, and files kept because they existed."""
+
+    written: list[Path]
+    skipped: list[Path]
+
+
 def write_batches(
     batches: Iterable[ImageBatch],
     out: Path,
     grid: Path | None = None,
     overwrite: bool = False,
     ncols: int | None = None,
-) -> list[Path]:
+) -> Written:
     """Write generated batches as PNGs named after the batch names, plus an optional grid.
+
+    Without ``overwrite`` an existing file (a face or the grid) is kept as it is: a re-run
+    resumes, and never mixes a new grid with old faces.
 
     ``ncols``: the grid's columns (default: about square).
     """
     from aepipe.io import make_grid, write_image
 
-    written: list[Path] = []
+    done = Written([], [])
     grid_tiles: list[np.ndarray] = []
     for batch in batches:
         arrays = batch.to_numpy(np.uint8)
@@ -522,9 +532,15 @@ def write_batches(
             target = out / f"{name}.png"
             if overwrite or not target.exists():
                 write_image(pixels, target)
-            written.append(target)
+                done.written.append(target)
+            else:
+                done.skipped.append(target)
         if grid is not None:
             grid_tiles.extend(a if a.shape[-1] == 3 else np.repeat(a, 3, -1) for a in arrays)
     if grid is not None and grid_tiles:
-        write_image(make_grid(np.stack(grid_tiles), ncols=ncols), grid)
-    return written
+        if overwrite or not grid.exists():
+            write_image(make_grid(np.stack(grid_tiles), ncols=ncols), grid)
+            done.written.append(grid)
+        else:
+            done.skipped.append(grid)
+    return done

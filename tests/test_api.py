@@ -388,7 +388,16 @@ def test_example_faces_toml_runs(tmp_path: Path, tiny_weights: dict[str, Path]) 
     faces = sorted((tmp_path / "pipeline_faces").glob("*.png"))
     assert [f.name for f in faces] == [f"face_{i:05d}.png" for i in range(16)]
     assert Image.open(faces[0]).mode == "RGB"  # colorized
-    assert (tmp_path / "pipeline_faces_grid.png").is_file()
+    grid = tmp_path / "pipeline_faces_grid.png"
+    assert grid.is_file() and "wrote 17 files" in res.stderr
+    # Re-run with another seed and overwrite = false: faces and grid are kept, and said so.
+    before = [f.read_bytes() for f in (*faces, grid)]
+    cfg.write_text(
+        text.replace("seed = 0", "seed = 1").replace("overwrite = true", "overwrite = false")
+    )
+    res = aepipe("run", str(cfg), "--quiet")
+    assert res.returncode == 0 and "wrote 0 files" in res.stderr and "kept 17" in res.stderr
+    assert [f.read_bytes() for f in (*faces, grid)] == before
 
 
 def test_example_faces_toml_is_valid(tmp_path: Path) -> None:

@@ -43,8 +43,11 @@ def run_pipeline(
             else:  # the grid is the strip of `faces interpolate`: a row per path
                 batches, ncols = interpolate_source(src, build_stages(spec)), src.steps
             grid = Path(sink.grid) if sink.grid else None
-            written = write_batches(batches, Path(sink.out), grid, sink.overwrite, ncols)
-            typer.echo(f"wrote {len(written)} images to {sink.out}", err=True)
+            done = write_batches(batches, Path(sink.out), grid, sink.overwrite, ncols)
+            kept = (
+                f", kept {len(done.skipped)} that exist (overwrite = false)" if done.skipped else ""
+            )
+            typer.echo(f"wrote {len(done.written)} files to {sink.out}{kept}", err=True)
             raise typer.Exit(int(ExitCode.OK))
         options = RunOptions(
             out_dir=Path(sink.out),
