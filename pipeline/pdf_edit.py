@@ -1083,11 +1083,18 @@ def _save(pdf: pikepdf.Pdf, fh: Any) -> None:
     import pikepdf
 
     # Untouched streams are written as they are (no recompression, no decoding), object
-    # streams as the source had them: a page not edited keeps its content bytes.
+    # streams as the source had them: a page not edited keeps its content bytes. A PDF opened
+    # with an empty user password keeps its encryption and permissions (pikepdf's True copies
+    # the source's; its streams are re-encrypted, so the stream options do not apply).
+    kept = (
+        dict(encryption=True)
+        if pdf.is_encrypted
+        else dict(stream_decode_level=pikepdf.StreamDecodeLevel.none)
+    )
     pdf.save(
         fh,
         compress_streams=False,
-        stream_decode_level=pikepdf.StreamDecodeLevel.none,
         object_stream_mode=pikepdf.ObjectStreamMode.preserve,
         recompress_flate=False,
+        **kept,
     )

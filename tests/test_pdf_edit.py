@@ -632,3 +632,19 @@ def test_a_scan_in_unequal_strips_is_rendered_and_a_pasted_photo_is_not_a_strip(
     outcomes = edit_pdf(tmp_path / "s.pdf", tmp_path / "o.pdf", invert)
     assert [o.status for o in outcomes] == ["rendered", "edited"]
     assert "strips" in outcomes[0].reason
+
+
+def test_a_permissions_only_encrypted_pdf_keeps_its_encryption(tmp_path):
+    """Opened with the empty user password, cleaned, saved with its encryption and permissions
+    (they were dropped without a word)."""
+    src = scan_pdf(tmp_path / "plain.pdf", 120, 90)
+    locked = tmp_path / "locked.pdf"
+    with pikepdf.open(src) as pdf:
+        no_copy = pikepdf.Permissions(extract=False, modify_assembly=False)
+        pdf.save(locked, encryption=pikepdf.Encryption(owner="o", user="", allow=no_copy))
+    outcomes = edit_pdf(locked, tmp_path / "out.pdf", invert)
+    assert [o.status for o in outcomes] == ["edited"]
+    with pikepdf.open(tmp_path / "out.pdf") as out:
+        assert out.is_encrypted and not out.allow.extract and not out.allow.modify_assembly
+    with pikepdf.open(tmp_path / "out.pdf", password="o") as out:  # the owner's password too
+        assert out.owner_password_matched
