@@ -83,8 +83,14 @@ def load_generator(
         WeightsError: the weights are missing, broken, or for a stage that cannot generate.
         ConfigError: an override is unknown or out of range.
     """
-    from aepipe.stage import load_stage
+    from aepipe.stage import Generator, load_stage, stage_class
+    from aepipe.weights import read_config, resolve
 
+    # The kind first: a colorizer's weights asked to sample should say so, not that a
+    # sampling override is an unknown key of its config.
+    name = read_config(resolve(name_or_path)).get("stage", "")
+    if overrides and not issubclass(stage_class(name), Generator):
+        raise WeightsError(f"{name_or_path}: weights are for stage {name!r}, which cannot generate")
     return as_generator(load_stage(name_or_path, device=device, **overrides), name_or_path)
 
 

@@ -57,3 +57,6 @@ def test_a_stage_that_cannot_generate_is_refused(tmp_path: Path) -> None:
     folder = stage_class("impulse-denoiser").tiny(seed=0).save_pretrained(tmp_path / "d")
     with pytest.raises(WeightsError, match="cannot generate"):
         load_generator(folder)
+    # Also with sampling overrides (gen-faces passes batch_size): the kind is checked first.
+    with pytest.raises(WeightsError, match="cannot generate"):
+        load_generator(folder, batch_size=2)
