@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from aepipe import apply
 from aepipe.batch import ImageBatch
 from aepipe.data.idx import load_mnist_like, read_idx
 from aepipe.data.noise import random_salt_pepper, salt_pepper
@@ -285,3 +286,26 @@ def test_shipped_weights_meet_targets_on_fashion_test(shared_data: Path) -> None
         assert ours > switching, (density, ours, switching)
         if density == 0.1:
             assert ours >= 28.0
+
+
+def test_solid_black_and_white_areas_pass_through() -> None:
+    """Blank paper, blown highlights and black areas are exact 0s and 1s like the noise, but
+    noise never makes a solid area: they come back as they went in (the shipped net turned a
+    white image gray, mean 143 of 255)."""
+    from aepipe.stages.impulse_denoiser import solid_extremes
+
+    stage = load_stage("salt-pepper")
+    white = np.full((64, 64), 255, np.uint8)
+    np.testing.assert_array_equal(apply(stage, white), white)
+    page = np.full((60, 80), 255, np.uint8)
+    page[20:40, 10:70] = 0  # a black bar
+    rng = np.random.default_rng(0)
+    noisy = page.copy()
+    salt = (rng.random(page.shape) < 0.05) & (page == 0)
+    noisy[salt] = 255  # salt on the bar: its neighbourhood is black, so it is not kept
+    keep = solid_extremes(torch.from_numpy(noisy / 255.0).float()[None, None])[0, 0].numpy()
+    assert not keep[salt].any()
+    assert keep[5:15, 5:75].all() and keep[25:35, 15:65][~salt[25:35, 15:65]].all()
+    out = apply(stage, noisy)
+    assert (out[salt] < 64).all()  # the salt is removed
+    np.testing.assert_array_equal(out[5:15], page[5:15])  # paper away from the bar is kept
