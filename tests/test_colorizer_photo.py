@@ -315,3 +315,18 @@ def test_selected_setting_goes_into_the_card(tmp_path: Path) -> None:
     assert all(Colorizer.tiny(**u).config.upsample == u["upsample"] for u in ups)
     with pytest.raises(argparse.ArgumentTypeError, match="guided:RADIUS:EPS"):
         parse_upsamples("guided:2")
+
+
+def test_auto_colorizer_refuses_a_bad_device_or_option_before_any_image() -> None:
+    """Its models load on first use; a device or option they would refuse fails at once
+    (colorize --device cuda without a GPU failed every file, exit 3 instead of 2)."""
+    import torch
+
+    from aepipe.errors import ConfigError
+    from aepipe.stages.colorizer import AutoColorizer
+
+    with pytest.raises(ConfigError, match="saturation"):
+        AutoColorizer(device="cpu", saturation=99.0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            AutoColorizer(device="cuda")

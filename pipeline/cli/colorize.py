@@ -49,7 +49,9 @@ def colorize(
             "--temperature",
             min=0.05,
             max=2.0,
-            help="Colour boldness: lower is more vivid, 1 is safest (default: the model's).",
+            help="Colour boldness of models with a classification head: lower is more vivid, "
+            "1 is safest (default: the model's). Both shipped colorizers regress their colours "
+            "and ignore it: use --saturation.",
         ),
     ] = None,
     saturation: Annotated[

@@ -195,6 +195,13 @@ class AutoColorizer:
     def __init__(
         self, load: Callable[[str], Stage] | None = None, device: str = "auto", **overrides: Any
     ) -> None:
+        if load is None:
+            from aepipe.stage import build_config, resolve_device
+
+            # The models load on first use; a device or option they would refuse is refused
+            # now, before any image (else every file fails on its own, exit 3 not 2).
+            resolve_device(device)
+            build_config(Colorizer.Config, overrides, Colorizer.name)
         self._load = load or (lambda w: Colorizer.from_pretrained(w, device=device, **overrides))
         self._device = device
         self._stages: dict[str, Stage] = {}
