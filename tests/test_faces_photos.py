@@ -415,3 +415,23 @@ def test_shipped_aligner_on_validation_faces(shared_data: Path) -> None:
     model, _ = load_model("face-aligner")
     m = evaluate(model, scenes, model.view)
     assert m["err_px_0"] > 8 and m["err_px_2"] < 2.5 and m["face_auc"] > 0.99, m
+
+
+def test_cli_traverses_around_the_face_found_in_a_photo(tmp_path: Path, cli, vae) -> None:
+    """``faces traverse --image PHOTO`` starts from the photo's aligned face (it encoded the
+    centre crop of the whole picture)."""
+    from aepipe.core import aligned_face
+
+    Image.fromarray(_photo()).save(tmp_path / "a.png")
+    out = tmp_path / "t.png"
+    res = cli(
+        "faces", "traverse", "--image", tmp_path / "a.png", "--dims", "0", "--steps", "2",
+        "--span", "0", "--out", out,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    cell = np.asarray(Image.open(out))[2:66, 2:66].astype(int)  # span 0: the start face itself
+    batch = ImageBatch.from_numpy(np.asarray(Image.open(tmp_path / "a.png")), ["a"])
+    want = vae.decode(vae.encode(aligned_face(vae, batch))).to_numpy(np.uint8)[0, ..., 0]
+    assert np.abs(cell - want).max() <= 1
+    crop = vae.decode(vae.encode(batch)).to_numpy(np.uint8)[0, ..., 0]
+    assert np.abs(cell - crop).mean() > 10

@@ -469,7 +469,11 @@ def traverse(
         float, typer.Option("--span", min=0.0, max=10.0, help="Range in standard deviations.")
     ] = 2.5,
     image: Annotated[
-        Path | None, typer.Option("--image", help="Start from this face (default: the mean face).")
+        Path | None,
+        typer.Option(
+            "--image",
+            help="Start from this face: a crop, or a photo's largest face (default: mean face).",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid to write.")] = Path(
         "traversal.png"
@@ -480,8 +484,11 @@ def traverse(
     """Vary one latent dimension per row around a face and write the grid."""
     with cli_errors():
         image_target(out, "--out")
+        from aepipe.core import aligned_face
+
         stage = _load_face_vae(model, _resolve_device(device))
-        base = stage.encode(_read_one(image))[0] if image is not None else None
+        # A photo's largest face, found and aligned as interpolate does (a crop stays as it is).
+        base = stage.encode(aligned_face(stage, _read_one(image)))[0] if image else None
         batch, used = stage.traverse(dims, steps=steps, span=span, base=base)
         _write_grid(batch, out, ncols=steps)
         err(f"wrote {out} (rows: dims {', '.join(map(str, used))})")
