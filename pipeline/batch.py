@@ -21,26 +21,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
-def check_unit_range(finite: bool, low: float | None, high: float | None) -> None:
-    """Refuse float pixels outside [0, 1] (beyond rounding) or not finite.
-
-    Args:
-        finite: whether every value is finite.
-        low: the smallest finite value (None: there are none).
-        high: the largest finite value (None: there are none).
-
-    Raises:
-        ShapeError: naming what was found.
-    """
-    outside = low is not None and high is not None and (low < -1e-3 or high > 1 + 1e-3)
-    if finite and not outside:
-        return
-    found = [] if low is None or high is None else [f"range [{low:.3g}, {high:.3g}]"]
-    found += [] if finite else ["NaN or infinite values"]
-    raise ShapeError(f"float images must hold finite values in [0, 1]; got {' and '.join(found)}")
-
-
-def _as_float01(array: np.ndarray) -> np.ndarray:
+def as_float01(array: np.ndarray) -> np.ndarray:
     """Convert an integer or float array to float32 in [0, 1]."""
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
@@ -50,11 +31,14 @@ def _as_float01(array: np.ndarray) -> np.ndarray:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.floating):
         out = array.astype(np.float32, copy=False)
-        if out.size:
-            ok = np.isfinite(out)
-            vals = out if ok.all() else out[ok]
-            bounds = (float(vals.min()), float(vals.max())) if vals.size else (None, None)
-            check_unit_range(vals.size == out.size, *bounds)
+        finite = out[np.isfinite(out)]
+        outside = finite.size and (finite.min() < -1e-3 or finite.max() > 1 + 1e-3)
+        if outside or finite.size < out.size:
+            found = [f"range [{finite.min():.3g}, {finite.max():.3g}]"] if finite.size else []
+            found += [] if finite.size == out.size else ["NaN or infinite values"]
+            raise ShapeError(
+                f"float images must hold finite values in [0, 1]; got {' and '.join(found)}"
+            )
         return np.clip(out, 0.0, 1.0)
     raise ShapeError(f"unsupported image dtype {array.dtype}; use uint8, uint16 or float in [0, 1]")
 
@@ -214,7 +198,7 @@ class ImageBatch:
             if len(shapes) != 1:
                 raise ShapeError(f"images in one batch must share a shape; got {sorted(shapes)}")
             nhwc = np.concatenate(items)
-        data = _as_float01(nhwc)
+        data = as_float01(nhwc)
         c = data.shape[-1]
         if c == 4:
             alpha = data[..., 3:4]

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -86,12 +86,12 @@ def load_generator(
     from aepipe.stage import Generator, load_stage, stage_class
     from aepipe.weights import read_config, resolve
 
-    # The kind first: a colorizer's weights asked to sample should say so, not that a
-    # sampling override is an unknown key of its config.
-    name = read_config(resolve(name_or_path)).get("stage", "")
-    if overrides and not issubclass(stage_class(name), Generator):
+    # The kind first, from the weights' config: a colorizer's weights asked to sample should say
+    # so, not that a sampling override is an unknown key of its config.
+    name = read_config(resolve(name_or_path))["stage"]
+    if not issubclass(stage_class(name), Generator):
         raise WeightsError(f"{name_or_path}: weights are for stage {name!r}, which cannot generate")
-    return as_generator(load_stage(name_or_path, device=device, **overrides), name_or_path)
+    return cast("Generator", load_stage(name_or_path, device=device, **overrides))
 
 
 def generate(

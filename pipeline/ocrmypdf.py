@@ -187,19 +187,18 @@ def check_options(options: Any) -> None:
     from aepipe.errors import WeightsError
 
     try:
-        denoiser(
-            _opt(options, "aepipe_weights", DEFAULT_WEIGHTS), _device(options), _views(options)
-        )
+        denoiser(**_denoiser_options(options))
     except WeightsError as exc:
         raise BadArgsError(f"aepipe: {exc}") from exc
 
 
-def _device(options: Any) -> str:
-    return _opt(options, "aepipe_device", "cpu")
-
-
-def _views(options: Any) -> int:
-    return _opt(options, "aepipe_views", 1)
+def _denoiser_options(options: Any) -> dict[str, Any]:
+    """The denoiser the ``--aepipe-*`` options name: :func:`clean_page`'s keywords."""
+    return dict(
+        weights=_opt(options, "aepipe_weights", DEFAULT_WEIGHTS),
+        device=_opt(options, "aepipe_device", "cpu"),
+        views=_opt(options, "aepipe_views", 1),
+    )
 
 
 @hookimpl
@@ -208,8 +207,7 @@ def filter_ocr_image(page: Any, image: Image.Image) -> Image.Image:
     from ocrmypdf.builtin_plugins import tesseract_ocr
 
     options = page.options
-    weights = _opt(options, "aepipe_weights", DEFAULT_WEIGHTS)
-    cleaned = clean_page(image, weights, device=_device(options), views=_views(options))
+    cleaned = clean_page(image, **_denoiser_options(options))
     if _same_raster(options):
         # The stored page is the same raster: keep the result so filter_page_image needs no
         # second pass through the network.
@@ -237,8 +235,7 @@ def filter_page_image(page: Any, image_filename: Path) -> Path:
                 prev.load()
                 cleaned = prev
     if cleaned is None:
-        weights = _opt(options, "aepipe_weights", DEFAULT_WEIGHTS)
-        cleaned = clean_page(im, weights, device=_device(options), views=_views(options))
+        cleaned = clean_page(im, **_denoiser_options(options))
     if _opt(options, "aepipe_binarize", False):
         # The stage's cut (threshold 0.5) on the 8-bit page; img2pdf embeds a G4 TIFF as a
         # CCITTFax stream without re-encoding it.

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aepipe.batch import ImageBatch, check_unit_range
+from aepipe.batch import ImageBatch, as_float01
 from aepipe.errors import ConfigError, ShapeError
 from aepipe.stage import build_config, format_validation_error, load_stage, stage_class
 
@@ -203,12 +203,8 @@ def _tensor_in(t: Any) -> Any:
         return t.cpu().float() / 255.0
     if not t.is_floating_point():
         raise ShapeError(f"tensor images must be float in [0, 1] or uint8; got {t.dtype}")
-    t = t.cpu().float()
-    if t.numel():
-        finite = t[torch.isfinite(t)]
-        bounds = (finite.min().item(), finite.max().item()) if finite.numel() else (None, None)
-        check_unit_range(finite.numel() == t.numel(), *bounds)
-    return t.clamp(0.0, 1.0)
+    # The arrays' own conversion: the same [0, 1] and finiteness check, on a view (no copy).
+    return torch.from_numpy(as_float01(t.cpu().float().numpy()))
 
 
 def _tensor_out(out: Any, like: Any) -> Any:

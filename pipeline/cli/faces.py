@@ -483,9 +483,9 @@ def traverse(
 ) -> None:
     """Vary one latent dimension per row around a face and write the grid."""
     with cli_errors():
-        image_target(out, "--out")
         from aepipe.core import aligned_face
 
+        image_target(out, "--out")
         stage = _load_face_vae(model, _resolve_device(device))
         # A photo's largest face, found and aligned as interpolate does (a crop stays as it is).
         base = stage.encode(aligned_face(stage, _read_one(image)))[0] if image else None

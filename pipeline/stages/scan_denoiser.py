@@ -233,13 +233,11 @@ class ScanDenoiser(Stage):
         self._prepare()
         cfg: Config = self.config  # type: ignore[assignment]
         with self._autocast(x.device):
-            if cfg.views == 1:
-                return self._tiled(x, cfg)
             total = None
-            for rows, cols, shift in VIEWS[: cfg.views]:
+            for rows, cols, shift in VIEWS[: cfg.views]:  # the first view is the page itself
                 y = self._one_view(x, cfg, rows, cols, shift)
                 total = y if total is None else total.add_(y)
-            return total.div_(cfg.views)
+            return total if cfg.views == 1 else total.div_(cfg.views)
 
     def _one_view(
         self, x: torch.Tensor, cfg: Config, rows: bool, cols: bool, shift: bool
