@@ -291,8 +291,8 @@ def test_shipped_weights_meet_targets_on_fashion_test(shared_data: Path) -> None
 def test_solid_black_and_white_areas_pass_through() -> None:
     """Blank paper, blown highlights and black areas are exact 0s and 1s like the noise, but
     noise never makes a solid area: they come back as they went in (the shipped net turned a
-    white image gray, mean 143 of 255)."""
-    from aepipe.stages.impulse_denoiser import solid_extremes
+    white image gray, mean 143 of 255), and an impulse inside one takes the area's value."""
+    from aepipe.stages.impulse_denoiser import solid_areas
 
     stage = load_stage("salt-pepper")
     white = np.full((64, 64), 255, np.uint8)
@@ -302,10 +302,13 @@ def test_solid_black_and_white_areas_pass_through() -> None:
     rng = np.random.default_rng(0)
     noisy = page.copy()
     salt = (rng.random(page.shape) < 0.05) & (page == 0)
-    noisy[salt] = 255  # salt on the bar: its neighbourhood is black, so it is not kept
-    keep = solid_extremes(torch.from_numpy(noisy / 255.0).float()[None, None])[0, 0].numpy()
-    assert not keep[salt].any()
-    assert keep[5:15, 5:75].all() and keep[25:35, 15:65][~salt[25:35, 15:65]].all()
+    pepper = (rng.random(page.shape) < 0.05) & (page == 255)
+    noisy[salt], noisy[pepper] = 255, 0
+    mask, value = solid_areas(torch.from_numpy(noisy / 255.0).float()[None, None])
+    mask, value = mask[0, 0].numpy(), value[0, 0].numpy()
+    assert mask[5:15, 5:75].all() and mask[25:35, 15:65].all()
+    assert (value[salt & mask] == 0).all() and (value[pepper & mask] == 1).all()
     out = apply(stage, noisy)
-    assert (out[salt] < 64).all()  # the salt is removed
-    np.testing.assert_array_equal(out[5:15], page[5:15])  # paper away from the bar is kept
+    # Inside the areas the noise is gone and the page is exactly as it was.
+    np.testing.assert_array_equal(out[5:15, 5:75], page[5:15, 5:75])
+    np.testing.assert_array_equal(out[25:35, 15:65], page[25:35, 15:65])

@@ -8,7 +8,7 @@ noise that hits channels independently (imgaug's ``ImpulseNoise``) and keeps the
 ``"gray"`` converts to BT.601 luma first and returns a gray image. Large images are processed in
 overlapping tiles so memory stays bounded; the overlap covers the network's receptive field, so
 tiling does not change the result. Solid black and white areas (blank paper, blown highlights)
-pass through as they are (:func:`solid_extremes`).
+pass through as they are, impulses inside them removed (:func:`solid_areas`).
 """
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ class Config(StageConfig):
     passes: int = Field(1, ge=1, le=4)
 
 
-def solid_extremes(x: torch.Tensor, share: float = 0.75, size: int = 5) -> torch.Tensor:
-    """Where an image is pure black or white *and* so is most of its neighbourhood.
+def solid_areas(
+    x: torch.Tensor, share: float = 0.75, size: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pure black or white areas of images, and the value each of their extremes takes.
 
     Salt and pepper are exact 0s and 1s, but so are blank paper, blown highlights and black
     areas, which the network (trained on Fashion-MNIST) turns gray. Noise cannot make a solid
     area: at 50% density a pixel's 5x5 neighbourhood holds about a quarter of salt (or of
-    pepper), so a pixel whose neighbours are at least ``share`` of its own extreme value
-    belongs to such an area and is kept.
+    pepper). So where at least ``share`` of a pixel's neighbours hold one extreme, a pixel at
+    that extreme is kept and a pixel at the other one (an impulse in the area) takes it.
 
     Args:
         x: (N, 1, H, W) images in [0, 1].
@@ -57,7 +59,8 @@ def solid_extremes(x: torch.Tensor, share: float = 0.75, size: int = 5) -> torch
         size: side of the square neighbourhood.
 
     Returns:
-        (N, 1, H, W) bool, True where the input is to be kept.
+        ``(mask, value)``, both (N, 1, H, W): where the area decides the pixel (bool), and its
+        value there (0 or 1).
     """
     import torch
     from torch.nn import functional as F
@@ -66,12 +69,15 @@ def solid_extremes(x: torch.Tensor, share: float = 0.75, size: int = 5) -> torch
         return F.avg_pool2d(m, size, 1, size // 2, count_include_pad=True) * (size * size)
 
     inside = window_sum(torch.ones_like(x))  # fewer at the image's edges
-    keep = torch.zeros_like(x, dtype=torch.bool)
-    for level in (0.0, 1.0):
-        same = ((x - level).abs() <= 0.5 / 255.0).to(x.dtype)
-        neighbours = (window_sum(same) - same) / (inside - 1).clamp_min(1)
-        keep |= (same > 0) & (neighbours >= share)
-    return keep
+    ends = [((x - level).abs() <= 0.5 / 255.0).to(x.dtype) for level in (0.0, 1.0)]
+    extreme = (ends[0] + ends[1]) > 0
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    value = torch.zeros_like(x)
+    for level, same in zip((0.0, 1.0), ends, strict=True):
+        area = (window_sum(same) - same) / (inside - 1).clamp_min(1) >= share
+        mask |= area & extreme
+        value[area] = level
+    return mask, value
 
 
 class ImpulseDenoiser(Stage):
@@ -122,7 +128,8 @@ class ImpulseDenoiser(Stage):
         self.model.to(memory_format=torch.channels_last)
         x = images.reshape(n * c, 1, h, w).contiguous(memory_format=torch.channels_last)
         for _ in range(cfg.passes):
-            x = torch.where(solid_extremes(x), x, self._run_tiled(x))
+            mask, value = solid_areas(x)
+            x = torch.where(mask, value, self._run_tiled(x))
         out = x.contiguous().reshape(n, c, h, w)
         return batch.replace(out, denoised="impulse")
 
