@@ -76,6 +76,11 @@ def to_gray(images: torch.Tensor) -> torch.Tensor:
     return wr * r + wg * g + wb * b
 
 
+def default_name(index: int) -> str:
+    """The name an image gets in a batch built without names (``image_00000`` ...)."""
+    return f"image_{index:05d}"
+
+
 @dataclass
 class ImageBatch:
     """A batch of same-sized images with names and per-image metadata.
@@ -104,7 +109,7 @@ class ImageBatch:
             raise ShapeError(f"images must be float32; got {self.images.dtype}")
         n = self.images.shape[0]
         if not self.names:
-            self.names = [f"image_{i:05d}" for i in range(n)]
+            self.names = [default_name(i) for i in range(n)]
         if not self.meta:
             self.meta = [{} for _ in range(n)]
         if len(self.names) != n or len(self.meta) != n:

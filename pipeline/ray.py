@@ -320,11 +320,23 @@ class StageMapper:
                 try:
                     self._run_rows([r])
                 except AepipeError as exc:
-                    r["error"] = str(exc)
+                    r["error"] = _named(str(exc), f"{r['path']} {r['name']}")
             return
         # Pages come out as uint8 whatever went in (16-bit scans are written as 8-bit by the CLI).
         for r, res in zip(live, results, strict=True):
             r["image"] = _as_written(_to_uint8(res), r["pixels"])
+
+
+def _named(message: str, name: str) -> str:
+    """``message`` about the one image of a batch, naming the page instead of the batch's default.
+
+    Stages name a refused image by its batch name; a bare array's is ``image_00000``, which tells
+    a Ray user nothing, so the row's file and page name take its place.
+    """
+    from aepipe.batch import default_name
+
+    default = default_name(0)
+    return name + message[len(default) :] if message.startswith(default) else message
 
 
 def _as_written(page: np.ndarray, source: np.ndarray) -> np.ndarray:

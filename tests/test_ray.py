@@ -273,6 +273,8 @@ def test_face_edits_of_photo_files_without_a_cluster() -> None:
     files = {"bytes": [png(face_photo()), png(face_photo(None))], "path": ["p.png", "e.png"]}
     rows = mapper({k: np.array(v, dtype=object) for k, v in files.items()})
     assert rows["error"][0] == "" and "no face" in rows["error"][1]
+    # The row's error names its file and page, not the bare array's batch name.
+    assert rows["error"][1].startswith("e.png e:") and "image_0" not in rows["error"][1]
     assert rows["image"][0].shape == face_photo().shape
 
 
