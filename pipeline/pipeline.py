@@ -317,6 +317,7 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
 
     Raises:
         ConfigError: naming the file and the field.
+        WeightsError: naming the file and the stage whose weights are missing or unreadable.
     """
     import tomllib
 
@@ -383,6 +384,7 @@ def check_stage_spec(spec: StageSpec, where: str) -> None:
 
 def _spec_stage_name(spec: StageSpec, where: str) -> str:
     """The stage a table runs: its ``stage`` for ``weights = "auto"``, else its weights'."""
+    from aepipe.errors import WeightsError
     from aepipe.registry import AUTO, auto_class, auto_names, entry
     from aepipe.weights import read_config, resolve
 
@@ -402,7 +404,9 @@ def _spec_stage_name(spec: StageSpec, where: str) -> str:
         return spec.stage
     try:
         stage_name = read_config(resolve(spec.weights))["stage"]
-    except Exception as exc:  # any weights problem is a config error here
+    except WeightsError as exc:  # as `--model nope`: exit code 4, not a config error
+        raise WeightsError(f"{where}.weights: {exc}") from None
+    except Exception as exc:
         raise ConfigError(f"{where}.weights: {exc}") from None
     if spec.stage is not None and spec.stage != stage_name:
         raise ConfigError(

@@ -330,7 +330,8 @@ def test_run_rejects_missing_weights_and_bad_toml(tmp_path: Path) -> None:
     cfg = tmp_path / "p.toml"
     cfg.write_text(folder_toml(tmp_path / "in", tmp_path / "out", tmp_path / "nope"))
     res = aepipe("run", str(cfg))
-    assert res.returncode == 2 and "stages.0.weights" in res.stderr, res.stderr
+    # The exit code of `--model nope` (4: weights not loadable), the table named.
+    assert res.returncode == 4 and "stages.0.weights" in res.stderr, res.stderr
     cfg.write_text("[source\n")
     res = aepipe("run", str(cfg))
     assert res.returncode == 2 and "not valid TOML" in res.stderr, res.stderr
