@@ -555,9 +555,12 @@ def _jpeg_settings(obj: Any, options: PdfEditOptions) -> dict[str, Any] | None:
     if "DCTDecode" not in filters:
         return None
     try:
-        data = obj.read_bytes(decode_level=pikepdf.StreamDecodeLevel.generalized)
-        with Image.open(io.BytesIO(data)) as src:
-            tables = getattr(src, "quantization", None) or {}
+        # The JPEG file inside, with any Flate over it undone (read_bytes refuses a stream whose
+        # last filter it cannot decode, so it would never reach the tables).
+        buf = io.BytesIO()
+        is_jpeg = pikepdf.PdfImage(obj).extract_to(stream=buf) == ".jpg"
+        with Image.open(io.BytesIO(buf.getvalue())) as src:
+            tables = (getattr(src, "quantization", None) or {}) if is_jpeg else {}
     except Exception:
         tables = {}
     if not tables:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zlib
 from pathlib import Path
 
@@ -273,6 +274,7 @@ def test_jpeg_source_is_stored_as_jpeg_and_gray_as_flate_without_it(tmp_path):
     # Still JPEG; Flate over it where that is smaller (here: plain paper, now black).
     assert outcomes[0].codec_out == "FlateDecode+DCTDecode"
     assert outcomes[0].bytes_out <= 1.5 * outcomes[0].bytes_in
+    assert _quantization(tmp_path / "a.pdf") == _quantization(tmp_path / "j.pdf")  # same quality
     shown = gray_render(tmp_path / "a.pdf")
     assert np.abs((255 - gray_render(tmp_path / "j.pdf")) - shown).mean() < 8
     lossless = PdfEditOptions(jpeg_quality=None)
@@ -282,6 +284,16 @@ def test_jpeg_source_is_stored_as_jpeg_and_gray_as_flate_without_it(tmp_path):
     outcomes = edit_pdf(tmp_path / "j.pdf", tmp_path / "c.pdf", identity)
     assert outcomes[0].codec_out == "DCTDecode"
     assert outcomes[0].bytes_out == outcomes[0].bytes_in
+
+
+def _quantization(path: Path) -> dict[int, list[int]]:
+    """The quantisation tables of the JPEG on the first page of ``path`` (Flate over it or not)."""
+    with pikepdf.open(path) as pdf:
+        stream = next(iter(pdf.pages[0].get_images().values()))
+        buf = io.BytesIO()
+        pikepdf.PdfImage(stream).extract_to(stream=buf)
+    with Image.open(io.BytesIO(buf.getvalue())) as jpeg:
+        return {k: list(v) for k, v in jpeg.quantization.items()}
 
 
 def test_coloured_ink_survives_a_cleaner_that_whitens_light_pixels(tmp_path):
