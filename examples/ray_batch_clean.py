@@ -45,7 +45,7 @@ def run(
     batch_size: int = 4,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
-    dpi: int = 300,
+    dpi: int | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Clean every page under ``input_dir`` into ``output_dir`` on the current Ray cluster.
@@ -58,7 +58,7 @@ def run(
         batch_size: files per ``map_batches`` call.
         num_cpus: CPUs reserved per actor (its torch threads).
         num_gpus: GPUs per actor; > 0 runs the model on the GPU Ray assigns.
-        dpi: resolution at which PDF pages are rendered.
+        dpi: resolution at which PDF pages are rendered (default: each scan's own, as the CLI).
         overrides: scan-denoiser config overrides, e.g. ``{"binarize": True}``.
 
     Returns:
@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4, help="files per actor call")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
-    parser.add_argument("--dpi", type=int, default=300, help="PDF rendering resolution")
+    parser.add_argument(
+        "--dpi", type=int, default=None, help="PDF rendering resolution (default: the scan's own)"
+    )
     parser.add_argument("--binarize", action="store_true", help="bilevel pages")
     parser.add_argument(
         "--address", default=None, help="Ray cluster: 'auto', ray://host:10001 (default: local)"

@@ -668,16 +668,31 @@ def png_bytes(pixels: np.ndarray | Any, dpi: float | None = None) -> bytes:
 
 
 def check_creatable(folder: Path, what: str) -> None:
-    """Refuse, before any work, a folder that cannot be made because a file stands in its path.
+    """Refuse, before any work, a folder we could not write into.
+
+    Its nearest existing folder must be writable (the folder itself, or the one where it would
+    be made): a read-only mount or a folder of another user fails here, in one line, instead of
+    after every page was processed. Nothing is created to find out.
 
     Raises:
-        ConfigError: naming the file in the way.
+        ConfigError: naming the file in the way, or the folder we may not write to.
     """
     for part in (folder, *folder.parents):
         if part.exists():
             if not part.is_dir():
                 raise ConfigError(f"{what} {folder} cannot be made: {part} is a file")
+            if not os.access(part, os.W_OK | os.X_OK):
+                why = "read-only file system" if _read_only_mount(part) else "no permission"
+                raise ConfigError(f"{what} {folder}: cannot write into {part} ({why})")
             return
+
+
+def _read_only_mount(folder: Path) -> bool:
+    """Whether ``folder`` lies on a file system mounted read-only (for the message only)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # statvfs is POSIX only
+        return False
 
 
 def check_image_target(path: str | os.PathLike[str], what: str) -> Path:

@@ -229,7 +229,7 @@ class FolderSource(_Strict):
     type: Literal["folder"]
     inputs: list[str] = Field(min_length=1)
     recursive: bool = False
-    dpi: int = Field(300, ge=36, le=1200)
+    dpi: int | None = Field(None, ge=36, le=1200)  # None: each scan at its own resolution
     max_pixels: int = Field(120_000_000, ge=1)
 
 

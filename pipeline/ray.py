@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from aepipe.defaults import DEFAULT_DPI, DEFAULT_MAX_PIXELS
+from aepipe.defaults import DEFAULT_MAX_PIXELS
 from aepipe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -184,7 +184,8 @@ class StageMapper:
         keep_image: with ``encode="png"``, ``False`` leaves the ``image`` column out of file
             batches, so only the small encoded pages travel through the object store.
         max_batch: most images per model call (pages of one size are grouped).
-        dpi: resolution at which PDF pages are rendered.
+        dpi: resolution at which PDF pages are rendered; ``None`` (the default, as the CLI)
+            renders each page at its scan's own resolution.
         max_pixels: larger pages are refused before decoding.
         threads: torch CPU threads per actor (default: what Ray set, one per CPU it granted).
         **overrides: stage config overrides (with a single ``weights``).
@@ -201,7 +202,7 @@ class StageMapper:
         encode: Literal["none", "png"] = "none",
         keep_image: bool = True,
         max_batch: int = 8,
-        dpi: int = DEFAULT_DPI,
+        dpi: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         threads: int | None = None,
         **overrides: Any,

@@ -297,6 +297,28 @@ format = "png"
 """
 
 
+def test_run_renders_pdf_pages_at_their_own_resolution_as_clean_scans(
+    tmp_path: Path, tiny_weights: dict[str, Path]
+) -> None:
+    from factory import pdf_pages
+
+    (tmp_path / "in").mkdir()
+    pdf_pages(tmp_path / "in" / "doc.pdf", [(40, 30)], dpi=100)  # a 56 x 42 px scan
+    weights = tiny_weights["impulse-denoiser"]
+    for name, extra in (("native", ""), ("asked", "dpi = 200")):
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(folder_toml(tmp_path / "in", tmp_path / name, weights, extra))
+        res = aepipe("run", str(cfg))
+        assert res.returncode == 0, res.stderr
+    cli = [str(BIN / "aepipe"), "denoise", str(tmp_path / "in"), "--out", str(tmp_path / "cli")]
+    res = subprocess.run([*cli, "--model", str(weights), "--format", "png", "-q"], text=True)
+    assert res.returncode == 0
+    native = Image.open(tmp_path / "native" / "doc.png").size
+    assert native == Image.open(tmp_path / "cli" / "doc.png").size
+    assert native[0] in (55, 56) and native[1] in (41, 42)  # the scan's own 55 x 41 px
+    assert Image.open(tmp_path / "asked" / "doc.png").size == (112, 84)  # 40 x 30 pt at 200
+
+
 BAD_CONFIGS = {
     "source.dpi": ("dpi = 5", ""),
     "source.folder.recursiv": ("recursiv = true", ""),

@@ -95,6 +95,17 @@ def test_clean_scans_option_errors_are_exit_2_before_any_work(tmp_path, cli_env)
     ]
 
 
+def test_unwritable_out_or_report_is_exit_2_before_loading_weights(
+    tmp_path, read_only_dir, cli_env
+):
+    write_image(gradient(), tmp_path / "a.png")
+    no_weights = ["--model", str(tmp_path / "no-weights")]  # exit 4 if they were loaded first
+    for where in (["--out", str(read_only_dir / "o")], ["--report", str(read_only_dir / "r.json")]):
+        res = run(["clean-scans", str(tmp_path / "a.png"), *where, *no_weights], cli_env)
+        assert res.returncode == 2, res.stderr
+        assert f"cannot write into {read_only_dir}" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_output_inside_input_refused(tmp_path, cli_env):
     write_image(gradient(), tmp_path / "a.png")
     res = run(["clean-scans", str(tmp_path), "--out", str(tmp_path / "x")], cli_env)

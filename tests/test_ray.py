@@ -143,9 +143,7 @@ def test_example_batch_clean_equals_cli(
         "--device",
         "cpu",
         "-q",
-        "--dpi",  # the same request to both (the CLI's default is each PDF page's own DPI)
-        "300",
-    ]
+    ]  # both at their default resolution: each PDF page's own
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     example = load_example("ray_batch_clean")
@@ -158,7 +156,6 @@ def test_example_batch_clean_equals_cli(
             # this test's time; several actors: test_example_gen_faces (behind slow).
             concurrency=1,
             batch_size=2,
-            dpi=300,
         )
     finally:
         _, stderr = proc.communicate(timeout=180)

@@ -220,6 +220,25 @@ def test_report_and_output_paths_that_cannot_be_written_fail_before_any_work(doc
     assert not calls and not (tmp_path / "o").exists()
 
 
+def test_folders_we_may_not_write_into_fail_before_any_work(docs, tmp_path, read_only_dir):
+    from aepipe.errors import ConfigError
+
+    calls = []
+
+    def spy(batch):
+        calls.append(len(batch))
+        return invert(batch)
+
+    for options in (
+        RunOptions(out_dir=read_only_dir),
+        RunOptions(out_dir=read_only_dir / "new" / "sub"),
+        RunOptions(out_dir=tmp_path / "o", report=read_only_dir / "report.json"),
+    ):
+        with pytest.raises(ConfigError, match=f"cannot write into {read_only_dir}"):
+            run_files([docs], spy, options)
+    assert not calls and not (tmp_path / "o").exists()
+
+
 def test_a_page_output_never_replaces_another_inputs_output(tmp_path):
     """m.tif's first page would be m-p001.png, the name of another input's output: that file
     fails with a reason, the other output stays, on the first run and on a resumed one."""
