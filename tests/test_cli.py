@@ -106,6 +106,16 @@ def test_unwritable_out_or_report_is_exit_2_before_loading_weights(
         assert f"cannot write into {read_only_dir}" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_brackets_in_file_names_and_help_are_printed_as_written(tmp_path, tiny_weights, cli_env):
+    (tmp_path / "[draft].png").write_bytes(b"not a png")  # rich would take [draft] for a style
+    weights = str(tiny_weights["impulse-denoiser"])
+    res = run(["aepipe", "denoise", str(tmp_path / "[draft].png"), "--model", weights], cli_env)
+    assert res.returncode == 3 and "[draft].png: not an image" in res.stderr, res.stderr
+    res = run(["clean-scans", "--help"], {**cli_env, "COLUMNS": "200"})
+    assert "(default: <input>_<suffix> beside the input)" in res.stdout
+    assert "'ocr' extra" in res.stdout
+
+
 def test_output_inside_input_refused(tmp_path, cli_env):
     write_image(gradient(), tmp_path / "a.png")
     res = run(["clean-scans", str(tmp_path), "--out", str(tmp_path / "x")], cli_env)

@@ -62,7 +62,7 @@ def clean_scans(
         typer.Option(
             "--ocr",
             help="Write one searchable PDF per input (text layer by Tesseract via OCRmyPDF; "
-            "needs the [ocr] extra, tesseract-ocr and ghostscript).",
+            "needs the 'ocr' extra, tesseract-ocr and ghostscript).",
         ),
     ] = False,
     clean_born_digital: CleanBornDigitalOpt = False,
@@ -82,7 +82,7 @@ def clean_scans(
     happened to every page. Existing outputs are skipped, so an interrupted
     run resumes where it stopped.
 
-    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
+    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
     4 weights could not be loaded, 5 an OCR tool is not installed (--ocr), 130 interrupted.
     """
     if ocr:

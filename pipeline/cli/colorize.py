@@ -82,7 +82,7 @@ def colorize(
     laid onto the full-resolution gray, so outputs keep each input's name and pixel size;
     existing outputs are skipped, so an interrupted run resumes.
 
-    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
+    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
     4 weights could not be loaded, 130 interrupted.
     """
     device = job.device

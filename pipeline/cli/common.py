@@ -32,7 +32,7 @@ InputsArg = Annotated[
 ]
 OutOpt = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="Output folder [default: <input>_<suffix> beside the input]."),
+    typer.Option("--out", "-o", help="Output folder (default: <input>_<suffix> beside the input)."),
 ]
 FormatOpt = Annotated[
     str,
@@ -388,6 +388,7 @@ def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[Callab
     Per-file failures are printed above the bar as one line each, as they happen.
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -420,7 +421,10 @@ def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[Callab
         pages += record.pages
         if record.status == "failed":
             console.print(
-                f"[red]failed[/red] {record.reason}", highlight=False, markup=True, soft_wrap=True
+                f"[red]failed[/red] {escape(record.reason)}",
+                highlight=False,
+                markup=True,
+                soft_wrap=True,
             )
         elapsed = progress.tasks[0].elapsed or 0.0
         rate = f"{pages / elapsed:.2f} pages/s" if elapsed > 0 and pages else ""

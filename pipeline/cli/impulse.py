@@ -35,7 +35,7 @@ def denoise(
     --rgb gray). Outputs keep each input's name and pixel size; existing outputs are skipped,
     so an interrupted run resumes where it stopped.
 
-    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
+    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
     4 weights could not be loaded, 130 interrupted.
     """
     rgb = check_choice(rgb, RGB_MODES, "--rgb")

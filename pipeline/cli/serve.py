@@ -50,7 +50,7 @@ _Dpi = Annotated[
 ]
 _Faces = Annotated[int, typer.Option("--max-faces", min=1, help="Most images per generate call.")]
 _Threads = Annotated[
-    int | None, typer.Option("--threads", min=1, help="torch CPU threads [default: torch's].")
+    int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's).")
 ]
 _KeyFile = Annotated[
     Path | None,
