@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 def as_float01(array: np.ndarray) -> np.ndarray:
     """Convert an integer or float array to float32 in [0, 1]."""
+    if not array.dtype.isnative:  # big-endian 16-bit (TIFF, FITS): same values, our byte order
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:
@@ -151,6 +153,8 @@ class ImageBatch:
 
     def split(self, size: int) -> list[ImageBatch]:
         """Cut into batches of at most ``size`` images."""
+        if size < 1:
+            raise ShapeError(f"split size must be at least 1; got {size}")
         return [
             ImageBatch(self.images[i : i + size], self.names[i : i + size], self.meta[i : i + size])
             for i in range(0, len(self), size)
@@ -163,6 +167,9 @@ class ImageBatch:
 
         if not batches:
             raise ShapeError("cannot concatenate zero batches")
+        shapes = sorted({tuple(b.images.shape[1:]) for b in batches})
+        if len(shapes) > 1:
+            raise ShapeError(f"batches to join must share (C, H, W); got {shapes}")
         return ImageBatch(
             torch.cat([b.images for b in batches]),
             [n for b in batches for n in b.names],
@@ -202,6 +209,8 @@ class ImageBatch:
             shapes = {a.shape[1:] for a in items}
             if len(shapes) != 1:
                 raise ShapeError(f"images in one batch must share a shape; got {sorted(shapes)}")
+            if len({a.dtype for a in items}) > 1:  # 8- and 16-bit: each scaled by its own range
+                items = [as_float01(a) for a in items]
             nhwc = np.concatenate(items)
         data = as_float01(nhwc)
         c = data.shape[-1]

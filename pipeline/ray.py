@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -57,13 +58,11 @@ def worker_device(device: str = "auto") -> str:
 
     if device != "auto":
         return resolve_device(device)
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return "cuda" if ray.get_gpu_ids() else "cpu"
-    except ImportError:
-        pass
+    # Only a process that imported Ray can be a Ray worker; importing it here would set its
+    # environment variables and log handlers in a plain library user's process.
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return "cuda" if ray.get_gpu_ids() else "cpu"
     return resolve_device("auto")
 
 
@@ -188,6 +187,8 @@ class StageMapper:
             renders each page at its scan's own resolution.
         max_pixels: larger pages are refused before decoding.
         threads: torch CPU threads per actor (default: what Ray set, one per CPU it granted).
+            This is ``torch.set_num_threads``, which holds for the whole process: leave it
+            unset when you call the mapper in your own process.
         **overrides: stage config overrides (with a single ``weights``).
     """
 
@@ -314,14 +315,12 @@ class StageMapper:
 
         try:
             results = self.process([r["pixels"] for r in live])
-        except AepipeError:
+        except AepipeError as exc:
             if len(live) == 1:
-                raise
+                live[0]["error"] = _named(str(exc), f"{live[0]['path']} {live[0]['name']}")
+                return
             for r in live:  # again one page at a time, to tell which page failed
-                try:
-                    self._run_rows([r])
-                except AepipeError as exc:
-                    r["error"] = _named(str(exc), f"{r['path']} {r['name']}")
+                self._run_rows([r])
             return
         # Pages come out as uint8 whatever went in (16-bit scans are written as 8-bit by the CLI).
         for r, res in zip(live, results, strict=True):

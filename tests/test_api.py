@@ -93,6 +93,29 @@ def test_apply_numpy_layouts_and_dtypes(gray_stage: Stage) -> None:
     assert np.abs(u16.astype(np.int64) // 257 - ref).max() <= 1
 
 
+def test_batches_of_mixed_dtypes_and_byte_orders_keep_each_images_scale() -> None:
+    white = [
+        np.full((4, 4), 255, np.uint8),
+        np.full((4, 4), 65535, np.uint16),
+        np.ones((4, 4), bool),
+    ]
+    batch = ImageBatch.from_numpy(white)
+    assert torch.equal(batch.images, torch.ones(3, 1, 4, 4))  # not 255/65535 for the 8-bit one
+    big = np.full((4, 4), 32768, ">u2")  # big-endian 16-bit, as TIFF and FITS store it
+    assert ImageBatch.from_numpy(big).images.flatten()[0].item() == pytest.approx(32768 / 65535)
+    pil = ImageBatch.from_pil([Image.new("L", (4, 4), 255), Image.new("I;16", (4, 4), 65535)])
+    assert torch.equal(pil.images, torch.ones(2, 1, 4, 4))
+
+
+def test_joining_and_cutting_batches_checks_shapes_and_sizes() -> None:
+    gray, rgb = ImageBatch.from_numpy(page()), ImageBatch.from_numpy(page(c=3))
+    with pytest.raises(ShapeError, match="must share"):
+        ImageBatch.concat([gray, rgb])
+    with pytest.raises(ShapeError, match="at least 1"):
+        gray.split(0)
+    assert len(ImageBatch.concat([gray, gray]).split(1)) == 2
+
+
 def test_apply_colour_numpy(any_stage: Stage) -> None:
     x = page(c=3)
     out = apply(any_stage, x)

@@ -73,6 +73,9 @@ def test_mapper_is_picklable_and_loads_in_init(tiny_weights: dict[str, Path]) ->
     clone = pickle.loads(pickle.dumps(mapper))
     batch = {"image": np.random.default_rng(1).integers(0, 256, (2, 20, 24, 1), dtype=np.uint8)}
     np.testing.assert_array_equal(clone(batch)["image"], mapper(batch)["image"])
+    # So is the per-image colorizer choice ("auto"), its shipped models loaded on demand.
+    auto = StageMapper(stages=[{"weights": "auto", "stage": "colorizer"}], device="cpu")
+    assert isinstance(pickle.loads(pickle.dumps(auto)), StageMapper)
     with pytest.raises(ConfigError, match="exactly one"):
         StageMapper()
     with pytest.raises(ConfigError, match="columns"):
@@ -273,6 +276,10 @@ def test_face_edits_of_photo_files_without_a_cluster() -> None:
     # The row's error names its file and page, not the bare array's batch name.
     assert rows["error"][1].startswith("e.png e:") and "image_0" not in rows["error"][1]
     assert rows["image"][0].shape == face_photo().shape
+    # A block whose only readable page is refused still gives rows, not a failed job.
+    alone = {"bytes": [png(face_photo(None)), b"not an image"], "path": ["e.png", "n.txt"]}
+    rows = mapper({k: np.array(v, dtype=object) for k, v in alone.items()})
+    assert "no face" in rows["error"][0] and rows["error"][1]
 
 
 @pytest.mark.slow
@@ -395,3 +402,14 @@ def test_batch_job_survives_a_killed_worker(
         want = np.asarray(Image.open(src / f"page{i:02d}.png"))
         ref = apply(stage, want).astype(np.int16)
         assert got.shape == ref.shape and np.abs(got - ref).max() <= 2, i
+
+
+def test_the_mapper_outside_ray_neither_imports_ray_nor_sets_its_environment() -> None:
+    """Ray's import sets environment variables and log handlers: a plain library user's process
+    (no cluster) must not get them from ``device="auto"``."""
+    code = (
+        "import os, sys; from aepipe.ray import worker_device; before = dict(os.environ); "
+        "worker_device('auto'); print('ray' in sys.modules, dict(os.environ) == before)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stderr

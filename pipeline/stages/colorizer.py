@@ -27,6 +27,7 @@ and upsampled back (blurrier; for comparison).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -202,7 +203,10 @@ class AutoColorizer:
             # now, before any image (else every file fails on its own, exit 3 not 2).
             resolve_device(device)
             build_config(Colorizer.Config, overrides, Colorizer.name)
-        self._load = load or (lambda w: Colorizer.from_pretrained(w, device=device, **overrides))
+        # A partial, not a lambda: the chooser pickles (multiprocessing, a built Ray actor).
+        self._load = load or functools.partial(
+            Colorizer.from_pretrained, device=device, **overrides
+        )
         self._device = device
         self._stages: dict[str, Stage] = {}
 
