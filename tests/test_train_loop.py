@@ -20,7 +20,7 @@ def impulse_config(data: Path, **kw):
 
     # 4 steps an epoch, 3 epochs: 12 steps of a 2-block, 8-wide model on 28x28 blobs.
     tiny = dict(channels=8, dilations=[1, 2], val_size=100, val_eval=100, epoch_samples=64)
-    return TrainConfig(data=data, batch_size=16, max_epochs=3, patience=3, **tiny, **kw)
+    return TrainConfig(data=data, batch_size=16, max_epochs=3, patience=3, **{**tiny, **kw})
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -144,3 +144,47 @@ def test_ema_copy_follows_the_batch_norm_statistics() -> None:
     # Parameters move a quarter of the way, as the decay says.
     before = model[0].weight - 1.0
     torch.testing.assert_close(ema[0].weight, before + 0.25)
+
+
+def test_resume_with_other_model_settings_names_them(tmp_path: Path) -> None:
+    """A checkpoint of another model is one ConfigError naming the settings, not a torch
+    size-mismatch traceback; the checkpoint stays for a resume with the right options."""
+    from aepipe.train.salt_pepper import train
+
+    data, out = fake_mnist(tmp_path / "d"), tmp_path / "w"
+    train(impulse_config(data, max_steps=1), out)
+    with pytest.raises(
+        ConfigError, match=r"other model settings \(channels 8 in the checkpoint, 4 now\)"
+    ):
+        train(impulse_config(data, resume=True, channels=4), out)
+    assert checkpoint_path(out).is_file()
+
+
+def test_resume_of_a_checkpoint_without_hparams_compares_the_tensors(tmp_path: Path) -> None:
+    from aepipe.train.salt_pepper import train
+
+    data, out = fake_mnist(tmp_path / "d"), tmp_path / "w"
+    train(impulse_config(data, max_steps=1), out)
+    ckpt = torch.load(checkpoint_path(out), weights_only=True)
+    del ckpt["hparams"]  # as written before checkpoints recorded them
+    torch.save(ckpt, checkpoint_path(out))
+    with pytest.raises(ConfigError, match=r"tensor shapes: blocks\.1\.conv1\.bias"):
+        train(impulse_config(data, resume=True, dilations=[1]), out)
+
+
+def test_resume_with_other_trainable_parameters_is_a_config_error(tmp_path: Path) -> None:
+    from recipe_tiny.train import TinySpec, TrainConfig
+
+    from aepipe.train.loop import LoopSettings, fit
+
+    def run(freeze: bool, **kw) -> None:
+        spec = TinySpec(TrainConfig(), tmp_path / "w")
+        # As --freeze-base does to the scan denoiser's U-Net: same tensors, fewer trained.
+        next(spec.model.parameters()).requires_grad_(not freeze)
+        checkpoint = checkpoint_path(spec.out)
+        settings = LoopSettings(0.01, 4, 1, val_every=2, checkpoint=checkpoint, **kw)
+        fit(spec, settings, lambda _m: None)
+
+    run(False, max_steps=2)
+    with pytest.raises(ConfigError, match="trained other parameters"):
+        run(True, resume=True)

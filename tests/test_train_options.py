@@ -202,3 +202,31 @@ def test_training_commands_refuse_missing_data_and_bad_out_before_training(tmp_p
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output and "Traceback" not in res.output, (args, res.output)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["salt-pepper", "--density-lo", "0.6", "--density-hi", "0.5"], "--density-lo (0.6) must"),
+        (
+            ["salt-pepper", "--dilations", "1,-1"],
+            "--dilations: Input should be greater than or equal to 1 (entry 2 is -1)",
+        ),
+        (["salt-pepper", "--dilations", ","], "--dilations: List should have at least 1 item"),
+        (["salt-pepper", "--val-eval", "200", "--val-size", "100"], "--val-eval (200) must be"),
+    ],
+)
+def test_training_options_that_clash_fail_before_the_data_loads(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Exit 2 with one line from the config; the data folder does not exist, so a check made
+    only after loading would say 'cannot read the training data' instead."""
+    from aepipe.cli.apps import app as main_app
+    from aepipe.cli.main import load_areas
+
+    load_areas()
+    nodata = ["--data", str(tmp_path / "nodata")] if args[0] != "scan-denoiser" else []
+    res = CliRunner().invoke(main_app, ["train", *args, *nodata, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -300,6 +300,9 @@ def _option_errors(exc: ValidationError) -> str:
     for error in exc.errors():
         message = error["msg"].removeprefix("Value error, ")
         loc = error["loc"]
+        if len(loc) > 1 and isinstance(loc[1], int):
+            # A comma-separated option: say which of its entries is wrong.
+            message += f" (entry {loc[1] + 1} is {error['input']})"
         lines.append(f"{option_name(str(loc[0]))}: {message}" if loc else message)
     return "\n".join(lines)
 

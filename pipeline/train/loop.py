@@ -251,7 +251,9 @@ def fit(spec: TrainSpec, s: LoopSettings, say: Callable[[str], None]) -> Run:
     """Train ``spec.model`` as ``s`` says, write the weights folder and return the run.
 
     Raises:
-        ConfigError: if ``s.resume`` is set and there is no checkpoint to resume.
+        ConfigError: if ``s.resume`` is set and there is no checkpoint to resume, or it holds
+            another model than ``spec.model`` (other hyper-parameters, tensor shapes or
+            trainable parameters).
     """
     import torch
 
@@ -393,6 +395,7 @@ def _save_checkpoint(
             "best": best_state,
             "rng": spec.rng_state(),
             "torch_rng": torch.get_rng_state(),
+            "hparams": _plain(getattr(model, "hparams", None)),
         },
         buf,
     )
@@ -409,10 +412,19 @@ def _load_checkpoint(
     # weights_only: a checkpoint holds tensors and plain data only, nothing is unpickled.
     ckpt = torch.load(s.checkpoint, map_location="cpu", weights_only=True)
     model, opt, sched, ema = state
+    _check_same_model(s.checkpoint, ckpt, model)
     _load_with_layout(model, ckpt["model"])
     if ema is not None:
         _load_with_layout(ema, ckpt["ema"])
-    opt.load_state_dict(ckpt["optimizer"])
+    try:
+        opt.load_state_dict(ckpt["optimizer"])
+    except ValueError:
+        # Same tensors, other trainable ones (e.g. --freeze-base given or dropped).
+        raise ConfigError(
+            f"--resume: the checkpoint {s.checkpoint} trained other parameters than this "
+            "command would; resume with the options it was started with, or start afresh "
+            "without --resume"
+        ) from None
     if sched is not None:
         sched.load_state_dict(ckpt["scheduler"])
     spec.set_rng_state(ckpt["rng"])
@@ -420,6 +432,49 @@ def _load_checkpoint(
     run = Run(**ckpt["run"])
     run.stopped_by = "max_epochs"  # whatever stopped the last session, this one goes on
     return run, ckpt["best"]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists, as it compares after a round trip through a checkpoint."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``"key A in the checkpoint, B now"`` for each key whose values differ."""
+    return [
+        f"{key} {saved.get(key, 'missing')} in the checkpoint, {now.get(key, 'missing')} now"
+        for key in sorted(saved.keys() | now.keys(), key=str)
+        if saved.get(key) != now.get(key)
+    ]
+
+
+def _check_same_model(path: Path, ckpt: dict[str, Any], model: nn.Module) -> None:
+    """Refuse a checkpoint of another model than the command builds, naming what differs.
+
+    Raises:
+        ConfigError: the stored hyper-parameters or the tensors' names or shapes differ.
+    """
+    advice = "resume with the options it was started with, or start afresh without --resume"
+    saved, now = ckpt.get("hparams"), _plain(getattr(model, "hparams", None))
+    if isinstance(saved, dict) and isinstance(now, dict) and saved != now:
+        raise ConfigError(
+            f"--resume: the checkpoint {path} was made with other model settings "
+            f"({'; '.join(_differences(saved, now))}); {advice}"
+        )
+    # Older checkpoints store no hyper-parameters, and a model may derive its size from the
+    # data (the colorizer's bins): the tensors themselves tell a different model apart.
+    stored = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+    diff = _differences(stored, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    if diff:
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise ConfigError(
+            f"--resume: the checkpoint {path} holds a model of other settings than this "
+            f"command's (tensor shapes: {'; '.join(diff[:3])}{more}); {advice}"
+        )
 
 
 def _load_with_layout(module: nn.Module, state: dict[str, Any]) -> None:

@@ -14,10 +14,10 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from aepipe.data.idx import load_mnist_like
 from aepipe.data.noise import random_salt_pepper
@@ -34,7 +34,11 @@ class TrainConfig(RunFields):
     data: Path = Field(description="MNIST-layout folder (Fashion-MNIST) with the train split")
     arch: Literal["impulse", "tutorial"] = "impulse"
     channels: int = Field(32, ge=4, le=256, description="ImpulseDenoiser width")
-    dilations: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 4, 2])
+    dilations: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 4, 2],
+        min_length=1,
+        description="dilation of each residual block (one block per entry)",
+    )
     density_lo: float = Field(0.02, ge=0.0, le=1.0)
     density_hi: float = Field(0.5, ge=0.0, le=1.0)
     binary_fraction: float = Field(0.7, ge=0.0, le=1.0)
@@ -48,6 +52,20 @@ class TrainConfig(RunFields):
     max_steps: int | None = Field(
         None, ge=1, description="stop after this many steps in all (keeps a checkpoint)"
     )
+
+    @model_validator(mode="after")
+    def _ranges_in_order(self) -> TrainConfig:
+        # Checked here, before the data loads: the noise maker would refuse it only then.
+        if self.density_lo > self.density_hi:
+            raise ValueError(
+                f"--density-lo ({self.density_lo}) must be at most --density-hi ({self.density_hi})"
+            )
+        if self.val_eval > self.val_size:
+            raise ValueError(
+                f"--val-eval ({self.val_eval}) must be at most --val-size ({self.val_size}): "
+                "only held-out images are scored"
+            )
+        return self
 
 
 def psnr_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -250,6 +268,11 @@ def _cut_note(training: dict[str, Any]) -> str:
     )
 
 
+def _db(psnr: float | None) -> str:
+    # A run cut by --max-steps before its first validation has no score yet.
+    return "none yet (stopped before the first validation)" if psnr is None else f"{psnr:.2f} dB"
+
+
 def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> str:
     """The MODEL_CARD.md text of a trained weights folder."""
     arch = (
@@ -282,7 +305,7 @@ Stage: `impulse-denoiser`. Removes salt-and-pepper (impulse) noise from gray ima
 
 {_cut_note(training)}## Validation
 Best validation PSNR on {cfg.val_eval} held-out images with the training noise mix:
-{metrics["val_psnr_mixed_noise"]:.2f} dB. Test-set figures (Fashion-MNIST and MNIST, per density,
+{_db(metrics["val_psnr_mixed_noise"])}. Test-set figures (Fashion-MNIST and MNIST, per density,
 against median filters) are in `benchmarks/results/salt_pepper.md`.
 
 ## Reproduce
