@@ -241,13 +241,29 @@ def default_out_dir(inputs: Sequence[Path], suffix: str) -> Path:
     """``docs/`` -> ``docs_<suffix>/``; ``a.png`` -> ``<its folder>_<suffix>/``.
 
     ``..`` and ``.`` are resolved first: ``../a.png`` run from ``docs/sub`` goes to
-    ``docs_<suffix>``.
+    ``docs_<suffix>``. Files of one folder (``docs/*.png``) share that folder's.
+
+    Raises:
+        ConfigError: the inputs lie in several folders (one default would hold the others'
+            outputs too, under names they may clash on), or the folder is ``/``.
     """
     # abspath, not resolve(): ".." goes, symbolic links stay (a linked folder's outputs go
     # beside the link, where the user looks).
-    first = Path(os.path.abspath(Path(inputs[0]).expanduser()))  # noqa: PTH100
-    base = first if first.is_dir() else first.parent
-    return base.with_name(f"{base.name}_{suffix}")
+    bases = []
+    for item in inputs:
+        path = Path(os.path.abspath(Path(item).expanduser()))  # noqa: PTH100
+        base = path if path.is_dir() else path.parent
+        if base not in bases:
+            bases.append(base)
+    if len(bases) > 1:
+        shown = ", ".join(str(b) for b in bases[:3]) + (" ..." if len(bases) > 3 else "")
+        raise ConfigError(
+            f"inputs from {len(bases)} folders ({shown}) have no one default output folder; "
+            "give --out DIR"
+        )
+    if not bases[0].name:
+        raise ConfigError(f"no output folder can be made beside {bases[0]}; give --out DIR")
+    return bases[0].with_name(f"{bases[0].name}_{suffix}")
 
 
 def plan(

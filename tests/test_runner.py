@@ -10,7 +10,7 @@ from factory import gradient, pdf_pages, truncated
 from PIL import Image
 
 from aepipe.batch import ImageBatch
-from aepipe.errors import ExitCode
+from aepipe.errors import ConfigError, ExitCode
 from aepipe.io import write_image
 from aepipe.runner import RunOptions, is_complete_output, run_files
 
@@ -56,6 +56,14 @@ def test_default_output_folder_is_a_sibling(docs):
 
     assert default_out_dir([docs / "sub" / ".."], "clean") == docs.parent / "docs_clean"
     assert default_out_dir([docs / "sub" / ".." / "p0.png"], "x") == docs.parent / "docs_x"
+    # Files of one folder share its default; inputs from several folders must name one.
+    assert default_out_dir([docs / "p0.png", docs / "p1.png", docs], "x") == docs.parent / "docs_x"
+    other = docs.parent / "other"
+    other.mkdir()
+    with pytest.raises(ConfigError, match=r"2 folders .* give --out DIR"):
+        default_out_dir([docs, other], "clean")
+    with pytest.raises(ConfigError, match="beside /; give --out DIR"):
+        default_out_dir([Path("/")], "clean")
 
 
 def test_same_size_files_are_batched_with_identical_results(docs, tmp_path):
