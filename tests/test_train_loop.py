@@ -188,3 +188,22 @@ def test_resume_with_other_trainable_parameters_is_a_config_error(tmp_path: Path
     run(False, max_steps=2)
     with pytest.raises(ConfigError, match="trained other parameters"):
         run(True, resume=True)
+
+
+def test_resume_with_another_one_cycle_length_is_a_config_error(tmp_path: Path) -> None:
+    """OneCycleLR's length comes back from the checkpoint; a longer run would step it past
+    its end and fail there, after every step before."""
+    from recipe_tiny.train import TinySpec, TrainConfig
+
+    from aepipe.train.loop import LoopSettings, fit
+
+    def run(total: int, **kw) -> None:
+        spec = TinySpec(TrainConfig(), tmp_path / "w")
+        schedule = lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=total)  # noqa: E731
+        settings = LoopSettings(0.05, total, 1, scheduler=schedule, val_every=2, **kw)
+        fit(spec, settings, lambda _m: None)
+
+    checkpoint = checkpoint_path(tmp_path / "w")
+    run(12, max_steps=4, checkpoint=checkpoint)
+    with pytest.raises(ConfigError, match="schedule of 12 steps, this command's has 20"):
+        run(20, resume=True, checkpoint=checkpoint)

@@ -214,6 +214,10 @@ def test_training_commands_refuse_missing_data_and_bad_out_before_training(tmp_p
         ),
         (["salt-pepper", "--dilations", ","], "--dilations: List should have at least 1 item"),
         (["salt-pepper", "--val-eval", "200", "--val-size", "100"], "--val-eval (200) must be"),
+        (["colorizer", "--channels", "0,8"], "--channels: Input should be greater than or equal"),
+        (["colorizer", "--channels", "16"], "--channels: List should have at least 2 items"),
+        (["colorizer", "--schedule-steps", "2", "--max-steps", "5"], "--schedule-steps (2) must"),
+        (["face-vae", "--init", "face-vae", "--latent-dim", "8"], "drop --latent-dim"),
     ],
 )
 def test_training_options_that_clash_fail_before_the_data_loads(

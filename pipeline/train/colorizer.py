@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from aepipe.data.faces import split_by_person
 from aepipe.errors import ConfigError
@@ -57,7 +57,11 @@ class TrainConfig(RunFields):
     )
     model_size: int = Field(64, ge=16, le=512, description="training and stage input side")
     head: Literal["classify", "regress"] = "regress"
-    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [16, 32, 64, 128],
+        min_length=2,
+        description="widths of the encoder levels (full, 1/2, 1/4 ... resolution), at least two",
+    )
     bin_step: float = Field(1.0 / 24.0, gt=0.0, le=0.5, description="chroma bin spacing")
     min_bin_count: int = Field(1, ge=1, description="bins seen fewer times are dropped")
     rebalance: float = Field(0.5, ge=0.0, le=1.0, description="uniform mix of class weights")
@@ -103,6 +107,16 @@ class TrainConfig(RunFields):
         description="decay of an exponential moving average of the weights, which validation "
         "and the written weights then use (default: none, the last weights)",
     )
+
+    @model_validator(mode="after")
+    def _schedule_covers_the_steps(self) -> TrainConfig:
+        # The one-cycle schedule cannot run past its end: the run would stop there, silently.
+        if self.schedule_steps is not None and self.schedule_steps < self.max_steps:
+            raise ValueError(
+                f"--schedule-steps ({self.schedule_steps}) must be at least --max-steps "
+                f"({self.max_steps}): the one-cycle schedule ends the run"
+            )
+        return self
 
 
 def load_color_faces(

@@ -427,6 +427,7 @@ def _load_checkpoint(
         ) from None
     if sched is not None:
         sched.load_state_dict(ckpt["scheduler"])
+        _check_same_schedule(s, sched)
     spec.set_rng_state(ckpt["rng"])
     torch.set_rng_state(ckpt["torch_rng"])
     run = Run(**ckpt["run"])
@@ -474,6 +475,21 @@ def _check_same_model(path: Path, ckpt: dict[str, Any], model: nn.Module) -> Non
         raise ConfigError(
             f"--resume: the checkpoint {path} holds a model of other settings than this "
             f"command's (tensor shapes: {'; '.join(diff[:3])}{more}); {advice}"
+        )
+
+
+def _check_same_schedule(s: LoopSettings, sched: Any) -> None:
+    """Refuse a scheduler of fixed length (OneCycleLR) restored with another length.
+
+    Its length comes from the checkpoint, so the loop would step it past its end and fail
+    there, after all the steps before.
+    """
+    stored, total = getattr(sched, "total_steps", None), s.steps_per_epoch * s.max_epochs
+    if stored is not None and stored != total:
+        raise ConfigError(
+            f"--resume: the checkpoint {s.checkpoint} was made with a schedule of {stored} "
+            f"steps, this command's has {total}; resume with the options it was started with "
+            "(--schedule-steps, or --max-steps where that sets the schedule)"
         )
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aepipe.train.loop import Check, EpochOrder, LoopSettings, Run, checkpoint_path, cosine, fit
 
@@ -176,6 +176,13 @@ class TrainConfig(BaseModel):
     seed: int = 0
     threads: int = Field(default=1, ge=1, le=256)
     command: str = ""
+
+    @model_validator(mode="after")
+    def _init_brings_its_settings(self) -> TrainConfig:
+        # Checked here, before the data loads (the spec would refuse it only after).
+        if self.init is not None and self.latent_dim is not None:
+            raise ValueError("--init takes the model settings from its weights; drop --latent-dim")
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """The preset merged with the fields set here."""
@@ -413,11 +420,9 @@ class _VaeSpec:
 
         if self.cfg.init is None:
             return model_cls(**self.p["model"])
-        if self.cfg.latent_dim is not None:
-            raise ConfigError("init: the model settings come from the weights; drop latent_dim")
         model, config = load_model(self.cfg.init)
         if not isinstance(model, model_cls):
-            raise ConfigError(f"init: {self.cfg.init} is not a {model_cls.__name__}")
+            raise ConfigError(f"--init {self.cfg.init}: not a {model_cls.__name__}")
         self.p["model"] = dict(config["model_kwargs"])
         return model.train()
 
