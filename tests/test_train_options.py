@@ -234,3 +234,20 @@ def test_training_options_that_clash_fail_before_the_data_loads(
     assert res.exit_code == 2 and message in res.output, res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_training_into_an_unwritable_folder_fails_before_the_data_loads(
+    read_only_dir: Path,
+) -> None:
+    """Exit 2 with one line naming the folder (it trained, then died saving its first
+    checkpoint); the data folder does not exist, so the check came before loading."""
+    from aepipe.cli.apps import app as main_app
+    from aepipe.cli.main import load_areas
+
+    load_areas()
+    out = read_only_dir / "m"
+    args = ["train", "salt-pepper", "--data", str(read_only_dir / "nodata"), "--out", str(out)]
+    res = CliRunner().invoke(main_app, args)
+    assert res.exit_code == 2, res.output
+    assert f"--out {out}: cannot write into {read_only_dir}" in res.output, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
