@@ -68,6 +68,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_bindable(host: str, port: int) -> None:
+    """Refuse, before the stages load, an address the server could not listen on.
+
+    Raises:
+        ConfigError: the port is taken, or ``host`` is not an address of this machine.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by the last run is free to use again.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def error_body(code: str, detail: str) -> bytes:
     """The JSON error body every refusal carries."""
     return json.dumps({"error": code, "detail": detail}).encode()

@@ -311,6 +311,36 @@ def test_serve_refuses_unloadable_model(tmp_path: Path) -> None:
     assert res.returncode == 4 and "no weights folder" in res.stderr, res.stderr
 
 
+def test_serve_refuses_a_taken_port_before_loading(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [str(BIN / "aepipe"), "serve", "--port", str(port), "--scan-model", str(tmp_path)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    # Exit 2 and why, before the (here unloadable: exit 4) weights were touched.
+    assert res.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in res.stderr, res.stderr
+
+
+def test_sigterm_stops_the_server_cleanly(tiny_weights: dict[str, Path], tmp_path: Path) -> None:
+    port = free_port()
+    off = [f"--model={route}=none" for route in ("clean-scan", "colorize", "faces")]
+    cmd = [str(BIN / "aepipe"), "serve", "--port", str(port), *off]
+    cmd += ["--denoise-model", str(tiny_weights["impulse-denoiser"]), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.terminate()  # what systemd and docker stop send
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "server stopped" in stderr, stderr
+    assert "interrupted" not in stderr
+
+
 def test_settings_reject_unknown_keys() -> None:
     from pydantic import ValidationError
 

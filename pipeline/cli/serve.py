@@ -13,14 +13,15 @@ from aepipe.cli.apps import app
 if TYPE_CHECKING:
     from aepipe.serve import ServeSettings
 
-_MODEL_HELP = (
-    "Weights name or folder (default: the shipped weights; for colorize 'auto', the face or the "
-    "photo colorizer per image, as colorize --model auto); 'none' turns the endpoint off."
+_MODEL_HELP = "Weights name or folder (default: the shipped weights); 'none' turns it off."
+_AUTO_HELP = (
+    "Weights name or folder (default: 'auto', the face or the photo colorizer per image, as "
+    "colorize --model auto); 'none' turns it off."
 )
 
 
-def _model_opt(flag: str, what: str) -> object:
-    return typer.Option(flag, help=f"{what}. {_MODEL_HELP}", show_default=False)
+def _model_opt(flag: str, what: str, help_text: str = _MODEL_HELP) -> object:
+    return typer.Option(flag, help=f"{what}. {help_text}", show_default=False)
 
 
 _Host = Annotated[str, typer.Option("--host", help="Interface to bind (0.0.0.0 for all).")]
@@ -125,7 +126,7 @@ def serve(
     scan_model: Annotated[str | None, _model_opt("--scan-model", "POST /v1/clean-scan")] = None,
     denoise_model: Annotated[str | None, _model_opt("--denoise-model", "POST /v1/denoise")] = None,
     colorize_model: Annotated[
-        str | None, _model_opt("--colorize-model", "POST /v1/colorize")
+        str | None, _model_opt("--colorize-model", "POST /v1/colorize", _AUTO_HELP)
     ] = None,
     faces_model: Annotated[str | None, _model_opt("--faces-model", "GET /v1/faces")] = None,
     model: _Models = None,
@@ -166,6 +167,7 @@ def serve(
     device = check_choice(device, ("auto", "cpu", "cuda"), "--device")
     try:
         from aepipe.serve import run_server
+        from aepipe.serve_guard import check_bindable
     except ModuleNotFoundError as exc:
         fail(
             f"{exc.name} is not installed; install the [serve] extra: pip install 'aepipe[serve]'",
@@ -173,13 +175,19 @@ def serve(
         )
     with cli_errors():
         settings = _settings(locals())
-        run_server(
-            settings,
-            host,
-            port,
-            log_level.lower(),
-            on_ready=lambda url: err(f"stages loaded; serving on {url} (docs: {url}/docs)"),
-        )
+        check_bindable(host, port)
+        try:
+            run_server(
+                settings,
+                host,
+                port,
+                log_level.lower(),
+                on_ready=lambda url: err(f"stages loaded; serving on {url} (docs: {url}/docs)"),
+            )
+        except KeyboardInterrupt:
+            # uvicorn has already shut down gracefully (SIGTERM or Ctrl-C): a normal stop.
+            err("server stopped")
+            raise typer.Exit(int(ExitCode.OK)) from None
 
 
 # serve's options that ServeSettings takes as they are.
