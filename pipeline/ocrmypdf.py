@@ -460,7 +460,7 @@ def run_ocr_command(
     Exits with :attr:`~aepipe.errors.ExitCode.SETUP_ERROR` and one line naming the package
     when a tool is missing.
     """
-    from aepipe.cli.common import cli_errors, fail, finish_summary, progress_bar
+    from aepipe.cli.common import cli_errors, fail, finish_summary, progress_bar, require_jobs
     from aepipe.errors import ConfigError, ExitCode
     from aepipe.runner import plan
 
@@ -473,12 +473,9 @@ def run_ocr_command(
             raise ConfigError("--keep-color cannot be combined with --ocr (pages are stored gray)")
         if options.fmt not in ("same", "pdf"):
             raise ConfigError("--ocr writes PDFs; leave --format out or use --format pdf")
-        total = len(plan(inputs, options)[0])
-        if not total:
-            fail(
-                f"no image files found in {', '.join(map(str, inputs))}", ExitCode.NOTHING_PROCESSED
-            )
-        with progress_bar(total, quiet, "file") as on_record:
+        jobs = plan(inputs, options)[0]
+        require_jobs(jobs, inputs)
+        with progress_bar(len(jobs), quiet, "file") as on_record:
             summary = ocr_files(
                 inputs,
                 options,

@@ -325,7 +325,7 @@ def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
         stencils = _mixed_raster(large)
         if stencils is not None:
             reason = (
-                f"mixed raster page: its background and {len(stencils)} text stencil(s) cleaned "
+                f"mixed raster page: its background and {len(stencils)} text stencil(s) processed "
                 "in place, foreground colours kept"
             )
             return _Plan("edited", reason, large[0], stencils)
@@ -341,7 +341,7 @@ def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
         # Its colours decide what shows through: cleaned colours would show something else
         # (and a colour key for RGB is invalid for an image stored gray).
         return _Plan("fallback", "the scan has a colour-key mask", large[0])
-    return _Plan("edited", "scan cleaned in place", large[0])
+    return _Plan("edited", "scan processed in place", large[0])
 
 
 def _more_of_the_scan(scan: _Placement, found: list[_Placement]) -> int:
@@ -1053,7 +1053,7 @@ def _do_page(
     for target in (plan.target, *plan.stencils):
         key = target.obj.objgen
         if key in done:
-            reason = "its image (shared with an earlier page) cleaned once"
+            reason = "its image (shared with an earlier page) processed once"
         else:
             done[key] = _edit_image(where, target, rotate, process, meta, options)
         parts.append(done[key])

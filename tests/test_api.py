@@ -342,6 +342,17 @@ def test_run_renders_pdf_pages_at_their_own_resolution_as_clean_scans(
     assert Image.open(tmp_path / "asked" / "doc.png").size == (112, 84)  # 40 x 30 pt at 200
 
 
+def test_run_on_an_empty_folder_says_so_as_clean_scans(
+    tmp_path: Path, tiny_weights: dict[str, Path]
+) -> None:
+    (tmp_path / "in").mkdir()
+    cfg = tmp_path / "p.toml"
+    weights = tiny_weights["impulse-denoiser"]
+    cfg.write_text(folder_toml(tmp_path / "in", tmp_path / "out", weights))
+    res = aepipe("run", str(cfg))
+    assert res.returncode == 3 and "no image files found in" in res.stderr, res.stderr
+
+
 BAD_CONFIGS = {
     "source.dpi": ("dpi = 5", ""),
     "source.folder.recursiv": ("recursiv = true", ""),

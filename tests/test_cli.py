@@ -215,3 +215,15 @@ def test_train_scan_denoiser_rejects_bad_options_early(tmp_path, tiny_weights, c
     assert res.returncode == 2, res.stderr
     assert "does not match" in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()
+
+
+def test_training_file_errors_say_whether_data_or_output(tmp_path):
+    from aepipe.cli.common import training_data_errors
+    from aepipe.errors import ConfigError
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="cannot write the output"), training_data_errors(out):
+        (out / "missing" / "model.safetensors").open("wb")
+    missing = pytest.raises(ConfigError, match="cannot read the training data")
+    with missing, training_data_errors(out):
+        (tmp_path / "data" / "train.npz").open("rb")

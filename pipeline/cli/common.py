@@ -7,10 +7,11 @@ Every command follows the same path: parse -> check inputs and output folder -> 
 from __future__ import annotations
 
 import inspect
+import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,16 +184,22 @@ def image_target(path: Path, what: str) -> Path:
 
 
 @contextmanager
-def training_data_errors() -> Iterator[None]:
+def training_data_errors(out: Path | None = None) -> Iterator[None]:
     """A training run's missing data as a bad argument (exit 2), not a traceback.
 
+    Args:
+        out: the run's output folder: a file that cannot be made there is named as an output,
+            not as missing data.
+
     Raises:
-        ConfigError: for ``FileNotFoundError`` or ``NotADirectoryError`` while training (its
-            data is read first; outputs are written into folders made for them).
+        ConfigError: for ``FileNotFoundError`` or ``NotADirectoryError`` while training.
     """
     try:
         yield
     except (FileNotFoundError, NotADirectoryError) as exc:
+        where = Path(os.path.abspath(exc.filename)) if exc.filename else None  # noqa: PTH100
+        if out is not None and where is not None and where.is_relative_to(out.absolute()):
+            raise ConfigError(f"cannot write the output {where}: {exc.strerror}") from None
         raise ConfigError(f"cannot read the training data: {exc}") from None
 
 
@@ -371,10 +378,7 @@ def run_job(
 
     with cli_errors():
         jobs, _, _ = plan(inputs, options)
-        if not jobs:
-            fail(
-                f"no image files found in {', '.join(map(str, inputs))}", ExitCode.NOTHING_PROCESSED
-            )
+        require_jobs(jobs, inputs)
         process = load()
         with progress_bar(len(jobs), quiet, unit) as on_record:
             summary = run_files(inputs, process, options, on_record=on_record)
@@ -432,6 +436,12 @@ def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[Callab
 
     with progress:
         yield on_record
+
+
+def require_jobs(jobs: Sequence[Any], inputs: Sequence[Any]) -> None:
+    """Exit 3 with the reason when the inputs hold no file to process (before weights load)."""
+    if not jobs:
+        fail(f"no image files found in {', '.join(map(str, inputs))}", ExitCode.NOTHING_PROCESSED)
 
 
 def finish_summary(summary: Summary, quiet: bool) -> NoReturn:

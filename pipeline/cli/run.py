@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from aepipe.cli.apps import app
-from aepipe.cli.common import QuietOpt, cli_errors, finish_summary, progress_bar
+from aepipe.cli.common import (
+    QuietOpt,
+    cli_errors,
+    finish_summary,
+    progress_bar,
+    require_jobs,
+)
 
 
 @app.command("run")
@@ -60,6 +66,7 @@ def run_pipeline(
             report=Path(sink.report) if sink.report else None,
         )
         jobs, _, _ = plan(spec.source.inputs, options)
+        require_jobs(jobs, spec.source.inputs)
         pipe = Pipeline(build_stages(spec))
         with progress_bar(len(jobs), quiet) as on_record:
             summary = run_files(spec.source.inputs, pipe, options, on_record=on_record)

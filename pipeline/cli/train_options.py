@@ -285,7 +285,7 @@ def add_train_command(
         train = importlib.import_module(module).train
         with cli_errors():
             target = train_out(out, name, overwrite_shipped)
-            with training_data_errors():
+            with training_data_errors(target):
                 train(train_config(ctx, **fixed), target, progress=err)
             err(f"wrote {target}")
 
