@@ -17,7 +17,9 @@ if TYPE_CHECKING:  # what type checkers see; at run time the names load on first
     from aepipe.batch import to_gray as to_gray
     from aepipe.core import edit_face_photo as edit_face_photo
     from aepipe.core import face_concepts as face_concepts
+    from aepipe.core import generate as generate
     from aepipe.core import interpolate_faces as interpolate_faces
+    from aepipe.core import load_generator as load_generator
     from aepipe.errors import AepipeError as AepipeError
     from aepipe.errors import ConfigError as ConfigError
     from aepipe.errors import ExitCode as ExitCode
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time the names load on first
     from aepipe.pipeline import read_pipeline_file as read_pipeline_file
     from aepipe.runner import RunOptions as RunOptions
     from aepipe.runner import run_files as run_files
+    from aepipe.stage import Generator as Generator
     from aepipe.stage import Stage as Stage
     from aepipe.stage import StageConfig as StageConfig
     from aepipe.stage import load_stage as load_stage

@@ -251,3 +251,15 @@ def test_training_options_do_not_drift_from_their_config(command: str, config: s
             continue
         want = str(default) if isinstance(param.default, str) else default
         assert param.default == want, (command, param.name, param.default, want)
+
+
+def test_type_checkers_see_every_public_name() -> None:
+    """The lazy exports and the ``TYPE_CHECKING`` imports of ``aepipe`` list the same names (a
+    name only in the first is ``Any`` to a type checker)."""
+
+    import aepipe
+
+    tree = ast.parse((ROOT / "pipeline" / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If))  # `if TYPE_CHECKING:`
+    seen = {alias.asname for node in block.body for alias in node.names}
+    assert seen == set(aepipe.__all__) - {"__version__"}
