@@ -377,7 +377,10 @@ def face_blocks(n: int, seed: int = 0, block_size: int = 64) -> list[dict[str, i
 
     Every block draws its faces from the same ``seed`` at its own place in the sequence
     (:meth:`aepipe.stage.Generator.sample`'s ``first``), so the faces are those of
-    ``gen-faces --n N --seed S``, whatever the block size or the number of workers.
+    ``gen-faces --n N --seed S``, whatever the block size or the number of workers. One
+    exception: the VQ-VAE's prior in bfloat16 (``precision="auto"`` on a CPU or GPU with fast
+    bfloat16) rounds differently at other batch sizes, and one other code drawn changes the
+    face; run it with ``precision="float32"`` where faces must match across block sizes.
 
     Returns:
         Rows ``{"block", "start", "count", "seed"}`` for ``ray.data.from_items``.
