@@ -117,12 +117,38 @@ def generate(
         stages: stages applied to every batch, in order.
         **options: generator-specific extras passed to ``sample`` (e.g. ``concepts``).
 
-    Yields:
-        Batches named ``face_00000`` ... (the generator's names) on the CPU.
+    Returns:
+        An iterator of batches named ``face_00000`` ... (the generator's names) on the CPU.
+
+    Raises:
+        ConfigError: at the call, before anything is sampled: ``seed`` outside
+            0 ... :data:`SEED_MAX` or ``temperature`` outside the generator config's range.
     """
-    for batch in generator.sample(
+    check_seed(seed)
+    generator.sampling_temperature(temperature)
+    batches = generator.sample(
         n, seed=seed, temperature=temperature, batch_size=batch_size, first=first, **options
-    ):
+    )
+    return _through(batches, stages)
+
+
+#: The largest seed a generator takes (a CPU ``torch.Generator`` seed is a signed 64-bit int).
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if it is in 0 ... :data:`SEED_MAX`, the range of every front end.
+
+    Raises:
+        ConfigError: otherwise (torch would fail deep inside with an overflow).
+    """
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed must be a whole number from 0 to 2**63 - 1; got {seed}")
+    return seed
+
+
+def _through(batches: Iterator[ImageBatch], stages: Sequence[Stage]) -> Iterator[ImageBatch]:
+    for batch in batches:
         for stage in stages:
             batch = stage(batch)
         yield batch
@@ -587,9 +613,17 @@ def _load_face_stage(name_or_path, device: str, cls: type, what: str, overrides:
 
 
 def read_photo(path: str | os.PathLike[str]) -> ImageBatch:
-    """The first page of an image file as a one-image batch named after the file."""
+    """The first page of an image file as a one-image batch named after the file.
+
+    Raises:
+        ConfigError: ``path`` does not exist: a bad argument (exit 2), as a missing input of
+            a file job is (:func:`aepipe.runner.plan`).
+        InputImageError: the file exists but cannot be read as an image.
+    """
     from aepipe.io import page_batch, read_pages
 
+    if not Path(path).exists() and not Path(path).is_symlink():
+        raise ConfigError(f"input not found: {path}")
     page = next(iter(read_pages(path)))
     return page_batch(page, Path(path).stem)
 
@@ -624,7 +658,7 @@ def face_concepts(
     return out
 
 
-def _is_face_crop(stage: FaceGenerator, batch: ImageBatch, align: FaceAlign) -> bool:
+def _is_face_crop(stage: FaceModel, batch: ImageBatch, align: FaceAlign) -> bool:
     """Whether ``batch`` is taken as face crops (centre-cropped) rather than whole photos."""
     return align == "crop" or (align == "auto" and max(batch.size) <= 2 * stage.native_size)
 
@@ -763,13 +797,16 @@ def face_strip(rows: Sequence[ImageBatch]) -> np.ndarray:
 
 
 def aligned_face(
-    stage: FaceGenerator,
+    stage: FaceModel,
     batch: ImageBatch,
     *,
     face: FaceChoice = "largest",
     align: FaceAlign = "auto",
 ) -> ImageBatch:
-    """One face of a photo warped to the VAE's framing (64x64 gray), or a crop as it is.
+    """One face of a photo warped to the face models' framing (64x64 gray), or a crop as it is.
+
+    For the face VAE and the face VQ-VAE alike (``faces interpolate``, ``traverse --image``,
+    ``vq-interpolate``).
 
     Raises:
         NoFaceError: the photo has no usable face (``face`` picks which; reason per face).

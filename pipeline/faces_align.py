@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +92,37 @@ correction reaches (validation faces)."""
 DETECT_MAX_SIDE = 1024
 """Photos are searched at most this large (longer side) so a 12-megapixel photo stays fast."""
 
-FaceChoice = Literal["all", "largest"] | int
+MAX_FACE_INDEX = 9999
+"""Largest face index ``--face N`` (and ``face = N`` in files and requests) takes."""
+FaceIndex = Annotated[int, Field(ge=0, le=MAX_FACE_INDEX)]
+FaceChoice = Literal["all", "largest"] | FaceIndex
+"""Which faces of a photo an edit or reconstruction uses."""
+OneFace = Literal["largest"] | FaceIndex
+"""Which one face of a photo an interpolation or traversal starts from."""
+
+
+def parse_face_choice(text: str, *, one: bool = False) -> FaceChoice:
+    """``all``, ``largest`` or a face index, validated as the TOML ``face`` key is.
+
+    Args:
+        text: what the user typed (``--face``).
+        one: only one face may be chosen (:data:`OneFace`: no ``all``).
+
+    Raises:
+        ConfigError: anything else, with the accepted values.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    from aepipe.errors import ConfigError
+
+    value: str | int = int(text) if text.strip().lstrip("+-").isdigit() else text
+    try:
+        return TypeAdapter(OneFace if one else FaceChoice).validate_python(value)
+    except ValidationError:
+        accepted = "largest" if one else "all, largest"
+        raise ConfigError(
+            f"must be {accepted} or a face index from 0 to {MAX_FACE_INDEX}; got {text!r}"
+        ) from None
 
 
 @dataclass

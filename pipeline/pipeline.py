@@ -15,7 +15,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aepipe.batch import ImageBatch, as_float01
+from aepipe.core import SEED_MAX
 from aepipe.errors import ConfigError, ShapeError
+from aepipe.faces_align import FaceChoice, OneFace
 from aepipe.stage import build_config, format_validation_error, load_stage, stage_class
 
 BatchFn = Callable[[ImageBatch], ImageBatch]
@@ -238,8 +240,9 @@ class FacesSource(_Strict):
 
     type: Literal["faces"]
     n: int = Field(64, ge=1, le=100_000)
-    seed: int = Field(0, ge=0)
-    temperature: float | None = Field(None, gt=0, le=3)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    # Its range is the generator config's, checked by aepipe.core.generate for every front end.
+    temperature: float | None = None
     weights: str = "face-vae"
     batch_size: int = Field(64, ge=1, le=4096)
 
@@ -252,7 +255,7 @@ class InterpolateSource(_Strict):
     b: str
     steps: int = Field(8, ge=2, le=256)
     method: Literal["linear", "slerp", "both"] = "linear"
-    face: Literal["largest"] | Annotated[int, Field(ge=0, le=9999)] = "largest"
+    face: OneFace = "largest"
     align: Literal["auto", "photo", "crop"] = "auto"
     weights: str = "face-vae"
 
@@ -268,7 +271,7 @@ class FacePhotos(_Strict):
     )
     # Your concept files, searched before the shipped ones: the CLI's --concepts-dir default.
     concepts_dir: Path = Path("concepts")
-    face: Literal["all", "largest"] | Annotated[int, Field(ge=0, le=9999)] = "all"
+    face: FaceChoice = "all"
     align: Literal["auto", "photo", "crop"] = "auto"
     no_face: Literal["fail", "keep"] = "fail"
 

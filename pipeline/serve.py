@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
+from aepipe.core import SEED_MAX
 from aepipe.errors import AepipeError, WeightsError
 
 if TYPE_CHECKING:
@@ -723,10 +724,12 @@ def _add_generate_route(app: FastAPI, service: _Service, key: str) -> None:
     )
     async def generate_endpoint(
         n: int = Query(16, ge=1, le=settings.max_faces, description="How many images."),
-        seed: int = Query(0, ge=0, le=2**63 - 1, description="Same seed, same images."),
+        seed: int = Query(0, ge=0, le=SEED_MAX, description="Same seed, same images."),
         colorize: bool = Query(False, description="Colorize with the colorizer stage."),
+        # Its range is the generator config's (0 to 3 for the face models): aepipe.core.generate
+        # checks it for every front end, a 422 here.
         temperature: float | None = Query(
-            None, gt=0, le=3, description="Sampling temperature (default: the weights')."
+            None, description="Sampling temperature (default: the weights')."
         ),
         format: Literal["grid", "zip"] = Query("grid"),
     ) -> Response:

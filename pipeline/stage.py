@@ -248,6 +248,21 @@ class Generator(Stage):
     without a front-end change. ``temperature=None`` means the default stored with the weights.
     """
 
+    def sampling_temperature(self, temperature: float | None) -> float:
+        """``temperature`` checked against the config's own range (``None``: the weights').
+
+        The one range check every front end gets (through :func:`aepipe.core.generate` and
+        :meth:`sample`), so a temperature is valid everywhere or nowhere.
+
+        Raises:
+            ConfigError: out of the ``temperature`` field's range, naming ``<stage>.temperature``.
+        """
+        config = self.config
+        if temperature is None:
+            return float(config.temperature)  # type: ignore[attr-defined]
+        data = {**config.model_dump(), "temperature": temperature}
+        return float(build_config(type(config), data, self.name).temperature)  # type: ignore[attr-defined]
+
     @abstractmethod
     def sample(
         self,

@@ -152,3 +152,44 @@ def test_fit_command_refuses_shipped_folder_without_flag(cli) -> None:
     assert res.exit_code == 2 and "overwrite-shipped" in res.output
     doc = json.loads((SHIPPED / "smile.json").read_text())
     assert "fit-concepts" in doc["command"] and doc["model_sha256"]
+
+
+def test_cli_concept_lists_its_folders_and_refuses_a_taken_name(tmp_path: Path, cli) -> None:
+    """``faces concepts`` showed a user's concept as ``? vs neg`` (it read ``attribute``, which
+    ``faces concept`` does not write), and a second ``faces concept`` silently replaced the
+    file or hid a shipped concept of the same name."""
+    from PIL import Image
+
+    weights = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
+    pos, neg, cdir = tmp_path / "pos", tmp_path / "neg", tmp_path / "concepts"
+    rng = np.random.default_rng(0)
+    for folder, low in ((pos, 150), (neg, 0)):
+        folder.mkdir()
+        for i in range(2):
+            pixels = rng.integers(low, low + 100, (20, 20), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+
+    def concept(name: str, *extra: object):
+        return cli(
+            "faces", "concept", "--positive", pos, "--negative", neg, "--name", name,
+            "--model", weights, "--concepts-dir", cdir, *extra,
+        )  # fmt: skip
+
+    assert concept("mine").exit_code == 0
+    before = (cdir / "mine.json").read_text()
+    res = cli("faces", "concepts", "--concepts-dir", cdir, "--model", weights)
+    assert res.exit_code == 0, res.output
+    line = next(row for row in res.output.splitlines() if row.startswith("mine "))
+    assert f"{pos} vs {neg}" in line and "?" not in line
+    for name, says in (("mine", "exists"), ("smile", "hide"), ("smiling", "hide")):
+        res = concept(name)
+        assert res.exit_code == 2 and "--overwrite" in res.output and says in res.output, name
+    assert (cdir / "mine.json").read_text() == before and not (cdir / "smile.json").exists()
+    assert concept("smile", "--overwrite").exit_code == 0
+    torch.testing.assert_close(
+        load_concept("smile", [cdir, SHIPPED]), load_concept(cdir / "smile.json")
+    )
+    # A concept the generator cannot apply (4 dims for face-vae's 128) leaves no folder behind.
+    out = tmp_path / "faces"
+    res = cli("gen-faces", "-n", 1, "--concept", cdir / "mine.json", "-o", out)
+    assert res.exit_code == 2 and "dims" in res.output and not out.exists()

@@ -276,7 +276,7 @@ def test_concepts_round_trip_and_apply(tmp_path: Path) -> None:
     assert parse_concept_arg("smile:+1") == ("smile", 1.0)
     assert parse_concept_arg("smile") == ("smile", 1.0)
     for bad in ("smile:lots", "smile:nan", "smile:inf", "smile:-inf", "smile:1e309"):
-        with pytest.raises(ConfigError, match="NAME:STRENGTH with a finite number"):
+        with pytest.raises(ConfigError, match="needs a number from -10 to 10"):
             parse_concept_arg(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_concept("nope", [tmp_path])
@@ -284,6 +284,44 @@ def test_concepts_round_trip_and_apply(tmp_path: Path) -> None:
         save_concept(tmp_path, "../evil", vec)
     with pytest.raises(ConfigError, match="dims"):
         stage.apply_concept(z, torch.zeros(7))
+
+
+def test_concept_strength_is_bounded_for_every_front_end(tmp_path: Path, cli) -> None:
+    """smile:1e308 is finite but overflowed the decoder: black faces, a cast warning, exit 0."""
+    assert parse_concept_arg("smile:10") == ("smile", 10.0)
+    assert parse_concept_arg("smile:-10") == ("smile", -10.0)
+    for bad in ("smile:1e308", "smile:-1e308", "smile:10.5"):
+        with pytest.raises(ConfigError, match=r"from -10 to 10 \(e.g. smile:1.5\)"):
+            parse_concept_arg(bad)
+    weights = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
+    out = tmp_path / "faces"
+    res = cli("gen-faces", "--n", 2, "--concept", "smile:1e308", "--model", weights, "-o", out)
+    assert res.exit_code == 2 and "from -10 to 10" in res.output, res.output
+    assert not out.exists()
+    # TOML stage tables parse concepts the same way, before any weights load.
+    from aepipe.pipeline import StageSpec, check_stage_spec
+
+    spec = StageSpec(weights="face-vae", faces={"concepts": ["smile:1e308"]})
+    with pytest.raises(ConfigError, match="from -10 to 10"):
+        check_stage_spec(spec, "stages.0")
+
+
+def test_cli_help_shows_bracketed_defaults() -> None:
+    """Rich markup took ``[default: ...]`` in help texts for a tag and printed nothing."""
+    from aepipe.cli.apps import app
+    from aepipe.cli.main import load_areas
+
+    load_areas()
+    runner = CliRunner(env={"COLUMNS": "200"})
+    for args, text in (
+        (["faces", "reconstruct"], "[default: <input>_recon]"),
+        (["faces", "edit"], "[default: <input>_edit]"),
+        (["faces", "fit-concepts"], "[default: runs/<model>/concepts]"),
+        (["vae", "grid"], "[default: <model>-grid.png]"),
+        (["vae", "scatter"], "[default: <model>-scatter.png]"),
+    ):
+        res = runner.invoke(app, [*args, "--help"])
+        assert res.exit_code == 0 and text in res.output, (args, res.output)
 
 
 # ---- data and training ---------------------------------------------------------------------
@@ -523,6 +561,11 @@ def test_cli_vae_grid_needs_2d_latent(tmp_path: Path, cli) -> None:
     other = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
     res = cli("vae", "grid", "--model", other, "--out", tmp_path / "h.png")
     assert res.exit_code == 2 and "2-D latent" in res.output
+    # The scatter's data missing (its default outside the repository): one line, exit 2.
+    pytest.importorskip("matplotlib", reason="the scatter needs the [plot] extra")
+    res = cli("vae", "scatter", "--model", weights, "--data", tmp_path / "nope", "--limit", 10)
+    assert res.exit_code == 2 and "cannot read" in res.output, res.output
+    assert "Traceback" not in res.output
 
 
 def test_cli_module_does_not_import_torch() -> None:

@@ -150,6 +150,16 @@ def test_http_reconstruct_is_the_library_call(client, vae) -> None:
     assert resp.status_code == 422 and resp.json()["error"] == "no_face"
 
 
+def test_http_edit_refuses_a_huge_concept_strength(client) -> None:
+    """smile:1e308 is finite, so it was accepted and painted the face black."""
+    photo = _png(face_photo())
+    for concept in ("smile:1e308", "smile:-11"):
+        url = f"/v1/faces/edit?concept={concept}"
+        resp = client.post(url, files={"file": ("p.png", photo)})
+        assert resp.status_code == 422, resp.text
+        assert "from -10 to 10" in resp.json()["detail"]
+
+
 def test_http_interpolate_is_the_cli_strip(client, walk) -> None:
     a, b, want = walk
     files = {"a": ("a.png", _png(a)), "b": ("b.png", _png(b))}

@@ -435,3 +435,51 @@ def test_cli_traverses_around_the_face_found_in_a_photo(tmp_path: Path, cli, vae
     assert np.abs(cell - want).max() <= 1
     crop = vae.decode(vae.encode(batch)).to_numpy(np.uint8)[0, ..., 0]
     assert np.abs(cell - crop).mean() > 10
+
+
+def test_cli_vq_interpolate_aligns_the_faces_of_photos(tmp_path: Path, cli) -> None:
+    """``faces vq-interpolate`` squashed a whole photo into the face frame (its centre crop);
+    it finds and aligns the face first, as ``faces interpolate`` does."""
+    from aepipe.core import aligned_face
+    from aepipe.stage import load_stage
+
+    Image.fromarray(_photo()).save(tmp_path / "a.png")
+    out = tmp_path / "strip.png"
+    args = ("faces", "vq-interpolate", tmp_path / "a.png", FACE, "--steps", "2", "-o", out)
+    res = cli(*args, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    first = np.asarray(Image.open(out))[2:66, 2:66].astype(int)  # the strip's first face
+    vq = load_stage("face-vqvae")
+    batch = ImageBatch.from_numpy(np.asarray(Image.open(tmp_path / "a.png")), ["a"])
+    want = vq.interpolate(aligned_face(vq, batch), aligned_face(vq, batch), 2)
+    assert np.abs(first - want.to_numpy(np.uint8)[0, ..., 0]).max() <= 1
+    squashed = vq(batch).to_numpy(np.uint8)[0, ..., 0]
+    assert np.abs(first - squashed).mean() > 10
+
+
+@pytest.mark.parametrize("command", ["interpolate", "vq-interpolate"])
+def test_cli_interpolate_face_choice_is_the_toml_one(tmp_path: Path, cli, command: str) -> None:
+    """--face all was taken (help: largest | N); TOML's ``face`` refused it."""
+    from pydantic import ValidationError
+
+    from aepipe.pipeline import InterpolateSource
+
+    for face in ("all", "-1", "10000", "bogus"):
+        res = cli("faces", command, FACE, FACE, "--face", face, "-o", tmp_path / "s.png")
+        assert res.exit_code == ExitCode.BAD_ARGS and "--face must be largest" in res.output
+        with pytest.raises(ValidationError):
+            InterpolateSource(type="interpolate", a="a", b="b", face=face)
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_cli_missing_photo_is_a_bad_argument(tmp_path: Path, cli) -> None:
+    """A missing input exits 2 as in the file commands (it was 1: 'some inputs failed')."""
+    nope = tmp_path / "nope.png"
+    for args in (
+        ("faces", "interpolate", FACE, nope),
+        ("faces", "vq-interpolate", nope, FACE),
+        ("faces", "traverse", "--image", nope),
+    ):
+        res = cli(*args, "-o", tmp_path / "s.png")
+        assert res.exit_code == ExitCode.BAD_ARGS and "input not found" in res.output, args
+    assert not (tmp_path / "s.png").exists()

@@ -60,3 +60,79 @@ def test_a_stage_that_cannot_generate_is_refused(tmp_path: Path) -> None:
     # Also with sampling overrides (gen-faces passes batch_size): the kind is checked first.
     with pytest.raises(WeightsError, match="cannot generate"):
         load_generator(folder, batch_size=2)
+
+
+def test_every_front_end_takes_the_generator_configs_temperature_range(tmp_path: Path) -> None:
+    """One range for every front end, the stage config's (0 to 3): gen-faces took 0 but TOML
+    and HTTP refused it; 3.5 is refused everywhere before anything is written."""
+    from aepipe.stages.face_generator import FaceGenerator
+
+    weights = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
+    stage = load_stage(weights)
+    want = ImageBatch.concat(list(stage.sample(2, seed=1, temperature=0))).to_numpy(np.uint8)
+    names = ["face_00000", "face_00001"]
+
+    def run(args: list[str]) -> tuple[int, str]:
+        from typer.testing import CliRunner
+
+        from aepipe.cli.main import app, load_areas
+
+        load_areas()
+        res = CliRunner().invoke(app, args)
+        return res.exit_code, res.output
+
+    def toml(temperature: float, out: Path) -> tuple[int, str]:
+        spec = tmp_path / f"{out.name}.toml"
+        spec.write_text(
+            f'[source]\ntype = "faces"\nn = 2\nseed = 1\ntemperature = {temperature}\n'
+            f'weights = "{weights.as_posix()}"\n\n'
+            f'[sink]\ntype = "folder"\nout = "{out.as_posix()}"\n'
+        )
+        return run(["run", str(spec), "-q"])
+
+    gen = ["gen-faces", "-n", "2", "--seed", "1", "--model", str(weights), "--no-grid", "-q"]
+    assert run([*gen, "--temperature", "0", "--out", str(tmp_path / "c0")])[0] == 0
+    np.testing.assert_array_equal(frontends.read_pngs(tmp_path / "c0", names), want)
+    assert toml(0, tmp_path / "t0")[0] == 0
+    np.testing.assert_array_equal(frontends.read_pngs(tmp_path / "t0", names), want)
+    for code, output in (
+        run([*gen, "--temperature", "3.5", "--out", str(tmp_path / "c1")]),
+        toml(3.5, tmp_path / "t1"),
+    ):
+        assert code == 2 and "face-generator.temperature" in output, output
+    assert not (tmp_path / "c1").exists() and not (tmp_path / "t1").exists()
+    with pytest.raises(ConfigError, match="temperature"):
+        generate(stage, 2, temperature=-0.5)  # at the call, not when the first batch is drawn
+
+    pytest.importorskip("fastapi", reason="needs the [serve] extra")
+    from fastapi.testclient import TestClient
+
+    from aepipe.serve import ServeSettings, create_app
+
+    with TestClient(create_app(ServeSettings(models={"faces": str(weights)}))) as client:
+        query = {"n": 2, "seed": 1, "format": "zip"}
+        assert client.get("/v1/faces", params={**query, "temperature": 0}).status_code == 200
+        bad = client.get("/v1/faces", params={**query, "temperature": 3.5})
+        assert bad.status_code == 422 and "temperature" in bad.text
+
+
+def test_seeds_out_of_range_are_refused_by_every_front_end(tmp_path: Path) -> None:
+    """gen-faces once died with a traceback (torch's overflow) where HTTP answered 422."""
+    from typer.testing import CliRunner
+
+    from aepipe.cli.main import app, load_areas
+    from aepipe.core import SEED_MAX
+    from aepipe.stages.face_generator import FaceGenerator
+
+    stage = FaceGenerator.tiny(seed=0)
+    assert len(next(iter(generate(stage, 1, seed=SEED_MAX)))) == 1
+    for seed in (SEED_MAX + 1, -1):
+        with pytest.raises(ConfigError, match="seed must be a whole number from 0 to 2"):
+            generate(stage, 1, seed=seed)
+    load_areas()
+    weights = stage.save_pretrained(tmp_path / "w")
+    out = tmp_path / "faces"
+    args = ["gen-faces", "--seed", "99999999999999999999999", "--model", str(weights), "-o"]
+    res = CliRunner().invoke(app, [*args, str(out)])
+    assert res.exit_code == 2 and "seed must be" in res.output, res.output
+    assert not out.exists()

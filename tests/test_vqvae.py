@@ -265,3 +265,30 @@ def test_prior_stage_resumes_from_its_own_checkpoint(weights: Path, tmp_path: Pa
     assert prior["earlier_commands"] == ["fixture prior"]
     card = (out / CARD_NAME).read_text()
     assert "- prior: `fixture prior`" in card and "- then fine-tuned: `library call`" in card
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        (["--prior"], "--prior"),
+        (["--sharpen", "1"], "--sharpen"),
+        (["--concept", "smile:1"], "--concept"),
+        (["--prior", "--concept", "smile:1"], "--prior, --concept"),
+    ],
+)
+def test_gen_faces_names_the_face_vae_options_it_refuses(
+    tmp_path: Path, option: list[str], named: str
+) -> None:
+    """They were reported as config keys the user never typed (``face-vqvae.sampler: unknown
+    key``), and --concept left an empty --out folder behind."""
+    from typer.testing import CliRunner
+
+    from aepipe.cli.main import app, load_areas
+
+    load_areas()
+    out = tmp_path / "faces"
+    args = ["gen-faces", "--model", "face-vqvae", "-n", "1", "-o", str(out), *option]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert f"{named}: for the face VAE only" in res.output and "unknown" not in res.output
+    assert not out.exists()

@@ -52,7 +52,9 @@ ConceptDirOpt = Annotated[
 ConceptOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--concept", help="NAME:STRENGTH (e.g. smile:1.5); repeatable. NAME may be a .json path."
+        "--concept",
+        help="NAME:STRENGTH (e.g. smile:1.5; STRENGTH from -10 to 10); repeatable. NAME may be "
+        "a .json path.",
     ),
 ]
 
@@ -129,8 +131,9 @@ def gen_faces(
         int,
         typer.Option(
             "--seed",
-            help="Same seed, same faces (the noise is drawn on the CPU). face-vqvae draws code "
-            "after code, so a different CPU, GPU or precision can change its faces.",
+            help="Same seed, same faces (the noise is drawn on the CPU); 0 to 2**63 - 1. "
+            "face-vqvae draws code after code, so a different CPU, GPU or precision can change "
+            "its faces.",
         ),
     ] = 0,
     temperature: Annotated[
@@ -138,10 +141,9 @@ def gen_faces(
         typer.Option(
             "--temperature",
             "-t",
-            min=0.0,
-            max=3.0,
-            help="Latent spread (default: the model's; 1.2 for face-vae). For face-vqvae, the "
-            "temperature of the codes after its first row (lead_codes, drawn at their own).",
+            # No bounds here: the model's config holds the range (0 to 3), for every front end.
+            help="Latent spread, 0 to 3 (default: the model's; 1.2 for face-vae). For face-vqvae, "
+            "the temperature of the codes after its first row (lead_codes, drawn at their own).",
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNG files.")] = Path(
@@ -164,7 +166,8 @@ def gen_faces(
     prior: Annotated[
         bool,
         typer.Option(
-            "--prior", help="Sample the N(0,I) prior instead of the fitted latent Gaussian."
+            "--prior",
+            help="Sample the N(0,I) prior instead of the fitted latent Gaussian (face VAE only).",
         ),
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=8192)] = 256,
@@ -174,7 +177,8 @@ def gen_faces(
             "--sharpen",
             min=0.0,
             max=4.0,
-            help="Unsharp-mask strength for the faces (default: the model's; 0: off).",
+            help="Unsharp-mask strength for the faces (default: the model's; 0: off; face VAE "
+            "only).",
         ),
     ] = None,
     model: ModelOpt = "face-vae",
@@ -198,6 +202,8 @@ def gen_faces(
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out}: is a file; the faces go into a folder")
         grid_path = None if no_grid else image_target(grid or out / "grid.png", "--grid")
+        face_vae_only = {"--prior": prior, "--sharpen": sharpen is not None, "--concept": concept}
+        _face_vae_only(model, [name for name, given in face_vae_only.items() if given])
         stage = load_generator(model, _resolve_device(device), **overrides)
         options = {"concepts": _concepts(concept, concepts_dir, model)} if concept else {}
         then = []
@@ -210,16 +216,47 @@ def gen_faces(
         err(f"wrote {n} faces to {out}" + (f" and the grid {grid_path}" if grid_path else ""))
 
 
+def _face_vae_only(model: str, options: list[str]) -> None:
+    """Refuse gen-faces ``options`` the weights' generator does not have, before any work.
+
+    Only the face VAE has a sampler choice, an unsharp mask and concept vectors; the stage
+    would refuse them too, but by its config key (``face-vqvae.sampler``), not by the option
+    the user typed.
+
+    Raises:
+        ConfigError: naming the options, for weights of another generator.
+    """
+    from aepipe.errors import ConfigError
+    from aepipe.stage import stage_class
+    from aepipe.stages.face_generator import FaceGenerator
+    from aepipe.weights import read_config, resolve
+
+    if not options:
+        return
+    name = read_config(resolve(model))["stage"]
+    if not issubclass(stage_class(name), FaceGenerator):
+        raise ConfigError(
+            f"{', '.join(options)}: for the face VAE only (face-generator weights, e.g. "
+            f"face-vae); --model {model} is a {name!r} generator"
+        )
+
+
 def _write_faces(batches, n: int, out: Path, grid_path: Path | None, quiet: bool) -> None:
     """Write each face as ``<name>.png`` under ``out`` and up to 1024 of them as a grid."""
+    import itertools
+
     import numpy as np
 
     from aepipe.io import write_image
 
+    # The first batch before the folder: a sampling option the generator refuses (it checks
+    # when it starts) must leave nothing behind.
+    batches = iter(batches)
+    first = next(batches, None)
     out.mkdir(parents=True, exist_ok=True)
     keep = []
     with _progress(n, quiet) as advance:
-        for batch in batches:
+        for batch in itertools.chain([first] if first is not None else [], batches):
             arrays = batch.to_numpy(np.uint8)
             for name, arr in zip(batch.names, arrays, strict=True):
                 write_image(arr[..., 0] if arr.shape[-1] == 1 else arr, out / f"{name}.png")
@@ -285,15 +322,16 @@ AlignOpt = Annotated[
 ]
 
 
-def _face_choice(face: str):
+def _face_choice(face: str, *, one: bool = False):
+    """``--face`` validated as the TOML ``face`` key (``one``: interpolate's, without ``all``)."""
     from aepipe.cli.common import fail
-    from aepipe.errors import ExitCode
+    from aepipe.errors import ConfigError, ExitCode
+    from aepipe.faces_align import parse_face_choice
 
-    if face in ("all", "largest"):
-        return face
-    if face.isdigit():
-        return int(face)
-    fail(f"--face must be all, largest or a face index; got {face!r}", ExitCode.BAD_ARGS)
+    try:
+        return parse_face_choice(face, one=one)
+    except ConfigError as exc:
+        fail(f"--face {exc}", ExitCode.BAD_ARGS)
 
 
 def _photo_edit(stage, vectors: list | None, face, align: str, quiet: bool):
@@ -309,7 +347,7 @@ def reconstruct(
         list[Path], typer.Argument(help="Photos, face images or folders.", show_default=False)
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder [default: <input>_recon].")
+        Path | None, typer.Option("--out", "-o", help="Output folder \\[default: <input>_recon].")
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs.")
@@ -327,7 +365,7 @@ def reconstruct(
     becomes the model's decode (chroma and everything outside the mask kept). Face crops
     (--align crop) are centre-cropped and come back as 64x64 gray decodes.
 
-    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
+    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
     4 weights could not be loaded, 130 interrupted.
     """
     from aepipe.cli.common import check_choice, run_job
@@ -362,7 +400,7 @@ def edit(
     face: FaceOpt = "all",
     align: AlignOpt = "auto",
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder [default: <input>_edit].")
+        Path | None, typer.Option("--out", "-o", help="Output folder \\[default: <input>_edit].")
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs.")
@@ -378,7 +416,7 @@ def edit(
     the luma inside a feathered face mask; pixels outside the mask are unchanged. A photo with no
     usable face fails with the reason per face. Face crops (--align crop) give 64x64 gray faces.
 
-    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed,
+    Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
     4 weights could not be loaded, 130 interrupted.
     """
     from aepipe.cli.common import check_choice, fail, run_job
@@ -436,7 +474,7 @@ def interpolate(
 
     method = check_choice(method, ("linear", "slerp", "both"), "--method")
     align = check_choice(align, ("auto", "photo", "crop"), "--align")
-    choice = _face_choice(face)
+    choice = _face_choice(face, one=True)
     with cli_errors():
         import numpy as np
 
@@ -502,16 +540,34 @@ def concept_cmd(
     negative: Annotated[Path, typer.Option("--negative", help="Folder of faces WITHOUT it.")],
     name: Annotated[str, typer.Option("--name", help="Concept name (letters, digits, - and _).")],
     concepts_dir: ConceptDirOpt = Path("concepts"),
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace your concept of that name, or hide a shipped one (smile, ...) that "
+            "--concept NAME would otherwise use.",
+        ),
+    ] = False,
     model: ModelOpt = "face-vae",
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Store a concept vector: mean latent of the positive faces minus that of the negative ones."""
+    """Store a concept vector: mean latent of the positive faces minus that of the negative ones.
+
+    A name that --concept already finds (a file in --concepts-dir, or a shipped concept's name
+    or alias) is refused unless --overwrite is given.
+    """
     with cli_errors():
         import torch
 
         from aepipe.batch import ImageBatch
-        from aepipe.stages.face_generator import save_concept
+        from aepipe.stages.face_generator import (
+            check_new_concept,
+            default_concept_dirs,
+            save_concept,
+        )
 
+        # Before the model loads and the faces are encoded: a taken name costs no work.
+        check_new_concept(name, default_concept_dirs(concepts_dir, model), overwrite)
         stage = _load_face_vae(model, _resolve_device(device))
 
         def codes(folder: Path) -> torch.Tensor:
@@ -543,7 +599,7 @@ def concepts_cmd(
     concepts_dir: ConceptDirOpt = Path("concepts"),
     model: ModelOpt = "face-vae",
 ) -> None:
-    """List the concept vectors --concept can use: name, attribute, aliases, length, how built."""
+    """List the concept vectors --concept can use: name, contrast, aliases, length, how built."""
     with cli_errors():
         from aepipe.stages.face_generator import default_concept_dirs, list_concepts
 
@@ -553,8 +609,10 @@ def concepts_cmd(
             return
         for doc in found:
             aliases = ", ".join(doc.get("aliases", [])) or "-"
+            # Shipped files name a labelled attribute; `faces concept` records its folders.
+            positive = doc.get("attribute") or doc.get("positive", "?")
             typer.echo(
-                f"{doc['name']:<12} {doc.get('attribute', '?')} vs {doc.get('negative', '?')}"
+                f"{doc['name']:<12} {positive} vs {doc.get('negative', '?')}"
                 f" | aliases: {aliases} | |v| = {doc['norm']:.2f}"
                 f" | {doc.get('n_positive', '?')} / {doc.get('n_negative', '?')} faces"
             )
@@ -567,7 +625,7 @@ def fit_concepts_cmd(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", help="Folder for the concept files [default: runs/<model>/concepts]."
+            "--out", "-o", help="Folder for the concept files \\[default: runs/<model>/concepts]."
         ),
     ] = None,
     overwrite_shipped: OverwriteShippedOpt = False,
@@ -665,7 +723,7 @@ def vae_grid(
     model: ModelOpt = "mnist-vae-2d",
     n: Annotated[int, typer.Option("--n", min=2, max=64, help="Points per side.")] = 15,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="PNG to write [default: <model>-grid.png].")
+        Path | None, typer.Option("--out", "-o", help="PNG to write \\[default: <model>-grid.png].")
     ] = None,
 ) -> None:
     """Decode an n x n grid of 2-D latents at Gaussian quantiles (norm.ppf of an even grid)."""
@@ -699,7 +757,7 @@ def vae_scatter(
     limit: Annotated[int, typer.Option("--limit", min=1, help="Test images to plot.")] = 10_000,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="PNG to write [default: <model>-scatter.png]."),
+        typer.Option("--out", "-o", help="PNG to write \\[default: <model>-scatter.png]."),
     ] = None,
 ) -> None:
     """Plot the 2-D posterior means of the test set, coloured by class."""
@@ -716,6 +774,7 @@ def vae_scatter(
         import matplotlib.pyplot as plt
         import torch
 
+        from aepipe.cli.common import training_data_errors
         from aepipe.data.idx import load_mnist_like
         from aepipe.io import atomic_write
         from aepipe.weights import read_config, resolve
@@ -728,7 +787,8 @@ def vae_scatter(
         folder = data or Path(
             read_config(resolve(model)).get("training", {}).get("data", "../shared/data/mnist")
         )
-        images, labels = load_mnist_like(folder, "test")
+        with training_data_errors():  # the data's test split, missing: a one-line exit 2
+            images, labels = load_mnist_like(folder, "test")
         images, labels = images[:limit], labels[:limit]
         with torch.inference_mode():
             x = torch.from_numpy(images).unsqueeze(1).float() / 255.0

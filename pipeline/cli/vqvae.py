@@ -26,6 +26,7 @@ from aepipe.cli.common import (
     train_out,
     training_data_errors,
 )
+from aepipe.cli.faces import AlignOpt, DeviceOpt
 from aepipe.cli.train_options import train_command, train_config
 
 _STAGES = ("vqvae", "prior", "both")
@@ -65,12 +66,12 @@ def train_face_vqvae(
 ModelOpt = Annotated[str, typer.Option("--model", help="VQ-VAE weights name or folder.")]
 
 
-def _load(model: str):
+def _load(model: str, device: str = "cpu"):
     from aepipe.errors import WeightsError
     from aepipe.stage import load_stage
     from aepipe.stages.face_vqvae import FaceVQVAE
 
-    stage = load_stage(model)
+    stage = load_stage(model, device=device)
     if not isinstance(stage, FaceVQVAE):
         raise WeightsError(f"{model}: weights are for stage {stage.name!r}, not 'face-vqvae'")
     return stage
@@ -78,21 +79,41 @@ def _load(model: str):
 
 @faces_app.command("vq-interpolate")
 def vq_interpolate(
-    a: Annotated[Path, typer.Argument(help="First face image.", show_default=False)],
-    b: Annotated[Path, typer.Argument(help="Second face image.", show_default=False)],
-    steps: Annotated[int, typer.Option("--steps", min=2, max=256)] = 8,
+    a: Annotated[Path, typer.Argument(help="First photo or face image.", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Second photo or face image.", show_default=False)],
+    steps: Annotated[
+        int, typer.Option("--steps", min=2, max=256, help="Images on the path, ends included.")
+    ] = 8,
+    face: Annotated[
+        str,
+        typer.Option(
+            "--face", help="Which face of each photo: largest | N (index, largest first)."
+        ),
+    ] = "largest",
+    align: AlignOpt = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG strip to write.")] = Path(
         "vq_interpolation.png"
     ),
     model: ModelOpt = "face-vqvae",
+    device: DeviceOpt = "cpu",
 ) -> None:
-    """Walk from face A to face B in the VQ-VAE's encoder space (before quantisation)."""
-    from aepipe.cli.faces import _read_one, _write_grid
+    """Walk from face A to face B in the VQ-VAE's encoder space (before quantisation).
 
+    A and B may be ordinary photos: the chosen face of each is found and aligned to the
+    model's framing first (as faces interpolate does); face crops (--align crop) are
+    centre-cropped.
+    """
+    from aepipe.cli.faces import _face_choice, _read_one, _resolve_device, _write_grid
+
+    align = check_choice(align, ("auto", "photo", "crop"), "--align")
+    choice = _face_choice(face, one=True)
     with cli_errors():
+        from aepipe.core import aligned_face
+
         image_target(out, "--out")
-        stage = _load(model)
-        _write_grid(stage.interpolate(_read_one(a), _read_one(b), steps), out, ncols=steps)
+        stage = _load(model, _resolve_device(device))
+        ends = [aligned_face(stage, _read_one(p), face=choice, align=align) for p in (a, b)]
+        _write_grid(stage.interpolate(*ends, steps), out, ncols=steps)
         err(f"wrote {out}")
 
 

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 CONCEPT_SUFFIX = ".json"
+MAX_CONCEPT_STRENGTH = 10.0
+"""Largest ``|STRENGTH|`` of a concept edit. The shipped concepts are measured at -1 to +2
+(docs/RESULTS.md) and strength 2 is already a strong edit; 10 leaves room for a user's weaker
+concept vectors while refusing values that only overflow the decoder (``smile:1e308``)."""
 _NOISE_BLOCK = 64
 
 
@@ -208,9 +212,7 @@ class FaceGenerator(FaceModel):
         """
         import torch
 
-        temp = self.config.temperature if temperature is None else float(temperature)
-        if not 0.0 <= temp <= 3.0:
-            raise ConfigError(f"{self.name}.temperature: must be in [0, 3]; got {temp}")
+        temp = self.sampling_temperature(temperature)
         if n < 0 or first < 0:
             raise ConfigError(
                 f"{self.name}: number of samples and first must be >= 0; got {n}, {first}"
@@ -469,8 +471,7 @@ def save_concept(
     """
     from aepipe.io import atomic_write
 
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise ConfigError(f"concept name must use letters, digits, '-' or '_'; got {name!r}")
+    check_concept_name(name)
     target = Path(path)
     if target.suffix.lower() != CONCEPT_SUFFIX:
         target.mkdir(parents=True, exist_ok=True)
@@ -479,6 +480,39 @@ def save_concept(
     doc["vector"] = [round(float(v), 6) for v in vector.reshape(-1)]
     data = (json.dumps(doc, indent=1) + "\n").encode()
     return atomic_write(target, lambda fh: fh.write(data))
+
+
+def check_concept_name(name: str) -> str:
+    """``name`` if it is a usable concept name (letters, digits, ``-``, ``_``).
+
+    Raises:
+        ConfigError: otherwise.
+    """
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ConfigError(f"concept name must use letters, digits, '-' or '_'; got {name!r}")
+    return name
+
+
+def check_new_concept(name: str, dirs: Sequence[Path], overwrite: bool = False) -> None:
+    """Refuse a new concept ``name`` that would silently replace or hide one in ``dirs``.
+
+    ``dirs`` are the folders ``--concept`` searches, the new file's folder first
+    (:func:`default_concept_dirs`): a file of that name there would be replaced, and a
+    concept found later under that name or alias (a shipped one) would no longer be used.
+
+    Raises:
+        ConfigError: ``name`` is malformed, or taken and ``overwrite`` is not set.
+    """
+    check_concept_name(name)
+    taken = None if overwrite else find_concept(name, dirs)
+    if taken is None:
+        return
+    what = (
+        "exists" if taken.parent == Path(dirs[0]) else "is already a concept; yours would hide it"
+    )
+    raise ConfigError(
+        f"concept {name!r} {what} ({taken}); pass --overwrite to replace it, or choose another name"
+    )
 
 
 def _read_concept_file(path: Path) -> dict[str, Any]:
@@ -524,25 +558,43 @@ def load_concept(
 
     dirs = list(dirs or default_concept_dirs())
     path = Path(name_or_path)
-    explicit = path.suffix.lower() == CONCEPT_SUFFIX
-    candidates = [path] if explicit else []
-    candidates += [d / f"{name_or_path}{CONCEPT_SUFFIX}" for d in dirs]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None and not explicit:
-        key = str(name_or_path).lower()
-        for doc in list_concepts(dirs):
-            names = [doc.get("name", ""), doc.get("attribute") or "", *doc.get("aliases", [])]
-            if key in (str(n).lower() for n in names):
-                found = Path(doc["path"])
-                break
+    if path.suffix.lower() == CONCEPT_SUFFIX:
+        found = path if path.is_file() else None
+    else:
+        found = find_concept(str(name_or_path), dirs)
     if found is None:
         where = ", ".join(str(d) for d in dirs)
         raise ConfigError(f"concept {str(name_or_path)!r} not found (looked in {where})")
     return torch.tensor(_read_concept_file(found)["vector"], dtype=torch.float32)
 
 
+def find_concept(name: str, dirs: Sequence[Path]) -> Path | None:
+    """The concept file ``--concept NAME`` reads, or ``None``.
+
+    ``<dir>/NAME.json`` in the first of ``dirs`` that has it, else the first concept whose
+    ``aliases`` or ``attribute`` is ``name`` in any case (``smiling`` finds ``smile.json``).
+    """
+    files = (d / f"{name}{CONCEPT_SUFFIX}" for d in dirs)
+    found = next((f for f in files if f.is_file()), None)
+    if found is not None:
+        return found
+    key = name.lower()
+    for doc in list_concepts(dirs):
+        names = [doc.get("name", ""), doc.get("attribute") or "", *doc.get("aliases", [])]
+        if key in (str(n).lower() for n in names):
+            return Path(doc["path"])
+    return None
+
+
 def parse_concept_arg(text: str) -> tuple[str, float]:
-    """Parse ``NAME:STRENGTH`` (``smile:1.5``, ``smile:+1``, ``smile`` = strength 1)."""
+    """Parse ``NAME:STRENGTH`` (``smile:1.5``, ``smile:+1``, ``smile`` = strength 1).
+
+    Every front end's concept strings come through here (``--concept``, TOML ``concepts``,
+    HTTP ``concept=``), so one range holds: ``|STRENGTH| <= MAX_CONCEPT_STRENGTH``.
+
+    Raises:
+        ConfigError: STRENGTH is not a number or is out of range.
+    """
     name, sep, value = text.rpartition(":")
     if not sep:
         return text, 1.0
@@ -550,8 +602,10 @@ def parse_concept_arg(text: str) -> tuple[str, float]:
         strength = float(value)
     except ValueError:
         strength = math.nan
-    if not math.isfinite(strength):  # nan or inf would paint the face black
+    # nan, inf or a huge number would overflow the decoder and paint the face black.
+    if not abs(strength) <= MAX_CONCEPT_STRENGTH:
         raise ConfigError(
-            f"--concept expects NAME:STRENGTH with a finite number (e.g. smile:1.5); got {text!r}"
+            f"concept NAME:STRENGTH needs a number from -{MAX_CONCEPT_STRENGTH:g} to "
+            f"{MAX_CONCEPT_STRENGTH:g} (e.g. smile:1.5); got {text!r}"
         )
     return name, strength

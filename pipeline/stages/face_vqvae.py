@@ -119,9 +119,7 @@ class FaceVQVAE(FaceModel):
         import torch
 
         cfg: Config = self.config  # type: ignore[assignment]
-        temp = cfg.temperature if temperature is None else float(temperature)
-        if not 0.0 <= temp <= 3.0:
-            raise ConfigError(f"{self.name}.temperature: must be in [0, 3]; got {temp}")
+        temp = self.sampling_temperature(temperature)
         u = self.uniforms(n, seed, first)
         tokens = self.model.prior.tokens
         lead = min(cfg.lead_codes, tokens)
