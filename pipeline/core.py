@@ -122,10 +122,12 @@ def generate(
 
     Raises:
         ConfigError: at the call, before anything is sampled: ``seed`` outside
-            0 ... :data:`SEED_MAX` or ``temperature`` outside the generator config's range.
+            0 ... :data:`SEED_MAX`, or ``temperature`` or ``batch_size`` outside the generator
+            config's range.
     """
     check_seed(seed)
     generator.sampling_temperature(temperature)
+    generator.sampling_batch_size(batch_size)
     batches = generator.sample(
         n, seed=seed, temperature=temperature, batch_size=batch_size, first=first, **options
     )

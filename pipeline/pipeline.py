@@ -38,6 +38,12 @@ class Pipeline:
     def __init__(self, stages: Sequence[BatchFn]) -> None:
         if not stages:
             raise ConfigError("a pipeline needs at least one stage")
+        for i, stage in enumerate(stages):
+            if not callable(stage):
+                hint = " (load weights with aepipe.load_stage)" if isinstance(stage, str) else ""
+                raise ConfigError(
+                    f"stage {i} is a {type(stage).__name__}, not a batch -> batch callable{hint}"
+                )
         self.stages = list(stages)
 
     def __call__(self, batch: Any) -> Any:

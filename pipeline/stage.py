@@ -154,6 +154,15 @@ class Stage(ABC):
             raise ShapeError(
                 f"{self.name}: images must be at least {self.min_size} px; got {h}x{w}"
             )
+        if batch.images.numel():
+            # A batch built by hand skips apply()'s conversion: 0-255 floats or NaN would go
+            # through silently. NaN fails both comparisons.
+            lo, hi = (float(v) for v in batch.images.aminmax())
+            if not (lo >= -1e-3 and hi <= 1 + 1e-3):
+                raise ShapeError(
+                    f"{self.name}: images must hold finite values in [0, 1]; got range "
+                    f"[{lo:.3g}, {hi:.3g}] (ImageBatch.from_numpy scales 8- and 16-bit arrays)"
+                )
 
     def __call__(self, batch: ImageBatch) -> ImageBatch:
         """Run the stage on a batch.
@@ -168,8 +177,12 @@ class Stage(ABC):
 
         self.check(batch)
         with torch.inference_mode():
-            out = self.forward(batch.to(self.device))
-        return out.to("cpu")
+            out = self.forward(batch.to(self.device)).to("cpu")
+        if out.images.is_inference():
+            # A caller may edit the result in place or train on it, which inference tensors
+            # refuse; one copy (milliseconds for a page) makes it an ordinary tensor.
+            out = out.replace(out.images.clone())
+        return out
 
     @abstractmethod
     def forward(self, batch: ImageBatch) -> ImageBatch:
@@ -257,11 +270,24 @@ class Generator(Stage):
         Raises:
             ConfigError: out of the ``temperature`` field's range, naming ``<stage>.temperature``.
         """
+        return float(self._sampling_option("temperature", temperature))
+
+    def sampling_batch_size(self, batch_size: int | None) -> int:
+        """``batch_size`` checked against the config's own range (``None``: the config's).
+
+        Raises:
+            ConfigError: out of the ``batch_size`` field's range (0 or -1 silently gave the
+                default or nothing at all).
+        """
+        return int(self._sampling_option("batch_size", batch_size))
+
+    def _sampling_option(self, field: str, value: Any) -> Any:
+        """``value`` for config ``field``, validated as the config does; ``None``: its own."""
         config = self.config
-        if temperature is None:
-            return float(config.temperature)  # type: ignore[attr-defined]
-        data = {**config.model_dump(), "temperature": temperature}
-        return float(build_config(type(config), data, self.name).temperature)  # type: ignore[attr-defined]
+        if value is None:
+            return getattr(config, field)
+        data = {**config.model_dump(), field: value}
+        return getattr(build_config(type(config), data, self.name), field)
 
     @abstractmethod
     def sample(
@@ -298,7 +324,13 @@ def resolve_device(device: str | torch.device) -> str:
 
     if str(device) == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'); got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is available")
     return str(device)
 
@@ -374,5 +406,13 @@ def load_stage(
             "that choice with aepipe.registry.auto_stage(STAGE), or name weights or a folder"
         )
     folder = resolve(name_or_path)
-    cls = stage_class(read_config(folder)["stage"])
+    kind = read_config(folder)["stage"]
+    try:
+        cls = stage_class(kind)
+    except ConfigError as exc:
+        # Helper weights (the face aligner) ship beside the stages but run inside them.
+        raise WeightsError(
+            f"{name_or_path}: weights of a {kind!r} model, used inside aepipe's commands, not a "
+            f"stage to load ({exc})"
+        ) from None
     return cls.from_pretrained(folder, device=device, **overrides)

@@ -116,6 +116,20 @@ def test_joining_and_cutting_batches_checks_shapes_and_sizes() -> None:
     assert len(ImageBatch.concat([gray, gray]).split(1)) == 2
 
 
+def test_devices_and_helper_weights_are_refused_with_typed_errors(tmp_path: Path) -> None:
+    from aepipe.stage import resolve_device
+
+    for device in ("gpu", "CPU", "mps", "cuda:x"):
+        with pytest.raises(ConfigError, match="device must be"):
+            resolve_device(device)
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match=r"stage 0 is a str.*load_stage"):
+        Pipeline(["salt-pepper"])
+    # The face aligner ships beside the stages but is no stage of its own.
+    with pytest.raises(WeightsError, match="'face-aligner' model, used inside"):
+        load_stage("face-aligner")
+
+
 def test_apply_colour_numpy(any_stage: Stage) -> None:
     x = page(c=3)
     out = apply(any_stage, x)

@@ -41,6 +41,9 @@ def test_output_shape_dtype_range(stage: Stage) -> None:
     assert [m["k"] for m in out.meta] == [0, 1, 2]
     if not getattr(stage, "resizes", False):
         assert out.size == batch.size
+    # An ordinary tensor, not an inference one: callers may edit it in place or train on it.
+    assert not out.images.is_inference()
+    out.images.mul_(0.5)
 
 
 def test_save_load_round_trip(stage: Stage, tmp_path: Path) -> None:
@@ -76,6 +79,13 @@ def test_wrong_input_types_and_shapes_are_clear(stage: Stage) -> None:
     if bad_c is not None:
         with pytest.raises(ShapeError, match="channel"):
             stage(ImageBatch(torch.rand(1, bad_c, 32, 32)))
+
+
+def test_pixels_outside_0_1_are_refused_not_processed(stage: Stage) -> None:
+    batch = make_batch(stage, n=1)
+    for bad in (batch.images * 255, batch.images.clone().fill_(float("nan"))):
+        with pytest.raises(ShapeError, match=r"finite values in \[0, 1\]"):
+            stage(batch.replace(bad))
 
 
 def test_config_rejects_unknown_keys_with_field_name(stage: Stage) -> None:

@@ -136,3 +136,14 @@ def test_seeds_out_of_range_are_refused_by_every_front_end(tmp_path: Path) -> No
     res = CliRunner().invoke(app, [*args, str(out)])
     assert res.exit_code == 2 and "seed must be" in res.output, res.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["face-generator", "face-vqvae"])
+def test_a_batch_size_below_one_is_refused_not_replaced_or_empty(name: str) -> None:
+    generator = stage_class(name).tiny(seed=0)
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="batch_size"):
+            generate(generator, 3, batch_size=bad)
+        with pytest.raises(ConfigError, match="batch_size"):
+            next(iter(generator.sample(3, batch_size=bad)))
+    assert sum(len(b) for b in generate(generator, 3, batch_size=2)) == 3

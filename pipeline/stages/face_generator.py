@@ -265,7 +265,7 @@ class FaceGenerator(FaceModel):
         z = self.sample_latents(n, seed, temperature, first)
         for vector, strength in concepts:
             z = self.apply_concept(z, vector, strength)
-        size = batch_size or self.config.batch_size
+        size = self.sampling_batch_size(batch_size)
         width = max(5, len(str(max(first + n - 1, 0))))
         for start in range(0, n, size):
             idx = range(first + start, first + min(n, start + size))

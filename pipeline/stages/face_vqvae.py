@@ -124,7 +124,7 @@ class FaceVQVAE(FaceModel):
         tokens = self.model.prior.tokens
         lead = min(cfg.lead_codes, tokens)
         temps = [cfg.lead_temperature] * lead + [temp] * (tokens - lead)
-        size = batch_size or cfg.batch_size
+        size = self.sampling_batch_size(batch_size)
         g = self.model.grid
         dtype = getattr(torch, resolved_precision(cfg.precision, self.device))
         for start in range(0, n, size):
