@@ -5,12 +5,15 @@ Use it from OCRmyPDF's command line::
     ocrmypdf --plugin aepipe.ocrmypdf in.pdf out.pdf     # Tesseract reads cleaned pages
     ocrmypdf --plugin aepipe.ocrmypdf --force-ocr --aepipe-clean-final in.pdf out.pdf
 
-or through :func:`ocr_file` (what ``clean-scans --ocr`` calls). The plugin implements OCRmyPDF's
-documented pluggy hooks (``ocrmypdf/pluginspec.py``): ``add_options``, ``check_options``,
-``filter_ocr_image`` and ``filter_page_image``. Everything else (``--jobs``, ``--pages``,
-``--output-type pdfa``, page sizes, DPI) stays OCRmyPDF's. The model is loaded lazily, once per
-worker process (OCRmyPDF's workers are threads by default, processes with ``--no-use-threads``),
-and cached by (weights, device).
+The plugin implements OCRmyPDF's documented pluggy hooks (``ocrmypdf/pluginspec.py``):
+``add_options``, ``check_options``, ``filter_ocr_image`` and ``filter_page_image``. Everything
+else (``--jobs``, ``--pages``, ``--output-type pdfa``, page sizes, DPI) stays OCRmyPDF's. The
+model is loaded lazily, once per worker process (OCRmyPDF's workers are threads by default,
+processes with ``--no-use-threads``), and cached by (weights, device).
+
+``clean-scans --ocr`` (:func:`ocr_files`) does not use the plugin: it cleans each file exactly
+as ``clean-scans`` does (a PDF in place), then :func:`add_text_layer` copies the text layer
+OCRmyPDF makes for the pages without text into that file.
 
 Needs the ``[ocr]`` extra and the Debian packages ``tesseract-ocr``, ``tesseract-ocr-eng`` and
 ``ghostscript``; :func:`missing_tools` names what is absent.
@@ -20,20 +23,25 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import shutil
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from aepipe.defaults import DEFAULT_DPI
 from aepipe.errors import AepipeError, InputImageError
 
 if TYPE_CHECKING:
+    import pikepdf
     from PIL import Image
 
+    from aepipe.cli.common import FileJob
+    from aepipe.core import Process
     from aepipe.runner import FileRecord, RunOptions, Summary
     from aepipe.stages.scan_denoiser import ScanDenoiser
 
@@ -181,11 +189,24 @@ def add_options(parser: Any) -> None:
 
 @hookimpl
 def check_options(options: Any) -> None:
-    """Fail early, in the main process, when the weights cannot be loaded."""
+    """Fail early, in the main process, on options that would do nothing or unloadable weights.
+
+    OCRmyPDF stores a new page image (the only one ``--aepipe-clean-final`` can clean) only
+    when it rasterizes pages for display: ``--force-ocr``, ``--deskew``, ``--clean-final`` or
+    ``--remove-background``; otherwise the two storage options would be silently ignored.
+    """
     from ocrmypdf.exceptions import BadArgsError
 
     from aepipe.errors import WeightsError
 
+    clean_final = _opt(options, "aepipe_clean_final", False)
+    if clean_final and options.lossless_reconstruction:
+        raise BadArgsError(
+            "aepipe: --aepipe-clean-final needs --force-ocr (or --deskew, --clean-final, "
+            "--remove-background): otherwise OCRmyPDF keeps the pages' own images"
+        )
+    if _opt(options, "aepipe_binarize", False) and not clean_final:
+        raise BadArgsError("aepipe: --aepipe-binarize needs --aepipe-clean-final")
     try:
         denoiser(**_denoiser_options(options))
     except WeightsError as exc:
@@ -260,16 +281,6 @@ def _reuse_path(page: Any) -> Path:
     return Path(page.get_path("aepipe_ocr_clean.png"))
 
 
-def _has_dpi(path: Path) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return float(im.info.get("dpi", (0, 0))[0]) > 1
-    except OSError:
-        return False  # OCRmyPDF reports the unreadable file
-
-
 def _int_dpi(image: Image.Image) -> tuple[int, int]:
     dpi = image.info.get("dpi", (300, 300))
     return round(float(dpi[0])), round(float(dpi[1]))
@@ -278,134 +289,59 @@ def _int_dpi(image: Image.Image) -> tuple[int, int]:
 # --- clean-scans --ocr ----------------------------------------------------------------------
 
 
-def ocr_file(
-    src: str | Path,
-    dst: str | Path,
-    *,
-    weights: str = DEFAULT_WEIGHTS,
-    binarize: bool = False,
-    jobs: int | None = None,
-    dpi: float = DEFAULT_DPI,
-    device: str = "cpu",
-    output_type: str = "auto",
-    language: Sequence[str] = ("eng",),
-    pages: str | None = None,
-    views: int = 1,
-) -> Path:
-    """Write ``src`` (a PDF or an image) as a cleaned, searchable PDF at ``dst``.
-
-    Every page is rasterized at its own resolution, cleaned by the scan denoiser (for both
-    Tesseract and the stored image) and given Tesseract's text layer; page sizes are kept.
-
-    Args:
-        src: PDF, PNG, JPEG or TIFF (all TIFF frames become pages).
-        dst: output PDF (its folder must exist).
-        weights: scan-denoiser weights name or folder.
-        binarize: store bilevel pages (CCITT G4); otherwise gray PNG (Flate, lossless).
-        jobs: OCRmyPDF workers (default: its own, one per CPU).
-        dpi: resolution assumed for images that record none.
-        device: ``"cpu"`` or ``"cuda"``.
-        output_type: OCRmyPDF's: ``"auto"`` (its default) gives PDF/A-2b when that needs no
-            re-encoding, ``"pdfa"`` always (Ghostscript if needed), ``"pdf"`` never. The stored
-            G4 and PNG streams were kept as they are in all three in our tests.
-        language: Tesseract languages.
-        pages: OCRmyPDF page selection (e.g. ``"1,3-5"``); other pages are copied as they are.
-        views: the scan denoiser's ``views`` (shifted and mirrored views averaged).
-
-    Raises:
-        OcrSetupError: OCRmyPDF, Tesseract or Ghostscript is not installed.
-        InputImageError: OCRmyPDF rejected the input.
-    """
-    check_setup()
-    import ocrmypdf
-
-    src, dst = Path(src), Path(dst)
-    kwargs: dict[str, Any] = {}
-    if src.suffix.lower() != ".pdf" and not _has_dpi(src):
-        kwargs["image_dpi"] = dpi
-    if pages:
-        kwargs["pages"] = pages
-    # pikepdf's check_linearization (called by OCRmyPDF after writing) leaves sys.stderr
-    # pointing at a StringIO (pikepdf 10.18); restore the streams so our messages still show.
-    streams = sys.stdout, sys.stderr
-    try:
-        code = ocrmypdf.ocr(
-            src,
-            dst,
-            plugins=[PLUGIN],
-            force_ocr=True,
-            language=list(language),
-            jobs=jobs,
-            output_type=output_type,
-            # Level 0 leaves our G4 streams alone (without jbig2enc there is nothing better).
-            optimize=0 if binarize else 1,
-            progress_bar=False,
-            aepipe_weights=str(weights),
-            aepipe_clean_final=True,
-            aepipe_binarize=binarize,
-            aepipe_device=device,
-            aepipe_views=views,
-            **kwargs,
-        )
-    except (ocrmypdf.exceptions.ExitCodeException, OSError, ValueError) as exc:
-        # One bad file fails alone, as in every file command (PIL raises OSError/ValueError).
-        raise InputImageError(f"{src}: OCRmyPDF: {exc or type(exc).__name__}") from exc
-    finally:
-        sys.stdout, sys.stderr = streams
-    if code != ocrmypdf.ExitCode.ok:
-        raise InputImageError(f"{src}: OCRmyPDF exited with {code!r}")
-    return dst
-
-
 def ocr_files(
     inputs: Sequence[str | Path],
+    process: Process,
     options: RunOptions,
     *,
-    weights: str = DEFAULT_WEIGHTS,
-    binarize: bool = False,
-    device: str = "cpu",
+    language: Sequence[str] = ("eng",),
     jobs: int | None = None,
     on_record: Callable[[FileRecord, int, int], None] | None = None,
-    views: int = 1,
 ) -> Summary:
-    """``clean-scans --ocr``: one cleaned, searchable PDF per input file, in the runner's layout.
+    """``clean-scans --ocr``: each input cleaned as ``clean-scans --format pdf`` does, then OCR'd.
 
-    Inputs are listed and the output folder checked by :func:`aepipe.runner.plan` (same
-    rules as every file command); ``<out>/<relative name>.pdf`` is written atomically, and an
-    existing output is skipped unless ``options.overwrite``.
+    A file is first cleaned by :func:`aepipe.runner.run_files` with ``process`` and
+    ``options``, so every option means what it means without OCR (a PDF is edited in place:
+    text, forms, annotations, encryption and image codecs kept; an image becomes a one-page
+    PDF); then :func:`add_text_layer` gives its pages without text a text layer. Inputs are
+    planned by :func:`aepipe.runner.plan` (PDF output names); ``<out>/<relative name>.pdf``
+    is written atomically, and an existing complete output is skipped unless
+    ``options.overwrite``.
 
     Args:
         inputs: files and folders.
-        options: the runner's options (``out_dir``, ``recursive``, ``overwrite``, ``dpi``).
-        weights: scan-denoiser weights name or folder.
-        binarize: bilevel pages stored as CCITT G4.
-        device: where the denoiser runs.
-        jobs: OCRmyPDF workers per file.
+        process: the cleaning stage (a loaded scan denoiser).
+        options: the runner's options; ``fmt`` is taken as ``pdf``.
+        language: Tesseract languages.
+        jobs: OCRmyPDF workers per file (default: its own, one per CPU).
         on_record: called after each file with (record, files done, files planned).
-        views: the scan denoiser's ``views``.
 
     Raises:
-        OcrSetupError: a tool is missing (checked before anything is read or written).
         ConfigError: bad inputs or output folder.
-        WeightsError: the weights cannot be loaded.
+        KeyboardInterrupt: re-raised after the report is written (files not finished are
+            listed as ``pending``); no partial output remains.
     """
-    from aepipe.runner import Summary, plan, write_report
+    from aepipe.runner import FileRecord, Summary, plan, write_report
 
-    check_setup()
     start = time.perf_counter()
-    # Every output is a PDF: planning for PDF gives scan.png and scan.pdf distinct names.
     options = dataclasses.replace(options, fmt="pdf")
     planned, records, out_dir = plan(inputs, options)
     summary = Summary(records=list(records), out_dir=str(out_dir))
-    if planned:
-        denoiser(weights, device, views)  # a weights problem stops the run here (WeightsError)
-    settings = dict(weights=weights, binarize=binarize, jobs=jobs, device=device, views=views)
+    finished = 0
     try:
         for job in planned:
-            record = _ocr_job(job, options, out_dir, settings)
-            summary.records.append(record)
+            summary.records.append(_ocr_job(job, process, options, out_dir, language, jobs))
+            finished += 1
             if on_record is not None:
-                on_record(record, len(summary.records) - len(records), len(planned))
+                on_record(summary.records[-1], finished, len(planned))
+    except KeyboardInterrupt:
+        # As the runner reports it: the file being worked on and those after it are pending.
+        summary.interrupted = True
+        summary.records += [
+            FileRecord(str(job.src), "pending", reason="not finished (interrupted)")
+            for job in planned[finished:]
+        ]
+        raise
     finally:
         summary.seconds = time.perf_counter() - start
         if options.report:
@@ -413,52 +349,187 @@ def ocr_files(
     return summary
 
 
-def _ocr_job(job: Any, options: RunOptions, out_dir: Path, settings: dict[str, Any]) -> FileRecord:
-    """One input of :func:`ocr_files`: its searchable PDF written atomically, or skipped."""
-    from aepipe.runner import FileRecord, output_paths
+def _ocr_job(
+    job: Any,
+    process: Process,
+    options: RunOptions,
+    out_dir: Path,
+    language: Sequence[str],
+    jobs: int | None,
+) -> FileRecord:
+    """One input of :func:`ocr_files`: cleaned, OCR'd and written atomically, or skipped."""
+    from aepipe.runner import FileRecord, is_complete_output, output_paths, run_files
 
     [dst] = output_paths(job, None, options, out_dir)
+    if not options.overwrite and is_complete_output(dst):
+        reason = "output exists (use --overwrite to replace)"
+        return FileRecord(str(job.src), "skipped", [str(dst)], reason)
     t0 = time.perf_counter()
-    if dst.exists() and not options.overwrite:
-        record = FileRecord(str(job.src), "skipped", [str(dst)], "output exists")
-    else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.part")
-        try:
-            # --dpi is an override; an image that records no resolution gets 300.
-            ocr_file(job.src, tmp, dpi=options.dpi or DEFAULT_DPI, **settings)
-            tmp.replace(dst)
-            record = FileRecord(str(job.src), "ok", [str(dst)], pages=_page_count(dst))
-        except InputImageError as exc:
-            record = FileRecord(str(job.src), "failed", reason=str(exc))
-        finally:
-            tmp.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="aepipe-ocr-") as tmp:
+        # The cleaning is clean-scans' own job on this one file; only its output folder differs.
+        staged = dataclasses.replace(options, out_dir=Path(tmp), overwrite=True, report=None)
+        [record] = run_files([job.src], process, staged).records
+        if record.status == "ok":
+            try:
+                add_text_layer(record.outputs[0], dst, language=language, jobs=jobs, name=job.src)
+                record.outputs, record.bytes_out = [str(dst)], dst.stat().st_size
+            except InputImageError as exc:
+                record.status, record.reason, record.outputs = "failed", str(exc), []
     record.seconds = time.perf_counter() - t0
     return record
 
 
-def _page_count(pdf: Path) -> int:
+def add_text_layer(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    language: Sequence[str] = ("eng",),
+    jobs: int | None = None,
+    name: str | Path | None = None,
+) -> int:
+    """Write PDF ``src`` to ``dst`` (atomically) with a text layer on its pages that lack one.
+
+    OCRmyPDF reads ``src`` in its skip-text mode (pages with text, born-digital ones included,
+    are not OCR'd) without cleaning or re-encoding anything, and only the invisible text layers
+    it makes are copied into ``src``'s own pages: images, forms, annotations, metadata and
+    encryption stay exactly as in ``src``, whatever OCRmyPDF does to its own output file.
+
+    Args:
+        src: the PDF (already cleaned).
+        dst: where the searchable PDF goes; ``src``'s bytes when no page got a text layer.
+        language: Tesseract languages.
+        jobs: OCRmyPDF workers (default: its own, one per CPU).
+        name: the file named in OCRmyPDF's warnings and in errors (default ``src``).
+
+    Returns:
+        How many pages got a text layer.
+
+    Raises:
+        OcrSetupError: OCRmyPDF, Tesseract or Ghostscript is not installed.
+        InputImageError: OCRmyPDF rejected the PDF.
+    """
     import pikepdf
 
-    with pikepdf.open(pdf) as doc:
-        return len(doc.pages)
+    from aepipe.io import atomic_write
+    from aepipe.pdf_edit import _save as save_kept  # the in-place edit's own way of saving
+
+    check_setup()
+    src, dst = Path(src), Path(dst)
+    name = Path(name or src)
+    with tempfile.TemporaryDirectory(prefix="aepipe-ocr-") as tmp:
+        ocred = Path(tmp) / "ocr.pdf"
+        _run_ocrmypdf(src, ocred, language, jobs, name)
+        with pikepdf.open(src) as pdf, pikepdf.open(ocred) as text:
+            pairs = zip(pdf.pages, text.pages, strict=True)
+            added = sum(_copy_text_layer(pdf, page, done) for page, done in pairs)
+            if added:
+                atomic_write(dst, lambda fh: save_kept(pdf, fh))
+    if not added:
+        atomic_write(dst, lambda fh: fh.write(src.read_bytes()))
+    return added
 
 
-def run_ocr_command(
-    inputs: Sequence[Path],
-    options: RunOptions,
-    weights: str,
-    *,
-    binarize: bool,
-    keep_color: bool,
-    device: str,
-    quiet: bool,
-    views: int = 1,
-) -> NoReturn:
-    """The ``clean-scans --ocr`` command body: check the set-up, OCR every file, exit.
+def _run_ocrmypdf(
+    src: Path, dst: Path, language: Sequence[str], jobs: int | None, name: Path
+) -> None:
+    """OCRmyPDF in skip-text mode, nothing cleaned or re-encoded; raise InputImageError."""
+    import ocrmypdf
+
+    # pikepdf's check_linearization (called by OCRmyPDF after writing) leaves sys.stderr
+    # pointing at a StringIO (pikepdf 10.18); restore the streams so our messages still show.
+    streams = sys.stdout, sys.stderr
+    try:
+        with _warnings_name(name):
+            code = ocrmypdf.ocr(
+                src,
+                dst,
+                skip_text=True,
+                language=list(language),
+                jobs=jobs,
+                # Only the text layer is kept (see add_text_layer), so nothing else is worth
+                # OCRmyPDF's work: no optimisation, no PDF/A conversion.
+                output_type="pdf",
+                optimize=0,
+                progress_bar=False,
+            )
+    except (ocrmypdf.exceptions.ExitCodeException, OSError, ValueError) as exc:
+        # One bad file fails alone, as in every file command.
+        raise InputImageError(f"{name}: OCRmyPDF: {exc or type(exc).__name__}") from exc
+    finally:
+        sys.stdout, sys.stderr = streams
+    if code == ocrmypdf.ExitCode.ctrl_c:  # OCRmyPDF turns Ctrl-C into this exit code
+        raise KeyboardInterrupt
+    if code != ocrmypdf.ExitCode.ok:
+        raise InputImageError(f"{name}: OCRmyPDF exited with {code!r}")
+
+
+@contextmanager
+def _warnings_name(name: Path) -> Iterator[None]:
+    """Print OCRmyPDF's warnings as ``<name>: <warning>``, so a folder run says whose they are."""
+    logger = logging.getLogger("ocrmypdf")
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_NamedFormatter(name))
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # else Python's last-resort handler prints it a second time
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+class _NamedFormatter(logging.Formatter):
+    """``<file>: <message>``; the file name is not put in the format string (it may hold %)."""
+
+    def __init__(self, name: Path) -> None:
+        super().__init__()
+        self.name = name
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.name}: {super().format(record)}"
+
+
+def _copy_text_layer(pdf: pikepdf.Pdf, page: pikepdf.Page, done: pikepdf.Page) -> bool:
+    """Copy the text layer OCRmyPDF added to ``done`` (its copy of ``page``) into ``page``.
+
+    OCRmyPDF's grafter draws each text layer as a new form XObject named ``/OCR-...``, in a
+    ``q [cm] /OCR-... Do Q`` group put before the page's own content. That group and the form
+    (with its fonts) are copied; the page's own content stream and images are not touched.
+
+    Returns:
+        Whether ``page`` got a text layer (a layer without any text is left out).
+    """
+    import pikepdf
+
+    mine = page.obj.get("/Resources", {}).get("/XObject", {})
+    theirs = done.obj.get("/Resources", {}).get("/XObject", {})
+    names = [k for k in theirs if k.startswith("/OCR-") and k not in mine]
+    if not names or b"BT" not in theirs[names[0]].read_bytes():
+        return False
+    ops = pikepdf.parse_content_stream(done)
+    kinds = [str(op.operator) for op in ops]
+    draw = next(
+        i for i, op in enumerate(ops) if kinds[i] == "Do" and str(op.operands[0]) == names[0]
+    )
+    begin = max(i for i in range(draw) if kinds[i] == "q")
+    end = kinds.index("Q", draw)
+    page.add_resource(pdf.copy_foreign(theirs[names[0]]), pikepdf.Name.XObject, names[0])
+    group = pikepdf.unparse_content_stream(ops[begin : end + 1])
+    page.contents_add(pdf.make_stream(group), prepend=True)
+    return True
+
+
+def run_ocr_command(job: FileJob, load: Callable[[], Process]) -> NoReturn:
+    """The ``clean-scans --ocr`` command body: check the set-up, clean and OCR every file, exit.
 
     Exits with :attr:`~aepipe.errors.ExitCode.SETUP_ERROR` and one line naming the package
-    when a tool is missing.
+    when a tool is missing, before the inputs are read or the weights loaded.
+
+    Args:
+        job: the command's inputs and runner options (``--format`` same or pdf).
+        load: builds the cleaning stage, as without ``--ocr``.
     """
     from aepipe.cli.common import cli_errors, fail, finish_summary, progress_bar, require_jobs
     from aepipe.errors import ConfigError, ExitCode
@@ -469,20 +540,12 @@ def run_ocr_command(
             check_setup()
         except OcrSetupError as exc:
             fail(str(exc), ExitCode.SETUP_ERROR)
-        if keep_color:
-            raise ConfigError("--keep-color cannot be combined with --ocr (pages are stored gray)")
-        if options.fmt not in ("same", "pdf"):
+        if job.options.fmt not in ("same", "pdf"):
             raise ConfigError("--ocr writes PDFs; leave --format out or use --format pdf")
-        jobs = plan(inputs, options)[0]
-        require_jobs(jobs, inputs)
-        with progress_bar(len(jobs), quiet, "file") as on_record:
-            summary = ocr_files(
-                inputs,
-                options,
-                weights=weights,
-                binarize=binarize,
-                device=device,
-                on_record=on_record,
-                views=views,
-            )
-    finish_summary(summary, quiet)
+        options = dataclasses.replace(job.options, fmt="pdf")
+        planned = plan(job.inputs, options)[0]
+        require_jobs(planned, job.inputs)
+        process = load()
+        with progress_bar(len(planned), job.quiet, "file") as on_record:
+            summary = ocr_files(job.inputs, process, options, on_record=on_record)
+    finish_summary(summary, job.quiet)

@@ -85,11 +85,6 @@ def test_clean_scans_option_errors_are_exit_2_before_any_work(tmp_path, cli_env)
     write_image(gradient(), tmp_path / "a.png")
     res = run(["clean-scans", str(tmp_path / "a.png"), "--views", "9"], cli_env)
     assert res.returncode == 2 and "--views" in res.stderr
-    # The OCR plug-in cleans with the stage's defaults: options it would drop are refused.
-    for flag in (["--precision", "float32"], ["--clean-all"]):
-        res = run(["clean-scans", str(tmp_path / "a.png"), "--ocr", *flag], cli_env)
-        assert res.returncode == 2, (flag, res.stderr)
-        assert f"{flag[0]} cannot be combined with --ocr" in res.stderr
     assert not (tmp_path / "a_clean").exists() and sorted(tmp_path.iterdir()) == [
         tmp_path / "a.png"
     ]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pdf_factory import LOSSLESS_1_BIT, add_page
 from typer.testing import CliRunner
 
 from aepipe.errors import ExitCode
@@ -108,10 +109,11 @@ def test_clean_scans_ocr_image_and_pdf(tmp_path: Path) -> None:
     assert [s for s, _ in pages] == [s for s, _ in pdf_pages(src / "two.pdf")]
     for _, text in pages:
         assert_words(text)
-    with pikepdf.open(out / "two.pdf") as pdf:  # bilevel pages are stored as CCITT G4
+    with pikepdf.open(out / "two.pdf") as pdf:  # bilevel pages, stored as without --ocr
         xobjects = [x for page in pdf.pages for x in page.Resources.XObject.values()]
-        filters = [pikepdf.PdfImage(x).filters for x in xobjects if x.Subtype == "/Image"]
-    assert filters == [["/CCITTFaxDecode"]] * 2
+        images = [pikepdf.PdfImage(x) for x in xobjects if x.Subtype == "/Image"]
+    assert [im.bits_per_component for im in images] == [1, 1]
+    assert all(im.filters[-1] in LOSSLESS_1_BIT for im in images)
 
 
 @pytest.mark.parametrize(
@@ -214,3 +216,175 @@ def test_clean_scans_ocr_gives_every_input_its_own_pdf_and_writes_the_report(tmp
     files = json.loads(report.read_text())["files"]
     assert sorted(f["status"] for f in files) == ["ok"] * 4
     assert len({o for f in files for o in f["outputs"]}) == 4
+
+
+def kept_pdf(path: Path) -> Path:
+    """An encrypted PDF (owner password, no copying) a reader opens without a password:
+    page 1 a JPEG scan of ``LINES`` with a form field, a link and a sticky note; page 2
+    born-digital text."""
+    import io
+
+    import pikepdf
+    from PIL import Image
+
+    pdf = pikepdf.new()
+    pixels = text_page(5, (800, 300))
+    jpeg = io.BytesIO()
+    Image.fromarray(pixels).save(jpeg, format="JPEG", quality=80)
+    image = pdf.make_stream(
+        jpeg.getvalue(),
+        Type=pikepdf.Name.XObject,
+        Subtype=pikepdf.Name.Image,
+        Width=800,
+        Height=300,
+        ColorSpace=pikepdf.Name.DeviceGray,
+        BitsPerComponent=8,
+        Filter=pikepdf.Name.DCTDecode,
+    )
+    size = (800 * 72 / DPI, 300 * 72 / DPI)
+    scan = add_page(pdf, size, [(image, f"{size[0]} 0 0 {size[1]} 0 0")])
+    annot = dict(Type=pikepdf.Name.Annot, Rect=[10, 10, 60, 30])
+    field = pdf.make_indirect(
+        pikepdf.Dictionary(
+            **annot, Subtype=pikepdf.Name.Widget, FT=pikepdf.Name.Tx, T=pikepdf.String("payer")
+        )
+    )
+    note = pikepdf.Dictionary(**annot, Subtype=pikepdf.Name.Text, Contents=pikepdf.String("n"))
+    link = pikepdf.Dictionary(
+        **annot,
+        Subtype=pikepdf.Name.Link,
+        A=pikepdf.Dictionary(S=pikepdf.Name.URI, URI=pikepdf.String("https://example.org")),
+    )
+    scan.obj.Annots = pdf.make_indirect(pikepdf.Array([field, note, link]))
+    pdf.Root.AcroForm = pikepdf.Dictionary(Fields=pikepdf.Array([field]))
+    page = add_page(pdf, (300, 200))
+    page.obj.Contents = pdf.make_stream(b"BT /F1 14 Tf 20 100 Td (Born digital Hello) Tj ET")
+    allow = pikepdf.Permissions(extract=False)
+    pdf.save(path, encryption=pikepdf.Encryption(owner="secret", user="", allow=allow))
+    return path
+
+
+def pdf_parts(path: Path) -> dict:
+    """What the in-place edit keeps: encryption, form, annotation types, each page's images
+    (raw bytes and filters) and the content streams it had."""
+    import pikepdf
+
+    with pikepdf.open(path) as pdf:
+        pages = []
+        for page in pdf.pages:
+            contents = page.obj.Contents
+            streams = list(contents) if isinstance(contents, pikepdf.Array) else [contents]
+            images = [(x.read_raw_bytes(), str(x.Filter)) for x in page.get_images().values()]
+            annots = [str(a.Subtype) for a in page.obj.get("/Annots", [])]
+            pages.append(
+                dict(images=images, annots=annots, contents=[s.read_bytes() for s in streams])
+            )
+        return dict(
+            encrypted=pdf.is_encrypted,
+            extract=pdf.allow.extract,
+            fields=[str(f.T) for f in pdf.Root.AcroForm.Fields]
+            if "/AcroForm" in pdf.Root
+            else None,
+            pages=pages,
+        )
+
+
+@needs_ocr
+def test_clean_scans_ocr_keeps_what_the_in_place_edit_keeps(tmp_path: Path) -> None:
+    """--ocr is clean-scans' own PDF edit plus a text layer: encryption and permissions, the
+    form, the link and the sticky note, the JPEG scan's bytes as cleaned without --ocr, the
+    born-digital page's content stream; only the scan page gets OCR text, prepended."""
+    from aepipe.cli.main import _single
+
+    (tmp_path / "in").mkdir()
+    src = kept_pdf(tmp_path / "in" / "kept.pdf")
+    app = _single("clean-scans")
+    args = [str(src), "-q"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "plain")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, [*args, "--ocr", "--out", str(tmp_path / "ocr")])
+    assert res.exit_code == 0, res.output
+    # OCRmyPDF's warning about the form names the file it is about.
+    assert f"{src}: This PDF has a fillable form" in res.output
+
+    original, plain = pdf_parts(src), pdf_parts(tmp_path / "plain" / "kept.pdf")
+    ocr = pdf_parts(tmp_path / "ocr" / "kept.pdf")
+    assert ocr["encrypted"] and not ocr["extract"] and ocr["fields"] == ["payer"]
+    assert [p["annots"] for p in ocr["pages"]] == [["/Widget", "/Text", "/Link"], []]
+    scan, digital = ocr["pages"]
+    assert scan["images"] == plain["pages"][0]["images"]
+    assert "/DCTDecode" in scan["images"][0][1]  # a JPEG scan stays JPEG
+    assert scan["contents"][1:] == plain["pages"][0]["contents"]  # text layer put first
+    assert digital == original["pages"][1]
+    (_, text1), (_, text2) = pdf_pages(tmp_path / "ocr" / "kept.pdf")
+    assert_words(text1)
+    assert text2.strip() == "Born digital Hello"
+
+
+@needs_ocr
+def test_clean_scans_ocr_means_the_same_options(tmp_path: Path) -> None:
+    """--max-pixels refuses the page as without --ocr; --format png cannot be OCR'd (exit 2)."""
+    from PIL import Image
+
+    from aepipe.cli.main import _single
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(text_page(6, (300, 120))).save(tmp_path / "in" / "p.png", dpi=(DPI, DPI))
+    app, out = _single("clean-scans"), str(tmp_path / "out")
+    res = CliRunner().invoke(
+        app, [str(tmp_path / "in"), "--ocr", "--out", out, "--max-pixels", "1000"]
+    )
+    assert res.exit_code == ExitCode.NOTHING_PROCESSED and "exceeds the limit" in res.output
+    res = CliRunner().invoke(app, [str(tmp_path / "in"), "--ocr", "--out", out, "--format", "png"])
+    assert res.exit_code == ExitCode.BAD_ARGS and "--format pdf" in res.output
+
+
+@needs_ocr
+def test_clean_scans_ocr_interrupted_writes_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C inside OCRmyPDF (which turns it into its exit code 130) stops the run: exit
+    130, the report says interrupted and lists the unfinished files as pending, no output."""
+    import json
+
+    import ocrmypdf
+    from PIL import Image
+
+    from aepipe.cli.main import _single
+
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(text_page(7, (300, 120))).save(tmp_path / "in" / name, dpi=(DPI, DPI))
+    monkeypatch.setattr(ocrmypdf, "ocr", lambda *a, **k: ocrmypdf.ExitCode.ctrl_c)
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    args = [str(tmp_path / "in"), "--ocr", "--out", str(out), "--report", str(report), "-q"]
+    res = CliRunner().invoke(_single("clean-scans"), args)
+    assert res.exit_code == ExitCode.INTERRUPTED, res.output
+    data = json.loads(report.read_text())
+    assert data["summary"]["interrupted"] is True
+    assert data["summary"]["exit_code"] == ExitCode.INTERRUPTED
+    assert [(Path(f["path"]).name, f["status"]) for f in data["files"]] == [
+        ("a.png", "pending"),
+        ("b.png", "pending"),
+    ]
+    assert not list(out.glob("*.pdf"))
+
+
+@needs_ocr
+@pytest.mark.parametrize(
+    ("options", "needs"),
+    [
+        (dict(aepipe_clean_final=True), "--force-ocr"),
+        (dict(force_ocr=True, aepipe_binarize=True), "--aepipe-clean-final"),
+    ],
+)
+def test_plugin_refuses_storage_options_that_would_do_nothing(
+    tmp_path: Path, options: dict, needs: str
+) -> None:
+    """Without a rasterizing option OCRmyPDF keeps each page's image, so --aepipe-clean-final
+    would be ignored; --aepipe-binarize only changes what --aepipe-clean-final stores."""
+    import ocrmypdf
+
+    src = save_pdf(tmp_path / "in.pdf", [text_page(8, (300, 120))])
+    with pytest.raises(ocrmypdf.exceptions.BadArgsError, match=needs):
+        ocrmypdf.ocr(src, tmp_path / "out.pdf", plugins=[PLUGIN], progress_bar=False, **options)

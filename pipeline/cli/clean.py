@@ -61,8 +61,9 @@ def clean_scans(
         bool,
         typer.Option(
             "--ocr",
-            help="Write one searchable PDF per input (text layer by Tesseract via OCRmyPDF; "
-            "needs the 'ocr' extra, tesseract-ocr and ghostscript).",
+            help="Write one searchable PDF per input: cleaned as with --format pdf (every "
+            "other option means the same), then Tesseract (via OCRmyPDF) adds a text layer to "
+            "the pages without text; needs the 'ocr' extra, tesseract-ocr and ghostscript.",
         ),
     ] = False,
     clean_born_digital: CleanBornDigitalOpt = False,
@@ -85,26 +86,6 @@ def clean_scans(
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
     4 weights could not be loaded, 5 an OCR tool is not installed (--ocr), 130 interrupted.
     """
-    if ocr:
-        from aepipe.ocrmypdf import run_ocr_command
-
-        for flag, given in (("--clean-all", clean_all), ("--precision", precision != "auto")):
-            if given:
-                from aepipe.cli.common import fail
-                from aepipe.errors import ExitCode
-
-                fail(f"{flag} cannot be combined with --ocr", ExitCode.BAD_ARGS)
-
-        run_ocr_command(
-            job.inputs,
-            job.options,
-            model,
-            binarize=binarize,
-            keep_color=keep_color,
-            device=job.device,
-            quiet=job.quiet,
-            views=views,
-        )
 
     def load():
         from aepipe.stages.scan_denoiser import ScanDenoiser
@@ -119,4 +100,8 @@ def clean_scans(
             views=views,
         )
 
+    if ocr:
+        from aepipe.ocrmypdf import run_ocr_command
+
+        run_ocr_command(job, load)
     job.run(load, unit="page")
