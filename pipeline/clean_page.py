@@ -197,3 +197,70 @@ def _specks(dark: np.ndarray) -> int:
     tiny = small[labels]
     others = _grow(dark & ~tiny, 6)
     return int(ndi.label(tiny & ~others, np.ones((3, 3), bool))[1])
+
+
+# ---- photographs: pages with no paper ---------------------------------------------------------
+#
+# The network is trained on pages (paper, ink, stains, pictures placed on paper). A photograph
+# scanned or filed among the pages has no paper: it whitens the photo's mid-tones as if they were
+# stains. Six measures of the page's background (its light envelope: a 9-px closing of a
+# 256-px thumbnail, smoothed) tell the two apart; a logistic model over them, fitted by
+# ``benchmarks/page_kind.py`` on the train and validation splits only (DDD and docbin pages,
+# generated pages with photos on them, and the photos' train/val split), sets the constants
+# below. Its threshold is the lowest that flags no train/val document: a page it misses is
+# cleaned as before; see that script's results for what it catches on the test splits.
+
+PHOTO_FEATURES = ("ink", "bg_range", "bg_std", "dark_bg", "paper", "near_paper")
+_PHOTO_MEAN = (0.14375, 0.4892, 0.15449, 0.41264, 0.77085, 0.43226)
+_PHOTO_STD = (0.09253, 0.22694, 0.07403, 0.26481, 0.1477, 0.21263)
+_PHOTO_WEIGHTS = (-1.11, 0.03, 0.85, 2.09, -2.15, -1.38)
+_PHOTO_BIAS = 3.11
+PHOTO_THRESHOLD = 0.99
+
+
+def page_features(gray: np.ndarray) -> np.ndarray:
+    """The six background measures of :data:`PHOTO_FEATURES` for an (H, W) page in [0, 1].
+
+    ink: share darker than the background by over 0.15; bg_range, bg_std: spread of the
+    background (p95 - p5, standard deviation); dark_bg: share of background over 0.2 below the
+    paper level (its 90th percentile); paper: that level; near_paper: share of pixels within
+    0.15 of the page's 90th percentile.
+    """
+    from PIL import Image
+    from scipy import ndimage as ndi
+
+    # Block means down to at most 512 px first: converting a whole A4 page at 300 DPI for PIL
+    # took a fifth of the network's time.
+    k = max(1, max(gray.shape) // 512)
+    if k > 1:
+        h, w = gray.shape[0] // k * k, gray.shape[1] // k * k
+        gray = gray[:h, :w].reshape(h // k, k, w // k, k).mean((1, 3))
+    small = Image.fromarray(np.clip(gray * 255.0, 0, 255).astype(np.uint8))
+    scale = 256 / max(small.size)
+    size = (max(8, round(small.size[0] * scale)), max(8, round(small.size[1] * scale)))
+    g = np.asarray(small.resize(size, Image.BILINEAR), np.float32) / 255.0
+    bg = ndi.uniform_filter(ndi.grey_closing(g, size=(9, 9)), 9)
+    paper = float(np.percentile(bg, 90))
+    lo, hi = np.percentile(bg, [5, 95])
+    return np.array(
+        [
+            ((bg - g) > 0.15).mean(),
+            hi - lo,
+            bg.std(),
+            (bg < paper - 0.2).mean(),
+            paper,
+            (g >= np.percentile(g, 90) - 0.15).mean(),
+        ],
+        np.float64,
+    )
+
+
+def photo_score(gray: np.ndarray) -> float:
+    """The model's probability that an (H, W) page in [0, 1] is a photograph, not a page."""
+    z = (page_features(gray) - np.array(_PHOTO_MEAN)) / np.array(_PHOTO_STD)
+    return float(1.0 / (1.0 + np.exp(-(z @ np.array(_PHOTO_WEIGHTS) + _PHOTO_BIAS))))
+
+
+def is_photograph(gray: np.ndarray) -> bool:
+    """Whether the scan stage should keep this page as it is, as a photograph."""
+    return photo_score(gray) > PHOTO_THRESHOLD

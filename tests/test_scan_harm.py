@@ -8,6 +8,7 @@ same on larger pages and on real ground-truth pages).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,3 +52,27 @@ def test_clean_gray_page_with_photo_passes_through(stage: ScanDenoiser) -> None:
     y, x, h, w = box
     out8 = np.round(out[y : y + h, x : x + w] * 255).astype(np.uint8)
     assert structural_similarity(page[y : y + h, x : x + w], out8, data_range=255) >= 0.9
+
+
+def test_a_photograph_is_kept_as_it_is_and_a_scan_is_not() -> None:
+    """The network whitens a photograph's mid-tones as stains: a page that looks like one (no
+    paper around it) comes back unchanged, with --binarize too; --clean-all cleans it; a dirty
+    scan is cleaned. Weights do not matter (a tiny seeded net)."""
+    from PIL import Image
+
+    from aepipe.clean_page import is_photograph
+
+    root = Path(__file__).resolve().parent.parent / "sample_inputs"
+    photo = np.asarray(Image.open(root / "faces" / "astronaut.png").convert("RGB"))
+    scan = np.asarray(Image.open(root / "scans" / "ddd_like_540x420.png").convert("L"))
+    assert not is_photograph(scan / 255.0)
+    batch = ImageBatch.from_numpy(photo)
+    for config in ({}, {"binarize": True}):
+        out = ScanDenoiser.tiny(seed=0, **config)(batch)
+        torch.testing.assert_close(out.images, batch.gray().images)  # the runner keeps its colour
+        assert out.meta[0]["photograph"] and not out.meta[0]["already_clean"]
+    cleaned = ScanDenoiser.tiny(seed=0, clean_pages="process")(batch)
+    assert not cleaned.meta[0]["photograph"]
+    assert (cleaned.images - batch.gray().images).abs().max() > 0.1
+    dirty = ScanDenoiser.tiny(seed=0)(ImageBatch.from_numpy(scan))
+    assert not dirty.meta[0]["photograph"]

@@ -21,7 +21,9 @@ and short.
 A page that is already clean (white paper, ink with its anti-aliasing, pictures and flat gray
 fills, and nothing else: :mod:`aepipe.clean_page`) comes back unchanged with
 ``clean_pages="keep"`` (the default): the network cannot tell a photo or a gray fill from a
-stain, and it sharpens anti-aliased type. ``clean_pages="process"`` sends every page through it.
+stain, and it sharpens anti-aliased type. So does a page that looks like a photograph (no paper
+around it: :func:`~aepipe.clean_page.is_photograph`), which the network would whiten, also with
+``binarize``. ``clean_pages="process"`` sends every page through it.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Config(StageConfig):
         border_band: how far in from the image edge a border may reach, as a fraction of
             the page's height (top, bottom) or width (left, right).
         clean_pages: "keep" returns pages that are already clean unchanged (thresholded with
-            ``binarize``); "process" cleans them like any other.
+            ``binarize``) and photographs unchanged; "process" cleans them like any other.
         precision: arithmetic of the network's convolutions. "auto" is "bfloat16" on CPUs
             that run it natively (:func:`~aepipe.stage.fast_bfloat16`: AMX or AVX512-BF16),
             about twice as fast there, and "float32" elsewhere. On a real archive page fewer
@@ -336,6 +338,8 @@ class ScanDenoiser(Stage):
         images = batch.images
         gray_in = to_gray(images)
         kept = self.already_clean(gray_in, images)
+        photos = self.photographs(gray_in, kept)
+        kept = [k or ph for k, ph in zip(kept, photos, strict=True)]
         todo = [i for i, k in enumerate(kept) if not k]
         if len(todo) == len(kept):
             clean = self._denoise(gray_in)  # the usual case: no copy, no indexing
@@ -344,7 +348,9 @@ class ScanDenoiser(Stage):
             if todo:
                 clean[todo] = self._denoise(gray_in[todo])
         if cfg.binarize:
-            clean = (clean >= cfg.threshold).to(clean.dtype)
+            bilevel = (clean >= cfg.threshold).to(clean.dtype)
+            # A photograph has no bilevel form worth keeping: it stays as it came.
+            clean = torch.where(torch.tensor(photos).view(-1, 1, 1, 1), clean, bilevel)
         if cfg.keep_color and images.shape[1] == 3:
             # Chroma of the input (offset from its gray) applied where there is ink; a kept
             # page keeps its colours as they were.
@@ -355,9 +361,25 @@ class ScanDenoiser(Stage):
         else:
             out = clean
         result = batch.replace(out.contiguous(), cleaned="scan-denoiser")
-        for meta, k in zip(result.meta, kept, strict=True):
-            meta["already_clean"] = k
+        for meta, k, ph in zip(result.meta, kept, photos, strict=True):
+            meta["already_clean"] = k and not ph
+            meta["photograph"] = ph
         return result
+
+    def photographs(self, gray: torch.Tensor, clean: list[bool]) -> list[bool]:
+        """Which pages (not already clean) look like photographs, to keep as they are.
+
+        The network would whiten a photograph's mid-tones as stains
+        (:func:`~aepipe.clean_page.is_photograph`); none with ``clean_pages="process"``.
+        """
+        from aepipe.clean_page import is_photograph
+
+        if self.config.clean_pages == "process":  # type: ignore[attr-defined]
+            return [False] * gray.shape[0]
+        return [
+            not c and is_photograph(g[0].float().cpu().numpy())
+            for g, c in zip(gray, clean, strict=True)
+        ]
 
     def _denoise(self, gray: torch.Tensor) -> torch.Tensor:
         """The network over (N, 1, H, W) pages, then the border step if configured."""
