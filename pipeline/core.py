@@ -479,12 +479,12 @@ def write_pdf(
         fh: a binary file open for writing.
         source: the input the pages came from (a path, or its bytes for an upload); not read.
     """
-    from aepipe.io import pdf_from_pngs
+    from aepipe.io import page_resolution, pdf_from_pngs
 
     del source  # a new PDF is built from the pages alone
     pdf_from_pngs(
         [p.png for p in pages],
-        [p.meta.get("dpi") for p in pages],
+        [page_resolution(p.meta) for p in pages],
         [p.meta.get("page_size_pt") for p in pages],
         fh,
     )
@@ -505,18 +505,18 @@ def write_document(
         targets: output paths; the suffix picks the format.
         source: the input the pages came from, passed on to :func:`write_pdf`.
     """
-    from aepipe.io import atomic_write, write_encoded_pages
+    from aepipe.io import atomic_write, page_resolution, write_encoded_pages
 
     _allow_own_pages(pages)
     if len(targets) == 1 and targets[0].suffix.lower() == ".pdf":
         return [atomic_write(targets[0], lambda fh: write_pdf(pages, fh, source))]
     if len(targets) == 1:
-        blobs, dpis = [p.png for p in pages], [p.meta.get("dpi") for p in pages]
+        blobs, dpis = [p.png for p in pages], [page_resolution(p.meta) for p in pages]
         return [write_encoded_pages(blobs, targets[0], dpis=dpis)]
     if len(targets) != len(pages):
         raise ConfigError(f"{len(pages)} pages cannot be written to {len(targets)} files")
     for page, target in zip(pages, targets, strict=True):
-        write_encoded_pages([page.png], target, dpis=[page.meta.get("dpi")])
+        write_encoded_pages([page.png], target, dpis=[page_resolution(page.meta)])
     return list(targets)
 
 
@@ -556,7 +556,7 @@ def encode_document(
     Returns:
         ``[(file name, bytes), ...]``: PNG pages are named ``<page name>.png`` with their DPI.
     """
-    from aepipe.io import png_with_dpi
+    from aepipe.io import page_resolution, png_with_dpi
 
     if fmt == "pdf":
         _allow_own_pages(pages)
@@ -564,7 +564,7 @@ def encode_document(
         write_pdf(pages, buf, source)
         return [(f"{stem}.pdf", buf.getvalue())]
     if fmt == "png":
-        return [(f"{p.name}.png", png_with_dpi(p.png, p.meta.get("dpi"))) for p in pages]
+        return [(f"{p.name}.png", png_with_dpi(p.png, page_resolution(p.meta))) for p in pages]
     raise ConfigError(f"format must be 'png' or 'pdf' here; got {fmt!r}")
 
 

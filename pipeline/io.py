@@ -113,11 +113,48 @@ def available_memory() -> int | None:
     return None
 
 
+#: A resolution: one DPI, or (horizontal, vertical) where they differ (fax: 204 x 98).
+Resolution = float | tuple[float, float]
+
+# What a file may claim and still be believed: below, a missing value written as 1 (or 0.99
+# after a unit conversion); above, no scanner. Outside, the page counts as having no DPI.
+_PLAUSIBLE_DPI = (20.0, 20_000.0)
+
+
 def _dpi_of(info: dict[str, Any]) -> float | None:
+    """The horizontal resolution a file records, if it is plausible."""
+    xy = _dpi_xy(info)
+    return xy[0] if xy else None
+
+
+def _dpi_xy(info: dict[str, Any]) -> tuple[float, float] | None:
     dpi = info.get("dpi")
-    if isinstance(dpi, tuple) and dpi and dpi[0]:
-        return float(dpi[0])
-    return None
+    if not (isinstance(dpi, tuple) and len(dpi) == 2):
+        return None
+    lo, hi = _PLAUSIBLE_DPI
+    try:
+        x, y = float(dpi[0]), float(dpi[1])
+    except (TypeError, ValueError):
+        return None
+    if not (lo <= x <= hi):
+        return None
+    return (x, y) if lo <= y <= hi else (x, x)
+
+
+def _dpi_y(info: dict[str, Any]) -> float | None:
+    """The vertical resolution where it differs from the horizontal one (else None)."""
+    xy = _dpi_xy(info)
+    return xy[1] if xy and abs(xy[1] - xy[0]) > 0.01 * xy[0] else None
+
+
+def page_resolution(meta: dict[str, Any]) -> Resolution | None:
+    """A page's resolution as the writers take it: its DPI, or (x, y) where they differ."""
+    dpi, dpi_y = meta.get("dpi"), meta.get("dpi_y")
+    return (float(dpi), float(dpi_y)) if dpi and dpi_y else dpi
+
+
+def _xy(dpi: Resolution) -> tuple[float, float]:
+    return (float(dpi[0]), float(dpi[1])) if isinstance(dpi, tuple) else (float(dpi), float(dpi))
 
 
 def _pil_limit(max_pixels: int) -> None:
@@ -191,6 +228,8 @@ def _read_raster(
                     "size": (frame.width, frame.height),
                     "dpi": _dpi_of(image.info),
                 }
+                if _dpi_y(image.info):
+                    info["dpi_y"] = _dpi_y(image.info)
             except InputImageError:
                 raise
             except MemoryError:
@@ -653,16 +692,16 @@ SUFFIX_OF = {"png": ".png", "tiff": ".tif", "pdf": ".pdf", "jpeg": ".jpg"}
 
 
 def write_image(
-    pixels: np.ndarray | Any, path: str | os.PathLike[str], dpi: float | None = None
+    pixels: np.ndarray | Any, path: str | os.PathLike[str], dpi: Resolution | None = None
 ) -> Path:
     """Write one image atomically; the format follows the suffix (.png, .tif/.tiff, .jpg, .pdf)."""
     return write_pages([pixels], path, dpis=[dpi])
 
 
-def png_bytes(pixels: np.ndarray | Any, dpi: float | None = None) -> bytes:
+def png_bytes(pixels: np.ndarray | Any, dpi: Resolution | None = None) -> bytes:
     """Encode HW/HWC uint8 (or bool, 1-bit) pixels or a PIL image as PNG bytes, with its DPI."""
     buf = io.BytesIO()
-    kwargs = {"dpi": (dpi, dpi)} if dpi else {}
+    kwargs = {"dpi": _xy(dpi)} if dpi else {}
     to_pil(pixels).save(buf, format="PNG", **kwargs)
     return buf.getvalue()
 
@@ -734,7 +773,7 @@ def write_pages(
     pages: Sequence[np.ndarray | Any],
     path: str | os.PathLike[str],
     *,
-    dpis: Sequence[float | None] | None = None,
+    dpis: Sequence[Resolution | None] | None = None,
     page_sizes_pt: Sequence[tuple[float, float] | None] | None = None,
 ) -> Path:
     """Write one or more pages into one file atomically.
@@ -763,7 +802,7 @@ def write_pages(
         first = images[0]
         kwargs: dict[str, Any] = {}
         if dpis[0]:
-            kwargs["dpi"] = (dpis[0], dpis[0])
+            kwargs["dpi"] = _xy(dpis[0])
         if fmt == "tiff":
             kwargs["compression"] = "group4" if first.mode == "1" else "tiff_lzw"
             if len(images) > 1:
@@ -780,7 +819,7 @@ def write_encoded_pages(
     blobs: Sequence[bytes],
     path: str | os.PathLike[str],
     *,
-    dpis: Sequence[float | None] | None = None,
+    dpis: Sequence[Resolution | None] | None = None,
     page_sizes_pt: Sequence[tuple[float, float] | None] | None = None,
 ) -> Path:
     """Write pages already encoded as PNG into one file atomically, one page decoded at a time.
@@ -826,7 +865,7 @@ def write_encoded_pages(
                         "compression": "group4" if image.mode == "1" else "tiff_lzw"
                     }
                     if dpi:
-                        kwargs["dpi"] = (dpi, dpi)
+                        kwargs["dpi"] = _xy(dpi)
                     image.save(tf, format="TIFF", **kwargs)
                 tf.newFrame()
 
@@ -849,7 +888,7 @@ def _pdf_page_size(size: tuple[float, float]) -> tuple[float, float]:
 
 
 def pdf_from_pngs(
-    blobs: list[bytes], dpis: list[float | None], sizes: list[Any], fh: IO[bytes]
+    blobs: list[bytes], dpis: list[Resolution | None], sizes: list[Any], fh: IO[bytes]
 ) -> None:
     """Write a new PDF of PNG-encoded pages into ``fh``, embedding each PNG as it is.
 
@@ -866,15 +905,14 @@ def pdf_from_pngs(
     def layout(img_w_px: float, img_h_px: float, ndpi: Any) -> tuple[float, float, float, float]:
         _, dpi, size = next(pages)
         if size is None:
-            scale = 72.0 / (dpi or DEFAULT_DPI)
-            size = (img_w_px * scale, img_h_px * scale)
+            size = _size_pt(img_w_px, img_h_px, dpi)
         w, h = _pdf_page_size(size)
         return w, h, w, h
 
     img2pdf.convert(blobs, layout_fun=layout, rotation=img2pdf.Rotation.ifvalid, outputstream=fh)
 
 
-def png_with_dpi(blob: bytes, dpi: float | None) -> bytes:
+def png_with_dpi(blob: bytes, dpi: Resolution | None) -> bytes:
     """``blob`` (a PNG file) with its resolution chunk (pHYs) set to ``dpi``, pixels untouched."""
     import struct
     import zlib
@@ -889,14 +927,21 @@ def png_with_dpi(blob: bytes, dpi: float | None) -> bytes:
             chunks.append(blob[pos:end])
         pos = end
     if dpi:
-        ppm = int(dpi / 0.0254 + 0.5)  # pixels per metre, rounded as Pillow writes it
-        body = b"pHYs" + struct.pack(">IIB", ppm, ppm, 1)
+        x, y = _xy(dpi)
+        # Pixels per metre, rounded as Pillow writes it.
+        body = b"pHYs" + struct.pack(">IIB", int(x / 0.0254 + 0.5), int(y / 0.0254 + 0.5), 1)
         phys = struct.pack(">I", 9) + body + struct.pack(">I", zlib.crc32(body))
         chunks.insert(1, phys)  # right after IHDR, before the image data as PNG requires
     return blob[:8] + b"".join(chunks)
 
 
-def _pdf_bytes(images: list[Any], dpis: list[float | None], sizes: list[Any]) -> bytes:
+def _size_pt(w_px: float, h_px: float, dpi: Resolution | None) -> tuple[float, float]:
+    """A page's size in points from its pixels and resolution (300 DPI when it has none)."""
+    x, y = _xy(dpi or DEFAULT_DPI)
+    return w_px * 72.0 / x, h_px * 72.0 / y
+
+
+def _pdf_bytes(images: list[Any], dpis: list[Resolution | None], sizes: list[Any]) -> bytes:
     import img2pdf
 
     blobs = []
@@ -910,8 +955,7 @@ def _pdf_bytes(images: list[Any], dpis: list[float | None], sizes: list[Any]) ->
         # img2pdf calls the layout once per image, in order: give each page its own size.
         image, dpi, size = next(pages)
         if size is None:
-            scale = 72.0 / (dpi or DEFAULT_DPI)
-            size = (image.width * scale, image.height * scale)
+            size = _size_pt(image.width, image.height, dpi)
         w, h = _pdf_page_size(size)
         return w, h, w, h
 

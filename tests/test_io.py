@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from factory import empty_pdf, encrypted_pdf, gradient, pdf_pages, png_bomb, save, truncated
@@ -248,3 +250,28 @@ def test_write_encoded_pages_png_keeps_the_pixels_and_sets_the_dpi(tmp_path):
     with Image.open(out) as image:
         assert "dpi" not in image.info
         np.testing.assert_array_equal(np.asarray(image), pixels)
+
+
+def test_fax_resolution_and_implausible_dpi(tmp_path: Path) -> None:
+    """A fax's 204 x 98 DPI keeps the page's shape in PDF, TIFF and PNG; a DPI of 1 (a missing
+    value some programs write) counts as none, so the page gets the 300-DPI default size."""
+    import pikepdf
+
+    from aepipe.io import page_resolution, png_bytes, write_encoded_pages
+
+    page = np.full((110, 172), 255, np.uint8)
+    page[10:20, 10:160] = 0
+    Image.fromarray(page).save(tmp_path / "fax.tif", dpi=(204, 98))
+    Image.fromarray(page).save(tmp_path / "dpi1.png", dpi=(1, 1))
+    fax = next(iter(read_pages(tmp_path / "fax.tif")))
+    assert page_resolution(fax.meta) == (204.0, 98.0)
+    assert next(iter(read_pages(tmp_path / "dpi1.png"))).meta["dpi"] is None
+    write_pages([fax.pixels], tmp_path / "o.pdf", dpis=[page_resolution(fax.meta)])
+    with pikepdf.open(tmp_path / "o.pdf") as pdf:
+        w, h = (float(v) for v in pdf.pages[0].MediaBox[2:])
+    assert (w, h) == pytest.approx((172 * 72 / 204, 110 * 72 / 98))
+    blob = png_bytes(fax.pixels)
+    for name in ("o.tif", "o.png"):
+        write_encoded_pages([blob], tmp_path / name, dpis=[page_resolution(fax.meta)])
+        with Image.open(tmp_path / name) as out:
+            assert out.info["dpi"] == pytest.approx((204, 98), abs=0.1)
