@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from factory import gradient, truncated
 from PIL import Image
@@ -166,7 +167,9 @@ def test_clean_scans_end_to_end_with_report(tmp_path, tiny_weights, cli_env):
 
 
 def test_clean_scans_binarize_writes_bilevel(tmp_path, tiny_weights, cli_env):
-    write_image(gradient(40, 50), tmp_path / "a.png")
+    page = np.full((40, 50), 225, np.uint8)  # grayish paper with lines of "type"
+    page[8:12, 5:45] = page[20:24, 5:40] = 30
+    write_image(page, tmp_path / "a.png")
     out = tmp_path / "o"
     res = run(
         [
