@@ -104,4 +104,4 @@ def clean_scans(
         from aepipe.ocrmypdf import run_ocr_command
 
         run_ocr_command(job, load)
-    job.run(load, unit="page")
+    job.run(load)

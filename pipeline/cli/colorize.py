@@ -101,7 +101,7 @@ def colorize(
             return Colorizer.from_pretrained(model, device=device, **overrides)
         return AutoColorizer(device=device, **overrides)
 
-    job.run(load, unit="image")
+    job.run(load)
 
 
 add_train_command(

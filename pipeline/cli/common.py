@@ -289,9 +289,9 @@ class FileJob:
     device: str
     quiet: bool
 
-    def run(self, load: Callable[[], Callable[..., Any]], unit: str = "file") -> NoReturn:
+    def run(self, load: Callable[[], Callable[..., Any]]) -> NoReturn:
         """:func:`run_job` with these inputs and options."""
-        run_job(self.inputs, load, self.options, quiet=self.quiet, unit=unit)
+        run_job(self.inputs, load, self.options, quiet=self.quiet)
 
 
 def _file_params(batch_size: int) -> tuple[list[inspect.Parameter], list[inspect.Parameter]]:
@@ -362,9 +362,10 @@ def run_job(
     options: RunOptions,
     *,
     quiet: bool = False,
-    unit: str = "file",
 ) -> NoReturn:
     """Check inputs, load the stage, process every file with a progress bar, then exit.
+
+    The bar counts files (a PDF of 60 pages is one) and shows the pages per second.
 
     Args:
         inputs: files and folders from the command line.
@@ -372,7 +373,6 @@ def run_job(
             and output folder were checked, so a typo costs no model loading.
         options: runner options.
         quiet: no progress bar.
-        unit: what the progress bar counts.
     """
     from aepipe.runner import plan, run_files
 
@@ -380,7 +380,7 @@ def run_job(
         jobs, _, _ = plan(inputs, options)
         require_jobs(jobs, inputs)
         process = load()
-        with progress_bar(len(jobs), quiet, unit) as on_record:
+        with progress_bar(len(jobs), quiet) as on_record:
             summary = run_files(inputs, process, options, on_record=on_record)
         finish_summary(summary, quiet)
 

@@ -45,7 +45,7 @@ def denoise(
 
         return ImpulseDenoiser.from_pretrained(model, device=job.device, rgb=rgb, passes=passes)
 
-    job.run(load, unit="image")
+    job.run(load)
 
 
 add_train_command(
