@@ -388,3 +388,15 @@ def test_plugin_refuses_storage_options_that_would_do_nothing(
     src = save_pdf(tmp_path / "in.pdf", [text_page(8, (300, 120))])
     with pytest.raises(ocrmypdf.exceptions.BadArgsError, match=needs):
         ocrmypdf.ocr(src, tmp_path / "out.pdf", plugins=[PLUGIN], progress_bar=False, **options)
+
+
+def test_tesseract_reads_the_gray_page_of_a_binarizing_stage() -> None:
+    """--binarize stores bilevel pages, but Tesseract reads the same network's gray page."""
+    from aepipe import load_stage
+    from aepipe.ocrmypdf import reading_stage
+
+    stage = load_stage("scan-denoiser", binarize=True, views=2)
+    read = reading_stage(stage)
+    assert read is not None and read.model is stage.model
+    assert not read.config.binarize and read.config.views == 2
+    assert reading_stage(load_stage("scan-denoiser")) is None
