@@ -249,7 +249,9 @@ def test_mapper_loads_a_pipeline_file(tiny_weights: dict[str, Path], tmp_path: P
         f'[sink]\nout = "{tmp_path / "out"}"\n'
     )
     mapper = StageMapper(pipeline_file=cfg)
-    out = mapper({"image": np.random.default_rng(4).integers(0, 256, (2, 24, 24), dtype=np.uint8)})
+    pages = np.full((2, 24, 24), 220, np.uint8)  # paper with a stroke (pure noise would count
+    pages[:, 8:12, 3:20] = 25  # as a photograph, which binarize leaves as it is)
+    out = mapper({"image": pages})
     assert set(np.unique(out["image"])) <= {0, 255}  # the file's binarize = true was applied
     cfg.write_text(cfg.read_text().replace("binarize", "binarise"))
     with pytest.raises(ConfigError, match="binarise"):
