@@ -435,7 +435,7 @@ def add_text_layer(
     import pikepdf
 
     from aepipe.io import atomic_write
-    from aepipe.pdf_edit import _save as save_kept  # the in-place edit's own way of saving
+    from aepipe.pdf_edit import save_pdf
 
     check_setup()
     src, dst = Path(src), Path(dst)
@@ -447,7 +447,7 @@ def add_text_layer(
             pairs = zip(pdf.pages, text.pages, strict=True)
             added = sum(_copy_text_layer(pdf, page, done) for page, done in pairs)
             if added:
-                atomic_write(dst, lambda fh: save_kept(pdf, fh))
+                atomic_write(dst, lambda fh: save_pdf(pdf, fh))
     if not added:
         atomic_write(dst, lambda fh: fh.write(src.read_bytes()))
     return added

@@ -1006,7 +1006,7 @@ def edit_pdf(
             for index in range(len(pdf.pages))
         ]
         if any(o.status in ("edited", "rendered") for o in outcomes):
-            atomic_write(dst, lambda fh: _save(pdf, fh))
+            atomic_write(dst, lambda fh: save_pdf(pdf, fh))
             return outcomes
     if src.resolve() != dst.resolve():
         with src.open("rb") as fh:
@@ -1082,7 +1082,8 @@ def _layers(parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _save(pdf: pikepdf.Pdf, fh: Any) -> None:
+def save_pdf(pdf: pikepdf.Pdf, fh: Any) -> None:
+    """Write ``pdf`` into ``fh`` as the in-place edit does (also the OCR text layer's saver)."""
     import pikepdf
 
     # Untouched streams are written as they are (no recompression, no decoding), object
