@@ -83,8 +83,9 @@ OURS = "[!*]*"  # scan_real labels our nets **ScanUNet ...**; baselines are the 
 ROWS: tuple[Row, ...] = (
     Row(
         "scan denoiser",
-        "RMSE {rmse} on the DDD test pages ({rmse4} with `--views 4`, four times the net's"
-        " time); {mpx} Mpx/s on four 300-DPI A4 pages, whole process",
+        "RMSE {rmse} on the DDD test pages (somewhat optimistic: early runs of the chain were"
+        " validated on them; {rmse4} with `--views 4`, four times the net's time); {mpx} Mpx/s"
+        " on four 300-DPI A4 pages, whole process",
         "Su {su}; unpaper {unpaper_mpx} Mpx/s",
         {
             "rmse": Figure(SCAN_DEFAULT, ("ddd_test", SHIPPED_SCAN, "rmse"), "{:.4f}"),

@@ -841,6 +841,7 @@ def _card_patches(cfg: TrainConfig) -> str:
 def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> str:
     """Markdown model card: data, command, measured validation scores."""
     data = training.get("data", {})
+    val_pages = cfg.val_groups - cfg.test_groups  # the test groups are held out, not scored
     real_bench = (
         "; on the docbin test pages, clean pages and the DDD test split in "
         "`benchmarks/results/scan_real.md` (`.venv/bin/python benchmarks/scan_real.py`)"
@@ -858,8 +859,8 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
 
 ## Data
 - Denoising Dirty Documents (Kaggle 2015) training pairs from `{data.get("ddd")}`:
-  {data.get("ddd_train_pairs")} pairs for training; {cfg.val_groups} whole pages (x4 noise
-  versions, grouped by a hash of the clean page) held out for validation:
+  {data.get("ddd_train_pairs")} pairs for training; {val_pages} whole pages
+  (x4 noise versions, grouped by a hash of the clean page) held out for validation:
   {", ".join(data.get("ddd_val_names", []))}.
 - Synthetic degraded pages from `aepipe.data.synthetic_pages` (fraction
   {cfg.synthetic_fraction} of the patches).
@@ -874,7 +875,7 @@ cleaned on their BT.601 gray. Any page size, via blended overlapping tiles.
 ## Measured (validation, by this training run)
 | set | RMSE |
 |---|---:|
-| DDD held-out pages ({4 * cfg.val_groups} pages) | {metrics.get("val_ddd_rmse")} |
+| DDD validation pages ({4 * val_pages}) | {metrics.get("val_ddd_rmse")} |
 | fixed synthetic pages ({len(SYNTH_VAL_PAGES)}) | {metrics.get("val_synthetic_rmse")} |
 {_real_metric_line(cfg, data, metrics)}
 Benchmark figures against baselines are in `benchmarks/results/scan_denoiser.md`
