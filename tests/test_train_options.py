@@ -251,3 +251,13 @@ def test_training_into_an_unwritable_folder_fails_before_the_data_loads(
     assert res.exit_code == 2, res.output
     assert f"--out {out}: cannot write into {read_only_dir}" in res.output, res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_training_without_the_train_extra_says_what_to_install(monkeypatch) -> None:
+    """A library install leaves imgaug and OpenCV out: `aepipe train` names the extra."""
+    from aepipe.cli import train_options
+    from aepipe.errors import ConfigError
+
+    monkeypatch.setattr(train_options, "TRAIN_EXTRA", ("cv2", "no_such_module_for_this_test"))
+    with pytest.raises(ConfigError, match=r"no_such_module_for_this_test.*aepipe\[train\]"):
+        train_options._trainer("aepipe.train.salt_pepper")

@@ -77,6 +77,27 @@ class ConfigSpec:
         return {k: v for k, v in self.model().model_fields.items() if k not in skipped}
 
 
+# What only training needs, from the [train] extra (a library user's install leaves it out).
+TRAIN_EXTRA = ("cv2", "imgaug")
+
+
+def _trainer(module: str) -> Callable[..., Any]:
+    """A training module's ``train``; refused (exit 2) when the [train] extra is missing.
+
+    Checked for every trainer, before any data loads: one rule to state, and a run does not
+    stop an hour in when its noise or page generator first imports them.
+    """
+    import importlib.util
+
+    missing = [name for name in TRAIN_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"training needs {', '.join(missing)}, from the training extra: "
+            "pip install 'aepipe[train]'"
+        )
+    return importlib.import_module(module).train
+
+
 def attribute_docs(cls: type) -> dict[str, str]:
     """Field descriptions from a Google-style ``Attributes:`` section of ``cls``'s docstring."""
     docs: dict[str, str] = {}
@@ -282,8 +303,8 @@ def add_train_command(
         out: TrainOutOpt = None,
         overwrite_shipped: OverwriteShippedOpt = False,
     ) -> None:
-        train = importlib.import_module(module).train
         with cli_errors():
+            train = _trainer(module)
             target = train_out(out, name, overwrite_shipped)
             with training_data_errors(target):
                 train(train_config(ctx, **fixed), target, progress=err)

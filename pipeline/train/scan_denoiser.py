@@ -33,7 +33,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
@@ -196,6 +195,8 @@ def _crop_pair(
     d = dirty[y : y + c, x : x + c].astype(np.float32) / 255.0
     cc = cc.astype(np.float32) / 255.0
     if c != p:
+        import cv2  # the [train] extra: --help and the config need no OpenCV
+
         interp = cv2.INTER_AREA if c > p else cv2.INTER_LINEAR
         d = cv2.resize(d, (p, p), interpolation=interp)
         cc = cv2.resize(cc, (p, p), interpolation=interp)
