@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -506,6 +506,7 @@ def create_app(
             warm_up(stage)
     service = _Service(settings, stages)
     app = FastAPI(
+        dependencies=[Depends(_known_query)],
         title="aepipe",
         version=__version__,
         description=(
@@ -526,6 +527,25 @@ def create_app(
     for key, kind, entry in more_routes():
         _MORE_ROUTE_KINDS[kind](app, service, entry.route, key)  # type: ignore[arg-type]
     return app
+
+
+async def _known_query(request: Request) -> None:
+    """Refuse query parameters the route does not take (422), as the CLI refuses an option.
+
+    FastAPI ignores them, so ``/v1/colorize?saturation=3`` answered 200 with the defaults and a
+    typo (``?binarise=true``) went unnoticed.
+    """
+    if not request.url.path.startswith("/v1/"):
+        return  # a health probe may carry a cache-buster
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    known = {param.alias for param in dependant.query_params} if dependant else set()
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "no query parameters"
+        raise ApiError(
+            422, "invalid", f"unknown query parameter(s) {unknown}; this route takes {takes}"
+        )
 
 
 def _add_guards(app: FastAPI, settings: ServeSettings) -> None:
@@ -685,14 +705,20 @@ def _clean_pdf(
 
 
 def _add_image_route(app: FastAPI, service: _Service, key: str) -> None:
-    """``POST /v1/<key>``: one image in (its first page), the stage's result out as PNG."""
+    """``POST /v1/<key>``: an image (or PDF) in, every page through the stage, PNG or zip out."""
     entry_name = endpoint_stages()[key]
 
     @app.post(
         f"/v1/{key}",
         summary=f"Run the {entry_name} stage on an image",
         openapi_extra=_UPLOAD_DOC,
-        responses={200: {"content": {"image/png": {}}}, **_ERRORS_DOC},
+        responses={
+            200: {
+                "content": {"image/png": {}, "application/zip": {}},
+                "description": "PNG for one page, a zip of PNGs for several (a PDF, a TIFF).",
+            },
+            **_ERRORS_DOC,
+        },
         response_class=Response,
     )
     async def image_endpoint(request: Request) -> Response:
@@ -702,10 +728,12 @@ def _add_image_route(app: FastAPI, service: _Service, key: str) -> None:
         data, filename = await service.upload(request)
 
         def work() -> Media:
-            page = decode_upload(data, filename, service.settings)[0]
+            pages = decode_upload(data, filename, service.settings)
             stem = _stem(filename)
-            done = run_pages(_fit_channels(stage), [page], stem)
-            return encode_document(done, "png", stem)[0][1], "image/png", f"{stem}.png"
+            files = encode_document(run_pages(_fit_channels(stage), pages, stem), "png", stem)
+            if len(files) == 1:
+                return files[0][1], "image/png", f"{stem}.png"
+            return _zip(files), "application/zip", f"{stem}.zip"
 
         return await service.respond(work)
 

@@ -206,6 +206,16 @@ def test_denoise_colorize_faces(server: str, tiny_weights: dict[str, Path]) -> N
     np.testing.assert_array_equal(out, apply(load_stage(tiny_weights["impulse-denoiser"]), x))
     colour = decode(post(f"{server}/v1/colorize", png(np.stack([x] * 3, -1))))
     assert colour.ndim == 3 and colour.shape[-1] == 3
+    # Every page of a multi-page upload, as the CLI gives them (only the first came back).
+    buf = io.BytesIO()
+    Image.fromarray(x).save(buf, format="TIFF", save_all=True, append_images=[Image.fromarray(x.T)])
+    pages = post(f"{server}/v1/denoise", buf.getvalue(), "two.tif")
+    assert pages.headers["content-type"] == "application/zip"
+    assert zipfile.ZipFile(io.BytesIO(pages.content)).namelist() == ["two-p001.png", "two-p002.png"]
+    # A query parameter the route does not take is refused, not ignored.
+    body = assert_json_error(post(f"{server}/v1/colorize", png(x), saturation=3), 422)
+    assert "saturation" in body["detail"]
+    assert_json_error(post(f"{server}/v1/clean-scan", png(x), binarise="true"), 422)
 
     grid1 = httpx.get(f"{server}/v1/faces", params={"n": 4, "seed": 3}, timeout=30)
     grid2 = httpx.get(f"{server}/v1/faces", params={"n": 4, "seed": 3}, timeout=30)
