@@ -104,6 +104,9 @@ class RunOptions:
         frames: ``first`` or ``all`` frames of animated GIF/WebP/PNG (TIFF/PDF pages are always
             all).
         batch_size: how many same-sized pages go through the stage at once.
+        batch_pixels: and at most this many pixels (one page always goes): twelve 12-MP photos
+            at once took 6 GB in the colorizer, and on a CPU large pages gain nothing from
+            batching.
         report: write a JSON report listing every file here.
         list_ignored: also list non-image files and symbolic links to folders found in folders
             (as ``ignored``); by default they are skipped quietly.
@@ -121,6 +124,7 @@ class RunOptions:
     pdf_color: Literal["auto", "keep", "gray"] = "auto"
     frames: Literal["first", "all"] = "first"
     batch_size: int = 4
+    batch_pixels: int = 16_000_000
     report: Path | None = None
     list_ignored: bool = False
 
@@ -678,9 +682,11 @@ class _Run:
         try:
             for item in items:
                 last = self.buffer[-1][2] if self.buffer else None
+                pixels = item[2].images.shape[-2] * item[2].images.shape[-1]
                 if last is not None and (
                     last.images.shape[1:] != item[2].images.shape[1:]
                     or len(self.buffer) >= self.options.batch_size
+                    or (len(self.buffer) + 1) * pixels > self.options.batch_pixels
                 ):
                     self.flush()
                 self.buffer.append(item)

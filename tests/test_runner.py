@@ -75,6 +75,10 @@ def test_same_size_files_are_batched_with_identical_results(docs, tmp_path):
 
     run_files([docs], spy, RunOptions(out_dir=tmp_path / "a", batch_size=8))
     assert max(sizes) == 3
+    # A pixel budget caps the batch for large pages (each 20 x 30 here): two fit, not three.
+    sizes.clear()
+    run_files([docs], spy, RunOptions(out_dir=tmp_path / "c", batch_size=8, batch_pixels=1300))
+    assert sizes == [2, 1]
     run_files([docs], invert, RunOptions(out_dir=tmp_path / "b", batch_size=1))
     for name in ("p0.png", "p1.png", "p2.png"):
         a = np.asarray(Image.open(tmp_path / "a" / name))

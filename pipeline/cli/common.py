@@ -75,7 +75,13 @@ CleanBornDigitalOpt = Annotated[
     ),
 ]
 BatchOpt = Annotated[
-    int, typer.Option("--batch-size", min=1, max=4096, help="Pages (or images) per model call.")
+    int,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        max=4096,
+        help="Pages (or images) per model call; fewer for large ones (16 Mpx a call at most).",
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
 OverwriteOpt = Annotated[
