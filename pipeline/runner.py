@@ -801,6 +801,13 @@ class _Run:
                 sum(o.status == status for o in outcomes)
                 for status in ("edited", "unchanged", "passed", "rendered")
             )
+            if outcomes and record.passed == len(outcomes):
+                # Written, but the stage saw nothing: say so rather than a silent copy.
+                record.reason = (
+                    "no page has a scan to process (no image covers half a page), so the PDF is "
+                    "as it was; --format png renders and processes whole pages (clean-scans: "
+                    "--clean-born-digital)"
+                )
         self.finish(state)
 
     def finalise(self, state: _State) -> None:

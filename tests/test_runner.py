@@ -314,3 +314,18 @@ def test_one_bit_inputs_stay_one_bit(tmp_path):
             np.testing.assert_array_equal(np.asarray(im), bits)  # 0.2 / 0.8 cut at 0.5
     with Image.open(out / "gray.png") as im:
         assert im.mode == "L"
+
+
+def test_a_pdf_with_nothing_to_process_says_so(tmp_path):
+    """A PDF whose pages have no scan (born-digital, or photos under half a page) is written as
+    it was; its record says why instead of passing for processed."""
+    import pikepdf
+    from pdf_factory import add_page
+
+    pdf = pikepdf.new()
+    add_page(pdf, (200, 200), text="Hello")
+    pdf.save(tmp_path / "text.pdf")
+    summary = run_files([tmp_path / "text.pdf"], invert, RunOptions(out_dir=tmp_path / "o"))
+    record = summary.records[0]
+    assert record.status == "ok" and record.passed == 1
+    assert "no page has a scan to process" in record.reason

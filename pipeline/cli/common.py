@@ -458,6 +458,8 @@ def finish_summary(summary: Summary, quiet: bool) -> NoReturn:
     for record in summary.records:
         if record.status == "ignored":
             err(f"ignored {record.path}: {record.reason}")
+        elif record.status == "ok" and record.reason:
+            err(f"note {record.path}: {record.reason}")
     err(summary.line())
     if not quiet and summary.out_dir and summary.count("ok"):
         err(f"outputs in {summary.out_dir}")
