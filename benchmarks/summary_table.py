@@ -233,8 +233,8 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "... on photos",
-        "{colour} colourfulness, {psnr} dB, FID {fid} (test photos; `--model auto` picks it for"
-        " non-faces)",
+        "{colour} colourfulness, {psnr} dB, FID {fid} (test photos; `--model auto` picks it per"
+        " image, [how often](docs/RESULTS.md#colorize---model-auto-which-colorizer-it-picks))",
         "training-mean chroma {best} dB; face colorizer {face_colour}, FID {face_fid}",
         {
             "colour": Figure(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -74,11 +75,42 @@ def test_photo_colorizer_is_not_a_uniform_tint(photo: Colorizer) -> None:
 
 
 def test_auto_model_rule() -> None:
+    from PIL import Image
+
     assert auto_model(64, 64) == FACE_MODEL
-    assert auto_model(160, 130) == FACE_MODEL  # sample_inputs/faces/astronaut_face.png is 160
+    assert auto_model(160, 130) == FACE_MODEL  # size alone (no pixels given)
     assert auto_model(64, 128) == PHOTO_MODEL  # not square
     assert auto_model(200, 200) == PHOTO_MODEL  # larger than a face crop
     assert auto_model(3000, 4000) == PHOTO_MODEL
+    # Between 96 and 160 px a squarish image is a face crop only if a face fills it.
+    root = Path(__file__).resolve().parent.parent / "sample_inputs" / "faces"
+    face = np.asarray(Image.open(root / "astronaut_face.png").convert("L"), np.float32) / 255
+    assert auto_model(*face.shape, torch.from_numpy(face)) == FACE_MODEL
+    sky = torch.linspace(0.2, 0.9, 128)[:, None].expand(128, 140).contiguous()  # no face
+    assert auto_model(128, 140, sky) == PHOTO_MODEL
+
+
+def test_auto_colorizer_splits_a_batch_by_the_model_each_image_needs() -> None:
+    from aepipe.batch import ImageBatch
+    from aepipe.stages.colorizer import AutoColorizer
+
+    used = []
+
+    def load(weights):
+        def stage(batch):
+            used.append((weights, list(batch.names)))
+            return batch.replace(batch.images.expand(-1, 3, -1, -1) * 0 + len(weights) / 100)
+
+        return stage
+
+    root = Path(__file__).resolve().parent.parent / "sample_inputs" / "faces"
+    face = np.asarray(Image.open(root / "astronaut_face.png").convert("L").resize((128, 128)))
+    sky = np.tile(np.linspace(50, 230, 128, dtype=np.uint8)[:, None], (1, 128))
+    batch = ImageBatch.from_numpy([face, sky, face], names=["f1", "s", "f2"])
+    out = AutoColorizer(load=load)(batch)
+    assert sorted(used) == [(FACE_MODEL, ["f1", "f2"]), (PHOTO_MODEL, ["s"])]
+    assert out.names == ["f1", "s", "f2"]  # in the batch's order
+    assert [round(float(v), 2) for v in out.images[:, 0, 0, 0]] == [0.09, 0.15, 0.09]
 
 
 @pytest.fixture

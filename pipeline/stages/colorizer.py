@@ -39,6 +39,7 @@ from aepipe.stage import Stage, StageConfig, StagePrecision, precision_autocast
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import torch
     from typing_extensions import Self
 
 _BAND_PIXELS = 1 << 16
@@ -159,19 +160,33 @@ class Colorizer(Stage):
 FACE_MODEL = "colorizer"
 PHOTO_MODEL = "colorizer-photo"
 FACE_MAX_SIDE = 160
+FACE_SURE_SIDE = 96  # this small and square: a face crop (gen-faces' are 64 px)
 FACE_MAX_ASPECT = 1.25
 
 
-def auto_model(height: int, width: int) -> str:
-    """The weights :class:`AutoColorizer` uses for an image of this size.
+def auto_model(height: int, width: int, gray: torch.Tensor | None = None) -> str:
+    """The weights :class:`AutoColorizer` uses for an image of this size (and luma).
 
     Face crops (the face colorizer's 64x64 training faces, gen-faces' output) are small and
-    roughly square; a photo of a scene is neither, so size alone separates them well enough.
+    roughly square; a photo of a scene is rarely that small. Up to ``FACE_SURE_SIDE`` pixels
+    such an image is taken as a face crop; above, up to ``FACE_MAX_SIDE``, only when a face
+    fills it (a third of its short side or more, found in ``gray``, (H, W) in [0, 1]), since
+    small square scene photos exist too (``benchmarks/colorize_auto.py`` measures the rule).
     """
     long, short = max(height, width), min(height, width)
-    if long <= FACE_MAX_SIDE and long <= FACE_MAX_ASPECT * short:
+    if long > FACE_MAX_SIDE or long > FACE_MAX_ASPECT * short:
+        return PHOTO_MODEL
+    if long <= FACE_SURE_SIDE or gray is None or fills_with_face(gray):
         return FACE_MODEL
     return PHOTO_MODEL
+
+
+def fills_with_face(gray: torch.Tensor, share: float = 1 / 3) -> bool:
+    """Whether a face at least ``share`` of the short side wide is found in (H, W) ``gray``."""
+    from aepipe.faces_align import detect_boxes
+
+    side = min(gray.shape[-2:]) * share
+    return any(box[2] >= side for box in detect_boxes(gray.float().cpu()))
 
 
 class AutoColorizer:
@@ -216,9 +231,9 @@ class AutoColorizer:
             self._stages[weights] = self._load(weights)
         return self._stages[weights]
 
-    def stage_for(self, height: int, width: int) -> Stage:
-        """The loaded stage for an image of this size."""
-        return self._stage(auto_model(height, width))
+    def stage_for(self, height: int, width: int, gray: torch.Tensor | None = None) -> Stage:
+        """The loaded stage for an image of this size (and luma: :func:`auto_model`)."""
+        return self._stage(auto_model(height, width, gray))
 
     def preload(self) -> Self:
         """Load every model now (a server finds missing weights before it serves)."""
@@ -232,5 +247,16 @@ class AutoColorizer:
         return next((s.device for s in self._stages.values()), self._device)
 
     def __call__(self, batch: ImageBatch) -> ImageBatch:
-        """Colorize one batch (N, 1 or 3, H, W) with the model chosen for its size."""
-        return self.stage_for(*batch.size)(batch)
+        """Colorize one batch (N, 1 or 3, H, W), each image with the model chosen for it."""
+        gray = to_gray(batch.images)[:, 0]
+        chosen = [auto_model(*batch.size, g) for g in gray]
+        if len(set(chosen)) == 1:
+            return self._stage(chosen[0])(batch)
+        parts = {}
+        for weights in set(chosen):
+            idx = [i for i, w in enumerate(chosen) if w == weights]
+            part = ImageBatch(
+                batch.images[idx], [batch.names[i] for i in idx], [batch.meta[i] for i in idx]
+            )
+            parts[weights] = iter(self._stage(weights)(part).split(1))
+        return ImageBatch.concat([next(parts[w]) for w in chosen])
