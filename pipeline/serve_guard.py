@@ -12,6 +12,7 @@ middleware can see.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import os
@@ -98,7 +99,7 @@ def error_body(code: str, detail: str) -> bytes:
 async def send_error(
     send: Any, status: int, code: str, detail: str, headers: Iterable[tuple[str, str]] = ()
 ) -> None:
-    """Answer ``status`` with a JSON error body (and close the connection: the body is unread)."""
+    """Answer ``status`` with a JSON error body and close the connection (body may be unread)."""
     body = error_body(code, detail)
     raw = [
         (b"content-type", b"application/json"),
@@ -108,6 +109,29 @@ async def send_error(
     ]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+# A refusal decided before the body is read (401, 429) first reads and drops this much of it:
+# a client still sending when the connection closes gets a reset, not the JSON answer.
+DRAIN_BYTES = 1 << 20
+DRAIN_SECONDS = 5.0
+
+
+async def drain(receive: Any, limit: int = DRAIN_BYTES, seconds: float = DRAIN_SECONDS) -> None:
+    """Read and drop up to ``limit`` bytes of the request body, for at most ``seconds``."""
+
+    async def read() -> None:
+        seen = 0
+        while seen <= limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    with contextlib.suppress(asyncio.TimeoutError):  # a slow sender gets the answer anyway
+        await asyncio.wait_for(read(), seconds)
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -147,6 +171,7 @@ class Auth:
         token = bearer_token(scope)
         if not self.allowed(token):
             detail = "missing API key" if token is None else "invalid API key"
+            await drain(receive)
             await send_error(
                 send,
                 401,
@@ -191,6 +216,7 @@ class ClientLimit:
         who = self.client_key(scope)
         if self.in_flight.get(who, 0) >= self.per_client:
             detail = f"too many requests in flight for this client (limit {self.per_client})"
+            await drain(receive)
             await send_error(send, 429, "rate_limited", detail, [("Retry-After", "1")])
             return
         self.in_flight[who] = self.in_flight.get(who, 0) + 1

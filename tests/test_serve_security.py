@@ -293,6 +293,14 @@ def test_per_client_limit_429_with_retry_after(server: tuple[str, int]) -> None:
     resp = upload(f"{base}/v1/clean-scan", png(), key=KEY_B)
     assert_error(resp, 429)
     assert int(resp.headers["retry-after"]) >= 1
+    # Refused uploads still being sent get the JSON answer, not a connection reset.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def refused(_: int) -> int:
+        return upload(f"{base}/v1/clean-scan", b"\1" * 190_000, "x.bin", key=KEY_B).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(refused, range(12))) == [429] * 12
     assert_healthy(base)  # another client (KEY_A) is not affected
     for sock in held:
         assert read_status(sock) == 408
