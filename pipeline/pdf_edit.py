@@ -904,10 +904,14 @@ def _render_page(
         obj.Width, obj.Height = image.width, image.height
         jpeg = None if image.mode == "1" else _render_jpeg(source, options)
         codec_out = _write_image(obj, image, _stored_kind(image), False, jpeg)
-    # A page's own copy of its resources: they may be shared with other pages. The text layer
-    # draws no XObject, so the rendering is the only one left (the old images are dropped).
-    resources = pikepdf.Dictionary(_resources(page) or {})
-    resources.XObject = pikepdf.Dictionary(AepipeRender=obj)
+    # A page's own resources (the old ones may be shared with other pages): what the text
+    # layer names (fonts, marked-content properties) and the rendering. Nothing else is drawn
+    # now, so the old images, colour spaces (ICC profiles of hundreds of KB) and patterns go.
+    old = _resources(page) or {}
+    resources = pikepdf.Dictionary(XObject=pikepdf.Dictionary(AepipeRender=obj))
+    for key in ("/Font", "/Properties"):
+        if key in old:
+            resources[key] = old[key]
     picture = f"q {ctm[0]:.4f} 0 0 {ctm[3]:.4f} {x0:.4f} {y0:.4f} cm /AepipeRender Do Q\n"
     text = _text_only(page)
     page.obj.Resources = resources

@@ -409,6 +409,9 @@ def test_render_fallback_cleans_the_rendering_and_keeps_the_text_invisible(tmp_p
         assert np.abs((255 - before) - after).mean() < 3
     with pikepdf.open(out) as pdf:
         assert len(pdf.pages[0].get_images()) == 1
+        # Only what is drawn now stays in the page's resources (old colour spaces could be
+        # ICC profiles of hundreds of KB).
+        assert set(pdf.pages[0].Resources.keys()) <= {"/Font", "/XObject", "/Properties"}
     # A cleaning that changes nothing leaves the pages as they were, not renderings of them.
     outcomes = edit_pdf(src, out, identity, options=PdfEditOptions(dpi=72))
     assert [o.status for o in outcomes] == ["unchanged", "unchanged"]
