@@ -439,22 +439,27 @@ def edit(
     run_job(inputs, load, options, quiet=quiet)
 
 
+# The two-photo walks' arguments (`faces interpolate`, `faces vq-interpolate`).
+PhotoA = Annotated[Path, typer.Argument(help="First photo or face image.", show_default=False)]
+PhotoB = Annotated[Path, typer.Argument(help="Second photo or face image.", show_default=False)]
+StepsOpt = Annotated[
+    int, typer.Option("--steps", min=2, max=256, help="Images on the path, ends included.")
+]
+OneFaceOpt = Annotated[
+    str,
+    typer.Option("--face", help="Which face of each photo: largest | N (index, largest first)."),
+]
+
+
 @faces_app.command("interpolate")
 def interpolate(
-    a: Annotated[Path, typer.Argument(help="First photo or face image.", show_default=False)],
-    b: Annotated[Path, typer.Argument(help="Second photo or face image.", show_default=False)],
-    steps: Annotated[
-        int, typer.Option("--steps", min=2, max=256, help="Images on the path, ends included.")
-    ] = 8,
+    a: PhotoA,
+    b: PhotoB,
+    steps: StepsOpt = 8,
     method: Annotated[
         str, typer.Option("--method", help="linear | slerp | both (one row each).")
     ] = "linear",
-    face: Annotated[
-        str,
-        typer.Option(
-            "--face", help="Which face of each photo: largest | N (index, largest first)."
-        ),
-    ] = "largest",
+    face: OneFaceOpt = "largest",
     align: AlignOpt = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG strip to write.")] = Path(
         "interpolation.png"

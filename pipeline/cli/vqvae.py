@@ -26,7 +26,7 @@ from aepipe.cli.common import (
     train_out,
     training_data_errors,
 )
-from aepipe.cli.faces import AlignOpt, DeviceOpt
+from aepipe.cli.faces import AlignOpt, DeviceOpt, OneFaceOpt, PhotoA, PhotoB, StepsOpt
 from aepipe.cli.train_options import train_command, train_config
 
 _STAGES = ("vqvae", "prior", "both")
@@ -79,17 +79,10 @@ def _load(model: str, device: str = "cpu"):
 
 @faces_app.command("vq-interpolate")
 def vq_interpolate(
-    a: Annotated[Path, typer.Argument(help="First photo or face image.", show_default=False)],
-    b: Annotated[Path, typer.Argument(help="Second photo or face image.", show_default=False)],
-    steps: Annotated[
-        int, typer.Option("--steps", min=2, max=256, help="Images on the path, ends included.")
-    ] = 8,
-    face: Annotated[
-        str,
-        typer.Option(
-            "--face", help="Which face of each photo: largest | N (index, largest first)."
-        ),
-    ] = "largest",
+    a: PhotoA,
+    b: PhotoB,
+    steps: StepsOpt = 8,
+    face: OneFaceOpt = "largest",
     align: AlignOpt = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG strip to write.")] = Path(
         "vq_interpolation.png"
