@@ -78,6 +78,37 @@ def to_gray(images: torch.Tensor) -> torch.Tensor:
     return wr * r + wg * g + wb * b
 
 
+# Coloured ink (stamps, signatures, highlighting, coloured type) against coloured dirt: a pixel
+# of more chroma (max - min of R, G, B) than INK_CHROMA is ink where the cleaned gray kept it
+# (darker than INK_KEPT), or anywhere when its colour is strong (over VIVID_CHROMA: a yellow
+# highlight, light enough for a gray cleaner to take for paper). Coffee and foxing stains are
+# brownish (chroma 0.2-0.4) and whitened by the cleaner: they go.
+INK_CHROMA = 0.2
+INK_KEPT = 0.9
+VIVID_CHROMA = 0.5
+
+
+def coloured_ink(rgb: torch.Tensor, clean: torch.Tensor, chroma_min: float = INK_CHROMA):
+    """Which pixels of ``rgb`` are coloured ink to keep in colour over the ``clean`` gray page.
+
+    Args:
+        rgb: (N, 3, H, W) the page as it came, in [0, 1].
+        clean: (N, 1, H, W) its cleaned gray.
+        chroma_min: chroma above which a pixel may be coloured ink.
+
+    Returns:
+        (N, 1, H, W) bool mask.
+    """
+    chroma = rgb.amax(dim=1, keepdim=True) - rgb.amin(dim=1, keepdim=True)
+    return (chroma > chroma_min) & ((clean < INK_KEPT) | (chroma > VIVID_CHROMA))
+
+
+def with_coloured_ink(rgb: torch.Tensor, clean: torch.Tensor, chroma_min: float = INK_CHROMA):
+    """The ``clean`` gray page (N, 1, H, W) in RGB, coloured ink keeping its input colour."""
+    ink = coloured_ink(rgb, clean, chroma_min)
+    return clean.expand(-1, 3, -1, -1).where(~ink, rgb).contiguous()
+
+
 def default_name(index: int) -> str:
     """The name an image gets in a batch built without names (``image_00000`` ...)."""
     return f"image_{index:05d}"

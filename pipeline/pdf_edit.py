@@ -77,12 +77,14 @@ class PdfEditOptions:
             losslessly, and lossy what was stored lossy: a JPEG source as JPEG with its own
             quantisation tables (the same quality), a JPEG 2000 one as JPEG 2000 at the
             source's own compression ratio (the same bytes per pixel).
-        color: ``"auto"`` keeps a colour image in colour only where it has coloured ink (any
-            pixel whose chroma, max - min of R, G, B, exceeds ``color_chroma``, in more than
-            ``color_fraction`` of the pixels); such pixels keep their input colour whatever
-            ``process`` returned, so coloured or light coloured ink never becomes paper.
-            Without coloured ink the result is stored gray. ``"keep"`` always keeps colour
-            (with the same rule), ``"gray"`` always stores gray.
+        color: ``"auto"`` keeps a colour image in colour only where it has coloured ink
+            (:func:`aepipe.batch.coloured_ink`: chroma, max - min of R, G, B, over
+            ``color_chroma`` where the cleaned gray kept ink, or strong colour anywhere, in
+            more than ``color_fraction`` of the pixels); such pixels keep their input colour,
+            so light coloured ink never becomes paper, while a brownish stain the cleaning
+            removed goes. Without coloured ink the result is stored gray. ``"keep"`` always
+            keeps colour (with the same rule), ``"gray"`` always stores gray. A stage that
+            returns colour itself (a colorizer) is stored as it returned.
         color_chroma: chroma in [0, 1] above which a pixel is coloured ink.
         color_fraction: fraction of coloured pixels above which an image has coloured ink.
         threshold: cut in [0, 1] that turns the result of a bilevel image back into 1 bit.
@@ -667,14 +669,16 @@ def _colour_rule(inp: torch.Tensor, out: torch.Tensor, options: PdfEditOptions) 
     Returns:
         (1, 1, H, W) when the result is stored gray, else (1, 3, H, W).
     """
+    from aepipe.batch import coloured_ink, with_coloured_ink
+
     if options.color == "gray":
         return to_gray(out)
-    chroma = inp.amax(dim=1, keepdim=True) - inp.amin(dim=1, keepdim=True)
-    ink = chroma > options.color_chroma
+    if out.shape[1] == 3:
+        return out  # the stage chose the colours itself (a colorizer, keep_color)
+    ink = coloured_ink(inp, out, options.color_chroma)
     if options.color == "auto" and float(ink.float().mean()) <= options.color_fraction:
-        return to_gray(out)
-    rgb = out.expand(-1, 3, -1, -1) if out.shape[1] == 1 else out
-    return rgb.where(~ink, inp).contiguous()
+        return out
+    return with_coloured_ink(inp, out, options.color_chroma)
 
 
 def _decode_checked(where: str, obj: Any, options: PdfEditOptions) -> tuple[np.ndarray, Kind]:

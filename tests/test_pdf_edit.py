@@ -322,6 +322,33 @@ def test_coloured_ink_survives_a_cleaner_that_whitens_light_pixels(tmp_path):
     assert tuple(shown[25, 80]) == (0, 0, 0)
 
 
+def test_colour_rule_keeps_stamps_and_drops_a_removed_stain_in_pdf_and_png_alike():
+    """One rule (batch.with_coloured_ink) for PDFs edited in place and the stage's keep_color:
+    a red stamp keeps its colour, a brownish stain the cleaner whitened goes, and a stage that
+    returns colour itself (a colorizer) is stored as it returned."""
+    import torch
+
+    from aepipe.pdf_edit import _colour_rule
+    from aepipe.stages.scan_denoiser import ScanDenoiser
+
+    page = torch.full((1, 3, 4, 4), 0.92)
+    page[0, :, 0, 0] = torch.tensor([0.78, 0.12, 0.12])  # red stamp: chroma 0.66
+    page[0, :, 1, 1] = torch.tensor([0.65, 0.55, 0.42])  # coffee stain: chroma 0.23
+    page[0, :, 2, 2] = torch.tensor([1.0, 0.94, 0.0])  # yellow highlight, luma 0.89
+    clean = torch.ones(1, 1, 4, 4)
+    clean[0, 0, 0, 0] = 0.3  # the cleaner kept the stamp as ink and whitened the rest
+    out = _colour_rule(page, clean, PdfEditOptions())
+    assert torch.equal(out[0, :, 0, 0], page[0, :, 0, 0])
+    assert torch.equal(out[0, :, 1, 1], torch.ones(3))  # the stain is gone
+    assert torch.equal(out[0, :, 2, 2], page[0, :, 2, 2])  # vivid: kept although whitened
+    coloured = torch.rand(1, 3, 4, 4)
+    assert torch.equal(_colour_rule(page, coloured, PdfEditOptions()), coloured)
+    stage = ScanDenoiser.tiny(0, keep_color=True, clean_pages="process")
+    stage.clean_gray = lambda gray: clean.expand(len(gray), -1, -1, -1)  # type: ignore[method-assign]
+    stage.config = stage.config.model_copy(update={"borders": "keep"})
+    assert torch.equal(stage(ImageBatch(page)).images, out)
+
+
 def test_an_indexed_colour_scan_stays_indexed(tmp_path):
     rgb = np.full((60, 90, 3), 235, np.uint8)
     rgb[10:20, 5:85] = (200, 30, 30)  # red ink
@@ -336,7 +363,8 @@ def test_an_indexed_colour_scan_stays_indexed(tmp_path):
     stream.ColorSpace = pikepdf.Array([pikepdf.Name.Indexed, pikepdf.Name.DeviceRGB, 7, lut])
     add_page(pdf, (90, 60), [(stream, "90 0 0 60 0 0")])
     pdf.save(tmp_path / "p.pdf")
-    outcomes = edit_pdf(tmp_path / "p.pdf", tmp_path / "out.pdf", invert)
+    # A gray cleaner (as the scan stage without keep_color): the colour rule restores the ink.
+    outcomes = edit_pdf(tmp_path / "p.pdf", tmp_path / "out.pdf", lambda b: invert(b.gray()))
     assert (outcomes[0].kind, outcomes[0].stored_as) == ("color", "color")
     assert '"/Indexed", "/DeviceRGB"' in image_info(tmp_path / "out.pdf")["cs"]
     doc = pdfium.PdfDocument(str(tmp_path / "out.pdf"))

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from aepipe.batch import ImageBatch, to_gray
+from aepipe.batch import ImageBatch, to_gray, with_coloured_ink
 from aepipe.stage import Stage, StageConfig, StagePrecision
 
 if TYPE_CHECKING:
@@ -352,9 +352,9 @@ class ScanDenoiser(Stage):
             # A photograph has no bilevel form worth keeping: it stays as it came.
             clean = torch.where(torch.tensor(photos).view(-1, 1, 1, 1), clean, bilevel)
         if cfg.keep_color and images.shape[1] == 3:
-            # Chroma of the input (offset from its gray) applied where there is ink; a kept
-            # page keeps its colours as they were.
-            out = (clean + (images - gray_in) * (1.0 - clean)).clamp_(0.0, 1.0)
+            # Coloured ink keeps its colour, as in PDFs (batch.with_coloured_ink); a kept page
+            # keeps its colours as they were.
+            out = with_coloured_ink(images, clean)
             if not cfg.binarize and any(kept):
                 as_is = torch.tensor(kept)
                 out[as_is] = images[as_is]
