@@ -167,7 +167,8 @@ def generate_batch(generator: Generator, n: int, **kwargs: Any) -> ImageBatch:
 
     if n < 1:
         raise ConfigError(f"a batch of generated images needs n >= 1; got {n}")
-    batches = list(generate(generator, n, batch_size=n, **kwargs))
+    # The generator's own batch size, as gen-faces samples (n may exceed the largest allowed).
+    batches = list(generate(generator, n, **kwargs))
     return ImageBatch.concat(batches) if len(batches) > 1 else batches[0]
 
 

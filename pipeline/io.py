@@ -228,8 +228,9 @@ def _read_raster(
                     "size": (frame.width, frame.height),
                     "dpi": _dpi_of(image.info),
                 }
-                if _dpi_y(image.info):
-                    info["dpi_y"] = _dpi_y(image.info)
+                dpi_y = _dpi_y(image.info)
+                if dpi_y:
+                    info["dpi_y"] = dpi_y
             except InputImageError:
                 raise
             except MemoryError:

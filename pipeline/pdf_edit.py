@@ -674,7 +674,9 @@ def _colour_rule(inp: torch.Tensor, out: torch.Tensor, options: PdfEditOptions) 
     if options.color == "gray":
         return to_gray(out)
     if out.shape[1] == 3:
-        return out  # the stage chose the colours itself (a colorizer, keep_color)
+        # The stage chose the colours itself (a colorizer, keep_color); a page it left gray
+        # (keep_color and no coloured ink) is stored gray.
+        return to_gray(out) if _is_gray(out) else out
     ink = coloured_ink(inp, out, options.color_chroma)
     if options.color == "auto" and float(ink.float().mean()) <= options.color_fraction:
         return out

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aepipe.batch import ImageBatch, as_float01
 from aepipe.core import SEED_MAX
+from aepipe.defaults import DEFAULT_BATCH_PIXELS
 from aepipe.errors import ConfigError, ShapeError
 from aepipe.faces_align import FaceChoice, OneFace
 from aepipe.stage import build_config, format_validation_error, load_stage, stage_class
@@ -59,7 +60,12 @@ class Pipeline:
             batch = stage(batch)
         return batch
 
-    def map(self, items: Iterable[Any], batch_size: int = 16) -> Iterator[Any]:
+    def map(
+        self,
+        items: Iterable[Any],
+        batch_size: int = 16,
+        batch_pixels: int = DEFAULT_BATCH_PIXELS,
+    ) -> Iterator[Any]:
         """Process an iterable lazily; each result comes back in the kind it went in.
 
         Only one group of at most ``batch_size`` images is held at a time, so memory stays flat
@@ -70,6 +76,7 @@ class Pipeline:
                 file paths). Consecutive single images of one kind, size and dtype are batched
                 together; 4-D arrays and tensors are taken as ready-made batches.
             batch_size: at most how many single images go into one stage call.
+            batch_pixels: and at most this many pixels (one image always goes).
 
         Yields:
             One result per item, in order.
@@ -80,7 +87,8 @@ class Pipeline:
         key: tuple[Any, ...] | None = None
         for item in items:
             k = _group_key(item)
-            if group and (k is None or k != key or len(group) >= batch_size):
+            full = len(group) >= batch_size or (len(group) + 1) * _pixels(item) > batch_pixels
+            if group and (k is None or k != key or full):
                 yield from _apply_group(self, group)
                 group = []
             if k is None:
@@ -90,6 +98,18 @@ class Pipeline:
                 key = k
         if group:
             yield from _apply_group(self, group)
+
+
+def _pixels(x: Any) -> int:
+    """Pixels of one single image (numpy HW/HWC, tensor CHW, PIL); 0 for anything else."""
+    kind = _kind(x)
+    if kind == "numpy" and x.ndim in (2, 3):
+        return int(x.shape[0] * x.shape[1])
+    if kind == "tensor" and x.ndim == 3:
+        return int(x.shape[-2] * x.shape[-1])
+    if kind == "pil":
+        return int(x.size[0] * x.size[1])
+    return 0
 
 
 def _group_key(x: Any) -> tuple[Any, ...] | None:

@@ -262,7 +262,7 @@ class StageMapper:
     def _files(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from aepipe.core import page_name
         from aepipe.errors import AepipeError
-        from aepipe.io import decode_pages
+        from aepipe.io import decode_pages, page_resolution
 
         paths = [
             str(p) for p in batch.get("path", [f"file_{i:05d}" for i in range(len(batch["bytes"]))])
@@ -288,7 +288,7 @@ class StageMapper:
                         name=page_name(stem, page.meta),
                         pixels=page.pixels,
                         error="",
-                        dpi=float(page.meta.get("dpi") or 0.0),
+                        dpi=page_resolution(page.meta),  # (x, y) where they differ (a fax)
                     )
                 )
         self._run_rows([r for r in rows if r["pixels"] is not None])

@@ -58,6 +58,7 @@ from aepipe.core import (
     pdf_options,
     write_document,
 )
+from aepipe.defaults import DEFAULT_BATCH_PIXELS
 from aepipe.errors import AepipeError, ConfigError, ExitCode, InputImageError
 from aepipe.io import (
     DEFAULT_MAX_PIXELS,
@@ -104,9 +105,8 @@ class RunOptions:
         frames: ``first`` or ``all`` frames of animated GIF/WebP/PNG (TIFF/PDF pages are always
             all).
         batch_size: how many same-sized pages go through the stage at once.
-        batch_pixels: and at most this many pixels (one page always goes): twelve 12-MP photos
-            at once took 6 GB in the colorizer, and on a CPU large pages gain nothing from
-            batching.
+        batch_pixels: and at most this many pixels (one page always goes; see
+            :data:`aepipe.defaults.DEFAULT_BATCH_PIXELS`).
         report: write a JSON report listing every file here.
         list_ignored: also list non-image files and symbolic links to folders found in folders
             (as ``ignored``); by default they are skipped quietly.
@@ -124,7 +124,7 @@ class RunOptions:
     pdf_color: Literal["auto", "keep", "gray"] = "auto"
     frames: Literal["first", "all"] = "first"
     batch_size: int = 4
-    batch_pixels: int = 16_000_000
+    batch_pixels: int = DEFAULT_BATCH_PIXELS
     report: Path | None = None
     list_ignored: bool = False
 

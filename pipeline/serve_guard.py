@@ -117,8 +117,15 @@ DRAIN_BYTES = 1 << 20
 DRAIN_SECONDS = 5.0
 
 
-async def drain(receive: Any, limit: int = DRAIN_BYTES, seconds: float = DRAIN_SECONDS) -> None:
-    """Read and drop up to ``limit`` bytes of the request body, for at most ``seconds``."""
+async def drain(
+    scope: Scope, receive: Any, limit: int = DRAIN_BYTES, seconds: float = DRAIN_SECONDS
+) -> None:
+    """Read and drop up to ``limit`` bytes of the request body, for at most ``seconds``.
+
+    Not for a client waiting on ``Expect: 100-continue``: reading would invite its upload.
+    """
+    if any(k == b"expect" and v.lower() == b"100-continue" for k, v in scope.get("headers", [])):
+        return
 
     async def read() -> None:
         seen = 0
@@ -171,7 +178,7 @@ class Auth:
         token = bearer_token(scope)
         if not self.allowed(token):
             detail = "missing API key" if token is None else "invalid API key"
-            await drain(receive)
+            await drain(scope, receive)
             await send_error(
                 send,
                 401,
@@ -216,7 +223,7 @@ class ClientLimit:
         who = self.client_key(scope)
         if self.in_flight.get(who, 0) >= self.per_client:
             detail = f"too many requests in flight for this client (limit {self.per_client})"
-            await drain(receive)
+            await drain(scope, receive)
             await send_error(send, 429, "rate_limited", detail, [("Retry-After", "1")])
             return
         self.in_flight[who] = self.in_flight.get(who, 0) + 1

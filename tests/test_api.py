@@ -107,6 +107,21 @@ def test_batches_of_mixed_dtypes_and_byte_orders_keep_each_images_scale() -> Non
     assert torch.equal(pil.images, torch.ones(2, 1, 4, 4))
 
 
+def test_map_keeps_large_images_out_of_one_call(gray_stage: Stage) -> None:
+    """Pipeline.map (and so Ray) caps a model call at batch_pixels, as the file runner does."""
+    calls = []
+
+    def spy(batch: ImageBatch) -> ImageBatch:
+        calls.append(len(batch))
+        return gray_stage(batch)
+
+    pages = [page(seed=i) for i in range(3)]
+    list(Pipeline([spy]).map(pages, batch_size=8))
+    pixels = pages[0].shape[0] * pages[0].shape[1]
+    list(Pipeline([spy]).map(pages, batch_size=8, batch_pixels=2 * pixels))
+    assert calls == [3, 2, 1]
+
+
 def test_joining_and_cutting_batches_checks_shapes_and_sizes() -> None:
     gray, rgb = ImageBatch.from_numpy(page()), ImageBatch.from_numpy(page(c=3))
     with pytest.raises(ShapeError, match="must share"):

@@ -147,3 +147,9 @@ def test_a_batch_size_below_one_is_refused_not_replaced_or_empty(name: str) -> N
         with pytest.raises(ConfigError, match="batch_size"):
             next(iter(generator.sample(3, batch_size=bad)))
     assert sum(len(b) for b in generate(generator, 3, batch_size=2)) == 3
+
+
+def test_one_batch_of_more_images_than_a_generator_call_takes() -> None:
+    """GET /v1/faces answers with one batch; n beyond the config's batch_size (8192) works."""
+    generator = stage_class("face-generator").tiny(seed=0)
+    assert len(generate_batch(generator, 9000)) == 9000

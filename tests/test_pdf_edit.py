@@ -343,6 +343,8 @@ def test_colour_rule_keeps_stamps_and_drops_a_removed_stain_in_pdf_and_png_alike
     assert torch.equal(out[0, :, 2, 2], page[0, :, 2, 2])  # vivid: kept although whitened
     coloured = torch.rand(1, 3, 4, 4)
     assert torch.equal(_colour_rule(page, coloured, PdfEditOptions()), coloured)
+    # keep_color on a page without coloured ink gives its gray in RGB: stored gray.
+    assert _colour_rule(page, clean.expand(-1, 3, -1, -1), PdfEditOptions()).shape[1] == 1
     stage = ScanDenoiser.tiny(0, keep_color=True, clean_pages="process")
     stage.clean_gray = lambda gray: clean.expand(len(gray), -1, -1, -1)  # type: ignore[method-assign]
     stage.config = stage.config.model_copy(update={"borders": "keep"})

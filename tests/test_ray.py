@@ -415,3 +415,15 @@ def test_the_mapper_outside_ray_neither_imports_ray_nor_sets_its_environment() -
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"], out.stderr
+
+
+def test_file_rows_keep_a_fax_resolution(tiny_weights: dict[str, Path]) -> None:
+    """PNG rows carry both DPIs of a 204 x 98 fax, as the CLI writes them."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 60), 255, np.uint8)).save(buf, format="TIFF", dpi=(204, 98))
+    mapper = StageMapper(weights=tiny_weights["impulse-denoiser"], device="cpu", encode="png")
+    rows = mapper({"bytes": np.array([buf.getvalue()], dtype=object), "path": np.array(["f.tif"])})
+    dpi = Image.open(io.BytesIO(rows["png"][0])).info["dpi"]
+    assert dpi == pytest.approx((204, 98), abs=0.1)

@@ -384,3 +384,17 @@ def test_cli_reads_keys_from_file_and_env(tiny_weights: dict[str, Path], tmp_pat
     for source, key in (("file", KEY_A), ("env", KEY_B)):
         stderr = stderrs[source]
         assert "API keys: 1 loaded" in stderr and key not in stderr, stderr
+
+
+def test_a_refusal_does_not_invite_an_expect_continue_upload() -> None:
+    """Draining the body would make the server send 100 Continue; a client that asked for it
+    gets its refusal without uploading."""
+    import asyncio
+
+    from aepipe.serve_guard import drain
+
+    async def never() -> dict[str, object]:
+        raise AssertionError("the body was read")
+
+    scope = {"headers": [(b"expect", b"100-continue")]}
+    asyncio.run(drain(scope, never))

@@ -176,15 +176,17 @@ def serve(
     with cli_errors():
         settings = _settings(locals())
         check_bindable(host, port)
+        serving: list[str] = []
+
+        def ready(url: str) -> None:
+            serving.append(url)
+            err(f"stages loaded; serving on {url} (docs: {url}/docs)")
+
         try:
-            run_server(
-                settings,
-                host,
-                port,
-                log_level.lower(),
-                on_ready=lambda url: err(f"stages loaded; serving on {url} (docs: {url}/docs)"),
-            )
+            run_server(settings, host, port, log_level.lower(), on_ready=ready)
         except KeyboardInterrupt:
+            if not serving:
+                raise  # stopped while loading: an interrupted start, not a served stop
             # uvicorn has already shut down gracefully (SIGTERM or Ctrl-C): a normal stop.
             err("server stopped")
             raise typer.Exit(int(ExitCode.OK)) from None

@@ -173,12 +173,21 @@ def auto_model(height: int, width: int, gray: torch.Tensor | None = None) -> str
     fills it (a third of its short side or more, found in ``gray``, (H, W) in [0, 1]), since
     small square scene photos exist too (``benchmarks/colorize_auto.py`` measures the rule).
     """
-    long, short = max(height, width), min(height, width)
-    if long > FACE_MAX_SIDE or long > FACE_MAX_ASPECT * short:
+    if not _face_sized(height, width):
         return PHOTO_MODEL
-    if long <= FACE_SURE_SIDE or gray is None or fills_with_face(gray):
+    if max(height, width) <= FACE_SURE_SIDE or gray is None or fills_with_face(gray):
         return FACE_MODEL
     return PHOTO_MODEL
+
+
+def _face_sized(height: int, width: int) -> bool:
+    long, short = max(height, width), min(height, width)
+    return long <= FACE_MAX_SIDE and long <= FACE_MAX_ASPECT * short
+
+
+def _needs_pixels(height: int, width: int) -> bool:
+    """Whether :func:`auto_model` looks at the pixels of an image of this size."""
+    return _face_sized(height, width) and max(height, width) > FACE_SURE_SIDE
 
 
 def fills_with_face(gray: torch.Tensor, share: float = 1 / 3) -> bool:
@@ -190,12 +199,12 @@ def fills_with_face(gray: torch.Tensor, share: float = 1 / 3) -> bool:
 
 
 class AutoColorizer:
-    """Batch -> batch colorizer that uses, per batch, the weights :func:`auto_model` picks.
+    """Batch -> batch colorizer that uses, per image, the weights :func:`auto_model` picks.
 
     What ``colorize --model auto`` (the default) and ``POST /v1/colorize`` (the service's
-    default, weights name ``auto``) run, so both choose alike. Batches hold same-sized images
-    (the runner and the service batch no others), so a per-batch choice is a per-image one.
-    Each model is loaded the first time it is needed (all at once with :meth:`preload`).
+    default, weights name ``auto``) run, so both choose alike. A batch whose images need
+    different models is split and put back together in order. Each model is loaded the first
+    time it is needed (all at once with :meth:`preload`).
 
     Args:
         load: weights name -> colorizer stage (default: :meth:`Colorizer.from_pretrained`
@@ -232,7 +241,10 @@ class AutoColorizer:
         return self._stages[weights]
 
     def stage_for(self, height: int, width: int, gray: torch.Tensor | None = None) -> Stage:
-        """The loaded stage for an image of this size (and luma: :func:`auto_model`)."""
+        """The loaded stage for an image of this size and luma (:func:`auto_model`).
+
+        Without ``gray``, a 96-160 px squarish image counts as a face crop.
+        """
         return self._stage(auto_model(height, width, gray))
 
     def preload(self) -> Self:
@@ -248,8 +260,10 @@ class AutoColorizer:
 
     def __call__(self, batch: ImageBatch) -> ImageBatch:
         """Colorize one batch (N, 1 or 3, H, W), each image with the model chosen for it."""
-        gray = to_gray(batch.images)[:, 0]
-        chosen = [auto_model(*batch.size, g) for g in gray]
+        if _needs_pixels(*batch.size):
+            chosen = [auto_model(*batch.size, g) for g in to_gray(batch.images)[:, 0]]
+        else:  # the size decides: no luma of large photos computed for nothing
+            chosen = [auto_model(*batch.size)] * len(batch)
         if len(set(chosen)) == 1:
             return self._stage(chosen[0])(batch)
         parts = {}
