@@ -48,6 +48,7 @@ from starlette.exceptions import HTTPException
 
 from aepipe.core import SEED_MAX
 from aepipe.errors import AepipeError, WeightsError
+from aepipe.faces_align import parse_face_choice
 
 if TYPE_CHECKING:
     from aepipe.batch import ImageBatch
@@ -781,11 +782,8 @@ def _add_generate_route(app: FastAPI, service: _Service, key: str) -> None:
     generate_endpoint.__name__ = key.replace("-", "_")
 
 
-_FACE_QUERY = Query("all", pattern=r"^(all|largest|\d{1,4})$", description="all | largest | N.")
-
-
-def _face_choice(face: str) -> str | int:
-    return int(face) if face.isdigit() else face
+# Checked by faces_align.parse_face_choice, as --face and the TOML key are (a 422 here).
+_FACE_QUERY = Query("all", description="all | largest | N (index, largest first).")
 
 
 async def _face_photo(
@@ -800,7 +798,7 @@ async def _face_photo(
 
     report: list[str] = []
     step = FaceEditor(
-        service.need(stage_key), vectors, face=_face_choice(face), align="photo",
+        service.need(stage_key), vectors, face=parse_face_choice(face), align="photo",
         report=report.append,
     )  # fmt: skip
     data, filename = await service.upload(request)
@@ -923,15 +921,14 @@ def _add_face_interpolate_route(app: FastAPI, service: _Service, stage_key: str,
         request: Request,
         steps: int = Query(8, ge=2, le=256, description="Faces on the path, ends included."),
         method: Literal["linear", "slerp", "both"] = Query("linear"),
-        face: str = Query(
-            "largest", pattern=r"^(largest|\d{1,4})$", description="largest | N, in each photo."
-        ),
+        face: str = Query("largest", description="largest | N, in each photo."),
     ) -> Response:
         from aepipe.core import face_strip, interpolate_faces, walk_methods
         from aepipe.io import page_batch, png_bytes
 
         stage = service.need(stage_key)
         methods = walk_methods(method)
+        choice = parse_face_choice(face, one=True)
         files = await service.uploads(request, ("a", "b"))
 
         def work() -> Media:
@@ -939,7 +936,7 @@ def _add_face_interpolate_route(app: FastAPI, service: _Service, stage_key: str,
                 page_batch(decode_upload(data, name, service.settings)[0], _stem(name))
                 for data, name in files
             )
-            rows = interpolate_faces(stage, a, b, steps, methods, face=_face_choice(face))
+            rows = interpolate_faces(stage, a, b, steps, methods, face=choice)
             return png_bytes(face_strip(rows)), "image/png", "interpolation.png"
 
         return await service.respond(work)

@@ -116,6 +116,9 @@ def test_reconstruct_and_interpolate_over_http(server: str) -> None:
     tiles = [strip[2:66, 2 + 66 * i : 66 + 66 * i] for i in range(4)]
     assert all(np.array_equal(t, tiles[0]) for t in tiles) and tiles[0].std() > 10
     assert_json_error(httpx.post(url, files=files, timeout=10), 401)
+    # --face's own check (as the CLI and TOML): one face only here, so "all" is refused.
+    refused = httpx.post(url, files=files, params={"face": "all"}, headers=AUTH, timeout=10)
+    assert "largest or a face index" in assert_json_error(refused, 422)["detail"]
 
 
 def test_openapi_lists_the_routes(server: str) -> None:
