@@ -803,10 +803,15 @@ class _Run:
             )
             if outcomes and record.passed == len(outcomes):
                 # Written, but the stage saw nothing: say so rather than a silent copy.
+                # --format png is a way out only where the format was left to us (not --ocr).
+                png = (
+                    "--format png renders and processes whole pages; "
+                    if options.fmt == "same"
+                    else ""
+                )
                 record.reason = (
                     "no page has a scan to process (no image covers half a page), so the PDF is "
-                    "as it was; --format png renders and processes whole pages (clean-scans: "
-                    "--clean-born-digital)"
+                    f"as it was ({png}clean-scans: --clean-born-digital)"
                 )
         self.finish(state)
 
