@@ -287,7 +287,13 @@ class Generator(Stage):
         if value is None:
             return getattr(config, field)
         data = {**config.model_dump(), field: value}
-        return getattr(build_config(type(config), data, self.name), field)
+        try:
+            return getattr(build_config(type(config), data, self.name), field)
+        except ConfigError as exc:
+            # Named as every front end names it (--temperature, ?temperature=, the TOML key),
+            # not by the config's dotted path.
+            why = str(exc).split(": ", 1)[-1]
+            raise ConfigError(f"{field} {value!r}: {why} (for {self.name})") from None
 
     @abstractmethod
     def sample(
