@@ -390,14 +390,24 @@ def _ocr_job(
         if source is not None:
             language, jobs = ocr
             try:
-                add_text_layer(
+                added = add_text_layer(
                     record.outputs[0], dst, language=language, jobs=jobs, name=job.src, read=source
                 )
                 record.outputs, record.bytes_out = [str(dst)], dst.stat().st_size
+                record.text_pages = added
+                if not added:
+                    record.reason = (
+                        "no page got a text layer: pages with text are left as they are, and "
+                        f"Tesseract read nothing on the others{_also(record.reason)}"
+                    )
             except InputImageError as exc:
                 record.status, record.reason, record.outputs = "failed", str(exc), []
     record.seconds = time.perf_counter() - t0
     return record
+
+
+def _also(reason: str | None) -> str:
+    return f"; {reason}" if reason else ""
 
 
 def add_text_layer(
@@ -468,6 +478,8 @@ def _run_ocrmypdf(
                 src,
                 dst,
                 skip_text=True,
+                # The cleaning step has already edited the file, as clean-scans does without OCR.
+                invalidate_digital_signatures=True,
                 language=list(language),
                 jobs=jobs,
                 # Only the text layer is kept (see add_text_layer), so nothing else is worth
@@ -477,14 +489,17 @@ def _run_ocrmypdf(
                 progress_bar=False,
             )
     except (ocrmypdf.exceptions.ExitCodeException, OSError, ValueError) as exc:
-        # One bad file fails alone, as in every file command.
-        raise InputImageError(f"{name}: OCRmyPDF: {exc or type(exc).__name__}") from exc
+        # One bad file fails alone, as in every file command; on one line.
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputImageError(f"{name}: OCRmyPDF: {why}") from exc
     finally:
         sys.stdout, sys.stderr = streams
     if code == ocrmypdf.ExitCode.ctrl_c:  # OCRmyPDF turns Ctrl-C into this exit code
         raise KeyboardInterrupt
+    if code == ocrmypdf.ExitCode.invalid_output_pdf:
+        raise InputImageError(f"{name}: damaged PDF: OCRmyPDF could not make a valid PDF of it")
     if code != ocrmypdf.ExitCode.ok:
-        raise InputImageError(f"{name}: OCRmyPDF exited with {code!r}")
+        raise InputImageError(f"{name}: OCRmyPDF failed ({code.name})")
 
 
 @contextmanager
@@ -494,6 +509,7 @@ def _warnings_name(name: Path) -> Iterator[None]:
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)
     handler.setFormatter(_NamedFormatter(name))
+    handler.addFilter(_relevant)
     propagate = logger.propagate
     logger.addHandler(handler)
     logger.propagate = False  # else Python's last-resort handler prints it a second time
@@ -513,6 +529,20 @@ class _NamedFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return f"{self.name}: {super().format(record)}"
+
+
+# OCRmyPDF's warnings about its own output file, which add_text_layer discards (our file keeps
+# its forms, tags and dates): not the user's concern.
+_MOOT_WARNINGS = (
+    "This PDF has a fillable form",
+    "This PDF is marked as a Tagged PDF",
+    "The input's creation date has no time zone",
+    "Some input metadata could not be copied",
+)
+
+
+def _relevant(record: logging.LogRecord) -> bool:
+    return not record.getMessage().lstrip().startswith(_MOOT_WARNINGS)
 
 
 def _copy_text_layer(pdf: pikepdf.Pdf, page: pikepdf.Page, done: pikepdf.Page) -> bool:
@@ -580,7 +610,9 @@ def run_ocr_command(job: FileJob, load: Callable[[], Process]) -> NoReturn:
             fail(str(exc), ExitCode.SETUP_ERROR)
         if job.options.fmt not in ("same", "pdf"):
             raise ConfigError("--ocr writes PDFs; leave --format out or use --format pdf")
-        options = dataclasses.replace(job.options, fmt="pdf")
+        # Its own default folder (<input>_ocr): a plain run's PDFs in <input>_clean have no
+        # text layer, and would be taken for finished outputs.
+        options = dataclasses.replace(job.options, fmt="pdf", out_suffix="ocr")
         planned = plan(job.inputs, options)[0]
         require_jobs(planned, job.inputs)
         process = load()

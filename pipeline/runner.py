@@ -138,6 +138,7 @@ class FileRecord:
         edited, unchanged, passed, rendered: for a PDF edited in place, its pages cleaned in
             place, cleaned but come back the same (their images kept as they were), passed
             through unchanged (no scan) and rendered (the fallback); None otherwise.
+        text_pages: with ``--ocr``, how many pages got a text layer.
         page_outcomes: for a PDF edited in place, one entry per page
             (:meth:`aepipe.pdf_edit.PageOutcome.to_json`: status, reason, kind, size, dpi,
             codecs and bytes before and after).
@@ -156,6 +157,7 @@ class FileRecord:
     passed: int | None = None
     rendered: int | None = None
     page_outcomes: list[dict[str, Any]] | None = None
+    text_pages: int | None = None
 
 
 @dataclass

@@ -304,8 +304,8 @@ def test_clean_scans_ocr_keeps_what_the_in_place_edit_keeps(tmp_path: Path) -> N
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, [*args, "--ocr", "--out", str(tmp_path / "ocr")])
     assert res.exit_code == 0, res.output
-    # OCRmyPDF's warning about the form names the file it is about.
-    assert f"{src}: This PDF has a fillable form" in res.output
+    # OCRmyPDF's warning about the form concerns its own output, which is not kept: not shown.
+    assert "fillable form" not in res.output
 
     original, plain = pdf_parts(src), pdf_parts(tmp_path / "plain" / "kept.pdf")
     ocr = pdf_parts(tmp_path / "ocr" / "kept.pdf")
@@ -400,3 +400,40 @@ def test_tesseract_reads_the_gray_page_of_a_binarizing_stage() -> None:
     assert read is not None and read.model is stage.model
     assert not read.config.binarize and read.config.views == 2
     assert reading_stage(load_stage("scan-denoiser")) is None
+
+
+def test_ocrmypdf_warnings_name_their_file_and_moot_ones_are_dropped(capsys) -> None:
+    import logging
+
+    from aepipe.ocrmypdf import _warnings_name
+
+    with _warnings_name(Path("in/scan.pdf")):
+        log = logging.getLogger("ocrmypdf")
+        log.warning("page 2: OCR skipped, text found")
+        log.warning("This PDF has a fillable form. Chances are it is a pure digital document")
+    err = capsys.readouterr().err
+    assert "in/scan.pdf: page 2: OCR skipped, text found" in err
+    assert "fillable form" not in err
+
+
+@needs_ocr
+def test_ocr_reports_its_text_pages_in_its_own_default_folder(tmp_path: Path) -> None:
+    """A plain run's PDFs (no text) in <input>_clean are not taken for --ocr's outputs: --ocr
+    writes <input>_ocr, and the report counts the pages that got text."""
+    import json
+    import shutil
+
+    from aepipe.cli.main import _single
+
+    root = Path(__file__).resolve().parent.parent
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(root / "sample_inputs" / "scans" / "ddd_like_540x420.png", scans / "page.png")
+    app = _single("clean-scans")
+    assert CliRunner().invoke(app, [str(scans), "--format", "pdf", "-q"]).exit_code == 0
+    report = tmp_path / "r.json"
+    res = CliRunner().invoke(app, [str(scans), "--ocr", "-q", "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    [record] = json.loads(report.read_text())["files"]
+    assert record["status"] == "ok" and record["text_pages"] == 1
+    assert record["outputs"] == [str(tmp_path / "scans_ocr" / "page.pdf")]

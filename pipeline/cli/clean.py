@@ -63,7 +63,8 @@ def clean_scans(
             "--ocr",
             help="Write one searchable PDF per input: cleaned as with --format pdf (every "
             "other option means the same), then Tesseract (via OCRmyPDF) adds a text layer to "
-            "the pages without text; needs the 'ocr' extra, tesseract-ocr and ghostscript.",
+            "the pages without text (default folder <input>_ocr); needs the 'ocr' extra, "
+            "tesseract-ocr and ghostscript.",
         ),
     ] = False,
     clean_born_digital: CleanBornDigitalOpt = False,
