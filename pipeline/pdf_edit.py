@@ -975,6 +975,22 @@ def _open(src: Path) -> pikepdf.Pdf:
         raise InputImageError(f"{src}: cannot open PDF: corrupt PDF ({reason})") from None
 
 
+def is_signed(path: str | Path) -> bool:
+    """Whether a PDF carries a digital signature (a signed ``/Sig`` form field).
+
+    Any edit, ours included, invalidates it; the caller says so rather than hide it.
+    """
+    import pikepdf
+
+    try:
+        with pikepdf.open(path) as pdf:
+            form = pdf.Root.get("/AcroForm")
+            fields = list(form.get("/Fields", [])) if form is not None else []
+            return any(f.get("/FT") == pikepdf.Name.Sig and "/V" in f for f in fields)
+    except Exception:  # unreadable here: the edit itself reports why
+        return False
+
+
 def edit_pdf(
     src: str | Path,
     dst: str | Path,

@@ -803,6 +803,10 @@ class _Run:
                 sum(o.status == status for o in outcomes)
                 for status in ("edited", "unchanged", "passed", "rendered")
             )
+            from aepipe.pdf_edit import is_signed
+
+            if (record.edited or record.rendered) and is_signed(job.src):
+                record.reason = "digitally signed: editing its pages invalidated the signature"
             if outcomes and record.passed == len(outcomes):
                 # Written, but the stage saw nothing: say so rather than a silent copy.
                 # --format png is a way out only where the format was left to us (not --ocr).

@@ -329,3 +329,20 @@ def test_a_pdf_with_nothing_to_process_says_so(tmp_path):
     record = summary.records[0]
     assert record.status == "ok" and record.passed == 1
     assert "no page has a scan to process" in record.reason
+
+
+def test_editing_a_signed_pdf_says_the_signature_no_longer_holds(tmp_path):
+    import pikepdf
+    from pdf_factory import scan_pdf
+
+    src = scan_pdf(tmp_path / "s.pdf", 120, 90, bilevel=False)
+    with pikepdf.open(src, allow_overwriting_input=True) as pdf:
+        field = pdf.Root.AcroForm.Fields[0]
+        field.FT = pikepdf.Name.Sig
+        field.V = pdf.make_indirect(pikepdf.Dictionary(Type=pikepdf.Name.Sig))
+        pdf.Root.AcroForm.SigFlags = 3
+        pdf.save(src)
+    summary = run_files([src], invert, RunOptions(out_dir=tmp_path / "o"))
+    record = summary.records[0]
+    assert record.status == "ok" and record.edited == 1
+    assert "digitally signed" in record.reason
