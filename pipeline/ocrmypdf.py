@@ -95,6 +95,29 @@ def check_setup() -> None:
         )
 
 
+def check_languages(language: Sequence[str]) -> None:
+    """Raise :class:`OcrSetupError` for Tesseract languages that are not installed.
+
+    Checked before any file is cleaned: OCRmyPDF would otherwise fail every file on its own.
+    """
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["tesseract", "--list-langs"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return  # check_setup reports a missing tesseract
+    installed = {line.strip() for line in out.splitlines()[1:] if line.strip()}
+    missing = [lang for lang in language if lang not in installed]
+    if missing:
+        packages = " ".join(f"tesseract-ocr-{lang}" for lang in missing)
+        raise OcrSetupError(
+            f"Tesseract has no {', '.join(missing)} (installed: {', '.join(sorted(installed))}); "
+            f"Debian: apt-get install {packages}"
+        )
+
+
 # --- the model, once per process ------------------------------------------------------------
 
 _MODELS: dict[tuple[str, str, int], ScanDenoiser] = {}
@@ -589,7 +612,9 @@ def reading_stage(process: Process) -> Process | None:
     return type(process)(process.model, gray, process.extras)  # type: ignore[attr-defined, call-arg]
 
 
-def run_ocr_command(job: FileJob, load: Callable[[], Process]) -> NoReturn:
+def run_ocr_command(
+    job: FileJob, load: Callable[[], Process], language: Sequence[str] = ("eng",)
+) -> NoReturn:
     """The ``clean-scans --ocr`` command body: check the set-up, clean and OCR every file, exit.
 
     Exits with :attr:`~aepipe.errors.ExitCode.SETUP_ERROR` and one line naming the package
@@ -598,6 +623,7 @@ def run_ocr_command(job: FileJob, load: Callable[[], Process]) -> NoReturn:
     Args:
         job: the command's inputs and runner options (``--format`` same or pdf).
         load: builds the cleaning stage, as without ``--ocr``.
+        language: Tesseract languages (``--language``).
     """
     from aepipe.cli.common import cli_errors, fail, finish_summary, progress_bar, require_jobs
     from aepipe.errors import ConfigError, ExitCode
@@ -606,6 +632,7 @@ def run_ocr_command(job: FileJob, load: Callable[[], Process]) -> NoReturn:
     with cli_errors():
         try:
             check_setup()
+            check_languages(language)
         except OcrSetupError as exc:
             fail(str(exc), ExitCode.SETUP_ERROR)
         if job.options.fmt not in ("same", "pdf"):
@@ -618,6 +645,11 @@ def run_ocr_command(job: FileJob, load: Callable[[], Process]) -> NoReturn:
         process = load()
         with progress_bar(len(planned), job.quiet, "file") as on_record:
             summary = ocr_files(
-                job.inputs, process, options, on_record=on_record, read=reading_stage(process)
+                job.inputs,
+                process,
+                options,
+                language=language,
+                on_record=on_record,
+                read=reading_stage(process),
             )
     finish_summary(summary, job.quiet)

@@ -437,3 +437,15 @@ def test_ocr_reports_its_text_pages_in_its_own_default_folder(tmp_path: Path) ->
     [record] = json.loads(report.read_text())["files"]
     assert record["status"] == "ok" and record["text_pages"] == 1
     assert record["outputs"] == [str(tmp_path / "scans_ocr" / "page.pdf")]
+
+
+@needs_ocr
+def test_ocr_languages_missing_from_tesseract_are_refused_up_front(tmp_path: Path) -> None:
+    from aepipe.cli.main import _single
+
+    (tmp_path / "a.png").write_bytes(b"")  # never read: refused before
+    app = _single("clean-scans")
+    res = CliRunner().invoke(app, [str(tmp_path), "--ocr", "--language", "eng+xx_nope"])
+    assert res.exit_code == ExitCode.SETUP_ERROR and "tesseract-ocr-xx_nope" in res.output
+    res = CliRunner().invoke(app, [str(tmp_path), "--language", "deu"])
+    assert res.exit_code == ExitCode.BAD_ARGS and "--language is for --ocr" in res.output

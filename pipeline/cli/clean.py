@@ -67,6 +67,14 @@ def clean_scans(
             "tesseract-ocr and ghostscript.",
         ),
     ] = False,
+    language: Annotated[
+        str,
+        typer.Option(
+            "--language",
+            help="With --ocr: Tesseract's languages, joined by + (e.g. eng+deu); each needs "
+            "its tesseract-ocr-<lang> package.",
+        ),
+    ] = "eng",
     clean_born_digital: CleanBornDigitalOpt = False,
     jpeg_quality: JpegQualityOpt = None,
     clean_all: CleanAllOpt = False,
@@ -101,8 +109,14 @@ def clean_scans(
             views=views,
         )
 
+    languages = [lang for lang in language.split("+") if lang]
     if ocr:
         from aepipe.ocrmypdf import run_ocr_command
 
-        run_ocr_command(job, load)
+        run_ocr_command(job, load, languages)
+    if languages != ["eng"]:
+        from aepipe.cli.common import fail
+        from aepipe.errors import ExitCode
+
+        fail("--language is for --ocr (Tesseract's languages)", ExitCode.BAD_ARGS)
     job.run(load)
