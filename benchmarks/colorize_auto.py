@@ -21,11 +21,10 @@ import numpy as np
 
 
 def _gray(rgb: np.ndarray):
-    import torch
+    """(H, W) luma of an (H, W, 3) uint8 image, as AutoColorizer computes it."""
+    from aepipe.batch import ImageBatch
 
-    return torch.from_numpy(
-        (rgb.astype(np.float32) / 255.0) @ np.array([0.299, 0.587, 0.114], np.float32)
-    )
+    return ImageBatch.from_numpy(rgb).gray().images[0, 0]
 
 
 def _faces_row(name: str, faces: np.ndarray, side: int) -> str:

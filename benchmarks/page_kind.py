@@ -30,11 +30,10 @@ THRESHOLDS = (0.9, 0.95, 0.97, 0.99, 0.995)
 
 
 def _photo_gray(path: Path) -> np.ndarray:
-    from PIL import Image
+    """(H, W) luma in [0, 1] of a photo file, as the scan stage computes it."""
+    from aepipe.io import read_image
 
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"), np.float32) / 255.0
-    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    return read_image(path).gray().images[0, 0].numpy()
 
 
 def collect(data: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -35,6 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from aepipe.defaults import SEED_MAX
 from aepipe.errors import (
     AepipeError,
     ConfigError,
@@ -132,10 +133,6 @@ def generate(
         n, seed=seed, temperature=temperature, batch_size=batch_size, first=first, **options
     )
     return _through(batches, stages)
-
-
-#: The largest seed a generator takes (a CPU ``torch.Generator`` seed is a signed 64-bit int).
-SEED_MAX = 2**63 - 1
 
 
 def check_seed(seed: int) -> int:

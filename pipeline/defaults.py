@@ -9,3 +9,6 @@ DEFAULT_DPI = 300
 # goes): twelve 12-MP photos at once took 6 GB in the colorizer, and a CPU gains nothing from
 # batching large pages. The runner, Pipeline.map and Ray share it.
 DEFAULT_BATCH_PIXELS = 16_000_000
+# The largest seed a generator takes (a CPU torch.Generator seed is a signed 64-bit int); every
+# front end checks against it (aepipe.core.check_seed, the TOML and HTTP ranges).
+SEED_MAX = 2**63 - 1

@@ -121,10 +121,13 @@ Resolution = float | tuple[float, float]
 _PLAUSIBLE_DPI = (20.0, 20_000.0)
 
 
-def _dpi_of(info: dict[str, Any]) -> float | None:
-    """The horizontal resolution a file records, if it is plausible."""
+def _dpi_meta(info: dict[str, Any]) -> dict[str, float | None]:
+    """A page's ``dpi`` (horizontal, if plausible) and, where it differs, its ``dpi_y``."""
     xy = _dpi_xy(info)
-    return xy[0] if xy else None
+    if xy is None:
+        return {"dpi": None}
+    x, y = xy
+    return {"dpi": x, "dpi_y": y} if abs(y - x) > 0.01 * x else {"dpi": x}
 
 
 def _dpi_xy(info: dict[str, Any]) -> tuple[float, float] | None:
@@ -139,12 +142,6 @@ def _dpi_xy(info: dict[str, Any]) -> tuple[float, float] | None:
     if not (lo <= x <= hi):
         return None
     return (x, y) if lo <= y <= hi else (x, x)
-
-
-def _dpi_y(info: dict[str, Any]) -> float | None:
-    """The vertical resolution where it differs from the horizontal one (else None)."""
-    xy = _dpi_xy(info)
-    return xy[1] if xy and abs(xy[1] - xy[0]) > 0.01 * xy[0] else None
 
 
 def page_resolution(meta: dict[str, Any]) -> Resolution | None:
@@ -226,11 +223,8 @@ def _read_raster(
                     "format": fmt,
                     "mode": image.mode,
                     "size": (frame.width, frame.height),
-                    "dpi": _dpi_of(image.info),
+                    **_dpi_meta(image.info),
                 }
-                dpi_y = _dpi_y(image.info)
-                if dpi_y:
-                    info["dpi_y"] = dpi_y
             except InputImageError:
                 raise
             except MemoryError:

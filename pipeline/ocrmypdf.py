@@ -587,9 +587,10 @@ def _copy_text_layer(pdf: pikepdf.Pdf, page: pikepdf.Page, done: pikepdf.Page) -
         return False
     ops = pikepdf.parse_content_stream(done)
     kinds = [str(op.operator) for op in ops]
-    draw = next(
-        i for i, op in enumerate(ops) if kinds[i] == "Do" and str(op.operands[0]) == names[0]
-    )
+    draws = (i for i, op in enumerate(ops) if kinds[i] == "Do" and str(op.operands[0]) == names[0])
+    draw = next(draws, None)
+    if draw is None:  # not drawn as the grafter draws it: no layer to copy (not a crash)
+        return False
     begin = max(i for i in range(draw) if kinds[i] == "q")
     end = kinds.index("Q", draw)
     page.add_resource(pdf.copy_foreign(theirs[names[0]]), pikepdf.Name.XObject, names[0])

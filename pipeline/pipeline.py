@@ -15,8 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aepipe.batch import ImageBatch, as_float01
-from aepipe.core import SEED_MAX
-from aepipe.defaults import DEFAULT_BATCH_PIXELS
+from aepipe.defaults import DEFAULT_BATCH_PIXELS, SEED_MAX
 from aepipe.errors import ConfigError, ShapeError
 from aepipe.faces_align import FaceChoice, OneFace
 from aepipe.stage import build_config, format_validation_error, load_stage, stage_class

@@ -46,7 +46,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
-from aepipe.core import SEED_MAX
+from aepipe.defaults import SEED_MAX
 from aepipe.errors import AepipeError, WeightsError
 from aepipe.faces_align import parse_face_choice
 

@@ -337,9 +337,12 @@ class ScanDenoiser(Stage):
         cfg: Config = self.config  # type: ignore[assignment]
         images = batch.images
         gray_in = to_gray(images)
-        kept = self.already_clean(gray_in, images)
-        photos = self.photographs(gray_in, kept)
-        kept = [k or ph for k, ph in zip(kept, photos, strict=True)]
+        if cfg.clean_pages == "process":
+            kept = photos = [False] * len(batch)
+        else:
+            kept = self.already_clean(gray_in, images)
+            photos = self.photographs(gray_in, kept)
+            kept = [k or ph for k, ph in zip(kept, photos, strict=True)]
         todo = [i for i, k in enumerate(kept) if not k]
         if len(todo) == len(kept):
             clean = self._denoise(gray_in)  # the usual case: no copy, no indexing
@@ -370,12 +373,10 @@ class ScanDenoiser(Stage):
         """Which pages (not already clean) look like photographs, to keep as they are.
 
         The network would whiten a photograph's mid-tones as stains
-        (:func:`~aepipe.clean_page.is_photograph`); none with ``clean_pages="process"``.
+        (:func:`~aepipe.clean_page.is_photograph`). Not asked with ``clean_pages="process"``.
         """
         from aepipe.clean_page import is_photograph
 
-        if self.config.clean_pages == "process":  # type: ignore[attr-defined]
-            return [False] * gray.shape[0]
         return [
             not c and is_photograph(g[0].float().cpu().numpy())
             for g, c in zip(gray, clean, strict=True)
@@ -388,7 +389,7 @@ class ScanDenoiser(Stage):
         return remove_borders(pages, cfg.border_band) if cfg.borders == "remove" else pages
 
     def already_clean(self, gray: torch.Tensor, images: torch.Tensor | None = None) -> list[bool]:
-        """Which pages to pass through (always none with "process").
+        """Which pages are already clean, to pass through (not asked with "process").
 
         Args:
             gray: (N, 1, H, W) luma of the pages.
@@ -397,8 +398,6 @@ class ScanDenoiser(Stage):
         """
         from aepipe.clean_page import is_clean
 
-        if self.config.clean_pages == "process":  # type: ignore[attr-defined]
-            return [False] * gray.shape[0]
         colour = images is not None and images.shape[1] == 3
         darkest = images.amin(1) if colour else [None] * gray.shape[0]  # type: ignore[union-attr]
         return [
