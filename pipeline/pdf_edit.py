@@ -5,14 +5,15 @@ scan (an image XObject whose placement covers most of the page), decodes it at i
 grid, runs a caller-supplied ``process(batch) -> batch`` on it and writes the result back into
 the *same* image object. Content streams, fonts, the text layer of an OCRed scan, annotations,
 links, form fields, outlines, structure tags, page boxes, ``/Rotate`` and metadata are not
-touched. Pages without a scanned image (born-digital pages) pass through unchanged. A
-mixed-raster page (a background image under text stencils, as MRC compressors write) is cleaned
-layer by layer in place (see :func:`_mixed_raster`). A page that cannot be edited in place (a
-scan cut into tiles, other stacks of full-page images, an inline image, a scan with a colour-key
-mask) takes the render fallback: it is rendered at its finest image's own
-resolution, cleaned, and the cleaned rendering becomes its only picture, with the page's text
-kept over it as an invisible text layer (``fallback="report"`` leaves such pages unchanged
-instead). Each page gets a :class:`PageOutcome` for a report.
+touched, but for the modification date, which becomes the edit's. Pages without a scanned image
+(born-digital pages) pass through unchanged. A mixed-raster page (a background image under text
+stencils, as MRC compressors write) is cleaned layer by layer in place (see
+:func:`_mixed_raster`). A page that cannot be edited in place (a scan cut into tiles, other
+stacks of full-page images, an inline image, a scan with a colour-key mask) takes the render
+fallback: it is rendered at its finest image's own resolution, cleaned, and the cleaned
+rendering becomes its only picture, with the page's text kept over it as an invisible text layer
+(``fallback="report"`` leaves such pages unchanged instead). Each page gets a
+:class:`PageOutcome` for a report.
 
 Types are kept: a bilevel image (1 bit, an image mask, or a gray image of only black and white)
 comes back bilevel and is stored as CCITT G4 (through Pillow's libtiff encoder) or as Flate of
@@ -32,8 +33,10 @@ only while the encoder runs, then put back (a process-wide setting: not thread-s
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import math
+import os
 import shutil
 import warnings
 import zlib
@@ -1108,9 +1111,46 @@ def _layers(parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _edit_time() -> datetime.datetime:
+    """Now, or ``SOURCE_DATE_EPOCH`` where set (reproducible outputs, as build tools do)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch.isdigit():
+        return datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
+    return datetime.datetime.now().astimezone()
+
+
+def _stamp_modified(pdf: pikepdf.Pdf) -> None:
+    """Record the edit's time as the document's modification date.
+
+    Archives sort and audit by it; an edited file that still claims its scanner's date hides
+    the change. XMP metadata, where the PDF has it, is kept in step with the Info dictionary
+    (PDF/A requires both to agree); a PDF without XMP gets none added.
+    """
+    from pikepdf.models.metadata import encode_pdf_date
+
+    when = _edit_time()
+    pdf.docinfo["/ModDate"] = encode_pdf_date(when)
+    if "/Metadata" not in pdf.Root:
+        return
+    # Not pikepdf's update_docinfo: it rewrites the Info dictionary from the XMP, dropping
+    # every entry (a title, an author) the XMP lacks.
+    try:
+        with pdf.open_metadata(set_pikepdf_as_editor=False, update_docinfo=False) as meta:
+            meta["xmp:ModifyDate"] = when.isoformat()
+            meta["xmp:MetadataDate"] = when.isoformat()
+    except Exception:  # malformed XMP: left as it is (the Info dictionary is dated)
+        return
+
+
 def save_pdf(pdf: pikepdf.Pdf, fh: Any) -> None:
-    """Write ``pdf`` into ``fh`` as the in-place edit does (also the OCR text layer's saver)."""
+    """Write ``pdf`` into ``fh`` as the in-place edit does (also the OCR text layer's saver).
+
+    The modification date becomes the edit's (:func:`_stamp_modified`); a linearized source
+    ("fast web view") is written linearized again.
+    """
     import pikepdf
+
+    _stamp_modified(pdf)
 
     # Untouched streams are written as they are (no recompression, no decoding), object
     # streams as the source had them: a page not edited keeps its content bytes. A PDF opened
@@ -1126,5 +1166,6 @@ def save_pdf(pdf: pikepdf.Pdf, fh: Any) -> None:
         compress_streams=False,
         object_stream_mode=pikepdf.ObjectStreamMode.preserve,
         recompress_flate=False,
+        linearize=pdf.is_linearized,
         **kept,
     )

@@ -693,3 +693,41 @@ def test_a_permissions_only_encrypted_pdf_keeps_its_encryption(tmp_path):
         assert out.is_encrypted and not out.allow.extract and not out.allow.modify_assembly
     with pikepdf.open(tmp_path / "out.pdf", password="o") as out:  # the owner's password too
         assert out.owner_password_matched
+
+
+def test_an_edited_pdf_carries_the_edit_as_its_modification_date_and_stays_linearized(
+    tmp_path, monkeypatch
+):
+    src = scan_pdf(tmp_path / "in.pdf", 400, 300)
+    with pikepdf.open(src, allow_overwriting_input=True) as pdf:
+        pdf.docinfo["/ModDate"] = "D:20010101000000Z"
+        # XMP without the Info dictionary's title: the title must survive the edit.
+        with pdf.open_metadata(set_pikepdf_as_editor=False, update_docinfo=False) as meta:
+            meta["xmp:ModifyDate"] = "2001-01-01T00:00:00+00:00"
+        pdf.save(src, linearize=True)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")  # 2026-01-01 00:00 UTC
+    out = tmp_path / "out.pdf"
+    assert edit_pdf(src, out, invert)[0].status == "edited"
+    with pikepdf.open(out) as pdf:
+        assert pdf.is_linearized
+        assert str(pdf.docinfo["/ModDate"]).startswith("D:20260101000000")
+        assert pdf.open_metadata()["xmp:ModifyDate"].startswith("2026-01-01T00:00:00")
+        assert str(pdf.docinfo["/Title"]) == "Scanned invoice"
+    # Without XMP only the Info dictionary is dated (no metadata stream is added).
+    plain = scan_pdf(tmp_path / "plain.pdf", 400, 300)
+    edit_pdf(plain, out, invert)
+    with pikepdf.open(out) as pdf:
+        assert "/Metadata" not in pdf.Root and not pdf.is_linearized
+        assert str(pdf.docinfo["/ModDate"]).startswith("D:20260101000000")
+
+
+def test_an_edited_pdf_with_unreadable_xmp_is_still_written_and_dated(tmp_path):
+    src = scan_pdf(tmp_path / "in.pdf", 400, 300)
+    with pikepdf.open(src, allow_overwriting_input=True) as pdf:
+        pdf.Root.Metadata = pdf.make_stream(b"<x:xmpmeta not xml at all")
+        pdf.save(src)
+    out = tmp_path / "out.pdf"
+    assert edit_pdf(src, out, invert)[0].status == "edited"
+    with pikepdf.open(out) as pdf:
+        assert str(pdf.docinfo["/ModDate"]).startswith("D:20")
+        assert str(pdf.docinfo["/Title"]) == "Scanned invoice"

@@ -207,3 +207,28 @@ def test_resume_with_another_one_cycle_length_is_a_config_error(tmp_path: Path) 
     run(12, max_steps=4, checkpoint=checkpoint)
     with pytest.raises(ConfigError, match="schedule of 12 steps, this command's has 20"):
         run(20, resume=True, checkpoint=checkpoint)
+
+
+def test_resume_with_another_rate_schedule_is_refused_and_a_constant_rate_may_go_longer(
+    tmp_path: Path,
+) -> None:
+    """A cosine over another number of steps (--max-steps / --schedule-steps changed) would
+    jump the rate mid-run; a constant rate has nothing to jump, so a run may be extended."""
+    from recipe_tiny.train import TinySpec, TrainConfig
+
+    from aepipe.train.loop import LoopSettings, cosine, fit
+
+    def run(out: Path, total: int, factor, **kw) -> None:
+        spec = TinySpec(TrainConfig(), out)
+        settings = LoopSettings(
+            0.05, total, 1, lr_factor=factor, val_every=2, checkpoint=checkpoint_path(out), **kw
+        )
+        fit(spec, settings, lambda _m: None)
+
+    run(tmp_path / "cos", 12, cosine(12, 0.1), max_steps=4)
+    with pytest.raises(ConfigError, match=r"learning rate of 0\.0\d+ at step 4.*--schedule-steps"):
+        run(tmp_path / "cos", 20, cosine(20, 0.1), resume=True)
+    run(tmp_path / "cos", 12, cosine(12, 0.1), resume=True)  # the same schedule goes on
+    run(tmp_path / "flat", 8, lambda _step: 1.0, max_steps=4)
+    run(tmp_path / "flat", 12, lambda _step: 1.0, resume=True)
+    assert [row["step"] for row in training(tmp_path / "flat")["history"]][-1] == 12

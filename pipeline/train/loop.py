@@ -425,12 +425,14 @@ def _load_checkpoint(
             "command would; resume with the options it was started with, or start afresh "
             "without --resume"
         ) from None
+    run = Run(**ckpt["run"])
     if sched is not None:
         sched.load_state_dict(ckpt["scheduler"])
         _check_same_schedule(s, sched)
+    else:
+        _check_same_rate(s, opt, run.step)
     spec.set_rng_state(ckpt["rng"])
     torch.set_rng_state(ckpt["torch_rng"])
-    run = Run(**ckpt["run"])
     run.stopped_by = "max_epochs"  # whatever stopped the last session, this one goes on
     return run, ckpt["best"]
 
@@ -490,6 +492,24 @@ def _check_same_schedule(s: LoopSettings, sched: Any) -> None:
             f"--resume: the checkpoint {s.checkpoint} was made with a schedule of {stored} "
             f"steps, this command's has {total}; resume with the options it was started with "
             "(--schedule-steps, or --max-steps where that sets the schedule)"
+        )
+
+
+def _check_same_rate(s: LoopSettings, opt: Any, step: int) -> None:
+    """Refuse a resume whose learning-rate schedule would have set another rate by now.
+
+    The checkpoint's optimiser holds the rate of its last step; this command's schedule must
+    give the same there, or the run changes course mid-way (a cosine over another number of
+    steps, another ``--lr``). A constant rate may be resumed for longer.
+    """
+    if step == 0 or not opt.param_groups:
+        return
+    stored, now = opt.param_groups[0]["lr"], s.lr * s.lr_factor(step - 1)
+    if not math.isclose(stored, now, rel_tol=1e-6, abs_tol=1e-12):
+        raise ConfigError(
+            f"--resume: the checkpoint {s.checkpoint} trained at a learning rate of {stored:.3g} "
+            f"at step {step}, this command's schedule gives {now:.3g} there (another --lr, "
+            "--max-steps or --schedule-steps); resume with the options it was started with"
         )
 
 
