@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import pikepdf
     from PIL import Image
 
+    from aepipe.batch import ImageBatch
     from aepipe.cli.common import FileJob
     from aepipe.core import Process
     from aepipe.runner import FileRecord, RunOptions, Summary
@@ -321,6 +322,7 @@ def ocr_files(
     jobs: int | None = None,
     on_record: Callable[[FileRecord, int, int], None] | None = None,
     read: Process | None = None,
+    rotate_pages: bool = False,
 ) -> Summary:
     """``clean-scans --ocr``: each input cleaned as ``clean-scans --format pdf`` does, then OCR'd.
 
@@ -340,7 +342,10 @@ def ocr_files(
         jobs: OCRmyPDF workers per file (default: its own, one per CPU).
         on_record: called after each file with (record, files done, files planned).
         read: when given, Tesseract reads the file as cleaned by this stage instead (same
-            pages, other pixels: :func:`reading_stage`); ``process``'s file is stored.
+            pages, other pixels: :func:`ocr_stages`); it runs before ``process``, whose file is
+            stored.
+        rotate_pages: turn pages that Tesseract finds sideways or upside down upright (their
+            ``/Rotate``; see :func:`add_text_layer`).
 
     Raises:
         ConfigError: bad inputs or output folder.
@@ -356,7 +361,8 @@ def ocr_files(
     finished = 0
     try:
         for job in planned:
-            record = _ocr_job(job, (process, read), options, out_dir, (language, jobs))
+            ocr = (language, jobs, rotate_pages)
+            record = _ocr_job(job, (process, read), options, out_dir, ocr)
             summary.records.append(record)
             finished += 1
             if on_record is not None:
@@ -381,7 +387,7 @@ def _ocr_job(
     stages: tuple[Process, Process | None],
     options: RunOptions,
     out_dir: Path,
-    ocr: tuple[Sequence[str], int | None],
+    ocr: tuple[Sequence[str], int | None, bool],
 ) -> FileRecord:
     """One input of :func:`ocr_files`: cleaned, OCR'd and written atomically, or skipped.
 
@@ -390,7 +396,7 @@ def _ocr_job(
         stages: the stage whose output is stored, and the one Tesseract reads (None: same).
         options: the runner's options (``fmt`` pdf).
         out_dir: the output folder.
-        ocr: Tesseract's languages and OCRmyPDF's workers.
+        ocr: Tesseract's languages, OCRmyPDF's workers and whether pages are turned upright.
     """
     from aepipe.runner import FileRecord, is_complete_output, output_paths, run_files
 
@@ -402,20 +408,36 @@ def _ocr_job(
     with tempfile.TemporaryDirectory(prefix="aepipe-ocr-") as tmp:
         # The cleaning is clean-scans' own job on this one file; only its output folder differs.
         staged = dataclasses.replace(options, out_dir=Path(tmp), overwrite=True, report=None)
-        [record] = run_files([job.src], stages[0], staged).records
-        source = record.outputs[0] if record.status == "ok" else None
-        if source is not None and stages[1] is not None:
-            staged = dataclasses.replace(staged, out_dir=Path(tmp) / "read")
-            [read] = run_files([job.src], stages[1], staged).records
-            source = read.outputs[0] if read.status == "ok" else None
-            if source is None:
-                record.status, record.reason, record.outputs = read.status, read.reason, []
+        read = None
+        if stages[1] is not None:
+            # Tesseract's pages first: the stored stage may reuse their pass (ocr_stages).
+            reading = dataclasses.replace(staged, out_dir=Path(tmp) / "read")
+            [read] = run_files([job.src], stages[1], reading).records
+        if read is not None and read.status != "ok":
+            record, source = read, None
+            record.outputs = []
+        else:
+            [record] = run_files([job.src], stages[0], staged).records
+            source = record.outputs[0] if record.status == "ok" else None
+            if source is not None and read is not None:
+                source = read.outputs[0]
         if source is not None:
-            language, jobs = ocr
+            language, jobs, rotate = ocr
             try:
                 added = add_text_layer(
-                    record.outputs[0], dst, language=language, jobs=jobs, name=job.src, read=source
+                    record.outputs[0],
+                    dst,
+                    language=language,
+                    jobs=jobs,
+                    name=job.src,
+                    read=source,
+                    rotate_pages=rotate,
                 )
+                if rotate and (turned := _turned_pages(Path(record.outputs[0]), dst)):
+                    pages = ", ".join(map(str, turned))
+                    record.reason = f"turned upright: page{'s' * (len(turned) > 1)} {pages}" + (
+                        _also(record.reason)
+                    )
                 record.outputs, record.bytes_out = [str(dst)], dst.stat().st_size
                 record.text_pages = added
                 if not added:
@@ -441,6 +463,7 @@ def add_text_layer(
     jobs: int | None = None,
     name: str | Path | None = None,
     read: str | Path | None = None,
+    rotate_pages: bool = False,
 ) -> int:
     """Write PDF ``src`` to ``dst`` (atomically) with a text layer on its pages that lack one.
 
@@ -457,6 +480,9 @@ def add_text_layer(
         name: the file named in OCRmyPDF's warnings and in errors (default ``src``).
         read: the PDF Tesseract reads instead of ``src``: the same pages (boxes, rotation)
             with other pixels, e.g. gray where ``src`` stores bilevel ones.
+        rotate_pages: OCRmyPDF's ``rotate_pages``: a page whose text Tesseract's orientation
+            detection finds sideways or upside down is read turned, and its ``/Rotate`` is set
+            as OCRmyPDF sets it (the page shows upright; its content is not touched).
 
     Returns:
         How many pages got a text layer.
@@ -475,7 +501,7 @@ def add_text_layer(
     name = Path(name or src)
     with tempfile.TemporaryDirectory(prefix="aepipe-ocr-") as tmp:
         ocred = Path(tmp) / "ocr.pdf"
-        _run_ocrmypdf(Path(read or src), ocred, language, jobs, name)
+        _run_ocrmypdf(Path(read or src), ocred, (language, jobs, rotate_pages), name)
         with pikepdf.open(src) as pdf, pikepdf.open(ocred) as text:
             pairs = zip(pdf.pages, text.pages, strict=True)
             added = sum(_copy_text_layer(pdf, page, done) for page, done in pairs)
@@ -487,11 +513,15 @@ def add_text_layer(
 
 
 def _run_ocrmypdf(
-    src: Path, dst: Path, language: Sequence[str], jobs: int | None, name: Path
+    src: Path, dst: Path, ocr: tuple[Sequence[str], int | None, bool], name: Path
 ) -> None:
-    """OCRmyPDF in skip-text mode, nothing cleaned or re-encoded; raise InputImageError."""
+    """OCRmyPDF in skip-text mode, nothing cleaned or re-encoded; raise InputImageError.
+
+    ``ocr``: Tesseract's languages, OCRmyPDF's workers, whether pages are turned upright.
+    """
     import ocrmypdf
 
+    language, jobs, rotate_pages = ocr
     # pikepdf's check_linearization (called by OCRmyPDF after writing) leaves sys.stderr
     # pointing at a StringIO (pikepdf 10.18); restore the streams so our messages still show.
     streams = sys.stdout, sys.stderr
@@ -505,6 +535,7 @@ def _run_ocrmypdf(
                 invalidate_digital_signatures=True,
                 language=list(language),
                 jobs=jobs,
+                rotate_pages=rotate_pages,
                 # Only the text layer is kept (see add_text_layer), so nothing else is worth
                 # OCRmyPDF's work: no optimisation, no PDF/A conversion.
                 output_type="pdf",
@@ -573,7 +604,9 @@ def _copy_text_layer(pdf: pikepdf.Pdf, page: pikepdf.Page, done: pikepdf.Page) -
 
     OCRmyPDF's grafter draws each text layer as a new form XObject named ``/OCR-...``, in a
     ``q [cm] /OCR-... Do Q`` group put before the page's own content. That group and the form
-    (with its fonts) are copied; the page's own content stream and images are not touched.
+    (with its fonts) are copied; the page's own content stream and images are not touched. A
+    page OCRmyPDF turned upright (``rotate_pages``) gets its ``/Rotate``, which the group's
+    ``cm`` assumes.
 
     Returns:
         Whether ``page`` got a text layer (a layer without any text is left out).
@@ -596,25 +629,100 @@ def _copy_text_layer(pdf: pikepdf.Pdf, page: pikepdf.Page, done: pikepdf.Page) -
     page.add_resource(pdf.copy_foreign(theirs[names[0]]), pikepdf.Name.XObject, names[0])
     group = pikepdf.unparse_content_stream(ops[begin : end + 1])
     page.contents_add(pdf.make_stream(group), prepend=True)
+    if "/Rotate" in done.obj and _rotation(done) != _rotation(page):
+        page.obj.Rotate = _rotation(done)
     return True
 
 
-def reading_stage(process: Process) -> Process | None:
-    """The stage whose pages Tesseract should read when ``process``'s are stored, or None.
+def _rotation(page: pikepdf.Page) -> int:
+    return int(page.obj.get("/Rotate", 0) or 0) % 360
+
+
+def _turned_pages(before: Path, after: Path) -> list[int]:
+    """The 1-based pages whose ``/Rotate`` differs between two versions of a PDF."""
+    import pikepdf
+
+    with pikepdf.open(before) as a, pikepdf.open(after) as b:
+        pairs = enumerate(zip(a.pages, b.pages, strict=True), 1)
+        return [n for n, (x, y) in pairs if _rotation(x) != _rotation(y)]
+
+
+def ocr_stages(process: Process) -> tuple[Process, Process | None]:
+    """The stage whose pages are stored and the one Tesseract reads (None: the same).
 
     A binarizing scan denoiser stores bilevel pages, which Tesseract reads worse than the gray
     cleaned page (``benchmarks/ocr_pipeline.py``: character error rate 0.035 against 0.013 on
-    the DDD pages); the same stage and weights without the threshold give that gray page.
+    the DDD pages). Tesseract then reads the same stage's gray page, and the stored bilevel page
+    is that gray page thresholded (:class:`_OnePass`): the network runs once per page.
     """
     config = getattr(process, "config", None)
     if not getattr(config, "binarize", False):
-        return None
-    gray = config.model_copy(update={"binarize": False})  # type: ignore[union-attr]
-    return type(process)(process.model, gray, process.extras)  # type: ignore[attr-defined, call-arg]
+        return process, None
+    shared = _OnePass(process)  # type: ignore[arg-type]
+    return shared.store, shared.read
+
+
+class _OnePass:
+    """A binarizing scan denoiser split into its gray pass and its threshold.
+
+    :meth:`read` runs the network without the threshold (the page Tesseract reads) and keeps
+    each page's thresholded bits (packed, 1/32 of the float page) keyed by the input's pixels;
+    :meth:`store` gives the stage's own bilevel result from them, so the pages must be read
+    first. A page it has not seen goes through the binarizing stage itself.
+    """
+
+    def __init__(self, stage: ScanDenoiser) -> None:
+        gray = stage.config.model_copy(update={"binarize": False})
+        self.stage, self.gray = stage, type(stage)(stage.model, gray, stage.extras)
+        self.threshold: float = stage.config.threshold  # type: ignore[attr-defined]
+        self.kept: dict[bytes, tuple[Any, dict[str, Any]]] = {}
+
+    @staticmethod
+    def _key(image: Any) -> bytes:
+        import hashlib
+
+        pixels = image.detach().cpu().contiguous().numpy()
+        return (
+            hashlib.blake2b(pixels.tobytes(), digest_size=16).digest() + str(pixels.shape).encode()
+        )
+
+    def read(self, batch: ImageBatch) -> ImageBatch:
+        import numpy as np
+
+        out = self.gray(batch)
+        for image, page, meta in zip(batch.images, out.images, out.meta, strict=True):
+            # A photograph is stored as it came (its gray), not thresholded, as the stage does.
+            ink = (page >= self.threshold).cpu().numpy()
+            bits = None if meta.get("photograph") else np.packbits(ink)
+            self.kept[self._key(image)] = (bits, dict(meta))
+        return out
+
+    def store(self, batch: ImageBatch) -> ImageBatch:
+        import numpy as np
+        import torch
+
+        from aepipe.batch import ImageBatch
+
+        keys = [self._key(image) for image in batch.images]
+        if not all(k in self.kept for k in keys):
+            return self.stage(batch)
+        gray, pages, metas = batch.gray().images, [], []
+        for key, image in zip(keys, gray, strict=True):
+            bits, meta = self.kept.pop(key)
+            if bits is None:
+                pages.append(image.detach().cpu().clone())
+            else:
+                flat = np.unpackbits(bits, count=image.numel()).reshape(tuple(image.shape))
+                pages.append(torch.from_numpy(flat).to(torch.float32))
+            metas.append(meta)
+        return ImageBatch(torch.stack(pages).to(batch.images.device), list(batch.names), metas)
 
 
 def run_ocr_command(
-    job: FileJob, load: Callable[[], Process], language: Sequence[str] = ("eng",)
+    job: FileJob,
+    load: Callable[[], Process],
+    language: Sequence[str] = ("eng",),
+    rotate_pages: bool = False,
 ) -> NoReturn:
     """The ``clean-scans --ocr`` command body: check the set-up, clean and OCR every file, exit.
 
@@ -625,6 +733,8 @@ def run_ocr_command(
         job: the command's inputs and runner options (``--format`` same or pdf).
         load: builds the cleaning stage, as without ``--ocr``.
         language: Tesseract languages (``--language``).
+        rotate_pages: turn sideways and upside-down pages upright (``--rotate-pages``; needs
+            Tesseract's orientation data, ``osd``).
     """
     from aepipe.cli.common import cli_errors, fail, finish_summary, progress_bar, require_jobs
     from aepipe.errors import ConfigError, ExitCode
@@ -633,7 +743,7 @@ def run_ocr_command(
     with cli_errors():
         try:
             check_setup()
-            check_languages(language)
+            check_languages([*language, *(["osd"] if rotate_pages else [])])
         except OcrSetupError as exc:
             fail(str(exc), ExitCode.SETUP_ERROR)
         if job.options.fmt not in ("same", "pdf"):
@@ -643,7 +753,7 @@ def run_ocr_command(
         options = dataclasses.replace(job.options, fmt="pdf", out_suffix="ocr")
         planned = plan(job.inputs, options)[0]
         require_jobs(planned, job.inputs)
-        process = load()
+        process, read = ocr_stages(load())
         with progress_bar(len(planned), job.quiet, "file") as on_record:
             summary = ocr_files(
                 job.inputs,
@@ -651,6 +761,7 @@ def run_ocr_command(
                 options,
                 language=language,
                 on_record=on_record,
-                read=reading_stage(process),
+                read=read,
+                rotate_pages=rotate_pages,
             )
     finish_summary(summary, job.quiet)

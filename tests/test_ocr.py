@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pdf_factory import LOSSLESS_1_BIT, add_page
 from typer.testing import CliRunner
 
@@ -390,16 +391,45 @@ def test_plugin_refuses_storage_options_that_would_do_nothing(
         ocrmypdf.ocr(src, tmp_path / "out.pdf", plugins=[PLUGIN], progress_bar=False, **options)
 
 
-def test_tesseract_reads_the_gray_page_of_a_binarizing_stage() -> None:
-    """--binarize stores bilevel pages, but Tesseract reads the same network's gray page."""
+def test_tesseract_reads_the_gray_page_of_a_binarizing_stage_in_the_same_network_pass() -> None:
+    """--binarize stores bilevel pages, Tesseract reads the same network's gray page, and the
+    network runs once per page: the stored page is the read one thresholded, exactly as the
+    binarizing stage itself gives it (photographs kept as they came)."""
     from aepipe import load_stage
-    from aepipe.ocrmypdf import reading_stage
+    from aepipe.batch import ImageBatch
+    from aepipe.ocrmypdf import ocr_stages
+    from aepipe.stages.scan_denoiser import ScanDenoiser
 
-    stage = load_stage("scan-denoiser", binarize=True, views=2)
-    read = reading_stage(stage)
-    assert read is not None and read.model is stage.model
-    assert not read.config.binarize and read.config.views == 2
-    assert reading_stage(load_stage("scan-denoiser")) is None
+    stage = ScanDenoiser.tiny(seed=1, binarize=True, views=2)
+    calls = []
+    forward = stage.model.forward
+    stage.model.forward = lambda x: calls.append(x.shape) or forward(x)
+    store, read = ocr_stages(stage)
+    assert read is not None and read.__self__.gray.model is stage.model
+    assert not read.__self__.gray.config.binarize and read.__self__.gray.config.views == 2
+    g = torch.Generator().manual_seed(0)
+    page = 0.8 + 0.2 * torch.rand(1, 1, 96, 80, generator=g)
+    page[..., 20:30, 10:60] = 0.1  # a line of "ink"
+    # Smooth mid-tones with no paper around them: taken for a photograph.
+    coarse = 0.15 + 0.6 * torch.rand(1, 3, 6, 5, generator=g)
+    photo = torch.nn.functional.interpolate(coarse, size=(96, 80), mode="bicubic").clamp(0, 1)
+    for images in (page, photo):
+        batch = ImageBatch(images, ["p"], [{"source": "a.pdf", "page": 0}])
+        gray = read(batch)
+        passes = len(calls)
+        stored = store(batch)
+        assert len(calls) == passes  # the stored page took no network pass of its own
+        expected = stage(batch)
+        assert torch.equal(stored.images, expected.images)
+        assert stored.meta == expected.meta
+        photograph = images is photo
+        assert stored.meta[0]["photograph"] == photograph
+        assert (set(torch.unique(stored.images).tolist()) <= {0.0, 1.0}) != photograph
+        assert torch.equal(gray.images, stored.images) == photograph
+    # A page the reading pass did not see is cleaned by the binarizing stage itself.
+    unseen = ImageBatch(page.flip(-1), ["q"], [{}])
+    assert torch.equal(store(unseen).images, stage(unseen).images)
+    assert ocr_stages(load_stage("scan-denoiser"))[1] is None
 
 
 def test_ocrmypdf_warnings_name_their_file_and_moot_ones_are_dropped(capsys) -> None:
@@ -449,3 +479,43 @@ def test_ocr_languages_missing_from_tesseract_are_refused_up_front(tmp_path: Pat
     assert res.exit_code == ExitCode.SETUP_ERROR and "tesseract-ocr-xx_nope" in res.output
     res = CliRunner().invoke(app, [str(tmp_path), "--language", "deu"])
     assert res.exit_code == ExitCode.BAD_ARGS and "--language is for --ocr" in res.output
+
+
+def dense_text_page(seed: int) -> np.ndarray:
+    """A (1700, 1300) uint8 page of 24 lines of words: enough text for Tesseract's OSD to be
+    sure of the page's orientation (a few lines are below OCRmyPDF's confidence)."""
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    font_file = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    font = ImageFont.truetype(str(font_file), round(11 * DPI / 72))
+    words = " ".join([*LINES, *WORDS]).lower().split()
+    rng = np.random.default_rng(seed)
+    page = Image.new("L", (1300, 1700), 235)
+    draw = ImageDraw.Draw(page)
+    for i in range(24):
+        draw.text((60, 60 + 65 * i), " ".join(rng.choice(words, 8)), font=font, fill=30)
+    return np.asarray(page)
+
+
+@needs_ocr
+def test_ocr_rotate_pages_turns_an_upside_down_page_upright(tmp_path: Path) -> None:
+    import json
+
+    import pikepdf
+
+    from aepipe.cli.main import _single
+
+    upright = dense_text_page(0)
+    src = save_pdf(tmp_path / "in.pdf", [upright, upright[::-1, ::-1].copy()])
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    args = [str(src), "--ocr", "--rotate-pages", "--out", str(out), "--report", str(report)]
+    res = CliRunner().invoke(_single("clean-scans"), [*args, "-q"])
+    assert res.exit_code == 0, res.output
+    with pikepdf.open(out / "in.pdf") as pdf:
+        assert [p.obj.get("/Rotate") for p in pdf.pages] == [None, 180]
+    texts = [text for _, text in pdf_pages(out / "in.pdf")]
+    assert texts[1].split()[:6] == texts[0].split()[:6]  # read the right way up
+    assert "turned upright: page 2" in json.loads(report.read_text())["files"][0]["reason"]
+    res = CliRunner().invoke(_single("clean-scans"), [str(src), "--rotate-pages"])
+    assert res.exit_code == ExitCode.BAD_ARGS and "--rotate-pages is for --ocr" in res.output

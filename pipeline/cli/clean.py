@@ -75,6 +75,14 @@ def clean_scans(
             "its tesseract-ocr-<lang> package.",
         ),
     ] = "eng",
+    rotate_pages: Annotated[
+        bool,
+        typer.Option(
+            "--rotate-pages",
+            help="With --ocr: turn pages whose text Tesseract finds sideways or upside down "
+            "upright (their display rotation; the scan itself is not re-encoded).",
+        ),
+    ] = False,
     clean_born_digital: CleanBornDigitalOpt = False,
     jpeg_quality: JpegQualityOpt = None,
     clean_all: CleanAllOpt = False,
@@ -87,7 +95,8 @@ def clean_scans(
     same PDF with its scans cleaned in place, at their own resolution and
     type (1-bit stays 1-bit, stored CCITT G4 or Flate, the smaller; a scan
     that comes back the same keeps its own bytes): text layer, forms, links,
-    bookmarks and metadata are kept; pages without a scan (born-digital)
+    bookmarks and metadata are kept (the modification date becomes the
+    edit's); pages without a scan (born-digital)
     pass through unchanged unless --clean-born-digital. --report lists what
     happened to every page. Existing outputs are skipped, so an interrupted
     run resumes where it stopped.
@@ -113,10 +122,11 @@ def clean_scans(
     if ocr:
         from aepipe.ocrmypdf import run_ocr_command
 
-        run_ocr_command(job, load, languages)
-    if languages != ["eng"]:
+        run_ocr_command(job, load, languages, rotate_pages)
+    if languages != ["eng"] or rotate_pages:
         from aepipe.cli.common import fail
         from aepipe.errors import ExitCode
 
-        fail("--language is for --ocr (Tesseract's languages)", ExitCode.BAD_ARGS)
+        option = "--rotate-pages" if rotate_pages else "--language"
+        fail(f"{option} is for --ocr (it needs Tesseract)", ExitCode.BAD_ARGS)
     job.run(load)
