@@ -318,13 +318,18 @@ def plan(
             )
     jobs: list[_Job] = []
     extra: list[FileRecord] = []
+    nest = _root_folders(paths)
     for p in paths:
         if p.is_dir():
             jobs_here, extra_here = _walk(p, options, real_out)
+            if nest:
+                for job in jobs_here:
+                    job.rel = Path(nest[_real(p)]) / job.rel
             jobs += jobs_here
             extra += extra_here
         else:
             jobs.append(_Job(p, Path(p.name)))
+    jobs = _once_each(jobs)
     _dedupe(jobs, options)
     if options.report is not None:
         report = Path(options.report).expanduser()
@@ -335,6 +340,46 @@ def plan(
         if report.exists() and _identity(report) in ids:
             raise ConfigError(f"--report {report} is one of the inputs; choose another file")
     return jobs, extra, out_dir
+
+
+def _root_folders(paths: Sequence[Path]) -> dict[Path, str]:
+    """Each input folder's output subfolder (its name) when several folders are given, else {}.
+
+    ``clean-scans box1 box2 --out o`` writes ``o/box1/...`` and ``o/box2/...``: flattened, the
+    boxes' ``0001.tif`` would meet in ``o`` under made-up names and a later run of one box
+    would take the other's output for its own.
+
+    Raises:
+        ConfigError: two input folders have the same name (``a/scans``, ``b/scans``).
+    """
+    folders: dict[Path, Path] = {}
+    for p in paths:
+        if p.is_dir():
+            folders.setdefault(_real(p), p)
+    if len(folders) < 2:
+        return {}
+    names: dict[str, Path] = {}
+    for real, given in folders.items():
+        name = real.name
+        if name in names:
+            raise ConfigError(
+                f"input folders {names[name]} and {given} have the same name, {name!r}: their "
+                "outputs would share one subfolder of --out; run them separately"
+            )
+        names[name] = given
+    return {real: real.name for real in folders}
+
+
+def _once_each(jobs: list[_Job]) -> list[_Job]:
+    """The jobs without repeats of one file (given twice, or in a folder and by name)."""
+    seen: set[tuple[int, int] | Path] = set()
+    kept = []
+    for job in jobs:
+        key = _identity(job.src) or _real(job.src)
+        if key not in seen:
+            seen.add(key)
+            kept.append(job)
+    return kept
 
 
 def _walk(root: Path, options: RunOptions, real_out: Path) -> tuple[list[_Job], list[FileRecord]]:

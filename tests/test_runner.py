@@ -346,3 +346,28 @@ def test_editing_a_signed_pdf_says_the_signature_no_longer_holds(tmp_path):
     record = summary.records[0]
     assert record.status == "ok" and record.edited == 1
     assert "digitally signed" in record.reason
+
+
+def test_several_input_folders_keep_their_own_subfolders_and_a_file_is_done_once(tmp_path):
+    """Two boxes of 0001.png go to out/box1/ and out/box2/ (flattened, one got a made-up name
+    and a later run of one box took the other's output for its own); a file given twice is
+    cleaned once; two folders of one name are refused up front."""
+    boxes = [tmp_path / "box1", tmp_path / "box2"]
+    for seed, box in enumerate(boxes):
+        box.mkdir()
+        write_image(gradient(20, 30, seed=seed), box / "0001.png")
+    out = tmp_path / "out"
+    summary = run_files([*boxes, boxes[0] / "0001.png"], invert, RunOptions(out_dir=out))
+    assert [r.outputs for r in summary.records] == [
+        [str(out / "box1" / "0001.png")],
+        [str(out / "box2" / "0001.png")],
+    ]
+    for box in boxes:
+        cleaned = np.asarray(Image.open(out / box.name / "0001.png"))
+        assert np.array_equal(cleaned, 255 - np.asarray(Image.open(box / "0001.png")))
+    # One folder alone keeps the flat layout.
+    alone = run_files([boxes[1]], invert, RunOptions(out_dir=tmp_path / "one"))
+    assert alone.records[0].outputs == [str(tmp_path / "one" / "0001.png")]
+    (tmp_path / "a" / "box1").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="have the same name, 'box1'"):
+        run_files([boxes[0], tmp_path / "a" / "box1"], invert, RunOptions(out_dir=out))

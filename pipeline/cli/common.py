@@ -33,7 +33,12 @@ InputsArg = Annotated[
 ]
 OutOpt = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="Output folder (default: <input>_<suffix> beside the input)."),
+    typer.Option(
+        "--out",
+        "-o",
+        help="Output folder (default: <input>_<suffix> beside the input); with several input "
+        "folders, each gets its own subfolder there.",
+    ),
 ]
 FormatOpt = Annotated[
     str,
