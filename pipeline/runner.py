@@ -137,7 +137,9 @@ class FileRecord:
         bytes_in: the input's size; bytes_out: its outputs' (files written in this run).
         edited, unchanged, passed, rendered: for a PDF edited in place, its pages cleaned in
             place, cleaned but come back the same (their images kept as they were), passed
-            through unchanged (no scan) and rendered (the fallback); None otherwise.
+            through unchanged (no scan) and rendered (the fallback); None otherwise, but for
+            ``unchanged`` with a stage that keeps pages as they were (the scan stage's already
+            clean pages and photographs).
         text_pages: with ``--ocr``, how many pages got a text layer.
         page_outcomes: for a PDF edited in place, one entry per page
             (:meth:`aepipe.pdf_edit.PageOutcome.to_json`: status, reason, kind, size, dpi,
@@ -821,6 +823,7 @@ class _Run:
         write_document(pages, targets, source=state.job.src)
         _record_outputs(state.record, state.job.src, targets)
         state.record.pages = len(pages)
+        _record_kept(state.record, metas)
 
     def edit_in_place(self, state: _State) -> None:
         """Clean a PDF inside the PDF (PDF in, PDF out) and record its pages' outcomes."""
@@ -1012,6 +1015,23 @@ class _Run:
 
 def _page_to_batch(page: Page, job: _Job) -> ImageBatch:
     return page_batch(page, page_name(job.out_stem.as_posix(), page.meta))
+
+
+def _record_kept(record: FileRecord, metas: Sequence[dict[str, Any]]) -> None:
+    """Count the pages a stage passed through as they were, and name those it took for photos.
+
+    The scan stage keeps already clean pages (as documented: counted, no note) and pages that
+    look like photographs (a guess the user should see: a note naming them).
+    """
+    kept = [m.get("already_clean") or m.get("photograph") for m in metas]
+    if not any(k is not None for k in kept):
+        return  # a stage that does not say
+    record.unchanged = sum(bool(k) for k in kept)
+    photos = [str(n) for n, m in enumerate(metas, 1) if m.get("photograph")]
+    if photos:
+        which = "" if len(metas) == 1 else f"page{'s' * (len(photos) > 1)} {', '.join(photos)} "
+        note = f"{which}kept as it was: taken for a photograph (--clean-all cleans it)"
+        record.reason = note if record.reason is None else f"{record.reason}; {note}"
 
 
 def _record_outputs(record: FileRecord, src: Path, targets: Sequence[Path]) -> None:

@@ -371,3 +371,30 @@ def test_several_input_folders_keep_their_own_subfolders_and_a_file_is_done_once
     (tmp_path / "a" / "box1").mkdir(parents=True)
     with pytest.raises(ConfigError, match="have the same name, 'box1'"):
         run_files([boxes[0], tmp_path / "a" / "box1"], invert, RunOptions(out_dir=out))
+
+
+def test_pages_the_scan_stage_keeps_as_they_were_are_counted_and_photos_named(tmp_path):
+    """An already clean page and a photograph come back as they were: the record counts them
+    (unchanged), and a photograph, a guess the user should see, gets a note."""
+    import torch
+
+    from aepipe.stages.scan_denoiser import ScanDenoiser
+
+    src = tmp_path / "in"
+    src.mkdir()
+    clean = np.full((120, 100), 255, np.uint8)
+    clean[40:50, 10:90] = 0  # a rule of ink on white paper
+    write_image(clean, src / "clean.png")
+    coarse = 0.15 + 0.6 * torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(0))
+    photo = torch.nn.functional.interpolate(coarse, size=(120, 100), mode="bicubic").clamp(0, 1)
+    photo_u8 = (photo[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    write_image(photo_u8, src / "photo.png")
+    rng = np.random.default_rng(0)
+    scan = np.where(clean > 0, rng.integers(200, 235, clean.shape), 20).astype(np.uint8)  # dingy
+    write_image(scan, src / "scan.png")
+    summary = run_files([src], ScanDenoiser.tiny(), RunOptions(out_dir=tmp_path / "out"))
+    records = {Path(r.path).name: r for r in summary.records}
+    assert (records["clean.png"].unchanged, records["clean.png"].reason) == (1, None)
+    assert records["photo.png"].unchanged == 1
+    assert "taken for a photograph (--clean-all cleans it)" in records["photo.png"].reason
+    assert (records["scan.png"].unchanged, records["scan.png"].reason) == (0, None)
