@@ -659,7 +659,7 @@ def ocr_stages(process: Process) -> tuple[Process, Process | None]:
     if not getattr(config, "binarize", False):
         return process, None
     shared = _OnePass(process)  # type: ignore[arg-type]
-    return shared.store, shared.read
+    return shared, shared.read
 
 
 class _OnePass:
@@ -667,13 +667,15 @@ class _OnePass:
 
     :meth:`read` runs the network without the threshold (the page Tesseract reads) and keeps
     each page's thresholded bits (packed, 1/32 of the float page) keyed by the input's pixels;
-    :meth:`store` gives the stage's own bilevel result from them, so the pages must be read
-    first. A page it has not seen goes through the binarizing stage itself.
+    calling the object gives the stage's own bilevel result from them, so the pages must be
+    read first. A page it has not seen goes through the binarizing stage itself. ``config`` is
+    the binarizing stage's (the PDF editor stores its pages as that stage's would be).
     """
 
     def __init__(self, stage: ScanDenoiser) -> None:
         gray = stage.config.model_copy(update={"binarize": False})
         self.stage, self.gray = stage, type(stage)(stage.model, gray, stage.extras)
+        self.config = stage.config
         self.threshold: float = stage.config.threshold  # type: ignore[attr-defined]
         self.kept: dict[bytes, tuple[Any, dict[str, Any]]] = {}
 
@@ -697,7 +699,7 @@ class _OnePass:
             self.kept[self._key(image)] = (bits, dict(meta))
         return out
 
-    def store(self, batch: ImageBatch) -> ImageBatch:
+    def __call__(self, batch: ImageBatch) -> ImageBatch:
         import numpy as np
         import torch
 

@@ -33,6 +33,7 @@ only while the encoder runs, then put back (a process-wide setting: not thread-s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import io
 import math
@@ -87,7 +88,8 @@ class PdfEditOptions:
             so light coloured ink never becomes paper, while a brownish stain the cleaning
             removed goes. Without coloured ink the result is stored gray. ``"keep"`` always
             keeps colour (with the same rule), ``"gray"`` always stores gray. A stage that
-            returns colour itself (a colorizer) is stored as it returned.
+            returns colour itself (a colorizer, ``keep_color``) is stored as it returned; a
+            binarizing stage's pages are stored gray whatever this says.
         color_chroma: chroma in [0, 1] above which a pixel is coloured ink.
         color_fraction: fraction of coloured pixels above which an image has coloured ink.
         threshold: cut in [0, 1] that turns the result of a bilevel image back into 1 bit.
@@ -1025,7 +1027,7 @@ def edit_pdf(
             Nothing is written then.
         ShapeError: ``process`` changed an image's size.
     """
-    options = options or PdfEditOptions()
+    options = _for_stage(options or PdfEditOptions(), process)
     src, dst = Path(src), Path(dst)
     with _open(src) as pdf, _Renderer(src) as renderer:
         _check_pages(src, len(pdf.pages), options.max_pages)
@@ -1041,6 +1043,17 @@ def edit_pdf(
         with src.open("rb") as fh:
             atomic_write(dst, lambda out: shutil.copyfileobj(fh, out))
     return outcomes
+
+
+def _for_stage(options: PdfEditOptions, process: Callable[..., Any]) -> PdfEditOptions:
+    """``options`` with the colour the stage's own settings ask for.
+
+    One place for every front end: a binarizing stage's pages are stored gray (1-bit pages
+    keep no colour, not even coloured ink). A stage keeping colour returns it itself.
+    """
+    if getattr(getattr(process, "config", None), "binarize", False):
+        return dataclasses.replace(options, color="gray")
+    return options
 
 
 def _check_pages(src: Path, count: int, max_pages: int | None) -> None:

@@ -101,7 +101,9 @@ class RunOptions:
         jpeg_quality: PDF scans cleaned in place are stored as JPEG at this quality; None
             keeps lossless scans lossless and JPEG scans JPEG at their own quality.
         pdf_color: colour of PDF scans cleaned in place: ``auto`` keeps colour only where
-            there is coloured ink, ``keep`` keeps it, ``gray`` stores gray (or 1-bit).
+            there is coloured ink, ``keep`` keeps it, ``gray`` stores gray (or 1-bit). A
+            binarizing stage's pages are stored gray whatever this says
+            (:attr:`aepipe.pdf_edit.PdfEditOptions.color`).
         frames: ``first`` or ``all`` frames of animated GIF/WebP/PNG (TIFF/PDF pages are always
             all).
         batch_size: how many same-sized pages go through the stage at once.

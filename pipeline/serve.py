@@ -668,7 +668,7 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
             stem = _stem(filename)
             if edits_in_place("pdf" if bytes(data[:5]) == b"%PDF-" else "", format):
                 # PDF in, PDF out: cleaned inside the PDF, as clean-scans does.
-                return _clean_pdf(data, filename, stage, service.settings, binarize, keep_color)
+                return _clean_pdf(data, filename, stage, service.settings)
             pages = decode_upload(data, filename, service.settings)
             fmt = output_format(pages[0].meta.get("format", ""), format, keep_tiff=False)
             files = encode_document(run_pages(stage, pages, stem), fmt, stem, source=data)
@@ -688,17 +688,15 @@ def _clean_pdf(
     filename: str,
     stage: Stage,
     settings: ServeSettings,
-    binarize: bool | None,
-    keep_color: bool | None,
 ) -> Media:
-    """A PDF upload cleaned in place by the core's PDF step (the upload's limits apply)."""
+    """A PDF upload cleaned in place by the core's PDF step (the upload's limits apply).
+
+    Its colour follows the stage's settings, as for every front end.
+    """
     from aepipe.core import clean_pdf_bytes, pdf_options
 
     options = pdf_options(
-        max_pixels=settings.max_pixels,
-        dpi=settings.dpi,
-        color="gray" if binarize else "keep" if keep_color else "auto",
-        max_pages=settings.max_pages,
+        max_pixels=settings.max_pixels, dpi=settings.dpi, max_pages=settings.max_pages
     )
     name = f"{_stem(filename)}.pdf"
     body, _ = clean_pdf_bytes(data, name, stage, options)

@@ -731,3 +731,20 @@ def test_an_edited_pdf_with_unreadable_xmp_is_still_written_and_dated(tmp_path):
     with pikepdf.open(out) as pdf:
         assert str(pdf.docinfo["/ModDate"]).startswith("D:20")
         assert str(pdf.docinfo["/Title"]) == "Scanned invoice"
+
+
+def test_the_stages_own_settings_decide_a_pdfs_colour_whatever_the_front_end(tmp_path):
+    """A binarizing stage stores 1-bit pages even with coloured ink, without any front end
+    asking for gray (the TOML runner and the library wrote colour)."""
+    from aepipe.stages.scan_denoiser import ScanDenoiser
+
+    rgb = np.full((100, 160, 3), 235, np.uint8)
+    rgb[20:30, 10:150] = (20, 20, 20)  # black text
+    rgb[50:60, 10:150] = (200, 30, 30)  # red ink
+    pdf = pikepdf.new()
+    add_page(pdf, (160, 100), [(image_stream(pdf, rgb), "160 0 0 100 0 0")])
+    pdf.save(tmp_path / "c.pdf")
+    out = tmp_path / "out.pdf"
+    [bilevel] = edit_pdf(tmp_path / "c.pdf", out, ScanDenoiser.tiny(binarize=True))
+    assert (bilevel.kind, bilevel.stored_as) == ("color", "bilevel")
+    assert image_info(out)["bpc"] == 1

@@ -261,7 +261,8 @@ def file_options(out_suffix: str, args: Mapping[str, Any]) -> RunOptions:
         args: the command's parameters (its ``locals()``); the shared ones are read by name:
             ``out``, ``fmt``, ``recursive``, ``overwrite``, ``dpi``, ``max_pixels``,
             ``batch_size``, ``report``, ``frames``, ``list_ignored``, and where the command
-            has them ``jpeg_quality``, ``clean_born_digital``, ``keep_color``, ``binarize``.
+            has them ``jpeg_quality`` and ``clean_born_digital`` (a PDF's colour follows the
+            stage's ``binarize`` and ``keep_color``: :func:`aepipe.pdf_edit.edit_pdf`).
     """
     from aepipe.runner import RunOptions
 
@@ -279,8 +280,6 @@ def file_options(out_suffix: str, args: Mapping[str, Any]) -> RunOptions:
         list_ignored=args["list_ignored"],
         jpeg_quality=args.get("jpeg_quality"),
         clean_born_digital=bool(args.get("clean_born_digital", False)),
-        # --binarize asks for 1-bit pages: no colour is kept, even for coloured ink.
-        pdf_color="gray" if args.get("binarize") else "keep" if args.get("keep_color") else "auto",
     )
 
 
