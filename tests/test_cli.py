@@ -225,3 +225,44 @@ def test_training_file_errors_say_whether_data_or_output(tmp_path):
     missing = pytest.raises(ConfigError, match="cannot read the training data")
     with missing, training_data_errors(out):
         (tmp_path / "data" / "train.npz").open("rb")
+
+
+def test_file_commands_use_the_settings_stored_with_the_weights_unless_given(
+    tmp_path, tiny_weights
+):
+    """Retrained weights may store other stage defaults (denoise passes, a binarizing scan
+    model); denoise and clean-scans passed their own defaults over them, so the CLI and
+    `aepipe run` gave different files for the same weights."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from aepipe.cli.apps import app
+    from aepipe.cli.main import load_areas
+
+    load_areas()
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(gradient(40, 60, seed=1), src / "a.png")
+
+    def stored(name: str, **settings) -> str:
+        folder = tmp_path / name
+        shutil.copytree(tiny_weights[name], folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["stage_config"] = {**config.get("stage_config", {}), **settings}
+        (folder / "config.json").write_text(json.dumps(config))
+        return str(folder)
+
+    def out(*args) -> np.ndarray:
+        dst = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        res = CliRunner().invoke(app, [*args, str(src), "--out", str(dst), "-q"])
+        assert res.exit_code == 0, res.output
+        return np.asarray(Image.open(dst / "a.png"))
+
+    binarizing = stored("scan-denoiser", binarize=True, clean_pages="process")
+    assert set(np.unique(out("clean-scans", "--model", binarizing)).tolist()) <= {0, 1, 255}
+    assert len(np.unique(out("clean-scans", "--model", binarizing, "--no-binarize"))) > 2
+    twice = stored("impulse-denoiser", passes=2)
+    once = out("denoise", "--model", tiny_weights["impulse-denoiser"])
+    assert not np.array_equal(out("denoise", "--model", twice), once)
+    assert np.array_equal(out("denoise", "--model", twice, "--passes", "1"), once)

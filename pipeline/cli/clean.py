@@ -20,22 +20,24 @@ CleanAllOpt = Annotated[
 ]
 
 PrecisionOpt = Annotated[
-    StagePrecision,
+    StagePrecision | None,
     typer.Option(
         "--precision",
         help="Arithmetic of the network: auto is bfloat16 on CPUs that run it natively "
-        "(AMX or AVX512-BF16; about twice as fast, a few edge pixels differ), else float32.",
+        "(AMX or AVX512-BF16; about twice as fast, a few edge pixels differ), else float32 "
+        "(default: the model's; auto for the shipped weights).",
     ),
 ]
 
 ViewsOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--views",
         min=1,
         max=8,
         help="Clean each page N times, shifted by a pixel or mirrored, and average: N times "
-        "slower; 4 views lowered the error on the DDD test pages by 7%.",
+        "slower; 4 views lowered the error on the DDD test pages by 7% (default: the model's; "
+        "1 for the shipped weights).",
     ),
 ]
 
@@ -44,16 +46,21 @@ ViewsOpt = Annotated[
 def clean_scans(
     job: FileJob,
     binarize: Annotated[
-        bool, typer.Option("--binarize", help="Write bilevel (1-bit) pages, for OCR and archives.")
-    ] = False,
-    keep_color: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--keep-color",
-            help="Keep the colour of colour scans (default: gray; in a PDF, coloured ink "
-            "keeps its colour either way).",
+            "--binarize/--no-binarize",
+            help="Write bilevel (1-bit) pages, for OCR and archives (default: the model's; "
+            "off for the shipped weights).",
         ),
-    ] = False,
+    ] = None,
+    keep_color: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-color/--no-keep-color",
+            help="Keep the colour of colour scans (default: the model's; gray for the shipped "
+            "weights, and in a PDF coloured ink keeps its colour either way).",
+        ),
+    ] = None,
     model: Annotated[
         str, typer.Option("--model", help="Weights name or folder.")
     ] = "scan-denoiser",
@@ -86,8 +93,8 @@ def clean_scans(
     clean_born_digital: CleanBornDigitalOpt = False,
     jpeg_quality: JpegQualityOpt = None,
     clean_all: CleanAllOpt = False,
-    precision: PrecisionOpt = "auto",
-    views: ViewsOpt = 1,
+    precision: PrecisionOpt = None,
+    views: ViewsOpt = None,
 ) -> None:
     """Clean scanned pages (PNG, JPEG, TIFF, PDF): white paper, dark text, no stains or specks.
 
@@ -96,27 +103,28 @@ def clean_scans(
     type (1-bit stays 1-bit, stored CCITT G4 or Flate, the smaller; a scan
     that comes back the same keeps its own bytes): text layer, forms, links,
     bookmarks and metadata are kept (the modification date becomes the
-    edit's); pages without a scan (born-digital)
-    pass through unchanged unless --clean-born-digital. --report lists what
-    happened to every page. Existing outputs are skipped, so an interrupted
-    run resumes where it stopped.
+    edit's); pages without a scan (born-digital) pass through unchanged
+    unless --clean-born-digital. --report lists what happened to every
+    page. Existing outputs are skipped, so an interrupted run resumes where
+    it stopped. Options left out take the model's stored settings.
 
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
     4 weights could not be loaded, 5 an OCR tool is not installed (--ocr), 130 interrupted.
     """
+    # Only what was given overrides the settings stored with the weights.
+    overrides = {
+        "binarize": binarize,
+        "keep_color": keep_color,
+        "clean_pages": "process" if clean_all else None,
+        "precision": precision,
+        "views": views,
+    }
+    given = {k: v for k, v in overrides.items() if v is not None}
 
     def load():
         from aepipe.stages.scan_denoiser import ScanDenoiser
 
-        return ScanDenoiser.from_pretrained(
-            model,
-            device=job.device,
-            binarize=binarize,
-            keep_color=keep_color,
-            clean_pages="process" if clean_all else "keep",
-            precision=precision,
-            views=views,
-        )
+        return ScanDenoiser.from_pretrained(model, device=job.device, **given)
 
     languages = [lang for lang in language.split("+") if lang]
     if ocr:

@@ -23,11 +23,23 @@ def denoise(
     job: FileJob,
     model: Annotated[str, typer.Option("--model", help="Weights name or folder.")] = "salt-pepper",
     rgb: Annotated[
-        str, typer.Option("--rgb", help="Colour images: per-channel (keep colour) | gray.")
-    ] = "per-channel",
+        str | None,
+        typer.Option(
+            "--rgb",
+            help="Colour images: per-channel (keep colour) | gray (default: the model's; "
+            "per-channel for the shipped weights).",
+        ),
+    ] = None,
     passes: Annotated[
-        int, typer.Option("--passes", min=1, max=4, help="Apply the model N times (heavy noise).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--passes",
+            min=1,
+            max=4,
+            help="Apply the model N times, for heavy noise (default: the model's; 1 for the "
+            "shipped weights).",
+        ),
+    ] = None,
 ) -> None:
     """Remove salt-and-pepper (impulse) noise from images of any size (2-50% noise).
 
@@ -38,12 +50,17 @@ def denoise(
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
     4 weights could not be loaded, 130 interrupted.
     """
-    rgb = check_choice(rgb, RGB_MODES, "--rgb")
+    # Only what was given overrides the settings stored with the weights.
+    overrides = {
+        "rgb": None if rgb is None else check_choice(rgb, RGB_MODES, "--rgb"),
+        "passes": passes,
+    }
+    given = {k: v for k, v in overrides.items() if v is not None}
 
     def load():
         from aepipe.stages.impulse_denoiser import ImpulseDenoiser
 
-        return ImpulseDenoiser.from_pretrained(model, device=job.device, rgb=rgb, passes=passes)
+        return ImpulseDenoiser.from_pretrained(model, device=job.device, **given)
 
     job.run(load)
 
