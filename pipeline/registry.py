@@ -3,8 +3,9 @@
 Every front end asks this module instead of keeping its own list: :func:`aepipe.stage.load_stage`
 finds stage classes here, :func:`aepipe.weights.load_model` model classes, the CLI the modules
 that register commands, and the HTTP service its endpoints. Adding a stage is one stage file, its
-model file, its training module and one :class:`Entry` in :data:`ENTRIES` (see CONTRIBUTING.md);
-plug-ins and tests add theirs with :func:`register`.
+model file, its training module, a CLI module for its commands (``aepipe train <name>``) and one
+:class:`Entry` in :data:`ENTRIES` (see CONTRIBUTING.md); plug-ins and tests add theirs with
+:func:`register`.
 
 Classes are named as ``"module:Class"`` strings and imported on first use, so that ``--help``
 and ``import aepipe`` never import torch.
@@ -70,19 +71,55 @@ def register(entry: Entry) -> Entry:
     """Add (or replace) a stage's entry.
 
     Raises:
-        ConfigError: the entry has a route without a kind, or another stage owns its route.
+        ConfigError: the entry has a route without a kind, another stage owns one of its routes
+            (``route`` or a ``more_routes`` key), or another stage names one of its model
+            classes with another target.
     """
     if (entry.route is None) != (entry.route_kind is None):
         raise ConfigError(f"{entry.name}: route and route_kind go together")
     if entry.more_routes and entry.route is None:
         raise ConfigError(f"{entry.name}: more_routes need a route (the stage they share)")
-    owner = next(
-        (e.name for e in ENTRIES.values() if entry.route and e.route == entry.route), entry.name
-    )
-    if owner != entry.name:
-        raise ConfigError(f"{entry.name}: HTTP route {entry.route!r} belongs to {owner!r}")
+    others = [e for e in ENTRIES.values() if e.name != entry.name]
+    _check_routes(entry, others)
+    _check_models(entry, others)
     ENTRIES[entry.name] = entry
     return entry
+
+
+def _route_keys(entry: Entry) -> list[str]:
+    """Every endpoint key ``entry`` serves: its route, then its ``more_routes`` keys."""
+    main = [entry.route] if entry.route is not None else []
+    return main + [key for key, _kind in entry.more_routes]
+
+
+def _check_routes(entry: Entry, others: list[Entry]) -> None:
+    """Refuse an endpoint key that ``entry`` lists twice or that another stage serves."""
+    keys = _route_keys(entry)
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"{entry.name}: HTTP route {twice[0]!r} is listed twice")
+    for other in others:
+        # The service maps each key to one stage: a second owner would shadow the first.
+        taken = sorted(set(keys) & set(_route_keys(other)))
+        if taken:
+            raise ConfigError(f"{entry.name}: HTTP route {taken[0]!r} belongs to {other.name!r}")
+
+
+def _check_models(entry: Entry, others: list[Entry]) -> None:
+    """Refuse a model class name that another stage maps to another class.
+
+    A weights folder records only the bare class name (``config.json``'s ``model_class``, and
+    some weights name a stage with no entry, e.g. ``face-aligner``), so :func:`model_class`
+    looks names up across all stages; a name must therefore mean one class everywhere.
+    """
+    for other in others:
+        for name in entry.models.keys() & other.models.keys():
+            if entry.models[name] != other.models[name]:
+                raise ConfigError(
+                    f"{entry.name}: model class {name!r} is already {other.models[name]!r} "
+                    f"(stage {other.name!r}); weights name model classes by bare name, so "
+                    "give the class another name"
+                )
 
 
 for _entry in (
@@ -214,6 +251,8 @@ def stage_class(name: str) -> type[Stage]:
 
 def model_class(name: str) -> type[nn.Module]:
     """The ``nn.Module`` class called ``name`` in some stage's entry.
+
+    :func:`register` keeps each name to one class, so the stage that lists it does not matter.
 
     Raises:
         KeyError: with the known names, if no entry lists ``name``.
