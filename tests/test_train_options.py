@@ -131,7 +131,63 @@ def test_a_new_config_field_needs_no_cli_edit() -> None:
 
     app.command("other")(lambda: None)
     names = {p.name for p in typer.main.get_command(app).commands["tiny"].params}
-    assert names == set(TrainConfig.model_fields)
+    assert names == set(TrainConfig.model_fields) - {"command"}  # set by the CLI itself
+
+
+class SharedRun(BaseModel):
+    """Run options several configs share (like ``RunFields``).
+
+    Attributes:
+        seed: seeds everything, said by the base.
+        threads: CPU threads.
+    """
+
+    seed: int = 0
+    threads: int = 1
+
+
+class WithBase(SharedRun):
+    """A config documenting only its own field and re-documenting one of the base's.
+
+    Attributes:
+        width: network width.
+        threads: threads, as this config says.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = 16
+
+
+class NoDocstring(WithBase):
+    pass
+
+
+@pytest.mark.parametrize("config", [WithBase, NoDocstring])
+def test_options_take_help_from_a_base_class_docstring(config: type[BaseModel]) -> None:
+    app = typer.Typer()
+
+    @train_command("demo", config, app=app)
+    def demo(ctx: typer.Context) -> None:
+        """Train the demo."""
+
+    app.command("other")(lambda: None)
+    helps = {p.name: p.help for p in typer.main.get_command(app).commands["demo"].params}
+    assert helps == {
+        "seed": "Seeds everything, said by the base.",
+        "threads": "Threads, as this config says.",  # the subclass's entry wins
+        "width": "Network width.",
+    }
+
+
+def test_every_shipped_trainer_documents_the_shared_run_options() -> None:
+    from aepipe.cli.train_options import ConfigSpec, config_params
+
+    for module in ("salt_pepper", "colorizer", "scan_denoiser", "face_aligner"):
+        spec = ConfigSpec(f"aepipe.train.{module}:TrainConfig")
+        helps = {p.name: p.help for p in config_params(spec)}
+        assert helps["seed"] == "Seeds every random stream of the run.", module
+        assert helps["threads"] == "Torch CPU threads.", module
 
 
 # Every option the hand-written commands had (before the options were generated): scripts, the

@@ -2,10 +2,10 @@
 
 Every ``aepipe train <name>`` command takes one option per field of its trainer's config
 (``--batch-size`` for ``batch_size``), with the field's type, bounds (``ge``/``le``), ``Literal``
-choices, description (or the class docstring's ``Attributes:`` entry) and default, so a new
-config field is a new option with no CLI edit. An option left out defaults to ``None`` and the
-config decides (its default is shown in ``--help``); a command passes only the defaults it
-really changes (a data folder under ``../shared/data``).
+choices, description (or the ``Attributes:`` entry of the config's docstring or a base class's)
+and default, so a new config field is a new option with no CLI edit. An option left out defaults
+to ``None`` and the config decides (its default is shown in ``--help``); a command passes only
+the defaults it really changes (a data folder under ``../shared/data``).
 
 The config module is imported only when a command's options are needed (its ``--help`` or a
 run), never by ``aepipe --help``: trainers import numpy and OpenCV at module level.
@@ -99,9 +99,26 @@ def _trainer(module: str) -> Callable[..., Any]:
 
 
 def attribute_docs(cls: type) -> dict[str, str]:
-    """Field descriptions from a Google-style ``Attributes:`` section of ``cls``'s docstring."""
+    """Field descriptions from the Google-style ``Attributes:`` sections of ``cls`` and its bases.
+
+    Fields a base class declares (``RunFields``' ``seed`` and ``threads``) are documented in
+    that base's docstring, so the whole MRO is read; a subclass's entry wins over its base's.
+    """
     docs: dict[str, str] = {}
-    section = (inspect.getdoc(cls) or "").partition("Attributes:")[2]
+    for klass in cls.__mro__:
+        # Each class's own docstring only: inspect.getdoc would hand a base's to a subclass
+        # without one, and its entries would then be read twice.
+        own = klass.__dict__.get("__doc__")
+        if isinstance(own, str):
+            for name, text in _attributes_section(inspect.cleandoc(own)).items():
+                docs.setdefault(name, text)
+    return docs
+
+
+def _attributes_section(doc: str) -> dict[str, str]:
+    """``name -> description`` from the ``Attributes:`` section of one cleaned docstring."""
+    docs: dict[str, str] = {}
+    section = doc.partition("Attributes:")[2]
     current = None
     for line in section.splitlines():
         entry = re.match(r"    (\w+): (.*)", line)
@@ -282,7 +299,7 @@ def add_train_command(
     fixed: Mapping[str, Any] | None = None,
     app: typer.Typer = train_app,
 ) -> None:
-    """Register the usual ``aepipe train <name>``: ``module.train(TrainConfig, out)``.
+    """Register the usual ``aepipe train <name>``: ``module.train(TrainConfig, out, progress)``.
 
     Its options are ``--out``, ``--overwrite-shipped`` and one per field of
     ``module.TrainConfig`` (:func:`train_command`); the trainer module is imported only when
@@ -290,7 +307,8 @@ def add_train_command(
 
     Args:
         name: the command name; the default ``--out`` is ``runs/<name>``.
-        module: the trainer module, with ``TrainConfig`` and ``train(cfg, out, progress)``.
+        module: the trainer module, with ``TrainConfig`` and ``train(cfg, out, progress=None)``
+            (called with ``progress=`` a function printing one line to stderr).
         help: the command's help.
         defaults: option defaults that differ from the config's.
         fixed: config fields the command sets (no option), e.g. a preset.
