@@ -10,7 +10,9 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# The CPU wheel, pinned: an unpinned torch would pull gigabytes of CUDA packages.
+	# Pinned, and installed before the project so its torch>=2.4 is already met. PyPI's Linux
+	# 2.13.0 is the CUDA build (GBs of nvidia-* packages): for the CPU wheel, set
+	# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu (README, Quick start).
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev,serve,ray,ocr,train]"
 	touch $(STAMP)

@@ -7,24 +7,50 @@ them and runs the app. None of them imports torch at module level, so ``--help``
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
 
 from aepipe.cli.apps import CONTEXT, app
-from aepipe.cli.common import run_app
+from aepipe.cli.common import err, run_app
+from aepipe.errors import ConfigError, ExitCode
 
 
 def load_areas() -> None:
-    """Import every CLI module the registry names, so its commands are registered."""
+    """Import every CLI module the registry names, so its commands are registered.
+
+    Raises:
+        ConfigError: a module the registry names does not exist (a misspelled ``cli=``): its
+            commands would otherwise just be missing. A module that exists but fails to
+            import (a missing dependency of it) raises its own error.
+    """
     from aepipe.registry import cli_modules
 
     for name in cli_modules():
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            # An area that is not part of this build is left out; a broken import is not.
-            if exc.name != name:
-                raise
+            if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+                raise ConfigError(_missing_area(name)) from None
+            raise
+
+
+def _missing_area(module: str) -> str:
+    """The message for a registry CLI module that does not exist, naming who lists it."""
+    from aepipe.registry import ENTRIES
+
+    owners = ", ".join(repr(e.name) for e in ENTRIES.values() if module in e.cli)
+    who = f"the registry entry of stage {owners}" if owners else "the registry's FRONT_END_CLI"
+    return f"{who} names CLI module {module!r}, which does not exist (misspelled cli=?)"
+
+
+def _load_areas_or_exit() -> None:
+    """:func:`load_areas` for a console script: a broken registry is one line and exit 2."""
+    try:
+        load_areas()
+    except ConfigError as exc:
+        err(f"error: {exc}")
+        sys.exit(int(ExitCode.BAD_ARGS))
 
 
 @app.command("models")
@@ -57,7 +83,7 @@ def version_cmd() -> None:
 
 def _single(name: str) -> typer.Typer:
     """A one-command app running the ``aepipe NAME`` command, for the short console scripts."""
-    load_areas()
+    _load_areas_or_exit()
     for command in app.registered_commands:
         if command.name == name:
             single = typer.Typer(
@@ -73,7 +99,7 @@ def _single(name: str) -> typer.Typer:
 
 def main() -> None:
     """``aepipe``."""
-    load_areas()
+    _load_areas_or_exit()
     run_app(app)
 
 

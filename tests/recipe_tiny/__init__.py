@@ -1,1 +1,1 @@
-"""A tiny generator added by following CONTRIBUTING.md: model, stage, training, registry entry."""
+"""A tiny generator made by following CONTRIBUTING.md: model, stage, training, CLI, registry."""

@@ -1,38 +1,44 @@
-"""Training file (recipe step 3): a small strict config and ``train(cfg, out)``.
+"""Training file (recipe step 3): a small strict config and ``train(cfg, out, progress=None)``.
 
 Fits the decoder so that its images approach a target gray level on the one training loop
 (``aepipe.train.loop``), then writes the weights folder with the default sampling temperature
-the front ends must use.
+the front ends must use. ``aepipe train tiny-generator`` (``recipe_tiny.cli``) runs it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from aepipe.train.loop import Check, LoopSettings, Run, fit
+from aepipe.train.loop import Check, LoopSettings, Run, RunFields, checkpoint_path, fit
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(RunFields):
     """How to train the tiny generator.
 
+    ``seed``, ``threads``, ``max_minutes``, ``resume`` and ``command`` come from
+    :class:`~aepipe.train.loop.RunFields`, documented there.
+
     Attributes:
-        steps: optimiser steps.
+        steps: optimiser steps of the whole run.
+        max_steps: stop after this many steps in all (a checkpoint is kept for ``resume``).
+        val_every: steps between validations.
         lr: Adam learning rate.
         target: gray level the images should approach.
         temperature: default sampling temperature stored with the weights.
-        seed: seeds the initial weights and the codes.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(20, ge=1, le=10_000)
+    max_steps: int | None = Field(None, ge=1)
+    val_every: int = Field(10, ge=1, le=10_000)
     lr: float = Field(0.05, gt=0, le=1)
     target: float = Field(0.7, ge=0, le=1)
     temperature: float = Field(0.5, ge=0, le=3)
-    seed: int = Field(0, ge=0)
 
 
 class TinySpec:
@@ -74,18 +80,40 @@ class TinySpec:
         self.gen.set_state(state["gen"])
 
     def write(self, model: Any, run: Run, final: bool) -> Path:
-        card = f"# tiny-generator\n\nTest weights; validation MSE {run.best_score:.4f}.\n"
-        training = {**self.cfg.model_dump(), "history": run.history}
+        # A run cut by --max-steps before its first validation has no score yet.
+        score = "none yet" if run.best_score is None else f"{run.best_score:.4f}"
+        card = f"# tiny-generator\n\nTest weights; validation MSE {score}.\n"
+        training = {**self.cfg.model_dump(), "history": run.history, "stopped_by": run.stopped_by}
         return self.stage.save_pretrained(
             self.out, training=training, metrics=run.best_metrics, card=card
         )
 
 
-def train(cfg: TrainConfig, out: Path) -> Path:
-    """Train, then write ``out`` as a weights folder (config.json, safetensors, card)."""
+def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = None) -> Path:
+    """Train, then write ``out`` as a weights folder (config.json, safetensors, card).
+
+    Args:
+        cfg: the run settings.
+        out: the weights folder to write; the checkpoint lies beside it.
+        progress: called with one line per validation (the CLI passes stderr).
+
+    Returns:
+        ``out``.
+    """
+    import torch
+
+    torch.set_num_threads(cfg.threads)
     spec = TinySpec(cfg, Path(out))
     settings = LoopSettings(
-        lr=cfg.lr, steps_per_epoch=cfg.steps, max_epochs=1, val_every=10, maximize=False
+        lr=cfg.lr,
+        steps_per_epoch=cfg.steps,
+        max_epochs=1,
+        val_every=cfg.val_every,
+        maximize=False,
+        max_minutes=cfg.max_minutes,
+        max_steps=cfg.max_steps,
+        checkpoint=checkpoint_path(Path(out)),
+        resume=cfg.resume,
     )
-    fit(spec, settings, say=lambda _line: None)
+    fit(spec, settings, progress or (lambda _line: None))
     return Path(out)
