@@ -592,10 +592,12 @@ def run_files(
         KeyboardInterrupt: re-raised after the report is written (files not finished are listed
             as ``pending``); no partial output remains.
     """
+    from aepipe.stage import fit_channels
+
     options = options or RunOptions()
     t_start = time.perf_counter()
     jobs, extra, out_dir = plan(inputs, options)
-    run = _Run(jobs, process, options, out_dir, on_record)
+    run = _Run(jobs, fit_channels(process), options, out_dir, on_record)
     run.summary.records = list(extra)
     try:
         run.run()

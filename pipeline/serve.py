@@ -51,7 +51,6 @@ from aepipe.errors import AepipeError, WeightsError
 from aepipe.faces_align import parse_face_choice
 
 if TYPE_CHECKING:
-    from aepipe.batch import ImageBatch
     from aepipe.io import Page
     from aepipe.stage import Stage
 
@@ -271,17 +270,6 @@ def _zip(files: Sequence[tuple[str, bytes]]) -> bytes:
         for name, blob in files:
             zf.writestr(name, blob)
     return buf.getvalue()
-
-
-def _fit_channels(stage: Stage) -> Callable[[ImageBatch], ImageBatch]:
-    """``stage`` behind a conversion to channels it takes (a colour image to gray, or back)."""
-
-    def run(batch: ImageBatch) -> ImageBatch:
-        if batch.channels not in stage.input_channels:
-            batch = batch.gray() if 1 in stage.input_channels else batch.rgb()
-        return stage(batch)
-
-    return run
 
 
 def with_overrides(stage: Stage, **updates: Any) -> Stage:
@@ -722,6 +710,7 @@ def _add_image_route(app: FastAPI, service: _Service, key: str) -> None:
     )
     async def image_endpoint(request: Request) -> Response:
         from aepipe.core import encode_document, run_pages
+        from aepipe.stage import fit_channels
 
         stage = service.need(key)
         data, filename = await service.upload(request)
@@ -729,7 +718,7 @@ def _add_image_route(app: FastAPI, service: _Service, key: str) -> None:
         def work() -> Media:
             pages = decode_upload(data, filename, service.settings)
             stem = _stem(filename)
-            files = encode_document(run_pages(_fit_channels(stage), pages, stem), "png", stem)
+            files = encode_document(run_pages(fit_channels(stage), pages, stem), "png", stem)
             if len(files) == 1:
                 return files[0][1], "image/png", f"{stem}.png"
             return _zip(files), "application/zip", f"{stem}.zip"

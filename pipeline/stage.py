@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -322,6 +322,37 @@ class Generator(Stage):
         Yields:
             Batches of (B, C, S, S) images in [0, 1] on the CPU.
         """
+
+
+def fit_channels(process: Callable[[ImageBatch], ImageBatch]) -> Callable[[ImageBatch], ImageBatch]:
+    """``process`` behind a conversion of each batch to channels it takes, for front ends.
+
+    A stage that takes only gray gets colour images as BT.601 gray, one that takes only colour
+    gets gray replicated: what the file commands, pipeline files and the service all do with a
+    folder of mixed images. The stage itself refuses other channels (its contract); a callable
+    without ``input_channels``, or a stage taking both, is returned as it is.
+    """
+    channels = getattr(process, "input_channels", (1, 3))
+    if 1 in channels and 3 in channels:
+        return process
+    return _FitChannels(process)
+
+
+class _FitChannels:
+    """See :func:`fit_channels`; other attributes (``config``, ``name``) are the stage's."""
+
+    def __init__(self, stage: Any) -> None:
+        self.stage = stage
+
+    def __call__(self, batch: ImageBatch) -> ImageBatch:
+        if batch.channels not in self.stage.input_channels:
+            batch = batch.gray() if 1 in self.stage.input_channels else batch.rgb()
+        return self.stage(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "stage":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.stage, name)
 
 
 def resolve_device(device: str | torch.device) -> str:

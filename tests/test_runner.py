@@ -13,10 +13,17 @@ from aepipe.batch import ImageBatch
 from aepipe.errors import ConfigError, ExitCode
 from aepipe.io import write_image
 from aepipe.runner import RunOptions, is_complete_output, run_files
+from aepipe.stages.impulse_denoiser import ImpulseDenoiser
 
 
 def invert(batch: ImageBatch) -> ImageBatch:
     return batch.replace(1.0 - batch.images)
+
+
+class GrayOnly(ImpulseDenoiser):
+    """A stage taking only gray images (as a contributor's may)."""
+
+    input_channels = (1,)
 
 
 @pytest.fixture
@@ -398,3 +405,30 @@ def test_pages_the_scan_stage_keeps_as_they_were_are_counted_and_photos_named(tm
     assert records["photo.png"].unchanged == 1
     assert "taken for a photograph (--clean-all cleans it)" in records["photo.png"].reason
     assert (records["scan.png"].unchanged, records["scan.png"].reason) == (0, None)
+
+
+def test_a_stage_taking_only_gray_gets_colour_files_as_gray_from_every_front_end(tmp_path):
+    """The service converted channels for such a stage, the runner (CLI, pipeline files)
+    refused every colour file; now the conversion is one function both use, and the stage's
+    own call still refuses (its contract)."""
+    import pickle
+
+    from aepipe.errors import ShapeError
+    from aepipe.stage import fit_channels
+
+    tiny = ImpulseDenoiser.tiny()
+    stage = GrayOnly(tiny.model, tiny.config)
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = np.stack([gradient(40, 60, seed=s) for s in range(3)], axis=-1)
+    write_image(rgb, src / "c.png")
+    summary = run_files([src], stage, RunOptions(out_dir=tmp_path / "out"))
+    assert summary.count("ok") == 1, summary.records
+    gray = ImageBatch.from_numpy(rgb[None]).gray()
+    expected = stage(gray).to_numpy(np.uint8)[0, ..., 0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "c.png")), expected)
+    with pytest.raises(ShapeError, match="channel"):
+        stage(ImageBatch.from_numpy(rgb[None]))
+    assert fit_channels(tiny) is tiny  # takes both: nothing to fit
+    wrapped = pickle.loads(pickle.dumps(fit_channels(stage)))
+    assert wrapped.config == stage.config
