@@ -7,6 +7,7 @@ so stages never see uint8 and I/O never sees tensors.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -293,25 +294,106 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     """Decode a PIL image of any mode into an HWC array that :meth:`ImageBatch.from_numpy` takes.
 
     16-bit gray stays uint16 (no precision lost), 1-bit and palette images become uint8,
-    CMYK becomes RGB, and alpha is kept so it can be composited onto white.
+    CMYK becomes RGB, alpha is kept so it can be composited onto white, and colours are
+    converted into sRGB through an embedded profile (:func:`pil_pixels`).
     """
+    return pil_pixels(image)[0]
+
+
+def pil_pixels(image: Image.Image) -> tuple[np.ndarray, bytes | None]:
+    """:func:`pil_to_array`'s pixels and the ICC profile they are in (:func:`to_working_space`)."""
+    image, profile = to_working_space(image)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(image, dtype=np.uint16)[..., None]
+        return np.asarray(image, dtype=np.uint16)[..., None], profile
     if mode == "I":
         arr = np.asarray(image)
-        return np.clip(arr, 0, 65535).astype(np.uint16)[..., None]
+        return np.clip(arr, 0, 65535).astype(np.uint16)[..., None], profile
     if mode == "F":
         arr = np.asarray(image, dtype=np.float32)
         hi = float(arr.max()) if arr.size else 1.0
-        return np.clip(arr / (255.0 if hi > 1.0 else 1.0), 0, 1)[..., None]
+        return np.clip(arr / (255.0 if hi > 1.0 else 1.0), 0, 1)[..., None], profile
     if mode in ("1", "L"):
-        return np.asarray(image.convert("L"))[..., None]
+        return np.asarray(image.convert("L"))[..., None], profile
     if mode == "LA":
-        return np.asarray(image)
+        return np.asarray(image), profile
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in image.info
-        return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+        return np.asarray(image.convert("RGBA" if has_alpha else "RGB")), profile
     if mode in ("RGBA", "RGBa"):
-        return np.asarray(image.convert("RGBA"))
-    return np.asarray(image.convert("RGB"))
+        return np.asarray(image.convert("RGBA")), profile
+    return np.asarray(image.convert("RGB")), profile
+
+
+# ---- colour: sRGB is the working space ------------------------------------------------------
+
+# The ICC colour space (profile header bytes 16-20) that fits each colour mode PIL decodes to.
+_COLOUR_SPACE = {
+    "RGB": "RGB",
+    "RGBA": "RGB",
+    "RGBX": "RGB",
+    "P": "RGB",
+    "PA": "RGB",
+    "YCbCr": "RGB",
+    "CMYK": "CMYK",
+    "LAB": "LAB",
+}
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def icc_space(profile: bytes | None) -> str | None:
+    """The colour space an ICC profile describes (``GRAY``, ``RGB``, ``CMYK``, ``LAB`` ...).
+
+    Read from the profile's header; None for anything that is not an ICC profile.
+    """
+    if not profile or len(profile) < 128 or profile[36:40] != b"acsp":
+        return None
+    return profile[16:20].decode("latin-1").strip().upper()
+
+
+def to_working_space(image: Image.Image) -> tuple[Image.Image, bytes | None]:
+    """``image`` with its colours in sRGB, the pipeline's working space, and its pixels' profile.
+
+    Colour pixels with an embedded profile that is not sRGB (Adobe RGB, a CMYK press profile
+    such as SWOP, Lab) are converted to sRGB through it, in one transform: relative
+    colorimetric with black-point compensation (Photoshop's default conversion: paper white
+    stays white, black ink black); the profile returned is then sRGB's. An sRGB image keeps its
+    pixels and its own profile. Gray pixels are never changed: their gray profile is returned,
+    for gray outputs to embed. Without a profile, or with one that does not fit the mode or
+    does not parse, ``image`` comes back as it is with None (its pixels taken as sRGB).
+    """
+    from PIL import ImageCms
+
+    profile = image.info.get("icc_profile")
+    space = icc_space(profile)
+    gray = image.mode in _GRAY_MODES
+    if space is None or space != ("GRAY" if gray else _COLOUR_SPACE.get(image.mode)):
+        return image, None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        if gray or (space == "RGB" and _is_srgb(source)):
+            return image, profile
+        if image.mode in ("P", "PA", "YCbCr", "RGBX"):
+            alpha = image.mode == "PA" or "transparency" in image.info
+            image = image.convert("RGBA" if alpha else "RGB")
+        out_mode = "RGBA" if image.mode == "RGBA" else "RGB"
+        transform = ImageCms.buildTransform(
+            source,
+            ImageCms.createProfile("sRGB"),
+            image.mode,
+            out_mode,
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+            flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+        )
+        converted = transform.apply(image)  # (tagged with the sRGB profile)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return image, None  # a damaged profile: the pixels as they are, as without one
+    return converted, converted.info["icc_profile"]
+
+
+def _is_srgb(profile: Any) -> bool:
+    """Whether a parsed profile is sRGB's, by its name (not e-sRGB or scRGB)."""
+    import re
+
+    name = str(profile.profile.profile_description or "")
+    return re.search(r"(?<![a-z])srgb(?![a-z])", name.lower()) is not None

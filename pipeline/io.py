@@ -8,6 +8,14 @@ without allocating it. Whatever a decoder raises on untrusted bytes becomes one
 files are opened (never a FIFO or a device), and input files are only ever opened read-only.
 Animated GIF/WebP/PNG give their first frame unless ``frames="all"``.
 
+Colour: sRGB is the pipeline's working space. Colour pixels with an embedded ICC profile
+(Adobe RGB, a CMYK press profile such as SWOP, Lab) are converted to sRGB through it as they
+are decoded (:func:`aepipe.batch.to_working_space`); gray pixels are kept as they are, with
+their gray profile. Either profile travels in the page's ``icc_profile`` and is embedded again
+in outputs of its kind (:func:`aepipe.core.encode_page`: gray outputs get the gray profile,
+colour ones sRGB's), so a page passed through looks as it did. Files without a profile are
+read as sRGB and written without one.
+
 Writing is atomic: a hidden temporary file in the target folder is renamed over the final name
 only once complete and flushed, so a crash, even SIGKILL, never leaves a partial file under a
 final name. Outputs get the usual permissions (0666 minus the umask).
@@ -33,7 +41,7 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from aepipe.batch import ImageBatch, pil_to_array
+from aepipe.batch import ImageBatch, pil_pixels, pil_to_array
 from aepipe.defaults import DEFAULT_DPI, DEFAULT_MAX_PIXELS
 from aepipe.errors import (
     ConfigError,
@@ -56,8 +64,9 @@ class Page:
 
     Attributes:
         pixels: HWC array (uint8, uint16 or float32 in [0, 1]); C in 1..4.
-        meta: ``source``, ``page``, ``pages``, ``format``, ``mode``, ``size`` (W, H), ``dpi`` and,
-            for PDF pages, ``page_size_pt`` (W, H in points).
+        meta: ``source``, ``page``, ``pages``, ``format``, ``mode``, ``size`` (W, H), ``dpi``,
+            ``icc_profile`` (the ICC profile the pixels are in, where the file had one: its own
+            gray profile, or sRGB's) and, for PDF pages, ``page_size_pt`` (W, H in points).
     """
 
     pixels: np.ndarray
@@ -213,9 +222,12 @@ def _read_raster(
                     warnings.simplefilter("ignore")
                     image.seek(index)
                     check_pixels(path, image.width, image.height, max_pixels)
+                    if fmt == "tiff" and 34675 not in getattr(image, "tag_v2", {}):
+                        # PIL keeps an earlier page's ICC profile (tag 34675) for a page without.
+                        image.info.pop("icc_profile", None)
                     frame = ImageOps.exif_transpose(image) if index == 0 else image
                     frame.load()
-                    pixels = pil_to_array(frame)
+                    pixels, profile = pil_pixels(frame)
                 info = {
                     "source": str(path),
                     "page": index,
@@ -224,6 +236,7 @@ def _read_raster(
                     "mode": image.mode,
                     "size": (frame.width, frame.height),
                     **_dpi_meta(image.info),
+                    **({"icc_profile": profile} if profile else {}),
                 }
             except InputImageError:
                 raise
@@ -805,6 +818,9 @@ def write_pages(
         if fmt == "jpeg":
             kwargs["quality"] = 95
             first = first.convert("L" if first.mode in ("1", "L") else "RGB")
+            # (PIL's TIFF writer embeds an image's own ICC profile by itself; its JPEG one not.)
+            if first.info.get("icc_profile"):
+                kwargs["icc_profile"] = first.info["icc_profile"]
         first.save(fh, format=_PIL_FORMATS[fmt], **kwargs)
 
     return atomic_write(path, write)

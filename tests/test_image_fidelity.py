@@ -1,0 +1,213 @@
+"""What an archive keeps from an image file: colour profiles, metadata, pages, bits, resolution.
+
+Small images are made on the fly, ICC profiles too (a minimal ICC v2 writer below), so nothing
+depends on the profiles a system happens to have installed.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from aepipe import core
+from aepipe.batch import ImageBatch
+from aepipe.io import read_pages
+
+# ---- a minimal ICC v2 writer ---------------------------------------------------------------
+
+
+def _s15(v: float) -> bytes:
+    return struct.pack(">i", round(v * 65536))
+
+
+def _xyz(x: float, y: float, z: float) -> bytes:
+    return b"XYZ \0\0\0\0" + _s15(x) + _s15(y) + _s15(z)
+
+
+def _desc(text: str) -> bytes:
+    ascii_ = text.encode() + b"\0"
+    return b"desc\0\0\0\0" + struct.pack(">I", len(ascii_)) + ascii_ + bytes(4 + 4 + 2 + 1 + 67)
+
+
+def _curve(gamma: float) -> bytes:
+    return b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256))
+
+
+def _profile(space: bytes, tags: dict[bytes, bytes]) -> bytes:
+    """An ICC v2 profile of ``space`` holding ``tags`` (signature -> body), 4-byte aligned."""
+    tags = {b"wtpt": _xyz(0.9642, 1.0, 0.8249), b"cprt": b"text\0\0\0\0free\0", **tags}
+    pcs, cls = (b"Lab ", b"prtr") if space == b"CMYK" else (b"XYZ ", b"mntr")
+    table, body, start = b"", b"", 128 + 4 + 12 * len(tags)
+    for sig, data in tags.items():
+        data += bytes(-len(data) % 4)
+        table += sig + struct.pack(">II", start + len(body), len(data))
+        body += data
+    header = struct.pack(">I4sI4s4s4s", start + len(body), bytes(4), 0x02100000, cls, space, pcs)
+    header += bytes(12) + b"acsp" + bytes(32) + _s15(0.9642) + _s15(1.0) + _s15(0.8249)
+    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + body
+
+
+def wide_rgb_profile() -> bytes:
+    """Adobe RGB (1998)'s primaries (D50) and gamma 2.2: greens far outside sRGB's."""
+    trc = _curve(2.2)
+    return _profile(
+        b"RGB ",
+        {
+            b"desc": _desc("Wide RGB test"),
+            b"rXYZ": _xyz(0.6097, 0.3111, 0.0195),
+            b"gXYZ": _xyz(0.2053, 0.6257, 0.0609),
+            b"bXYZ": _xyz(0.1492, 0.0632, 0.7446),
+            b"rTRC": trc,
+            b"gTRC": trc,
+            b"bTRC": trc,
+        },
+    )
+
+
+def gray_profile(gamma: float = 1.8) -> bytes:
+    return _profile(b"GRAY", {b"desc": _desc("Gray test"), b"kTRC": _curve(gamma)})
+
+
+def cmyk_profile() -> bytes:
+    """A press-like CMYK profile (lut8, 2-point grid): impure inks, black ink not 0."""
+    corners = []
+    for c, m, y, k in np.ndindex(2, 2, 2, 2):  # the first channel varies slowest, as ICC's
+        r = (1 - 0.9 * c) * (1 - 0.15 * m)
+        g = (1 - 0.4 * c) * (1 - 0.9 * m) * (1 - 0.1 * y)
+        b = (1 - 0.2 * c) * (1 - 0.5 * m) * (1 - 0.95 * y)
+        corners.append(np.array([r, g, b]) * 255 * (1 - 0.92 * k))
+    srgb = Image.fromarray(np.uint8(np.round(corners)).reshape(1, 16, 3))
+    to_lab = ImageCms.buildTransform(
+        ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB"
+    )
+    lab = np.asarray(ImageCms.applyTransform(srgb, to_lab)).astype(np.int16)
+    lab[..., 1:] = (lab[..., 1:] + 128) % 256  # PIL gives a*, b* as signed bytes; ICC: + 128
+    ramp, identity = bytes(range(256)), b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    lut = b"mft1\0\0\0\0" + bytes([4, 3, 2, 0]) + identity
+    lut += ramp * 4 + lab.astype(np.uint8).tobytes() + ramp * 3
+    return _profile(b"CMYK", {b"desc": _desc("CMYK test"), b"A2B0": lut})
+
+
+def to_srgb(image: Image.Image, profile: bytes) -> np.ndarray:
+    """What ``image`` tagged with ``profile`` looks like, in sRGB (relative, black point comp.)."""
+    transform = ImageCms.buildTransform(
+        ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+        ImageCms.createProfile("sRGB"),
+        image.mode,
+        "RGB",
+        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+        flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+    )
+    return np.asarray(ImageCms.applyTransform(image, transform))
+
+
+def colour_chart() -> np.ndarray:
+    """White paper, black ink and six saturated patches (a page's colour chart)."""
+    page = np.full((12, 48, 3), 255, np.uint8)
+    page[:4] = 0
+    for i, rgb in enumerate([(200, 30, 30), (30, 160, 30), (30, 30, 200), (230, 200, 40)]):
+        page[4:, 12 * i : 12 * i + 12] = rgb
+    return page
+
+
+def passed_through(src: Path, out: Path) -> Image.Image:
+    """``src`` read, passed through unchanged (a clean page), written to ``out``, reopened."""
+    pages = core.run_pages(lambda batch: batch, list(read_pages(src)), src.stem)
+    core.write_document(pages, [out])
+    return Image.open(out)
+
+
+def icc_of(image: Image.Image) -> bytes | None:
+    return image.info.get("icc_profile")
+
+
+# ---- 1. colour profiles --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "suffix"), [("RGB", ".png"), ("CMYK", ".jpg"), ("CMYK", ".tif")])
+@pytest.mark.parametrize("out_suffix", [".png", ".tif"])
+def test_colour_pages_are_converted_to_srgb_through_their_profile(
+    tmp_path: Path, mode: str, suffix: str, out_suffix: str
+) -> None:
+    """An Adobe-RGB page or a CMYK one with its press profile passed through unchanged shows
+    the colours it showed: converted to sRGB through its own profile, and tagged sRGB."""
+    profile = wide_rgb_profile() if mode == "RGB" else cmyk_profile()
+    src = Image.fromarray(colour_chart()).convert(mode)  # CMYK: PIL's ink amounts, 255 - RGB
+    src.save(tmp_path / f"in{suffix}", icc_profile=profile, quality=100)
+    with Image.open(tmp_path / f"in{suffix}") as stored:
+        shown = to_srgb(stored, profile)  # what the input looks like
+        naive = np.asarray(stored.convert("RGB")).astype(int)
+    with passed_through(tmp_path / f"in{suffix}", tmp_path / f"out{out_suffix}") as out:
+        assert out.mode == "RGB"
+        got = np.asarray(out).astype(int)
+        assert np.abs(got - shown).max() <= 1
+        assert np.abs(naive - shown).max() > 25  # (what it was before: far off)
+        assert ImageCms.getProfileDescription(
+            ImageCms.ImageCmsProfile(io.BytesIO(icc_of(out)))
+        ).startswith("sRGB")
+
+
+def test_gray_pages_keep_pixels_and_gray_profile_in_every_format(tmp_path: Path) -> None:
+    page = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (6, 1))
+    Image.fromarray(page).save(tmp_path / "g.png", icc_profile=gray_profile())
+    [read] = read_pages(tmp_path / "g.png")
+    np.testing.assert_array_equal(read.pixels[..., 0], page)
+    for suffix in (".png", ".tif", ".jpg"):
+        with passed_through(tmp_path / "g.png", tmp_path / f"out{suffix}") as out:
+            assert out.mode == "L" and icc_of(out) == gray_profile()
+            if suffix != ".jpg":
+                np.testing.assert_array_equal(np.asarray(out), page)
+
+
+def test_srgb_pages_keep_their_pixels_and_untagged_pages_stay_untagged(tmp_path: Path) -> None:
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    chart = colour_chart()
+    Image.fromarray(chart).save(tmp_path / "s.png", icc_profile=srgb)
+    Image.fromarray(chart).save(tmp_path / "n.png")
+    Image.fromarray(chart).convert("CMYK").save(tmp_path / "c.jpg", quality=100)
+    with passed_through(tmp_path / "s.png", tmp_path / "s_out.png") as out:
+        np.testing.assert_array_equal(np.asarray(out), chart)
+        assert icc_of(out) == srgb
+    with passed_through(tmp_path / "n.png", tmp_path / "n_out.png") as out:
+        np.testing.assert_array_equal(np.asarray(out), chart)
+        assert icc_of(out) is None
+    [cmyk] = read_pages(tmp_path / "c.jpg")  # no profile: converted as before
+    with Image.open(tmp_path / "c.jpg") as stored:
+        np.testing.assert_array_equal(cmyk.pixels, np.asarray(stored.convert("RGB")))
+    assert "icc_profile" not in cmyk.meta
+
+
+def test_a_colour_result_of_a_gray_page_gets_no_gray_profile(tmp_path: Path) -> None:
+    """A colorizer's RGB result of a gray page tagged with a gray profile: no profile fits."""
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(
+        tmp_path / "g.png", icc_profile=gray_profile()
+    )
+
+    def colour(batch: ImageBatch) -> ImageBatch:
+        return batch.rgb()
+
+    pages = core.run_pages(colour, list(read_pages(tmp_path / "g.png")), "g")
+    with Image.open(io.BytesIO(pages[0].png)) as out:
+        assert out.mode == "RGB" and icc_of(out) is None
+
+
+def test_a_damaged_profile_is_ignored(tmp_path: Path) -> None:
+    chart = colour_chart()
+    damaged = wide_rgb_profile()[:200]  # header intact, tags cut off
+    Image.fromarray(chart).save(tmp_path / "d.png", icc_profile=damaged)
+    [page] = read_pages(tmp_path / "d.png")
+    np.testing.assert_array_equal(page.pixels, chart)
+    assert "icc_profile" not in page.meta
+
+
+def test_a_damaged_gray_profile_is_not_carried(tmp_path: Path) -> None:
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(
+        tmp_path / "g.png", icc_profile=gray_profile()[:150]
+    )
+    [page] = read_pages(tmp_path / "g.png")
+    assert "icc_profile" not in page.meta
