@@ -36,8 +36,9 @@ OutOpt = Annotated[
     typer.Option(
         "--out",
         "-o",
-        help="Output folder (default: <input>_<suffix> beside the input); with several input "
-        "folders, each gets its own subfolder there.",
+        help="Output folder (default: DIR_<suffix> beside an input folder DIR; for input "
+        "files, beside the folder holding them: a.png in docs/ goes to docs_<suffix>/). "
+        "Several input folders each get a subfolder in it.",
     ),
 ]
 FormatOpt = Annotated[
