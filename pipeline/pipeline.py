@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, NoReturn
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +19,10 @@ from aepipe.defaults import DEFAULT_BATCH_PIXELS, SEED_MAX
 from aepipe.errors import ConfigError, ShapeError
 from aepipe.faces_align import FaceChoice, OneFace
 from aepipe.stage import build_config, format_validation_error, load_stage, stage_class
+
+if TYPE_CHECKING:
+    from aepipe.runner import RunOptions
+    from aepipe.stage import Generator, Stage
 
 BatchFn = Callable[[ImageBatch], ImageBatch]
 
@@ -258,18 +262,33 @@ class FolderSource(_Strict):
     recursive: bool = False
     dpi: int | None = Field(None, ge=36, le=1200)  # None: each scan at its own resolution
     max_pixels: int = Field(120_000_000, ge=1)
+    frames: Literal["first", "all"] = "first"
+    clean_born_digital: bool = False
+    list_ignored: bool = False
 
 
 class FacesSource(_Strict):
-    """Sample faces from the face VAE."""
+    """Sample faces from a generator, as ``gen-faces``."""
 
     type: Literal["faces"]
     n: int = Field(64, ge=1, le=100_000)
     seed: int = Field(0, ge=0, le=SEED_MAX)
-    # Its range is the generator config's, checked by aepipe.core.generate for every front end.
+    # The ranges of temperature and sharpen are the generator config's, checked up front
+    # (check_faces_source) as aepipe.core.generate checks them for every front end.
     temperature: float | None = None
     weights: str = "face-vae"
     batch_size: int = Field(64, ge=1, le=4096)
+    prior: bool = False
+    sharpen: float | None = None
+    concepts: list[str] = Field(default_factory=list, max_length=16)
+    concepts_dir: Path = Path("concepts")
+
+    def generator_overrides(self) -> dict[str, Any]:
+        """The generator config overrides ``prior`` and ``sharpen`` set, as gen-faces sets them."""
+        overrides: dict[str, Any] = {"sampler": "prior"} if self.prior else {}
+        if self.sharpen is not None:
+            overrides["sharpen"] = self.sharpen
+        return overrides
 
 
 class InterpolateSource(_Strict):
@@ -327,6 +346,7 @@ class FolderSink(_Strict):
     grid: str | None = None
     report: str | None = None
     batch_size: int = Field(4, ge=1, le=4096)
+    jpeg_quality: int | None = Field(None, ge=1, le=95)
 
 
 class PipelineSpec(_Strict):
@@ -337,15 +357,31 @@ class PipelineSpec(_Strict):
     sink: FolderSink
 
 
+# The table a location of a validation error lies in (its integer indexes dropped), for the
+# list of keys that table has.
+_TABLES: dict[tuple[str, ...], tuple[str, type[BaseModel]]] = {
+    (): ("a pipeline file", PipelineSpec),
+    ("source", "folder"): ("a folder source", FolderSource),
+    ("source", "faces"): ("a faces source", FacesSource),
+    ("source", "interpolate"): ("an interpolate source", InterpolateSource),
+    ("stages",): ("a [[stages]] table", StageSpec),
+    ("stages", "faces"): ("a stage's faces table", FacePhotos),
+    ("sink",): ("the sink", FolderSink),
+}
+_UNKNOWN_KEY = "unknown key (check the spelling; see the stage's documented options)"
+
+
 def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
     """Parse and validate a TOML pipeline file (no weights are loaded).
 
-    Stage config overrides are checked against each stage's config class here too, so a typo
-    fails before any work with a message naming the field.
+    Everything a run would refuse is refused here, naming the file and the key: stage config
+    overrides (checked against each stage's config class), the source's generator and its
+    sampling options, the output folder and grid.
 
     Raises:
         ConfigError: naming the file and the field.
-        WeightsError: naming the file and the stage whose weights are missing or unreadable.
+        WeightsError: naming the file and the stage or source whose weights are missing,
+            unreadable or of the wrong kind (the exit code of the CLI's ``--model``).
     """
     import tomllib
 
@@ -359,23 +395,65 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
     try:
         spec = PipelineSpec(**data)
     except ValidationError as exc:
-        raise ConfigError(
-            format_validation_error(
-                exc, str(path), sep=": ", drop=("folder", "faces", "interpolate")
-            )
-        ) from None
-    _check_sink_fits_source(spec, str(path))
-    if spec.sink.grid is not None:
-        from aepipe.io import check_image_target
-
-        check_image_target(spec.sink.grid, f"{path}: sink.grid")
-    for i, st in enumerate(spec.stages):
-        check_stage_spec(st, f"{path}: stages.{i}")
+        raise ConfigError(_spec_error(exc, str(path))) from None
+    check_pipeline_spec(spec, str(path))
     return spec
 
 
+def _spec_error(exc: ValidationError, where: str) -> str:
+    """The validation error as lines naming the file and the key.
+
+    An unknown key's line lists the keys its table has (the stage-options hint of
+    :func:`~aepipe.stage.format_validation_error` is for stage configs).
+    """
+    tags = ("folder", "faces", "interpolate")
+    lines = format_validation_error(exc, where, sep=": ", drop=tags).split("\n")
+    errors = exc.errors()
+    if len(lines) != len(errors):  # a message of several lines: no line to match to its error
+        return "\n".join(lines)
+    for i, err in enumerate(errors):
+        table = tuple(str(p) for p in err["loc"][:-1] if not isinstance(p, int))
+        if err["type"] == "extra_forbidden" and table in _TABLES:
+            what, model = _TABLES[table]
+            keys = ", ".join(model.model_fields)
+            lines[i] = lines[i].replace(_UNKNOWN_KEY, f"unknown key; {what} has {keys}")
+    return "\n".join(lines)
+
+
+def check_pipeline_spec(spec: PipelineSpec, where: str) -> None:
+    """Check a parsed pipeline file without loading weights or reading inputs.
+
+    Args:
+        spec: the parsed file.
+        where: names the file in messages.
+
+    Raises:
+        ConfigError: naming ``where`` and the key.
+        WeightsError: weights that are missing or cannot do what the file asks of them.
+    """
+    from aepipe.io import check_creatable, check_image_target
+
+    _check_sink_fits_source(spec, where)
+    # The checks gen-faces and the file runner make on their output folder, by the key's name.
+    check_creatable(Path(spec.sink.out).expanduser(), f"{where}: sink.out")
+    if spec.sink.grid is not None:
+        check_image_target(spec.sink.grid, f"{where}: sink.grid")
+    src = spec.source
+    if isinstance(src, FolderSource) and not spec.stages:
+        raise ConfigError(
+            f"{where}: stages: a folder source needs at least one [[stages]] table "
+            "(the files would only be copied)"
+        )
+    if isinstance(src, FacesSource):
+        check_faces_source(src, f"{where}: source")
+    elif isinstance(src, InterpolateSource):
+        _check_walk(src, f"{where}: source")
+    for i, st in enumerate(spec.stages):
+        check_stage_spec(st, f"{where}: stages.{i}")
+
+
 # Sink keys that only one kind of source uses; given with another, they would be ignored.
-_FOLDER_SINK_KEYS = ("format", "report", "batch_size")
+_FOLDER_SINK_KEYS = ("format", "report", "batch_size", "jpeg_quality")
 _GENERATED_SINK_KEYS = ("grid",)
 
 
@@ -393,11 +471,129 @@ def _check_sink_fits_source(spec: PipelineSpec, where: str) -> None:
             raise ConfigError(f"{where}: sink.{key}: only for {what}; remove it")
 
 
+def _weights_class(weights: str, where: str) -> type[Stage]:
+    """The stage class of a weights folder, from its ``config.json`` alone (nothing loads).
+
+    Raises:
+        WeightsError: prefixed with ``where``: the weights are missing or unreadable, or are
+            helper weights (the face aligner) that no stage loads, in :func:`load_stage`'s
+            words and with its exit code.
+    """
+    from aepipe.errors import WeightsError
+    from aepipe.weights import read_config, resolve
+
+    try:
+        name = read_config(resolve(weights))["stage"]
+        try:
+            return stage_class(name)
+        except ConfigError:
+            _refused_by(load_stage, weights)
+    except WeightsError as exc:  # as `--model nope`: exit code 4, not a config error
+        raise WeightsError(f"{where}: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _refused_by(load: Callable[[str], Any], weights: str) -> NoReturn:
+    """Raise ``load``'s own refusal of ``weights``.
+
+    Only for weights whose config already shows that ``load`` refuses them: the loaders read
+    the config before any tensor, so nothing loads, and the message and exit code are theirs.
+    """
+    load(weights)
+    raise AssertionError(f"{load.__name__} took {weights!r}")  # pragma: no cover
+
+
+def check_faces_source(src: FacesSource, where: str) -> None:
+    """Check a ``faces`` source as :func:`~aepipe.core.generate` would, without loading it.
+
+    The weights must be a generator's (:func:`~aepipe.core.load_generator`'s check); the
+    sampling options must fit its config (the generator's own range checks, on the config
+    stored with the weights); ``prior``, ``sharpen`` and ``concepts`` need the face VAE, as
+    for ``gen-faces``; concepts must be found.
+
+    Raises:
+        ConfigError: naming ``where`` (``<file>: source``) and the key.
+        WeightsError: the weights are missing or cannot generate.
+    """
+    from aepipe.core import load_generator
+    from aepipe.errors import WeightsError
+    from aepipe.stage import Generator
+    from aepipe.stages.face_generator import FaceGenerator
+
+    cls = _weights_class(src.weights, f"{where}.weights")
+    if not issubclass(cls, Generator):
+        try:
+            _refused_by(load_generator, src.weights)
+        except WeightsError as exc:
+            raise WeightsError(f"{where}.weights: {exc}") from None
+    vae_only = [k for k in ("prior", "sharpen", "concepts") if k in src.model_fields_set]
+    if vae_only and not issubclass(cls, FaceGenerator):
+        file, sep, table = where.rpartition(": ")
+        keys = ", ".join(f"{table}.{k}" for k in vae_only)
+        raise ConfigError(
+            f"{file}{sep}{keys}: for the face VAE only (face-generator weights, e.g. "
+            f"face-vae); {src.weights!r} is a {cls.name!r} generator"
+        )
+    probe = _generator_probe(cls, src, where)
+    try:
+        # The generator's own range checks, those generate() makes in every front end.
+        probe.sampling_temperature(src.temperature)
+        probe.sampling_batch_size(src.batch_size)
+    except ConfigError as exc:  # "temperature 9.0: ..." -> "<file>: source.temperature 9.0: ..."
+        raise ConfigError(f"{where}.{exc}") from None
+    _concepts(src.concepts, src.concepts_dir, src.weights, f"{where}.concepts")
+
+
+def _generator_probe(cls: type[Generator], src: FacesSource, where: str) -> Generator:
+    """A generator of class ``cls`` holding only the config a run of ``src`` would have.
+
+    Its sampling checks read nothing but the config, so they run here on the config stored
+    with the weights plus the source's overrides, before any tensor is read.
+
+    Raises:
+        ConfigError: an override (``sharpen``) is out of the config's range, naming its key.
+    """
+    from aepipe.weights import read_config, resolve
+
+    stored = read_config(resolve(src.weights)).get("stage_config", {})
+    probe = cls.__new__(cls)
+    probe.config = build_config(cls.Config, {**stored, **src.generator_overrides()}, where)
+    return probe
+
+
+def _check_walk(src: InterpolateSource, where: str) -> None:
+    """Check an ``interpolate`` source before loading: face VAE weights, two readable photos.
+
+    Raises:
+        ConfigError: a photo not found, naming its key.
+        WeightsError: the weights are missing, unreadable or not the face VAE's (as
+            :func:`~aepipe.core.load_face_vae` refuses them once loaded: exit code 4).
+        InputImageError: a photo cannot be read, naming its key.
+    """
+    from aepipe.core import read_photo
+    from aepipe.errors import AepipeError, WeightsError
+    from aepipe.stages.face_generator import FaceGenerator
+
+    cls = _weights_class(src.weights, f"{where}.weights")
+    if not issubclass(cls, FaceGenerator):
+        raise WeightsError(
+            f"{where}.weights: {src.weights}: weights are for stage {cls.name!r}, not "
+            "'face-generator' (the face VAE)"
+        )
+    for key in ("a", "b"):
+        try:
+            read_photo(getattr(src, key))  # the run's own reading, as cheap as a check
+        except AepipeError as exc:
+            raise type(exc)(f"{where}.{key}: {exc}") from None
+
+
 def check_stage_spec(spec: StageSpec, where: str) -> None:
     """Check a stage table without loading its weights: config fields, ``faces`` concepts.
 
     Raises:
         ConfigError: naming ``where`` and the field.
+        WeightsError: the weights are missing, unreadable, or helper weights (the face aligner).
     """
     stage_name = _spec_stage_name(spec, where)
     build_config(stage_class(stage_name).Config, spec.config, f"{where}.config")
@@ -412,9 +608,7 @@ def check_stage_spec(spec: StageSpec, where: str) -> None:
 
 def _spec_stage_name(spec: StageSpec, where: str) -> str:
     """The stage a table runs: its ``stage`` for ``weights = "auto"``, else its weights'."""
-    from aepipe.errors import WeightsError
     from aepipe.registry import AUTO, auto_class, auto_names, entry
-    from aepipe.weights import read_config, resolve
 
     if spec.weights == AUTO:
         choosers = ", ".join(auto_names())
@@ -430,12 +624,7 @@ def _spec_stage_name(spec: StageSpec, where: str) -> str:
                 "name weights or a folder"
             )
         return spec.stage
-    try:
-        stage_name = read_config(resolve(spec.weights))["stage"]
-    except WeightsError as exc:  # as `--model nope`: exit code 4, not a config error
-        raise WeightsError(f"{where}.weights: {exc}") from None
-    except Exception as exc:
-        raise ConfigError(f"{where}.weights: {exc}") from None
+    stage_name = _weights_class(spec.weights, f"{where}.weights").name
     if spec.stage is not None and spec.stage != stage_name:
         raise ConfigError(
             f"{where}.stage: {spec.weights!r} is a {stage_name!r} stage, not {spec.stage!r}"
@@ -445,17 +634,30 @@ def _spec_stage_name(spec: StageSpec, where: str) -> str:
 
 def _concept_vectors(spec: StageSpec, where: str) -> list[Any] | None:
     """The ``faces.concepts`` vectors (``None``: reconstruct), looked up as the CLI does."""
+    assert spec.faces is not None
+    f = spec.faces
+    return _concepts(f.concepts, f.concepts_dir, spec.weights, f"{where}.faces.concepts")
+
+
+def _concepts(
+    concepts: Sequence[str], concepts_dir: Path, weights: str, where: str
+) -> list[Any] | None:
+    """Concept vectors for ``NAME:STRENGTH`` specs (``None`` for none), found as the CLI does.
+
+    Looked up in ``concepts_dir``, the weights' own concepts, then the shipped ones.
+
+    Raises:
+        ConfigError: a spec is malformed or not found, naming ``where``.
+    """
     from aepipe.core import face_concepts
     from aepipe.stages.face_generator import default_concept_dirs
 
-    assert spec.faces is not None
-    if not spec.faces.concepts:
+    if not concepts:
         return None
     try:
-        dirs = default_concept_dirs(spec.faces.concepts_dir, spec.weights)
-        return face_concepts(spec.faces.concepts, dirs)
+        return face_concepts(concepts, default_concept_dirs(concepts_dir, weights))
     except ConfigError as exc:
-        raise ConfigError(f"{where}.faces.concepts: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_step(spec: StageSpec, device: str | None = None, where: str = "stage") -> BatchFn:
@@ -488,11 +690,89 @@ def build_stages(spec: PipelineSpec) -> list[BatchFn]:
     return [load_step(st, where=f"stages.{i}") for i, st in enumerate(spec.stages)]
 
 
+# ---- running a pipeline file ---------------------------------------------------------------
+
+
+def run_options(spec: PipelineSpec) -> RunOptions:
+    """The file runner's options for a spec with a folder source (each key is one option)."""
+    from aepipe.runner import RunOptions
+
+    src, sink = spec.source, spec.sink
+    assert isinstance(src, FolderSource)
+    return RunOptions(
+        out_dir=Path(sink.out),
+        fmt=sink.format,
+        recursive=src.recursive,
+        overwrite=sink.overwrite,
+        dpi=src.dpi,
+        max_pixels=src.max_pixels,
+        batch_size=sink.batch_size,
+        report=Path(sink.report) if sink.report else None,
+        frames=src.frames,
+        list_ignored=src.list_ignored,
+        clean_born_digital=src.clean_born_digital,
+        jpeg_quality=sink.jpeg_quality,
+    )
+
+
+# The file runner names its options as the CLI spells them; a pipeline file has keys instead.
+_KEY_OF_OPTION = {
+    "--out": "sink.out",
+    "--report": "sink.report",
+    "--format": "sink.format",
+    "--jpeg-quality": "sink.jpeg_quality",
+    "--batch-size": "sink.batch_size",
+    "--overwrite": "sink.overwrite",
+    "--dpi": "source.dpi",
+    "--max-pixels": "source.max_pixels",
+    "--clean-born-digital": "source.clean_born_digital",
+}
+
+
+def in_file_terms(message: str, where: str) -> str:
+    """A runner message with the CLI options it names replaced by the file's keys.
+
+    Example:
+        >>> in_file_terms("--report r.json is a folder; give a file name", "p.toml")
+        'p.toml: sink.report r.json is a folder; give a file name'
+    """
+    import re
+
+    named = re.sub(r"--[a-z][a-z-]*", lambda m: _KEY_OF_OPTION.get(m[0], m[0]), message)
+    return f"{where}: {named}"
+
+
+def plan_files(spec: PipelineSpec, where: str) -> tuple[list[Any], RunOptions]:
+    """List a folder source's files and check the sink, as the file commands do.
+
+    Returns:
+        ``(jobs, options)``: the runner's jobs (one per input file) and options.
+
+    Raises:
+        ConfigError: the runner's refusal (an input not found, an output folder inside an
+            input folder, a report that would replace an input ...), naming the file's keys.
+    """
+    from aepipe.runner import plan
+
+    assert isinstance(spec.source, FolderSource)
+    options = run_options(spec)
+    try:
+        jobs, _, _ = plan(spec.source.inputs, options)
+    except ConfigError as exc:
+        raise ConfigError(in_file_terms(str(exc), where)) from None
+    return jobs, options
+
+
 def faces_source(spec: FacesSource, stages: Sequence[BatchFn] = ()) -> Iterator[ImageBatch]:
-    """Batches sampled by a ``faces`` source (any generator's weights), run through ``stages``."""
+    """Batches sampled by a ``faces`` source (any generator's weights), run through ``stages``.
+
+    The same calls as ``gen-faces``: the generator with its config overrides (``prior``,
+    ``sharpen``), then :func:`~aepipe.core.generate` with the concept vectors.
+    """
     from aepipe.core import generate, load_generator
 
-    gen = load_generator(spec.weights)
+    gen = load_generator(spec.weights, **spec.generator_overrides())
+    vectors = _concepts(spec.concepts, spec.concepts_dir, spec.weights, "source.concepts")
     yield from generate(
         gen,
         spec.n,
@@ -500,6 +780,7 @@ def faces_source(spec: FacesSource, stages: Sequence[BatchFn] = ()) -> Iterator[
         temperature=spec.temperature,
         batch_size=spec.batch_size,
         stages=stages,
+        **({"concepts": vectors} if vectors else {}),
     )
 
 
@@ -529,11 +810,38 @@ def interpolate_source(
         yield row
 
 
+def write_generated(spec: PipelineSpec) -> Written:
+    """Run a spec with a ``faces`` or ``interpolate`` source: load, generate, write.
+
+    The grid of a walk is the strip of ``faces interpolate``: a row per path.
+    """
+    src, sink = spec.source, spec.sink
+    stages = build_stages(spec)
+    if isinstance(src, FacesSource):
+        batches, ncols = faces_source(src, stages), None
+    else:
+        assert isinstance(src, InterpolateSource)
+        batches, ncols = interpolate_source(src, stages), src.steps
+    grid = Path(sink.grid) if sink.grid else None
+    return write_batches(batches, Path(sink.out), grid, sink.overwrite, ncols)
+
+
 class Written(NamedTuple):
-    """What :func:`write_batches` did: files written, and files kept because they existed."""
+    """What :func:`write_batches` did.
+
+    Attributes:
+        written: files written.
+        skipped: files kept because they existed (``overwrite`` not set).
+        note: why the grid is not what this run made, when it is not (else ``None``).
+    """
 
     written: list[Path]
     skipped: list[Path]
+    note: str | None = None
+
+
+# A contact sheet shows at most this many images (as gen-faces'), so its memory is bounded.
+GRID_MAX = 1024
 
 
 def write_batches(
@@ -545,30 +853,62 @@ def write_batches(
 ) -> Written:
     """Write generated batches as PNGs named after the batch names, plus an optional grid.
 
-    Without ``overwrite`` an existing file (a face or the grid) is kept as it is: a re-run
-    resumes, and never mixes a new grid with old faces.
+    Without ``overwrite`` an existing file (an image or the grid) is kept as it is, so a re-run
+    resumes. A grid made in such a run shows the images as they are in ``out``, kept ones
+    included, so it never mixes new images with the old ones it stands for; a kept grid is
+    said to be one (:attr:`Written.note`) when images were written beside it.
 
-    ``ncols``: the grid's columns (default: about square).
+    Args:
+        batches: the generated batches.
+        out: the folder for ``<name>.png``.
+        grid: also write a contact sheet of the first :data:`GRID_MAX` images here.
+        overwrite: replace existing files.
+        ncols: the grid's columns (default: about square).
     """
-    from aepipe.io import make_grid, write_image
+    from aepipe.io import write_image
 
+    make_grid = grid is not None and (overwrite or not grid.exists())
     done = Written([], [])
-    grid_tiles: list[np.ndarray] = []
+    tiles: list[np.ndarray] = []
     for batch in batches:
-        arrays = batch.to_numpy(np.uint8)
-        for name, pixels in zip(batch.names, arrays, strict=True):
+        for name, pixels in zip(batch.names, batch.to_numpy(np.uint8), strict=True):
             target = out / f"{name}.png"
-            if overwrite or not target.exists():
+            kept = not overwrite and target.exists()
+            if kept:
+                done.skipped.append(target)
+            else:
                 write_image(pixels, target)
                 done.written.append(target)
-            else:
-                done.skipped.append(target)
-        if grid is not None:
-            grid_tiles.extend(a if a.shape[-1] == 3 else np.repeat(a, 3, -1) for a in arrays)
-    if grid is not None and grid_tiles:
-        if overwrite or not grid.exists():
-            write_image(make_grid(np.stack(grid_tiles), ncols=ncols), grid)
-            done.written.append(grid)
-        else:
-            done.skipped.append(grid)
+            if make_grid and len(tiles) < GRID_MAX:
+                tiles.append(_read_tile(target) if kept else pixels)
+    if grid is None or not (done.written or done.skipped):
+        return done
+    if make_grid:
+        return _write_grid(tiles, grid, ncols, done)
+    done.skipped.append(grid)
+    if not done.written:
+        return done
+    why = f"kept the grid {grid} of an earlier run; it may not show the {len(done.written)} "
+    return done._replace(note=why + "images written now (overwrite = true remakes both)")
+
+
+def _read_tile(path: Path) -> np.ndarray:
+    """A kept image as (H, W, C) uint8, for the grid."""
+    from aepipe.io import read_image
+
+    return read_image(path).to_numpy(np.uint8)[0]
+
+
+def _write_grid(tiles: list[np.ndarray], grid: Path, ncols: int | None, done: Written) -> Written:
+    """Write the contact sheet of ``tiles`` (gray stays gray) and add it to ``done``."""
+    from aepipe.io import make_grid, write_image
+
+    if len({t.shape[:2] for t in tiles}) > 1:
+        sizes = " and ".join(sorted({f"{t.shape[1]}x{t.shape[0]}" for t in tiles}))
+        why = f"no grid written: the images in the folder are of several sizes ({sizes})"
+        return done._replace(note=why)
+    if len({t.shape[-1] for t in tiles}) > 1:  # gray and colour images: all in colour
+        tiles = [t if t.shape[-1] == 3 else np.repeat(t, 3, -1) for t in tiles]
+    write_image(make_grid(np.stack(tiles), ncols=ncols), grid)
+    done.written.append(grid)
     return done
