@@ -16,6 +16,12 @@ in outputs of its kind (:func:`aepipe.core.encode_page`: gray outputs get the gr
 colour ones sRGB's), so a page passed through looks as it did. Files without a profile are
 read as sRGB and written without one.
 
+Descriptive metadata travels the same way (``exif``, ``xmp``, ``text`` in a page's meta: a
+TIFF's Artist, Copyright, ImageDescription, DateTime, DocumentName ...; a JPEG's EXIF and XMP;
+PNG text and XMP) into outputs of the same format and, where a tag says the same, of others.
+What the reading changed is not carried: the EXIF orientation is 1, pixel sizes are the page's,
+thumbnails and the XMP properties of orientation, size and colour are gone.
+
 Writing is atomic: a hidden temporary file in the target folder is renamed over the final name
 only once complete and flushed, so a crash, even SIGKILL, never leaves a partial file under a
 final name. Outputs get the usual permissions (0666 minus the umask).
@@ -228,16 +234,19 @@ def _read_raster(
                     frame = ImageOps.exif_transpose(image) if index == 0 else image
                     frame.load()
                     pixels, profile = pil_pixels(frame)
-                info = {
-                    "source": str(path),
-                    "page": index,
-                    "pages": count,
-                    "format": fmt,
-                    "mode": image.mode,
-                    "size": (frame.width, frame.height),
-                    **_dpi_meta(image.info),
-                    **({"icc_profile": profile} if profile else {}),
-                }
+                    info = {
+                        "source": str(path),
+                        "page": index,
+                        "pages": count,
+                        "format": fmt,
+                        "mode": image.mode,
+                        "size": (frame.width, frame.height),
+                        **_dpi_meta(image.info),
+                        **({"icc_profile": profile} if profile else {}),
+                        **_descriptive_meta(
+                            image, fmt, frame.size, False, profile != image.info.get("icc_profile")
+                        ),
+                    }
             except InputImageError:
                 raise
             except MemoryError:
@@ -577,6 +586,242 @@ def page_batch(page: Page, name: str | None = None) -> ImageBatch:
     return ImageBatch.from_numpy(page.pixels, [stem], [page.meta])
 
 
+# ---- descriptive metadata ------------------------------------------------------------------
+
+# First-IFD tags (TIFF's, and EXIF's, which is a TIFF directory) that describe the document,
+# not its pixels: DocumentName, ImageDescription, Make, Model, PageName, Software, DateTime,
+# Artist, HostComputer, Copyright. The rest of a TIFF's first IFD (size, orientation,
+# compression, strips, resolution, colour) is the file's structure, which the writer makes anew.
+_DESCRIPTIVE_TAGS = frozenset({269, 270, 271, 272, 285, 305, 306, 315, 316, 33432})
+_ORIENTATION, _EXIF_IFD, _XMP_TAG = 274, 0x8769, 700
+# XMP properties that restate what the reading changed: orientation, size, layout, resolution
+# and colour of the pixels, and thumbnails of the old pixels.
+_STALE_XMP = (
+    "tiff:Orientation",
+    "tiff:ImageWidth",
+    "tiff:ImageLength",
+    "tiff:BitsPerSample",
+    "tiff:SamplesPerPixel",
+    "tiff:PhotometricInterpretation",
+    "tiff:Compression",
+    "tiff:PlanarConfiguration",
+    "tiff:YCbCrSubSampling",
+    "tiff:YCbCrPositioning",
+    "tiff:XResolution",
+    "tiff:YResolution",
+    "tiff:ResolutionUnit",
+    "exif:PixelXDimension",
+    "exif:PixelYDimension",
+    "exif:ColorSpace",
+    "exif:ComponentsConfiguration",
+    "exif:CompressedBitsPerPixel",
+    "photoshop:ICCProfile",
+    "photoshop:ColorMode",
+    "xmp:Thumbnails",
+)
+# PNG text that is not text: XMP (kept as such) and ImageMagick's hex dumps of profiles.
+_PNG_OWN_TEXT = frozenset(
+    {"XML:com.adobe.xmp", "Raw profile type exif", "Raw profile type APP1"}
+    | {"Raw profile type xmp", "Raw profile type icc", "Raw profile type icm"}
+)
+# PNG's keywords and the TIFF/EXIF tags that say the same (DocumentName, ImageDescription,
+# Artist, Copyright), for TIFF and JPEG outputs of a PNG.
+_TEXT_TAGS = {"Title": 269, "Description": 270, "Author": 315, "Copyright": 33432}
+
+
+def _descriptive_meta(
+    image: Any, fmt: str, size: tuple[int, int], turned: bool, srgb: bool
+) -> dict[str, Any]:
+    """A page's descriptive metadata, less what the reading made wrong, for its outputs.
+
+    Args:
+        image: the open file, at the page.
+        fmt: its format (``png``, ``tiff`` ...).
+        size: the page's (W, H) as read (turned upright).
+        turned: whether the reading turned the page a quarter (EXIF orientation 5-8).
+        srgb: whether the reading converted its colours to sRGB.
+
+    Returns:
+        ``exif`` (an EXIF block: :func:`_page_exif`; a TIFF's descriptive tags), ``xmp``
+        (without the properties in ``_STALE_XMP``) and ``text`` (PNG text, a JPEG or GIF
+        comment as ``Comment``), each where the file has it.
+    """
+    out: dict[str, Any] = {}
+    if fmt == "tiff":
+        tags = getattr(image, "tag_v2", {})
+        exif = _exif_bytes({t: _raw(tags[t]) for t in _DESCRIPTIVE_TAGS if t in tags})
+    else:
+        exif = _page_exif(_exif_block(image, fmt), size, turned, srgb)
+    if exif:
+        out["exif"] = exif
+    xmp = image.info.get("xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    if isinstance(xmp, bytes) and xmp.strip(b"\0 "):
+        out["xmp"] = _without_stale_xmp(xmp)
+    text = {k: v for k, v in image.text.items() if k not in _PNG_OWN_TEXT} if fmt == "png" else {}
+    comment = image.info.get("comment")
+    if comment and "Comment" not in text:
+        text["Comment"] = _raw(comment).decode("utf-8", "replace")
+    if text:
+        out["text"] = text
+    return out
+
+
+def _raw(value: Any) -> Any:
+    """A tag's string as the bytes it was read from; other values as they are.
+
+    PIL reads tag strings as Latin-1 and writes them as ASCII ("Müller" would be "M?ller").
+    """
+    return value.encode("latin-1", "replace") if isinstance(value, str) else value
+
+
+def _exif_block(image: Any, fmt: str) -> bytes:
+    """The file's EXIF block (JPEG APP1, PNG eXIf or ImageMagick's text dump, WebP)."""
+    raw = image.info.get("exif")
+    if not raw and fmt == "png" and "Raw profile type exif" in image.info:
+        try:  # as PIL reads it: three header lines, then hex
+            raw = bytes.fromhex("".join(image.info["Raw profile type exif"].split("\n")[3:]))
+        except (ValueError, TypeError):
+            raw = b""
+    return raw if isinstance(raw, bytes) else b""
+
+
+def _page_exif(block: bytes, size: tuple[int, int], turned: bool, srgb: bool) -> bytes | None:
+    """An EXIF block patched in place for the page as read; None if absent or unreadable.
+
+    The orientation becomes 1 (it is applied to the pixels), the pixel sizes the page's, the
+    colour space sRGB where colours were converted, the X and Y resolutions swap where the page
+    was turned, and the thumbnail (IFD1, of the old pixels) is unlinked. All else stays byte for
+    byte: patching keeps the tag types and the offsets maker notes rely on, which PIL's
+    rebuilding of a block loses.
+    """
+    import struct
+
+    data = bytearray(block[6:] if block.startswith(b"Exif\0\0") else block)
+    order = {b"II": "<", b"MM": ">"}.get(bytes(data[:2]))
+    if order is None:
+        return None
+    w, h = size
+    try:
+        if struct.unpack_from(order + "H", data, 2)[0] != 42:
+            return None
+        ifd0 = struct.unpack_from(order + "I", data, 4)[0]
+        values = {_ORIENTATION: 1, 256: w, 257: h}
+        fields, end = _patch_ifd(data, order, ifd0, values, (282, 283) if turned else ())
+        struct.pack_into(order + "I", data, end, 0)  # no IFD1: no thumbnail
+        if _EXIF_IFD in fields:
+            sub = struct.unpack_from(order + "I", data, fields[_EXIF_IFD] + 8)[0]
+            values = {0xA002: w, 0xA003: h, **({0xA001: 1} if srgb else {})}
+            _patch_ifd(data, order, sub, values, (0xA20E, 0xA20F) if turned else ())
+    except struct.error:
+        return None  # a damaged block: better none than one with a stale orientation
+    return b"Exif\0\0" + bytes(data)
+
+
+def _patch_ifd(
+    data: bytearray, order: str, offset: int, values: dict[int, int], swap: tuple[int, ...]
+) -> tuple[dict[int, int], int]:
+    """Set integer tags of the TIFF directory at ``offset``, and swap two tags' values, in place.
+
+    Returns:
+        Each tag's entry position, and the position of the next-directory pointer.
+    """
+    import struct
+
+    count = struct.unpack_from(order + "H", data, offset)[0]
+    fields: dict[int, int] = {}
+    for pos in range(offset + 2, offset + 2 + 12 * count, 12):
+        tag, kind, n = struct.unpack_from(order + "HHI", data, pos)
+        fields[tag] = pos
+        if tag in values and kind in (3, 4) and n == 1:  # SHORT or LONG, held in the entry
+            code, top = ("H", 0xFFFF) if kind == 3 else ("I", 0xFFFFFFFF)
+            struct.pack_into(order + code, data, pos + 8, min(values[tag], top))
+    if len(swap) == 2 and all(t in fields for t in swap):
+        a, b = (fields[t] + 8 for t in swap)
+        data[a : a + 4], data[b : b + 4] = data[b : b + 4], data[a : a + 4]
+    end = offset + 2 + 12 * count
+    struct.unpack_from(order + "I", data, end)  # (raises if the pointer is cut off)
+    return fields, end
+
+
+def _exif_bytes(tags: dict[int, Any]) -> bytes:
+    """A new EXIF block holding first-IFD ``tags`` (types PIL knows); empty for none."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    for tag, value in tags.items():
+        exif[tag] = value
+    return exif.tobytes() if tags else b""
+
+
+def _without_stale_xmp(xmp: bytes) -> bytes:
+    """``xmp`` without the properties in ``_STALE_XMP``, in attribute or element form."""
+    import re
+
+    for name in _STALE_XMP:
+        prop = re.escape(name.encode())
+        xmp = re.sub(rb"\s+" + prop + rb"\s*=\s*(\"[^\"]*\"|'[^']*')", b"", xmp)
+        xmp = re.sub(rb"\s*<" + prop + rb"(\s[^>]*)?/>", b"", xmp)
+        xmp = re.sub(rb"\s*<" + prop + rb"(\s[^>]*)?>.*?</" + prop + rb"\s*>", b"", xmp, flags=re.S)
+    return xmp
+
+
+def png_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """Save arguments that put a page's ``exif``, ``xmp`` and ``text`` into its PNG."""
+    from PIL import PngImagePlugin
+
+    kwargs: dict[str, Any] = {}
+    if meta.get("exif"):
+        kwargs["exif"] = meta["exif"]
+    chunks = PngImagePlugin.PngInfo()
+    for key, value in (meta.get("text") or {}).items():
+        if isinstance(value, PngImagePlugin.iTXt):
+            chunks.add_itxt(key, value, value.lang or "", value.tkey or "")
+        else:
+            chunks.add_text(key, str(value))  # (iTXt where it is not Latin-1)
+    if meta.get("xmp"):
+        chunks.add_itxt("XML:com.adobe.xmp", meta["xmp"].decode("utf-8", "replace"))
+    if chunks.chunks:
+        kwargs["pnginfo"] = chunks
+    return kwargs
+
+
+def _carried(image: Any, fmt: str) -> dict[str, Any]:
+    """Save arguments that carry a page's profile and metadata from its PNG into a TIFF or JPEG.
+
+    A JPEG takes the EXIF block as it is; a TIFF its descriptive first-IFD tags (PIL writes no
+    Exif or GPS IFD through libtiff, which LZW and G4 need). PNG text with a tag of its own
+    (``_TEXT_TAGS``) fills that tag where there is no EXIF; XMP goes into TIFF tag 700 or
+    JPEG's XMP segment. What a JPEG segment cannot hold (64 KB) is left out, not failed on.
+    """
+    from PIL import Image
+
+    text, block = getattr(image, "text", None) or {}, image.info.get("exif") or b""
+    exif = Image.Exif()
+    exif.load(block)
+    tags = {t: _raw(exif[t]) for t in _DESCRIPTIVE_TAGS & set(exif)}
+    if not block:
+        tags = {
+            tag: str(text[key]).encode("utf-8") for key, tag in _TEXT_TAGS.items() if text.get(key)
+        }
+    xmp = image.info.get("xmp")
+    if fmt == "tiff":
+        tiffinfo = {**tags, **({_XMP_TAG: xmp} if xmp else {})}
+        return {"tiffinfo": tiffinfo} if tiffinfo else {}
+    kwargs: dict[str, Any] = {}
+    if image.info.get("icc_profile"):  # (PIL's TIFF writer takes it from the image itself)
+        kwargs["icc_profile"] = image.info["icc_profile"]
+    block = block or _exif_bytes(tags)
+    if 0 < len(block) <= 65_533:
+        kwargs["exif"] = block
+    if xmp and len(xmp) <= 65_504:
+        kwargs["xmp"] = xmp
+    if text.get("Comment"):
+        kwargs["comment"] = str(text["Comment"]).encode("utf-8")
+    return kwargs
+
+
 # ---- writing -------------------------------------------------------------------------------
 
 
@@ -817,10 +1062,8 @@ def write_pages(
                 kwargs.update(save_all=True, append_images=images[1:])
         if fmt == "jpeg":
             kwargs["quality"] = 95
+            kwargs.update(_carried(first, "jpeg"))
             first = first.convert("L" if first.mode in ("1", "L") else "RGB")
-            # (PIL's TIFF writer embeds an image's own ICC profile by itself; its JPEG one not.)
-            if first.info.get("icc_profile"):
-                kwargs["icc_profile"] = first.info["icc_profile"]
         first.save(fh, format=_PIL_FORMATS[fmt], **kwargs)
 
     return atomic_write(path, write)
@@ -838,7 +1081,8 @@ def write_encoded_pages(
     This is how the runner writes long documents: a 500-page PDF's cleaned pages are kept as
     compressed PNG, never all decoded at once. PNG output is that data as it is, with its
     resolution set, and PDF embeds it as it is (no re-encoding); TIFF decodes and appends one
-    page at a time; JPEG decodes and encodes.
+    page at a time; JPEG decodes and encodes. Each page's ICC profile and metadata in its PNG
+    go into TIFF and JPEG pages too (:func:`_carried`).
 
     Args:
         blobs: one PNG file's bytes per page (mode L, RGB or 1).
@@ -873,7 +1117,8 @@ def write_encoded_pages(
                 with Image.open(io.BytesIO(blob)) as image:
                     image.load()
                     kwargs: dict[str, Any] = {
-                        "compression": "group4" if image.mode == "1" else "tiff_lzw"
+                        "compression": "group4" if image.mode == "1" else "tiff_lzw",
+                        **_carried(image, "tiff"),
                     }
                     if dpi:
                         kwargs["dpi"] = _xy(dpi)

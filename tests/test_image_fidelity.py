@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import ExifTags, Image, ImageCms, TiffImagePlugin
 
 from aepipe import core
 from aepipe.batch import ImageBatch
@@ -211,3 +211,119 @@ def test_a_damaged_gray_profile_is_not_carried(tmp_path: Path) -> None:
     )
     [page] = read_pages(tmp_path / "g.png")
     assert "icc_profile" not in page.meta
+
+
+# ---- 2. descriptive metadata ---------------------------------------------------------------
+
+
+def camera_exif(width: int, height: int) -> bytes:
+    """A phone's EXIF: orientation 6, make, Exif IFD (date, pixel size, colour space), and a
+    thumbnail directory (IFD1) after IFD0."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    exif[ExifTags.Base.Make] = "Phone"
+    exif[ExifTags.Base.Artist] = "Müller".encode()  # UTF-8, as phones write it
+    exif.get_ifd(ExifTags.IFD.Exif).update(
+        {
+            ExifTags.Base.DateTimeOriginal: "2020:01:02 03:04:05",
+            ExifTags.Base.ExifImageWidth: width,
+            ExifTags.Base.ExifImageHeight: height,
+        }
+    )
+    block = bytearray(exif.tobytes())  # b"Exif\0\0", a TIFF header, IFD0 at 8
+    order = "<" if block[6:8] == b"II" else ">"
+    count = struct.unpack_from(order + "H", block, 6 + 8)[0]
+    struct.pack_into(order + "I", block, 6 + 8 + 2 + 12 * count, len(block) - 6)  # -> IFD1
+    block += struct.pack(order + "HHHIHHI", 1, 259, 3, 1, 6, 0, 0)  # IFD1: Compression 6
+    return bytes(block)
+
+
+XMP = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-'
+    b'rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" '
+    b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"><dc:identifier>'
+    b"ARCH-0001</dc:identifier><tiff:ImageWidth>40</tiff:ImageWidth></rdf:Description>"
+    b"</rdf:RDF></x:xmpmeta>"
+)
+
+
+@pytest.mark.parametrize("out_suffix", [".png", ".jpg"])
+def test_jpeg_exif_and_xmp_are_carried_without_what_the_reading_changed(
+    tmp_path: Path, out_suffix: str
+) -> None:
+    """A phone's JPEG (turned by EXIF orientation 6) keeps its EXIF and XMP (dc:identifier)
+    in PNG and JPEG outputs; the orientation is 1 (and gone from XMP), the pixel size is the
+    page's, the thumbnail is gone, and "Müller" is still "Müller"."""
+    stored = Image.fromarray(np.full((20, 40, 3), 200, np.uint8))  # 40 x 20, shown 20 x 40
+    stored.save(tmp_path / "phone.jpg", exif=camera_exif(40, 20), xmp=XMP, quality=95)
+    with passed_through(tmp_path / "phone.jpg", tmp_path / f"out{out_suffix}") as out:
+        assert out.size == (20, 40)
+        exif = out.getexif()
+        assert exif.get(ExifTags.Base.Orientation, 1) == 1
+        assert exif[ExifTags.Base.Make] == "Phone"
+        assert _raw_tag(exif, ExifTags.Base.Artist) == "Müller".encode()
+        sub = exif.get_ifd(ExifTags.IFD.Exif)
+        assert sub[ExifTags.Base.DateTimeOriginal] == "2020:01:02 03:04:05"
+        assert (sub[ExifTags.Base.ExifImageWidth], sub[ExifTags.Base.ExifImageHeight]) == (20, 40)
+        assert not exif.get_ifd(ExifTags.IFD.IFD1)
+        xmp = out.info["xmp"]
+        assert b"<dc:identifier>ARCH-0001</dc:identifier>" in xmp
+        assert b"Orientation" not in xmp and b"ImageWidth" not in xmp
+
+
+def _raw_tag(exif: Image.Exif, tag: int) -> bytes:
+    value = exif[tag]
+    return value.encode("latin-1") if isinstance(value, str) else value
+
+
+DESCRIPTIVE = {
+    ExifTags.Base.Artist: "Stadtarchiv Müller".encode(),
+    ExifTags.Base.Copyright: b"(c) Stadtarchiv",
+    ExifTags.Base.ImageDescription: b"Akte 17/3, Blatt 4",
+    ExifTags.Base.DateTime: b"2021:03:04 10:00:00",
+    ExifTags.Base.DocumentName: b"Bestand 12",
+}
+
+
+@pytest.mark.parametrize("out_suffix", [".tif", ".png", ".jpg"])
+def test_tiff_descriptive_tags_are_carried(tmp_path: Path, out_suffix: str) -> None:
+    page = Image.fromarray(np.full((30, 20), 128, np.uint8))
+    page.save(tmp_path / "scan.tif", tiffinfo=dict(DESCRIPTIVE), dpi=(300, 300))
+    with passed_through(tmp_path / "scan.tif", tmp_path / f"out{out_suffix}") as out:
+        exif = out.getexif()
+        assert {tag: _raw_tag(exif, tag) for tag in DESCRIPTIVE} == DESCRIPTIVE
+        assert (exif.get(256, 20), exif.get(257, 30)) == (20, 30)  # no stale sizes
+
+
+@pytest.mark.parametrize("out_suffix", [".png", ".tif", ".jpg"])
+def test_png_text_and_xmp_are_carried(tmp_path: Path, out_suffix: str) -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", "Akte 17")
+    info.add_text("Author", "Stadtarchiv")
+    info.add_itxt("Comment", "Blatt 4 – Rückseite", "de", "Kommentar")
+    info.add_itxt("XML:com.adobe.xmp", XMP.decode())
+    Image.fromarray(np.full((8, 12), 128, np.uint8)).save(tmp_path / "p.png", pnginfo=info)
+    with passed_through(tmp_path / "p.png", tmp_path / f"out{out_suffix}") as out:
+        assert b"<dc:identifier>ARCH-0001</dc:identifier>" in out.info["xmp"]
+        if out_suffix == ".png":
+            assert out.text["Title"] == "Akte 17" and out.text["Author"] == "Stadtarchiv"
+            assert out.text["Comment"] == "Blatt 4 – Rückseite"
+            assert out.text["Comment"].lang == "de"
+        else:  # into the TIFF/EXIF tags that say the same
+            exif = out.getexif()
+            assert exif[ExifTags.Base.DocumentName] == "Akte 17"
+            assert exif[ExifTags.Base.Artist] == "Stadtarchiv"
+
+
+def test_metadata_stays_with_its_page_of_a_multipage_tiff(tmp_path: Path) -> None:
+    first = Image.fromarray(np.full((8, 8), 10, np.uint8))
+    second = Image.fromarray(np.full((8, 8), 20, np.uint8))
+    with (tmp_path / "two.tif").open("w+b") as fh, TiffImagePlugin.AppendingTiffWriter(fh) as tf:
+        first.save(tf, format="TIFF", tiffinfo={ExifTags.Base.PageName: b"Seite 1"})
+        tf.newFrame()
+        second.save(tf, format="TIFF")
+        tf.newFrame()
+    pages = list(read_pages(tmp_path / "two.tif"))
+    assert [p.meta.get("exif") is not None for p in pages] == [True, False]
