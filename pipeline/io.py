@@ -215,18 +215,16 @@ def _read_raster(
             fmt = (image.format or path.suffix.lstrip(".")).lower()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                n_frames = int(getattr(image, "n_frames", 1) or 1)
+                indices = _page_frames(image, fmt, frames)
         except Exception as exc:
             raise InputImageError(f"{path}: corrupt or truncated image ({_why(exc)})") from None
-        # Multi-page TIFFs are documents: every page counts. Animated GIF/WebP are not pages.
-        take_all = fmt == "tiff" or frames == "all"
-        count = n_frames if take_all else 1
+        count = len(indices)
         _check_pages(path, count, max_pages)
-        for index in range(count):
+        for index, frame_index in enumerate(indices):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    image.seek(index)
+                    image.seek(frame_index)
                     check_pixels(path, image.width, image.height, max_pixels)
                     if fmt == "tiff" and 34675 not in getattr(image, "tag_v2", {}):
                         # PIL keeps an earlier page's ICC profile (tag 34675) for a page without.
@@ -257,6 +255,27 @@ def _read_raster(
                     f"{path}{where}: corrupt or truncated image ({_why(exc)})"
                 ) from None
             yield Page(pixels, info)
+
+
+def _page_frames(image: Any, fmt: str, frames: Literal["first", "all"]) -> list[int]:
+    """The frames of an open image that are pages, by index.
+
+    Multi-page TIFFs are documents: every page counts, but not a page's thumbnail or the
+    levels of a pyramid (reduced-resolution subfiles: NewSubfileType bit 0, or the old
+    SubfileType 2). Animated GIF/WebP/PNG frames are not pages: the first unless ``all``.
+    """
+    n_frames = int(getattr(image, "n_frames", 1) or 1)
+    if fmt != "tiff":
+        return list(range(n_frames)) if frames == "all" else [0]
+    if n_frames == 1:
+        return [0]
+    pages = []
+    for index in range(n_frames):
+        image.seek(index)  # (reads that page's directory only)
+        tags = image.tag_v2
+        if not (int(tags.get(254, 0)) & 1 or tags.get(255) == 2):
+            pages.append(index)
+    return pages or [0]  # (all reduced: the first stands for the image)
 
 
 def _why(exc: BaseException) -> str:
@@ -531,10 +550,7 @@ def count_pages(path: str | os.PathLike[str], frames: Literal["first", "all"] = 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 with Image.open(fh) as image:
-                    fmt = (image.format or "").lower()
-                    if fmt != "tiff" and frames != "all":
-                        return 1
-                    return int(getattr(image, "n_frames", 1) or 1)
+                    return len(_page_frames(image, (image.format or "").lower(), frames))
         except Exception as exc:
             raise InputImageError(f"{path}: cannot read image header ({_why(exc)})") from None
 

@@ -327,3 +327,26 @@ def test_metadata_stays_with_its_page_of_a_multipage_tiff(tmp_path: Path) -> Non
         tf.newFrame()
     pages = list(read_pages(tmp_path / "two.tif"))
     assert [p.meta.get("exif") is not None for p in pages] == [True, False]
+
+
+# ---- 3. TIFF thumbnails and pyramid levels -------------------------------------------------
+
+
+def test_reduced_resolution_subfiles_are_not_pages(tmp_path: Path) -> None:
+    """A TIFF of two pages, each followed by its thumbnail (NewSubfileType 1), and a pyramid
+    level in the old SubfileType form, reads and counts as two pages."""
+    from aepipe.io import count_pages
+
+    path = tmp_path / "scan.tif"
+    full = [Image.fromarray(np.full((40, 30), v, np.uint8)) for v in (10, 20)]
+    thumb = Image.fromarray(np.full((8, 6), 99, np.uint8))
+    with path.open("w+b") as fh, TiffImagePlugin.AppendingTiffWriter(fh) as tf:
+        for page, reduced in ((full[0], None), (thumb, {254: 1}), (full[1], None)):
+            page.save(tf, format="TIFF", tiffinfo=reduced or {})
+            tf.newFrame()
+        thumb.save(tf, format="TIFF", tiffinfo={255: 2})
+        tf.newFrame()
+    pages = list(read_pages(path))
+    assert [int(p.pixels[0, 0, 0]) for p in pages] == [10, 20]
+    assert [(p.meta["page"], p.meta["pages"]) for p in pages] == [(0, 2), (1, 2)]
+    assert count_pages(path) == 2
