@@ -1051,7 +1051,9 @@ def _for_stage(options: PdfEditOptions, process: Callable[..., Any]) -> PdfEditO
     One place for every front end: a binarizing stage's pages are stored gray (1-bit pages
     keep no colour, not even coloured ink). A stage keeping colour returns it itself.
     """
-    if getattr(getattr(process, "config", None), "binarize", False):
+    stages = getattr(process, "stages", None)  # a Pipeline: its last stage's pages are stored
+    last = stages[-1] if isinstance(stages, list) and stages else process
+    if getattr(getattr(last, "config", None), "binarize", False):
         return dataclasses.replace(options, color="gray")
     return options
 

@@ -22,7 +22,7 @@ from aepipe.stage import build_config, format_validation_error, load_stage, stag
 
 if TYPE_CHECKING:
     from aepipe.runner import RunOptions
-    from aepipe.stage import Generator, Stage
+    from aepipe.stage import Generator, Stage, StageConfig
 
 BatchFn = Callable[[ImageBatch], ImageBatch]
 
@@ -535,21 +535,20 @@ def check_faces_source(src: FacesSource, where: str) -> None:
             f"{file}{sep}{keys}: for the face VAE only (face-generator weights, e.g. "
             f"face-vae); {src.weights!r} is a {cls.name!r} generator"
         )
-    probe = _generator_probe(cls, src, where)
+    config = _generator_config(cls, src, where)
     try:
         # The generator's own range checks, those generate() makes in every front end.
-        probe.sampling_temperature(src.temperature)
-        probe.sampling_batch_size(src.batch_size)
+        cls.sampling_option(config, "temperature", src.temperature)
+        cls.sampling_option(config, "batch_size", src.batch_size)
     except ConfigError as exc:  # "temperature 9.0: ..." -> "<file>: source.temperature 9.0: ..."
         raise ConfigError(f"{where}.{exc}") from None
     _concepts(src.concepts, src.concepts_dir, src.weights, f"{where}.concepts")
 
 
-def _generator_probe(cls: type[Generator], src: FacesSource, where: str) -> Generator:
-    """A generator of class ``cls`` holding only the config a run of ``src`` would have.
+def _generator_config(cls: type[Generator], src: FacesSource, where: str) -> StageConfig:
+    """The config a run of ``src`` would give a generator of class ``cls`` (no tensor read).
 
-    Its sampling checks read nothing but the config, so they run here on the config stored
-    with the weights plus the source's overrides, before any tensor is read.
+    The one stored with the weights plus the source's overrides.
 
     Raises:
         ConfigError: an override (``sharpen``) is out of the config's range, naming its key.
@@ -557,9 +556,7 @@ def _generator_probe(cls: type[Generator], src: FacesSource, where: str) -> Gene
     from aepipe.weights import read_config, resolve
 
     stored = read_config(resolve(src.weights)).get("stage_config", {})
-    probe = cls.__new__(cls)
-    probe.config = build_config(cls.Config, {**stored, **src.generator_overrides()}, where)
-    return probe
+    return build_config(cls.Config, {**stored, **src.generator_overrides()}, where)
 
 
 def _check_walk(src: InterpolateSource, where: str) -> None:

@@ -282,18 +282,28 @@ class Generator(Stage):
         return int(self._sampling_option("batch_size", batch_size))
 
     def _sampling_option(self, field: str, value: Any) -> Any:
-        """``value`` for config ``field``, validated as the config does; ``None``: its own."""
-        config = self.config
+        return type(self).sampling_option(self.config, field, value)
+
+    @classmethod
+    def sampling_option(cls, config: StageConfig, field: str, value: Any) -> Any:
+        """``value`` for ``config``'s ``field``, validated as the config does; ``None``: its own.
+
+        A class method, so a front end can check a run's options against the config stored
+        with the weights before loading them (``aepipe run`` checks the whole file first).
+
+        Raises:
+            ConfigError: out of the field's range, naming ``<field> <value>``.
+        """
         if value is None:
             return getattr(config, field)
         data = {**config.model_dump(), field: value}
         try:
-            return getattr(build_config(type(config), data, self.name), field)
+            return getattr(build_config(type(config), data, cls.name), field)
         except ConfigError as exc:
             # Named as every front end names it (--temperature, ?temperature=, the TOML key),
             # not by the config's dotted path.
             why = str(exc).split(": ", 1)[-1]
-            raise ConfigError(f"{field} {value!r}: {why} (for {self.name})") from None
+            raise ConfigError(f"{field} {value!r}: {why} (for {cls.name})") from None
 
     @abstractmethod
     def sample(
@@ -332,6 +342,11 @@ def fit_channels(process: Callable[[ImageBatch], ImageBatch]) -> Callable[[Image
     folder of mixed images. The stage itself refuses other channels (its contract); a callable
     without ``input_channels``, or a stage taking both, is returned as it is.
     """
+    stages = getattr(process, "stages", None)
+    if isinstance(stages, list):  # a Pipeline: each stage gets what it takes
+        fitted = [fit_channels(s) for s in stages]
+        changed = any(f is not s for f, s in zip(fitted, stages, strict=True))
+        return type(process)(fitted) if changed else process  # type: ignore[call-arg]
     channels = getattr(process, "input_channels", (1, 3))
     if 1 in channels and 3 in channels:
         return process

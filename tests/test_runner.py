@@ -432,3 +432,31 @@ def test_a_stage_taking_only_gray_gets_colour_files_as_gray_from_every_front_end
     assert fit_channels(tiny) is tiny  # takes both: nothing to fit
     wrapped = pickle.loads(pickle.dumps(fit_channels(stage)))
     assert wrapped.config == stage.config
+
+
+def test_a_pipeline_of_stages_gets_the_same_channel_fitting_and_pdf_colour_as_one_stage(
+    tmp_path,
+):
+    """aepipe run hands the runner a Pipeline, not a stage: a gray-only stage inside it still
+    gets gray pages, and a binarizing last stage still stores 1-bit PDF pages."""
+    import pikepdf
+    from pdf_factory import add_page, image_stream
+
+    from aepipe.pipeline import Pipeline
+    from aepipe.stages.scan_denoiser import ScanDenoiser
+
+    tiny = ImpulseDenoiser.tiny()
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = np.full((100, 160, 3), 235, np.uint8)
+    rgb[20:30, 10:150] = (20, 20, 20)
+    rgb[50:60, 10:150] = (200, 30, 30)  # red ink: kept in colour by a gray stage's "auto"
+    write_image(rgb, src / "c.png")
+    pdf = pikepdf.new()
+    add_page(pdf, (160, 100), [(image_stream(pdf, rgb), "160 0 0 100 0 0")])
+    pdf.save(src / "c.pdf")
+    pipe = Pipeline([GrayOnly(tiny.model, tiny.config), ScanDenoiser.tiny(binarize=True)])
+    summary = run_files([src], pipe, RunOptions(out_dir=tmp_path / "out"))
+    assert summary.count("ok") == 2, summary.records
+    record = next(r for r in summary.records if r.path.endswith(".pdf"))
+    assert record.page_outcomes[0]["stored_as"] == "bilevel"
