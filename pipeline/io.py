@@ -136,8 +136,15 @@ Resolution = float | tuple[float, float]
 _PLAUSIBLE_DPI = (20.0, 20_000.0)
 
 
-def _dpi_meta(info: dict[str, Any]) -> dict[str, float | None]:
-    """A page's ``dpi`` (horizontal, if plausible) and, where it differs, its ``dpi_y``."""
+def _dpi_meta(info: dict[str, Any], turned: bool = False) -> dict[str, float | None]:
+    """A page's ``dpi`` (horizontal, if plausible) and, where it differs, its ``dpi_y``.
+
+    ``turned``: the page was turned a quarter (EXIF orientation 5-8), so the file's X
+    resolution is now the page's Y one.
+    """
+    dpi = info.get("dpi")
+    if turned and isinstance(dpi, tuple) and len(dpi) == 2:
+        info = {"dpi": (dpi[1], dpi[0])}
     xy = _dpi_xy(info)
     if xy is None:
         return {"dpi": None}
@@ -190,7 +197,7 @@ def _read_raster(
     max_pages: int | None = None,
 ) -> Iterator[Page]:
     """Decode a raster file from its bytes or an open binary file (read lazily by PIL)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     _pil_limit(max_pixels)
     fh = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
@@ -226,25 +233,8 @@ def _read_raster(
                     warnings.simplefilter("ignore")
                     image.seek(frame_index)
                     check_pixels(path, image.width, image.height, max_pixels)
-                    if fmt == "tiff" and 34675 not in getattr(image, "tag_v2", {}):
-                        # PIL keeps an earlier page's ICC profile (tag 34675) for a page without.
-                        image.info.pop("icc_profile", None)
-                    frame = ImageOps.exif_transpose(image) if index == 0 else image
-                    frame.load()
-                    pixels, profile = pil_pixels(frame)
-                    info = {
-                        "source": str(path),
-                        "page": index,
-                        "pages": count,
-                        "format": fmt,
-                        "mode": image.mode,
-                        "size": (frame.width, frame.height),
-                        **_dpi_meta(image.info),
-                        **({"icc_profile": profile} if profile else {}),
-                        **_descriptive_meta(
-                            image, fmt, frame.size, False, profile != image.info.get("icc_profile")
-                        ),
-                    }
+                    pixels, info = _decode_page(image, fmt)
+                info = {"source": str(path), "page": index, "pages": count, **info}
             except InputImageError:
                 raise
             except MemoryError:
@@ -255,6 +245,35 @@ def _read_raster(
                     f"{path}{where}: corrupt or truncated image ({_why(exc)})"
                 ) from None
             yield Page(pixels, info)
+
+
+def _decode_page(image: Any, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The pixels of the frame ``image`` is at, upright and in sRGB, and the page's meta.
+
+    Returns:
+        HWC pixels, and the meta of :class:`Page` but ``source``, ``page`` and ``pages``.
+    """
+    from PIL import ImageOps
+
+    if fmt == "tiff" and 34675 not in getattr(image, "tag_v2", {}):
+        image.info.pop("icc_profile", None)  # (PIL keeps an earlier page's, tag 34675)
+    # Each TIFF page has its own orientation; an animation's frames share the file's. Turned
+    # only where it says so: exif_transpose copies even an upright image.
+    orientation = image.getexif().get(_ORIENTATION, 1)
+    frame = ImageOps.exif_transpose(image) if orientation in range(2, 9) else image
+    frame.load()
+    pixels, profile = pil_pixels(frame)
+    turned = orientation in (5, 6, 7, 8)  # a quarter turn: X and Y swap, resolutions too
+    return pixels, {
+        "format": fmt,
+        "mode": image.mode,
+        "size": (frame.width, frame.height),
+        **_dpi_meta(image.info, turned),
+        **({"icc_profile": profile} if profile else {}),
+        **_descriptive_meta(
+            image, fmt, frame.size, turned, profile != image.info.get("icc_profile")
+        ),
+    }
 
 
 def _page_frames(image: Any, fmt: str, frames: Literal["first", "all"]) -> list[int]:

@@ -350,3 +350,28 @@ def test_reduced_resolution_subfiles_are_not_pages(tmp_path: Path) -> None:
     assert [int(p.pixels[0, 0, 0]) for p in pages] == [10, 20]
     assert [(p.meta["page"], p.meta["pages"]) for p in pages] == [(0, 2), (1, 2)]
     assert count_pages(path) == 2
+
+
+# ---- 6. resolution of turned pages ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_a_quarter_turn_swaps_unequal_resolutions(tmp_path: Path, suffix: str) -> None:
+    """Stored 40 x 20 at 200 x 100 DPI (0.2 x 0.2 in) and turned by EXIF orientation 6: the
+    page is 20 x 40 at 100 x 200 DPI, still 0.2 x 0.2 in; each page of a TIFF is turned."""
+    from aepipe.io import page_resolution
+
+    stored = Image.fromarray(np.tile(np.arange(40, dtype=np.uint8) * 6, (20, 1)))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    kwargs = {"exif": exif, "dpi": (200, 100)}
+    if suffix == ".tif":
+        kwargs.update(save_all=True, append_images=[stored])  # (both pages orientation 6)
+    stored.save(tmp_path / f"s{suffix}", **kwargs)
+    pages = list(read_pages(tmp_path / f"s{suffix}"))
+    for page in pages:
+        assert page.pixels.shape[:2] == (40, 20)
+        assert page_resolution(page.meta) == pytest.approx((100, 200))
+    out_suffix = ".tif" if suffix == ".tif" else ".png"
+    with passed_through(tmp_path / f"s{suffix}", tmp_path / f"out{out_suffix}") as out:
+        assert out.info["dpi"] == pytest.approx((100, 200), abs=0.01)
