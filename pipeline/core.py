@@ -25,6 +25,7 @@ class to an exit code or an HTTP status (:func:`http_status`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import zlib
@@ -522,36 +523,35 @@ def write_document(
     """
     from aepipe.io import atomic_write, page_resolution, write_encoded_pages
 
-    _allow_own_pages(pages)
-    if len(targets) == 1 and targets[0].suffix.lower() == ".pdf":
-        return [atomic_write(targets[0], lambda fh: write_pdf(pages, fh, source))]
-    if len(targets) == 1:
-        blobs, dpis = [p.png for p in pages], [page_resolution(p.meta) for p in pages]
-        return [write_encoded_pages(blobs, targets[0], dpis=dpis)]
-    if len(targets) != len(pages):
+    if len(targets) not in (1, len(pages)):
         raise ConfigError(f"{len(pages)} pages cannot be written to {len(targets)} files")
-    for page, target in zip(pages, targets, strict=True):
-        write_encoded_pages([page.png], target, dpis=[page_resolution(page.meta)])
+    with _own_pages_limit(pages):
+        if len(targets) == 1 and targets[0].suffix.lower() == ".pdf":
+            return [atomic_write(targets[0], lambda fh: write_pdf(pages, fh, source))]
+        if len(targets) == 1:
+            blobs, dpis = [p.png for p in pages], [page_resolution(p.meta) for p in pages]
+            return [write_encoded_pages(blobs, targets[0], dpis=dpis)]
+        for page, target in zip(pages, targets, strict=True):
+            write_encoded_pages([page.png], target, dpis=[page_resolution(page.meta)])
     return list(targets)
 
 
-def _allow_own_pages(pages: Sequence[EncodedPage]) -> None:
-    """Raise Pillow's decompression-bomb limit to the largest of our own finished pages.
+def _own_pages_limit(pages: Sequence[EncodedPage]) -> contextlib.AbstractContextManager[None]:
+    """Pillow's decompression-bomb limit raised to the largest of our own finished pages.
 
     The TIFF, JPEG and PDF writers reopen the pages' PNGs through Pillow, whose own limit
     (89 Mpx by default) would warn about, or refuse, a page that passed ``--max-pixels`` when
-    it was decoded (a rendered PDF page never went through Pillow). Raised only, never lowered,
-    as :mod:`aepipe.io` does for its own limit.
+    it was decoded (a rendered PDF page never went through Pillow). Raised for the block only
+    (:func:`aepipe.io.pil_pixel_limit`: the limit is process-wide).
     """
-    from PIL import Image
+    from aepipe.io import pil_pixel_limit
 
     # A PNG's IHDR chunk (bytes 16-24) holds its width and height.
     largest = max(
         (int.from_bytes(p.png[16:20], "big") * int.from_bytes(p.png[20:24], "big") for p in pages),
         default=0,
     )
-    if Image.MAX_IMAGE_PIXELS is not None and largest > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = largest
+    return pil_pixel_limit(largest)
 
 
 def encode_document(
@@ -574,9 +574,9 @@ def encode_document(
     from aepipe.io import page_resolution, png_with_dpi
 
     if fmt == "pdf":
-        _allow_own_pages(pages)
         buf = io.BytesIO()
-        write_pdf(pages, buf, source)
+        with _own_pages_limit(pages):
+            write_pdf(pages, buf, source)
         return [(f"{stem}.pdf", buf.getvalue())]
     if fmt == "png":
         return [(f"{p.name}.png", png_with_dpi(p.png, page_resolution(p.meta))) for p in pages]

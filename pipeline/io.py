@@ -29,16 +29,18 @@ final name. Outputs get the usual permissions (0666 minus the umask).
 Public: :func:`read_pages`, :func:`decode_pages` (bytes in memory), :func:`count_pages`,
 :func:`read_image`, :func:`page_batch`, :func:`write_image`, :func:`write_pages`, :func:`png_bytes`,
 :func:`write_encoded_pages`, :func:`pdf_from_pngs`, :func:`png_with_dpi`, :func:`atomic_write`,
-:func:`remove_stale_temps`, :func:`make_grid`.
+:func:`remove_stale_temps`, :func:`make_grid`, :func:`pil_pixel_limit`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import stat
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -176,12 +178,50 @@ def _xy(dpi: Resolution) -> tuple[float, float]:
     return (float(dpi[0]), float(dpi[1])) if isinstance(dpi, tuple) else (float(dpi), float(dpi))
 
 
-def _pil_limit(max_pixels: int) -> None:
-    """Keep PIL's own bomb guard (a backstop) at or above our limit, so it never fires first."""
+# PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is one setting for the whole
+# process, which a library must leave as it found it. It is raised only inside
+# pil_pixel_limit blocks, which may nest and run in several threads at once (the runner's reader
+# and writer threads, the HTTP service): under one lock, the limit is the largest any open block
+# asked for, and what it was before once the last block has left.
+_limit_lock = threading.Lock()
+_limit_asked: list[int] = []  # one entry per block open now
+_limit_state: dict[str, int | None] = {"before": None, "ours": None}
+
+
+@contextlib.contextmanager
+def pil_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """PIL's decompression-bomb limit at least ``max_pixels`` while the block runs.
+
+    Our own limit is checked from the header before decoding; PIL's guard stays as a backstop
+    that must not fire first. Thread-safe; a limit set by other code while a block runs is
+    taken as the one to go back to (it is not overwritten by the old one). A disabled limit
+    (None) stays disabled.
+    """
     from PIL import Image
 
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    with _limit_lock:
+        _adopt_pil_limit(Image)
+        _limit_asked.append(max_pixels)
+        _apply_pil_limit(Image)
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _adopt_pil_limit(Image)
+            _limit_asked.remove(max_pixels)
+            _apply_pil_limit(Image)
+
+
+def _adopt_pil_limit(image_module: Any) -> None:
+    # The value to go back to: the limit as found, unless it is the one we set.
+    if not _limit_asked or _limit_state["ours"] != image_module.MAX_IMAGE_PIXELS:
+        _limit_state["before"] = image_module.MAX_IMAGE_PIXELS
+
+
+def _apply_pil_limit(image_module: Any) -> None:
+    before = _limit_state["before"]
+    value = max(before, *_limit_asked) if before is not None and _limit_asked else before
+    image_module.MAX_IMAGE_PIXELS = _limit_state["ours"] = value
 
 
 def _check_pages(path: Path, count: int, max_pages: int | None) -> None:
@@ -199,13 +239,12 @@ def _read_raster(
     """Decode a raster file from its bytes or an open binary file (read lazily by PIL)."""
     from PIL import Image, UnidentifiedImageError
 
-    _pil_limit(max_pixels)
     fh = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         # Our own limit is checked below from the header; PIL's bomb guard stays as a backstop.
         # PIL warns about odd metadata (corrupt EXIF, oversized tags): not fatal, and a warning
         # would print a multi-line traceback-like text in the middle of the CLI's output.
-        with warnings.catch_warnings():
+        with pil_pixel_limit(max_pixels), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(fh)
     except Image.DecompressionBombError:
@@ -220,7 +259,7 @@ def _read_raster(
     with image:
         try:
             fmt = (image.format or path.suffix.lstrip(".")).lower()
-            with warnings.catch_warnings():
+            with pil_pixel_limit(max_pixels), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 indices = _page_frames(image, fmt, frames)
         except Exception as exc:
@@ -229,7 +268,8 @@ def _read_raster(
         _check_pages(path, count, max_pages)
         for index, frame_index in enumerate(indices):
             try:
-                with warnings.catch_warnings():
+                # (Not across the yield: the stage runs there, and the limit is process-wide.)
+                with pil_pixel_limit(max_pixels), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     image.seek(frame_index)
                     check_pixels(path, image.width, image.height, max_pixels)

@@ -375,3 +375,58 @@ def test_a_quarter_turn_swaps_unequal_resolutions(tmp_path: Path, suffix: str) -
     out_suffix = ".tif" if suffix == ".tif" else ".png"
     with passed_through(tmp_path / f"s{suffix}", tmp_path / f"out{out_suffix}") as out:
         assert out.info["dpi"] == pytest.approx((100, 200), abs=0.01)
+
+
+# ---- 9. PIL's process-wide limit -----------------------------------------------------------
+
+
+def test_reading_and_writing_leave_pils_limit_as_they_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder
+) -> None:
+    """A page over PIL's own limit (here 500 px) but under ours is read and written without
+    PIL's bomb warning, and PIL's limit is what it was afterwards (it stayed raised)."""
+    import warnings
+
+    from aepipe.io import read_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's own
+    read_image(_page_png(tmp_path))  # (asks for 120,000,000)
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    warnings.simplefilter("always")
+    pages = core.run_pages(lambda b: b, list(read_pages(_page_png(tmp_path), max_pixels=2000)), "p")
+    assert Image.MAX_IMAGE_PIXELS == 500
+    for suffix in (".tif", ".jpg", ".pdf"):
+        core.write_document(pages, [tmp_path / f"out{suffix}"])
+        assert Image.MAX_IMAGE_PIXELS == 500
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+
+
+def _page_png(tmp_path: Path) -> Path:
+    path = tmp_path / "page.png"
+    Image.fromarray(np.full((30, 40), 200, np.uint8)).save(path)
+    return path
+
+
+def test_pil_limit_blocks_in_threads_restore_the_limit_and_keep_it_raised_inside() -> None:
+    import random
+    import threading
+
+    from aepipe.io import pil_pixel_limit
+
+    before, errors = Image.MAX_IMAGE_PIXELS, []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(200):
+            want = rng.choice([10**8, 2 * 10**8, 3 * 10**8])
+            with pil_pixel_limit(want), pil_pixel_limit(want // 2):
+                if want > Image.MAX_IMAGE_PIXELS:
+                    errors.append(Image.MAX_IMAGE_PIXELS)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and before == Image.MAX_IMAGE_PIXELS
