@@ -60,7 +60,7 @@ from aepipe.errors import (
 )
 
 IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".pdf"}
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".pdf"}
 )
 OutputFormat = Literal["same", "png", "tiff", "pdf", "jpeg"]
 TEMP_PREFIX = ".aepipe-"

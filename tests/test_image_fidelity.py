@@ -430,3 +430,18 @@ def test_pil_limit_blocks_in_threads_restore_the_limit_and_keep_it_raised_inside
     for thread in threads:
         thread.join()
     assert not errors and before == Image.MAX_IMAGE_PIXELS
+
+
+# ---- 8. JPEG suffixes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jfif", ".jpe", ".JFIF"])
+def test_jfif_and_jpe_files_are_images(tmp_path: Path, suffix: str) -> None:
+    from aepipe.io import is_image_path
+    from aepipe.runner import RunOptions, run_files
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "in" / f"a{suffix}", "JPEG")
+    assert is_image_path(tmp_path / "in" / f"a{suffix}")
+    summary = run_files([tmp_path / "in"], lambda b: b, RunOptions(out_dir=tmp_path / "out"))
+    assert summary.exit_code == 0 and (tmp_path / "out" / "a.png").is_file()
