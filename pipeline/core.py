@@ -361,17 +361,34 @@ def output_format(source: str | os.PathLike[str], fmt: str, keep_tiff: bool = Tr
     any other ``fmt`` is used as it is.
 
     Args:
-        source: the input's path (its suffix decides) or its decoded format (``"pdf"``, the
-            ``format`` of a :class:`~aepipe.io.Page`).
+        source: the input's path or its decoded format (``"pdf"``, the ``format`` of a
+            :class:`~aepipe.io.Page`). A path's suffix decides, but for a file that is or is not
+            a PDF whatever its name says (:func:`_source_kind`).
         fmt: ``same``, ``png``, ``tiff``, ``pdf`` or ``jpeg``.
         keep_tiff: whether ``same`` keeps TIFF as TIFF.
     """
     if fmt != "same":
         return fmt
+    found = _KEPT_FORMATS.get(_source_kind(source), "png")
+    return "png" if found == "tiff" and not keep_tiff else found
+
+
+def _source_kind(source: str | os.PathLike[str]) -> str:
+    """An input's kind: its suffix (``pdf``, ``tif`` ...) or its decoded format.
+
+    A PDF is known by its content, as the readers know it (:func:`aepipe.io.sniff_pdf`): a PNG
+    named ``.pdf`` is a raster (it was opened as a PDF and failed as a corrupt one), a PDF
+    named ``.png`` a PDF. A name that is not a readable file goes by its suffix.
+    """
+    from aepipe.io import sniff_pdf
+
     text = str(source).lower()
     kind = Path(text).suffix.lstrip(".") or text
-    found = _KEPT_FORMATS.get(kind, "png")
-    return "png" if found == "tiff" and not keep_tiff else found
+    if isinstance(source, os.PathLike) or Path(text).suffix:  # (not a decoded format)
+        pdf = sniff_pdf(source)
+        if pdf is not None and pdf != (kind == "pdf"):
+            return "pdf" if pdf else "raster"
+    return kind
 
 
 # ---- PDF in, PDF out: edited in place -------------------------------------------------------
@@ -380,8 +397,8 @@ def output_format(source: str | os.PathLike[str], fmt: str, keep_tiff: bool = Tr
 def edits_in_place(source: str | os.PathLike[str], fmt: str) -> bool:
     """Whether an input is cleaned inside its own PDF rather than rebuilt from renderings.
 
-    Decided here for every front end: a PDF input (by its suffix or decoded format, as
-    :func:`output_format` reads it) whose output is a PDF (``same`` or ``pdf``).
+    Decided here for every front end: a PDF input (by its content, suffix or decoded format,
+    as :func:`output_format` reads it) whose output is a PDF (``same`` or ``pdf``).
 
     Args:
         source: the input's path, or its decoded format (``"pdf"``).

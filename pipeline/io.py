@@ -538,6 +538,38 @@ def _open_regular(path: Path) -> IO[bytes]:
         raise
 
 
+# Signatures of the raster formats read here: a file that starts with one is not a PDF, even
+# with "%PDF-" in its first bytes (in a text chunk, say).
+_RASTER_MAGIC = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"II*\x00",
+    b"MM\x00*",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"RIFF",
+)
+
+
+def is_pdf_head(head: bytes) -> bool:
+    """Whether a file that starts with ``head`` is a PDF: ``%PDF-`` in its first 1024 bytes.
+
+    As PDF readers (pdfium, qpdf) take it: a header may follow some bytes of junk.
+    """
+    head = bytes(head[:1024])
+    return not head.startswith(_RASTER_MAGIC) and b"%PDF-" in head
+
+
+def sniff_pdf(path: str | os.PathLike[str]) -> bool | None:
+    """Whether the file at ``path`` is a PDF by its content; None if it cannot be read."""
+    try:
+        with _open_regular(Path(path)) as fh:
+            return is_pdf_head(fh.read(1024))
+    except (InputImageError, OSError):
+        return None
+
+
 def read_pages(
     path: str | os.PathLike[str],
     *,
@@ -571,11 +603,11 @@ def read_pages(
     path = Path(path)
     with _open_regular(path) as fh:
         try:
-            head = fh.read(5)
+            head = fh.read(1024)
             fh.seek(0)
         except OSError as exc:
             raise InputImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        if head == b"%PDF-":
+        if is_pdf_head(head):
             yield from _read_pdf(path, path, dpi, max_pixels)
         else:
             yield from _read_raster(path, fh, max_pixels, frames)
@@ -589,9 +621,9 @@ def count_pages(path: str | os.PathLike[str], frames: Literal["first", "all"] = 
     """
     path = Path(path)
     with _open_regular(path) as fh:
-        head = fh.read(5)
+        head = fh.read(1024)
         fh.seek(0)
-        if head == b"%PDF-":
+        if is_pdf_head(head):
             import pypdfium2 as pdfium
 
             try:
@@ -643,7 +675,7 @@ def decode_pages(
     path = Path(name)
     if not data:
         raise InputImageError(f"{path}: empty file (0 bytes)")
-    if bytes(data[:5]) == b"%PDF-":
+    if is_pdf_head(data[:1024]):
         yield from _read_pdf(path, bytes(data), dpi, max_pixels, max_pages)
     else:
         yield from _read_raster(path, bytes(data), max_pixels, frames, max_pages)

@@ -445,3 +445,30 @@ def test_jfif_and_jpe_files_are_images(tmp_path: Path, suffix: str) -> None:
     assert is_image_path(tmp_path / "in" / f"a{suffix}")
     summary = run_files([tmp_path / "in"], lambda b: b, RunOptions(out_dir=tmp_path / "out"))
     assert summary.exit_code == 0 and (tmp_path / "out" / "a.png").is_file()
+
+
+# ---- 7. a PDF is known by its content ------------------------------------------------------
+
+
+def test_misnamed_rasters_and_pdfs_are_read_as_what_they_are(tmp_path: Path) -> None:
+    """A PNG named .pdf was opened as a PDF and failed as "corrupt PDF"; a PDF named .png is
+    a PDF (edited in place and written as .pdf), and so is one with bytes before its header."""
+    from factory import pdf_pages
+
+    from aepipe.io import count_pages, decode_pages
+    from aepipe.runner import RunOptions, run_files
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.full((8, 12), 200, np.uint8)).save(src / "scan.pdf", "PNG")
+    pdf_pages(tmp_path / "doc.pdf", [(72.0, 72.0), (72.0, 72.0)])
+    (src / "doc.png").write_bytes((tmp_path / "doc.pdf").read_bytes())
+    assert core.output_format(src / "scan.pdf", "same") == "png"
+    assert not core.edits_in_place(src / "scan.pdf", "same")
+    assert core.edits_in_place(src / "doc.png", "same")
+    assert count_pages(src / "doc.png") == 2 and count_pages(src / "scan.pdf") == 1
+    summary = run_files([src], lambda b: b, RunOptions(out_dir=tmp_path / "out"))
+    assert summary.exit_code == 0, summary.records
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["doc.pdf", "scan.png"]
+    junk = b"\0" * 100 + (tmp_path / "doc.pdf").read_bytes()
+    assert len(list(decode_pages(junk, "mail.pdf", dpi=72))) == 2
