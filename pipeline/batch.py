@@ -293,9 +293,10 @@ class ImageBatch:
 def pil_to_array(image: Image.Image) -> np.ndarray:
     """Decode a PIL image of any mode into an HWC array that :meth:`ImageBatch.from_numpy` takes.
 
-    16-bit gray stays uint16 (no precision lost), 1-bit and palette images become uint8,
-    CMYK becomes RGB, alpha is kept so it can be composited onto white, and colours are
-    converted into sRGB through an embedded profile (:func:`pil_pixels`).
+    16-bit gray stays uint16 (no precision lost), 1-bit images and palettes of grays become
+    uint8 gray, other palettes and CMYK become RGB, alpha is kept so it can be composited onto
+    white, and colours are converted into sRGB through an embedded profile
+    (:func:`pil_pixels`).
     """
     return pil_pixels(image)[0]
 
@@ -319,10 +320,28 @@ def pil_pixels(image: Image.Image) -> tuple[np.ndarray, bytes | None]:
         return np.asarray(image), profile
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in image.info
+        if not has_alpha and _gray_palette(image):
+            # A palette of grays (a 2-colour black-and-white scan) is a gray page, as a PDF's
+            # gray rendering is, not a colour one three times its size.
+            return np.asarray(image.convert("L"))[..., None], None
         return np.asarray(image.convert("RGBA" if has_alpha else "RGB")), profile
     if mode in ("RGBA", "RGBa"):
         return np.asarray(image.convert("RGBA")), profile
     return np.asarray(image.convert("RGB")), profile
+
+
+def _gray_palette(image: Image.Image) -> bool:
+    """Whether every colour a palette image uses is a gray."""
+    palette = image.getpalette("RGB")
+    used = image.getcolors(256)  # (count, index) of each index in use; a P image has <= 256
+    if not palette or not used:
+        return False
+    rgb = np.asarray(palette, np.uint8).reshape(-1, 3)
+    index = np.asarray([i for _, i in used])
+    if int(index.max()) >= len(rgb):
+        return False
+    colours = rgb[index]
+    return bool((colours == colours[:, :1]).all())
 
 
 # ---- colour: sRGB is the working space ------------------------------------------------------

@@ -216,21 +216,14 @@ def page_uint8(images: Any, index: int) -> np.ndarray:
     return out
 
 
-def is_bilevel(pixels: np.ndarray) -> bool:
-    """Whether a one-channel uint8 page (H, W, 1) holds only pure black and pure white."""
-    if pixels.ndim != 3 or pixels.shape[-1] != 1:
-        return False
-    # uint8 wraps: 255 + 1 == 0 and 0 + 1 == 1, so "<= 1" means "0 or 255".
-    return bool(((pixels + np.uint8(1)) <= 1).all())
-
-
 def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> bytes:
     """A finished page as PNG bytes; 1-bit when the page is bilevel.
 
-    A page the stage marks ``meta["bilevel"]``, a gray page read from a 1-bit image
-    (``meta["mode"] == "1"``: 1-bit stays 1-bit, cut at mid-gray), or one whose pixels are all
-    pure black or white (e.g. ``clean-scans --binarize``) is kept 1-bit: lossless for such a
-    page, and written as 1-bit PNG, CCITT group 4 TIFF or 1-bit PDF. The page's ICC profile
+    A page the stage marks ``meta["bilevel"]``, a gray result of a bilevel page (read from a
+    1-bit image, ``meta["mode"] == "1"``, or of only black and white in 8 bits or a 2-colour
+    palette, ``meta["two_level"]``: bilevel stays bilevel, cut at mid-gray), or one whose pixels
+    are all pure black or white (e.g. ``clean-scans --binarize``) is kept 1-bit: lossless for
+    such a page, and written as 1-bit PNG, CCITT group 4 TIFF or 1-bit PDF. The page's ICC profile
     (``meta["icc_profile"]``) is embedded where it fits the result: a gray profile in a gray
     page, sRGB's in a colour one (a colorizer's colour result of a gray page gets none). So is
     its descriptive metadata (``exif``, ``xmp``, ``text``: :func:`aepipe.io.png_metadata`),
@@ -242,11 +235,12 @@ def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> by
     """
     from PIL import Image
 
-    from aepipe.io import png_metadata
+    from aepipe.io import is_bilevel, png_metadata
 
     meta = meta or {}
     gray = pixels.ndim == 3 and pixels.shape[-1] == 1
-    if meta.get("bilevel") or (gray and meta.get("mode") == "1") or is_bilevel(pixels):
+    bilevel_in = meta.get("mode") == "1" or meta.get("two_level")
+    if meta.get("bilevel") or (gray and bilevel_in) or is_bilevel(pixels):
         image = Image.fromarray(pixels[..., 0] >= 128).convert("1")
     else:
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)

@@ -72,7 +72,8 @@ class Page:
 
     Attributes:
         pixels: HWC array (uint8, uint16 or float32 in [0, 1]); C in 1..4.
-        meta: ``source``, ``page``, ``pages``, ``format``, ``mode``, ``size`` (W, H), ``dpi``,
+        meta: ``source``, ``page``, ``pages``, ``format``, ``mode``, ``two_level`` (a page
+            of only black and white, not stored 1-bit), ``size`` (W, H), ``dpi``,
             ``icc_profile`` (the ICC profile the pixels are in, where the file had one: its own
             gray profile, or sRGB's) and, for PDF pages, ``page_size_pt`` (W, H in points).
     """
@@ -307,6 +308,8 @@ def _decode_page(image: Any, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
     return pixels, {
         "format": fmt,
         "mode": image.mode,
+        # Black and white in 8 bits or a 2-colour palette is bilevel, as a 1-bit page is.
+        **({"two_level": True} if image.mode != "1" and is_bilevel(pixels) else {}),
         "size": (frame.width, frame.height),
         **_dpi_meta(image.info, turned),
         **({"icc_profile": profile} if profile else {}),
@@ -314,6 +317,19 @@ def _decode_page(image: Any, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
             image, fmt, frame.size, turned, profile != image.info.get("icc_profile")
         ),
     }
+
+
+def is_bilevel(pixels: np.ndarray) -> bool:
+    """Whether a one-channel uint8 page (H, W, 1) holds only pure black and pure white."""
+    if pixels.ndim != 3 or pixels.shape[-1] != 1 or pixels.dtype != np.uint8:
+        return False
+    # In strips: a gray page fails within its first rows, and a whole page's temporaries are
+    # not held at once. uint8 wraps: 255 + 1 == 0 and 0 + 1 == 1, so "<= 1" is "0 or 255".
+    step = max(1, (1 << 20) // max(1, pixels.shape[1]))
+    return all(
+        bool(((pixels[y : y + step] + np.uint8(1)) <= 1).all())
+        for y in range(0, pixels.shape[0], step)
+    )
 
 
 def _page_frames(image: Any, fmt: str, frames: Literal["first", "all"]) -> list[int]:

@@ -472,3 +472,40 @@ def test_misnamed_rasters_and_pdfs_are_read_as_what_they_are(tmp_path: Path) -> 
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["doc.pdf", "scan.png"]
     junk = b"\0" * 100 + (tmp_path / "doc.pdf").read_bytes()
     assert len(list(decode_pages(junk, "mail.pdf", dpi=72))) == 2
+
+
+# ---- 5. bilevel pages stored in 8 bits -----------------------------------------------------
+
+
+def soften(batch: ImageBatch) -> ImageBatch:
+    """A stage whose result is gray even for a black-and-white page (a cleaner's edges)."""
+    return batch.gray().replace(batch.gray().images * 0.8 + 0.1)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P"])
+@pytest.mark.parametrize("out_suffix", [".png", ".tif"])
+def test_black_and_white_pages_stay_1_bit_however_stored(
+    tmp_path: Path, mode: str, out_suffix: str
+) -> None:
+    """A black-and-white page stored 8-bit or as a 2-colour palette comes back 1-bit (cut at
+    mid-gray), as one stored 1-bit does; an 8-bit gray page stays 8-bit."""
+    ink = np.where(np.add.outer(np.arange(30), np.arange(40)) % 7 < 3, 0, 255).astype(np.uint8)
+    Image.fromarray(ink).convert(mode).save(tmp_path / "bw.png")
+    pages = core.run_pages(soften, list(read_pages(tmp_path / "bw.png")), "bw")
+    core.write_document(pages, [tmp_path / f"out{out_suffix}"])
+    with Image.open(tmp_path / f"out{out_suffix}") as out:
+        assert out.mode == "1"
+        np.testing.assert_array_equal(np.asarray(out), ink > 128)
+    Image.fromarray(ink // 2 + 60).convert(mode if mode != "1" else "L").save(tmp_path / "g.png")
+    pages = core.run_pages(soften, list(read_pages(tmp_path / "g.png")), "g")
+    assert Image.open(io.BytesIO(pages[0].png)).mode == "L"
+
+
+def test_a_palette_of_grays_is_read_gray_and_one_of_colours_in_colour(tmp_path: Path) -> None:
+    grays = Image.fromarray(np.tile(np.arange(0, 250, 10, dtype=np.uint8), (4, 1)))
+    grays.convert("P").save(tmp_path / "g.png")
+    Image.fromarray(colour_chart()).convert("P").save(tmp_path / "c.png")
+    [gray] = read_pages(tmp_path / "g.png")
+    [colour] = read_pages(tmp_path / "c.png")
+    assert gray.pixels.shape[-1] == 1 and colour.pixels.shape[-1] == 3
+    np.testing.assert_array_equal(gray.pixels[..., 0], np.asarray(grays))
