@@ -742,6 +742,55 @@ def edit_photo(
     return PhotoEdit(out, faces, [f.index for f in chosen], crops)
 
 
+SHEET_WHITE = 0.85
+"""Least value (every channel, 0..1) of a contact sheet's padding: ``io.make_grid`` pads with
+255, and JPEG ringing beside dark tiles pulls a thin line down a little."""
+
+
+def contact_sheet_tiles(images: torch.Tensor) -> tuple[int, int] | None:
+    """(rows, columns) of tiles when an image is a contact sheet, else ``None``.
+
+    A sheet, as ``gen-faces``, ``faces traverse`` or ``faces interpolate`` write one
+    (``io.make_grid``), is a white frame around at least two tiles of one size separated by
+    thin white lines. A photo with a white border has one "tile"; a white band across a photo
+    does not cut it into equal parts.
+
+    Args:
+        images: (1, C, H, W) in [0, 1].
+    """
+    white = images[0].amin(0) >= SHEET_WHITE
+    rows = _tile_runs((white.float().mean(1) >= 0.95).tolist())
+    cols = _tile_runs((white.float().mean(0) >= 0.95).tolist())
+    if rows is None or cols is None or len(rows) * len(cols) < 2:
+        return None
+    return len(rows), len(cols)
+
+
+def _tile_runs(line_is_white: list[bool]) -> list[int] | None:
+    """Lengths of the non-white runs along one axis, when they tile it as a sheet does.
+
+    ``None`` unless the axis starts and ends white, the runs have one length (+-2 px, at
+    least 8 px) and the white gaps between them are thin (at most a quarter of a tile).
+    """
+    if not line_is_white or not (line_is_white[0] and line_is_white[-1]):
+        return None
+    runs, gaps, length, gap = [], [], 0, 0
+    for is_white in line_is_white:
+        if is_white:
+            if length:
+                runs.append(length)
+                length = 0
+            gap += 1
+        else:
+            if gap and runs:
+                gaps.append(gap)
+            gap = 0
+            length += 1
+    if not runs or min(runs) < 8 or max(runs) - min(runs) > 2:
+        return None
+    return runs if all(g <= min(runs) / 4 for g in gaps) else None
+
+
 def face_report(result: PhotoEdit, choice: FaceChoice) -> list[str]:
     """One human line per face (found, edited or why not) for CLI and service reports."""
     # Candidates the aligner rejected are summed up in one line, not listed one by one.

@@ -11,7 +11,7 @@ import torch
 
 from aepipe.batch import ImageBatch
 from aepipe.data.attributes import check_against_archive, load_attributes
-from aepipe.errors import ConfigError
+from aepipe.errors import ConfigError, ExitCode
 from aepipe.stages.face_generator import (
     FaceGenerator,
     list_concepts,
@@ -193,3 +193,140 @@ def test_cli_concept_lists_its_folders_and_refuses_a_taken_name(tmp_path: Path, 
     out = tmp_path / "faces"
     res = cli("gen-faces", "-n", 1, "--concept", cdir / "mine.json", "-o", out)
     assert res.exit_code == 2 and "dims" in res.output and not out.exists()
+
+
+def _face_folders(tmp_path: Path) -> tuple[Path, Path]:
+    """A positive folder of photos (one face, no face, two faces, a gen-faces grid) and a
+    negative folder of two small crops."""
+    from factory import FACE_FILE, face_photo
+    from PIL import Image
+
+    from aepipe.io import make_grid
+
+    pos, neg = tmp_path / "pos", tmp_path / "neg"
+    pos.mkdir()
+    neg.mkdir()
+    Image.fromarray(face_photo()).save(pos / "one.png")
+    Image.fromarray(face_photo(None)).save(pos / "none.png")
+    Image.fromarray(np.concatenate([face_photo(), face_photo()], axis=1)).save(pos / "two.png")
+    face = np.asarray(Image.open(FACE_FILE).convert("L"))[None, ..., None]
+    Image.fromarray(make_grid(np.repeat(face, 4, 0))[..., 0]).save(pos / "grid.png")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 100, (20, 20), dtype=np.uint8)).save(neg / f"{i}.png")
+    return pos, neg
+
+
+def test_cli_concept_aligns_the_face_of_each_photo_and_skips_the_rest(tmp_path: Path, cli) -> None:
+    """`faces concept` encoded whole photos (a concept of backgrounds) and took a gen-faces
+    grid for a face; it now aligns each photo's one face as `faces edit` does, and skips
+    photos without a face, with several faces, and contact sheets, saying why."""
+    from aepipe.core import aligned_face, read_photo
+
+    weights = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
+    pos, neg = _face_folders(tmp_path)
+    cdir = tmp_path / "concepts"
+    res = cli(
+        "faces", "concept", "--positive", pos, "--negative", neg, "--name", "mine",
+        "--model", weights, "--concepts-dir", cdir,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "none.png: skipped, no face found" in res.output
+    assert "two.png: skipped, 2 faces found" in res.output
+    assert "grid.png: skipped, a contact sheet of 2 x 2" in res.output
+    doc = json.loads((cdir / "mine.json").read_text())
+    assert doc["n_positive"] == 1 and doc["n_negative"] == 2 and doc["n_skipped"] == 3
+    stage = FaceGenerator.from_pretrained(weights)
+    face = stage.encode(aligned_face(stage, read_photo(pos / "one.png")))[0]
+    crops = torch.cat([stage.encode(read_photo(p)) for p in sorted(neg.iterdir())])
+    expected = face - crops.mean(0)
+    torch.testing.assert_close(torch.tensor(doc["vector"]), expected, atol=2e-6, rtol=0)
+    # A folder with no usable face at all is an error, and no file is written.
+    (pos / "one.png").unlink()
+    (pos / "two.png").unlink()
+    res = cli(
+        "faces", "concept", "--positive", pos, "--negative", neg, "--name", "other",
+        "--model", weights, "--concepts-dir", cdir,
+    )  # fmt: skip
+    assert res.exit_code == 2 and "no usable face" in res.output
+    assert not (cdir / "other.json").exists()
+
+
+def test_contact_sheets_are_told_from_photos() -> None:
+    from factory import face_photo
+
+    from aepipe import faces_align as fa
+    from aepipe.io import make_grid
+
+    def sheet(images: np.ndarray, jpeg: bool = False) -> torch.Tensor:
+        if jpeg:
+            import io
+
+            from PIL import Image
+
+            buf = io.BytesIO()
+            Image.fromarray(images).save(buf, format="JPEG", quality=85)
+            images = np.asarray(Image.open(buf))
+        return ImageBatch.from_numpy(images, ["x"]).images
+
+    tiles = np.random.default_rng(0).integers(0, 200, (6, 64, 64, 3), dtype=np.uint8)
+    assert fa.contact_sheet_tiles(sheet(make_grid(tiles, ncols=3))) == (2, 3)
+    assert fa.contact_sheet_tiles(sheet(make_grid(tiles[:2]), jpeg=True)) == (1, 2)
+    photo = face_photo()
+    framed = np.pad(photo, ((20, 20), (20, 20), (0, 0)), constant_values=255)
+    assert fa.contact_sheet_tiles(sheet(photo)) is None
+    assert fa.contact_sheet_tiles(sheet(framed)) is None  # a print's white border: one tile
+    assert fa.contact_sheet_tiles(sheet(make_grid(tiles[:1]))) is None
+
+
+def test_concept_files_are_checked_against_the_weights_before_any_work(tmp_path: Path, cli) -> None:
+    """A concept of the wrong size failed each photo after detection (exit 3), face-vae's
+    shipped concepts were applied to any generator (face-ae: exit 0), and NaN in a file
+    painted the faces black with exit 0. Each is now exit 2 when the concept is read."""
+    from PIL import Image
+
+    weights = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
+    other = FaceGenerator.tiny(seed=1).save_pretrained(tmp_path / "w2")  # same size
+    cdir, photos = tmp_path / "concepts", tmp_path / "photos"
+    save_concept(tmp_path / "bad.json", "bad", torch.tensor([1.0, 2.0, 3.0]))
+    (tmp_path / "nan.json").write_text('{"name": "nan", "vector": [NaN, 1, 2, Infinity]}')
+    _, neg = _face_folders(tmp_path)
+    res = cli(
+        "faces", "concept", "--positive", neg, "--negative", neg, "--name", "mine",
+        "--model", weights, "--concepts-dir", cdir,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    from aepipe.weights import read_config
+
+    assert (
+        json.loads((cdir / "mine.json").read_text())["model_sha256"]
+        == (read_config(weights)["sha256"])
+    )
+    photos.mkdir()
+    Image.fromarray(np.full((300, 400), 128, np.uint8)).save(photos / "p.png")
+    cases = [
+        (("faces", "edit", photos, "--concept", f"{tmp_path / 'bad.json'}:1"), "3 dims"),
+        (("faces", "edit", photos, "--concept", "smile:1"), "smile.json: concept has 128 dims"),
+        (("gen-faces", "-n", 1, "--concept", f"{tmp_path / 'nan.json'}:1"), "nan.json: not a"),
+        (("gen-faces", "-n", 1, "--concept", "mine:1", "--concepts-dir", cdir), None),
+        (("faces", "edit", photos, "--concept", "mine", "--concepts-dir", cdir), None),
+    ]
+    for k, (args, says) in enumerate(cases):
+        for model, fits in ((weights, says is None), (other, False)):
+            out = tmp_path / f"out{k}{model.name}"
+            res = cli(*args, "--model", model, "--out", out)
+            if fits:  # the no-face photo fails as a file (exit 3), after the concept loaded
+                assert res.exit_code in (0, 3), res.output
+                continue
+            assert res.exit_code == 2, (args, res.output)
+            assert (says or "fitted on other weights") in res.output, res.output
+            assert not out.exists()
+    out = tmp_path / "ae"
+    res = cli("gen-faces", "-n", 1, "--model", "face-ae", "--concept", "smile:1", "--out", out)
+    assert res.exit_code == 2 and "fitted on other weights" in res.output and not out.exists()
+    res = cli("faces", "concepts", "--model", "face-ae")
+    assert res.exit_code == 0 and "smile" not in res.stdout and "not listed: blond" in res.output
+    res = cli("faces", "concepts", "--model", tmp_path / "nosuch")
+    assert res.exit_code == ExitCode.MODEL_ERROR, res.output
+    res = cli("faces", "concepts", "--model", other, "--concepts-dir", cdir)
+    assert res.exit_code == 0 and "mine " not in res.stdout

@@ -204,8 +204,9 @@ def gen_faces(
         grid_path = None if no_grid else image_target(grid or out / "grid.png", "--grid")
         face_vae_only = {"--prior": prior, "--sharpen": sharpen is not None, "--concept": concept}
         _face_vae_only(model, [name for name, given in face_vae_only.items() if given])
-        stage = load_generator(model, _resolve_device(device), **overrides)
+        # Concepts before the model: one that does not fit these weights costs no work.
         options = {"concepts": _concepts(concept, concepts_dir, model)} if concept else {}
+        stage = load_generator(model, _resolve_device(device), **overrides)
         then = []
         if colorize:
             from aepipe.stage import load_stage
@@ -428,10 +429,12 @@ def edit(
     align = check_choice(align, ("auto", "photo", "crop"), "--align")
     choice = _face_choice(face)
     dev = _resolve_device(device)
+    with cli_errors():
+        # Read and checked against --model before any photo: a bad concept is exit 2 at once.
+        vectors = _concepts(concept, concepts_dir, model)
 
     def load():
-        stage = _load_face_vae(model, dev)
-        return _photo_edit(stage, _concepts(concept, concepts_dir, model), choice, align, quiet)
+        return _photo_edit(_load_face_vae(model, dev), vectors, choice, align, quiet)
 
     options = RunOptions(
         out_dir=out, out_suffix="edit", fmt="png", overwrite=overwrite, batch_size=1
@@ -558,15 +561,18 @@ def concept_cmd(
 ) -> None:
     """Store a concept vector: mean latent of the positive faces minus that of the negative ones.
 
-    A name that --concept already finds (a file in --concepts-dir, or a shipped concept's name
-    or alias) is refused unless --overwrite is given.
+    Each image may be a face crop (at most twice the model's size: used whole, as faces edit
+    uses crops) or a photo with one face, which is found and aligned to the model's framing
+    as faces edit does. Photos with no usable face or with several faces, and contact sheets
+    (gen-faces' grid.png), are skipped with a note each; a folder left with no face is an
+    error. The file records the weights it was fitted on (model_sha256): --concept refuses it
+    for other weights. A name that --concept already finds (a file in --concepts-dir, or a
+    shipped concept's name or alias) is refused unless --overwrite is given.
     """
     with cli_errors():
-        import torch
-
-        from aepipe.batch import ImageBatch
         from aepipe.stages.face_generator import (
             check_new_concept,
+            concept_target,
             default_concept_dirs,
             save_concept,
         )
@@ -574,29 +580,77 @@ def concept_cmd(
         # Before the model loads and the faces are encoded: a taken name costs no work.
         check_new_concept(name, default_concept_dirs(concepts_dir, model), overwrite)
         stage = _load_face_vae(model, _resolve_device(device))
-
-        def codes(folder: Path) -> torch.Tensor:
-            return torch.cat([stage.encode(_read_one(p)) for p in _image_files(folder)])
-
-        pos, neg = codes(positive), codes(negative)
+        pos, pos_skipped = _concept_codes(stage, positive)
+        neg, neg_skipped = _concept_codes(stage, negative)
         vector = pos.mean(0) - neg.mean(0)
-        _ = ImageBatch  # images of different sizes are encoded one by one above
         path = save_concept(
             concepts_dir,
             name,
             vector,
             {
                 "model": model,
+                "model_sha256": concept_target(model).sha256,
                 "positive": str(positive),
                 "negative": str(negative),
                 "n_positive": len(pos),
                 "n_negative": len(neg),
+                "n_skipped": pos_skipped + neg_skipped,
+                "faces": "photos: the one face found and aligned as faces edit does; crops whole",
             },
         )
+        skipped = pos_skipped + neg_skipped
         err(
-            f"wrote {path} (|v| = {float(vector.norm()):.3f}, "
-            f"{len(pos)} positive, {len(neg)} negative)"
+            f"wrote {path} (|v| = {float(vector.norm()):.3f}, {len(pos)} positive, "
+            f"{len(neg)} negative" + (f"; {skipped} images skipped, see above)" if skipped else ")")
         )
+
+
+def _concept_codes(stage, folder: Path):
+    """Codes of the one face of each image in ``folder``, and how many images were skipped.
+
+    Raises:
+        ConfigError: ``folder`` is not a folder of images, or none of them gives a face.
+    """
+    import torch
+
+    from aepipe.errors import ConfigError
+
+    codes, skipped = [], 0
+    for path in _image_files(folder):
+        face, why = _concept_face(stage, path)
+        if face is None:
+            err(f"{path}: skipped, {why}")
+            skipped += 1
+        else:
+            codes.append(stage.encode(face))
+    if not codes:
+        raise ConfigError(f"{folder}: no usable face in {skipped} image(s) (reasons above)")
+    return torch.cat(codes), skipped
+
+
+def _concept_face(stage, path: Path):
+    """``(face, None)``: the image's one face at the model's framing; ``(None, why)`` if none.
+
+    Crops (at most twice the model's size) are the face as they are, as faces edit takes them.
+    """
+    from aepipe import faces_align as fa
+    from aepipe.batch import ImageBatch
+    from aepipe.core import _is_face_crop
+
+    batch = _read_one(path)
+    tiles = fa.contact_sheet_tiles(batch.images[:1])
+    if tiles is not None:
+        return None, f"a contact sheet of {tiles[0]} x {tiles[1]} images, not one face"
+    if _is_face_crop(stage, batch, "auto"):
+        return batch, None
+    faces = fa.find_faces(batch.images[:1], mean_face=fa.mean_face(stage))
+    found = fa.select_faces(faces, "all")
+    if len(found) > 1:
+        return None, f"{len(found)} faces found; a concept needs one face per image (crop it)"
+    if not found:
+        return None, "; ".join(fa.face_report(fa.PhotoEdit(batch.images, faces, []), "all"))
+    crop = fa.align_crops(batch.images[:1], found)
+    return ImageBatch(crop, batch.names[:1], [dict(batch.meta[0])]), None
 
 
 @faces_app.command("concepts")
@@ -604,15 +658,22 @@ def concepts_cmd(
     concepts_dir: ConceptDirOpt = Path("concepts"),
     model: ModelOpt = "face-vae",
 ) -> None:
-    """List the concept vectors --concept can use: name, contrast, aliases, length, how built."""
-    with cli_errors():
-        from aepipe.stages.face_generator import default_concept_dirs, list_concepts
+    """List the concept vectors --concept can use with --model: name, contrast, aliases, length.
 
+    Concepts fitted on other weights (face-vae's shipped ones, for --model face-ae) are not
+    listed; one line says how many and why. Exit 4: --model is not a weights folder or name.
+    """
+    with cli_errors():
+        from aepipe.stages.face_generator import (
+            concept_target,
+            default_concept_dirs,
+            list_concepts,
+        )
+
+        concept_target(model)  # unknown weights: exit 4, as every command that loads them
         found = list_concepts(default_concept_dirs(concepts_dir, model))
-        if not found:
-            err("no concept files found")
-            return
-        for doc in found:
+        usable = [doc for doc in found if "unfit" not in doc]
+        for doc in usable:
             aliases = ", ".join(doc.get("aliases", [])) or "-"
             # Shipped files name a labelled attribute; `faces concept` records its folders.
             positive = doc.get("attribute") or doc.get("positive", "?")
@@ -623,6 +684,15 @@ def concepts_cmd(
             )
             typer.echo(f"{'':<12} {doc.get('method', 'difference of mean codes')}")
             typer.echo(f"{'':<12} {doc['path']}")
+        unfit = [doc for doc in found if "unfit" in doc]
+        if unfit:
+            names = ", ".join(doc["name"] for doc in unfit)
+            err(
+                f"not listed: {names} (fitted on other weights or for another latent size than "
+                f"--model {model}'s; aepipe faces concept --model {model} makes one for it)"
+            )
+        if not usable:
+            err(f"no concept files for --model {model}")
 
 
 @faces_app.command("fit-concepts")

@@ -22,6 +22,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -435,24 +436,97 @@ def slerp(
 # ---- concept files --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ConceptTarget:
+    """The weights concept vectors are about to be applied to: what a concept file must fit.
+
+    Attributes:
+        weights: the weights as the user named them (for messages).
+        latent_dim: the generator's latent size (None: not in its config, e.g. the VQ-VAE).
+        sha256: the weights' sha256 from their ``config.json``, which concept files made for
+            them record as ``model_sha256``.
+    """
+
+    weights: str
+    latent_dim: int | None
+    sha256: str | None
+
+
+class ConceptDirs(list[Path]):
+    """The folders ``--concept`` searches, in order, and the weights the concepts are for.
+
+    Every front end gets its folders from :func:`default_concept_dirs`, and every concept it
+    reads goes through :func:`load_concept`; carrying the weights with the folders lets that one
+    function refuse a vector of the wrong size or fitted on other weights when the file is read,
+    before any photo is opened.
+    """
+
+    def __init__(self, dirs: Sequence[Path] = (), target: ConceptTarget | None = None) -> None:
+        super().__init__(dirs)
+        self.target = target
+
+
+def concept_target(model: str | os.PathLike[str]) -> ConceptTarget:
+    """What a concept must fit to be applied to ``model`` (read from its ``config.json``).
+
+    Raises:
+        WeightsError: ``model`` is not a weights folder or shipped name.
+    """
+    from aepipe.weights import read_config, resolve
+
+    config = read_config(resolve(model))
+    dim = config.get("model_kwargs", {}).get("latent_dim")
+    return ConceptTarget(str(model), int(dim) if dim is not None else None, config.get("sha256"))
+
+
 def default_concept_dirs(
     user_dir: str | os.PathLike[str] | None = None, model: str | os.PathLike[str] | None = None
-) -> list[Path]:
-    """Where concepts are looked up, in order.
+) -> ConceptDirs:
+    """Where concepts are looked up, in order, for the weights ``model``.
 
     The user folder (if given), the ``concepts/`` folder of the model's weights (if ``model``
-    names a weights folder), then the shipped face-vae concepts.
+    names a weights folder), then the shipped face-vae concepts. With a ``model`` that
+    resolves, :func:`load_concept` checks each vector against it (:class:`ConceptTarget`);
+    weights that do not resolve are left to the loader to report.
     """
     from aepipe.weights import resolve, shipped_weights_dir
 
     dirs = [Path(user_dir)] if user_dir else []
+    target = None
     if model is not None:
         with contextlib.suppress(WeightsError):
             dirs.append(resolve(model) / "concepts")
+            target = concept_target(model)
     shipped = shipped_weights_dir() / "face-vae" / "concepts"
     if shipped not in dirs:
         dirs.append(shipped)
-    return dirs
+    return ConceptDirs(dirs, target)
+
+
+def check_concept_fits(doc: dict[str, Any], path: Path, target: ConceptTarget) -> None:
+    """Refuse a concept file that cannot mean anything to the weights ``target``.
+
+    A vector of another length cannot be added to the codes; one fitted on other weights
+    (its ``model_sha256``, which ``faces concept`` and ``faces fit-concepts`` record) points
+    somewhere meaningless in this model's latent space even when the length matches (face-vae's
+    smile on face-ae's codes). Files that record no weights (written by hand, or by older
+    versions) are checked for their length only.
+
+    Raises:
+        ConfigError: naming the file, the weights and how to make a concept for them.
+    """
+    n = len(doc["vector"])
+    if target.latent_dim is not None and n != target.latent_dim:
+        raise ConfigError(
+            f"{path}: concept has {n} dims; {target.weights}'s latent has {target.latent_dim}"
+        )
+    fitted = doc.get("model_sha256")
+    if fitted and target.sha256 and fitted != target.sha256:
+        raise ConfigError(
+            f"{path}: fitted on other weights ({doc.get('model', '?')}, sha256 {fitted[:12]}...), "
+            f"not on {target.weights} (sha256 {target.sha256[:12]}...); make one for these "
+            f"weights with aepipe faces concept --model {target.weights}"
+        )
 
 
 def save_concept(
@@ -516,11 +590,25 @@ def check_new_concept(name: str, dirs: Sequence[Path], overwrite: bool = False) 
 
 
 def _read_concept_file(path: Path) -> dict[str, Any]:
+    """A concept file's fields, its vector as floats; refuses one that is not a finite vector.
+
+    Raises:
+        ConfigError: naming the file: not JSON, no ``vector``, or NaN / infinite values (JSON
+            readers accept ``NaN`` and ``Infinity``; added to a code they paint the face black).
+    """
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         doc["vector"] = [float(v) for v in doc["vector"]]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: not a concept file ({exc})") from None
+    if not doc["vector"]:
+        raise ConfigError(f"{path}: not a concept file (empty vector)")
+    bad = sum(not math.isfinite(v) for v in doc["vector"])
+    if bad:
+        raise ConfigError(
+            f"{path}: not a concept file ({bad} of {len(doc['vector'])} vector values are NaN "
+            "or infinite)"
+        )
     return doc
 
 
@@ -529,16 +617,26 @@ def list_concepts(dirs: Sequence[Path] | None = None) -> list[dict[str, Any]]:
 
     Returns:
         One dict per concept: ``name``, ``path``, ``norm`` (length of the vector) and the
-        file's other fields (``attribute``, ``aliases``, ``method``, counts ...).
+        file's other fields (``attribute``, ``aliases``, ``method``, counts ...); with ``dirs``
+        made for a model (:func:`default_concept_dirs`), ``unfit`` says why a concept cannot
+        be applied to it (absent when it can).
     """
+    target = getattr(dirs, "target", None)
     seen: dict[str, dict[str, Any]] = {}
     for folder in dirs or default_concept_dirs():
         for path in sorted(Path(folder).glob(f"*{CONCEPT_SUFFIX}")) if folder.is_dir() else []:
             doc = _read_concept_file(path)
-            vec = doc.pop("vector")
             doc.setdefault("name", path.stem)
-            if doc["name"] not in seen:
-                seen[doc["name"]] = {**doc, "path": str(path), "norm": math.hypot(*vec)}
+            if doc["name"] in seen:
+                continue
+            entry = {**doc, "path": str(path), "norm": math.hypot(*doc["vector"])}
+            del entry["vector"]
+            if target is not None:
+                try:
+                    check_concept_fits(doc, path, target)
+                except ConfigError as exc:
+                    entry["unfit"] = str(exc)
+            seen[doc["name"]] = entry
     return list(seen.values())
 
 
@@ -551,11 +649,16 @@ def load_concept(
     ``aliases`` and ``attribute`` fields of the files (``smiling`` or ``Smiling`` find
     ``smile.json``).
 
+    ``dirs`` from :func:`default_concept_dirs` with a model also check that the vector fits
+    that model (:func:`check_concept_fits`).
+
     Raises:
-        ConfigError: the concept is not found or the file is malformed (the message names it).
+        ConfigError: the concept is not found, the file is malformed or holds non-finite values,
+            or it does not fit the weights ``dirs`` are for (the message names the file).
     """
     import torch
 
+    target = getattr(dirs, "target", None)
     dirs = list(dirs or default_concept_dirs())
     path = Path(name_or_path)
     if path.suffix.lower() == CONCEPT_SUFFIX:
@@ -565,7 +668,10 @@ def load_concept(
     if found is None:
         where = ", ".join(str(d) for d in dirs)
         raise ConfigError(f"concept {str(name_or_path)!r} not found (looked in {where})")
-    return torch.tensor(_read_concept_file(found)["vector"], dtype=torch.float32)
+    doc = _read_concept_file(found)
+    if target is not None:
+        check_concept_fits(doc, found, target)
+    return torch.tensor(doc["vector"], dtype=torch.float32)
 
 
 def find_concept(name: str, dirs: Sequence[Path]) -> Path | None:
