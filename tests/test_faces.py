@@ -665,3 +665,73 @@ def test_cli_sheet_paths_are_checked_before_any_work(tmp_path: Path, cli) -> Non
         res = cli(*args, "--model", weights)
         assert res.exit_code == 2 and message in res.output, (args, res.output)
     assert not out.exists()
+
+
+def test_cli_gen_faces_keeps_existing_faces_unless_overwrite(tmp_path: Path, cli) -> None:
+    """A second gen-faces into the same folder silently replaced faces 0-1 with another
+    seed's, kept 2-3 of the first run and drew a grid of 2: existing files are now kept, as
+    `aepipe run`'s folder sink keeps them (--overwrite replaces), and leftovers are reported."""
+    weights = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
+    out, fresh = tmp_path / "ow", tmp_path / "fresh"
+
+    def gen(folder: Path, *extra: object):
+        res = cli("gen-faces", "--model", weights, "--out", folder, *extra)
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    gen(out, "--n", 4, "--seed", 1)
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    said = gen(out, "--n", 2, "--seed", 2)
+    assert "wrote 0 faces" in said and "kept 2 that exist" in said
+    assert "kept the grid" in said or "grid" not in said.split("kept 2")[1]
+    assert "also holds 2 file(s) of another run (face_00002.png, face_00003.png)" in said
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    said = gen(out, "--n", 2, "--seed", 2, "--overwrite")
+    gen(fresh, "--n", 2, "--seed", 2)
+    for name in ("face_00000.png", "face_00001.png", "grid.png"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+    assert "also holds 2 file(s)" in said  # replaced 0-1; 2-3 are still the first run's
+    # --colorize writes through the same sink: a re-run keeps what is there.
+    gen(tmp_path / "col", "--n", 2, "--colorize")
+    assert "kept 2 that exist" in gen(tmp_path / "col", "--n", 2, "--colorize")
+
+
+def test_cli_gen_faces_refuses_grid_with_no_grid(tmp_path: Path, cli) -> None:
+    weights = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
+    out = tmp_path / "faces"
+    res = cli("gen-faces", "--model", weights, "--out", out, "--no-grid", "--grid", "x.png")
+    assert res.exit_code == 2 and "--no-grid" in res.output and not out.exists()
+
+
+def test_cli_interpolate_frames_keep_earlier_walks_and_sort_past_100(tmp_path: Path, cli) -> None:
+    """`faces interpolate --frames` replaced a first walk's frames and left the rest; names
+    step_00 ... stopped sorting in walk order at 100 steps."""
+    weights = FaceGenerator.tiny(seed=0).save_pretrained(tmp_path / "w")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(
+            tmp_path / f"{name}.png"
+        )
+    frames = tmp_path / "frames"
+
+    def walk(steps: int, *extra: object) -> str:
+        res = cli(
+            "faces", "interpolate", tmp_path / "a.png", tmp_path / "b.png", "--steps", steps,
+            "--model", weights, "--out", tmp_path / "s.png", "--frames", frames, *extra,
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    walk(4)
+    first = {p.name: p.read_bytes() for p in frames.iterdir()}
+    said = walk(3, "--method", "slerp")
+    assert "wrote 3 frames" in said and "also holds 4 file(s) of another run" in said
+    assert all(first[n] == (frames / n).read_bytes() for n in first)
+    said = walk(3)
+    assert "kept 3 that exist" in said and "also holds 4 file(s)" in said  # step_03, slerp
+    assert {p.name: p.read_bytes() for p in frames.iterdir() if p.name in first} == first
+    walk(3, "--overwrite")
+    stage = FaceGenerator.tiny(seed=0)
+    names = stage.interpolate(torch.zeros(4), torch.ones(4), steps=101).names
+    assert names[0] == "step_000" and names[-1] == "step_100" and sorted(names) == names
+    assert stage.interpolate(torch.zeros(4), torch.ones(4), steps=8).names[-1] == "step_07"

@@ -183,12 +183,21 @@ def gen_faces(
     ] = None,
     model: ModelOpt = "face-vae",
     device: DeviceOpt = "cpu",
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace existing faces and grid in OUT (default: keep them)."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Generate N new gray faces as PNG files plus a contact-sheet grid, reproducibly from --seed.
 
     Files are named face_00000.png ... and written atomically; a second run with the same
-    seed writes the same images.
+    seed writes the same images. Files that already exist in OUT (and the grid) are kept, not
+    replaced, as aepipe run's folder sink does: a re-run with the same options resumes, and
+    a run with another --seed into the same folder says what it kept (--overwrite replaces
+    them). Faces of an earlier, larger run left in OUT are reported, never deleted.
     """
     with cli_errors():
         from aepipe.core import generate, load_generator
@@ -201,6 +210,8 @@ def gen_faces(
             overrides["sharpen"] = sharpen
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out}: is a file; the faces go into a folder")
+        if no_grid and grid is not None:
+            raise ConfigError("--grid and --no-grid: give one or the other")
         grid_path = None if no_grid else image_target(grid or out / "grid.png", "--grid")
         face_vae_only = {"--prior": prior, "--sharpen": sharpen is not None, "--concept": concept}
         _face_vae_only(model, [name for name, given in face_vae_only.items() if given])
@@ -213,8 +224,7 @@ def gen_faces(
 
             then.append(load_stage("colorizer", device=_resolve_device(device)))
         batches = generate(stage, n, seed=seed, temperature=temperature, stages=then, **options)
-        _write_faces(batches, n, out, grid_path, quiet)
-        err(f"wrote {n} faces to {out}" + (f" and the grid {grid_path}" if grid_path else ""))
+        _write_faces(batches, n, out, grid_path, overwrite, quiet)
 
 
 def _face_vae_only(model: str, options: list[str]) -> None:
@@ -242,32 +252,50 @@ def _face_vae_only(model: str, options: list[str]) -> None:
         )
 
 
-def _write_faces(batches, n: int, out: Path, grid_path: Path | None, quiet: bool) -> None:
-    """Write each face as ``<name>.png`` under ``out`` and up to 1024 of them as a grid."""
-    import itertools
+def _write_faces(
+    batches, n: int, out: Path, grid_path: Path | None, overwrite: bool, quiet: bool
+) -> None:
+    """Write each face as ``<name>.png`` under ``out`` and up to 1024 of them as a grid.
 
-    import numpy as np
+    As ``aepipe run``'s folder sink (:func:`aepipe.pipeline.write_batches`, the same call):
+    existing files are kept unless ``overwrite``, and a grid made now shows the faces as they
+    are in ``out``. Face files of another run left beside them are reported, not deleted.
+    """
+    from aepipe.pipeline import write_batches
 
-    from aepipe.io import write_image
-
-    # The first batch before the folder: a sampling option the generator refuses (it checks
-    # when it starts) must leave nothing behind.
-    batches = iter(batches)
-    first = next(batches, None)
-    out.mkdir(parents=True, exist_ok=True)
-    keep = []
+    # The folder appears with the first file: a sampling option the generator refuses (it
+    # checks when it starts) leaves nothing behind.
     with _progress(n, quiet) as advance:
-        for batch in itertools.chain([first] if first is not None else [], batches):
-            arrays = batch.to_numpy(np.uint8)
-            for name, arr in zip(batch.names, arrays, strict=True):
-                write_image(arr[..., 0] if arr.shape[-1] == 1 else arr, out / f"{name}.png")
-            if grid_path is not None and sum(len(b) for b in keep) < 1024:
-                keep.append(batch)
-            advance(len(batch))
-    if grid_path is not None and keep:
-        from aepipe.batch import ImageBatch
+        done = write_batches(_advancing(batches, advance), out, grid_path, overwrite)
+    faces = [p for p in done.written if p != grid_path]
+    kept = [p for p in done.skipped if p != grid_path]
+    err(
+        f"wrote {len(faces)} faces to {out}"
+        + (f" and the grid {grid_path}" if grid_path in done.written else "")
+        + (f"; kept {len(kept)} that exist (--overwrite replaces them)" if kept else "")
+    )
+    if done.note:
+        err(f"note: {done.note}")
+    _report_leftovers(out, "face_*.png", done)
 
-        _write_grid(ImageBatch.concat(keep).split(1024)[0], grid_path)
+
+def _advancing(batches, advance):
+    """The batches, moving the progress bar on as each one is handed over."""
+    for batch in batches:
+        yield batch
+        advance(len(batch))
+
+
+def _report_leftovers(out: Path, pattern: str, done) -> None:
+    """Note files like the ones just written that this run did not make (an earlier run's)."""
+    ours = {p.resolve() for p in (*done.written, *done.skipped)}
+    others = sorted(p.name for p in out.glob(pattern) if p.resolve() not in ours)
+    if others:
+        shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
+        err(
+            f"note: {out} also holds {len(others)} file(s) of another run ({shown}); they are "
+            "not this run's: remove them or choose another folder"
+        )
 
 
 class _progress:
@@ -470,6 +498,10 @@ def interpolate(
     frames: Annotated[
         Path | None, typer.Option("--frames", help="Also write each step as a PNG here.")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace existing frames in --frames (default: keep)."),
+    ] = False,
     model: ModelOpt = "face-vae",
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -477,6 +509,8 @@ def interpolate(
 
     A and B may be ordinary photos: the chosen face of each is found and aligned to the VAE's
     framing first (as faces edit does); face crops (--align crop) are centre-cropped.
+    Frames (--frames, <method>_step_NN.png) that already exist are kept, as in aepipe run's
+    folder sink, unless --overwrite; frames of another walk left there are reported.
     """
     from aepipe.cli.common import check_choice
 
@@ -484,10 +518,7 @@ def interpolate(
     align = check_choice(align, ("auto", "photo", "crop"), "--align")
     choice = _face_choice(face, one=True)
     with cli_errors():
-        import numpy as np
-
         from aepipe.core import face_strip, interpolate_faces, named_by_method, walk_methods
-        from aepipe.io import write_image
 
         image_target(out, "--out")
         stage = _load_face_vae(model, _resolve_device(device))
@@ -496,12 +527,14 @@ def interpolate(
             stage, _read_one(a), _read_one(b), steps, methods, face=choice, align=align
         )
         _write_sheet(face_strip(rows), out)
-        if frames is not None:
-            frames.mkdir(parents=True, exist_ok=True)
-            for row in named_by_method(rows, methods):
-                for name, arr in zip(row.names, row.to_numpy(np.uint8), strict=True):
-                    write_image(arr[..., 0], frames / f"{name}.png")
         err(f"wrote {out}")
+        if frames is not None:
+            from aepipe.pipeline import write_batches
+
+            done = write_batches(named_by_method(rows, methods), frames, None, overwrite)
+            kept = f"; kept {len(done.skipped)} that exist (--overwrite)" if done.skipped else ""
+            err(f"wrote {len(done.written)} frames to {frames}{kept}")
+            _report_leftovers(frames, "*_step_*.png", done)
 
 
 @faces_app.command("traverse")

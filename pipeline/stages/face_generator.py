@@ -307,7 +307,9 @@ class FaceGenerator(FaceModel):
             z = slerp(za, zb, t, center=self.model.sample_loc.detach().float().cpu())
         else:
             raise ConfigError(f"{self.name}: method must be 'linear' or 'slerp'; got {method!r}")
-        return self.decode(z, [f"step_{i:02d}" for i in range(steps)])
+        # Padded to the count's width, so the names sort in walk order past 100 steps.
+        width = max(2, len(str(steps - 1)))
+        return self.decode(z, [f"step_{i:0{width}d}" for i in range(steps)])
 
     def traverse(
         self,
