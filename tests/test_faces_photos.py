@@ -483,3 +483,20 @@ def test_cli_missing_photo_is_a_bad_argument(tmp_path: Path, cli) -> None:
         res = cli(*args, "-o", tmp_path / "s.png")
         assert res.exit_code == ExitCode.BAD_ARGS and "input not found" in res.output, args
     assert not (tmp_path / "s.png").exists()
+
+
+def test_cli_edit_recursive_keeps_the_layout(tmp_path: Path, cli, tiny_weights) -> None:
+    """`faces edit` had no --recursive (reconstruct and colorize have it)."""
+    weights = tiny_weights["face-generator"]
+    nested = tmp_path / "in" / "sub"
+    nested.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(nested / "a.png")
+    concept = tmp_path / "c.json"
+    concept.write_text('{"name": "c", "vector": [1, 0, 0, 0]}')
+    args = ("faces", "edit", tmp_path / "in", "--concept", f"{concept}:1", "--model", weights)
+    res = cli(*args, "--out", tmp_path / "flat")
+    assert res.exit_code != 0 and not (tmp_path / "flat" / "sub" / "a.png").exists()
+    res = cli(*args, "--recursive", "--out", tmp_path / "deep")
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "deep" / "sub" / "a.png").size == (16, 16)

@@ -13,7 +13,9 @@ import typer
 
 from aepipe.cli.apps import app, faces_app, vae_app
 from aepipe.cli.common import (
+    OverwriteOpt,
     OverwriteShippedOpt,
+    RecursiveOpt,
     cli_errors,
     err,
     image_target,
@@ -378,10 +380,8 @@ def reconstruct(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder \\[default: <input>_recon].")
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing outputs.")
-    ] = False,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r")] = False,
+    overwrite: OverwriteOpt = False,
+    recursive: RecursiveOpt = False,
     face: FaceOpt = "all",
     align: AlignOpt = "auto",
     model: ModelOpt = "face-vae",
@@ -431,9 +431,8 @@ def edit(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder \\[default: <input>_edit].")
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing outputs.")
-    ] = False,
+    overwrite: OverwriteOpt = False,
+    recursive: RecursiveOpt = False,
     model: ModelOpt = "face-vae",
     device: DeviceOpt = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -465,7 +464,12 @@ def edit(
         return _photo_edit(_load_face_vae(model, dev), vectors, choice, align, quiet)
 
     options = RunOptions(
-        out_dir=out, out_suffix="edit", fmt="png", overwrite=overwrite, batch_size=1
+        out_dir=out,
+        out_suffix="edit",
+        fmt="png",
+        overwrite=overwrite,
+        recursive=recursive,
+        batch_size=1,
     )
     run_job(inputs, load, options, quiet=quiet)
 
