@@ -32,8 +32,10 @@ def colorize(
         str,
         typer.Option(
             "--model",
-            help="auto (default: face model for face crops up to 160 px, roughly square; "
-            "colorizer-photo for everything else), or a weights name or folder for all images.",
+            help="auto (default): the face colorizer for roughly square images (aspect at most "
+            "1.25) up to 96 px, and for those of 97-160 px only when a detected face is at "
+            "least a third of the short side; colorizer-photo for everything else. Or a "
+            "weights name or folder for all images.",
         ),
     ] = "auto",
     projection: Annotated[
@@ -75,9 +77,11 @@ def colorize(
 ) -> None:
     """Add colour to gray photos and faces of any size, keeping their gray exactly.
 
-    With --model auto (default) each image gets the model made for it: small, roughly square
-    images (both sides at most 160 px, aspect at most 1.25: face crops such as gen-faces'
-    64x64 output) get the face colorizer, everything else colorizer-photo. Colour inputs are
+    With --model auto (default) each image gets the model made for it. Roughly square images
+    (aspect at most 1.25) up to 96 px are taken as face crops (gen-faces' are 64x64) and get
+    the face colorizer; from 97 to 160 px only when a face is detected that is at least a third
+    of the short side (small square scene photos exist too); everything else, colorizer-photo
+    (benchmarks/colorize_auto.py measures the rule). Colour inputs are
     converted to gray (BT.601) first. Chroma is predicted at the model's small resolution and
     laid onto the full-resolution gray, so outputs keep each input's name and pixel size;
     existing outputs are skipped, so an interrupted run resumes.
