@@ -87,18 +87,24 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-# Peak memory of cleaning one page, per pixel: decoded bytes, float32 copies, the tile blend
-# and the encoder (measured: `clean-scans` on an 80-Mpx 1-bit PDF page peaked at 2.24 GB, on a
-# 20-Mpx gray one at 0.86 GB, 0.35 GB of that the process itself).
+# Peak memory of cleaning one page, per pixel, the process itself included: decoded bytes,
+# float32 copies, the tile blend and the encoder. Measured as the maximum resident set
+# (/usr/bin/time -v) of `clean-scans` on one page, OMP_NUM_THREADS=1. Gray: an 80-Mpx 1-bit PDF
+# page 2.24 GB, A3 at 600 DPI (70 Mpx) 1.96 GB, 24 Mpx 0.80 GB. Colour, nearly twice as much
+# (three channels in, and the colour kept beside the cleaned gray): 70 Mpx with --keep-color
+# 3.6 GB, 24 Mpx 1.56 GB (1.27 GB without --keep-color), 12 Mpx 0.94 GB.
 BYTES_PER_PIXEL = 28
+BYTES_PER_COLOUR_PIXEL = 52
 
 
-def check_pixels(where: str | os.PathLike[str], width: int, height: int, max_pixels: int) -> None:
+def check_pixels(
+    where: str | os.PathLike[str], width: int, height: int, max_pixels: int, channels: int = 1
+) -> None:
     """Refuse an image before decoding it: no pixels, too many, or too large for free memory.
 
     ``max_pixels`` is the user's limit. The memory check turns what would be the kernel
     killing the whole process (no message, no report, every other file lost) into one file's
-    one-line error.
+    one-line error; a colour page (``channels`` 3 or 4) needs nearly twice a gray one's.
 
     Raises:
         InputImageError: no pixels.
@@ -111,7 +117,8 @@ def check_pixels(where: str | os.PathLike[str], width: int, height: int, max_pix
             f"{where}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
             f"{max_pixels:,} (raise it with --max-pixels if the file is trusted)"
         )
-    need, free = width * height * BYTES_PER_PIXEL, available_memory()
+    per_pixel = BYTES_PER_PIXEL if channels <= 2 else BYTES_PER_COLOUR_PIXEL
+    need, free = width * height * per_pixel, available_memory()
     if free is not None and need > free:
         raise TooManyPixelsError(
             f"{where}: {width}x{height} = {width * height:,} pixels need about {need / 1e9:.1f} GB "
@@ -120,7 +127,17 @@ def check_pixels(where: str | os.PathLike[str], width: int, height: int, max_pix
 
 
 def available_memory() -> int | None:
-    """Bytes of memory the system can still give (Linux ``MemAvailable``); None if unknown."""
+    """Bytes of memory the process can still get; None if unknown.
+
+    The smaller of the system's (Linux ``MemAvailable``) and its memory cgroup's: in a
+    container or a systemd unit with a memory limit, the system's free memory is not the
+    process's, and going over the cgroup's limit gets it killed all the same.
+    """
+    free = [v for v in (_meminfo_available(), _cgroup_free()) if v is not None]
+    return min(free) if free else None
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
@@ -129,6 +146,78 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_CGROUP = Path("/proc/self/cgroup")
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as 2**63 rounded down to a page
+
+
+def _cgroup_free() -> int | None:
+    """Bytes the process's memory cgroup still allows; None where it has no limit.
+
+    The tightest of the limits of its cgroup and those above it (v2), or of its hierarchy
+    (v1): limit - usage, the usage less the page cache the kernel can drop.
+    """
+    try:
+        lines = _PROC_CGROUP.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    free = []
+    for line in lines:
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if hierarchy == "0" and not controllers:  # v2: each level may limit
+            free += [_v2_free(d) for d in _cgroup_dirs(_CGROUP_ROOT, path)]
+        elif "memory" in controllers.split(","):  # v1: memory.stat has the hierarchy's limit
+            free += [_v1_free(d) for d in _cgroup_dirs(_CGROUP_ROOT / "memory", path)[:1]]
+    found = [v for v in free if v is not None]
+    return max(0, min(found)) if found else None
+
+
+def _cgroup_dirs(base: Path, path: str) -> list[Path]:
+    """The process's cgroup folder under ``base`` and those above it, nearest first.
+
+    ``base`` itself where its own is not there (a container that sees only its own cgroup,
+    mounted at ``base``).
+    """
+    own = base / path.strip().lstrip("/")
+    if not own.is_dir():
+        return [base] if base.is_dir() else []
+    return [own, *(d for d in own.parents if d.is_relative_to(base))]
+
+
+def _cgroup_stat(folder: Path) -> dict[str, int]:
+    stat_ = {}
+    for line in (folder / "memory.stat").read_text(encoding="ascii").splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            stat_[key] = int(value)
+    return stat_
+
+
+def _v2_free(folder: Path) -> int | None:
+    try:
+        limit = (folder / "memory.max").read_text(encoding="ascii").strip()
+        if limit == "max":
+            return None
+        used = int((folder / "memory.current").read_text(encoding="ascii"))
+        return int(limit) - used + _cgroup_stat(folder).get("inactive_file", 0)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _v1_free(folder: Path) -> int | None:
+    try:
+        stat_ = _cgroup_stat(folder)
+        limit = stat_.get("hierarchical_memory_limit") or int(
+            (folder / "memory.limit_in_bytes").read_text(encoding="ascii")
+        )
+        if limit >= _NO_LIMIT:
+            return None
+        used = int((folder / "memory.usage_in_bytes").read_text(encoding="ascii"))
+        return limit - used + stat_.get("total_inactive_file", 0)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 #: A resolution: one DPI, or (horizontal, vertical) where they differ (fax: 204 x 98).
@@ -273,7 +362,8 @@ def _read_raster(
                 with pil_pixel_limit(max_pixels), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     image.seek(frame_index)
-                    check_pixels(path, image.width, image.height, max_pixels)
+                    gray = image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;")
+                    check_pixels(path, *image.size, max_pixels, channels=1 if gray else 3)
                     pixels, info = _decode_page(image, fmt)
                 info = {"source": str(path), "page": index, "pages": count, **info}
             except InputImageError:

@@ -509,3 +509,63 @@ def test_a_palette_of_grays_is_read_gray_and_one_of_colours_in_colour(tmp_path: 
     [colour] = read_pages(tmp_path / "c.png")
     assert gray.pixels.shape[-1] == 1 and colour.pixels.shape[-1] == 3
     np.testing.assert_array_equal(gray.pixels[..., 0], np.asarray(grays))
+
+
+# ---- 4. memory guard -----------------------------------------------------------------------
+
+
+def test_the_memory_guard_counts_colour_pages_at_nearly_twice_gray_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aepipe.io
+    from aepipe.errors import TooManyPixelsError
+
+    monkeypatch.setattr(aepipe.io, "available_memory", lambda: 100 * 100 * 40)
+    Image.fromarray(np.full((100, 100), 200, np.uint8)).save(tmp_path / "gray.png")
+    Image.fromarray(np.full((100, 100, 3), 200, np.uint8)).save(tmp_path / "colour.png")
+    assert len(list(read_pages(tmp_path / "gray.png"))) == 1  # 28 bytes a pixel
+    with pytest.raises(TooManyPixelsError, match="need about"):  # 52
+        list(read_pages(tmp_path / "colour.png"))
+
+
+def _cgroup(folder: Path, **files: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name.replace("_", ".", 1)).write_text(text)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_available_memory_is_the_cgroup_limit_where_tighter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    """A container limited to 1 GB on a machine with 20 GB free has about 1 GB less its use,
+    the page cache the kernel can drop not counted as used; a parent cgroup's tighter limit
+    counts too (v2)."""
+    import aepipe.io
+
+    gb = 10**9
+    root, stat = tmp_path / "cgroup", f"anon 1\ninactive_file {gb // 10}\n"
+    if version == 2:  # the parent's limit (1 GB) is the tighter: 1 - 0.5 + 0.1 GB free
+        proc = "0::/box/app\n"
+        _cgroup(root / "box", memory_max=str(gb), memory_current=str(gb // 2), memory_stat=stat)
+        _cgroup(
+            root / "box" / "app",
+            memory_max=str(2 * gb),
+            memory_current=str(gb // 2),
+            memory_stat=stat,
+        )
+    else:  # v1: the hierarchy's limit (1 GB) is in memory.stat
+        proc = "4:memory:/box\n3:cpu:/\n"
+        _cgroup(
+            root / "memory" / "box",
+            memory_limit_in_bytes=str(2 * gb),
+            memory_usage_in_bytes=str(gb // 2),
+            memory_stat=f"hierarchical_memory_limit {gb}\ntotal_inactive_file {gb // 10}\n",
+        )
+    (tmp_path / "proc").write_text(proc)
+    monkeypatch.setattr(aepipe.io, "_CGROUP_ROOT", root)
+    monkeypatch.setattr(aepipe.io, "_PROC_CGROUP", tmp_path / "proc")
+    monkeypatch.setattr(aepipe.io, "_meminfo_available", lambda: 20 * gb)
+    assert aepipe.io.available_memory() == gb - gb // 2 + gb // 10
+    monkeypatch.setattr(aepipe.io, "_PROC_CGROUP", tmp_path / "none")
+    assert aepipe.io.available_memory() == 20 * gb
