@@ -163,7 +163,8 @@ def cached_classifier(data: Path, attrs_csv: Path, cache: Path, log):
     path = cache / f"attr_classifier_{key}.safetensors"
     images, files = load_faces(data, "train", with_files=True)
     attrs = load_attributes(attrs_csv, "train")
-    # The VAE's own validation cut (person-disjoint), so these faces are unseen by both models.
+    # The VAE's own validation cut (person-disjoint), so these faces are unseen by both models
+    # (not by the concept directions: fit-concepts fits on every labelled train-split row).
     cut = split_by_person(files, len(images), PRESETS["face-vae"]["val_fraction"])
     x = torch.from_numpy(images[attrs.index]).float().div(255.0)[:, None]
     y = torch.from_numpy(attrs.select(list(CLASSIFIER_ATTRS))).float()

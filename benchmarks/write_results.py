@@ -70,14 +70,22 @@ def _minutes(training: dict) -> float | None:
 
 def _runs(training: dict) -> list[dict]:
     """A weights folder's training runs, oldest first: the runs its ``init`` chain names, or
-    the named stages of a run in parts (face-vqvae: ``vqvae`` then ``prior``)."""
+    the named stages of a run in parts (face-vqvae: ``vqvae`` then ``prior``). A run that
+    fine-tuned an earlier one of its stage lists that one's command in ``earlier_commands``
+    (face-vqvae's prior); each counts as a run (its wall time was not recorded)."""
     if "command" not in training:
-        return [part for part in training.values() if isinstance(part, dict) and "command" in part]
-    chain = []
-    while isinstance(training, dict) and "command" in training:
-        chain.append(training)
-        training = training.get("init")
-    return chain[::-1]
+        parts = [part for part in training.values() if isinstance(part, dict) and "command" in part]
+    else:
+        parts = []
+        while isinstance(training, dict) and "command" in training:
+            parts.append(training)
+            training = training.get("init")
+        parts.reverse()
+    runs = []
+    for part in parts:
+        runs += [{"command": command} for command in part.get("earlier_commands", [])]
+        runs.append(part)
+    return runs
 
 
 def training_history() -> str:
@@ -94,6 +102,8 @@ def training_history() -> str:
             continue
         times = [t for t in map(_minutes, runs) if t is not None]
         wall = " + ".join(f"{t:.0f}" for t in times) if times else "not recorded"
+        if times and len(times) < len(runs):
+            wall += f" ({len(runs) - len(times)} not recorded)"
         card = f"[`{name}`](../weights/{name}/MODEL_CARD.md)"
         lines.append(f"| {card} | {len(runs)} | `{runs[-1]['command']}` | {wall} |")
     return "\n".join(lines) + "\n"
