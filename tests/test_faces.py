@@ -735,3 +735,17 @@ def test_cli_interpolate_frames_keep_earlier_walks_and_sort_past_100(tmp_path: P
     names = stage.interpolate(torch.zeros(4), torch.ones(4), steps=101).names
     assert names[0] == "step_000" and names[-1] == "step_100" and sorted(names) == names
     assert stage.interpolate(torch.zeros(4), torch.ones(4), steps=8).names[-1] == "step_07"
+
+
+def test_results_pictures_of_generated_faces_are_current() -> None:
+    """docs/RESULTS.md showed `gen-faces --n 16 --seed 0 --colorize` as made before the unsharp
+    mask shipped; benchmarks/face_pictures.py remakes the pictures with the quoted commands."""
+    from aepipe.core import generate, load_generator
+    from aepipe.io import make_grid
+    from aepipe.stage import load_stage
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    batches = generate(load_generator("face-vae"), 16, seed=0, stages=[load_stage("colorizer")])
+    made = make_grid(ImageBatch.concat(list(batches)).to_numpy(np.uint8)).astype(float)
+    shown = np.asarray(Image.open(root / "face-vae-colorized-seed0.png").convert("RGB"), float)
+    assert made.shape == shown.shape and np.abs(made - shown).mean() < 0.5
