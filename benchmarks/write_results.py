@@ -129,7 +129,9 @@ def render(text: str) -> str:
 
 # A measured figure: a decimal, a percentage, a ratio (1.5x), a number with a unit of time,
 # size, rate or score, or a number straight after a metric's name. Not prose: a bound after
-# <=, >=, < or > (a target), code spans (commands, settings), link targets and HTML tags.
+# <=, >=, < or > (a target), code spans (commands, settings), link targets and HTML tags. A code
+# span holding a bare number (`22.51`) is prose all the same: quoting a figure does not make it
+# a setting, so a setting in code carries its name (`saturation=1.8`, `--ema 0.998`).
 _UNIT = r"(?:ms|s|min|h|MB|KB|KiB|MiB|GB|dB|nats|bits|Mpx/s|Mpx|pages/s|requests/s|images/s)"
 _METRIC = r"(?:FID|RMSE|PSNR|SSIM|CER|NLL|AUC|ELBO|F|F-measure|p50|p90|p99)"
 _FIGURE = re.compile(
@@ -140,12 +142,16 @@ _NOT_PROSE = re.compile(
     r"```.*?```|`[^`\n]*`|\]\([^)]*\)|<[a-zA-Z/!][^>\n]*>|[<>]=?\s*[+-]?\d[\d.,]*\s?%?", re.S
 )
 _BLOCKS = re.compile(r"<!-- (include|generated): .*?<!-- end (include|generated) -->", re.S)
+_FENCED = re.compile(r"```.*?```", re.S)
+_BARE_NUMBER = re.compile(r"`([+-]?\d[\d,]*(?:\.\d+)?)`")
 
 
 def hand_typed_figures(text: str) -> list[str]:
     """The measured figures in ``text`` outside its include and generated blocks, each with
-    the words around it (code, link targets and HTML tags are not prose)."""
-    prose = _NOT_PROSE.sub(" ", _BLOCKS.sub(" ", text))
+    the words around it (code, link targets and HTML tags are not prose; a code span holding
+    only a number is)."""
+    prose = _BARE_NUMBER.sub(r"\1", _FENCED.sub(" ", _BLOCKS.sub(" ", text)))
+    prose = _NOT_PROSE.sub(" ", prose)
     return [
         " ".join(prose[max(0, m.start() - 30) : m.end() + 10].split())
         for m in _FIGURE.finditer(prose)
