@@ -27,6 +27,7 @@ so 995 faces per row take a while; ``--fid-n`` scores the first N faces only).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,11 @@ sys.path.insert(0, str(ROOT))
 from report import write_report  # noqa: E402  (a sibling module)
 
 from benchmarks.metrics import colorfulness, fid, psnr, ssim  # noqa: E402
+
+
+def command_line() -> str:
+    """This run's command as it pastes into a shell (labels with spaces or parentheses quoted)."""
+    return ".venv/bin/python " + shlex.join(sys.argv)
 
 
 def to_u8(t) -> np.ndarray:
@@ -197,7 +203,7 @@ def main() -> None:
             f"({r['colorfulness_pct_real']:.0f}%) | {r['luma_mae_levels']:.3f} | {f} "
             f"| {r['note']} |"
         )
-    lines += ["", f"Command: `{' '.join(sys.argv)}`", ""]
+    lines += ["", f"Command: `{command_line()}`", ""]
     text = "\n".join(lines)
     print(text)
     payload = {"real_colorfulness": real_cf, "n": n, "rows": rows, "argv": sys.argv}

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from report import write_report  # noqa: E402  (a sibling module)
 
-from benchmarks.colorizer import to_u8  # noqa: E402
+from benchmarks.colorizer import command_line, to_u8  # noqa: E402
 from benchmarks.metrics import colorfulness, fid, psnr  # noqa: E402
 
 
@@ -316,7 +316,7 @@ def select_setting(args, log) -> None:
         "baseline_val_psnr_db": round(floor, 4),
         "sweep": sweep,
         "chosen": chosen_setting,
-        "command": " ".join(sys.argv),
+        "command": command_line(),
     }
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     card = path.parent / "MODEL_CARD.md"
@@ -327,7 +327,7 @@ def select_setting(args, log) -> None:
             f"{chosen['temperature']:g}, saturation {chosen['saturation']:g}, chroma "
             f"upsampling {upsample_label(chosen)}; val PSNR "
             f"{chosen['psnr_db']:.2f} dB at {share:.0f}% (training-mean chroma: {floor:.2f} dB). "
-            f"Command: `{' '.join(sys.argv)}`."
+            f"Command: `{command_line()}`."
         )
         text = card_with_setting(card.read_text(encoding="utf-8"), config["stage_config"], choice)
         card.write_text(text, encoding="utf-8")
@@ -546,7 +546,7 @@ def main() -> None:
         f"{len(strip_picks(n_photos))} test photos spread over the sorted split "
         f"({', '.join(keep['names'][i] for i in strip_picks(n_photos))}).",
         "",
-        f"Command: `{' '.join(sys.argv)}` (torch threads {args.threads})",
+        f"Command: `{command_line()}` (torch threads {args.threads})",
         "",
     ]
     text = "\n".join(lines)
