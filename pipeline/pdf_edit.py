@@ -433,7 +433,11 @@ def _filters(obj: Any) -> list[str]:
 
 def _check_size(where: str, obj: Any, max_pixels: int) -> tuple[int, int]:
     w, h = int(obj.get("/Width", 0)), int(obj.get("/Height", 0))
-    check_pixels(where, w, h, max_pixels)
+    # A colour page needs nearly twice the memory of a gray one (check_pixels); anything but
+    # a mask, 1-bit or DeviceGray image is counted as colour.
+    gray = obj.get("/ImageMask", False) or int(obj.get("/BitsPerComponent", 8)) == 1
+    gray = gray or str(obj.get("/ColorSpace", "")) == "/DeviceGray"
+    check_pixels(where, w, h, max_pixels, channels=1 if gray else 3)
     return w, h
 
 
@@ -497,17 +501,15 @@ def _decode(obj: Any, w: int, h: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def _pil_limit(max_pixels: int) -> Iterator[None]:
-    """Pillow's decompression-bomb limit raised to ``max_pixels`` for this block only."""
-    from PIL import Image
+    """Pillow's decompression-bomb limit at least ``max_pixels`` here, its warnings quiet.
 
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max(max_pixels, old or 0) if old is not None else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
+    :func:`aepipe.io.pil_pixel_limit`: thread-safe, the old limit put back.
+    """
+    from aepipe.io import pil_pixel_limit
+
+    with pil_pixel_limit(max_pixels), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _g4(bits: Any) -> bytes:

@@ -642,6 +642,7 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
         ),
     ) -> Response:
         from aepipe.core import edits_in_place, encode_document, output_format, run_pages
+        from aepipe.io import is_pdf_head
 
         stage = service.need(
             key,
@@ -654,7 +655,7 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
 
         def work() -> Media:
             stem = _stem(filename)
-            if edits_in_place("pdf" if bytes(data[:5]) == b"%PDF-" else "", format):
+            if edits_in_place("pdf" if is_pdf_head(bytes(data[:1024])) else "", format):
                 # PDF in, PDF out: cleaned inside the PDF, as clean-scans does.
                 return _clean_pdf(data, filename, stage, service.settings)
             pages = decode_upload(data, filename, service.settings)

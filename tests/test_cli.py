@@ -108,7 +108,7 @@ def test_brackets_in_file_names_and_help_are_printed_as_written(tmp_path, tiny_w
     res = run(["aepipe", "denoise", str(tmp_path / "[draft].png"), "--model", weights], cli_env)
     assert res.returncode == 3 and "[draft].png: not an image" in res.stderr, res.stderr
     res = run(["clean-scans", "--help"], {**cli_env, "COLUMNS": "200"})
-    assert "(default: <input>_<suffix> beside the input)" in res.stdout
+    assert "(default: DIR_<suffix> beside an input folder DIR;" in res.stdout
     assert "'ocr' extra" in res.stdout
 
 
