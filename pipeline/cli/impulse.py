@@ -68,6 +68,7 @@ def denoise(
 add_train_command(
     "salt-pepper",
     "aepipe.train.salt_pepper",
-    help="Train the salt-and-pepper denoiser on Fashion-MNIST (CPU, about 45 min with 1 thread).",
+    help="Train the salt-and-pepper denoiser on Fashion-MNIST (CPU; the shipped run, 12 epochs "
+    "on 1 thread, took 34 min: weights/salt-pepper/config.json).",
     defaults={"data": Path("../shared/data/fashion-mnist")},
 )

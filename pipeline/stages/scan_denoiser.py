@@ -59,7 +59,8 @@ class Config(StageConfig):
             ``binarize``) and photographs unchanged; "process" cleans them like any other.
         precision: arithmetic of the network's convolutions. "auto" is "bfloat16" on CPUs
             that run it natively (:func:`~aepipe.stage.fast_bfloat16`: AMX or AVX512-BF16),
-            about twice as fast there, and "float32" elsewhere. On a real archive page fewer
+            about 1.6x as fast there (``benchmarks/results/scan_denoiser_speed.md``), and
+            "float32" elsewhere. On a real archive page fewer
             than 0.1% of pixels differ by more than 2 gray levels (at most 20, on ink edges);
             scores are level (``benchmarks/scan_real.py --precision`` scores both).
         views: how many views of each page the network cleans; the output is their mean

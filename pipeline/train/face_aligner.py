@@ -118,7 +118,8 @@ class _AlignerSpec:
             "val_faces": self.n_val,
             "steps_run": run.step,
             "best_step": run.best_step,
-            "stopped_by": run.stopped_by,
+            # The loop says max_epochs for a one-epoch run; here that epoch is the --steps schedule.
+            "stopped_by": "steps" if run.stopped_by == "max_epochs" else run.stopped_by,
             "wall_time_s": round(run.minutes() * 60, 1),
             "history": run.history,
             "torch": torch.__version__,
@@ -183,7 +184,7 @@ candidate (`ALIGN_PASSES`), then keeps candidates with a high face probability (
 
 - Training: `{training.get("command") or "aepipe train face-aligner"}`
   ({training["steps_run"]} steps of {cfg.batch_size}, {training["wall_time_s"]:.0f} s, seed
-  {cfg.seed}, {cfg.threads} thread(s)); stopped by: {training["stopped_by"]}.
+  {cfg.seed}, {cfg.threads} thread(s)); stopped by: {_stop_words(training["stopped_by"])}.
 - Data: {training["train_faces"]} LFW train faces (`{cfg.data}`, person-disjoint from the
   {training["val_faces"]} validation faces, the face VAE's split) placed into `photos/train`
   backgrounds at random; validation in `photos/val`. No test face or photo was used.
@@ -219,3 +220,7 @@ def train(cfg: TrainConfig, out: Path, progress: Callable[[str], None] | None = 
     )
     fit(spec, settings, progress or (lambda _msg: None))
     return Path(out)
+
+
+def _stop_words(stopped_by: str) -> str:
+    return "the end of its --steps schedule" if stopped_by == "steps" else stopped_by

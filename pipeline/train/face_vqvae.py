@@ -166,6 +166,11 @@ class _Spec:
         stage_config = {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p}
         stage = FaceVQVAE(model, stage_config)
         record = {**cfg.model_dump(mode="json"), "history": run.history, **self.info}
+        if cfg.stage == "prior":
+            # grid and num_codes are the VQ-VAE's settings; the prior's own config holds only
+            # their defaults (8, 512), so record the frozen VQ-VAE's instead.
+            vqvae = self.info.get("previous_training", {}).get("vqvae", {})
+            record.update({k: vqvae[k] for k in ("grid", "num_codes") if k in vqvae})
         before = self.info.get("previous_training", {}).get(cfg.stage)
         if before:
             # A fine-tune keeps the commands that made its starting point, so the card lists

@@ -53,8 +53,8 @@ def precision_field() -> Any:
         "float32",
         description="bfloat16: train under autocast (matrix products and convolutions in "
         "bfloat16, weights and optimiser in float32): faster on CPUs with AMX, by as much as "
-        "the model's share of a step (here about 2x for the face-vqvae prior, 1.4x for the "
-        "photo colorizer, 1.2x for the scan denoiser in short trials)",
+        "the model's share of a step (measured only in short trials whose figures were not "
+        "kept)",
     )
 
 
@@ -146,8 +146,8 @@ class LoopSettings:
         resume: continue from ``checkpoint``.
         precision: "bfloat16" runs the forward pass and loss under CPU/GPU autocast (matrix
             products and convolutions in bfloat16, weights, gradients and the optimiser in
-            float32): up to about twice the steps per minute on CPUs with AMX. Validation stays
-            float32.
+            float32): faster on CPUs with AMX (short trials, figures not kept). Validation
+            stays float32.
     """
 
     lr: float
