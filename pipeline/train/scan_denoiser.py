@@ -845,8 +845,10 @@ def model_card(cfg: TrainConfig, training: dict[str, Any], metrics: dict[str, An
     data = training.get("data", {})
     val_pages = cfg.val_groups - cfg.test_groups  # the test groups are held out, not scored
     real_bench = (
-        "; on the docbin test pages, clean pages and the DDD test split in "
-        "`benchmarks/results/scan_real.md` (`.venv/bin/python benchmarks/scan_real.py`)"
+        " (that report scores v14, the last net fitted to DDD alone: rerun it for new weights);"
+        " on the docbin test pages, clean pages and the DDD test split in "
+        "`benchmarks/results/scan_real_shipped.md` (`.venv/bin/python benchmarks/scan_real.py "
+        "--weights scan-denoiser --out benchmarks/results/scan_real_shipped.md`)"
         if cfg.docbin
         else ""
     )
