@@ -77,6 +77,15 @@ cascade box alone, on test faces)."""
 MIN_FACE_SCORE = 0.99
 """Least face probability (the aligner's, after its corrections) for a face. Validation faces:
 97% found at 0.5 to 0.995 alike; false faces per photo 1.48 at 0.5, 0.22 at 0.99."""
+MAX_RESIDUAL = 3.0
+"""Largest last correction (template px, :attr:`FaceBox.residual`) of a face: on a real face
+the aligner's frame settles after its corrections; on texture it took for a face (buildings,
+a statue, scratches on an old print) it keeps moving. Chosen on 150 validation faces pasted
+into validation photos, each also as a faded, scratched sepia print and as a noisy gray scan
+(``benchmarks/faces_false_faces.py``, ``degrade`` in ``benchmarks/faces_in_photos.py``): false
+faces per photo 0.23 -> 0.17 (clean), 1.05 -> 0.44 (sepia), 0.21 -> 0.15 (gray) for one
+real face of 382 lost (sepia); 2 cut more false faces but lost 6 real ones, a higher score
+threshold (0.998) lost 4."""
 ALIGN_NEIGHBORS = 2
 """Cascade neighbours a candidate needs when the aligner checks candidates: it rejects texture
 the cascade takes for a face, so the cascade may propose more. Validation: 95-97% found with 2
@@ -299,6 +308,7 @@ def find_faces(
     aligner: str | nn.Module | None = DEFAULT_ALIGNER,
     min_score: float = MIN_FACE_SCORE,
     zooms: tuple[float, ...] | None = None,
+    max_residual: float = MAX_RESIDUAL,
 ) -> list[FaceBox]:
     """Detect and align every face of one photo.
 
@@ -318,6 +328,8 @@ def find_faces(
         min_score: least face probability from the aligner for a face.
         zooms: with an aligner, each cascade box is tried at these relative sizes (None:
             :data:`ALIGN_ZOOMS`).
+        max_residual: with an aligner, largest last correction (template px) of a face whose
+            frame settled (:data:`MAX_RESIDUAL`); a frame still moving is "not a face".
 
     Returns:
         Faces, largest first (empty when none is found).
@@ -340,7 +352,7 @@ def find_faces(
             face.message = f"too small ({face.box[2]:.0f} px < {min_face} px)"
     if model is not None:
         rel = ALIGN_MIN_RELATIVE if min_relative is None else min_relative
-        return _checked_faces(images, faces, model, min_score, rel)
+        return _checked_faces(images, faces, model, (min_score, rel, max_residual))
     min_relative = MIN_RELATIVE if min_relative is None else min_relative
     for face in faces:
         if face.status != "ok":
@@ -371,17 +383,16 @@ def _checked_faces(
     images: torch.Tensor,
     faces: list[FaceBox],
     model: nn.Module,
-    min_score: float,
-    min_relative: float,
+    rules: tuple[float, float, float],
 ) -> list[FaceBox]:
     """Candidates corrected and scored by the aligner, one per face, largest first.
 
     Candidates that land on the same face (centres within 0.3 of its size, sizes within 1.4x)
     are merged into the one whose frame converged best (smallest last correction) among those
     that look like a face (probability >= 0.5): a candidate that started far off can end a few
-    pixels short of the face with as high a face probability as a well-aligned one. Faces
-    scoring under ``min_score`` are then reported as "not a face", and those under
-    ``min_relative`` of the largest face's size as likely false (:func:`judge`).
+    pixels short of the face with as high a face probability as a well-aligned one. The
+    merged faces are then judged by ``rules``: ``(min_score, min_relative, max_residual)`` of
+    :func:`judge`.
     """
     todo = [f for f in faces if f.status == "ok"]
     if todo:
@@ -391,7 +402,7 @@ def _checked_faces(
         if not any(_same_face(face, k) for k in kept):
             kept.append(face)
     out = sorted(kept + [f for f in faces if f.status == "too small"], key=lambda f: -f.box[2])
-    judge(out, min_score, min_relative)
+    judge(out, *rules)
     # Accepted faces first (largest first), so ``--face N`` counts faces, not rejected candidates.
     out = [f for f in out if f.status == "ok"] + [f for f in out if f.status != "ok"]
     for i, face in enumerate(out):
@@ -399,11 +410,18 @@ def _checked_faces(
     return out
 
 
-def judge(faces: list[FaceBox], min_score: float, min_relative: float) -> None:
+def judge(
+    faces: list[FaceBox],
+    min_score: float,
+    min_relative: float,
+    max_residual: float = MAX_RESIDUAL,
+) -> None:
     """Set the status of aligner-scored faces from their scores (in place).
 
-    "not a face" under ``min_score``, "likely false" under ``min_relative`` of the largest
-    accepted face's size, else "ok"; "too small" faces keep their status.
+    "not a face" under ``min_score`` or when the frame was still moving by more than
+    ``max_residual`` template px at the last correction, "likely false" under
+    ``min_relative`` of the largest accepted face's size, else "ok"; "too small" faces keep
+    their status.
     """
     for face in faces:
         if face.status == "too small" or face.score is None:
@@ -412,6 +430,12 @@ def judge(faces: list[FaceBox], min_score: float, min_relative: float) -> None:
         if face.score < min_score:
             face.status = "not a face"
             face.message = f"not a face (score {face.score:.2f} < {min_score:g})"
+        elif (face.residual or 0.0) > max_residual:
+            face.status = "not a face"
+            face.message = (
+                f"not a face (its frame did not settle: last correction {face.residual:.1f} px "
+                f"> {max_residual:g})"
+            )
     largest = max((f.box[2] for f in faces if f.status == "ok"), default=0.0)
     for face in faces:
         if face.status == "ok" and face.box[2] < min_relative * largest:
@@ -796,9 +820,11 @@ def face_report(result: PhotoEdit, choice: FaceChoice) -> list[str]:
     # Candidates the aligner rejected are summed up in one line, not listed one by one.
     rejected = [f for f in result.faces if f.status == "not a face" and f.score is not None]
     shown = [f for f in result.faces if not (f.status == "not a face" and f.score is not None)]
+    unsettled = sum("did not settle" in f.message for f in rejected)
     note = (
         f"{len(rejected)} candidate(s) rejected by the face aligner (best face probability "
-        f"{max(f.score or 0.0 for f in rejected):.2f})"
+        f"{max(f.score or 0.0 for f in rejected):.2f}"
+        + (f"; {unsettled} whose frame did not settle)" if unsettled else ")")
         if rejected
         else ""
     )
