@@ -235,7 +235,7 @@ def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> by
     """
     from PIL import Image
 
-    from aepipe.io import is_bilevel, png_metadata
+    from aepipe.io import exif_for_size, is_bilevel, png_metadata
 
     meta = meta or {}
     gray = pixels.ndim == 3 and pixels.shape[-1] == 1
@@ -248,6 +248,8 @@ def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> by
     # zlib level 1 with run-length matching (Z_RLE) after PNG's row filters: on a cleaned
     # 300-DPI A4 page 10% smaller and ~20% faster than level 1's default strategy (1-bit:
     # 18% smaller); level 6 saved 6% more for 2-4x the time. Lossless either way.
+    if meta.get("exif"):  # its pixel sizes as written (a stage may have resized the page)
+        meta = {**meta, "exif": exif_for_size(meta["exif"], image.size)}
     carried = {**_profile_for(image, meta), **png_metadata(dict(meta))}
     image.save(buf, format="PNG", compress_level=1, compress_type=zlib.Z_RLE, **carried)
     return buf.getvalue()
@@ -378,7 +380,8 @@ def _source_kind(source: str | os.PathLike[str]) -> str:
 
     text = str(source).lower()
     kind = Path(text).suffix.lstrip(".") or text
-    if isinstance(source, os.PathLike) or Path(text).suffix:  # (not a decoded format)
+    # A decoded format ("png") is a bare word; a path may be one too ("scans/doc"), as a file.
+    if isinstance(source, os.PathLike) or Path(text).suffix or "/" in text or Path(text).is_file():
         pdf = sniff_pdf(source)
         if pdf is not None and pdf != (kind == "pdf"):
             return "pdf" if pdf else "raster"

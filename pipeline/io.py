@@ -362,8 +362,7 @@ def _read_raster(
                 with pil_pixel_limit(max_pixels), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     image.seek(frame_index)
-                    gray = image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;")
-                    check_pixels(path, *image.size, max_pixels, channels=1 if gray else 3)
+                    check_pixels(path, *image.size, max_pixels, channels=_channels(image))
                     pixels, info = _decode_page(image, fmt)
                 info = {"source": str(path), "page": index, "pages": count, **info}
             except InputImageError:
@@ -554,6 +553,18 @@ def _read_pdf(
         pdf.close()
 
 
+def _channels(image: Any) -> int:
+    """1 for an image decoded as gray (a palette of grays too), else 3: for the memory guard."""
+    if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;"):
+        return 1
+    if image.mode == "P":
+        # The whole palette, not only the colours in use (batch._gray_palette, which decodes
+        # the pixels to find them: this check runs before anything is decoded).
+        rgb = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)
+        return 1 if (rgb == rgb[:, :1]).all() else 3
+    return 3
+
+
 def _render_pdf_page(
     path: Path, page: Any, dpi: float, max_pixels: int
 ) -> tuple[np.ndarray, str, float, float]:
@@ -561,7 +572,8 @@ def _render_pdf_page(
     w_pt, h_pt = page.get_size()
     scale = dpi / 72.0
     w_px, h_px = _render_size(w_pt, h_pt, scale)
-    check_pixels(path, w_px, h_px, max_pixels)
+    # pdfium renders colour (a gray page is made gray after): counted as colour.
+    check_pixels(path, w_px, h_px, max_pixels, channels=3)
     bitmap = page.render(scale=scale * _SCALE_SHAVE)
     try:
         pil = bitmap.to_pil()
@@ -719,8 +731,14 @@ def read_pages(
             yield from _read_raster(path, fh, max_pixels, frames)
 
 
-def count_pages(path: str | os.PathLike[str], frames: Literal["first", "all"] = "first") -> int:
+def count_pages(
+    path: str | os.PathLike[str],
+    frames: Literal["first", "all"] = "first",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> int:
     """How many pages :func:`read_pages` would yield, from the headers only (nothing decoded).
+
+    ``max_pixels``: as for :func:`read_pages` (PIL refuses large headers by its own limit).
 
     Raises:
         InputImageError: if the file cannot be opened as an image or PDF.
@@ -744,7 +762,7 @@ def count_pages(path: str | os.PathLike[str], frames: Literal["first", "all"] = 
         from PIL import Image
 
         try:
-            with warnings.catch_warnings():
+            with pil_pixel_limit(max_pixels), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 with Image.open(fh) as image:
                     return len(_page_frames(image, (image.format or "").lower(), frames))
@@ -805,7 +823,9 @@ def page_batch(page: Page, name: str | None = None) -> ImageBatch:
 # not its pixels: DocumentName, ImageDescription, Make, Model, PageName, Software, DateTime,
 # Artist, HostComputer, Copyright. The rest of a TIFF's first IFD (size, orientation,
 # compression, strips, resolution, colour) is the file's structure, which the writer makes anew.
-_DESCRIPTIVE_TAGS = frozenset({269, 270, 271, 272, 285, 305, 306, 315, 316, 33432})
+# Not DateTime (306), Software (305), HostComputer (316): they describe the file aepipe
+# replaces, not the page (as a PDF's modification date becomes the edit's).
+_DESCRIPTIVE_TAGS = frozenset({269, 270, 271, 272, 285, 315, 33432})
 _ORIENTATION, _EXIF_IFD, _XMP_TAG = 274, 0x8769, 700
 # XMP properties that restate what the reading changed: orientation, size, layout, resolution
 # and colour of the pixels, and thumbnails of the old pixels.
@@ -922,7 +942,8 @@ def _page_exif(block: bytes, size: tuple[int, int], turned: bool, srgb: bool) ->
         ifd0 = struct.unpack_from(order + "I", data, 4)[0]
         values = {_ORIENTATION: 1, 256: w, 257: h}
         fields, end = _patch_ifd(data, order, ifd0, values, (282, 283) if turned else ())
-        struct.pack_into(order + "I", data, end, 0)  # no IFD1: no thumbnail
+        _date_now(data, order, fields.get(306))
+        data = _without_thumbnail(data, order, end)
         if _EXIF_IFD in fields:
             sub = struct.unpack_from(order + "I", data, fields[_EXIF_IFD] + 8)[0]
             values = {0xA002: w, 0xA003: h, **({0xA001: 1} if srgb else {})}
@@ -930,6 +951,46 @@ def _page_exif(block: bytes, size: tuple[int, int], turned: bool, srgb: bool) ->
     except struct.error:
         return None  # a damaged block: better none than one with a stale orientation
     return b"Exif\0\0" + bytes(data)
+
+
+def _date_now(data: bytearray, order: str, entry: int | None) -> None:
+    """Set the DateTime entry (the file's change date) to now, in place (same length)."""
+    import datetime
+    import struct
+
+    if entry is None:
+        return
+    kind, n, where = struct.unpack_from(order + "HII", data, entry + 2)
+    if kind == 2 and n == 20 and where + 20 <= len(data):  # ASCII "YYYY:MM:DD HH:MM:SS\0"
+        now = datetime.datetime.now().strftime("%Y:%m:%d %H:%M:%S").encode() + b"\0"
+        data[where : where + 20] = now
+
+
+def _without_thumbnail(data: bytearray, order: str, end: int) -> bytearray:
+    """Unlink IFD1 (the thumbnail of the old pixels) and blank its JPEG bytes.
+
+    Unlinked alone, the preview of the original page stays in the block (size, and a privacy
+    leak); the bytes are zeroed in place, or cut where they end the block.
+    """
+    import struct
+
+    ifd1 = struct.unpack_from(order + "I", data, end)[0]
+    struct.pack_into(order + "I", data, end, 0)
+    if not ifd1 or ifd1 + 2 > len(data):
+        return data
+    fields, _ = _patch_ifd(data, order, ifd1, {}, ())
+    if 0x201 in fields and 0x202 in fields:
+        start = struct.unpack_from(order + "I", data, fields[0x201] + 8)[0]
+        size = struct.unpack_from(order + "I", data, fields[0x202] + 8)[0]
+        if start + size >= len(data):
+            return data[: min(start, len(data))]
+        data[start : start + size] = bytes(size)
+    return data
+
+
+def exif_for_size(block: bytes | None, size: tuple[int, int]) -> bytes | None:
+    """An EXIF block read with a page, its pixel sizes set to ``size`` (a stage resized it)."""
+    return _page_exif(block, size, False, False) if block else block
 
 
 def _patch_ifd(

@@ -371,12 +371,14 @@ _TABLES: dict[tuple[str, ...], tuple[str, type[BaseModel]]] = {
 _UNKNOWN_KEY = "unknown key (check the spelling; see the stage's documented options)"
 
 
-def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
+def read_pipeline_file(path: str | os.PathLike[str], *, stages_only: bool = False) -> PipelineSpec:
     """Parse and validate a TOML pipeline file (no weights are loaded).
 
     Everything a run would refuse is refused here, naming the file and the key: stage config
     overrides (checked against each stage's config class), the source's generator and its
-    sampling options, the output folder and grid.
+    sampling options, the output folder and grid. With ``stages_only`` (the Ray adapter, which
+    runs the ``[[stages]]`` alone on workers that may not see the driver's paths) only the
+    stage tables are checked beyond parsing.
 
     Raises:
         ConfigError: naming the file and the field.
@@ -396,7 +398,11 @@ def read_pipeline_file(path: str | os.PathLike[str]) -> PipelineSpec:
         spec = PipelineSpec(**data)
     except ValidationError as exc:
         raise ConfigError(_spec_error(exc, str(path))) from None
-    check_pipeline_spec(spec, str(path))
+    if stages_only:
+        for i, st in enumerate(spec.stages):
+            check_stage_spec(st, f"{path}: stages.{i}")
+    else:
+        check_pipeline_spec(spec, str(path))
     return spec
 
 
@@ -527,7 +533,14 @@ def check_faces_source(src: FacesSource, where: str) -> None:
             _refused_by(load_generator, src.weights)
         except WeightsError as exc:
             raise WeightsError(f"{where}.weights: {exc}") from None
-    vae_only = [k for k in ("prior", "sharpen", "concepts") if k in src.model_fields_set]
+    # Given with its default value (prior = false, concepts = []) a key asks for nothing.
+    fields = type(src).model_fields
+    vae_only = [
+        k
+        for k in ("prior", "sharpen", "concepts")
+        if k in src.model_fields_set
+        and getattr(src, k) != fields[k].get_default(call_default_factory=True)
+    ]
     if vae_only and not issubclass(cls, FaceGenerator):
         file, sep, table = where.rpartition(": ")
         keys = ", ".join(f"{table}.{k}" for k in vae_only)

@@ -108,7 +108,7 @@ def build_pipeline(
         raise ConfigError("give exactly one of weights=, stages= or pipeline_file=")
     dev = worker_device(device)
     if pipeline_file is not None:
-        specs = read_pipeline_file(pipeline_file).stages
+        specs = read_pipeline_file(pipeline_file, stages_only=True).stages
         if not specs:
             raise ConfigError(f"{pipeline_file}: stages: the pipeline file has no stages")
     elif stages is not None:
@@ -214,8 +214,17 @@ class StageMapper:
             torch.set_num_threads(threads)
         if encode not in ("none", "png"):
             raise ConfigError(f"encode must be 'none' or 'png'; got {encode!r}")
-        self.pipeline = build_pipeline(
-            weights, stages=stages, pipeline_file=pipeline_file, device=device, overrides=overrides
+        from aepipe.stage import fit_channels
+
+        # Each stage gets the channels it takes, as from every other front end.
+        self.pipeline = fit_channels(
+            build_pipeline(
+                weights,
+                stages=stages,
+                pipeline_file=pipeline_file,
+                device=device,
+                overrides=overrides,
+            )
         )
         self.column = column
         self.encode = encode
@@ -289,6 +298,7 @@ class StageMapper:
                         pixels=page.pixels,
                         error="",
                         dpi=page_resolution(page.meta),  # (x, y) where they differ (a fax)
+                        meta=page.meta,  # written with the page as the CLI writes it
                     )
                 )
         self._run_rows([r for r in rows if r["pixels"] is not None])
@@ -355,13 +365,16 @@ def _as_written(page: np.ndarray, source: np.ndarray) -> np.ndarray:
 
 
 def _encoded(row: dict[str, Any]) -> bytes:
-    """A result row's page as the CLI writes it: PNG, 1-bit when bilevel, with its DPI."""
+    """A result row's page as the CLI writes it.
+
+    PNG, 1-bit when bilevel, with its DPI, ICC profile and descriptive metadata (the page's).
+    """
     from aepipe.core import encode_page
     from aepipe.io import png_with_dpi
 
     if "image" not in row:
         return b""
-    return png_with_dpi(encode_page(row["image"]), row.get("dpi") or None)
+    return png_with_dpi(encode_page(row["image"], row.get("meta")), row.get("dpi") or None)
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:

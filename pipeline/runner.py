@@ -827,7 +827,10 @@ class _Run:
         write_document(pages, targets, source=state.job.src)
         _record_outputs(state.record, state.job.src, targets)
         state.record.pages = len(pages)
-        _record_kept(state.record, metas)
+        stages = getattr(self.process, "stages", None)
+        if not isinstance(stages, list) or len(stages) == 1:
+            # In a longer pipeline a later stage may change what the scan stage kept.
+            _record_kept(state.record, metas)
 
     def edit_in_place(self, state: _State) -> None:
         """Clean a PDF inside the PDF (PDF in, PDF out) and record its pages' outcomes."""
@@ -922,7 +925,7 @@ class _Run:
         if not first_page.exists():
             return None
         try:
-            pages = count_pages(job.src, options.frames)
+            pages = count_pages(job.src, options.frames, options.max_pixels)
         except InputImageError:
             return None
         targets = output_paths(job, None, options, out_dir, pages)

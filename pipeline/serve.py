@@ -643,6 +643,7 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
     ) -> Response:
         from aepipe.core import edits_in_place, encode_document, output_format, run_pages
         from aepipe.io import is_pdf_head
+        from aepipe.stage import fit_channels
 
         stage = service.need(
             key,
@@ -660,7 +661,8 @@ def _add_pages_route(app: FastAPI, service: _Service, key: str) -> None:
                 return _clean_pdf(data, filename, stage, service.settings)
             pages = decode_upload(data, filename, service.settings)
             fmt = output_format(pages[0].meta.get("format", ""), format, keep_tiff=False)
-            files = encode_document(run_pages(stage, pages, stem), fmt, stem, source=data)
+            fitted = fit_channels(stage)
+            files = encode_document(run_pages(fitted, pages, stem), fmt, stem, source=data)
             if fmt == "pdf":
                 return files[0][1], "application/pdf", files[0][0]
             if len(files) == 1:

@@ -280,18 +280,20 @@ DESCRIPTIVE = {
     ExifTags.Base.Artist: "Stadtarchiv Müller".encode(),
     ExifTags.Base.Copyright: b"(c) Stadtarchiv",
     ExifTags.Base.ImageDescription: b"Akte 17/3, Blatt 4",
-    ExifTags.Base.DateTime: b"2021:03:04 10:00:00",
     ExifTags.Base.DocumentName: b"Bestand 12",
 }
+# The file's change date, software and host describe the file aepipe replaces: not carried.
+FILE_HISTORY = {ExifTags.Base.DateTime: b"2021:03:04 10:00:00", ExifTags.Base.Software: b"Scan 1.0"}
 
 
 @pytest.mark.parametrize("out_suffix", [".tif", ".png", ".jpg"])
 def test_tiff_descriptive_tags_are_carried(tmp_path: Path, out_suffix: str) -> None:
     page = Image.fromarray(np.full((30, 20), 128, np.uint8))
-    page.save(tmp_path / "scan.tif", tiffinfo=dict(DESCRIPTIVE), dpi=(300, 300))
+    page.save(tmp_path / "scan.tif", tiffinfo={**DESCRIPTIVE, **FILE_HISTORY}, dpi=(300, 300))
     with passed_through(tmp_path / "scan.tif", tmp_path / f"out{out_suffix}") as out:
         exif = out.getexif()
         assert {tag: _raw_tag(exif, tag) for tag in DESCRIPTIVE} == DESCRIPTIVE
+        assert not set(FILE_HISTORY) & set(exif)
         assert (exif.get(256, 20), exif.get(257, 30)) == (20, 30)  # no stale sizes
 
 
@@ -569,3 +571,47 @@ def test_available_memory_is_the_cgroup_limit_where_tighter(
     assert aepipe.io.available_memory() == gb - gb // 2 + gb // 10
     monkeypatch.setattr(aepipe.io, "_PROC_CGROUP", tmp_path / "none")
     assert aepipe.io.available_memory() == 20 * gb
+
+
+def _exif_with_thumbnail_and_date(tb: bytes) -> bytes:
+    """A little-endian EXIF block: IFD0 (120 x 90, orientation 1, DateTime 2001) -> IFD1 (a
+    JPEG thumbnail)."""
+    import struct
+
+    date = b"2001:01:01 10:00:00\0"
+    ifd0, n0 = 8, 4
+    ifd1 = ifd0 + 2 + 12 * n0 + 4
+    n1 = 2
+    date_at = ifd1 + 2 + 12 * n1 + 4
+    thumb_at = date_at + len(date)
+    d = b"II*\x00" + struct.pack("<I", ifd0) + struct.pack("<H", n0)
+    d += struct.pack("<HHII", 256, 4, 1, 120) + struct.pack("<HHII", 257, 4, 1, 90)
+    d += struct.pack("<HHIHH", 274, 3, 1, 1, 0) + struct.pack("<HHII", 306, 2, 20, date_at)
+    d += struct.pack("<I", ifd1) + struct.pack("<H", n1)
+    d += struct.pack("<HHII", 513, 4, 1, thumb_at) + struct.pack("<HHII", 514, 4, 1, len(tb))
+    d += struct.pack("<I", 0) + date + tb
+    return b"Exif\0\0" + d
+
+
+def test_outputs_drop_the_old_thumbnail_date_and_sizes_of_the_exif(tmp_path: Path) -> None:
+    """The thumbnail's bytes (a preview of the original page) go, not only its link; the file
+    date (DateTime) becomes the write's; pixel sizes are the written page's, also when a stage
+    resized it."""
+    import io
+
+    from aepipe.core import encode_page
+    from aepipe.io import read_pages
+
+    thumb = io.BytesIO()
+    Image.fromarray(np.full((60, 80, 3), (255, 0, 0), np.uint8)).save(thumb, "JPEG")
+    page = np.full((90, 120, 3), 200, np.uint8)
+    exif = _exif_with_thumbnail_and_date(thumb.getvalue())
+    Image.fromarray(page).save(tmp_path / "in.jpg", exif=exif, quality=95)
+    [read] = list(read_pages(tmp_path / "in.jpg"))
+    smaller = np.full((32, 48, 1), 128, np.uint8)  # as a stage that resizes would return
+    out = Image.open(io.BytesIO(encode_page(smaller, read.meta)))
+    block = out.info["exif"]
+    assert b"\xff\xd8\xff" not in block and len(block) < len(exif)
+    tags = out.getexif()
+    assert tags.get(306, "").startswith(str(__import__("datetime").date.today().year))
+    assert (tags.get(256), tags.get(257)) == (48, 32)

@@ -426,6 +426,14 @@ def test_tesseract_reads_the_gray_page_of_a_binarizing_stage_in_the_same_network
         assert stored.meta[0]["photograph"] == photograph
         assert (set(torch.unique(stored.images).tolist()) <= {0.0, 1.0}) != photograph
         assert torch.equal(gray.images, stored.images) == photograph
+    # Two pages of one file with the same pixels (a duplicated page): one pass each, both found.
+    twice = ImageBatch(
+        torch.cat([page, page]), ["p1", "p2"], [{"source": "d.tif", "page": i} for i in (0, 1)]
+    )
+    read(twice)
+    passes = len(calls)
+    stored = store(twice)
+    assert len(calls) == passes and torch.equal(stored.images, stage(twice).images)
     # A page the reading pass did not see is cleaned by the binarizing stage itself.
     unseen = ImageBatch(page.flip(-1), ["q"], [{}])
     assert torch.equal(store(unseen).images, stage(unseen).images)

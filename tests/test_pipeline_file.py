@@ -343,3 +343,29 @@ def test_write_batches_makes_no_grid_of_faces_of_several_sizes(tmp_path: Path) -
     done = write_batches([batch(16, ["a", "b"])], tmp_path, tmp_path / "grid.png")
     assert not (tmp_path / "grid.png").exists() and done.written == [tmp_path / "b.png"]
     assert done.note is not None and "several sizes (16x16 and 8x8)" in done.note
+
+
+def test_face_vae_keys_given_with_their_defaults_are_accepted_for_other_weights(
+    tiny_weights: dict[str, Path],
+) -> None:
+    """prior = false or concepts = [] asks for nothing; only a value that does something is
+    for the face VAE only."""
+    from aepipe.pipeline import FacesSource, check_faces_source
+
+    vqvae = tiny_weights["face-vqvae"].as_posix()
+    check_faces_source(
+        FacesSource(type="faces", n=2, weights=vqvae, prior=False, concepts=[]), "p.toml: source"
+    )
+    with pytest.raises(ConfigError, match=r"source\.prior: for the face VAE only"):
+        check_faces_source(
+            FacesSource(type="faces", n=2, weights=vqvae, prior=True), "p.toml: source"
+        )
+
+
+def test_a_pdf_named_without_a_suffix_is_a_pdf_as_a_string_or_a_path(tmp_path: Path) -> None:
+    from aepipe.core import edits_in_place, output_format
+
+    (tmp_path / "doc").write_bytes(b"%PDF-1.4\n%%EOF\n")
+    for source in (tmp_path / "doc", str(tmp_path / "doc")):
+        assert output_format(source, "same") == "pdf" and edits_in_place(source, "same")
+    assert output_format("png", "same") == "png"  # a decoded format stays a format

@@ -427,3 +427,58 @@ def test_file_rows_keep_a_fax_resolution(tiny_weights: dict[str, Path]) -> None:
     rows = mapper({"bytes": np.array([buf.getvalue()], dtype=object), "path": np.array(["f.tif"])})
     dpi = Image.open(io.BytesIO(rows["png"][0])).info["dpi"]
     assert dpi == pytest.approx((204, 98), abs=0.1)
+
+
+def test_file_rows_are_written_with_the_pages_profile_metadata_and_1_bit(
+    tiny_weights: dict[str, Path],
+) -> None:
+    """PNG rows carry what the CLI writes with a page: its gray ICC profile, its text, and 1 bit
+    for a black-and-white page stored 8-bit (encode_page got no page meta)."""
+    import io
+
+    from PIL import PngImagePlugin
+    from test_image_fidelity import gray_profile
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", "my scan")
+    bw = np.full((40, 60), 255, np.uint8)
+    bw[10:14, 5:50] = 0
+    files = []
+    for pixels in (bw, np.where(bw == 0, 40, 230).astype(np.uint8)):  # black and white; gray
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG", pnginfo=info, icc_profile=gray_profile())
+        files.append(buf.getvalue())
+    mapper = StageMapper(weights=tiny_weights["impulse-denoiser"], device="cpu", encode="png")
+    rows = mapper({"bytes": np.array(files, dtype=object), "path": np.array(["a.png", "b.png"])})
+    one_bit, gray = (Image.open(io.BytesIO(png)) for png in rows["png"])
+    assert (one_bit.mode, gray.mode) == ("1", "L")
+    assert one_bit.info.get("Title") == gray.info.get("Title") == "my scan"
+    assert gray.info.get("icc_profile") == gray_profile()  # a 1-bit page takes none
+
+
+def test_a_pipeline_file_on_a_worker_needs_only_its_stages(
+    tiny_weights: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray runs a file's [[stages]]: paths of its source and sink, which a worker may not see,
+    are not checked (an interpolate source's photos, a sink folder that cannot be made); and a
+    stage taking only gray images gets colour ones as gray, as from every front end."""
+    from test_runner import GrayOnly
+
+    import aepipe.ray as ray_mod
+    from aepipe.pipeline import Pipeline
+
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(
+        '[source]\ntype = "interpolate"\na = "/nowhere/a.jpg"\nb = "/nowhere/b.jpg"\n'
+        f'[[stages]]\nweights = "{tiny_weights["impulse-denoiser"]}"\n'
+        '[sink]\nout = "/proc/no/such/out"\n'
+    )
+    StageMapper(pipeline_file=cfg, device="cpu")  # no ConfigError about a or sink.out
+    tiny = load_stage(tiny_weights["impulse-denoiser"])
+    gray_only = GrayOnly(tiny.model, tiny.config)
+    monkeypatch.setattr(ray_mod, "build_pipeline", lambda *a, **k: Pipeline([gray_only]))
+    mapper = StageMapper(weights="any", device="cpu")
+    rgb = np.zeros((1, 24, 32, 3), np.uint8)
+    rgb[..., 0] = 200
+    out = mapper({"image": rgb})
+    assert out["image"].shape[:3] == (1, 24, 32)

@@ -460,3 +460,20 @@ def test_a_pipeline_of_stages_gets_the_same_channel_fitting_and_pdf_colour_as_on
     assert summary.count("ok") == 2, summary.records
     record = next(r for r in summary.records if r.path.endswith(".pdf"))
     assert record.page_outcomes[0]["stored_as"] == "bilevel"
+
+
+def test_a_page_kept_by_the_scan_stage_but_changed_later_in_a_pipeline_is_not_unchanged(
+    tmp_path,
+):
+    from aepipe.pipeline import Pipeline
+    from aepipe.stages.scan_denoiser import ScanDenoiser
+
+    src = tmp_path / "in"
+    src.mkdir()
+    clean = np.full((120, 100), 255, np.uint8)
+    clean[40:50, 10:90] = 0
+    write_image(clean, src / "clean.png")
+    summary = run_files(
+        [src], Pipeline([ScanDenoiser.tiny(), invert]), RunOptions(out_dir=tmp_path / "out")
+    )
+    assert summary.records[0].unchanged is None and summary.records[0].reason is None
