@@ -50,9 +50,11 @@ class Config(StageConfig):
     Attributes:
         temperature: spread of sampled latents around the (component) mean (1 = the fitted
             distribution; below 1 trades variety for cleaner faces). Weights may set their
-            own default: face-vae ships with 1.2, picked by FID on validation faces, because
-            its distribution is fitted to posterior means, which spread less than the codes
-            the decoder was trained on.
+            own default: face-vae ships with 1.2, chosen on validation faces after seeing their
+            FIDs (``benchmarks/results/faces_val.md``: 1.3 scored a little lower, a gap judged
+            within noise, and the lower temperature was kept); above 1 because its distribution
+            is fitted to posterior means, which spread less than the codes the decoder was
+            trained on.
         sampler: ``"fitted"`` draws from the distribution fitted to the training codes (a
             Gaussian or a Gaussian mixture, as the weights say; the default, better faces),
             ``"prior"`` from the N(0, I) prior of the VAE.
@@ -307,9 +309,7 @@ class FaceGenerator(FaceModel):
             z = slerp(za, zb, t, center=self.model.sample_loc.detach().float().cpu())
         else:
             raise ConfigError(f"{self.name}: method must be 'linear' or 'slerp'; got {method!r}")
-        # Padded to the count's width, so the names sort in walk order past 100 steps.
-        width = max(2, len(str(steps - 1)))
-        return self.decode(z, [f"step_{i:0{width}d}" for i in range(steps)])
+        return self.decode(z, walk_names(steps))
 
     def traverse(
         self,
@@ -717,3 +717,12 @@ def parse_concept_arg(text: str) -> tuple[str, float]:
             f"{MAX_CONCEPT_STRENGTH:g} (e.g. smile:1.5); got {text!r}"
         )
     return name, strength
+
+
+def walk_names(steps: int) -> list[str]:
+    """``step_00`` ... for a walk's frames, padded to the count's width.
+
+    They sort in walk order past 100 steps; every generator's ``interpolate`` names them so.
+    """
+    width = max(2, len(str(steps - 1)))
+    return [f"step_{i:0{width}d}" for i in range(steps)]

@@ -211,7 +211,9 @@ class FaceVQVAE(FaceModel):
             z_q, _codes, _ = self.model.quantizer((1 - t) * za + t * zb)
             with self._decoder_precision():
                 out = self.model.decode(z_q).clamp(0, 1).cpu()
-        return ImageBatch(out, [f"step_{i:02d}" for i in range(steps)])
+        from aepipe.stages.face_generator import walk_names
+
+        return ImageBatch(out, walk_names(steps))
 
     def codebook(self, first: int = 0, count: int = 64) -> ImageBatch:
         """What each code looks like: the decoded image of a grid filled with that one code.
