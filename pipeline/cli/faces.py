@@ -7,7 +7,7 @@ the stage are imported inside the command functions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,6 +23,9 @@ from aepipe.cli.common import (
     train_out,
 )
 from aepipe.cli.train_options import add_train_command
+
+if TYPE_CHECKING:
+    from aepipe.runner import RunOptions
 
 _TRAIN_HELP = {
     "face-vae": "Train the 64x64 gray face VAE on LFW luma (Gaussian likelihood, learned scale).",
@@ -398,19 +401,11 @@ def reconstruct(
     4 weights could not be loaded, 130 interrupted.
     """
     from aepipe.cli.common import check_choice, run_job
-    from aepipe.runner import RunOptions
 
     align = check_choice(align, ("auto", "photo", "crop"), "--align")
     choice = _face_choice(face)
     dev = _resolve_device(device)
-    options = RunOptions(
-        out_dir=out,
-        out_suffix="recon",
-        fmt="png",
-        overwrite=overwrite,
-        recursive=recursive,
-        batch_size=1,
-    )
+    options = _photo_options(out, "recon", overwrite, recursive)
     run_job(
         inputs,
         lambda: _photo_edit(_load_face_model(model, dev), None, choice, align, quiet),
@@ -449,7 +444,6 @@ def edit(
     """
     from aepipe.cli.common import check_choice, fail, run_job
     from aepipe.errors import ExitCode
-    from aepipe.runner import RunOptions
 
     if not concept:
         fail("give at least one --concept NAME:STRENGTH", ExitCode.BAD_ARGS)
@@ -463,14 +457,7 @@ def edit(
     def load():
         return _photo_edit(_load_face_vae(model, dev), vectors, choice, align, quiet)
 
-    options = RunOptions(
-        out_dir=out,
-        out_suffix="edit",
-        fmt="png",
-        overwrite=overwrite,
-        recursive=recursive,
-        batch_size=1,
-    )
+    options = _photo_options(out, "edit", overwrite, recursive)
     run_job(inputs, load, options, quiet=quiet)
 
 
@@ -918,3 +905,17 @@ def vae_scatter(
         atomic_write(target, lambda fh: fig.savefig(fh, format="png", bbox_inches="tight"))
         plt.close(fig)
         err(f"wrote {target}")
+
+
+def _photo_options(out: Path | None, suffix: str, overwrite: bool, recursive: bool) -> RunOptions:
+    """The runner's options of the photo commands: PNG out, one photo per batch."""
+    from aepipe.runner import RunOptions
+
+    return RunOptions(
+        out_dir=out,
+        out_suffix=suffix,
+        fmt="png",
+        overwrite=overwrite,
+        recursive=recursive,
+        batch_size=1,
+    )
