@@ -763,8 +763,10 @@ def _is_gray(images: torch.Tensor) -> bool:
 
 
 def _two_level(pixels: np.ndarray) -> bool:
-    """Whether uint8 ``pixels`` hold only black and white."""
-    return bool(np.isin(pixels, (0, 255)).all())
+    """Whether uint8 ``pixels`` ((H, W) or (H, W, 1)) hold only black and white."""
+    from aepipe.io import is_bilevel
+
+    return is_bilevel(pixels if pixels.ndim == 3 else pixels[..., None])
 
 
 def _edit_image(
@@ -1153,8 +1155,9 @@ def _stamp_modified(pdf: pikepdf.Pdf) -> None:
     # every entry (a title, an author) the XMP lacks.
     try:
         with pdf.open_metadata(set_pikepdf_as_editor=False, update_docinfo=False) as meta:
-            meta["xmp:ModifyDate"] = when.isoformat()
-            meta["xmp:MetadataDate"] = when.isoformat()
+            # Whole seconds, as the Info dictionary's date: PDF/A wants the two equivalent.
+            meta["xmp:ModifyDate"] = when.isoformat(timespec="seconds")
+            meta["xmp:MetadataDate"] = when.isoformat(timespec="seconds")
     except Exception:  # malformed XMP: left as it is (the Info dictionary is dated)
         return
 

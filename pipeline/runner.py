@@ -375,14 +375,21 @@ def _root_folders(paths: Sequence[Path]) -> dict[Path, str]:
 
 
 def _once_each(jobs: list[_Job]) -> list[_Job]:
-    """The jobs without repeats of one file (given twice, or in a folder and by name)."""
-    seen: set[tuple[int, int] | Path] = set()
-    kept = []
+    """The jobs without repeats of one file (given twice, or in a folder and by name).
+
+    A file found in an input folder keeps that folder's layout whatever the order of the
+    arguments (``b1/a.png b1 b2`` and ``b1 b2 b1/a.png`` write the same output), at the place
+    of its first mention.
+    """
+    first: dict[tuple[int, int] | Path, int] = {}
+    kept: list[_Job] = []
     for job in jobs:
         key = _identity(job.src) or _real(job.src)
-        if key not in seen:
-            seen.add(key)
+        if key not in first:
+            first[key] = len(kept)
             kept.append(job)
+        elif len(job.rel.parts) > len(kept[first[key]].rel.parts):
+            kept[first[key]] = job  # found in a folder: its place in the layout
     return kept
 
 

@@ -266,3 +266,34 @@ def test_file_commands_use_the_settings_stored_with_the_weights_unless_given(
     once = out("denoise", "--model", tiny_weights["impulse-denoiser"])
     assert not np.array_equal(out("denoise", "--model", twice), once)
     assert np.array_equal(out("denoise", "--model", twice, "--passes", "1"), once)
+
+
+def test_no_clean_all_turns_a_stored_process_setting_off(tmp_path, tiny_weights):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from aepipe.cli.apps import app
+    from aepipe.cli.main import load_areas
+
+    load_areas()
+    folder = tmp_path / "w"
+    shutil.copytree(tiny_weights["scan-denoiser"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["stage_config"] = {**config.get("stage_config", {}), "clean_pages": "process"}
+    (folder / "config.json").write_text(json.dumps(config))
+    src = tmp_path / "in"
+    src.mkdir()
+    clean = np.full((60, 80), 255, np.uint8)
+    clean[20:26, 10:70] = 40  # gray ink: not black and white, which would stay 1-bit
+    write_image(clean, src / "c.png")
+    outs = {}
+    for flag in ("--clean-all", "--no-clean-all"):
+        dst = tmp_path / flag.strip("-")
+        res = CliRunner().invoke(
+            app, ["clean-scans", str(src), "--model", str(folder), flag, "--out", str(dst), "-q"]
+        )
+        assert res.exit_code == 0, res.output
+        outs[flag] = np.asarray(Image.open(dst / "c.png").convert("L"))
+    assert np.array_equal(outs["--no-clean-all"], clean)
+    assert not np.array_equal(outs["--clean-all"], clean)

@@ -477,3 +477,18 @@ def test_a_page_kept_by_the_scan_stage_but_changed_later_in_a_pipeline_is_not_un
         [src], Pipeline([ScanDenoiser.tiny(), invert]), RunOptions(out_dir=tmp_path / "out")
     )
     assert summary.records[0].unchanged is None and summary.records[0].reason is None
+
+
+def test_a_file_named_and_found_in_a_folder_goes_where_its_folder_puts_it_in_any_order(tmp_path):
+    boxes = [tmp_path / "b1", tmp_path / "b2"]
+    for box in boxes:
+        box.mkdir()
+        write_image(gradient(20, 30), box / "a.png")
+    named = boxes[0] / "a.png"
+    for order in ([named, *boxes], [*boxes, named]):
+        out = tmp_path / f"out{len(order)}{order[0].name}"
+        summary = run_files(order, invert, RunOptions(out_dir=out))
+        assert sorted(r.outputs[0] for r in summary.records) == [
+            str(out / "b1" / "a.png"),
+            str(out / "b2" / "a.png"),
+        ]

@@ -11,11 +11,12 @@ from aepipe.cli.common import CleanBornDigitalOpt, FileJob, JpegQualityOpt, file
 from aepipe.stage import StagePrecision
 
 CleanAllOpt = Annotated[
-    bool,
+    bool | None,
     typer.Option(
-        "--clean-all",
+        "--clean-all/--no-clean-all",
         help="Also run pages that are already clean (pure white paper with nothing but ink, "
-        "pictures and flat fills) through the network; by default they come back unchanged.",
+        "pictures and flat fills) and photographs through the network (default: the model's; "
+        "for the shipped weights they come back unchanged).",
     ),
 ]
 
@@ -92,7 +93,7 @@ def clean_scans(
     ] = False,
     clean_born_digital: CleanBornDigitalOpt = False,
     jpeg_quality: JpegQualityOpt = None,
-    clean_all: CleanAllOpt = False,
+    clean_all: CleanAllOpt = None,
     precision: PrecisionOpt = None,
     views: ViewsOpt = None,
 ) -> None:
@@ -115,7 +116,7 @@ def clean_scans(
     overrides = {
         "binarize": binarize,
         "keep_color": keep_color,
-        "clean_pages": "process" if clean_all else None,
+        "clean_pages": None if clean_all is None else "process" if clean_all else "keep",
         "precision": precision,
         "views": views,
     }
