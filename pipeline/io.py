@@ -979,13 +979,27 @@ def _without_thumbnail(data: bytearray, order: str, end: int) -> bytearray:
     if not ifd1 or ifd1 + 2 > len(data):
         return data
     fields, _ = _patch_ifd(data, order, ifd1, {}, ())
-    if 0x201 in fields and 0x202 in fields:
-        start = struct.unpack_from(order + "I", data, fields[0x201] + 8)[0]
-        size = struct.unpack_from(order + "I", data, fields[0x202] + 8)[0]
-        if start + size >= len(data):
-            return data[: min(start, len(data))]
-        data[start : start + size] = bytes(size)
+    if 0x201 not in fields or 0x202 not in fields:
+        return data
+    start, size = (_entry_int(data, order, fields[t]) for t in (0x201, 0x202))
+    # Only a thumbnail that lies after its directory and inside the block is touched: a
+    # damaged pointer must not blank other tags' values.
+    if start is None or size is None or start <= ifd1 or start + size > len(data):
+        return data
+    if start + size == len(data):
+        return data[:start]
+    data[start : start + size] = bytes(size)
     return data
+
+
+def _entry_int(data: bytearray, order: str, entry: int) -> int | None:
+    """The value of a one-count SHORT or LONG directory entry, else None."""
+    import struct
+
+    kind, n = struct.unpack_from(order + "HI", data, entry + 2)
+    if n != 1 or kind not in (3, 4):
+        return None
+    return struct.unpack_from(order + ("H" if kind == 3 else "I"), data, entry + 8)[0]
 
 
 def exif_for_size(block: bytes | None, size: tuple[int, int]) -> bytes | None:

@@ -615,3 +615,17 @@ def test_outputs_drop_the_old_thumbnail_date_and_sizes_of_the_exif(tmp_path: Pat
     tags = out.getexif()
     assert tags.get(306, "").startswith(str(__import__("datetime").date.today().year))
     assert (tags.get(256), tags.get(257)) == (48, 32)
+
+
+def test_a_damaged_thumbnail_pointer_blanks_no_other_tag() -> None:
+    import struct
+
+    from aepipe.io import exif_for_size
+
+    good = _exif_with_thumbnail_and_date(b"\xff\xd8\xff" + bytes(20))
+    # The same block with the thumbnail's offset pointing into IFD0 (a damaged pointer).
+    at = good.index(struct.pack("<HHI", 513, 4, 1)) + 8
+    bad = good[:at] + struct.pack("<I", 10) + good[at + 4 :]
+    out = exif_for_size(bad, (48, 32))
+    assert out is not None and len(out) == len(bad)
+    assert out[6 + 8 : 6 + 10] == bad[6 + 8 : 6 + 10]  # IFD0's entry count untouched
