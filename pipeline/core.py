@@ -381,7 +381,8 @@ def _source_kind(source: str | os.PathLike[str]) -> str:
     text = str(source).lower()
     kind = Path(text).suffix.lstrip(".") or text
     # A decoded format ("png") is a bare word; a path may be one too ("scans/doc"), as a file.
-    if isinstance(source, os.PathLike) or Path(text).suffix or "/" in text or Path(text).is_file():
+    named = isinstance(source, os.PathLike) or Path(text).suffix or "/" in text
+    if named or Path(source).is_file():
         pdf = sniff_pdf(source)
         if pdf is not None and pdf != (kind == "pdf"):
             return "pdf" if pdf else "raster"

@@ -17,7 +17,7 @@ colour ones sRGB's), so a page passed through looks as it did. Files without a p
 read as sRGB and written without one.
 
 Descriptive metadata travels the same way (``exif``, ``xmp``, ``text`` in a page's meta: a
-TIFF's Artist, Copyright, ImageDescription, DateTime, DocumentName ...; a JPEG's EXIF and XMP;
+TIFF's Artist, Copyright, ImageDescription, DocumentName ...; a JPEG's EXIF and XMP;
 PNG text and XMP) into outputs of the same format and, where a tag says the same, of others.
 What the reading changed is not carried: the EXIF orientation is 1, pixel sizes are the page's,
 thumbnails and the XMP properties of orientation, size and colour are gone.
@@ -35,6 +35,7 @@ Public: :func:`read_pages`, :func:`decode_pages` (bytes in memory), :func:`count
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import math
 import os
@@ -820,8 +821,8 @@ def page_batch(page: Page, name: str | None = None) -> ImageBatch:
 # ---- descriptive metadata ------------------------------------------------------------------
 
 # First-IFD tags (TIFF's, and EXIF's, which is a TIFF directory) that describe the document,
-# not its pixels: DocumentName, ImageDescription, Make, Model, PageName, Software, DateTime,
-# Artist, HostComputer, Copyright. The rest of a TIFF's first IFD (size, orientation,
+# not its pixels: DocumentName, ImageDescription, Make, Model, PageName, Artist, Copyright.
+# The rest of a TIFF's first IFD (size, orientation,
 # compression, strips, resolution, colour) is the file's structure, which the writer makes anew.
 # Not DateTime (306), Software (305), HostComputer (316): they describe the file aepipe
 # replaces, not the page (as a PDF's modification date becomes the edit's).
@@ -953,16 +954,26 @@ def _page_exif(block: bytes, size: tuple[int, int], turned: bool, srgb: bool) ->
     return b"Exif\0\0" + bytes(data)
 
 
+def edit_time() -> datetime.datetime:
+    """Now, or ``SOURCE_DATE_EPOCH`` where set (reproducible outputs, as build tools do).
+
+    The date an output records as its change (a PDF's ModDate, an image's EXIF DateTime).
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch.isdigit():
+        return datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
+    return datetime.datetime.now().astimezone()
+
+
 def _date_now(data: bytearray, order: str, entry: int | None) -> None:
-    """Set the DateTime entry (the file's change date) to now, in place (same length)."""
-    import datetime
+    """Set the DateTime entry (the file's change date) to :func:`edit_time`, in place."""
     import struct
 
     if entry is None:
         return
     kind, n, where = struct.unpack_from(order + "HII", data, entry + 2)
     if kind == 2 and n == 20 and where + 20 <= len(data):  # ASCII "YYYY:MM:DD HH:MM:SS\0"
-        now = datetime.datetime.now().strftime("%Y:%m:%d %H:%M:%S").encode() + b"\0"
+        now = edit_time().strftime("%Y:%m:%d %H:%M:%S").encode() + b"\0"
         data[where : where + 20] = now
 
 
@@ -976,15 +987,18 @@ def _without_thumbnail(data: bytearray, order: str, end: int) -> bytearray:
 
     ifd1 = struct.unpack_from(order + "I", data, end)[0]
     struct.pack_into(order + "I", data, end, 0)
-    if not ifd1 or ifd1 + 2 > len(data):
+    try:
+        fields, ifd1_end = _patch_ifd(data, order, ifd1, {}, ()) if ifd1 else ({}, 0)
+        start, size = (_entry_int(data, order, fields[t]) for t in (0x201, 0x202))
+    except (struct.error, KeyError):  # no thumbnail, or a damaged IFD1: unlinked is enough
         return data
-    fields, _ = _patch_ifd(data, order, ifd1, {}, ())
-    if 0x201 not in fields or 0x202 not in fields:
+    ifd0 = struct.unpack_from(order + "I", data, 4)[0]
+    directories = ((ifd0, end + 4), (ifd1, ifd1_end + 4))
+    # Only a thumbnail inside the block and off both directories is touched: a damaged
+    # pointer must not blank them.
+    if start is None or size is None or start < 8 or start + size > len(data):
         return data
-    start, size = (_entry_int(data, order, fields[t]) for t in (0x201, 0x202))
-    # Only a thumbnail that lies after its directory and inside the block is touched: a
-    # damaged pointer must not blank other tags' values.
-    if start is None or size is None or start <= ifd1 or start + size > len(data):
+    if any(start < hi and lo < start + size for lo, hi in directories):
         return data
     if start + size == len(data):
         return data[:start]

@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import io
 import math
-import os
 import shutil
 import warnings
 import zlib
@@ -1130,14 +1128,6 @@ def _layers(parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _edit_time() -> datetime.datetime:
-    """Now, or ``SOURCE_DATE_EPOCH`` where set (reproducible outputs, as build tools do)."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if epoch.isdigit():
-        return datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
-    return datetime.datetime.now().astimezone()
-
-
 def _stamp_modified(pdf: pikepdf.Pdf) -> None:
     """Record the edit's time as the document's modification date.
 
@@ -1147,7 +1137,9 @@ def _stamp_modified(pdf: pikepdf.Pdf) -> None:
     """
     from pikepdf.models.metadata import encode_pdf_date
 
-    when = _edit_time()
+    from aepipe.io import edit_time
+
+    when = edit_time()
     pdf.docinfo["/ModDate"] = encode_pdf_date(when)
     if "/Metadata" not in pdf.Root:
         return

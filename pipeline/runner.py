@@ -835,9 +835,8 @@ class _Run:
         _record_outputs(state.record, state.job.src, targets)
         state.record.pages = len(pages)
         stages = getattr(self.process, "stages", None)
-        if not isinstance(stages, list) or len(stages) == 1:
-            # In a longer pipeline a later stage may change what the scan stage kept.
-            _record_kept(state.record, metas)
+        # In a longer pipeline a later stage may change what the scan stage kept: no count.
+        _record_kept(state.record, metas, count=not isinstance(stages, list) or len(stages) == 1)
 
     def edit_in_place(self, state: _State) -> None:
         """Clean a PDF inside the PDF (PDF in, PDF out) and record its pages' outcomes."""
@@ -1031,16 +1030,18 @@ def _page_to_batch(page: Page, job: _Job) -> ImageBatch:
     return page_batch(page, page_name(job.out_stem.as_posix(), page.meta))
 
 
-def _record_kept(record: FileRecord, metas: Sequence[dict[str, Any]]) -> None:
+def _record_kept(record: FileRecord, metas: Sequence[dict[str, Any]], count: bool) -> None:
     """Count the pages a stage passed through as they were, and name those it took for photos.
 
     The scan stage keeps already clean pages (as documented: counted, no note) and pages that
-    look like photographs (a guess the user should see: a note naming them).
+    look like photographs (a guess the user should see: a note naming them). ``count``: False
+    where a later stage may have changed them (the note is about the scan stage's guess).
     """
     kept = [m.get("already_clean") or m.get("photograph") for m in metas]
     if not any(k is not None for k in kept):
         return  # a stage that does not say
-    record.unchanged = sum(bool(k) for k in kept)
+    if count:
+        record.unchanged = sum(bool(k) for k in kept)
     photos = [str(n) for n, m in enumerate(metas, 1) if m.get("photograph")]
     if photos:
         which = "" if len(metas) == 1 else f"page{'s' * (len(photos) > 1)} {', '.join(photos)} "

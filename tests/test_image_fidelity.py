@@ -628,4 +628,27 @@ def test_a_damaged_thumbnail_pointer_blanks_no_other_tag() -> None:
     bad = good[:at] + struct.pack("<I", 10) + good[at + 4 :]
     out = exif_for_size(bad, (48, 32))
     assert out is not None and len(out) == len(bad)
-    assert out[6 + 8 : 6 + 10] == bad[6 + 8 : 6 + 10]  # IFD0's entry count untouched
+    tags = Image.Exif()
+    tags.load(out)
+    assert (tags.get(256), tags.get(257), tags.get(274)) == (48, 32, 1)  # IFD0 not blanked
+    assert tags.get(306, "").startswith(("19", "20"))
+
+
+def test_exif_dates_follow_source_date_epoch_and_a_damaged_ifd1_keeps_the_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import struct
+
+    from aepipe.io import exif_for_size
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")  # 2026-01-01 00:00 UTC
+    good = _exif_with_thumbnail_and_date(b"\xff\xd8\xff" + bytes(20))
+    tags = Image.Exif()
+    tags.load(exif_for_size(good, (48, 32)))
+    assert tags.get(306) == "2026:01:01 00:00:00"
+    # IFD1 cut off by the block's end (a damaged pointer): the block stays, IFD1 unlinked.
+    bad = bytearray(good)
+    struct.pack_into("<I", bad, 6 + 8 + 2 + 12 * 4, len(good) - 6 - 3)  # IFD0's next pointer
+    tags = Image.Exif()
+    tags.load(exif_for_size(bytes(bad), (48, 32)))
+    assert (tags.get(256), tags.get(257), tags.get(306)) == (48, 32, "2026:01:01 00:00:00")

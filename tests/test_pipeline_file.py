@@ -365,7 +365,7 @@ def test_face_vae_keys_given_with_their_defaults_are_accepted_for_other_weights(
 def test_a_pdf_named_without_a_suffix_is_a_pdf_as_a_string_or_a_path(tmp_path: Path) -> None:
     from aepipe.core import edits_in_place, output_format
 
-    (tmp_path / "doc").write_bytes(b"%PDF-1.4\n%%EOF\n")
-    for source in (tmp_path / "doc", str(tmp_path / "doc")):
+    (tmp_path / "Doc").write_bytes(b"%PDF-1.4\n%%EOF\n")  # capitals: not lowercased away
+    for source in (tmp_path / "Doc", str(tmp_path / "Doc")):
         assert output_format(source, "same") == "pdf" and edits_in_place(source, "same")
     assert output_format("png", "same") == "png"  # a decoded format stays a format
