@@ -7,6 +7,7 @@ so stages never see uint8 and I/O never sees tensors.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,11 +83,16 @@ def to_gray(images: torch.Tensor) -> torch.Tensor:
 # Coloured ink (stamps, signatures, highlighting, coloured type) against coloured dirt: a pixel
 # of more chroma (max - min of R, G, B) than INK_CHROMA is ink where the cleaned gray kept it
 # (darker than INK_KEPT), or anywhere when its colour is strong (over VIVID_CHROMA: a yellow
-# highlight, light enough for a gray cleaner to take for paper). Coffee and foxing stains are
-# brownish (chroma 0.2-0.4) and whitened by the cleaner: they go.
+# highlight, light enough for a gray cleaner to take for paper), or paper-bright (its brightest
+# channel over BRIGHT) in a hue that is not the yellow-brown of stains (STAIN_HUES, degrees):
+# pastel highlighters (green, pink, blue: chroma 0.33-0.39) stay. Coffee and foxing stains are
+# brownish (chroma 0.2-0.4), darker than paper or of its yellow-brown hue, and whitened by the
+# cleaner: they go. (Thresholds set by hand on made pages: no colour set with ground truth.)
 INK_CHROMA = 0.2
 INK_KEPT = 0.9
 VIVID_CHROMA = 0.5
+BRIGHT = 0.8
+STAIN_HUES = (15.0, 55.0)
 
 
 def coloured_ink(rgb: torch.Tensor, clean: torch.Tensor, chroma_min: float = INK_CHROMA):
@@ -100,8 +106,27 @@ def coloured_ink(rgb: torch.Tensor, clean: torch.Tensor, chroma_min: float = INK
     Returns:
         (N, 1, H, W) bool mask.
     """
-    chroma = rgb.amax(dim=1, keepdim=True) - rgb.amin(dim=1, keepdim=True)
-    return (chroma > chroma_min) & ((clean < INK_KEPT) | (chroma > VIVID_CHROMA))
+    top, low = rgb.amax(dim=1, keepdim=True), rgb.amin(dim=1, keepdim=True)
+    chroma = top - low
+    highlight = (top > BRIGHT) & ~_stain_hue(rgb, top, chroma)
+    return (chroma > chroma_min) & ((clean < INK_KEPT) | (chroma > VIVID_CHROMA) | highlight)
+
+
+def _stain_hue(rgb: torch.Tensor, top: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """Whether each pixel's hue lies in STAIN_HUES (HSV hue, degrees; red 0, yellow 60)."""
+    import torch
+
+    r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
+    safe = chroma.clamp_min(1e-6)
+    hue = (
+        torch.where(
+            top == r,
+            ((g - b) / safe) % 6,
+            torch.where(top == g, (b - r) / safe + 2, (r - g) / safe + 4),
+        )
+        * 60.0
+    )
+    return (hue >= STAIN_HUES[0]) & (hue <= STAIN_HUES[1])
 
 
 def with_coloured_ink(rgb: torch.Tensor, clean: torch.Tensor, chroma_min: float = INK_CHROMA):
@@ -404,10 +429,28 @@ def to_working_space(image: Image.Image) -> tuple[Image.Image, bytes | None]:
             renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
             flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
         )
-        converted = transform.apply(image)  # (tagged with the sRGB profile)
+        converted = transform.apply(image)
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return image, None  # a damaged profile: the pixels as they are, as without one
-    return converted, converted.info["icc_profile"]
+    return converted, _srgb_bytes()
+
+
+@functools.cache
+def _srgb_bytes() -> bytes:
+    """LittleCMS's sRGB profile with a fixed creation date and no profile ID.
+
+    LittleCMS stamps each profile it makes with the current time, so outputs carrying it
+    differed from run to run (and CLI from service); the header's date (bytes 24-35) is set to
+    2000-01-01 and the optional MD5 profile ID (bytes 84-99), which covers it, to zero.
+    """
+    import struct
+
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    data[24:36] = struct.pack(">6H", 2000, 1, 1, 0, 0, 0)
+    data[84:100] = bytes(16)
+    return bytes(data)
 
 
 def _is_srgb(profile: Any) -> bool:

@@ -652,3 +652,21 @@ def test_exif_dates_follow_source_date_epoch_and_a_damaged_ifd1_keeps_the_block(
     tags = Image.Exif()
     tags.load(exif_for_size(bytes(bad), (48, 32)))
     assert (tags.get(256), tags.get(257), tags.get(306)) == (48, 32, "2026:01:01 00:00:00")
+
+
+def test_the_srgb_profile_of_converted_pages_is_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """LittleCMS stamps a new profile with the time: outputs differed run to run."""
+    import time
+
+    from PIL import ImageCms
+
+    from aepipe.batch import to_working_space
+
+    image = Image.fromarray(np.full((4, 4, 3), (30, 160, 30), np.uint8))
+    image.info["icc_profile"] = wide_rgb_profile()
+    _, first = to_working_space(image)
+    time.sleep(1.1)
+    _, second = to_working_space(image)
+    assert first == second
+    parsed = ImageCms.ImageCmsProfile(__import__("io").BytesIO(first))
+    assert "sRGB" in str(parsed.profile.profile_description)

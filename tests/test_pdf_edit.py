@@ -335,12 +335,18 @@ def test_colour_rule_keeps_stamps_and_drops_a_removed_stain_in_pdf_and_png_alike
     page[0, :, 0, 0] = torch.tensor([0.78, 0.12, 0.12])  # red stamp: chroma 0.66
     page[0, :, 1, 1] = torch.tensor([0.65, 0.55, 0.42])  # coffee stain: chroma 0.23
     page[0, :, 2, 2] = torch.tensor([1.0, 0.94, 0.0])  # yellow highlight, luma 0.89
+    page[0, :, 3, 0] = torch.tensor([0.67, 1.0, 0.67])  # pastel green highlighter: chroma 0.33
+    page[0, :, 3, 1] = torch.tensor([1.0, 0.66, 0.79])  # pastel pink
+    page[0, :, 3, 2] = torch.tensor([0.66, 0.82, 1.0])  # pastel blue
+    page[0, :, 3, 3] = torch.tensor([0.95, 0.86, 0.68])  # a light stain's fringe: chroma 0.27
     clean = torch.ones(1, 1, 4, 4)
     clean[0, 0, 0, 0] = 0.3  # the cleaner kept the stamp as ink and whitened the rest
     out = _colour_rule(page, clean, PdfEditOptions())
     assert torch.equal(out[0, :, 0, 0], page[0, :, 0, 0])
     assert torch.equal(out[0, :, 1, 1], torch.ones(3))  # the stain is gone
     assert torch.equal(out[0, :, 2, 2], page[0, :, 2, 2])  # vivid: kept although whitened
+    assert torch.equal(out[0, :, 3, :3], page[0, :, 3, :3])  # pastel highlighters kept
+    assert torch.equal(out[0, :, 3, 3], torch.ones(3))  # the stain's paper-bright fringe goes
     coloured = torch.rand(1, 3, 4, 4)
     assert torch.equal(_colour_rule(page, coloured, PdfEditOptions()), coloured)
     # keep_color on a page without coloured ink gives its gray in RGB: stored gray.
