@@ -423,7 +423,7 @@ def to_working_space(image: Image.Image) -> tuple[Image.Image, bytes | None]:
         out_mode = "RGBA" if image.mode == "RGBA" else "RGB"
         transform = ImageCms.buildTransform(
             source,
-            ImageCms.createProfile("sRGB"),
+            _srgb_profile(),
             image.mode,
             out_mode,
             renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
@@ -451,6 +451,14 @@ def _srgb_bytes() -> bytes:
     data[24:36] = struct.pack(">6H", 2000, 1, 1, 0, 0, 0)
     data[84:100] = bytes(16)
     return bytes(data)
+
+
+@functools.cache
+def _srgb_profile() -> Any:
+    """The sRGB profile pages are converted to: the one :func:`_srgb_bytes` embeds, parsed once."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(io.BytesIO(_srgb_bytes()))
 
 
 def _is_srgb(profile: Any) -> bool:

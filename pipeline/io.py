@@ -921,14 +921,17 @@ def _exif_block(image: Any, fmt: str) -> bytes:
     return raw if isinstance(raw, bytes) else b""
 
 
-def _page_exif(block: bytes, size: tuple[int, int], turned: bool, srgb: bool) -> bytes | None:
+def _page_exif(
+    block: bytes, size: tuple[int, int], turned: bool, srgb: bool, stamp: bool = False
+) -> bytes | None:
     """An EXIF block patched in place for the page as read; None if absent or unreadable.
 
     The orientation becomes 1 (it is applied to the pixels), the pixel sizes the page's, the
     colour space sRGB where colours were converted, the X and Y resolutions swap where the page
-    was turned, and the thumbnail (IFD1, of the old pixels) is unlinked. All else stays byte for
-    byte: patching keeps the tag types and the offsets maker notes rely on, which PIL's
-    rebuilding of a block loses.
+    was turned, and the thumbnail (IFD1, of the old pixels) is unlinked. With ``stamp`` (when an
+    output is written) the file date becomes :func:`edit_time`. All else stays byte for byte:
+    patching keeps the tag types and the offsets maker notes rely on, which PIL's rebuilding of
+    a block loses.
     """
     import struct
 
@@ -943,7 +946,8 @@ def _page_exif(block: bytes, size: tuple[int, int], turned: bool, srgb: bool) ->
         ifd0 = struct.unpack_from(order + "I", data, 4)[0]
         values = {_ORIENTATION: 1, 256: w, 257: h}
         fields, end = _patch_ifd(data, order, ifd0, values, (282, 283) if turned else ())
-        _date_now(data, order, fields.get(306))
+        if stamp:
+            _date_now(data, order, fields.get(306))
         data = _without_thumbnail(data, order, end)
         if _EXIF_IFD in fields:
             sub = struct.unpack_from(order + "I", data, fields[_EXIF_IFD] + 8)[0]
@@ -1017,8 +1021,12 @@ def _entry_int(data: bytearray, order: str, entry: int) -> int | None:
 
 
 def exif_for_size(block: bytes | None, size: tuple[int, int]) -> bytes | None:
-    """An EXIF block read with a page, its pixel sizes set to ``size`` (a stage resized it)."""
-    return _page_exif(block, size, False, False) if block else block
+    """An EXIF block read with a page, made ready for an output.
+
+    Its pixel sizes set to ``size`` (a stage may have resized the page), its file date to the
+    write's (:func:`edit_time`).
+    """
+    return _page_exif(block, size, False, False, stamp=True) if block else block
 
 
 def _patch_ifd(
