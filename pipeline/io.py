@@ -510,6 +510,7 @@ def _read_pdf(
         pdf = pdfium.PdfDocument(data if isinstance(data, (bytes, bytearray)) else str(data))
     except Exception as exc:
         raise InputImageError(f"{path}: cannot open PDF: {_pdf_failure(data, exc)}") from None
+    scans = _ScanCheck(data)
     try:
         count = len(pdf)
         if count == 0:
@@ -523,6 +524,7 @@ def _read_pdf(
                     f"{path} page {index + 1}: cannot load ({_why(exc)})"
                 ) from None
             try:
+                scans.check(f"{path} page {index + 1}", index, page)
                 page_dpi = float(dpi) if dpi else _native_dpi(page)
                 pixels, mode, w_pt, h_pt = _render_pdf_page(path, page, page_dpi, max_pixels)
             except InputImageError:
@@ -551,7 +553,60 @@ def _read_pdf(
                 },
             )
     finally:
+        scans.close()
         pdf.close()
+
+
+class _ScanCheck:
+    """The scan images of a PDF's pages checked for damage before pdfium renders them.
+
+    pdfium draws a damaged image without a word (a cut JPEG ends in gray, bad Flate data gives
+    black); :func:`aepipe.pdf_edit.check_page_scans` decides, as the in-place edit does. The
+    PDF is opened in pikepdf only once a page draws images that may cover half of it (a
+    born-digital page's content is not parsed twice).
+    """
+
+    def __init__(self, data: bytes | os.PathLike[str] | str) -> None:
+        self.data, self.pdf, self.opened = data, None, False
+
+    def check(self, where: str, index: int, page: Any) -> None:
+        """Refuse page ``index`` (pdfium's ``page``) if a scan image of it is damaged."""
+        from aepipe.pdf_edit import PdfEditOptions, check_page_scans
+
+        if not _images_may_cover(page, PdfEditOptions.min_coverage):
+            return
+        pdf = self._open()
+        if pdf is not None and index < len(pdf.pages):
+            check_page_scans(where, pdf.pages[index])
+
+    def _open(self) -> Any:
+        if not self.opened:
+            self.opened = True
+            import pikepdf
+
+            data = self.data
+            try:
+                source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else Path(data)
+                self.pdf = pikepdf.open(source)
+            except Exception:  # a PDF only pdfium can read: its pages are rendered unchecked
+                self.pdf = None
+        return self.pdf
+
+    def close(self) -> None:
+        if self.pdf is not None:
+            self.pdf.close()
+
+
+def _images_may_cover(page: Any, share: float) -> bool:
+    """Whether pdfium's ``page`` draws images whose bounding boxes add up to ``share`` of it."""
+    import pypdfium2.raw as pdfium_c
+
+    w_pt, h_pt = page.get_size()
+    area = 0.0
+    for obj in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=3):
+        left, bottom, right, top = obj.get_bounds()
+        area += max(0.0, right - left) * max(0.0, top - bottom)
+    return area >= share * w_pt * h_pt
 
 
 def _channels(image: Any) -> int:
@@ -716,8 +771,8 @@ def read_pages(
 
     Raises:
         InputImageError: with the file name and a one-line reason, for anything unreadable
-            (empty, truncated, not an image, encrypted PDF, too many pixels, not a regular file,
-            permission denied, symlink loop).
+            (empty, truncated, not an image, encrypted PDF, a PDF page whose scan image is
+            damaged, too many pixels, not a regular file, permission denied, symlink loop).
     """
     path = Path(path)
     with _open_regular(path) as fh:

@@ -25,6 +25,11 @@ re-encoded at all: a clean JBIG2 page stays JBIG2. Images are decoded by pdfium 
 aepipe already uses), which reads every PDF image codec: CCITT, JBIG2 with global segments,
 JPEG, JPEG 2000, Flate, and gray, RGB, CMYK, ICC, indexed and DeviceN colour.
 
+pdfium decodes a damaged stream without a word, so the images that make up a scanned page are
+checked first (:func:`check_image`): a cut JPEG, bad or short Flate data, a cut JPEG 2000
+codestream or an unknown filter fails the file with a one-line reason naming the page, as a
+damaged image file fails, whether the page would be edited, rendered or kept unchanged.
+
 Every image's pixel count is checked against ``max_pixels`` from its dictionary before it is
 decoded (and every rendering's before it is rendered); Pillow's own limit is raised to match
 only while the encoder runs, then put back (a process-wide setting: not thread-safe).
@@ -304,16 +309,59 @@ class _Plan:
     stencils: list[_Placement] = field(default_factory=list)
 
 
-def _plan_page(page: pikepdf.Page, options: PdfEditOptions) -> _Plan:
-    """Which image of a page is its scan, or why the page passes or falls back."""
-    import pikepdf
-
-    box = _page_box(page)
+def _found(page: pikepdf.Page) -> list[_Placement]:
+    """Every image drawn on ``page``, with the share of the page it covers."""
     if "/Contents" not in page.obj:
-        return _born_digital(options, "no content")
+        return []
+    box = _page_box(page)
     found = list(_placements(page, _resources(page), _IDENTITY))
     for item in found:
         item.coverage = _coverage(item.ctm, box)
+    return found
+
+
+def _scan_parts(found: list[_Placement], min_coverage: float) -> list[Any]:
+    """The image objects that make up a scanned page's picture: those to check for damage.
+
+    On a page whose images cover at least ``min_coverage`` of it together: each image that
+    covers at least ``_PIECE_COVERAGE`` (the scan, its tiles or strips, a mixed-raster page's
+    layers, a photo pasted on it). Inline images are not checked.
+    """
+    if sum(p.coverage for p in found) < min_coverage:
+        return []
+    parts = {}  # an image drawn twice is checked once
+    for item in found:
+        if not item.inline and item.coverage >= _PIECE_COVERAGE:
+            parts.setdefault(item.obj.objgen, item.obj)
+    return list(parts.values())
+
+
+def check_page_scans(where: str, page: pikepdf.Page) -> None:
+    """Refuse a page whose scan images do not decode completely (see :func:`check_image`).
+
+    For a reader that renders the page with pdfium, which draws a damaged image without a word.
+    A page whose content cannot be parsed is left to the renderer.
+
+    Raises:
+        InputImageError: naming ``where`` and the damage.
+    """
+    try:
+        found = _found(page)
+    except Exception:
+        return
+    for obj in _scan_parts(found, PdfEditOptions.min_coverage):
+        check_image(where, obj)
+
+
+def _plan_page(page: pikepdf.Page, found: list[_Placement], options: PdfEditOptions) -> _Plan:
+    """Which image of a page is its scan, or why the page passes or falls back.
+
+    ``found``: the page's images (:func:`_found`).
+    """
+    import pikepdf
+
+    if "/Contents" not in page.obj:
+        return _born_digital(options, "no content")
     large = [p for p in found if p.coverage >= options.min_coverage]
     # For the render fallback: the image with the most pixels sets the codec of the rendering.
     finest = max(
@@ -427,6 +475,200 @@ def _filters(obj: Any) -> list[str]:
         return []
     items = list(f) if isinstance(f, pikepdf.Array) else [f]
     return [str(x).lstrip("/") for x in items]
+
+
+# ---- damaged images ------------------------------------------------------------------------
+
+# pdfium decodes a damaged stream without a word (a cut JPEG ends in gray, bad Flate data
+# gives black), so a scan's stream is checked before it is cleaned or rendered: it must decode
+# completely, as an image file must (Pillow refuses a truncated one). Filters by name, with
+# the short names of inline images; the codecs are the last filter, decoded by pdfium.
+_GENERAL = {
+    **dict.fromkeys(("FlateDecode", "Fl"), "Flate"),
+    **dict.fromkeys(("LZWDecode", "LZW"), "LZW"),
+    **dict.fromkeys(("RunLengthDecode", "RL"), "RunLength"),
+    **dict.fromkeys(("ASCIIHexDecode", "AHx"), "ASCIIHex"),
+    **dict.fromkeys(("ASCII85Decode", "A85"), "ASCII85"),
+}
+_CODECS = {
+    **dict.fromkeys(("DCTDecode", "DCT"), "JPEG"),
+    "JPXDecode": "JPEG 2000",
+    **dict.fromkeys(("CCITTFaxDecode", "CCF"), "CCITT"),
+    "JBIG2Decode": "JBIG2",
+}
+_COMPONENTS = {
+    **dict.fromkeys(("/DeviceGray", "/CalGray", "/Indexed", "/Separation", "/G", "/I"), 1),
+    **dict.fromkeys(("/DeviceRGB", "/CalRGB", "/Lab", "/RGB"), 3),
+    **dict.fromkeys(("/DeviceCMYK", "/CMYK"), 4),
+}
+
+
+def check_image(where: str, obj: Any) -> None:
+    """Refuse image XObject ``obj`` if its stream does not decode completely.
+
+    Raises:
+        InputImageError: one line naming ``where`` and the damage, e.g. ``truncated JPEG
+            data`` or an unknown filter.
+    """
+    problem = _damage(obj)
+    if problem is not None:
+        raise InputImageError(f"{where}: its scan image {problem}; nothing written for this file")
+
+
+def _damage(obj: Any) -> str | None:
+    """Why ``obj``'s stream does not decode completely (``"is damaged (...)"``), or None.
+
+    JPEG is decoded by Pillow (at an eighth of its size: every coded byte is still read), a
+    JPEG 2000 codestream must be whole (its end marker), Flate, LZW and RunLength data must
+    give every pixel's bytes. CCITT and JBIG2 data is not checked (their decoders, libtiff's
+    and pdfium's, take any data without a word), nor are inline images.
+    """
+    import pikepdf
+
+    filters = _filters(obj)
+    unknown = [f for f in filters if f not in _GENERAL and f not in _CODECS]
+    if unknown:
+        return f"cannot be decoded (unknown filter /{unknown[0]})"
+    codec = _CODECS.get(filters[-1]) if filters else None
+    words = " and ".join(_GENERAL[f] for f in filters if f in _GENERAL) or "image"
+    expected = None if codec is not None else _raw_size(obj)
+    try:
+        if filters in (["FlateDecode"], ["Fl"]) and expected is not None:
+            # Counted, not kept: a page's worth of pixels (or a bomb's) never sits in memory.
+            size, expected = _flate_size(obj, expected)
+        else:
+            data = _general_bytes(obj, filters, codec is not None)
+            size = len(data)
+    except (pikepdf.DataDecodingError, zlib.error) as exc:
+        # qpdf's and zlib's messages name the file, the object or the code: the last part says why.
+        return f"is damaged (corrupt {words} data: {_first_line(exc).rsplit(': ', 1)[-1]})"
+    except Exception:  # a filter qpdf does not take (a predictor): pdfium's to decode
+        return None
+    if codec == "JPEG":
+        return _jpeg_damage(data)
+    if codec == "JPEG 2000":
+        return None if _jpx_whole(data) else "is damaged (truncated JPEG 2000 data)"
+    if expected is not None and size < expected:
+        return f"is damaged (truncated {words} data: {size} of {expected} bytes)"
+    return None
+
+
+def _flate_size(obj: Any, samples: int) -> tuple[int, int]:
+    """(bytes ``obj``'s Flate data inflates to, up to enough; bytes it must give).
+
+    ``samples``: the image's sample bytes; a PNG predictor adds a byte to every row.
+    """
+    parms = obj.get("/DecodeParms")
+    predictor = int(parms.get("/Predictor", 1)) if parms is not None else 1
+    enough = samples + (int(obj.get("/Height", 0)) if predictor >= 10 else 0)
+    inflater, size, data = zlib.decompressobj(), 0, obj.read_raw_bytes()
+    while size < enough and not inflater.eof:
+        out = inflater.decompress(data, 1 << 20)
+        if not out:
+            break
+        size, data = size + len(out), inflater.unconsumed_tail
+    return size, enough
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text and text[0] else type(exc).__name__
+
+
+def _general_bytes(obj: Any, filters: list[str], keep_codec: bool) -> bytes:
+    """``obj``'s data with its general filters (Flate, LZW, ...) undone, but not its codec's."""
+    import pikepdf
+
+    if not keep_codec:
+        return bytes(obj.read_bytes(pikepdf.StreamDecodeLevel.specialized))
+    if len(filters) == 1:
+        return bytes(obj.read_raw_bytes())
+    # (A JPEG under Flate: read_bytes refuses a stream whose last filter it cannot decode, so
+    # a copy with only the general filters is decoded.)
+    one = pikepdf.new()
+    copy = one.make_stream(obj.read_raw_bytes())
+    copy.Filter = pikepdf.Array([pikepdf.Name("/" + f) for f in filters[:-1]])
+    parms = obj.get("/DecodeParms")
+    if isinstance(parms, pikepdf.Array):
+        copy.DecodeParms = pikepdf.Array([one.copy_foreign(p) for p in list(parms)[:-1]])
+    return bytes(copy.read_bytes(pikepdf.StreamDecodeLevel.specialized))
+
+
+def _raw_size(obj: Any) -> int | None:
+    """Bytes of the image's samples, rows padded to a byte; None where the colours are unknown."""
+    import pikepdf
+
+    w, h = int(obj.get("/Width", 0)), int(obj.get("/Height", 0))
+    if bool(obj.get("/ImageMask", False)):
+        return (w + 7) // 8 * h
+    cs, bpc = obj.get("/ColorSpace"), int(obj.get("/BitsPerComponent", 0))
+    if isinstance(cs, pikepdf.Array) and len(cs) > 1:
+        family = str(cs[0])
+        if family == "/ICCBased":
+            channels = int(cs[1].get("/N", 0))
+        elif family == "/DeviceN":
+            channels = len(cs[1])
+        else:
+            channels = _COMPONENTS.get(family, 0)
+    else:
+        channels = _COMPONENTS.get(str(cs[0] if isinstance(cs, pikepdf.Array) else cs), 0)
+    if channels < 1 or bpc < 1:
+        return None
+    return (w * channels * bpc + 7) // 8 * h
+
+
+def _jpeg_damage(data: bytes) -> str | None:
+    """Why JPEG ``data`` does not decode completely, as Pillow reads a JPEG file; or None.
+
+    Only damage counts: a JPEG Pillow does not read (12 bits, lossless) is left to pdfium.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                # libjpeg's scaled decoding: each coded byte is read, an eighth of the pixels
+                # are made.
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+    except UnidentifiedImageError:
+        return None if data[:2] == b"\xff\xd8" else "is damaged (not JPEG data)"
+    except OSError as exc:
+        if "truncated" in str(exc):
+            return "is damaged (truncated JPEG data)"
+        if "broken data stream" in str(exc):
+            return "is damaged (corrupt JPEG data)"
+        return None
+    except Exception:  # Pillow's limits or a feature it lacks: not damage
+        return None
+    return None
+
+
+def _jpx_whole(data: bytes) -> bool:
+    """Whether JPEG 2000 ``data`` (a JP2 file or a bare codestream) holds its whole codestream.
+
+    A cut codestream lacks its end marker (EOC); a cut JP2 file also its codestream box's end.
+    """
+    code = data
+    if data[4:8] == b"jP  ":
+        pos, code = 0, b""
+        while pos + 8 <= len(data):
+            size, head = int.from_bytes(data[pos : pos + 4], "big"), 8
+            kind = data[pos + 4 : pos + 8]
+            if size == 1:
+                size, head = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
+            elif size == 0:
+                size = len(data) - pos
+            if size < head:
+                return True  # not a box layout we know: pdfium's to decode
+            if kind == b"jp2c":
+                code = data[pos + head : pos + size] if pos + size <= len(data) else b""
+                break
+            pos += size
+    elif data[:2] != b"\xff\x4f":
+        return True  # not JPEG 2000 at all: pdfium's to decode
+    return code.rstrip(b"\0\r\n\t ").endswith(b"\xff\xd9")
 
 
 def _check_size(where: str, obj: Any, max_pixels: int) -> tuple[int, int]:
@@ -1024,8 +1266,9 @@ def edit_pdf(
 
     Raises:
         InputImageError: the PDF cannot be opened (corrupt, encrypted, no pages), or an image
-            cannot be decoded; its subclasses :class:`TooManyPixelsError` (an image or a
-            rendering over ``max_pixels``) and :class:`TooManyPagesError` (over ``max_pages``).
+            cannot be decoded, or a scan image is damaged (:func:`check_image`); its subclasses
+            :class:`TooManyPixelsError` (an image or a rendering over ``max_pixels``) and
+            :class:`TooManyPagesError` (over ``max_pages``).
             Nothing is written then.
         ShapeError: ``process`` changed an image's size.
     """
@@ -1080,9 +1323,15 @@ def _do_page(
     page = pdf.pages[index]
     where = f"{src} page {index + 1}"
     try:
-        plan = _plan_page(page, options)
+        found = _found(page)
+        plan = _plan_page(page, found, options)
     except Exception as exc:
+        found = []
         plan = _Plan("fallback", f"content stream not understood ({type(exc).__name__})")
+    # Before anything is cleaned, whatever the page's plan: pdfium would clean a damaged scan
+    # as it decodes it (gray or black), and "came back the same" would keep it unnoticed.
+    for obj in _scan_parts(found, options.min_coverage):
+        check_image(where, obj)
     meta = {"name": f"{src.stem}_p{index + 1:04d}", "source": str(src), "page": index}
     meta["pages"] = len(pdf.pages)
     rotate = int(page.obj.get("/Rotate", 0) or 0)
