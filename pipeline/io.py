@@ -568,6 +568,7 @@ class _ScanCheck:
 
     def __init__(self, data: bytes | os.PathLike[str] | str) -> None:
         self.data, self.pdf, self.opened = data, None, False
+        self.seen: set[tuple[int, int]] = set()
 
     def check(self, where: str, index: int, page: Any) -> None:
         """Refuse page ``index`` (pdfium's ``page``) if a scan image of it is damaged."""
@@ -577,7 +578,7 @@ class _ScanCheck:
             return
         pdf = self._open()
         if pdf is not None and index < len(pdf.pages):
-            check_page_scans(where, pdf.pages[index])
+            check_page_scans(where, pdf.pages[index], self.seen)
 
     def _open(self) -> Any:
         if not self.opened:

@@ -336,11 +336,12 @@ def _scan_parts(found: list[_Placement], min_coverage: float) -> list[Any]:
     return list(parts.values())
 
 
-def check_page_scans(where: str, page: pikepdf.Page) -> None:
+def check_page_scans(where: str, page: pikepdf.Page, seen: set[tuple[int, int]]) -> None:
     """Refuse a page whose scan images do not decode completely (see :func:`check_image`).
 
     For a reader that renders the page with pdfium, which draws a damaged image without a word.
-    A page whose content cannot be parsed is left to the renderer.
+    A page whose content cannot be parsed is left to the renderer. ``seen``: the images of the
+    document checked so far (an image drawn on many pages is checked once), updated.
 
     Raises:
         InputImageError: naming ``where`` and the damage.
@@ -350,7 +351,9 @@ def check_page_scans(where: str, page: pikepdf.Page) -> None:
     except Exception:
         return
     for obj in _scan_parts(found, PdfEditOptions.min_coverage):
-        check_image(where, obj)
+        if obj.objgen not in seen:
+            check_image(where, obj)
+            seen.add(obj.objgen)
 
 
 def _plan_page(page: pikepdf.Page, found: list[_Placement], options: PdfEditOptions) -> _Plan:
@@ -526,7 +529,7 @@ def _damage(obj: Any) -> str | None:
     import pikepdf
 
     filters = _filters(obj)
-    unknown = [f for f in filters if f not in _GENERAL and f not in _CODECS]
+    unknown = [f for f in filters if f not in _GENERAL and f not in _CODECS and f != "Crypt"]
     if unknown:
         return f"cannot be decoded (unknown filter /{unknown[0]})"
     codec = _CODECS.get(filters[-1]) if filters else None
@@ -632,10 +635,14 @@ def _jpeg_damage(data: bytes) -> str | None:
                 # are made.
                 image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
-    except UnidentifiedImageError:
-        return None if data[:2] == b"\xff\xd8" else "is damaged (not JPEG data)"
+    except UnidentifiedImageError:  # (Pillow reads every kind of JPEG header: this one is cut)
+        return (
+            "is damaged (corrupt JPEG data)"
+            if data[:2] == b"\xff\xd8"
+            else "is damaged (not JPEG data)"
+        )
     except OSError as exc:
-        if "truncated" in str(exc):
+        if "truncated" in str(exc).lower():  # ("Truncated File Read": cut in its header)
             return "is damaged (truncated JPEG data)"
         if "broken data stream" in str(exc):
             return "is damaged (corrupt JPEG data)"
@@ -1331,7 +1338,8 @@ def _do_page(
     # Before anything is cleaned, whatever the page's plan: pdfium would clean a damaged scan
     # as it decodes it (gray or black), and "came back the same" would keep it unnoticed.
     for obj in _scan_parts(found, options.min_coverage):
-        check_image(where, obj)
+        if obj.objgen not in done:  # (an image in ``done`` was checked on its first page)
+            check_image(where, obj)
     meta = {"name": f"{src.stem}_p{index + 1:04d}", "source": str(src), "page": index}
     meta["pages"] = len(pdf.pages)
     rotate = int(page.obj.get("/Rotate", 0) or 0)

@@ -54,6 +54,10 @@ def cut_jpeg_under_flate(image: pikepdf.Stream) -> None:
     image.write(zlib.compress(data[: len(data) // 3]), filter=chain, type_check=False)
 
 
+def cut_jpeg_header(image: pikepdf.Stream) -> None:
+    image.write(image.read_raw_bytes()[:100], filter=pikepdf.Name.DCTDecode)
+
+
 def garbage_flate(image: pikepdf.Stream) -> None:
     image.write(b"\x78\x9c" + b"garbage" * 50, filter=pikepdf.Name.FlateDecode)
 
@@ -76,6 +80,7 @@ def cut_jpeg_2000(image: pikepdf.Stream) -> None:
 DAMAGE = {
     "cut JPEG": (cut_jpeg, "is damaged (truncated JPEG data)"),
     "cut JPEG under Flate": (cut_jpeg_under_flate, "is damaged (truncated JPEG data)"),
+    "JPEG cut in its header": (cut_jpeg_header, "is damaged (truncated JPEG data)"),
     "bad Flate": (garbage_flate, "is damaged (corrupt Flate data: "),
     "short Flate": (cut_flate, f"is damaged (truncated Flate data: 1365 of {SIZE * SIZE} bytes)"),
     "unknown filter": (unknown_filter, "cannot be decoded (unknown filter /FooDecode)"),
@@ -193,3 +198,41 @@ def test_a_small_damaged_picture_on_a_born_digital_page_is_not_a_scan(tmp_path):
         "passed"
     ]
     assert len(list(read_pages(tmp_path / "b.pdf", dpi=36))) == 1
+
+
+def test_a_damaged_scan_drawn_inside_a_form_is_found_too(tmp_path):
+    pdf = pikepdf.new()
+    scan = pdf.make_stream(
+        jpeg(0)[:300], Type=pikepdf.Name.XObject, Subtype=pikepdf.Name.Image, Width=SIZE,
+        Height=SIZE, ColorSpace=pikepdf.Name.DeviceGray, BitsPerComponent=8,
+        Filter=pikepdf.Name.DCTDecode,
+    )  # fmt: skip
+    form = pdf.make_stream(
+        b"q 1 0 0 1 0 0 cm /Im0 Do Q", Type=pikepdf.Name.XObject, Subtype=pikepdf.Name.Form,
+        BBox=[0, 0, 1, 1], Matrix=[144, 0, 0, 144, 0, 0],
+        Resources=pikepdf.Dictionary(XObject=pikepdf.Dictionary(Im0=scan)),
+    )  # fmt: skip
+    add_page(pdf, (144, 144), [(form, "1 0 0 1 0 0")])
+    pdf.save(tmp_path / "f.pdf")
+    for read in (
+        lambda: edit_pdf(tmp_path / "f.pdf", tmp_path / "o.pdf", identity),
+        lambda: list(read_pages(tmp_path / "f.pdf")),
+    ):
+        with pytest.raises(InputImageError, match="page 1: its scan image is damaged"):
+            read()
+
+
+def test_an_image_drawn_on_every_page_is_checked_once(tmp_path, monkeypatch):
+    import aepipe.pdf_edit as pdf_edit
+
+    calls = []
+    damage = pdf_edit._damage
+    monkeypatch.setattr(pdf_edit, "_damage", lambda obj: calls.append(obj.objgen) or damage(obj))
+    pdf = pikepdf.new()
+    scan = image_stream(pdf, page_pixels(48, 40, paper=200))
+    for _ in range(3):
+        add_page(pdf, (48, 40), [(scan, "48 0 0 40 0 0")])
+    pdf.save(tmp_path / "s.pdf")
+    assert len(list(read_pages(tmp_path / "s.pdf"))) == 3
+    assert len(edit_pdf(tmp_path / "s.pdf", tmp_path / "o.pdf", identity)) == 3
+    assert len(calls) == 2 and len(set(calls)) == 1  # once for each path
