@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -331,8 +332,12 @@ def ocr_files(
     text, forms, annotations, encryption and image codecs kept; an image becomes a one-page
     PDF); then :func:`add_text_layer` gives its pages without text a text layer. Inputs are
     planned by :func:`aepipe.runner.plan` (PDF output names); ``<out>/<relative name>.pdf``
-    is written atomically, and an existing complete output is skipped unless
-    ``options.overwrite``.
+    is written atomically. Resume follows the runner's rule and output record
+    (:func:`aepipe.runner.run_files`): an output made from this input as it is, with these
+    settings (the stage's, the options' and ``language``, ``rotate_pages``), is skipped;
+    aepipe's own stale outputs are redone; a file aepipe did not make is not replaced unless
+    ``options.overwrite``. The cleaning is staged in a hidden folder of the output folder
+    (``.aepipe-ocr.<pid>.*.tmp``); one left by a killed run is removed by the next.
 
     Args:
         inputs: files and folders.
@@ -349,37 +354,70 @@ def ocr_files(
 
     Raises:
         ConfigError: bad inputs or output folder.
+        ReportError: after the run, when the report could not be written (its ``summary``
+            is the run's).
         KeyboardInterrupt: re-raised after the report is written (files not finished are
             listed as ``pending``); no partial output remains.
     """
-    from aepipe.runner import FileRecord, Summary, plan, write_report
+    from aepipe.io import remove_stale_temps
+    from aepipe.provenance import OutputRecord
+    from aepipe.runner import FileRecord, Summary, finish_report, plan
 
     start = time.perf_counter()
     options = dataclasses.replace(options, fmt="pdf")
     planned, records, out_dir = plan(inputs, options)
     summary = Summary(records=list(records), out_dir=str(out_dir))
+    # What a SIGKILLed run left: temporary files, and the OCR's staging folders.
+    remove_stale_temps(out_dir)
+    remove_stale_staging(out_dir)
+    ocr = (language, jobs, rotate_pages)
+    book = _Book(OutputRecord(out_dir), _ocr_settings(process, options, ocr))
     finished = 0
     try:
         for job in planned:
-            ocr = (language, jobs, rotate_pages)
-            record = _ocr_job(job, (process, read), options, out_dir, ocr)
+            record = _ocr_job(job, (process, read), options, out_dir, (ocr, book))
             summary.records.append(record)
             finished += 1
             if on_record is not None:
                 on_record(summary.records[-1], finished, len(planned))
-    except KeyboardInterrupt:
-        # As the runner reports it: the file being worked on and those after it are pending.
-        summary.interrupted = True
-        summary.records += [
-            FileRecord(str(job.src), "pending", reason="not finished (interrupted)")
-            for job in planned[finished:]
-        ]
-        raise
-    finally:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            # As the runner reports it: the file being worked on and those after it are pending.
+            summary.interrupted = True
+            summary.records += [
+                FileRecord(str(job.src), "pending", reason="not finished (interrupted)")
+                for job in planned[finished:]
+            ]
         summary.seconds = time.perf_counter() - start
-        if options.report:
-            write_report(options.report, summary)
+        finish_report(options.report, summary, raising=exc)
+        raise
+    summary.seconds = time.perf_counter() - start
+    finish_report(options.report, summary)
     return summary
+
+
+@dataclasses.dataclass
+class _Book:
+    """The output folder's record (:mod:`aepipe.provenance`) and this run's settings key."""
+
+    record: Any
+    settings: str | None
+
+
+def _ocr_settings(
+    process: Process, options: RunOptions, ocr: tuple[Sequence[str], int | None, bool]
+) -> str | None:
+    """The settings key of a searchable PDF: the cleaning stage's, the options, and the OCR's.
+
+    A binarizing stage split for OCR (:class:`_OnePass`) counts as the stage itself.
+    """
+    from aepipe.provenance import settings_key
+    from aepipe.runner import output_settings
+
+    stage = process.stage if isinstance(process, _OnePass) else process
+    language, _, rotate_pages = ocr  # the workers do not change the text layer
+    extra = {"ocr_language": list(language), "ocr_rotate_pages": rotate_pages}
+    return settings_key(stage, {**output_settings(options), **extra})
 
 
 def _ocr_job(
@@ -387,68 +425,151 @@ def _ocr_job(
     stages: tuple[Process, Process | None],
     options: RunOptions,
     out_dir: Path,
-    ocr: tuple[Sequence[str], int | None, bool],
+    ocr_book: tuple[tuple[Sequence[str], int | None, bool], _Book],
 ) -> FileRecord:
     """One input of :func:`ocr_files`: cleaned, OCR'd and written atomically, or skipped.
+
+    Skipped, redone or refused as the runner does (:func:`aepipe.runner.run_files`, the same
+    output record); the cleaning is staged in a hidden folder of ``out_dir``.
 
     Args:
         job: the runner's planned job.
         stages: the stage whose output is stored, and the one Tesseract reads (None: same).
         options: the runner's options (``fmt`` pdf).
         out_dir: the output folder.
-        ocr: Tesseract's languages, OCRmyPDF's workers and whether pages are turned upright.
+        ocr_book: Tesseract's languages, OCRmyPDF's workers and whether pages are turned
+            upright; and the output record with the settings key.
     """
-    from aepipe.runner import FileRecord, is_complete_output, output_paths, run_files
+    from aepipe.provenance import SourceStamp
+    from aepipe.runner import FileRecord, output_paths, run_files
 
+    ocr, book = ocr_book
     [dst] = output_paths(job, None, options, out_dir)
-    if not options.overwrite and is_complete_output(dst):
-        reason = "output exists (use --overwrite to replace)"
-        return FileRecord(str(job.src), "skipped", [str(dst)], reason)
+    try:
+        source: SourceStamp | None = SourceStamp.of(job.src)
+    except OSError:
+        source = None  # reading it says why
+    note = None
+    if source is not None and not options.overwrite:
+        verdict, note = book.record.verdict(dst, source, book.settings, job.src)
+        if verdict == "current":
+            reason = "up to date (use --overwrite to redo it)"
+            return FileRecord(str(job.src), "skipped", [str(dst)], reason)
+        if verdict == "foreign":
+            return FileRecord(str(job.src), "failed", reason=note)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="aepipe-ocr-") as tmp:
+    with _staging(out_dir) as tmp:
         # The cleaning is clean-scans' own job on this one file; only its output folder differs.
-        staged = dataclasses.replace(options, out_dir=Path(tmp), overwrite=True, report=None)
+        staged = dataclasses.replace(options, out_dir=tmp, overwrite=True, report=None)
         read = None
         if stages[1] is not None:
             # Tesseract's pages first: the stored stage may reuse their pass (ocr_stages).
-            reading = dataclasses.replace(staged, out_dir=Path(tmp) / "read")
+            reading = dataclasses.replace(staged, out_dir=tmp / "read")
             [read] = run_files([job.src], stages[1], reading).records
         if read is not None and read.status != "ok":
-            record, source = read, None
+            record, source_pdf = read, None
             record.outputs = []
         else:
             [record] = run_files([job.src], stages[0], staged).records
-            source = record.outputs[0] if record.status == "ok" else None
-            if source is not None and read is not None:
-                source = read.outputs[0]
-        if source is not None:
-            language, jobs, rotate = ocr
-            try:
-                added = add_text_layer(
-                    record.outputs[0],
-                    dst,
-                    language=language,
-                    jobs=jobs,
-                    name=job.src,
-                    read=source,
-                    rotate_pages=rotate,
-                )
-                if rotate and (turned := _turned_pages(Path(record.outputs[0]), dst)):
-                    pages = ", ".join(map(str, turned))
-                    record.reason = f"turned upright: page{'s' * (len(turned) > 1)} {pages}" + (
-                        _also(record.reason)
-                    )
-                record.outputs, record.bytes_out = [str(dst)], dst.stat().st_size
-                record.text_pages = added
-                if not added:
-                    record.reason = (
-                        "no page got a text layer: pages with text are left as they are, and "
-                        f"Tesseract read nothing on the others{_also(record.reason)}"
-                    )
-            except InputImageError as exc:
-                record.status, record.reason, record.outputs = "failed", str(exc), []
+            source_pdf = record.outputs[0] if record.status == "ok" else None
+            if source_pdf is not None and read is not None:
+                source_pdf = read.outputs[0]
+        if source_pdf is not None:
+            _add_layer(job, record, (Path(source_pdf), dst), ocr, (book, source))
+            if record.status == "ok" and note:
+                record.reason = f"{note}{_also(record.reason)}"
     record.seconds = time.perf_counter() - t0
     return record
+
+
+def _add_layer(
+    job: Any,
+    record: FileRecord,
+    paths: tuple[Path, Path],
+    ocr: tuple[Sequence[str], int | None, bool],
+    recording: tuple[_Book, Any],
+) -> None:
+    """Give the cleaned PDF ``record.outputs[0]`` a text layer at ``paths[1]``; fill ``record``.
+
+    ``paths``: the PDF Tesseract reads and the output. ``recording``: the output record and
+    the input's :class:`~aepipe.provenance.SourceStamp` (None: not recorded).
+    """
+    read, dst = paths
+    book, source = recording
+    language, jobs, rotate = ocr
+    try:
+        if source is not None:
+            book.record.claim([dst], source, book.settings)
+        added = add_text_layer(
+            record.outputs[0],
+            dst,
+            language=language,
+            jobs=jobs,
+            name=job.src,
+            read=read,
+            rotate_pages=rotate,
+        )
+        if source is not None:
+            book.record.done([dst], source, book.settings)
+        if rotate and (turned := _turned_pages(Path(record.outputs[0]), dst)):
+            pages = ", ".join(map(str, turned))
+            record.reason = f"turned upright: page{'s' * (len(turned) > 1)} {pages}" + (
+                _also(record.reason)
+            )
+        record.outputs, record.bytes_out = [str(dst)], dst.stat().st_size
+        record.text_pages = added
+        if not added:
+            record.reason = (
+                "no page got a text layer: pages with text are left as they are, and "
+                f"Tesseract read nothing on the others{_also(record.reason)}"
+            )
+    except InputImageError as exc:
+        record.status, record.reason, record.outputs = "failed", str(exc), []
+
+
+@contextmanager
+def _staging(folder: Path) -> Iterator[Path]:
+    """A hidden staging folder in ``folder``, removed afterwards.
+
+    Named ``.aepipe-ocr.<pid>.<random>.tmp`` (the rule of :func:`aepipe.io.remove_stale_temps`
+    for temporary files), so :func:`remove_stale_staging` removes one that a killed run left.
+    """
+    from aepipe.io import TEMP_PREFIX
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(
+        tempfile.mkdtemp(dir=folder, prefix=f"{TEMP_PREFIX}ocr.{os.getpid()}.", suffix=".tmp")
+    )
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_staging(folder: str | Path) -> int:
+    """Delete the OCR staging folders (:func:`_staging`) of runs that are no longer running.
+
+    SIGKILL leaves them; a folder whose process still runs (another run into the same output
+    folder) is kept. OCRmyPDF's own work folder (``ocrmypdf.io.*`` in the system's temporary
+    folder) cannot be placed, nor found again: OCRmyPDF takes no folder for it.
+
+    Returns:
+        How many folders were removed.
+    """
+    from aepipe.io import TEMP_PREFIX, _pid_alive
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for tmp in list(folder.rglob(f"{TEMP_PREFIX}ocr.*.tmp")):
+        parts = tmp.name.rsplit(".", 3)  # .aepipe-ocr.<pid>.<random>.tmp
+        if len(parts) != 4 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _also(reason: str | None) -> str:
@@ -470,7 +591,8 @@ def add_text_layer(
     OCRmyPDF reads ``src`` in its skip-text mode (pages with text, born-digital ones included,
     are not OCR'd) without cleaning or re-encoding anything, and only the invisible text layers
     it makes are copied into ``src``'s own pages: images, forms, annotations, metadata and
-    encryption stay exactly as in ``src``, whatever OCRmyPDF does to its own output file.
+    encryption stay exactly as in ``src``, whatever OCRmyPDF does to its own output file. Its
+    file is staged in a hidden folder beside ``dst`` (:func:`_staging`).
 
     Args:
         src: the PDF (already cleaned).
@@ -499,8 +621,9 @@ def add_text_layer(
     check_setup()
     src, dst = Path(src), Path(dst)
     name = Path(name or src)
-    with tempfile.TemporaryDirectory(prefix="aepipe-ocr-") as tmp:
-        ocred = Path(tmp) / "ocr.pdf"
+    # Staged beside dst, where a killed run's folder is found again (remove_stale_staging).
+    with _staging(dst.parent) as tmp:
+        ocred = tmp / "ocr.pdf"
         _run_ocrmypdf(Path(read or src), ocred, (language, jobs, rotate_pages), name)
         with pikepdf.open(src) as pdf, pikepdf.open(ocred) as text:
             pairs = zip(pdf.pages, text.pages, strict=True)

@@ -6,8 +6,16 @@ born-digital pages) kept; the report lists what happened to each of its pages.
 
 One bad file never costs the others: every file gets a :class:`FileRecord` (ok, skipped,
 failed, ignored, pending) with a one-line reason. Outputs are written atomically, inputs are
-never touched, existing complete outputs are skipped (resume) unless ``overwrite`` is set, and
-pages of the same size, from one file or from consecutive small files, are batched together.
+never touched, and pages of the same size, from one file or from consecutive small files, are
+batched together. A full output disk stops the run (the rest is ``pending``).
+
+Resume is make-like, from a record the runner keeps in the output folder
+(:mod:`aepipe.provenance`, ``.aepipe-outputs.jsonl``: each output's input, that input's size
+and modification time, a digest of the settings, and the output's own size and time): an
+output made from this input as it is now, with these settings, and untouched since, is
+skipped as up to date; one aepipe made from another input, an older version of the input,
+with other settings, or changed since, is redone; a file aepipe did not make is never taken as
+done nor replaced without ``overwrite``: its input fails with a reason saying so.
 
 The stage runs in the calling thread; around it, a reader thread decodes the next page and a
 writer thread encodes and writes the finished ones (Pillow, zlib, numpy and pdfium release the
@@ -21,9 +29,12 @@ Safety rules, checked before any work or before each write:
 * an output is never written over a file that is one of the inputs (compared by device and
   inode, so hard links and symbolic links count too);
 * two inputs that would get the same output name (``scan.jpg`` and ``scan.png``) get distinct
-  names: the one whose suffix matches the output keeps it, the other becomes ``scan_jpg.png``;
-  on a resumed run an output older than such an input is redone (the name may have been the
-  other input's before ``scan.png`` was added);
+  names: the one whose suffix matches the output keeps it, the other becomes ``scan_jpg.png``
+  (on a later run, the record tells whose output a name was: ``scan.png`` made from
+  ``scan.jpg`` before ``scan.png`` was added is redone from ``scan.png``);
+* a file that aepipe did not make is never replaced without ``overwrite``, nor taken as done;
+* ``--report`` may not name an input, nor a file inside the output folder with an image or PDF
+  suffix (an output, or one of a later run);
 * an output of one input never replaces another's in the same run (``m.tif`` written as PNG
   pages next to an input ``m-p001.png``): the later file fails with a reason;
 * symbolic links to folders are not followed when recursing, so a link loop cannot recurse
@@ -32,10 +43,12 @@ Safety rules, checked before any work or before each write:
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
 import queue
+import struct
 import threading
 import time
 from collections import deque
@@ -44,7 +57,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from aepipe.batch import ImageBatch
 from aepipe.core import (
@@ -73,6 +86,7 @@ from aepipe.io import (
     read_pages,
     remove_stale_temps,
 )
+from aepipe.provenance import RECORD_NAME, OutputRecord, SourceStamp, settings_key
 
 Status = Literal["ok", "skipped", "failed", "ignored", "pending"]
 
@@ -91,7 +105,15 @@ class RunOptions:
             output per page, ``<stem>-p001.png``, ``<stem>-p002.png`` ...; a one-page file gives
             ``<stem>.png``. A PDF written as PDF is edited in place (see the module docstring).
         recursive: descend into sub-folders, keeping their layout under ``out_dir``.
-        overwrite: replace existing outputs instead of skipping their inputs.
+        overwrite: process every input and replace whatever has its output names. Without it,
+            resume is make-like (see the module docstring): an output recorded in
+            ``out_dir/.aepipe-outputs.jsonl`` as made from this input, as it is now, with
+            these settings (the stage's class, config and weights, and ``fmt``,
+            ``jpeg_quality``, ``pdf_color``, ``dpi``, ``frames``, ``clean_born_digital``), and
+            untouched since, is skipped; one made from another input, an older version of it
+            or other settings, or changed since, is redone; a file with no record (not made
+            by aepipe, or made by an aepipe version that kept none) is left alone and its
+            input fails ("use --overwrite to replace it").
         dpi: resolution at which PDF pages are rendered (pages written as images, and PDF pages
             that cannot be edited in place); None renders each page at its scan's own
             resolution (300 DPI for a page without a scan).
@@ -166,12 +188,19 @@ class FileRecord:
 
 @dataclass
 class Summary:
-    """The outcome of a run."""
+    """The outcome of a run.
+
+    Attributes:
+        interrupted: stopped by Ctrl-C or SIGTERM.
+        disk_full: stopped because the output disk (or quota) was full: the file being
+            written failed, the files after it are ``pending``.
+    """
 
     records: list[FileRecord] = field(default_factory=list)
     out_dir: str | None = None
     seconds: float = 0.0
     interrupted: bool = False
+    disk_full: bool = False
 
     def count(self, status: Status) -> int:
         """Number of files with ``status``."""
@@ -197,10 +226,12 @@ class Summary:
         text = (
             f"{self.count('ok')} processed ({self.pages} page{'' if self.pages == 1 else 's'}), "
             f"{self.count('skipped')} skipped "
-            f"(output exists), {self.count('failed')} failed in {self.seconds:.1f} s"
+            f"(up to date), {self.count('failed')} failed in {self.seconds:.1f} s"
         )
         if self.interrupted:
             text += f", {self.count('pending')} not reached (interrupted)"
+        elif self.disk_full:
+            text += f"; stopped, the output disk is full: {self.count('pending')} not started"
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -215,6 +246,7 @@ class Summary:
                 "pages": self.pages,
                 "seconds": round(self.seconds, 3),
                 "interrupted": self.interrupted,
+                "disk_full": self.disk_full,
                 "exit_code": int(self.exit_code),
                 "out_dir": self.out_dir,
             },
@@ -227,7 +259,6 @@ class _Job:
     src: Path
     rel: Path  # path relative to its input root, for the output layout
     stem: Path | None = None  # relative output path without suffix; set when names collide
-    shared: bool = False  # another input has the same stem and output format (see _dedupe)
 
     @property
     def out_stem(self) -> Path:
@@ -286,8 +317,8 @@ def plan(
 
     Raises:
         ConfigError: an input does not exist; the output folder is an input folder or inside
-            one (or, for a file input, is that file's folder); the report would replace an input;
-            ``jpeg_quality`` with image-only output.
+            one (or, for a file input, is that file's folder); the report would replace an input
+            or an output (see :func:`_check_report`); ``jpeg_quality`` with image-only output.
     """
     paths = [Path(p).expanduser() for p in inputs]
     if not paths:
@@ -336,14 +367,31 @@ def plan(
     jobs = _once_each(jobs)
     _dedupe(jobs, options)
     if options.report is not None:
-        report = Path(options.report).expanduser()
-        if report.is_dir():
-            raise ConfigError(f"--report {report} is a folder; give a file name")
-        check_creatable(report.parent, "--report folder")
-        ids = _identities(jobs)
-        if report.exists() and _identity(report) in ids:
-            raise ConfigError(f"--report {report} is one of the inputs; choose another file")
+        _check_report(Path(options.report).expanduser(), jobs, out_dir)
     return jobs, extra, out_dir
+
+
+def _check_report(report: Path, jobs: Sequence[_Job], out_dir: Path) -> None:
+    """Refuse a ``--report`` that would replace an input, an output or the output record.
+
+    Inside the output folder, any name with an image or PDF suffix is refused, not only this
+    run's first output names: a file of several pages gets ``<stem>-p001.png`` ..., and another
+    run's outputs go there too.
+
+    Raises:
+        ConfigError: the report is a folder, an input, or such a name in the output folder.
+    """
+    if report.is_dir():
+        raise ConfigError(f"--report {report} is a folder; give a file name")
+    check_creatable(report.parent, "--report folder")
+    if report.exists() and _identity(report) in _identities(jobs):
+        raise ConfigError(f"--report {report} is one of the inputs; choose another file")
+    real = _real(report.absolute())
+    if _inside(real, _real(out_dir)) and (is_image_path(report) or report.name == RECORD_NAME):
+        raise ConfigError(
+            f"--report {report} would replace an output in the output folder {out_dir}; "
+            "choose another file (a .json name)"
+        )
 
 
 def _root_folders(paths: Sequence[Path]) -> dict[Path, str]:
@@ -455,8 +503,6 @@ def _dedupe(jobs: list[_Job], options: RunOptions) -> None:
     for (stem, fmt), members in groups.items():
         if len(members) < 2:
             continue
-        for job in members:
-            job.shared = True
         keeper = next((j for j in members if j.src.suffix.lower() == SUFFIX_OF[fmt]), None)
         for job in members:
             if job is keeper:
@@ -520,7 +566,13 @@ def is_complete_output(path: Path) -> bool:
     except OSError:
         return False
     if suffix in (".tif", ".tiff"):
-        return head in (b"II*\x00", b"MM\x00*") and st.st_size > 8
+        if head not in (b"II*\x00", b"MM\x00*") or st.st_size <= 8:
+            return False
+        try:
+            with path.open("rb") as fh:
+                return _tiff_complete(fh, st.st_size)
+        except (OSError, struct.error):
+            return False
     if suffix == ".png":
         return tail.endswith(_PNG_END)
     if suffix in (".jpg", ".jpeg"):
@@ -528,6 +580,61 @@ def is_complete_output(path: Path) -> bool:
     if suffix == ".pdf":
         return b"%%EOF" in tail
     return True
+
+
+def _tiff_complete(fh: IO[bytes], size: int) -> bool:
+    """Whether every IFD of a classic TIFF, and every strip or tile they point to, is in the file.
+
+    Reads the IFD chain and the offset tables only (a few KB for a 33 MB page), so a file cut
+    short anywhere, before its IFD (libtiff writes it last) or in its image data, is caught.
+
+    Raises:
+        struct.error: a table is cut short.
+    """
+    order = "<" if fh.read(2) == b"II" else ">"
+    fh.seek(4)
+    (offset,) = struct.unpack(order + "I", fh.read(4))
+    seen: set[int] = set()
+    while offset:
+        if offset in seen or len(seen) > 10_000 or offset + 2 > size:
+            return False  # a loop, an absurd chain, or an IFD beyond the end
+        seen.add(offset)
+        fh.seek(offset)
+        (n,) = struct.unpack(order + "H", fh.read(2))
+        block = fh.read(n * 12 + 4)
+        tables: dict[int, list[int]] = {}
+        for i in range(n):
+            tag, kind, count = struct.unpack(order + "HHI", block[i * 12 : i * 12 + 8])
+            if tag in (273, 279, 324, 325):  # strip / tile offsets and byte counts
+                tables[tag] = _tiff_values(
+                    fh, order, (kind, count), block[i * 12 + 8 : i * 12 + 12]
+                )
+        starts = tables.get(273, tables.get(324))
+        lengths = tables.get(279, tables.get(325))
+        if not starts or not lengths or len(starts) != len(lengths):
+            return False
+        if any(a + b > size for a, b in zip(starts, lengths, strict=True)):
+            return False
+        (offset,) = struct.unpack(order + "I", block[n * 12 : n * 12 + 4])
+    return True
+
+
+def _tiff_values(fh: IO[bytes], order: str, kind_count: tuple[int, int], raw: bytes) -> list[int]:
+    """The SHORT or LONG values of one IFD entry (inline, or at the offset it holds)."""
+    kind, count = kind_count
+    code = {3: "H", 4: "I"}.get(kind)
+    if code is None:
+        return []
+    nbytes = struct.calcsize(code) * count
+    if nbytes <= 4:
+        data = raw[:nbytes]
+    else:
+        (at,) = struct.unpack(order + "I", raw)
+        here = fh.tell()
+        fh.seek(at)
+        data = fh.read(nbytes)
+        fh.seek(here)
+    return list(struct.unpack(f"{order}{count}{code}", data))
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -544,12 +651,30 @@ def _identities(jobs: Sequence[_Job]) -> set[tuple[int, int]]:
     return ids  # type: ignore[return-value]
 
 
+@dataclass
+class _Decision:
+    """What the reader decided for one input before reading it (see :meth:`_Run.decide`).
+
+    ``do``: process it (``reason``: a note on what it replaces); ``skip``: its outputs
+    ``targets`` are up to date; ``fail``: ``reason`` says why it is not processed. ``source``
+    and ``settings`` go into the output record when it is written.
+    """
+
+    action: Literal["do", "skip", "fail"]
+    targets: list[Path] = field(default_factory=list)
+    reason: str | None = None
+    source: SourceStamp | None = None
+    settings: str | None = None
+
+
 class _State:
     """Bookkeeping of one input file while its pages flow through the stage."""
 
-    def __init__(self, job: _Job) -> None:
+    def __init__(self, job: _Job, decision: _Decision | None = None) -> None:
         self.job = job
+        self.decision = decision or _Decision("do")
         self.record = FileRecord(str(job.src), "ok")
+        self.pages_done = 0  # pages that went through the stage (on_page)
         self.t0 = time.perf_counter()
         self.decoded = False
         self.writing = False  # its outputs were handed to the writer thread
@@ -570,6 +695,7 @@ def run_files(
     process: Process,
     options: RunOptions | None = None,
     on_record: Callable[[FileRecord, int, int], None] | None = None,
+    on_page: Callable[[Path, int, int], None] | None = None,
 ) -> Summary:
     """Run ``process`` over every page of every input file and write the results.
 
@@ -577,8 +703,20 @@ def run_files(
     pixels, permission denied, ...) and pages the stage fails on are recorded as ``failed``
     with a one-line reason naming the file; every other file is still processed. When a batch
     of several pages fails, its pages are retried one by one so only the bad one fails.
-    Outputs that exist and are complete are ``skipped`` (resume) unless ``options.overwrite``.
     Temporary files left by a killed run are removed first.
+
+    Resume is make-like (see :attr:`RunOptions.overwrite`): outputs recorded in
+    ``<out>/.aepipe-outputs.jsonl`` as made from the input as it is now, with the same stage
+    and output settings, and unchanged since, are ``skipped`` (up to date); outputs aepipe made
+    from another input, an older input or other settings are redone (the record's reason says
+    what was replaced), as are outputs changed since; a file at an output name that aepipe did
+    not make is never replaced without ``options.overwrite``: its input is ``failed`` with a
+    reason.
+    Outputs written before this record existed therefore need ``overwrite`` once.
+
+    A full output disk (``ENOSPC``, ``EDQUOT``) stops the run: that file fails ("disk full"),
+    the files after it are ``pending``, no partial output remains and ``summary.disk_full``
+    is set.
 
     Args:
         inputs: files and/or folders.
@@ -586,16 +724,25 @@ def run_files(
             up to ``options.batch_size`` pages as read (gray stays 1 channel, color 3) and must
             return as many images, in order, in a batch it does not change afterwards (its
             pages are encoded in a writer thread while the next batch runs). It is called
-            in the calling thread only.
+            in the calling thread only. A :class:`~aepipe.stage.Stage` or a
+            :class:`~aepipe.pipeline.Pipeline` of stages is part of the settings that decide
+            whether an output is up to date; for any other callable they are not compared.
         options: see :class:`RunOptions`.
         on_record: called after each file with ``(record, files_done, files_total)``, e.g. to
             drive a progress bar.
+        on_page: called in the calling thread after each page of a file has gone through the
+            stage, with ``(source path, pages of that file done, pages of that file)``; the
+            last is 0 when unknown. A PDF edited in place (its pages go through the stage
+            inside the PDF editor) calls it once, when it is written, with its page count
+            twice. Skipped and failed files do not call it.
 
     Returns:
         The :class:`Summary`; ``summary.exit_code`` is the documented exit code.
 
     Raises:
         ConfigError: before any work, if the inputs or the output folder are unusable.
+        ReportError: after the run, when ``options.report`` could not be written; its
+            ``summary`` is the run's (complete), its message one line.
         KeyboardInterrupt: re-raised after the report is written (files not finished are listed
             as ``pending``); no partial output remains.
     """
@@ -604,29 +751,80 @@ def run_files(
     options = options or RunOptions()
     t_start = time.perf_counter()
     jobs, extra, out_dir = plan(inputs, options)
-    run = _Run(jobs, fit_channels(process), options, out_dir, on_record)
+    run = _Run(jobs, fit_channels(process), options, out_dir, (on_record, on_page))
+    run.settings = settings_key(process, output_settings(options))
     run.summary.records = list(extra)
     try:
         run.run()
-    except KeyboardInterrupt:
-        run.summary.interrupted = True
-        for job in jobs:
-            if id(job) not in run.finished_jobs:
-                run.summary.records.append(
-                    FileRecord(str(job.src), "pending", reason="not finished (interrupted)")
-                )
-        raise
-    finally:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            run.summary.interrupted = True
+            run.summary.records += run.unfinished("not finished (interrupted)")
         run.summary.seconds = time.perf_counter() - t_start
-        if options.report:
-            write_report(options.report, run.summary)
+        finish_report(options.report, run.summary, raising=exc)
+        raise
+    if run.disk_full:
+        run.summary.disk_full = True
+        run.summary.records += run.unfinished("not started: the output disk is full")
+    run.summary.seconds = time.perf_counter() - t_start
+    finish_report(options.report, run.summary)
     return run.summary
+
+
+class ReportError(AepipeError):
+    """The run finished but its ``--report`` could not be written.
+
+    Attributes:
+        summary: the run's complete :class:`Summary` (its exit code is the run's own).
+    """
+
+    def __init__(self, message: str, summary: Summary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def finish_report(
+    path: str | os.PathLike[str] | None,
+    summary: Summary,
+    raising: BaseException | None = None,
+) -> None:
+    """Write ``summary`` to ``path`` (if any) once the run is over; never masks the run.
+
+    Args:
+        path: the ``--report`` file, or None.
+        summary: the complete summary.
+        raising: the exception ending the run (Ctrl-C) that the caller re-raises: a report
+            that cannot be written is added to its notes (``__notes__``) instead of raised.
+
+    Raises:
+        ReportError: the report could not be written ("cannot write the report <path>:
+            <reason>"), outside an interruption.
+    """
+    if path is None:
+        return
+    try:
+        write_report(path, summary)
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        message = f"cannot write the report {path}: {why}"
+        if raising is not None:
+            raising.add_note(message)
+            return
+        raise ReportError(message, summary) from exc
 
 
 def write_report(path: str | os.PathLike[str], summary: Summary) -> None:
     """Write ``summary`` as the JSON report of ``--report`` (atomically)."""
     report = json.dumps(summary.to_json(), indent=2).encode()
     atomic_write(path, lambda fh: fh.write(report))
+
+
+def output_settings(options: RunOptions) -> dict[str, Any]:
+    """The options that decide an output's bytes (part of the record's settings key)."""
+    return {
+        name: getattr(options, name)
+        for name in ("fmt", "jpeg_quality", "pdf_color", "dpi", "frames", "clean_born_digital")
+    }
 
 
 # Encodes and writes that may wait behind the stage before it waits for them: enough to keep
@@ -639,8 +837,8 @@ Then = Callable[["Future[Any] | None"], None]
 class _Reader:
     """Decodes the next page in a thread while the stage works on the current one.
 
-    Events come in input order: ``("start", job, found, in_place)`` (``found``: its complete
-    outputs when it is to be skipped), ``("page", job, index, batch)``, ``("error", job, exc)``
+    Events come in input order: ``("start", job, decision, in_place)`` (:class:`_Decision`:
+    process, skip or fail it), ``("page", job, index, batch)``, ``("error", job, exc)``
     and ``("end", job)``. At most one decoded page waits ahead of the stage (a slot), so memory
     stays bounded for huge pages; a bug in the reader itself is re-raised in the caller.
     """
@@ -672,10 +870,11 @@ class _Reader:
             for job in run.jobs:
                 if self.stop.is_set():
                     return
-                found = None if run.options.overwrite else run.existing_outputs(job)
-                in_place = found is None and edits_in_place(job.src, run.options.fmt)
-                self.queue.put(("start", job, found, in_place))
-                if found is None and not in_place:
+                decision = run.decide(job)
+                todo = decision.action == "do"
+                in_place = todo and edits_in_place(job.src, run.options.fmt)
+                self.queue.put(("start", job, decision, in_place))
+                if todo and not in_place:
                     self.read(job)
         except BaseException as exc:  # a bug here must reach the caller, not vanish
             self.queue.put(("crash", None, exc))
@@ -718,10 +917,15 @@ class _Run:
         process: Process,
         options: RunOptions,
         out_dir: Path,
-        on_record: Callable[[FileRecord, int, int], None] | None,
+        callbacks: tuple[
+            Callable[[FileRecord, int, int], None] | None, Callable[[Path, int, int], None] | None
+        ] = (None, None),
     ) -> None:
         self.jobs, self.process, self.options, self.out_dir = jobs, process, options, out_dir
-        self.on_record = on_record
+        self.on_record, self.on_page = callbacks
+        self.record = OutputRecord(out_dir)
+        self.settings: str | None = None  # the settings key (run_files sets it)
+        self.disk_full = False
         self.summary = Summary(out_dir=str(out_dir))
         self.done = 0
         self.input_ids = _identities(jobs)
@@ -736,11 +940,13 @@ class _Run:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="aepipe-writer")
 
     def run(self) -> None:
-        """Stream every page, batching consecutive same-sized pages."""
+        """Stream every page, batching consecutive same-sized pages; stop on a full disk."""
         remove_stale_temps(self.out_dir)
         items = self.stream()
         try:
             for item in items:
+                if self.disk_full:
+                    break
                 last = self.buffer[-1][2] if self.buffer else None
                 pixels = item[2].images.shape[-2] * item[2].images.shape[-1]
                 if last is not None and (
@@ -750,7 +956,8 @@ class _Run:
                 ):
                     self.flush()
                 self.buffer.append(item)
-            self.flush()
+            if not self.disk_full:
+                self.flush()
         finally:
             items.close()  # stops the reader
             try:
@@ -808,13 +1015,33 @@ class _Run:
         if self.on_record:
             self.on_record(state.record, self.done, len(self.jobs))
 
-    def guard(self, job: _Job, targets: Sequence[Path]) -> None:
-        """Refuse outputs that would replace an input or another input's output of this run."""
+    def unfinished(self, reason: str) -> list[FileRecord]:
+        """``pending`` records, with ``reason``, of the files not finished."""
+        return [
+            FileRecord(str(job.src), "pending", reason=reason)
+            for job in self.jobs
+            if id(job) not in self.finished_jobs
+        ]
+
+    def guard(self, state: _State, targets: Sequence[Path]) -> None:
+        """Refuse outputs that would replace what is not this input's to replace.
+
+        That is an input, another input's output of this run, or (without ``overwrite``) a
+        file that aepipe did not make from this input.
+        """
+        job, decision = state.job, state.decision
         for target in targets:
             if _identity(target) in self.input_ids:
                 raise InputImageError(
                     f"{job.src}: output {target} would replace an input; use another --out"
                 )
+        if not self.options.overwrite and decision.source is not None:
+            for target in targets:
+                verdict, why = self.record.verdict(
+                    target, decision.source, decision.settings, job.src
+                )
+                if verdict == "foreign":
+                    raise InputImageError(why)
         with self.claim_lock:
             for target in targets:
                 other = self.claimed.get(target, job.src)
@@ -825,13 +1052,34 @@ class _Run:
                     )
             self.claimed.update(dict.fromkeys(targets, job.src))
 
+    def recorded(self, state: _State, targets: Sequence[Path], write: Callable[[], Any]) -> None:
+        """Run ``write`` (which writes ``targets``) between its claim and its done record.
+
+        On failure, the targets it had already written are removed again (a file of several
+        pages must not be left with some pages of this run), so no partial output remains.
+        """
+        decision = state.decision
+        if decision.source is None:  # not stamped (cannot happen for a file being written)
+            write()
+            return
+        before = {t: _identity_time(t) for t in targets}
+        self.record.claim(targets, decision.source, decision.settings)
+        try:
+            write()
+        except BaseException:
+            for target in targets:
+                if _identity_time(target) not in (None, before[target]):
+                    target.unlink(missing_ok=True)
+            raise
+        self.record.done(targets, decision.source, decision.settings)
+
     def write(self, state: _State) -> None:
         """Write a file's pages (in the writer thread; touches only this file's record)."""
         pages = [state.results[i] for i in range(state.expected)]
         metas = [p.meta for p in pages]
         targets = output_paths(state.job, metas, self.options, self.out_dir, len(pages))
-        self.guard(state.job, targets)
-        write_document(pages, targets, source=state.job.src)
+        self.guard(state, targets)
+        self.recorded(state, targets, lambda: write_document(pages, targets, source=state.job.src))
         _record_outputs(state.record, state.job.src, targets)
         state.record.pages = len(pages)
         stages = getattr(self.process, "stages", None)
@@ -843,7 +1091,7 @@ class _Run:
         job, options = state.job, self.options
         try:
             targets = output_paths(job, None, options, self.out_dir, 1)
-            self.guard(job, targets)
+            self.guard(state, targets)
             edit = pdf_options(
                 max_pixels=options.max_pixels,
                 dpi=options.dpi,
@@ -851,40 +1099,60 @@ class _Run:
                 jpeg_quality=options.jpeg_quality,
                 color=options.pdf_color,
             )
-            outcomes = clean_pdf_in_place(job.src, targets[0], self.process, edit)
-        except Exception as exc:
-            state.record.status = "failed"
-            state.record.reason = _reason(exc, job.src)
-        else:
-            record = state.record
-            _record_outputs(record, job.src, targets)
-            record.pages = len(outcomes)
-            record.page_outcomes = [o.to_json() for o in outcomes]
-            record.edited, record.unchanged, record.passed, record.rendered = (
-                sum(o.status == status for o in outcomes)
-                for status in ("edited", "unchanged", "passed", "rendered")
-            )
-            from aepipe.pdf_edit import is_signed
+            outcomes: list[Any] = []
 
-            if (record.edited or record.rendered) and is_signed(job.src):
-                record.reason = "digitally signed: editing its pages invalidated the signature"
-            if outcomes and record.passed == len(outcomes):
-                # Written, but the stage saw nothing: say so rather than a silent copy.
-                # --format png is a way out only where the format was left to us (not --ocr).
-                png = (
-                    "--format png renders and processes whole pages; "
-                    if options.fmt == "same"
-                    else ""
-                )
-                record.reason = (
-                    "no page has a scan to process (no image covers half a page), so the PDF is "
-                    f"as it was ({png}clean-scans: --clean-born-digital)"
-                )
+            def clean() -> None:
+                outcomes.extend(clean_pdf_in_place(job.src, targets[0], self.process, edit))
+
+            self.recorded(state, targets, clean)
+        except Exception as exc:
+            self.failed(state, exc)
+        else:
+            self._edited(state, targets, outcomes)
         self.finish(state)
 
+    def _edited(self, state: _State, targets: list[Path], outcomes: list[Any]) -> None:
+        """Record a PDF cleaned in place: its outputs, page outcomes and notes."""
+        job, record = state.job, state.record
+        _record_outputs(record, job.src, targets)
+        record.pages = len(outcomes)
+        record.page_outcomes = [o.to_json() for o in outcomes]
+        record.edited, record.unchanged, record.passed, record.rendered = (
+            sum(o.status == status for o in outcomes)
+            for status in ("edited", "unchanged", "passed", "rendered")
+        )
+        _note(record, state.decision.reason)
+        from aepipe.pdf_edit import is_signed
+
+        if (record.edited or record.rendered) and is_signed(job.src):
+            _note(record, "digitally signed: editing its pages invalidated the signature")
+        if outcomes and record.passed == len(outcomes):
+            # Written, but the stage saw nothing: say so rather than a silent copy.
+            # --format png is a way out only where the format was left to us (not --ocr).
+            png = (
+                "--format png renders and processes whole pages; "
+                if self.options.fmt == "same"
+                else ""
+            )
+            _note(
+                record,
+                "no page has a scan to process (no image covers half a page), so the PDF is "
+                f"as it was ({png}clean-scans: --clean-born-digital)",
+            )
+        if self.on_page is not None:
+            self.on_page(job.src, len(outcomes), len(outcomes))
+
+    def failed(self, state: _State, exc: BaseException) -> None:
+        """Record ``state`` as failed by ``exc``; a full disk also stops the run."""
+        state.record.status = "failed"
+        state.record.reason = _reason(exc, state.job.src)
+        if _disk_full(exc):
+            state.record.reason = f"disk full: {state.record.reason}"
+            self.disk_full = True
+
     def finalise(self, state: _State) -> None:
-        """Hand a file whose pages are all encoded to the writer."""
-        if state.writing or state.finished:
+        """Hand a file whose pages are all encoded to the writer (none once the disk is full)."""
+        if state.writing or state.finished or self.disk_full:
             return
         state.writing = True
         self.later(self.pool.submit(self.write, state), partial(self.written, state))
@@ -893,8 +1161,9 @@ class _Run:
         try:
             future.result()  # type: ignore[union-attr]
         except Exception as exc:
-            state.record.status = "failed"
-            state.record.reason = _reason(exc, state.job.src)
+            self.failed(state, exc)
+        else:
+            _note(state.record, state.decision.reason)
         self.close(state)
 
     def fail(self, state: _State, exc: BaseException) -> None:
@@ -905,44 +1174,52 @@ class _Run:
             if state.decoded:
                 self.finish(state)
 
-    def existing_outputs(self, job: _Job) -> list[Path] | None:
-        """The outputs of ``job`` if they all exist and are complete, else ``None``.
+    def decide(self, job: _Job) -> _Decision:
+        """Process, skip or fail ``job``, from its outputs on disk and the output record.
 
-        For an input that shares its stem with another (``a.jpg``, ``a.png``), an output older
-        than the input is not taken as its own: the name may have been the other input's in an
-        earlier run (``a.png`` added after ``a.jpg`` was cleaned into ``a.png``).
+        Runs in the reader thread, before the input is read; the writer checks again, with
+        the outputs' final names, before writing (:meth:`guard`).
         """
-        found = self._complete_outputs(job)
-        if found and job.shared:
-            made = job.src.stat().st_mtime
-            if any(t.stat().st_mtime < made for t in found):
-                return None
-        return found
+        try:
+            source = SourceStamp.of(job.src)
+        except OSError:
+            return _Decision("do")  # reading it says why it cannot be read
+        settings = self.settings
+        if self.options.overwrite:
+            return _Decision("do", source=source, settings=settings)
+        targets = self.candidate_outputs(job)
+        verdicts = [self.record.verdict(t, source, settings, job.src) for t in targets]
+        for target, (verdict, why) in zip(targets, verdicts, strict=True):
+            if verdict == "foreign" and _identity(target) not in self.input_ids:
+                return _Decision("fail", targets, why)  # an input: the guard says so
+        if all(verdict == "current" for verdict, _ in verdicts):
+            return _Decision("skip", targets, "up to date", source, settings)
+        note = next((why for verdict, why in verdicts if verdict == "stale"), None)
+        return _Decision("do", targets, note, source, settings)
 
-    def _complete_outputs(self, job: _Job) -> list[Path] | None:
-        """:meth:`existing_outputs` before the check of shared names."""
+    def candidate_outputs(self, job: _Job) -> list[Path]:
+        """The outputs ``job`` would have: one file, or one per page where page files exist.
+
+        Pages are counted (the header read) only when a first page file exists.
+        """
         options, out_dir = self.options, self.out_dir
         single = output_paths(job, None, options, out_dir, 1)
-        if is_complete_output(single[0]):
+        if single[0].exists() or _out_format(job, options) in ("pdf", "tiff"):
             return single
-        if _out_format(job, options) in ("pdf", "tiff"):
-            return None
-        first_page = output_paths(job, None, options, out_dir, 2)[0]
-        if not first_page.exists():
-            return None
+        if not output_paths(job, None, options, out_dir, 2)[0].exists():
+            return single
         try:
             pages = count_pages(job.src, options.frames, options.max_pixels)
         except InputImageError:
-            return None
-        targets = output_paths(job, None, options, out_dir, pages)
-        return targets if pages > 1 and all(is_complete_output(t) for t in targets) else None
+            return single
+        return output_paths(job, None, options, out_dir, pages) if pages > 1 else single
 
     def skip(self, state: _State, found: list[Path]) -> None:
-        """Record ``state`` as skipped (or failed) since its outputs ``found`` already exist."""
+        """Record ``state`` as skipped (or failed) since its outputs ``found`` are up to date."""
         try:
-            self.guard(state.job, found)
+            self.guard(state, found)
             state.record.status = "skipped"
-            state.record.reason = "output exists (use --overwrite to replace)"
+            state.record.reason = "up to date (use --overwrite to redo it)"
         except InputImageError as exc:
             state.record.status = "failed"
             state.record.reason = str(exc)
@@ -950,16 +1227,25 @@ class _Run:
         self.finish(state)
 
     def stream(self) -> Iterator[Item]:
-        """Every page to clean, decoded ahead by a :class:`_Reader`; files are recorded here."""
+        """Every page to clean, decoded ahead by a :class:`_Reader`; files are recorded here.
+
+        Ends early once the output disk is full (the files left are pending).
+        """
         events = _Reader(self).events()
         state: _State | None = None
         try:
             for event in events:
+                if self.disk_full:
+                    return
                 kind, job = event[0], event[1]
                 if kind == "start":
-                    state = _State(job)
-                    if event[2] is not None:
-                        self.skip(state, event[2])
+                    state = _State(job, event[2])
+                    decision = state.decision
+                    if decision.action == "skip":
+                        self.skip(state, decision.targets)
+                    elif decision.action == "fail":
+                        state.record.status, state.record.reason = "failed", decision.reason
+                        self.finish(state)
                     elif event[3]:
                         self.edit_in_place(state)
                     continue
@@ -991,6 +1277,10 @@ class _Run:
         for k, (state, index, b) in enumerate(items):
             future = self.pool.submit(encode_result, out, k, b.names[0], b)
             self.later(future, partial(self.store, state, index))
+        if self.on_page is not None:
+            for state, _, b in items:
+                state.pages_done += 1
+                self.on_page(state.job.src, state.pages_done, int(b.meta[0].get("pages") or 0))
 
     def store(self, state: _State, index: int, future: Future[Any] | None) -> None:
         """Keep an encoded page; a file whose pages are all there goes to the writer."""
@@ -1065,3 +1355,29 @@ def _reason(exc: BaseException, src: Path) -> str:
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     text = (text.splitlines() or [type(exc).__name__])[0]
     return text if str(src) in text else f"{src}: {text}"
+
+
+def _note(record: FileRecord, note: str | None) -> None:
+    """Add ``note`` to a record's reason (a written file's notes are joined by "; ")."""
+    if note:
+        record.reason = note if record.reason is None else f"{record.reason}; {note}"
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is "no space left" (or quota)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _identity_time(path: Path) -> tuple[int, int, int] | None:
+    """Device, inode and mtime (ns) of ``path``, or None: tells whether a write replaced it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns

@@ -45,12 +45,25 @@ from aepipe.io import (
     remove_stale_temps,
     write_image,
 )
+from aepipe.provenance import RECORD_NAME
 from aepipe.registry import ENTRIES
 from aepipe.runner import RunOptions, run_files
 from aepipe.stage import stage_class
 from aepipe.weights import CONFIG_NAME, WEIGHTS_NAME, load_model, save_model, sha256_file
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def visible(folder: Path) -> list[Path]:
+    """The files of ``folder`` a user sees: not the hidden output record nor temporaries."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def temporaries(folder: Path) -> list[Path]:
+    """Left-over temporary files (``.aepipe-*``; the output record is not one)."""
+    return [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX) and p.name != RECORD_NAME]
+
+
 FUZZ = settings(
     max_examples=40,
     deadline=None,
@@ -314,7 +327,7 @@ def test_inputs_sharing_a_stem_get_distinct_outputs(tmp_path):
     out = tmp_path / "o"
     summary = run_files([src], invert, RunOptions(out_dir=out))
     assert summary.count("ok") == 3
-    sizes = {p.name: Image.open(p).size for p in out.iterdir()}
+    sizes = {p.name: Image.open(p).size for p in visible(out)}
     assert sizes == {"scan.png": (20, 10), "scan_jpg.png": (40, 30), "scan_bmp.png": (60, 50)}
     again = run_files([src], invert, RunOptions(out_dir=out))
     assert again.count("skipped") == 3
@@ -375,7 +388,7 @@ def test_multi_page_inputs_to_png_resume(tmp_path, kind):
     opts = RunOptions(out_dir=out, fmt="png", dpi=72, frames="all")
     first = run_files([src], invert, opts)
     assert first.count("ok") == 2 and first.pages == 4
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in visible(out))
     assert names == ["doc-p001.png", "doc-p002.png", "doc-p003.png", "single.png"]
     calls = []
 
@@ -469,7 +482,7 @@ def test_interrupted_report_lists_every_file(tmp_path):
     }
     assert data["summary"]["interrupted"] and data["summary"]["exit_code"] == 130
     # Only the finished output is there, complete; a second run skips it and does the rest.
-    assert [p.name for p in (tmp_path / "o").iterdir()] == ["p0.png"]
+    assert [p.name for p in visible(tmp_path / "o")] == ["p0.png"]
     np.testing.assert_array_equal(
         np.asarray(Image.open(tmp_path / "o" / "p0.png")), 255 - gradient()
     )
@@ -507,7 +520,7 @@ def check_outputs_complete(out: Path, sizes: dict[str, tuple[int, int]]) -> list
     names = []
     for path in out.iterdir():
         if path.name.startswith(TEMP_PREFIX):
-            continue  # a hidden temporary file left by SIGKILL, never under a final name
+            continue  # a hidden temporary file left by SIGKILL (or the output record)
         assert path.name in sizes, f"unexpected file {path.name}"
         with Image.open(path) as im:
             im.load()  # raises on a truncated file
@@ -543,7 +556,7 @@ def test_runner_killed_with_sigkill_leaves_only_complete_outputs_and_resumes(tmp
     res = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert sorted(check_outputs_complete(out, sizes)) == sorted(sizes)
-    assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert not temporaries(out)
     report = json.loads((tmp_path / "r.json").read_text())
     skipped = {Path(f["path"]).name for f in report["files"] if f["status"] == "skipped"}
     assert skipped == set(done)
@@ -814,7 +827,7 @@ def soak(tmp_path: Path, n: int, stage_name: str | None = None) -> None:
     assert summary.count("ok") == n - len(bad)
     failed = {Path(r.path).name for r in summary.records if r.status == "failed"}
     assert failed == bad
-    outs = {p.name for p in (tmp_path / "o").iterdir()}
+    outs = {p.name for p in visible(tmp_path / "o")}
     assert outs == {f"f{i:05d}.png" for i in range(n)} - bad
     assert len(json.loads(report.read_text())["files"]) == n
     growth = samples[-1] - samples[0]
@@ -984,12 +997,12 @@ def test_every_command_reports_each_bad_file_on_one_line(tmp_path, tiny_weights,
             hits = [ln for ln in lines if str(src / file) in ln]
             assert len(hits) == 1 and phrase in hits[0], (name, file, hits)
         assert not any("notes.txt" in ln for ln in lines)
-        assert f"2 processed (2 pages), 0 skipped (output exists), {len(bad)} failed" in stderr
+        assert f"2 processed (2 pages), 0 skipped (up to date), {len(bad)} failed" in stderr
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert len(data["files"]) == len(bad) + 2 and data["summary"]["exit_code"] == 1
         ok = {Path(f["path"]).name for f in data["files"] if f["status"] == "ok"}
         assert ok == {"good0.png", "good1.png"}
-        assert {p.name for p in (tmp_path / f"o-{name}").iterdir()} == ok
+        assert {p.name for p in visible(tmp_path / f"o-{name}")} == ok
 
 
 def job_command(name: str, src: Path, out: Path, weights: Path, report: Path) -> list[str]:
@@ -1022,7 +1035,7 @@ def test_command_killed_with_sigkill_then_resumed(name, tmp_path, tiny_weights, 
     res = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert sorted(check_outputs_complete(out, sizes)) == sorted(sizes)
-    assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert not temporaries(out)
     assert f"{30 - len(done)} processed" in res.stderr and f"{len(done)} skipped" in res.stderr
     data = json.loads(report.read_text())
     assert {Path(f["path"]).name for f in data["files"] if f["status"] == "skipped"} == set(done)
@@ -1053,7 +1066,7 @@ def test_command_stopped_by_sigterm_or_sigint_exits_130_cleanly(tmp_path, tiny_w
         assert proc.returncode == ExitCode.INTERRUPTED, (sig.name, stderr)
         assert "interrupted" in stderr and "Traceback" not in stderr, stderr
         check_outputs_complete(root / "o", sizes)
-        assert not [p for p in (root / "o").iterdir() if p.name.startswith(TEMP_PREFIX)]
+        assert not temporaries(root / "o")
         data = json.loads((root / "r.json").read_text())
         assert data["summary"]["interrupted"] and len(data["files"]) == 30
         assert {f["status"] for f in data["files"]} <= {"ok", "pending"}
@@ -1136,7 +1149,7 @@ def test_very_small_images_in_every_output_format(tmp_path, fmt):
     summary = run_files([src], invert, RunOptions(out_dir=tmp_path / "o", fmt=fmt, dpi=300))
     assert summary.count("ok") == 2, [r.reason for r in summary.records]
     shapes = sorted(
-        p.pixels.shape[:2] for f in (tmp_path / "o").iterdir() for p in read_pages(f, dpi=300)
+        p.pixels.shape[:2] for f in visible(tmp_path / "o") for p in read_pages(f, dpi=300)
     )
     if fmt != "pdf":  # PDF pages under 3 pt are scaled up to PDF's minimum page size
         assert shapes == [(1, 5), (3, 3)]

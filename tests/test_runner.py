@@ -193,7 +193,7 @@ def test_a_bug_in_the_reader_thread_reaches_the_caller_and_no_thread_is_left(
     def broken(self, job):
         raise RuntimeError("reader bug")
 
-    monkeypatch.setattr(runner._Run, "existing_outputs", broken)
+    monkeypatch.setattr(runner._Run, "decide", broken)
     with pytest.raises(RuntimeError, match="reader bug"):
         run_files([mixed], invert, RunOptions(out_dir=tmp_path / "o"))
     assert threading.active_count() == before
