@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import threading
 import time
 import zipfile
@@ -587,12 +588,31 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AepipeError)
     async def _aepipe_error(_: Request, exc: AepipeError) -> JSONResponse:
         status, code = http_status(exc) or (500, "internal")
-        return JSONResponse({"error": code, "detail": str(exc)}, status)
+        return JSONResponse({"error": code, "detail": public_detail(str(exc))}, status)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # The traceback still goes to the server log; the client gets JSON, the server lives on.
-        return JSONResponse({"error": "internal", "detail": f"{type(exc).__name__}: {exc}"}, 500)
+        detail = public_detail(f"{type(exc).__name__}: {exc}")
+        return JSONResponse({"error": "internal", "detail": detail}, 500)
+
+
+# An absolute path of two or more parts, as the library's messages name files and folders.
+_SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\",()]+/)+([^\s/'\",()]*)")
+
+
+def public_detail(message: str) -> str:
+    """``message`` with the server's absolute paths cut to their last part.
+
+    The library's messages name files for a local user (``concept 'x' not found (looked in
+    /srv/aepipe/weights/face-vae/concepts)``); a client of the service learns nothing from
+    them but the server's layout, as ``/healthz`` keeps paths out too.
+
+    Example:
+        >>> public_detail("not found (looked in /srv/w/face-vae/concepts)")
+        'not found (looked in .../concepts)'
+    """
+    return _SERVER_PATH.sub(lambda m: f".../{m[1]}" if m[1] else "...", message)
 
 
 def _add_health(app: FastAPI, service: _Service, version: str) -> None:

@@ -97,10 +97,15 @@ def test_wheel_holds_one_import_package_with_the_weights(dists: dict[str, Path])
         packed = f"aepipe/_weights/{name}/model.safetensors" in members
         assert packed == (name not in NOT_IN_WHEEL), name
         assert (f"aepipe/_weights/{name}/config.json" in members) == packed, name
+    assert "aepipe/_weights/README.md" in members  # the weights' terms of use
     with tarfile.open(dists["sdist"]) as tar:
         sdist = tar.getnames()
     assert any(n.endswith("pipeline/stage.py") for n in sdist)
     assert any(n.endswith("weights/scan-denoiser/model.safetensors") for n in sdist)
+    # The README's quick start and links work in an unpacked sdist.
+    for part in ("Makefile", "docs/RESULTS.md", "examples/faces.toml", "sample_inputs/scans"):
+        assert any(n.split("/", 1)[-1].startswith(part) for n in sdist), part
+    assert not any("/tests/" in n or "/runs/" in n or "/demo_out/" in n for n in sdist)
 
 
 def test_installed_wheel_runs_without_the_checkout(fresh_venv: Path, tmp_path: Path) -> None:

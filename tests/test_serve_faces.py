@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,7 +85,11 @@ def test_edit_needs_key_and_reports_errors_as_json(server: str) -> None:
     body = assert_json_error(edit(server, photo, concept="smile:1", face="3"), 422)
     assert body["error"] == "no_face" and "index 3" in body["detail"]
     for bad in ("../../etc/passwd:1", "/tmp/x.json:1", "no-such-concept:1"):
-        assert assert_json_error(edit(server, photo, concept=bad), 422)["error"] == "invalid"
+        body = assert_json_error(edit(server, photo, concept=bad), 422)
+        assert body["error"] == "invalid"
+        # The server's folders stay private; the known concept names are said.
+        assert str(Path.cwd()) not in body["detail"] and "/weights/" not in body["detail"]
+    assert "smile" in body["detail"]
     assert_json_error(edit(server, photo), 422)  # no concept
     assert_json_error(edit(server, photo, concept="smile:1", face="everyone"), 422)
     big = np.zeros((500, 500, 3), np.uint8)  # 250,000 px > --max-pixels 200,000

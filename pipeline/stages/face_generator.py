@@ -669,7 +669,11 @@ def load_concept(
         found = find_concept(str(name_or_path), dirs)
     if found is None:
         where = ", ".join(str(d) for d in dirs)
-        raise ConfigError(f"concept {str(name_or_path)!r} not found (looked in {where})")
+        known = sorted(
+            {f.stem for d in map(Path, dirs) if d.is_dir() for f in d.glob(f"*{CONCEPT_SUFFIX}")}
+        )
+        names = f"known: {', '.join(known)}; " if known else ""
+        raise ConfigError(f"concept {str(name_or_path)!r} not found ({names}looked in {where})")
     doc = _read_concept_file(found)
     if target is not None:
         check_concept_fits(doc, found, target)
