@@ -561,8 +561,12 @@ def _flate_size(obj: Any, samples: int) -> tuple[int, int]:
 
     ``samples``: the image's sample bytes; a PNG predictor adds a byte to every row.
     """
+    import pikepdf
+
     parms = obj.get("/DecodeParms")
-    predictor = int(parms.get("/Predictor", 1)) if parms is not None else 1
+    if isinstance(parms, pikepdf.Array):  # (one filter's parameters may come in an array)
+        parms = parms[0] if len(parms) else None
+    predictor = int(parms.get("/Predictor", 1)) if isinstance(parms, pikepdf.Dictionary) else 1
     enough = samples + (int(obj.get("/Height", 0)) if predictor >= 10 else 0)
     inflater, size, data = zlib.decompressobj(), 0, obj.read_raw_bytes()
     while size < enough and not inflater.eof:

@@ -39,7 +39,8 @@ def three_pages(path: Path, damage: Callable[[pikepdf.Stream], None]) -> Path:
     raw = img2pdf.convert([jpeg(s) for s in range(3)])
     with pikepdf.open(io.BytesIO(raw)) as pdf:
         damage(next(iter(pdf.pages[1].get_images().values())))
-        pdf.save(path)
+        # Streams as made (qpdf would otherwise inflate and recompress Flate, predictor undone).
+        pdf.save(path, stream_decode_level=pikepdf.StreamDecodeLevel.none, compress_streams=False)
     return path
 
 
@@ -67,6 +68,16 @@ def cut_flate(image: pikepdf.Stream) -> None:
     image.write(zlib.compress(bytes(SIZE * SIZE // 3)), filter=pikepdf.Name.FlateDecode)
 
 
+def cut_predicted_flate(image: pikepdf.Stream) -> None:
+    # PNG-predicted rows (a tag byte each), a third of them; the parameters in an array.
+    rows = b"".join(b"\x00" + bytes(SIZE) for _ in range(SIZE // 3))
+    parms = pikepdf.Dictionary(Predictor=15, Colors=1, BitsPerComponent=8, Columns=SIZE)
+    image.write(zlib.compress(rows), filter=pikepdf.Name.FlateDecode)
+    # (Set after writing: pikepdf's write turns arrays of one into their item.)
+    image.Filter = pikepdf.Array([pikepdf.Name.FlateDecode])
+    image.DecodeParms = pikepdf.Array([parms])
+
+
 def unknown_filter(image: pikepdf.Stream) -> None:
     image.write(b"abc" * 100, filter=pikepdf.Name("/FooDecode"), type_check=False)
 
@@ -83,6 +94,10 @@ DAMAGE = {
     "JPEG cut in its header": (cut_jpeg_header, "is damaged (truncated JPEG data)"),
     "bad Flate": (garbage_flate, "is damaged (corrupt Flate data: "),
     "short Flate": (cut_flate, f"is damaged (truncated Flate data: 1365 of {SIZE * SIZE} bytes)"),
+    "short predicted Flate": (
+        cut_predicted_flate,
+        f"is damaged (truncated Flate data: {SIZE // 3 * (SIZE + 1)} of {SIZE * (SIZE + 1)} bytes)",
+    ),
     "unknown filter": (unknown_filter, "cannot be decoded (unknown filter /FooDecode)"),
     "cut JPEG 2000": (cut_jpeg_2000, "is damaged (truncated JPEG 2000 data)"),
 }
