@@ -54,7 +54,7 @@ import numpy as np
 from aepipe.batch import ImageBatch, to_gray
 from aepipe.defaults import DEFAULT_MAX_PIXELS
 from aepipe.errors import InputImageError, ShapeError, TooManyPagesError
-from aepipe.io import atomic_write, check_pixels
+from aepipe.io import _why, atomic_write, check_pixels
 from aepipe.models import LUMA_WEIGHTS
 
 if TYPE_CHECKING:
@@ -544,7 +544,7 @@ def _damage(obj: Any) -> str | None:
             size = len(data)
     except (pikepdf.DataDecodingError, zlib.error) as exc:
         # qpdf's and zlib's messages name the file, the object or the code: the last part says why.
-        return f"is damaged (corrupt {words} data: {_first_line(exc).rsplit(': ', 1)[-1]})"
+        return f"is damaged (corrupt {words} data: {_why(exc).rsplit(': ', 1)[-1]})"
     except Exception:  # a filter qpdf does not take (a predictor): pdfium's to decode
         return None
     if codec == "JPEG":
@@ -575,11 +575,6 @@ def _flate_size(obj: Any, samples: int) -> tuple[int, int]:
             break
         size, data = size + len(out), inflater.unconsumed_tail
     return size, enough
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text and text[0] else type(exc).__name__
 
 
 def _general_bytes(obj: Any, filters: list[str], keep_codec: bool) -> bytes:
