@@ -10,9 +10,10 @@ the same time do not tear each other's lines; the last line for an output wins. 
      "source_mtime_ns": 1700000000000000000, "settings": "9f2c...", "size": 5678,
      "mtime_ns": 1700000000100000000}
 
-(a claim has ``size`` and ``mtime_ns`` null). :meth:`OutputRecord.verdict` turns a line and the
-file on disk into a decision, make-like: up to date (skip), aepipe's but stale (redo) or not
-aepipe's (never replaced without ``--overwrite``).
+(a claim has ``size`` and ``mtime_ns`` null, and ``replaces``: the file it found, if any).
+:meth:`OutputRecord.verdict` turns a line and the file on disk into a decision, make-like: up
+to date (skip), aepipe's but stale (redo) or not aepipe's (never replaced without
+``--overwrite``).
 """
 
 from __future__ import annotations
@@ -117,15 +118,20 @@ class OutputRecord:
         self.path = out_dir / RECORD_NAME
         self.lock = threading.Lock()
         self.entries: dict[str, dict[str, Any]] = {}
+        self.seen: tuple[int, int] | None = None  # the file's size and mtime when last read
         self.reload()
 
     def reload(self) -> None:
-        """Read the file again (another run may have written to the folder meanwhile)."""
-        entries: dict[str, dict[str, Any]] = {}
+        """Read the file again if it changed (another run may be writing to the folder)."""
         try:
+            st = self.path.stat()
+            seen = (st.st_size, st.st_mtime_ns)
+            if seen == self.seen:
+                return
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except OSError:
-            text = ""
+            seen, text = None, ""
+        entries: dict[str, dict[str, Any]] = {}
         for line in text.splitlines():
             try:
                 entry = json.loads(line)
@@ -134,7 +140,7 @@ class OutputRecord:
             if isinstance(entry, dict) and isinstance(entry.get("output"), str):
                 entries[entry["output"]] = entry
         with self.lock:
-            self.entries = entries
+            self.entries, self.seen = entries, seen
 
     def _key(self, target: Path) -> str:
         return Path(os.path.relpath(target, self.out_dir)).as_posix()
@@ -173,7 +179,11 @@ class OutputRecord:
             return _foreign(target, shown)
         name = self._key(target)
         if entry.get("size") is None:
-            return "stale", f"{name} redone: an earlier run was stopped while writing it"
+            if entry.get("replaces") == _file_id(st):  # still the file the claim found
+                return "stale", f"{name} redone: an earlier run was stopped while writing it"
+            # Renamed into place, then the run was killed before its done line: done now.
+            entry = {**entry, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "replaces": None}
+            self._append([entry])
         if (entry.get("size"), entry.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
             # Cut short by a copy, or touched: aepipe's name still, so made again.
             return "stale", f"{name} redone: it changed after it was written"
@@ -195,9 +205,19 @@ class OutputRecord:
         """Record that ``targets`` are about to be written from ``source`` (before the write).
 
         A run killed before the rename leaves the claim: the next run redoes the output
-        instead of taking it for someone else's file.
+        instead of taking it for someone else's file. The claim holds the file it found
+        (``replaces``: inode, size, mtime, or null), so a file renamed into place just before
+        the kill is told from the one it replaced, and kept.
         """
-        self._append([self._line(t, source, settings, None) for t in targets])
+        lines = []
+        for target in targets:
+            line = self._line(target, source, settings, None)
+            try:
+                line["replaces"] = _file_id(target.stat())
+            except OSError:
+                line["replaces"] = None
+            lines.append(line)
+        self._append(lines)
 
     def done(self, targets: Sequence[Path], source: SourceStamp, settings: str | None) -> None:
         """Record ``targets`` as written from ``source``: their size and mtime as they are now."""
@@ -236,6 +256,11 @@ class OutputRecord:
         with self.lock:
             for entry in entries:
                 self.entries[entry["output"]] = entry
+
+
+def _file_id(st: os.stat_result) -> list[int]:
+    """Inode, size and mtime (ns): which file a name held (as JSON gives it back)."""
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def _foreign(target: Path, shown: object) -> tuple[Verdict, str]:

@@ -609,11 +609,13 @@ def _tiff_complete(fh: IO[bytes], size: int) -> bool:
                 tables[tag] = _tiff_values(
                     fh, order, (kind, count), block[i * 12 + 8 : i * 12 + 12]
                 )
-        starts = tables.get(273, tables.get(324))
-        lengths = tables.get(279, tables.get(325))
-        if not starts or not lengths or len(starts) != len(lengths):
+        starts = tables.get(273) or tables.get(324) or []
+        lengths = tables.get(279) or tables.get(325) or []
+        if starts and lengths and len(starts) != len(lengths):
             return False
-        if any(a + b > size for a, b in zip(starts, lengths, strict=True)):
+        # (A writer may leave out the byte counts of one uncompressed strip: offsets only.)
+        ends = zip(starts, lengths, strict=False)
+        if any(a >= size for a in starts) or any(a + b > size for a, b in ends):
             return False
         (offset,) = struct.unpack(order + "I", block[n * 12 : n * 12 + 4])
     return True

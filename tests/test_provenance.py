@@ -177,6 +177,14 @@ def test_a_run_killed_after_its_claim_is_redone_and_truncated_outputs_too(tmp_pa
     got = by_name(run_files([src], invert, RunOptions(out_dir=out)))
     assert got["a.png"].status == "ok" and "stopped while writing" in got["a.png"].reason
     assert got["b.png"].status == "ok" and "changed after it was written" in got["b.png"].reason
+    # Killed after the rename but before the done line: the new file is kept, not redone.
+    OutputRecord(out).claim([out / "a.png"], SourceStamp.of(src / "a.png"), None)
+    renamed = out / "a.png.new"
+    renamed.write_bytes((out / "a.png").read_bytes())
+    renamed.replace(out / "a.png")
+    again = by_name(run_files([src], invert, RunOptions(out_dir=out)))
+    assert again["a.png"].status == "skipped" and again["b.png"].status == "skipped"
+    assert records(out)[-1]["size"] == (out / "a.png").stat().st_size
 
 
 def test_the_record_file_is_not_an_input_and_lines_are_not_torn(tmp_path):
