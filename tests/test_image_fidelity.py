@@ -471,7 +471,7 @@ def test_misnamed_rasters_and_pdfs_are_read_as_what_they_are(tmp_path: Path) -> 
     assert count_pages(src / "doc.png") == 2 and count_pages(src / "scan.pdf") == 1
     summary = run_files([src], lambda b: b, RunOptions(out_dir=tmp_path / "out"))
     assert summary.exit_code == 0, summary.records
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["doc.pdf", "scan.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("[!.]*")) == ["doc.pdf", "scan.png"]
     junk = b"\0" * 100 + (tmp_path / "doc.pdf").read_bytes()
     assert len(list(decode_pages(junk, "mail.pdf", dpi=72))) == 2
 
