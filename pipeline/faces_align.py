@@ -713,12 +713,22 @@ def mean_face(stage) -> torch.Tensor | None:
 
 @dataclass
 class PhotoEdit:
-    """Result of :func:`edit_photo`: the whole photo and what happened to each face."""
+    """Result of :func:`edit_photo`: the whole photo and what happened to each face.
+
+    Attributes:
+        images: (1, C, H, W) the photo after the edit.
+        faces: every face found.
+        edited: the indices of the faces edited (or reconstructed).
+        crops: (len(edited), 1, S, S) their aligned crops.
+        done: what happened to those faces, for the report: ``edited`` (moved along
+            concepts) or ``reconstructed``.
+    """
 
     images: torch.Tensor
     faces: list[FaceBox]
     edited: list[int]
     crops: torch.Tensor | None = None
+    done: Literal["edited", "reconstructed"] = "edited"
 
 
 def edit_photo(
@@ -763,7 +773,8 @@ def edit_photo(
             moved = stage.apply_concept(moved, vector, strength)
         delta = stage.decode(moved).images - stage.decode(z).images
     out = paste_changes(images, chosen, delta)
-    return PhotoEdit(out, faces, [f.index for f in chosen], crops)
+    done = "reconstructed" if concepts is None else "edited"
+    return PhotoEdit(out, faces, [f.index for f in chosen], crops, done)
 
 
 SHEET_WHITE = 0.85
@@ -816,7 +827,7 @@ def _tile_runs(line_is_white: list[bool]) -> list[int] | None:
 
 
 def face_report(result: PhotoEdit, choice: FaceChoice) -> list[str]:
-    """One human line per face (found, edited or why not) for CLI and service reports."""
+    """One line per face (found, edited or reconstructed, or why not) for CLI and service."""
     # Candidates the aligner rejected are summed up in one line, not listed one by one.
     rejected = [f for f in result.faces if f.status == "not a face" and f.score is not None]
     shown = [f for f in result.faces if not (f.status == "not a face" and f.score is not None)]
@@ -836,7 +847,7 @@ def face_report(result: PhotoEdit, choice: FaceChoice) -> list[str]:
         x, y, side = f.box
         where = f"face {f.index} at x={x:.0f} y={y:.0f} size={side:.0f}px"
         if f.index in result.edited:
-            lines.append(f"{where}: edited")
+            lines.append(f"{where}: {result.done}")
         elif f.status != "ok":
             lines.append(f"{where}: skipped, {f.message}")
         else:

@@ -143,7 +143,8 @@ def test_http_reconstruct_is_the_library_call(client, vae) -> None:
     photo = face_photo()
     resp = client.post("/v1/faces/reconstruct", files={"file": ("p.png", _png(photo))})
     assert resp.status_code == 200, resp.text
-    assert resp.headers["x-aepipe-faces"].split("; ")[0].endswith(": edited")
+    # The header is the CLI's report line: the face was reconstructed (it said "edited").
+    assert resp.headers["x-aepipe-faces"].split("; ")[0].endswith(": reconstructed")
     got = np.asarray(Image.open(io.BytesIO(resp.content)))
     np.testing.assert_array_equal(got, library(vae, photo, None))
     resp = client.post("/v1/faces/reconstruct", content=_png(face_photo(None)))

@@ -166,6 +166,8 @@ def test_cli_reconstructs_photo_in_place(tmp_path: Path, cli) -> None:
     Image.fromarray(photo).save(tmp_path / "photo.png")
     res = cli("faces", "reconstruct", tmp_path / "photo.png", "--out", tmp_path / "r")
     assert res.exit_code == 0, res.output
+    # It said "edited": nothing is edited, the face is reconstructed.
+    assert ": reconstructed" in res.output and "edited" not in res.output, res.output
     out = np.asarray(Image.open(tmp_path / "r" / "photo.png"))
     assert out.shape == photo.shape
     changed = (out != photo).any(-1)
@@ -185,6 +187,7 @@ def test_cli_reconstructs_photo_with_the_face_vqvae(tmp_path: Path, cli) -> None
     args = ("--model", "face-vqvae", "--out")
     res = cli("faces", "reconstruct", tmp_path / "photo.png", *args, tmp_path / "r")
     assert res.exit_code == 0, res.output
+    assert ": reconstructed" in res.output and "edited" not in res.output, res.output
     out = np.asarray(Image.open(tmp_path / "r" / "photo.png"))
     changed = (out != photo).any(-1)
     rows, cols = np.nonzero(changed)
