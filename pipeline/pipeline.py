@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, NoReturn
 
@@ -454,6 +455,11 @@ def check_pipeline_spec(spec: PipelineSpec, where: str) -> None:
         check_faces_source(src, f"{where}: source")
     elif isinstance(src, InterpolateSource):
         _check_walk(src, f"{where}: source")
+        grid = Path(spec.sink.grid).expanduser() if spec.sink.grid else None
+        check_walk_outputs(
+            [src.a, src.b], grid, Path(spec.sink.out).expanduser(), src.steps, src.method,
+            overwrite=spec.sink.overwrite, what=(f"{where}: sink.grid", f"{where}: sink.out"),
+        )  # fmt: skip
     for i, st in enumerate(spec.stages):
         check_stage_spec(st, f"{where}: stages.{i}")
 
@@ -596,6 +602,99 @@ def _check_walk(src: InterpolateSource, where: str) -> None:
             read_photo(getattr(src, key))  # the run's own reading, as cheap as a check
         except AepipeError as exc:
             raise type(exc)(f"{where}.{key}: {exc}") from None
+
+
+def check_not_an_input(
+    target: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]],
+    what: str,
+    instead: str = "file",
+) -> None:
+    """Refuse, before any work, an output file that is one of the inputs.
+
+    Paths are compared resolved (a symlink or ``..`` names the same file), and as files (a
+    hard link is the same file too). The one check of every face command that reads photos
+    and writes a sheet or frames beside them, and of a walk's pipeline file.
+
+    Args:
+        target: the file to write.
+        inputs: the files the command reads.
+        what: how the user named ``target`` (``--out``, ``p.toml: sink.grid``).
+        instead: what the message asks for instead (``file``, ``folder``).
+
+    Raises:
+        ConfigError: ``target`` is one of ``inputs``.
+    """
+    path = Path(target).expanduser()
+    for src in inputs:
+        given = Path(src).expanduser()
+        if path.resolve() == given.resolve() or _same_file(path, given):
+            raise ConfigError(f"{what} {path} is one of the inputs; choose another {instead}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
+def check_walk_outputs(
+    inputs: Sequence[str | os.PathLike[str]],
+    strip: Path | None,
+    frames: Path | None,
+    steps: int,
+    method: Literal["linear", "slerp", "both"],
+    *,
+    overwrite: bool,
+    what: tuple[str, str],
+) -> None:
+    """Refuse a walk's strip, or a frame it would replace, that is one of its two photos.
+
+    For ``faces interpolate`` (``--out``, ``--frames``) and an ``interpolate`` source
+    (``sink.grid``, ``sink.out``) alike. A frame that exists is kept without ``overwrite``,
+    so only then can one replace a photo.
+
+    Args:
+        inputs: the two photos.
+        strip: the strip (grid) file, if any.
+        frames: the folder of the frames (``linear_step_00.png`` ...), if any.
+        steps: frames per path.
+        method: the paths walked.
+        overwrite: whether existing frames are replaced.
+        what: how the user named the strip and the frames folder.
+
+    Raises:
+        ConfigError: naming the output that is an input.
+    """
+    from aepipe.core import walk_methods
+    from aepipe.stages.face_generator import walk_names
+
+    if strip is not None:
+        check_not_an_input(strip, inputs, what[0])
+    if frames is None or not overwrite:
+        return
+    for m in walk_methods(method):
+        for name in walk_names(steps):
+            check_not_an_input(frames / f"{m}_{name}.png", inputs, what[1], "folder")
+
+
+@contextmanager
+def output_errors(what: str, target: Path) -> Iterator[None]:
+    """A file or folder that cannot be written, as one line naming the option, not a traceback.
+
+    The checks before any work (:func:`aepipe.io.check_creatable`) cannot foresee everything
+    (a folder ``/proc`` refuses to root, a full disk); this names what failed when it happens.
+
+    Raises:
+        ConfigError: for an ``OSError`` raised while writing ``target``.
+    """
+    try:
+        yield
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        at = f": {exc.filename}" if exc.filename and Path(exc.filename) != target else ""
+        raise ConfigError(f"{what} {target}: cannot write ({why}{at})") from None
 
 
 def check_stage_spec(spec: StageSpec, where: str) -> None:
@@ -820,10 +919,14 @@ def interpolate_source(
         yield row
 
 
-def write_generated(spec: PipelineSpec) -> Written:
+def write_generated(spec: PipelineSpec, where: str = "pipeline file") -> Written:
     """Run a spec with a ``faces`` or ``interpolate`` source: load, generate, write.
 
     The grid of a walk is the strip of ``faces interpolate``: a row per path.
+
+    Args:
+        spec: the checked spec.
+        where: names the file in a message about an output that cannot be written.
     """
     src, sink = spec.source, spec.sink
     stages = build_stages(spec)
@@ -833,7 +936,8 @@ def write_generated(spec: PipelineSpec) -> Written:
         assert isinstance(src, InterpolateSource)
         batches, ncols = interpolate_source(src, stages), src.steps
     grid = Path(sink.grid) if sink.grid else None
-    return write_batches(batches, Path(sink.out), grid, sink.overwrite, ncols)
+    what = (f"{where}: sink.out", f"{where}: sink.grid")
+    return write_batches(batches, Path(sink.out), grid, sink.overwrite, ncols, what=what)
 
 
 class Written(NamedTuple):
@@ -843,15 +947,53 @@ class Written(NamedTuple):
         written: files written.
         skipped: files kept because they existed (``overwrite`` not set).
         note: why the grid is not what this run made, when it is not (else ``None``).
+        others: the kept files that are not what this run made (another run's, with other
+            options), a subset of ``skipped``.
     """
 
     written: list[Path]
     skipped: list[Path]
     note: str | None = None
+    others: Sequence[Path] = ()
+
+    def report(self, out: Path, grid: Path | None, noun: str, overwrite: str) -> list[str]:
+        """What was written where and what was kept, as lines for the user.
+
+        The one wording of ``gen-faces``, ``faces interpolate --frames`` and ``aepipe run``'s
+        generated sources: the grid is named where it is (it need not be in ``out``).
+
+        Args:
+            out: the folder of the images.
+            grid: the grid file asked for, if any.
+            noun: what the images are (``faces``, ``frames``, ``files``).
+            overwrite: how the user replaces existing files (``--overwrite``,
+                ``overwrite = true``).
+        """
+        files = [p for p in self.written if p != grid]
+        kept = [p for p in self.skipped if p != grid]
+        lines = [
+            f"wrote {len(files)} {noun} to {out}"
+            + (f" and the grid {grid}" if grid is not None and grid in self.written else "")
+            + (f"; kept {len(kept)} that exist ({overwrite} replaces them)" if kept else "")
+        ]
+        if self.others:
+            which = "the" if len(self.others) == len(kept) else f"{len(self.others)} of the"
+            lines.append(
+                f"note: {which} {len(kept)} kept {noun} differ from what this run made: "
+                f"another run made them, with other options ({overwrite} replaces them, or "
+                "write to another folder)"
+            )
+        if self.note:
+            lines.append(f"note: {self.note}")
+        return lines
 
 
 # A contact sheet shows at most this many images (as gen-faces'), so its memory is bounded.
 GRID_MAX = 1024
+# A kept image whose mean difference from this run's (0..255 levels) is below this is taken as
+# this run's: a resumed run on a GPU may round a level differently here and there, while
+# another seed, concept or temperature changes a face by far more.
+KEPT_ALIKE = 0.5
 
 
 def write_batches(
@@ -860,13 +1002,16 @@ def write_batches(
     grid: Path | None = None,
     overwrite: bool = False,
     ncols: int | None = None,
+    what: tuple[str, str] = ("out", "grid"),
 ) -> Written:
     """Write generated batches as PNGs named after the batch names, plus an optional grid.
 
     Without ``overwrite`` an existing file (an image or the grid) is kept as it is, so a re-run
-    resumes. A grid made in such a run shows the images as they are in ``out``, kept ones
-    included, so it never mixes new images with the old ones it stands for; a kept grid is
-    said to be one (:attr:`Written.note`) when images were written beside it.
+    resumes. Each kept image is compared with the one this run made: one that differs (another
+    run's, with other options) is listed in :attr:`Written.others`, and then no grid is made,
+    as it would show neither this run's images nor only the folder's of one run. A grid made
+    on a resumed run shows the images as they are in ``out``; a kept grid is said to be one
+    (:attr:`Written.note`) when images were written beside it.
 
     Args:
         batches: the generated batches.
@@ -874,32 +1019,63 @@ def write_batches(
         grid: also write a contact sheet of the first :data:`GRID_MAX` images here.
         overwrite: replace existing files.
         ncols: the grid's columns (default: about square).
+        what: how the user named ``out`` and ``grid``, for a file that cannot be written.
+
+    Raises:
+        ConfigError: a file cannot be written (naming ``what``).
     """
     from aepipe.io import write_image
 
     make_grid = grid is not None and (overwrite or not grid.exists())
-    done = Written([], [])
+    done = Written([], [], others=[])
     tiles: list[np.ndarray] = []
     for batch in batches:
         for name, pixels in zip(batch.names, batch.to_numpy(np.uint8), strict=True):
             target = out / f"{name}.png"
-            kept = not overwrite and target.exists()
-            if kept:
+            if not overwrite and target.exists():
                 done.skipped.append(target)
+                pixels = _kept_as(target, pixels, done)
             else:
-                write_image(pixels, target)
+                with output_errors(what[0], out):
+                    write_image(pixels, target)
                 done.written.append(target)
             if make_grid and len(tiles) < GRID_MAX:
-                tiles.append(_read_tile(target) if kept else pixels)
+                tiles.append(pixels)
     if grid is None or not (done.written or done.skipped):
         return done
+    if make_grid and done.others:
+        why = f"no grid written: it would show the {len(done.others)} kept images of another run"
+        return done._replace(note=why)
     if make_grid:
-        return _write_grid(tiles, grid, ncols, done)
+        with output_errors(what[1], grid):
+            return _write_grid(tiles, grid, ncols, done)
     done.skipped.append(grid)
     if not done.written:
         return done
     why = f"kept the grid {grid} of an earlier run; it may not show the {len(done.written)} "
-    return done._replace(note=why + "images written now (overwrite = true remakes both)")
+    return done._replace(note=why + "images written now (overwriting remakes both)")
+
+
+def _kept_as(path: Path, made: np.ndarray, done: Written) -> np.ndarray:
+    """A kept image as it is in the folder, for the grid.
+
+    It is listed in ``done.others`` when it is not what this run made (``made``), or cannot
+    be read.
+    """
+    from aepipe.errors import AepipeError
+
+    try:
+        kept = _read_tile(path)
+    except (AepipeError, OSError):
+        kept = None
+    if kept is None or kept.shape != made.shape or _mean_diff(kept, made) >= KEPT_ALIKE:
+        assert isinstance(done.others, list)
+        done.others.append(path)
+    return made if kept is None else kept
+
+
+def _mean_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
 def _read_tile(path: Path) -> np.ndarray:

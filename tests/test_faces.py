@@ -512,7 +512,8 @@ def test_cli_faces_commands(tmp_path: Path, cli) -> None:
         tmp_path / "edited",
     )
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in (tmp_path / "edited").iterdir()) == ["0.png", "1.png"]
+    # The runner's output record (.aepipe-outputs.jsonl) lies beside the images.
+    assert sorted(p.name for p in (tmp_path / "edited").glob("*.png")) == ["0.png", "1.png"]
     res = cli("faces", "reconstruct", pos, "--model", weights, "--out", tmp_path / "rec")
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "rec" / "0.png").size == (16, 16)

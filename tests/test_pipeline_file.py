@@ -226,9 +226,10 @@ def test_toml_folder_options_give_the_cli_commands_files(
     toml = run_toml(tmp_path / "p.toml", folder_toml(tmp_path, w, sink, source))
     assert toml.exit_code == 0, toml.output
     assert "ignored" in toml.output and "notes.txt" in toml.output, toml.output
-    names = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    # Not the runner's hidden output record (.aepipe-outputs.jsonl) beside them.
+    names = sorted(p.name for p in (tmp_path / "cli").glob("[!.]*"))
     assert names == ["anim-p001.png", "anim-p002.png", "anim-p003.png", "doc.pdf"]
-    assert sorted(p.name for p in (tmp_path / "toml").iterdir()) == names
+    assert sorted(p.name for p in (tmp_path / "toml").glob("[!.]*")) == names
     for name in names[:3]:
         assert (tmp_path / "toml" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
     assert _pdf_content(tmp_path / "toml" / "doc.pdf") == _pdf_content(tmp_path / "cli" / "doc.pdf")
@@ -305,31 +306,40 @@ def test_a_grid_made_on_a_resumed_run_shows_the_kept_faces(
     tmp_path: Path, tiny_weights: dict[str, Path]
 ) -> None:
     """overwrite = false kept the old faces but drew a missing grid from the new settings'
-    faces: a grid of faces that are not in the folder."""
+    faces: a grid of faces that are not in the folder. A resumed run draws the folder's faces;
+    kept faces of another run (other options) are said to be, and no grid is drawn of them."""
     w = tiny_weights["face-generator"].as_posix()
     out, grid = tmp_path / "out", tmp_path / "grid.png"
 
-    def run(seed: int) -> Result:
+    def run(temperature: float) -> Result:
         text = (
-            f'[source]\ntype = "faces"\nn = 4\nseed = {seed}\nweights = "{w}"\n\n'
+            f'[source]\ntype = "faces"\nn = 4\ntemperature = {temperature}\nweights = "{w}"\n\n'
             f'[sink]\nout = "{out.as_posix()}"\ngrid = "{grid.as_posix()}"\n'
         )
         return run_toml(tmp_path / "p.toml", text)
 
-    assert run(0).exit_code == 0
+    assert run(1.0).exit_code == 0
     first = grid.read_bytes()
     faces = {p.name: p.read_bytes() for p in out.iterdir()}
     grid.unlink()
-    res = run(1)
-    assert res.exit_code == 0 and "wrote 1 files" in res.output and "kept 4" in res.output
-    assert grid.read_bytes() == first  # the seed-0 faces the folder holds
+    (out / "face_00000.png").unlink()
+    res = run(1.0)
+    assert res.exit_code == 0 and "wrote 1 files" in res.output and "kept 3" in res.output
+    assert "differ" not in res.output, res.output
+    assert grid.read_bytes() == first
     assert {p.name: p.read_bytes() for p in out.iterdir()} == faces
     # The other way round: a kept grid beside faces written now is said to be one.
     (out / "face_00001.png").unlink()
-    res = run(1)
+    res = run(1.0)
     assert res.exit_code == 0 and "wrote 1 files" in res.output, res.output
     assert "note: kept the grid" in res.output and "1 images written now" in res.output
     assert grid.read_bytes() == first
+    # Another run's faces kept (the tiny model's faces at temperature 0 are its mean face).
+    grid.unlink()
+    res = run(0.0)
+    assert res.exit_code == 0 and "kept 4 that exist (overwrite = true replaces them)" in res.output
+    assert "kept files differ from what this run made" in res.output, res.output
+    assert "no grid written" in res.output and not grid.exists()
 
 
 def test_write_batches_makes_no_grid_of_faces_of_several_sizes(tmp_path: Path) -> None:
@@ -339,9 +349,15 @@ def test_write_batches_makes_no_grid_of_faces_of_several_sizes(tmp_path: Path) -
     def batch(size: int, names: list[str]) -> ImageBatch:
         return ImageBatch.from_numpy(np.zeros((len(names), size, size, 1), np.uint8), names)
 
+    # A kept 8 px image of another run beside this run's 16 px ones: not this run's.
     write_batches([batch(8, ["a"])], tmp_path, None)
     done = write_batches([batch(16, ["a", "b"])], tmp_path, tmp_path / "grid.png")
     assert not (tmp_path / "grid.png").exists() and done.written == [tmp_path / "b.png"]
+    assert done.others == [tmp_path / "a.png"]
+    assert done.note is not None and "kept images of another run" in done.note
+    # One run's batches of several sizes.
+    done = write_batches([batch(8, ["c"]), batch(16, ["d"])], tmp_path / "o", tmp_path / "g.png")
+    assert not (tmp_path / "g.png").exists() and len(done.written) == 2
     assert done.note is not None and "several sizes (16x16 and 8x8)" in done.note
 
 

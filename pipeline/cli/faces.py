@@ -104,20 +104,25 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _write_grid(batch, path: Path, ncols: int | None = None) -> Path:
+def _write_grid(batch, path: Path, ncols: int | None = None, what: str = "--out") -> Path:
     import numpy as np
 
     from aepipe.io import make_grid
 
-    return _write_sheet(make_grid(batch.to_numpy(np.uint8), ncols=ncols), path)
+    return _write_sheet(make_grid(batch.to_numpy(np.uint8), ncols=ncols), path, what)
 
 
-def _write_sheet(sheet, path: Path) -> Path:
-    """Write an (H, W, C) uint8 contact sheet, gray sheets as 8-bit gray PNGs."""
+def _write_sheet(sheet, path: Path, what: str = "--out") -> Path:
+    """Write an (H, W, C) uint8 contact sheet, gray sheets as 8-bit gray PNGs.
+
+    A file that cannot be written (checked before the work, but a folder may refuse only when
+    it is written) is a one-line error naming ``what``, the option that gave ``path``.
+    """
     from aepipe.io import write_image
+    from aepipe.pipeline import output_errors
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_image(sheet[..., 0] if sheet.shape[-1] == 1 else sheet, path)
+    with output_errors(what, path):
+        return write_image(sheet[..., 0] if sheet.shape[-1] == 1 else sheet, path)
 
 
 def _resolve_device(device: str) -> str:
@@ -201,12 +206,14 @@ def gen_faces(
     Files are named face_00000.png ... and written atomically; a second run with the same
     seed writes the same images. Files that already exist in OUT (and the grid) are kept, not
     replaced, as aepipe run's folder sink does: a re-run with the same options resumes, and
-    a run with another --seed into the same folder says what it kept (--overwrite replaces
-    them). Faces of an earlier, larger run left in OUT are reported, never deleted.
+    a run with other options (another --seed, a --concept) into the same folder says it kept
+    another run's faces and draws no grid of them (--overwrite replaces them). Faces of an
+    earlier, larger run left in OUT are reported, never deleted.
     """
     with cli_errors():
         from aepipe.core import generate, load_generator
         from aepipe.errors import ConfigError
+        from aepipe.io import check_creatable
 
         overrides: dict[str, object] = {"batch_size": batch_size}
         if prior:
@@ -217,7 +224,10 @@ def gen_faces(
             raise ConfigError(f"--out {out}: is a file; the faces go into a folder")
         if no_grid and grid is not None:
             raise ConfigError("--grid and --no-grid: give one or the other")
-        grid_path = None if no_grid else image_target(grid or out / "grid.png", "--grid")
+        check_creatable(out, "--out")
+        # The default grid lies in --out: a problem with it names the option the user gave.
+        grid_what = "--out" if grid is None else "--grid"
+        grid_path = None if no_grid else image_target(grid or out / "grid.png", grid_what)
         face_vae_only = {"--prior": prior, "--sharpen": sharpen is not None, "--concept": concept}
         _face_vae_only(model, [name for name, given in face_vae_only.items() if given])
         # Concepts before the model: one that does not fit these weights costs no work.
@@ -229,7 +239,7 @@ def gen_faces(
 
             then.append(load_stage("colorizer", device=_resolve_device(device)))
         batches = generate(stage, n, seed=seed, temperature=temperature, stages=then, **options)
-        _write_faces(batches, n, out, grid_path, overwrite, quiet)
+        _write_faces(batches, n, out, (grid_path, grid_what), overwrite, quiet)
 
 
 def _face_vae_only(model: str, options: list[str]) -> None:
@@ -258,29 +268,27 @@ def _face_vae_only(model: str, options: list[str]) -> None:
 
 
 def _write_faces(
-    batches, n: int, out: Path, grid_path: Path | None, overwrite: bool, quiet: bool
+    batches, n: int, out: Path, grid: tuple[Path | None, str], overwrite: bool, quiet: bool
 ) -> None:
     """Write each face as ``<name>.png`` under ``out`` and up to 1024 of them as a grid.
 
     As ``aepipe run``'s folder sink (:func:`aepipe.pipeline.write_batches`, the same call):
-    existing files are kept unless ``overwrite``, and a grid made now shows the faces as they
-    are in ``out``. Face files of another run left beside them are reported, not deleted.
+    existing files are kept unless ``overwrite``; kept faces another run made (other options)
+    are said to be, and then no grid is made. Face files of another run left beside them are
+    reported, not deleted. ``grid`` is the grid file (``None``: none) and the option that
+    named it.
     """
     from aepipe.pipeline import write_batches
 
+    grid_path, grid_what = grid
     # The folder appears with the first file: a sampling option the generator refuses (it
     # checks when it starts) leaves nothing behind.
     with _progress(n, quiet) as advance:
-        done = write_batches(_advancing(batches, advance), out, grid_path, overwrite)
-    faces = [p for p in done.written if p != grid_path]
-    kept = [p for p in done.skipped if p != grid_path]
-    err(
-        f"wrote {len(faces)} faces to {out}"
-        + (f" and the grid {grid_path}" if grid_path in done.written else "")
-        + (f"; kept {len(kept)} that exist (--overwrite replaces them)" if kept else "")
-    )
-    if done.note:
-        err(f"note: {done.note}")
+        done = write_batches(
+            _advancing(batches, advance), out, grid_path, overwrite, what=("--out", grid_what)
+        )
+    for line in done.report(out, grid_path, "faces", "--overwrite"):
+        err(line)
     _report_leftovers(out, "face_*.png", done)
 
 
@@ -510,8 +518,15 @@ def interpolate(
     choice = _face_choice(face, one=True)
     with cli_errors():
         from aepipe.core import face_strip, interpolate_faces, named_by_method, walk_methods
+        from aepipe.io import check_creatable
+        from aepipe.pipeline import check_walk_outputs, write_batches
 
         image_target(out, "--out")
+        if frames is not None:
+            check_creatable(frames, "--frames")
+        check_walk_outputs(
+            [a, b], out, frames, steps, method, overwrite=overwrite, what=("--out", "--frames")
+        )
         stage = _load_face_vae(model, _resolve_device(device))
         methods = walk_methods(method)
         rows = interpolate_faces(
@@ -520,11 +535,10 @@ def interpolate(
         _write_sheet(face_strip(rows), out)
         err(f"wrote {out}")
         if frames is not None:
-            from aepipe.pipeline import write_batches
-
-            done = write_batches(named_by_method(rows, methods), frames, None, overwrite)
-            kept = f"; kept {len(done.skipped)} that exist (--overwrite)" if done.skipped else ""
-            err(f"wrote {len(done.written)} frames to {frames}{kept}")
+            rows = named_by_method(rows, methods)
+            done = write_batches(rows, frames, None, overwrite, what=("--frames", "--frames"))
+            for line in done.report(frames, None, "frames", "--overwrite"):
+                err(line)
             _report_leftovers(frames, "*_step_*.png", done)
 
 
@@ -554,8 +568,10 @@ def traverse(
     """Vary one latent dimension per row around a face and write the grid."""
     with cli_errors():
         from aepipe.core import aligned_face
+        from aepipe.pipeline import check_not_an_input
 
         image_target(out, "--out")
+        check_not_an_input(out, [image] if image else [], "--out")
         stage = _load_face_vae(model, _resolve_device(device))
         # A photo's largest face, found and aligned as interpolate does (a crop stays as it is).
         base = stage.encode(aligned_face(stage, _read_one(image)))[0] if image else None
@@ -594,6 +610,8 @@ def concept_cmd(
     shipped concept's name or alias) is refused unless --overwrite is given.
     """
     with cli_errors():
+        from aepipe.io import check_creatable
+        from aepipe.pipeline import output_errors
         from aepipe.stages.face_generator import (
             check_new_concept,
             concept_target,
@@ -601,27 +619,26 @@ def concept_cmd(
             save_concept,
         )
 
-        # Before the model loads and the faces are encoded: a taken name costs no work.
+        # Before the model loads and the faces are encoded: a taken name or a folder that
+        # cannot be made costs no work.
         check_new_concept(name, default_concept_dirs(concepts_dir, model), overwrite)
+        check_creatable(concepts_dir, "--concepts-dir")
         stage = _load_face_vae(model, _resolve_device(device))
         pos, pos_skipped = _concept_codes(stage, positive)
         neg, neg_skipped = _concept_codes(stage, negative)
         vector = pos.mean(0) - neg.mean(0)
-        path = save_concept(
-            concepts_dir,
-            name,
-            vector,
-            {
-                "model": model,
-                "model_sha256": concept_target(model).sha256,
-                "positive": str(positive),
-                "negative": str(negative),
-                "n_positive": len(pos),
-                "n_negative": len(neg),
-                "n_skipped": pos_skipped + neg_skipped,
-                "faces": "photos: the one face found and aligned as faces edit does; crops whole",
-            },
-        )
+        info = {
+            "model": model,
+            "model_sha256": concept_target(model).sha256,
+            "positive": str(positive),
+            "negative": str(negative),
+            "n_positive": len(pos),
+            "n_negative": len(neg),
+            "n_skipped": pos_skipped + neg_skipped,
+            "faces": "photos: the one face found and aligned as faces edit does; crops whole",
+        }
+        with output_errors("--concepts-dir", concepts_dir):
+            path = save_concept(concepts_dir, name, vector, info)
         skipped = pos_skipped + neg_skipped
         err(
             f"wrote {path} (|v| = {float(vector.norm()):.3f}, {len(pos)} positive, "
@@ -799,9 +816,12 @@ def fit_sampler_cmd(
     model: ModelOpt = "face-vae",
 ) -> None:
     """Refit the latent sampling distribution of a trained VAE (network weights unchanged)."""
-    from aepipe.train.vae import refit_sampler
-
     with cli_errors():
+        from aepipe.io import check_creatable
+        from aepipe.train.vae import refit_sampler
+
+        # Before the data is encoded and the sampler fitted (a minute and more of work).
+        check_creatable(out, "--out")
         refit_sampler(
             model,
             out,
@@ -863,6 +883,7 @@ def vae_scatter(
     with cli_errors():
         from aepipe.errors import ConfigError
 
+        target = image_target(out or Path(f"{Path(model).name}-scatter.png"), "--out")
         try:
             import matplotlib
         except ModuleNotFoundError as exc:
@@ -876,6 +897,7 @@ def vae_scatter(
         from aepipe.cli.common import training_data_errors
         from aepipe.data.idx import load_mnist_like
         from aepipe.io import atomic_write
+        from aepipe.pipeline import output_errors
         from aepipe.weights import read_config, resolve
 
         stage = _load_face_vae(model, "cpu")
@@ -900,9 +922,8 @@ def vae_scatter(
         ax.set_xlabel("z[0]")
         ax.set_ylabel("z[1]")
         ax.set_title(f"{Path(model).name}: posterior means of {len(z)} test images")
-        target = out or Path(f"{Path(model).name}-scatter.png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(target, lambda fh: fig.savefig(fh, format="png", bbox_inches="tight"))
+        with output_errors("--out", target):
+            atomic_write(target, lambda fh: fig.savefig(fh, format="png", bbox_inches="tight"))
         plt.close(fig)
         err(f"wrote {target}")
 

@@ -18,7 +18,7 @@ from aepipe.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from aepipe.pipeline import Written
+    from aepipe.pipeline import PipelineSpec, Written
 
 
 @app.command("run")
@@ -44,7 +44,7 @@ def run_pipeline(
     with cli_errors():
         spec = read_pipeline_file(config)
         if not isinstance(spec.source, FolderSource):
-            _report_generated(write_generated(spec), spec.sink.out)
+            _report_generated(write_generated(spec, str(config)), spec)
         jobs, options = plan_files(spec, str(config))
         require_jobs(jobs, spec.source.inputs)
         pipe = Pipeline(build_stages(spec))
@@ -53,12 +53,11 @@ def run_pipeline(
         finish_summary(summary, quiet)
 
 
-def _report_generated(done: Written, out: str) -> NoReturn:
-    """Say what a generated source wrote and kept, then exit 0."""
+def _report_generated(done: Written, spec: PipelineSpec) -> NoReturn:
+    """Say what a generated source wrote where (the grid need not be in sink.out), then exit 0."""
     from aepipe.errors import ExitCode
 
-    kept = f", kept {len(done.skipped)} that exist (overwrite = false)" if done.skipped else ""
-    err(f"wrote {len(done.written)} files to {out}{kept}")
-    if done.note:
-        err(f"note: {done.note}")
+    grid = Path(spec.sink.grid) if spec.sink.grid else None
+    for line in done.report(Path(spec.sink.out), grid, "files", "overwrite = true"):
+        err(line)
     raise typer.Exit(int(ExitCode.OK))
