@@ -67,6 +67,10 @@ def test_face_commands_refuse_to_write_over_an_input_photo(photos: Path) -> None
             ("faces", "traverse", "--image", b, "--out", b, "--model", photos / "no-weights"),
             f"--out {b} is one of the inputs",
         ),
+        (
+            ("faces", "vq-interpolate", a, b, "--out", b, "--model", photos / "no-weights"),
+            f"--out {b} is one of the inputs",
+        ),
     ]
     for args, message in cases:
         one_line_refusal(cli(*args), message)

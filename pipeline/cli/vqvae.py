@@ -102,8 +102,10 @@ def vq_interpolate(
     choice = _face_choice(face, one=True)
     with cli_errors():
         from aepipe.core import aligned_face
+        from aepipe.pipeline import check_not_an_input
 
         image_target(out, "--out")
+        check_not_an_input(out, [a, b], "--out")
         stage = _load(model, _resolve_device(device))
         ends = [aligned_face(stage, _read_one(p), face=choice, align=align) for p in (a, b)]
         _write_grid(stage.interpolate(*ends, steps), out, ncols=steps)
