@@ -462,6 +462,17 @@ def check_pipeline_spec(spec: PipelineSpec, where: str) -> None:
         )  # fmt: skip
     for i, st in enumerate(spec.stages):
         check_stage_spec(st, f"{where}: stages.{i}")
+        _check_device(st.device, f"{where}: stages.{i}.device")
+
+
+def _check_device(device: str, where: str) -> None:
+    """Refuse a device this machine lacks, naming the key (not for Ray: its actors pick theirs)."""
+    from aepipe.stage import resolve_device
+
+    try:
+        resolve_device(device)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 # Sink keys that only one kind of source uses; given with another, they would be ignored.

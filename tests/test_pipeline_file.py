@@ -385,3 +385,24 @@ def test_a_pdf_named_without_a_suffix_is_a_pdf_as_a_string_or_a_path(tmp_path: P
     for source in (tmp_path / "Doc", str(tmp_path / "Doc")):
         assert output_format(source, "same") == "pdf" and edits_in_place(source, "same")
     assert output_format("png", "same") == "png"  # a decoded format stays a format
+
+
+def test_a_device_this_machine_lacks_is_refused_naming_the_key(
+    tmp_path: Path, tiny_weights: dict[str, Path], no_weights_load: None
+) -> None:
+    """`device = "cuda"` on a machine without a GPU said only "device 'cuda' was asked for ...",
+    not which file and table; it is refused with the rest of the file, before weights load."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(page_pixels(40, 30)).save(tmp_path / "in" / "a.png")
+    out = f'out = "{(tmp_path / "out").as_posix()}"\n'
+    text = folder_toml(tmp_path, tiny_weights["impulse-denoiser"], out).replace(
+        "[sink]", 'device = "cuda"\n[sink]'
+    )
+    res = run_toml(tmp_path / "p.toml", text)
+    assert res.exit_code == 2, res.output
+    assert re.search(r"p\.toml: stages\.0\.device: device 'cuda' was asked for", res.output)
+    assert not (tmp_path / "out").exists()
