@@ -246,3 +246,15 @@ def test_kept_faces_of_another_run_are_said_to_be_and_make_no_grid(tmp_path: Pat
     said = gen("--overwrite")
     assert "wrote 4 faces" in said and "and the grid" in said and "differ" not in said
     assert (out / "grid.png").read_bytes() == (tmp_path / "first.png").read_bytes()
+
+
+def test_fit_sampler_does_not_replace_the_shipped_weights_unasked(tmp_path: Path) -> None:
+    """`faces fit-sampler --out weights/face-vae` rewrote the shipped folder without the
+    --overwrite-shipped every training command asks for; refused before the data is read."""
+    from aepipe.weights import shipped_weights_dir
+
+    target = shipped_weights_dir() / "face-vae"
+    before = (target / "config.json").read_bytes()
+    res = cli("faces", "fit-sampler", "--out", target, "--data", tmp_path / "no-data.npz")
+    one_line_refusal(res, "is inside the shipped weights")
+    assert (target / "config.json").read_bytes() == before

@@ -814,14 +814,15 @@ def fit_sampler_cmd(
         ),
     ] = None,
     model: ModelOpt = "face-vae",
+    overwrite_shipped: OverwriteShippedOpt = False,
 ) -> None:
     """Refit the latent sampling distribution of a trained VAE (network weights unchanged)."""
     with cli_errors():
-        from aepipe.io import check_creatable
         from aepipe.train.vae import refit_sampler
 
-        # Before the data is encoded and the sampler fitted (a minute and more of work).
-        check_creatable(out, "--out")
+        # Before the data is encoded and the sampler fitted (a minute and more of work); the
+        # shipped weights are replaced only when asked, as by the training commands.
+        train_out(out, "face-vae", overwrite_shipped)
         refit_sampler(
             model,
             out,
