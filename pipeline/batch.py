@@ -282,6 +282,50 @@ class ImageBatch:
         tensor = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
         return cls(tensor, list(names or []), [dict(m) for m in (meta or [])])
 
+    @classmethod
+    def from_tensor(
+        cls,
+        tensor: torch.Tensor,
+        names: Sequence[str] | None = None,
+        meta: Sequence[dict[str, Any]] | None = None,
+    ) -> ImageBatch:
+        """Build a batch from a torch tensor, channel-first as torch has it.
+
+        Layouts: (H, W) one gray image, (C, H, W) one image, (N, C, H, W) a batch, with C = 1
+        (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA): the channels of
+        :meth:`from_numpy`, whose conversion this is (alpha onto white, the [0, 1] and
+        finiteness checks). ``uint8`` is read as 0..255; any float must hold [0, 1].
+
+        Args:
+            tensor: the image(s), on any device (copied to the CPU).
+            names: optional names, one per image.
+            meta: optional metadata dicts, one per image.
+
+        Returns:
+            The batch, float32 (N, C, H, W) in [0, 1] on the CPU.
+
+        Raises:
+            ShapeError: another layout or dtype, naming the shape or dtype as given.
+        """
+        import torch
+
+        shape = tuple(tensor.shape)
+        if tensor.ndim not in (2, 3, 4) or (tensor.ndim > 2 and shape[-3] not in (1, 2, 3, 4)):
+            # (H, W, C) is numpy's and PIL's layout; a tensor of it is a likely slip.
+            hwc = tensor.ndim in (3, 4) and shape[-1] in (1, 2, 3, 4)
+            order = "2, 0, 1" if tensor.ndim == 3 else "0, 3, 1, 2"
+            hint = f"; for channels last, pass tensor.permute({order})" if hwc else ""
+            raise ShapeError(
+                "tensor images must be (H, W), (C, H, W) or (N, C, H, W) with C = 1 to 4; "
+                f"got shape {shape}{hint}"
+            )
+        if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
+            raise ShapeError(f"tensor images must be float in [0, 1] or uint8; got {tensor.dtype}")
+        t = tensor.detach().cpu()
+        t = t if t.dtype in (torch.uint8, torch.float32) else t.float()  # numpy has no bfloat16
+        nchw = t.reshape(1, 1, *shape) if t.ndim == 2 else t[None] if t.ndim == 3 else t
+        return cls.from_numpy(nchw.numpy().transpose(0, 2, 3, 1), names, meta)
+
     def to_numpy(self, dtype: type[np.generic] = np.uint8) -> np.ndarray:
         """Return (N, H, W, C) pixels as ``uint8`` (rounded), ``uint16`` or ``float32``."""
         data = self.images.detach().float().clamp(0, 1).cpu().numpy().transpose(0, 2, 3, 1)
@@ -292,6 +336,15 @@ class ImageBatch:
         if dtype == np.float32:
             return np.ascontiguousarray(data)
         raise ShapeError(f"unsupported output dtype {dtype}")
+
+    def to_numpy_like(self, like: np.ndarray) -> np.ndarray:
+        """(N, H, W, C) pixels in the dtype and layout an input array ``like`` comes back in.
+
+        ``uint8`` and ``uint16`` stay as they are, any other dtype comes back ``float32`` in
+        [0, 1]; a gray result of a 2-D (H, W) ``like`` drops its C axis: (N, H, W).
+        """
+        result = self.to_numpy(result_dtype(like.dtype))
+        return result[..., 0] if like.ndim == 2 and result.shape[-1] == 1 else result
 
     @classmethod
     def from_pil(
@@ -313,6 +366,14 @@ class ImageBatch:
         arrays = self.to_numpy(np.uint8)
         mode = "L" if self.channels == 1 else "RGB"
         return [Image.fromarray(a[..., 0] if mode == "L" else a, mode) for a in arrays]
+
+
+def result_dtype(dtype: np.dtype) -> type[np.generic]:
+    """The dtype a result of an input array of ``dtype`` comes back in.
+
+    ``uint8`` and ``uint16`` stay; anything else (float, bool) is ``float32`` in [0, 1].
+    """
+    return dtype.type if dtype in (np.uint8, np.uint16) else np.float32
 
 
 def pil_to_array(image: Image.Image) -> np.ndarray:

@@ -12,7 +12,9 @@ Jobs over pages: a decoded :class:`~aepipe.io.Page` goes through the stage chain
 (:func:`run_pages`), each result becomes an :class:`EncodedPage` (PNG bytes, 1-bit when the page
 is bilevel: :func:`encode_page`) named by :func:`page_name`, and the pages of one input become
 output files by :func:`output_format` and :func:`write_document` (files) or
-:func:`encode_document` (bytes for HTTP). A PDF made from other inputs goes through
+:func:`encode_document` (bytes for HTTP). What a page's pixels become (kept as it came, cut to
+two levels, or the stage's result) is decided once, by :func:`delivered_pages`, for the files
+written and for the arrays the library and Ray return. A PDF made from other inputs goes through
 :func:`write_pdf`, the one place that builds a new PDF.
 
 PDF in, PDF out: :func:`edits_in_place` decides, for every front end, that a PDF input written
@@ -216,14 +218,31 @@ def page_uint8(images: Any, index: int) -> np.ndarray:
     return out
 
 
-def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> bytes:
-    """A finished page as PNG bytes; 1-bit when the page is bilevel.
+def one_bit(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> bool:
+    """Whether a finished page is delivered and written black and white (1 bit).
 
     A page the stage marks ``meta["bilevel"]``, a gray result of a bilevel page (read from a
     1-bit image, ``meta["mode"] == "1"``, or of only black and white in 8 bits or a 2-colour
     palette, ``meta["two_level"]``: bilevel stays bilevel, cut at mid-gray), or one whose pixels
-    are all pure black or white (e.g. ``clean-scans --binarize``) is kept 1-bit: lossless for
-    such a page, and written as 1-bit PNG, CCITT group 4 TIFF or 1-bit PDF. The page's ICC profile
+    are all pure black or white (e.g. ``clean-scans --binarize``): lossless for such a page,
+    written as 1-bit PNG, CCITT group 4 TIFF or 1-bit PDF.
+
+    Args:
+        pixels: (H, W, C) uint8 result, C in {1, 3}.
+        meta: the page's metadata after the stages.
+    """
+    from aepipe.io import is_bilevel
+
+    meta = meta or {}
+    gray = pixels.ndim == 3 and pixels.shape[-1] == 1
+    bilevel_in = meta.get("mode") == "1" or meta.get("two_level")
+    return bool(meta.get("bilevel") or (gray and bilevel_in) or is_bilevel(pixels))
+
+
+def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> bytes:
+    """A finished page as PNG bytes; 1-bit when :func:`one_bit` says so.
+
+    A 1-bit page is cut at mid-gray (its first channel >= 128 is white). The page's ICC profile
     (``meta["icc_profile"]``) is embedded where it fits the result: a gray profile in a gray
     page, sRGB's in a colour one (a colorizer's colour result of a gray page gets none). So is
     its descriptive metadata (``exif``, ``xmp``, ``text``: :func:`aepipe.io.png_metadata`),
@@ -233,14 +252,16 @@ def encode_page(pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> by
         pixels: (H, W, C) uint8, C in {1, 3}.
         meta: the page's metadata after the stages.
     """
+    return _encode_png(pixels, meta or {}, one_bit(pixels, meta))
+
+
+def _encode_png(pixels: np.ndarray, meta: Mapping[str, Any], bilevel: bool) -> bytes:
+    """:func:`encode_page` with its 1-bit decision already made (``bilevel``)."""
     from PIL import Image
 
-    from aepipe.io import exif_for_size, is_bilevel, png_metadata
+    from aepipe.io import exif_for_size, png_metadata
 
-    meta = meta or {}
-    gray = pixels.ndim == 3 and pixels.shape[-1] == 1
-    bilevel_in = meta.get("mode") == "1" or meta.get("two_level")
-    if meta.get("bilevel") or (gray and bilevel_in) or is_bilevel(pixels):
+    if bilevel:
         image = Image.fromarray(pixels[..., 0] >= 128).convert("1")
     else:
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
@@ -265,33 +286,146 @@ def _profile_for(image: Any, meta: Mapping[str, Any]) -> dict[str, bytes]:
     return {"icc_profile": profile} if fits and icc_space(profile) == fits else {}
 
 
+# ---- what every front end delivers ----------------------------------------------------------
+
+Delivery = Literal["result", "input", "one_bit"]
+
+
+def _deliver(out: ImageBatch, index: int, source: ImageBatch | None) -> tuple[Delivery, np.ndarray]:
+    """The one decision of what image ``index`` of a stage's result becomes, for every front end.
+
+    In order: the input itself when the stage took nothing but its colour (:func:`_as_it_was`),
+    then the two-level page where :func:`one_bit` says so (cut at mid-gray), else the result.
+
+    Returns:
+        Which of the three it is, and the page as (H, W, C) uint8 (1-bit: 0 or 255, C = 1).
+    """
+    pixels = page_uint8(out.images, index)
+    kind: Delivery = "result"
+    if source is not None and _as_it_was(pixels, source):
+        pixels, kind = page_uint8(source.images, 0), "input"
+    if one_bit(pixels, _levels_meta(out.meta[index], source)):
+        cut = np.where(pixels[..., :1] >= 128, np.uint8(255), np.uint8(0))
+        return "one_bit", cut
+    return kind, pixels
+
+
+def _levels_meta(meta: Mapping[str, Any], source: ImageBatch | None) -> Mapping[str, Any]:
+    """``meta``, told that its input was two-level when no decoder said how it was read.
+
+    A decoded page's meta has its ``mode`` (and ``two_level``, :func:`aepipe.io.read_pages`);
+    an array, PIL image or tensor handed to the library or a Ray image column has none, so the
+    input's own pixels tell: one channel of only black and white (a 1-bit or 0/255 image), as
+    the decoder decides it for a file.
+    """
+    if "mode" in meta or source is None or source.channels != 1:
+        return meta
+    x = source.images
+    return {**meta, "two_level": True} if bool(((x == 0) | (x == 1)).all()) else meta
+
+
+def delivered_pixels(out: ImageBatch, index: int, source: ImageBatch | None = None) -> np.ndarray:
+    """Image ``index`` of a stage's result as every front end delivers it, (H, W, C) uint8.
+
+    The pixels :func:`encode_result` writes (a 1-bit page as 0 and 255, C = 1), for front ends
+    that hand out arrays of files' pages (Ray's ``image`` column of file rows).
+
+    Args:
+        out: the stage's result batch.
+        index: which image.
+        source: that page as it went in (N = 1), or None.
+    """
+    return _deliver(out, index, source)[1]
+
+
+def delivered(out: ImageBatch, source: ImageBatch | None = None) -> ImageBatch:
+    """A stage's result turned into what every front end delivers, as one batch.
+
+    Per image, the decisions the encoder makes for the CLI, TOML runs and the service
+    (:func:`delivered_pages`). Images whose channels then differ (a colour page kept as it
+    was beside a cleaned gray one) all come back in RGB (gray replicated), so that they fit
+    one (N, 3, H, W) batch.
+
+    Args:
+        out: the stage's result, (N, C, H, W).
+        source: the batch as it went in (N images), or None.
+
+    Returns:
+        (N, C, H, W) float32 in [0, 1], ``out``'s names and meta.
+    """
+    from aepipe.batch import ImageBatch
+
+    pages = delivered_pages(out, source)
+    if len(pages) == 1:
+        return pages[0]
+    if len({p.channels for p in pages}) > 1:
+        pages = [p.rgb() for p in pages]
+    return ImageBatch.concat(pages)
+
+
+def delivered_pages(out: ImageBatch, source: ImageBatch | None = None) -> list[ImageBatch]:
+    """Each image of a stage's result as every front end delivers it, one batch (N = 1) each.
+
+    The library (:func:`aepipe.apply`, ``Pipeline.map``) and Ray give the same pixels as the
+    files the CLI, TOML runs and the service write (:func:`encode_result`): the input's own
+    pixels (colour and 16 bits included) for a page the stage kept as it was; the two-level
+    page (exactly 0 or 1, one channel) for a bilevel input or result, as the encoder cuts it;
+    else the stage's result as it is (float precision kept).
+
+    Args:
+        out: the stage's result, (N, C, H, W).
+        source: the batch as it went in, or None (no page is then kept as it was).
+
+    Returns:
+        N one-image batches with ``out``'s names and meta.
+    """
+    import torch
+
+    from aepipe.batch import ImageBatch
+
+    if source is not None and len(source) != len(out):
+        source = None  # not one input per result: nothing to keep
+    pages = []
+    for k in range(len(out)):
+        one = None if source is None else ImageBatch(source.images[k : k + 1], [], [{}])
+        kind, pixels = _deliver(out, k, one)
+        device = out.images.device
+        if kind == "input":
+            images = one.images.to(device)  # type: ignore[union-attr]
+        elif kind == "one_bit":
+            images = torch.from_numpy(pixels[None, :, :, 0] == 255)[:, None].float().to(device)
+        else:
+            images = out.images[k : k + 1]
+        pages.append(ImageBatch(images, out.names[k : k + 1], out.meta[k : k + 1]))
+    return pages
+
+
 def encode_result(
     out: ImageBatch, index: int, name: str, source: ImageBatch | None = None
 ) -> EncodedPage:
     """Image ``index`` of a stage's result batch as an :class:`EncodedPage` named ``name``.
 
-    Thread-safe (the file runner encodes in a worker thread while the stage runs): it only
-    reads ``out``, and the conversion and zlib release the GIL for most of the work.
+    The page's pixels are those every front end delivers (:func:`delivered_pages`). Thread-safe
+    (the file runner encodes in a worker thread while the stage runs): it only reads ``out``,
+    and the conversion and zlib release the GIL for most of the work.
 
     Args:
         out: the stage's result batch.
         index: which image.
         name: the page's output name.
         source: that page as it went in (N = 1), to keep it as it was when nothing but its
-            colour was taken (:func:`as_it_was`).
+            colour was taken.
     """
     meta = out.meta[index]
-    pixels = page_uint8(out.images, index)
-    if source is not None:
-        pixels = as_it_was(pixels, source)
-    return EncodedPage(name, encode_page(pixels, meta), dict(meta))
+    kind, pixels = _deliver(out, index, source)
+    return EncodedPage(name, _encode_png(pixels, meta, kind == "one_bit"), dict(meta))
 
 
-def as_it_was(pixels: np.ndarray, source: ImageBatch) -> np.ndarray:
-    """``pixels``, or the colour page ``source`` itself when ``pixels`` is exactly its luma.
+def _as_it_was(pixels: np.ndarray, source: ImageBatch) -> bool:
+    """Whether ``pixels`` is exactly the luma of the colour page ``source``.
 
-    A gray stage that cleaned nothing (a clean page passed through) took only the colour, and a
-    clean page must come back unchanged; PDFs follow the same rule in place.
+    A gray stage that cleaned nothing (a clean page or a photograph passed through) took only
+    the colour, and such a page must come back unchanged; PDFs follow the same rule in place.
 
     Args:
         pixels: (H, W, C) uint8 result of one page.
@@ -300,13 +434,11 @@ def as_it_was(pixels: np.ndarray, source: ImageBatch) -> np.ndarray:
     from aepipe.batch import to_gray
 
     if source.channels != 3 or pixels.ndim != 3 or pixels.shape[-1] != 1 or len(source) != 1:
-        return pixels
+        return False
     top = source.images[:, :, :64]  # a cleaned page usually differs near its top: look there
     if not np.array_equal(pixels[:64], page_uint8(to_gray(top), 0)):
-        return pixels
-    if not np.array_equal(pixels, page_uint8(source.gray().images, 0)):
-        return pixels
-    return page_uint8(source.images, 0)
+        return False
+    return np.array_equal(pixels, page_uint8(source.gray().images, 0))
 
 
 def encode_results(

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from aepipe.defaults import DEFAULT_MAX_PIXELS
+from aepipe.defaults import DEFAULT_BATCH_PIXELS, DEFAULT_MAX_PIXELS
 from aepipe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -135,10 +135,19 @@ def build_pipeline(
 
 
 def _as_list(column: Any) -> list[np.ndarray]:
-    """Rows of an image column: a stacked (N, ...) array or an object array of ragged images."""
+    """Rows of an image column: a stacked (N, ...) array or an object array of ragged images.
+
+    Rows come back as they were read: Ray keeps the rows of one column at one number of
+    dimensions, so next to (H, W, C) colour images it pads a (H, W) gray one to (1, H, W)
+    (leading axes of 1). Such a row, with more than 4 on its last axis, cannot be an image's
+    channels and is taken back to (H, W); a (1, W, C) row with C <= 4 stays a one-pixel-high
+    image (a padded gray image at most 4 pixels wide is misread so).
+    """
     if isinstance(column, np.ndarray) and column.dtype != object:
-        return list(column)
-    return [np.asarray(x) for x in column]
+        rows = list(column)
+    else:
+        rows = [np.asarray(x) for x in column]
+    return [r[0] if r.ndim == 3 and r.shape[0] == 1 and r.shape[-1] > 4 else r for r in rows]
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -157,14 +166,22 @@ class StageMapper:
     Two kinds of batches are accepted:
 
     - **images** (from ``ray.data.read_images`` or ``from_numpy``): the ``column`` column holds
-      (N, H, W[, C]) arrays, or an object array of differently sized ones. The result replaces
-      that column, row for row, in the same dtype (uint8 stays uint8); other columns pass through.
+      (N, H, W[, C]) arrays, or an object array of differently sized ones (gray and colour
+      images mixed; :func:`_as_list`). The result replaces that column, row for row, as
+      :func:`aepipe.apply` returns it (the dtype rule of
+      :meth:`~aepipe.batch.ImageBatch.to_numpy_like`: uint8 stays uint8), with the pixels every
+      front end delivers (a page kept as it was comes back as it came, colour included; a
+      black-and-white one stays two-level: :func:`aepipe.core.delivered_pages`). An ``error``
+      column is added: empty, or why the stages refused that row (float values outside
+      [0, 1], a photo with no face ...), whose image is then empty ((0, 0[, C])); one bad row
+      does not fail the block. Other columns pass through.
     - **files** (from ``ray.data.read_binary_files(include_paths=True)``): the ``bytes`` column
       holds whole files (PNG, JPEG, TIFF, PDF ...). Every page is decoded exactly as the CLI
       does, so one row per *page* comes out, with columns ``path``, ``page``, ``pages``,
       ``name`` (the output stem the CLI would use, e.g. ``scan`` or ``report-p002``), ``image``
-      (uint8 H x W x C) and, with ``encode="png"``, ``png`` (the encoded page, ready to write).
-      A file that cannot be read gives one row with an empty image and its reason in ``error``
+      (uint8 H x W x C: the pixels the CLI writes, a 1-bit page as 0 and 255) and, with
+      ``encode="png"``, ``png`` (the encoded page, ready to write). A file that cannot be read,
+      or a page the stages refuse, gives a row with an empty image and its reason in ``error``
       instead of failing the whole job.
 
     The weights are loaded once per actor in ``__init__``; the class itself is what you pass to
@@ -178,7 +195,8 @@ class StageMapper:
             picks the colorizer per image, as ``colorize``).
         pipeline_file: or a TOML pipeline file whose ``[[stages]]`` to run.
         device: ``"auto"`` uses the GPU that Ray assigned (``num_gpus``) and the CPU otherwise.
-        column: the image column of image batches (``read_images`` calls it ``"image"``).
+        column: the image column of image batches (``read_images`` calls it ``"image"``,
+            ``from_numpy`` ``"data"``).
         encode: ``"png"`` adds a ``png`` bytes column to file batches.
         keep_image: with ``encode="png"``, ``False`` leaves the ``image`` column out of file
             batches, so only the small encoded pages travel through the object store.
@@ -245,28 +263,55 @@ class StageMapper:
             images: arrays of any supported dtype, possibly of different sizes.
 
         Returns:
-            One result per image, in order, in the input's dtype.
+            One result per image, in order, as :func:`aepipe.apply` returns it: the pixels every
+            front end delivers (:func:`aepipe.core.delivered_pages`) in the input's dtype.
+
+        Raises:
+            AepipeError: the first image the stages refused (:meth:`__call__` gives each
+                refused image an ``error`` instead).
         """
-        keys = [(a.shape, a.dtype.str) for a in images]
-        order = sorted(range(len(images)), key=lambda i: (str(keys[i]), i))
-        results = self.pipeline.map((images[i] for i in order), batch_size=self.max_batch)
-        out: list[np.ndarray | None] = [None] * len(images)
-        for i, res in zip(order, results, strict=True):
-            out[i] = res
-        return out  # type: ignore[return-value]
+        rows: list[dict[str, Any]] = [
+            dict(pixels=a, label=f"image {i}", error="") for i, a in enumerate(images)
+        ]
+        self._run_rows(rows)
+        for r in rows:
+            if "exc" in r:
+                raise r["exc"]
+        return [r["image"] for r in rows]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Map one Ray batch (``batch_format="numpy"``) to its results."""
         if self.column in batch:
-            out = dict(batch)
-            out[self.column] = _stack(self.process(_as_list(batch[self.column])))
-            return out
+            return self._images(batch)
         if "bytes" in batch:
             return self._files(batch)
         raise ConfigError(
-            f"batch has columns {sorted(batch)}; expected an image column {self.column!r} "
-            "(read_images) or 'bytes' (read_binary_files)"
+            f"batch has columns {sorted(batch)}; expected the image column {self.column!r} "
+            "(set it with column=: read_images calls it 'image', from_numpy 'data') or "
+            "'bytes' (read_binary_files)"
         )
+
+    def _images(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """An image batch's results in its image column, and a reason per refused row."""
+        from aepipe.batch import result_dtype
+
+        images = _as_list(batch[self.column])
+        paths = batch.get("path")
+        rows: list[dict[str, Any]] = [
+            dict(pixels=a, label=str(paths[i]) if paths is not None else f"row {i}", error="")
+            for i, a in enumerate(images)
+        ]
+        self._run_rows(rows)
+        done = [r["image"] for r in rows if "image" in r]
+        for r in rows:
+            if "image" not in r:  # an empty image, of the column's dtype where there is one
+                like = done[0] if done else r["pixels"]
+                dtype = like.dtype if done else result_dtype(like.dtype)
+                r["image"] = np.zeros((0, 0, *like.shape[2:3]), dtype)
+        out = dict(batch)
+        out[self.column] = _stack([r["image"] for r in rows])
+        out["error"] = np.array([r["error"] for r in rows], dtype=object)
+        return out
 
     def _files(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from aepipe.core import page_name
@@ -295,13 +340,14 @@ class StageMapper:
                         page=int(page.meta["page"]),
                         pages=int(page.meta.get("pages", 1)),
                         name=page_name(stem, page.meta),
+                        label=f"{path} {page_name(stem, page.meta)}",
                         pixels=page.pixels,
                         error="",
                         dpi=page_resolution(page.meta),  # (x, y) where they differ (a fax)
                         meta=page.meta,  # written with the page as the CLI writes it
                     )
                 )
-        self._run_rows([r for r in rows if r["pixels"] is not None])
+        self._run_rows([r for r in rows if r["pixels"] is not None], as_uint8=True)
         empty = np.zeros((0, 0, 1), np.uint8)
         out: dict[str, np.ndarray] = {
             "path": np.array([r["path"] for r in rows], dtype=object),
@@ -316,52 +362,76 @@ class StageMapper:
             out["png"] = np.array([_encoded(r) for r in rows], dtype=object)
         return out
 
-    def _run_rows(self, live: list[dict[str, Any]]) -> None:
-        """Set each row's ``image``, or its ``error`` for a page the stages refuse.
+    def _run_rows(self, live: list[dict[str, Any]], as_uint8: bool = False) -> None:
+        """Set each row's ``image``, or its ``error`` (and ``exc``) for one the stages refuse.
 
-        A refused page (a photo with no face, say) fails its own row, not the whole block.
+        Rows of one shape and dtype go through the stages together, at most ``max_batch`` and
+        :data:`~aepipe.defaults.DEFAULT_BATCH_PIXELS` pixels at a time (one always goes). A
+        refused image (a photo with no face, float values outside [0, 1]) fails its own row,
+        not the whole block.
+
+        Args:
+            live: rows with ``pixels`` (an HW/HWC array), ``label`` (names the row in an error)
+                and, for a file's page, ``meta`` (its page meta, as the CLI runs it).
+            as_uint8: results as uint8 (a file's page); else in the input's dtype.
         """
+        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for r in live:
+            groups.setdefault((r["pixels"].shape, r["pixels"].dtype.str), []).append(r)
+        for rows in groups.values():
+            per_call = max(
+                1, min(self.max_batch, DEFAULT_BATCH_PIXELS // _pixels(rows[0]["pixels"]))
+            )
+            for i in range(0, len(rows), per_call):
+                self._run_group(rows[i : i + per_call], as_uint8)
+
+    def _run_group(self, rows: list[dict[str, Any]], as_uint8: bool) -> None:
+        """One stage call over same-shaped rows (see :meth:`_run_rows`)."""
+        from aepipe.batch import ImageBatch
+        from aepipe.core import delivered_pages
         from aepipe.errors import AepipeError
 
         try:
-            results = self.process([r["pixels"] for r in live])
+            source = ImageBatch.from_numpy(
+                [r["pixels"] for r in rows], meta=[dict(r.get("meta") or {}) for r in rows]
+            )
+            pages = delivered_pages(self.pipeline(source), source)
         except AepipeError as exc:
-            if len(live) == 1:
-                live[0]["error"] = _named(str(exc), f"{live[0]['path']} {live[0]['name']}")
+            if len(rows) > 1:  # again one image at a time, to tell which one failed
+                for r in rows:
+                    self._run_group([r], as_uint8)
                 return
-            for r in live:  # again one page at a time, to tell which page failed
-                self._run_rows([r])
+            rows[0]["error"], rows[0]["exc"] = _named(str(exc), rows[0]["label"]), exc
             return
-        # Pages come out as uint8 whatever went in (16-bit scans are written as 8-bit by the CLI).
-        for r, res in zip(live, results, strict=True):
-            r["image"] = _as_written(_to_uint8(res), r["pixels"])
+        # A file's pages come out as uint8 whatever went in (16-bit scans are written as 8-bit
+        # by the CLI); an image column's as aepipe.apply returns an array.
+        for r, page in zip(rows, pages, strict=True):
+            r["image"] = page.to_numpy(np.uint8)[0] if as_uint8 else _like(page, r["pixels"])
+
+
+def _pixels(image: np.ndarray) -> int:
+    """Pixels of one HW/HWC image."""
+    return max(1, int(image.shape[0]) * int(image.shape[1] if image.ndim > 1 else 1))
+
+
+def _like(page: ImageBatch, source: np.ndarray) -> np.ndarray:
+    """One delivered image as an array in ``source``'s dtype and layout (as apply returns it)."""
+    return page.to_numpy_like(source)[0]
 
 
 def _named(message: str, name: str) -> str:
-    """``message`` about the one image of a batch, naming the page instead of the batch's default.
+    """``message`` about the one image of a batch, naming the row's image.
 
     Stages name a refused image by its batch name; a bare array's is ``image_00000``, which tells
-    a Ray user nothing, so the row's file and page name take its place.
+    a Ray user nothing, so the row's file and page name (or row number) take its place; a
+    message naming no image (a float row outside [0, 1]) gets the name in front.
     """
     from aepipe.batch import default_name
 
     default = default_name(0)
-    return name + message[len(default) :] if message.startswith(default) else message
-
-
-def _as_written(page: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """The result ``page``, or the colour ``source`` when ``page`` is just its luma.
-
-    As the CLI writes it (:func:`aepipe.core.as_it_was`): a clean page comes back as it came.
-    """
-    from aepipe.batch import ImageBatch
-    from aepipe.core import as_it_was
-
-    gray = page.ndim == 2 or page.shape[-1] == 1
-    if not (gray and source.ndim == 3 and source.shape[-1] == 3):
-        return page
-    kept = as_it_was(page.reshape(*page.shape[:2], 1), ImageBatch.from_numpy(source))
-    return kept if kept.shape[-1] == 3 else page
+    if message.startswith(default):
+        return name + message[len(default) :]
+    return message if message.startswith(name) else f"{name}: {message}"
 
 
 def _encoded(row: dict[str, Any]) -> bytes:
@@ -375,14 +445,6 @@ def _encoded(row: dict[str, Any]) -> bytes:
     if "image" not in row:
         return b""
     return png_with_dpi(encode_page(row["image"], row.get("meta")), row.get("dpi") or None)
-
-
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype == np.uint16:
-        return np.rint(a.astype(np.float32) / 257.0).astype(np.uint8)
-    return np.rint(np.clip(a, 0, 1) * 255.0).astype(np.uint8)
 
 
 def face_blocks(n: int, seed: int = 0, block_size: int = 64) -> list[dict[str, int]]:

@@ -165,7 +165,8 @@ def test_example_batch_clean_equals_cli(
     assert [Path(p).name for p, _ in result["failed"]] == ["broken.png"]
     assert proc.returncode == 1, stderr  # the broken file fails, the others are written
     ray_files = sorted(p.name for p in (tmp_path / "ray_out").iterdir())
-    cli_files = sorted(p.name for p in (tmp_path / "cli_out").iterdir())
+    # (less the CLI's hidden record of what it wrote, .aepipe-outputs.jsonl)
+    cli_files = sorted(p.name for p in (tmp_path / "cli_out").iterdir() if p.name[0] != ".")
     assert (
         ray_files
         == cli_files
@@ -482,3 +483,89 @@ def test_a_pipeline_file_on_a_worker_needs_only_its_stages(
     rgb[..., 0] = 200
     out = mapper({"image": rgb})
     assert out["image"].shape[:3] == (1, 24, 32)
+
+
+def clean_colour_page(h: int = 60, w: int = 80) -> np.ndarray:
+    """A clean colour page (black rules, a red box on white): the scan stage keeps it."""
+    page = np.full((h, w, 3), 255, np.uint8)
+    for y in range(20, h - 6, 12):
+        page[y : y + 4, 6 : w - 6] = 0
+    page[4:14, 6:30] = (200, 30, 30)
+    return page
+
+
+def test_image_rows_are_delivered_as_the_cli_writes_them(tiny_weights: dict[str, Path]) -> None:
+    """The image column gets what every front end delivers: a page kept as it was in its own
+    colours (not its luma), a black-and-white page two-level, equal to the PNG column of file
+    rows, which is the CLI's page."""
+    import io
+
+    mapper = StageMapper(weights=tiny_weights["scan-denoiser"], device="cpu", encode="png")
+    page = clean_colour_page()
+    out = mapper({"image": np.stack([page, page])})
+    np.testing.assert_array_equal(out["image"], np.stack([page, page]))
+    assert list(out["error"]) == ["", ""]
+
+    bw = np.full((40, 60), 255, np.uint8)
+    bw[10:14, 5:50] = 0
+    bw[20:30:3, 5:50] = 0
+    buf = io.BytesIO()
+    Image.fromarray(bw).convert("1").save(buf, format="PNG")
+    rows = mapper({"bytes": np.array([buf.getvalue()], dtype=object)})
+    png = Image.open(io.BytesIO(rows["png"][0]))
+    assert png.mode == "1"
+    np.testing.assert_array_equal(rows["image"][0][..., 0], np.asarray(png.convert("L")))
+    as_read = mapper({"image": (bw == 255)[None]})["image"][0]  # read_images gives 1-bit as bool
+    np.testing.assert_array_equal(as_read, np.asarray(png, np.float32))
+
+
+def test_one_bad_image_row_fails_its_own_row(tiny_weights: dict[str, Path]) -> None:
+    """As byte rows do: a float row of 0..255 gets its reason in ``error`` and an empty image,
+    the other rows their results. A column left unnamed is named in the message."""
+    mapper = StageMapper(weights=tiny_weights["impulse-denoiser"], device="cpu", column="data")
+    rng = np.random.default_rng(5)
+    data = rng.random((3, 16, 20, 1), dtype=np.float32)
+    data[1] *= 255
+    out = mapper({"data": data, "id": np.arange(3)})
+    assert out["error"][0] == out["error"][2] == ""
+    assert out["error"][1].startswith("row 1") and "[0, 1]" in out["error"][1]
+    assert out["data"][1].shape == (0, 0, 1) and out["data"][1].dtype == np.float32
+    want = StageMapper(weights=tiny_weights["impulse-denoiser"], device="cpu").process([data[0]])
+    np.testing.assert_array_equal(out["data"][0], want[0])
+    np.testing.assert_array_equal(out["id"], np.arange(3))
+    with pytest.raises(ConfigError, match=r"\['data'\].*column="):
+        StageMapper(weights=tiny_weights["impulse-denoiser"], device="cpu")({"data": data})
+
+
+def test_read_images_of_gray_and_colour_files_together(
+    cluster: None, tiny_weights: dict[str, Path], tmp_path: Path
+) -> None:
+    """Ray pads a (H, W) gray row to (1, H, W) beside (H, W, 3) colour rows of one batch; the
+    mapper takes it back as the gray image it was (the job used to fail on it)."""
+    rng = np.random.default_rng(4)
+    arrays = {
+        "a_gray": rng.integers(0, 256, (30, 40), dtype=np.uint8),
+        "b_colour": rng.integers(0, 256, (32, 40, 3), dtype=np.uint8),
+        "c_page": clean_colour_page(),
+    }
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name, pixels in arrays.items():
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    ds = ray.data.read_images(str(folder), include_paths=True, num_cpus=0)
+    ds = ds.map_batches(
+        StageMapper,
+        fn_constructor_kwargs={"weights": str(tiny_weights["scan-denoiser"]), "device": "cpu"},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_size=3,
+        batch_format="numpy",
+    )
+    rows = {Path(r["path"]).stem: r for r in ds.take_all()}
+    mapper = StageMapper(weights=tiny_weights["scan-denoiser"], device="cpu")
+    for name, pixels in arrays.items():
+        assert rows[name]["error"] == ""
+        got = np.asarray(rows[name]["image"])
+        want = mapper.process([pixels])[0]
+        assert got.shape == want.shape == pixels.shape[:2] + want.shape[2:], name
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
+    np.testing.assert_array_equal(rows["c_page"]["image"], arrays["c_page"])
