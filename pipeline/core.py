@@ -304,7 +304,10 @@ def _deliver(out: ImageBatch, index: int, source: ImageBatch | None) -> tuple[De
     kind: Delivery = "result"
     if source is not None and _as_it_was(pixels, source):
         pixels, kind = page_uint8(source.images, 0), "input"
-    if one_bit(pixels, _levels_meta(out.meta[index], source)):
+    meta = out.meta[index]
+    if pixels.shape[-1] == 1:  # the input's levels count for a gray result only
+        meta = _levels_meta(meta, source)
+    if one_bit(pixels, meta):
         cut = np.where(pixels[..., :1] >= 128, np.uint8(255), np.uint8(0))
         return "one_bit", cut
     return kind, pixels
