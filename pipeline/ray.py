@@ -173,8 +173,9 @@ class StageMapper:
       front end delivers (a page kept as it was comes back as it came, colour included; a
       black-and-white one stays two-level: :func:`aepipe.core.delivered_pages`). An ``error``
       column is added: empty, or why the stages refused that row (float values outside
-      [0, 1], a photo with no face ...), whose image is then empty ((0, 0[, C])); one bad row
-      does not fail the block. Other columns pass through.
+      [0, 1], a photo with no face ...), named by its ``path`` (``include_paths=True``) or its
+      place in the batch; its image is then empty ((0, 0[, C])) and one bad row does not
+      fail the block. Other columns pass through.
     - **files** (from ``ray.data.read_binary_files(include_paths=True)``): the ``bytes`` column
       holds whole files (PNG, JPEG, TIFF, PDF ...). Every page is decoded exactly as the CLI
       does, so one row per *page* comes out, with columns ``path``, ``page``, ``pages``,
@@ -298,7 +299,7 @@ class StageMapper:
         images = _as_list(batch[self.column])
         paths = batch.get("path")
         rows: list[dict[str, Any]] = [
-            dict(pixels=a, label=str(paths[i]) if paths is not None else f"row {i}", error="")
+            dict(pixels=a, label=str(paths[i]) if paths is not None else f"batch row {i}", error="")
             for i, a in enumerate(images)
         ]
         self._run_rows(rows)

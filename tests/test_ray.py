@@ -528,7 +528,7 @@ def test_one_bad_image_row_fails_its_own_row(tiny_weights: dict[str, Path]) -> N
     data[1] *= 255
     out = mapper({"data": data, "id": np.arange(3)})
     assert out["error"][0] == out["error"][2] == ""
-    assert out["error"][1].startswith("row 1") and "[0, 1]" in out["error"][1]
+    assert out["error"][1].startswith("batch row 1") and "[0, 1]" in out["error"][1]
     assert out["data"][1].shape == (0, 0, 1) and out["data"][1].dtype == np.float32
     want = StageMapper(weights=tiny_weights["impulse-denoiser"], device="cpu").process([data[0]])
     np.testing.assert_array_equal(out["data"][0], want[0])
