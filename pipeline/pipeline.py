@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, NoReturn
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aepipe.batch import ImageBatch, as_float01
+from aepipe.batch import ImageBatch
 from aepipe.defaults import DEFAULT_BATCH_PIXELS, SEED_MAX
-from aepipe.errors import ConfigError, ShapeError
+from aepipe.errors import ConfigError
 from aepipe.faces_align import FaceChoice, OneFace
 from aepipe.stage import build_config, format_validation_error, load_stage, stage_class
 
@@ -133,17 +133,25 @@ def _apply_group(fn: BatchFn, items: list[Any]) -> Iterator[Any]:
     if len(items) == 1:
         yield apply(fn, items[0])
         return
+    from aepipe.core import delivered_pages
+
     kind = _kind(items[0])
     if kind == "numpy":
-        out = fn(ImageBatch.from_numpy(list(items)))
-        yield from _numpy_out(out, items[0], single=False)
+        source = ImageBatch.from_numpy(list(items))
     elif kind == "pil":
-        yield from fn(ImageBatch.from_pil(list(items))).to_pil()
+        source = ImageBatch.from_pil(list(items))
     else:
         import torch
 
-        out = _tensor_out(fn(ImageBatch(_tensor_in(torch.stack(items)))).images, items[0])
-        yield from out.unbind(0)
+        source = ImageBatch.from_tensor(torch.stack(items))
+    # Each image as apply gives it: delivered alone (a kept colour page beside a gray one).
+    for page in delivered_pages(fn(source), source):
+        if kind == "numpy":
+            yield page.to_numpy_like(items[0])[0]
+        elif kind == "pil":
+            yield page.to_pil()[0]
+        else:
+            yield _tensor_out(page.images, items[0])[0]
 
 
 def _kind(x: Any) -> str:
@@ -166,14 +174,21 @@ def _kind(x: Any) -> str:
 def apply(fn: BatchFn, x: Any) -> Any:
     """Run a stage (or pipeline) on a numpy array, PIL image, tensor, path or ImageBatch.
 
-    The result comes back in the same kind:
+    The result comes back in the same kind, with the pixels the CLI, TOML runs, Ray and the
+    service deliver for the same input (:func:`aepipe.core.delivered`): a page the stage kept
+    as it was (a clean colour page, a photograph) comes back as it came, colour and all; the
+    gray result of a black-and-white input is two-level (0 and 255 in ``uint8``), as the files
+    are written. An :class:`ImageBatch` is the stage contract's own type: its result is the
+    stage's, as it is.
 
     - numpy: (H, W), (H, W, C) or (N, H, W, C) in, the same layout out (a gray result of a
-      2-D input stays 2-D; a stage that adds colour adds the C axis). ``uint8`` and ``uint16``
-      stay as they are; any float comes back ``float32`` in [0, 1].
+      2-D input stays 2-D; a stage that adds colour adds the C axis; a batch whose images
+      come back with different channels comes back RGB). ``uint8`` and ``uint16`` stay as
+      they are; any float comes back ``float32`` in [0, 1].
     - PIL image: a PIL image (mode ``L`` or ``RGB``).
-    - tensor: (C, H, W) or (N, C, H, W) in, the same layout, dtype and device out. Float
-      tensors must hold values in [0, 1]; ``uint8`` tensors are read as 0..255.
+    - tensor: (H, W), (C, H, W) or (N, C, H, W) with C in 1..4 in
+      (:meth:`ImageBatch.from_tensor`), the same layout, dtype and device out. Float tensors
+      must hold values in [0, 1]; ``uint8`` tensors are read as 0..255.
     - path (``str`` or ``Path``): every page of the file is read and processed; an
       :class:`ImageBatch` for a one-page file, or a list of them, one per page.
     - list or tuple: a list with one result per item.
@@ -187,22 +202,29 @@ def apply(fn: BatchFn, x: Any) -> Any:
         >>> stage = load_stage("salt-pepper")  # doctest: +SKIP
         >>> clean = apply(stage, np.zeros((28, 28), np.uint8))  # doctest: +SKIP
     """
+    from aepipe.core import delivered
+
     kind = _kind(x)
     if isinstance(x, ImageBatch):
         return fn(x)
     if kind == "numpy":
-        return next(_numpy_out(fn(ImageBatch.from_numpy(x)), x, single=x.ndim in (2, 3)))
+        source = ImageBatch.from_numpy(x)
+        out = delivered(fn(source), source).to_numpy_like(x)
+        return out[0] if x.ndim in (2, 3) else out
     if kind == "pil":
-        return fn(ImageBatch.from_pil(x)).to_pil()[0]
+        source = ImageBatch.from_pil(x)
+        return delivered(fn(source), source).to_pil()[0]
     if kind == "tensor":
-        single = x.ndim == 3
-        out = fn(ImageBatch(_tensor_in(x[None] if single else x))).images
-        out = _tensor_out(out, x)
-        return out[0] if single else out
+        source = ImageBatch.from_tensor(x)
+        out = _tensor_out(delivered(fn(source), source).images, x)
+        return out if x.ndim == 4 else out[0]
     if kind == "path":
         from aepipe.io import page_batch, read_pages
 
-        results = [fn(page_batch(p)) for p in read_pages(x)]
+        results = []
+        for page in read_pages(x):
+            source = page_batch(page)
+            results.append(delivered(fn(source), source))
         return results[0] if len(results) == 1 else results
     if isinstance(x, (list, tuple)):
         return [apply(fn, item) for item in x]
@@ -212,37 +234,15 @@ def apply(fn: BatchFn, x: Any) -> Any:
     )
 
 
-def _numpy_out(out: ImageBatch, like: np.ndarray, single: bool) -> Iterator[np.ndarray]:
-    """Yield the result as one array shaped like ``like`` (``single``) or one per item."""
-    dtype = like.dtype if like.dtype in (np.uint8, np.uint16) else np.float32
-    result = out.to_numpy(dtype)
-    if like.ndim == 2 and result.shape[-1] == 1:
-        result = result[..., 0]
-    if single:
-        yield result[0]
-    elif like.ndim == 4:
-        yield result
-    else:
-        yield from result
-
-
-def _tensor_in(t: Any) -> Any:
-    """A tensor as float32 in [0, 1] on the CPU (``uint8`` is scaled from 0..255)."""
-    import torch
-
-    t = t.detach()
-    if t.dtype == torch.uint8:
-        return t.cpu().float() / 255.0
-    if not t.is_floating_point():
-        raise ShapeError(f"tensor images must be float in [0, 1] or uint8; got {t.dtype}")
-    # The arrays' own conversion: the same [0, 1] and finiteness check, on a view (no copy).
-    return torch.from_numpy(as_float01(t.cpu().float().numpy()))
-
-
 def _tensor_out(out: Any, like: Any) -> Any:
-    """Bring a result tensor back to the dtype and device of the input tensor ``like``."""
+    """A result (N, C, H, W) in the dtype and device of the input tensor ``like``.
+
+    A gray result of a 2-D (H, W) ``like`` comes back (N, H, W), as a 2-D array's does.
+    """
     import torch
 
+    if like.ndim == 2 and out.shape[1] == 1:
+        out = out[:, 0]
     if like.dtype == torch.uint8:
         return (out * 255.0).round().to(torch.uint8).to(like.device)
     return out.to(device=like.device, dtype=like.dtype)

@@ -3,6 +3,7 @@ through the CLI, and the README's python examples run as written."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -209,6 +210,75 @@ def test_pipeline_call_chains_and_accepts_plain_inputs(gray_stage: Stage) -> Non
     assert isinstance(pipe(ImageBatch.from_numpy(x)), ImageBatch)
     with pytest.raises(ConfigError):
         Pipeline([])
+
+
+def clean_colour_page(h: int = 60, w: int = 80) -> np.ndarray:
+    """A clean colour page (black rules, a red box on white): the scan stage keeps it."""
+    out = np.full((h, w, 3), 255, np.uint8)
+    for y in range(20, h - 6, 12):
+        out[y : y + 4, 6 : w - 6] = 0
+    out[4:14, 6:30] = (200, 30, 30)
+    return out
+
+
+def test_every_input_kind_gets_the_pixels_the_cli_writes(any_stage: Stage, tmp_path: Path) -> None:
+    """A page the stage kept as it was comes back as it came, colour and 16 bits included (the
+    library used to return its luma), and a black-and-white page two-level (it used to return
+    the stage's grays), as the CLI's page core writes them."""
+    from aepipe.core import run_pages
+    from aepipe.io import read_pages
+
+    colour = clean_colour_page()
+    Image.fromarray(colour).save(tmp_path / "page.png")
+    written = Image.open(
+        io.BytesIO(run_pages(any_stage, list(read_pages(tmp_path / "page.png")), "p")[0].png)
+    )
+    np.testing.assert_array_equal(np.asarray(written), colour)
+    np.testing.assert_array_equal(apply(any_stage, colour), colour)
+    wide = colour.astype(np.uint16) * 257
+    np.testing.assert_array_equal(apply(any_stage, wide), wide)
+    np.testing.assert_array_equal(np.asarray(apply(any_stage, Image.fromarray(colour))), colour)
+    chw = torch.from_numpy(colour).permute(2, 0, 1)
+    assert torch.equal(apply(any_stage, chw), chw)
+    by_path = apply(any_stage, tmp_path / "page.png")
+    np.testing.assert_array_equal(by_path.to_numpy()[0], colour)
+    gray = np.random.default_rng(3).integers(0, 256, colour.shape[:2], dtype=np.uint8)
+    mapped = list(Pipeline([any_stage]).map([colour, colour, gray]))
+    np.testing.assert_array_equal(mapped[0], colour)
+    np.testing.assert_array_equal(mapped[1], colour)
+    np.testing.assert_array_equal(mapped[2], apply(any_stage, gray))
+
+    bw = np.full((40, 60), 255, np.uint8)
+    bw[10:14, 5:50] = 0
+    bw[20:30:3, 5:50] = 0
+    Image.fromarray(bw).convert("1").save(tmp_path / "bw.png")
+    png = run_pages(any_stage, list(read_pages(tmp_path / "bw.png")), "bw")[0].png
+    one_bit = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    assert Image.open(io.BytesIO(png)).mode == "1"
+    np.testing.assert_array_equal(
+        apply(any_stage, tmp_path / "bw.png").to_numpy()[0, ..., 0], one_bit
+    )
+    np.testing.assert_array_equal(apply(any_stage, bw), one_bit)
+    as_bool = apply(any_stage, bw == 255)
+    assert as_bool.dtype == np.float32
+    np.testing.assert_array_equal(as_bool, one_bit / 255.0)
+
+
+def test_tensors_in_the_layouts_arrays_take(any_stage: Stage, gray_stage: Stage) -> None:
+    """(H, W) and RGBA (4, H, W) tensors are taken as the arrays are; a channels-last tensor is
+    refused naming the shape passed (it named a (1, ...) shape the user never gave)."""
+    x = page()
+    hw = apply(gray_stage, torch.from_numpy(x))
+    assert hw.shape == x.shape and hw.dtype == torch.uint8
+    np.testing.assert_array_equal(hw.numpy(), apply(gray_stage, x))
+    rgba = np.dstack([page(c=3, seed=1), np.full(x.shape, 200, np.uint8)])
+    out = apply(any_stage, torch.from_numpy(rgba).permute(2, 0, 1))
+    want = apply(any_stage, rgba)
+    np.testing.assert_array_equal(
+        out.numpy(), np.moveaxis(want if want.ndim == 3 else want[..., None], -1, 0)
+    )
+    with pytest.raises(ShapeError, match=r"got shape \(64, 64, 3\).*permute\(2, 0, 1\)"):
+        apply(gray_stage, torch.zeros(64, 64, 3, dtype=torch.uint8))
 
 
 # ---- Pipeline.map: batching, order, laziness -----------------------------------------------
@@ -475,14 +545,18 @@ def test_example_faces_toml_runs(tmp_path: Path, tiny_weights: dict[str, Path]) 
     assert [f.name for f in faces] == [f"face_{i:05d}.png" for i in range(16)]
     assert Image.open(faces[0]).mode == "RGB"  # colorized
     grid = tmp_path / "pipeline_faces_grid.png"
-    assert grid.is_file() and "wrote 17 files" in res.stderr
+    assert (
+        grid.is_file()
+        and f"wrote 16 files to {tmp_path / 'pipeline_faces'} and the grid" in res.stderr
+    )
     # Re-run with another seed and overwrite = false: faces and grid are kept, and said so.
     before = [f.read_bytes() for f in (*faces, grid)]
     cfg.write_text(
         text.replace("seed = 0", "seed = 1").replace("overwrite = true", "overwrite = false")
     )
     res = aepipe("run", str(cfg), "--quiet")
-    assert res.returncode == 0 and "wrote 0 files" in res.stderr and "kept 17" in res.stderr
+    assert res.returncode == 0 and "wrote 0 files" in res.stderr and "kept 16" in res.stderr
+    assert "the 16 kept files differ from what this run made" in res.stderr
     assert [f.read_bytes() for f in (*faces, grid)] == before
 
 
