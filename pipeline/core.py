@@ -877,7 +877,7 @@ def edit_face_photo(
     result = faces_align.edit_photo(stage, batch.images, vectors, face)
     lines = faces_align.face_report(result, face)
     if not result.edited:
-        raise NoFaceError(f"{batch.names[0]}: nothing edited: " + "; ".join(lines))
+        raise NoFaceError(f"{batch.names[0]}: nothing {result.done}: " + "; ".join(lines))
     return FacePhoto(
         ImageBatch(result.images, list(batch.names), [dict(m) for m in batch.meta]), lines
     )

@@ -758,8 +758,9 @@ def edit_photo(
     if faces is None:
         faces = find_faces(images, mean_face=mean_face(stage))
     chosen = select_faces(faces, face)
+    done = "reconstructed" if concepts is None else "edited"
     if not chosen:
-        return PhotoEdit(images.clone(), faces, [])
+        return PhotoEdit(images.clone(), faces, [], done=done)
     crops = align_crops(images, chosen)
     batch = ImageBatch(crops, [str(f.index) for f in chosen])
     if concepts is None:
@@ -773,7 +774,6 @@ def edit_photo(
             moved = stage.apply_concept(moved, vector, strength)
         delta = stage.decode(moved).images - stage.decode(z).images
     out = paste_changes(images, chosen, delta)
-    done = "reconstructed" if concepts is None else "edited"
     return PhotoEdit(out, faces, [f.index for f in chosen], crops, done)
 
 

@@ -150,8 +150,12 @@ def test_cli_photo_without_face_fails_with_reason(tmp_path: Path, cli) -> None:
         "faces", "edit", tmp_path / "empty.png", "--concept", "smile:+1", "-o", tmp_path / "e"
     )
     assert res.exit_code == ExitCode.NOTHING_PROCESSED, res.output
-    assert "no face found" in res.output
+    assert "nothing edited: no face found" in res.output
     assert not (tmp_path / "e" / "empty.png").exists()
+    # A reconstruction that finds no face says so in its own word.
+    res = cli("faces", "reconstruct", tmp_path / "empty.png", "-o", tmp_path / "r")
+    assert res.exit_code == ExitCode.NOTHING_PROCESSED, res.output
+    assert "nothing reconstructed: no face found" in res.output
 
 
 @pytest.mark.parametrize("face", ["bogus", "-1"])
