@@ -106,11 +106,13 @@ def clean_scans(
     bookmarks and metadata are kept (the modification date becomes the
     edit's); pages without a scan (born-digital) pass through unchanged
     unless --clean-born-digital. --report lists what happened to every
-    page. Existing outputs are skipped, so an interrupted run resumes where
-    it stopped. Options left out take the model's stored settings.
+    page. Up-to-date outputs are skipped, so an interrupted run resumes where
+    it stopped when run again (without --overwrite, which redoes every file).
+    Options left out take the model's stored settings.
 
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
-    4 weights could not be loaded, 5 an OCR tool is not installed (--ocr), 130 interrupted.
+    4 weights could not be loaded, 5 an OCR tool is not installed (--ocr), 130 interrupted
+    (Ctrl-C or SIGTERM).
     """
     # Only what was given overrides the settings stored with the weights.
     overrides = {
@@ -131,7 +133,7 @@ def clean_scans(
     if ocr:
         from aepipe.ocrmypdf import run_ocr_command
 
-        run_ocr_command(job, load, languages, rotate_pages)
+        run_ocr_command(job, job.loader(load), languages, rotate_pages)
     if languages != ["eng"] or rotate_pages:
         from aepipe.cli.common import fail
         from aepipe.errors import ExitCode

@@ -84,10 +84,11 @@ def colorize(
     (benchmarks/colorize_auto.py measures the rule). Colour inputs are
     converted to gray (BT.601) first. Chroma is predicted at the model's small resolution and
     laid onto the full-resolution gray, so outputs keep each input's name and pixel size;
-    existing outputs are skipped, so an interrupted run resumes.
+    up-to-date outputs are skipped, so an interrupted run resumes when run again (without
+    --overwrite, which redoes every file).
 
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
-    4 weights could not be loaded, 130 interrupted.
+    4 weights could not be loaded, 130 interrupted (Ctrl-C or SIGTERM).
     """
     device = job.device
     overrides: dict[str, object] = {"projection": projection}

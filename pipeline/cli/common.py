@@ -11,6 +11,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from aepipe.errors import AepipeError, ConfigError, ExitCode, WeightsError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from aepipe.runner import RunOptions, Summary
+    from aepipe.runner import FileRecord, RunOptions, Summary
 
 # Reusable option declarations, so every command spells its options the same way.
 InputsArg = Annotated[
@@ -101,6 +102,16 @@ ReportOpt = Annotated[
 ]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar; errors and summary only.")
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        max=1024,
+        help="CPU threads for the model (torch's; default: torch's own, one per core).",
+        show_default=False,
+    ),
 ]
 TrainOutOpt = Annotated[
     Path | None,
@@ -215,7 +226,8 @@ def training_data_errors(out: Path | None = None) -> Iterator[None]:
         raise ConfigError(f"cannot read the training data: {exc}") from None
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """Signal handler: SIGTERM raises the ``KeyboardInterrupt`` that Ctrl-C raises."""
     raise KeyboardInterrupt
 
 
@@ -224,22 +236,39 @@ def invocation() -> str:
     return "aepipe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+# Every command writes atomically, so whatever exists is whole; only file commands resume.
+INTERRUPTED = "interrupted: files already written are complete (file commands resume on re-run)"
+
+
 @contextmanager
-def cli_errors() -> Iterator[None]:
-    """Map aepipe's exceptions to exit codes and SIGTERM to a clean interrupt."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+def cli_errors(quiet: bool = False) -> Iterator[None]:
+    """Map aepipe's exceptions to exit codes and SIGTERM to a clean interrupt.
+
+    A run whose ``--report`` could not be written (the runner's ``ReportError``) prints its
+    summary, then the error, and exits with the run's own code: its outputs are written.
+
+    Args:
+        quiet: ``--quiet`` (for that summary).
+    """
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         yield
     except KeyboardInterrupt:
-        # Every command writes atomically, so whatever exists is whole; only file jobs resume.
-        err("interrupted: files already written are complete (file commands resume on re-run)")
+        err(INTERRUPTED)
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except ConfigError as exc:
         fail(str(exc), ExitCode.BAD_ARGS)
     except WeightsError as exc:
         fail(str(exc), ExitCode.MODEL_ERROR)
     except AepipeError as exc:
-        fail(str(exc), ExitCode.SOME_FAILED)
+        summary = _finished_summary(exc)
+        if summary is None:
+            fail(str(exc), ExitCode.SOME_FAILED)
+        show_summary(summary, quiet)
+        fail(str(exc), summary.exit_code)
+    except OSError as exc:
+        # Outside any one file (those fail alone, inside the run): the system's reason.
+        fail(os_message(exc), ExitCode.SOME_FAILED)
     except Exception as exc:
         # pydantic is imported lazily (``--help`` stays fast), so its error is matched here:
         # settings built from several options at once (a training run's config) that clash.
@@ -252,6 +281,29 @@ def cli_errors() -> Iterator[None]:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _finished_summary(exc: AepipeError) -> Summary | None:
+    """The run's summary if ``exc`` is the runner's ``ReportError`` (raised after the run)."""
+    # aepipe.runner imports torch: looked up, not imported (a ReportError means it was).
+    runner = sys.modules.get("aepipe.runner")
+    if runner is not None and isinstance(exc, runner.ReportError):
+        return exc.summary
+    return None
+
+
+def os_message(exc: OSError) -> str:
+    """An ``OSError`` as one line: the file it names, if any, and the system's reason."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {why}" if exc.filename else why
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch's CPU threads in this process (None leaves torch's default)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def file_options(out_suffix: str, args: Mapping[str, Any]) -> RunOptions:
@@ -293,16 +345,27 @@ class FileJob:
         options: the runner's options.
         device: the checked ``--device``.
         quiet: ``--quiet``.
+        threads: ``--threads`` (None: torch's default).
     """
 
     inputs: list[Path]
     options: RunOptions
     device: str
     quiet: bool
+    threads: int | None = None
+
+    def loader(self, load: Callable[[], Any]) -> Callable[[], Any]:
+        """``load`` with ``--threads`` applied first: every file command loads its stage so."""
+
+        def loaded() -> Any:
+            set_threads(self.threads)
+            return load()
+
+        return loaded
 
     def run(self, load: Callable[[], Callable[..., Any]]) -> NoReturn:
         """:func:`run_job` with these inputs and options."""
-        run_job(self.inputs, load, self.options, quiet=self.quiet)
+        run_job(self.inputs, self.loader(load), self.options, quiet=self.quiet)
 
 
 def _file_params(batch_size: int) -> tuple[list[inspect.Parameter], list[inspect.Parameter]]:
@@ -322,6 +385,7 @@ def _file_params(batch_size: int) -> tuple[list[inspect.Parameter], list[inspect
         param("recursive", RecursiveOpt, False),
         param("report", ReportOpt, None),
         param("quiet", QuietOpt, False),
+        param("threads", ThreadsOpt, None),
         param("max_pixels", MaxPixelsOpt, DEFAULT_MAX_PIXELS),
         param("frames", FramesOpt, "first"),
         param("list_ignored", ListIgnoredOpt, False),
@@ -336,8 +400,8 @@ def file_command(
 
     The decorated function declares only its own options and a ``job`` parameter: the inputs,
     ``--out``, ``--format``, ``--dpi``, ``--batch-size``, ``--device``, ``--overwrite``,
-    ``--recursive``, ``--report``, ``--quiet``, ``--max-pixels``, ``--frames`` and
-    ``--list-ignored`` are added to its signature, checked (with its own options that
+    ``--recursive``, ``--report``, ``--quiet``, ``--threads``, ``--max-pixels``, ``--frames``
+    and ``--list-ignored`` are added to its signature, checked (with its own options that
     :func:`file_options` reads, such as ``--binarize``) and handed over as one :class:`FileJob`.
 
     Args:
@@ -353,9 +417,10 @@ def file_command(
         shared = {p.name for p in before + after}
 
         def command(**values: Any) -> None:
-            device = check_choice(values["device"], DEVICES, "--device")
-            options = file_options(out_suffix, values)
-            job = FileJob(values["inputs"], options, device, values["quiet"])
+            with cli_errors():  # building the options imports the runner (and torch)
+                device = check_choice(values["device"], DEVICES, "--device")
+                options = file_options(out_suffix, values)
+            job = FileJob(values["inputs"], options, device, values["quiet"], values["threads"])
             func(job=job, **{k: v for k, v in values.items() if k not in shared})
 
         mine = [p.replace(kind=p.KEYWORD_ONLY) for p in own.values() if p.name != "job"]
@@ -376,8 +441,6 @@ def run_job(
 ) -> NoReturn:
     """Check inputs, load the stage, process every file with a progress bar, then exit.
 
-    The bar counts files (a PDF of 60 pages is one) and shows the pages per second.
-
     Args:
         inputs: files and folders from the command line.
         load: builds the batch -> batch callable (loads weights); called only after the inputs
@@ -385,25 +448,171 @@ def run_job(
         options: runner options.
         quiet: no progress bar.
     """
-    from aepipe.runner import plan, run_files
+    with cli_errors(quiet):
+        from aepipe.runner import plan, run_files
 
-    with cli_errors():
-        jobs, _, _ = plan(inputs, options)
-        require_jobs(jobs, inputs)
+        planned = plan(inputs, options)
+        jobs, extra, out_dir = planned
+        require_jobs(jobs, inputs, extra=extra, out_dir=out_dir, report=options.report)
+
+        def start(process: Callable[..., Any], bar: FileProgress) -> Summary:
+            return run_files(inputs, process, options, on_record=bar, on_page=bar.on_page)
+
+        run_planned(load, start, planned, options, quiet=quiet)
+
+
+def run_planned(
+    load: Callable[[], Any],
+    start: Callable[[Any, FileProgress], Summary],
+    planned: tuple[Sequence[Any], Sequence[FileRecord], Path],
+    options: RunOptions,
+    *,
+    quiet: bool = False,
+) -> NoReturn:
+    """Load the stage, run the planned files under a progress bar, print the summary, exit.
+
+    Ctrl-C or SIGTERM while the stage loads or the files run ends the same way as a finished
+    run: failures not printed yet, the summary line (files not finished counted as pending) and
+    the ``--report`` (the runner writes it; every input pending if the run had not started),
+    then how to continue; exit 130.
+
+    Args:
+        load: builds the stage (loads weights).
+        start: runs the files with the loaded stage, feeding the bar (``on_record``: the bar
+            itself; ``on_page``: ``bar.on_page``), and returns the run's summary.
+        planned: :func:`aepipe.runner.plan`'s jobs, extra records (ignored entries, unreadable
+            folders) and output folder.
+        options: the runner's options (``report``, ``overwrite``).
+        quiet: no progress bar.
+    """
+    from aepipe.runner import finish_report
+
+    t0 = time.perf_counter()
+    try:
         process = load()
-        with progress_bar(len(jobs), quiet) as on_record:
-            summary = run_files(inputs, process, options, on_record=on_record)
-        finish_summary(summary, quiet)
+    except KeyboardInterrupt as exc:
+        summary = _so_far(planned, [], time.perf_counter() - t0)
+        finish_report(options.report, summary, raising=exc)
+        stop_interrupted(summary, exc, options.overwrite)
+    stopped: KeyboardInterrupt | None = None
+    with progress_bar(len(planned[0]), quiet) as bar:
+        try:
+            summary = start(process, bar)
+        except KeyboardInterrupt as exc:
+            stopped = exc  # the runner wrote the report; the bar saw the same finished files
+    if stopped is not None:
+        stop_interrupted(_so_far(planned, bar.records, bar.elapsed), stopped, options.overwrite)
+    finish_summary(summary, quiet)
+
+
+def _so_far(
+    planned: tuple[Sequence[Any], Sequence[FileRecord], Path],
+    finished: Sequence[FileRecord],
+    seconds: float,
+) -> Summary:
+    """An interrupted run's summary: the files ``finished``, every other planned one pending."""
+    from aepipe.runner import FileRecord, Summary
+
+    jobs, extra, out_dir = planned
+    done = {record.path for record in finished}
+    pending = [
+        FileRecord(str(job.src), "pending", reason="not finished (interrupted)")
+        for job in jobs
+        if str(job.src) not in done
+    ]
+    records = [*extra, *finished, *pending]
+    return Summary(records, str(out_dir), seconds, interrupted=True)
+
+
+def stop_interrupted(summary: Summary, exc: BaseException, overwrite: bool) -> NoReturn:
+    """Print an interrupted file run's summary and how to continue it, then exit 130.
+
+    Args:
+        summary: the run so far (files not finished are pending).
+        exc: the interrupt; its notes say when the report could not be written.
+        overwrite: ``--overwrite`` was given: a re-run with it would redo every file, so the
+            way to continue is the same command without it.
+    """
+    show_summary(summary, quiet=True)
+    for note in getattr(exc, "__notes__", ()):
+        err(f"error: {note}")
+    again = "the same command without --overwrite" if overwrite else "the same command again"
+    err(
+        "interrupted: outputs written so far are complete; to continue, run "
+        f"{again} (up-to-date outputs are skipped)"
+    )
+    raise typer.Exit(int(ExitCode.INTERRUPTED))
+
+
+_shown: set[int] = set()
+"""ids of the failed records printed already (above the bar, as they happened), so that the
+summary prints each failure once, those the bar never saw (unreadable folders) included. A
+record lives in its run's summary until the command exits, so its id is not reused."""
+
+
+class FileProgress:
+    """The callbacks of :func:`aepipe.runner.run_files` behind :func:`progress_bar`.
+
+    Call it as ``on_record``; pass :meth:`on_page` as ``on_page``. The bar counts files, moves
+    within a multi-page file page by page ("3/40 page 12/30"), and shows pages per second.
+
+    Attributes:
+        records: the records of the files finished so far, in order.
+    """
+
+    def __init__(self, progress: Any, console: Any, total: int, unit: str) -> None:
+        self.progress, self.console = progress, console
+        self.task = progress.add_task(f"{unit}s", total=total, rate="", page="")
+        self.records: list[FileRecord] = []
+        self.done = 0  # files finished
+        self.pages = 0  # their pages
+        self.current: dict[str, int] = {}  # pages done of files not finished yet
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the bar started."""
+        return self.progress.tasks[0].elapsed or 0.0
+
+    def __call__(self, record: FileRecord, done: int, _total: int) -> None:
+        """``on_record``: a file is finished; a failure is printed above the bar at once."""
+        from rich.markup import escape
+
+        self.records.append(record)
+        self.done, self.pages = done, self.pages + record.pages
+        self.current.pop(record.path, None)
+        if record.status == "failed":
+            _shown.add(id(record))
+            self.console.print(
+                f"[red]failed[/red] {escape(record.reason or record.path)}",
+                highlight=False,
+                markup=True,
+                soft_wrap=True,
+            )
+        self.progress.update(self.task, completed=done, page="", rate=self._rate())
+
+    def on_page(self, source: Path, pages_done: int, pages: int) -> None:
+        """``on_page``: ``pages_done`` of the ``pages`` of ``source`` (0: unknown) went through."""
+        self.current[str(source)] = pages_done
+        if pages == 1:
+            return  # a one-page file moves the bar when it is written
+        page = f"page {pages_done}/{pages}" if pages else f"page {pages_done}"
+        # Never a whole file ahead: it is done once written (on_record).
+        within = min(pages_done / pages, 0.99) if pages else 0.0
+        self.progress.update(self.task, completed=self.done + within, page=page, rate=self._rate())
+
+    def _rate(self) -> str:
+        pages = self.pages + sum(self.current.values())
+        return f"{pages / self.elapsed:.2f} pages/s" if self.elapsed > 0 and pages else ""
 
 
 @contextmanager
-def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[Callable[..., None]]:
-    """A rich progress bar on stderr fed by :func:`run_files`'s ``on_record`` callback.
+def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[FileProgress]:
+    """A rich progress bar on stderr, fed by :func:`run_files`'s callbacks (:class:`FileProgress`).
 
-    Per-file failures are printed above the bar as one line each, as they happen.
+    Shown only on a terminal and without ``--quiet``; per-file failures are printed (above the
+    bar) as one line each, as they happen, either way.
     """
     from rich.console import Console
-    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -420,6 +629,7 @@ def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[Callab
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[page]}"),
         TaskProgressColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
@@ -428,55 +638,89 @@ def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[Callab
         console=console,
         disable=not show,
     )
-    task = progress.add_task(f"{unit}s", total=total, rate="")
-    pages = 0
-
-    def on_record(record: Any, done: int, _total: int) -> None:
-        nonlocal pages
-        pages += record.pages
-        if record.status == "failed":
-            console.print(
-                f"[red]failed[/red] {escape(record.reason)}",
-                highlight=False,
-                markup=True,
-                soft_wrap=True,
-            )
-        elapsed = progress.tasks[0].elapsed or 0.0
-        rate = f"{pages / elapsed:.2f} pages/s" if elapsed > 0 and pages else ""
-        progress.update(task, completed=done, rate=rate)
-
+    bar = FileProgress(progress, console, total, unit)
     with progress:
-        yield on_record
+        yield bar
 
 
-def require_jobs(jobs: Sequence[Any], inputs: Sequence[Any]) -> None:
-    """Exit 3 with the reason when the inputs hold no file to process (before weights load)."""
-    if not jobs:
-        fail(f"no image files found in {', '.join(map(str, inputs))}", ExitCode.NOTHING_PROCESSED)
+def require_jobs(
+    jobs: Sequence[Any],
+    inputs: Sequence[Any],
+    *,
+    extra: Sequence[FileRecord] = (),
+    out_dir: Path | None = None,
+    report: Path | None = None,
+) -> None:
+    """Exit 3 with the reason when the inputs hold no file to process (before weights load).
 
-
-def finish_summary(summary: Summary, quiet: bool) -> NoReturn:
-    """Print what was ignored, the summary line and where outputs went; exit with its code.
-
-    Ignored entries are in the summary only with ``--list-ignored``.
+    Args:
+        jobs: the planned files.
+        inputs: the command line's inputs.
+        extra: :func:`aepipe.runner.plan`'s other records: folders that could not be read are
+            printed (one line each) and counted in the reason, ignored entries listed.
+        out_dir: the output folder, for the report.
+        report: ``--report``: written as a run would write it (no file processed).
     """
-    for record in summary.records:
-        if record.status == "ignored":
+    if jobs:
+        return
+    show_records(extra)
+    if report is not None:
+        from aepipe.runner import ReportError, Summary, finish_report
+
+        try:
+            finish_report(report, Summary(list(extra), None if out_dir is None else str(out_dir)))
+        except ReportError as exc:
+            err(f"error: {exc}")
+    unread = sum(record.status == "failed" for record in extra)
+    why = f" ({unread} folder{'' if unread == 1 else 's'} could not be read)" if unread else ""
+    fail(f"no image files found in {', '.join(map(str, inputs))}{why}", ExitCode.NOTHING_PROCESSED)
+
+
+def show_records(records: Sequence[FileRecord]) -> None:
+    """Print failures not printed yet, ignored entries and notes: one line each.
+
+    Ignored entries are in the records only with ``--list-ignored``.
+    """
+    for record in records:
+        if record.status == "failed" and id(record) not in _shown:
+            _shown.add(id(record))
+            err(f"failed {record.reason or record.path}")
+        elif record.status == "ignored":
             err(f"ignored {record.path}: {record.reason}")
         elif record.status == "ok" and record.reason:
             err(f"note {record.path}: {record.reason}")
+
+
+def show_summary(summary: Summary, quiet: bool) -> None:
+    """Print the records' lines (:func:`show_records`), the summary line and the output folder."""
+    show_records(summary.records)
     err(summary.line())
     if not quiet and summary.out_dir and summary.count("ok"):
         err(f"outputs in {summary.out_dir}")
+
+
+def finish_summary(summary: Summary, quiet: bool) -> NoReturn:
+    """:func:`show_summary`, then exit with the run's exit code."""
+    show_summary(summary, quiet)
     raise typer.Exit(int(summary.exit_code))
 
 
-def run_app(app: typer.Typer) -> None:
-    """Entry point wrapper: run a typer app and turn stray exceptions into exit codes."""
+def run_app(build: Callable[[], typer.Typer]) -> None:
+    """Entry point wrapper: build a typer app and run it; interrupts and stray exits as codes.
+
+    SIGTERM is an interrupt, as Ctrl-C is, from the first thing this does: one line and exit
+    130 wherever it comes (importing the commands, loading weights, running), not a traceback
+    nor 143. Only the interpreter's start and the import of the entry module come before (a
+    few hundredths of a second).
+
+    Args:
+        build: imports the commands and returns the app (the work the interrupt may cut).
+    """
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
-        app(standalone_mode=True)
-    except SystemExit:
-        raise
+        build()(standalone_mode=True)
     except KeyboardInterrupt:
         err("interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))
+    finally:
+        signal.signal(signal.SIGTERM, previous)

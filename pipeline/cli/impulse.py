@@ -44,11 +44,12 @@ def denoise(
     """Remove salt-and-pepper (impulse) noise from images of any size (2-50% noise).
 
     Gray images are denoised directly; colour images channel by channel (or as gray with
-    --rgb gray). Outputs keep each input's name and pixel size; existing outputs are skipped,
-    so an interrupted run resumes where it stopped.
+    --rgb gray). Outputs keep each input's name and pixel size; up-to-date outputs are
+    skipped, so an interrupted run resumes where it stopped when run again (without
+    --overwrite, which redoes every file).
 
     Exit codes: 0 all done, 1 some files failed, 2 bad arguments, 3 nothing processed (all failed),
-    4 weights could not be loaded, 130 interrupted.
+    4 weights could not be loaded, 130 interrupted (Ctrl-C or SIGTERM).
     """
     # Only what was given overrides the settings stored with the weights.
     overrides = {

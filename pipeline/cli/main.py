@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from functools import partial
 
 import typer
 
@@ -97,22 +98,27 @@ def _single(name: str) -> typer.Typer:
     raise RuntimeError(f"command {name!r} is not registered")
 
 
+def _all() -> typer.Typer:
+    """``aepipe`` with every area's commands."""
+    _load_areas_or_exit()
+    return app
+
+
 def main() -> None:
     """``aepipe``."""
-    _load_areas_or_exit()
-    run_app(app)
+    run_app(_all)
 
 
 def clean_scans_main() -> None:
     """``clean-scans``."""
-    run_app(_single("clean-scans"))
+    run_app(partial(_single, "clean-scans"))
 
 
 def gen_faces_main() -> None:
     """``gen-faces``."""
-    run_app(_single("gen-faces"))
+    run_app(partial(_single, "gen-faces"))
 
 
 def colorize_main() -> None:
     """``colorize``."""
-    run_app(_single("colorize"))
+    run_app(partial(_single, "colorize"))
