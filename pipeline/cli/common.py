@@ -544,10 +544,10 @@ def stop_interrupted(summary: Summary, exc: BaseException, overwrite: bool) -> N
     raise typer.Exit(int(ExitCode.INTERRUPTED))
 
 
-_shown: set[int] = set()
-"""ids of the failed records printed already (above the bar, as they happened), so that the
-summary prints each failure once, those the bar never saw (unreadable folders) included. A
-record lives in its run's summary until the command exits, so its id is not reused."""
+_shown: dict[int, FileRecord] = {}
+"""The failed records printed already (above the bar, as they happened), by id, so that the
+summary prints each failure once, those the bar never saw (unreadable folders) included. Held
+here, so that no id is reused by a later record while it is in this table."""
 
 
 class FileProgress:
@@ -581,7 +581,7 @@ class FileProgress:
         self.done, self.pages = done, self.pages + record.pages
         self.current.pop(record.path, None)
         if record.status == "failed":
-            _shown.add(id(record))
+            _shown[id(record)] = record
             self.console.print(
                 f"[red]failed[/red] {escape(record.reason or record.path)}",
                 highlight=False,
@@ -683,7 +683,7 @@ def show_records(records: Sequence[FileRecord]) -> None:
     """
     for record in records:
         if record.status == "failed" and id(record) not in _shown:
-            _shown.add(id(record))
+            _shown[id(record)] = record
             err(f"failed {record.reason or record.path}")
         elif record.status == "ignored":
             err(f"ignored {record.path}: {record.reason}")
