@@ -868,11 +868,11 @@ def run_ocr_command(
         rotate_pages: turn sideways and upside-down pages upright (``--rotate-pages``; needs
             Tesseract's orientation data, ``osd``).
     """
-    from aepipe.cli.common import cli_errors, fail, finish_summary, progress_bar, require_jobs
+    from aepipe.cli.common import cli_errors, fail, require_jobs, run_planned
     from aepipe.errors import ConfigError, ExitCode
     from aepipe.runner import plan
 
-    with cli_errors():
+    with cli_errors(job.quiet):
         try:
             check_setup()
             check_languages([*language, *(["osd"] if rotate_pages else [])])
@@ -883,17 +883,19 @@ def run_ocr_command(
         # Its own default folder (<input>_ocr): a plain run's PDFs in <input>_clean have no
         # text layer, and would be taken for finished outputs.
         options = dataclasses.replace(job.options, fmt="pdf", out_suffix="ocr")
-        planned = plan(job.inputs, options)[0]
-        require_jobs(planned, job.inputs)
-        process, read = ocr_stages(load())
-        with progress_bar(len(planned), job.quiet, "file") as on_record:
-            summary = ocr_files(
+        planned = plan(job.inputs, options)
+        jobs, extra, out_dir = planned
+        require_jobs(jobs, job.inputs, extra=extra, out_dir=out_dir, report=options.report)
+
+        def start(stages: tuple[Process, Process], bar: Any) -> Any:
+            return ocr_files(
                 job.inputs,
-                process,
+                stages[0],
                 options,
                 language=language,
-                on_record=on_record,
-                read=read,
+                on_record=bar,
+                read=stages[1],
                 rotate_pages=rotate_pages,
             )
-    finish_summary(summary, job.quiet)
+
+        run_planned(lambda: ocr_stages(load()), start, planned, options, quiet=job.quiet)

@@ -92,7 +92,13 @@ BatchOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
 OverwriteOpt = Annotated[
-    bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Redo every output, replacing existing files (default: skip up-to-date outputs, "
+        "redo those made from a changed input or with other settings, and refuse files "
+        "aepipe did not make).",
+    ),
 ]
 RecursiveOpt = Annotated[
     bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, keeping the layout.")

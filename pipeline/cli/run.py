@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -12,9 +12,8 @@ from aepipe.cli.common import (
     QuietOpt,
     cli_errors,
     err,
-    finish_summary,
-    progress_bar,
     require_jobs,
+    run_planned,
 )
 
 if TYPE_CHECKING:
@@ -39,18 +38,22 @@ def run_pipeline(
         read_pipeline_file,
         write_generated,
     )
-    from aepipe.runner import run_files
+    from aepipe.runner import plan, run_files
 
-    with cli_errors():
+    with cli_errors(quiet):
         spec = read_pipeline_file(config)
         if not isinstance(spec.source, FolderSource):
             _report_generated(write_generated(spec, str(config)), spec)
-        jobs, options = plan_files(spec, str(config))
-        require_jobs(jobs, spec.source.inputs)
-        pipe = Pipeline(build_stages(spec))
-        with progress_bar(len(jobs), quiet) as on_record:
-            summary = run_files(spec.source.inputs, pipe, options, on_record=on_record)
-        finish_summary(summary, quiet)
+        _, options = plan_files(spec, str(config))  # refusals in the file's terms
+        inputs = spec.source.inputs
+        planned = plan(inputs, options)
+        jobs, extra, out_dir = planned
+        require_jobs(jobs, inputs, extra=extra, out_dir=out_dir, report=options.report)
+
+        def start(pipe: Pipeline, bar: Any) -> Any:
+            return run_files(inputs, pipe, options, on_record=bar, on_page=bar.on_page)
+
+        run_planned(lambda: Pipeline(build_stages(spec)), start, planned, options, quiet=quiet)
 
 
 def _report_generated(done: Written, spec: PipelineSpec) -> NoReturn:
