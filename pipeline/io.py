@@ -736,6 +736,22 @@ def is_pdf_head(head: bytes) -> bool:
     return not head.startswith(_RASTER_MAGIC) and b"%PDF-" in head
 
 
+def sniff_image(path: str | os.PathLike[str]) -> bool:
+    """Whether the file at ``path`` starts as an image or PDF aepipe reads (False if unreadable).
+
+    For names without a suffix found in folders (some scanners and archive exports write
+    them): the content decides, as it does for a file given by name.
+    """
+    try:
+        with _open_regular(Path(path)) as fh:
+            head = fh.read(1024)
+    except (InputImageError, OSError):
+        return False
+    if head.startswith(b"RIFF"):
+        return head[8:12] == b"WEBP"
+    return head.startswith(_RASTER_MAGIC) or is_pdf_head(head)
+
+
 def sniff_pdf(path: str | os.PathLike[str]) -> bool | None:
     """Whether the file at ``path`` is a PDF by its content; None if it cannot be read."""
     try:

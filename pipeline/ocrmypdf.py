@@ -884,8 +884,7 @@ def run_ocr_command(
         # text layer, and would be taken for finished outputs.
         options = dataclasses.replace(job.options, fmt="pdf", out_suffix="ocr")
         planned = plan(job.inputs, options)
-        jobs, extra, out_dir = planned
-        require_jobs(jobs, job.inputs, extra=extra, out_dir=out_dir, report=options.report)
+        require_jobs(planned, job.inputs, options)
 
         def start(stages: tuple[Process, Process], bar: Any) -> Any:
             return ocr_files(

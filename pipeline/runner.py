@@ -85,6 +85,7 @@ from aepipe.io import (
     page_batch,
     read_pages,
     remove_stale_temps,
+    sniff_image,
 )
 from aepipe.provenance import RECORD_NAME, OutputRecord, SourceStamp, settings_key
 
@@ -132,8 +133,10 @@ class RunOptions:
         batch_pixels: and at most this many pixels (one page always goes; see
             :data:`aepipe.defaults.DEFAULT_BATCH_PIXELS`).
         report: write a JSON report listing every file here.
-        list_ignored: also list non-image files and symbolic links to folders found in folders
-            (as ``ignored``); by default they are skipped quietly.
+        list_ignored: name each non-image file and symbolic link to a folder found in
+            folders (:attr:`Summary.list_ignored`, for the CLI's lines); they are recorded as
+            ``ignored`` (in the report, and counted in the summary line) either way. A file
+            without a suffix is read when its content is an image or PDF.
     """
 
     out_dir: Path | None = None
@@ -192,6 +195,8 @@ class Summary:
 
     Attributes:
         interrupted: stopped by Ctrl-C or SIGTERM.
+        list_ignored: the run was asked to name each ignored entry (``--list-ignored``); they
+            are in ``records`` (and the report) either way.
         disk_full: stopped because the output disk (or quota) was full: the file being
             written failed, the files after it are ``pending``.
     """
@@ -201,6 +206,7 @@ class Summary:
     seconds: float = 0.0
     interrupted: bool = False
     disk_full: bool = False
+    list_ignored: bool = False
 
     def count(self, status: Status) -> int:
         """Number of files with ``status``."""
@@ -228,6 +234,8 @@ class Summary:
             f"{self.count('skipped')} skipped "
             f"(up to date), {self.count('failed')} failed in {self.seconds:.1f} s"
         )
+        if self.count("ignored"):
+            text += f", {self.count('ignored')} ignored (not images)"
         if self.interrupted:
             text += f", {self.count('pending')} not reached (interrupted)"
         elif self.disk_full:
@@ -464,14 +472,13 @@ def _walk(root: Path, options: RunOptions, real_out: Path) -> tuple[list[_Job], 
                 if d.startswith("."):
                     continue
                 if (here / d).is_symlink():
-                    if options.list_ignored:
-                        extra.append(
-                            FileRecord(
-                                str(here / d),
-                                "ignored",
-                                reason="symbolic link to a folder (not followed)",
-                            )
+                    extra.append(
+                        FileRecord(
+                            str(here / d),
+                            "ignored",
+                            reason="symbolic link to a folder (not followed)",
                         )
+                    )
                     continue
                 keep.append(d)
             dirs[:] = keep
@@ -481,9 +488,9 @@ def _walk(root: Path, options: RunOptions, real_out: Path) -> tuple[list[_Job], 
             path = here / name
             if name.startswith("."):
                 continue
-            if not is_image_path(path):
-                if options.list_ignored:
-                    extra.append(FileRecord(str(path), "ignored", reason="not an image file name"))
+            # A name without a suffix (some scanners' and exports') is told by its content.
+            if not (is_image_path(path) or (not path.suffix and sniff_image(path))):
+                extra.append(FileRecord(str(path), "ignored", reason="not an image file name"))
                 continue
             jobs.append(_Job(path, path.relative_to(root)))
     return jobs, extra
@@ -928,7 +935,7 @@ class _Run:
         self.record = OutputRecord(out_dir)
         self.settings: str | None = None  # the settings key (run_files sets it)
         self.disk_full = False
-        self.summary = Summary(out_dir=str(out_dir))
+        self.summary = Summary(out_dir=str(out_dir), list_ignored=options.list_ignored)
         self.done = 0
         self.input_ids = _identities(jobs)
         # Outputs of this run and their inputs: a page of m.tif (m-p001.png) must not replace

@@ -377,6 +377,31 @@ def test_threads_sets_torchs_threads_and_leaves_them_alone_without_it(tmp_path, 
         torch.set_num_threads(before)
 
 
+def test_non_image_files_are_counted_in_the_summary_and_named_when_asked(tmp_path, tiny_weights):
+    """A folder's other files were left out without a word (a scanner's PNG named `page_e`
+    too); they are counted in the summary line and named with --list-ignored."""
+    from typer.testing import CliRunner
+
+    from aepipe.cli.apps import app
+    from aepipe.cli.main import load_areas
+
+    load_areas()
+    pages(tmp_path / "in", 1)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    model = ["--model", str(tiny_weights["impulse-denoiser"]), "--device", "cpu"]
+    res = CliRunner().invoke(app, ["denoise", str(tmp_path / "in"), *model, "-q"])
+    assert res.exit_code == 0, res.output
+    assert "1 ignored (not images)" in res.output and "notes.txt" not in res.output
+    args = ["denoise", str(tmp_path / "in"), *model, "--out", str(tmp_path / "o2")]
+    res = CliRunner().invoke(app, [*args, "--list-ignored"])
+    assert f"ignored {tmp_path / 'in' / 'notes.txt'}: not an image file name" in res.output
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "notes.txt").write_text("not an image")
+    res = CliRunner().invoke(app, ["denoise", str(tmp_path / "only"), *model])
+    assert res.exit_code == ExitCode.NOTHING_PROCESSED
+    assert "(1 other entry: --list-ignored names them)" in res.output
+
+
 # ---- 5. interrupts ---------------------------------------------------------------------------
 
 

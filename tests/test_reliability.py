@@ -122,7 +122,10 @@ def test_every_kind_of_bad_file_fails_alone_with_one_line(tmp_path):
     summary = run_files([src], invert, RunOptions(out_dir=tmp_path / "out", report=report))
 
     records = by_name(summary)
-    assert set(records) == set(bad) | set(good)  # non-image files are not listed by default
+    # Non-image files are recorded as ignored (the report lists every file), not failed.
+    assert set(records) == set(bad) | set(good) | {"notes.txt", "Thumbs.db"}
+    assert {records[n].status for n in ("notes.txt", "Thumbs.db")} == {"ignored"}
+    assert summary.line().endswith(", 2 ignored (not images)")
     for name, phrase in bad.items():
         rec = records[name]
         assert rec.status == "failed", name
@@ -141,19 +144,32 @@ def test_every_kind_of_bad_file_fails_alone_with_one_line(tmp_path):
     assert data["summary"]["processed"] == len(good)
     assert data["summary"]["failed"] == len(bad)
     assert {Path(f["path"]).name: f["status"] for f in data["files"]} == {
-        r: ("failed" if r in bad else "ok") for r in records
+        r: ("failed" if r in bad else "ok" if r in good else "ignored") for r in records
     }
 
 
-def test_non_image_files_are_listed_only_when_asked(tmp_path):
+def test_non_image_files_are_counted_and_named_only_when_asked(tmp_path):
+    """A folder's non-image files were left out without a word (no count in the summary, not
+    in the report) unless --list-ignored; now they are recorded and counted, named on request.
+    A file without a suffix is told by its content (a scanner's `page_e` is a PNG)."""
     src = tmp_path / "in"
     src.mkdir()
     write_image(gradient(), src / "a.png")
+    write_image(gradient(), src / "b.png")
+    (src / "b.png").rename(src / "page_e")
     (src / "readme.md").write_text("hello")
+    (src / "NOTES").write_text("not an image either")
     quiet = run_files([src], invert, RunOptions(out_dir=tmp_path / "o1"))
-    assert quiet.count("ignored") == 0
+    assert {n: r.status for n, r in by_name(quiet).items()} == {
+        "a.png": "ok",
+        "page_e": "ok",
+        "readme.md": "ignored",
+        "NOTES": "ignored",
+    }
+    assert not quiet.list_ignored and quiet.line().endswith(", 2 ignored (not images)")
+    assert (tmp_path / "o1" / "page_e.png").is_file()
     loud = run_files([src], invert, RunOptions(out_dir=tmp_path / "o2", list_ignored=True))
-    assert by_name(loud)["readme.md"].status == "ignored"
+    assert loud.list_ignored and by_name(loud)["readme.md"].status == "ignored"
     assert loud.exit_code == ExitCode.OK
 
 
@@ -999,7 +1015,8 @@ def test_every_command_reports_each_bad_file_on_one_line(tmp_path, tiny_weights,
         assert not any("notes.txt" in ln for ln in lines)
         assert f"2 processed (2 pages), 0 skipped (up to date), {len(bad)} failed" in stderr
         data = json.loads((tmp_path / f"{name}.json").read_text())
-        assert len(data["files"]) == len(bad) + 2 and data["summary"]["exit_code"] == 1
+        assert len(data["files"]) == len(bad) + 3 and data["summary"]["exit_code"] == 1
+        assert data["summary"]["ignored"] == 1  # notes.txt: counted, named only on request
         ok = {Path(f["path"]).name for f in data["files"] if f["status"] == "ok"}
         assert ok == {"good0.png", "good1.png"}
         assert {p.name for p in visible(tmp_path / f"o-{name}")} == ok

@@ -170,7 +170,11 @@ FramesOpt = Annotated[
 ]
 ListIgnoredOpt = Annotated[
     bool,
-    typer.Option("--list-ignored", help="List non-image files found in folders (and in --report)."),
+    typer.Option(
+        "--list-ignored",
+        help="Name each non-image file found in folders (the report lists them, the summary "
+        "counts them, either way).",
+    ),
 ]
 MaxPixelsOpt = Annotated[
     int,
@@ -458,8 +462,7 @@ def run_job(
         from aepipe.runner import plan, run_files
 
         planned = plan(inputs, options)
-        jobs, extra, out_dir = planned
-        require_jobs(jobs, inputs, extra=extra, out_dir=out_dir, report=options.report)
+        require_jobs(planned, inputs, options)
 
         def start(process: Callable[..., Any], bar: FileProgress) -> Summary:
             return run_files(inputs, process, options, on_record=bar, on_page=bar.on_page)
@@ -650,48 +653,51 @@ def progress_bar(total: int, quiet: bool, unit: str = "file") -> Iterator[FilePr
 
 
 def require_jobs(
-    jobs: Sequence[Any],
+    planned: tuple[Sequence[Any], Sequence[FileRecord], Path],
     inputs: Sequence[Any],
-    *,
-    extra: Sequence[FileRecord] = (),
-    out_dir: Path | None = None,
-    report: Path | None = None,
+    options: RunOptions,
 ) -> None:
     """Exit 3 with the reason when the inputs hold no file to process (before weights load).
 
     Args:
-        jobs: the planned files.
+        planned: :func:`aepipe.runner.plan`'s jobs, other records (folders that could not be
+            read: printed, one line each, and counted in the reason; ignored entries: counted,
+            named with ``--list-ignored``) and output folder.
         inputs: the command line's inputs.
-        extra: :func:`aepipe.runner.plan`'s other records: folders that could not be read are
-            printed (one line each) and counted in the reason, ignored entries listed.
-        out_dir: the output folder, for the report.
-        report: ``--report``: written as a run would write it (no file processed).
+        options: the runner's options: ``report`` is written as a run would write it (no file
+            processed); ``list_ignored``.
     """
+    jobs, extra, out_dir = planned
     if jobs:
         return
-    show_records(extra)
-    if report is not None:
+    show_records(extra, options.list_ignored)
+    if options.report is not None:
         from aepipe.runner import ReportError, Summary, finish_report
 
+        summary = Summary(list(extra), str(out_dir), list_ignored=options.list_ignored)
         try:
-            finish_report(report, Summary(list(extra), None if out_dir is None else str(out_dir)))
+            finish_report(options.report, summary)
         except ReportError as exc:
             err(f"error: {exc}")
     unread = sum(record.status == "failed" for record in extra)
+    ignored = sum(record.status == "ignored" for record in extra)
     why = f" ({unread} folder{'' if unread == 1 else 's'} could not be read)" if unread else ""
+    if ignored and not options.list_ignored:
+        why += f" ({ignored} other entr{'y' if ignored == 1 else 'ies'}: --list-ignored names them)"
     fail(f"no image files found in {', '.join(map(str, inputs))}{why}", ExitCode.NOTHING_PROCESSED)
 
 
-def show_records(records: Sequence[FileRecord]) -> None:
-    """Print failures not printed yet, ignored entries and notes: one line each.
+def show_records(records: Sequence[FileRecord], list_ignored: bool = False) -> None:
+    """Print failures not printed yet, notes and, with ``list_ignored``, ignored entries.
 
-    Ignored entries are in the records only with ``--list-ignored``.
+    One line each; ignored entries are always in the records (and the report), counted in the
+    summary line, and named only with ``--list-ignored``.
     """
     for record in records:
         if record.status == "failed" and id(record) not in _shown:
             _shown[id(record)] = record
             err(f"failed {record.reason or record.path}")
-        elif record.status == "ignored":
+        elif record.status == "ignored" and list_ignored:
             err(f"ignored {record.path}: {record.reason}")
         elif record.status == "ok" and record.reason:
             err(f"note {record.path}: {record.reason}")
@@ -699,7 +705,7 @@ def show_records(records: Sequence[FileRecord]) -> None:
 
 def show_summary(summary: Summary, quiet: bool) -> None:
     """Print the records' lines (:func:`show_records`), the summary line and the output folder."""
-    show_records(summary.records)
+    show_records(summary.records, summary.list_ignored)
     err(summary.line())
     if not quiet and summary.out_dir and summary.count("ok"):
         err(f"outputs in {summary.out_dir}")

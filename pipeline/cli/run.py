@@ -47,8 +47,7 @@ def run_pipeline(
         _, options = plan_files(spec, str(config))  # refusals in the file's terms
         inputs = spec.source.inputs
         planned = plan(inputs, options)
-        jobs, extra, out_dir = planned
-        require_jobs(jobs, inputs, extra=extra, out_dir=out_dir, report=options.report)
+        require_jobs(planned, inputs, options)
 
         def start(pipe: Pipeline, bar: Any) -> Any:
             return run_files(inputs, pipe, options, on_record=bar, on_page=bar.on_page)
