@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import signal
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -205,3 +207,22 @@ def display_page(
     if bilevel:
         page = np.where(page < 128, 0, 255).astype(np.uint8)
     return page, box
+
+
+def _sigint_default() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then never turns it into
+    # KeyboardInterrupt; a test suite run in the background would see the job ignore Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start(cmd: list[str], env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
+    """Start a command with text pipes and Ctrl-C at its default (for signal tests)."""
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,
+        **kw,  # type: ignore[arg-type]
+    )

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from factory import gradient
+from factory import gradient, start
 from PIL import Image
 
 from aepipe.errors import ExitCode
@@ -57,23 +57,6 @@ def from_pretrained(*args, **kwargs):
     time.sleep(120)
 ScanDenoiser.from_pretrained = from_pretrained
 """
-
-
-def _sigint_default() -> None:
-    # A background shell starts jobs with SIGINT ignored; Ctrl-C must reach the command.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start(cmd: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_sigint_default,
-        **kw,
-    )
 
 
 def wrapped(patch: str, *args: str) -> list[str]:

@@ -27,6 +27,7 @@ from factory import (
     gradient,
     pdf_pages,
     random_image,
+    start,
     truncated,
     unusual_images,
 )
@@ -958,23 +959,6 @@ def main_command() -> str:
     if not names:
         pytest.skip("no command's stage is built yet")
     return "clean-scans" if "clean-scans" in names else names[0]
-
-
-def _sigint_default() -> None:
-    # A shell starts background jobs with SIGINT ignored, and Python then never turns it into
-    # KeyboardInterrupt; a test suite run in the background would see the job ignore Ctrl-C.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start(cmd: list[str], env) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_sigint_default,
-    )
 
 
 def test_every_command_reports_each_bad_file_on_one_line(tmp_path, tiny_weights, cli_env):
