@@ -597,8 +597,21 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": "internal", "detail": detail}, 500)
 
 
-# An absolute path of two or more parts, as the library's messages name files and folders.
-_SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\",()]+/)+([^\s/'\",()]*)")
+# An absolute path of two or more parts (or a file:// URL), as the library's messages name
+# files and folders; a path with spaces is caught by the server's own folders (_server_roots).
+_SERVER_PATH = re.compile(r"(?:file://(?=/)|(?<![\w.:/]))/(?:[^\s/'\",()]+/)+([^\s/'\",()]*)")
+
+
+def _server_roots() -> list[str]:
+    """The server's folders that messages may name (longest first): weights, cwd, temp, home."""
+    import sys
+    import tempfile
+
+    from aepipe.weights import shipped_weights_dir
+
+    roots = {shipped_weights_dir(), Path.cwd(), Path(tempfile.gettempdir()), Path.home()}
+    roots.add(Path(sys.prefix))
+    return sorted({str(r) for r in roots if str(r) != "/"}, key=len, reverse=True)
 
 
 def public_detail(message: str) -> str:
@@ -612,6 +625,8 @@ def public_detail(message: str) -> str:
         >>> public_detail("not found (looked in /srv/w/face-vae/concepts)")
         'not found (looked in .../concepts)'
     """
+    for root in _server_roots():
+        message = message.replace(f"file://{root}/", "/").replace(f"{root}/", "/x/")
     return _SERVER_PATH.sub(lambda m: f".../{m[1]}" if m[1] else "...", message)
 
 

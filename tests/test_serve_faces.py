@@ -136,3 +136,21 @@ def test_openapi_lists_the_routes(server: str) -> None:
     post = schema["paths"]["/v1/faces/interpolate"]["post"]
     assert post["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["a", "b"]
     assert {p["name"] for p in post["parameters"]} == {"steps", "method", "face"}
+
+
+def test_public_detail_hides_server_paths_urls_and_folders_with_spaces(tmp_path: Path) -> None:
+    from aepipe.serve import public_detail
+    from aepipe.weights import shipped_weights_dir
+
+    spaced = Path.cwd() / "my scans" / "box 1" / "page.png"
+    for message in (
+        f"concept 'x' not found (looked in {shipped_weights_dir()}/face-vae/concepts)",
+        f"cannot read file://{tmp_path}/x.png",
+        f"No such file or directory: '{spaced}'",
+    ):
+        shown = public_detail(message)
+        assert str(Path.cwd()) not in shown and str(tmp_path) not in shown, shown
+        assert "file://" not in shown and "..." in shown
+    assert public_detail("ratio 1/2; see https://example.org/a/b") == (
+        "ratio 1/2; see https://example.org/a/b"
+    )
