@@ -11,11 +11,13 @@ batched together. A full output disk stops the run (the rest is ``pending``).
 
 Resume is make-like, from a record the runner keeps in the output folder
 (:mod:`aepipe.provenance`, ``.aepipe-outputs.jsonl``: each output's input, that input's size
-and modification time, a digest of the settings, and the output's own size and time): an
-output made from this input as it is now, with these settings, and untouched since, is
-skipped as up to date; one aepipe made from another input, an older version of the input,
-with other settings, or changed since, is redone; a file aepipe did not make is never taken as
-done nor replaced without ``overwrite``: its input fails with a reason saying so.
+and modification time, a digest of the settings, and the output's own size, time and
+sha256): an output made from this input as it is now, with these settings, and unchanged
+since, is skipped as up to date; one aepipe made from another input, an older version of the
+input, with other settings, or cut short, is redone; a file aepipe did not make, or one
+changed after aepipe wrote it, is never taken as done nor replaced without ``overwrite``: its
+input fails with a reason saying so. A record that cannot be written fails no output (the
+summary's notes say so).
 
 The stage runs in the calling thread; around it, a reader thread decodes the next page and a
 writer thread encodes and writes the finished ones (Pillow, zlib, numpy and pdfium release the
@@ -43,11 +45,13 @@ Safety rules, checked before any work or before each write:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import json
 import os
 import queue
+import re
 import struct
 import threading
 import time
@@ -111,10 +115,15 @@ class RunOptions:
             ``out_dir/.aepipe-outputs.jsonl`` as made from this input, as it is now, with
             these settings (the stage's class, config and weights, and ``fmt``,
             ``jpeg_quality``, ``pdf_color``, ``dpi``, ``frames``, ``clean_born_digital``), and
-            untouched since, is skipped; one made from another input, an older version of it
-            or other settings, or changed since, is redone; a file with no record (not made
-            by aepipe, or made by an aepipe version that kept none) is left alone and its
-            input fails ("use --overwrite to replace it").
+            unchanged since (same size and time, or same bytes: a copy of the folder), is
+            skipped; one made from another input, an older version of it or other settings,
+            or cut short, is redone; a file with no record (not made by aepipe, or made by an
+            aepipe version that kept none) or changed after aepipe wrote it (a hand edit) is
+            left alone and its input fails ("--overwrite replaces it"). With ``overwrite``,
+            such files are first recorded as this run's to replace, so if it is stopped, the
+            same run without ``overwrite`` redoes them. Page files of an older, longer
+            version of an input (``doc-p003.png``) that aepipe made and nobody changed are
+            removed when the input is redone.
         dpi: resolution at which PDF pages are rendered (pages written as images, and PDF pages
             that cannot be edited in place); None renders each page at its scan's own
             resolution (300 DPI for a page without a scan).
@@ -154,6 +163,13 @@ class RunOptions:
     batch_pixels: int = DEFAULT_BATCH_PIXELS
     report: Path | None = None
     list_ignored: bool = False
+
+    def __post_init__(self) -> None:
+        # A str is as good as a Path here, as it is for the inputs.
+        if self.out_dir is not None:
+            self.out_dir = Path(self.out_dir)
+        if self.report is not None:
+            self.report = Path(self.report)
 
 
 @dataclass
@@ -199,6 +215,8 @@ class Summary:
             are in ``records`` (and the report) either way.
         disk_full: stopped because the output disk (or quota) was full: the file being
             written failed, the files after it are ``pending``.
+        notes: lines about the whole run, shown once after the files' (the output record
+            could not be written; outputs met that the record does not list).
     """
 
     records: list[FileRecord] = field(default_factory=list)
@@ -207,6 +225,7 @@ class Summary:
     interrupted: bool = False
     disk_full: bool = False
     list_ignored: bool = False
+    notes: list[str] = field(default_factory=list)
 
     def count(self, status: Status) -> int:
         """Number of files with ``status``."""
@@ -257,6 +276,7 @@ class Summary:
                 "disk_full": self.disk_full,
                 "exit_code": int(self.exit_code),
                 "out_dir": self.out_dir,
+                "notes": self.notes,
             },
             "files": [asdict(r) for r in self.records],
         }
@@ -734,8 +754,10 @@ def run_files(
             return as many images, in order, in a batch it does not change afterwards (its
             pages are encoded in a writer thread while the next batch runs). It is called
             in the calling thread only. A :class:`~aepipe.stage.Stage` or a
-            :class:`~aepipe.pipeline.Pipeline` of stages is part of the settings that decide
-            whether an output is up to date; for any other callable they are not compared.
+            :class:`~aepipe.pipeline.Pipeline` of stages, or a wrapper of stages, is part of
+            the settings that decide whether an output is up to date
+            (:func:`aepipe.provenance.settings_key`); any other callable counts as
+            "unknown" (a change of it is not seen), the output options always count.
         options: see :class:`RunOptions`.
         on_record: called after each file with ``(record, files_done, files_total)``, e.g. to
             drive a progress bar.
@@ -769,12 +791,14 @@ def run_files(
         if isinstance(exc, KeyboardInterrupt):
             run.summary.interrupted = True
             run.summary.records += run.unfinished("not finished (interrupted)")
+        run.summary.notes += record_notes(run.record)
         run.summary.seconds = time.perf_counter() - t_start
         finish_report(options.report, run.summary, raising=exc)
         raise
     if run.disk_full:
         run.summary.disk_full = True
         run.summary.records += run.unfinished("not started: the output disk is full")
+    run.summary.notes += record_notes(run.record)
     run.summary.seconds = time.perf_counter() - t_start
     finish_report(options.report, run.summary)
     return run.summary
@@ -826,6 +850,24 @@ def write_report(path: str | os.PathLike[str], summary: Summary) -> None:
     """Write ``summary`` as the JSON report of ``--report`` (atomically)."""
     report = json.dumps(summary.to_json(), indent=2).encode()
     atomic_write(path, lambda fh: fh.write(report))
+
+
+def record_notes(record: OutputRecord) -> list[str]:
+    """The run's notes on its output record: files it does not list, and a failed write."""
+    notes = []
+    if record.unrecorded:
+        n = len(record.unrecorded)
+        notes.append(
+            f"{n} output{'s' * (n > 1)} exist{'s' * (n == 1)} that the output record "
+            f"({RECORD_NAME}) does not list: made by another program, by aepipe before 0.2.0, "
+            "or the record was removed; run once with --overwrite to replace them"
+        )
+    if record.unwritable is not None:
+        notes.append(
+            f"the output record could not be written ({record.unwritable}): a re-run will "
+            "redo or refuse these outputs"
+        )
+    return notes
 
 
 def output_settings(options: RunOptions) -> dict[str, Any]:
@@ -951,6 +993,8 @@ class _Run:
     def run(self) -> None:
         """Stream every page, batching consecutive same-sized pages; stop on a full disk."""
         remove_stale_temps(self.out_dir)
+        if self.options.overwrite:
+            self.adopt()
         items = self.stream()
         try:
             for item in items:
@@ -974,6 +1018,23 @@ class _Run:
                 self.settle(wait=True)
             finally:
                 self.pool.shutdown(wait=True)
+
+    def adopt(self) -> None:
+        """Mark every planned output that exists with no record line as this run's to replace.
+
+        So a run without ``--overwrite`` after this one is stopped redoes them, rather than
+        refusing them as not aepipe's (:meth:`OutputRecord.adopt`). Best effort: a full disk
+        here is met again, and reported, at the first write.
+        """
+        planned = []
+        for job in self.jobs:
+            try:
+                source = SourceStamp.of(job.src)
+            except OSError:
+                continue
+            planned += [(t, source) for t in self.candidate_outputs(job)]
+        with contextlib.suppress(OSError):
+            self.record.adopt(planned, self.settings)
 
     # ---- the writer thread, settled in order ------------------------------------------------
 
@@ -1090,10 +1151,40 @@ class _Run:
         self.guard(state, targets)
         self.recorded(state, targets, lambda: write_document(pages, targets, source=state.job.src))
         _record_outputs(state.record, state.job.src, targets)
+        self.remove_leftovers(state, targets)
         state.record.pages = len(pages)
         stages = getattr(self.process, "stages", None)
         # In a longer pipeline a later stage may change what the scan stage kept: no count.
         _record_kept(state.record, metas, count=not isinstance(stages, list) or len(stages) == 1)
+
+    def remove_leftovers(self, state: _State, targets: list[Path]) -> None:
+        """Remove the page files an older version of the input had and this one does not.
+
+        ``doc-p003.png`` of a 3-page ``doc.tif`` that now has 2 pages (or ``doc.png`` of a
+        page that became several): removed when the record says aepipe made it from this
+        input and it is unchanged since; otherwise left. Either way the file's record says.
+        """
+        source = state.decision.source
+        if source is None:
+            return
+        single = output_paths(state.job, None, self.options, self.out_dir, 1)[0]
+        page = re.compile(re.escape(single.stem) + r"-p\d{3,}" + re.escape(single.suffix))
+        n = len(targets)
+        now = f"the input now has {n} page{'s' * (n > 1)}"
+        for old in sorted(self.record.outputs_of(source)):
+            if old in targets or old.parent != single.parent or not old.is_file():
+                continue
+            if old != single and not page.fullmatch(old.name):
+                continue  # another output of this input (another format): not a page of it
+            with self.claim_lock:
+                mine = self.claimed.get(old, state.job.src) == state.job.src
+            if not mine or _identity(old) in self.input_ids:
+                continue  # this run's output of another input, or an input: not a leftover
+            if self.record.made_by_aepipe(old):
+                old.unlink(missing_ok=True)
+                _note(state.record, f"removed {old.name} ({now})")
+            else:
+                _note(state.record, f"left {old.name}: changed since aepipe wrote it ({now})")
 
     def edit_in_place(self, state: _State) -> None:
         """Clean a PDF inside the PDF (PDF in, PDF out) and record its pages' outcomes."""

@@ -119,11 +119,16 @@ def test_a_file_aepipe_did_not_make_is_neither_skipped_nor_replaced(tmp_path):
     assert got["page002.png"].status == "ok"
     assert got["page001.png"].status == "failed"
     assert got["page001.png"].reason == (
-        f"{arch / 'page001.png'} exists and was not made from {arch / 'box2' / 'page001.png'} "
-        "by aepipe; use --overwrite to replace it"
+        f"{arch / 'page001.png'} exists and aepipe has no record of making it; "
+        "--overwrite replaces it"
     )
     assert (arch / "page001.png").read_bytes() == raw
     assert summary.exit_code == ExitCode.SOME_FAILED
+    assert summary.notes == [
+        f"1 output exists that the output record ({RECORD_NAME}) does not list: made by another "
+        "program, by aepipe before 0.2.0, or the record was removed; run once with --overwrite "
+        "to replace them"
+    ]
     forced = run_files([arch / "box2"], invert, RunOptions(out_dir=arch, overwrite=True))
     assert forced.count("ok") == 2
     np.testing.assert_array_equal(pixels(arch / "page001.png"), 255 - gradient(20, 30, seed=2))
@@ -161,7 +166,59 @@ def test_settings_key_covers_stage_weights_config_and_options():
     assert base != settings_key(ImpulseDenoiser.tiny(1), opts)
     assert base != settings_key(ImpulseDenoiser.tiny(0, tile=512), opts)
     assert base != settings_key(ImpulseDenoiser.tiny(0), {**opts, "dpi": 150.0})
-    assert settings_key(invert, opts) is None  # unknown: not compared
+    # An unknown callable is "unknown" for its own part; the output options still count.
+    assert settings_key(invert, opts) == settings_key(lambda b: b, opts)
+    assert settings_key(invert, opts) != settings_key(invert, {**opts, "dpi": 150.0})
+
+
+def test_settings_key_tells_wrappers_of_stages_by_their_options():
+    """colorize --model auto (AutoColorizer) and faces (FaceEditor) are not plain Stages."""
+    import torch
+
+    from aepipe.core import FaceEditor
+    from aepipe.pipeline import Pipeline
+    from aepipe.stages.colorizer import AutoColorizer
+
+    opts = runner.output_settings(RunOptions())
+    auto = settings_key(AutoColorizer(device="cpu"), opts)
+    assert auto == settings_key(AutoColorizer(device="cpu"), opts)
+    assert auto != settings_key(AutoColorizer(device="cpu", saturation=3), opts)
+    assert auto != settings_key(Pipeline([AutoColorizer(device="cpu", saturation=3)]), opts)
+    assert auto != settings_key(AutoColorizer(device="cpu"), {**opts, "dpi": 150.0})
+    stage = ImpulseDenoiser.tiny(0)
+    concepts = [(torch.ones(4), 0.5)]
+    face = settings_key(FaceEditor(stage, concepts), opts)  # type: ignore[arg-type]
+    assert face == settings_key(FaceEditor(stage, concepts, report=print), opts)  # type: ignore[arg-type]
+    assert face != settings_key(FaceEditor(stage, [(torch.ones(4), 0.7)]), opts)  # type: ignore[arg-type]
+    assert face != settings_key(FaceEditor(stage, concepts, face="largest"), opts)  # type: ignore[arg-type]
+    other = ImpulseDenoiser.tiny(1)
+    assert face != settings_key(FaceEditor(other, concepts), opts)  # type: ignore[arg-type]
+
+    class Offers:
+        def __init__(self, level: int) -> None:
+            self.level = level
+            self._cache: dict[str, object] = {}
+
+        def settings_key_parts(self) -> dict[str, int]:
+            return {"level": self.level}
+
+        def __call__(self, batch: ImageBatch) -> ImageBatch:
+            return batch
+
+    assert settings_key(Offers(1), opts) != settings_key(Offers(2), opts)
+
+
+def test_changed_output_options_redo_outputs_of_any_callable(tmp_path):
+    """run_files(pdfs, lambda) at dpi 50, then dpi 150: redone, not "up to date"."""
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    pdf_pages(src / "doc.pdf", [(72, 72)])
+    first = run_files([src], lambda b: b, RunOptions(out_dir=out, fmt="png", dpi=50))
+    assert first.count("ok") == 1
+    again = run_files([src], lambda b: b, RunOptions(out_dir=out, fmt="png", dpi=150))
+    assert again.count("ok") == 1 and "other settings" in again.records[0].reason
+    with Image.open(out / "doc.png") as im:
+        assert im.size == (150, 150)
 
 
 def test_a_run_killed_after_its_claim_is_redone_and_truncated_outputs_too(tmp_path):
@@ -176,7 +233,7 @@ def test_a_run_killed_after_its_claim_is_redone_and_truncated_outputs_too(tmp_pa
     (out / "b.png").write_bytes(data[: len(data) // 2])
     got = by_name(run_files([src], invert, RunOptions(out_dir=out)))
     assert got["a.png"].status == "ok" and "stopped while writing" in got["a.png"].reason
-    assert got["b.png"].status == "ok" and "changed after it was written" in got["b.png"].reason
+    assert got["b.png"].status == "ok" and "it was incomplete" in got["b.png"].reason
     # Killed after the rename but before the done line: the new file is kept, not redone.
     OutputRecord(out).claim([out / "a.png"], SourceStamp.of(src / "a.png"), None)
     renamed = out / "a.png.new"
@@ -341,9 +398,174 @@ def test_ocr_resume_follows_the_record(tmp_path):
     stage = ImpulseDenoiser.tiny(0)
     first = by_name(ocr_files([src], stage, RunOptions(out_dir=out), jobs=1))
     assert first["a.png"].status == "ok"
-    assert first["b.png"].status == "failed" and "not made from" in first["b.png"].reason
+    assert first["b.png"].status == "failed" and "no record of making" in first["b.png"].reason
     assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX + "ocr")]
     again = by_name(ocr_files([src], stage, RunOptions(out_dir=out), jobs=1))
     assert again["a.png"].status == "skipped"
     other = by_name(ocr_files([src / "a.png"], ImpulseDenoiser.tiny(1), RunOptions(out_dir=out)))
     assert other["a.png"].status == "ok" and "other settings" in other["a.png"].reason
+
+
+def test_a_stopped_overwrite_run_over_unrecorded_outputs_is_continued_without_it(tmp_path):
+    """--overwrite adopts the outputs it finds with no record; stopped, a plain run redoes them."""
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    for i in range(4):
+        write_image(gradient(20, 30, seed=i), src / f"p{i}.png")
+    run_files([src], invert, RunOptions(out_dir=out))
+    (out / RECORD_NAME).unlink()  # outputs of an earlier aepipe, or the record deleted
+
+    def stop(record, done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_files([src], invert, RunOptions(out_dir=out, overwrite=True), on_record=stop)
+    assert sum(bool(line.get("adopted")) for line in records(out)) == 4
+    again = run_files([src], invert, RunOptions(out_dir=out))
+    assert again.exit_code == ExitCode.OK and again.count("ok") >= 2, again.line()
+    assert again.count("skipped") + again.count("ok") == 4  # skipped: those the run finished
+    redone = [r for r in again.records if r.status == "ok"]
+    assert all("an --overwrite run was stopped before it" in r.reason for r in redone)
+
+
+def test_an_output_changed_by_hand_is_kept_and_a_copy_of_the_folder_is_not_redone(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    write_image(gradient(20, 30, seed=1), src / "a.png")
+    write_image(gradient(20, 30, seed=2), src / "b.png")
+    run_files([src], invert, RunOptions(out_dir=out))
+    assert all(len(line["sha256"]) == 64 for line in records(out) if line["size"] is not None)
+    # A byte-identical copy without its dates (cp -r): up to date, and hashed only once.
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, copy_function=shutil.copyfile)
+    os.utime(copy / "a.png", ns=(5_000_000_000, 5_000_000_000))
+    got = run_files([src], invert, RunOptions(out_dir=copy))
+    assert got.count("skipped") == 2, [r.reason for r in got.records]
+    assert records(copy)[-1]["mtime_ns"] in (
+        (copy / "a.png").stat().st_mtime_ns,
+        (copy / "b.png").stat().st_mtime_ns,
+    )
+    # The input folder moved with its dates (mv, cp -p): the same inputs.
+    moved = tmp_path / "moved"
+    shutil.copytree(src, moved)
+    assert run_files([moved], invert, RunOptions(out_dir=copy)).count("skipped") == 2
+    # A hand edit of an output: the user's file now, never replaced without --overwrite.
+    write_image(gradient(20, 30, seed=9), out / "a.png")
+    edited = (out / "a.png").read_bytes()
+    got = by_name(run_files([src], invert, RunOptions(out_dir=out)))
+    assert got["a.png"].status == "failed"
+    assert got["a.png"].reason == (
+        f"{out / 'a.png'} was changed after aepipe wrote it; --overwrite replaces it"
+    )
+    assert (out / "a.png").read_bytes() == edited and got["b.png"].status == "skipped"
+
+
+def test_unrecorded_outputs_do_not_reread_the_record_after_each_append(tmp_path, monkeypatch):
+    """Only another process's writes make the record be read again (it was once per file)."""
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    out.mkdir()
+    for i in range(20):
+        write_image(gradient(8, 8, seed=i), src / f"p{i:02d}.png")
+        if i % 2:
+            write_image(gradient(8, 8), out / f"p{i:02d}.png")  # not aepipe's
+    reads = []
+    real = Path.read_text
+
+    def counting(self, *args, **kwargs):
+        if self.name == RECORD_NAME:
+            reads.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    summary = run_files([src], invert, RunOptions(out_dir=out, batch_size=1))
+    assert summary.count("ok") == 10 and summary.count("failed") == 10
+    assert len(reads) <= 1, len(reads)
+    # Another process's line is still seen.
+    record = OutputRecord(out)
+    other = OutputRecord(out)
+    other.claim([out / "new.png"], SourceStamp.of(src / "p00.png"), None)
+    (out / "new.png").write_bytes(b"x")
+    assert record.verdict(out / "new.png", SourceStamp.of(src / "p00.png"), None)[0] == "stale"
+
+
+def test_show_summary_prints_the_unrecorded_note_once(tmp_path, capsys):
+    from aepipe.cli.common import show_summary
+
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    out.mkdir()
+    for i in range(3):
+        write_image(gradient(8, 8, seed=i), src / f"p{i}.png")
+        write_image(gradient(8, 8), out / f"p{i}.png")
+    summary = run_files([src], invert, RunOptions(out_dir=out))
+    show_summary(summary, quiet=True)
+    text = capsys.readouterr().err
+    assert text.count("3 outputs exist that the output record") == 1
+    assert text.count("aepipe has no record of making it") == 3
+
+
+def test_an_unwritable_record_fails_no_output(tmp_path, monkeypatch):
+    """A read-only record (bind mount, permissions): outputs written, one note, no raise."""
+    from aepipe import provenance
+
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    write_image(gradient(20, 30, seed=1), src / "a.png")
+    write_image(gradient(20, 30, seed=2), src / "b.png")
+    run_files([src], invert, RunOptions(out_dir=out))
+    # Verdict's self-repair (a claim, then the rename, then killed) must not raise either.
+    OutputRecord(out).claim([out / "a.png"], SourceStamp.of(src / "a.png"), None)
+    (out / "a.png.new").write_bytes((out / "a.png").read_bytes())
+    (out / "a.png.new").replace(out / "a.png")
+    write_image(gradient(20, 30, seed=3), src / "b.png")  # b is redone
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if Path(path).name == RECORD_NAME and flags & os.O_WRONLY:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(provenance.os, "open", read_only)
+    summary = run_files([src], invert, RunOptions(out_dir=out))
+    got = by_name(summary)
+    assert got["a.png"].status == "skipped" and got["b.png"].status == "ok"
+    np.testing.assert_array_equal(pixels(out / "b.png"), 255 - gradient(20, 30, seed=3))
+    assert summary.notes == [
+        "the output record could not be written (Read-only file system): a re-run will redo "
+        "or refuse these outputs"
+    ]
+
+
+def tiff_pages(path: Path, n: int) -> None:
+    frames = [Image.fromarray(gradient(16, 16, seed=i)) for i in range(n)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+
+
+def test_page_files_of_an_older_longer_input_are_removed(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    tiff_pages(src / "doc.tif", 3)
+    run_files([src], invert, RunOptions(out_dir=out, fmt="png"))
+    assert sorted(p.name for p in out.glob("*.png")) == [f"doc-p00{i}.png" for i in (1, 2, 3)]
+    tiff_pages(src / "doc.tif", 2)
+    got = run_files([src], invert, RunOptions(out_dir=out, fmt="png")).records[0]
+    assert got.status == "ok" and "removed doc-p003.png (the input now has 2 pages)" in got.reason
+    assert sorted(p.name for p in out.glob("*.png")) == ["doc-p001.png", "doc-p002.png"]
+    # One the user changed is left, and said so.
+    write_image(gradient(16, 16, seed=7), out / "doc-p002.png")
+    os.utime(src / "doc.tif", ns=(1, 1))  # an older version of the input: redone
+    write_image(gradient(16, 16, seed=8), src / "doc.tif")
+    got = run_files([src], invert, RunOptions(out_dir=out, fmt="png", overwrite=True)).records[0]
+    assert "left doc-p002.png: changed since aepipe wrote it" in got.reason
+    assert (out / "doc-p002.png").exists() and (out / "doc.png").exists()
+    assert not (out / "doc-p001.png").exists()
+
+
+def test_run_options_take_str_paths(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(gradient(8, 8), src / "a.png")
+    options = RunOptions(out_dir=str(tmp_path / "o"), report=str(tmp_path / "r.json"))
+    assert isinstance(options.out_dir, Path) and isinstance(options.report, Path)
+    assert run_files([src], invert, options).count("ok") == 1

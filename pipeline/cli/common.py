@@ -704,8 +704,10 @@ def show_records(records: Sequence[FileRecord], list_ignored: bool = False) -> N
 
 
 def show_summary(summary: Summary, quiet: bool) -> None:
-    """Print the records' lines (:func:`show_records`), the summary line and the output folder."""
+    """Print the records' lines (:func:`show_records`), the run's notes, summary line and folder."""
     show_records(summary.records, summary.list_ignored)
+    for note in summary.notes:
+        err(f"note: {note}")
     err(summary.line())
     if not quiet and summary.out_dir and summary.count("ok"):
         err(f"outputs in {summary.out_dir}")
