@@ -202,6 +202,9 @@ class OutputRecord:
         self.out_dir = out_dir
         self.path = out_dir / RECORD_NAME
         self.lock = threading.Lock()
+        # Held while the file is read or appended to, so that this process's own appends
+        # never look like another's (which would make the next verdict read it all again).
+        self.io_lock = threading.Lock()
         self.entries: dict[str, dict[str, Any]] = {}
         self.seen: tuple[int, int] | None = None  # the file's size and mtime when last read
         self.unrecorded: set[str] = set()
@@ -210,14 +213,18 @@ class OutputRecord:
 
     def reload(self) -> None:
         """Read the file again if another process changed it (this one's own appends do not)."""
-        try:
-            st = self.path.stat()
-            seen = (st.st_size, st.st_mtime_ns)
-            if seen == self.seen:
-                return
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            seen, text = None, ""
+        with self.io_lock:
+            try:
+                st = self.path.stat()
+                seen = (st.st_size, st.st_mtime_ns)
+                if seen == self.seen:
+                    return
+                text = self.path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                seen, text = None, ""
+            self._parse(text, seen)
+
+    def _parse(self, text: str, seen: tuple[int, int] | None) -> None:
         entries: dict[str, dict[str, Any]] = {}
         for line in text.splitlines():
             try:
@@ -436,12 +443,16 @@ class OutputRecord:
         """
         if not entries:
             return
-        with self.lock:
-            for entry in entries:
-                self.entries[entry["output"]] = entry
-        if self.unwritable is not None:
-            return
         data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode()
+        with self.io_lock:  # a reload in between would drop these lines from memory
+            with self.lock:
+                for entry in entries:
+                    self.entries[entry["output"]] = entry
+            if self.unwritable is None:
+                self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Append ``data``, with :attr:`io_lock` held (see :meth:`_append`)."""
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
