@@ -1032,7 +1032,9 @@ class _Run:
                 source = SourceStamp.of(job.src)
             except OSError:
                 continue
-            planned += [(t, source) for t in self.candidate_outputs(job)]
+            targets = self.candidate_outputs(job)
+            # An input is never replaced (the guard refuses it): not this run's to adopt.
+            planned += [(t, source) for t in targets if _identity(t) not in self.input_ids]
         with contextlib.suppress(OSError):
             self.record.adopt(planned, self.settings)
 
