@@ -361,7 +361,7 @@ def ocr_files(
     """
     from aepipe.io import remove_stale_temps
     from aepipe.provenance import OutputRecord
-    from aepipe.runner import FileRecord, Summary, finish_report, plan
+    from aepipe.runner import FileRecord, Summary, finish_report, plan, record_notes
 
     start = time.perf_counter()
     options = dataclasses.replace(options, fmt="pdf")
@@ -372,6 +372,8 @@ def ocr_files(
     remove_stale_staging(out_dir)
     ocr = (language, jobs, rotate_pages)
     book = _Book(OutputRecord(out_dir), _ocr_settings(process, options, ocr))
+    if options.overwrite:
+        _adopt(book, planned, options, out_dir)
     finished = 0
     try:
         for job in planned:
@@ -389,11 +391,35 @@ def ocr_files(
                 for job in planned[finished:]
             ]
         summary.seconds = time.perf_counter() - start
+        summary.notes += record_notes(book.record)
         finish_report(options.report, summary, raising=exc)
         raise
     summary.seconds = time.perf_counter() - start
+    summary.notes += record_notes(book.record)
     finish_report(options.report, summary)
     return summary
+
+
+def _adopt(book: _Book, planned: Sequence[Any], options: RunOptions, out_dir: Path) -> None:
+    """With ``--overwrite``: existing unrecorded outputs become aepipe's to replace, up front.
+
+    As the file runner does (:meth:`aepipe.provenance.OutputRecord.adopt`), so a run stopped
+    before reaching them is continued without ``--overwrite``.
+    """
+    import contextlib
+
+    from aepipe.provenance import SourceStamp
+    from aepipe.runner import output_paths
+
+    inputs = {Path(os.path.realpath(j.src)) for j in planned}
+    adopted = []
+    for job in planned:
+        with contextlib.suppress(OSError):
+            target = output_paths(job, None, options, out_dir)[0]
+            if Path(os.path.realpath(target)) not in inputs:
+                adopted.append((target, SourceStamp.of(job.src)))
+    with contextlib.suppress(OSError):
+        book.record.adopt(adopted, book.settings)
 
 
 @dataclasses.dataclass

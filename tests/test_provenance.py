@@ -404,6 +404,16 @@ def test_ocr_resume_follows_the_record(tmp_path):
     assert again["a.png"].status == "skipped"
     other = by_name(ocr_files([src / "a.png"], ImpulseDenoiser.tiny(1), RunOptions(out_dir=out)))
     assert other["a.png"].status == "ok" and "other settings" in other["a.png"].reason
+    # --overwrite adopts b.pdf (unrecorded) up front: stopped before it, a plain run redoes it.
+
+    def stop(record, done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ocr_files([src], stage, RunOptions(out_dir=out, overwrite=True), jobs=1, on_record=stop)
+    resumed = ocr_files([src], stage, RunOptions(out_dir=out), jobs=1)
+    assert by_name(resumed)["b.png"].status == "ok", resumed.records
+    assert "an --overwrite run was stopped before it" in by_name(resumed)["b.png"].reason
 
 
 def test_a_stopped_overwrite_run_over_unrecorded_outputs_is_continued_without_it(tmp_path):
