@@ -269,6 +269,7 @@ class ImageBatch:
             if len({a.dtype for a in items}) > 1:  # 8- and 16-bit: each scaled by its own range
                 items = [as_float01(a) for a in items]
             nhwc = np.concatenate(items)
+        levels = [_two_level(image) for image in nhwc]
         data = as_float01(nhwc)
         c = data.shape[-1]
         if c == 4:
@@ -280,7 +281,11 @@ class ImageBatch:
         elif c not in (1, 3):
             raise ShapeError(f"images must have 1-4 channels; got {c}")
         tensor = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
-        return cls(tensor, list(names or []), [dict(m) for m in (meta or [])])
+        metas = [dict(m) for m in (meta or [{} for _ in levels])]
+        for m, two_level in zip(metas, levels, strict=False):
+            if "mode" not in m:  # a decoder's page says how it was stored; an array tells here
+                m.setdefault("two_level", two_level)
+        return cls(tensor, list(names or []), metas)
 
     @classmethod
     def from_tensor(
@@ -366,6 +371,21 @@ class ImageBatch:
         arrays = self.to_numpy(np.uint8)
         mode = "L" if self.channels == 1 else "RGB"
         return [Image.fromarray(a[..., 0] if mode == "L" else a, mode) for a in arrays]
+
+
+def _two_level(image: np.ndarray) -> bool:
+    """Whether one HWC array is a black-and-white page, by the rule files are read by.
+
+    One channel without alpha holding only its dtype's black and white: ``bool``, ``uint8``
+    0/255 or float 0/1, as :func:`aepipe.io.is_bilevel` tells a decoded 8-bit page; 16-bit
+    pages and pages with alpha are gray, as a 16-bit or gray+alpha file is read.
+    """
+    if image.shape[-1] != 1 or image.dtype == np.uint16:
+        return False
+    if image.dtype == np.bool_:
+        return True
+    top = 255 if image.dtype == np.uint8 else 1.0
+    return bool(((image == 0) | (image == top)).all())
 
 
 def result_dtype(dtype: np.dtype) -> type[np.generic]:

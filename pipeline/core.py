@@ -321,8 +321,8 @@ def _levels_meta(meta: Mapping[str, Any], source: ImageBatch | None) -> Mapping[
     input's own pixels tell: one channel of only black and white (a 1-bit or 0/255 image), as
     the decoder decides it for a file.
     """
-    if "mode" in meta or source is None or source.channels != 1:
-        return meta
+    if "mode" in meta or "two_level" in meta or source is None or source.channels != 1:
+        return meta  # a decoder's page, or an array's (ImageBatch.from_numpy) said how
     x = source.images
     return {**meta, "two_level": True} if bool(((x == 0) | (x == 1)).all()) else meta
 

@@ -80,6 +80,29 @@ def test_a_black_and_white_input_stays_two_level_as_written() -> None:
     assert torch.equal(delivered(soft(gray), gray).images, soft(gray).images)
 
 
+def test_arrays_are_two_level_by_the_rule_files_are_read_by(tmp_path) -> None:
+    """A 16-bit or gray+alpha black-and-white page is read from a file as gray (the CLI writes
+    it gray); the library made the same pages two-level: every front end now follows the file."""
+    from aepipe import apply
+
+    bw = np.full((12, 16), 255, np.uint8)
+    bw[3:6] = 0
+    soft = lambda b: b.replace(b.images * 0.8 + 0.1)  # noqa: E731
+    arrays = {
+        "l16": bw.astype(np.uint16) * 257,
+        "la": np.dstack([bw, np.full_like(bw, 255)]),
+        "l8": bw,
+        "float": (bw / 255).astype(np.float32),
+    }
+    for name, x in arrays.items():
+        Image.fromarray(x if name != "float" else bw).save(tmp_path / f"{name}.png")
+        from_file = np.squeeze(apply(soft, tmp_path / f"{name}.png").to_numpy(np.uint8))
+        from_array = np.squeeze(ImageBatch.from_numpy(apply(soft, x)).to_numpy(np.uint8))
+        np.testing.assert_array_equal(from_array, from_file, err_msg=name)
+        two_level = set(np.unique(from_file).tolist()) <= {0, 255}
+        assert two_level == (name in ("l8", "float")), name
+
+
 def test_each_image_is_delivered_alone_and_a_mixed_batch_joins_in_rgb() -> None:
     source = ImageBatch.from_numpy([colour_page(1), colour_page(2)])
     out = luma_only(source)
