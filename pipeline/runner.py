@@ -783,7 +783,7 @@ def run_files(
     t_start = time.perf_counter()
     jobs, extra, out_dir = plan(inputs, options)
     run = _Run(jobs, fit_channels(process), options, out_dir, (on_record, on_page))
-    run.settings = settings_key(process, output_settings(options))
+    run.keyed = process
     run.summary.records = list(extra)
     try:
         run.run()
@@ -870,12 +870,26 @@ def record_notes(record: OutputRecord) -> list[str]:
     return notes
 
 
-def output_settings(options: RunOptions) -> dict[str, Any]:
-    """The options that decide an output's bytes (part of the record's settings key)."""
-    return {
-        name: getattr(options, name)
-        for name in ("fmt", "jpeg_quality", "pdf_color", "dpi", "frames", "clean_born_digital")
-    }
+# Options that can change the output of a PDF input only (its pages' rendering, the scans
+# edited in place), and formats whose files may hold several frames (--frames).
+_PDF_OPTIONS = ("jpeg_quality", "pdf_color", "dpi", "clean_born_digital")
+_FRAMED = ("gif", "webp", "png", "apng")
+
+
+def output_settings(options: RunOptions, kind: str | None = None) -> dict[str, Any]:
+    """The options that decide an output's bytes (part of the record's settings key).
+
+    Args:
+        options: the run's options.
+        kind: the input's kind (:func:`aepipe.core.output_format`'s source kind: ``pdf``,
+            ``png``, ...): only the options that can change its output count, so that a
+            PDF-only option (``--dpi``) does not redo a folder of PNG pages; None: all of them.
+    """
+    names = ["fmt", "frames", *_PDF_OPTIONS]
+    if kind is not None:
+        names = ["fmt"] + (["frames"] if kind in _FRAMED else [])
+        names += list(_PDF_OPTIONS) if kind == "pdf" else []
+    return {name: getattr(options, name) for name in names}
 
 
 # Encodes and writes that may wait behind the stage before it waits for them: enough to keep
@@ -975,7 +989,8 @@ class _Run:
         self.jobs, self.process, self.options, self.out_dir = jobs, process, options, out_dir
         self.on_record, self.on_page = callbacks
         self.record = OutputRecord(out_dir)
-        self.settings: str | None = None  # the settings key (run_files sets it)
+        self.settings_keys: dict[tuple[str, str], str] = {}  # (kind, format) -> key
+        self.keyed: Any = process  # what the settings key is of (run_files: the unwrapped one)
         self.disk_full = False
         self.summary = Summary(out_dir=str(out_dir), list_ignored=options.list_ignored)
         self.done = 0
@@ -1036,7 +1051,7 @@ class _Run:
             # An input is never replaced (the guard refuses it): not this run's to adopt.
             planned += [(t, source) for t in targets if _identity(t) not in self.input_ids]
         with contextlib.suppress(OSError):
-            self.record.adopt(planned, self.settings)
+            self.record.adopt(planned, None)  # adopted lines are redone whatever the settings
 
     # ---- the writer thread, settled in order ------------------------------------------------
 
@@ -1276,6 +1291,23 @@ class _Run:
             if state.decoded:
                 self.finish(state)
 
+    def settings_for(self, job: _Job) -> str:
+        """The record's settings key for ``job``: the process and the options its kind uses.
+
+        One key per kind of input and output format, worked out once (the weights are hashed
+        once each): a PDF-only option (``--dpi``) does not redo a folder of PNG pages, nor does
+        ``--format png`` redo PNG inputs that are written as PNG anyway.
+        """
+        from aepipe.core import _source_kind
+
+        fmt = _out_format(job, self.options)
+        kind = _source_kind(job.src)
+        kind = kind if kind in ("pdf", *_FRAMED) else "raster"
+        if (kind, fmt) not in self.settings_keys:
+            options = {**output_settings(self.options, kind), "fmt": fmt}
+            self.settings_keys[kind, fmt] = settings_key(self.keyed, options)
+        return self.settings_keys[kind, fmt]
+
     def decide(self, job: _Job) -> _Decision:
         """Process, skip or fail ``job``, from its outputs on disk and the output record.
 
@@ -1286,7 +1318,7 @@ class _Run:
             source = SourceStamp.of(job.src)
         except OSError:
             return _Decision("do")  # reading it says why it cannot be read
-        settings = self.settings
+        settings = self.settings_for(job)
         if self.options.overwrite:
             return _Decision("do", source=source, settings=settings)
         targets = self.candidate_outputs(job)

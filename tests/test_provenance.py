@@ -221,6 +221,22 @@ def test_changed_output_options_redo_outputs_of_any_callable(tmp_path):
         assert im.size == (150, 150)
 
 
+def test_options_that_cannot_change_an_input_do_not_redo_it(tmp_path):
+    """A regression hunt: `--dpi 300` (PDF only) redid a whole folder of PNG pages, with a
+    line each, for byte-identical files; so did `--format png` on PNG inputs."""
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    write_image(gradient(20, 30), src / "a.png")
+    pdf_pages(src / "doc.pdf", [(72, 72)])
+    run_files([src], invert, RunOptions(out_dir=out, fmt="png", dpi=50))
+    again = by_name(run_files([src], invert, RunOptions(out_dir=out, fmt="png", dpi=150)))
+    assert again["a.png"].status == "skipped"  # a PNG page does not depend on the DPI
+    assert again["doc.pdf"].status == "ok"  # a PDF's rendered page does
+    same = by_name(run_files([src], invert, RunOptions(out_dir=out, fmt="same", dpi=150)))
+    assert same["a.png"].status == "skipped"  # written as PNG either way
+    assert same["doc.pdf"].status == "ok"  # now a PDF, not a PNG page
+
+
 def test_a_run_killed_after_its_claim_is_redone_and_truncated_outputs_too(tmp_path):
     src, out = tmp_path / "in", tmp_path / "o"
     src.mkdir()
