@@ -226,3 +226,12 @@ def start(cmd: list[str], env: dict[str, str], **kw: object) -> subprocess.Popen
         preexec_fn=_sigint_default,
         **kw,  # type: ignore[arg-type]
     )
+
+
+def clean_colour_page(h: int = 60, w: int = 80) -> np.ndarray:
+    """A clean colour page (black rules, a red box on white): the scan stage keeps it."""
+    page = np.full((h, w, 3), 255, np.uint8)
+    for y in range(20, h - 6, 12):
+        page[y : y + 4, 6 : w - 6] = 0
+    page[4:14, 6:30] = (200, 30, 30)
+    return page

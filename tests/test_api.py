@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factory import clean_colour_page
 from PIL import Image
 
 from aepipe import ImageBatch, Pipeline, apply, load_stage
@@ -210,15 +211,6 @@ def test_pipeline_call_chains_and_accepts_plain_inputs(gray_stage: Stage) -> Non
     assert isinstance(pipe(ImageBatch.from_numpy(x)), ImageBatch)
     with pytest.raises(ConfigError):
         Pipeline([])
-
-
-def clean_colour_page(h: int = 60, w: int = 80) -> np.ndarray:
-    """A clean colour page (black rules, a red box on white): the scan stage keeps it."""
-    out = np.full((h, w, 3), 255, np.uint8)
-    for y in range(20, h - 6, 12):
-        out[y : y + 4, 6 : w - 6] = 0
-    out[4:14, 6:30] = (200, 30, 30)
-    return out
 
 
 def test_every_input_kind_gets_the_pixels_the_cli_writes(any_stage: Stage, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from factory import clean_colour_page
 from PIL import Image
 
 ray = pytest.importorskip("ray", reason="needs the [ray] extra")
@@ -483,15 +484,6 @@ def test_a_pipeline_file_on_a_worker_needs_only_its_stages(
     rgb[..., 0] = 200
     out = mapper({"image": rgb})
     assert out["image"].shape[:3] == (1, 24, 32)
-
-
-def clean_colour_page(h: int = 60, w: int = 80) -> np.ndarray:
-    """A clean colour page (black rules, a red box on white): the scan stage keeps it."""
-    page = np.full((h, w, 3), 255, np.uint8)
-    for y in range(20, h - 6, 12):
-        page[y : y + 4, 6 : w - 6] = 0
-    page[4:14, 6:30] = (200, 30, 30)
-    return page
 
 
 def test_image_rows_are_delivered_as_the_cli_writes_them(tiny_weights: dict[str, Path]) -> None:
