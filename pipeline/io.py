@@ -715,16 +715,16 @@ def _open_regular(path: Path) -> IO[bytes]:
 
 # Signatures of the raster formats read here: a file that starts with one is not a PDF, even
 # with "%PDF-" in its first bytes (in a text chunk, say).
-_RASTER_MAGIC = (
-    b"\x89PNG\r\n\x1a\n",
-    b"\xff\xd8\xff",
-    b"II*\x00",
-    b"MM\x00*",
-    b"GIF87a",
-    b"GIF89a",
-    b"BM",
-    b"RIFF",
-)
+_FORMAT_OF_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"\xff\xd8\xff": "jpg",
+    b"II*\x00": "tif",
+    b"MM\x00*": "tif",
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+    b"BM": "bmp",
+}
+_RASTER_MAGIC = (*_FORMAT_OF_MAGIC, b"RIFF")
 
 
 def is_pdf_head(head: bytes) -> bool:
@@ -736,20 +736,27 @@ def is_pdf_head(head: bytes) -> bool:
     return not head.startswith(_RASTER_MAGIC) and b"%PDF-" in head
 
 
-def sniff_image(path: str | os.PathLike[str]) -> bool:
-    """Whether the file at ``path`` starts as an image or PDF aepipe reads (False if unreadable).
+def sniff_format(path: str | os.PathLike[str]) -> str | None:
+    """The format of the file at ``path`` by its first bytes (``png``, ``gif``, ``pdf`` ...).
 
-    For names without a suffix found in folders (some scanners and archive exports write
-    them): the content decides, as it does for a file given by name.
+    None when it is none aepipe reads, or cannot be read. For names without a suffix found
+    in folders (some scanners and archive exports write them): the content decides, as it
+    does for a file given by name.
     """
     try:
         with _open_regular(Path(path)) as fh:
             head = fh.read(1024)
     except (InputImageError, OSError):
-        return False
+        return None
     if head.startswith(b"RIFF"):
-        return head[8:12] == b"WEBP"
-    return head.startswith(_RASTER_MAGIC) or is_pdf_head(head)
+        return "webp" if head[8:12] == b"WEBP" else None
+    found = next((f for magic, f in _FORMAT_OF_MAGIC.items() if head.startswith(magic)), None)
+    return found or ("pdf" if is_pdf_head(head) else None)
+
+
+def sniff_image(path: str | os.PathLike[str]) -> bool:
+    """Whether the file at ``path`` is an image or PDF aepipe reads (:func:`sniff_format`)."""
+    return sniff_format(path) is not None
 
 
 def sniff_pdf(path: str | os.PathLike[str]) -> bool | None:

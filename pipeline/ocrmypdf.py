@@ -371,7 +371,7 @@ def ocr_files(
     remove_stale_temps(out_dir)
     remove_stale_staging(out_dir)
     ocr = (language, jobs, rotate_pages)
-    book = _Book(OutputRecord(out_dir), _ocr_settings(process, options, ocr))
+    book = _Book(OutputRecord(out_dir), lambda kind: _ocr_settings(process, options, ocr, kind))
     if options.overwrite:
         _adopt(book, planned, options, out_dir)
     finished = 0
@@ -419,19 +419,36 @@ def _adopt(book: _Book, planned: Sequence[Any], options: RunOptions, out_dir: Pa
             if Path(os.path.realpath(target)) not in inputs:
                 adopted.append((target, SourceStamp.of(job.src)))
     with contextlib.suppress(OSError):
-        book.record.adopt(adopted, book.settings)
+        book.record.adopt(adopted, None)  # adopted lines are redone whatever the settings
 
 
 @dataclasses.dataclass
 class _Book:
-    """The output folder's record (:mod:`aepipe.provenance`) and this run's settings key."""
+    """The output folder's record (:mod:`aepipe.provenance`) and this run's settings keys.
+
+    ``key`` makes the key for a kind of input (:func:`aepipe.runner.input_kind`), worked out
+    once per kind: PDF-only options do not count for image inputs.
+    """
 
     record: Any
-    settings: str | None
+    key: Callable[[str], str | None]
+    keys: dict[str, str | None] = dataclasses.field(default_factory=dict)
+
+    def settings(self, src: Path) -> str | None:
+        """The settings key of the searchable PDF of ``src``."""
+        from aepipe.runner import input_kind
+
+        kind = input_kind(Path(src))
+        if kind not in self.keys:
+            self.keys[kind] = self.key(kind)
+        return self.keys[kind]
 
 
 def _ocr_settings(
-    process: Process, options: RunOptions, ocr: tuple[Sequence[str], int | None, bool]
+    process: Process,
+    options: RunOptions,
+    ocr: tuple[Sequence[str], int | None, bool],
+    kind: str | None = None,
 ) -> str | None:
     """The settings key of a searchable PDF: the cleaning stage's, the options, and the OCR's.
 
@@ -443,7 +460,7 @@ def _ocr_settings(
     stage = process.stage if isinstance(process, _OnePass) else process
     language, _, rotate_pages = ocr  # the workers do not change the text layer
     extra = {"ocr_language": list(language), "ocr_rotate_pages": rotate_pages}
-    return settings_key(stage, {**output_settings(options), **extra})
+    return settings_key(stage, {**output_settings(options, kind), **extra})
 
 
 def _ocr_job(
@@ -477,7 +494,7 @@ def _ocr_job(
         source = None  # reading it says why
     note = None
     if source is not None and not options.overwrite:
-        verdict, note = book.record.verdict(dst, source, book.settings, job.src)
+        verdict, note = book.record.verdict(dst, source, book.settings(job.src), job.src)
         if verdict == "current":
             reason = "up to date (use --overwrite to redo it)"
             return FileRecord(str(job.src), "skipped", [str(dst)], reason)
@@ -525,7 +542,7 @@ def _add_layer(
     language, jobs, rotate = ocr
     try:
         if source is not None:
-            book.record.claim([dst], source, book.settings)
+            book.record.claim([dst], source, book.settings(job.src))
         added = add_text_layer(
             record.outputs[0],
             dst,
@@ -536,7 +553,7 @@ def _add_layer(
             rotate_pages=rotate,
         )
         if source is not None:
-            book.record.done([dst], source, book.settings)
+            book.record.done([dst], source, book.settings(job.src))
         if rotate and (turned := _turned_pages(Path(record.outputs[0]), dst)):
             pages = ", ".join(map(str, turned))
             record.reason = f"turned upright: page{'s' * (len(turned) > 1)} {pages}" + (

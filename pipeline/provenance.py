@@ -251,8 +251,9 @@ class OutputRecord:
 
         ``shown``: the input as the reasons name it (default its resolved path). An output
         whose size or time changed is compared by content (sha256): the same bytes (a copy
-        of the folder) are aepipe's still; other complete bytes are the user's. An input
-        moved or copied with its dates (same name, size and time) is the same source.
+        of the folder) are aepipe's still; other bytes are the user's unless the file is cut
+        short (smaller than written and not whole: redone). An input moved with its dates
+        (same name, size and time; nothing left at the recorded path) is the same source.
 
         Returns:
             ``(verdict, reason)``: ``missing`` (no file), ``current`` (made from this source
@@ -293,7 +294,14 @@ class OutputRecord:
         from aepipe.runner import is_complete_output
 
         name = self._key(target)
-        if not is_complete_output(target):
+        size = entry.get("size")
+        # Cut short (a copy or a full disk): smaller than written, and not a whole file. A
+        # whole file of other bytes (an edit, a BigTIFF, a JPEG trailer) is the user's, below.
+        if (
+            not is_complete_output(target)
+            and isinstance(size, int)
+            and target.stat().st_size < size
+        ):
             return "stale", f"{name} redone: it was incomplete"
         recorded = entry.get("sha256")
         if recorded is None:  # a line without a digest: as aepipe 0.2.0's first lines were
@@ -318,8 +326,13 @@ class OutputRecord:
         )
         recorded_source = str(entry.get("source"))
         if recorded_source != source.path:
-            # A folder moved or copied with its dates (cp -p, rsync -t) holds the same inputs.
-            moved = same_stamp and Path(recorded_source).name == Path(source.path).name
+            # A folder moved (its dates kept) holds the same inputs; a copy beside it does not.
+            # Moved, not merely alike: the recorded input is gone from where it was.
+            moved = (
+                same_stamp
+                and Path(recorded_source).name == Path(source.path).name
+                and not Path(recorded_source).exists()
+            )
             if not moved:
                 return "stale", f"{name} replaced: it was made from {recorded_source}"
         if not same_stamp:

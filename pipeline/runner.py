@@ -89,6 +89,7 @@ from aepipe.io import (
     page_batch,
     read_pages,
     remove_stale_temps,
+    sniff_format,
     sniff_image,
 )
 from aepipe.provenance import RECORD_NAME, OutputRecord, SourceStamp, settings_key
@@ -876,6 +877,18 @@ _PDF_OPTIONS = ("jpeg_quality", "pdf_color", "dpi", "clean_born_digital")
 _FRAMED = ("gif", "webp", "png", "apng")
 
 
+def input_kind(src: Path) -> str:
+    """``pdf``, a format whose files may hold frames (``gif``, ``webp``, ``png``) or ``raster``.
+
+    By the suffix, PDFs by content (:func:`aepipe.core.output_format`'s rule), and a name
+    without a suffix by its content (:func:`aepipe.io.sniff_format`).
+    """
+    from aepipe.core import _source_kind
+
+    kind = _source_kind(src) if src.suffix else (sniff_format(src) or "raster")
+    return kind if kind in ("pdf", *_FRAMED) else "raster"
+
+
 def output_settings(options: RunOptions, kind: str | None = None) -> dict[str, Any]:
     """The options that decide an output's bytes (part of the record's settings key).
 
@@ -1298,11 +1311,8 @@ class _Run:
         once each): a PDF-only option (``--dpi``) does not redo a folder of PNG pages, nor does
         ``--format png`` redo PNG inputs that are written as PNG anyway.
         """
-        from aepipe.core import _source_kind
-
         fmt = _out_format(job, self.options)
-        kind = _source_kind(job.src)
-        kind = kind if kind in ("pdf", *_FRAMED) else "raster"
+        kind = input_kind(job.src)
         if (kind, fmt) not in self.settings_keys:
             options = {**output_settings(self.options, kind), "fmt": fmt}
             self.settings_keys[kind, fmt] = settings_key(self.keyed, options)

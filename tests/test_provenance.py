@@ -471,10 +471,11 @@ def test_an_output_changed_by_hand_is_kept_and_a_copy_of_the_folder_is_not_redon
         (copy / "a.png").stat().st_mtime_ns,
         (copy / "b.png").stat().st_mtime_ns,
     )
-    # The input folder moved with its dates (mv, cp -p): the same inputs.
+    # The input folder moved with its dates (mv): the same inputs.
     moved = tmp_path / "moved"
-    shutil.copytree(src, moved)
+    shutil.move(src, moved)
     assert run_files([moved], invert, RunOptions(out_dir=copy)).count("skipped") == 2
+    shutil.move(moved, src)
     # A hand edit of an output: the user's file now, never replaced without --overwrite.
     write_image(gradient(20, 30, seed=9), out / "a.png")
     edited = (out / "a.png").read_bytes()
@@ -595,3 +596,46 @@ def test_run_options_take_str_paths(tmp_path):
     options = RunOptions(out_dir=str(tmp_path / "o"), report=str(tmp_path / "r.json"))
     assert isinstance(options.out_dir, Path) and isinstance(options.report, Path)
     assert run_files([src], invert, options).count("ok") == 1
+
+
+def test_alike_inputs_are_not_taken_for_moved_ones_and_whole_edits_are_kept(tmp_path):
+    """A review: B/scan.tif with A/scan.tif's name, size and time (both still there) was
+    skipped as A's moved copy (the output stayed A's); an output edited into a whole file of
+    another kind (a BigTIFF) was taken as incomplete and replaced."""
+    a, b, out = tmp_path / "A", tmp_path / "B", tmp_path / "o"
+    a.mkdir(), b.mkdir()
+    Image.new("L", (16, 12), 30).save(a / "scan.tif")
+    Image.new("L", (16, 12), 220).save(b / "scan.tif")
+    for f in (a / "scan.tif", b / "scan.tif"):
+        os.utime(f, ns=(1_700_000_000_000_000_000,) * 2)
+    run_files([a], invert, RunOptions(out_dir=out))
+    got = run_files([b], invert, RunOptions(out_dir=out))
+    assert got.records[0].status == "ok" and "made from" in got.records[0].reason
+    with Image.open(out / "scan.tif") as im:
+        assert np.asarray(im).mean() == 255 - 220
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(out / "scan.tif", np.zeros((12, 16), np.uint8), bigtiff=True)
+    edited = (out / "scan.tif").read_bytes()
+    got = run_files([b], invert, RunOptions(out_dir=out))
+    assert got.records[0].status == "failed" and "changed after aepipe wrote it" in (
+        got.records[0].reason
+    )
+    assert (out / "scan.tif").read_bytes() == edited
+
+
+def test_the_kind_of_a_suffixless_input_is_its_content_and_ocr_keys_follow_kinds(tmp_path):
+    """A GIF named `anim2` stayed "up to date" when --frames changed (its kind went by the
+    suffix); the OCR path counted PDF-only options (--dpi) for image inputs too."""
+    from aepipe.ocrmypdf import _ocr_settings
+
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+    frames = [Image.new("L", (16, 12), v) for v in (10, 120, 230)]
+    frames[0].save(src / "anim2", format="GIF", save_all=True, append_images=frames[1:])
+    assert runner.input_kind(src / "anim2") == "gif"
+    run_files([src], invert, RunOptions(out_dir=out))
+    again = run_files([src], invert, RunOptions(out_dir=out, frames="all"))
+    assert again.records[0].status == "ok" and again.records[0].pages == 3
+    stage, ocr = ImpulseDenoiser.tiny(0), (["eng"], 1, False)
+    key = lambda dpi, kind: _ocr_settings(stage, RunOptions(dpi=dpi), ocr, kind)  # noqa: E731
+    assert key(50, "raster") == key(150, "raster") and key(50, "pdf") != key(150, "pdf")
