@@ -517,6 +517,21 @@ def _walk(root: Path, options: RunOptions, real_out: Path) -> tuple[list[_Job], 
     return jobs, extra
 
 
+def _may_have_pages(job: _Job, options: RunOptions) -> bool:
+    """Whether ``job``'s input can hold several pages as read (else its pages are not counted).
+
+    By the suffix first (no file is opened for the common one-page image); a name without one,
+    or ``--frames all``, by the input's kind.
+    """
+    suffix = job.src.suffix.lower()
+    if suffix in (".tif", ".tiff", ".pdf"):
+        return True
+    if suffix and options.frames == "first":
+        return False
+    kind = input_kind(job.src)
+    return kind == "pdf" or kind in ("tif", "tiff") or (options.frames == "all" and kind in _FRAMED)
+
+
 def _out_format(job: _Job, options: RunOptions) -> str:
     return output_format(job.src, options.fmt)
 
@@ -1344,13 +1359,18 @@ class _Run:
     def candidate_outputs(self, job: _Job) -> list[Path]:
         """The outputs ``job`` would have: one file, or one per page where page files exist.
 
-        Pages are counted (the header read) only when a first page file exists.
+        Pages are counted (the header read) only when the one-page file or a first page file
+        exists: a file of the one-page name (another input's, the user's) does not stand for
+        the pages of a multi-page input, which never writes it.
         """
         options, out_dir = self.options, self.out_dir
         single = output_paths(job, None, options, out_dir, 1)
-        if single[0].exists() or _out_format(job, options) in ("pdf", "tiff"):
+        if _out_format(job, options) in ("pdf", "tiff"):
             return single
-        if not output_paths(job, None, options, out_dir, 2)[0].exists():
+        if not _may_have_pages(job, options):
+            return single
+        first_page = output_paths(job, None, options, out_dir, 2)[0]
+        if not (single[0].exists() or first_page.exists()):
             return single
         try:
             pages = count_pages(job.src, options.frames, options.max_pixels)

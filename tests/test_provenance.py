@@ -639,3 +639,19 @@ def test_the_kind_of_a_suffixless_input_is_its_content_and_ocr_keys_follow_kinds
     stage, ocr = ImpulseDenoiser.tiny(0), (["eng"], 1, False)
     key = lambda dpi, kind: _ocr_settings(stage, RunOptions(dpi=dpi), ocr, kind)  # noqa: E731
     assert key(50, "raster") == key(150, "raster") and key(50, "pdf") != key(150, "pdf")
+
+
+def test_a_one_page_name_does_not_stand_for_a_multi_page_inputs_pages(tmp_path):
+    """A review: a user's `doc.png` in the output folder blocked the 3-page `doc.tif` written
+    as `doc-p001.png` ... ("no record of making it"), though the input never writes doc.png."""
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir(), out.mkdir()
+    pages = [Image.new("L", (16, 12), v) for v in (10, 120, 230)]
+    pages[0].save(src / "doc.tif", save_all=True, append_images=pages[1:])
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(out / "doc.png")
+    mine = (out / "doc.png").read_bytes()
+    first = run_files([src], invert, RunOptions(out_dir=out, fmt="png"))
+    assert first.records[0].status == "ok" and first.records[0].pages == 3, first.records
+    again = run_files([src], invert, RunOptions(out_dir=out, fmt="png"))
+    assert again.records[0].status == "skipped"
+    assert (out / "doc.png").read_bytes() == mine
