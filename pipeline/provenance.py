@@ -335,6 +335,10 @@ class OutputRecord:
             )
             if not moved:
                 return "stale", f"{name} replaced: it was made from {recorded_source}"
+            # Recorded at its new place, so the outputs of this input are found by it next time
+            # (the page files an input that loses pages leaves are removed by that).
+            with contextlib.suppress(OSError):
+                self._append([{**entry, "source": source.path}])
         if not same_stamp:
             return "stale", f"{name} redone: made from an older version of the input"
         made_with = entry.get("settings")

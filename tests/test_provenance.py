@@ -655,3 +655,25 @@ def test_a_one_page_name_does_not_stand_for_a_multi_page_inputs_pages(tmp_path):
     again = run_files([src], invert, RunOptions(out_dir=out, fmt="png"))
     assert again.records[0].status == "skipped"
     assert (out / "doc.png").read_bytes() == mine
+
+
+def test_a_moved_input_that_later_loses_a_page_leaves_no_old_page_file(tmp_path):
+    """A review: after the input folder was moved (skipped: right), the input lost a page and
+    its old third page file stayed, silently, since the record still named the old place."""
+    src, out = tmp_path / "in", tmp_path / "o"
+    src.mkdir()
+
+    def tiff(values: tuple[int, ...]) -> None:
+        pages = [Image.new("L", (16, 12), v) for v in values]
+        pages[0].save(src / "doc.tif", save_all=True, append_images=pages[1:])
+
+    tiff((10, 120, 230))
+    run_files([src], invert, RunOptions(out_dir=out, fmt="png"))
+    moved = tmp_path / "moved"
+    shutil.move(src, moved)
+    assert run_files([moved], invert, RunOptions(out_dir=out, fmt="png")).count("skipped") == 1
+    src = moved
+    tiff((10, 120))
+    got = run_files([moved], invert, RunOptions(out_dir=out, fmt="png"))
+    assert got.records[0].status == "ok" and "removed doc-p003.png" in got.records[0].reason
+    assert sorted(p.name for p in out.glob("*.png")) == ["doc-p001.png", "doc-p002.png"]
