@@ -484,7 +484,9 @@ def run_pages(process: Process, pages: Sequence[Page], stem: str) -> list[Encode
 _KEPT_FORMATS = {"pdf": "pdf", "tif": "tiff", "tiff": "tiff"}
 
 
-def output_format(source: str | os.PathLike[str], fmt: str, keep_tiff: bool = True) -> str:
+def output_format(
+    source: str | os.PathLike[str], fmt: str, keep_tiff: bool = True, kind: str | None = None
+) -> str:
     """The output format for an input, decided here for every front end.
 
     ``same`` keeps PDF as PDF and TIFF as TIFF (unless ``keep_tiff`` is False, as for HTTP
@@ -497,10 +499,11 @@ def output_format(source: str | os.PathLike[str], fmt: str, keep_tiff: bool = Tr
             a PDF whatever its name says (:func:`_source_kind`).
         fmt: ``same``, ``png``, ``tiff``, ``pdf`` or ``jpeg``.
         keep_tiff: whether ``same`` keeps TIFF as TIFF.
+        kind: ``_source_kind(source)`` when the caller already knows it (no second read).
     """
     if fmt != "same":
         return fmt
-    found = _KEPT_FORMATS.get(_source_kind(source), "png")
+    found = _KEPT_FORMATS.get(kind if kind is not None else _source_kind(source), "png")
     return "png" if found == "tiff" and not keep_tiff else found
 
 
@@ -527,7 +530,7 @@ def _source_kind(source: str | os.PathLike[str]) -> str:
 # ---- PDF in, PDF out: edited in place -------------------------------------------------------
 
 
-def edits_in_place(source: str | os.PathLike[str], fmt: str) -> bool:
+def edits_in_place(source: str | os.PathLike[str], fmt: str, kind: str | None = None) -> bool:
     """Whether an input is cleaned inside its own PDF rather than rebuilt from renderings.
 
     Decided here for every front end: a PDF input (by its content, suffix or decoded format,
@@ -536,8 +539,10 @@ def edits_in_place(source: str | os.PathLike[str], fmt: str) -> bool:
     Args:
         source: the input's path, or its decoded format (``"pdf"``).
         fmt: the requested output format (``same``, ``pdf``, ``png`` ...).
+        kind: as for :func:`output_format`.
     """
-    return output_format(source, "same") == "pdf" and output_format(source, fmt) == "pdf"
+    same = output_format(source, "same", kind=kind)
+    return same == "pdf" and output_format(source, fmt, kind=kind) == "pdf"
 
 
 def pdf_options(

@@ -288,10 +288,29 @@ class _Job:
     src: Path
     rel: Path  # path relative to its input root, for the output layout
     stem: Path | None = None  # relative output path without suffix; set when names collide
+    # What the input's name and first bytes say, read once a run (planning, deciding, reading
+    # and writing each ask): aepipe.core's source kind, and input_kind.
+    known: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def out_stem(self) -> Path:
         return self.stem if self.stem is not None else self.rel.with_suffix("")
+
+    @property
+    def source(self) -> str:
+        """``aepipe.core._source_kind`` of the input (its suffix, or PDF by content), read once."""
+        from aepipe.core import _source_kind
+
+        if "source" not in self.known:
+            self.known["source"] = _source_kind(self.src)
+        return self.known["source"]
+
+    @property
+    def kind(self) -> str:
+        """:func:`input_kind` of the input, read once."""
+        if "kind" not in self.known:
+            self.known["kind"] = input_kind(self.src, self.source if self.src.suffix else None)
+        return self.known["kind"]
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -528,12 +547,12 @@ def _may_have_pages(job: _Job, options: RunOptions) -> bool:
         return True
     if suffix and options.frames == "first":
         return False
-    kind = input_kind(job.src)
+    kind = job.kind
     return kind == "pdf" or kind in ("tif", "tiff") or (options.frames == "all" and kind in _FRAMED)
 
 
 def _out_format(job: _Job, options: RunOptions) -> str:
-    return output_format(job.src, options.fmt)
+    return output_format(job.src, options.fmt, kind=job.source)
 
 
 def _dedupe(jobs: list[_Job], options: RunOptions) -> None:
@@ -892,15 +911,19 @@ _PDF_OPTIONS = ("jpeg_quality", "pdf_color", "dpi", "clean_born_digital")
 _FRAMED = ("gif", "webp", "png", "apng")
 
 
-def input_kind(src: Path) -> str:
+def input_kind(src: Path, source: str | None = None) -> str:
     """``pdf``, a format whose files may hold frames (``gif``, ``webp``, ``png``) or ``raster``.
 
-    By the suffix, PDFs by content (:func:`aepipe.core.output_format`'s rule), and a name
-    without a suffix by its content (:func:`aepipe.io.sniff_format`).
+    By the suffix, PDFs by content (:func:`aepipe.core.output_format`'s rule; ``source``: that
+    kind when already known), and a name without a suffix by its content
+    (:func:`aepipe.io.sniff_format`).
     """
     from aepipe.core import _source_kind
 
-    kind = _source_kind(src) if src.suffix else (sniff_format(src) or "raster")
+    if src.suffix:
+        kind = source if source is not None else _source_kind(src)
+    else:
+        kind = sniff_format(src) or "raster"
     return kind if kind in ("pdf", *_FRAMED) else "raster"
 
 
@@ -965,7 +988,7 @@ class _Reader:
                     return
                 decision = run.decide(job)
                 todo = decision.action == "do"
-                in_place = todo and edits_in_place(job.src, run.options.fmt)
+                in_place = todo and edits_in_place(job.src, run.options.fmt, job.source)
                 self.queue.put(("start", job, decision, in_place))
                 if todo and not in_place:
                     self.read(job)
@@ -1327,7 +1350,7 @@ class _Run:
         ``--format png`` redo PNG inputs that are written as PNG anyway.
         """
         fmt = _out_format(job, self.options)
-        kind = input_kind(job.src)
+        kind = job.kind
         if (kind, fmt) not in self.settings_keys:
             options = {**output_settings(self.options, kind), "fmt": fmt}
             self.settings_keys[kind, fmt] = settings_key(self.keyed, options)
