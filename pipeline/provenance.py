@@ -33,6 +33,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from aepipe.weights import sha256_file
+
 RECORD_NAME = ".aepipe-outputs.jsonl"
 
 Verdict = Literal["missing", "current", "stale", "foreign"]
@@ -97,7 +99,7 @@ def _stage_key(stage: Any) -> Any:
         return {
             "class": _class_name(stage),
             "config": stage.config.model_dump(mode="json"),
-            "extras": _digest(stage.extras),
+            "extras": _strict_digest(stage.extras, strict=False),
             "weights": _weights_digest(stage.model),
         }
     parts = getattr(stage, "settings_key_parts", None)
@@ -143,16 +145,19 @@ def _class_name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _strict_digest(value: Any) -> str:
+def _strict_digest(value: Any, strict: bool = True) -> str:
     """sha256 of JSON-able state, tensors and arrays by their bytes.
 
     Raises:
-        TypeError: ``value`` holds anything else (it cannot be told by value).
+        TypeError: ``value`` holds anything else (it cannot be told by value), when
+            ``strict``; otherwise such a part counts by its ``repr``.
     """
 
     def bytes_of(obj: Any) -> str:
         array = obj.detach().cpu().numpy() if hasattr(obj, "detach") else obj
         if not hasattr(array, "tobytes") or not hasattr(array, "dtype"):
+            if not strict:
+                return repr(obj)
             raise TypeError(f"{type(obj).__name__} is not JSON-able")
         return f"{array.dtype}{array.shape}" + hashlib.sha256(array.tobytes()).hexdigest()
 
@@ -170,19 +175,6 @@ def _weights_digest(model: Any) -> str:
         digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())  # any dtype, bfloat16 too
     return digest.hexdigest()
-
-
-def _digest(value: Any) -> str:
-    """sha256 of JSON-able state; tensors and arrays by their bytes."""
-
-    def bytes_of(obj: Any) -> str:
-        data = getattr(obj, "detach", None)
-        array = obj.detach().cpu().numpy() if data is not None else obj
-        tobytes = getattr(array, "tobytes", None)
-        return hashlib.sha256(tobytes()).hexdigest() if tobytes else repr(obj)
-
-    text = json.dumps(value, sort_keys=True, default=bytes_of)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class OutputRecord:
@@ -307,7 +299,7 @@ class OutputRecord:
         if recorded is None:  # a line without a digest: as aepipe 0.2.0's first lines were
             return "stale", f"{name} redone: it changed after it was written"
         try:
-            if file_sha256(target) == recorded:
+            if sha256_file(target) == recorded:
                 return None
         except OSError:
             pass
@@ -352,7 +344,7 @@ class OutputRecord:
         """``entry`` with the file's size, time and digest now, recorded (never raises)."""
         try:
             st = target.stat()
-            digest = entry.get("sha256") or file_sha256(target)
+            digest = entry.get("sha256") or sha256_file(target)
         except OSError:
             return entry
         entry = {**entry, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
@@ -403,7 +395,7 @@ class OutputRecord:
         for target in targets:
             st = target.stat()
             line = self._line(target, source, settings, st)
-            line["sha256"] = file_sha256(target)
+            line["sha256"] = sha256_file(target)
             lines.append(line)
         self._append(lines)
 
@@ -416,7 +408,7 @@ class OutputRecord:
             st = target.stat()
             if (entry["size"], entry.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
                 return True
-            return entry.get("sha256") is not None and file_sha256(target) == entry["sha256"]
+            return entry.get("sha256") is not None and sha256_file(target) == entry["sha256"]
         except OSError:
             return False
 
@@ -491,19 +483,6 @@ class OutputRecord:
             before = self.seen[0] if self.seen is not None else 0
             if after.st_size == before + len(data):
                 self.seen = (after.st_size, after.st_mtime_ns)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (read in 1 MiB blocks).
-
-    Raises:
-        OSError: it cannot be read.
-    """
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _file_id(st: os.stat_result) -> list[int]:
