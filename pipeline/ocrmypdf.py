@@ -390,6 +390,7 @@ def ocr_files(
                 FileRecord(str(job.src), "pending", reason="not finished (interrupted)")
                 for job in planned[finished:]
             ]
+            exc.summary = summary  # type: ignore[attr-defined]  # as run_files does
         summary.seconds = time.perf_counter() - start
         summary.notes += record_notes(book.record)
         finish_report(options.report, summary, raising=exc)

@@ -810,7 +810,8 @@ def run_files(
         ReportError: after the run, when ``options.report`` could not be written; its
             ``summary`` is the run's (complete), its message one line.
         KeyboardInterrupt: re-raised after the report is written (files not finished are listed
-            as ``pending``); no partial output remains.
+            as ``pending``), with the run's :class:`Summary` as its ``summary``; no partial
+            output remains.
     """
     from aepipe.stage import fit_channels
 
@@ -826,6 +827,7 @@ def run_files(
         if isinstance(exc, KeyboardInterrupt):
             run.summary.interrupted = True
             run.summary.records += run.unfinished("not finished (interrupted)")
+            exc.summary = run.summary  # type: ignore[attr-defined]  # for the front end's line
         run.summary.notes += record_notes(run.record)
         run.summary.seconds = time.perf_counter() - t_start
         finish_report(options.report, run.summary, raising=exc)

@@ -508,9 +508,10 @@ def run_planned(
         try:
             summary = start(process, bar)
         except KeyboardInterrupt as exc:
-            stopped = exc  # the runner wrote the report; the bar saw the same finished files
+            stopped = exc  # the runner wrote the report and attached its summary
     if stopped is not None:
-        stop_interrupted(_so_far(planned, bar.records, bar.elapsed), stopped, options.overwrite)
+        so_far = getattr(stopped, "summary", None) or _so_far(planned, bar.records, bar.elapsed)
+        stop_interrupted(so_far, stopped, options.overwrite)
     finish_summary(summary, quiet)
 
 
