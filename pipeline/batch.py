@@ -384,8 +384,11 @@ def _two_level(image: np.ndarray) -> bool:
         return False
     if image.dtype == np.bool_:
         return True
-    top = 255 if image.dtype == np.uint8 else 1.0
-    return bool(((image == 0) | (image == top)).all())
+    if image.dtype == np.uint8:
+        from aepipe.io import is_bilevel
+
+        return is_bilevel(image)
+    return bool(((image == 0) | (image == 1)).all())
 
 
 def result_dtype(dtype: np.dtype) -> type[np.generic]:
